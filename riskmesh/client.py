@@ -1,0 +1,87 @@
+"""A small typed client for an organisation's own gateway, for hospital systems and the CLI.
+
+    from riskmesh.client import GatewayClient
+    with GatewayClient.from_pki("localhost:7100", org="insurer", pki_dir=".riskmesh/pki") as gw:
+        print(gw.get_info())
+
+The caller authenticates with its org's `client` certificate (spiffe://<org>/client);
+the gateway's certificate must be issued by the org's own CA and name
+`gateway.<org>.riskmesh`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+
+from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lasso_pb2
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class GatewayClient:
+    def __init__(self, address: str, org: str, certificate_pem: bytes, private_key_pem: bytes, ca_pem: bytes) -> None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=private_key_pem, certificate_chain=certificate_pem)
+        options = [("grpc.ssl_target_name_override", f"gateway.{org}.riskmesh"), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.org = org
+        self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+
+    @classmethod
+    def from_pki(cls, address: str, org: str, pki_dir: str | Path, identity: str = "client") -> "GatewayClient":
+        """Use <pki_dir>/<org>/<identity>.pem/.key and the org's CA."""
+        root = Path(pki_dir) / org
+        return cls(address, org, (root / f"{identity}.pem").read_bytes(), (root / f"{identity}.key").read_bytes(), (root / "ca.pem").read_bytes())
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "GatewayClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_info(self) -> gateway_pb2.GetInfoResponse:
+        return self._stub.GetInfo(gateway_pb2.GetInfoRequest(), timeout=DEFAULT_TIMEOUT_S)
+
+    def check_peers(self) -> gateway_pb2.CheckPeersResponse:
+        return self._stub.CheckPeers(gateway_pb2.CheckPeersRequest(), timeout=DEFAULT_TIMEOUT_S)
+
+    def propose(self, spec: common_pb2.StudySpec, source_path: str = "") -> gateway_pb2.Study:
+        return self._stub.ProposeStudy(gateway_pb2.ProposeStudyRequest(spec=spec, source_path=source_path), timeout=DEFAULT_TIMEOUT_S).study
+
+    def approve(self, study_id: str, spec_digest: str, source_path: str = "") -> gateway_pb2.Study:
+        request = gateway_pb2.ApproveStudyRequest(study_id=study_id, spec_digest=spec_digest, source_path=source_path)
+        return self._stub.ApproveStudy(request, timeout=DEFAULT_TIMEOUT_S).study
+
+    def get_study(self, study_id: str) -> gateway_pb2.Study:
+        return self._stub.GetStudy(gateway_pb2.GetStudyRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).study
+
+    def list_studies(self) -> list[gateway_pb2.Study]:
+        return list(self._stub.ListStudies(gateway_pb2.ListStudiesRequest(), timeout=DEFAULT_TIMEOUT_S).studies)
+
+    def start_run(self, study_id: str) -> gateway_pb2.Run:
+        return self._stub.StartRun(gateway_pb2.StartRunRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).run
+
+    def watch(self, run_id: str, timeout: float | None = None) -> Iterator[gateway_pb2.WatchRunResponse]:
+        yield from self._stub.WatchRun(gateway_pb2.WatchRunRequest(run_id=run_id), timeout=timeout)
+
+    def result(self, run_id: str) -> tuple[gateway_pb2.Run, lasso_pb2.ModelResult]:
+        reply = self._stub.GetResult(gateway_pb2.GetResultRequest(run_id=run_id), timeout=DEFAULT_TIMEOUT_S)
+        return reply.run, reply.result
+
+    def cancel(self, run_id: str) -> gateway_pb2.Run:
+        return self._stub.CancelRun(gateway_pb2.CancelRunRequest(run_id=run_id), timeout=DEFAULT_TIMEOUT_S).run
+
+    def list_runs(self, study_id: str = "") -> list[gateway_pb2.Run]:
+        return list(self._stub.ListRuns(gateway_pb2.ListRunsRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).runs)
+
+    def predict(self, run_id: str, records: list[dict[str, float]]) -> list[float]:
+        request = gateway_pb2.PredictRequest(run_id=run_id, records=[gateway_pb2.Record(values=r) for r in records])
+        return list(self._stub.Predict(request, timeout=DEFAULT_TIMEOUT_S).predictions)
+
+    def verify_audit(self) -> gateway_pb2.VerifyAuditResponse:
+        return self._stub.VerifyAudit(gateway_pb2.VerifyAuditRequest(), timeout=DEFAULT_TIMEOUT_S)

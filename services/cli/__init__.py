@@ -1,0 +1,1 @@
+"""The `riskmesh` command line (typer + rich)."""

@@ -1,0 +1,111 @@
+"""`riskmesh` — dev PKI, starting organisations, talking to a gateway, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.mesh.pki import DEFAULT_ORGS, export_k8s, init_pki
+
+app = typer.Typer(help="riskmesh: secure inner join + secure Lasso across organisations, over mTLS.", no_args_is_help=True)
+pki_app = typer.Typer(help="Development PKI (one CA per organisation).", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_HOME = Path(".riskmesh")
+
+
+@pki_app.command("init")
+def pki_init(
+    out: Path = typer.Option(DEFAULT_HOME / "pki", help="directory for the PKI (never commit it)"),
+    org: list[str] = typer.Option(list(DEFAULT_ORGS), help="organisations (repeat the option)"),
+    dns: list[str] = typer.Option([], help="extra DNS SAN for every certificate (repeat)"),
+    force: bool = typer.Option(False, help="replace existing CAs and certificates"),
+) -> None:
+    """Create one CA per organisation, a certificate per service and the trust bundles."""
+    dirs = init_pki(out, tuple(org), tuple(dns), force=force)
+    for d in dirs:
+        console.print(f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client; keys 0600)")
+
+
+@pki_app.command("export-k8s")
+def pki_export_k8s(
+    org: str = typer.Argument(..., help="organisation whose Secrets to write"),
+    pki_dir: Path = typer.Option(DEFAULT_HOME / "pki", help="the PKI directory"),
+    out: Path = typer.Option(DEFAULT_HOME / "k8s-secrets", help="where to write the Secret manifests (outside k8s/)"),
+    namespace: str = typer.Option("riskmesh", help="Kubernetes namespace"),
+) -> None:
+    """Write Kubernetes Secret manifests with an org's certificates (contain private keys)."""
+    for path in export_k8s(pki_dir, org, out, namespace):
+        console.print(f"[green]✓[/] {path}")
+
+
+@app.command()
+def up(
+    org: list[str] = typer.Option([], help="organisation(s) to start (default: all three)"),
+    home: Path = typer.Option(DEFAULT_HOME, help="where configs, PKI and state live"),
+) -> None:
+    """Start organisations on localhost (each server its own process) until Ctrl-C."""
+    from services.mesh.launcher import LocalMesh, write_local_mesh
+
+    configs = write_local_mesh(home)
+    chosen = {o: p for o, p in configs.items() if not org or o in org}
+    unknown = set(org) - set(configs)
+    if unknown:
+        raise typer.BadParameter(f"unknown organisation(s): {', '.join(sorted(unknown))}")
+    with console.status("starting servers…"):
+        mesh = LocalMesh(chosen).start()
+    try:
+        _print_processes(mesh)
+        console.print("Running. Press Ctrl-C to stop.")
+        while all(p.process.poll() is None for p in mesh.processes):
+            time.sleep(0.5)
+        err.print("[red]a server exited; stopping[/]")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        mesh.stop()
+
+
+def _print_processes(mesh) -> None:
+    table = Table(title="riskmesh servers")
+    for col in ("org", "server", "pid", "health", "log"):
+        table.add_column(col)
+    for p in mesh.processes:
+        table.add_row(p.org, p.server, str(p.process.pid), p.health_address, str(p.log_path))
+    console.print(table)
+
+
+@app.command()
+def peers(
+    org: str = typer.Option("insurer", help="ask this organisation's gateway"),
+    config: Optional[Path] = typer.Option(None, help="org config (default: <home>/<org>/riskmesh.toml)"),
+    home: Path = typer.Option(DEFAULT_HOME),
+) -> None:
+    """Ask a gateway to handshake with every peer gateway over mTLS."""
+    from services.cli.client import gateway_client
+
+    with gateway_client(config or home / org / "riskmesh.toml") as gw:
+        reply = gw.check_peers()
+    _print_peers(reply)
+
+
+def _print_peers(reply) -> None:
+    from riskmesh.v1 import common_pb2
+
+    table = Table(title=f"peers of {reply.org}")
+    for col in ("peer", "address", "reachable", "role", "latency ms", "error"):
+        table.add_column(col)
+    for p in reply.peers:
+        table.add_row(p.org, p.address, "✓" if p.reachable else "✗", common_pb2.Role.Name(p.role) if p.reachable else "", f"{p.latency_ms:.1f}", p.error)
+    console.print(table)
+
+
+def main() -> None:
+    app()

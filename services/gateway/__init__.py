@@ -1,0 +1,1 @@
+"""The gateway: study lifecycle at one organisation (see README.md)."""

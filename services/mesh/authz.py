@@ -1,0 +1,135 @@
+"""Authorisation: every RPC is allowed or refused by the caller's certificate identity.
+
+Each server declares a table: full method name → the identities allowed, written as
+`Allow(scope, service)`, where scope is relative to this organisation:
+
+- "self":   the same organisation (e.g. the org's own gateway calling its encryption server)
+- "peer":   any other configured organisation
+- "owner":  another organisation whose role is data_owner
+- "helper": the organisation whose role is helper (may be self)
+
+Refusals: no usable identity → UNAUTHENTICATED; identity not allowed → PERMISSION_DENIED.
+A connection without a certificate chained to the trust bundle never gets this far: the
+TLS handshake refuses it (the client sees UNAVAILABLE). Methods missing from the table
+are refused, except the standard health and reflection services.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+import grpc
+
+from services.mesh.config import OrgConfig
+from services.mesh.identity import Identity, IdentityResolver, peer_certificate_pem
+
+log = logging.getLogger("riskmesh.authz")
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+
+# The caller of the current RPC, for servicers that need it (set before the handler runs).
+current_caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("riskmesh_caller", default=None)
+
+
+@dataclass(frozen=True)
+class Allow:
+    scope: str
+    service: str
+
+    def admits(self, caller: Identity, config: OrgConfig) -> bool:
+        if caller.service != self.service:
+            return False
+        role = config.role_of(caller.org)
+        if role is None:
+            return False
+        if self.scope == "self":
+            return caller.org == config.org
+        if self.scope == "peer":
+            return caller.org != config.org
+        if self.scope == "owner":
+            return caller.org != config.org and role == "data_owner"
+        if self.scope == "helper":
+            return role == "helper"
+        raise ValueError(f"unknown scope {self.scope!r}")
+
+
+Rules = Mapping[str, tuple[Allow, ...]]
+RefusalHook = Callable[[str, Identity | None, grpc.StatusCode], None]
+
+
+def caller_identity(context: grpc.aio.ServicerContext, resolver: IdentityResolver) -> Identity | None:
+    pem = peer_certificate_pem(context.auth_context())
+    return resolver.resolve(pem) if pem else None
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each handler so the check runs with the call's auth context in hand
+    (grpc.aio interceptors see only the method name before the handler)."""
+
+    def __init__(self, config: OrgConfig, resolver: IdentityResolver, rules: Rules, on_refusal: RefusalHook | None = None) -> None:
+        self._config = config
+        self._resolver = resolver
+        self._rules = dict(rules)
+        self._on_refusal = on_refusal
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        return _wrap(handler, lambda context: self._check(method, context))
+
+    async def _check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        caller = caller_identity(context, self._resolver)
+        if caller is None:
+            await self._refuse(method, None, grpc.StatusCode.UNAUTHENTICATED, context, "no valid riskmesh identity in the client certificate")
+        allowed = self._rules.get(method, ())
+        if not any(rule.admits(caller, self._config) for rule in allowed):
+            await self._refuse(method, caller, grpc.StatusCode.PERMISSION_DENIED, context, f"{caller} may not call {method}")
+        current_caller.set(caller)
+
+    async def _refuse(self, method: str, caller: Identity | None, code: grpc.StatusCode, context: grpc.aio.ServicerContext, message: str) -> None:
+        log.warning("refused %s for %s: %s", method, caller or "unidentified caller", code.name)
+        if self._on_refusal:
+            self._on_refusal(method, caller, code)
+        await context.abort(code, message)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[Any], Awaitable[None]]) -> grpc.RpcMethodHandler:
+    """The same handler with `check(context)` run first, for all four kinds of RPC."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request, context):
+            await check(context)
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request, context):
+            await check(context)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator, context):
+            await check(context)
+            return await inner_su(request_iterator, context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, handler.response_serializer)
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(request_iterator, context):
+        await check(context)
+        async for item in inner_ss(request_iterator, context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, handler.response_serializer)

@@ -1,0 +1,201 @@
+"""Configuration of one organisation's servers: a TOML file plus `RISKMESH_*` overrides.
+
+Read once per process (`load_config`) and passed to whatever needs it.
+
+    org = "insurer"
+    role = "data_owner"            # or "helper"
+    bind_host = "127.0.0.1"
+    base_port = 7100               # server ports are base + offset, health ports base + 10 + offset
+    pki_dir = "/etc/riskmesh/pki"  # holds <org>/<service>.pem/.key and <org>/trust.pem
+    state_dir = "/var/lib/riskmesh"
+
+    [addresses]                    # optional: how this org's own servers are dialled
+    encryption = "riskmesh-encryption:7101"
+
+    [peers.hospital]
+    role = "data_owner"
+    host = "127.0.0.1"
+    base_port = 7200
+    [peers.hospital.addresses]     # optional per-server overrides
+    gateway = "gw.hospital.example:443"
+
+Environment overrides: RISKMESH_CONFIG (the file), RISKMESH_PKI_DIR, RISKMESH_STATE_DIR,
+RISKMESH_BIND_HOST, and RISKMESH_ADDR_<ORG>_<SERVER> (e.g. RISKMESH_ADDR_HOSPITAL_GATEWAY).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+SERVER_OFFSETS = {"gateway": 0, "encryption": 1, "intersection": 2, "resharing": 3, "lasso": 4}
+HEALTH_OFFSET = 10
+ROLES = ("data_owner", "helper")
+ROLE_SERVERS = {
+    "data_owner": ("gateway", "encryption", "resharing", "lasso"),
+    "helper": ("gateway", "intersection", "resharing", "lasso"),
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is missing something or contradicts itself."""
+
+
+@dataclass(frozen=True)
+class OrgEndpoint:
+    """Where one organisation's servers are reached."""
+
+    org: str
+    role: str
+    host: str
+    base_port: int
+    addresses: Mapping[str, str] = field(default_factory=dict)
+
+    def address(self, server: str) -> str:
+        if server not in SERVER_OFFSETS:
+            raise ConfigError(f"unknown server {server!r}")
+        if server in self.addresses:
+            return self.addresses[server]
+        return f"{self.host}:{self.base_port + SERVER_OFFSETS[server]}"
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ROLE_SERVERS[self.role]
+
+
+@dataclass(frozen=True)
+class OrgConfig:
+    org: str
+    role: str
+    bind_host: str
+    base_port: int
+    pki_dir: Path
+    state_dir: Path
+    addresses: Mapping[str, str]
+    peers: Mapping[str, OrgEndpoint]
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ROLE_SERVERS[self.role]
+
+    @property
+    def self_endpoint(self) -> OrgEndpoint:
+        return OrgEndpoint(self.org, self.role, self.bind_host, self.base_port, self.addresses)
+
+    def endpoint(self, org: str) -> OrgEndpoint:
+        if org == self.org:
+            return self.self_endpoint
+        if org not in self.peers:
+            raise ConfigError(f"organisation {org!r} is not a configured peer of {self.org!r}")
+        return self.peers[org]
+
+    def port(self, server: str) -> int:
+        return self.base_port + SERVER_OFFSETS[server]
+
+    def health_port(self, server: str) -> int:
+        return self.base_port + HEALTH_OFFSET + SERVER_OFFSETS[server]
+
+    def role_of(self, org: str) -> str | None:
+        if org == self.org:
+            return self.role
+        peer = self.peers.get(org)
+        return peer.role if peer else None
+
+    @property
+    def helper_org(self) -> str | None:
+        return next((o for o in [self.org, *self.peers] if self.role_of(o) == "helper"), None)
+
+    @property
+    def owner_orgs(self) -> list[str]:
+        return [o for o in [self.org, *self.peers] if self.role_of(o) == "data_owner"]
+
+
+def _require(table: Mapping[str, object], key: str, where: str) -> object:
+    if key not in table:
+        raise ConfigError(f"{where}: missing required key {key!r}")
+    return table[key]
+
+
+def _role(value: object, where: str) -> str:
+    if value not in ROLES:
+        raise ConfigError(f"{where}: role must be one of {ROLES}, got {value!r}")
+    return str(value)
+
+
+def _addresses(org: str, table: Mapping[str, object], env: Mapping[str, str]) -> dict[str, str]:
+    out = {str(k): str(v) for k, v in dict(table).items()}
+    for server in SERVER_OFFSETS:
+        key = f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper()}"
+        if env.get(key):
+            out[server] = env[key]
+    for server in out:
+        if server not in SERVER_OFFSETS:
+            raise ConfigError(f"{org}: unknown server {server!r} in addresses")
+    return out
+
+
+def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path) -> OrgConfig:
+    org = str(_require(data, "org", "config"))
+    role = _role(_require(data, "role", "config"), "config")
+    peers: dict[str, OrgEndpoint] = {}
+    for name, raw in dict(data.get("peers", {})).items():  # type: ignore[arg-type]
+        where = f"peers.{name}"
+        peers[name] = OrgEndpoint(
+            org=name,
+            role=_role(_require(raw, "role", where), where),
+            host=str(raw.get("host", "127.0.0.1")),
+            base_port=int(raw.get("base_port", 0)),
+            addresses=_addresses(name, raw.get("addresses", {}), env),
+        )
+    pki_dir = Path(env.get("RISKMESH_PKI_DIR") or str(_require(data, "pki_dir", "config")))
+    state_dir = Path(env.get("RISKMESH_STATE_DIR") or str(data.get("state_dir", "state")))
+    config = OrgConfig(
+        org=org,
+        role=role,
+        bind_host=env.get("RISKMESH_BIND_HOST") or str(data.get("bind_host", "127.0.0.1")),
+        base_port=int(_require(data, "base_port", "config")),  # type: ignore[arg-type]
+        pki_dir=pki_dir if pki_dir.is_absolute() else base / pki_dir,
+        state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
+        addresses=_addresses(org, data.get("addresses", {}), env),  # type: ignore[arg-type]
+        peers=peers,
+    )
+    roles = [config.role_of(o) for o in [org, *peers]]
+    if roles.count("helper") > 1:
+        raise ConfigError("config: at most one helper organisation")
+    return config
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> OrgConfig:
+    env = os.environ if env is None else env
+    path = path or (Path(env["RISKMESH_CONFIG"]) if env.get("RISKMESH_CONFIG") else None)
+    if path is None:
+        raise ConfigError("no configuration: pass --config or set RISKMESH_CONFIG")
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    return parse_config(data, env, Path(path).resolve().parent)
+
+
+def render_config(config: OrgConfig) -> str:
+    """TOML text of a config (used by the launcher to write per-org files)."""
+    lines = [
+        f'org = "{config.org}"',
+        f'role = "{config.role}"',
+        f'bind_host = "{config.bind_host}"',
+        f"base_port = {config.base_port}",
+        f'pki_dir = "{config.pki_dir}"',
+        f'state_dir = "{config.state_dir}"',
+    ]
+    if config.addresses:
+        lines += ["", "[addresses]"] + [f'{k} = "{v}"' for k, v in config.addresses.items()]
+    for peer in config.peers.values():
+        lines += ["", f"[peers.{peer.org}]", f'role = "{peer.role}"', f'host = "{peer.host}"', f"base_port = {peer.base_port}"]
+        if peer.addresses:
+            lines += [f"[peers.{peer.org}.addresses]"] + [f'{k} = "{v}"' for k, v in peer.addresses.items()]
+    return "\n".join(lines) + "\n"
