@@ -107,5 +107,13 @@ def _print_peers(reply) -> None:
     console.print(table)
 
 
+@app.command()
+def demo(home: Path = typer.Option(DEFAULT_HOME / "demo", help="working directory (wiped first)")) -> None:
+    """Start three organisations on localhost and run the demo."""
+    from services.cli.demo import main as demo_main
+
+    raise typer.Exit(demo_main(home))
+
+
 def main() -> None:
     app()
