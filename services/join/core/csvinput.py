@@ -1,0 +1,227 @@
+"""Reading and validating one data owner's CSV file.
+
+Input: a UTF-8 text file (with or without BOM), delimiter ``,`` ``;`` or tab
+(detected from the header line), a header row, then one row per patient.
+The study names the birth-date and postal-code columns, the feature columns
+with declared ranges and, at one owner, the target column. Other columns are
+ignored. Blank lines are skipped.
+
+Numbers: plain decimal or scientific notation (``12``, ``-0.5``, ``1e3``).
+With ``;`` as delimiter a decimal comma is accepted too (``23,5``), as
+European spreadsheets write it. Empty cells and the markers NA, N/A, NULL,
+None count as missing.
+
+Output: canonical IDs (``ids.canonical_id``), a float64 matrix with the
+features then the target, and each row's line number in the file.
+
+Errors are ``DataError`` subclasses naming the row (line number; the header
+is row 1) and the column, never the cell's value. Reading stops at the first
+bad cell, except for duplicate IDs, which are reported all together.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from services.join.core.columns import ColumnSpec, check_distinct
+from services.join.core.errors import (
+    DuplicateIdError,
+    EmptyFileError,
+    MalformedRowError,
+    MissingColumnError,
+    MissingFileError,
+    MissingValueError,
+    NonFiniteError,
+    NonNumericError,
+    OutOfRangeError,
+    SourceFileError,
+    SpecError,
+)
+from services.join.core.fixedpoint import FixedPointFormat, FloatMatrix
+from services.join.core.ids import canonical_id
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NON_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
+_MISSING = frozenset({"", "na", "n/a", "null", "none"})
+_DELIMITERS = (",", ";", "\t")
+
+
+@dataclass(frozen=True)
+class OwnerTable:
+    """An owner's validated rows: canonical IDs, values (features then target), file row numbers."""
+
+    ids: list[str]
+    values: FloatMatrix
+    columns: tuple[ColumnSpec, ...]
+    row_numbers: list[int]
+
+    def __repr__(self) -> str:  # never print IDs or values
+        names = tuple(c.name for c in self.columns)
+        return f"OwnerTable(rows={len(self.ids)}, columns={names!r})"
+
+
+def _detect_delimiter(header_line: str) -> str:
+    counts = {d: header_line.count(d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def parse_number(cell: str, *, row: int, column: str, decimal_comma: bool = False) -> float:
+    """A finite float from a cell; DataError subclasses (row, column, never the value) otherwise."""
+    text = cell.strip()
+    if text.lower() in _MISSING:
+        raise MissingValueError("value is missing", row=row, column=column)
+    if text.lower() in _NON_FINITE:
+        raise NonFiniteError("value is NaN or infinite", row=row, column=column)
+    if decimal_comma and text.count(",") == 1 and "." not in text:
+        text = text.replace(",", ".")
+    if _NUMBER.fullmatch(text) is None:
+        raise NonNumericError("value is not a number", row=row, column=column)
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999
+        raise NonFiniteError("value is too large (not finite)", row=row, column=column)
+    return value
+
+
+def _check_spec(
+    birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec], fmt: FixedPointFormat
+) -> None:
+    if not columns:
+        raise SpecError("an owner needs at least one feature or target column")
+    check_distinct([birth_date_column, postal_code_column, *(c.name for c in columns)])
+    fmt.check_columns(columns)
+
+
+def read_owner_csv(
+    path: str | os.PathLike[str],
+    *,
+    birth_date_column: str,
+    postal_code_column: str,
+    features: Sequence[ColumnSpec],
+    target: ColumnSpec | None = None,
+    fixed_point: FixedPointFormat = FixedPointFormat(),
+) -> OwnerTable:
+    """Read, normalise and validate an owner's CSV (see the module docstring for the rules)."""
+    columns = (*features, *((target,) if target is not None else ()))
+    _check_spec(birth_date_column, postal_code_column, columns, fixed_point)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise MissingFileError("source CSV file not found") from None
+    except IsADirectoryError:
+        raise SourceFileError("source CSV path is a directory") from None
+    except PermissionError:
+        raise SourceFileError("source CSV file is not readable (permission denied)") from None
+    except UnicodeDecodeError:
+        raise SourceFileError("source CSV file is not valid UTF-8 text") from None
+    return parse_owner_csv(
+        text,
+        birth_date_column=birth_date_column,
+        postal_code_column=postal_code_column,
+        columns=columns,
+    )
+
+
+def parse_owner_csv(
+    text: str, *, birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec]
+) -> OwnerTable:
+    """The parsing and validation behind ``read_owner_csv``, on the file's text."""
+    if not text.strip():
+        raise EmptyFileError("source CSV file is empty")
+    delimiter = _detect_delimiter(text.lstrip().splitlines()[0])
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        return _read_rows(reader, delimiter, birth_date_column, postal_code_column, columns)
+    except csv.Error:
+        raise MalformedRowError("the CSV quoting is malformed", row=reader.line_num) from None
+
+
+class _Reader(Protocol):
+    """What ``_read_rows`` needs of a ``csv.reader``."""
+
+    @property
+    def line_num(self) -> int: ...
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+
+def _read_rows(
+    reader: _Reader,
+    delimiter: str,
+    birth_date_column: str,
+    postal_code_column: str,
+    columns: Sequence[ColumnSpec],
+) -> OwnerTable:
+    header: list[str] | None = None
+    for fields in reader:
+        if any(f.strip() for f in fields):
+            header = [f.strip() for f in fields]
+            break
+    if header is None:
+        raise EmptyFileError("source CSV file has no header")
+    wanted = [birth_date_column, postal_code_column, *(c.name for c in columns)]
+    missing = [name for name in wanted if name not in header]
+    if missing:
+        raise MissingColumnError(missing)
+    ambiguous = [name for name in wanted if header.count(name) > 1]
+    if ambiguous:
+        raise MissingColumnError(ambiguous, "appear more than once in the CSV header")
+    date_at, postal_at = header.index(birth_date_column), header.index(postal_code_column)
+    value_at = [header.index(c.name) for c in columns]
+    decimal_comma = delimiter == ";"
+
+    ids: list[str] = []
+    rows: list[list[float]] = []
+    row_numbers: list[int] = []
+    for fields in reader:
+        line = reader.line_num
+        if not any(f.strip() for f in fields):
+            continue  # blank line
+        if len(fields) != len(header):
+            raise MalformedRowError(
+                f"row has {len(fields)} fields, the header has {len(header)}", row=line
+            )
+        for at, name in ((date_at, birth_date_column), (postal_at, postal_code_column)):
+            if fields[at].strip().lower() in _MISSING:
+                raise MissingValueError("ID value is missing", row=line, column=name)
+        ids.append(
+            canonical_id(
+                fields[date_at],
+                fields[postal_at],
+                row=line,
+                birth_date_column=birth_date_column,
+                postal_code_column=postal_code_column,
+            )
+        )
+        values = []
+        for at, spec in zip(value_at, columns):
+            value = parse_number(fields[at], row=line, column=spec.name, decimal_comma=decimal_comma)
+            if not spec.min <= value <= spec.max:
+                raise OutOfRangeError("value outside the declared range", row=line, column=spec.name)
+            values.append(value)
+        rows.append(values)
+        row_numbers.append(line)
+    if not ids:
+        raise EmptyFileError("source CSV file has a header but no data rows")
+    _check_duplicates(ids, row_numbers)
+    matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))
+    return OwnerTable(ids, matrix, tuple(columns), row_numbers)
+
+
+def _check_duplicates(ids: Sequence[str], row_numbers: Sequence[int]) -> None:
+    seen: dict[str, list[int]] = {}
+    for cid, line in zip(ids, row_numbers):
+        seen.setdefault(cid, []).append(line)
+    groups = [lines for lines in seen.values() if len(lines) > 1]
+    if groups:
+        raise DuplicateIdError(sorted(groups))

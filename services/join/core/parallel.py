@@ -1,0 +1,54 @@
+"""Splitting CPU-bound work over cores.
+
+Two kinds of parallelism are used by the join core:
+
+- threads, for ``gmpy2.powmod_base_list`` (decryption), which releases the GIL;
+- processes, for the randomness pool's fixed-base products, whose many small
+  multiplications hold the GIL.
+
+Processes come from a ``forkserver`` context: a gRPC server must not be
+forked (its threads and polling state do not survive ``fork``), and
+``forkserver`` forks from a clean helper process instead. Only plain ints
+cross the process boundary.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def split_sizes(count: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` near-equal pieces of ``count`` (empty pieces dropped)."""
+    parts = max(1, min(parts, count)) if count else 1
+    base, extra = divmod(count, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts) if base or i < extra]
+
+
+def chunks(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """``items`` cut into at most ``parts`` contiguous, near-equal slices, in order."""
+    out: list[Sequence[T]] = []
+    start = 0
+    for size in split_sizes(len(items), parts):
+        out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def default_workers() -> int:
+    """Cores this process may use (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def process_executor(workers: int) -> ProcessPoolExecutor:
+    """A process pool safe to create from a gRPC server process (forkserver start method)."""
+    context = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
