@@ -1,0 +1,67 @@
+"""Apply a revealed model to records the caller supplies (local only, no MPC).
+
+    prediction = intercept + sum_j  w_j * x_j
+
+with the coefficients and intercept on the features' original scale, as `ModelResult`
+reports them. Every record must give exactly the model's features: a missing feature
+would silently predict with 0, an unknown one usually means a misspelt column, so both
+are errors. Error messages name the record index and the feature, never a value (the
+caller's records are patient data).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from riskmesh.v1 import lasso_pb2
+
+
+class PredictError(ValueError):
+    """The model or a record cannot be used (the message says which and why)."""
+
+
+def model_weights(result: lasso_pb2.ModelResult) -> dict[str, float]:
+    """Coefficients by feature name, after checking that the model itself is usable."""
+    if not result.coefficients:
+        raise PredictError("the model has no coefficients")
+    weights: dict[str, float] = {}
+    for i, coefficient in enumerate(result.coefficients):
+        if not coefficient.feature:
+            raise PredictError(f"the model's coefficient {i} has no feature name")
+        if coefficient.feature in weights:
+            raise PredictError(f"the model names feature {coefficient.feature!r} twice")
+        if not math.isfinite(coefficient.value):
+            raise PredictError(f"the model's coefficient for {coefficient.feature!r} is not finite")
+        weights[coefficient.feature] = coefficient.value
+    if not math.isfinite(result.intercept):
+        raise PredictError("the model's intercept is not finite")
+    return weights
+
+
+def predict(result: lasso_pb2.ModelResult, records: Sequence[Mapping[str, float]]) -> list[float]:
+    """One prediction per record, in order; `PredictError` for the first bad record."""
+    weights = model_weights(result)
+    expected = set(weights)
+    out: list[float] = []
+    for index, record in enumerate(records):
+        given = set(record)
+        missing = sorted(expected - given)
+        if missing:
+            raise PredictError(f"records[{index}]: missing feature(s) {', '.join(map(repr, missing))}")
+        unknown = sorted(given - expected)
+        if unknown:
+            raise PredictError(f"records[{index}]: unknown feature(s) {', '.join(map(repr, unknown))}; the model uses {sorted(expected)}")
+        terms = [result.intercept]
+        for name, weight in weights.items():
+            value = record[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PredictError(f"records[{index}]: feature {name!r} must be a number")
+            if not math.isfinite(value):
+                raise PredictError(f"records[{index}]: feature {name!r} is not a finite number")
+            terms.append(weight * float(value))
+        prediction = math.fsum(terms)
+        if not math.isfinite(prediction):
+            raise PredictError(f"records[{index}]: the prediction overflows")
+        out.append(prediction)
+    return out
