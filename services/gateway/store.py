@@ -409,7 +409,7 @@ class Store:
         ).fetchone()
         if row is None:
             raise UnknownStudyError(f"no study {study_id!r}")
-        return row
+        return tuple(row)
 
     def _study(self, db: sqlite3.Connection, study_id: str) -> StudyRecord:
         spec, digest, state, proposed_by, source_path, created_at, updated_at = self._study_row(db, study_id)
@@ -535,7 +535,7 @@ class Store:
         if row is None:
             raise UnknownRunError(f"no run {run_id!r}")
         (rid, study_id, digest, state, phase, e_phase, e_org, e_reason, joined, trace_id, started_by, created_at, updated_at) = row
-        error = None if e_reason is None else common_pb2.RunError(phase=e_phase or 0, org=e_org or "", reason=e_reason)
+        error = None if e_reason is None else common_pb2.RunError(phase=common_pb2.Phase.ValueType(e_phase or 0), org=e_org or "", reason=e_reason)
         return RunRecord(rid, study_id, digest, state, phase, error, joined, trace_id, started_by, created_at, updated_at)
 
     # ---- results and events --------------------------------------------------------
@@ -583,4 +583,4 @@ class Store:
 
 
 def _state_name(state: int) -> str:
-    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_") if state in common_pb2.RunState.values() else str(state)
+    return common_pb2.RunState.Name(common_pb2.RunState.ValueType(state)).removeprefix("RUN_STATE_") if state in common_pb2.RunState.values() else str(state)

@@ -21,7 +21,7 @@ def model(**weights: float) -> lasso_pb2.ModelResult:
 
 def test_predictions_apply_intercept_and_coefficients_in_order() -> None:
     result = model(bmi=0.5, smoker=3.0, exercise_hours=-0.25)
-    records = [{"bmi": 30.0, "smoker": 1.0, "exercise_hours": 4.0}, {"exercise_hours": 0, "bmi": 20, "smoker": 0}]
+    records: list[dict[str, float]] = [{"bmi": 30.0, "smoker": 1.0, "exercise_hours": 4.0}, {"exercise_hours": 0, "bmi": 20, "smoker": 0}]
     assert predict(result, records) == [2.0 + 15.0 + 3.0 - 1.0, 2.0 + 10.0]
     assert predict(result, []) == []
 

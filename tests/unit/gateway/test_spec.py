@@ -28,7 +28,7 @@ from services.gateway.spec import (
 )
 from tests.unit.gateway.specs import make_spec
 
-Mutation = Callable[[common_pb2.StudySpec], None]
+Mutation = Callable[[common_pb2.StudySpec], object]
 
 
 def mutated(change: Mutation) -> common_pb2.StudySpec:

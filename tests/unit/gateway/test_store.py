@@ -126,7 +126,7 @@ def test_unknown_ids_are_refused(store: Store) -> None:
     ):
         with pytest.raises(UnknownStudyError):
             call()
-    for call in (
+    for run_call in (
         lambda: store.get_run("nope"),
         lambda: store.update_run("nope", phase=common_pb2.PHASE_GRAM),
         lambda: store.get_result("nope"),
@@ -135,7 +135,7 @@ def test_unknown_ids_are_refused(store: Store) -> None:
         lambda: store.events("nope"),
     ):
         with pytest.raises(UnknownRunError):
-            call()
+            run_call()
     assert issubclass(UnknownRunError, LookupError) and issubclass(UnknownStudyError, LookupError)
 
 
@@ -250,7 +250,7 @@ def test_only_a_data_owner_starts_a_run_and_run_ids_are_checked(store: Store) ->
 LEGAL = {(PENDING, RUNNING), (PENDING, FAILED), (PENDING, CANCELLED), (RUNNING, SUCCEEDED), (RUNNING, FAILED), (RUNNING, CANCELLED),
          (PENDING, PENDING), (RUNNING, RUNNING)}
 STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-PATH_TO = {PENDING: [], RUNNING: [RUNNING], SUCCEEDED: [RUNNING, SUCCEEDED], FAILED: [FAILED], CANCELLED: [CANCELLED]}
+PATH_TO: dict[int, list[int]] = {PENDING: [], RUNNING: [RUNNING], SUCCEEDED: [RUNNING, SUCCEEDED], FAILED: [FAILED], CANCELLED: [CANCELLED]}
 
 
 def _error(reason: str = "peer vanished") -> common_pb2.RunError:
