@@ -136,6 +136,7 @@ def parse_owner_csv(
     text: str, *, birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec]
 ) -> OwnerTable:
     """The parsing and validation behind ``read_owner_csv``, on the file's text."""
+    text = text.removeprefix("\ufeff")
     if not text.strip():
         raise EmptyFileError("source CSV file is empty")
     delimiter = _detect_delimiter(text.lstrip().splitlines()[0])

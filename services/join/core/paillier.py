@@ -16,11 +16,15 @@ party picks x ∈ Z*_N, sets h = −x² mod N and the base h_s = h^N mod N², an
 uses ρ = h_s^a mod N² with a uniform a of 448 bits. The security of the
 resulting encryption relies on the DCR assumption plus the assumption that
 h^a for a short random a is indistinguishable from a random element of ⟨h⟩
-(the short-exponent assumption of DJN 2010; 448 = 4 × 112 bits for 2048-bit
-N, as in Ma et al., ACSAC 2021). h_s^a is computed with a fixed-base window
-table: with w-bit windows, a = Σ_k a_k·2^(k·w) and the table holds
-h_s^(j·2^(k·w)), so h_s^a = Π_k T[k][a_k] costs ⌈448/w⌉ − 1 multiplications
-instead of ~530 for square-and-multiply.
+(the short-exponent assumption of DJN 2010). Generic attacks on a t-bit
+exponent cost about 2^(t/2), and the small prime factors of ord(h) (which
+divides λ(N)) let an attacker learn a modulo those primes (van Oorschot–
+Wiener); with random primes p, q, t = 448 = 4 × 112 bits (2048-bit N aims at
+112-bit security) keeps a wide margin.
+
+Fixed-base table. With w-bit windows, a = Σ_k a_k·2^(k·w) and the table holds
+T[k][j] = h_s^(j·2^(k·w)), so h_s^a = Π_k T[k][a_k] costs ⌈448/w⌉ − 1
+multiplications instead of ~500 for a modular exponentiation.
 
 Offline / online. ``generate_pool`` precomputes the ρ values (offline phase,
 optionally over several processes). Each ρ is popped exactly once: reusing ρ

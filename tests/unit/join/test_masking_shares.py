@@ -88,7 +88,7 @@ def test_mask_and_reshare_reconstruct(key_b: PrivateKey) -> None:
     owner = owner_shares(key_b, LAYOUT, masked.ciphertexts, columns, threads=2)
     helper = ShareMatrix(columns, masked.helper_shares)
     total = reconstruct([owner, helper])
-    undone = [None] * len(perm)
+    undone: list[list[int]] = [[] for _ in perm]
     for k, src in enumerate(perm):
         undone[src] = total.values[k]
     assert undone == plain

@@ -14,16 +14,17 @@ from services.join.core import fixedpoint
 from services.join.core.columns import ColumnSpec
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import IntersectionTooSmallError, SpecError, WireFormatError
-from services.join.core.keys import derive_tag_key, new_agreement_key, public_key_bytes, tag_key_info
+from services.join.core.keys import TagKey, derive_tag_key, new_agreement_key, public_key_bytes, tag_key_info
 from services.join.core.paillier import PrivateKey, generate_keypair, generate_pool
 from services.join.core.protocol import (
     EncryptedUpload,
+    HelperResult,
     helper_match_and_mask,
     owner_encrypt,
     owner_reshare,
     pool_size,
 )
-from services.join.core.shares import assemble, reconstruct
+from services.join.core.shares import ShareMatrix, assemble, reconstruct
 
 COLS_A = [ColumnSpec("pid_a", 0, 10_000), ColumnSpec("days", 0, 365), ColumnSpec("cost", -1e5, 1e5)]
 COLS_B = [ColumnSpec("pid_b", 0, 10_000), ColumnSpec("bmi", 10, 60), ColumnSpec("smoker", 0, 1),
@@ -46,13 +47,16 @@ def _owner_csv(path: Path, patients: list[int], cols: list[ColumnSpec], rng: ran
                           features=cols[:-1], target=cols[-1])
 
 
-def _tag_keys():  # type: ignore[no-untyped-def]
+def _tag_keys() -> tuple[TagKey, TagKey]:
     a, b = new_agreement_key(), new_agreement_key()
     info = tag_key_info("study-x", "run-1")
     return derive_tag_key(a, public_key_bytes(b), info), derive_tag_key(b, public_key_bytes(a), info)
 
 
-def _run(table_a: OwnerTable, table_b: OwnerTable, key_a: PrivateKey, key_b: PrivateKey, minimum: int):  # type: ignore[no-untyped-def]
+Run = tuple[EncryptedUpload, EncryptedUpload, HelperResult, list[ShareMatrix]]
+
+
+def _run(table_a: OwnerTable, table_b: OwnerTable, key_a: PrivateKey, key_b: PrivateKey, minimum: int) -> Run:
     tag_a, tag_b = _tag_keys()
     upload_a = owner_encrypt(table_a, tag_a, key_b.public, generate_pool(key_b.public, pool_size(table_a, key_b.public)))
     upload_b = owner_encrypt(table_b, tag_b, key_a.public, generate_pool(key_a.public, pool_size(table_b, key_a.public)))
