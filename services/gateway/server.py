@@ -1,18 +1,34 @@
-"""Gateway server: builds the servicer with its state and serves it."""
+"""Gateway server: opens this org's state (SQLite store + audit log), ends runs a restart
+interrupted, and serves GatewayService."""
 
 from __future__ import annotations
 
+import grpc
+
 from riskmesh.v1 import gateway_pb2, gateway_pb2_grpc
+from services.gateway.audit import AuditLog, audit_path
 from services.gateway.rules import GATEWAY_RULES
 from services.gateway.servicer import GatewayServicer
+from services.gateway.store import Store, store_path
 from services.mesh.config import OrgConfig
+from services.mesh.identity import Identity
 from services.mesh.process import run_server_process
 from services.mesh.server import MeshServer
 
 
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
-    mesh = MeshServer(config, "gateway", GATEWAY_RULES, port=port, health_port=health_port)
-    servicer = GatewayServicer(config, mesh.credentials)
+    store = Store(store_path(config.state_dir))
+    audit = AuditLog(audit_path(config.state_dir))
+    actor = f"spiffe://{config.org}/gateway"
+    for run_id in store.fail_interrupted_runs(org=config.org):
+        run = store.get_run(run_id)
+        audit.append(actor, "run.failed", study_id=run.study_id, run_id=run_id, details={"reason": run.error.reason if run.error else ""})
+
+    def audit_refusal(method: str, caller: Identity | None, code: grpc.StatusCode) -> None:
+        audit.append(str(caller) if caller else "unidentified", "rpc.refused", details={"method": method, "code": code.name})
+
+    mesh = MeshServer(config, "gateway", GATEWAY_RULES, on_refusal=audit_refusal, port=port, health_port=health_port)
+    servicer = GatewayServicer(config, mesh.credentials, store, audit)
     mesh.add_service(gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer, gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"])
     return mesh
 
