@@ -49,7 +49,7 @@ from services.join.core.errors import (
 from services.join.core.fixedpoint import FixedPointFormat, FloatMatrix
 from services.join.core.ids import canonical_id
 
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _NON_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 _MISSING = frozenset({"", "na", "n/a", "null", "none"})
 _DELIMITERS = (",", ";", "\t")

@@ -31,16 +31,16 @@ _MAX_YEAR = 2100
 
 # (pattern, group order) — order names which regex group is year, month, day.
 _DATE_FORMATS: tuple[tuple[re.Pattern[str], tuple[int, int, int]], ...] = (
-    (re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})"), (1, 2, 3)),
-    (re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})"), (1, 2, 3)),
-    (re.compile(r"(\d{1,2})-(\d{1,2})-(\d{4})"), (3, 2, 1)),
-    (re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})"), (3, 2, 1)),
-    (re.compile(r"(\d{4})(\d{2})(\d{2})"), (1, 2, 3)),
+    (re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})", re.ASCII), (1, 2, 3)),
+    (re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})", re.ASCII), (1, 2, 3)),
+    (re.compile(r"(\d{1,2})-(\d{1,2})-(\d{4})", re.ASCII), (3, 2, 1)),
+    (re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})", re.ASCII), (3, 2, 1)),
+    (re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII), (1, 2, 3)),
 )
 _DATE_HELP = "expected YYYY-MM-DD, DD-MM-YYYY, DD/MM/YYYY, YYYYMMDD or YYYY/MM/DD"
 
-_POSTAL = re.compile(r"[A-Z0-9]{4,10}")
-_WHITESPACE = re.compile(r"\s+")
+_POSTAL = re.compile(r"[A-Z0-9]{4,10}", re.ASCII)
+_WHITESPACE = re.compile(r"\s+")  # Unicode whitespace too (no-break spaces from spreadsheets)
 
 SEPARATOR = "|"
 

@@ -8,8 +8,11 @@ Two kinds of parallelism are used by the join core:
 
 Processes come from a ``forkserver`` context: a gRPC server must not be
 forked (its threads and polling state do not survive ``fork``), and
-``forkserver`` forks from a clean helper process instead. Only plain ints
-cross the process boundary.
+``forkserver`` forks from a clean helper process instead, with the Paillier
+module preloaded so workers start fast. As with ``spawn``, each worker
+imports the caller's ``__main__`` module, which must therefore be guarded by
+``if __name__ == "__main__"`` (console scripts are). Only plain ints cross
+the process boundary.
 """
 
 from __future__ import annotations
@@ -51,4 +54,6 @@ def default_workers() -> int:
 def process_executor(workers: int) -> ProcessPoolExecutor:
     """A process pool safe to create from a gRPC server process (forkserver start method)."""
     context = multiprocessing.get_context("forkserver")
+    # Takes effect when the fork server first starts; harmless afterwards.
+    context.set_forkserver_preload(["services.join.core.paillier"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)

@@ -121,6 +121,11 @@ def helper_match_and_mask(
         raise SpecError("both owners encrypted under the same key; each must use the other's")
     if set(upload_a.columns) & set(upload_b.columns):
         raise SpecError("the two owners name the same column")
+    fmt_a, fmt_b = upload_a.layout, upload_b.layout
+    if (fmt_a.fractional_bits, fmt_a.value_bits, fmt_a.sigma_bits) != (
+        fmt_b.fractional_bits, fmt_b.value_bits, fmt_b.sigma_bits
+    ):
+        raise SpecError("the two uploads use different fixed-point or masking parameters")
     pairs = match_tags(upload_a.tags, upload_b.tags)
     check_minimum(len(pairs), min_intersection)
     pairs = permute(pairs, random_permutation(len(pairs)))

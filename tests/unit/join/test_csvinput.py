@@ -122,6 +122,7 @@ def test_bad_quoting(tmp_path: Path) -> None:
         ("abc87413", NonNumericError),
         ("1_000", NonNumericError),
         ("0x1F", NonNumericError),
+        ("\u0661\u0662", NonNumericError),  # non-ASCII digits
         ("22,5", NonNumericError),  # decimal comma only with ';'
         ("NaN", NonFiniteError),
         ("-inf", NonFiniteError),

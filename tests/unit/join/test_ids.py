@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from services.join.core.errors import DataError, InvalidIdError
@@ -28,7 +28,7 @@ def test_single_digit_day_and_month() -> None:
 @pytest.mark.parametrize(
     "text",
     ["31-02-1970", "1970-13-01", "19701301", "abc", "", "   ", "01-01-1700", "01-01-2200",
-     "1970.01.31", "70-01-31", "1970-01-31T00:00", "197001311"],
+     "1970.01.31", "70-01-31", "\u0661\u0669\u0667\u0660-01-31", "1970-01-31T00:00", "197001311"],
 )
 def test_birth_date_rejections(text: str) -> None:
     with pytest.raises(InvalidIdError):
@@ -47,7 +47,7 @@ def test_error_names_row_and_column_not_value() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1234 ab", "1234AB"), (" 1234\tAb ", "1234AB"), ("sw1a 1aa", "SW1A1AA"), ("12345", "12345"),
+    [("1234 ab", "1234AB"), ("1234\u00a0AB", "1234AB"), (" 1234\tAb ", "1234AB"), ("sw1a 1aa", "SW1A1AA"), ("12345", "12345"),
      ("0123456789", "0123456789")],
 )
 def test_postal_code(text: str, expected: str) -> None:
@@ -87,6 +87,7 @@ def test_all_formats_agree(date: dt.date) -> None:
 
 @given(st.text(alphabet="0123456789-/ .abXY", min_size=6, max_size=14))
 def test_rejection_never_echoes_input(text: str) -> None:
+    assume(len(text.strip()) >= 4)  # shorter strings occur in any message ("row 2")
     try:
         normalise_birth_date(text, row=2, column="dob")
     except InvalidIdError as err:

@@ -15,6 +15,7 @@ from services.join.core.columns import ColumnSpec
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import IntersectionTooSmallError, SpecError, WireFormatError
 from services.join.core.keys import TagKey, derive_tag_key, new_agreement_key, public_key_bytes, tag_key_info
+from services.join.core.packing import SlotLayout
 from services.join.core.paillier import PrivateKey, generate_keypair, generate_pool
 from services.join.core.protocol import (
     EncryptedUpload,
@@ -139,6 +140,10 @@ def test_protocol_guards(tmp_path: Path, key_a: PrivateKey, key_b: PrivateKey) -
     truncated = EncryptedUpload(up_b.tags[:-1], up_b.ciphertexts, up_b.columns, up_b.layout, up_b.key)
     with pytest.raises(WireFormatError):
         helper_match_and_mask(up_a, truncated, 1)
+    other_sigma = SlotLayout.for_columns(5, 1024, sigma_bits=41)
+    up_b_sigma = owner_encrypt(table_b, tag_b, key_a.public, generate_pool(key_a.public, 20), other_sigma)
+    with pytest.raises(SpecError):
+        helper_match_and_mask(up_a, up_b_sigma, 1)
     helper = helper_match_and_mask(up_a, up_b, 1)
     with pytest.raises(WireFormatError):
         owner_reshare(helper.to_a, key_b)  # B's key cannot open rows meant for A
