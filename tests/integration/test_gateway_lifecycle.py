@@ -1,0 +1,123 @@
+"""Study lifecycle across three in-process gateways over mTLS: proposals, approvals and
+the refusals the issue names (runs need both owners' approval of the current spec;
+the helper neither proposes nor reads results)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from riskmesh.client import GatewayClient
+from riskmesh.v1 import common_pb2
+from services.cli.studies import spec_for
+from services.cli.synthetic import make_study_data
+from services.gateway.audit import AuditLog, audit_path
+from services.gateway.server import build_server
+from services.mesh.config import load_config
+from tests.conftest import start_in_process, stop_in_process
+
+
+@pytest.fixture(scope="module")
+def mesh(loop_thread, mesh_configs):
+    servers = start_in_process(loop_thread, mesh_configs, build_server)
+    configs = {org: load_config(path, env={}) for org, path in mesh_configs.items()}
+    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()}
+    yield clients, servers
+    for c in clients.values():
+        c.close()
+    stop_in_process(loop_thread, servers)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_study_data(40)
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()
+
+
+def test_proposal_reaches_every_party_with_the_proposers_approval(mesh, data):
+    clients, _ = mesh
+    study = clients["insurer"].propose(spec_for(data, "lifecycle-one"), source_path="/data/insurer.csv")
+    assert study.state == common_pb2.STUDY_STATE_PROPOSED and list(study.approved_by) == ["insurer"]
+    for org in ("hospital", "helper"):
+        seen = clients[org].get_study("lifecycle-one")
+        assert seen.spec_digest == study.spec_digest and seen.proposed_by == "insurer" and list(seen.approved_by) == ["insurer"]
+
+
+def test_run_before_both_approvals_is_refused(mesh, data):
+    clients, _ = mesh
+    clients["insurer"].propose(spec_for(data, "lifecycle-two"), source_path="/data/insurer.csv")
+    assert code_of(lambda: clients["insurer"].start_run("lifecycle-two")) == grpc.StatusCode.FAILED_PRECONDITION
+    digest = clients["hospital"].get_study("lifecycle-two").spec_digest
+    clients["helper"].approve("lifecycle-two", digest)
+    assert code_of(lambda: clients["insurer"].start_run("lifecycle-two")) == grpc.StatusCode.FAILED_PRECONDITION
+    study = clients["hospital"].approve("lifecycle-two", digest, source_path="/data/hospital.csv")
+    assert study.state == common_pb2.STUDY_STATE_APPROVED
+    assert sorted(clients["insurer"].get_study("lifecycle-two").approved_by) == ["helper", "hospital", "insurer"]
+
+
+def test_changed_spec_needs_new_approvals(mesh, data):
+    clients, _ = mesh
+    first = clients["insurer"].propose(spec_for(data, "lifecycle-three"), source_path="/data/insurer.csv")
+    clients["helper"].approve("lifecycle-three", first.spec_digest)
+    clients["hospital"].approve("lifecycle-three", first.spec_digest, source_path="/data/hospital.csv")
+    changed = clients["insurer"].propose(spec_for(data, "lifecycle-three", alphas=[0.5]))
+    assert changed.spec_digest != first.spec_digest and list(changed.approved_by) == ["insurer"]
+    # An approval of the old digest is refused; the new one must be reviewed and approved.
+    assert code_of(lambda: clients["hospital"].approve("lifecycle-three", first.spec_digest, source_path="/d.csv")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(lambda: clients["insurer"].start_run("lifecycle-three")) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_helper_cannot_propose_or_start_or_read_results(mesh, data):
+    clients, _ = mesh
+    assert code_of(lambda: clients["helper"].propose(spec_for(data, "lifecycle-four"))) == grpc.StatusCode.PERMISSION_DENIED
+    clients["insurer"].propose(spec_for(data, "lifecycle-five"), source_path="/data/insurer.csv")
+    assert code_of(lambda: clients["helper"].start_run("lifecycle-five")) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: clients["helper"].result("no-such-run")) == grpc.StatusCode.NOT_FOUND
+
+
+def test_owner_approval_needs_a_local_source(mesh, data):
+    clients, _ = mesh
+    study = clients["insurer"].propose(spec_for(data, "lifecycle-six"), source_path="/data/insurer.csv")
+    assert code_of(lambda: clients["hospital"].approve("lifecycle-six", study.spec_digest)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_invalid_spec_is_refused_with_a_clear_message(mesh, data):
+    clients, _ = mesh
+    spec = spec_for(data, "lifecycle-seven")
+    spec.model.alphas[:] = [-1.0]
+    with pytest.raises(grpc.RpcError) as err:
+        clients["insurer"].propose(spec)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "alpha" in err.value.details()
+
+
+def test_audit_log_verifies_and_records_refusals(mesh, mesh_configs, data):
+    clients, _ = mesh
+    insurer = load_config(mesh_configs["insurer"], env={})
+    # The hospital's client certificate is refused at insurer's gateway, and audited there.
+    with GatewayClient.from_pki(insurer.self_endpoint.address("gateway"), "insurer", insurer.pki_dir) as own:
+        own.get_info()
+    foreign = GatewayClient(insurer.self_endpoint.address("gateway"), "insurer",
+                            (insurer.pki_dir / "hospital" / "client.pem").read_bytes(), (insurer.pki_dir / "hospital" / "client.key").read_bytes(),
+                            (insurer.pki_dir / "insurer" / "ca.pem").read_bytes())
+    assert code_of(foreign.get_info) == grpc.StatusCode.PERMISSION_DENIED
+    foreign.close()
+    rows = AuditLog(audit_path(insurer.state_dir)).rows()
+    refusals = [r for r in rows if r.action == "rpc.refused"]
+    assert refusals and refusals[-1].actor == "spiffe://hospital/client" and refusals[-1].details["code"] == "PERMISSION_DENIED"
+    assert {"study.proposed", "study.approved"} <= {r.action for r in rows}
+    reply = clients["insurer"].verify_audit()
+    assert reply.ok and reply.rows == len(rows)
+
+
+def test_gateway_restart_keeps_studies_and_approvals(loop_thread, mesh, mesh_configs, data):
+    clients, servers = mesh
+    clients["insurer"].propose(spec_for(data, "lifecycle-eight"), source_path="/data/insurer.csv")
+    loop_thread.run(servers["hospital"].stop(0))
+    servers.update(start_in_process(loop_thread, {"hospital": mesh_configs["hospital"]}, build_server))
+    study = clients["hospital"].get_study("lifecycle-eight")
+    assert list(study.approved_by) == ["insurer"]
