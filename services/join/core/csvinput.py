@@ -129,13 +129,20 @@ def read_owner_csv(
         birth_date_column=birth_date_column,
         postal_code_column=postal_code_column,
         columns=columns,
+        fixed_point=fixed_point,
     )
 
 
 def parse_owner_csv(
-    text: str, *, birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec]
+    text: str,
+    *,
+    birth_date_column: str,
+    postal_code_column: str,
+    columns: Sequence[ColumnSpec],
+    fixed_point: FixedPointFormat = FixedPointFormat(),
 ) -> OwnerTable:
     """The parsing and validation behind ``read_owner_csv``, on the file's text."""
+    _check_spec(birth_date_column, postal_code_column, columns, fixed_point)
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise EmptyFileError("source CSV file is empty")

@@ -62,6 +62,9 @@ class MaskedRows:
     ciphertexts: list[list[int]]
     helper_shares: list[list[int]]
 
+    def __repr__(self) -> str:  # never print shares
+        return f"MaskedRows(rows={len(self.ciphertexts)})"
+
 
 def mask_rows(
     public_key: PublicKey, layout: SlotLayout, ciphertexts: Sequence[Sequence[int]], n_columns: int

@@ -94,6 +94,7 @@ def test_mask_and_reshare_reconstruct(key_b: PrivateKey) -> None:
     assert undone == plain
     assert all(0 <= v < 2**105 for row in owner.values for v in row)
     assert all(-(2**104) < v <= 0 for row in helper.values for v in row)
+    assert repr(masked) == "MaskedRows(rows=40)"
 
 
 def test_mask_rows_rejects_malformed_rows(key_b: PrivateKey) -> None:
