@@ -1,0 +1,1 @@
+"""Benchmarks of the whole pipeline (`riskmesh bench`)."""

@@ -1,0 +1,129 @@
+"""EncryptionService (data owners): the hashing/encryption step of the secure join.
+
+PrepareEncryption reads and validates the owner's local CSV (it never leaves the org)
+and makes an ephemeral X25519 key; RunEncryption derives the tag key with the other
+owner's X25519 key (HKDF info = study id + run id), tags, encodes, packs, builds the
+randomness pool under the other owner's Paillier key (offline part), encrypts, shuffles
+and streams (tag, ciphertexts) to the helper in chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
+from services.join import codec
+from services.join.common import chunked, join_errors, progress
+from services.join.core import keys
+from services.join.core.csvinput import OwnerTable, read_owner_csv
+from services.join.core.errors import SpecError
+from services.join.core.packing import SlotLayout
+from services.join.core.paillier import RandomnessPool, generate_pool
+from services.join.core.parallel import default_workers, process_executor, split_sizes
+from services.join.core.protocol import owner_encrypt
+from services.join.rules import ENCRYPTION_RULES
+from services.mesh.config import OrgConfig
+from services.mesh.peers import Channels
+from services.mesh.process import run_server_process
+from services.mesh.server import MeshServer
+
+log = logging.getLogger("riskmesh.encryption")
+
+UPLOAD_DEADLINE_S = 1800.0
+POOL_PIECE = 20_000  # pool elements per progress step
+
+
+@dataclass
+class PreparedRun:
+    spec: common_pb2.StudySpec
+    table: OwnerTable
+    agreement_key: X25519PrivateKey
+
+
+class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
+    def __init__(self, config: OrgConfig, channels: Channels, executor: ProcessPoolExecutor | None, workers: int) -> None:
+        self.config = config
+        self.channels = channels
+        self.executor = executor
+        self.workers = workers
+        self.prepared: dict[str, PreparedRun] = {}
+
+    async def PrepareEncryption(self, request, context):
+        async with join_errors(context, "hashing/encryption"):
+            owner = codec.owner_columns(request.spec, self.config.org)
+            target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
+            table = await asyncio.to_thread(
+                read_owner_csv,
+                request.source_path,
+                birth_date_column=owner.birth_date_column,
+                postal_code_column=owner.postal_code_column,
+                features=[codec.column_from_proto(c) for c in owner.features],
+                target=target,
+            )
+            agreement = keys.new_agreement_key()
+            self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)
+            log.info("run %s: %d rows validated", request.run_id, len(table.ids))
+            return join_pb2.PrepareEncryptionResponse(x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids))
+
+    async def RunEncryption(self, request, context) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
+        prepared = self.prepared.pop(request.run_id, None)
+        if prepared is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {request.run_id} was not prepared here (or already ran)")
+        org, run_id = self.config.org, request.run_id
+        async with join_errors(context, "hashing/encryption"):
+            tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
+            peer_key = codec.public_key_from_proto(request.peer_paillier_key)
+            layout = SlotLayout.for_columns(len(prepared.table.columns), peer_key.bits)
+            count = len(prepared.table.ids) * layout.ciphertexts_per_row
+            pool = RandomnessPool(peer_key.key_id, [])
+            for piece in split_sizes(count, -(-count // POOL_PIECE)):
+                yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, len(pool), count, "randomness pool (offline)"))
+                part = await asyncio.to_thread(generate_pool, peer_key, piece, executor=self.executor, parts=self.workers)
+                pool = RandomnessPool(peer_key.key_id, pool.take(len(pool)) + part.take(len(part)))
+            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, count, count, "randomness pool ready"))
+            upload = await asyncio.to_thread(owner_encrypt, prepared.table, tag_key, peer_key, pool, layout)
+            total = len(upload.tags)
+            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, 0, total, "encrypted; sending to the helper"))
+
+            def requests():
+                yield join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(
+                    run_id=run_id, rows=total, layout=codec.layout_to_proto(layout), columns=upload.columns, key=codec.public_key_to_proto(peer_key)))
+                for seq, rows in enumerate(chunked(range(total))):
+                    chunk = join_pb2.RowChunk(seq=seq, tags=[upload.tags[i] for i in rows],
+                                              ciphertexts=[peer_key.encode_ciphertext(c) for i in rows for c in upload.ciphertexts[i]])
+                    yield join_pb2.UploadRowsRequest(chunk=chunk)
+
+            helper = self.config.helper_org
+            if helper is None:
+                raise SpecError("no helper organisation is configured")
+            stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
+            try:
+                reply = await stub.UploadRows(requests(), timeout=UPLOAD_DEADLINE_S)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code() if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT) else grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, f"hashing/encryption: the helper did not accept the rows: {exc.code().name}: {exc.details()}")
+            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, reply.rows, total, "rows accepted by the helper"))
+
+
+async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
+    mesh = MeshServer(config, "encryption", ENCRYPTION_RULES, port=port, health_port=health_port)
+    workers = default_workers()
+    executor = process_executor(workers) if workers > 1 else None
+    servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers)
+    mesh.add_service(join_pb2_grpc.add_EncryptionServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["EncryptionService"])
+    return mesh
+
+
+def main() -> int:
+    return run_server_process("encryption", build_server)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""ResharingService (every org): turns masked ciphertexts into this org's additive shares.
+
+A data owner generates a fresh Paillier key pair per run (CreateKey), receives the
+other owner's masked rows from the helper (DeliverMaskedRows) and decrypts them, chunk
+by chunk as they arrive, into x' + r. The helper stores its own shares −r
+(StoreHelperShares). Shares are complete only when every announced row has arrived and
+been decrypted; AwaitShares reports that, and GetShares hands complete shares to the
+same organisation's lasso server only. Nothing partial is ever served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import grpc
+
+from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
+from services.join import codec
+from services.join.common import chunked, progress
+from services.join.core.errors import JoinError, SpecError
+from services.join.core.packing import SlotLayout
+from services.join.core.paillier import PrivateKey, generate_keypair
+from services.join.core.parallel import default_workers
+from services.join.core.shares import ShareMatrix, decode_shares, encode_shares, owner_shares, value_bytes
+from services.join.rules import RESHARING_RULES
+from services.mesh.config import OrgConfig
+from services.mesh.process import run_server_process
+from services.mesh.server import MeshServer
+
+log = logging.getLogger("riskmesh.resharing")
+
+ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only for tests and quick benchmarks
+
+
+@dataclass
+class Block:
+    """A complete block of shares: some columns, all joined rows, in the helper's order."""
+
+    shares: ShareMatrix
+    layout: SlotLayout
+
+
+@dataclass
+class ResharingRun:
+    key: PrivateKey | None = None
+    blocks: list[Block] = field(default_factory=list)
+    expected_blocks: int = 1
+    rows_done: int = 0
+    rows_total: int = 0
+    error: str | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.blocks) >= self.expected_blocks
+
+
+class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
+    def __init__(self, config: OrgConfig, threads: int) -> None:
+        self.config = config
+        self.threads = threads
+        self.runs: dict[str, ResharingRun] = {}
+
+    def _run(self, run_id: str) -> ResharingRun:
+        # The helper holds two blocks (−r for each owner's columns); an owner holds one.
+        expected = 2 if self.config.role == "helper" else 1
+        return self.runs.setdefault(run_id, ResharingRun(expected_blocks=expected))
+
+    async def CreateKey(self, request, context):
+        if self.config.role != "data_owner":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "only data owners hold Paillier keys")
+        bits = request.bits or 2048
+        if bits not in ALLOWED_BITS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Paillier modulus must be one of {ALLOWED_BITS} bits")
+        run = self._run(request.run_id)
+        if run.key is not None:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"run {request.run_id} already has a key")
+        run.key = await asyncio.to_thread(generate_keypair, bits)
+        return join_pb2.CreateKeyResponse(key=codec.public_key_to_proto(run.key.public))
+
+    async def DeliverMaskedRows(self, request_iterator, context):
+        header = None
+        ciphertexts_done: list[list[int]] = []
+        run: ResharingRun | None = None
+        next_seq = 0
+        async for item in request_iterator:
+            if header is None:
+                if not item.HasField("header"):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
+                header = item.header
+                run = self.runs.get(header.run_id)
+                if run is None or run.key is None:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {header.run_id} has no key here")
+                if header.key_id != run.key.public.key_id:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the masked rows are encrypted under another key")
+                try:
+                    layout = codec.layout_from_proto(header.layout)
+                    layout.check_columns(len(header.columns))
+                    layout.check_modulus(run.key.public.bits)
+                except JoinError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
+                run.rows_total = header.joined
+                values: list[list[int]] = []
+                continue
+            if not item.HasField("chunk") or item.chunk.seq != next_seq:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks must follow the header in sequence")
+            next_seq += 1
+            per_row = layout.ciphertexts_per_row
+            try:
+                cts = [run.key.public.decode_ciphertext(c) for c in item.chunk.ciphertexts]
+                if len(cts) % per_row:
+                    raise SpecError("a chunk holds a partial row")
+                rows = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
+                # Decrypt while the next chunk streams in (gmpy2 releases the GIL).
+                block = await asyncio.to_thread(owner_shares, run.key, layout, rows, header.columns, threads=self.threads)
+            except JoinError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
+            values.extend(block.values)
+            if len(values) > header.joined:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "more rows than the header announced")
+            run.rows_done = len(values)
+            run.notify()
+        if header is None or run is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty delivery")
+        if len(values) != header.joined:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the delivery ended after {len(values)} of {header.joined} rows")
+        run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
+        run.key = None  # the run's private key is not needed any more
+        run.notify()
+        log.info("run %s: %d masked rows decrypted into shares", header.run_id, len(values))
+        return join_pb2.DeliverMaskedRowsResponse(rows=len(values))
+
+    async def StoreHelperShares(self, request_iterator, context):
+        header = None
+        values: list[list[int]] = []
+        next_seq = 0
+        async for item in request_iterator:
+            if header is None:
+                if not item.HasField("header"):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
+                header = item.header
+                try:
+                    layout = codec.layout_from_proto(header.layout)
+                except JoinError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
+                continue
+            if not item.HasField("chunk") or item.chunk.seq != next_seq:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks must follow the header in sequence")
+            next_seq += 1
+            try:
+                rows = decode_shares(item.chunk.values, len(header.columns), header.value_bytes)
+            except JoinError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
+            values.extend(rows)
+        if header is None or len(values) != header.rows:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the helper's shares arrived incomplete")
+        run = self._run(header.run_id)
+        run.rows_total = run.rows_done = header.rows
+        run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
+        run.notify()
+        return join_pb2.StoreHelperSharesResponse(rows=len(values))
+
+    async def AwaitShares(self, request, context) -> AsyncIterator[join_pb2.AwaitSharesResponse]:
+        run = self._run(request.run_id)
+        org, phase = self.config.org, common_pb2.PHASE_RESHARING
+        reported = -1
+        while True:
+            changed = run.changed
+            if run.complete:
+                joined = run.blocks[0].shares.n_rows
+                yield join_pb2.AwaitSharesResponse(progress=progress(request.run_id, org, phase, joined, joined, "shares stored"), joined=joined)
+                return
+            if run.rows_done != reported:
+                reported = run.rows_done
+                yield join_pb2.AwaitSharesResponse(progress=progress(request.run_id, org, phase, run.rows_done, run.rows_total, "decrypting masked rows" if run.rows_total else "waiting for the helper"))
+            await changed.wait()
+
+    async def GetShares(self, request, context) -> AsyncIterator[join_pb2.GetSharesResponse]:
+        run = self.runs.get(request.run_id)
+        if run is None or not run.complete:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the shares of run {request.run_id} are not complete here")
+        for block in run.blocks:
+            width = value_bytes(block.layout)
+            yield join_pb2.GetSharesResponse(header=join_pb2.SharesHeader(
+                run_id=request.run_id, rows=block.shares.n_rows, columns=block.shares.columns, value_bytes=width, layout=codec.layout_to_proto(block.layout)))
+            for seq, rows in enumerate(chunked(block.shares.values, 5000)):
+                yield join_pb2.GetSharesResponse(chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_shares(rows, width)))
+
+    async def DropRun(self, request, context):
+        self.runs.pop(request.run_id, None)
+        return join_pb2.DropRunResponse()
+
+
+async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
+    mesh = MeshServer(config, "resharing", RESHARING_RULES, port=port, health_port=health_port)
+    servicer = ResharingServicer(config, threads=default_workers())
+    mesh.add_service(join_pb2_grpc.add_ResharingServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["ResharingService"])
+    return mesh
+
+
+def main() -> int:
+    return run_server_process("resharing", build_server)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
