@@ -173,7 +173,9 @@ def issue_with_existing_ca(out: Path, org: str, service: str, dest: Path, not_be
 
 
 def export_k8s(pki_dir: Path, org: str, out_dir: Path, namespace: str = "riskmesh") -> list[Path]:
-    """Write one Secret manifest per service of `org` (tls.crt, tls.key, trust.pem) into out_dir.
+    """Write one Secret manifest per service of `org` (tls.crt, tls.key, trust.pem, ca.pem)
+    into out_dir. ca.pem (the org's own CA, public) is what a client such as
+    `riskmesh.client.GatewayClient.from_pki` trusts; servers use trust.pem.
 
     These files hold private keys: out_dir must be outside the repository (or ignored).
     """
@@ -187,6 +189,7 @@ def export_k8s(pki_dir: Path, org: str, out_dir: Path, namespace: str = "riskmes
             "tls.crt": paths.cert(service).read_bytes(),
             "tls.key": paths.key(service).read_bytes(),
             "trust.pem": paths.trust().read_bytes(),
+            "ca.pem": paths.ca_cert().read_bytes(),
         }
         lines = [
             "apiVersion: v1",
