@@ -1,0 +1,180 @@
+"""The MPyC side of the transport: exchanger semantics and the replaced Runtime.start."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.lasso.frames import Close, Dial, PeerClosed, PeerLost, PeerUp, Recv, Send
+from services.lasso.transport import Exchanger, MeshTransport, PeerLostError
+from tests.unit.lasso_transport.fake_runtime import FakeRuntime, RecordingSink
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_send_queues_a_frame_and_counts_bytes_like_mpyc():
+    async def main():
+        sink = RecordingSink()
+        ex = Exchanger(FakeRuntime(0, asyncio.get_running_loop()), 2, sink)
+        ex.send(-5, b"abc")
+        ex.send(2**63 - 1, bytearray(b"de"))
+        assert sink.frames == [Send(2, -5, b"abc"), Send(2, 2**63 - 1, b"de")]
+        assert ex.nbytes_sent == (12 + 3) + (12 + 2)
+
+    run(main())
+
+
+def test_receive_after_and_before_delivery():
+    async def main():
+        ex = Exchanger(FakeRuntime(0, asyncio.get_running_loop()), 1, RecordingSink())
+        ex.deliver(7, b"early")
+        assert ex.receive(7) == b"early"
+        future = ex.receive(8)
+        assert isinstance(future, asyncio.Future) and not future.done()
+        ex.deliver(8, b"late")
+        assert await future == b"late"
+        assert ex.pending_receives == 0
+
+    run(main())
+
+
+def test_fail_fails_pending_and_later_receives_but_keeps_delivered_ones():
+    async def main():
+        ex = Exchanger(FakeRuntime(0, asyncio.get_running_loop()), 1, RecordingSink())
+        ex.deliver(1, b"kept")
+        pending = ex.receive(2)
+        error = PeerLostError(1, "was lost")
+        ex.fail(error)
+        with pytest.raises(PeerLostError):
+            await pending
+        with pytest.raises(PeerLostError):
+            await ex.receive(3)
+        assert ex.receive(1) == b"kept"
+
+    run(main())
+
+
+def test_close_connection_asks_the_server_to_end_the_stream():
+    async def main():
+        sink = RecordingSink()
+        Exchanger(FakeRuntime(0, asyncio.get_running_loop()), 2, sink).close_connection()
+        assert sink.frames == [Close(2)]
+
+    run(main())
+
+
+def test_start_dials_higher_parties_with_their_prss_keys_and_waits_for_all():
+    async def main():
+        rt = FakeRuntime(1, asyncio.get_running_loop())
+        sink = RecordingSink()
+        transport = MeshTransport(rt, sink)
+        transport.install()
+        started = asyncio.ensure_future(rt.start())
+        await asyncio.sleep(0)
+        assert sink.frames == [Dial(2, bytes([1] * 16))]
+        transport.on_frame(PeerUp(2, b""))
+        assert not started.done()
+        transport.on_frame(PeerUp(0, bytes([9] * 16)))
+        await asyncio.wait_for(started, 1)
+        assert rt._prss_keys[(0, 1)] == bytes([9] * 16)
+        assert isinstance(rt.parties[0].protocol, Exchanger) and isinstance(rt.parties[2].protocol, Exchanger)
+        assert rt.start_time is not None
+
+    run(main())
+
+
+def test_frames_before_start_are_kept_until_mpyc_starts():
+    async def main():
+        rt = FakeRuntime(2, asyncio.get_running_loop())
+        transport = MeshTransport(rt, RecordingSink())
+        transport.install()
+        transport.on_frame(PeerUp(0, bytes(16)))
+        transport.on_frame(Recv(0, 11, b"m"))
+        transport.on_frame(PeerUp(1, bytes(16)))
+        await asyncio.wait_for(rt.start(), 1)
+        assert rt.parties[0].protocol.receive(11) == b"m"
+
+    run(main())
+
+
+def test_a_lost_peer_fails_start():
+    async def main():
+        rt = FakeRuntime(0, asyncio.get_running_loop())
+        transport = MeshTransport(rt, RecordingSink())
+        transport.install()
+        started = asyncio.ensure_future(rt.start())
+        await asyncio.sleep(0)
+        transport.on_frame(PeerLost(2, "did not connect"))
+        with pytest.raises(PeerLostError, match="did not connect"):
+            await asyncio.wait_for(started, 1)
+
+    run(main())
+
+
+async def started_transport(pid: int) -> tuple[FakeRuntime, MeshTransport, RecordingSink]:
+    rt = FakeRuntime(pid, asyncio.get_running_loop())
+    sink = RecordingSink()
+    transport = MeshTransport(rt, sink)
+    transport.install()
+    started = asyncio.ensure_future(rt.start())
+    await asyncio.sleep(0)
+    for peer in range(3):
+        if peer != pid:
+            transport.on_frame(PeerUp(peer, bytes(16) if peer < pid else b""))
+    await asyncio.wait_for(started, 1)
+    return rt, transport, sink
+
+
+def test_a_lost_peer_fails_every_pending_receive_on_every_stream():
+    async def main():
+        rt, transport, _ = await started_transport(0)
+        from_1 = rt.parties[1].protocol.receive(5)
+        from_2 = rt.parties[2].protocol.receive(6)
+        transport.on_frame(PeerLost(2, "was lost during PHASE_GRAM (UNAVAILABLE)"))
+        for future in (from_1, from_2):
+            with pytest.raises(PeerLostError):
+                await future
+        assert transport.failure.done() and transport.failure.result().peer == 2
+
+    run(main())
+
+
+def test_clean_close_unsets_the_protocol_as_mpyc_shutdown_expects():
+    async def main():
+        rt, transport, _ = await started_transport(2)
+        shutdown_done = asyncio.get_running_loop().create_future()
+        rt.parties[2].protocol = shutdown_done  # what Runtime.shutdown installs
+        transport.on_frame(PeerClosed(0))
+        transport.on_frame(PeerClosed(1))
+        assert shutdown_done.done()
+        assert not transport.failure.done()
+
+    run(main())
+
+
+def test_close_while_a_message_is_awaited_is_a_failure():
+    async def main():
+        rt, transport, _ = await started_transport(2)
+        pending = rt.parties[0].protocol.receive(3)
+        transport.on_frame(PeerClosed(0))
+        with pytest.raises(PeerLostError, match="closed its stream"):
+            await pending
+        assert transport.failure.done()
+
+    run(main())
+
+
+def test_prss_keys_of_the_wrong_size_fail_the_run():
+    async def main():
+        rt = FakeRuntime(2, asyncio.get_running_loop())
+        transport = MeshTransport(rt, RecordingSink())
+        transport.install()
+        asyncio.ensure_future(rt.start())
+        await asyncio.sleep(0)
+        transport.on_frame(PeerUp(0, b"short"))
+        assert transport.failure.done()
+
+    run(main())
