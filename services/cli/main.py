@@ -15,6 +15,10 @@ from services.mesh.pki import DEFAULT_ORGS, export_k8s, init_pki
 app = typer.Typer(help="riskmesh: secure inner join + secure Lasso across organisations, over mTLS.", no_args_is_help=True)
 pki_app = typer.Typer(help="Development PKI (one CA per organisation).", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
+from services.cli.study import audit_app, study_app  # noqa: E402  (sub-commands)
+
+app.add_typer(study_app, name="study")
+app.add_typer(audit_app, name="audit")
 console = Console()
 err = Console(stderr=True)
 
@@ -105,6 +109,29 @@ def _print_peers(reply) -> None:
     for p in reply.peers:
         table.add_row(p.org, p.address, "✓" if p.reachable else "✗", common_pb2.Role.Name(p.role) if p.reachable else "", f"{p.latency_ms:.1f}", p.error)
     console.print(table)
+
+
+@app.command()
+def trace(run_or_trace: str = typer.Argument(..., help="a run id (looked up at --org) or a trace id"),
+          org: str = typer.Option("insurer"), home: Path = typer.Option(DEFAULT_HOME),
+          png: Optional[Path] = typer.Option(None, help="also write the waterfall as PNG here")) -> None:
+    """A run's spans from every organisation as a waterfall (text, and PNG with --png)."""
+    from services.cli.tracing import load_trace, summary, waterfall_png, waterfall_text
+
+    trace_id = run_or_trace
+    if len(run_or_trace) != 32:
+        from services.cli.client import gateway_client
+
+        with gateway_client(home / org / "riskmesh.toml") as gw:
+            trace_id = next((r.trace_id for r in gw.list_runs() if r.run_id == run_or_trace), "")
+        if not trace_id:
+            err.print(f"no run {run_or_trace!r} at {org}")
+            raise typer.Exit(1)
+    rows = load_trace([home], trace_id)
+    console.print(waterfall_text(rows))
+    console.print(summary(rows))
+    if png:
+        console.print(f"waterfall written to {waterfall_png(rows, png, f'trace {trace_id}')}")
 
 
 @app.command()
