@@ -16,6 +16,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -103,6 +104,18 @@ class ServerProcess:
     health_address: str
 
 
+@dataclass(frozen=True)
+class OrgPlacement:
+    """Where one org's servers run when not straight on this host, e.g. in their own
+    network namespace (services/mesh/netns.py): a command prefix such as
+    `ip netns exec <ns>`, extra environment for that org only, and the address at which
+    this launcher reaches each server's health port (server → address)."""
+
+    command_prefix: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    health_addresses: Mapping[str, str] = field(default_factory=dict)  # default: bind_host:health port
+
+
 @dataclass
 class LocalMesh:
     """Processes of one or more orgs; use as a context manager."""
@@ -111,6 +124,7 @@ class LocalMesh:
     extra_env: dict[str, str] = field(default_factory=dict)
     only_servers: tuple[str, ...] | None = None  # default: every server the org's role runs
     processes: list[ServerProcess] = field(default_factory=list)
+    placements: dict[str, OrgPlacement] = field(default_factory=dict)  # org → placement; default: this host
 
     def start(self, timeout: float = 60.0) -> "LocalMesh":
         for org, path in self.config_paths.items():
@@ -130,11 +144,14 @@ class LocalMesh:
         return self
 
     def _spawn(self, org: str, server: str, path: Path, config: OrgConfig, log_dir: Path) -> ServerProcess:
-        env = {**os.environ, **SINGLE_THREAD_ENV, **self.extra_env, "RISKMESH_CONFIG": str(path)}
+        placement = self.placements.get(org, OrgPlacement())
+        env = {**os.environ, **SINGLE_THREAD_ENV, **self.extra_env, **placement.env, "RISKMESH_CONFIG": str(path)}
+        command = [*placement.command_prefix, sys.executable, "-m", SERVER_MODULES[server], "--config", str(path)]
         log_path = log_dir / f"{server}.log"
         with log_path.open("ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", SERVER_MODULES[server], "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env)
-        return ServerProcess(org, server, process, log_path, f"{config.bind_host}:{config.health_port(server)}")
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        health = placement.health_addresses.get(server, f"{config.bind_host}:{config.health_port(server)}")
+        return ServerProcess(org, server, process, log_path, health)
 
     def _wait(self, proc: ServerProcess, timeout: float) -> None:
         deadline = time.monotonic() + timeout
