@@ -242,6 +242,30 @@ class MpcMessage(_message.Message):
 Global___MpcMessage: _TypeAlias = MpcMessage  # noqa: Y015
 
 @_typing.final
+class MpcEnd(_message.Message):
+    """Last frame from the dialing party. A stream that ends without it was lost: a half-close
+    alone cannot be told apart from a crashed dialer at the accepting side.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ABORT_REASON_FIELD_NUMBER: _builtins.int
+    abort_reason: _builtins.str
+    """Empty when MPyC closed the connection cleanly; otherwise why the dialer's run failed (no data)."""
+    def __init__(
+        self,
+        *,
+        abort_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MpcEnd: _TypeAlias = MpcEnd  # noqa: Y015
+
+@_typing.final
 class ExchangeRequest(_message.Message):
     """Frame from the dialing party."""
 
@@ -249,6 +273,7 @@ class ExchangeRequest(_message.Message):
 
     HELLO_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___MpcHello:
         """First frame."""
@@ -257,17 +282,22 @@ class ExchangeRequest(_message.Message):
     def message(self) -> Global___MpcMessage:
         """Following frames."""
 
+    @_builtins.property
+    def end(self) -> Global___MpcEnd:
+        """Last frame."""
+
     def __init__(
         self,
         *,
         hello: Global___MpcHello | None = ...,
         message: Global___MpcMessage | None = ...,
+        end: Global___MpcEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "item", b"item", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "hello", b"hello", "item", b"item", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "item", b"item", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "hello", b"hello", "item", b"item", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["hello", "message"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["hello", "message", "end"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

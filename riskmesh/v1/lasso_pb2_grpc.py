@@ -59,7 +59,7 @@ class LassoServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Exchange(self, request_iterator, context):
-        """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages.
+        """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages; the dialer ends with an MpcEnd.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,7 @@ class LassoServiceStub:
     RunLasso: _grpc.UnaryStreamMultiCallable[_lasso_pb2.RunLassoRequest, _lasso_pb2.RunLassoResponse]
     """Run this party's side of the secure regression on the run's stored shares."""
     Exchange: _grpc.StreamStreamMultiCallable[_lasso_pb2.ExchangeRequest, _lasso_pb2.ExchangeResponse]
-    """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages."""
+    """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages; the dialer ends with an MpcEnd."""
 
 @_typing.type_check_only
 class LassoServiceAsyncStub(LassoServiceStub):
@@ -46,7 +46,7 @@ class LassoServiceAsyncStub(LassoServiceStub):
     RunLasso: _aio.UnaryStreamMultiCallable[_lasso_pb2.RunLassoRequest, _lasso_pb2.RunLassoResponse]  # type: ignore[assignment]
     """Run this party's side of the secure regression on the run's stored shares."""
     Exchange: _aio.StreamStreamMultiCallable[_lasso_pb2.ExchangeRequest, _lasso_pb2.ExchangeResponse]  # type: ignore[assignment]
-    """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages."""
+    """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages; the dialer ends with an MpcEnd."""
 
 class LassoServiceServicer(metaclass=_abc_1.ABCMeta):
     """One MPyC party per org. RunLasso comes from the same org's gateway; Exchange carries MPC traffic between lasso servers."""
@@ -65,6 +65,6 @@ class LassoServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_lasso_pb2.ExchangeRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lasso_pb2.ExchangeResponse], _abc.AsyncIterator[_lasso_pb2.ExchangeResponse]]:
-        """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages."""
+        """MPC transport between two parties: the dialer sends an MpcHello first, then both send MpcMessages; the dialer ends with an MpcEnd."""
 
 def add_LassoServiceServicer_to_server(servicer: LassoServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
