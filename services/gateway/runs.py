@@ -26,6 +26,9 @@ from services.mesh.peers import Channels
 log = logging.getLogger("riskmesh.gateway.runs")
 
 PEER_REPORT_DEADLINE_S = 5.0
+# A peer gateway that does not answer for this long ends the run (it died or is cut off).
+WATCHDOG_INTERVAL_S = 2.0
+WATCHDOG_MISSES = 3
 
 
 class RunCoordinator:
@@ -88,9 +91,40 @@ class RunCoordinator:
     def remember_parties(self, run_id: str, parties: list[str]) -> None:
         self._parties[run_id] = [o for o in parties if o != self.config.org]
 
+    async def _watch_peers(self, run_id: str) -> None:
+        """Fail the run when a party's gateway stops answering: its own part is then gone
+        too (its services stop with it, or it restarts and fails the run itself)."""
+        misses = {org: 0 for org in self._parties.get(run_id, [])}
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            for org in misses:
+                stub = gateway_pb2_grpc.GatewayServiceStub(self.channels.get(org, "gateway"))
+                try:
+                    await stub.GetInfo(gateway_pb2.GetInfoRequest(), timeout=WATCHDOG_INTERVAL_S)
+                    misses[org] = 0
+                except grpc.aio.AioRpcError:
+                    misses[org] += 1
+                    if misses[org] >= WATCHDOG_MISSES:
+                        phase = self.store.get_run(run_id).phase
+                        raise PhaseFailure(phase, org, f"lost contact with {org}'s gateway")
+
+    async def _run_watched(self, run_id: str, body: Callable[[], Awaitable[lasso_pb2.ModelResult]]) -> lasso_pb2.ModelResult:
+        work = asyncio.ensure_future(body())
+        watchdog = asyncio.ensure_future(self._watch_peers(run_id))
+        try:
+            await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            if watchdog.done():
+                work.cancel()
+                watchdog.result()  # raises the PhaseFailure
+            return work.result()
+        finally:
+            for task in (work, watchdog):
+                task.cancel()
+            await asyncio.gather(work, watchdog, return_exceptions=True)
+
     async def _drive(self, run_id: str, pipeline: RunPipeline, body: Callable[[], Awaitable[lasso_pb2.ModelResult]]) -> None:
         try:
-            result = await body()
+            result = await self._run_watched(run_id, body)
             if result.coefficients:
                 self.store.put_result(run_id, result)
             self._finish(run_id, common_pb2.RUN_STATE_SUCCEEDED, joined=result.joined or pipeline.joined)
@@ -139,6 +173,15 @@ class RunCoordinator:
         task = self._tasks.get(run_id)
         if task and task is not asyncio.current_task():
             task.cancel()
+
+    async def announce_interrupted(self, run_ids: list[str]) -> None:
+        """After a restart: tell the other parties of each interrupted run that it failed here."""
+        for run_id in run_ids:
+            run = self.store.get_run(run_id)
+            spec = self.store.get_spec(run.digest)
+            self._parties[run_id] = [p.org for p in spec.parties if p.org != self.config.org]
+            progress = common_pb2.Progress(run_id=run_id, phase=run.phase, org=self.config.org, state=common_pb2.RUN_STATE_FAILED, message="failed")
+            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=run.error))
 
     def is_terminal(self, run_id: str) -> bool:
         try:

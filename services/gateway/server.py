@@ -20,7 +20,8 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
     store = Store(store_path(config.state_dir))
     audit = AuditLog(audit_path(config.state_dir))
     actor = f"spiffe://{config.org}/gateway"
-    for run_id in store.fail_interrupted_runs(org=config.org):
+    interrupted = store.fail_interrupted_runs(org=config.org)
+    for run_id in interrupted:
         run = store.get_run(run_id)
         audit.append(actor, "run.failed", study_id=run.study_id, run_id=run_id, details={"reason": run.error.reason if run.error else ""})
 
@@ -30,6 +31,7 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
     mesh = MeshServer(config, "gateway", GATEWAY_RULES, on_refusal=audit_refusal, port=port, health_port=health_port)
     servicer = GatewayServicer(config, mesh.credentials, store, audit)
     mesh.add_service(gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer, gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"])
+    await servicer.runs.announce_interrupted(interrupted)
     return mesh
 
 
