@@ -1,0 +1,175 @@
+"""The MPC worker: one process per run, one MPyC party, talking only to its lasso server.
+
+Why a process per run: `import mpyc.runtime` parses `sys.argv` and builds one
+process-wide runtime (program counters, PRSS keys, module globals in sectypes, asyncoro,
+mpctools ...), and MPyC stops the event loop when one of its coroutines fails. A fresh
+process gives every run a clean runtime built from an explicit argument list, keeps a
+failing or CPU-heavy computation away from the server's event loop (health, other runs),
+and is the unit the server kills when a run fails.
+
+    python -m services.lasso.mpc_worker --fd N --pid P --program lasso
+
+The worker inherits one end of a Unix socket pair (fd N) from the server and speaks the
+frames of services.lasso.frames on it: it receives the run (Start, Input…, InputEnd),
+starts MPyC over services.lasso.transport, runs the program, shuts MPyC down (which
+synchronises all parties) and sends the Result. If the link to the server ends, or a
+peer is lost, it stops: the server has the last word on the run's status anyway.
+Nothing about shares or values is logged; failures are reported by exception type.
+
+MPyC's options come from services.lasso.mpc_runtime (explicit argument list; no
+barriers or throttler are used, so nothing busy-waits while a party waits for peers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+import traceback
+from typing import Any
+
+from riskmesh.v1 import join_pb2, lasso_pb2
+from services.lasso.frames import Failed, Frame, Input, InputEnd, Report, Result, Start
+from services.lasso.link import open_link
+from services.lasso.mpc_runtime import create_runtime
+from services.lasso.parties import PARTIES, party_orgs
+from services.lasso.program import Program, RunContext, load_program
+from services.lasso.shares import decode_blocks
+from services.lasso.transport import FrameSink, MeshTransport, PeerLostError
+
+log = logging.getLogger("riskmesh.lasso.worker")
+
+class WorkerError(Exception):
+    """The run cannot go on at this party (reason without data)."""
+
+
+def load_runtime(pid: int, parties: int = PARTIES) -> Any:
+    """MPyC's process-wide runtime for party `pid`, from an explicit argument list (once per process).
+
+    Built by services.lasso.mpc_runtime (the one place that knows MPyC's options); the
+    party addresses it carries are never dialled, since `start` is replaced.
+    """
+    if "mpyc.runtime" in sys.modules:
+        raise RuntimeError("MPyC's runtime already exists in this process; one run per process")
+    return create_runtime(pid, [("localhost", 0)] * parties)
+
+
+class WorkerSession:
+    """The worker's side of one run, on the event loop of MPyC's runtime."""
+
+    def __init__(self, mpc: Any, sink: FrameSink, program: Program) -> None:
+        self.mpc = mpc
+        self.sink = sink
+        self.program = program
+        self.transport = MeshTransport(mpc, sink)
+        loop = mpc._loop
+        self._start: bytes | None = None
+        self._inputs: list[join_pb2.GetSharesResponse] = []
+        self._inputs_done: asyncio.Future[None] = loop.create_future()
+
+    def on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, Start):
+            self._start = frame.request
+        elif isinstance(frame, Input):
+            self._inputs.append(join_pb2.GetSharesResponse.FromString(frame.chunk))
+        elif isinstance(frame, InputEnd):
+            if not self._inputs_done.done():
+                self._inputs_done.set_result(None)
+        else:
+            self.transport.on_frame(frame)
+
+    def on_link_closed(self, exc: Exception | None) -> None:
+        self.transport.fail(PeerLostError(self.mpc.pid, "the link to this party's lasso server closed"))
+        if not self._inputs_done.done():
+            self._inputs_done.set_exception(WorkerError("the lasso server closed the link before the run started"))
+
+    def report(self, phase: int, done: int, total: int) -> None:
+        self.sink.send(Report(phase, done, total))
+
+    async def run(self) -> lasso_pb2.ModelResult:
+        """Wait for the run, connect, compute, shut down; returns this party's result."""
+        await self._inputs_done
+        if self._start is None:
+            raise WorkerError("no run request before the inputs")
+        request = lasso_pb2.RunLassoRequest.FromString(self._start)
+        orgs = party_orgs(request.spec)
+        context = RunContext(request.run_id, request.spec, self.mpc.pid, orgs, decode_blocks(request.run_id, self._inputs), self.report)
+        self._inputs = []
+        self.transport.install()
+        await self.mpc.start()
+        result = await self._unless_failed(self.program(self.mpc, context))
+        await self._unless_failed(self.mpc.shutdown())
+        return result
+
+    async def _unless_failed(self, work: Any) -> Any:
+        """Await `work`, or raise the transport's failure as soon as a peer is lost."""
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait([task, self.transport.failure], return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise self.transport.failure.result()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A reason that names what failed, never a value (messages of foreign exceptions may hold data)."""
+    if isinstance(exc, (PeerLostError, WorkerError)):
+        return str(exc)
+    return f"the MPC computation raised {type(exc).__name__}"
+
+
+async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
+    """Run one session over the socket; 0 when the result was sent."""
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    session: WorkerSession | None = None
+
+    def on_frame(frame: Frame) -> None:
+        assert session is not None
+        session.on_frame(frame)
+
+    def on_close(exc: Exception | None) -> None:
+        if session is not None:
+            session.on_link_closed(exc)
+        if not closed.done():
+            closed.set_result(None)
+
+    link = await open_link(sock, on_frame, on_close)
+    session = WorkerSession(mpc, link, program)
+    try:
+        result = await session.run()
+    except Exception as exc:
+        log.error("run failed at party %d: %s\n%s", mpc.pid, failure_reason(exc), "".join(traceback.format_tb(exc.__traceback__)))
+        link.send(Failed(failure_reason(exc)))
+        link.close()
+        await asyncio.wait_for(asyncio.shield(closed), 5)
+        return 1
+    link.send(Result(result.SerializeToString()))
+    link.close()
+    await asyncio.wait_for(asyncio.shield(closed), 5)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="riskmesh-lasso-worker", description="one MPC party of one run (started by the lasso server)")
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket to the lasso server")
+    parser.add_argument("--pid", type=int, required=True, help="MPC party id")
+    parser.add_argument("--program", default="lasso", help="MPC program to run")
+    parser.add_argument("--label", default="", help="org and run, for log lines")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s lasso-worker {args.label} %(name)s: %(message)s", stream=sys.stderr)
+    mpc = load_runtime(args.pid)
+    program = load_program(args.program)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        return mpc.run(serve(mpc, sock, program))
+    except RuntimeError as exc:
+        # MPyC stops its loop when one of its coroutines fails; the server sees the exit.
+        log.error("MPC computation stopped at party %d: %s", args.pid, type(exc).__name__)
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""LassoService: a thin adapter from gRPC to services.lasso.runs.
+
+RunLasso(run_id, spec) — from this org's gateway only (rules.py). Fetches this party's
+shares from the injected `ShareSource`, starts the run's MPC worker, and streams
+Progress (PHASE_INPUT, PHASE_GRAM, PHASE_ITERATIONS, PHASE_REVEAL with done/total),
+then one ModelResult: the coefficients for a data owner, an empty result for the helper.
+Errors end the stream with a status and a message naming the party and the phase:
+INVALID_ARGUMENT (spec), FAILED_PRECONDITION (no shares), ALREADY_EXISTS (run id
+reused), RESOURCE_EXHAUSTED (too many runs), UNAVAILABLE (a party lost or unreachable),
+ABORTED (a party or this worker stopped the run), PERMISSION_DENIED (a peer refused us).
+
+Exchange — from another org's lasso server only (rules.py). The first frame must be an
+MpcHello; the claimed party id must be below this party's (MPyC's topology) and belong
+to the org of the caller's certificate in this run's study, else PERMISSION_DENIED.
+The stream waits a bounded time for this party's own RunLasso of the run to arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import grpc
+
+from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
+from services.gateway.spec import SpecError, validate
+from services.lasso.parties import HELPER_PID, PartyError, party_orgs
+from services.lasso.runs import CONNECT_TIMEOUT_S, ChannelFor, Finished, Run, RunFailure, RunRegistry, phase_name
+from services.lasso.shares import ShareSource, ShareSourceError
+from services.lasso.worker import WorkerFactory, spawn_worker
+from services.mesh.authz import current_caller
+
+HELLO_TIMEOUT_S = 30.0
+MAX_RUNS = 2
+
+
+class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
+    def __init__(
+        self,
+        org: str,
+        shares: ShareSource,
+        channel_for: ChannelFor,
+        *,
+        program: str = "lasso",
+        spawn: WorkerFactory = spawn_worker,
+        max_runs: int = MAX_RUNS,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.org = org
+        self.shares = shares
+        self.channel_for = channel_for
+        self.program = program
+        self.spawn = spawn
+        self.connect_timeout = connect_timeout
+        self.runs = RunRegistry(max_runs)
+
+    async def RunLasso(self, request: lasso_pb2.RunLassoRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[lasso_pb2.RunLassoResponse]:
+        if not request.run_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+        try:
+            validate(request.spec)
+            orgs = party_orgs(request.spec)
+        except (SpecError, PartyError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the study spec is not valid: {exc}")
+        if self.org not in orgs:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.org} is not a party of study {request.spec.study_id!r}")
+        run = Run(request.run_id, self.org, orgs, self.program, self.spawn, self.channel_for, self.connect_timeout)
+        try:
+            self.runs.add(run)
+        except RunFailure as exc:
+            await context.abort(exc.code, exc.message)
+        try:
+            yield self._progress(request.run_id, common_pb2.PHASE_INPUT, "fetching this party's input shares")
+            try:
+                blocks = await self.shares.fetch(request.run_id)
+            except ShareSourceError as exc:
+                run.fail(exc.code, f"{run.party(run.pid)} has no input during {phase_name(common_pb2.PHASE_INPUT)}: {exc}")
+                blocks = []
+            if run.failure is not None:
+                await context.abort(run.failure.code, run.failure.message)
+            yield self._progress(request.run_id, common_pb2.PHASE_INPUT, "connecting to the other MPC parties")
+            async for event in run.execute(request, blocks):
+                if isinstance(event, RunFailure):
+                    await context.abort(event.code, event.message)
+                elif isinstance(event, Finished):
+                    result = event.result if run.pid != HELPER_PID else lasso_pb2.ModelResult()
+                    yield lasso_pb2.RunLassoResponse(result=result)
+                else:
+                    yield lasso_pb2.RunLassoResponse(progress=event)
+        finally:
+            run.close()
+            self.runs.remove(run)
+
+    def _progress(self, run_id: str, phase: int, message: str) -> lasso_pb2.RunLassoResponse:
+        progress = common_pb2.Progress(run_id=run_id, phase=phase, org=self.org, state=common_pb2.RUN_STATE_RUNNING, message=message)
+        return lasso_pb2.RunLassoResponse(progress=progress)
+
+    async def Exchange(self, request_iterator: AsyncIterator[lasso_pb2.ExchangeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
+        caller = current_caller.get()
+        if caller is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no caller identity")
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an Exchange starts with an MpcHello")
+        if not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an Exchange starts with an MpcHello")
+        hello = first.hello
+        run = await self.runs.wait_for(hello.run_id, self.connect_timeout)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {hello.run_id!r} is not running at {self.org}")
+        if not hello.pid < run.pid or run.orgs[hello.pid] != caller.org:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller} may not act as MPC party {hello.pid} toward party {run.pid} of run {hello.run_id!r}")
+        if run.is_connected(hello.pid):
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"MPC party {hello.pid} is already connected in run {hello.run_id!r}")
+        async for response in run.accept(hello.pid, hello.prss_keys, request_iterator, context):
+            yield response

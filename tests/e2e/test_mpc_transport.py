@@ -1,0 +1,298 @@
+"""MPyC over the mesh: three lasso servers as real processes over mTLS on localhost.
+
+Each party is the production lasso server (`build_server`, a worker process per run,
+Exchange streams over mTLS) started in its own OS process, with the input shares handed
+over in-process (dealt here; the resharing server is not part of these tests) and a test
+program: `transport-check` (secure sums and an inner product, compared with plaintext)
+or `rounds` (many short rounds, to kill or freeze a party mid-run). RunLasso is called
+as each org's own gateway, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import psutil
+import pytest
+
+from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
+from services.lasso.shares import InMemoryShareSource, ShareBlock
+from services.lasso.transport_bench import DUMMY_BLOCK, bench_spec
+from services.lasso.transport_check import expected, result_names, study_columns
+from services.mesh.config import OrgConfig, load_config
+from services.mesh.launcher import local_mesh_for, wait_healthy
+from services.mesh.pki import OrgPaths
+from services.mesh.tls import MeshCredentials
+from tests.unit.gateway.specs import make_spec
+from tests.unit.lasso_transport.dealing import deal
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+ORGS = ("insurer", "hospital", "helper")
+FAILURE_BOUND_S = 15.0
+
+
+def serve_party(config_path: str, shares: dict[str, list[ShareBlock]], program: str) -> None:
+    """Process target: one production lasso server with in-memory shares and a test program."""
+    from services.lasso.server import build_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s lasso %(name)s: %(message)s")
+    config = load_config(Path(config_path), env={})
+
+    async def serve() -> None:
+        server = await build_server(config, shares=InMemoryShareSource(shares), program=program)
+        await server.serve_until_signal()
+
+    asyncio.run(serve())
+
+
+@dataclass
+class Parties:
+    configs: dict[str, OrgConfig]
+    processes: dict[str, multiprocessing.Process] = field(default_factory=dict)
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    def stub(self, org: str, as_org: str | None = None, service: str = "gateway") -> lasso_pb2_grpc.LassoServiceStub:
+        """A stub to org's lasso server, calling as <as_org>/<service> (default: org's own gateway)."""
+        config = self.configs[org]
+        credentials = MeshCredentials(config.pki_dir, as_org or org, service)
+        channel = credentials.sync_channel(org, "lasso", config.self_endpoint.address("lasso"))
+        self.channels.append(channel)
+        return lasso_pb2_grpc.LassoServiceStub(channel)
+
+    def workers(self, org: str) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.processes[org].pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+
+def start_parties(root: Path, shares: dict[str, dict[str, list[ShareBlock]]], program: str) -> Parties:
+    paths = local_mesh_for(root)
+    parties = Parties({org: load_config(paths[org], env={}) for org in ORGS})
+    context = multiprocessing.get_context("spawn")
+    for org in ORGS:
+        process = context.Process(target=serve_party, args=(str(paths[org]), shares.get(org, {}), program), daemon=True)
+        process.start()
+        parties.processes[org] = process
+    for org, config in parties.configs.items():
+        wait_healthy(f"{config.bind_host}:{config.health_port('lasso')}", 60)
+    return parties
+
+
+def stop_parties(parties: Parties) -> None:
+    for channel in parties.channels:
+        channel.close()
+    for process in parties.processes.values():
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGCONT)
+            process.terminate()
+    for process in parties.processes.values():
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+@dataclass
+class Outcome:
+    responses: list[lasso_pb2.RunLassoResponse] = field(default_factory=list)
+    error: grpc.RpcError | None = None
+    ended_at: float = 0.0
+
+    @property
+    def result(self) -> lasso_pb2.ModelResult:
+        results = [r.result for r in self.responses if r.HasField("result")]
+        assert len(results) == 1, self.error
+        return results[0]
+
+    @property
+    def phases(self) -> list[int]:
+        return [r.progress.phase for r in self.responses if r.HasField("progress")]
+
+
+def run_lasso(parties: Parties, org: str, request: lasso_pb2.RunLassoRequest, outcome: Outcome, progressed: threading.Event | None = None) -> None:
+    try:
+        for response in parties.stub(org).RunLasso(request, timeout=90):
+            outcome.responses.append(response)
+            if progressed is not None and response.progress.phase == common_pb2.PHASE_ITERATIONS and response.progress.done > 0:
+                progressed.set()
+    except grpc.RpcError as exc:
+        outcome.error = exc
+    outcome.ended_at = time.monotonic()
+
+
+def run_everywhere(parties: Parties, request: lasso_pb2.RunLassoRequest, orgs: tuple[str, ...] = ORGS, progressed: threading.Event | None = None) -> tuple[dict[str, Outcome], list[threading.Thread]]:
+    outcomes = {org: Outcome() for org in orgs}
+    threads = [threading.Thread(target=run_lasso, args=(parties, org, request, outcomes[org], progressed), daemon=True) for org in orgs]
+    for thread in threads:
+        thread.start()
+    return outcomes, threads
+
+
+# Correctness ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dealt() -> tuple[common_pb2.StudySpec, dict[str, list[ShareBlock]], list[list[int]]]:
+    spec = make_spec()
+    rng = random.Random(2024)
+    rows = [[rng.uniform(0, 60) for _ in range(len(study_columns(spec)))] for _ in range(40)]
+    blocks, table = deal(spec, rows)
+    return spec, blocks, table
+
+
+@pytest.fixture(scope="module")
+def check_parties(tmp_path_factory: pytest.TempPathFactory, dealt) -> Iterator[Parties]:
+    _, blocks, _ = dealt
+    shares = {org: {"check-1": blocks[org], "check-2": blocks[org]} for org in ORGS}
+    parties = start_parties(tmp_path_factory.mktemp("mpc-check"), shares, "transport-check")
+    yield parties
+    stop_parties(parties)
+
+
+def test_secure_sums_over_grpc_mtls_equal_plaintext(check_parties: Parties, dealt) -> None:
+    spec, _, table = dealt
+    outcomes, threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-1", spec=spec))
+    for thread in threads:
+        thread.join(60)
+    for org in ORGS:
+        assert outcomes[org].error is None, (org, outcomes[org].error)
+    want = {name: float(value) for name, value in zip(result_names(study_columns(spec)), expected(table, 1 << 63))}
+    for owner in ("insurer", "hospital"):
+        result = outcomes[owner].result
+        assert {c.feature: c.value for c in result.coefficients} == want
+        assert result.joined == len(table)
+        assert {common_pb2.PHASE_INPUT, common_pb2.PHASE_GRAM, common_pb2.PHASE_REVEAL} <= set(outcomes[owner].phases)
+    assert outcomes["helper"].result == lasso_pb2.ModelResult()
+    # Every worker process is gone once the run is over.
+    deadline = time.monotonic() + 5
+    while any(check_parties.workers(org) for org in ORGS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(check_parties.workers(org) for org in ORGS)
+
+
+def test_a_run_id_runs_once(check_parties: Parties, dealt) -> None:
+    spec, _, _ = dealt
+    outcomes, threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-1", spec=spec), orgs=("insurer",))
+    threads[0].join(30)
+    error = outcomes["insurer"].error
+    assert error is not None and error.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_run_lasso_from_another_orgs_gateway_is_refused(check_parties: Parties, dealt) -> None:
+    spec, _, _ = dealt
+    with pytest.raises(grpc.RpcError) as err:
+        list(check_parties.stub("hospital", as_org="insurer").RunLasso(lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# Refusals on Exchange -------------------------------------------------------------------
+
+
+def hello(run_id: str, pid: int) -> Iterator[lasso_pb2.ExchangeRequest]:
+    yield lasso_pb2.ExchangeRequest(hello=lasso_pb2.MpcHello(run_id=run_id, pid=pid, prss_keys=bytes(16)))
+    time.sleep(2)  # keep the stream open while the server decides
+
+
+def test_exchange_from_a_gateway_identity_is_refused(check_parties: Parties) -> None:
+    stub = check_parties.stub("helper", as_org="hospital", service="gateway")
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Exchange(hello("check-2", 1), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_exchange_claiming_another_partys_id_is_refused(check_parties: Parties, dealt) -> None:
+    spec, _, _ = dealt
+    # The helper's run of check-2 is registered (it waits for its peers), so the claim can be checked.
+    outcomes, threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), orgs=("helper",))
+    as_hospital = check_parties.stub("helper", as_org="hospital", service="lasso")
+    for claimed in (0, 2):  # insurer's id; an id not below the acceptor's
+        with pytest.raises(grpc.RpcError) as err:
+            list(as_hospital.Exchange(hello("check-2", claimed), timeout=10))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"may not act as MPC party {claimed}" in err.value.details()
+    # The real parties then complete the run: the refused streams changed nothing.
+    rest, rest_threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), orgs=("insurer", "hospital"))
+    for thread in [*threads, *rest_threads]:
+        thread.join(60)
+    assert outcomes["helper"].error is None and rest["insurer"].error is None
+    assert rest["insurer"].result.coefficients
+
+
+def test_exchange_with_an_untrusted_certificate_never_reaches_the_server(check_parties: Parties, untrusted_pki: Path) -> None:
+    config = check_parties.configs["helper"]
+    paths = OrgPaths(untrusted_pki / "hospital")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=OrgPaths(config.pki_dir / "helper").ca_cert().read_bytes(),
+        private_key=paths.key("lasso").read_bytes(),
+        certificate_chain=paths.cert("lasso").read_bytes(),
+    )
+    channel = grpc.secure_channel(config.self_endpoint.address("lasso"), credentials, options=[("grpc.ssl_target_name_override", "lasso.helper.riskmesh")])
+    with channel, pytest.raises(grpc.RpcError) as err:
+        list(lasso_pb2_grpc.LassoServiceStub(channel).Exchange(hello("check-2", 1), timeout=10))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# Failures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rounds_parties(tmp_path: Path) -> Iterator[Parties]:
+    parties = start_parties(tmp_path, {org: {"long-1": [DUMMY_BLOCK]} for org in ORGS}, "rounds")
+    yield parties
+    stop_parties(parties)
+
+
+def start_long_run(parties: Parties) -> tuple[dict[str, Outcome], list[threading.Thread]]:
+    progressed = threading.Event()
+    request = lasso_pb2.RunLassoRequest(run_id="long-1", spec=bench_spec(rounds=100_000))
+    outcomes, threads = run_everywhere(parties, request, progressed=progressed)
+    assert progressed.wait(30), {org: o.error for org, o in outcomes.items()}
+    return outcomes, threads
+
+
+def assert_failed_quickly(outcomes: dict[str, Outcome], threads: list[threading.Thread], survivors: tuple[str, ...], since: float, lost: str) -> None:
+    for thread in threads:
+        thread.join(FAILURE_BOUND_S + 5)
+    for org in survivors:
+        outcome = outcomes[org]
+        assert outcome.error is not None, org
+        assert outcome.error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED), (org, outcome.error)
+        assert outcome.ended_at - since < FAILURE_BOUND_S, (org, outcome.ended_at - since)
+        details = outcome.error.details()
+        assert "MPC party" in details and "PHASE_ITERATIONS" in details, details
+        assert lost in details, details
+
+
+def test_a_killed_party_ends_the_run_at_the_others_quickly(rounds_parties: Parties) -> None:
+    outcomes, threads = start_long_run(rounds_parties)
+    victims = rounds_parties.workers("helper")
+    assert victims, "the helper's MPC worker should be running"
+    killed_at = time.monotonic()
+    os.kill(rounds_parties.processes["helper"].pid, signal.SIGKILL)
+    assert_failed_quickly(outcomes, threads, ("insurer", "hospital"), killed_at, "MPC party 2 (helper)")
+    # No worker outlives its run: the survivors killed theirs, the orphan saw its link close.
+    _, alive = psutil.wait_procs(victims + rounds_parties.workers("insurer") + rounds_parties.workers("hospital"), timeout=10)
+    assert not alive
+
+
+def test_a_frozen_party_ends_the_run_at_the_others(rounds_parties: Parties) -> None:
+    outcomes, threads = start_long_run(rounds_parties)
+    frozen_at = time.monotonic()
+    os.kill(rounds_parties.processes["hospital"].pid, signal.SIGSTOP)
+    try:
+        assert_failed_quickly(outcomes, threads, ("insurer", "helper"), frozen_at, "MPC party 1 (hospital)")
+    finally:
+        os.kill(rounds_parties.processes["hospital"].pid, signal.SIGCONT)
