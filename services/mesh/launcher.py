@@ -166,6 +166,18 @@ class LocalMesh:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{proc.server} of {proc.org} not healthy within {timeout:.0f} s (log: {proc.log_path})") from None
 
+    def restart(self, proc: ServerProcess, timeout: float = 60.0) -> ServerProcess:
+        """Stop one server (if still running) and start it again with the same config."""
+        if proc.process.poll() is None:
+            proc.process.send_signal(signal.SIGTERM)
+            proc.process.wait(timeout)
+        path = self.config_paths[proc.org]
+        config = load_config(path, env={})
+        fresh = self._spawn(proc.org, proc.server, path, config, proc.log_path.parent)
+        self.processes[self.processes.index(proc)] = fresh
+        self._wait(fresh, timeout)
+        return fresh
+
     def find(self, org: str, server: str) -> ServerProcess:
         return next(p for p in self.processes if p.org == org and p.server == server)
 
