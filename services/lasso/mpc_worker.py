@@ -32,6 +32,7 @@ from typing import Any
 
 from riskmesh.v1 import join_pb2, lasso_pb2
 from services.lasso.frames import Failed, Frame, Input, InputEnd, Report, Result, Start
+from services.lasso import safe_pickle
 from services.lasso.link import open_link
 from services.lasso.mpc_runtime import create_runtime
 from services.lasso.parties import PARTIES, party_orgs
@@ -49,11 +50,14 @@ def load_runtime(pid: int, parties: int = PARTIES) -> Any:
     """MPyC's process-wide runtime for party `pid`, from an explicit argument list (once per process).
 
     Built by services.lasso.mpc_runtime (the one place that knows MPyC's options); the
-    party addresses it carries are never dialled, since `start` is replaced.
+    party addresses it carries are never dialled, since `start` is replaced. What peers
+    send is unpickled by services.lasso.safe_pickle (plain data only).
     """
     if "mpyc.runtime" in sys.modules:
         raise RuntimeError("MPyC's runtime already exists in this process; one run per process")
-    return create_runtime(pid, [("localhost", 0)] * parties)
+    runtime = create_runtime(pid, [("localhost", 0)] * parties)
+    safe_pickle.restrict(sys.modules["mpyc.runtime"])
+    return runtime
 
 
 class WorkerSession:
