@@ -296,3 +296,12 @@ def test_a_frozen_party_ends_the_run_at_the_others(rounds_parties: Parties) -> N
         assert_failed_quickly(outcomes, threads, ("insurer", "helper"), frozen_at, "MPC party 1 (hospital)")
     finally:
         os.kill(rounds_parties.processes["hospital"].pid, signal.SIGCONT)
+
+
+def test_a_crashed_worker_ends_the_run_everywhere_with_its_party_named(rounds_parties: Parties) -> None:
+    outcomes, threads = start_long_run(rounds_parties)
+    (worker,) = rounds_parties.workers("hospital")
+    killed_at = time.monotonic()
+    worker.kill()
+    assert_failed_quickly(outcomes, threads, ORGS, killed_at, "MPC party 1 (hospital)")
+    assert "MPC worker" in outcomes["hospital"].error.details()
