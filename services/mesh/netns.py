@@ -41,10 +41,8 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -54,6 +52,7 @@ import psutil
 from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, render_config
 from services.mesh.launcher import DEFAULT_ROLES, LocalMesh, OrgPlacement, ServerProcess
 from services.mesh.pki import DEFAULT_ORGS, init_pki
+from services.mesh.relay import RelayProcess, RelayStartError, start_relay_process
 
 BASE_PORT = 7100  # every organisation, as in k8s/
 SUBNET_PREFIX = "10.77"
@@ -216,42 +215,6 @@ class HostNetwork:
             raise NetnsError("cleanup failed: " + "; ".join(errors))
 
 
-@dataclass
-class RelayProcess:
-    """A `python -m services.mesh.relay` process (in a namespace when given a prefix)."""
-
-    process: subprocess.Popen[bytes]
-    routes: list[tuple[str, str]]
-    log_path: Path
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def start_relay(prefix: Sequence[str], routes: Sequence[tuple[str, str]], delay_ms: float, log_path: Path, timeout: float = 30.0) -> RelayProcess:
-    """Start a relay process and wait until it listens on every route."""
-    command = [*prefix, sys.executable, "-m", "services.mesh.relay", "--delay-ms", f"{delay_ms:g}"]
-    for listen, target in routes:
-        command += ["--listen", listen, "--target", target]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    relay = RelayProcess(process, list(routes), log_path)
-    deadline = time.monotonic() + timeout
-    while not log_path.read_text(errors="replace").startswith("ready "):
-        if process.poll() is not None or time.monotonic() > deadline:
-            relay.stop()
-            raise NetnsError(f"relay did not start ({' '.join(command)}):\n{log_path.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.05)
-    return relay
-
-
 def _env_key(org: str, server: str) -> str:
     return f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper()}"
 
@@ -374,7 +337,10 @@ class HostsMesh:
             self._add_relay(("ip", "netns", "exec", self.network.wan), routes, self.latency_ms, logs / "wan.log")
 
     def _add_relay(self, prefix: Sequence[str], routes: list[tuple[str, str]], delay_ms: float, log_path: Path) -> None:
-        relay = start_relay(prefix, routes, delay_ms, log_path)
+        try:
+            relay = start_relay_process(routes, delay_ms, log_path, prefix)
+        except RelayStartError as exc:
+            raise NetnsError(str(exc)) from None
         self.relays.append(relay)
         self.started_pids.append(relay.process.pid)
 

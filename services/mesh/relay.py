@@ -25,8 +25,9 @@ As a process (several routes share one event loop; pairs match by position)::
     python -m services.mesh.relay --delay-ms 20 --listen 10.77.2.1:7100 --target 10.77.2.2:7100 \
         --listen unix:/run/rm/gw.sock --target 127.0.0.1:7100
 
-It prints one line `ready <listen> -> <target> ...` once every route listens, and stops
-on SIGTERM or SIGINT.
+It prints one line `ready <listen>-><target> ...` once every route listens, and stops
+on SIGTERM or SIGINT. `start_relay_process` starts one (optionally behind a command
+prefix such as `ip netns exec <ns>`) and returns once it listens.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 CHUNK_BYTES = 64 * 1024
 QUEUE_CHUNKS = 1024  # per direction: at most 64 MiB held back before the reader waits
@@ -190,6 +194,49 @@ class DelayRelay:
             if self.listen.is_unix:
                 Path(self.listen.path).unlink(missing_ok=True)
             self._server = None
+
+
+class RelayStartError(RuntimeError):
+    """A relay process exited or did not listen in time (its log is in the message)."""
+
+
+@dataclass
+class RelayProcess:
+    """A running `python -m services.mesh.relay` process."""
+
+    process: subprocess.Popen[bytes]
+    routes: list[tuple[str, str]]
+    log_path: Path
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM (it closes every connection), SIGKILL after `timeout`."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_relay_process(routes: Sequence[tuple[str, str]], delay_ms: float, log_path: Path,
+                        prefix: Sequence[str] = (), timeout: float = 30.0) -> RelayProcess:
+    """Start a relay process for `routes` ((listen, target) address strings), its output
+    in `log_path`, and wait until it listens on every route."""
+    command = [*prefix, sys.executable, "-m", "services.mesh.relay", "--delay-ms", f"{delay_ms:g}"]
+    for listen, target in routes:
+        command += ["--listen", listen, "--target", target]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    relay = RelayProcess(process, list(routes), log_path)
+    deadline = time.monotonic() + timeout
+    while not log_path.read_text(errors="replace").startswith("ready "):
+        if process.poll() is not None or time.monotonic() > deadline:
+            relay.stop()
+            raise RelayStartError(f"relay did not start ({' '.join(command)}):\n{log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return relay
 
 
 def _parse_args(argv: list[str] | None) -> tuple[list[tuple[Address, Address]], float]:

@@ -13,7 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from services.mesh.relay import Address, DelayRelay, parse_address
+from services.mesh.relay import Address, DelayRelay, RelayStartError, parse_address, start_relay_process
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 REPO = Path(__file__).resolve().parents[3]
@@ -303,3 +303,28 @@ def test_relay_process_refuses_unpaired_routes() -> None:
     result = subprocess.run([sys.executable, "-m", "services.mesh.relay", "--listen", "127.0.0.1:0"], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "--target" in result.stderr
+
+
+def test_start_relay_process_waits_until_listening_and_stops(tmp_path: Path) -> None:
+    async def main() -> bytes:
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sock = tmp_path / "r.sock"
+        relay = await asyncio.to_thread(start_relay_process, [(f"unix:{sock}", f"127.0.0.1:{port}")], 1.0, tmp_path / "relay.log")
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(sock))  # listening already: no retry needed
+            writer.write(b"ok")
+            echoed = await asyncio.wait_for(reader.readexactly(2), 5)
+            writer.close()
+        finally:
+            await asyncio.to_thread(relay.stop)
+            server.close()
+        assert relay.process.returncode == 0
+        return echoed
+
+    assert asyncio.run(main()) == b"ok"
+
+
+def test_start_relay_process_reports_a_relay_that_cannot_listen(tmp_path: Path) -> None:
+    with pytest.raises(RelayStartError, match="relay did not start"):
+        start_relay_process([("unix:/nonexistent-dir/x.sock", "127.0.0.1:1")], 0.0, tmp_path / "relay.log")
