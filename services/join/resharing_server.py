@@ -6,6 +6,12 @@ by chunk as they arrive, into x' + r. The helper stores its own shares −r
 (StoreHelperShares). Shares are complete only when every announced row has arrived and
 been decrypted; AwaitShares reports that, and GetShares hands complete shares to the
 same organisation's lasso server only. Nothing partial is ever served.
+
+Failure. Once a stream's header is accepted, a stream that ends early, breaks off (the
+sender went away) or turns out malformed fails the run at this org: the partial rows,
+every block and the key are dropped, and AwaitShares ends with the status and a reason
+that names the resharing phase. DropRun fails a run that is still incomplete, so no
+waiter hangs on a run that will never complete.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from services.mesh.server import MeshServer
 log = logging.getLogger("riskmesh.resharing")
 
 ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only for tests and quick benchmarks
+BROKE_OFF = "resharing: the stream from the helper broke off before every row arrived"
 
 
 @dataclass
@@ -50,16 +57,34 @@ class ResharingRun:
     expected_blocks: int = 1
     rows_done: int = 0
     rows_total: int = 0
-    error: str | None = None
+    receiving: int = 0  # accepted streams still arriving
+    error: tuple[grpc.StatusCode, str] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
 
+    def fail(self, code: grpc.StatusCode, reason: str) -> None:
+        """End the run here: drop the key and every block, wake the waiters (the first reason stays)."""
+        if self.error is None:
+            self.error = (code, reason)
+        self.key = None
+        self.blocks.clear()
+        self.notify()
+
     @property
     def complete(self) -> bool:
-        return len(self.blocks) >= self.expected_blocks
+        return self.error is None and len(self.blocks) >= self.expected_blocks
+
+
+class StreamRefused(Exception):
+    """A stream is refused with this status; the message names the phase and holds no patient data."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
@@ -86,86 +111,136 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         return join_pb2.CreateKeyResponse(key=codec.public_key_to_proto(run.key.public))
 
     async def DeliverMaskedRows(self, request_iterator, context):
-        header = None
-        ciphertexts_done: list[list[int]] = []
-        run: ResharingRun | None = None
-        next_seq = 0
-        async for item in request_iterator:
-            if header is None:
-                if not item.HasField("header"):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
-                header = item.header
-                run = self.runs.get(header.run_id)
-                if run is None or run.key is None:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {header.run_id} has no key here")
-                if header.key_id != run.key.public.key_id:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the masked rows are encrypted under another key")
-                try:
-                    layout = codec.layout_from_proto(header.layout)
-                    layout.check_columns(len(header.columns))
-                    layout.check_modulus(run.key.public.bits)
-                except JoinError as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
-                run.rows_total = header.joined
-                values: list[list[int]] = []
-                continue
-            if not item.HasField("chunk") or item.chunk.seq != next_seq:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks must follow the header in sequence")
-            next_seq += 1
-            per_row = layout.ciphertexts_per_row
-            try:
-                cts = [run.key.public.decode_ciphertext(c) for c in item.chunk.ciphertexts]
-                if len(cts) % per_row:
-                    raise SpecError("a chunk holds a partial row")
-                rows = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
-                # Decrypt while the next chunk streams in (gmpy2 releases the GIL).
-                block = await asyncio.to_thread(owner_shares, run.key, layout, rows, header.columns, threads=self.threads)
-            except JoinError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
-            values.extend(block.values)
-            if len(values) > header.joined:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "more rows than the header announced")
-            run.rows_done = len(values)
-            run.notify()
-        if header is None or run is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty delivery")
-        if len(values) != header.joined:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the delivery ended after {len(values)} of {header.joined} rows")
+        try:
+            run, header, layout = await self._accept_delivery(request_iterator)
+        except StreamRefused as refused:
+            await context.abort(refused.code, refused.message)
+        values = await self._receive(run, context, self._decrypt_chunks(request_iterator, run, header, layout))
         run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
         run.key = None  # the run's private key is not needed any more
         run.notify()
         log.info("run %s: %d masked rows decrypted into shares", header.run_id, len(values))
         return join_pb2.DeliverMaskedRowsResponse(rows=len(values))
 
-    async def StoreHelperShares(self, request_iterator, context):
-        header = None
+    async def _accept_delivery(self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest]) -> tuple[ResharingRun, join_pb2.MaskedRowsHeader, SlotLayout]:
+        try:
+            item = await anext(stream)
+        except StopAsyncIteration:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: an empty delivery") from None
+        if not item.HasField("header"):
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the first message must be the header")
+        header = item.header
+        run = self.runs.get(header.run_id)
+        if run is None or run.key is None:
+            raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: run {header.run_id} has no key here")
+        if run.receiving:
+            raise StreamRefused(grpc.StatusCode.ALREADY_EXISTS, f"resharing: masked rows of run {header.run_id} are already arriving")
+        if header.key_id != run.key.public.key_id:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the masked rows are encrypted under another key")
+        try:
+            layout = codec.layout_from_proto(header.layout)
+            layout.check_columns(len(header.columns))
+            layout.check_modulus(run.key.public.bits)
+        except JoinError as exc:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}") from None
+        run.rows_total = header.joined
+        return run, header, layout
+
+    async def _decrypt_chunks(self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest], run: ResharingRun, header: join_pb2.MaskedRowsHeader, layout: SlotLayout) -> list[list[int]]:
+        key = run.key
+        assert key is not None  # checked in _accept_delivery
+        per_row = layout.ciphertexts_per_row
         values: list[list[int]] = []
         next_seq = 0
-        async for item in request_iterator:
-            if header is None:
-                if not item.HasField("header"):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
-                header = item.header
-                try:
-                    layout = codec.layout_from_proto(header.layout)
-                except JoinError as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
-                continue
+        async for item in stream:
             if not item.HasField("chunk") or item.chunk.seq != next_seq:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks must follow the header in sequence")
+                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: chunks must follow the header in sequence")
             next_seq += 1
             try:
-                rows = decode_shares(item.chunk.values, len(header.columns), header.value_bytes)
+                cts = [key.public.decode_ciphertext(c) for c in item.chunk.ciphertexts]
+                if len(cts) % per_row:
+                    raise SpecError("a chunk holds a partial row")
+                rows = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
+                # Decrypt while the next chunk streams in (gmpy2 releases the GIL).
+                block = await asyncio.to_thread(owner_shares, key, layout, rows, header.columns, threads=self.threads)
             except JoinError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
-            values.extend(rows)
-        if header is None or len(values) != header.rows:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the helper's shares arrived incomplete")
-        run = self._run(header.run_id)
+                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}") from None
+            values.extend(block.values)
+            if len(values) > header.joined:
+                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: more rows than the header announced")
+            run.rows_done = len(values)
+            run.notify()
+        if len(values) != header.joined:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the delivery ended before every announced row arrived")
+        return values
+
+    async def _receive(self, run: ResharingRun, context: grpc.aio.ServicerContext, body):
+        """Run an accepted stream's body; any way it fails, fail the run (never keep partial rows)."""
+        run.receiving += 1
+        try:
+            return await body
+        except StreamRefused as refused:
+            run.fail(refused.code, refused.message)
+            await context.abort(refused.code, refused.message)
+        except asyncio.CancelledError:  # the sender went away mid-stream
+            run.fail(grpc.StatusCode.UNAVAILABLE, BROKE_OFF)
+            raise
+        except Exception as exc:
+            log.error("a stream failed unexpectedly (%s)", type(exc).__name__)  # the type only: no data
+            run.fail(grpc.StatusCode.INTERNAL, f"resharing: internal error ({type(exc).__name__})")
+            raise
+        finally:
+            run.receiving -= 1
+
+    async def StoreHelperShares(self, request_iterator, context):
+        try:
+            run, header, layout = await self._accept_helper_shares(request_iterator)
+        except StreamRefused as refused:
+            await context.abort(refused.code, refused.message)
+        values = await self._receive(run, context, self._share_chunks(request_iterator, header))
         run.rows_total = run.rows_done = header.rows
         run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
         run.notify()
         return join_pb2.StoreHelperSharesResponse(rows=len(values))
+
+    async def _accept_helper_shares(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest]) -> tuple[ResharingRun, join_pb2.SharesHeader, SlotLayout]:
+        if self.config.role != "helper":
+            raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only the helper stores its own masks as shares")
+        try:
+            item = await anext(stream)
+        except StopAsyncIteration:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: an empty stream of shares") from None
+        if not item.HasField("header"):
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the first message must be the header")
+        header = item.header
+        try:
+            layout = codec.layout_from_proto(header.layout)
+            layout.check_columns(len(header.columns))
+        except JoinError as exc:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}") from None
+        run = self._run(header.run_id)
+        if run.error is not None:
+            raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: run {header.run_id} has failed here")
+        if len(run.blocks) + run.receiving >= run.expected_blocks:
+            raise StreamRefused(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {header.run_id} already holds all its shares")
+        return run, header, layout
+
+    async def _share_chunks(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest], header: join_pb2.SharesHeader) -> list[list[int]]:
+        values: list[list[int]] = []
+        next_seq = 0
+        async for item in stream:
+            if not item.HasField("chunk") or item.chunk.seq != next_seq:
+                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: chunks must follow the header in sequence")
+            next_seq += 1
+            try:
+                values.extend(decode_shares(item.chunk.values, len(header.columns), header.value_bytes))
+            except JoinError as exc:
+                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}") from None
+            if len(values) > header.rows:
+                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: more rows than the header announced")
+        if len(values) != header.rows:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the helper's shares arrived incomplete")
+        return values
 
     async def AwaitShares(self, request, context) -> AsyncIterator[join_pb2.AwaitSharesResponse]:
         run = self._run(request.run_id)
@@ -173,6 +248,8 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         reported = -1
         while True:
             changed = run.changed
+            if run.error is not None:
+                await context.abort(*run.error)
             if run.complete:
                 joined = run.blocks[0].shares.n_rows
                 yield join_pb2.AwaitSharesResponse(progress=progress(request.run_id, org, phase, joined, joined, "shares stored"), joined=joined)
@@ -185,7 +262,8 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
     async def GetShares(self, request, context) -> AsyncIterator[join_pb2.GetSharesResponse]:
         run = self.runs.get(request.run_id)
         if run is None or not run.complete:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the shares of run {request.run_id} are not complete here")
+            failed = run is not None and run.error is not None
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the shares of run {request.run_id} are {'not kept: the run failed' if failed else 'not complete'} here")
         for block in run.blocks:
             width = value_bytes(block.layout)
             yield join_pb2.GetSharesResponse(header=join_pb2.SharesHeader(
@@ -194,7 +272,9 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
                 yield join_pb2.GetSharesResponse(chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_shares(rows, width)))
 
     async def DropRun(self, request, context):
-        self.runs.pop(request.run_id, None)
+        run = self.runs.pop(request.run_id, None)
+        if run is not None and not run.complete:
+            run.fail(grpc.StatusCode.ABORTED, "resharing: the run was dropped before its shares were complete")
         return join_pb2.DropRunResponse()
 
 
