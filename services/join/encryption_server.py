@@ -75,7 +75,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
     async def RunEncryption(self, request, context) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
         prepared = self.prepared.pop(request.run_id, None)
         if prepared is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {request.run_id} was not prepared here (or already ran)")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran)")
         org, run_id = self.config.org, request.run_id
         async with join_errors(context, "hashing/encryption"):
             tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))

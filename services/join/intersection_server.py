@@ -5,8 +5,9 @@ encryption server streams its (tag, ciphertexts) rows with UploadRows. When both
 arrived, the helper matches tags, enforces the study's minimum intersection size,
 draws a random permutation, masks every matched ciphertext with fresh per-slot masks
 and forwards the masked rows: owner A's rows (under B's key) to B's resharing server,
-B's rows to A's; its own shares (−r) go to its own resharing server. The helper sees
-tags, ciphertexts and counts only: no ID, no tag key, no plaintext value.
+B's rows to A's; once both deliveries are complete, its own shares (−r) go to its own
+resharing server. The helper sees tags, ciphertexts and counts only: no ID, no tag key,
+no plaintext value. Every status it returns names its phase ("intersection: ...").
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
 from services.join.common import chunked, progress, status_for
-from services.join.core.errors import JoinError
+from services.join.core.errors import JoinError, SpecError
 from services.join.core.protocol import EncryptedUpload, HelperResult, MaskedDelivery, helper_match_and_mask
 from services.join.core.shares import ShareMatrix, encode_shares, value_bytes
 from services.join.rules import INTERSECTION_RULES
@@ -65,10 +66,10 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
 
     async def OpenIntersection(self, request, context):
         if request.run_id in self.runs:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"run {request.run_id} is already open")
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: run {request.run_id} is already open")
         owners = [o.org for o in request.spec.owners]
         if len(owners) != 2:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a study needs exactly two data owners")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: a study needs exactly two data owners")
         self.runs[request.run_id] = IntersectionRun(request.spec)
         return join_pb2.OpenIntersectionResponse()
 
@@ -82,30 +83,34 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         async for item in request_iterator:
             if header is None:
                 if not item.HasField("header"):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of an upload must be its header")
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: the first message of an upload must be its header")
                 header = item.header
                 run = self.runs.get(header.run_id)
                 if run is None:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {header.run_id} is not open at the helper")
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: run {header.run_id} is not open at the helper")
                 if caller is None or caller.org not in [o.org for o in run.spec.owners]:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the study's data owners upload rows")
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows")
                 if caller.org in run.uploads:
-                    await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{caller.org} has already uploaded rows for this run")
+                    await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
                 if header.rows > MAX_ROWS:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"an upload may hold at most {MAX_ROWS} rows")
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {MAX_ROWS} rows")
                 try:
                     layout = codec.layout_from_proto(header.layout)
                     key = codec.public_key_from_proto(header.key)
+                    layout.check_columns(len(header.columns))
+                    layout.check_modulus(key.bits)
+                    if tuple(header.columns) != codec.column_names(codec.owner_columns(run.spec, caller.org)):
+                        raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
                 except JoinError as exc:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
                 per_row = layout.ciphertexts_per_row
                 continue
             if not item.HasField("chunk") or item.chunk.seq != next_seq:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload chunks must follow the header in sequence")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: upload chunks must follow the header in sequence")
             next_seq += 1
             chunk = item.chunk
             if len(chunk.ciphertexts) != len(chunk.tags) * per_row or any(len(t) != 32 for t in chunk.tags):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a chunk's tags and ciphertexts do not match its layout")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: a chunk's tags and ciphertexts do not match its layout")
             tags.extend(chunk.tags)
             try:
                 values = [key.decode_ciphertext(c) for c in chunk.ciphertexts]
@@ -113,11 +118,11 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
             ciphertexts.extend(values[k : k + per_row] for k in range(0, len(values), per_row))
             if len(tags) > header.rows:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "more rows than the header announced")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: more rows than the header announced")
         if header is None or run is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty upload")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: an empty upload")
         if len(tags) != header.rows:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the upload ended after {len(tags)} of {header.rows} rows")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: the upload ended after {len(tags)} of {header.rows} rows")
         run.uploads[caller.org] = EncryptedUpload(tags, ciphertexts, tuple(header.columns), layout, key)
         log.info("run %s: upload from %s complete (%d rows)", header.run_id, caller.org, len(tags))
         run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(header.run_id, self.config.org, common_pb2.PHASE_INTERSECTION, len(run.uploads), 2, f"upload from {caller.org} received")))
@@ -136,6 +141,10 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         except JoinError as exc:
             run.fail(status_for(exc), f"intersection: {exc}")
             return
+        except Exception as exc:  # a bug must still end the run (the type only: no data)
+            log.error("run %s: matching failed unexpectedly (%s)", run_id, type(exc).__name__)
+            run.fail(grpc.StatusCode.INTERNAL, f"intersection: internal error ({type(exc).__name__})")
+            return
         finally:
             run.uploads.clear()  # ciphertexts are no longer needed here
         run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, result.joined, result.joined, "matched and masked"), joined=result.joined))
@@ -143,11 +152,19 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             await asyncio.gather(
                 self._deliver(owner_a, run_id, result.joined, result.to_a, width_a),
                 self._deliver(owner_b, run_id, result.joined, result.to_b, width_b),
+            )
+        except grpc.aio.AioRpcError as exc:
+            run.fail(grpc.StatusCode.UNAVAILABLE, f"intersection: delivering masked rows failed: {exc.code().name}: {exc.details()}")
+            return
+        # The helper keeps its masks as shares only once both owners hold theirs: a run whose
+        # delivery broke off leaves no shares at the helper either.
+        try:
+            await asyncio.gather(
                 self._store_own(run_id, result.shares_of_a_columns, result.to_b),
                 self._store_own(run_id, result.shares_of_b_columns, result.to_a),
             )
         except grpc.aio.AioRpcError as exc:
-            run.fail(grpc.StatusCode.UNAVAILABLE, f"intersection: delivering masked rows failed: {exc.code().name}: {exc.details()}")
+            run.fail(grpc.StatusCode.UNAVAILABLE, f"intersection: storing the helper's shares failed: {exc.code().name}: {exc.details()}")
             return
         run.done = True
         run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, result.joined, result.joined, "masked rows delivered", common_pb2.RUN_STATE_RUNNING), joined=result.joined))
@@ -178,7 +195,7 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
     async def AwaitIntersection(self, request, context) -> AsyncIterator[join_pb2.AwaitIntersectionResponse]:
         run = self.runs.get(request.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} is not open at the helper")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"intersection: run {request.run_id} is not open at the helper")
         sent = 0
         try:
             while True:
