@@ -9,11 +9,19 @@ do that. No service path ever reconstructs shares.
 from __future__ import annotations
 
 import asyncio
+import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+import numpy as np
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
+from services.cli.synthetic import StudyData
+from services.join.core import fixedpoint
+from services.join.core.columns import ColumnSpec
+from services.join.core.fixedpoint import FixedPointFormat
 from services.join.core.shares import ShareMatrix, assemble, decode_shares, reconstruct
 from services.mesh.config import OrgConfig, load_config
 from services.mesh.tls import MeshCredentials
@@ -23,13 +31,15 @@ DEADLINE_S = 1800.0
 
 @dataclass
 class JoinTimings:
+    """Wall-clock phases of one join as the driving harness sees them (they add up to total_s)."""
+
     run_id: str
     joined: int
-    setup_s: float  # key generation + CSV validation
-    offline_s: float  # randomness pools (the slower owner)
-    join_s: float  # from the encryption start until the helper delivered masked rows
-    reshare_s: float  # until every org's shares are stored
-    total_s: float
+    setup_s: float  # key pairs (CreateKey), CSV validation (PrepareEncryption), OpenIntersection
+    offline_s: float  # randomness pools, until both owners report them ready
+    join_s: float  # tag, encrypt, upload, match and mask, until the helper reports "matched"
+    reshare_s: float  # masked rows delivered and decrypted, until every org's shares are stored
+    total_s: float  # from the first request until the shares are stored at all three orgs
 
 
 class Harness:
@@ -52,43 +62,62 @@ class Harness:
             await channel.close()
 
 
-async def run_join(harness: Harness, spec: common_pb2.StudySpec, sources: dict[str, str], run_id: str) -> JoinTimings:
+async def start_join(harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str) -> dict[str, join_pb2.RunEncryptionRequest]:
+    """Setup as the gateways do it: each owner's key pair and CSV check, the helper's run.
+    Returns each owner's RunEncryptionRequest (carrying the other owner's public keys)."""
     owners = [o.org for o in spec.owners]
-    helper = next(p.org for p in spec.parties if p.role == common_pb2.ROLE_HELPER)
-    started = time.perf_counter()
-    resharing = {o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub) for o in [*owners, helper]}
+    helper = helper_of(spec)
+    resharing = {o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub) for o in owners}
     encryption = {o: harness.stub(o, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub) for o in owners}
     keys = await asyncio.gather(*(resharing[o].CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=spec.paillier_bits or 2048), timeout=DEADLINE_S) for o in owners))
     prepared = await asyncio.gather(*(encryption[o].PrepareEncryption(join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=sources[o]), timeout=DEADLINE_S) for o in owners))
     intersection = harness.stub(helper, "intersection", "gateway", join_pb2_grpc.IntersectionServiceStub)
     await intersection.OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=spec), timeout=DEADLINE_S)
+    return {
+        owners[i]: join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=prepared[1 - i].x25519_public_key, peer_paillier_key=keys[1 - i].key)
+        for i in range(2)
+    }
+
+
+def helper_of(spec: common_pb2.StudySpec) -> str:
+    return next(p.org for p in spec.parties if p.role == common_pb2.ROLE_HELPER)
+
+
+async def run_join(harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str) -> JoinTimings:
+    """The join's RPCs in the order the gateways make them; returns when every org stores its shares."""
+    owners = [o.org for o in spec.owners]
+    helper = helper_of(spec)
+    started = time.perf_counter()
+    requests = await start_join(harness, spec, sources, run_id)
     setup_done = time.perf_counter()
     offline_done: list[float] = []
 
-    async def encrypt(i: int) -> None:
-        peer = 1 - i
-        request = join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=prepared[peer].x25519_public_key, peer_paillier_key=keys[peer].key)
-        async for reply in encryption[owners[i]].RunEncryption(request, timeout=DEADLINE_S):
+    async def encrypt(org: str) -> None:
+        stub = harness.stub(org, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub)
+        async for reply in stub.RunEncryption(requests[org], timeout=DEADLINE_S):
             if reply.progress.phase == common_pb2.PHASE_SETUP and reply.progress.done == reply.progress.total:
                 offline_done.append(time.perf_counter())
 
     joined = 0
-    intersected = 0.0
+    matched = 0.0
 
     async def await_intersection() -> None:
-        nonlocal joined, intersected
+        nonlocal joined, matched
+        intersection = harness.stub(helper, "intersection", "gateway", join_pb2_grpc.IntersectionServiceStub)
         async for reply in intersection.AwaitIntersection(join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=DEADLINE_S):
+            if reply.joined and not matched:
+                matched = time.perf_counter()  # "matched and masked": the deliveries start
             joined = reply.joined or joined
-        intersected = time.perf_counter()
 
     async def await_shares(org: str) -> None:
-        async for _ in resharing[org].AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=DEADLINE_S):
+        resharing = harness.stub(org, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub)
+        async for _ in resharing.AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=DEADLINE_S):
             pass
 
-    await asyncio.gather(encrypt(0), encrypt(1), await_intersection(), *(await_shares(o) for o in [*owners, helper]))
+    await asyncio.gather(*(encrypt(o) for o in owners), await_intersection(), *(await_shares(o) for o in [*owners, helper]))
     done = time.perf_counter()
-    offline = (max(offline_done) - setup_done) if offline_done else 0.0
-    return JoinTimings(run_id, joined, setup_done - started, offline, intersected - setup_done, done - intersected, done - started)
+    offline = max(offline_done) if len(offline_done) == len(owners) else setup_done
+    return JoinTimings(run_id, joined, setup_done - started, offline - setup_done, matched - offline, done - matched, done - started)
 
 
 async def collect_shares(harness: Harness, spec: common_pb2.StudySpec, run_id: str) -> dict[str, ShareMatrix]:
@@ -115,4 +144,44 @@ async def collect_shares(harness: Harness, spec: common_pb2.StudySpec, run_id: s
 
 
 def reconstruct_table(shares: dict[str, ShareMatrix]) -> ShareMatrix:
+    """The sum of the three orgs' shares: the fixed-point encoded joined table, in the helper's order."""
     return reconstruct(list(shares.values()))
+
+
+def plaintext_join(data: StudyData, sources: Mapping[str, Path]) -> tuple[tuple[str, ...], list[tuple[int, ...]]]:
+    """The oracle: the plaintext inner join of the two owners' CSV files, fixed-point encoded.
+
+    Reads the files with the `csv` module and `float` (not with the join's own reader) and
+    matches rows by the generator's canonical IDs (`StudyData`, line i of a file is
+    `canonical[i]`). Columns: insurer features, hospital features, then the target, as
+    `collect_shares` orders them. Rows are in the insurer's file order.
+    """
+    tables = {t.org: t for t in (data.insurer, data.hospital)}
+    columns: list[ColumnSpec] = []
+    per_owner: dict[str, dict[str, list[float]]] = {}
+    for org, table in tables.items():
+        names = [c.name for c in table.columns] + ([table.target.name] if table.target else [])
+        with open(sources[org], newline="") as f:
+            rows = list(csv.DictReader(f))
+        if len(rows) != len(table.canonical):
+            raise ValueError(f"{org}'s file does not hold the generated rows")
+        per_owner[org] = {cid: [float(row[n]) for n in names] for cid, row in zip(table.canonical, rows)}
+        columns += [ColumnSpec(c.name, c.min, c.max) for c in table.columns]
+    target = data.insurer.target
+    if target is None:
+        raise ValueError("the insurer holds the target in generated data")
+    columns.append(ColumnSpec(target.name, target.min, target.max))
+    n_features = len(data.insurer.columns)
+    joined = [
+        (values[:n_features] + per_owner["hospital"][cid] + values[n_features:])
+        for cid, values in per_owner["insurer"].items()
+        if cid in per_owner["hospital"]
+    ]
+    encoded = fixedpoint.encode(np.array(joined, dtype=np.float64).reshape(len(joined), len(columns)), columns, FixedPointFormat())
+    return tuple(c.name for c in columns), [tuple(int(v) for v in row) for row in encoded.tolist()]
+
+
+def same_rows(table: ShareMatrix, columns: tuple[str, ...], rows: list[tuple[int, ...]]) -> bool:
+    """True if `table` holds exactly `rows` (as a multiset) under `columns`: this undoes the
+    helper's secret permutation by matching rows on their values (sorting both sides)."""
+    return table.columns == columns and sorted(tuple(r) for r in table.values) == sorted(rows)
