@@ -22,31 +22,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from riskmesh.v1 import common_pb2, lasso_pb2
-from services.gateway.spec import feature_names, target_name
+from services.lasso.inputs import assemble, study_columns
 from services.lasso.parties import HELPER_PID
 from services.lasso.program import RunContext
 from services.lasso.shares import ShareBlock
 
 SECURE_BITS = 256
-
-
-def study_columns(spec: common_pb2.StudySpec) -> tuple[str, ...]:
-    return (*feature_names(spec), target_name(spec))
-
-
-def assemble(blocks: Sequence[ShareBlock], columns: Sequence[str]) -> list[list[int]]:
-    """This party's matrix over `columns`: its blocks' values, 0 where it holds nothing."""
-    rows = blocks[0].rows if blocks else 0
-    matrix = [[0] * len(columns) for _ in range(rows)]
-    position = {name: k for k, name in enumerate(columns)}
-    for block in blocks:
-        for j, name in enumerate(block.columns):
-            if name not in position:
-                raise ValueError(f"share column {name!r} is not a column of the study")
-            k = position[name]
-            for row, values in zip(matrix, block.values):
-                row[k] = values[j]
-    return matrix
 
 
 def offset_of(blocks: Sequence[ShareBlock]) -> int:

@@ -29,7 +29,8 @@ import pytest
 from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
 from services.lasso.shares import InMemoryShareSource, ShareBlock
 from services.lasso.transport_bench import DUMMY_BLOCK, bench_spec
-from services.lasso.transport_check import expected, result_names, study_columns
+from services.lasso.inputs import study_columns
+from services.lasso.transport_check import expected, result_names
 from services.mesh.config import OrgConfig, load_config
 from services.mesh.launcher import local_mesh_for, wait_healthy
 from services.mesh.pki import OrgPaths
