@@ -1,0 +1,199 @@
+"""Secure fixed-point arithmetic on Shamir-shared arrays of one prime field (MPyC).
+
+Values are numpy object arrays of Python ints in [0, p): this party's Shamir
+shares (degree t, or degree 2t right after a local product), of integers that
+represent reals with ``frac`` fractional bits. The runtime ``mpc`` (MPyC 0.11)
+supplies the network, pseudorandom secret sharing (PRSS, Cramer–Damgård–Ishai
+2005) and its secure comparison; everything else is done here, explicitly, one
+communication round per call:
+
+* ``trunc`` — probabilistic truncation (Catrina & Saxena, FC 2010) with the
+  random mask taken from PRSS only: r = r_lo + 2^f·r_hi, r_lo ∈ [0, M·2^f),
+  r_hi ∈ [0, M·2^(κ+ℓ−f)) (M PRSS subsets, κ = security bits), open
+  c = x + 2^(ℓ−1) + r and return ⌊c/2^f⌋ − r_hi − 2^(ℓ−1−f) = ⌊(x + r_lo)/2^f⌋.
+  The error is within [−1, +M−1) units in the last place after subtracting the
+  public mean bias ⌊(M−1)/2⌋. MPyC's ``np_trunc`` instead spends f secure
+  random bits per element (a modular square root each).
+* A degree-2t input (a local product of two degree-t sharings) is opened with
+  threshold 2t after adding a PRSS sharing of zero of degree 2t (as MPyC's
+  random-bit generator does), so "multiply, then truncate" is one round, and the
+  result r_hi-based is again of degree t (Gennaro–Rabin–Rabin resharing is not
+  needed).
+* ``reduce`` — degree reduction by the same masked opening without truncation.
+* ``convert`` — move values to another prime field with one masked opening
+  (the same PRSS mask is shared in both fields; as MPyC's ``convert``).
+* ``less_than_zero`` — MPyC's ``np_sgn(..., LT=True)`` (bitwise comparison with
+  statistical masking, Toft's variant).
+
+Every bound is checked against the field size: for an ℓ-bit value the opened
+c < 2^(ℓ+κ+2) must stay below p.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+ObjectArray = npt.NDArray[np.object_]
+
+
+class FieldOps:
+    """Secure operations in the prime field of the MPyC secure type ``stype``."""
+
+    def __init__(self, mpc: Any, stype: Any) -> None:
+        from mpyc import thresha  # noqa: PLC0415  (mpyc is imported only once a runtime exists)
+
+        self.mpc = mpc
+        self.stype = stype
+        self.field = stype.field
+        self.p: int = int(self.field.modulus)
+        self.bits = self.p.bit_length()
+        self.parties = len(mpc.parties)
+        self.t: int = mpc.threshold
+        self.kappa: int = mpc.options.sec_param
+        self.subsets = math.comb(self.parties, self.t)
+        self._thresha = thresha
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """Largest ℓ such that ℓ-bit values can be masked and opened in this field."""
+        return self.bits - self.kappa - 3
+
+    def _check_bits(self, bits: int) -> None:
+        if bits > self.capacity():
+            raise OverflowError(f"{bits}-bit values exceed the field capacity {self.capacity()}")
+
+    def public(self, values: npt.ArrayLike) -> ObjectArray:
+        """Integers (possibly negative) as public 'shares' (a constant is its own sharing)."""
+        arr = np.array(values, dtype=object)
+        return arr % self.p
+
+    def fixed(self, reals: npt.ArrayLike, frac: int) -> ObjectArray:
+        """Public reals as fixed-point field values round(x·2^frac)."""
+        arr = np.asarray(reals, dtype=np.float64)
+        flat = np.empty(arr.size, dtype=object)
+        for i, v in enumerate(arr.ravel()):
+            flat[i] = round(float(v) * (1 << frac)) % self.p
+        return flat.reshape(arr.shape)
+
+    def signed(self, values: ObjectArray) -> ObjectArray:
+        """Field values [0, p) → signed integers (−p/2, p/2]."""
+        half = self.p // 2
+        arr = np.asarray(values, dtype=object)
+        return np.where(arr > half, arr - self.p, arr)
+
+    def to_float(self, values: ObjectArray, frac: int) -> npt.NDArray[np.float64]:
+        """Opened fixed-point values → float64."""
+        signed = self.signed(values)
+        out = np.array([float(v) for v in signed.ravel()], dtype=np.float64).reshape(signed.shape)
+        return out / float(1 << frac)
+
+    def _prss(self, n: int, bound: int, uci: bytes | None = None) -> ObjectArray:
+        """Degree-t sharing of Σ_S F_S (each PRF value uniform in [0, bound))."""
+        mpc = self.mpc
+        uci = uci if uci is not None else mpc._prss_uci()
+        shares = self._thresha.np_pseudorandom_share(self.field, self.parties, mpc.pid, mpc.prfs(bound), uci, n)
+        return np.asarray(shares.value, dtype=object)
+
+    def _prss_zero(self, n: int) -> ObjectArray:
+        """Degree-2t sharing of zero."""
+        mpc = self.mpc
+        zero = self._thresha.np_pseudorandom_share_0(
+            self.field, self.parties, mpc.pid, mpc.prfs(self.field.order), mpc._prss_uci(), n
+        )
+        return np.asarray(zero.value, dtype=object) if hasattr(zero, "value") else np.zeros(n, dtype=object)
+
+    async def _open(self, values: ObjectArray, threshold: int, receivers: Any = None) -> ObjectArray | None:
+        shape = values.shape
+        opened = await self.mpc.output(self.field.array(values.reshape(-1), check=False),
+                                       receivers=receivers, threshold=threshold)
+        if opened is None:
+            return None
+        return np.asarray(opened.value, dtype=object).reshape(shape)
+
+    # ---- rounds ----------------------------------------------------------------------------
+
+    async def trunc(self, x: ObjectArray, frac: int, bits: int, *, degree2t: bool = False) -> ObjectArray:
+        """Degree-t sharing of ≈ x/2^frac, for signed values |x| < 2^(bits−1). One round."""
+        self._check_bits(bits)
+        if frac <= 0:
+            return await self.reduce(x) if degree2t else x
+        n = x.size
+        r_lo = self._prss(n, 1 << frac).reshape(x.shape)
+        r_hi = self._prss(n, 1 << (self.kappa + bits - frac)).reshape(x.shape)
+        masked = x + (1 << (bits - 1)) + r_lo + (r_hi << frac)
+        if degree2t:
+            masked = masked + self._prss_zero(n).reshape(x.shape)
+        c = await self._open(masked % self.p, 2 * self.t if degree2t else self.t)
+        assert c is not None
+        bias = (self.subsets - 1) // 2 + (1 << (bits - 1 - frac))
+        return ((c >> frac) - r_hi - bias) % self.p
+
+    async def reduce(self, x: ObjectArray) -> ObjectArray:
+        """Degree-2t sharing → degree-t sharing of the same values. One round."""
+        if self.t == 0:
+            return x % self.p
+        n = x.size
+        r = self._prss(n, self.p).reshape(x.shape)
+        c = await self._open((x + r + self._prss_zero(n).reshape(x.shape)) % self.p, 2 * self.t)
+        assert c is not None
+        return (c - r) % self.p
+
+    async def mul(self, a: ObjectArray, b: ObjectArray, frac: int, bits: int) -> ObjectArray:
+        """Elementwise a·b/2^frac (broadcasting); |a·b| < 2^(bits−1). One round."""
+        return await self.trunc(a * b, frac, bits, degree2t=True)
+
+    async def matmul(self, a: ObjectArray, b: ObjectArray, frac: int, bits: int) -> ObjectArray:
+        """(Batched) a @ b / 2^frac; every |entry of a @ b| < 2^(bits−1). One round."""
+        return await self.trunc(np.matmul(a, b), frac, bits, degree2t=True)
+
+    async def mul_exact(self, a: ObjectArray, b: ObjectArray) -> ObjectArray:
+        """Elementwise a·b without truncation (e.g. bits times values). One round."""
+        return await self.reduce(a * b)
+
+    async def less_than_zero(self, x: ObjectArray, bits: int) -> ObjectArray:
+        """0/1 sharings of [x < 0] for signed |x| < 2^(bits−1) (MPyC's secure comparison)."""
+        self._check_bits(bits)
+        mpc = self.mpc
+        arr = self.stype.array(self.field.array(x.reshape(-1) % self.p, check=False))
+        result = await mpc.gather(mpc.np_sgn(arr, l=bits, LT=True))
+        scaled = np.asarray(result.value, dtype=object)
+        inverse = pow(1 << self.stype.frac_length, -1, self.p)
+        return (scaled * inverse % self.p).reshape(x.shape)
+
+    async def convert(self, x: ObjectArray, target: FieldOps, bits: int, shift: int = 0) -> ObjectArray:
+        """Sharings in ``target``'s field of x·2^shift (shift ≥ 0) for signed |x| < 2^(bits−1). One round."""
+        self._check_bits(bits)
+        target._check_bits(bits + shift)
+        n = x.size
+        uci = self.mpc._prss_uci()
+        bound = 1 << (self.kappa + bits)
+        r_src = self._prss(n, bound, uci).reshape(x.shape)
+        r_dst = target._prss(n, bound, uci).reshape(x.shape)
+        c = await self._open((x + (1 << (bits - 1)) + r_src) % self.p, self.t)
+        assert c is not None
+        value = (c - (1 << (bits - 1)) - r_dst) % target.p
+        return (value << shift) % target.p if shift else value
+
+    async def output(self, x: ObjectArray, receivers: list[int]) -> ObjectArray | None:
+        """Open x (degree t) to ``receivers`` only; others get None."""
+        return await self._open(x % self.p, self.t, receivers=receivers)
+
+    async def output_product(self, x: ObjectArray, receivers: list[int]) -> ObjectArray | None:
+        """Open x of degree ≤ 2t (e.g. an unrounded local product) to ``receivers`` only.
+
+        A PRSS sharing of zero of degree 2t re-randomises the polynomial, so
+        only the values are revealed.
+        """
+        masked = (x + self._prss_zero(x.size).reshape(x.shape)) % self.p
+        return await self._open(masked, 2 * self.t, receivers=receivers)
+
+    async def open(self, x: ObjectArray) -> ObjectArray:
+        """Open x (degree t) to every party (used for public values only, e.g. in tests)."""
+        opened = await self._open(x % self.p, self.t)
+        assert opened is not None
+        return opened
