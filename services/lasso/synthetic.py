@@ -2,7 +2,7 @@
 
 Columns follow the study order of the join: the insurer's (owner A, party 0)
 first — five care-use features and the target ``risk`` — then the hospital's
-(owner B, party 1) five lifestyle features, then, for d > 10, extra "lab"
+(owner B, party 1) five lifestyle features (for d < 10 a subset of both), then, for d > 10, extra "lab"
 features alternating between the owners (correlated in blocks of five, half
 without effect). Values are clipped to the declared ranges, features are
 moderately correlated (age ↔ care use, BMI ↔ exercise, ...) and several true
@@ -38,9 +38,13 @@ _TARGET_RANGE = (-60.0, 200.0)
 
 
 def make_study(n_rows: int, n_features: int = 10, seed: int = 0) -> SyntheticStudy:
-    """A table of ``n_rows`` × (``n_features`` + 1) columns (n_features ≥ 10)."""
-    if n_features < 10:
-        raise ValueError("the synthetic study has at least 10 features")
+    """A table of ``n_rows`` × (``n_features`` + 1) columns.
+
+    With fewer than 10 features, the first ⌈d/2⌉ insurer and ⌊d/2⌋ hospital
+    features are kept (the target still depends on all ten).
+    """
+    if n_features < 2:
+        raise ValueError("the synthetic study has at least 2 features")
     rng = np.random.default_rng(seed)
     n = n_rows
     age = rng.uniform(18, 92, n)
@@ -77,8 +81,12 @@ def make_study(n_rows: int, n_features: int = 10, seed: int = 0) -> SyntheticStu
         names.append(f"lab_{k + 1}")
         ranges.append(ColumnRange(lo, hi))
         owners.append(k % 2)
+    if n_features < 10:
+        keep = [*range(-(-n_features // 2)), 5, *range(6, 6 + n_features // 2)]
+        columns, names = [columns[k] for k in keep], [names[k] for k in keep]
+        ranges, owners = [ranges[k] for k in keep], [owners[k] for k in keep]
     table = np.column_stack(columns)
     lows = np.array([r.min for r in ranges])
     highs = np.array([r.max for r in ranges])
     table = np.clip(table, lows, highs)
-    return SyntheticStudy(table, tuple(names), tuple(ranges), tuple(owners), target=5)
+    return SyntheticStudy(table, tuple(names), tuple(ranges), tuple(owners), target=names.index("risk"))

@@ -1,0 +1,133 @@
+"""The secure protocol against scikit-learn and the plaintext twin.
+
+In-process runs use MPyC with one party (``-M1``: the same code, threshold 0);
+three-party runs start three processes that talk over MPyC's own TCP on
+127.0.0.1 (``local_run``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.lasso.dealer import deal, encode
+from services.lasso.local_run import run_local
+from services.lasso.mpc_runtime import create_runtime
+from services.lasso.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
+from services.lasso.secure_regression import secure_fit
+from services.lasso.spec import ModelKind, RegressionResult, RegressionSpec
+from services.lasso.synthetic import make_study
+
+ROWS, FEATURES, SEED = 300, 4, 3
+STUDY = make_study(ROWS, FEATURES, seed=SEED)
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def mpc() -> Any:
+    return create_runtime(0, [("127.0.0.1", 0)])
+
+
+def _spec(kind: ModelKind, alphas: tuple[float, ...], **kw: Any) -> RegressionSpec:
+    return RegressionSpec(kind, alphas, STUDY.ranges, STUDY.target, l1_ratio=0.5, **kw)
+
+
+def _assert_matches_sklearn(result: RegressionResult | dict[str, Any], table: np.ndarray, spec: RegressionSpec) -> None:
+    if isinstance(result, dict):
+        coefficients, intercept, alpha = result["coefficients"], result["intercept"], result["alpha"]
+        standardized = result["standardized"] or None
+    else:
+        coefficients, intercept, alpha = result.coefficients, result.intercept, result.alpha
+        standardized = result.standardized_coefficients
+    x, y = split_table(table, spec)
+    w, b, std = fit_sklearn(x, y, spec, alpha)
+    secure = np.asarray(coefficients)
+    scale = float(np.max(np.abs(w)))
+    assert float(np.max(np.abs(secure - w))) <= TOLERANCE * scale
+    assert abs(intercept - b) <= TOLERANCE * max(scale, abs(b))
+    assert np.array_equal(secure == 0, np.abs(w) < 1e-12)
+    if spec.standardize:
+        assert standardized is not None and std is not None
+        assert float(np.max(np.abs(np.asarray(standardized) - std))) <= TOLERANCE * float(np.max(np.abs(std)))
+
+
+CASES = [
+    (ModelKind.LASSO, 0.5, False),
+    (ModelKind.LASSO, 2.0, False),  # two coefficients are zero
+    (ModelKind.LASSO, 5.0, True),  # two coefficients are zero
+    (ModelKind.ELASTIC_NET, 2.0, True),
+    (ModelKind.RIDGE, 1.0, False),
+    (ModelKind.RIDGE, 3.0, True),
+]
+
+
+@pytest.mark.parametrize("kind,alpha,standardize", CASES)
+def test_one_party_matches_sklearn(mpc: Any, kind: ModelKind, alpha: float, standardize: bool) -> None:
+    spec = _spec(kind, (alpha,), standardize=standardize)
+    result = mpc.run(secure_fit(mpc, encode(STUDY.table), spec))
+    assert result is not None and result.joined == ROWS and result.alpha == alpha
+    _assert_matches_sklearn(result, STUDY.table, spec)
+
+
+def test_one_party_cross_validation(mpc: Any) -> None:
+    spec = _spec(ModelKind.LASSO, (8.0, 2.0, 0.2), cv_folds=3)
+    result = mpc.run(secure_fit(mpc, encode(STUDY.table), spec))
+    assert result is not None
+    x, y = split_table(STUDY.table, spec)
+    plain = fit_plain(x, y, spec).cv_curve
+    sklearn = cv_curve_sklearn(x, y, spec)
+    for (alpha, mse), (_, mse_plain), (_, mse_sklearn) in zip(result.cv_curve, plain, sklearn):
+        assert mse == pytest.approx(mse_plain, rel=1e-6)
+        assert mse == pytest.approx(mse_sklearn, rel=1e-6)
+    assert result.alpha == min(sklearn, key=lambda point: point[1])[0]
+    _assert_matches_sklearn(result, STUDY.table, spec)
+
+
+def test_progress_reports_counts_per_phase(mpc: Any) -> None:
+    events: list[tuple[str, int, int]] = []
+    spec = _spec(ModelKind.LASSO, (1.0,), iterations=10)
+    mpc.run(secure_fit(mpc, encode(STUDY.table), spec, lambda *e: events.append(e)))
+    phases = [phase for phase, _, _ in events]
+    first = {p: phases.index(p) for p in ("input", "gram", "iterations", "reveal")}
+    assert first["input"] < first["gram"] < first["iterations"] < first["reveal"]
+    assert ("input", ROWS, ROWS) in events and ("reveal", 1, 1) in events
+    steps = [(done, total) for phase, done, total in events if phase == "iterations"]
+    assert steps[-1][0] == steps[-1][1] and all(a[0] <= b[0] for a, b in zip(steps, steps[1:]))
+
+
+def _three_parties(*args: str) -> list[dict[str, Any]]:
+    reports = run_local(["--records", str(ROWS), "--features", str(FEATURES), "--seed", str(SEED), *args])
+    assert [r["party"] for r in reports] == [0, 1, 2]
+    assert "result" not in reports[2]  # the helper learns nothing
+    assert reports[0]["result"] == reports[1]["result"]
+    return reports
+
+
+def _permuted_table() -> np.ndarray:
+    return deal(STUDY.table, STUDY.owners, np.random.default_rng(SEED)).table
+
+
+def test_three_parties_lasso_sparse() -> None:
+    reports = _three_parties("--alpha", "2.0")
+    _assert_matches_sklearn(reports[0]["result"], STUDY.table, _spec(ModelKind.LASSO, (2.0,)))
+
+
+def test_three_parties_standardized_elastic_net() -> None:
+    reports = _three_parties("--alpha", "2.0", "--kind", "elastic_net", "--standardize")
+    spec = _spec(ModelKind.ELASTIC_NET, (2.0,), standardize=True)
+    _assert_matches_sklearn(reports[0]["result"], STUDY.table, spec)
+
+
+def test_three_parties_cross_validation() -> None:
+    reports = _three_parties("--alpha", "8.0", "--alpha", "2.0", "--alpha", "0.2", "--cv-folds", "3")
+    spec = _spec(ModelKind.LASSO, (8.0, 2.0, 0.2), cv_folds=3)
+    table = _permuted_table()
+    x, y = split_table(table, spec)
+    sklearn = cv_curve_sklearn(x, y, spec)
+    result = reports[0]["result"]
+    for (alpha, mse), (alpha_ref, mse_ref) in zip(result["cv_curve"], sklearn):
+        assert alpha == alpha_ref and mse == pytest.approx(mse_ref, rel=1e-6)
+    assert result["alpha"] == min(sklearn, key=lambda point: point[1])[0]
+    _assert_matches_sklearn(result, table, spec)
