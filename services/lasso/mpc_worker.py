@@ -36,8 +36,9 @@ from services.lasso import safe_pickle
 from services.lasso.link import open_link
 from services.lasso.mpc_runtime import create_runtime
 from services.lasso.parties import PARTIES, party_orgs
-from services.lasso.program import Program, RunContext, load_program
-from services.lasso.shares import decode_blocks
+from services.lasso.program import Program, ProgramError, RunContext, load_program
+from services.lasso.shares import ShareError, decode_blocks
+from services.lasso.spec import SpecError as RegressionSpecError
 from services.lasso.transport import FrameSink, MeshTransport, PeerLostError
 
 log = logging.getLogger("riskmesh.lasso.worker")
@@ -119,7 +120,7 @@ class WorkerSession:
 
 def failure_reason(exc: BaseException) -> str:
     """A reason that names what failed, never a value (messages of foreign exceptions may hold data)."""
-    if isinstance(exc, (PeerLostError, WorkerError)):
+    if isinstance(exc, (PeerLostError, WorkerError, ProgramError, ShareError, RegressionSpecError)):
         return str(exc)
     return f"the MPC computation raised {type(exc).__name__}"
 

@@ -20,6 +20,10 @@ from services.lasso.shares import ShareBlock
 
 ReportFn = Callable[[int, int, int], None]
 
+
+class ProgramError(Exception):
+    """A program cannot run on these inputs; the message is reported as is (never data)."""
+
 # name → "module:function"; the lasso server runs "lasso", tests and benchmarks the others.
 PROGRAMS: dict[str, str] = {
     "lasso": "services.lasso.lasso_program:run",

@@ -1,11 +1,13 @@
 """MPyC over the mesh: three lasso servers as real processes over mTLS on localhost.
 
-Each party is the production lasso server (`build_server`, a worker process per run,
-Exchange streams over mTLS) started in its own OS process, with the input shares handed
-over in-process (dealt here; the resharing server is not part of these tests) and a test
-program: `transport-check` (secure sums and an inner product, compared with plaintext)
-or `rounds` (many short rounds, to kill or freeze a party mid-run). RunLasso is called
-as each org's own gateway, as in production.
+Most tests start each party as the production lasso server (`build_server`, a worker
+process per run, Exchange streams over mTLS) in its own OS process, with the input
+shares handed over in-process (dealt here) and a test program: `transport-check`
+(secure sums and an inner product, compared with plaintext) or `rounds` (many short
+rounds, to kill or freeze a party mid-run). The last test runs the servers exactly as
+deployed (`python -m services.lasso.server`, LocalMesh), with shares from a stand-in
+ResharingService over mTLS and the real regression, against scikit-learn. RunLasso is
+always called as each org's own gateway.
 """
 
 from __future__ import annotations
@@ -23,17 +25,24 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+import numpy as np
 import psutil
 import pytest
 
-from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
-from services.lasso.shares import InMemoryShareSource, ShareBlock
-from services.lasso.transport_bench import DUMMY_BLOCK, bench_spec
+from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
+from services.gateway.spec import feature_names
+from services.join.rules import RESHARING_RULES
+from services.lasso import dealer
+from services.lasso.lasso_program import regression_spec
+from services.lasso.plain_reference import fit_sklearn, split_table
+from services.lasso.shares import InMemoryShareSource, ShareBlock, encode_block
+from services.lasso.transport_bench import DUMMY_BLOCK, bench_spec, lasso_inputs
 from services.lasso.inputs import study_columns
 from services.lasso.transport_check import expected, result_names
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.launcher import local_mesh_for, wait_healthy
+from services.mesh.launcher import LocalMesh, local_mesh_for, wait_healthy
 from services.mesh.pki import OrgPaths
+from services.mesh.server import MeshServer
 from services.mesh.tls import MeshCredentials
 from tests.unit.gateway.specs import make_spec
 from tests.unit.lasso_transport.dealing import deal
@@ -306,3 +315,64 @@ def test_a_crashed_worker_ends_the_run_everywhere_with_its_party_named(rounds_pa
     worker.kill()
     assert_failed_quickly(outcomes, threads, ORGS, killed_at, "MPC party 1 (hospital)")
     assert "MPC worker" in outcomes["hospital"].error.details()
+
+
+# Production wiring ----------------------------------------------------------------------
+
+
+class FakeResharing(join_pb2_grpc.ResharingServiceServicer):
+    """Only GetShares, serving dealt blocks: stands in for the resharing server of one org."""
+
+    def __init__(self, blocks: dict[str, list[ShareBlock]]) -> None:
+        self.blocks = blocks
+
+    async def GetShares(self, request: join_pb2.GetSharesRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        if request.run_id not in self.blocks:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such run")
+        for block in self.blocks[request.run_id]:
+            for message in encode_block(request.run_id, block, chunk_rows=64):
+                yield message
+
+
+def test_production_servers_fit_the_study_as_plaintext_does(tmp_path: Path, loop_thread) -> None:
+    """`python -m services.lasso.server` ×3 (LocalMesh), shares from GetShares, the real regression."""
+    spec, blocks = lasso_inputs(rows=300, features=10, seed=3)
+    paths = local_mesh_for(tmp_path)
+    configs = {org: load_config(paths[org], env={}) for org in ORGS}
+    fakes = []
+    for pid, org in enumerate(ORGS):
+
+        async def start(config: OrgConfig = configs[org], pid: int = pid) -> MeshServer:
+            server = MeshServer(config, "resharing", RESHARING_RULES)
+            server.add_service(join_pb2_grpc.add_ResharingServiceServicer_to_server, FakeResharing({"prod-1": blocks[pid]}), join_pb2.DESCRIPTOR.services_by_name["ResharingService"])
+            await server.start()
+            return server
+
+        fakes.append(loop_thread.run(start()))
+    mesh = LocalMesh(paths, only_servers=("lasso",)).start()
+    parties = Parties(configs)
+    try:
+        outcomes, threads = run_everywhere(parties, lasso_pb2.RunLassoRequest(run_id="prod-1", spec=spec))
+        for thread in threads:
+            thread.join(90)
+        for org in ORGS:
+            assert outcomes[org].error is None, (org, outcomes[org].error)
+        regression = regression_spec(spec)
+        table = dealer.reconstruct([np.asarray(b[0].values, dtype=object) for b in blocks])
+        x, y = split_table(table, regression)
+        want_w, want_b, _ = fit_sklearn(x, y, regression, spec.model.alphas[0])
+        scale = float(np.max(np.abs(want_w)))
+        for owner in ("insurer", "hospital"):
+            result = outcomes[owner].result
+            got = np.array([c.value for c in result.coefficients])
+            assert np.max(np.abs(got - want_w)) <= 1e-5 * scale, (got, want_w)
+            assert abs(result.intercept - want_b) <= 1e-5 * max(scale, abs(want_b))
+            assert [c.feature for c in result.coefficients] == list(feature_names(spec))
+            assert {common_pb2.PHASE_INPUT, common_pb2.PHASE_GRAM, common_pb2.PHASE_ITERATIONS, common_pb2.PHASE_REVEAL} <= set(outcomes[owner].phases)
+        assert outcomes["helper"].result == lasso_pb2.ModelResult()
+    finally:
+        for channel in parties.channels:
+            channel.close()
+        mesh.stop()
+        for server in fakes:
+            loop_thread.run(server.stop(0))

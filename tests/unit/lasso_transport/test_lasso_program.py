@@ -1,0 +1,44 @@
+"""The glue between the study spec / ModelResult and the regression core."""
+
+from __future__ import annotations
+
+import pytest
+
+from riskmesh.v1 import common_pb2
+from services.lasso.lasso_program import check_encoding, model_result, regression_spec
+from services.lasso.program import ProgramError
+from services.lasso.shares import ShareBlock
+from services.lasso.spec import ModelKind, RegressionResult
+from tests.unit.gateway.specs import make_spec
+
+
+def test_regression_spec_follows_the_study():
+    spec = make_spec()
+    spec.model.CopyFrom(common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_ELASTIC_NET, alphas=[0.1, 1.0], l1_ratio=0.5, cv_folds=3, standardize=True, iterations=77))
+    spec.reveal.cv_curve = True
+    r = regression_spec(spec)
+    assert r.kind is ModelKind.ELASTIC_NET and r.alphas == (0.1, 1.0) and r.l1_ratio == 0.5
+    assert r.cv_folds == 3 and r.standardize and r.iterations == 77 and r.reveal_cv_curve
+    assert r.target == 5 and [(c.min, c.max) for c in r.ranges][-1] == (0, 365)
+    assert r.column_owners == (0, 0, 1, 1, 1, 0)
+
+
+def test_a_single_fold_means_no_cross_validation():
+    spec = make_spec()
+    spec.model.cv_folds = 1
+    assert regression_spec(spec).cv_folds == 0
+
+
+def test_shares_must_have_the_encoding_the_regression_expects():
+    check_encoding([ShareBlock(("a",), [[1]], 14, 32, 64, 40)])
+    with pytest.raises(ProgramError, match="f = 16"):
+        check_encoding([ShareBlock(("a",), [[1]], 14, 16, 64, 40)])
+
+
+def test_model_result_names_coefficients_in_feature_order():
+    spec = make_spec()
+    result = RegressionResult(coefficients=(1.0, 2.0, 3.0, 4.0, 5.0), intercept=-1.0, alpha=0.1, joined=50, iterations=40, cv_curve=((0.1, 2.5),))
+    out = model_result(result, spec)
+    assert [(c.feature, c.value) for c in out.coefficients] == [("gp_visits", 1.0), ("prescriptions", 2.0), ("exercise_hours", 3.0), ("smoker", 4.0), ("bmi", 5.0)]
+    assert (out.intercept, out.joined, out.alpha, out.iterations, out.target) == (-1.0, 50, 0.1, 40, "hospital_days")
+    assert [(p.alpha, p.mean_squared_error) for p in out.cv_curve] == [(0.1, 2.5)]
