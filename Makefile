@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean
+.PHONY: venv proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean clients-ts
 
 venv: $(STAMP)
 
@@ -20,13 +20,29 @@ $(STAMP): requirements.lock pyproject.toml
 proto:
 	$(BIN)/python -m services.mesh.protogen
 
+# TypeScript client (clients/typescript): locked npm dependencies, then src/gen generated
+# from proto/ (ts-proto run by buf, both locked dev dependencies) and compiled into dist/.
+TS_CLIENT := clients/typescript
+TS_INSTALLED := $(TS_CLIENT)/node_modules/.installed
+TS_BUILT := $(TS_CLIENT)/dist/.built
+
+clients-ts: $(TS_BUILT)
+
+$(TS_INSTALLED): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+$(TS_BUILT): $(TS_INSTALLED) buf.yaml $(wildcard proto/riskmesh/v1/*.proto) $(TS_CLIENT)/buf.gen.yaml $(TS_CLIENT)/tsconfig.json $(TS_CLIENT)/scripts/generate.mjs $(wildcard $(TS_CLIENT)/src/*.ts)
+	cd $(TS_CLIENT) && npm run --silent build
+	touch $@
+
 pki: venv
 	$(BIN)/riskmesh pki init --out .riskmesh/pki
 
 demo: venv
 	$(BIN)/riskmesh demo
 
-test: venv
+test: venv clients-ts
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
@@ -40,4 +56,4 @@ bench-quick: venv
 	$(BIN)/riskmesh bench sweep --quick --out bench-quick
 
 clean:
-	rm -rf $(VENV) .riskmesh test-artifacts
+	rm -rf $(VENV) .riskmesh test-artifacts $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist $(TS_CLIENT)/src/gen
