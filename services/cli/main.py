@@ -134,6 +134,11 @@ def trace(run_or_trace: str = typer.Argument(..., help="a run id (looked up at -
         console.print(f"waterfall written to {waterfall_png(rows, png, f'trace {trace_id}')}")
 
 
+from services.bench.cli import bench as bench_command  # noqa: E402  (benchmarks: services/bench)
+
+app.command("bench")(bench_command)
+
+
 @app.command()
 def demo(home: Path = typer.Option(DEFAULT_HOME / "demo", help="working directory (wiped first)")) -> None:
     """Start three organisations on localhost and run the demo."""

@@ -1,0 +1,157 @@
+"""`riskmesh bench`: benchmarks of the join, the secure Lasso, the whole study, the sweep
+behind `make bench`, and the side-by-side run of the public TNO packages.
+
+    riskmesh bench --phase {join,lasso,all} --records N --features D [--latency-ms L] [--repeat R] [--alpha A]
+    riskmesh bench --sweep full|quick [--out DIR]
+    riskmesh bench --compare-tno [--records N]
+
+A phase run prints one JSON object as its last line. Exit status: 0 done; 1 the run
+failed (the JSON says why, with no figures); 2 bad arguments; 3 the phase is not built
+yet (the JSON names the missing parts). Figures are only ever measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+PHASES = ("join", "lasso", "all")
+SWEEPS = ("full", "quick")
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_BUILT = 3
+DEFAULT_RECORDS = 10_000
+TNO_DEFAULT_RECORDS = 5_000
+
+# What each phase needs, as importable modules (module, what it is).
+REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "join": (("services.bench.join_bench", "the join benchmark driver (services/bench/join_bench.py)"),),
+    "lasso": (("services.lasso.lasso_program", "the secure Lasso MPC program (services/lasso/lasso_program.py)"),),
+    "all": (
+        ("services.gateway.pipeline", "the gateway run pipeline"),
+        ("services.join.encryption_server", "the join servers"),
+        ("services.lasso.lasso_program", "the secure Lasso MPC program (services/lasso/lasso_program.py)"),
+    ),
+}
+
+
+def missing_parts(phase: str) -> list[str]:
+    """The parts `phase` needs that are not in this checkout (empty when it is built)."""
+    return [what for module, what in REQUIREMENTS[phase] if importlib.util.find_spec(module) is None]
+
+
+@dataclass(frozen=True)
+class BenchArgs:
+    phase: str
+    records: int
+    features: int
+    latency_ms: float
+    repeat: int
+    alpha: float
+
+
+def validate(args: BenchArgs) -> list[str]:
+    """Every problem with the arguments of a phase run (empty when they are fine)."""
+    problems = []
+    if args.phase not in PHASES:
+        problems.append(f"--phase must be one of {', '.join(PHASES)}, got {args.phase!r}")
+    if args.records < 10:
+        problems.append(f"--records must be at least 10, got {args.records}")
+    if args.features < 2:
+        problems.append(f"--features must be at least 2, got {args.features}")
+    if args.latency_ms < 0:
+        problems.append(f"--latency-ms must be >= 0, got {args.latency_ms}")
+    if args.repeat < 1:
+        problems.append(f"--repeat must be at least 1, got {args.repeat}")
+    if not args.alpha > 0:
+        problems.append(f"--alpha must be > 0, got {args.alpha}")
+    if args.phase == "join" and args.latency_ms > 0:
+        problems.append("--latency-ms is not available for --phase join: the join benchmark (services/bench/join_bench.py) "
+                        "runs its own relays without delay; use --phase all for the join under latency")
+    return problems
+
+
+def emit(record: dict[str, Any]) -> None:
+    """The last line: one JSON object."""
+    print(json.dumps(record), flush=True)
+
+
+def run_phase(args: BenchArgs, workdir: Path | None) -> dict[str, Any]:
+    from services.bench.full_bench import median_summary
+
+    if args.phase == "join":
+        from services.bench.join_bench import bench_join
+
+        runs = [bench_join(args.records, args.features, workdir=workdir / f"run-{k + 1}" if workdir else None) for k in range(args.repeat)]
+        summary = median_summary(runs)
+        summary.update({"phase": "join", "repeat": args.repeat, "total_s_runs": [r["total_s"] for r in runs]})
+        return summary
+    if args.phase == "lasso":
+        from services.bench.lasso_bench import bench_lasso
+
+        return bench_lasso(args.records, args.features, args.alpha, args.latency_ms, args.repeat, workdir)
+    from services.bench.full_bench import bench_all
+
+    return bench_all(args.records, args.features, args.alpha, args.latency_ms, args.repeat, workdir)
+
+
+def phase_ok(phase: str, record: dict[str, Any]) -> bool:
+    """Whether a measured record passed its own correctness checks."""
+    if phase == "join":
+        return bool(record.get("shares_match_plaintext"))
+    return record.get("rel_coef_diff") is not None
+
+
+def bench(
+    phase: str = typer.Option("all", help="join | lasso | all (the whole study through the gateways)"),
+    records: Optional[int] = typer.Option(None, help="join/all: rows per data owner (half of them joined); lasso: joined rows [default 10000; 5000 with --compare-tno]"),
+    features: int = typer.Option(10, help="features, split over the two owners"),
+    latency_ms: float = typer.Option(0.0, help="one-way delay between organisations (user-space relay)"),
+    repeat: int = typer.Option(1, help="runs; the JSON has the medians"),
+    alpha: float = typer.Option(0.1, help="Lasso regularisation"),
+    workdir: Optional[Path] = typer.Option(None, help="keep PKI, configs, data, logs and spans here (default: a temporary directory)"),
+    sweep: Optional[str] = typer.Option(None, help="full | quick: the benchmark sweep (make bench / make bench-quick)"),
+    out: Path = typer.Option(Path("bench"), help="with --sweep: where results.csv, figure4.png and README.md go"),
+    compare_tno: bool = typer.Option(False, "--compare-tno", help="run the public TNO packages on the same data, side by side"),
+) -> None:
+    """Benchmark the pipeline; the last line printed is one JSON object."""
+    if sweep is not None:
+        if sweep not in SWEEPS:
+            emit({"ok": False, "error": f"--sweep must be one of {', '.join(SWEEPS)}, got {sweep!r}"})
+            raise typer.Exit(EXIT_USAGE)
+        from services.bench.sweep import run_sweep
+
+        raise typer.Exit(run_sweep(quick=sweep == "quick", out=out))
+    if compare_tno:
+        from services.bench.tno_compare import compare_tno as run_compare
+
+        raise typer.Exit(run_compare(records or TNO_DEFAULT_RECORDS, features, alpha, workdir))
+    args = BenchArgs(phase, records if records is not None else DEFAULT_RECORDS, features, latency_ms, repeat, alpha)
+    problems = validate(args)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        emit({"ok": False, "phase": phase, "error": "; ".join(problems)})
+        raise typer.Exit(EXIT_USAGE)
+    missing = missing_parts(args.phase)
+    if missing:
+        message = f"--phase {args.phase} is not built yet: missing {'; '.join(missing)}"
+        print(message, file=sys.stderr)
+        emit({"ok": False, "phase": args.phase, "built": False, "missing": missing, "error": message})
+        raise typer.Exit(EXIT_NOT_BUILT)
+    from services.bench.full_bench import BenchError
+
+    try:
+        record = run_phase(args, workdir)
+    except BenchError as exc:
+        emit({"ok": False, "phase": args.phase, "records": args.records, "features": args.features, "error": str(exc)})
+        raise typer.Exit(EXIT_FAILED)
+    ok = phase_ok(args.phase, record)
+    emit({"ok": ok, **record})
+    raise typer.Exit(0 if ok else EXIT_FAILED)

@@ -1,0 +1,329 @@
+"""`riskmesh bench --phase lasso`: the secure Lasso alone, on dealt shares.
+
+N joined rows × D features are generated (services/cli/synthetic.py: the insurer holds
+the first ⌈D/2⌉ features and the target, the hospital the rest, D/5 non-zero true
+weights plus noise) and split by the test-only dealer (services/lasso/dealer.py) into
+the three additive shares the secure join leaves behind, in its format and layout
+(f = 32, ℓ = 64, σ = 40; rows in a random order nobody else knows), as the resharing
+stores hold them: the insurer holds x + r of the hospital's columns, the hospital x + r
+of the insurer's, the helper −r of both.
+
+Each organisation runs its lasso server as a separate process over mTLS (the
+production server, `services.lasso.server.build_server`, with its injected share
+source: an `InMemoryShareSource` that this process loads from a file the dealer wrote
+into that org's state directory — the resharing servers refuse to store shares that
+no join produced). MPC traffic between the three lasso servers goes through the
+byte-counting relays of services/bench/meshrun.py: `mpc_bytes_sent` is every byte the
+three parties sent each other (TLS records of the Exchange streams).
+
+`lasso_s` runs from the RunLasso requests (sent to the three servers at once, as the
+gateways do) until both data owners hold the revealed coefficients: MPC input, Gram,
+iterations, reveal. `lasso_phases_s` splits it at the insurer's first progress report
+of each phase (the server stamps each report). The reference is scikit-learn's
+`Lasso(alpha)` on the same plaintext table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
+from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
+from services.bench.meshrun import BenchMesh, Processes, TrafficCounter
+from services.cli.studies import spec_for
+from services.cli.synthetic import StudyData, make_study_data, reference_join
+from services.join.core.packing import SlotLayout
+from services.join.core.shares import value_bytes
+from services.lasso.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
+from services.lasso.shares import ShareBlock, decode_blocks, encode_block
+from services.mesh.config import OrgConfig, load_config
+from services.mesh.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, wait_healthy
+from services.mesh.tls import MeshCredentials
+
+ORGS = ("insurer", "hospital", "helper")
+STUDY_ID = "lasso-bench"
+SHARES_FILE = "bench-shares.bin"
+DEADLINE_S = 3600.0
+PHASES = ("input", "gram", "iterations", "reveal")
+
+
+def run_ids(repeat: int) -> list[str]:
+    return [f"lasso-bench-{k + 1}" for k in range(repeat)]
+
+
+def value_width() -> int:
+    """Bytes per share on the wire, as the join writes them (⌈(ℓ + σ + 2)/8⌉)."""
+    layout = SlotLayout(FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS, VALUE_BITS + SIGMA_BITS + 1, 1, 1)
+    return value_bytes(layout)
+
+
+def party_blocks(data: StudyData, rng: np.random.Generator) -> tuple[dict[str, list[ShareBlock]], np.ndarray, np.ndarray]:
+    """Deal the joined table; org → its share blocks (as its resharing store would hold
+    them), and the plaintext (X, y) in the dealt order for the reference."""
+    names, x, y = reference_join(data)
+    if data.insurer.target is None:
+        raise BenchError("the generated insurer table has no target")
+    insurer_columns = [c.name for c in data.insurer.columns] + [data.insurer.target.name]
+    hospital_columns = [c.name for c in data.hospital.columns]
+    n_ins = len(data.insurer.columns)
+    table = np.column_stack([x[:, :n_ins], y, x[:, n_ins:]])  # insurer's columns (features, target), then the hospital's
+    owners = [0] * len(insurer_columns) + [1] * len(hospital_columns)
+    dealt = deal(table, owners, rng)
+    share_a, share_b, share_h = dealt.shares
+    width = value_width()
+    ins = slice(0, len(insurer_columns))
+    hos = slice(len(insurer_columns), len(owners))
+
+    def block(columns: list[str], values: np.ndarray) -> ShareBlock:
+        return ShareBlock(tuple(columns), [list(row) for row in values.tolist()], width, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)
+
+    blocks = {
+        "insurer": [block(hospital_columns, share_a[:, hos])],
+        "hospital": [block(insurer_columns, share_b[:, ins])],
+        "helper": [block(insurer_columns, share_h[:, ins]), block(hospital_columns, share_h[:, hos])],
+    }
+    plain = dealt.table
+    return blocks, np.column_stack([plain[:, : n_ins], plain[:, len(insurer_columns):]]), plain[:, n_ins]
+
+
+# The shares file: length-prefixed GetSharesResponse messages (the resharing wire form).
+
+
+def write_shares(path: Path, blocks: Iterable[ShareBlock]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        for block in blocks:
+            for message in encode_block("dealt", block):
+                data = message.SerializeToString()
+                f.write(struct.pack(">I", len(data)))
+                f.write(data)
+    os.chmod(path, 0o600)
+    return path
+
+
+def read_shares(path: Path) -> list[ShareBlock]:
+    def messages() -> Iterator[join_pb2.GetSharesResponse]:
+        with path.open("rb") as f:
+            while header := f.read(4):
+                (size,) = struct.unpack(">I", header)
+                yield join_pb2.GetSharesResponse.FromString(f.read(size))
+
+    return decode_blocks("dealt", messages())
+
+
+# One party: the production lasso server with this org's dealt shares.
+
+
+def party_main(config_path: Path, shares_path: Path, repeat: int) -> int:
+    from services.lasso.server import build_server
+    from services.lasso.shares import InMemoryShareSource
+    from services.mesh.telemetry import setup_tracing
+
+    config = load_config(config_path)
+    blocks = read_shares(shares_path)
+    source = InMemoryShareSource({run_id: blocks for run_id in run_ids(repeat)})
+    provider = setup_tracing(config.org, "lasso", config.state_dir)
+
+    async def serve() -> None:
+        server = await build_server(config, shares=source)
+        await server.serve_until_signal()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        provider.shutdown()
+    return 0
+
+
+@dataclass
+class LassoParties:
+    """The three lasso party processes (a `Processes` for BenchMesh)."""
+
+    processes: list[ServerProcess]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in self.processes:
+            if proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.processes:
+            try:
+                proc.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.process.kill()
+                proc.process.wait()
+        self.processes.clear()
+
+
+def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int):  # -> Launch
+    def launch(config_paths: dict[str, Path], placements: dict[str, OrgPlacement], timeout: float) -> Processes:
+        parties = LassoParties([])
+        try:
+            for org, path in config_paths.items():
+                config = load_config(path, env={})
+                shares_path = write_shares(config.state_dir / SHARES_FILE, shares[org])
+                log_path = config.state_dir / "logs" / "lasso.log"
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                env = {**os.environ, **SINGLE_THREAD_ENV, **placements.get(org, OrgPlacement()).env, "RISKMESH_CONFIG": str(path)}
+                command = [sys.executable, "-m", "services.bench.lasso_bench", "party", "--config", str(path), "--shares", str(shares_path), "--repeat", str(repeat)]
+                with log_path.open("ab") as log:
+                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                parties.processes.append(ServerProcess(org, "lasso", process, log_path, f"{config.bind_host}:{config.health_port('lasso')}"))
+            for proc in parties.processes:
+                _wait_party(proc, timeout)
+        except BaseException:
+            parties.stop()
+            raise
+        return parties
+
+    return launch
+
+
+def _wait_party(proc: ServerProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.process.poll() is not None:
+            raise BenchError(f"the lasso party of {proc.org} exited with {proc.process.returncode}: {proc.log_path.read_text(errors='replace')[-1500:]}")
+        try:
+            wait_healthy(proc.health_address, timeout=1.0)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the lasso party of {proc.org} is not healthy within {timeout:.0f} s (log: {proc.log_path})") from None
+
+
+# The driver.
+
+
+@dataclass
+class PartyOutcome:
+    result: lasso_pb2.ModelResult | None
+    done_at: float
+    phase_starts: dict[str, float]  # phase → first progress report (server clock, seconds)
+
+
+async def _run_party(config: OrgConfig, run_id: str, spec: common_pb2.StudySpec) -> PartyOutcome:
+    """RunLasso at `config.org`'s lasso server, as its gateway calls it."""
+    credentials = MeshCredentials(config.pki_dir, config.org, "gateway")
+    result: lasso_pb2.ModelResult | None = None
+    starts: dict[str, float] = {}
+    async with credentials.channel(config.org, "lasso", config.self_endpoint.address("lasso")) as channel:
+        stub = lasso_pb2_grpc.LassoServiceStub(channel)
+        async for reply in stub.RunLasso(lasso_pb2.RunLassoRequest(run_id=run_id, spec=spec), timeout=DEADLINE_S):
+            if reply.HasField("result"):
+                result = reply.result
+            elif reply.progress.phase != common_pb2.PHASE_UNSPECIFIED:
+                name = common_pb2.Phase.Name(reply.progress.phase).removeprefix("PHASE_").lower()
+                starts.setdefault(name, reply.progress.at.ToNanoseconds() / 1e9 if reply.progress.HasField("at") else time.time())
+    return PartyOutcome(result, time.time(), starts)
+
+
+def split_phases(request_at: float, done_at: float, starts: Mapping[str, float]) -> dict[str, float]:
+    """Seconds per MPC phase: from each phase's first report to the next phase's (the
+    first from the request, the last until done); unreported phases are left out."""
+    marks = sorted((t, name) for name, t in starts.items() if name in PHASES)
+    out: dict[str, float] = {}
+    for k, (t, name) in enumerate(marks):
+        begin = request_at if k == 0 else t
+        end = marks[k + 1][0] if k + 1 < len(marks) else done_at
+        out[name] = round(max(0.0, end - begin), 3)
+    return out
+
+
+async def _run_all(configs: Mapping[str, OrgConfig], run_id: str, spec: common_pb2.StudySpec) -> tuple[float, dict[str, PartyOutcome], float]:
+    request_at = time.time()
+    started = time.perf_counter()
+    tasks = {org: asyncio.ensure_future(_run_party(configs[org], run_id, spec)) for org in ORGS}
+    owners_done = await asyncio.gather(tasks["insurer"], tasks["hospital"])
+    elapsed = time.perf_counter() - started
+    outcomes = {"insurer": owners_done[0], "hospital": owners_done[1], "helper": await tasks["helper"]}
+    return elapsed, outcomes, request_at
+
+
+def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None) -> dict[str, Any]:
+    """The secure Lasso on `records` dealt joined rows; medians over `repeat` runs."""
+    if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
+        raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
+    data = make_study_data(records, overlap=1.0, features=features)
+    blocks, x, y = party_blocks(data, np.random.default_rng(20240611))
+    reference = _reference(data, x, y, alpha)
+    spec = spec_for(data, STUDY_ID, alphas=[alpha])
+    load_before = os.getloadavg()[0]
+    runs: list[dict[str, Any]] = []
+    with work_directory(workdir, "riskmesh-bench-lasso-") as root:
+        mesh = BenchMesh(root / "mesh", latency_ms=latency_ms, servers=("lasso",), launch=launch_parties(blocks, repeat))
+        with mesh.start():
+            assert mesh.sampler is not None
+            configs = {org: load_config(path, env={}) for org, path in mesh.config_paths.items()}
+            for run_id in run_ids(repeat):
+                before = mesh.counter.snapshot()
+                mesh.sampler.reset()
+                elapsed, outcomes, request_at = asyncio.run(_run_all(configs, run_id, spec))
+                peaks = mesh.sampler.peaks()
+                runs.append(_figures(records, features, alpha, elapsed, outcomes, request_at, reference,
+                                     TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb()))
+    summary = median_summary(runs)
+    summary.update({"phase": "lasso", "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
+                    "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
+    return summary
+
+
+def _reference(data: StudyData, x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
+    from sklearn.linear_model import Lasso
+
+    names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
+    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
+    return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
+
+
+def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes: Mapping[str, PartyOutcome], request_at: float,
+             reference: Mapping[str, float], sent: Mapping[str, int], peak_rss_mb: float) -> dict[str, Any]:
+    results = [outcomes[o].result for o in ("insurer", "hospital")]
+    if any(r is None or not r.coefficients for r in results):
+        raise BenchError("a data owner received no coefficients")
+    insurer, hospital = results
+    assert insurer is not None and hospital is not None
+    secure = revealed(insurer)
+    insurer_view = outcomes["insurer"]
+    return {
+        "records": records,
+        "features": features,
+        "alpha": alpha,
+        "nonzero": sum(1 for c in insurer.coefficients if c.value != 0.0),
+        "lasso_s": round(elapsed, 3),
+        "lasso_phases_s": split_phases(request_at, insurer_view.done_at, insurer_view.phase_starts),
+        "iterations": int(insurer.iterations),
+        "mpc_bytes_sent": sum(sent.values()),
+        "mpc_bytes_sent_by_org": dict(sent),
+        **coefficient_errors(secure, reference),
+        "owners_agree": revealed(hospital) == secure,
+        "helper_result_empty": not (outcomes["helper"].result and outcomes["helper"].result.coefficients),
+        "peak_rss_mb": peak_rss_mb,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.bench.lasso_bench", description="(internal) one lasso party of the lasso benchmark")
+    sub = parser.add_subparsers(dest="command", required=True)
+    party = sub.add_parser("party", help="serve this org's lasso with dealt shares until SIGTERM")
+    party.add_argument("--config", type=Path, required=True)
+    party.add_argument("--shares", type=Path, required=True)
+    party.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args(argv)
+    return party_main(args.config, args.shares, args.repeat)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
