@@ -25,7 +25,7 @@ import contextvars
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
 
 import grpc
 from opentelemetry import propagate
@@ -41,6 +41,8 @@ log = logging.getLogger("riskmesh.lasso.runs")
 CONNECT_TIMEOUT_S = 60.0
 # After a failure, dialled streams get this long to deliver their MpcEnd with the reason.
 ABORT_GRACE_S = 2.0
+# A worker whose link closed is killed if it has not exited after this long.
+WORKER_EXIT_GRACE_S = 2.0
 # Statuses with which a peer refuses a stream (rather than being lost).
 REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
 
@@ -88,7 +90,8 @@ class Run:
         self._up: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._result: lasso_pb2.ModelResult | None = None
-        self._context = contextvars.copy_context()
+        self._link_closed = asyncio.Event()
+        self._context = contextvars.copy_context()  # the RunLasso call's (trace) context, for the stream tasks
 
     # Party naming for messages ----------------------------------------------
 
@@ -103,7 +106,9 @@ class Run:
 
     async def execute(self, request: lasso_pb2.RunLassoRequest, blocks: Sequence[ShareBlock]) -> AsyncIterator[RunEvent]:
         """Start the worker with the run and its shares; yield events until the end."""
-        self._context = contextvars.copy_context()
+        if self.failure is not None:  # a peer ended the run while this party fetched its shares
+            yield self.failure
+            return
         label = f"{self.org}/{self.run_id}"
         try:
             self._worker = await self._spawn(self.pid, self.program, label, self._on_worker_frame, self._on_worker_closed)
@@ -150,7 +155,7 @@ class Run:
             self._worker.kill()
         self.events.put_nowait(self.failure)
 
-    def _spawn_task(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro, context=self._context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -162,7 +167,13 @@ class Run:
             self.fail(grpc.StatusCode.UNAVAILABLE, f"{self.party(missing[0])} did not connect within {self._connect_timeout:.0f} s during {phase_name(self.phase)}")
 
     async def _watch_worker(self, worker: WorkerHandle) -> None:
-        code = await worker.wait()
+        """After the link closed (so every frame the worker sent was read), its exit ends the run."""
+        await self._link_closed.wait()
+        try:
+            code = await asyncio.wait_for(worker.wait(), WORKER_EXIT_GRACE_S)
+        except TimeoutError:
+            worker.kill()
+            code = None
         if not self.finished:
             self.fail(grpc.StatusCode.ABORTED, f"the MPC worker of {self.party(self.pid)} exited (code {code}) during {phase_name(self.phase)}")
 
@@ -189,11 +200,10 @@ class Run:
             self.fail(grpc.StatusCode.ABORTED, f"{self.party(self.pid)} stopped during {phase_name(self.phase)}: {frame.reason}")
 
     def _on_worker_closed(self, exc: Exception | None) -> None:
-        if not self.finished:
-            self.fail(grpc.StatusCode.ABORTED, f"the link to the MPC worker of {self.party(self.pid)} closed during {phase_name(self.phase)}")
+        self._link_closed.set()
 
     def _report(self, frame: Report) -> None:
-        if frame.phase not in common_pb2.Phase.values():
+        if frame.phase == common_pb2.PHASE_UNSPECIFIED or frame.phase not in common_pb2.Phase.values():
             return
         self.phase = frame.phase
         progress = common_pb2.Progress(run_id=self.run_id, phase=frame.phase, org=self.org, done=frame.done, total=frame.total, state=common_pb2.RUN_STATE_RUNNING)

@@ -130,8 +130,23 @@ def test_worker_exit_without_result_fails_the_run():
         h = Harness()
         task = await h.started()
         h.worker.exited.set_result(3)
+        h.worker.on_close(None)
         await asyncio.wait_for(task, 1)
         assert isinstance(h.events[-1], RunFailure) and "exited (code 3)" in h.events[-1].message
+
+    asyncio.run(main())
+
+
+def test_a_result_read_after_the_worker_exited_still_counts():
+    async def main():
+        h = Harness()
+        task = await h.started()
+        h.worker.exited.set_result(0)  # the exit is noticed before the last frames are read
+        await asyncio.sleep(0.01)
+        h.worker.on_frame(Result(lasso_pb2.ModelResult(joined=1).SerializeToString()))
+        h.worker.on_close(None)
+        await asyncio.wait_for(task, 1)
+        assert isinstance(h.events[-1], Finished)
 
     asyncio.run(main())
 
