@@ -166,7 +166,7 @@ def dealt() -> tuple[common_pb2.StudySpec, dict[str, list[ShareBlock]], list[lis
 @pytest.fixture(scope="module")
 def check_parties(tmp_path_factory: pytest.TempPathFactory, dealt) -> Iterator[Parties]:
     _, blocks, _ = dealt
-    shares = {org: {"check-1": blocks[org], "check-2": blocks[org]} for org in ORGS}
+    shares = {org: {"check-1": blocks[org], "check-2": blocks[org], "dup-1": blocks[org]} for org in ORGS}
     parties = start_parties(tmp_path_factory.mktemp("mpc-check"), shares, "transport-check")
     yield parties
     stop_parties(parties)
@@ -195,10 +195,15 @@ def test_secure_sums_over_grpc_mtls_equal_plaintext(check_parties: Parties, deal
 
 def test_a_run_id_runs_once(check_parties: Parties, dealt) -> None:
     spec, _, _ = dealt
-    outcomes, threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-1", spec=spec), orgs=("insurer",))
-    threads[0].join(30)
-    error = outcomes["insurer"].error
-    assert error is not None and error.code() == grpc.StatusCode.ALREADY_EXISTS
+    request = lasso_pb2.RunLassoRequest(run_id="dup-1", spec=spec)
+    first = check_parties.stub("insurer").RunLasso(request, timeout=30)
+    next(first)  # registered: the first progress comes after the run is
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            list(check_parties.stub("insurer").RunLasso(request, timeout=10))
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        first.cancel()
 
 
 def test_run_lasso_from_another_orgs_gateway_is_refused(check_parties: Parties, dealt) -> None:
