@@ -40,6 +40,7 @@ log = logging.getLogger("riskmesh.resharing")
 
 ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only for tests and quick benchmarks
 BROKE_OFF = "resharing: the stream from the helper broke off before every row arrived"
+ENDED_EARLY = "resharing: the stream from the helper ended before every announced row arrived"
 
 
 @dataclass
@@ -76,6 +77,10 @@ class ResharingRun:
     @property
     def complete(self) -> bool:
         return self.error is None and len(self.blocks) >= self.expected_blocks
+
+
+class StreamEndedEarly(Exception):
+    """An accepted stream ended before every announced row arrived."""
 
 
 class StreamRefused(Exception):
@@ -171,7 +176,7 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             run.rows_done = len(values)
             run.notify()
         if len(values) != header.joined:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the delivery ended before every announced row arrived")
+            raise StreamEndedEarly()
         return values
 
     async def _receive(self, run: ResharingRun, context: grpc.aio.ServicerContext, body):
@@ -182,6 +187,11 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         except StreamRefused as refused:
             run.fail(refused.code, refused.message)
             await context.abort(refused.code, refused.message)
+        except StreamEndedEarly:
+            # A lost connection may end the stream like a half-close before the call is marked cancelled.
+            code, message = (grpc.StatusCode.UNAVAILABLE, BROKE_OFF) if context.cancelled() else (grpc.StatusCode.INVALID_ARGUMENT, ENDED_EARLY)
+            run.fail(code, message)
+            await context.abort(code, message)
         except asyncio.CancelledError:  # the sender went away mid-stream
             run.fail(grpc.StatusCode.UNAVAILABLE, BROKE_OFF)
             raise
@@ -239,7 +249,7 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             if len(values) > header.rows:
                 raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: more rows than the header announced")
         if len(values) != header.rows:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the helper's shares arrived incomplete")
+            raise StreamEndedEarly()
         return values
 
     async def AwaitShares(self, request, context) -> AsyncIterator[join_pb2.AwaitSharesResponse]:
