@@ -5,8 +5,8 @@ encryption server streams its (tag, ciphertexts) rows with UploadRows. When both
 arrived, the helper matches tags, enforces the study's minimum intersection size,
 draws a random permutation, masks every matched ciphertext with fresh per-slot masks
 and forwards the masked rows: owner A's rows (under B's key) to B's resharing server,
-B's rows to A's; once both deliveries are complete, its own shares (−r) go to its own
-resharing server. The helper sees tags, ciphertexts and counts only: no ID, no tag key,
+B's rows to A's; its own shares (−r) stream to its own resharing server alongside, and
+are completed there only once both deliveries are. The helper sees tags, ciphertexts and counts only: no ID, no tag key,
 no plaintext value. Every status it returns names its phase ("intersection: ...").
 """
 
@@ -148,21 +148,29 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         finally:
             run.uploads.clear()  # ciphertexts are no longer needed here
         run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, result.joined, result.joined, "matched and masked"), joined=result.joined))
+        # The helper's own shares stream to its resharing server alongside the deliveries, but
+        # their last chunk (which completes them there) is sent only once both owners hold
+        # their shares; if a delivery fails, the stores are cancelled and the helper's
+        # resharing drops what it got. So a broken delivery leaves no complete shares anywhere.
+        delivered = asyncio.Event()
+        stores = [
+            asyncio.create_task(self._store_own(run_id, result.shares_of_a_columns, result.to_b, delivered)),
+            asyncio.create_task(self._store_own(run_id, result.shares_of_b_columns, result.to_a, delivered)),
+        ]
         try:
             await asyncio.gather(
                 self._deliver(owner_a, run_id, result.joined, result.to_a, width_a),
                 self._deliver(owner_b, run_id, result.joined, result.to_b, width_b),
             )
         except grpc.aio.AioRpcError as exc:
+            for store in stores:
+                store.cancel()
+            await asyncio.gather(*stores, return_exceptions=True)
             run.fail(grpc.StatusCode.UNAVAILABLE, f"intersection: delivering masked rows failed: {exc.code().name}: {exc.details()}")
             return
-        # The helper keeps its masks as shares only once both owners hold theirs: a run whose
-        # delivery broke off leaves no shares at the helper either.
+        delivered.set()
         try:
-            await asyncio.gather(
-                self._store_own(run_id, result.shares_of_a_columns, result.to_b),
-                self._store_own(run_id, result.shares_of_b_columns, result.to_a),
-            )
+            await asyncio.gather(*stores)
         except grpc.aio.AioRpcError as exc:
             run.fail(grpc.StatusCode.UNAVAILABLE, f"intersection: storing the helper's shares failed: {exc.code().name}: {exc.details()}")
             return
@@ -180,13 +188,16 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(owner, "resharing"))
         await stub.DeliverMaskedRows(requests(), timeout=DELIVERY_DEADLINE_S)
 
-    async def _store_own(self, run_id: str, shares: ShareMatrix, delivery: MaskedDelivery) -> None:
+    async def _store_own(self, run_id: str, shares: ShareMatrix, delivery: MaskedDelivery, delivered: asyncio.Event) -> None:
         width = value_bytes(delivery.layout)
 
-        def requests():
+        async def requests() -> AsyncIterator[join_pb2.StoreHelperSharesRequest]:
             yield join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(
                 run_id=run_id, rows=shares.n_rows, columns=shares.columns, value_bytes=width, layout=codec.layout_to_proto(delivery.layout)))
-            for seq, rows in enumerate(chunked(shares.values)):
+            pieces = list(chunked(shares.values))
+            for seq, rows in enumerate(pieces):
+                if seq == len(pieces) - 1:
+                    await delivered.wait()  # the last chunk completes the shares at resharing
                 yield join_pb2.StoreHelperSharesRequest(chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_shares(rows, width)))
 
         stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(self.config.org, "resharing"))
