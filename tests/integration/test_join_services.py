@@ -626,3 +626,51 @@ def test_allowed_identity_passes_authorisation(join_mesh: JoinMesh, caller: tupl
     """The counterpart of the refusals: the right identity gets past the check (and meets the run's own checks)."""
     error = _call(join_mesh, caller, target, method)
     assert error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT), error.details()
+
+
+# --- malformed deliveries at an owner's resharing ---------------------------------------------
+
+
+def test_a_short_delivery_fails_the_run_and_no_partial_shares_are_served(join_mesh: JoinMesh) -> None:
+    run_id = "short-delivery"
+    key = PublicKey.from_bytes(join_mesh.gateway("insurer", "resharing").CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=30).key.n)
+    waiting = join_mesh.gateway("insurer", "resharing").AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=30)
+    assert next(waiting).progress.message == "waiting for the helper"
+    deliver = join_mesh.stub(("helper", "intersection"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub).DeliverMaskedRows
+    columns = ("x6", "x7", "x8", "x9", "x10")
+    layout = SlotLayout.for_columns(len(columns), BITS)
+    _, cts = _upload_rows(key, layout, 2)
+    proto_layout = join_pb2.SlotLayout(**{f.name: getattr(layout, f.name) for f in join_pb2.SlotLayout.DESCRIPTOR.fields})
+
+    def header(key_id: str) -> join_pb2.DeliverMaskedRowsRequest:
+        return join_pb2.DeliverMaskedRowsRequest(header=join_pb2.MaskedRowsHeader(run_id=run_id, joined=3, layout=proto_layout, columns=columns, key_id=key_id))
+
+    chunk = join_pb2.DeliverMaskedRowsRequest(chunk=join_pb2.MaskedRowsChunk(seq=0, ciphertexts=cts))
+    # A header for another key is refused before anything is accepted: the run is untouched.
+    with pytest.raises(grpc.RpcError) as wrong_key:
+        deliver(iter([header("0" * 32), chunk]), timeout=10)
+    assert wrong_key.value.code() == grpc.StatusCode.INVALID_ARGUMENT and wrong_key.value.details().startswith("resharing: ")
+    # Two of three announced rows, then the stream ends: the run fails here.
+    with pytest.raises(grpc.RpcError) as short:
+        deliver(iter([header(key.key_id), chunk]), timeout=10)
+    assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert short.value.details() == "resharing: the stream from the helper ended before every announced row arrived"
+    with pytest.raises(grpc.RpcError) as ended:
+        list(waiting)
+    assert (ended.value.code(), ended.value.details()) == (short.value.code(), short.value.details())
+    with pytest.raises(grpc.RpcError) as get:
+        list(join_mesh.stub(("insurer", "lasso"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub).GetShares(join_pb2.GetSharesRequest(run_id=run_id), timeout=10))
+    assert get.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "failed" in get.value.details()
+    # The key went with the failed run: a second delivery finds nothing to decrypt with.
+    with pytest.raises(grpc.RpcError) as again:
+        deliver(iter([header(key.key_id), chunk]), timeout=10)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_only_the_helper_stores_its_own_masks(join_mesh: JoinMesh) -> None:
+    """An owner's own intersection identity passes the authorisation rule (same org), yet an
+    owner's resharing never takes shares that way."""
+    stub = join_mesh.stub(("insurer", "intersection"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StoreHelperShares(iter([join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(run_id="x"))]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and err.value.details().startswith("resharing: ")
