@@ -1,0 +1,226 @@
+"""Benchmark of the secure inner join: three organisations as separate processes over mTLS.
+
+    python -m services.bench.join_bench --records 10000 --features 10
+
+`bench_join` makes a temporary directory with its own dev PKI, configs on free localhost
+ports and generated data (`records` rows per owner, the features split over the owners,
+the insurer also holding the target, `overlap` of each owner's rows in the join), starts
+the encryption, intersection and resharing servers of the three orgs as processes, drives
+the join as the gateways would (services/bench/drive.py), reads every org's shares back,
+compares their sum with the plaintext inner join and stops the servers. The last line
+printed is one JSON object.
+
+Times (seconds, wall clock, as the driving harness sees them; they add up to `total_s`):
+`setup_s` key pairs + CSV validation + opening the helper's run; `offline_s` the owners'
+randomness pools; `join_s` tag, encrypt, upload, match and mask; `reshare_s` masked rows
+delivered and decrypted until every org stores its shares. `total_s` runs from the first
+request until the shares are stored at all three orgs, offline work included (server
+start-up is not: servers are long-lived).
+
+Bytes are measured, not computed: the owners' encryption servers reach the helper's
+intersection server through a byte-counting TCP relay in this process (each owner's
+config addresses the helper's intersection at the relay, via
+RISKMESH_ADDR_HELPER_INTERSECTION), so `bytes_to_helper` is every byte the owners sent
+on those connections — TLS records carrying the HTTP/2 frames of UploadRows, handshakes
+and keepalive pings included. Likewise `bytes_to_owners` counts what the helper's
+intersection sent to the owners' resharing servers (DeliverMaskedRows).
+
+CPU, to read the times on a shared machine: `server_cpu_s` is the CPU time the join
+servers (and their pool worker processes) used during the run, `harness_cpu_s` this
+process's (driving calls and relays), `other_cpu_s` what everything else on the machine
+used meanwhile (from /proc/stat). With `cores` cores the run cannot take less than
+server_cpu_s / cores; other_cpu_s says how much of the machine others took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import psutil
+
+from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
+from services.cli.studies import spec_for
+from services.cli.synthetic import make_study_data
+from services.join.core.parallel import default_workers
+from services.mesh.launcher import LocalMesh, local_mesh_for
+from services.mesh.config import load_config
+
+JOIN_SERVERS = ("encryption", "intersection", "resharing")
+READ_BYTES = 1 << 16
+
+
+@dataclass
+class CountingRelay:
+    """Forwards every TCP connection it accepts to `target_host:target_port`, counting bytes."""
+
+    target_host: str
+    target_port: int
+    sent_to_target: int = 0  # client → target: what the dialling servers sent
+    sent_to_client: int = 0
+    _server: asyncio.AbstractServer | None = None
+    _connections: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self, host: str = "127.0.0.1") -> str:
+        """Listen on a free port of `host`; returns the `host:port` to give the dialling servers."""
+        self._server = await asyncio.start_server(self._accept, host, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"{host}:{port}"
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            try:
+                target_reader, target_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            except OSError:
+                client_writer.transport.abort()
+                return
+            await asyncio.gather(self._pump(client_reader, target_writer, True), self._pump(target_reader, client_writer, False))
+            for writer in (client_writer, target_writer):
+                writer.transport.abort()
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_target: bool) -> None:
+        try:
+            while data := await reader.read(READ_BYTES):
+                if to_target:
+                    self.sent_to_target += len(data)
+                else:
+                    self.sent_to_client += len(data)
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:  # a reset on either side: the other pump ends on its own read
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def _cpu_by_process(pids: Iterable[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process and all its descendants (e.g. pool workers)."""
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
+                times = process.cpu_times()
+                out[process.pid] = times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _machine_busy_s() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _own_cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+@contextlib.contextmanager
+def _directory(workdir: Path | None) -> Iterator[Path]:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix="riskmesh-join-bench-") as tmp:
+        yield Path(tmp)
+
+
+def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int = 2048, workdir: Path | None = None) -> dict:
+    """Run one join over three local orgs' processes and return its figures (see the module docstring)."""
+    if records < 1 or not 0.0 <= overlap <= 1.0:
+        raise ValueError("records must be positive and overlap in [0, 1]")
+    with _directory(workdir) as root:
+        configs = local_mesh_for(root / "mesh")
+        data = make_study_data(records, overlap=overlap, features=features)
+        spec = spec_for(data, "join-bench")
+        spec.paillier_bits = bits
+        sources = {t.org: t.write_csv(root / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
+        result: dict[str, Any] = {"records": records, "features": features, "overlap": overlap, "bits": bits, "cores": default_workers()}
+        result.update(asyncio.run(_run(configs, spec, {o: str(p) for o, p in sources.items()})))
+        # The oracle, only here: the plaintext inner join of the generated files.
+        columns, expected = plaintext_join(data, sources)
+        table = result.pop("_table")
+        result["shares_match_plaintext"] = len(expected) == result["joined"] and same_rows(table, columns, expected)
+        return result
+
+
+async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> dict[str, Any]:
+    helper, owners = "helper", ("insurer", "hospital")
+    endpoints = {org: load_config(path, env={}) for org, path in configs.items()}
+    to_helper = CountingRelay(endpoints[helper].bind_host, endpoints[helper].port("intersection"))
+    to_owner = {o: CountingRelay(endpoints[o].bind_host, endpoints[o].port("resharing")) for o in owners}
+    env = {"RISKMESH_ADDR_HELPER_INTERSECTION": await to_helper.start()}
+    for org, relay in to_owner.items():
+        env[f"RISKMESH_ADDR_{org.upper()}_RESHARING"] = await relay.start()
+    mesh = LocalMesh(configs, extra_env=env, only_servers=JOIN_SERVERS)
+    try:
+        await asyncio.to_thread(mesh.start, 120.0)
+        harness = Harness(configs)
+        pids = [p.process.pid for p in mesh.processes]
+        try:
+            cpu_before, busy_before, own_before = _cpu_by_process(pids), _machine_busy_s(), _own_cpu_s()
+            timings = await run_join(harness, spec, sources, "bench-1")
+            cpu_after, busy_after, own_after = _cpu_by_process(pids), _machine_busy_s(), _own_cpu_s()
+            shares = await collect_shares(harness, spec, "bench-1")
+        finally:
+            await harness.close()
+    finally:
+        await asyncio.to_thread(mesh.stop)
+        for relay in (to_helper, *to_owner.values()):
+            await relay.close()
+    server_cpu = sum(cpu_after.values()) - sum(cpu_before.get(pid, 0.0) for pid in cpu_after)
+    return {
+        "joined": timings.joined,
+        "setup_s": round(timings.setup_s, 3),
+        "offline_s": round(timings.offline_s, 3),
+        "join_s": round(timings.join_s, 3),
+        "reshare_s": round(timings.reshare_s, 3),
+        "total_s": round(timings.total_s, 3),
+        "bytes_to_helper": to_helper.sent_to_target,
+        "bytes_to_owners": sum(r.sent_to_target for r in to_owner.values()),
+        "server_cpu_s": round(server_cpu, 2),
+        "harness_cpu_s": round(own_after - own_before, 2),
+        "other_cpu_s": round(max(0.0, busy_after - busy_before - server_cpu - (own_after - own_before)), 2),
+        "_table": reconstruct_table(shares),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.bench.join_bench", description="benchmark the secure inner join over three local orgs' processes (mTLS)")
+    parser.add_argument("--records", type=int, required=True, help="rows per data owner")
+    parser.add_argument("--features", type=int, default=10, help="features, split over the owners (default 10: 5 each)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="share of each owner's rows in the join (default 0.5)")
+    parser.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072), help="Paillier modulus bits (default 2048)")
+    parser.add_argument("--workdir", type=Path, help="keep PKI, configs, data and server logs here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    result = bench_join(args.records, args.features, args.overlap, args.bits, args.workdir)
+    print(json.dumps(result), flush=True)
+    return 0 if result["shares_match_plaintext"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
