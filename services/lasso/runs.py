@@ -41,6 +41,8 @@ log = logging.getLogger("riskmesh.lasso.runs")
 CONNECT_TIMEOUT_S = 60.0
 # After a failure, dialled streams get this long to deliver their MpcEnd with the reason.
 ABORT_GRACE_S = 2.0
+# Progress within a phase is passed on at most this often (the worker may report every iteration).
+PROGRESS_INTERVAL_S = 0.5
 # A worker whose link closed is killed if it has not exited after this long.
 WORKER_EXIT_GRACE_S = 2.0
 # Statuses with which a peer refuses a stream (rather than being lost).
@@ -91,6 +93,7 @@ class Run:
         self._tasks: set[asyncio.Task[None]] = set()
         self._result: lasso_pb2.ModelResult | None = None
         self._link_closed = asyncio.Event()
+        self._last_progress = float("-inf")
         self._context = contextvars.copy_context()  # the RunLasso call's (trace) context, for the stream tasks
 
     # Party naming for messages ----------------------------------------------
@@ -203,9 +206,15 @@ class Run:
         self._link_closed.set()
 
     def _report(self, frame: Report) -> None:
+        """A Progress event, at most every PROGRESS_INTERVAL_S within a phase (phase starts and ends always)."""
         if frame.phase == common_pb2.PHASE_UNSPECIFIED or frame.phase not in common_pb2.Phase.values():
             return
+        now = asyncio.get_running_loop().time()
+        routine = frame.phase == self.phase and 0 < frame.done < frame.total
         self.phase = frame.phase
+        if routine and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
         progress = common_pb2.Progress(run_id=self.run_id, phase=frame.phase, org=self.org, done=frame.done, total=frame.total, state=common_pb2.RUN_STATE_RUNNING)
         progress.at.GetCurrentTime()
         self.events.put_nowait(progress)

@@ -89,6 +89,21 @@ def test_reports_become_progress_and_the_result_ends_the_run():
     asyncio.run(main())
 
 
+def test_progress_within_a_phase_is_thinned_but_starts_and_ends_pass():
+    async def main():
+        h = Harness()
+        task = await h.started()
+        for done in range(0, 101):
+            h.worker.on_frame(Report(common_pb2.PHASE_ITERATIONS, done, 100))
+        h.worker.on_frame(Report(common_pb2.PHASE_REVEAL, 0, 1))
+        h.worker.on_frame(Result(lasso_pb2.ModelResult().SerializeToString()))
+        await asyncio.wait_for(task, 1)
+        passed = [(e.phase, e.done) for e in h.events if isinstance(e, common_pb2.Progress)]
+        assert passed == [(common_pb2.PHASE_ITERATIONS, 0), (common_pb2.PHASE_ITERATIONS, 100), (common_pb2.PHASE_REVEAL, 0)]
+
+    asyncio.run(main())
+
+
 def test_worker_sends_go_to_the_peer_outbox_in_order_and_close_ends_it():
     async def main():
         h = Harness()
