@@ -155,27 +155,35 @@ class DelayRelay:
         self._connections.add(task)
         self.connections_total += 1
         try:
-            try:
-                target_reader, target_writer = await _open(self.target)
-            except OSError:
-                client_writer.transport.abort()
-                return
-            clean = False
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(_pipe(client_reader, target_writer, self.delay_s))
-                    tasks.create_task(_pipe(target_reader, client_writer, self.delay_s))
-                clean = True
-            except* OSError:
-                pass  # a reset or broken pipe on either side: both sides are dropped below
-            finally:
-                for writer in (client_writer, target_writer):
-                    if clean:
-                        writer.close()  # both ends of stream were delivered; flush what is buffered
-                    else:
-                        writer.transport.abort()
+            await self._forward(client_reader, client_writer)
+        except asyncio.CancelledError:
+            pass  # close() dropped the connection; ending quietly keeps asyncio (3.11) from logging the cancelled callback task
         finally:
             self._connections.discard(task)
+
+    async def _forward(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            target_reader, target_writer = await _open(self.target)
+        except OSError:  # the target does not answer: the client sees its connection end
+            client_writer.transport.abort()
+            return
+        except asyncio.CancelledError:
+            client_writer.transport.abort()
+            raise
+        clean = False
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_pipe(client_reader, target_writer, self.delay_s))
+                tasks.create_task(_pipe(target_reader, client_writer, self.delay_s))
+            clean = True
+        except* OSError:
+            pass  # a reset or broken pipe on either side: both sides are dropped below
+        finally:
+            for writer in (client_writer, target_writer):
+                if clean:
+                    writer.close()  # both ends of stream were delivered; flush what is buffered
+                else:
+                    writer.transport.abort()
 
     @property
     def open_connections(self) -> int:

@@ -328,3 +328,34 @@ def test_start_relay_process_waits_until_listening_and_stops(tmp_path: Path) -> 
 def test_start_relay_process_reports_a_relay_that_cannot_listen(tmp_path: Path) -> None:
     with pytest.raises(RelayStartError, match="relay did not start"):
         start_relay_process([("unix:/nonexistent-dir/x.sock", "127.0.0.1:1")], 0.0, tmp_path / "relay.log")
+
+
+def test_dropped_and_refused_connections_are_not_reported_as_errors() -> None:
+    """close() with connections open, and an unreachable target: no asyncio error reports."""
+    reports: list[dict[str, object]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reports.append(context))
+        async with Upstream(_echo, delay_s=0.01) as up:
+            connections = [await up.open_relayed() for _ in range(3)]
+            for reader, writer in connections:
+                writer.write(b"z")
+                await writer.drain()
+                assert await asyncio.wait_for(reader.readexactly(1), 5) == b"z"
+            await up.relay.close()
+            for _, writer in connections:
+                writer.close()
+        async with Upstream(_echo, delay_s=0.0) as up:
+            up.server.close()
+            await up.server.wait_closed()
+            reader, writer = await up.open_relayed()
+            try:
+                await asyncio.wait_for(reader.read(-1), 5)
+            except ConnectionResetError:
+                pass
+            writer.close()
+            await _until(lambda: up.relay.open_connections == 0)
+        await asyncio.sleep(0.05)  # let any callback that would report run
+
+    asyncio.run(main())
+    assert reports == []
