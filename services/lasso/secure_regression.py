@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ import numpy.typing as npt
 from services.lasso.plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, AlphaPlan, SolverPlan, make_plan
 from services.lasso.secure_input import FoldSums, share_and_multiply
 from services.lasso.secure_ops import FieldOps
+from services.lasso.secure_threshold import FusedThreshold, threshold_field_bits
 from services.lasso.spec import RegressionResult, RegressionSpec, check_table_shape
 
 ObjectArray = npt.NDArray[np.object_]
@@ -74,6 +76,8 @@ FRAC_TABLE = 32  # fractional bits of the join's encoding
 ENCODING_OFFSET = 1 << 63
 #: |ADMM values| < 2^(ADMM_BITS − 1) = 1024 in the normalised units (see the module docstring).
 ADMM_BITS = 11
+#: Bits of x = v·2^64 in an ADMM step (|v| < 2^(ADMM_BITS)); comparisons use ADMM_X_BITS − 32 = 44.
+ADMM_X_BITS = 2 * FRAC_W + ADMM_BITS + 1
 #: Soft-threshold levels κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0).
 KAPPA_CLAMP = 2.0**8
 #: |ŵ_j| < 2^(W_HAT_BITS − 1): normalised coefficients (effect of x_j's half-range in y half-ranges).
@@ -81,6 +85,21 @@ W_HAT_BITS = 11
 #: |e_j| < 2^(E_BITS − 1): Newton for 1/√G_jj never leaves this (26 steps of ≤ 1.5× from ≤ 1).
 E_BITS = 17
 OWNERS = [0, 1]
+
+
+def _dyadic(value: Fraction) -> tuple[int, int]:
+    """(numerator, log₂ denominator) of a dyadic rational (the ADMM constants are chosen so)."""
+    shift = value.denominator.bit_length() - 1
+    if value.denominator != 1 << shift:
+        raise ValueError("ADMM constants must be dyadic rationals")
+    return value.numerator, shift
+
+
+#: rρ, r and 1 − r as (numerator, shift): public factors applied exactly inside truncations.
+_RHO_RELAX = _dyadic(Fraction(ADMM_RELAX) * Fraction(ADMM_RHO))
+_RELAX = _dyadic(Fraction(ADMM_RELAX))
+_ONE_MINUS_RELAX = _dyadic(1 - Fraction(ADMM_RELAX))
+_INV_RHO = _dyadic(1 / Fraction(ADMM_RHO))
 
 
 @dataclass
@@ -140,8 +159,7 @@ def _field_bits(plan: SolverPlan, kappa: int) -> tuple[int, int]:
     lam_bits = 2 * FRAC_IN + E_BITS + math.ceil(math.log2(_l1_max(plan))) + 2
     cv_bits = _mse_bits(plan.d) if plan.folds else 0
     cap_in = max(gram_bits, lam_bits, cv_bits, 116)
-    cap_w = 2 * FRAC_W + ADMM_BITS + math.ceil(math.log2(4 * plan.d)) + 1
-    return cap_in + kappa + 3, cap_w + kappa + 3
+    return cap_in + kappa + 3, threshold_field_bits(kappa, FRAC_W, ADMM_X_BITS)
 
 
 def _fields(mpc: Any, plan: SolverPlan) -> _Fields:
@@ -299,46 +317,35 @@ async def _prepare(
     return e, h, q, lam
 
 
-async def _soft_threshold(ops: FieldOps, v: ObjectArray, kappa: ObjectArray, last: bool) -> tuple[ObjectArray, ...]:
-    """z = S_κ(v) and, on the last step, |z| and the bits (above, below) — one batched comparison."""
-    p = ops.p
-    args = np.concatenate([(kappa - v).ravel(), (v + kappa).ravel()]) % p
-    bits = await ops.less_than_zero(args, FRAC_W + ADMM_BITS + 1)
-    above, below = bits[: v.size].reshape(v.shape), bits[v.size :].reshape(v.shape)
-    lo, hi = (v - kappa) % p, (v + kappa) % p
-    prods = await ops.mul_exact(np.concatenate([above.ravel(), below.ravel()]), np.concatenate([lo.ravel(), hi.ravel()]))
-    n = v.size
-    plus, minus = prods[:n].reshape(v.shape), prods[n:].reshape(v.shape)
-    if not last:
-        return ((plus + minus) % p,)
-    return (plus + minus) % p, (plus - minus) % p, above, below
-
-
 async def _admm(
     ops: FieldOps, h: ObjectArray, q: ObjectArray, kappa: ObjectArray, plan: SolverPlan, progress: _Progress
 ) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
     """Over-relaxed ADMM in F_w (frac 32): returns z, |z|, and the threshold bits of the last step.
 
-    With K = (H + ρI)⁻¹, ρ = 1/4, r = 7/4 (all public factors dyadic):
-    v = r·Kq′ + rρ·K(z − w) + (1 − r)z + w, z ← S_κ(v), w ← v − z.
+    With K = (H + ρI)⁻¹, ρ = 1/4, r = 7/4 (dyadic, so public factors are exact):
+    v = r·Kq′ + rρ·K(z − w) + (1 − r)z + w, z ← S_κ(v), w ← v − z. The local
+    product gives v·2^64 of degree 2t; ``FusedThreshold`` truncates and
+    soft-thresholds it in 7 rounds.
     """
     p, d = ops.p, plan.d
     shifted = h.copy()
-    shifted[:, np.arange(d), np.arange(d)] = (shifted[:, np.arange(d), np.arange(d)] + (1 << FRAC_W) // 4) % p
+    diagonal = (np.arange(d), np.arange(d))
+    shifted[:, diagonal[0], diagonal[1]] = (shifted[:, diagonal[0], diagonal[1]] + ops.fixed(ADMM_RHO, FRAC_W)) % p
     k = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, 3, progress)
-    a1 = await ops.trunc((7 * k) % p, 4, FRAC_W + 6)  # rρ·K = 7K/16
-    c1 = await ops.trunc((7 * np.einsum("bij,bj->bi", k, q)) % p, FRAC_W + 2, 2 * FRAC_W + 12, degree2t=True)
+    (num_a, shift_a), (num_c, shift_c), (num_z, shift_z) = _RHO_RELAX, _RELAX, _ONE_MINUS_RELAX
+    a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + 6)  # rρ·K
+    kq = np.einsum("bij,bj->bi", k, q)
+    c1 = await ops.trunc((num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + 12, degree2t=True)  # r·Kq′
+    step = FusedThreshold(ops, kappa, FRAC_W, ADMM_X_BITS)
     z = np.zeros(q.shape, dtype=object)
     w = np.zeros(q.shape, dtype=object)
-    sum_bits = 2 * FRAC_W + ADMM_BITS + math.ceil(math.log2(4 * d)) + 1
     out: tuple[ObjectArray, ...] = ()
-    for step in range(plan.admm_iterations):
-        local = np.einsum("bij,bj->bi", a1, (z - w) % p) - 3 * z * (1 << (FRAC_W - 2)) + (c1 + w) * (1 << FRAC_W)
-        v = await ops.trunc(local % p, FRAC_W, sum_bits, degree2t=True)
-        last = step == plan.admm_iterations - 1
-        out = await _soft_threshold(ops, v, kappa, last)
-        z = out[0]
+    for _ in range(plan.admm_iterations):
+        local = (np.einsum("bij,bj->bi", a1, (z - w) % p) + num_z * z * (1 << (FRAC_W - shift_z))
+                 + (c1 + w) * (1 << FRAC_W))
+        v, z, z_abs, above, below = await step.step(local % p)
         w = (v - z) % p
+        out = (z, z_abs, above, below)
         progress.step()
     return out  # type: ignore[return-value]
 
@@ -421,7 +428,9 @@ async def _fit_batch(
     q32 = low[sizes[0] : sizes[0] + sizes[1]].reshape(q.shape)
     lam32 = low[sizes[0] + sizes[1] :].reshape(lam.shape)
     if plan.has_l1:
-        moved = await inp.convert(np.concatenate([h32.ravel(), q32.ravel(), (4 * lam32).ravel()]) % inp.p,
+        num_k, shift_k = _INV_RHO  # κ = λ/ρ
+        assert shift_k == 0, "1/ρ must be an integer"
+        moved = await inp.convert(np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p,
                                   work, FRAC_POLISH + 11)
         h_w = moved[: sizes[0]].reshape(h.shape)
         q_w = moved[sizes[0] : sizes[0] + sizes[1]].reshape(q.shape)
