@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable
 
 import grpc
 
@@ -105,13 +105,13 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
 
     async def CreateKey(self, request, context):
         if self.config.role != "data_owner":
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "only data owners hold Paillier keys")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only data owners hold Paillier keys")
         bits = request.bits or 2048
         if bits not in ALLOWED_BITS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Paillier modulus must be one of {ALLOWED_BITS} bits")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits")
         run = self._run(request.run_id)
         if run.key is not None:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"run {request.run_id} already has a key")
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {request.run_id} already has a key")
         run.key = await asyncio.to_thread(generate_keypair, bits)
         return join_pb2.CreateKeyResponse(key=codec.public_key_to_proto(run.key.public))
 
@@ -121,6 +121,8 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         except StreamRefused as refused:
             await context.abort(refused.code, refused.message)
         values = await self._receive(run, context, self._decrypt_chunks(request_iterator, run, header, layout))
+        if run.error is not None:  # failed or dropped while the rows arrived
+            await context.abort(*run.error)
         run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
         run.key = None  # the run's private key is not needed any more
         run.notify()
@@ -179,7 +181,7 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             raise StreamEndedEarly()
         return values
 
-    async def _receive(self, run: ResharingRun, context: grpc.aio.ServicerContext, body):
+    async def _receive(self, run: ResharingRun, context: grpc.aio.ServicerContext, body: Awaitable[list[list[int]]]) -> list[list[int]]:
         """Run an accepted stream's body; any way it fails, fail the run (never keep partial rows)."""
         run.receiving += 1
         try:
@@ -208,6 +210,8 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         except StreamRefused as refused:
             await context.abort(refused.code, refused.message)
         values = await self._receive(run, context, self._share_chunks(request_iterator, header))
+        if run.error is not None:  # failed or dropped while the rows arrived
+            await context.abort(*run.error)
         run.rows_total = run.rows_done = header.rows
         run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
         run.notify()
@@ -273,7 +277,7 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         run = self.runs.get(request.run_id)
         if run is None or not run.complete:
             failed = run is not None and run.error is not None
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the shares of run {request.run_id} are {'not kept: the run failed' if failed else 'not complete'} here")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: the shares of run {request.run_id} are {'not kept: the run failed' if failed else 'not complete'} here")
         for block in run.blocks:
             width = value_bytes(block.layout)
             yield join_pb2.GetSharesResponse(header=join_pb2.SharesHeader(
