@@ -46,25 +46,21 @@ def encode(table: npt.ArrayLike) -> ObjectMatrix:
     scaled = np.rint(values * float(1 << FRACTIONAL_BITS))
     if not np.all(np.abs(scaled) < OFFSET):
         raise ValueError("a value is outside the fixed-point range |x| < 2^31")
-    out = np.empty(values.shape, dtype=object)
-    out[...] = [[int(v) + OFFSET for v in row] for row in scaled.astype(np.int64).tolist()]
-    return out
+    return scaled.astype(np.int64).astype(object) + OFFSET
 
 
 def decode(encoded: ObjectMatrix) -> npt.NDArray[np.float64]:
     """Inverse of ``encode``: (x′ − 2^63)/2^32."""
     centred = np.asarray(encoded, dtype=object) - OFFSET
-    return np.asarray(centred.tolist(), dtype=np.float64) / float(1 << FRACTIONAL_BITS)
+    return centred.astype(np.float64) / float(1 << FRACTIONAL_BITS)
 
 
 def _masks(rng: np.random.Generator, shape: tuple[int, int]) -> ObjectMatrix:
     """Uniform integers in [0, 2^(ℓ+σ)) = [0, 2^104) (two 52-bit halves)."""
     bits = (VALUE_BITS + SIGMA_BITS) // 2
-    hi = rng.integers(0, 1 << bits, size=shape, dtype=np.int64).tolist()
-    lo = rng.integers(0, 1 << bits, size=shape, dtype=np.int64).tolist()
-    out = np.empty(shape, dtype=object)
-    out[...] = [[(h << bits) | l for h, l in zip(hr, lr)] for hr, lr in zip(hi, lo)]
-    return out
+    hi = rng.integers(0, 1 << bits, size=shape, dtype=np.int64).astype(object)
+    lo = rng.integers(0, 1 << bits, size=shape, dtype=np.int64).astype(object)
+    return (hi << bits) | lo
 
 
 def deal(
@@ -84,9 +80,7 @@ def deal(
     encoded = encode(values)
     masks = _masks(rng, values.shape)
     masked = encoded + masks
-    zero = np.zeros(values.shape, dtype=object)
-    zero[...] = 0
-    share_a, share_b = zero.copy(), zero.copy()
+    share_a, share_b = np.zeros(values.shape, dtype=np.int64).astype(object), np.zeros(values.shape, dtype=np.int64).astype(object)
     for j, owner in enumerate(owners):
         # The owner itself keeps nothing of its column; the other owner holds x' + r.
         (share_b if owner == 0 else share_a)[:, j] = masked[:, j]

@@ -14,7 +14,6 @@ import pytest
 
 from services.lasso.dealer import deal, encode
 from services.lasso.local_run import run_local
-from services.lasso.mpc_runtime import create_runtime
 from services.lasso.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
 from services.lasso.secure_regression import secure_fit
 from services.lasso.spec import ModelKind, RegressionResult, RegressionSpec
@@ -23,11 +22,6 @@ from services.lasso.synthetic import make_study
 ROWS, FEATURES, SEED = 300, 4, 3
 STUDY = make_study(ROWS, FEATURES, seed=SEED)
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def mpc() -> Any:
-    return create_runtime(0, [("127.0.0.1", 0)])
 
 
 def _spec(kind: ModelKind, alphas: tuple[float, ...], **kw: Any) -> RegressionSpec:
