@@ -336,7 +336,7 @@ async def _admm(
     a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + 6)  # rρ·K
     kq = np.einsum("bij,bj->bi", k, q)
     c1 = await ops.trunc((num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + 12, degree2t=True)  # r·Kq′
-    step = FusedThreshold(ops, kappa, FRAC_W, ADMM_X_BITS)
+    step = FusedThreshold(ops, kappa, FRAC_W, ADMM_X_BITS, plan.admm_iterations)
     z = np.zeros(q.shape, dtype=object)
     w = np.zeros(q.shape, dtype=object)
     out: tuple[ObjectArray, ...] = ()

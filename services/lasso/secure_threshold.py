@@ -57,7 +57,7 @@ class FusedThreshold:
     ℓ = x_bits − f bits, so |κ| + |v| must stay below 2^(ℓ−1−f) in value.
     """
 
-    def __init__(self, ops: FieldOps, kappa: ObjectArray, frac: int, x_bits: int) -> None:
+    def __init__(self, ops: FieldOps, kappa: ObjectArray, frac: int, x_bits: int, steps: int) -> None:
         needed = threshold_field_bits(ops.kappa, frac, x_bits)
         if ops.bits < needed:
             raise OverflowError(f"field of {ops.bits} bits is too small for the fused threshold ({needed})")
@@ -67,19 +67,18 @@ class FusedThreshold:
         self.x_bits = x_bits
         self.l = x_bits - frac  # comparison bits
         self.n = kappa.size
+        self._steps_left = steps
         self._bits: ObjectArray = np.zeros((0, self.l + 1), dtype=object)
 
-    async def _random_bits(self, count: int) -> ObjectArray:
-        """``count`` × (ℓ+1) random bits (degree t), from the stock or new batches."""
-        need = count * (self.l + 1)
-        while self._bits.shape[0] < count:
-            batch = max(need - self._bits.size, (self.l + 1) * 2 * self.n)
-            batch = min(batch, MAX_BITS_PER_BATCH - MAX_BITS_PER_BATCH % (self.l + 1))
-            batch = max(batch, self.l + 1)
-            fresh = await self.ops.mpc.np_random_bits(self.ops.field, batch)
-            fresh = np.asarray(fresh.value, dtype=object).reshape(-1, self.l + 1)
-            self._bits = np.concatenate([self._bits, fresh])
-        out, self._bits = self._bits[:count], self._bits[count:]
+    async def _random_bits(self) -> ObjectArray:
+        """2n × (ℓ+1) random bits (degree t) for one step; made for many steps per round."""
+        per_step = 2 * self.n
+        if self._bits.shape[0] < per_step:
+            steps = max(1, min(self._steps_left, MAX_BITS_PER_BATCH // (per_step * (self.l + 1))))
+            fresh = await self.ops.mpc.np_random_bits(self.ops.field, steps * per_step * (self.l + 1))
+            self._bits = np.asarray(fresh.value, dtype=object).reshape(-1, self.l + 1)
+        self._steps_left -= 1
+        out, self._bits = self._bits[:per_step], self._bits[per_step:]
         return out
 
     async def step(self, x: ObjectArray) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
@@ -87,7 +86,7 @@ class FusedThreshold:
         ops, p, f, l, n = self.ops, self.ops.p, self.frac, self.l, self.n
         shape = x.shape
         m = 2 * n  # comparisons: a⁺ = κ − v and a⁻ = v + κ
-        bits = await self._random_bits(m)  # (m, l+1): l magnitude bits (MSB first) and a sign bit
+        bits = await self._random_bits()  # (m, l+1): l magnitude bits (MSB first) and a sign bit
         r_bits, sign_bits = bits[:, :l], bits[:, l]
         r = (r_bits * (np.ones(l, dtype=object) << np.arange(l - 1, -1, -1).astype(object))).sum(axis=1)
         s = (2 * sign_bits - 1) % p

@@ -57,7 +57,7 @@ def test_fused_threshold_equals_soft_threshold(mpc: Any) -> None:
     v_true[0, :3] = [0.25, -0.25, 0.0]  # on and near the thresholds
     kappa = np.full((3, 7), 0.25)
     kappa[1] = np.round(rng.uniform(0, 2, 7) * 2.0**FRAC) / 2.0**FRAC  # exactly representable
-    step = FusedThreshold(ops, ops.fixed(kappa, FRAC), FRAC, x_bits)
+    step = FusedThreshold(ops, ops.fixed(kappa, FRAC), FRAC, x_bits, steps=3)
 
     async def run() -> None:
         for _ in range(3):
