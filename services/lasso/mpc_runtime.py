@@ -8,7 +8,7 @@ for the duration of the import and of ``mpyc.runtime.setup()``, so the runtime
 only sees the options given here. Use one runtime (one MPC run) per process,
 e.g. a worker subprocess per run: MPyC keeps module-level state.
 
-Options chosen for three parties on few cores (see services/lasso/README.md):
+Options chosen for three parties on few cores (see services/lasso/REGRESSION.md):
 statistical security ``-K 40`` (as the join's σ), PRSS on (MPyC default; the
 protocol relies on it), no worker threads. Barriers and the throttler are not
 used by the protocol, so nothing busy-waits while a party waits for the others.
