@@ -51,6 +51,7 @@ CASES = [
     (ModelKind.LASSO, 0.5, False),
     (ModelKind.LASSO, 2.0, False),  # two coefficients are zero
     (ModelKind.LASSO, 5.0, True),  # two coefficients are zero
+    (ModelKind.LASSO, 20.0, True),  # every coefficient is zero: b = mean(y)
     (ModelKind.ELASTIC_NET, 2.0, True),
     (ModelKind.RIDGE, 1.0, False),
     (ModelKind.RIDGE, 3.0, True),
