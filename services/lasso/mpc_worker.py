@@ -7,7 +7,7 @@ process gives every run a clean runtime built from an explicit argument list, ke
 failing or CPU-heavy computation away from the server's event loop (health, other runs),
 and is the unit the server kills when a run fails.
 
-    python -m services.lasso.mpc_worker --fd N --pid P --program lasso
+    python -m services.lasso.mpc_worker --fd N --heartbeat-fd H --pid P --program lasso
 
 The worker inherits one end of a Unix socket pair (fd N) from the server and speaks the
 frames of services.lasso.frames on it: it receives the run (Start, Input…, InputEnd),
@@ -25,8 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -40,6 +43,7 @@ from services.lasso.program import Program, ProgramError, RunContext, load_progr
 from services.lasso.shares import ShareError, decode_blocks
 from services.lasso.spec import SpecError as RegressionSpecError
 from services.lasso.transport import FrameSink, MeshTransport, PeerLostError
+from services.lasso.worker import HEARTBEAT_S
 
 log = logging.getLogger("riskmesh.lasso.worker")
 
@@ -157,14 +161,32 @@ async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
     return 0
 
 
+def start_heartbeat(fd: int, interval: float = HEARTBEAT_S) -> threading.Thread:
+    """A daemon thread writing one byte per `interval` to the server (see services.lasso.worker)."""
+
+    def beat() -> None:
+        try:
+            while True:
+                os.write(fd, b".")
+                time.sleep(interval)
+        except OSError:
+            return  # the server is gone; the link's end stops the run
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="riskmesh-lasso-worker", description="one MPC party of one run (started by the lasso server)")
     parser.add_argument("--fd", type=int, required=True, help="inherited socket to the lasso server")
+    parser.add_argument("--heartbeat-fd", type=int, required=True, help="inherited pipe for heartbeats to the lasso server")
     parser.add_argument("--pid", type=int, required=True, help="MPC party id")
     parser.add_argument("--program", default="lasso", help="MPC program to run")
     parser.add_argument("--label", default="", help="org and run, for log lines")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s lasso-worker {args.label} %(name)s: %(message)s", stream=sys.stderr)
+    start_heartbeat(args.heartbeat_fd)
     mpc = load_runtime(args.pid)
     program = load_program(args.program)
     sock = socket.socket(fileno=args.fd)

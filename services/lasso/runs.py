@@ -43,6 +43,8 @@ CONNECT_TIMEOUT_S = 60.0
 ABORT_GRACE_S = 2.0
 # Progress within a phase is passed on at most this often (the worker may report every iteration).
 PROGRESS_INTERVAL_S = 0.5
+# A worker whose heartbeat thread was silent this long is frozen (stopped, or its interpreter stuck).
+WORKER_SILENCE_S = 10.0
 # A worker whose link closed is killed if it has not exited after this long.
 WORKER_EXIT_GRACE_S = 2.0
 # Statuses with which a peer refuses a stream (rather than being lost).
@@ -129,6 +131,7 @@ class Run:
         self._for_worker = []
         self._spawn_task(self._watch_connect())
         self._spawn_task(self._watch_worker(self._worker))
+        self._spawn_task(self._watch_heartbeat(self._worker))
         while True:
             event = await self.events.get()
             yield event
@@ -179,6 +182,11 @@ class Run:
             code = None
         if not self.finished:
             self.fail(grpc.StatusCode.ABORTED, f"the MPC worker of {self.party(self.pid)} exited (code {code}) during {phase_name(self.phase)}")
+
+    async def _watch_heartbeat(self, worker: WorkerHandle) -> None:
+        await worker.wait_silent(WORKER_SILENCE_S)
+        if not self.finished:
+            self.fail(grpc.StatusCode.ABORTED, f"the MPC worker of {self.party(self.pid)} stopped responding (no heartbeat for {WORKER_SILENCE_S:.0f} s) during {phase_name(self.phase)}")
 
     # Frames from the worker ---------------------------------------------------
 

@@ -185,6 +185,9 @@ class InlineWorker:
         except (asyncio.CancelledError, Exception):
             return 1
 
+    async def wait_silent(self, limit: float) -> None:
+        await asyncio.Event().wait()  # in the server's own process: frozen together with it
+
 
 # Party processes ----------------------------------------------------------------------
 

@@ -381,3 +381,15 @@ def test_production_servers_fit_the_study_as_plaintext_does(tmp_path: Path, loop
         mesh.stop()
         for server in fakes:
             loop_thread.run(server.stop(0))
+
+
+def test_a_frozen_worker_ends_the_run_everywhere(rounds_parties: Parties) -> None:
+    """The worker's server stays up (so no keepalive fails): its heartbeat watchdog must notice."""
+    outcomes, threads = start_long_run(rounds_parties)
+    (worker,) = rounds_parties.workers("helper")
+    frozen_at = time.monotonic()
+    worker.suspend()
+    assert_failed_quickly(outcomes, threads, ORGS, frozen_at, "MPC party 2 (helper)")
+    assert "stopped responding" in outcomes["helper"].error.details()
+    _, alive = psutil.wait_procs([worker], timeout=5)  # its server killed it
+    assert not alive

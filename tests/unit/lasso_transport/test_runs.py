@@ -24,6 +24,7 @@ class FakeWorker:
         self.frames: list[Any] = []
         self.killed = False
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.silent = asyncio.Event()
 
     def send(self, frame: Any) -> None:
         self.frames.append(frame)
@@ -35,6 +36,9 @@ class FakeWorker:
 
     async def wait(self) -> int:
         return await self.exited
+
+    async def wait_silent(self, limit: float) -> None:
+        await self.silent.wait()
 
 
 class Harness:
@@ -162,6 +166,18 @@ def test_a_result_read_after_the_worker_exited_still_counts():
         h.worker.on_close(None)
         await asyncio.wait_for(task, 1)
         assert isinstance(h.events[-1], Finished)
+
+    asyncio.run(main())
+
+
+def test_a_silent_worker_fails_the_run():
+    async def main():
+        h = Harness()
+        task = await h.started()
+        h.worker.silent.set()
+        await asyncio.wait_for(task, 1)
+        assert h.events[-1].code == grpc.StatusCode.ABORTED and "stopped responding" in h.events[-1].message
+        assert h.worker.killed
 
     asyncio.run(main())
 
