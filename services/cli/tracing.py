@@ -59,18 +59,18 @@ def phase_rows(rows: list[SpanRow]) -> list[SpanRow]:
     return [r for r in rows if r.phase]
 
 
-def waterfall_text(rows: list[SpanRow], width: int = 50) -> str:
+def waterfall_text(rows: list[SpanRow], width: int = 28) -> str:
     phases = phase_rows(rows)
     if not phases:
         return "no phase spans in this trace"
     t0 = min(r.start for r in phases)
     total = max(r.end for r in phases) - t0 or 1e-9
-    lines = [f"{'org':9} {'phase':17} {'start s':>8} {'dur s':>7}  timeline ({total:.2f} s)"]
+    lines = [f"{'org':9} {'phase':18} {'start':>6} {'secs':>6}  timeline ({total:.2f} s)"]
     for r in sorted(phases, key=lambda r: (r.start, r.org)):
         a = int((r.start - t0) / total * width)
         b = max(a + 1, int((r.end - t0) / total * width))
         bar = " " * a + ("!" if r.error else "█") * (b - a)
-        lines.append(f"{r.org:9} {r.phase:17} {r.start - t0:8.2f} {r.seconds:7.2f}  |{bar:<{width}}|")
+        lines.append(f"{r.org:9} {r.phase:18} {r.start - t0:6.2f} {r.seconds:6.2f}  |{bar:<{width}}|")
     return "\n".join(lines)
 
 

@@ -49,6 +49,11 @@ def phase_label(phase: int) -> str:
     return common_pb2.Phase.Name(phase).removeprefix("PHASE_").lower()
 
 
+@dataclass
+class CalledServer:
+    server: str
+
+
 @dataclass(frozen=True)
 class OwnerKeys:
     x25519_public_key: bytes
@@ -68,14 +73,16 @@ class RunPipeline:
         return stub_class(self.channels.get(self.config.org, server))
 
     @contextlib.asynccontextmanager
-    async def phase(self, phase: int, server: str) -> AsyncIterator[None]:
-        """A span for the phase; gRPC errors become PhaseFailure(phase, this org, reason)."""
+    async def phase(self, phase: int, server: str) -> AsyncIterator[CalledServer]:
+        """A span for the phase; gRPC errors become PhaseFailure(phase, this org, reason
+        naming the server called last, which the block may update)."""
         span = self._start_span(phase)
+        where = CalledServer(server)
         try:
             with trace.use_span(span, end_on_exit=True):
-                yield
+                yield where
         except grpc.aio.AioRpcError as exc:
-            raise PhaseFailure(phase, self.config.org, f"{server}: {exc.code().name}: {exc.details()}") from None
+            raise PhaseFailure(phase, self.config.org, f"{where.server}: {exc.code().name}: {exc.details()}") from None
 
     async def _progress(self, phase: int, done: int = 0, total: int = 0, message: str = "") -> None:
         await self.report(common_pb2.Progress(run_id=self.run_id, phase=phase, org=self.config.org, done=done, total=total, state=common_pb2.RUN_STATE_RUNNING, message=message))
@@ -84,11 +91,11 @@ class RunPipeline:
 
     async def prepare_owner(self, source_path: str) -> OwnerKeys:
         """Setup: a fresh Paillier key pair (kept by resharing) and the CSV read + X25519 key (encryption)."""
-        async with self.phase(common_pb2.PHASE_SETUP, "resharing"):
+        async with self.phase(common_pb2.PHASE_SETUP, "resharing") as where:
             await self._progress(common_pb2.PHASE_SETUP, message="generating this run's Paillier key pair")
             resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
             key = (await resharing.CreateKey(join_pb2.CreateKeyRequest(run_id=self.run_id, bits=self.spec.paillier_bits or 2048), timeout=SETUP_DEADLINE_S)).key
-        async with self.phase(common_pb2.PHASE_SETUP, "encryption"):
+            where.server = "encryption"
             encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)
             request = join_pb2.PrepareEncryptionRequest(run_id=self.run_id, spec=self.spec, source_path=source_path)
             prepared = await encryption.PrepareEncryption(request, timeout=SETUP_DEADLINE_S)
