@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from riskmesh.client import GatewayClient
@@ -17,9 +15,17 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def running_mesh(tmp_path_factory):
     configs = local_mesh_for(tmp_path_factory.mktemp("e2e-mesh"))
-    mesh = LocalMesh(configs, only_servers=("gateway",)).start()
+    mesh = LocalMesh(configs).start()
     yield configs, mesh
     mesh.stop()
+
+
+def test_every_server_of_every_org_is_healthy(running_mesh):
+    configs, mesh = running_mesh
+    started = {(p.org, p.server) for p in mesh.processes}
+    expected = {(org, s) for org, path in configs.items() for s in load_config(path, env={}).servers}
+    assert len(expected) == 12 and started == expected
+    assert all(p.process.poll() is None for p in mesh.processes)
 
 
 def test_one_request_crossing_three_orgs_is_one_trace(running_mesh):
