@@ -31,6 +31,7 @@ c < 2^(ℓ+κ+2) must stay below p.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -38,6 +39,20 @@ import numpy as np
 import numpy.typing as npt
 
 ObjectArray = npt.NDArray[np.object_]
+
+
+def prf_words(key: bytes, uci: bytes, n: int, bits: int) -> ObjectArray:
+    """n pseudorandom integers in [0, 2^bits): SHAKE-128(key ‖ uci ‖ bits), 64-bit words, top word masked."""
+    if bits < 1:
+        raise ValueError("need at least one bit")
+    words = -(-bits // 64)
+    stream = hashlib.shake_128(key + uci + bits.to_bytes(2, "little")).digest(8 * words * n)
+    raw = np.frombuffer(stream, dtype="<u8").reshape(n, words)
+    top = bits - 64 * (words - 1)
+    out = (raw[:, words - 1] & np.uint64((1 << top) - 1)).astype(object)
+    for w in range(words - 2, -1, -1):
+        out = (out << 64) | raw[:, w].astype(object)
+    return out
 
 
 class FieldOps:
@@ -93,19 +108,42 @@ class FieldOps:
         return out / float(1 << frac)
 
     def _prss(self, n: int, bound: int, uci: bytes | None = None) -> ObjectArray:
-        """Degree-t sharing of Σ_S F_S (each PRF value uniform in [0, bound))."""
+        """Degree-t sharing of Σ_S F_S(uci), each F_S uniform in [0, bound) (bound = 2^b or p).
+
+        PRSS (Cramer, Damgård, Ishai 2005) as MPyC's ``np_pseudorandom_share``,
+        with the PRF outputs taken from one SHAKE-128 stream as 64-bit words
+        (``prf_words``) instead of one ``int.from_bytes`` per value.
+        """
         mpc = self.mpc
         uci = uci if uci is not None else mpc._prss_uci()
-        shares = self._thresha.np_pseudorandom_share(self.field, self.parties, mpc.pid, mpc.prfs(bound), uci, n)
-        return np.asarray(shares.value, dtype=object)
+        exact = bound & (bound - 1) == 0
+        bits = bound.bit_length() - 1 if exact else bound.bit_length() + 64
+        total = np.zeros(n, dtype=object)
+        for subset, key in mpc._prss_keys.items():
+            values = prf_words(key, uci, n, bits)
+            if not exact:
+                values = values % bound
+            total = total + values * self._f_s(subset)
+        return total % self.p
 
     def _prss_zero(self, n: int) -> ObjectArray:
-        """Degree-2t sharing of zero."""
+        """Degree-2t sharing of zero: Σ_S f_S(i)·Σ_{j=1..t} F_S,j·(i+1)^j (as MPyC's)."""
         mpc = self.mpc
-        zero = self._thresha.np_pseudorandom_share_0(
-            self.field, self.parties, mpc.pid, mpc.prfs(self.field.order), mpc._prss_uci(), n
-        )
-        return np.asarray(zero.value, dtype=object) if hasattr(zero, "value") else np.zeros(n, dtype=object)
+        uci = mpc._prss_uci()
+        total = np.zeros(n, dtype=object)
+        x = mpc.pid + 1
+        for subset, key in mpc._prss_keys.items():
+            degree = self.parties - len(subset)
+            if degree == 0:
+                continue
+            values = prf_words(key, uci, n * degree, self.bits + 64).reshape(n, degree) % self.p
+            powers = np.array([pow(x, j) for j in range(1, degree + 1)], dtype=object)
+            total = total + (values @ powers) * self._f_s(subset)
+        return total % self.p
+
+    def _f_s(self, subset: tuple[int, ...]) -> int:
+        """f_S(i): the degree-t polynomial with f_S(0) = 1 and f_S(j) = 0 outside S, at this party."""
+        return int(self._thresha._f_S_i(self.field, self.parties, self.mpc.pid, subset))
 
     async def _open(self, values: ObjectArray, threshold: int, receivers: Any = None) -> ObjectArray | None:
         shape = values.shape
