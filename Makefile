@@ -49,11 +49,12 @@ lint: venv
 	$(BIN)/buf lint
 	$(BIN)/python -m services.mesh.protogen --check
 
+# The benchmark sweep (services/bench/sweep.py): bench/results.csv, figure4.png, README.md.
 bench: venv
-	$(BIN)/riskmesh bench sweep --out bench
+	$(BIN)/riskmesh bench --sweep full --out bench
 
 bench-quick: venv
-	$(BIN)/riskmesh bench sweep --quick --out bench-quick
+	$(BIN)/riskmesh bench --sweep quick --out bench-quick
 
 clean:
 	rm -rf $(VENV) .riskmesh test-artifacts $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist $(TS_CLIENT)/src/gen

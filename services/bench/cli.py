@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,10 @@ def phase_ok(phase: str, record: dict[str, Any]) -> bool:
     return record.get("rel_coef_diff") is not None
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def bench(
     phase: str = typer.Option("all", help="join | lasso | all (the whole study through the gateways)"),
     records: Optional[int] = typer.Option(None, help="join/all: rows per data owner (half of them joined); lasso: joined rows [default 10000; 5000 with --compare-tno]"),
@@ -121,6 +126,8 @@ def bench(
     compare_tno: bool = typer.Option(False, "--compare-tno", help="run the public TNO packages on the same data, side by side"),
 ) -> None:
     """Benchmark the pipeline; the last line printed is one JSON object."""
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every started server is stopped.
+    signal.signal(signal.SIGTERM, _terminate)
     if sweep is not None:
         if sweep not in SWEEPS:
             emit({"ok": False, "error": f"--sweep must be one of {', '.join(SWEEPS)}, got {sweep!r}"})

@@ -51,6 +51,7 @@ from services.cli.tracing import SpanRow, load_trace
 from services.mesh.config import load_config
 
 OVERLAP = 0.5
+CSV_DECIMALS = 6
 STUDY_ID = "bench"
 JOIN_PHASES = ("setup", "hashing_encryption")
 RESHARE_PHASES = ("intersection", "resharing")
@@ -119,10 +120,13 @@ def coefficient_errors(secure: Mapping[str, float], reference: Mapping[str, floa
 
 
 def sklearn_reference(data: StudyData, alpha: float) -> dict[str, float]:
-    """scikit-learn's Lasso on the plaintext join (tight tolerance): feature → w, and (intercept)."""
+    """scikit-learn's Lasso on the plaintext join as the owners' files hold it (tight
+    tolerance): feature → w, and (intercept)."""
     from sklearn.linear_model import Lasso
 
     names, x, y = reference_join(data)
+    # The owners' files hold the values with 6 decimals (OwnerTable.write_csv): fit on those.
+    x, y = np.round(x, CSV_DECIMALS), np.round(y, CSV_DECIMALS)
     model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
     return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
 
@@ -132,8 +136,9 @@ def revealed(result: lasso_pb2.ModelResult) -> dict[str, float]:
 
 
 def median_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One record from repeated runs: the median of every number (unrounded), all() of
-    booleans, the first run's value otherwise (dicts of numbers: the median per key)."""
+    """One record from repeated runs: the median of every number (unrounded, but times —
+    keys ending in `_s` — to the millisecond), all() of booleans, the first run's value
+    otherwise (dicts of numbers: the median per key)."""
     if not runs:
         raise ValueError("no runs")
     out: dict[str, Any] = {}
@@ -142,7 +147,7 @@ def median_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if isinstance(first, bool):
             out[key] = all(values)
         elif isinstance(first, (int, float)):
-            out[key] = _median(values)
+            out[key] = round(_median(values), 3) if key.endswith("_s") else _median(values)
         elif isinstance(first, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in first.values()):
             out[key] = {k: _median([r[key][k] for r in runs if k in r.get(key, {})]) for k in first}
         else:
@@ -167,6 +172,7 @@ class RunFigures:
     bytes_by_org: dict[str, int]
     peak_rss_mb: float
     peak_rss_mb_by_org: dict[str, float]
+    done_at: float  # perf_counter when the result was in hand
 
 
 def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
@@ -182,10 +188,11 @@ def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
         reason = f"{common_pb2.Phase.Name(final.error.phase)} at {final.error.org}: {final.error.reason}" if final.HasField("error") else "no reason given"
         raise BenchError(f"run {final.run_id} ended {common_pb2.RunState.Name(final.state)}: {reason}")
     _, result = insurer.result(run.run_id)
-    total = time.perf_counter() - started
+    done_at = time.perf_counter()
+    total = done_at - started
     peaks = mesh.sampler.peaks()
     return RunFigures(final.trace_id, total, result, int(result.joined or final.joined), TrafficCounter.delta(mesh.counter.snapshot(), before),
-                      peaks.largest_process_mb(), peaks.org_mb())
+                      peaks.largest_process_mb(), peaks.org_mb(), done_at)
 
 
 def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None) -> dict[str, Any]:
@@ -197,10 +204,10 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
     load_before = os.getloadavg()[0]
     with work_directory(workdir, "riskmesh-bench-all-") as root:
         mesh = BenchMesh(root / "mesh", latency_ms=latency_ms)
+        configs = {org: load_config(path, env={}) for org, path in mesh.prepare().items()}
+        sources = {t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
         runs: list[RunFigures] = []
-        with mesh.start():
-            configs = {org: load_config(path, env={}) for org, path in mesh.config_paths.items()}
-            sources = {t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
+        with mesh:
             clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()}
             try:
                 spec = spec_for(data, STUDY_ID, alphas=[alpha])
@@ -215,8 +222,12 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
         # The mesh has stopped: every server flushed its spans.
         per_run = [_figures(r, reference, root, records, features) for r in runs]
         startup_s = round(mesh.startup_s, 3)
+        # As the TNO comparison times its side: from starting the processes to the first
+        # run's coefficients in hand (study proposal and approvals included).
+        process_start_to_result_s = round(runs[0].done_at - mesh.started_at, 3)
     summary = median_summary(per_run)
     summary.update({"phase": "all", "alpha": alpha, "latency_ms": latency_ms, "repeat": repeat, "startup_s": startup_s,
+                    "process_start_to_result_s": process_start_to_result_s,
                     "total_s_runs": [r["total_s"] for r in per_run], "load_1m_before": round(load_before, 2),
                     "load_1m_after": round(os.getloadavg()[0], 2), "phase_times_from": "exported phase spans"})
     return summary
@@ -246,12 +257,3 @@ def _figures(run: RunFigures, reference: Mapping[str, float], root: Path, record
         "trace_id": run.trace_id,
         "coefficients": secure,
     }
-
-
-def reference_coefficients(records: int, features: int, alpha: float) -> dict[str, float]:
-    """scikit-learn's coefficients for the data `bench_all` generates (for the TNO comparison)."""
-    return sklearn_reference(make_study_data(records, overlap=OVERLAP, features=features), alpha)
-
-
-def as_array(coefficients: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
-    return np.array([coefficients[n] for n in names], dtype=np.float64)

@@ -264,7 +264,7 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
     runs: list[dict[str, Any]] = []
     with work_directory(workdir, "riskmesh-bench-lasso-") as root:
         mesh = BenchMesh(root / "mesh", latency_ms=latency_ms, servers=("lasso",), launch=launch_parties(blocks, repeat))
-        with mesh.start():
+        with mesh:
             assert mesh.sampler is not None
             configs = {org: load_config(path, env={}) for org, path in mesh.config_paths.items()}
             for run_id in run_ids(repeat):

@@ -269,9 +269,18 @@ class BenchMesh:
                     env[caller][relay_env_var(peer, server)] = self.relays.add(relay, reserved)
         return env
 
+    def prepare(self) -> dict[str, Path]:
+        """PKI and one config per org on free ports (before any process starts)."""
+        if not self.config_paths:
+            self.config_paths = local_mesh_for(self.root)
+        return self.config_paths
+
     def start(self, timeout: float = 120.0) -> "BenchMesh":
+        """Relays, then the org processes; returns once every server is healthy."""
+        if self.mesh is not None or self.relays is not None:
+            raise RuntimeError("this BenchMesh is already started")
+        self.prepare()
         self.started_at = time.perf_counter()
-        self.config_paths = local_mesh_for(self.root)
         self.relays = RelayThread()
         try:
             env = self._relay_env()
@@ -286,13 +295,16 @@ class BenchMesh:
 
     @property
     def startup_s(self) -> float:
+        """From starting the relays and processes until every server is healthy."""
         return self.ready_at - self.started_at
 
     def stop(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
+            self.sampler = None
         if self.mesh is not None:
             self.mesh.stop()
+            self.mesh = None
         if self.relays is not None:
             self.relays.stop()
             self.relays = None

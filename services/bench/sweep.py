@@ -1,0 +1,296 @@
+"""The benchmark sweep behind `make bench` (full) and `make bench-quick` (quick).
+
+Full: the whole study (`--phase all`, services/bench/full_bench.py) at 1,000, 2,500,
+5,000, 10,000, 25,000, 50,000 and 100,000 rows per owner with 10 features, and at 5,
+20 and 50 features with 10,000 rows (10 features there is the records sweep's point):
+the median of 3 runs up to 10,000 rows, one run above. Every point starts its own
+three organisations. Budget: 30 minutes on this 2-core machine; once the sweep has
+used `CUT_AFTER_S` of it, the remaining points run once (the CSV's `repeat` column
+and the README say so).
+
+Writes to `out`: `results.csv` (one row per point), `figure4.png` (seconds against
+rows per owner, per phase, log axes — the seed's Figure 4) and `README.md` (the table,
+the machine, the command, fitted growth exponents of time and bytes in rows and in
+features, memory per party at the largest size, and the TNO comparison saved by
+`riskmesh bench --compare-tno`, when there is one).
+
+Growth exponents: least squares of log y on log x (y ≈ c·x^k), over the points of one
+sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from services.bench.full_bench import BenchError, bench_all
+from services.bench.tno_compare import RESULT_PATH as TNO_RESULT_PATH
+
+BUDGET_S = 30 * 60.0
+CUT_AFTER_S = 20 * 60.0
+ALPHA = 0.1
+ORGS = ("insurer", "hospital", "helper")
+PHASE_COLUMNS = ("join_s", "reshare_s", "lasso_s", "total_s")
+CSV_COLUMNS = (
+    "sweep", "records", "features", "repeat", "ok", "joined", "join_s", "reshare_s", "lasso_s", "total_s", "iterations", "nonzero",
+    "max_abs_coef_diff", "rel_coef_diff", "bytes_sent", "peak_rss_mb", "peak_rss_mb_insurer", "peak_rss_mb_hospital", "peak_rss_mb_helper",
+    "total_s_runs", "load_1m_before", "error",
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    sweep: str  # "records" or "features"
+    records: int
+    features: int
+    repeat: int
+
+
+def plan(quick: bool) -> list[Point]:
+    """The points of a sweep, in running order."""
+    if quick:
+        return [Point("records", n, 10, 1) for n in (1_000, 2_500, 5_000)] + [Point("features", 2_500, d, 1) for d in (5, 20)]
+    records = [Point("records", n, 10, 3 if n <= 10_000 else 1) for n in (1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000)]
+    return records + [Point("features", 10_000, d, 3) for d in (5, 20, 50)]
+
+
+def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """(k, c) of the least-squares fit of log y = log c + k·log x; needs two distinct x > 0, y > 0."""
+    pairs = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+    if len({p[0] for p in pairs}) < 2:
+        raise ValueError("need at least two distinct positive x values with positive y")
+    mean_x = sum(p[0] for p in pairs) / len(pairs)
+    mean_y = sum(p[1] for p in pairs) / len(pairs)
+    sxx = sum((p[0] - mean_x) ** 2 for p in pairs)
+    sxy = sum((p[0] - mean_x) * (p[1] - mean_y) for p in pairs)
+    k = sxy / sxx
+    return k, math.exp(mean_y - k * mean_x)
+
+
+def csv_row(point: Point, record: Mapping[str, Any] | None, error: str = "") -> dict[str, Any]:
+    """One results.csv row (empty cells where a failed point has no figure)."""
+    row: dict[str, Any] = {c: "" for c in CSV_COLUMNS}
+    row.update({"sweep": point.sweep, "records": point.records, "features": point.features, "repeat": point.repeat, "ok": record is not None, "error": error})
+    if record is not None:
+        for key in ("joined", *PHASE_COLUMNS, "iterations", "nonzero", "max_abs_coef_diff", "rel_coef_diff", "bytes_sent", "peak_rss_mb", "load_1m_before"):
+            row[key] = record[key]
+        for org in ORGS:
+            row[f"peak_rss_mb_{org}"] = record["peak_rss_mb_by_org"].get(org, "")
+        row["total_s_runs"] = ";".join(f"{t:.3f}" for t in record["total_s_runs"])
+    return row
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def exponents(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Fitted exponents of time per phase and of bytes, in records (d = 10) and in features."""
+    out: dict[str, dict[str, float]] = {}
+    for sweep, axis in (("records", "records"), ("features", "features")):
+        points = [r for r in rows if str(r["ok"]) == "True" and (r["sweep"] == sweep or (sweep == "features" and _is_shared_point(r, rows)))]
+        if len({float(r[axis]) for r in points}) < 2:
+            continue
+        fits = {}
+        for column in (*PHASE_COLUMNS, "bytes_sent"):
+            fits[column] = round(fit_exponent([float(r[axis]) for r in points], [float(r[column]) for r in points])[0], 2)
+        out[sweep] = fits
+    return out
+
+
+def _is_shared_point(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> bool:
+    """The records sweep's point at the features sweep's row count (d = 10) belongs to both."""
+    feature_records = {str(r["records"]) for r in rows if r["sweep"] == "features"}
+    return row["sweep"] == "records" and str(row["records"]) in feature_records and str(row["features"]) == "10"
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release(), "python": platform.python_version(),
+            "commit": _git_commit()}
+
+
+def _git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def figure(rows: Sequence[Mapping[str, Any]], path: Path, tno: Mapping[str, Any] | None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted((r for r in rows if r["sweep"] == "records" and str(r["ok"]) == "True"), key=lambda r: int(r["records"]))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    labels = {"join_s": "join (keys, hashing, encryption, upload)", "reshare_s": "reshare (match, mask, deliver, decrypt)", "lasso_s": "secure Lasso (input, Gram, iterations, reveal)", "total_s": "total (StartRun → result)"}
+    styles = {"join_s": "o-", "reshare_s": "s-", "lasso_s": "^-", "total_s": "D-"}
+    xs = [int(r["records"]) for r in points]
+    for column in PHASE_COLUMNS:
+        ax.plot(xs, [float(r[column]) for r in points], styles[column], label=labels[column], linewidth=2.2 if column == "total_s" else 1.4)
+    if tno and "total_s" in tno.get("tno", {}):
+        ax.plot([tno["records"]], [tno["tno"]["total_s"]], "kx", markersize=10, mew=2, label=f"TNO packages, same machine ({tno['records']:,} rows, process start → coefficients)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("records per data owner (half of them in the join), 10 features")
+    ax.set_ylabel("seconds (median of 3 up to 10,000 records)")
+    ax.set_title("riskmesh: time against the number of records (cf. the seed's Figure 4)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def load_tno() -> dict[str, Any] | None:
+    if not TNO_RESULT_PATH.exists():
+        return None
+    data: dict[str, Any] = json.loads(TNO_RESULT_PATH.read_text())
+    return data
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value in ("", None):
+        return "—"
+    number = float(value)
+    if abs(number) < 1e-3 and number != 0:
+        return f"{number:.1e}"
+    return f"{number:,.{digits}f}"
+
+
+def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: str, tno: Mapping[str, Any] | None) -> str:
+    lines = [
+        "# Benchmarks: the whole study, three organisations on one machine",
+        "",
+        "Generated by `" + command + "` (services/bench/sweep.py); do not edit by hand.",
+        "",
+        "Each point: `riskmesh bench --phase all --records N --features D` — the insurer, the hospital and the helper as separate "
+        "server processes (15 in all) over mTLS on localhost, every cross-organisation connection through a byte-counting relay; the "
+        "study proposed, approved and run through the gateways on generated data (N rows per owner, half of them in the join, D/5 "
+        "non-zero true weights plus noise, Lasso alpha 0.1). Phase times come from the run's exported phase spans: join = run start → "
+        "the last owner has hashed, encrypted and uploaded (key pairs and randomness pools included); reshare = → every org stores its "
+        "shares (the helper's match and mask, delivery, decryption); lasso = → the last MPC phase ends (input, Gram, iterations, reveal); "
+        "total = the client's StartRun → result in hand. `bytes` = TLS bytes all three organisations sent each other. `RSS` = the largest "
+        "resident set of one process (server or MPC worker), sampled every 0.1 s. Coefficient error: max |w − w_sklearn| / max |w_sklearn| "
+        "against scikit-learn's Lasso on the same plaintext join.",
+        "",
+        "## Machine",
+        "",
+        f"- nproc {info['nproc']}, CPU {info['cpu']}, RAM {info['ram_gib']} GiB, kernel {info['kernel']}, Python {info['python']}, commit {info['commit']}",
+        f"- load average (1 min) at the start {info['load_start']}, at the end {info['load_end']}; the sweep took {info['elapsed_min']} min (started {info['started']})",
+        f"- repeats: {info['repeats_note']}",
+        "",
+        "## Results",
+        "",
+        "| sweep | records | features | runs | joined | join s | reshare s | lasso s | total s | iterations | rel coef diff | MB sent | largest RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if str(r["ok"]) != "True":
+            lines.append(f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | failed: {r['error']} |||||||||")
+            continue
+        lines.append(
+            f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | {int(r['joined']):,} | {_fmt(r['join_s'])} | {_fmt(r['reshare_s'])} | "
+            f"{_fmt(r['lasso_s'])} | {_fmt(r['total_s'])} | {r['iterations']} | {_fmt(r['rel_coef_diff'])} | {_fmt(float(r['bytes_sent']) / 1e6, 1)} | {_fmt(r['peak_rss_mb'], 0)} |"
+        )
+    lines += ["", "![time against records](figure4.png)", "", "## Growth (least squares on log–log: time ≈ c·x^k)", ""]
+    fits = exponents(rows)
+    if fits:
+        lines += ["| x | join | reshare | lasso | total | bytes sent |", "|---|---:|---:|---:|---:|---:|"]
+        for sweep, fit in fits.items():
+            label = "records (10 features)" if sweep == "records" else "features (at the features sweep's records)"
+            lines.append(f"| {label} | {fit['join_s']} | {fit['reshare_s']} | {fit['lasso_s']} | {fit['total_s']} | {fit['bytes_sent']} |")
+    else:
+        lines.append("Too few successful points to fit.")
+    lines += ["", "## Memory per party at the largest size", ""]
+    largest = max((r for r in rows if r["sweep"] == "records" and str(r["ok"]) == "True"), key=lambda r: int(r["records"]), default=None)
+    if largest is not None:
+        lines.append(f"At {int(largest['records']):,} records per owner × {largest['features']} features (peak of the sum over each organisation's processes; "
+                     f"the largest single process {_fmt(largest['peak_rss_mb'], 0)} MB):")
+        lines.append("")
+        lines += [f"- {org}: {_fmt(largest[f'peak_rss_mb_{org}'], 0)} MB" for org in ORGS]
+    lines += ["", "## TNO packages, side by side", ""]
+    lines += tno_section(tno)
+    return "\n".join(lines) + "\n"
+
+
+def tno_section(tno: Mapping[str, Any] | None) -> list[str]:
+    if tno is None:
+        return ["Not measured in this checkout: run `riskmesh bench --compare-tno` (it saves .riskmesh/bench/tno-compare.json, which the next sweep reports here)."]
+    ours, theirs = tno["riskmesh"], tno.get("tno", {})
+    head = (f"`riskmesh bench --compare-tno --records {tno['records']}` on {tno.get('measured_at', '?')} (load {tno.get('load_1m_before')} → {tno.get('load_1m_after')}): "
+            f"{tno['records']:,} rows per owner × {tno['features']} features, alpha {tno['alpha']}; both timed from starting the parties' processes "
+            "until the data owners hold the coefficients; coefficient error against scikit-learn on the same plaintext join.")
+    if "total_s" not in theirs:
+        return [head, "", f"TNO did not run: {theirs.get('why', 'no reason recorded')}"]
+    return [
+        head,
+        "",
+        "| | total s | join s | lasso s | max abs coef diff | rel coef diff |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| riskmesh | {_fmt(ours['total_s'])} | {_fmt(ours['join_s'] + ours['reshare_s'])} | {_fmt(ours['lasso_s'])} | {_fmt(ours['max_abs_coef_diff'])} | {_fmt(ours['rel_coef_diff'])} |",
+        f"| TNO packages | {_fmt(theirs['total_s'])} | {_fmt(theirs['join_s'])} | {_fmt(theirs['lasso_s'])} | {_fmt(theirs['max_abs_coef_diff'])} | {_fmt(theirs['rel_coef_diff'])} |",
+        "",
+        f"TNO / riskmesh: **{tno['tno_over_riskmesh']}×** ({theirs['solver']}).",
+    ]
+
+
+def run_sweep(quick: bool, out: Path) -> int:
+    """Run every point, then write results.csv, figure4.png and README.md under `out`."""
+    started = time.perf_counter()
+    started_at = time.strftime("%Y-%m-%d %H:%M %Z")
+    load_start = round(os.getloadavg()[0], 2)
+    command = "make bench-quick" if quick else "make bench"
+    print(f"{command}: load {load_start} at the start" + ("  (above 0.5: figures will be slower than on an idle machine)" if load_start > 0.5 else ""), flush=True)
+    rows: list[dict[str, Any]] = []
+    cut = False
+    for point in plan(quick):
+        if not quick and point.repeat > 1 and time.perf_counter() - started > CUT_AFTER_S:
+            point = Point(point.sweep, point.records, point.features, 1)
+            cut = True
+        try:
+            record = bench_all(point.records, point.features, ALPHA, repeat=point.repeat)
+            rows.append(csv_row(point, record))
+            print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: total {record['total_s']:.2f} s "
+                  f"(join {record['join_s']:.2f}, reshare {record['reshare_s']:.2f}, lasso {record['lasso_s']:.2f}), rel coef diff {record['rel_coef_diff']:.1e}", flush=True)
+        except (BenchError, OSError, RuntimeError, TimeoutError) as exc:
+            rows.append(csv_row(point, None, f"{type(exc).__name__}: {exc}"[:300]))
+            print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} FAILED: {exc}", flush=True)
+    elapsed = time.perf_counter() - started
+    repeats_note = ("one run per point (quick sweep)" if quick else
+                    "median of 3 runs up to 10,000 records, one run above" + (f"; the points after {CUT_AFTER_S / 60:.0f} minutes ran once to stay within the budget" if cut else ""))
+    info = {**machine(), "load_start": load_start, "load_end": round(os.getloadavg()[0], 2), "elapsed_min": round(elapsed / 60, 1), "started": started_at, "repeats_note": repeats_note}
+    csv_path = write_csv(out / "results.csv", rows)
+    saved = read_csv(csv_path)
+    tno = load_tno()
+    figure(saved, out / "figure4.png", tno)
+    (out / "README.md").write_text(readme(saved, info, command, tno))
+    print(json.dumps({"ok": all(r["ok"] for r in rows), "sweep": "quick" if quick else "full", "points": len(rows), "elapsed_s": round(elapsed, 1),
+                      "load_start": load_start, "load_end": info["load_end"], "out": str(out), "exponents": exponents(saved)}), flush=True)
+    return 0 if all(r["ok"] for r in rows) else 1

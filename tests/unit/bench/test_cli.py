@@ -1,0 +1,68 @@
+"""`riskmesh bench` argument validation, unbuilt phases, and the JSON last line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from services.bench import cli
+from services.bench.cli import BenchArgs, missing_parts, validate
+from services.cli.main import app
+
+
+def _args(**changes: object) -> BenchArgs:
+    base = {"phase": "all", "records": 1_000, "features": 10, "latency_ms": 0.0, "repeat": 1, "alpha": 0.1}
+    base.update(changes)
+    return BenchArgs(**base)  # type: ignore[arg-type]
+
+
+def test_valid_arguments() -> None:
+    assert validate(_args()) == []
+    assert validate(_args(phase="lasso", latency_ms=20.0, repeat=3, alpha=0.5)) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"phase": "bogus"}, "--phase must be one of"),
+        ({"records": 5}, "--records must be at least 10"),
+        ({"features": 1}, "--features must be at least 2"),
+        ({"latency_ms": -1.0}, "--latency-ms must be >= 0"),
+        ({"repeat": 0}, "--repeat must be at least 1"),
+        ({"alpha": 0.0}, "--alpha must be > 0"),
+        ({"phase": "join", "latency_ms": 5.0}, "not available for --phase join"),
+    ],
+)
+def test_invalid_arguments(changes: dict, fragment: str) -> None:
+    problems = validate(_args(**changes))
+    assert any(fragment in p for p in problems), problems
+
+
+def test_bad_arguments_exit_2_with_a_json_last_line() -> None:
+    result = CliRunner().invoke(app, ["bench", "--phase", "all", "--records", "5"])
+    assert result.exit_code == cli.EXIT_USAGE
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["ok"] is False and "--records" in last["error"]
+
+
+def test_unbuilt_phase_exits_3_and_prints_no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cli.REQUIREMENTS, "lasso", (("services.bench.no_such_module", "the secure Lasso MPC program"),))
+    result = CliRunner().invoke(app, ["bench", "--phase", "lasso", "--records", "1000"])
+    assert result.exit_code == cli.EXIT_NOT_BUILT
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last == {"ok": False, "phase": "lasso", "built": False, "missing": ["the secure Lasso MPC program"],
+                    "error": "--phase lasso is not built yet: missing the secure Lasso MPC program"}
+    assert not {"lasso_s", "total_s", "rel_coef_diff"} & set(last)
+
+
+def test_missing_parts_names_only_absent_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cli.REQUIREMENTS, "join", (("services.bench.cli", "present"), ("services.bench.absent_module", "absent")))
+    assert missing_parts("join") == ["absent"]
+
+
+def test_unknown_sweep_is_refused() -> None:
+    result = CliRunner().invoke(app, ["bench", "--sweep", "huge"])
+    assert result.exit_code == cli.EXIT_USAGE
+    assert "--sweep must be one of" in json.loads(result.stdout.strip().splitlines()[-1])["error"]

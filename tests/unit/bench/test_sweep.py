@@ -1,0 +1,101 @@
+"""The sweep's pure parts: the plan, exponent fitting, CSV rows and files, the README."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from services.bench.sweep import CSV_COLUMNS, Point, csv_row, exponents, fit_exponent, plan, read_csv, readme, tno_section, write_csv
+
+
+def _record(total: float, records: int) -> dict:
+    return {
+        "joined": records // 2, "join_s": total / 2, "reshare_s": total / 4, "lasso_s": total / 4, "total_s": total, "iterations": 40, "nonzero": 2,
+        "max_abs_coef_diff": 1e-8, "rel_coef_diff": 5e-9, "bytes_sent": 1000 * records, "peak_rss_mb": 80.0, "load_1m_before": 0.1,
+        "peak_rss_mb_by_org": {"insurer": 500.0, "hospital": 501.0, "helper": 300.0}, "total_s_runs": [total, total * 1.1, total * 0.9],
+    }
+
+
+def test_fit_exponent_recovers_a_power_law() -> None:
+    xs = [1_000, 2_500, 5_000, 10_000, 100_000]
+    k, c = fit_exponent(xs, [3.0 * x**1.5 for x in xs])
+    assert k == pytest.approx(1.5, abs=1e-12)
+    assert c == pytest.approx(3.0, rel=1e-9)
+
+
+def test_fit_exponent_is_least_squares_on_log_log() -> None:
+    xs, ys = [1.0, 10.0, 100.0], [1.0, 20.0, 100.0]
+    k, _ = fit_exponent(xs, ys)
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / 3, sum(ly) / 3
+    assert k == pytest.approx(sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx))
+
+
+def test_fit_exponent_flat_and_refusals() -> None:
+    assert fit_exponent([1, 2, 4], [5, 5, 5])[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        fit_exponent([10, 10], [1, 2])
+    with pytest.raises(ValueError):
+        fit_exponent([10, 20], [0, 0])  # no positive times: nothing to fit
+
+
+def test_full_plan_matches_the_issue() -> None:
+    points = plan(quick=False)
+    records = [p for p in points if p.sweep == "records"]
+    assert [p.records for p in records] == [1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000]
+    assert {p.features for p in records} == {10}
+    assert [p.repeat for p in records] == [3, 3, 3, 3, 1, 1, 1]
+    features = [p for p in points if p.sweep == "features"]
+    assert [(p.records, p.features, p.repeat) for p in features] == [(10_000, 5, 3), (10_000, 20, 3), (10_000, 50, 3)]
+
+
+def test_quick_plan_is_small() -> None:
+    points = plan(quick=True)
+    assert all(p.repeat == 1 and p.records <= 5_000 for p in points)
+
+
+def test_csv_round_trip_and_failed_rows(tmp_path: Path) -> None:
+    ok = csv_row(Point("records", 1_000, 10, 3), _record(4.0, 1_000))
+    failed = csv_row(Point("records", 2_500, 10, 3), None, "BenchError: run failed")
+    path = write_csv(tmp_path / "out" / "results.csv", [ok, failed])
+    rows = read_csv(path)
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert rows[0]["ok"] == "True" and float(rows[0]["total_s"]) == 4.0 and rows[0]["peak_rss_mb_hospital"] == "501.0"
+    assert rows[0]["total_s_runs"] == "4.000;4.400;3.600"
+    assert rows[1]["ok"] == "False" and rows[1]["total_s"] == "" and rows[1]["error"] == "BenchError: run failed"
+
+
+def test_exponents_per_sweep_include_the_shared_point(tmp_path: Path) -> None:
+    rows = [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 10_000, 100_000)]
+    for d in (5, 20):
+        record = _record(0.002 * 10_000 * (d / 10) ** 2, 10_000)
+        record["bytes_sent"] = 10_000_000 * (d / 10) ** 2
+        rows.append(csv_row(Point("features", 10_000, d, 1), record))
+    saved = read_csv(write_csv(tmp_path / "r.csv", rows))
+    fits = exponents(saved)
+    assert fits["records"]["total_s"] == pytest.approx(1.0) and fits["records"]["bytes_sent"] == pytest.approx(1.0)
+    assert fits["features"]["total_s"] == pytest.approx(2.0) and fits["features"]["bytes_sent"] == pytest.approx(2.0)
+
+
+def test_failed_points_are_left_out_of_fits(tmp_path: Path) -> None:
+    rows = [csv_row(Point("records", 1_000, 10, 1), _record(1.0, 1_000)), csv_row(Point("records", 2_000, 10, 1), None, "failed")]
+    assert exponents(read_csv(write_csv(tmp_path / "r.csv", rows))) == {}
+
+
+def test_readme_has_machine_table_memory_and_no_tno_figures_when_not_measured(tmp_path: Path) -> None:
+    rows = read_csv(write_csv(tmp_path / "r.csv", [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 100_000)]))
+    info = {"nproc": 2, "cpu": "AMD EPYC", "ram_gib": 23.5, "kernel": "6", "python": "3.11", "commit": "abc", "load_start": 0.2, "load_end": 0.3,
+            "elapsed_min": 12.0, "started": "today", "repeats_note": "one run"}
+    text = readme(rows, info, "make bench", None)
+    assert "nproc 2, CPU AMD EPYC" in text and "load average (1 min) at the start 0.2" in text
+    assert "| records | 100,000 | 10 |" in text
+    assert "At 100,000 records per owner" in text and "- hospital: 501 MB" in text
+    assert "Not measured in this checkout" in text
+    assert "`make bench`" in text
+
+
+def test_tno_section_reports_why_tno_did_not_run() -> None:
+    saved = {"records": 500, "features": 10, "alpha": 0.1, "riskmesh": {"total_s": 9.0}, "tno": {"ran": False, "why": "pip failed"}}
+    assert any("TNO did not run: pip failed" in line for line in tno_section(saved))
