@@ -4,8 +4,9 @@
 
 The parent makes a synthetic study (``synthetic``), starts three party
 processes on 127.0.0.1 and prints per-phase wall times (input, gram,
-iterations, reveal — as seen by party 0), the total, and the largest
-coefficient difference to scikit-learn. Every party process rebuilds the same
+iterations, reveal — as seen by party 0), the total, each party's CPU time
+for the run (a load-independent measure: the machine may be shared), and the
+largest coefficient difference to scikit-learn. Every party process rebuilds the same
 dealt shares from the seed (test harness only: no shares cross processes) and
 keeps its own matrix. Party processes use single-threaded BLAS.
 """
@@ -76,16 +77,16 @@ def _party(args: argparse.Namespace) -> None:
     def on_progress(phase: str, done: int, total: int) -> None:
         marks.setdefault(phase, time.perf_counter())
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = mpc.run(run_party(mpc, shares, spec, on_progress))
-    end = time.perf_counter()
+    end, cpu = time.perf_counter(), time.process_time() - cpu_start
     order = ["input", "gram", "iterations", "reveal"]
     times = {}
     for k, phase in enumerate(order):
         stop = marks[order[k + 1]] if k + 1 < len(order) else end
         times[phase] = stop - marks[phase]
     times["total"] = end - start
-    payload: dict[str, Any] = {"party": args.party, "timings": times}
+    payload: dict[str, Any] = {"party": args.party, "timings": times, "cpu": cpu}
     if result is not None:
         payload["result"] = {
             "coefficients": list(result.coefficients),
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     owner = reports[0]
     times = owner["timings"]
     print(f"records={args.records} features={args.features} kind={args.kind} alphas={args.alpha or [0.5]}")
-    print("timings (party 0, s): " + "  ".join(f"{k}={v:.2f}" for k, v in times.items()))
+    print("timings (party 0, s): " + "  ".join(f"{k}={v:.2f}" for k, v in times.items())
+          + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports))
     study = make_study(args.records, args.features, seed=args.seed)
     spec = _spec(args, study)
     x, y = split_table(study.table, spec)

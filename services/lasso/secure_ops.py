@@ -35,6 +35,7 @@ import hashlib
 import math
 from typing import Any
 
+import gmpy2
 import numpy as np
 import numpy.typing as npt
 
@@ -192,6 +193,25 @@ class FieldOps:
     async def mul_exact(self, a: ObjectArray, b: ObjectArray) -> ObjectArray:
         """Elementwise a·b without truncation (e.g. bits times values). One round."""
         return await self.reduce(a * b)
+
+    async def random_bits(self, n: int) -> ObjectArray:
+        """Degree-t sharings of n uniform random bits. One round.
+
+        MPyC's method (square-root trick): a PRSS random r, open r² (with a
+        degree-2t zero sharing), then b = (r/√(r²) + 1)/2 with the principal
+        square root (p ≡ 3 mod 4: 1/√a = a^((3p−5)/4)); r/√(r²) = ±1 is uniform.
+        """
+        p = self.p
+        if p % 4 != 3:
+            raise ValueError("random bits need a prime p ≡ 3 (mod 4)")
+        r = self._prss(n, p)
+        squares = await self._open((r * r + self._prss_zero(n)) % p, 2 * self.t)
+        assert squares is not None
+        if np.any(squares == 0):  # probability n/p: redraw the whole batch
+            return await self.random_bits(n)
+        roots = gmpy2.powmod_base_list([int(v) for v in squares], (3 * p - 5) >> 2, p)
+        signs = r * np.array([int(v) for v in roots], dtype=object) % p
+        return (signs + 1) * ((p + 1) >> 1) % p
 
     async def less_than_zero(self, x: ObjectArray, bits: int) -> ObjectArray:
         """0/1 sharings of [x < 0] for signed |x| < 2^(bits−1) (MPyC's secure comparison)."""

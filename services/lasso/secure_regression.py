@@ -35,8 +35,8 @@ m and the declared ranges so that N never wraps); ADMM runs in a smaller field
 F_w (``FRAC_W`` = 32) where comparisons — 80–90% of an iteration — are cheaper.
 Values move between them by one masked opening (``FieldOps.convert``).
 
-Assumptions (documented limits): every |ADMM quantity| < 2^10 in the
-normalised units (thresholds are clamped to 2^8), |ŵ_j| < 2^10, σ_j/h_j ≥ 2^−11 (feature
+Assumptions (documented limits): every |ADMM quantity| < 2^8 in the
+normalised units (thresholds are clamped to 2^6), |ŵ_j| < 2^10, σ_j/h_j ≥ 2^−11 (feature
 spread vs declared half-range), and near-collinear data (λ_min(H) <
 ``plan.POLISH_EIGENVALUE_FLOOR``) may need more iterations than the default.
 
@@ -74,12 +74,15 @@ FRAC_W = 32
 FRAC_POLISH = 32
 FRAC_TABLE = 32  # fractional bits of the join's encoding
 ENCODING_OFFSET = 1 << 63
-#: |ADMM values| < 2^(ADMM_BITS − 1) = 1024 in the normalised units (see the module docstring).
-ADMM_BITS = 11
-#: Bits of x = v·2^64 in an ADMM step (|v| < 2^(ADMM_BITS)); comparisons use ADMM_X_BITS − 32 = 44.
+#: |ADMM values| < 2^(ADMM_BITS − 1) = 256 in the normalised units (see the module docstring);
+#: with this bound F_w is a 128-bit prime (two 64-bit limbs: its modular square roots, the
+#: bulk of a comparison, are ~30% cheaper than at 130 bits).
+ADMM_BITS = 9
+#: Bits of x = v·2^64 in an ADMM step (|v| < 2^(ADMM_BITS)); comparisons use ADMM_X_BITS − 32 = 42.
 ADMM_X_BITS = 2 * FRAC_W + ADMM_BITS + 1
-#: Soft-threshold levels κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0).
-KAPPA_CLAMP = 2.0**8
+#: Soft-threshold levels κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0 unless
+#: a gradient entry exceeds ρ·KAPPA_CLAMP = 16 in the normalised units).
+KAPPA_CLAMP = 2.0**6
 #: |ŵ_j| < 2^(W_HAT_BITS − 1): normalised coefficients (effect of x_j's half-range in y half-ranges).
 W_HAT_BITS = 11
 #: |e_j| < 2^(E_BITS − 1): Newton for 1/√G_jj never leaves this (26 steps of ≤ 1.5× from ≤ 1).

@@ -16,8 +16,8 @@ a PRSS mask R, open c = a + 2^ℓ + r + 2^ℓ·R; with c_i the bits of c mod 2^�
     g = [Π e_i = 0] (public),   [a < 0] = ((c mod 2^ℓ) − (a + 2^ℓ + r) + ((1 − 2g)s + 3)·2^(ℓ−1)) / 2^ℓ.
 
 Fusions (each saves a round):
-* The random bits of all steps are made up front (MPyC's ``np_random_bits``,
-  one round per batch).
+* The random bits of all steps are made up front (``FieldOps.random_bits``,
+  MPyC's square-root method, one round per batch).
 * Truncation: v = P − r_hi with P public after opening x + r_lo + 2^f·r_hi
   (see ``secure_ops``). Since a⁺ = (κ + r_hi) + (stuff public once P is
   known), c is opened in the *same* round as the truncation as
@@ -75,8 +75,8 @@ class FusedThreshold:
         per_step = 2 * self.n
         if self._bits.shape[0] < per_step:
             steps = max(1, min(self._steps_left, MAX_BITS_PER_BATCH // (per_step * (self.l + 1))))
-            fresh = await self.ops.mpc.np_random_bits(self.ops.field, steps * per_step * (self.l + 1))
-            self._bits = np.asarray(fresh.value, dtype=object).reshape(-1, self.l + 1)
+            fresh = await self.ops.random_bits(steps * per_step * (self.l + 1))
+            self._bits = fresh.reshape(-1, self.l + 1)
         self._steps_left -= 1
         out, self._bits = self._bits[:per_step], self._bits[per_step:]
         return out
