@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -46,6 +47,9 @@ from services.lasso.transport import FrameSink, MeshTransport, PeerLostError
 from services.lasso.worker import HEARTBEAT_S
 
 log = logging.getLogger("riskmesh.lasso.worker")
+
+# How often the loop is resumed after MPyC stopped it, to let the session report and end.
+RESUMES = 5
 
 class WorkerError(Exception):
     """The run cannot go on at this party (reason without data)."""
@@ -77,6 +81,21 @@ class WorkerSession:
         self._start: bytes | None = None
         self._inputs: list[join_pb2.GetSharesResponse] = []
         self._inputs_done: asyncio.Future[None] = loop.create_future()
+        self.crashed: asyncio.Future[BaseException] = loop.create_future()
+
+    def on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler while the session runs, instead of MPyC's.
+
+        A failing MPyC coroutine surfaces only here (its done-callback re-raises and stops
+        the loop), so the first such exception ends the run with its type. Logged by type
+        and stack only: the default handler would print messages and reprs holding values.
+        """
+        exc = context.get("exception")
+        if exc is None or isinstance(exc, PeerLostError):
+            return  # e.g. receives failed after a peer was lost and never awaited
+        log.error("MPC computation failed at party %d: %s\n%s", self.mpc.pid, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+        if not self.crashed.done():
+            self.crashed.set_result(exc)
 
     def on_frame(self, frame: Frame) -> None:
         if isinstance(frame, Start):
@@ -113,18 +132,20 @@ class WorkerSession:
         return result
 
     async def _unless_failed(self, work: Any) -> Any:
-        """Await `work`, or raise the transport's failure as soon as a peer is lost."""
+        """Await `work`, or raise as soon as a peer is lost or an MPyC coroutine failed."""
         task = asyncio.ensure_future(work)
-        done, _ = await asyncio.wait([task, self.transport.failure], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([task, self.transport.failure, self.crashed], return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
         task.cancel()
-        raise self.transport.failure.result()
+        if self.transport.failure.done():
+            raise self.transport.failure.result()
+        raise self.crashed.result()
 
 
 def failure_reason(exc: BaseException) -> str:
     """A reason that names what failed, never a value (messages of foreign exceptions may hold data)."""
-    if isinstance(exc, (PeerLostError, WorkerError, ProgramError, ShareError, RegressionSpecError)):
+    if isinstance(exc, (PeerLostError, WorkerError, ProgramError, ShareError, RegressionSpecError, safe_pickle.PeerDataRefused)):
         return str(exc)
     return f"the MPC computation raised {type(exc).__name__}"
 
@@ -147,18 +168,20 @@ async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
 
     link = await open_link(sock, on_frame, on_close)
     session = WorkerSession(mpc, link, program)
+    loop.set_exception_handler(session.on_loop_exception)
     try:
         result = await session.run()
     except Exception as exc:
         log.error("run failed at party %d: %s\n%s", mpc.pid, failure_reason(exc), "".join(traceback.format_tb(exc.__traceback__)))
         link.send(Failed(failure_reason(exc)))
-        link.close()
-        await asyncio.wait_for(asyncio.shield(closed), 5)
-        return 1
-    link.send(Result(result.SerializeToString()))
+        code = 1
+    else:
+        link.send(Result(result.SerializeToString()))
+        code = 0
     link.close()
-    await asyncio.wait_for(asyncio.shield(closed), 5)
-    return 0
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(closed), 5)
+    return code
 
 
 def start_heartbeat(fd: int, interval: float = HEARTBEAT_S) -> threading.Thread:
@@ -190,12 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     mpc = load_runtime(args.pid)
     program = load_program(args.program)
     sock = socket.socket(fileno=args.fd)
-    try:
-        return mpc.run(serve(mpc, sock, program))
-    except RuntimeError as exc:
-        # MPyC stops its loop when one of its coroutines fails; the server sees the exit.
-        log.error("MPC computation stopped at party %d: %s", args.pid, type(exc).__name__)
-        return 3
+    loop = mpc._loop
+    task = loop.create_task(serve(mpc, sock, program))
+    for _ in range(RESUMES):
+        try:
+            return loop.run_until_complete(task)
+        except RuntimeError:
+            # MPyC stopped the loop after one of its coroutines failed; the session saw the
+            # exception (on_loop_exception), so resuming lets it report the failure and end.
+            if task.done():
+                raise
+    log.error("MPC computation at party %d did not end after a failure", args.pid)
+    return 3
 
 
 if __name__ == "__main__":

@@ -30,11 +30,15 @@ ALLOWED_GLOBALS = frozenset(
 )
 
 
+class PeerDataRefused(pickle.UnpicklingError):
+    """A peer sent a pickle that needs a global outside ALLOWED_GLOBALS (the message names it)."""
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to unpickle {module}.{name} from an MPC peer")
+        raise PeerDataRefused(f"refused to unpickle {module}.{name} from an MPC peer")
 
 
 def loads(data: bytes) -> Any:

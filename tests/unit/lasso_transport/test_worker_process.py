@@ -1,0 +1,62 @@
+"""The worker process against a scripted server end (no network): a failure inside an
+MPyC coroutine becomes one Failed frame naming the exception type, never its message."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from riskmesh.v1 import lasso_pb2
+from services.lasso.frames import Dial, Failed, FrameDecoder, Input, InputEnd, PeerUp, Start, encode
+from services.lasso.shares import encode_block
+from services.lasso.transport_bench import DUMMY_BLOCK, bench_spec
+from tests.unit.lasso_transport.crash_program import SECRET
+
+LAUNCH = (
+    "import sys, services.lasso.program as p; "
+    "p.PROGRAMS['crash'] = 'tests.unit.lasso_transport.crash_program:run'; "
+    "import services.lasso.mpc_worker as w; raise SystemExit(w.main(sys.argv[1:]))"
+)
+
+
+def test_a_failing_mpyc_coroutine_is_reported_by_type_only():
+    ours, theirs = socket.socketpair()
+    beat_read, beat_write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "--fd", str(theirs.fileno()), "--heartbeat-fd", str(beat_write), "--pid", "0", "--program", "crash"],
+        pass_fds=(theirs.fileno(), beat_write),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    theirs.close()
+    os.close(beat_write)
+    try:
+        ours.sendall(encode(Start(lasso_pb2.RunLassoRequest(run_id="r", spec=bench_spec(1)).SerializeToString())))
+        for message in encode_block("r", DUMMY_BLOCK):
+            ours.sendall(encode(Input(message.SerializeToString())))
+        ours.sendall(encode(InputEnd()))
+        decoder, frames = FrameDecoder(), []
+        ours.settimeout(30)
+        deadline = time.monotonic() + 30
+        while not any(isinstance(f, Failed) for f in frames) and time.monotonic() < deadline:
+            data = ours.recv(65536)
+            if not data:
+                break
+            for frame in decoder.feed(data):
+                frames.append(frame)
+                if isinstance(frame, Dial):  # party 0 dials 1 and 2: "connect" them
+                    ours.sendall(encode(PeerUp(frame.peer, b"")))
+        failed = [f for f in frames if isinstance(f, Failed)]
+        assert failed == [Failed("the MPC computation raised ValueError")], process.stderr.read() if process.stderr else ""
+        assert process.wait(30) == 1
+        assert os.read(beat_read, 100).startswith(b".")
+        stderr = process.stderr.read() if process.stderr else ""
+        assert "ValueError" in stderr and SECRET not in stderr
+    finally:
+        process.kill()
+        process.wait()
+        ours.close()
+        os.close(beat_read)
