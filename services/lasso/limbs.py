@@ -34,10 +34,27 @@ def limb_count(bound_bits: int) -> int:
     return -(-bound_bits // LIMB_BITS)
 
 
-def ints_to_bytes(values: Sequence[int], limbs: int) -> bytes:
+def ints_to_limbs(values: ObjectArray, limbs: int) -> npt.NDArray[np.uint16]:
+    """(n, limbs) uint16 limbs (little-endian) of non-negative ints < 2^(16·limbs).
+
+    Vectorised: 64-bit words by object shifts and masks, then a uint16 view.
+    ``.tobytes()`` of the result is the wire encoding read by ``bytes_to_limbs``.
+    """
+    flat = np.asarray(values, dtype=object).reshape(-1)
+    words = -(-limbs // 4)
+    out = np.empty((flat.size, words), dtype="<u8")
+    rest = flat
+    for w in range(words):
+        out[:, w] = (rest & 0xFFFFFFFFFFFFFFFF).astype(np.uint64)
+        rest = rest >> 64
+    if flat.size and np.any(rest != 0):
+        raise OverflowError("value does not fit the limb width")
+    return out.view("<u2")[:, :limbs]
+
+
+def ints_to_bytes(values: Sequence[int] | ObjectArray, limbs: int) -> bytes:
     """Little-endian fixed-width encoding (2·limbs bytes per value) of non-negative ints."""
-    width = 2 * limbs
-    return b"".join([v.to_bytes(width, "little") for v in values])
+    return np.ascontiguousarray(ints_to_limbs(np.asarray(values, dtype=object), limbs)).tobytes()
 
 
 def bytes_to_limbs(data: bytes, limbs: int) -> IntMatrix:

@@ -111,7 +111,7 @@ async def share_and_multiply(
     for k, start, stop in _segments(folds, CHUNK_ROWS):
         block = np.asarray(table[start:stop], dtype=object)[:, sent[pid]] % p
         shares = shamir_split(block, p, ops.t, parties)
-        payloads = [ints_to_bytes(s.ravel().tolist(), limbs) for s in shares]
+        payloads = [ints_to_bytes(s, limbs) for s in shares]
         received = []
         for j in range(parties):
             routes = {i: ([j] if i != j else []) for i in range(parties)}

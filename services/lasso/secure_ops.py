@@ -31,8 +31,10 @@ c < 2^(ℓ+κ+2) must stay below p.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
+import pickle
 from typing import Any
 
 import gmpy2
@@ -60,7 +62,7 @@ class FieldOps:
     """Secure operations in the prime field of the MPyC secure type ``stype``."""
 
     def __init__(self, mpc: Any, stype: Any) -> None:
-        from mpyc import thresha  # noqa: PLC0415  (mpyc is imported only once a runtime exists)
+        from mpyc import asyncoro, thresha  # noqa: PLC0415  (mpyc is imported only once a runtime exists)
 
         self.mpc = mpc
         self.stype = stype
@@ -72,6 +74,8 @@ class FieldOps:
         self.kappa: int = mpc.options.sec_param
         self.subsets = math.comb(self.parties, self.t)
         self._thresha = thresha
+        self._output = asyncoro.mpc_coro(self._output_coroutine)
+        self._recombination: dict[tuple[int, ...], list[int]] = {}
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -146,13 +150,50 @@ class FieldOps:
         """f_S(i): the degree-t polynomial with f_S(0) = 1 and f_S(j) = 0 outside S, at this party."""
         return int(self._thresha._f_S_i(self.field, self.parties, self.mpc.pid, subset))
 
+    def _field_array(self, values: ObjectArray) -> Any:
+        """Wrap reduced values as an MPyC field array without its constructor's copy and checks."""
+        array = object.__new__(self.field.array)
+        array.value = np.ascontiguousarray(values.reshape(-1), dtype=object)
+        return array
+
+    def _vector(self, xs: tuple[int, ...]) -> list[int]:
+        """Lagrange coefficients for reconstructing f(0) from f at the points ``xs``."""
+        if xs not in self._recombination:
+            self._recombination[xs] = self._thresha._recombination_vector(self.field, xs, 0)
+        return self._recombination[xs]
+
+    async def _output_coroutine(self, values: ObjectArray, threshold: int, receivers: list[int]) -> asyncio.Future:  # type: ignore[type-arg]
+        """MPyC's ``output`` for one array of reduced values, without field-array objects.
+
+        As ``mpyc.runtime.Runtime.output``: each party sends its share to the
+        receivers among its ``threshold`` successors; a receiver recombines
+        its own and ``threshold`` predecessors' shares (Lagrange at 0).
+        """
+        mpc = self.mpc  # the return annotation makes mpc_coro hand out a Future placeholder
+        m, pid = self.parties, mpc.pid
+        payload = None
+        for peer in receivers:
+            if 0 < (peer - pid) % m <= threshold:
+                payload = payload or pickle.dumps(values)
+                mpc._send_message(peer, payload)
+        if pid not in receivers:
+            return None
+        senders = [(pid - threshold + j) % m for j in range(threshold)]
+        received = await mpc.gather([mpc._receive_message(peer) for peer in senders])
+        vector = self._vector(tuple(peer + 1 for peer in senders) + (pid + 1,))
+        total = values * vector[-1]
+        for coefficient, data in zip(vector, received):
+            total = total + pickle.loads(data) * coefficient
+        return total % self.p
+
     async def _open(self, values: ObjectArray, threshold: int, receivers: Any = None) -> ObjectArray | None:
         shape = values.shape
-        opened = await self.mpc.output(self.field.array(values.reshape(-1), check=False),
-                                       receivers=receivers, threshold=threshold)
+        targets = list(range(self.parties)) if receivers is None else list(receivers)
+        flat = np.ascontiguousarray(values.reshape(-1), dtype=object)
+        opened = await self._output(flat, threshold, targets)
         if opened is None:
             return None
-        return np.asarray(opened.value, dtype=object).reshape(shape)
+        return np.asarray(opened, dtype=object).reshape(shape)
 
     # ---- rounds ----------------------------------------------------------------------------
 
@@ -217,7 +258,7 @@ class FieldOps:
         """0/1 sharings of [x < 0] for signed |x| < 2^(bits−1) (MPyC's secure comparison)."""
         self._check_bits(bits)
         mpc = self.mpc
-        arr = self.stype.array(self.field.array(x.reshape(-1) % self.p, check=False))
+        arr = self.stype.array(self._field_array(x % self.p))
         result = await mpc.gather(mpc.np_sgn(arr, l=bits, LT=True))
         scaled = np.asarray(result.value, dtype=object)
         inverse = pow(1 << self.stype.frac_length, -1, self.p)
