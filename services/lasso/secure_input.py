@@ -23,7 +23,6 @@ of are not sent; receivers count them as zero.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ from services.lasso.limbs import (
     limb_count,
     normalise,
 )
-from services.lasso.secure_ops import FieldOps
+from services.lasso.secure_ops import FieldOps, random_below
 
 ObjectArray = npt.NDArray[np.object_]
 
@@ -64,16 +63,6 @@ def _segments(folds: Sequence[tuple[int, int]], chunk: int) -> list[tuple[int, i
         for lo in range(start, stop, chunk):
             out.append((k, lo, min(lo + chunk, stop)))
     return out
-
-
-def random_below(p: int, n: int) -> ObjectArray:
-    """n uniform integers mod p (bias < 2^-64) from the OS CSPRNG (64-bit words, vectorised)."""
-    words = -(-(p.bit_length() + 64) // 64)
-    raw = np.frombuffer(os.urandom(8 * words * n), dtype="<u8").reshape(n, words)
-    out = raw[:, words - 1].astype(object)
-    for w in range(words - 2, -1, -1):
-        out = (out << 64) | raw[:, w].astype(object)
-    return out % p
 
 
 def shamir_split(values: ObjectArray, p: int, t: int, parties: int) -> list[ObjectArray]:

@@ -19,7 +19,7 @@ communication round per call:
   random-bit generator does), so "multiply, then truncate" is one round, and the
   result r_hi-based is again of degree t (Gennaro–Rabin–Rabin resharing is not
   needed).
-* ``reduce`` — degree reduction by the same masked opening without truncation.
+* ``reduce`` — degree reduction by resharing (Gennaro, Rabin & Rabin 1998).
 * ``convert`` — move values to another prime field with one masked opening
   (the same PRSS mask is shared in both fields; as MPyC's ``convert``).
 * ``less_than_zero`` — MPyC's ``np_sgn(..., LT=True)`` (bitwise comparison with
@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import pickle
 from typing import Any
 
@@ -42,6 +43,16 @@ import numpy as np
 import numpy.typing as npt
 
 ObjectArray = npt.NDArray[np.object_]
+
+
+def random_below(p: int, n: int) -> ObjectArray:
+    """n uniform integers mod p (bias < 2^-64) from the OS CSPRNG (64-bit words, vectorised)."""
+    words = -(-(p.bit_length() + 64) // 64)
+    raw = np.frombuffer(os.urandom(8 * words * n), dtype="<u8").reshape(n, words)
+    out = raw[:, words - 1].astype(object)
+    for w in range(words - 2, -1, -1):
+        out = (out << 64) | raw[:, w].astype(object)
+    return out % p
 
 
 def prf_words(key: bytes, uci: bytes, n: int, bits: int) -> ObjectArray:
@@ -75,6 +86,7 @@ class FieldOps:
         self.subsets = math.comb(self.parties, self.t)
         self._thresha = thresha
         self._output = asyncoro.mpc_coro(self._output_coroutine)
+        self._reshare = asyncoro.mpc_coro(self._reshare_coroutine)
         self._recombination: dict[tuple[int, ...], list[int]] = {}
 
     # ---- helpers -------------------------------------------------------------------------
@@ -214,14 +226,40 @@ class FieldOps:
         return ((c >> frac) - r_hi - bias) % self.p
 
     async def reduce(self, x: ObjectArray) -> ObjectArray:
-        """Degree-2t sharing → degree-t sharing of the same values. One round."""
+        """Degree-2t sharing → degree-t sharing of the same values. One round.
+
+        Gennaro–Rabin–Rabin resharing (as MPyC's ``_reshare``): parties
+        0..2t Shamir-share their degree-2t shares with fresh randomness and
+        everyone recombines the sub-shares with the Lagrange coefficients at 0.
+        """
         if self.t == 0:
             return x % self.p
-        n = x.size
-        r = self._prss(n, self.p).reshape(x.shape)
-        c = await self._open((x + r + self._prss_zero(n).reshape(x.shape)) % self.p, 2 * self.t)
-        assert c is not None
-        return (c - r) % self.p
+        flat = np.ascontiguousarray(x.reshape(-1) % self.p, dtype=object)
+        return np.asarray(await self._reshare(flat), dtype=object).reshape(x.shape)
+
+    async def _reshare_coroutine(self, values: ObjectArray) -> asyncio.Future:  # type: ignore[type-arg]
+        mpc = self.mpc  # the return annotation makes mpc_coro hand out a Future placeholder
+        m, pid, t, p = self.parties, mpc.pid, self.t, self.p
+        senders = list(range(2 * t + 1))
+        own = None
+        if pid in senders:
+            coefficients = [random_below(p, values.size) for _ in range(t)]
+            for j in range(m):
+                share = values.copy()
+                for e, coefficient in enumerate(coefficients, start=1):
+                    share = share + coefficient * pow(j + 1, e)
+                share %= p
+                if j == pid:
+                    own = share
+                else:
+                    mpc._send_message(j, pickle.dumps(share))
+        received = await mpc.gather([mpc._receive_message(i) for i in senders if i != pid])
+        parts = iter(received)
+        vector = self._vector(tuple(i + 1 for i in senders))
+        total = np.zeros(values.size, dtype=object)
+        for i, coefficient in zip(senders, vector):
+            total = total + (own if i == pid else pickle.loads(next(parts))) * coefficient
+        return total % p
 
     async def mul(self, a: ObjectArray, b: ObjectArray, frac: int, bits: int) -> ObjectArray:
         """Elementwise a·b/2^frac (broadcasting); |a·b| < 2^(bits−1). One round."""
