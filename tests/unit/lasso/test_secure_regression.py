@@ -80,6 +80,22 @@ def test_one_party_cross_validation(mpc: Any) -> None:
     _assert_matches_sklearn(result, STUDY.table, spec)
 
 
+def test_one_party_cross_validation_picks_an_inner_alpha(mpc: Any) -> None:
+    """The best alpha is neither end of the grid: the one-hot choice and the secret-alpha refit."""
+    study = make_study(120, 4, seed=2)
+    spec = RegressionSpec(ModelKind.ELASTIC_NET, (4.0, 1.0, 0.25, 0.01), study.ranges, study.target,
+                          l1_ratio=0.8, cv_folds=3, standardize=True)
+    result = mpc.run(secure_fit(mpc, encode(study.table), spec))
+    assert result is not None
+    x, y = split_table(study.table, spec)
+    sklearn = cv_curve_sklearn(x, y, spec)
+    best = min(sklearn, key=lambda point: point[1])[0]
+    assert best not in (spec.alphas[0], spec.alphas[-1]) and result.alpha == best
+    for (_, mse), (_, mse_sklearn) in zip(result.cv_curve, sklearn):
+        assert mse == pytest.approx(mse_sklearn, rel=1e-6)
+    _assert_matches_sklearn(result, study.table, spec)
+
+
 def test_progress_reports_counts_per_phase(mpc: Any) -> None:
     events: list[tuple[str, int, int]] = []
     spec = _spec(ModelKind.LASSO, (1.0,), iterations=10)
