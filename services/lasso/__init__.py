@@ -1,0 +1,1 @@
+"""Secure regression (see README.md)."""
