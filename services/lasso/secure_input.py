@@ -93,6 +93,9 @@ async def share_and_multiply(
     mpc, p = ops.mpc, ops.p
     parties, pid = ops.parties, mpc.pid
     rows, c = table.shape
+    mine = sorted(zero_columns[pid])
+    if mine and np.any(np.asarray(table, dtype=object)[:, mine] != 0):
+        raise ValueError("this party's shares are not zero in the columns it is declared not to hold")
     limbs = limb_count(p.bit_length() + 2)  # a sum of `parties` shares < 3p
     sent = [[j for j in range(c) if j not in zero_columns[i]] for i in range(parties)]
     acc_gram = [np.zeros((c, limbs, c, limbs), dtype=np.int64) for _ in folds]
