@@ -49,6 +49,11 @@ lint: venv
 	$(BIN)/buf lint
 	$(BIN)/python -m services.mesh.protogen --check
 
+# Each organisation in its own Linux network namespace (root), LATENCY_MS apart one way.
+LATENCY_MS ?= 20
+demo-hosts: venv
+	$(BIN)/riskmesh demo-hosts --latency-ms $(LATENCY_MS)
+
 # The benchmark sweep (services/bench/sweep.py): bench/results.csv, figure4.png, README.md.
 bench: venv
 	$(BIN)/riskmesh bench --sweep full --out bench

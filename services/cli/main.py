@@ -147,5 +147,17 @@ def demo(home: Path = typer.Option(DEFAULT_HOME / "demo", help="working director
     raise typer.Exit(demo_main(home))
 
 
+@app.command("demo-hosts")
+def demo_hosts(
+    home: Path = typer.Option(DEFAULT_HOME / "demo-hosts", help="working directory (wiped first)"),
+    latency_ms: float = typer.Option(0.0, min=0.0, help="one-way delay between organisations, added by a user-space relay"),
+    records: int = typer.Option(2000, min=100, help="synthetic patients at each data owner"),
+) -> None:
+    """Run the demo with each organisation in its own network namespace (needs root; removes all it creates)."""
+    from services.cli.hosts import main as hosts_main
+
+    raise typer.Exit(hosts_main(home, latency_ms, records))
+
+
 def main() -> None:
     app()

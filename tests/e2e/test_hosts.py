@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.e2e
 
 LATENCY_MS = 20.0
 JOIN_SERVERS = ("gateway", "encryption", "intersection", "resharing")
+RISKMESH = Path(sys.executable).parent / "riskmesh"
 
 
 @pytest.fixture
@@ -114,6 +117,45 @@ def test_handshake_and_secure_join_across_namespaces_with_latency(tmp_path: Path
         assert joined == len(rows) > 0
         assert same_rows(reconstruct_table(shares), columns, rows)
     assert_nothing_left(hosts, netns)
+
+
+def test_whole_study_across_namespaces_with_latency(tmp_path: Path, netns: set[str]) -> None:
+    from services.cli.demo import run_demo
+
+    home = tmp_path / "study"
+    with HostsMesh(home, latency_ms=LATENCY_MS) as hosts:
+        summary = run_demo(home, records=400, mesh=hosts)
+    assert summary["ok"], summary
+    assert summary["joined"] > 0
+    assert summary["rel_coef_diff"] <= 1e-4
+    assert summary["orgs_in_trace"] == 3
+    assert_nothing_left(hosts, netns)
+
+
+def test_interrupted_demo_hosts_leaves_nothing(tmp_path: Path, netns: set[str]) -> None:
+    """Ctrl-C in the middle of `riskmesh demo-hosts`: every namespace and process goes."""
+    home = tmp_path / "interrupted"
+    log = tmp_path / "demo-hosts.log"
+    with log.open("wb") as out:
+        child = subprocess.Popen([str(RISKMESH), "demo-hosts", "--home", str(home), "--latency-ms", str(LATENCY_MS), "--records", "200"],
+                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 60
+        while "cross-organisation handshake" not in log.read_text(errors="replace"):
+            assert child.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "demo-hosts did not reach the handshake in 60 s"
+            time.sleep(0.2)
+        assert [n for n in list_namespaces() if f"-{child.pid}-" in n], "the run's namespaces should exist now"
+        child.send_signal(signal.SIGINT)
+        child.wait(60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode != 0
+    assert [n for n in list_namespaces() if f"-{child.pid}-" in n] == []
+    assert _root_veths() <= netns
+    assert _processes_mentioning(str(home)) == []
 
 
 def test_without_root_it_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
