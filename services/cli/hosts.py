@@ -98,5 +98,5 @@ def main(home: Path, latency_ms: float, records: int = 2000) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(summary))
-    ok = summary["ok"] and summary["rel_coef_diff"] <= 1e-4 and summary["handshakes_ok"] == summary["handshakes"]
+    ok = summary["ok"] and summary["rel_coef_diff"] <= 1e-5 and summary["handshakes_ok"] == summary["handshakes"]
     return 0 if ok else 1
