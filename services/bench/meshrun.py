@@ -13,8 +13,9 @@ lasso server → its MPC worker) are not counted. With `latency_ms > 0` each rel
 holds every chunk back by that one-way delay (the kernel here has no `netem`).
 
 Memory. A thread samples, every `SAMPLE_S`, the resident set size of every server
-process and of their children (the lasso servers' per-run MPC workers), and keeps the
-peak of each process and of each org's sum.
+process and of their descendants (the lasso servers' per-run MPC workers, the join
+servers' pool workers; the family tree is refreshed every second), and keeps the peak
+of each process and of each org's sum.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from services.mesh.relay import Address, DelayRelay, parse_address
 # lasso ↔ lasso. The encryption server is only ever called by its own gateway.
 CROSS_ORG_SERVERS = ("gateway", "intersection", "resharing", "lasso")
 SAMPLE_S = 0.1
+RESCAN_EVERY = 10  # samples between scans of the process table for new descendants
 MIB = 1024 * 1024
 
 
@@ -167,18 +169,26 @@ def launch_local_mesh(servers: tuple[str, ...] | None) -> Launch:
 
 
 class MemorySampler:
-    """Samples every server process and their children in a thread."""
+    """Samples the RSS of every server process and of their descendants in a thread.
 
-    def __init__(self, mesh: Processes, interval_s: float = SAMPLE_S) -> None:
+    Reading one process's RSS is cheap (one /proc read); finding descendants means
+    scanning every process on the machine, so the family tree is refreshed only every
+    `rescan_every` samples (a per-run MPC worker lives for seconds; pool workers live
+    as long as their server) — sampling must not steal CPU from the parties."""
+
+    def __init__(self, mesh: Processes, interval_s: float = SAMPLE_S, rescan_every: int = RESCAN_EVERY) -> None:
         self.mesh = mesh
         self.interval_s = interval_s
+        self.rescan_every = rescan_every
         self._peaks = MemoryPeaks()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
-        self._handles: dict[int, psutil.Process] = {}
+        self._members: list[tuple[str, str, psutil.Process]] = []  # (org, name, handle)
+        self._samples = 0
 
     def start(self) -> "MemorySampler":
+        self.rescan()
         self._thread.start()
         return self
 
@@ -195,24 +205,37 @@ class MemorySampler:
         with self._lock:
             return MemoryPeaks(dict(self._peaks.by_process), dict(self._peaks.by_org))
 
-    def _handle(self, pid: int) -> psutil.Process:
-        if pid not in self._handles:
-            self._handles[pid] = psutil.Process(pid)
-        return self._handles[pid]
+    def rescan(self) -> None:
+        """Find every server process's descendants (one pass over the process table)."""
+        children: dict[int, list[int]] = {}
+        for proc in psutil.process_iter(["ppid"]):
+            children.setdefault(proc.info["ppid"], []).append(proc.pid)
+        members: list[tuple[str, str, psutil.Process]] = []
+        for server in list(self.mesh.processes):
+            base = f"{server.org}/{server.server}"
+            pending = [(server.process.pid, base)]
+            while pending:
+                pid, name = pending.pop()
+                try:
+                    members.append((server.org, name, psutil.Process(pid)))
+                except psutil.Error:
+                    continue
+                pending += [(child, f"{base}/child") for child in children.get(pid, [])]
+        with self._lock:
+            self._members = members
 
     def sample(self) -> None:
+        with self._lock:
+            members = list(self._members)
         sizes: dict[str, int] = {}
         orgs: dict[str, int] = {}
-        for proc in list(self.mesh.processes):
+        for org, name, handle in members:
             try:
-                parent = self._handle(proc.process.pid)
-                members = [(f"{proc.org}/{proc.server}", parent)] + [(f"{proc.org}/{proc.server}/child", c) for c in parent.children(recursive=True)]
-                for name, handle in members:
-                    rss = handle.memory_info().rss
-                    sizes[name] = max(sizes.get(name, 0), rss)
-                    orgs[proc.org] = orgs.get(proc.org, 0) + rss
+                rss = handle.memory_info().rss
             except psutil.Error:
                 continue  # a process that just ended
+            sizes[name] = max(sizes.get(name, 0), rss)
+            orgs[org] = orgs.get(org, 0) + rss
         with self._lock:
             for name, rss in sizes.items():
                 self._peaks.by_process[name] = max(self._peaks.by_process.get(name, 0), rss)
@@ -221,6 +244,9 @@ class MemorySampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
+            self._samples += 1
+            if self._samples % self.rescan_every == 0:
+                self.rescan()
             self.sample()
 
 

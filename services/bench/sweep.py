@@ -6,7 +6,9 @@ Full: the whole study (`--phase all`, services/bench/full_bench.py) at 1,000, 2,
 the median of 3 runs up to 10,000 rows, one run above. Every point starts its own
 three organisations. Budget: 30 minutes on this 2-core machine; once the sweep has
 used `CUT_AFTER_S` of it, the remaining points run once (the CSV's `repeat` column
-and the README say so).
+and the README say so). A point whose run fails is retried once on fresh
+organisations; the first failure stays in the CSV's `error` column and its
+directory (configs, server logs, spans) under `.riskmesh/bench/sweep-work/`.
 
 Writes to `out`: `results.csv` (one row per point), `figure4.png` (seconds against
 rows per owner, per phase, log axes — the seed's Figure 4) and `README.md` (the table,
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from services.bench.full_bench import BenchError, bench_all
 from services.bench.tno_compare import RESULT_PATH as TNO_RESULT_PATH
 
 BUDGET_S = 30 * 60.0
+WORK_DIR = Path(".riskmesh/bench/sweep-work")
 CUT_AFTER_S = 20 * 60.0
 ALPHA = 0.1
 ORGS = ("insurer", "hospital", "helper")
@@ -219,6 +223,10 @@ def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: 
             f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | {int(r['joined']):,} | {_fmt(r['join_s'])} | {_fmt(r['reshare_s'])} | "
             f"{_fmt(r['lasso_s'])} | {_fmt(r['total_s'])} | {r['iterations']} | {_fmt(r['rel_coef_diff'])} | {_fmt(float(r['bytes_sent']) / 1e6, 1)} | {_fmt(r['peak_rss_mb'], 0)} |"
         )
+    retried = [r for r in rows if str(r["ok"]) == "True" and r["error"]]
+    if retried:
+        lines += ["", "Points that succeeded on a second attempt (the first failure, kept for diagnosis):", ""]
+        lines += [f"- {r['sweep']} {int(r['records']):,} × {r['features']}: {r['error']}" for r in retried]
     lines += ["", "![time against records](figure4.png)", "", "## Growth (least squares on log–log: time ≈ c·x^k)", ""]
     fits = exponents(rows)
     if fits:
@@ -261,6 +269,27 @@ def tno_section(tno: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def run_point(point: Point, workdir: Path) -> dict[str, Any]:
+    """One point on freshly started organisations; a failed attempt is retried once (the
+    CSV's `error` column keeps the first failure) and its directory — configs, server
+    logs, spans — is kept for diagnosis; a successful one is removed."""
+    failures: list[str] = []
+    for attempt in (1, 2):
+        directory = workdir.with_name(f"{workdir.name}-attempt{attempt}")
+        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            record = bench_all(point.records, point.features, ALPHA, repeat=point.repeat, workdir=directory)
+        except (BenchError, OSError, RuntimeError, TimeoutError) as exc:
+            failures.append(f"attempt {attempt}: {type(exc).__name__}: {exc} (kept in {directory})"[:400])
+            print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} FAILED ({failures[-1]})", flush=True)
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: total {record['total_s']:.2f} s "
+              f"(join {record['join_s']:.2f}, reshare {record['reshare_s']:.2f}, lasso {record['lasso_s']:.2f}), rel coef diff {record['rel_coef_diff']:.1e}", flush=True)
+        return csv_row(point, record, "; ".join(failures))
+    return csv_row(point, None, "; ".join(failures))
+
+
 def run_sweep(quick: bool, out: Path) -> int:
     """Run every point, then write results.csv, figure4.png and README.md under `out`."""
     started = time.perf_counter()
@@ -269,19 +298,13 @@ def run_sweep(quick: bool, out: Path) -> int:
     command = "make bench-quick" if quick else "make bench"
     print(f"{command}: load {load_start} at the start" + ("  (above 0.5: figures will be slower than on an idle machine)" if load_start > 0.5 else ""), flush=True)
     rows: list[dict[str, Any]] = []
+    work = WORK_DIR.resolve()
     cut = False
     for point in plan(quick):
         if not quick and point.repeat > 1 and time.perf_counter() - started > CUT_AFTER_S:
             point = Point(point.sweep, point.records, point.features, 1)
             cut = True
-        try:
-            record = bench_all(point.records, point.features, ALPHA, repeat=point.repeat)
-            rows.append(csv_row(point, record))
-            print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: total {record['total_s']:.2f} s "
-                  f"(join {record['join_s']:.2f}, reshare {record['reshare_s']:.2f}, lasso {record['lasso_s']:.2f}), rel coef diff {record['rel_coef_diff']:.1e}", flush=True)
-        except (BenchError, OSError, RuntimeError, TimeoutError) as exc:
-            rows.append(csv_row(point, None, f"{type(exc).__name__}: {exc}"[:300]))
-            print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} FAILED: {exc}", flush=True)
+        rows.append(run_point(point, work / f"{point.sweep}-{point.records}x{point.features}"))
     elapsed = time.perf_counter() - started
     repeats_note = ("one run per point (quick sweep)" if quick else
                     "median of 3 runs up to 10,000 records, one run above" + (f"; the points after {CUT_AFTER_S / 60:.0f} minutes ran once to stay within the budget" if cut else ""))

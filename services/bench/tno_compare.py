@@ -210,6 +210,7 @@ def compare(records: int, features: int, alpha: float, workdir: Path | None, ven
         "rel_coef_diff": ours["rel_coef_diff"],
         "intercept_abs_diff": ours.get("intercept_abs_diff"),
     }
+    venv = venv.resolve()
     try:
         python = ensure_venv(venv, venv.parent / "tno-install.log")
         check_imports(python)
