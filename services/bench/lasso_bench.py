@@ -41,7 +41,7 @@ import numpy as np
 
 from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
-from services.bench.meshrun import BenchMesh, Processes, TrafficCounter
+from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
 from services.cli.studies import spec_for
 from services.cli.synthetic import StudyData, make_study_data, reference_join
 from services.join.core.packing import SlotLayout
@@ -167,7 +167,9 @@ class LassoParties:
         self.processes.clear()
 
 
-def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int):  # -> Launch
+def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int) -> Launch:
+    """A BenchMesh launcher: this benchmark's lasso party process per org, with its shares."""
+
     def launch(config_paths: dict[str, Path], placements: dict[str, OrgPlacement], timeout: float) -> Processes:
         parties = LassoParties([])
         try:

@@ -66,3 +66,11 @@ def test_unknown_sweep_is_refused() -> None:
     result = CliRunner().invoke(app, ["bench", "--sweep", "huge"])
     assert result.exit_code == cli.EXIT_USAGE
     assert "--sweep must be one of" in json.loads(result.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_phase_ok_checks_accuracy_and_agreement() -> None:
+    assert cli.phase_ok("all", {"rel_coef_diff": 2e-8})
+    assert not cli.phase_ok("all", {"rel_coef_diff": 2e-5})
+    assert not cli.phase_ok("lasso", {"rel_coef_diff": 1e-9, "owners_agree": False})
+    assert cli.phase_ok("join", {"shares_match_plaintext": True})
+    assert not cli.phase_ok("join", {"shares_match_plaintext": False})
