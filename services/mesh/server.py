@@ -1,9 +1,10 @@
 """Server bootstrap shared by every riskmesh server.
 
-`MeshServer` builds one grpc.aio server on the mTLS port with the OpenTelemetry and
-authorisation interceptors, the standard health service (also served alone on a
-plaintext port, for Kubernetes probes, which cannot present a client certificate) and
-reflection; it stops gracefully on SIGTERM/SIGINT.
+`MeshServer` builds one grpc.aio server on the mTLS port with the OpenTelemetry,
+authorisation and request-decoding (a message that does not parse → INVALID_ARGUMENT)
+interceptors, the standard health service (also served alone on a plaintext port, for
+Kubernetes probes, which cannot present a client certificate) and reflection; it stops
+gracefully on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.mesh.authz import AuthorizationInterceptor, RefusalHook, Rules
 from services.mesh.config import OrgConfig
+from services.mesh.decoding import RequestDecodingInterceptor
 from services.mesh.tls import SERVER_OPTIONS, MeshCredentials
 
 log = logging.getLogger("riskmesh.server")
@@ -46,7 +48,7 @@ class MeshServer:
         self.credentials = MeshCredentials.for_config(config, name)
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), AuthorizationInterceptor(config, self.credentials.resolver, rules, on_refusal)],
+            interceptors=[aio_server_interceptor(), AuthorizationInterceptor(config, self.credentials.resolver, rules, on_refusal), RequestDecodingInterceptor()],
             options=SERVER_OPTIONS,
         )
         self.service_names: list[str] = []
