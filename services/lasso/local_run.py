@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(SINGLE_THREAD_ENV)
     import numpy as np
 
+    from services.lasso.dealer import deal
     from services.lasso.plain_reference import cv_curve_sklearn, fit_sklearn, split_table
     from services.lasso.synthetic import make_study
 
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
           + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports))
     study = make_study(args.records, args.features, seed=args.seed)
     spec = _spec(args, study)
-    x, y = split_table(study.table, spec)
+    table = deal(study.table, study.owners, np.random.default_rng(args.seed)).table  # the parties' row order
+    x, y = split_table(table, spec)
     secure = owner["result"]
     if spec.cross_validate:
         curve = cv_curve_sklearn(x, y, spec)
