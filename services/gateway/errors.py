@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 
@@ -53,13 +53,19 @@ def status_of(exc: Exception) -> grpc.StatusCode | None:
     return None
 
 
+REFUSAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
 @contextlib.asynccontextmanager
-async def mapped_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Turn a domain error into an aborted RPC with its status code and message."""
+async def mapped_errors(context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None) -> AsyncIterator[None]:
+    """Turn a domain error into an aborted RPC with its status code and message;
+    `on_refusal` hears of each PERMISSION_DENIED / UNAUTHENTICATED (e.g. to audit it)."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a known domain error
         code = status_of(exc)
         if code is None:
             raise
+        if on_refusal is not None and code in REFUSAL_CODES:
+            on_refusal(code)
         await context.abort(code, str(exc))

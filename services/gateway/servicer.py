@@ -26,7 +26,7 @@ from services.gateway.pipeline import OwnerKeys, PhaseFailure, RunPipeline
 from services.gateway.predict import predict
 from services.gateway.runs import RunCoordinator
 from services.gateway.store import Store
-from services.mesh.authz import current_caller
+from services.mesh.authz import current_caller, current_method
 from services.mesh.config import OrgConfig
 from services.mesh.identity import Identity
 from services.mesh.peers import Channels
@@ -46,6 +46,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.store = store
         self.audit = audit
         self.runs = RunCoordinator(config, self.channels, store, audit)
+
+    def _errors(self, context: grpc.aio.ServicerContext):
+        """Domain errors → status codes; a refusal decided here (not a party, not an
+        owner, ...) is audited as `rpc.refused`, like the authorisation interceptor's."""
+        return mapped_errors(context, self._audit_refusal)
+
+    def _audit_refusal(self, code: grpc.StatusCode) -> None:
+        caller = current_caller.get()
+        self.audit.append(str(caller) if caller else "unidentified", "rpc.refused", details={"method": current_method.get(), "code": code.name})
 
     def _caller(self) -> Identity:
         caller = current_caller.get()
@@ -109,7 +118,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     # Studies ------------------------------------------------------------------------
 
     async def ProposeStudy(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             spec = specs.normalise(request.spec)
             specs.validate(spec)
             self._check_parties_match_config(spec)
@@ -124,7 +133,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.ProposeStudyResponse(study=study.to_proto())
 
     async def PeerPropose(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             caller = self._caller()
             spec = specs.normalise(request.spec)
             specs.validate(spec)
@@ -141,7 +150,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.PeerProposeResponse()
 
     async def ApproveStudy(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             study = self.store.get_study(request.study_id)
             if request.spec_digest != study.digest:
                 raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"study {study.study_id!r} changed: review it and approve digest {study.digest}")
@@ -156,7 +165,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.ApproveStudyResponse(study=study.to_proto())
 
     async def PeerApprove(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             caller = self._caller()
             study = self.store.get_study(request.study_id)
             self._require_party(study.spec, caller.org)
@@ -165,7 +174,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.PeerApproveResponse()
 
     async def GetStudy(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             return gateway_pb2.GetStudyResponse(study=self.store.get_study(request.study_id).to_proto())
 
     async def ListStudies(self, request, context):
@@ -174,7 +183,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     # Runs ----------------------------------------------------------------------------
 
     async def StartRun(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             study = self.store.get_study(request.study_id)
             self._require_owner(study.spec, "starting a run")
             if not study.source_path:
@@ -206,7 +215,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise PhaseFailure(common_pb2.PHASE_SETUP, org, f"could not start the run there: {exc.code().name}: {exc.details()}") from None
 
     async def PeerStartRun(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             caller = self._caller()
             study = self.store.get_study(request.study_id)
             self._require_party(study.spec, caller.org)
@@ -235,7 +244,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.PeerStartRunResponse(x25519_public_key=mine.x25519_public_key, paillier_key=mine.paillier_key)
 
     async def PeerProgress(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             caller = self._caller()
             run = self.store.get_run(request.progress.run_id)
             self._require_party(self.store.get_spec(run.digest), caller.org)
@@ -247,7 +256,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.PeerProgressResponse()
 
     async def WatchRun(self, request, context) -> AsyncIterator[gateway_pb2.WatchRunResponse]:
-        async with mapped_errors(context):
+        async with self._errors(context):
             self.store.get_run(request.run_id)
         seen = 0
         while True:
@@ -265,7 +274,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 pass
 
     async def GetResult(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             run = self.store.get_run(request.run_id)
             spec = self.store.get_spec(run.digest)
             self._require_owner(spec, "reading a result")
@@ -278,7 +287,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.GetResultResponse(run=run.to_proto(), result=result)
 
     async def CancelRun(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             run = self.store.get_run(request.run_id)
             self._require_owner(self.store.get_spec(run.digest), "cancelling a run")
             if run.terminal:
@@ -291,7 +300,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return gateway_pb2.CancelRunResponse(run=self.store.get_run(run.run_id).to_proto())
 
     async def PeerCancelRun(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             caller = self._caller()
             run = self.store.get_run(request.run_id)
             spec = self.store.get_spec(run.digest)
@@ -304,7 +313,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.ListRunsResponse(runs=[r.to_proto() for r in self.store.list_runs(request.study_id or None)])
 
     async def Predict(self, request, context):
-        async with mapped_errors(context):
+        async with self._errors(context):
             run = self.store.get_run(request.run_id)
             self._require_owner(self.store.get_spec(run.digest), "predicting with a revealed model")
             result = self.store.get_result(run.run_id)

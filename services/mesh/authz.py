@@ -32,6 +32,8 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRefl
 
 # The caller of the current RPC, for servicers that need it (set before the handler runs).
 current_caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("riskmesh_caller", default=None)
+# The full method name of the current RPC (set with the caller), e.g. for audit rows.
+current_method: contextvars.ContextVar[str] = contextvars.ContextVar("riskmesh_method", default="")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if not any(rule.admits(caller, self._config) for rule in allowed):
             await self._refuse(method, caller, grpc.StatusCode.PERMISSION_DENIED, context, f"{caller} may not call {method}")
         current_caller.set(caller)
+        current_method.set(method)
 
     async def _refuse(self, method: str, caller: Identity | None, code: grpc.StatusCode, context: grpc.aio.ServicerContext, message: str) -> None:
         log.warning("refused %s for %s: %s", method, caller or "unidentified caller", code.name)
