@@ -2,12 +2,14 @@
 
 OpenIntersection (from the helper's own gateway) registers a run; each data owner's
 encryption server streams its (tag, ciphertexts) rows with UploadRows. When both have
-arrived, the helper matches tags, enforces the study's minimum intersection size,
-draws a random permutation, masks every matched ciphertext with fresh per-slot masks
-and forwards the masked rows: owner A's rows (under B's key) to B's resharing server,
-B's rows to A's; its own shares (−r) stream to its own resharing server alongside, and
-are completed there only once both deliveries are. The helper sees tags, ciphertexts and counts only: no ID, no tag key,
-no plaintext value. Every status it returns names its phase ("intersection: ...").
+arrived, the helper matches tags, enforces the study's minimum intersection size and
+draws a random permutation π (the checks and order of protocol.helper_match_and_mask).
+Then, chunk by chunk in π order, it masks the matched ciphertexts with fresh per-slot
+masks and streams them on: owner A's rows (under B's key) to B's resharing server, B's
+rows to A's — so the owners decrypt the first chunks while later ones are masked. Its
+own shares (−r) stream to its own resharing server alongside and are completed there
+only once both deliveries are. The helper sees tags, ciphertexts and counts only: no ID,
+no tag key, no plaintext value. Every status it returns names its phase ("intersection: ...").
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
 from services.join.common import chunked, progress, status_for
 from services.join.core.errors import JoinError, SpecError
-from services.join.core.protocol import EncryptedUpload, HelperResult, MaskedDelivery, helper_match_and_mask
-from services.join.core.shares import ShareMatrix, encode_shares, value_bytes
+from services.join.core.masking import mask_rows, permute, random_permutation
+from services.join.core.matching import check_minimum, match_tags
+from services.join.core.protocol import EncryptedUpload, check_upload
+from services.join.core.shares import encode_shares, value_bytes
 from services.join.rules import INTERSECTION_RULES
 from services.mesh.authz import current_caller
 from services.mesh.config import OrgConfig
@@ -56,6 +60,35 @@ class IntersectionRun:
     def fail(self, code: grpc.StatusCode, reason: str) -> None:
         self.error = (code, reason)
         self.changed.set()
+
+
+def match_uploads(upload_a: EncryptedUpload, upload_b: EncryptedUpload, minimum: int) -> list[tuple[int, int]]:
+    """protocol.helper_match_and_mask up to the masking: its checks, the matching, the
+    minimum and π. Returns the matched (A position, B position) pairs in π order."""
+    check_upload(upload_a)
+    check_upload(upload_b)
+    if upload_a.key == upload_b.key:
+        raise SpecError("both owners encrypted under the same key; each must use the other's")
+    if set(upload_a.columns) & set(upload_b.columns):
+        raise SpecError("the two owners name the same column")
+    a, b = upload_a.layout, upload_b.layout
+    if (a.fractional_bits, a.value_bits, a.sigma_bits) != (b.fractional_bits, b.value_bits, b.sigma_bits):
+        raise SpecError("the two uploads use different fixed-point or masking parameters")
+    pairs = match_tags(upload_a.tags, upload_b.tags)
+    check_minimum(len(pairs), minimum)
+    return permute(pairs, random_permutation(len(pairs)))
+
+
+@dataclass
+class MaskedStream:
+    """One owner's matched rows on their way, masked chunk by chunk in π order: the masked
+    ciphertexts to the other owner (`receiver`), the negated masks to the helper's resharing."""
+
+    receiver: str
+    upload: EncryptedUpload
+    positions: list[int]  # upload rows in π order
+    to_receiver: asyncio.Queue[list[list[int]] | None] = field(default_factory=asyncio.Queue)
+    to_helper: asyncio.Queue[list[list[int]] | None] = field(default_factory=asyncio.Queue)
 
 
 class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
@@ -133,11 +166,10 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
     async def _match_and_deliver(self, run_id: str, run: IntersectionRun) -> None:
         org = self.config.org
         owner_a, owner_b = [o.org for o in run.spec.owners]
-        # B uploaded under A's key, so what A receives (B's masked rows) has A's ciphertext width.
-        width_a = run.uploads[owner_b].key.ciphertext_bytes
-        width_b = run.uploads[owner_a].key.ciphertext_bytes
+        upload_a, upload_b = run.uploads[owner_a], run.uploads[owner_b]
+        run.uploads.clear()  # held here until delivered
         try:
-            result: HelperResult = await asyncio.to_thread(helper_match_and_mask, run.uploads[owner_a], run.uploads[owner_b], run.spec.min_intersection or 1)
+            pairs = await asyncio.to_thread(match_uploads, upload_a, upload_b, run.spec.min_intersection or 1)
         except JoinError as exc:
             run.fail(status_for(exc), f"intersection: {exc}")
             return
@@ -145,60 +177,89 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             log.error("run %s: matching failed unexpectedly (%s)", run_id, type(exc).__name__)
             run.fail(grpc.StatusCode.INTERNAL, f"intersection: internal error ({type(exc).__name__})")
             return
-        finally:
-            run.uploads.clear()  # ciphertexts are no longer needed here
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, result.joined, result.joined, "matched and masked"), joined=result.joined))
+        joined = len(pairs)
+        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "matched; masking and delivering"), joined=joined))
+        streams = [MaskedStream(owner_b, upload_a, [i for i, _ in pairs]), MaskedStream(owner_a, upload_b, [j for _, j in pairs])]
         # The helper's own shares stream to its resharing server alongside the deliveries, but
         # their last chunk (which completes them there) is sent only once both owners hold
         # their shares; if a delivery fails, the stores are cancelled and the helper's
         # resharing drops what it got. So a broken delivery leaves no complete shares anywhere.
         delivered = asyncio.Event()
-        stores = [
-            asyncio.create_task(self._store_own(run_id, result.shares_of_a_columns, result.to_b, delivered)),
-            asyncio.create_task(self._store_own(run_id, result.shares_of_b_columns, result.to_a, delivered)),
-        ]
+        stores = [asyncio.create_task(self._store_own(run_id, joined, stream, delivered)) for stream in streams]
         try:
-            await asyncio.gather(
-                self._deliver(owner_a, run_id, result.joined, result.to_a, width_a),
-                self._deliver(owner_b, run_id, result.joined, result.to_b, width_b),
-            )
-        except grpc.aio.AioRpcError as exc:
+            async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
+                for stream in streams:
+                    group.create_task(self._mask(stream))
+                    group.create_task(self._deliver(run_id, joined, stream))
+        except ExceptionGroup as failed:
             for store in stores:
                 store.cancel()
             await asyncio.gather(*stores, return_exceptions=True)
-            run.fail(grpc.StatusCode.UNAVAILABLE, f"intersection: delivering masked rows failed: {exc.code().name}: {exc.details()}")
+            run.fail(*self._failure(run_id, failed.exceptions[0], "delivering masked rows failed"))
             return
         delivered.set()
         try:
             await asyncio.gather(*stores)
-        except grpc.aio.AioRpcError as exc:
-            run.fail(grpc.StatusCode.UNAVAILABLE, f"intersection: storing the helper's shares failed: {exc.code().name}: {exc.details()}")
+        except Exception as exc:
+            run.fail(*self._failure(run_id, exc, "storing the helper's shares failed"))
             return
         run.done = True
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, result.joined, result.joined, "masked rows delivered", common_pb2.RUN_STATE_RUNNING), joined=result.joined))
+        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "masked rows delivered", common_pb2.RUN_STATE_RUNNING), joined=joined))
 
-    async def _deliver(self, owner: str, run_id: str, joined: int, delivery: MaskedDelivery, width: int) -> None:
-        def requests():
+    @staticmethod
+    def _failure(run_id: str, exc: BaseException, what: str) -> tuple[grpc.StatusCode, str]:
+        """Status and reason of a failed delivery or store (peer statuses carry no patient data)."""
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return grpc.StatusCode.UNAVAILABLE, f"intersection: {what}: {exc.code().name}: {exc.details()}"
+        if isinstance(exc, JoinError):
+            return status_for(exc), f"intersection: {what}: {exc}"
+        log.error("run %s: %s unexpectedly (%s)", run_id, what, type(exc).__name__)  # the type only: no data
+        return grpc.StatusCode.INTERNAL, f"intersection: {what}: internal error ({type(exc).__name__})"
+
+    @staticmethod
+    async def _mask(stream: MaskedStream) -> None:
+        """Mask the stream's rows chunk by chunk (fresh masks per value), feeding both queues."""
+        upload = stream.upload
+        for part in chunked(stream.positions):
+            rows = [upload.ciphertexts[i] for i in part]
+            masked = await asyncio.to_thread(mask_rows, upload.key, upload.layout, rows, len(upload.columns))
+            stream.to_helper.put_nowait(masked.helper_shares)
+            stream.to_receiver.put_nowait(masked.ciphertexts)
+        stream.to_helper.put_nowait(None)
+        stream.to_receiver.put_nowait(None)
+
+    async def _deliver(self, run_id: str, joined: int, stream: MaskedStream) -> None:
+        upload = stream.upload
+        width = upload.key.ciphertext_bytes  # the rows are under the receiver's key
+
+        async def requests() -> AsyncIterator[join_pb2.DeliverMaskedRowsRequest]:
             yield join_pb2.DeliverMaskedRowsRequest(header=join_pb2.MaskedRowsHeader(
-                run_id=run_id, joined=joined, layout=codec.layout_to_proto(delivery.layout), columns=delivery.columns, key_id=delivery.key_id))
-            for seq, rows in enumerate(chunked(delivery.ciphertexts)):
+                run_id=run_id, joined=joined, layout=codec.layout_to_proto(upload.layout), columns=upload.columns, key_id=upload.key.key_id))
+            seq = 0
+            while (rows := await stream.to_receiver.get()) is not None:
                 flat = [c.to_bytes(width, "big") for row in rows for c in row]
                 yield join_pb2.DeliverMaskedRowsRequest(chunk=join_pb2.MaskedRowsChunk(seq=seq, ciphertexts=flat))
+                seq += 1
 
-        stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(owner, "resharing"))
+        stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(stream.receiver, "resharing"))
         await stub.DeliverMaskedRows(requests(), timeout=DELIVERY_DEADLINE_S)
 
-    async def _store_own(self, run_id: str, shares: ShareMatrix, delivery: MaskedDelivery, delivered: asyncio.Event) -> None:
-        width = value_bytes(delivery.layout)
+    async def _store_own(self, run_id: str, joined: int, stream: MaskedStream, delivered: asyncio.Event) -> None:
+        layout = stream.upload.layout
+        width = value_bytes(layout)
 
         async def requests() -> AsyncIterator[join_pb2.StoreHelperSharesRequest]:
             yield join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(
-                run_id=run_id, rows=shares.n_rows, columns=shares.columns, value_bytes=width, layout=codec.layout_to_proto(delivery.layout)))
-            pieces = list(chunked(shares.values))
-            for seq, rows in enumerate(pieces):
-                if seq == len(pieces) - 1:
+                run_id=run_id, rows=joined, columns=stream.upload.columns, value_bytes=width, layout=codec.layout_to_proto(layout)))
+            seq = 0
+            held = await stream.to_helper.get()
+            while held is not None:
+                following = await stream.to_helper.get()
+                if following is None:
                     await delivered.wait()  # the last chunk completes the shares at resharing
-                yield join_pb2.StoreHelperSharesRequest(chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_shares(rows, width)))
+                yield join_pb2.StoreHelperSharesRequest(chunk=join_pb2.SharesChunk(seq=seq, rows=len(held), values=encode_shares(held, width)))
+                seq += 1
+                held = following
 
         stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(self.config.org, "resharing"))
         await stub.StoreHelperShares(requests(), timeout=DELIVERY_DEADLINE_S)
