@@ -25,9 +25,12 @@ iterations  Per fit: Newton for e = 1/√G_jj, H = diag(e)·G·diag(e), q′, λ
             validation moments, averages per alpha, picks the best alpha with
             secure comparisons (one-hot, never opened to the helper) and refits
             on the whole join with it.
-reveal      ŵ, b̂ (and u, the CV curve and the alpha index when asked) are
-            opened to parties 0 and 1 only; the public affine map back to the
-            original scale is applied in the clear.
+reveal      ŵ and b̂ — and u (the standardised coefficients) when the study
+            standardises, the alpha index and the CV curve when it
+            cross-validates and reveals the curve — are opened to parties 0
+            and 1 only; the public affine map back to the original scale is
+            applied in the clear. Nothing else is ever opened: every other
+            opening is of a value masked by (pseudo)random shares.
 
 Fields. Gram and everything before the iterations run in a large prime field
 F_in (fixed point with ``FRAC_IN`` = 40 fractional bits; its size follows from
@@ -246,7 +249,9 @@ async def secure_fit(
     mean = mom.mean[0]
     intercept_terms = await inp.mul(fit.w_hat[0], mean[:-1], FRAC_IN, 2 * FRAC_IN + W_HAT_BITS + 2)
     b_hat = (mean[-1] - intercept_terms.sum()) % inp.p
-    opened = [np.array([b_hat], dtype=object), fit.u[0] * (1 << (FRAC_IN - FRAC_POLISH))]
+    opened = [np.array([b_hat], dtype=object)]
+    if spec.standardize:  # u is the standardised fit (only then: with ŵ it would reveal σ_j)
+        opened += [fit.u[0] * (1 << (FRAC_IN - FRAC_POLISH))]
     if onehot is not None:
         index = (onehot * np.arange(len(onehot), dtype=object)).sum() << FRAC_IN
         opened += [np.array([index], dtype=object)]
@@ -265,13 +270,14 @@ async def secure_fit(
 def _result(
     w_hat: npt.NDArray[np.float64], values: npt.NDArray[np.float64], plan: SolverPlan, spec: RegressionSpec
 ) -> RegressionResult:
-    """Decode, on an owner, the opened ŵ and [b̂, u, (alpha index, (CV sums))]."""
+    """Decode, on an owner, the opened ŵ and [b̂, (u if standardised), (alpha index, (CV sums))]."""
     d = plan.d
-    b_hat, u, rest = float(values[0]), values[1 : d + 1], values[d + 1 :]
+    b_hat = float(values[0])
+    u, rest = (values[1 : d + 1], values[d + 1 :]) if spec.standardize else (None, values[1:])
     chosen = plan.alphas[int(round(rest[0]))] if spec.cross_validate else plan.alphas[0]
     w, b = plan.to_original(list(w_hat), b_hat)
     standardized = None
-    if spec.standardize:
+    if u is not None:
         standardized = tuple(float(v) for v in plan.h_y * u / math.sqrt(chosen.diag_scale))
     cv_curve: tuple[tuple[float, float], ...] = ()
     if spec.cross_validate and spec.reveal_cv_curve:

@@ -63,6 +63,7 @@ def test_one_party_matches_sklearn(mpc: Any, kind: ModelKind, alpha: float, stan
     spec = _spec(kind, (alpha,), standardize=standardize)
     result = mpc.run(secure_fit(mpc, encode(STUDY.table), spec))
     assert result is not None and result.joined == ROWS and result.alpha == alpha
+    assert (result.standardized_coefficients is None) == (not standardize)  # u is opened only if asked
     _assert_matches_sklearn(result, STUDY.table, spec)
 
 
