@@ -145,14 +145,14 @@ def _chosen_params(ops: FieldOps, plans: Sequence[AlphaPlan], onehot: ObjectArra
     """Constants of the secretly chosen alpha: Σ_a onehot_a·constant_a (local, exact)."""
     table = _public_params(ops, plans, standardize)
 
-    def pick(values: ObjectArray | None) -> ObjectArray | None:
-        if values is None:
-            return None
+    def pick(values: ObjectArray) -> ObjectArray:
         weights = onehot.reshape((-1,) + (1,) * (values.ndim - 1))
         return (weights * values).sum(axis=0, keepdims=True) % ops.p
 
-    start = table.start.min(axis=0, keepdims=True)
-    return Params(pick(table.gamma), pick(table.l1), pick(table.offdiag), pick(table.w_scale), start)  # type: ignore[arg-type]
+    offdiag = None if table.offdiag is None else pick(table.offdiag)
+    w_scale = None if table.w_scale is None else pick(table.w_scale)
+    start = table.start.min(axis=0, keepdims=True)  # ≤ every alpha's start: still below 1/√G_jj
+    return Params(pick(table.gamma), pick(table.l1), offdiag, w_scale, start)
 
 
 async def _validation_mse(ops: FieldOps, w_hat: ObjectArray, train: Moments, valid: Moments) -> ObjectArray:
