@@ -85,16 +85,20 @@ def test_whole_study_matches_scikit_learn_with_one_trace(study_mesh):
     for org in ("hospital", "helper"):
         assert clients[org].list_runs("e2e-study")[0].state == common_pb2.RUN_STATE_SUCCEEDED
     # One trace, a span per phase at each party; kept as CI artifacts with the waterfall.
-    mesh.stop()
-    rows = load_trace([root], final.trace_id)
-    phases = {(r.org, r.phase) for r in phase_rows(rows)}
-    assert {("insurer", p) for p in OWNER_PHASES} | {("hospital", p) for p in OWNER_PHASES} | {("helper", p) for p in HELPER_PHASES} <= phases
+    expected = {("insurer", p) for p in OWNER_PHASES} | {("hospital", p) for p in OWNER_PHASES} | {("helper", p) for p in HELPER_PHASES}
+    deadline = time.monotonic() + 15  # the servers export finished spans every 0.5 s
+    while True:
+        rows = load_trace([root], final.trace_id)
+        phases = {(r.org, r.phase) for r in phase_rows(rows)}
+        if expected <= phases or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert expected <= phases, sorted(expected - phases)
     assert {r.org for r in rows} == {"insurer", "hospital", "helper"}
     ARTIFACTS.mkdir(exist_ok=True)
     for spans in root.glob("*/state/spans/*.jsonl"):
         shutil.copy(spans, ARTIFACTS / f"study-{spans.name}")
     waterfall_png(rows, ARTIFACTS / "study-waterfall.png", f"e2e study, trace {final.trace_id}")
-    mesh.start()
     for org, c in clients.items():
         assert c.verify_audit().ok
 
