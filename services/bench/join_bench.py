@@ -28,8 +28,9 @@ intersection sent to the owners' resharing servers (DeliverMaskedRows).
 CPU, to read the times on a shared machine: `server_cpu_s` is the CPU time the join
 servers (and their pool worker processes) used during the run, `harness_cpu_s` this
 process's (driving calls and relays), `other_cpu_s` what everything else on the machine
-used meanwhile (from /proc/stat). With `cores` cores the run cannot take less than
-server_cpu_s / cores; other_cpu_s says how much of the machine others took.
+used meanwhile and `idle_cpu_s` the core-seconds nobody used (both from /proc/stat).
+With `cores` cores the run cannot take less than server_cpu_s / cores; other_cpu_s says
+how much of the machine others took, idle_cpu_s how much the join left unused.
 """
 
 from __future__ import annotations
@@ -131,7 +132,12 @@ def _cpu_by_process(pids: Iterable[int]) -> dict[int, float]:
 
 def _machine_busy_s() -> float:
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return sum(times) - _machine_idle_s(times)
+
+
+def _machine_idle_s(times: Any = None) -> float:
+    times = times or psutil.cpu_times()
+    return times.idle + getattr(times, "iowait", 0.0)
 
 
 def _own_cpu_s() -> float:
@@ -182,9 +188,9 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
         harness = Harness(configs)
         pids = [p.process.pid for p in mesh.processes]
         try:
-            cpu_before, busy_before, own_before = _cpu_by_process(pids), _machine_busy_s(), _own_cpu_s()
+            cpu_before, busy_before, idle_before, own_before = _cpu_by_process(pids), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
             timings = await run_join(harness, spec, sources, "bench-1")
-            cpu_after, busy_after, own_after = _cpu_by_process(pids), _machine_busy_s(), _own_cpu_s()
+            cpu_after, busy_after, idle_after, own_after = _cpu_by_process(pids), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
             shares = await collect_shares(harness, spec, "bench-1")
         finally:
             await harness.close()
@@ -205,6 +211,7 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
         "server_cpu_s": round(server_cpu, 2),
         "harness_cpu_s": round(own_after - own_before, 2),
         "other_cpu_s": round(max(0.0, busy_after - busy_before - server_cpu - (own_after - own_before)), 2),
+        "idle_cpu_s": round(idle_after - idle_before, 2),
         "_table": reconstruct_table(shares),
     }
 
