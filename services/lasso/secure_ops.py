@@ -85,8 +85,9 @@ class FieldOps:
         self.kappa: int = mpc.options.sec_param
         self.subsets = math.comb(self.parties, self.t)
         self._thresha = thresha
-        self._output = asyncoro.mpc_coro(self._output_coroutine)
-        self._reshare = asyncoro.mpc_coro(self._reshare_coroutine)
+        # MPyC coroutines: each call gets its own program counter (message labels).
+        self._output = asyncoro.mpc_coro(self._output_task)
+        self._reshare = asyncoro.mpc_coro(self._reshare_task)
         self._recombination: dict[tuple[int, ...], list[int]] = {}
 
     # ---- helpers -------------------------------------------------------------------------
@@ -174,14 +175,23 @@ class FieldOps:
             self._recombination[xs] = self._thresha._recombination_vector(self.field, xs, 0)
         return self._recombination[xs]
 
-    async def _output_coroutine(self, values: ObjectArray, threshold: int, receivers: list[int]) -> asyncio.Future:  # type: ignore[type-arg]
+    async def _output_task(self, values, threshold, receivers):  # type: ignore[no-untyped-def]
+        # No annotations: MPyC's mpc_coro takes the first await as the placeholder's type.
+        await self.mpc.returnType(asyncio.Future)
+        return await self._output_shares(values, threshold, receivers)
+
+    async def _reshare_task(self, values):  # type: ignore[no-untyped-def]
+        await self.mpc.returnType(asyncio.Future)
+        return await self._reshare_shares(values)
+
+    async def _output_shares(self, values: ObjectArray, threshold: int, receivers: list[int]) -> ObjectArray | None:
         """MPyC's ``output`` for one array of reduced values, without field-array objects.
 
         As ``mpyc.runtime.Runtime.output``: each party sends its share to the
         receivers among its ``threshold`` successors; a receiver recombines
         its own and ``threshold`` predecessors' shares (Lagrange at 0).
         """
-        mpc = self.mpc  # the return annotation makes mpc_coro hand out a Future placeholder
+        mpc = self.mpc
         m, pid = self.parties, mpc.pid
         payload = None
         for peer in receivers:
@@ -237,11 +247,12 @@ class FieldOps:
         flat = np.ascontiguousarray(x.reshape(-1) % self.p, dtype=object)
         return np.asarray(await self._reshare(flat), dtype=object).reshape(x.shape)
 
-    async def _reshare_coroutine(self, values: ObjectArray) -> asyncio.Future:  # type: ignore[type-arg]
-        mpc = self.mpc  # the return annotation makes mpc_coro hand out a Future placeholder
+    async def _reshare_shares(self, values: ObjectArray) -> ObjectArray:
+        """Resharing of degree-2t shares (one array) into degree-t shares."""
+        mpc = self.mpc
         m, pid, t, p = self.parties, mpc.pid, self.t, self.p
         senders = list(range(2 * t + 1))
-        own = None
+        own: ObjectArray = values
         if pid in senders:
             coefficients = [random_below(p, values.size) for _ in range(t)]
             for j in range(m):
@@ -256,9 +267,10 @@ class FieldOps:
         received = await mpc.gather([mpc._receive_message(i) for i in senders if i != pid])
         parts = iter(received)
         vector = self._vector(tuple(i + 1 for i in senders))
-        total = np.zeros(values.size, dtype=object)
-        for i, coefficient in zip(senders, vector):
-            total = total + (own if i == pid else pickle.loads(next(parts))) * coefficient
+        total: ObjectArray = np.zeros(values.size, dtype=object)
+        for i, weight in zip(senders, vector):
+            part: ObjectArray = pickle.loads(next(parts)) if i != pid else own
+            total = total + part * weight
         return total % p
 
     async def mul(self, a: ObjectArray, b: ObjectArray, frac: int, bits: int) -> ObjectArray:

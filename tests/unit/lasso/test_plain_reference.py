@@ -16,8 +16,8 @@ STUDY = make_study(2000, 10, seed=7)
 ALPHAS = (0.01, 0.3, 2.0, 8.0)
 
 
-def _spec(kind: ModelKind, alpha: float, standardize: bool = False, **kw: object) -> RegressionSpec:
-    return RegressionSpec(kind, (alpha,), STUDY.ranges, STUDY.target, l1_ratio=0.4, standardize=standardize, **kw)
+def _spec(kind: ModelKind, alpha: float, standardize: bool = False) -> RegressionSpec:
+    return RegressionSpec(kind, (alpha,), STUDY.ranges, STUDY.target, l1_ratio=0.4, standardize=standardize)
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
