@@ -54,6 +54,7 @@ Schulz 1933 / Pan & Schreiber 1991 (Newton–Schulz inversion).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ from services.lasso.secure_solver import (
     l1_max,
 )
 from services.lasso.secure_threshold import threshold_field_bits
-from services.lasso.spec import RegressionResult, RegressionSpec, check_table_shape
+from services.lasso.spec import RegressionResult, RegressionSpec, SpecError, check_table_shape
 
 __all__ = ["FRAC_TABLE", "ProgressCallback", "run_party", "secure_fit"]
 
@@ -190,6 +191,18 @@ async def _argmin_onehot(ops: FieldOps, values: ObjectArray, bits: int) -> Objec
     return onehot
 
 
+async def _check_agreement(mpc: Any, spec: RegressionSpec, rows: int, columns: int) -> None:
+    """Every party runs the same public parameters on a table of the same shape (one round).
+
+    A mismatch would otherwise desynchronise the parties' messages and hang or
+    produce garbage; the digest of public values reveals nothing.
+    """
+    digest = hashlib.sha256(repr((spec, rows, columns)).encode()).digest()
+    digests = await mpc.transfer(digest)
+    if any(other != digest for other in digests):
+        raise SpecError("the parties disagree on the regression parameters or the joined table's shape")
+
+
 def _stage_steps(plan: SolverPlan) -> int:
     admm = plan.ns_k_iterations + plan.admm_iterations if plan.has_l1 else 0
     return NEWTON_ITERATIONS + admm + plan.ns_polish_iterations
@@ -209,6 +222,7 @@ async def secure_fit(
         raise ValueError("shares must be a matrix")
     rows, columns = table.shape
     check_table_shape(rows, columns, spec)
+    await _check_agreement(mpc, spec, rows, columns)
     plan = make_plan(spec, rows)
     fields = _fields(mpc, plan)
     inp = fields.inp

@@ -7,13 +7,17 @@ three-party runs start three processes that talk over MPyC's own TCP on
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
 from services.lasso.dealer import deal, encode
-from services.lasso.local_run import run_local
+from services.lasso.local_run import _free_ports, run_local
+from services.lasso.mpc_runtime import SINGLE_THREAD_ENV
 from services.lasso.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
 from services.lasso.secure_regression import secure_fit
 from services.lasso.spec import ModelKind, RegressionResult, RegressionSpec
@@ -144,3 +148,18 @@ def test_three_parties_cross_validation() -> None:
         assert alpha == alpha_ref and mse == pytest.approx(mse_ref, rel=1e-6)
     assert result["alpha"] == min(sklearn, key=lambda point: point[1])[0]
     _assert_matches_sklearn(result, table, spec)
+
+
+def test_three_parties_refuse_different_parameters() -> None:
+    ports = ",".join(str(p) for p in _free_ports(3))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "services.lasso.local_run", "--records", str(ROWS), "--features", str(FEATURES),
+             "--alpha", "1.0" if pid < 2 else "2.0", "--party", str(pid), "--ports", ports],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **SINGLE_THREAD_ENV},
+        )
+        for pid in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and "disagree on the regression parameters" in err
