@@ -23,8 +23,10 @@ of are not sent; receivers count them as zero.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +47,8 @@ ObjectArray = npt.NDArray[np.object_]
 
 #: Rows per message (≈ 0.3–1 MB at c = 11, fits any transport's message limit).
 CHUNK_ROWS = 2048
+#: Chunks sent ahead of the one being absorbed.
+LOOKAHEAD_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -100,22 +104,17 @@ async def share_and_multiply(
     sent = [[j for j in range(c) if j not in zero_columns[i]] for i in range(parties)]
     acc_gram = [np.zeros((c, limbs, c, limbs), dtype=np.int64) for _ in folds]
     acc_sums = [np.zeros((c, limbs), dtype=np.int64) for _ in folds]
+    senders = [i for i in range(parties) if i != pid]
+    pending: deque[tuple[int, int, int, bytes, list[Any]]] = deque()
     done = 0
-    for k, start, stop in _segments(folds, CHUNK_ROWS):
-        block = np.asarray(table[start:stop], dtype=object)[:, sent[pid]] % p
-        shares = shamir_split(block, p, ops.t, parties)
-        payloads = [ints_to_bytes(s, limbs) for s in shares]
-        received = []
-        for j in range(parties):
-            routes = {i: ([j] if i != j else []) for i in range(parties)}
-            received.append(mpc.transfer(payloads[j] if pid != j else None, sender_receivers=routes))
+
+    async def absorb(k: int, start: int, stop: int, own: bytes, received: list[Any]) -> None:
+        nonlocal done
         inbox = await mpc.gather(received[pid]) if parties > 1 else []
-        for j in range(parties):
-            if j != pid:
-                await mpc.gather(received[j])
+        for j in senders:
+            await mpc.gather(received[j])
         part = np.zeros((stop - start, c, limbs), dtype=np.int64)
-        senders = [i for i in range(parties) if i != pid]
-        for i, data in [(pid, payloads[pid]), *zip(senders, inbox)]:
+        for i, data in [(pid, own), *zip(senders, inbox)]:
             if sent[i]:
                 part[:, sent[i], :] += bytes_to_limbs(data, limbs).reshape(stop - start, len(sent[i]), limbs)
         normalise(part)
@@ -124,6 +123,19 @@ async def share_and_multiply(
         done += stop - start
         if on_rows is not None:
             on_rows(done)
+
+    for k, start, stop in _segments(folds, CHUNK_ROWS):
+        block = np.asarray(table[start:stop], dtype=object)[:, sent[pid]] % p
+        payloads = [ints_to_bytes(s, limbs) for s in shamir_split(block, p, ops.t, parties)]
+        received = []
+        for j in range(parties):
+            routes = {i: ([j] if i != j else []) for i in range(parties)}
+            received.append(mpc.transfer(payloads[j] if pid != j else None, sender_receivers=routes))
+        pending.append((k, start, stop, payloads[pid], received))
+        if len(pending) > LOOKAHEAD_CHUNKS:  # keep a few chunks in flight: no lockstep per chunk
+            await absorb(*pending.popleft())
+    while pending:
+        await absorb(*pending.popleft())
     return [
         FoldSums(combine_gram(g) % p, combine_sums(s) % p, stop - start)
         for g, s, (start, stop) in zip(acc_gram, acc_sums, folds)
