@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lasso_pb2
+from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
 from services.gateway.audit import AuditLog
 from services.gateway.pipeline import PhaseFailure, RunPipeline
 from services.gateway.store import TERMINAL_STATES, IllegalTransitionError, Store, UnknownRunError
@@ -29,6 +29,8 @@ PEER_REPORT_DEADLINE_S = 5.0
 # A peer gateway that does not answer for this long ends the run (it died or is cut off).
 WATCHDOG_INTERVAL_S = 2.0
 WATCHDOG_MISSES = 3
+# After a restart, how long to try dropping an interrupted run at this org's resharing server.
+DROP_DEADLINE_S = 30.0
 
 
 class RunCoordinator:
@@ -175,13 +177,26 @@ class RunCoordinator:
             task.cancel()
 
     async def announce_interrupted(self, run_ids: list[str]) -> None:
-        """After a restart: tell the other parties of each interrupted run that it failed here."""
+        """After a restart: tell the other parties of each interrupted run that it failed
+        here, and drop its keys and shares at this org's resharing server, which kept
+        running (and may even have completed the shares) while this gateway was gone."""
         for run_id in run_ids:
             run = self.store.get_run(run_id)
             spec = self.store.get_spec(run.digest)
             self._parties[run_id] = [p.org for p in spec.parties if p.org != self.config.org]
             progress = common_pb2.Progress(run_id=run_id, phase=run.phase, org=self.config.org, state=common_pb2.RUN_STATE_FAILED, message="failed")
             self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=run.error))
+            task = asyncio.create_task(self._drop_shares(run_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _drop_shares(self, run_id: str) -> None:
+        stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(self.config.org, "resharing"))
+        try:
+            await stub.DropRun(join_pb2.DropRunRequest(run_id=run_id), timeout=DROP_DEADLINE_S, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            # A resharing server that is down (or restarted) holds nothing of the run.
+            log.info("interrupted run %s not dropped at resharing: %s", run_id, exc.code().name)
 
     def is_terminal(self, run_id: str) -> bool:
         try:
