@@ -72,6 +72,12 @@ def _segments(folds: Sequence[tuple[int, int]], chunk: int) -> list[tuple[int, i
 def shamir_split(values: ObjectArray, p: int, t: int, parties: int) -> list[ObjectArray]:
     """Degree-t Shamir shares f(1..parties) of each value (f(0) = value), uniform coefficients."""
     coefficients = [random_below(p, values.size).reshape(values.shape) for _ in range(t)]
+    if t == 1:  # f(j) = x + c·j: consecutive shares differ by c (additions only)
+        shares, share = [], values
+        for _ in range(parties):
+            share = (share + coefficients[0]) % p
+            shares.append(share)
+        return shares
     shares = []
     for j in range(1, parties + 1):
         share = values.copy()
