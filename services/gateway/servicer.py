@@ -209,6 +209,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return await pipeline.run_owner(OwnerKeys(reply.x25519_public_key, reply.paillier_key))
 
     async def _start_peer(self, org: str, request: gateway_pb2.PeerStartRunRequest) -> gateway_pb2.PeerStartRunResponse:
+        # A peer gateway that was down (e.g. restarted) is still behind the channel's
+        # reconnect backoff for a moment after it is back: wait, boundedly, until the
+        # channel connects rather than fail the run at once with a stale "connection refused".
+        try:
+            await asyncio.wait_for(self.channels.get(org, "gateway").channel_ready(), PEER_DEADLINE_S)
+        except asyncio.TimeoutError:
+            raise PhaseFailure(common_pb2.PHASE_SETUP, org, f"could not start the run there: its gateway did not answer within {PEER_DEADLINE_S:.0f} s") from None
         try:
             return await self._peer_stub(org).PeerStartRun(request, timeout=START_DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
