@@ -253,6 +253,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def PeerProgress(self, request, context):
         async with self._errors(context):
             caller = self._caller()
+            phases, states = common_pb2.Phase.values(), common_pb2.RunState.values()
+            if request.progress.phase not in phases or request.progress.state not in states or (request.HasField("error") and request.error.phase not in phases):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "the progress names an unknown phase or run state")
             run = self.store.get_run(request.progress.run_id)
             self._require_party(self.store.get_spec(run.digest), caller.org)
             if request.progress.org != caller.org:
