@@ -81,6 +81,9 @@ class KnownData:
     patients: list[PatientId]
     cells: list[str]  # every attribute value exactly as the CSV files hold it
 
+    def __repr__(self) -> str:  # hypothesis prints fixtures of a failing example
+        return f"KnownData({len(self.patients)} patients)"
+
     @property
     def canonical_ids(self) -> list[str]:
         return [p.canonical for p in self.patients]
@@ -137,6 +140,9 @@ class Mesh:
     orgs: dict[str, OrgConfig] = field(default_factory=dict)
     local: LocalMesh | None = None
     _channels: dict[tuple[str, str, str, str], grpc.Channel] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Mesh({self.root})"
 
     @classmethod
     def create(cls, root: Path) -> "Mesh":
