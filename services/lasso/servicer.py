@@ -31,7 +31,10 @@ from services.lasso.worker import WorkerFactory, spawn_worker
 from services.mesh.authz import current_caller
 
 HELLO_TIMEOUT_S = 30.0
-MAX_RUNS = 2
+# Concurrent MPC runs per lasso server. The parties admit runs independently, so a run
+# refused here (RESOURCE_EXHAUSTED) fails only after its whole join: keep this at least
+# the number of studies the mesh runs at once (4 concurrent runs failed with 2).
+MAX_RUNS = 8
 
 
 class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
