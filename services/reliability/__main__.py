@@ -34,11 +34,12 @@ def main(argv: list[str]) -> int:
         os.environ[REPORT_ENV] = str(report)
         targets = [str(SUITE), *(str(SUITE / m) for m in LONG_MODULES)]
         code = pytest.main(["-q", "-p", "no:cacheprovider", *targets, *argv])
-        items = Ledger.load(report).items if report.exists() else []
+        ledger = Ledger.load(report) if report.exists() else Ledger()
+    items = ledger.items
     summary = summarise(items)
     print()
     print(f"reliability suite: pytest exit {int(code)}, wall {time.monotonic() - started:.0f} s")
-    print(table(items))
+    print(table(items, ledger.notes))
     print(summary.last_line())
     return 0 if code == 0 and summary.clean else 1
 

@@ -46,7 +46,11 @@ class Ledger:
     """The items of one reliability session (see the module docstring)."""
 
     items: list[Item] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (heading, text): figures such as the load's
     current_test: str = ""
+
+    def note(self, heading: str, text: str) -> None:
+        self.notes.append((heading, text))
 
     def record(self, category: str, group: str, name: str, ok: bool, detail: str = "") -> Item:
         if category not in CATEGORIES:
@@ -75,11 +79,12 @@ class Ledger:
         return sum(1 for i in self.items if i.test == test)
 
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps([asdict(i) for i in self.items], indent=1))
+        path.write_text(json.dumps({"items": [asdict(i) for i in self.items], "notes": self.notes}, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "Ledger":
-        return cls([Item(**raw) for raw in json.loads(path.read_text())])
+        raw = json.loads(path.read_text())
+        return cls([Item(**item) for item in raw["items"]], [(h, t) for h, t in raw["notes"]])
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,9 @@ def summarise(items: list[Item]) -> Summary:
     return Summary(pair("faults"), pair("bad_inputs"), pair("refusals"), pair("canary"), sum(1 for i in items if i.category == "leaks"))
 
 
-def table(items: list[Item]) -> str:
-    """The summary table: one line per (category, group) with ok/total, then the failures."""
+def table(items: list[Item], notes: list[tuple[str, str]] | None = None) -> str:
+    """The summary table: one line per (category, group) with ok/total, the faults one by
+    one, the notes (figures), then the failed checks."""
     heads = {"faults": "injected / survived", "bad_inputs": "tried / rejected cleanly", "refusals": "tried / correct", "canary": "planted / found", "leaks": "findings"}
     totals: Counter[tuple[str, str]] = Counter()
     oks: Counter[tuple[str, str]] = Counter()
@@ -138,6 +144,8 @@ def table(items: list[Item]) -> str:
     if faults:
         lines += ["", "faults:"]
         lines += [f"  {'ok  ' if i.ok else 'FAIL'} {i.name}: {i.detail}" for i in faults]
+    for heading, text in notes or []:
+        lines += ["", f"{heading}: {text}"]
     failed = [i for i in items if not i.ok and i.category != "faults"]
     if failed:
         lines += ["", "failed checks:"]

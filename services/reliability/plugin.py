@@ -60,8 +60,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
-    items = config.stash[LEDGER_KEY].items
-    if items and not os.environ.get(REPORT_ENV):  # the runner prints it itself, last
+    ledger = config.stash[LEDGER_KEY]
+    items = ledger.items
+    if (items or ledger.notes) and not os.environ.get(REPORT_ENV):  # the runner prints it itself, last
         terminalreporter.section("reliability")
-        terminalreporter.write_line(table(items))
+        terminalreporter.write_line(table(items, ledger.notes))
         terminalreporter.write_line(summarise(items).last_line())

@@ -40,3 +40,9 @@ def mesh(reliability_root: Path) -> Iterator[Mesh]:
 def error_messages() -> list[tuple[str, str]]:
     """(where, text) of every error message the suite received; the leak scan reads them all."""
     return []
+
+
+@pytest.fixture(scope="session")
+def datasets(known: KnownData) -> list[KnownData]:
+    """Every dataset a study of the shared mesh used; the leak scan looks for all of them."""
+    return [known]
