@@ -315,9 +315,11 @@ class Mesh:
         else:
             flag.unlink(missing_ok=True)
 
-    def tag_keys(self) -> list[bytes]:
+    def tag_keys(self) -> list[tuple[bytes, str]]:
+        """(tag key, study id) of every run whose owners derived one (each key once)."""
         path = self.record_dir / TAG_KEYS_FILE
-        return [bytes.fromhex(line) for line in path.read_text().split()] if path.exists() else []
+        lines = path.read_text().splitlines() if path.exists() else []
+        return sorted({(bytes.fromhex(line.split()[0]), line.split()[1]) for line in lines})
 
     def wire_files(self) -> list[Path]:
         return sorted(self.record_dir.glob("wire-*.bin"))

@@ -5,8 +5,9 @@
 (the form `LocalMesh` produces with an `OrgPlacement(command_prefix=...)`).
 
 - Tag keys: `keys.derive_tag_key` is wrapped so that every HMAC key an owner's
-  encryption server derives is appended (hex) to <dir>/tag-keys.txt. The leak scan
-  needs the keys to know every tag; nothing else can read them out of the process.
+  encryption server derives is appended to <dir>/tag-keys.txt ("<key hex> <study id>",
+  the study id read from the HKDF info). The leak scan needs the keys to know every
+  tag; nothing else can read them out of the process.
 - Wire recording (helper organisation only): a server interceptor placed before every
   other one keeps the exact serialised bytes of every request message the server
   receives over mTLS, while the file <dir>/recording exists, appended to
@@ -89,10 +90,12 @@ def _install(record_dir: Path, module_name: str, config_path: Path) -> None:
 
     real_derive = keys.derive_tag_key
 
-    def derive(*args: Any, **kwargs: Any) -> keys.TagKey:
-        key = real_derive(*args, **kwargs)
+    def derive(private_key: Any, peer_public_key: bytes, info: bytes) -> keys.TagKey:
+        key = real_derive(private_key, peer_public_key, info)
+        rest = info[len(keys.tag_key_info("", "")) - 4 :]  # info = prefix, then (2-byte length, text) for the study and the run
+        study_id = rest[2 : 2 + int.from_bytes(rest[:2], "big")].decode()
         with (record_dir / TAG_KEYS_FILE).open("a") as f:
-            f.write(key.secret.hex() + "\n")
+            f.write(f"{key.secret.hex()} {study_id}\n")
         return key
 
     keys.derive_tag_key = derive  # type: ignore[assignment]
