@@ -61,5 +61,10 @@ bench: venv
 bench-quick: venv
 	$(BIN)/riskmesh bench --sweep quick --out bench-quick
 
+# Faults, fuzzed bad input, refusals, leak scan and load against three orgs' processes
+# (tests/reliability); prints the summary table and, last, the one-line reliability figure.
+reliability: venv
+	$(BIN)/python -m services.reliability
+
 clean:
 	rm -rf $(VENV) .riskmesh test-artifacts $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist $(TS_CLIENT)/src/gen

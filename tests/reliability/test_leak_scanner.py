@@ -1,0 +1,55 @@
+"""The leak scanner finds every kind of needle, wherever it sits in a blob, and nothing else."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+
+import pytest
+
+from services.reliability import leaks
+from services.reliability.leaks import Needle, PatientId, Scanner, id_needles, tag_key_needles, tag_needles, value_needles, value_texts
+
+PATIENT = PatientId("02/03/1975", "1234 gh", "1975-03-02|1234GH")
+KEY = bytes(range(32))
+
+
+def test_id_needles_cover_every_written_and_canonical_form() -> None:
+    forms = {n.data.decode() for n in id_needles([PATIENT])}
+    assert {"02/03/1975", "1234 gh", "1975-03-02|1234GH", "1975-03-02", "1234GH", "1234gh", "02-03-1975"} <= forms
+
+
+def test_value_texts_drop_the_sign_and_short_forms() -> None:
+    assert value_texts("-12.345678") == {"12.345678"}
+    assert value_texts("1.500000") == {"1.500000"}  # repr "1.5" is too short to search for
+
+
+def test_every_needle_kind_is_found_at_any_offset() -> None:
+    tag = hmac.digest(KEY, PATIENT.canonical.encode(), hashlib.sha256)
+    scanner = Scanner(id_needles([PATIENT]) + value_needles(["-12.345678"]) + tag_needles([PATIENT.canonical], [KEY]) + tag_key_needles([KEY]))
+    planted = [b"1975-03-02|1234GH", b"12.345678", struct.pack(">d", -12.345678), tag, tag.hex().encode(), base64.b64encode(tag), KEY.hex().encode()]
+    for needle in planted:
+        for offset in (0, 1, 7, 1000):
+            blob = os.urandom(offset) + needle + os.urandom(50)
+            assert needle in {f.needle.data for f in scanner.scan_bytes(blob, "blob")}, (needle, offset)
+
+
+def test_a_needle_across_two_pieces_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leaks, "PIECE_BYTES", 64)
+    scanner = Scanner(id_needles([PATIENT]))
+    blob = b"x" * 60 + b"1975-03-02|1234GH" + b"y" * 100
+    assert [f.offset for f in scanner.scan_bytes(blob, "b") if f.needle.data == b"1975-03-02|1234GH"] == [60]
+
+
+def test_random_bytes_and_ordinary_log_text_hold_no_needle() -> None:
+    scanner = Scanner(id_needles([PATIENT]) + value_needles(["-12.345678", "3.141593"]) + tag_needles([PATIENT.canonical], [KEY]))
+    text = b"2026-11-25 14:39:10,955 INFO gateway riskmesh.server: gateway of insurer serving mTLS on 7100, health on 7110\n" * 50
+    assert scanner.scan_bytes(os.urandom(200_000) + text, "noise") == []
+
+
+def test_needles_too_short_to_mean_anything_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Scanner([Needle("value", b"1.5")])
