@@ -88,12 +88,12 @@ def test_readme_has_machine_table_memory_and_no_tno_figures_when_not_measured(tm
     rows = read_csv(write_csv(tmp_path / "r.csv", [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 100_000)]))
     info = {"nproc": 2, "cpu": "AMD EPYC", "ram_gib": 23.5, "kernel": "6", "python": "3.11", "commit": "abc", "load_start": 0.2, "load_end": 0.3,
             "elapsed_min": 12.0, "started": "today", "repeats_note": "one run"}
-    text = readme(rows, info, "make bench", None)
+    text = readme(rows, info, "riskmesh bench --sweep full --out bench", None)
     assert "nproc 2, CPU AMD EPYC" in text and "load average (1 min) at the start 0.2" in text
     assert "| records | 100,000 | 10 |" in text
     assert "At 100,000 records per owner" in text and "- hospital: 501 MB" in text
     assert "Not measured in this checkout" in text
-    assert "`make bench`" in text
+    assert "`riskmesh bench --sweep full --out bench`" in text
 
 
 def test_tno_section_reports_why_tno_did_not_run() -> None:
