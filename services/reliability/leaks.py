@@ -14,9 +14,12 @@ Needles (built from data the test wrote itself, so it knows every ID and value):
 - tag keys: each K, raw and hex.
 
 Decimal forms shorter than 7 characters are left out: they occur by chance in any text
-(timestamps, counts). The data the suite uses has distinctive values (six decimals,
-continuous), and postal codes with letters outside A–F, so that no hex digest can
-contain one by chance.
+(timestamps, counts). A decimal form counts only as a whole number (no digit or '.'
+before it, no digit after it: "1.847332" inside "01.847332" is another number), and
+clock times (hh:mm:ss.ffffff, hh:mm:ss,fff in logs, spans and audit rows) are blanked
+before the search, since their seconds look like six-decimal values. The data the suite
+uses has distinctive values (six decimals, continuous), and postal codes with letters
+outside A–F, so that no hex digest can contain one by chance.
 
 Search: for each needle length class, every window of the blob is packed into a
 uint64 (its first min(len, 8) bytes) with numpy and looked up in the needles' prefixes
@@ -29,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import struct
 from collections import defaultdict
 from dataclasses import dataclass
@@ -38,6 +42,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 MIN_DECIMAL_CHARS = 7
+CLOCK_TIME = re.compile(rb"\d{2}:\d{2}:\d{2}[.,]\d+")
+DIGITS = frozenset(b"0123456789")
 PIECE_BYTES = 8 * 1024 * 1024
 FRACTIONAL_BITS = 32
 OFFSET = 1 << 63
@@ -47,8 +53,9 @@ OFFSET = 1 << 63
 class Needle:
     """A byte string that must not occur, and what it is (for the report)."""
 
-    kind: str  # "id", "tag", "value", "tag key" or "canary"
+    kind: str  # "id", "tag", "value" or "tag key"
     data: bytes
+    whole_number: bool = False  # a decimal form: found only where it is not part of a longer number
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def value_needles(cells: Iterable[str]) -> list[Needle]:
     for cell in cells:
         texts |= value_texts(cell)
         binary |= value_bytes(float(cell))
-    return [Needle("value", t.encode()) for t in sorted(texts)] + [Needle("value", b) for b in sorted(binary)]
+    return [Needle("value", t.encode(), whole_number=True) for t in sorted(texts)] + [Needle("value", b) for b in sorted(binary)]
 
 
 def _windows(arr: np.ndarray, width: int) -> np.ndarray:
@@ -132,6 +139,13 @@ def _windows(arr: np.ndarray, width: int) -> np.ndarray:
     for j in range(width):
         out |= arr[j : j + n].astype(np.uint64) << np.uint64(8 * j)
     return out
+
+
+def _whole(blob: bytes, at: int, length: int) -> bool:
+    """The decimal at blob[at:at+length] is not part of a longer number."""
+    before = blob[at - 1] if at > 0 else None
+    after = blob[at + length] if at + length < len(blob) else None
+    return (before is None or (before not in DIGITS and before != ord("."))) and (after is None or after not in DIGITS)
 
 
 class Scanner:
@@ -152,6 +166,7 @@ class Scanner:
         self._keys = {w: np.array(sorted(keys), dtype=np.uint64) for w, keys in self._by_width.items()}
 
     def scan_bytes(self, blob: bytes, where: str) -> list[Finding]:
+        blob = CLOCK_TIME.sub(lambda m: b"#" * len(m.group()), blob)  # same length: offsets stay
         found: dict[tuple[int, bytes], Finding] = {}
         step = PIECE_BYTES
         for start in range(0, max(len(blob), 1), step):
@@ -164,7 +179,7 @@ class Scanner:
                 for i in hits.tolist():
                     key = int.from_bytes(piece[i : i + width], "little")
                     for needle in self._by_width[width][key]:
-                        if piece[i : i + len(needle.data)] == needle.data:
+                        if piece[i : i + len(needle.data)] == needle.data and (not needle.whole_number or _whole(blob, start + i, len(needle.data))):
                             found[(start + i, needle.data)] = Finding(where, start + i, needle)
         return sorted(found.values(), key=lambda f: (f.offset, f.needle.data))
 

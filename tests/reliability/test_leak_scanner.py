@@ -53,3 +53,11 @@ def test_random_bytes_and_ordinary_log_text_hold_no_needle() -> None:
 def test_needles_too_short_to_mean_anything_are_refused() -> None:
     with pytest.raises(ValueError):
         Scanner([Needle("value", b"1.5")])
+
+
+def test_a_value_inside_a_longer_number_or_a_clock_time_is_not_a_finding() -> None:
+    scanner = Scanner(value_needles(["21.982426", "1.847332"]))
+    noise = b'"start_time":"2026-11-25T15:23:21.982426Z" 01.847332 11.8473321 asctime 15:23:01,847 '
+    assert scanner.scan_bytes(noise, "spans") == []
+    for leak in (b'{"x":21.982426}', b"value -1.847332 here", b"1.847332"):
+        assert scanner.scan_bytes(leak, "leak"), leak
