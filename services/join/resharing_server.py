@@ -33,6 +33,7 @@ from services.join.core.parallel import default_workers
 from services.join.core.shares import ShareMatrix, decode_shares, encode_shares, owner_shares, value_bytes
 from services.join.rules import RESHARING_RULES
 from services.mesh.config import OrgConfig
+from services.mesh.decoding import MalformedRequest
 from services.mesh.process import run_server_process
 from services.mesh.server import MeshServer
 
@@ -196,6 +197,9 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             await context.abort(code, message)
         except asyncio.CancelledError:  # the sender went away mid-stream
             run.fail(grpc.StatusCode.UNAVAILABLE, BROKE_OFF)
+            raise
+        except MalformedRequest as exc:  # a message of the stream did not parse (the sender gets INVALID_ARGUMENT)
+            run.fail(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
             raise
         except Exception as exc:
             log.error("a stream failed unexpectedly (%s)", type(exc).__name__)  # the type only: no data
