@@ -537,6 +537,9 @@ def _fresh_delivery(mesh: Mesh, targets: Targets, n: int) -> tuple[str, join_pb2
 @given(data=st.data())
 def test_deliveries_to_an_owner(mesh: Mesh, targets: Targets, ledger: Ledger, leak_scanner: Scanner, error_messages: list[tuple[str, str]], data: st.DataObject) -> None:
     run_id, header, chunks = _fresh_delivery(mesh, targets, data.draw(st.integers(0, 10**6)))
+    resharing = join_pb2_grpc.ResharingServiceStub(mesh.channel(("insurer", "gateway"), ("insurer", "resharing")))
+    waiter = resharing.AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=CALL_S)  # as the insurer's gateway waits during a run
+    assert next(waiter).progress.message == "waiting for the helper"
 
     def bad_chunk(d: st.DrawFn) -> tuple[str, bytes]:
         chunk = join_pb2.DeliverMaskedRowsRequest()
@@ -567,8 +570,12 @@ def test_deliveries_to_an_owner(mesh: Mesh, targets: Targets, ledger: Ledger, le
     case = _mutate_stream(data.draw, header.SerializeToString(), [c.SerializeToString() for c in chunks], bad_chunk, bad_header)
 
     def nothing_served() -> None:
+        """No partial shares; the gateway's waiter ends with a clear status (the run failed, or was dropped)."""
         mesh.shares_refused(run_id, ["insurer"], within=0.0)
-        join_pb2_grpc.ResharingServiceStub(mesh.channel(("insurer", "gateway"), ("insurer", "resharing"))).DropRun(join_pb2.DropRunRequest(run_id=run_id), timeout=CALL_S)
+        resharing.DropRun(join_pb2.DropRunRequest(run_id=run_id), timeout=CALL_S)
+        with pytest.raises(grpc.RpcError) as ended:
+            list(waiter)
+        assert ended.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE), f"the waiter got {ended.value.code().name}: {ended.value.details()}"
 
     expect_rejection(mesh, ledger, leak_scanner, error_messages, "join and lasso streams", f"DeliverMaskedRows: {case.defect}",
                      lambda: _stream(mesh, ("helper", "intersection"), ("insurer", "resharing"), "DeliverMaskedRows", case.messages), after=nothing_served)
