@@ -352,7 +352,7 @@ def raw_requests(draw: st.DrawFn) -> tuple[str, str, bytes, frozenset[grpc.Statu
         method = draw(st.sampled_from(NEEDS_FIELDS))
         fields = list(request_class(method).DESCRIPTOR.fields)
         chosen = draw(st.lists(st.sampled_from(fields), min_size=1, max_size=len(fields), unique_by=lambda f: f.number))
-        payload = b"".join(_field_bytes(f.number, draw(st.sampled_from([w for w in (0, 1, 2, 5) if w != WIRE_TYPE.get(f.type, 0) and not (w == 2 and f.label == f.LABEL_REPEATED)])), draw) for f in chosen)
+        payload = b"".join(_field_bytes(f.number, draw(st.sampled_from([w for w in (0, 1, 2, 5) if w != WIRE_TYPE.get(f.type, 0) and not (w == 2 and f.is_repeated)])), draw) for f in chosen)
         return method, defect, payload, CLEAN_REJECTIONS
     method = draw(st.sampled_from(CLIENT_METHODS + PEER_METHODS))
     cls = request_class(method)
