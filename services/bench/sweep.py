@@ -164,7 +164,7 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, tno: Mapping[str, Any]
     ax.set_ylabel("seconds (median of 3 up to 10,000 records)")
     ax.set_title("riskmesh: time against the number of records (cf. the seed's Figure 4)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -207,21 +207,21 @@ def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: 
         "## Machine",
         "",
         f"- nproc {info['nproc']}, CPU {info['cpu']}, RAM {info['ram_gib']} GiB, kernel {info['kernel']}, Python {info['python']}, commit {info['commit']}",
-        f"- load average (1 min) at the start {info['load_start']}, at the end {info['load_end']}; the sweep took {info['elapsed_min']} min (started {info['started']})",
+        f"- load average (1 min) at the start {info['load_start']}, at the end {info['load_end']} (each point's in the table: the machine is shared, and load above ~0.5 slows every figure); the sweep took {info['elapsed_min']} min (started {info['started']})",
         f"- repeats: {info['repeats_note']}",
         "",
         "## Results",
         "",
-        "| sweep | records | features | runs | joined | join s | reshare s | lasso s | total s | iterations | rel coef diff | MB sent | largest RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sweep | records | features | runs | joined | join s | reshare s | lasso s | total s | iterations | rel coef diff | MB sent | largest RSS MB | load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if str(r["ok"]) != "True":
-            lines.append(f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | failed: {r['error']} |||||||||")
+            lines.append(f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | failed: {r['error']} ||||||||||")
             continue
         lines.append(
             f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | {int(r['joined']):,} | {_fmt(r['join_s'])} | {_fmt(r['reshare_s'])} | "
-            f"{_fmt(r['lasso_s'])} | {_fmt(r['total_s'])} | {r['iterations']} | {_fmt(r['rel_coef_diff'])} | {_fmt(float(r['bytes_sent']) / 1e6, 1)} | {_fmt(r['peak_rss_mb'], 0)} |"
+            f"{_fmt(r['lasso_s'])} | {_fmt(r['total_s'])} | {r['iterations']} | {_fmt(r['rel_coef_diff'])} | {_fmt(float(r['bytes_sent']) / 1e6, 1)} | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['load_1m_before'])} |"
         )
     retried = [r for r in rows if str(r["ok"]) == "True" and r["error"]]
     if retried:
