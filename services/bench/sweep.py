@@ -150,7 +150,7 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, tno: Mapping[str, Any]
     import matplotlib.pyplot as plt
 
     points = sorted((r for r in rows if r["sweep"] == "records" and str(r["ok"]) == "True"), key=lambda r: int(r["records"]))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     labels = {"join_s": "join (keys, hashing, encryption, upload)", "reshare_s": "reshare (match, mask, deliver, decrypt)", "lasso_s": "secure Lasso (input, Gram, iterations, reveal)", "total_s": "total (StartRun → result)"}
     styles = {"join_s": "o-", "reshare_s": "s-", "lasso_s": "^-", "total_s": "D-"}
     xs = [int(r["records"]) for r in points]
@@ -164,7 +164,7 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, tno: Mapping[str, Any]
     ax.set_ylabel("seconds (median of 3 up to 10,000 records)")
     ax.set_title("riskmesh: time against the number of records (cf. the seed's Figure 4)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
