@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from services.join.core.shares import value_bytes
 from services.lasso.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
 from services.lasso.shares import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, wait_healthy
+from services.mesh.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")
@@ -154,16 +153,7 @@ class LassoParties:
     processes: list[ServerProcess]
 
     def stop(self, timeout: float = 10.0) -> None:
-        for proc in self.processes:
-            if proc.process.poll() is None:
-                proc.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.processes:
-            try:
-                proc.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.process.kill()
-                proc.process.wait()
+        stop_processes(self.processes, timeout)
         self.processes.clear()
 
 

@@ -104,6 +104,20 @@ class ServerProcess:
     health_address: str
 
 
+def stop_processes(processes: list[ServerProcess], timeout: float = 10.0) -> None:
+    """SIGTERM every server (they drain gracefully), then SIGKILL what is left at the deadline."""
+    for proc in processes:
+        if proc.process.poll() is None:
+            proc.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        try:
+            proc.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.process.kill()
+            proc.process.wait()
+
+
 @dataclass(frozen=True)
 class OrgPlacement:
     """Where one org's servers run when not straight on this host, e.g. in their own
@@ -182,16 +196,7 @@ class LocalMesh:
         return next(p for p in self.processes if p.org == org and p.server == server)
 
     def stop(self, timeout: float = 10.0) -> None:
-        for proc in self.processes:
-            if proc.process.poll() is None:
-                proc.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.processes:
-            try:
-                proc.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.process.kill()
-                proc.process.wait()
+        stop_processes(self.processes, timeout)
         self.processes.clear()
 
     def __enter__(self) -> "LocalMesh":
