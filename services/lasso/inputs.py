@@ -14,6 +14,9 @@ from typing import Sequence
 
 from riskmesh.v1 import common_pb2
 from services.gateway.spec import feature_names, owner_orgs, target_name
+from services.join.core import shares as join_shares
+from services.join.core.errors import SpecError
+from services.join.core.shares import ShareMatrix
 from services.lasso.shares import ShareBlock, ShareError
 
 
@@ -29,21 +32,12 @@ def column_owners(spec: common_pb2.StudySpec) -> tuple[int, ...]:
 
 
 def assemble(blocks: Sequence[ShareBlock], columns: Sequence[str]) -> list[list[int]]:
-    """This party's matrix over `columns`: its blocks' values, 0 where it holds nothing."""
+    """This party's matrix over `columns`: its blocks' values, 0 where it holds nothing
+    (the join core's `shares.assemble`, with its errors as ShareError)."""
     if not blocks:
         raise ShareError("this party has no share blocks")
-    rows = blocks[0].rows
-    position = {name: k for k, name in enumerate(columns)}
-    matrix = [[0] * len(columns) for _ in range(rows)]
-    seen: set[str] = set()
-    for block in blocks:
-        if block.rows != rows:
-            raise ShareError("share blocks differ in their number of rows")
-        for j, name in enumerate(block.columns):
-            if name not in position or name in seen:
-                raise ShareError(f"share column {name!r} is not a column of the study, or is held twice")
-            seen.add(name)
-            k = position[name]
-            for row, values in zip(matrix, block.values):
-                row[k] = values[j]
-    return matrix
+    matrices = [ShareMatrix(tuple(b.columns), b.values) for b in blocks]
+    try:
+        return join_shares.assemble(columns, matrices, blocks[0].rows).values
+    except SpecError as exc:
+        raise ShareError(f"share blocks do not fit the study's columns: {exc}") from None
