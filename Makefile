@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Regenerate riskmesh/v1 (Python + .pyi) from proto/ — the one source of the wire API.
 proto:
-	$(BIN)/python -m services.mesh.protogen
+	$(BIN)/python -m services.tools.protogen
 
 # TypeScript client (clients/typescript): locked npm dependencies, then src/gen generated
 # from proto/ (ts-proto run by buf, both locked dev dependencies) and compiled into dist/.
@@ -47,7 +47,7 @@ test: venv clients-ts
 
 lint: venv
 	$(BIN)/buf lint
-	$(BIN)/python -m services.mesh.protogen --check
+	$(BIN)/python -m services.tools.protogen --check
 
 # Each organisation in its own Linux network namespace (root), LATENCY_MS apart one way.
 LATENCY_MS ?= 20

@@ -11,8 +11,8 @@ from typing import Awaitable, Callable, Iterator
 import pytest
 
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.launcher import local_mesh_for
-from services.mesh.pki import init_pki
+from services.tools.launcher import local_mesh_for
+from services.tools.pki import init_pki
 from services.mesh.server import MeshServer
 
 

@@ -37,11 +37,11 @@ ACCURACY = 1e-5  # max |w − w_sklearn| / max |w_sklearn| (issue: the accuracy 
 # What each phase needs, as importable modules (module, what it is).
 REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "join": (("services.bench.join_bench", "the join benchmark driver (services/bench/join_bench.py)"),),
-    "lasso": (("services.lasso.lasso_program", "the secure Lasso MPC program (services/lasso/lasso_program.py)"),),
+    "lasso": (("services.lasso.worker.lasso_program", "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)"),),
     "all": (
         ("services.gateway.pipeline", "the gateway run pipeline"),
         ("services.join.encryption_server", "the join servers"),
-        ("services.lasso.lasso_program", "the secure Lasso MPC program (services/lasso/lasso_program.py)"),
+        ("services.lasso.worker.lasso_program", "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)"),
     ),
 }
 

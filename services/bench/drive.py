@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
-from services.cli.synthetic import StudyData
+from services.testkit.synthetic import StudyData
 from services.join.core import fixedpoint
 from services.join.core.columns import ColumnSpec
 from services.join.core.fixedpoint import FixedPointFormat

@@ -45,9 +45,9 @@ import numpy as np
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.bench.meshrun import BenchMesh, TrafficCounter
-from services.cli.studies import spec_for
-from services.cli.synthetic import StudyData, make_study_data, reference_join
-from services.cli.tracing import SpanRow, load_trace
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import StudyData, make_study_data, reference_join
+from services.tools.traces import SpanRow, load_trace
 from services.mesh.config import load_config
 
 OVERLAP = 0.5

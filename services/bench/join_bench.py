@@ -48,10 +48,10 @@ from typing import Any, Iterable, Iterator
 import psutil
 
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
-from services.cli.studies import spec_for
-from services.cli.synthetic import make_study_data
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data
 from services.join.core.parallel import default_workers
-from services.mesh.launcher import LocalMesh, local_mesh_for
+from services.tools.launcher import LocalMesh, local_mesh_for
 from services.mesh.config import load_config
 
 JOIN_SERVERS = ("encryption", "intersection", "resharing")

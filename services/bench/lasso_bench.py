@@ -1,8 +1,8 @@
 """`riskmesh bench --phase lasso`: the secure Lasso alone, on dealt shares.
 
-N joined rows × D features are generated (services/cli/synthetic.py: the insurer holds
+N joined rows × D features are generated (services/testkit/synthetic.py: the insurer holds
 the first ⌈D/2⌉ features and the target, the hospital the rest, D/5 non-zero true
-weights plus noise) and split by the test-only dealer (services/lasso/dealer.py) into
+weights plus noise) and split by the test-only dealer (services/testkit/dealer.py) into
 the three additive shares the secure join leaves behind, in its format and layout
 (f = 32, ℓ = 64, σ = 40; rows in a random order nobody else knows), as the resharing
 stores hold them: the insurer holds x + r of the hospital's columns, the hospital x + r
@@ -41,14 +41,14 @@ import numpy as np
 from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
 from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
-from services.cli.studies import spec_for
-from services.cli.synthetic import StudyData, make_study_data, reference_join
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import StudyData, make_study_data, reference_join
 from services.join.core.packing import SlotLayout
 from services.join.core.shares import value_bytes
-from services.lasso.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
-from services.lasso.shares import ShareBlock, decode_blocks, encode_block
+from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
+from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, stop_processes, wait_healthy
+from services.tools.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")

@@ -2,7 +2,7 @@
 every cross-organisation connection through a byte-counting relay, memory sampled.
 
 Traffic. Every org dials every other org's servers through relays of its own
-(services/mesh/relay.py's `DelayRelay`, run on an event loop in a thread of the bench
+(services/tools/relay.py's `DelayRelay`, run on an event loop in a thread of the bench
 process): org Y's processes get `RISKMESH_ADDR_<X>_<SERVER>` = the relay that forwards
 to X's server, one relay per (caller org, peer org, server). A relay thus knows who
 sent each byte: what it reads from the accepted connection was sent by the caller org,
@@ -30,8 +30,8 @@ from typing import Callable, Protocol
 import psutil
 
 from services.mesh.config import ROLE_SERVERS, SERVER_OFFSETS, load_config
-from services.mesh.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for
-from services.mesh.relay import Address, DelayRelay, parse_address
+from services.tools.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for
+from services.tools.relay import Address, DelayRelay, parse_address
 
 # Servers that other organisations call (DESIGN.md, Security): gateway ↔ gateway,
 # owner encryption → helper intersection, helper intersection → owner resharing,

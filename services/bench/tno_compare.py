@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from services.bench.full_bench import CSV_DECIMALS, OVERLAP, BenchError, bench_all, coefficient_errors, sklearn_reference, work_directory
-from services.cli.synthetic import OwnerTable, make_study_data
+from services.testkit.synthetic import OwnerTable, make_study_data
 
 TNO_PINS = (
     "tno.mpc.mpyc.secure-learning==1.1.1",

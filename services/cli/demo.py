@@ -22,12 +22,12 @@ from rich.table import Table
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
-from services.cli.studies import spec_for
+from services.testkit.studies import spec_for
 from services.cli.study import print_result, print_run, watch_run
-from services.cli.synthetic import make_study_data, reference_join
-from services.cli.tracing import load_trace, summary, waterfall_png, waterfall_text
+from services.testkit.synthetic import make_study_data, reference_join
+from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
 from services.mesh.config import load_config
-from services.mesh.launcher import LocalMesh, local_mesh_for
+from services.tools.launcher import LocalMesh, local_mesh_for
 
 console = Console()
 

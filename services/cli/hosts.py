@@ -1,7 +1,7 @@
 """`riskmesh demo-hosts`: the demo study with every organisation on its own host.
 
 Each organisation runs in its own Linux network namespace with its own address
-(services/mesh/netns.py: `rm-<org>-<run>`, 10.77.k.2), its servers started there with
+(services/tools/netns.py: `rm-<org>-<run>`, 10.77.k.2), its servers started there with
 the environment the Kubernetes manifests set. With `--latency-ms`, the organisations
 reach each other only through a user-space relay that delays every chunk by that much,
 one way (the kernel here has no `netem`). Shows which address each organisation has,
@@ -30,7 +30,7 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
 from services.cli.demo import run_demo
 from services.mesh.config import load_config
-from services.mesh.netns import PUBLIC_SERVERS, HostsMesh, NetnsError
+from services.tools.netns import PUBLIC_SERVERS, HostsMesh, NetnsError
 
 console = Console()
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.mesh.pki import DEFAULT_ORGS, export_k8s, init_pki
+from services.tools.pki import DEFAULT_ORGS, export_k8s, init_pki
 
 app = typer.Typer(help="riskmesh: secure inner join + secure Lasso across organisations, over mTLS.", no_args_is_help=True)
 pki_app = typer.Typer(help="Development PKI (one CA per organisation).", no_args_is_help=True)
@@ -56,7 +56,7 @@ def up(
     home: Path = typer.Option(DEFAULT_HOME, help="where configs, PKI and state live"),
 ) -> None:
     """Start organisations on localhost (each server its own process) until Ctrl-C."""
-    from services.mesh.launcher import LocalMesh, write_local_mesh
+    from services.tools.launcher import LocalMesh, write_local_mesh
 
     configs = write_local_mesh(home)
     chosen = {o: p for o, p in configs.items() if not org or o in org}
@@ -116,7 +116,7 @@ def trace(run_or_trace: str = typer.Argument(..., help="a run id (looked up at -
           org: str = typer.Option("insurer"), home: Path = typer.Option(DEFAULT_HOME),
           png: Optional[Path] = typer.Option(None, help="also write the waterfall as PNG here")) -> None:
     """A run's spans from every organisation as a waterfall (text, and PNG with --png)."""
-    from services.cli.tracing import load_trace, summary, waterfall_png, waterfall_text
+    from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
 
     trace_id = run_or_trace
     if len(run_or_trace) != 32:

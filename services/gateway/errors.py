@@ -9,7 +9,7 @@ import grpc
 
 from services.gateway.audit import AuditError
 from services.gateway.predict import PredictError
-from services.gateway.spec import SpecError
+from services.study.spec import SpecError
 from services.gateway.store import (
     DuplicateRunError,
     IllegalTransitionError,

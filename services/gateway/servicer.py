@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 import riskmesh
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services.gateway import spec as specs
+from services.study import spec as specs
 from services.gateway.audit import AuditLog
 from services.gateway.errors import RequestError, mapped_errors
 from services.gateway.pipeline import OwnerKeys, PhaseFailure, RunPipeline

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from riskmesh.v1 import common_pb2, gateway_pb2, lasso_pb2
-from services.gateway.spec import normalise, owner_orgs, role_of, spec_digest
+from services.study.spec import normalise, owner_orgs, role_of, spec_digest
 
 STORE_FILENAME = "gateway.sqlite3"
 RESTART_REASON = "gateway restarted during the run"

@@ -32,9 +32,9 @@ from opentelemetry import propagate
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.exchange import Outbox, accept, dial
-from services.lasso.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
-from services.lasso.shares import ShareBlock, encode_block
-from services.lasso.worker import WorkerFactory, WorkerHandle
+from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
+from services.lasso.core.blocks import ShareBlock, encode_block
+from services.lasso.worker.handle import WorkerFactory, WorkerHandle
 
 log = logging.getLogger("riskmesh.lasso.runs")
 

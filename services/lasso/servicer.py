@@ -23,11 +23,11 @@ from typing import AsyncIterator
 import grpc
 
 from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
-from services.gateway.spec import SpecError, validate
-from services.lasso.parties import HELPER_PID, PartyError, party_orgs
+from services.study.spec import SpecError, validate
+from services.lasso.core.parties import HELPER_PID, PartyError, party_orgs
 from services.lasso.runs import CONNECT_TIMEOUT_S, ChannelFor, Finished, Run, RunFailure, RunRegistry, phase_name
 from services.lasso.shares import ShareSource, ShareSourceError
-from services.lasso.worker import WorkerFactory, spawn_worker
+from services.lasso.worker.handle import WorkerFactory, spawn_worker
 from services.mesh.authz import current_caller
 
 HELLO_TIMEOUT_S = 30.0

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from services.mesh.config import OrgConfig
 from services.mesh.identity import IdentityResolver
-from services.mesh.pki import OrgPaths, load_org_cas, server_name
+from services.mesh.pki_layout import OrgPaths, load_org_cas, server_name
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+# Where the pytest plugin (tests/reliability/plugin.py) writes the ledger for the runner.
+REPORT_ENV = "RISKMESH_RELIABILITY_REPORT"
+
 CATEGORIES = ("faults", "bad_inputs", "refusals", "canary", "leaks")
 MAX_DETAIL_CHARS = 300
 

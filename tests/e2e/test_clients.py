@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from services.mesh.config import load_config
-from services.mesh.launcher import LocalMesh, local_mesh_for
+from services.tools.launcher import LocalMesh, local_mesh_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TS_DIR = ROOT / "clients" / "typescript"

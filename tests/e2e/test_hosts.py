@@ -23,10 +23,10 @@ import pytest
 
 from riskmesh.client import GatewayClient
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
-from services.cli.studies import spec_for
-from services.cli.synthetic import make_study_data
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data
 from services.mesh.config import load_config
-from services.mesh.netns import HostsMesh, NetnsError, list_namespaces, namespace_pids, require_netns
+from services.tools.netns import HostsMesh, NetnsError, list_namespaces, namespace_pids, require_netns
 
 pytestmark = pytest.mark.e2e
 

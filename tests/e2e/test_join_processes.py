@@ -28,9 +28,9 @@ import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows, start_join
-from services.cli.studies import spec_for
-from services.cli.synthetic import StudyData, make_study_data
-from services.mesh.launcher import LocalMesh, local_mesh_for
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import StudyData, make_study_data
+from services.tools.launcher import LocalMesh, local_mesh_for
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import pytest
 
 from riskmesh.client import GatewayClient
 from services.mesh.config import load_config
-from services.mesh.launcher import LocalMesh, local_mesh_for
+from services.tools.launcher import LocalMesh, local_mesh_for
 from services.mesh.telemetry import read_spans
 
 pytestmark = pytest.mark.e2e

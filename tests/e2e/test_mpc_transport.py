@@ -30,18 +30,20 @@ import psutil
 import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
-from services.gateway.spec import feature_names
+from services.study.spec import feature_names
 from services.join.rules import RESHARING_RULES
-from services.lasso import dealer
-from services.lasso.lasso_program import regression_spec
-from services.lasso.plain_reference import fit_sklearn, split_table
-from services.lasso.shares import InMemoryShareSource, ShareBlock, encode_block
-from services.lasso.transport_bench import DUMMY_BLOCK, bench_spec, lasso_inputs
-from services.lasso.inputs import study_columns
-from services.lasso.transport_check import expected, result_names
+from services.testkit import dealer
+from services.lasso.worker.lasso_program import regression_spec
+from services.testkit.plain_reference import fit_sklearn, split_table
+from services.lasso.core.blocks import ShareBlock, encode_block
+from services.lasso.shares import InMemoryShareSource
+from services.bench.transport_bench import DUMMY_BLOCK, bench_spec, lasso_inputs
+from services.lasso.core.inputs import study_columns
+from services.lasso.worker.program import program_env
+from services.testkit.transport_check import expected, result_names
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.launcher import LocalMesh, local_mesh_for, wait_healthy
-from services.mesh.pki import OrgPaths
+from services.tools.launcher import LocalMesh, local_mesh_for, wait_healthy
+from services.mesh.pki_layout import OrgPaths
 from services.mesh.server import MeshServer
 from services.mesh.tls import MeshCredentials
 from tests.unit.gateway.specs import make_spec
@@ -51,10 +53,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ORGS = ("insurer", "hospital", "helper")
 FAILURE_BOUND_S = 15.0
+TEST_PROGRAMS = {
+    "transport-check": "services.testkit.transport_check:run",
+    "rounds": "services.bench.transport_bench:rounds_program",
+}
 
 
 def serve_party(config_path: str, shares: dict[str, list[ShareBlock]], program: str) -> None:
     """Process target: one production lasso server with in-memory shares and a test program."""
+    os.environ.update(program_env(TEST_PROGRAMS))
     from services.lasso.server import build_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s lasso %(name)s: %(message)s")

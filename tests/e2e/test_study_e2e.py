@@ -16,11 +16,11 @@ import pytest
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
 from services.cli.demo import sklearn_reference
-from services.cli.studies import spec_for
-from services.cli.synthetic import make_study_data, reference_join
-from services.cli.tracing import load_trace, phase_rows, waterfall_png
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data, reference_join
+from services.tools.traces import load_trace, phase_rows, waterfall_png
 from services.mesh.config import load_config
-from services.mesh.launcher import LocalMesh, local_mesh_for
+from services.tools.launcher import LocalMesh, local_mesh_for
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import pytest
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
-from services.cli.studies import spec_for
-from services.cli.synthetic import make_study_data
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data
 from services.gateway.audit import AuditLog, audit_path
 from services.gateway.server import build_server
 from services.mesh.config import load_config

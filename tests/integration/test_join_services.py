@@ -31,15 +31,15 @@ import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
-from services.cli.studies import spec_for
-from services.cli.synthetic import OwnerTable, StudyData, make_study_data
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import OwnerTable, StudyData, make_study_data
 from services.join import encryption_server, intersection_server, resharing_server
 from services.join.core import keys
 from services.join.core.fixedpoint import FixedPointFormat
 from services.join.core.packing import SlotLayout, unpack_row
 from services.join.core.paillier import PrivateKey, PublicKey, generate_keypair, generate_pool
 from services.mesh.config import load_config
-from services.mesh.launcher import local_mesh_for
+from services.tools.launcher import local_mesh_for
 from services.mesh.server import MeshServer
 from services.mesh.tls import MeshCredentials
 from tests.conftest import LoopThread

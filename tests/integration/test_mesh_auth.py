@@ -12,7 +12,7 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.server import build_server
 from services.mesh.config import load_config
-from services.mesh.pki import issue_with_existing_ca, make_leaf, write_leaf, OrgPaths
+from services.tools.pki import issue_with_existing_ca, make_leaf, write_leaf, OrgPaths
 from services.mesh.identity import Identity
 from tests.conftest import start_in_process, stop_in_process
 

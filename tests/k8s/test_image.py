@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from riskmesh.client import GatewayClient
-from services.mesh.launcher import SERVER_MODULES, find_free_base_ports, wait_healthy
-from services.mesh.pki import export_k8s, init_pki
+from services.tools.launcher import SERVER_MODULES, find_free_base_ports, wait_healthy
+from services.tools.pki import export_k8s, init_pki
 from tests.k8s.manifests import BASE_PORT, OVERLAYS, REPO, component, containers, of_kind, render
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from services.mesh.config import ROLE_SERVERS, parse_config
-from services.mesh.pki import export_k8s, init_pki
+from services.tools.pki import export_k8s, init_pki
 from services.mesh.tls import MeshCredentials
 from tests.k8s.manifests import (
     BASE_PORT,

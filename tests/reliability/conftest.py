@@ -1,4 +1,4 @@
-"""Fixtures of the reliability suite: the ledger (services/reliability/plugin.py), the
+"""Fixtures of the reliability suite: the ledger (tests/reliability/plugin.py), the
 suite's own data and one shared three-organisation mesh of processes for the long
 modules (suite_*.py, run by `make reliability`)."""
 
@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from services.reliability.plugin import ledger, pytest_configure, pytest_runtest_makereport, pytest_runtest_protocol, pytest_sessionfinish, pytest_terminal_summary
+from tests.reliability.plugin import ledger, pytest_configure, pytest_runtest_makereport, pytest_runtest_protocol, pytest_sessionfinish, pytest_terminal_summary
 from tests.reliability.harness import KnownData, Mesh, known_data
 
 __all__ = ["ledger", "pytest_configure", "pytest_runtest_makereport", "pytest_runtest_protocol", "pytest_sessionfinish", "pytest_terminal_summary"]

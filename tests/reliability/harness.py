@@ -28,10 +28,10 @@ import psutil
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
 from services.cli.demo import sklearn_reference
-from services.cli.studies import spec_for
-from services.cli.synthetic import OwnerTable, StudyData, make_study_data, reference_join
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import OwnerTable, StudyData, make_study_data, reference_join
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for, wait_healthy
+from services.tools.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for, wait_healthy
 from services.mesh.tls import MeshCredentials
 from services.reliability.leaks import PatientId
 from tests.reliability.instrument import RECORD_DIR_ENV, RECORDING_FLAG, TAG_KEYS_FILE

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from riskmesh.v1 import gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
 from services.mesh.identity import Identity
-from services.mesh.pki import OrgPaths, init_pki, issue_with_existing_ca, make_leaf, server_name, write_leaf
+from services.tools.pki import OrgPaths, init_pki, issue_with_existing_ca, make_leaf, server_name, write_leaf
 from services.reliability.ledger import Ledger
 from tests.reliability.harness import Mesh, audit_rows
 

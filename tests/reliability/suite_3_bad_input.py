@@ -43,8 +43,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from riskmesh.v1 import common_pb2, gateway_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
-from services.cli.studies import spec_for
-from services.gateway.spec import STUDY_ID
+from services.testkit.studies import spec_for
+from services.study.spec import STUDY_ID
 from services.join import codec
 from services.join.core.packing import SlotLayout
 from services.join.core.paillier import generate_keypair, generate_pool

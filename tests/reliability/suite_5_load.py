@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.cli.studies import spec_for
+from services.testkit.studies import spec_for
 from services.reliability.ledger import Ledger
 from tests.reliability.harness import ALPHA, ORGS, KnownData, Mesh, check_coefficients, known_data
 

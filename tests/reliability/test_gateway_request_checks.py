@@ -15,12 +15,12 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services.cli.studies import spec_for
-from services.cli.synthetic import make_study_data
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data
 from services.gateway.audit import AuditLog, audit_path
 from services.gateway.server import build_server
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.launcher import local_mesh_for
+from services.tools.launcher import local_mesh_for
 from services.mesh.tls import MeshCredentials
 from tests.conftest import LoopThread, start_in_process, stop_in_process
 

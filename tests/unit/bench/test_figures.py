@@ -12,9 +12,9 @@ from services.bench.full_bench import BenchError, coefficient_errors, median_sum
 from services.bench.lasso_bench import party_blocks, read_shares, split_phases, write_shares
 from services.bench.meshrun import TrafficCounter
 from services.bench.tno_compare import tno_coefficients
-from services.cli.synthetic import make_study_data
-from services.cli.tracing import SpanRow
-from services.lasso.dealer import decode
+from services.testkit.synthetic import make_study_data
+from services.tools.traces import SpanRow
+from services.testkit.dealer import decode
 
 
 def _span(org: str, phase: str, start: float, end: float) -> SpanRow:

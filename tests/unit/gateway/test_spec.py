@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from riskmesh.v1 import common_pb2
-from services.gateway.spec import (
+from services.study.spec import (
     DEFAULT_PAILLIER_BITS,
     SpecError,
     canonical_bytes,

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from riskmesh.v1 import common_pb2, lasso_pb2
-from services.gateway.spec import normalise, spec_digest
+from services.study.spec import normalise, spec_digest
 from services.gateway.store import (
     CANCELLED,
     FAILED,

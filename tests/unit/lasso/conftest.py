@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.lasso.mpc_runtime import create_runtime
+from services.lasso.mpc.runtime import create_runtime
 
 
 @pytest.fixture(scope="session")

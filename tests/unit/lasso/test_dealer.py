@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.lasso.dealer import OFFSET, deal, decode, encode, reconstruct
-from services.lasso.synthetic import make_study
+from services.testkit.dealer import OFFSET, deal, decode, encode, reconstruct
+from services.testkit.joined_tables import make_study
 
 
 def test_shares_reconstruct_the_permuted_table() -> None:

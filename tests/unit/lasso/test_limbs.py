@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from services.lasso.limbs import (
+from services.lasso.core.limbs import (
     bytes_to_limbs,
     column_sums_limbs,
     combine_gram,

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from services.lasso.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
-from services.lasso.plan import make_plan, ns_iterations
-from services.lasso.spec import ModelKind, RegressionSpec, SpecError, as_spec_ranges, fold_bounds
-from services.lasso.synthetic import make_study
+from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
+from services.lasso.core.plan import make_plan, ns_iterations
+from services.lasso.core.params import ModelKind, RegressionSpec, SpecError, as_spec_ranges, fold_bounds
+from services.testkit.joined_tables import make_study
 
 STUDY = make_study(2000, 10, seed=7)
 ALPHAS = (0.01, 0.3, 2.0, 8.0)

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from services.lasso.secure_ops import FieldOps
-from services.lasso.secure_threshold import FusedThreshold, threshold_field_bits
+from services.lasso.mpc.secure_ops import FieldOps
+from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_field_bits
 
 FRAC = 32
 

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.lasso.dealer import deal, encode
-from services.lasso.local_run import _free_ports, run_local
-from services.lasso.mpc_runtime import SINGLE_THREAD_ENV
-from services.lasso.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
-from services.lasso.secure_regression import secure_fit
-from services.lasso.spec import ModelKind, RegressionResult, RegressionSpec
-from services.lasso.synthetic import make_study
+from services.testkit.dealer import deal, encode
+from services.bench.local_run import _free_ports, run_local
+from services.lasso.mpc.runtime import SINGLE_THREAD_ENV
+from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
+from services.lasso.mpc.secure_regression import secure_fit
+from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
+from services.testkit.joined_tables import make_study
 
 ROWS, FEATURES, SEED = 300, 4, 3
 STUDY = make_study(ROWS, FEATURES, seed=SEED)
@@ -154,7 +154,7 @@ def test_three_parties_refuse_different_parameters() -> None:
     ports = ",".join(str(p) for p in _free_ports(3))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "services.lasso.local_run", "--records", str(ROWS), "--features", str(FEATURES),
+            [sys.executable, "-m", "services.bench.local_run", "--records", str(ROWS), "--features", str(FEATURES),
              "--alpha", "1.0" if pid < 2 else "2.0", "--party", str(pid), "--ports", ports],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **SINGLE_THREAD_ENV},
         )

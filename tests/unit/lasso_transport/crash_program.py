@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from riskmesh.v1 import lasso_pb2
-from services.lasso.program import RunContext
+from services.lasso.worker.program import RunContext
 
 SECRET = "4242.4242"
 

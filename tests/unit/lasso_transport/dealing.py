@@ -13,9 +13,9 @@ import random
 from typing import Sequence
 
 from riskmesh.v1 import common_pb2
-from services.gateway.spec import owner_orgs, owner_columns
-from services.lasso.shares import ShareBlock
-from services.lasso.inputs import study_columns
+from services.study.spec import owner_orgs, owner_columns
+from services.lasso.core.blocks import ShareBlock
+from services.lasso.core.inputs import study_columns
 
 FRACTIONAL_BITS = 32
 VALUE_BITS = 64

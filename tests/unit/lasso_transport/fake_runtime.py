@@ -1,4 +1,4 @@
-"""A stand-in for MPyC's Runtime with exactly what services.lasso.transport touches.
+"""A stand-in for MPyC's Runtime with exactly what services.lasso.worker.transport touches.
 
 `set_protocol`/`unset_protocol` and the PRSS key bookkeeping follow mpyc/runtime.py
 (0.11) line for line; building a real runtime would parse pytest's argv and install a

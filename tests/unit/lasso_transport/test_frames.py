@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from services.lasso.frames import (
+from services.lasso.worker.frames import (
     Close,
     Dial,
     Failed,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.lasso.lasso_program import check_encoding, model_result, regression_spec
-from services.lasso.program import ProgramError
-from services.lasso.shares import ShareBlock
-from services.lasso.spec import ModelKind, RegressionResult
+from services.lasso.worker.lasso_program import check_encoding, model_result, regression_spec
+from services.lasso.worker.program import ProgramError
+from services.lasso.core.blocks import ShareBlock
+from services.lasso.core.params import ModelKind, RegressionResult
 from tests.unit.gateway.specs import make_spec
 
 

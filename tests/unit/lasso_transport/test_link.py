@@ -6,8 +6,8 @@ import asyncio
 import socket
 import struct
 
-from services.lasso.frames import FrameError, Recv, Report, Send
-from services.lasso.link import open_link
+from services.lasso.worker.frames import FrameError, Recv, Report, Send
+from services.lasso.worker.link import open_link
 
 
 def test_frames_cross_in_order_and_the_close_is_reported_once():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.lasso.parties import PartyError, party_orgs
+from services.lasso.core.parties import PartyError, party_orgs
 from tests.unit.gateway.specs import make_spec
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.exchange import Abort, Outbox, accept
-from services.lasso.frames import Close, Failed, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
+from services.lasso.worker.frames import Close, Failed, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
 from services.lasso.runs import Finished, Run, RunFailure, RunRegistry
 from tests.unit.lasso_transport.test_shares import block
 

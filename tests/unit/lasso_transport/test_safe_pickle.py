@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from services.lasso import safe_pickle
+from services.lasso.mpc import safe_pickle
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from riskmesh.v1 import join_pb2
-from services.lasso.shares import BlockDecoder, InMemoryShareSource, ShareBlock, ShareError, ShareSourceError, decode_blocks, encode_block
+from services.lasso.core.blocks import BlockDecoder, ShareBlock, ShareError, decode_blocks, encode_block
+from services.lasso.shares import InMemoryShareSource, ShareSourceError
 
 BIG = 2**104 - 1
 

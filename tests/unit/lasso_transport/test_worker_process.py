@@ -10,16 +10,14 @@ import sys
 import time
 
 from riskmesh.v1 import lasso_pb2
-from services.lasso.frames import Dial, Failed, FrameDecoder, Input, InputEnd, PeerUp, Start, encode
-from services.lasso.shares import encode_block
-from services.lasso.transport_bench import DUMMY_BLOCK, bench_spec
+from services.lasso.worker.frames import Dial, Failed, FrameDecoder, Input, InputEnd, PeerUp, Start, encode
+from services.lasso.core.blocks import encode_block
+from services.bench.transport_bench import DUMMY_BLOCK, bench_spec
+from services.lasso.worker.program import program_env
 from tests.unit.lasso_transport.crash_program import SECRET
 
-LAUNCH = (
-    "import sys, services.lasso.program as p; "
-    "p.PROGRAMS['crash'] = 'tests.unit.lasso_transport.crash_program:run'; "
-    "import services.lasso.mpc_worker as w; raise SystemExit(w.main(sys.argv[1:]))"
-)
+LAUNCH = "import sys, services.lasso.worker.main as w; raise SystemExit(w.main(sys.argv[1:]))"
+CRASH_ENV = {**os.environ, **program_env({"crash": "tests.unit.lasso_transport.crash_program:run"})}
 
 
 def test_a_failing_mpyc_coroutine_is_reported_by_type_only():
@@ -28,6 +26,7 @@ def test_a_failing_mpyc_coroutine_is_reported_by_type_only():
     process = subprocess.Popen(
         [sys.executable, "-c", LAUNCH, "--fd", str(theirs.fileno()), "--heartbeat-fd", str(beat_write), "--pid", "0", "--program", "crash"],
         pass_fds=(theirs.fileno(), beat_write),
+        env=CRASH_ENV,
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -3,7 +3,8 @@ import stat
 from cryptography import x509
 
 from services.mesh.identity import Identity, IdentityResolver, identity_of_certificate, parse_spiffe
-from services.mesh.pki import OrgPaths, init_pki, load_org_cas
+from services.mesh.pki_layout import OrgPaths, load_org_cas
+from services.tools.pki import init_pki
 
 
 def test_pki_layout_identities_and_key_permissions(tmp_path):

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_generated_code_is_fresh():
-    result = subprocess.run([sys.executable, "-m", "services.mesh.protogen", "--check"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "services.tools.protogen", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
@@ -19,7 +19,7 @@ def test_buf_lint_is_clean():
 
 
 def test_stale_check_detects_an_edit(tmp_path):
-    from services.mesh import protogen
+    from services.tools import protogen
 
     protogen.generate(tmp_path)
     fresh = tmp_path / "riskmesh" / "v1"

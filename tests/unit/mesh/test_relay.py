@@ -13,7 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from services.mesh.relay import Address, DelayRelay, RelayStartError, parse_address, start_relay_process
+from services.tools.relay import Address, DelayRelay, RelayStartError, parse_address, start_relay_process
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 REPO = Path(__file__).resolve().parents[3]
@@ -275,7 +275,7 @@ def test_relay_as_a_process_forwards_and_stops_on_sigterm(tmp_path: Path) -> Non
         port = await ready
         sock = tmp_path / "p.sock"
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.mesh.relay", "--delay-ms", "5", "--listen", f"unix:{sock}", "--target", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "services.tools.relay", "--delay-ms", "5", "--listen", f"unix:{sock}", "--target", f"127.0.0.1:{port}"],
             cwd=REPO, stdout=subprocess.PIPE, text=True)
         try:
             line = await asyncio.to_thread(_read_line, process, 30)
@@ -300,7 +300,7 @@ def test_relay_as_a_process_forwards_and_stops_on_sigterm(tmp_path: Path) -> Non
 
 
 def test_relay_process_refuses_unpaired_routes() -> None:
-    result = subprocess.run([sys.executable, "-m", "services.mesh.relay", "--listen", "127.0.0.1:0"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "services.tools.relay", "--listen", "127.0.0.1:0"], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "--target" in result.stderr
 

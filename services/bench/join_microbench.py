@@ -1,0 +1,145 @@
+"""Microbenchmark of the join core's operations, and an estimate for a whole join.
+
+Run: ``python -m services.bench.join_microbench [--bits 2048] [--rows 10000]``.
+
+Measures, on synthetic data (no files, no network): key generation, one pool
+element (window table build + per-element products; single process and over
+worker processes), per-row owner work (tag, encode, pack, encrypt), helper
+masking, owner decryption (CRT, p-only, p-only over threads) and share
+encoding. Then estimates a join of ``rows`` rows per owner with ``overlap``
+of them shared: total CPU seconds per phase, and the wall time if the work
+spread perfectly over ``cores`` cores. Samples are small on purpose (the
+machine is shared); timings are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+
+from services.join.core import fixedpoint
+from services.join.core.columns import ColumnSpec
+from services.join.core.keys import TagKey, tags
+from services.join.core.masking import mask_rows
+from services.join.core.packing import SlotLayout, pack_rows
+from services.join.core.paillier import (
+    DEFAULT_EXPONENT_BITS,
+    FixedBaseTable,
+    ShortExponentBase,
+    choose_window_bits,
+    decrypt_many,
+    encrypt_rows,
+    generate_keypair,
+    generate_pool,
+)
+from services.join.core.parallel import default_workers, process_executor
+from services.join.core.shares import encode_shares, value_bytes
+
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _line(name: str, seconds: float, unit: str = "") -> None:
+    if seconds < 1e-3:
+        shown = f"{seconds * 1e6:9.1f} µs"
+    elif seconds < 1:
+        shown = f"{seconds * 1e3:9.2f} ms"
+    else:
+        shown = f"{seconds:9.2f} s "
+    print(f"  {name:<44}{shown} {unit}")
+
+
+def run(bits: int, rows: int, columns: int, overlap: float, samples: int, cores: int) -> None:
+    """Measure and print (see the module docstring)."""
+    print(f"join core microbench: {bits}-bit Paillier, {columns} values/row, {samples} samples, {cores} cores")
+    keys, t_keygen = _timed(lambda: [generate_keypair(bits) for _ in range(3)])
+    key = keys[0]
+    pk = key.public
+    t_keygen /= 3
+    _line("keygen (one key pair)", t_keygen)
+
+    per_worker = -(-rows // cores)
+    window = choose_window_bits(per_worker, DEFAULT_EXPONENT_BITS, int(pk.n2).bit_length())
+    base = ShortExponentBase.new(pk)
+    table, t_table = _timed(lambda: FixedBaseTable(base.h_s, base.n2, DEFAULT_EXPONENT_BITS, window))
+    exps = [secrets.randbits(DEFAULT_EXPONENT_BITS) for _ in range(samples)]
+    _, t = _timed(lambda: [table.power(e) for e in exps])
+    t_elem = t / samples
+    _line(f"pool: window table build (w = {window})", t_table)
+    _line("pool: one element h_s^a, a of 448 bits", t_elem)
+    par_count = min(rows, 2000)
+    with process_executor(cores) as executor:
+        _, t_start = _timed(lambda: list(executor.map(abs, range(cores))))
+        _, t_par = _timed(lambda: generate_pool(pk, par_count, executor=executor, parts=cores))
+    _line(f"pool: start {cores} worker processes (once per server)", t_start)
+    _line(f"pool: {par_count} elements over {cores} processes", t_par, f"({t_par / par_count * 1e3:.3f} ms/elem)")
+
+    layout = SlotLayout.for_columns(columns, bits)
+    cols = [ColumnSpec(f"c{k}", -1000, 1000) for k in range(columns)]
+    values = np.random.default_rng().uniform(-1000, 1000, size=(samples, columns))
+    ids = [f"1970-01-{1 + k % 28:02d}|{1000 + k}AB" for k in range(samples)]
+    tag_key = TagKey(secrets.token_bytes(32))
+    pool = generate_pool(pk, samples * layout.ciphertexts_per_row * 2)
+    _, t_tag = _timed(lambda: tags(tag_key, ids))
+    packed, t_pack = _timed(lambda: pack_rows(layout, fixedpoint.encode(values, cols, layout.fixed_point)))
+    cts, t_enc = _timed(lambda: encrypt_rows(pk, packed, pool))
+    masked, t_mask = _timed(lambda: mask_rows(pk, layout, cts, columns))
+    flat = [c for row in masked.ciphertexts for c in row]
+    _, t_crt = _timed(lambda: decrypt_many(key, flat))
+    _, t_p = _timed(lambda: decrypt_many(key, flat, below_p=True))
+    _, t_pt = _timed(lambda: decrypt_many(key, flat, below_p=True, threads=cores))
+    width = value_bytes(layout)
+    _, t_wire = _timed(lambda: encode_shares(masked.helper_shares, width))
+    n = samples
+    _line("owner: tag (HMAC-SHA256) per row", t_tag / n)
+    _line("owner: encode + pack per row", t_pack / n)
+    _line(f"owner: encrypt per row ({layout.ciphertexts_per_row} ciphertext(s))", t_enc / n)
+    _line("helper: mask per row", t_mask / n)
+    _line("owner: decrypt CRT per ciphertext", t_crt / len(flat))
+    _line("owner: decrypt p-only per ciphertext", t_p / len(flat))
+    _line(f"owner: decrypt p-only, {cores} threads (effective)", t_pt / len(flat))
+    _line("shares: encode per row", t_wire / n)
+
+    joined = int(rows * overlap)
+    per_row_cts = layout.ciphertexts_per_row
+    phases = {
+        "keygen (2 owners)": 2 * t_keygen,
+        "pool (2 owners, tables per core)": 2 * (rows * per_row_cts * t_elem + cores * t_table),
+        "tag + encode + pack + encrypt (2 owners)": 2 * rows * (t_tag + t_pack + t_enc) / n,
+        "helper masking (both directions)": 2 * joined * t_mask / n,
+        "decrypt p-only (2 owners)": 2 * joined * per_row_cts * t_p / len(flat),
+        "share encoding (3 parties)": 3 * joined * t_wire / n,
+    }
+    total = sum(phases.values())
+    print(f"estimate: {rows} rows per owner, {columns} values, {joined} joined ({overlap:.0%} overlap)")
+    for name, seconds in phases.items():
+        _line(f"CPU {name}", seconds)
+    _line("CPU total", total)
+    _line(f"wall if spread perfectly over {cores} cores", total / cores, "(no network, no gRPC)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bits", type=int, default=2048, help="Paillier modulus bits")
+    parser.add_argument("--rows", type=int, default=10_000, help="rows per owner for the estimate")
+    parser.add_argument("--columns", type=int, default=5, help="values per row")
+    parser.add_argument("--overlap", type=float, default=0.5, help="fraction of rows in the join")
+    parser.add_argument("--samples", type=int, default=200, help="rows measured per operation")
+    parser.add_argument("--cores", type=int, default=min(2, default_workers()), help="cores to use")
+    args = parser.parse_args(argv)
+    run(args.bits, args.rows, args.columns, args.overlap, args.samples, args.cores)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Input of the join's additive integer shares into MPyC, and the local Gram products.
+
+Maths. Party i holds an integer matrix S_i (m × c) with S_0 + S_1 + S_2 = X′
+over the integers, |S_i| < 2^106. Reducing mod the prime p of the input field
+keeps the identity mod p, and X′ < 2^64 < p, so the field sum *is* the
+encoded table. Each party Shamir-shares S_i mod p (degree t, fresh uniform
+coefficients from the OS CSPRNG — 64 extra bits reduced mod p), sends party j
+its share, and sums the shares it receives: the result is party j's Shamir
+share [X′]_j. This is MPyC's ``input`` with a lean encoding (fixed-width
+little-endian bytes instead of pickled Python ints, in chunks of rows) — the
+received bytes are read directly as 16-bit limbs (``limbs``), never as Python
+ints.
+
+Local products. For each fold (a contiguous block of the permuted rows) the
+party computes its share of P = Σ_r x′_r x′_rᵀ (degree 2t: a product of two
+degree-t sharings) exactly with float64 BLAS on limbs, and of s = Σ_r x′_r
+(degree t). Offsets need no care: the centred moment m·P − s sᵀ is invariant
+to adding a constant to a column, and the means are corrected publicly.
+
+Columns a party is known (publicly, by the join protocol) to hold only zeros
+of are not sent; receivers count them as zero.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.lasso.core.limbs import (
+    bytes_to_limbs,
+    column_sums_limbs,
+    combine_gram,
+    combine_sums,
+    gram_limbs,
+    ints_to_bytes,
+    limb_count,
+    normalise,
+)
+from services.lasso.mpc.secure_ops import FieldOps, random_below
+
+ObjectArray = npt.NDArray[np.object_]
+
+#: Rows per message (≈ 0.3–1 MB at c = 11, fits any transport's message limit).
+CHUNK_ROWS = 2048
+#: Chunks sent ahead of the one being absorbed.
+LOOKAHEAD_CHUNKS = 4
+
+
+@dataclass(frozen=True)
+class FoldSums:
+    """This party's shares of one fold's raw moments (x′ = fixed-point encodings)."""
+
+    gram: ObjectArray  # (c, c), degree 2t: Σ_r x′_r x′_rᵀ mod p
+    sums: ObjectArray  # (c,), degree t: Σ_r x′_r mod p
+    rows: int
+
+
+def _segments(folds: Sequence[tuple[int, int]], chunk: int) -> list[tuple[int, int, int]]:
+    """(fold, start, stop) pieces of at most ``chunk`` rows that never cross a fold."""
+    out = []
+    for k, (start, stop) in enumerate(folds):
+        for lo in range(start, stop, chunk):
+            out.append((k, lo, min(lo + chunk, stop)))
+    return out
+
+
+def shamir_split(values: ObjectArray, p: int, t: int, parties: int) -> list[ObjectArray]:
+    """Degree-t Shamir shares f(1..parties) of each value (f(0) = value), uniform coefficients."""
+    coefficients = [random_below(p, values.size).reshape(values.shape) for _ in range(t)]
+    if t == 1:  # f(j) = x + c·j: consecutive shares differ by c (additions only)
+        shares, share = [], values
+        for _ in range(parties):
+            share = (share + coefficients[0]) % p
+            shares.append(share)
+        return shares
+    shares = []
+    for j in range(1, parties + 1):
+        share = values.copy()
+        for e, coefficient in enumerate(coefficients, start=1):
+            share = share + coefficient * pow(j, e)
+        shares.append(share % p)
+    return shares
+
+
+async def share_and_multiply(
+    ops: FieldOps,
+    table: ObjectArray,
+    folds: Sequence[tuple[int, int]],
+    zero_columns: Sequence[frozenset[int]],
+    on_rows: Callable[[int], None] | None = None,
+) -> list[FoldSums]:
+    """Shamir-share this party's integer share matrix and return its per-fold local moments.
+
+    Every party calls this with its own ``table`` (m × c Python ints) and the
+    same public ``folds`` and ``zero_columns`` (per party id, the columns it is
+    known to hold zeros of).
+    """
+    mpc, p = ops.mpc, ops.p
+    parties, pid = ops.parties, mpc.pid
+    rows, c = table.shape
+    mine = sorted(zero_columns[pid])
+    if mine and np.any(np.asarray(table, dtype=object)[:, mine] != 0):
+        raise ValueError("this party's shares are not zero in the columns it is declared not to hold")
+    limbs = limb_count(p.bit_length() + 2)  # a sum of `parties` shares < 3p
+    sent = [[j for j in range(c) if j not in zero_columns[i]] for i in range(parties)]
+    acc_gram = [np.zeros((c, limbs, c, limbs), dtype=np.int64) for _ in folds]
+    acc_sums = [np.zeros((c, limbs), dtype=np.int64) for _ in folds]
+    senders = [i for i in range(parties) if i != pid]
+    pending: deque[tuple[int, int, int, bytes, list[Any]]] = deque()
+    done = 0
+
+    async def absorb(k: int, start: int, stop: int, own: bytes, received: list[Any]) -> None:
+        nonlocal done
+        inbox = await mpc.gather(received[pid]) if parties > 1 else []
+        for j in senders:
+            await mpc.gather(received[j])
+        part = np.zeros((stop - start, c, limbs), dtype=np.int64)
+        for i, data in [(pid, own), *zip(senders, inbox)]:
+            if sent[i]:
+                part[:, sent[i], :] += bytes_to_limbs(data, limbs).reshape(stop - start, len(sent[i]), limbs)
+        normalise(part)
+        acc_gram[k] += gram_limbs(part)
+        acc_sums[k] += column_sums_limbs(part)
+        done += stop - start
+        if on_rows is not None:
+            on_rows(done)
+
+    for k, start, stop in _segments(folds, CHUNK_ROWS):
+        block = np.asarray(table[start:stop], dtype=object)[:, sent[pid]] % p
+        payloads = [ints_to_bytes(s, limbs) for s in shamir_split(block, p, ops.t, parties)]
+        received = []
+        for j in range(parties):
+            routes = {i: ([j] if i != j else []) for i in range(parties)}
+            received.append(mpc.transfer(payloads[j] if pid != j else None, sender_receivers=routes))
+        pending.append((k, start, stop, payloads[pid], received))
+        if len(pending) > LOOKAHEAD_CHUNKS:  # keep a few chunks in flight: no lockstep per chunk
+            await absorb(*pending.popleft())
+    while pending:
+        await absorb(*pending.popleft())
+    return [
+        FoldSums(combine_gram(g) % p, combine_sums(s) % p, stop - start)
+        for g, s, (start, stop) in zip(acc_gram, acc_sums, folds)
+    ]

@@ -1,0 +1,76 @@
+"""The production MPC program: the study's regression by services.lasso.mpc.secure_regression.
+
+Glue only, between the wire (StudySpec, share blocks, ModelResult) and the regression
+core (RegressionSpec, an m × c integer share matrix, RegressionResult):
+
+- `regression_spec` maps the approved study: columns in `inputs.study_columns` order
+  (features, then the target, last), their declared ranges, which owner contributed
+  each column, the model (kind, alphas, l1_ratio, folds, standardisation, iterations)
+  and whether the CV curve is revealed;
+- the shares must carry the encoding the core expects (f = 32 fractional bits,
+  ℓ = 64 value bits, so the public offset 2^63);
+- progress phases map onto the Phase enum; the owners' RegressionResult becomes the
+  ModelResult (coefficients in feature order), the helper's None an empty result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from riskmesh.v1 import common_pb2, lasso_pb2
+from services.study.spec import feature_names, target_name
+from services.lasso.core.inputs import assemble, column_owners, study_columns
+from services.lasso.worker.program import ProgramError, RunContext
+from services.lasso.mpc.secure_regression import FRAC_TABLE, secure_fit
+from services.lasso.core.blocks import ShareBlock
+from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
+
+VALUE_BITS = 64
+KINDS = {common_pb2.MODEL_KIND_LASSO: ModelKind.LASSO, common_pb2.MODEL_KIND_ELASTIC_NET: ModelKind.ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE: ModelKind.RIDGE}
+PHASES = {"input": common_pb2.PHASE_INPUT, "gram": common_pb2.PHASE_GRAM, "iterations": common_pb2.PHASE_ITERATIONS, "reveal": common_pb2.PHASE_REVEAL}
+
+
+def regression_spec(spec: common_pb2.StudySpec) -> RegressionSpec:
+    """The regression core's parameters for an approved study (columns as `study_columns`)."""
+    declared = {c.name: c for o in spec.owners for c in [*o.features, o.target] if c.name}
+    columns = study_columns(spec)
+    model = spec.model
+    if model.kind not in KINDS:
+        raise ProgramError(f"model kind {model.kind} is not supported")
+    return RegressionSpec(
+        kind=KINDS[model.kind],
+        alphas=tuple(model.alphas),
+        ranges=tuple(ColumnRange(declared[name].min, declared[name].max) for name in columns),
+        target=len(columns) - 1,
+        l1_ratio=model.l1_ratio if model.kind == common_pb2.MODEL_KIND_ELASTIC_NET else 1.0,
+        cv_folds=model.cv_folds if model.cv_folds > 1 else 0,
+        standardize=model.standardize,
+        iterations=model.iterations,
+        reveal_cv_curve=spec.reveal.cv_curve,
+        column_owners=column_owners(spec),
+    )
+
+
+def check_encoding(blocks: Sequence[ShareBlock]) -> None:
+    for block in blocks:
+        if (block.fractional_bits, block.value_bits) != (FRAC_TABLE, VALUE_BITS):
+            raise ProgramError(f"shares encoded with f = {block.fractional_bits}, l = {block.value_bits}; the regression needs f = {FRAC_TABLE}, l = {VALUE_BITS}")
+
+
+def model_result(result: RegressionResult, spec: common_pb2.StudySpec) -> lasso_pb2.ModelResult:
+    standardized = result.standardized_coefficients or (0.0,) * len(result.coefficients)
+    coefficients = [lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s) for name, w, s in zip(feature_names(spec), result.coefficients, standardized)]
+    curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse) for a, mse in result.cv_curve]
+    return lasso_pb2.ModelResult(coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve, iterations=result.iterations, target=target_name(spec))
+
+
+async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
+    regression = regression_spec(context.spec)
+    check_encoding(context.shares)
+    matrix = assemble(context.shares, study_columns(context.spec))
+
+    def progress(phase: str, done: int, total: int) -> None:
+        context.report(PHASES.get(phase, common_pb2.PHASE_UNSPECIFIED), done, total)
+
+    result = await secure_fit(mpc, matrix, regression, progress)
+    return lasso_pb2.ModelResult() if result is None else model_result(result, context.spec)
