@@ -33,7 +33,7 @@ from services.mesh.config import ROLE_SERVERS, SERVER_OFFSETS, load_config
 from services.tools.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for
 from services.tools.relay import Address, DelayRelay, parse_address
 
-# Servers that other organisations call (DESIGN.md, Security): gateway ↔ gateway,
+# Servers that other organisations call (docs/design.md, Security): gateway ↔ gateway,
 # owner encryption → helper intersection, helper intersection → owner resharing,
 # lasso ↔ lasso. The encryption server is only ever called by its own gateway.
 CROSS_ORG_SERVERS = ("gateway", "intersection", "resharing", "lasso")

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtensionOID
 
-# The servers of DESIGN.md plus `client`, the identity of an org's own systems and operators.
+# The servers of docs/design.md plus `client`, the identity of an org's own systems and operators.
 SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client")
 ORG_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 

@@ -16,7 +16,7 @@ Validation is separate from normalisation: `validate` raises `SpecError` naming 
 first offending field, and never echoes anything but column names and declared
 numbers (a spec holds no patient data, only its shape).
 
-Fixed-point capacity (DESIGN.md, step 1): an attribute is encoded as
+Fixed-point capacity (docs/design.md, step 1): an attribute is encoded as
 x' = round(x * 2^f) + 2^(l-1) in [0, 2^l) with l = 64 and f = 32 fractional bits, so
 every declared bound must satisfy |x| < 2^(l-1-f) = 2^31.
 """

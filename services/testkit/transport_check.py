@@ -1,7 +1,7 @@
 """A small MPC program that checks the transport end to end, with a plaintext oracle.
 
 Each party holds additive integer shares of the joined, fixed-point encoded table
-(DESIGN.md step 3): over the study's columns (features in `feature_names` order, then
+(docs/design.md step 3): over the study's columns (features in `feature_names` order, then
 the target), party i's matrix S_i has 0 where it holds nothing, and
 
     S_0 + S_1 + S_2 = X' = round(X·2^f) + 2^(ℓ−1)     (over the integers).

@@ -56,7 +56,7 @@ from services.tools.relay import RelayProcess, RelayStartError, start_relay_proc
 
 BASE_PORT = 7100  # every organisation, as in k8s/
 SUBNET_PREFIX = "10.77"
-# The servers other organisations reach (DESIGN.md, "Security"; the `-public` Services in k8s/).
+# The servers other organisations reach (docs/design.md, "Security"; the `-public` Services in k8s/).
 PUBLIC_SERVERS = {"data_owner": ("gateway", "resharing", "lasso"), "helper": ("gateway", "intersection", "lasso")}
 RUN_NAMESPACE = re.compile(r"^rm-[a-z0-9-]+?-(?P<pid>\d+)-[0-9a-f]{4}$")
 MAX_UNIX_PATH = 100  # sun_path holds 108 bytes

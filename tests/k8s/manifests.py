@@ -1,7 +1,7 @@
 """Helpers for the manifest tests: render a kustomization, read the objects, and model
 the NetworkPolicies as the set of (from, to, port) edges they admit.
 
-The expected edges are derived from the paths of DESIGN.md (Security) and the server
+The expected edges are derived from the paths of docs/design.md (Security) and the server
 table of services.mesh.config, so a policy that admits one edge too many or too few
 fails a test.
 """
@@ -42,7 +42,7 @@ IN_ORG_PATHS = [
     ("lasso", "resharing"),
     ("intersection", "resharing"),
 ]
-# The only cross-org paths (DESIGN.md, Security): caller server -> callee server.
+# The only cross-org paths (docs/design.md, Security): caller server -> callee server.
 CROSS_ORG_PATHS = [
     ("gateway", "gateway"),
     ("encryption", "intersection"),
@@ -204,7 +204,7 @@ def model(docs: list[dict[str, Any]]) -> PolicyModel:
 
 
 def expected_model(org: str) -> PolicyModel:
-    """The edges DESIGN.md allows for `org`, with the example peer ranges."""
+    """The edges docs/design.md allows for `org`, with the example peer ranges."""
     servers = {o: set(ROLE_SERVERS[role]) for o, role in OVERLAYS.items()}
     here = servers[org] | {"client"}
     m = PolicyModel(set(), set(), set(here), set(here))

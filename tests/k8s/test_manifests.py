@@ -1,5 +1,5 @@
 """k8s/: every kustomization renders and validates, and the rendered objects are the
-hardened, role-correct deployment DESIGN.md describes. No cluster, no network."""
+hardened, role-correct deployment docs/design.md describes. No cluster, no network."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def test_services_cluster_ip_per_server_and_load_balancer_per_cross_org_callee(o
         assert set(spec["loadBalancerSourceRanges"]) == {EXAMPLE_RANGES[o] for o in orgs}
 
 
-# --- NetworkPolicies: exactly the paths of DESIGN.md -----------------------------------
+# --- NetworkPolicies: exactly the paths of docs/design.md -----------------------------------
 
 @pytest.mark.parametrize("org", OVERLAYS)
 def test_network_policies_deny_all_then_admit_exactly_the_design_paths(org):

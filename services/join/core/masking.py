@@ -16,7 +16,7 @@ The permutation π (uniform, from the OS CSPRNG via ``secrets.SystemRandom``)
 reorders the matched pairs before anything leaves the helper, so neither
 owner can link a joined row to a position in its own upload.
 
-Re-randomisation is not needed (DESIGN.md, Step 2): the decrypting owner
+Re-randomisation is not needed (docs/design.md, Step 2): the decrypting owner
 could recover the sender's encryption randomness, but that is independent of
 data and membership. Masks are drawn per ciphertext and never reused.
 """

@@ -1,5 +1,5 @@
 """MPC party ids of a study, as every lasso server derives them from the approved spec:
-the two data owners in the parties' order are 0 and 1, the helper is 2 (DESIGN.md;
+the two data owners in the parties' order are 0 and 1, the helper is 2 (docs/design.md;
 the rule itself lives once, in services.study.spec.party_ids).
 
 The acceptor of an Exchange stream checks the dialer's claimed id against the org of

@@ -1,4 +1,4 @@
-"""Test-only dealing of additive shares in the shape resharing produces (DESIGN.md step 3).
+"""Test-only dealing of additive shares in the shape resharing produces (docs/design.md step 3).
 
     insurer (A): x'_B + r_B for B's columns     hospital (B): x'_A + r_A for A's columns
     helper  (H): −r_A for A's columns, −r_B for B's columns
