@@ -45,7 +45,13 @@ demo: venv
 test: venv clients-ts
 	$(BIN)/python -m pytest -q tests
 
+# Layering (import-linter contracts in pyproject.toml), style (ruff), types (mypy, strict on
+# the pure cores and the plumbing), the wire API (buf lint) and stale generated code.
+MYPY_STRICT := services/join/core services/lasso/core services/lasso/mpc services/mesh services/study
 lint: venv
+	$(BIN)/lint-imports
+	$(BIN)/ruff check services riskmesh tests clients/python
+	$(BIN)/mypy $(MYPY_STRICT)
 	$(BIN)/buf lint
 	$(BIN)/python -m services.tools.protogen --check
 
