@@ -170,6 +170,19 @@ class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.V
     """(1/2m)·||y − Xw − b||² + α·ρ·||w||₁ + α·(1−ρ)/2·||w||² (scikit-learn ElasticNet)."""
     MODEL_KIND_RIDGE: _ModelKind.ValueType  # 3
     """(1/2m)·||y − Xw − b||² + α/2·||w||² (ridge on the Lasso scale)."""
+    MODEL_KIND_LOGISTIC: _ModelKind.ValueType  # 4
+    """Logistic regression of a 0/1 target (declared range [0, 1]):
+    (1/m)·Σ c_i·(log(1 + e^η_i) − y_i·η_i) + α·ρ·||w||₁ + α·(1−ρ)/2·||w||², η = Xw + b, ρ = l1_ratio
+    (scikit-learn LogisticRegression(C = 1/(m·α), l1_ratio = ρ)); c_i = 1, or balanced class weights.
+    """
+    MODEL_KIND_POISSON: _ModelKind.ValueType  # 5
+    """Poisson regression (log link) of a count target (declared min ≥ 0):
+    (1/m)·Σ (e^η_i − y_i·η_i) + α·ρ·||w||₁ + α·(1−ρ)/2·||w||² (scikit-learn PoissonRegressor(alpha = α) when ρ = 0).
+    """
+    MODEL_KIND_SVM: _ModelKind.ValueType  # 6
+    """Linear support vector machine of a 0/1 target (declared range [0, 1], mapped to ±1), L2 penalty only:
+    (1/m)·Σ L(1 − ỹ_i·η_i) + α/2·||w||², L = max(0, ·) (hinge) or max(0, ·)² (squared hinge); b unpenalised.
+    """
 
 class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
     """The regression model a study fits."""
@@ -182,7 +195,92 @@ MODEL_KIND_ELASTIC_NET: ModelKind.ValueType  # 2
 """(1/2m)·||y − Xw − b||² + α·ρ·||w||₁ + α·(1−ρ)/2·||w||² (scikit-learn ElasticNet)."""
 MODEL_KIND_RIDGE: ModelKind.ValueType  # 3
 """(1/2m)·||y − Xw − b||² + α/2·||w||² (ridge on the Lasso scale)."""
+MODEL_KIND_LOGISTIC: ModelKind.ValueType  # 4
+"""Logistic regression of a 0/1 target (declared range [0, 1]):
+(1/m)·Σ c_i·(log(1 + e^η_i) − y_i·η_i) + α·ρ·||w||₁ + α·(1−ρ)/2·||w||², η = Xw + b, ρ = l1_ratio
+(scikit-learn LogisticRegression(C = 1/(m·α), l1_ratio = ρ)); c_i = 1, or balanced class weights.
+"""
+MODEL_KIND_POISSON: ModelKind.ValueType  # 5
+"""Poisson regression (log link) of a count target (declared min ≥ 0):
+(1/m)·Σ (e^η_i − y_i·η_i) + α·ρ·||w||₁ + α·(1−ρ)/2·||w||² (scikit-learn PoissonRegressor(alpha = α) when ρ = 0).
+"""
+MODEL_KIND_SVM: ModelKind.ValueType  # 6
+"""Linear support vector machine of a 0/1 target (declared range [0, 1], mapped to ±1), L2 penalty only:
+(1/m)·Σ L(1 − ỹ_i·η_i) + α/2·||w||², L = max(0, ·) (hinge) or max(0, ·)² (squared hinge); b unpenalised.
+"""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
+
+class _SvmLoss:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SvmLossEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SvmLoss.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SVM_LOSS_UNSPECIFIED: _SvmLoss.ValueType  # 0
+    """Not set: squared hinge for an SVM (scikit-learn LinearSVC's default); must stay unset for other models."""
+    SVM_LOSS_HINGE: _SvmLoss.ValueType  # 1
+    """max(0, 1 − ỹ·η)."""
+    SVM_LOSS_SQUARED_HINGE: _SvmLoss.ValueType  # 2
+    """max(0, 1 − ỹ·η)²."""
+
+class SvmLoss(_SvmLoss, metaclass=_SvmLossEnumTypeWrapper):
+    """The loss of MODEL_KIND_SVM."""
+
+SVM_LOSS_UNSPECIFIED: SvmLoss.ValueType  # 0
+"""Not set: squared hinge for an SVM (scikit-learn LinearSVC's default); must stay unset for other models."""
+SVM_LOSS_HINGE: SvmLoss.ValueType  # 1
+"""max(0, 1 − ỹ·η)."""
+SVM_LOSS_SQUARED_HINGE: SvmLoss.ValueType  # 2
+"""max(0, 1 − ỹ·η)²."""
+Global___SvmLoss: _TypeAlias = SvmLoss  # noqa: Y015
+
+class _Metric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METRIC_UNSPECIFIED: _Metric.ValueType  # 0
+    """Not set; always rejected."""
+    METRIC_R2: _Metric.ValueType  # 1
+    """Coefficient of determination 1 − Σ(y − ŷ)²/Σ(y − ȳ)² (linear and Poisson models)."""
+    METRIC_ADJUSTED_R2: _Metric.ValueType  # 2
+    """1 − (1 − R²)·(m − 1)/(m − d − 1), d = number of features (linear and Poisson models)."""
+    METRIC_MSE: _Metric.ValueType  # 3
+    """Mean squared error (1/m)·Σ(y − ŷ)² (linear and Poisson models; ŷ = e^η for Poisson)."""
+    METRIC_DEVIANCE: _Metric.ValueType  # 4
+    """Mean Poisson deviance (2/m)·Σ(y·log(y/μ) − y + μ) (Poisson only)."""
+    METRIC_ACCURACY: _Metric.ValueType  # 5
+    """Share of rows whose predicted class (η ≥ 0) equals the target (logistic, SVM)."""
+    METRIC_PRECISION: _Metric.ValueType  # 6
+    """TP/(TP + FP), 0 when nothing is predicted positive (logistic, SVM)."""
+    METRIC_RECALL: _Metric.ValueType  # 7
+    """TP/(TP + FN), 0 when no row is positive (logistic, SVM)."""
+    METRIC_F1: _Metric.ValueType  # 8
+    """2·TP/(2·TP + FP + FN), 0 when both are 0 (logistic, SVM)."""
+
+class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
+    """A measure of model quality, computed inside MPC and revealed to the data owners only when the study asks for it."""
+
+METRIC_UNSPECIFIED: Metric.ValueType  # 0
+"""Not set; always rejected."""
+METRIC_R2: Metric.ValueType  # 1
+"""Coefficient of determination 1 − Σ(y − ŷ)²/Σ(y − ȳ)² (linear and Poisson models)."""
+METRIC_ADJUSTED_R2: Metric.ValueType  # 2
+"""1 − (1 − R²)·(m − 1)/(m − d − 1), d = number of features (linear and Poisson models)."""
+METRIC_MSE: Metric.ValueType  # 3
+"""Mean squared error (1/m)·Σ(y − ŷ)² (linear and Poisson models; ŷ = e^η for Poisson)."""
+METRIC_DEVIANCE: Metric.ValueType  # 4
+"""Mean Poisson deviance (2/m)·Σ(y·log(y/μ) − y + μ) (Poisson only)."""
+METRIC_ACCURACY: Metric.ValueType  # 5
+"""Share of rows whose predicted class (η ≥ 0) equals the target (logistic, SVM)."""
+METRIC_PRECISION: Metric.ValueType  # 6
+"""TP/(TP + FP), 0 when nothing is predicted positive (logistic, SVM)."""
+METRIC_RECALL: Metric.ValueType  # 7
+"""TP/(TP + FN), 0 when no row is positive (logistic, SVM)."""
+METRIC_F1: Metric.ValueType  # 8
+"""2·TP/(2·TP + FP + FN), 0 when both are 0 (logistic, SVM)."""
+Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 @_typing.final
 class Party(_message.Message):
@@ -294,16 +392,28 @@ class ModelSpec(_message.Message):
     CV_FOLDS_FIELD_NUMBER: _builtins.int
     STANDARDIZE_FIELD_NUMBER: _builtins.int
     ITERATIONS_FIELD_NUMBER: _builtins.int
+    BALANCED_CLASS_WEIGHTS_FIELD_NUMBER: _builtins.int
+    SVM_LOSS_FIELD_NUMBER: _builtins.int
     kind: Global___ModelKind.ValueType
-    """Which penalty."""
+    """Which model (and, for the linear models, which penalty)."""
     l1_ratio: _builtins.float
-    """Elastic-net mixing ρ in (0, 1]; ignored for lasso (1) and ridge (0)."""
+    """L1 share ρ of the penalty: elastic net ρ in (0, 1]; implied for lasso (1) and ridge (0);
+    logistic and Poisson ρ in [0, 1] (0 = L2, 1 = L1, between = elastic net); SVM 0 (L2 only).
+    """
     cv_folds: _builtins.int
     """K for K-fold cross-validation over the alpha grid; 0 or 1 = no CV."""
     standardize: _builtins.bool
     """Standardise features inside MPC before fitting (coefficients reported on both scales)."""
     iterations: _builtins.int
-    """Fixed, public number of solver iterations (0 = the server default)."""
+    """Fixed, public number of solver iterations (0 = the server default): ADMM iterations for the
+    linear models, outer Newton iterations for logistic, Poisson and squared-hinge SVM.
+    """
+    balanced_class_weights: _builtins.bool
+    """Logistic only: weight each class by m/(2·m_class) (scikit-learn class_weight="balanced");
+    the class counts stay secret.
+    """
+    svm_loss: Global___SvmLoss.ValueType
+    """SVM only: the loss (unset = squared hinge)."""
     @_builtins.property
     def alphas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Regularisation strength; one value, or a grid when cv_folds > 1."""
@@ -317,10 +427,12 @@ class ModelSpec(_message.Message):
         cv_folds: _builtins.int = ...,
         standardize: _builtins.bool = ...,
         iterations: _builtins.int = ...,
+        balanced_class_weights: _builtins.bool = ...,
+        svm_loss: Global___SvmLoss.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alphas", b"alphas", "cv_folds", b"cv_folds", "iterations", b"iterations", "kind", b"kind", "l1_ratio", b"l1_ratio", "standardize", b"standardize"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alphas", b"alphas", "balanced_class_weights", b"balanced_class_weights", "cv_folds", b"cv_folds", "iterations", b"iterations", "kind", b"kind", "l1_ratio", b"l1_ratio", "standardize", b"standardize", "svm_loss", b"svm_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -334,19 +446,25 @@ class RevealSpec(_message.Message):
 
     JOINED_COUNT_FIELD_NUMBER: _builtins.int
     CV_CURVE_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     joined_count: _builtins.bool
     """Reveal the size of the intersection (always known to the owners by the protocol)."""
     cv_curve: _builtins.bool
     """Reveal the cross-validation curve (mean validation error per alpha)."""
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedScalarFieldContainer[Global___Metric.ValueType]:
+        """Quality measures of the final model to reveal (each at most once; must fit the model kind)."""
+
     def __init__(
         self,
         *,
         joined_count: _builtins.bool = ...,
         cv_curve: _builtins.bool = ...,
+        metrics: _abc.Iterable[Global___Metric.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cv_curve", b"cv_curve", "joined_count", b"joined_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cv_curve", b"cv_curve", "joined_count", b"joined_count", "metrics", b"metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -766,18 +766,24 @@ class PredictResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PREDICTIONS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    kind: _common_pb2.ModelKind.ValueType
+    """The model that was applied."""
     @_builtins.property
     def predictions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """One prediction per record, in order."""
+        """One prediction per record, in order: the fitted value (linear models), the probability of class 1
+        (logistic), the expected count (Poisson), or the class 0/1 (SVM).
+        """
 
     def __init__(
         self,
         *,
         predictions: _abc.Iterable[_builtins.float] | None = ...,
+        kind: _common_pb2.ModelKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "predictions", b"predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

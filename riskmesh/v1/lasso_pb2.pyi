@@ -85,23 +85,61 @@ class CvPoint(_message.Message):
 
     ALPHA_FIELD_NUMBER: _builtins.int
     MEAN_SQUARED_ERROR_FIELD_NUMBER: _builtins.int
+    MEAN_VALIDATION_LOSS_FIELD_NUMBER: _builtins.int
     alpha: _builtins.float
     """Regularisation strength."""
     mean_squared_error: _builtins.float
-    """Mean squared validation error over the folds."""
+    """Mean squared validation error over the folds (linear models)."""
+    mean_validation_loss: _builtins.float
+    """Mean validation loss over the folds, the criterion the alpha is chosen by: the squared error
+    for linear models, the log-loss for logistic, the Poisson deviance for Poisson, the SVM's loss for the SVM.
+    """
     def __init__(
         self,
         *,
         alpha: _builtins.float = ...,
         mean_squared_error: _builtins.float = ...,
+        mean_validation_loss: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "mean_squared_error", b"mean_squared_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "mean_squared_error", b"mean_squared_error", "mean_validation_loss", b"mean_validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CvPoint: _TypeAlias = CvPoint  # noqa: Y015
+
+@_typing.final
+class MetricValue(_message.Message):
+    """One revealed quality measure of the final model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    CV_VALUE_FIELD_NUMBER: _builtins.int
+    metric: _common_pb2.Metric.ValueType
+    """Which measure."""
+    value: _builtins.float
+    """On the whole join (in-sample)."""
+    cv_value: _builtins.float
+    """Mean over the K validation folds, at the chosen alpha (set when cross-validation ran)."""
+    def __init__(
+        self,
+        *,
+        metric: _common_pb2.Metric.ValueType = ...,
+        value: _builtins.float = ...,
+        cv_value: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cv_value", b"_cv_value", "cv_value", b"cv_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cv_value", b"_cv_value", "cv_value", b"cv_value", "metric", b"metric", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cv_value: _TypeAlias = _typing.Literal["cv_value"]  # noqa: Y015
+    _WhichOneofArgType__cv_value: _TypeAlias = _typing.Literal["_cv_value", b"_cv_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cv_value) -> _WhichOneofReturnType__cv_value | None: ...
+
+Global___MetricValue: _TypeAlias = MetricValue  # noqa: Y015
 
 @_typing.final
 class ModelResult(_message.Message):
@@ -116,6 +154,8 @@ class ModelResult(_message.Message):
     CV_CURVE_FIELD_NUMBER: _builtins.int
     ITERATIONS_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     intercept: _builtins.float
     """Intercept on the original scale."""
     joined: _builtins.int
@@ -126,6 +166,8 @@ class ModelResult(_message.Message):
     """Solver iterations per fit."""
     target: _builtins.str
     """Name of the target column."""
+    kind: _common_pb2.ModelKind.ValueType
+    """The model that was fitted (what Predict applies: linear, logistic, Poisson or SVM)."""
     @_builtins.property
     def coefficients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Coefficient]:
         """Coefficients, in the study's feature order."""
@@ -133,6 +175,10 @@ class ModelResult(_message.Message):
     @_builtins.property
     def cv_curve(self) -> _containers.RepeatedCompositeFieldContainer[Global___CvPoint]:
         """Cross-validation curve, when revealed."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricValue]:
+        """The quality measures the study asked for, in the study's order."""
 
     def __init__(
         self,
@@ -144,10 +190,12 @@ class ModelResult(_message.Message):
         cv_curve: _abc.Iterable[Global___CvPoint] | None = ...,
         iterations: _builtins.int = ...,
         target: _builtins.str = ...,
+        kind: _common_pb2.ModelKind.ValueType = ...,
+        metrics: _abc.Iterable[Global___MetricValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "coefficients", b"coefficients", "cv_curve", b"cv_curve", "intercept", b"intercept", "iterations", b"iterations", "joined", b"joined", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "coefficients", b"coefficients", "cv_curve", b"cv_curve", "intercept", b"intercept", "iterations", b"iterations", "joined", b"joined", "kind", b"kind", "metrics", b"metrics", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,9 +42,20 @@ FRACTIONAL_BITS = 32
 # |x| must stay below this so that round(x * 2^f) + 2^(l-1) fits in [0, 2^l).
 MAX_ABS_VALUE = 2.0 ** (ENCODING_BITS - 1 - FRACTIONAL_BITS)
 
-MODEL_KINDS = (common_pb2.MODEL_KIND_LASSO, common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE)
-# l1_ratio a kind implies (elastic net carries its own); `normalise` writes it so the digest is canonical.
-IMPLIED_L1_RATIO = {common_pb2.MODEL_KIND_LASSO: 1.0, common_pb2.MODEL_KIND_RIDGE: 0.0}
+LINEAR_KINDS = (common_pb2.MODEL_KIND_LASSO, common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE)
+CLASSIFIER_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM)
+MODEL_KINDS = (*LINEAR_KINDS, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
+# l1_ratio a kind implies (elastic net, logistic and Poisson carry their own); `normalise` writes it
+# so the digest is canonical.
+IMPLIED_L1_RATIO = {common_pb2.MODEL_KIND_LASSO: 1.0, common_pb2.MODEL_KIND_RIDGE: 0.0, common_pb2.MODEL_KIND_SVM: 0.0}
+# The quality measures each kind of model can reveal (services/lasso/mpc/secure_metrics.py).
+REGRESSION_METRICS = (common_pb2.METRIC_R2, common_pb2.METRIC_ADJUSTED_R2, common_pb2.METRIC_MSE)
+CLASSIFICATION_METRICS = (common_pb2.METRIC_ACCURACY, common_pb2.METRIC_PRECISION, common_pb2.METRIC_RECALL, common_pb2.METRIC_F1)
+METRICS_BY_KIND = {
+    **{kind: REGRESSION_METRICS for kind in LINEAR_KINDS},
+    common_pb2.MODEL_KIND_POISSON: (*REGRESSION_METRICS, common_pb2.METRIC_DEVIANCE),
+    **{kind: CLASSIFICATION_METRICS for kind in CLASSIFIER_KINDS},
+}
 
 
 class SpecError(ValueError):
@@ -153,7 +164,8 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
         raise SpecError("model is required")
     model = spec.model
     if model.kind not in MODEL_KINDS:
-        raise SpecError("model.kind must be MODEL_KIND_LASSO, MODEL_KIND_ELASTIC_NET or MODEL_KIND_RIDGE")
+        names = ", ".join(common_pb2.ModelKind.Name(kind) for kind in MODEL_KINDS)
+        raise SpecError(f"model.kind must be one of {names}")
     if not model.alphas:
         raise SpecError("model.alphas must hold at least one regularisation strength")
     for i, alpha in enumerate(model.alphas):
@@ -170,12 +182,51 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
     if model.kind == common_pb2.MODEL_KIND_ELASTIC_NET:
         if not (math.isfinite(model.l1_ratio) and 0 < model.l1_ratio <= 1):
             raise SpecError(f"model.l1_ratio must be in (0, 1] for elastic net, got {model.l1_ratio}")
+    elif model.kind in (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON):
+        if not (math.isfinite(model.l1_ratio) and 0 <= model.l1_ratio <= 1):
+            raise SpecError(f"model.l1_ratio must be in [0, 1] (0 = L2, 1 = L1), got {model.l1_ratio}")
     else:
         implied = IMPLIED_L1_RATIO[model.kind]
         if model.l1_ratio not in (0.0, implied):
-            raise SpecError(f"model.l1_ratio applies to elastic net only (this model implies {implied}); leave it unset")
+            raise SpecError(f"model.l1_ratio applies to elastic net, logistic and Poisson only (this model implies {implied}); leave it unset")
     if model.iterations > MAX_ITERATIONS:
         raise SpecError(f"model.iterations must be at most {MAX_ITERATIONS} (0 = the server default), got {model.iterations}")
+    if model.balanced_class_weights and model.kind != common_pb2.MODEL_KIND_LOGISTIC:
+        raise SpecError("model.balanced_class_weights applies to MODEL_KIND_LOGISTIC only")
+    if model.svm_loss != common_pb2.SVM_LOSS_UNSPECIFIED and model.kind != common_pb2.MODEL_KIND_SVM:
+        raise SpecError("model.svm_loss applies to MODEL_KIND_SVM only")
+    if model.svm_loss not in common_pb2.SvmLoss.values():
+        raise SpecError(f"model.svm_loss {model.svm_loss} is not a known loss")
+    if model.kind not in LINEAR_KINDS:
+        kind = common_pb2.ModelKind.Name(model.kind)
+        if model.standardize:
+            raise SpecError(f"model.standardize is not supported for {kind} yet (the coefficients are fitted on the declared ranges)")
+        if model.cv_folds > 1:
+            raise SpecError(f"cross-validation (cv_folds > 1) is not supported for {kind} yet; give one alpha")
+        _validate_glm_target(spec, kind)
+    _validate_metrics(spec)
+
+
+def _validate_glm_target(spec: common_pb2.StudySpec, kind: str) -> None:
+    """Logistic and SVM need a declared 0/1 target, Poisson a non-negative count."""
+    target = owner_columns(spec, target_owner(spec)).target
+    if spec.model.kind in CLASSIFIER_KINDS and (target.min, target.max) != (0.0, 1.0):
+        raise SpecError(f"{kind} needs a binary target declared with min 0 and max 1, got [{target.min}, {target.max}] for {target.name!r}")
+    if spec.model.kind == common_pb2.MODEL_KIND_POISSON and target.min < 0:
+        raise SpecError(f"{kind} needs a count target declared with min >= 0, got min {target.min} for {target.name!r}")
+
+
+def _validate_metrics(spec: common_pb2.StudySpec) -> None:
+    allowed = METRICS_BY_KIND[spec.model.kind]
+    seen: set[int] = set()
+    for i, metric in enumerate(spec.reveal.metrics):
+        if metric not in allowed:
+            names = ", ".join(common_pb2.Metric.Name(m) for m in allowed)
+            label = common_pb2.Metric.Name(metric) if metric in common_pb2.Metric.values() else str(metric)
+            raise SpecError(f"reveal.metrics[{i}] {label} does not apply to {common_pb2.ModelKind.Name(spec.model.kind)}; allowed: {names}")
+        if metric in seen:
+            raise SpecError(f"reveal.metrics[{i}] {common_pb2.Metric.Name(metric)} is listed twice")
+        seen.add(metric)
 
 
 def _has_target(owner: common_pb2.OwnerColumns) -> bool:
@@ -192,7 +243,8 @@ def normalise(spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
     """A copy of `spec` with defaults filled in and equivalent spellings made equal.
 
     - paillier_bits 0 → 2048; cv_folds 1 → 0 (both mean "no cross-validation");
-    - lasso / ridge get the l1_ratio they imply (1 / 0), as the proto comment states;
+    - lasso / ridge / SVM get the l1_ratio they imply (1 / 0 / 0), as the proto comment states;
+    - an SVM without a loss gets the squared hinge (its documented default);
     - model.iterations stays 0 when unset (0 = the lasso server's default);
     - `reveal` and `model` are always present, an empty `target` is removed, -0.0 → 0.0;
     - unknown fields are dropped, so a gateway never approves fields it cannot read.
@@ -209,6 +261,8 @@ def normalise(spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
         out.model.cv_folds = 0
     if out.model.kind in IMPLIED_L1_RATIO:
         out.model.l1_ratio = IMPLIED_L1_RATIO[out.model.kind]
+    if out.model.kind == common_pb2.MODEL_KIND_SVM and out.model.svm_loss == common_pb2.SVM_LOSS_UNSPECIFIED:
+        out.model.svm_loss = common_pb2.SVM_LOSS_SQUARED_HINGE
     out.model.l1_ratio = _zero(out.model.l1_ratio)
     alphas = [_zero(a) for a in out.model.alphas]
     del out.model.alphas[:]

@@ -10,6 +10,12 @@ Objective (scikit-learn's, with intercept b, m joined rows, ρ = ``l1_ratio``):
     elastic net:  (1/2m)·‖y − Xw − b‖² + α·ρ·‖w‖₁ + α·(1−ρ)/2·‖w‖²
     ridge:        (1/2m)·‖y − Xw − b‖² + α/2·‖w‖²        (sklearn Ridge(alpha = α·m))
 
+and the GLMs (η = Xw + b; pen(w) = α·ρ·‖w‖₁ + α·(1−ρ)/2·‖w‖², see ``glm_plan``):
+
+    logistic:     (1/m)·Σ c_i·(log(1 + e^η_i) − y_i η_i) + pen(w)   (sklearn LogisticRegression(C = 1/(mα), l1_ratio = ρ))
+    Poisson:      (1/m)·Σ (e^η_i − y_i η_i) + pen(w)                 (sklearn PoissonRegressor(alpha = α) when ρ = 0)
+    SVM:          (1/m)·Σ L(1 − ỹ_i η_i) + α/2·‖w‖²,  ỹ = 2y − 1,  L(t) = max(0, t)² or max(0, t)
+
 With ``standardize`` the features are first scaled to unit population
 variance (scikit-learn's ``StandardScaler``), the fit is made on that scale and
 the coefficients are reported on both scales.
@@ -27,12 +33,40 @@ class SpecError(ValueError):
     """The regression parameters are inconsistent (never mentions data values)."""
 
 
+#: Quality measures by name (``RegressionSpec.metrics``; the wire's ``Metric`` enum without the prefix).
+REGRESSION_METRICS = ("r2", "adjusted_r2", "mse")
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
+
+
 class ModelKind(enum.Enum):
-    """The penalty of the regression."""
+    """The model: a penalised linear regression, or a GLM (logistic, Poisson, linear SVM)."""
 
     LASSO = "lasso"
     ELASTIC_NET = "elastic_net"
     RIDGE = "ridge"
+    LOGISTIC = "logistic"
+    POISSON = "poisson"
+    SVM = "svm"
+
+    @property
+    def is_glm(self) -> bool:
+        """Fitted on the rows by services/lasso/mpc/secure_glm.py (not on the Gram matrix)."""
+        return self in (ModelKind.LOGISTIC, ModelKind.POISSON, ModelKind.SVM)
+
+    @property
+    def is_classifier(self) -> bool:
+        """A 0/1 target and a predicted class."""
+        return self in (ModelKind.LOGISTIC, ModelKind.SVM)
+
+
+METRICS_BY_KIND = {
+    ModelKind.LASSO: REGRESSION_METRICS,
+    ModelKind.ELASTIC_NET: REGRESSION_METRICS,
+    ModelKind.RIDGE: REGRESSION_METRICS,
+    ModelKind.POISSON: (*REGRESSION_METRICS, "deviance"),
+    ModelKind.LOGISTIC: CLASSIFICATION_METRICS,
+    ModelKind.SVM: CLASSIFICATION_METRICS,
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +118,9 @@ class RegressionSpec:
     iterations: int = 0
     reveal_cv_curve: bool = True
     column_owners: tuple[int, ...] = ()
+    balanced_class_weights: bool = False
+    squared_hinge: bool = True
+    metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.ranges) < 2:
@@ -104,6 +141,14 @@ class RegressionSpec:
             raise SpecError("several alphas need cross-validation (cv_folds >= 2)")
         if self.kind is ModelKind.ELASTIC_NET and not 0 < self.l1_ratio <= 1:
             raise SpecError("l1_ratio must be in (0, 1]")
+        if self.kind in (ModelKind.LOGISTIC, ModelKind.POISSON) and not 0 <= self.l1_ratio <= 1:
+            raise SpecError("l1_ratio must be in [0, 1]")
+        if self.balanced_class_weights and self.kind is not ModelKind.LOGISTIC:
+            raise SpecError("balanced class weights apply to logistic regression only")
+        if self.kind.is_glm and (self.standardize or self.cross_validate):
+            raise SpecError("standardisation and cross-validation are not supported for this model yet")
+        if not set(self.metrics) <= set(METRICS_BY_KIND[self.kind]) or len(set(self.metrics)) != len(self.metrics):
+            raise SpecError("the metrics must be distinct and fit the model kind")
         if self.iterations < 0:
             raise SpecError("iterations must be >= 0")
 
@@ -120,7 +165,7 @@ class RegressionSpec:
     @property
     def rho(self) -> float:
         """The L1 share of the penalty: 1 (lasso), l1_ratio (elastic net), 0 (ridge)."""
-        return {ModelKind.LASSO: 1.0, ModelKind.RIDGE: 0.0}.get(self.kind, self.l1_ratio)
+        return {ModelKind.LASSO: 1.0, ModelKind.RIDGE: 0.0, ModelKind.SVM: 0.0}.get(self.kind, self.l1_ratio)
 
     @property
     def cross_validate(self) -> bool:
@@ -146,6 +191,7 @@ class RegressionResult:
     iterations: int
     standardized_coefficients: tuple[float, ...] | None = None
     cv_curve: tuple[tuple[float, float], ...] = field(default=())
+    metrics: tuple[tuple[str, float], ...] = field(default=())
 
 
 def check_table_shape(n_rows: int, n_columns: int, spec: RegressionSpec) -> None:

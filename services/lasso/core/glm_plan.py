@@ -1,0 +1,144 @@
+"""The public plan of a GLM fit (logistic, Poisson, linear SVM): every constant of the
+algorithm, from the study (spec) and the joined count m only.
+
+Both implementations follow it step by step: ``services/testkit/glm_reference.py`` in
+float64 and ``services/lasso/mpc/secure_glm.py`` in MPyC. Nothing here depends on
+patient data.
+
+Coordinates. Features are normalised publicly with their declared ranges,
+x̂_j = (x_j − mid_j)/h_j ∈ [−1, 1], then centred inside MPC with their (secret) mean,
+x̃_j = x̂_j − μ̂_j ∈ [−2, 2]; with the intercept column 1 appended, x̃ has d + 1 entries.
+The target is used as it is (0/1 for logistic, counts for Poisson; the SVM's ±1 is
+ỹ = 2y − 1). With η = x̃ᵀv, v = (ŵ, b̃), the objective of ``params`` becomes
+
+    f(v) = (1/m)·Σ_i c_i·ℓ(y_i, η_i) + Σ_j (λ_j·|ŵ_j| + ½·γ_j·ŵ_j²),
+    λ_j = α·ρ/h_j,   γ_j = α·(1 − ρ)/h_j²   (w_j = ŵ_j/h_j; the intercept is unpenalised),
+
+and the original coefficients follow publicly from the revealed ŵ and b̂ = b̃ − ŵᵀμ̂:
+w_j = ŵ_j/h_j, b = b̂ − Σ_j w_j·mid_j.
+
+Solver: proximal Newton (Lee, Sun & Saunders, "Proximal Newton-type methods for
+minimizing composite functions", SIAM J. Optim. 2014). Outer iteration k forms the
+gradient g and Hessian H of the smooth part at v_k from the rows (one pass of secure
+products), and solves the penalised quadratic model
+
+    min_v ½(v − v_k)ᵀ(H + Γ)(v − v_k) + (g + Γv_k)ᵀ(v − v_k) + Σ_j λ_j|ŵ_j|
+
+in Jacobi-scaled coordinates u = v/e, e_j = 1/√G¹_jj fixed from the first Hessian
+(s = ¼ for logistic at v = 0), by over-relaxed ADMM (ρ = 1/4, r = 7/4, as the lasso),
+warm-started from v_k with the dual w = (q − Hz)/ρ; in the last ``POLISH_LAST`` outer
+iterations the support and signs of the ADMM iterate are *polished* (a Newton–Schulz
+solve of the reduced system) and the better of the two points by the quadratic model
+is kept (a secure comparison). Without an L1 part the model is solved by Newton–Schulz
+directly (plain Newton). The first iteration at v = 0 needs no link function
+(p = ½, s = ¼).
+
+Why: proximal Newton converges quadratically near the optimum, so a fixed, public
+count of 8 outer iterations reached 1e-5 relative (max |w − w*| / max |w*|) and the
+exact zero pattern on every case measured with the plaintext twin (m = 300 … 10,000,
+d = 4 … 50, class shares 4 % … 50 %, with and without balanced class weights, max |η|
+up to 15); polishing only in the last three outer iterations and a fixed Jacobi
+scaling needed no more iterations than polishing every time (see REGRESSION.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from services.lasso.core.params import ModelKind, RegressionSpec
+
+#: Default outer (proximal Newton) iterations.
+DEFAULT_OUTER_ITERATIONS = 8
+#: ADMM iterations in the first outer iteration, and in every later one (warm-started).
+ADMM_FIRST = 30
+ADMM_LATER = 10
+#: The last outer iterations that polish the ADMM iterate and keep the better point.
+POLISH_LAST = 3
+#: ADMM penalty and over-relaxation (dyadic: applied exactly inside truncations).
+ADMM_RHO = 0.25
+ADMM_RELAX = 1.75
+#: Newton iterations for e = 1/√G¹_jj (as the lasso: enough from σ_j/h_j ≥ 2^−11).
+NEWTON_ITERATIONS = 26
+#: Smallest eigenvalue of the Jacobi-scaled model Hessian the Newton–Schulz solves are sized for.
+EIGENVALUE_FLOOR = 1e-5
+#: Relative accuracy Newton–Schulz is run to: (1 − λ_min/λ_max)^(2^k) ≤ 2^−40.
+_NS_LOG_TOLERANCE = 40 * math.log(2)
+
+# The link functions (services/lasso/mpc/secure_functions.py):
+#: |η| < 2^(ETA_BITS − 1) at every iterate (assumed, documented).
+ETA_BITS = 10
+#: e^(−u) = (e^(−u/2^EXP_SQUARINGS))^(2^EXP_SQUARINGS), the inner exponential by its Taylor polynomial.
+EXP_SQUARINGS = 8
+EXP_DEGREE = 6
+#: Fractional bits of η in the sign comparison: a wrong sign only for |η| < 2^−SIGN_FRAC.
+SIGN_FRAC = 4
+#: Newton steps for 1/(1 + v), v ∈ (0, e^(1/16)], from the linear minimax start.
+RECIPROCAL_STEPS = 3
+
+
+def ns_iterations(trace_bound: float, eigenvalue_floor: float) -> int:
+    """Newton–Schulz iterations from X₀ = I/trace_bound for λ_min ≥ floor (see services/lasso/core/plan.py)."""
+    return max(1, math.ceil(math.log2(_NS_LOG_TOLERANCE * trace_bound / eigenvalue_floor)))
+
+
+@dataclass(frozen=True)
+class GlmPlan:
+    """All public numbers of one GLM fit."""
+
+    kind: ModelKind
+    n_rows: int
+    d: int
+    alpha: float
+    mids: tuple[float, ...]  # features
+    halves: tuple[float, ...]  # features
+    l1: tuple[float, ...]  # λ_j, then 0 for the intercept
+    ridge: tuple[float, ...]  # γ_j, then 0 for the intercept
+    admm: tuple[int, ...]  # ADMM iterations per outer iteration (empty tuple entries = 0 without L1)
+    polish: tuple[bool, ...]  # per outer iteration: polish and select
+    ns_k_iterations: int
+    ns_solve_iterations: int
+    balanced: bool
+    hessian_start: float  # s at v = 0 (logistic ¼, SVM 2): the intercept's G¹ = hessian_start
+
+    @property
+    def outer_iterations(self) -> int:
+        return len(self.admm)
+
+    @property
+    def has_l1(self) -> bool:
+        return any(v > 0 for v in self.l1)
+
+    @property
+    def newton_start(self) -> tuple[float, ...]:
+        """Public start 1/√(bound of G¹_jj) ≤ 1/√G¹_jj: x̃ ∈ [−2, 2] and Σ c_i = m give G¹_jj ≤ 4s₀ + γ_j."""
+        return tuple(1 / math.sqrt(4 * self.hessian_start + g) for g in self.ridge[:-1])
+
+    def to_original(self, w_hat: list[float], b_hat: float) -> tuple[list[float], float]:
+        """(ŵ, b̂) in normalised coordinates → (w, b): w_j = ŵ_j/h_j, b = b̂ − Σ_j w_j·mid_j."""
+        w = [wh / h for wh, h in zip(w_hat, self.halves)]
+        return w, b_hat - math.fsum(wj * mj for wj, mj in zip(w, self.mids))
+
+
+def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
+    """The public plan of a GLM fit of ``spec`` (one alpha) on ``n_rows`` joined rows."""
+    if not spec.kind.is_glm:
+        raise ValueError("not a GLM")
+    if spec.kind is not ModelKind.LOGISTIC:
+        raise ValueError(f"{spec.kind.value} is not implemented yet")
+    features = spec.feature_columns
+    mids = tuple(spec.ranges[j].mid for j in features)
+    halves = tuple(spec.ranges[j].half for j in features)
+    alpha, rho = spec.alphas[0], spec.rho
+    l1 = tuple(alpha * rho / h for h in halves) + (0.0,)
+    ridge = tuple(alpha * (1 - rho) / h**2 for h in halves) + (0.0,)
+    outer = spec.iterations or DEFAULT_OUTER_ITERATIONS
+    has_l1 = rho > 0
+    admm = tuple((ADMM_FIRST if k == 0 else ADMM_LATER) if has_l1 else 0 for k in range(outer))
+    polish = tuple(k >= outer - POLISH_LAST for k in range(outer))
+    d1 = len(features) + 1
+    # Jacobi-scaled Hessians have diagonal ≤ 1 (s ≤ s₀ for every row): λ_max ≤ d + 1.
+    ns_k = ns_iterations(d1 + ADMM_RHO, ADMM_RHO)
+    ns_solve = ns_iterations(float(d1), EIGENVALUE_FLOOR)
+    return GlmPlan(spec.kind, n_rows, len(features), alpha, mids, halves, l1, ridge, admm, polish, ns_k, ns_solve,
+                   spec.balanced_class_weights, 0.25)

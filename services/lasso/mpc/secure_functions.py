@@ -1,0 +1,138 @@
+"""The link functions of the GLMs on Shamir-shared vectors: sign, e^(−u), 1/(1 + v), σ(η).
+
+All values are fixed point with ``frac`` fractional bits in the field of ``ops`` (F = 40
+for the GLMs); every function is a fixed, public sequence of rounds (no data-dependent
+branch). Only ``sign_bits`` compares; exponentials and reciprocals use products alone.
+
+σ(η) for |η| < 2^(ETA_BITS − 1) (``glm_plan``):
+
+1. b = [η < 0] by ``secure_compare`` on η rounded to 2^−SIGN_FRAC in a small field
+   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate).
+2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/16)].
+3. e^(−u) = E_K, E_0 = Σ_{k ≤ 6} (−t)^k/k! with t = u/2^K (K = 8: |t| ≤ 2), E_{j+1} = E_j².
+   Error: the Taylor remainder is ≤ t^7/7! relative (7·10^−13 for u ≤ 16, 1·10^−10 for
+   u ≤ 32) and each squaring doubles a relative error, so e^(−u) has relative error
+   ≤ 2^K·(t^7/7! + 2^−F·3) ≈ 2·10^−10 for u ≤ 16; for u > 16 the value is < e^−16 and its
+   absolute error below 10^−14 (the polynomial stays in (0, 1] for t ≤ 2).
+4. σ(u) = 1/(1 + v) by Newton x ← x(2 − Dx) from the linear minimax start on
+   D ∈ [1, 1 + e^(1/16)] (relative error 0.064, squared each step: 2.9·10^−10 after 3 steps).
+5. σ(η) = b + (1 − 2b)·σ(u), and σ(η)(1 − σ(η)) = σ(u)(1 − σ(u)).
+
+Absolute error of σ(η): below ≈ 10^−9 (fixed-point rounding of 2^−40 per product
+included); the GLM gradient averages it over the rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from services.lasso.core.glm_plan import ETA_BITS, EXP_DEGREE, EXP_SQUARINGS, RECIPROCAL_STEPS, SIGN_FRAC
+from services.lasso.mpc.secure_compare import less_than_zero, trunc_convert
+from services.lasso.mpc.secure_ops import FieldOps
+
+ObjectArray = npt.NDArray[np.object_]
+
+#: |e^(−u)| and every Taylor power stay below 2^LINK_BITS (t ≤ 2: t^6 ≤ 64).
+LINK_BITS = 8
+#: Bits of the coarse η compared in the small field.
+SIGN_BITS = ETA_BITS + SIGN_FRAC
+
+
+def compare_bits() -> int:
+    """ℓ of the sign comparison (|round(η·2^SIGN_FRAC)| < 2^(ℓ−1))."""
+    return SIGN_BITS
+
+
+def reciprocal_start(low: float, high: float) -> tuple[float, float]:
+    """(c₁, c₂) of the minimax linear start x₀ = c₁ − c₂·D for 1/D on [low, high].
+
+    The error 1 − D·x₀ equioscillates at low, high and the vertex: c₂ = 8/((low + high)² + 4·low·high),
+    c₁ = c₂·(low + high); its size is 1 − c₂·low·high.
+    """
+    c2 = 8 / ((low + high) ** 2 + 4 * low * high)
+    return c2 * (low + high), c2
+
+
+async def sign_bits(big: FieldOps, small: FieldOps, eta: ObjectArray, frac: int, *, degree2t: bool = False) -> tuple[ObjectArray, ObjectArray]:
+    """(η truncated to ``frac`` in ``big``, b = [η < 0] in ``big``) from η·2^frac (or a degree-2t η·2^(2·frac)).
+
+    One opening gives both the truncation of η (when ``degree2t``) and the coarse η in the
+    small field; then the comparison, and the bit is moved back.
+    """
+    shift = 2 * frac if degree2t else frac
+    bits = ETA_BITS + shift + 1
+    if degree2t:
+        eta = await big.trunc(eta, frac, bits, degree2t=True)
+    coarse = await trunc_convert(big, small, eta, frac - SIGN_FRAC, ETA_BITS + frac + 1)
+    below = await less_than_zero(small, coarse, SIGN_BITS + 1)
+    return eta, await small.convert(below, big, 2)
+
+
+async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int) -> ObjectArray:
+    """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 2] (frac ``frac``): Taylor, then K squarings."""
+    one = 1 << frac
+    bits = 2 * frac + LINK_BITS + 2
+    powers = {1: t}
+    square = await ops.mul(t, t, frac, bits)
+    powers[2] = square
+    if EXP_DEGREE >= 3:
+        third_fourth = await ops.mul(np.concatenate([t, square]), np.concatenate([square, square]), frac, bits)
+        powers[3], powers[4] = third_fourth[: t.size], third_fourth[t.size :]
+    if EXP_DEGREE >= 5:
+        fifth_sixth = await ops.mul(np.concatenate([square, powers[3]]), np.concatenate([powers[3], powers[3]]), frac, bits)
+        powers[5], powers[6] = fifth_sixth[: t.size], fifth_sixth[t.size :]
+    total = np.full(t.shape, one * one, dtype=object)
+    for k in range(1, EXP_DEGREE + 1):
+        coefficient = round(one * (-1) ** k / math.factorial(k))
+        total = total + coefficient * powers[k]
+    value = await ops.trunc(total % ops.p, frac, bits)
+    for _ in range(EXP_SQUARINGS):
+        value = await ops.mul(value, value, frac, bits)
+    return value
+
+
+async def reciprocal_one_plus(ops: FieldOps, v: ObjectArray, frac: int, high: float) -> ObjectArray:
+    """1/(1 + v) (frac ``frac``) for v ∈ [0, high − 1]: Newton from the minimax linear start."""
+    one = 1 << frac
+    c1, c2 = reciprocal_start(1.0, high)
+    d = (v + one) % ops.p
+    x = (round(c1 * one) * one - round(c2 * one) * d) % ops.p  # frac 2·frac
+    x = await ops.trunc(x, frac, 2 * frac + 4)
+    bits = 2 * frac + 4
+    for _ in range(RECIPROCAL_STEPS):
+        dx = await ops.mul(d, x, frac, bits)
+        x = await ops.mul(x, (2 * one - dx) % ops.p, frac, bits)
+    return x
+
+
+async def sigmoid(big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
+    """(σ(η), σ(η)(1 − σ(η)), [η < 0]) for a degree-2t η·2^(2·frac) (the local product X̃·v)."""
+    p = big.p
+    eta, below = await sign_bits(big, small, eta2, frac, degree2t=True)
+    flip = (1 - 2 * below) % p  # ±1: u = flip·η ≥ −2^−SIGN_FRAC
+    t = await big.mul(flip, eta, EXP_SQUARINGS, frac + ETA_BITS + 2)  # u/2^K at frac
+    v = await exp_neg(big, t, frac)
+    sig_u = await reciprocal_one_plus(big, v, frac, 1 + math.exp(2.0**-SIGN_FRAC))
+    one = 1 << frac
+    both = await big.mul(np.concatenate([flip * one, sig_u]), np.concatenate([sig_u, (one - sig_u) % p]), frac, 2 * frac + 3)
+    n = eta.size
+    prob = (below * one + both[:n]) % p
+    return prob, both[n:], below
+
+
+async def reciprocal_unit(ops: FieldOps, a: ObjectArray, n: int, frac: int) -> ObjectArray:
+    """1/a (frac ``frac``) for a ∈ [1/n, 1]: Newton x ← x(2 − ax) from x₀ = 1.
+
+    The error 1 − ax squares every step from 1 − a ≤ 1 − 1/n: ⌈log₂(28·n)⌉ + 2 steps bring it below 2^−40.
+    """
+    one = 1 << frac
+    steps = math.ceil(math.log2(28 * n)) + 2
+    bits = 2 * frac + math.ceil(math.log2(n + 1)) + 4
+    x = np.full(a.shape, one, dtype=object)
+    for _ in range(steps):
+        ax = await ops.mul(a, x, frac, bits)
+        x = await ops.mul(x, (2 * one - ax) % ops.p, frac, bits)
+    return x

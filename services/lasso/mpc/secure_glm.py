@@ -1,0 +1,331 @@
+"""Secure GLM fits (logistic regression) on the join's additive shares (MPyC).
+
+One party of three runs ``secure_fit_glm`` with its own share matrix; the two data
+owners (MPC parties 0 and 1) receive the coefficients and the metrics the study asks
+for, the helper (party 2) nothing. The algorithm is ``glm_plan``'s; its float64 twin is
+``services/testkit/glm_reference.fit_glm_plain``.
+
+Phases (``on_progress`` names, as the lasso's):
+
+input       Each party Shamir-shares its integer shares mod p and keeps the rows
+            (``secure_rows``): [X′], m × c.
+gram        Public normalisation x̂ = (x − mid)/h (one truncation of every entry), the
+            secret feature means μ̂ and the centred rows x̃ = [x̂ − μ̂, 1]; balanced class
+            weights c_i = m/(2·m_{y_i}) by a secure reciprocal of the class share.
+iterations  Outer iteration 0 at v = 0 (p = ½, s = ¼, no link function): gradient and
+            Hessian from the rows, the fixed Jacobi scaling e = 1/√G¹_jj (Newton), the
+            scaled rows X̃e = X̃·diag(e), and the first model. Every later iteration:
+            η = X̃e·u (one local product), σ(η) and σ(1 − σ) (``secure_functions``), the
+            gradient and Hessian in u (local products, one truncation of every
+            weighted row), the model, and its warm-started solve (``secure_qp``).
+reveal      ŵ = e∘u (opened unrounded: exact zeros) and b̂ = b̃ − ŵᵀμ̂, and the metrics,
+            to parties 0 and 1 only; the public map to the original scale is applied in
+            the clear. Every other opening is of a masked value.
+
+Fields: the rows, link functions and models share one prime field F_g (40 fractional
+bits, sized from m so that no sum wraps); the signs of η are compared in a 61-bit field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.lasso.core.glm_plan import NEWTON_ITERATIONS, GlmPlan, make_glm_plan
+from services.lasso.core.params import RegressionResult, RegressionSpec, SpecError, check_table_shape
+from services.lasso.mpc.secure_compare import compare_field_bits
+from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid
+from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
+from services.lasso.mpc.secure_ops import FieldOps
+from services.lasso.mpc.secure_qp import (
+    E_BITS,
+    Model,
+    admm,
+    clamp_thresholds,
+    newton_inverse_sqrt,
+    polish_and_select,
+    qp_field_bits,
+    solve,
+)
+from services.lasso.mpc.secure_rows import share_rows
+
+__all__ = ["FRAC", "secure_fit_glm"]
+
+ObjectArray = npt.NDArray[np.object_]
+ProgressCallback = Callable[[str, int, int], None]
+
+FRAC = 40  # fractional bits of every value in F_g
+FRAC_TABLE = 32  # the join's encoding: x′ = round(x·2^32) + 2^63
+ENCODING_OFFSET = 1 << 63
+#: x̂·2^FRAC = (x′ − offset)·C_j / 2^NORMALISE_SHIFT with C_j = round(2^(FRAC + SHIFT − 32)/h_j).
+NORMALISE_SHIFT = 64
+#: |x̃e| < 2^(X_BITS − 1): centred rows in Jacobi units (x̃ ∈ [−2, 2], e < 2^(E_BITS − 1)... see field bits).
+X_BITS = E_BITS + 2
+OWNERS = [0, 1]
+
+
+@dataclass
+class _Progress:
+    callback: ProgressCallback | None
+    total: int = 0
+
+    def report(self, phase: str, done: int, total: int) -> None:
+        if self.callback is not None:
+            self.callback(phase, done, total)
+
+
+def _log_rows(plan: GlmPlan) -> int:
+    return max(1, math.ceil(math.log2(plan.n_rows + 1)) + 1)
+
+
+def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
+    """Prime size of F_g: the widest opened value (see each bound) plus κ + 3."""
+    f, lm = FRAC, _log_rows(plan)
+    d1 = plan.d + 1
+    normalise = f + NORMALISE_SHIFT + 2
+    scaled_sums = 3 * f + 2 * lm + 4  # Σ_i w·x̃e·x̃e ≤ m at frac 2f, times round(2^(f+lm)/m)
+    eta = 2 * f + X_BITS + 9 + math.ceil(math.log2(d1)) + 2  # |x̃e_j·u_j| < 2^(X_BITS + 8)
+    reveal = 2 * f + E_BITS + 10
+    reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
+    widest = max(normalise, scaled_sums, eta, reveal, reciprocal)
+    return max(widest + kappa + 3, qp_field_bits(kappa, f, d1, plan.ns_solve_iterations), metric_field_bits(kappa, f, lm))
+
+
+def _fields(mpc: Any, plan: GlmPlan) -> tuple[FieldOps, FieldOps]:
+    kappa = mpc.options.sec_param
+    bits = glm_field_bits(plan, kappa)
+    big = FieldOps(mpc, mpc.SecFxp(bits - FRAC - kappa - 2, FRAC))
+    small_bits = compare_field_bits(kappa, compare_bits() + 1)
+    small = FieldOps(mpc, mpc.SecInt(small_bits - kappa - 2))
+    return big, small
+
+
+async def _check_agreement(mpc: Any, spec: RegressionSpec, rows: int, columns: int) -> None:
+    """Every party runs the same public parameters on a table of the same shape (one round)."""
+    digest = hashlib.sha256(repr((spec, rows, columns)).encode()).digest()
+    digests = await mpc.transfer(digest)
+    if any(other != digest for other in digests):
+        raise SpecError("the parties disagree on the regression parameters or the joined table's shape")
+
+
+# ---- rows ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Shares in F_g at FRAC: x̃ (m × (d+1), intercept column public 1), y (m,), μ̂ (d,), c (m,) or None."""
+
+    x: ObjectArray
+    y: ObjectArray
+    mean: ObjectArray
+    weights: ObjectArray | None
+    positives: ObjectArray  # Σ y (count, at FRAC), shape (1,)
+
+
+async def _mean_scale(ops: FieldOps, sums: ObjectArray, n: int, bits: int) -> ObjectArray:
+    """sums/n at FRAC for sums at FRAC (|sums| < 2^(bits−1)), n public: one truncation."""
+    shift = FRAC + max(1, math.ceil(math.log2(n + 1)) + 1)
+    factor = round(2.0**shift / n)
+    return await ops.trunc((sums * factor) % ops.p, shift, bits + shift - math.floor(math.log2(n)) + 2)
+
+
+async def _rows(ops: FieldOps, raw: ObjectArray, spec: RegressionSpec, plan: GlmPlan) -> Rows:
+    p, m, d = ops.p, plan.n_rows, plan.d
+    features = raw[:, list(spec.feature_columns)]
+    offsets = np.array([ENCODING_OFFSET + round(mid * 2.0**FRAC_TABLE) for mid in plan.mids], dtype=object)
+    factors = np.array([round(2.0 ** (FRAC + NORMALISE_SHIFT - FRAC_TABLE) / h) for h in plan.halves], dtype=object)
+    centred_x = (features - offsets) * factors
+    x_hat = await ops.trunc(centred_x % p, NORMALISE_SHIFT, FRAC + NORMALISE_SHIFT + 2)
+    y = ((raw[:, spec.target] - ENCODING_OFFSET) << (FRAC - FRAC_TABLE)) % p  # exact
+    sums = np.concatenate([x_hat.sum(axis=0), [y.sum()]]) % p
+    means = await _mean_scale(ops, sums, m, FRAC + _log_rows(plan) + 2)
+    mean, share_pos = means[:d], means[d:]
+    x = np.concatenate([(x_hat - mean) % p, np.full((m, 1), 1 << FRAC, dtype=object)], axis=1)
+    positives = (y.sum() % p) * np.ones(1, dtype=object)
+    weights = await _class_weights(ops, y, share_pos, plan) if plan.balanced else None
+    return Rows(x, y, mean, weights, positives)
+
+
+async def _class_weights(ops: FieldOps, y: ObjectArray, share_pos: ObjectArray, plan: GlmPlan) -> ObjectArray:
+    """c_i = m/(2·m₁) if y_i = 1 else m/(2·m₀), from the secret class share m₁/m (both classes assumed present)."""
+    p, one = ops.p, 1 << FRAC
+    shares = np.array([share_pos[0], (one - share_pos[0]) % p], dtype=object)
+    inverse = await reciprocal_unit(ops, shares, plan.n_rows, FRAC)
+    half = [(v * (one // 2)) % p for v in inverse]  # c₁, c₀ at frac 2·FRAC
+    c1, c0 = (await ops.trunc(np.array(half, dtype=object), FRAC, 2 * FRAC + _log_rows(plan) + 2))
+    spread = await ops.mul(y, np.full(y.shape, (c1 - c0) % p, dtype=object), FRAC, 2 * FRAC + _log_rows(plan) + 2)
+    return (c0 + spread) % p
+
+
+# ---- the outer iterations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The fixed Jacobi scaling: e (d+1, FRAC; e_b public), X̃e, and the constant parts of every model."""
+
+    e: ObjectArray
+    xe: ObjectArray
+    ridge: ObjectArray  # γ∘e² (d+1,), 0 for the intercept
+    lam: ObjectArray  # clamped λ∘e (d+1,), 0 for the intercept
+
+
+async def _sums(ops: FieldOps, x: ObjectArray, residual: ObjectArray, weight: ObjectArray | None, plan: GlmPlan) -> tuple[ObjectArray, ObjectArray]:
+    """(g, H) = (X̃ᵀr/m, X̃ᵀdiag(w)X̃/m) at FRAC; ``weight`` None means w = ¼ (public)."""
+    p, m = ops.p, plan.n_rows
+    d1 = x.shape[1]
+    if weight is None:
+        weighted = x  # ¼ applied with the scaling below
+        quarter = 2
+    else:
+        weighted = await ops.mul(x, weight[:, None], FRAC, 2 * FRAC + X_BITS + 2)
+        quarter = 0
+    hessian = np.matmul(x.T, weighted)  # degree 2t, frac 2·FRAC
+    gradient = np.matmul(x.T, residual)
+    lm = _log_rows(plan)
+    shift = 2 * FRAC + lm + quarter  # frac 2F → F, and the division by m (and by 4)
+    factor = round(2.0 ** (FRAC + lm) / m)
+    both = np.concatenate([hessian.reshape(-1), gradient << quarter]) * factor
+    scaled = await ops.trunc(both % p, shift, 3 * FRAC + 2 * lm + 4, degree2t=True)
+    return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
+
+
+async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling, Model]:
+    """Outer iteration 0 at v = 0: g, H, the Jacobi scaling and the first model."""
+    p, d = ops.p, plan.d
+    one = 1 << FRAC
+    if rows.weights is None:
+        residual, weight = (one // 2 - rows.y) % p, None
+    else:
+        prods = await ops.mul(np.concatenate([rows.weights, rows.weights]),
+                              np.concatenate([(one // 2 - rows.y) % p, np.full(rows.y.shape, one // 4, dtype=object)]),
+                              FRAC, 2 * FRAC + _log_rows(plan) + 2)
+        residual, weight = prods[: rows.y.size], prods[rows.y.size :]
+    gradient, hessian = await _sums(ops, rows.x, residual, weight, plan)
+    ridge = ops.fixed(plan.ridge, FRAC)
+    diagonal = (np.diag(hessian)[:d] + ridge[:d]) % p
+    e_features = await newton_inverse_sqrt(ops, diagonal, plan.newton_start, FRAC, NEWTON_ITERATIONS)
+    e = np.concatenate([e_features, ops.fixed([1 / math.sqrt(plan.hessian_start)], FRAC)])
+    outer = await ops.trunc(np.outer(e, e) % p, FRAC, 2 * FRAC + 2 * E_BITS + 2, degree2t=True)
+    lam_public = ops.fixed(plan.l1, FRAC)
+    second = await ops.mul(np.concatenate([outer.reshape(-1), e, e, np.diag(outer)]),
+                           np.concatenate([hessian.reshape(-1), gradient, lam_public, ridge]),
+                           FRAC, 2 * FRAC + 2 * E_BITS + 4)
+    k = (d + 1) ** 2
+    h_u = second[:k].reshape(d + 1, d + 1)
+    g_u = second[k : k + d + 1]
+    lam_u = second[k + d + 1 : k + 2 * (d + 1)]
+    ridge_u = second[k + 2 * (d + 1) :]
+    lam_u = await clamp_thresholds(ops, lam_u, FRAC, FRAC + E_BITS + math.ceil(math.log2(max(plan.l1) + 2)) + 3)
+    xe_features = await ops.mul(rows.x[:, :d], e_features[None, :], FRAC, 2 * FRAC + E_BITS + 3)
+    xe = np.concatenate([xe_features, np.full((plan.n_rows, 1), e[d], dtype=object)], axis=1)
+    model = _model(ops, h_u, (-g_u) % p, ridge_u, lam_u)
+    return Scaling(e, xe, ridge_u, lam_u), model
+
+
+def _model(ops: FieldOps, h_u: ObjectArray, q: ObjectArray, ridge_u: ObjectArray, lam_u: ObjectArray) -> Model:
+    h = h_u.copy()
+    d1 = q.size
+    h[np.diag_indices(d1)] = (h[np.diag_indices(d1)] + ridge_u) % ops.p
+    return Model(h, q % ops.p, lam_u)
+
+
+async def _next_model(ops: FieldOps, small: FieldOps, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
+    """The quadratic model at u: σ of η = X̃e·u, then g_u, H_u and q = H_u·u − g_u."""
+    p = ops.p
+    eta2 = np.matmul(scaling.xe, u)  # degree 2t, frac 2·FRAC
+    prob, weight, _ = await sigmoid(ops, small, eta2 % p, FRAC)
+    residual = (prob - rows.y) % p
+    if rows.weights is not None:
+        n = residual.size
+        both = await ops.mul(np.concatenate([rows.weights, rows.weights]), np.concatenate([residual, weight]),
+                             FRAC, 2 * FRAC + _log_rows(plan) + 2)
+        residual, weight = both[:n], both[n:]
+    gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
+    hu = await ops.trunc((np.matmul(hessian, u) - gradient * (1 << FRAC)) % p, FRAC,
+                         2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3, degree2t=True)
+    return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
+
+
+async def _solve_model(ops: FieldOps, model: Model, u: ObjectArray, plan: GlmPlan, k: int) -> ObjectArray:
+    if not plan.has_l1:
+        return await solve(ops, model, plan.ns_solve_iterations, FRAC)
+    state = await admm(ops, model, u, plan.admm[k], FRAC, plan.ns_k_iterations)
+    if plan.polish[k]:
+        return await polish_and_select(ops, model, state, plan.ns_solve_iterations, FRAC)
+    return state.z
+
+
+# ---- the fit ---------------------------------------------------------------------------------------
+
+
+async def secure_fit_glm(
+    mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec, on_progress: ProgressCallback | None = None
+) -> RegressionResult | None:
+    """This party's side of a secure GLM fit; parties 0 and 1 get the result, 2 gets None."""
+    table = np.asarray(shares, dtype=object)
+    if table.ndim != 2:
+        raise ValueError("shares must be a matrix")
+    n_rows, columns = table.shape
+    check_table_shape(n_rows, columns, spec)
+    await _check_agreement(mpc, spec, n_rows, columns)
+    plan = make_glm_plan(spec, n_rows)
+    big, small = _fields(mpc, plan)
+    progress = _Progress(on_progress)
+    parties = len(mpc.parties)
+    zero = [frozenset[int]() for _ in range(parties)]
+    if spec.column_owners and parties == 3:
+        zero = [frozenset(j for j, o in enumerate(spec.column_owners) if o == i) for i in range(parties)]
+
+    progress.report("input", 0, n_rows)
+    raw = await share_rows(big, table, zero, lambda done: progress.report("input", done, n_rows))
+    progress.report("gram", 0, 1)
+    rows = await _rows(big, raw, spec, plan)
+    progress.report("gram", 1, 1)
+
+    outer = plan.outer_iterations
+    progress.report("iterations", 0, outer)
+    scaling, model = await _first_step(big, rows, plan)
+    u = np.zeros(plan.d + 1, dtype=object)
+    u = await _solve_model(big, model, u, plan, 0)
+    progress.report("iterations", 1, outer)
+    for k in range(1, outer):
+        model = await _next_model(big, small, rows, scaling, u, plan)
+        u = await _solve_model(big, model, u, plan, k)
+        progress.report("iterations", k + 1, outer)
+
+    progress.report("reveal", 0, 1)
+    metric_values = await classification_metrics(big, rows.x.shape[0], np.matmul(scaling.xe, u) % big.p, rows.y,
+                                                 rows.positives, spec.metrics, FRAC)
+    opened = await _reveal(big, scaling, rows, u, plan, metric_values)
+    progress.report("reveal", 1, 1)
+    if opened is None:
+        return None
+    return _result(big, opened, plan, spec)
+
+
+async def _reveal(ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, plan: GlmPlan, metric_values: ObjectArray) -> ObjectArray | None:
+    """Open [e∘u (frac 2F), b̂ (frac 2F), metrics (frac F)] to the owners."""
+    p, d = ops.p, plan.d
+    one = 1 << FRAC
+    exact_w = (scaling.e[:d] * u[:d]) % p  # degree 2t, frac 2F
+    w_hat = await ops.trunc(exact_w, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
+    b_tilde = (scaling.e[d] * u[d]) % p  # e_b public: degree t, frac 2F
+    b_hat = (b_tilde - np.dot(w_hat, rows.mean)) % p
+    return await ops.output_product(np.concatenate([exact_w, [b_hat], metric_values * one]) % p, OWNERS)
+
+
+def _result(ops: FieldOps, values: ObjectArray, plan: GlmPlan, spec: RegressionSpec) -> RegressionResult:
+    """Decode, on an owner, the opened [ŵ, b̂, metrics] (all at frac 2F) and map to the original scale."""
+    d = plan.d
+    floats = ops.to_float(values, 2 * FRAC)
+    w, b = plan.to_original([float(v) for v in floats[:d]], float(floats[d]))
+    metrics = tuple((name, float(v)) for name, v in zip(spec.metrics, floats[d + 1 :]))
+    return RegressionResult(coefficients=tuple(w), intercept=b, alpha=plan.alpha, joined=plan.n_rows,
+                            iterations=plan.outer_iterations, metrics=metrics)

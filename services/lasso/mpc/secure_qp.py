@@ -1,0 +1,193 @@
+"""The penalised quadratic models of the GLMs' proximal Newton steps (MPyC, one field).
+
+Each outer iteration of ``secure_glm`` solves, in Jacobi-scaled coordinates u,
+
+    min_u F(u) = ½·uᵀHu − qᵀu + Σ_j λ_j·|u_j|          (λ = 0 for the intercept)
+
+with shares of H ((d+1) × (d+1)), q and λ at ``frac`` fractional bits. The steps are the
+lasso's (``secure_solver``, ADR 0002), for one problem and warm-started:
+
+* ``admm``: over-relaxed ADMM (ρ = 1/4, r = 7/4) from z₀ = the previous outer iterate and
+  the dual that makes it a fixed point of the old model, w₀ = (q − Hz₀)/ρ; K = (H + ρI)⁻¹ by
+  Newton–Schulz; one local matrix-vector product and one ``FusedThreshold`` step (7
+  rounds) per iteration.
+* ``polish_and_select``: Newton–Schulz on the support and signs of z, then a secure
+  comparison of F keeps the better point.
+* ``solve``: Newton–Schulz on H alone (no L1 part: one Newton step).
+
+Bounds (documented in services/lasso/REGRESSION.md): |ADMM values| < 2^(ADMM_BITS − 1),
+thresholds clamped to ρ·KAPPA_CLAMP, H with diagonal ≤ 1 and λ_min ≥ ``EIGENVALUE_FLOOR``.
+This module never imports the lasso solver's internals: the other solver may change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from services.lasso.core.glm_plan import ADMM_RELAX, ADMM_RHO
+from services.lasso.mpc.secure_ops import FieldOps
+from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_field_bits
+
+ObjectArray = npt.NDArray[np.object_]
+
+#: |u|, |v|, |w| in ADMM < 2^(ADMM_BITS − 1).
+ADMM_BITS = 9
+#: Thresholds κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0 unless a
+#: gradient entry exceeds ρ·KAPPA_CLAMP = 16).
+KAPPA_CLAMP = 64.0
+#: |e_j| < 2^(E_BITS − 1) (Newton for 1/√G from a start ≤ 1 grows at most 1.5× a step).
+E_BITS = 17
+
+
+def qp_field_bits(kappa: int, frac: int, d1: int, solve_iterations: int) -> int:
+    """Prime size the steps of this module need at ``frac`` fractional bits."""
+    x_bits = 2 * frac + ADMM_BITS + 1
+    log_d = math.ceil(math.log2(d1 + 1))
+    select = 2 * frac + 2 * ADMM_BITS + log_d + 12
+    solve = 2 * frac + solve_iterations + 1 + log_d + 12
+    newton = 2 * frac + 2 * E_BITS + 2
+    return max(threshold_field_bits(kappa, frac, x_bits), max(select, solve, newton) + kappa + 3)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One quadratic model (shares at ``frac``): F(u) = ½uᵀHu − qᵀu + Σλ|u|."""
+
+    h: ObjectArray  # (d1, d1)
+    q: ObjectArray  # (d1,)
+    lam: ObjectArray  # (d1,), clamped to ρ·KAPPA_CLAMP, 0 for the intercept
+
+
+@dataclass(frozen=True)
+class AdmmState:
+    """The last ADMM iterate z, |z| and its threshold bits [v > κ], [v < −κ] (frac ``frac``)."""
+
+    z: ObjectArray
+    z_abs: ObjectArray
+    above: ObjectArray
+    below: ObjectArray
+
+
+def _dyadic(value: float) -> tuple[int, int]:
+    """(numerator, shift) of a dyadic rational."""
+    numerator, denominator = value.as_integer_ratio()
+    if denominator & (denominator - 1):
+        raise ValueError("ADMM constants must be dyadic rationals")
+    return numerator, denominator.bit_length() - 1
+
+
+async def newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.ArrayLike, frac: int, iterations: int) -> ObjectArray:
+    """e ≈ 1/√g (frac ``frac``) by y ← (3y − g·y·y²)/2 from a public start y₀ ≤ 1/√g (two rounds a step)."""
+    y = ops.fixed(np.asarray(start, dtype=np.float64), frac)
+    n = g.size
+    for _ in range(iterations):
+        both = await ops.mul(np.concatenate([g, y]), np.concatenate([y, y]), frac, 2 * frac + 2 * E_BITS)
+        numerator = 3 * y * (1 << frac) - both[:n] * both[n:]
+        y = await ops.trunc(numerator % ops.p, frac + 1, 2 * frac + E_BITS + 3, degree2t=True)
+    return y
+
+
+async def newton_schulz(ops: FieldOps, m: ObjectArray, iterations: int, trace_bound: float, frac: int, x_bits: int) -> ObjectArray:
+    """X ≈ M⁻¹ by X ← X(2I − MX) from X₀ = I/trace_bound (M symmetric positive definite, λ_max ≤ trace_bound)."""
+    d = m.shape[-1]
+    eye = np.zeros((d, d), dtype=object)
+    eye[np.diag_indices(d)] = 1 << frac
+    x = ops.fixed(np.eye(d) / trace_bound, frac)
+    log_d = math.ceil(math.log2(d + 1))
+    for _ in range(iterations):
+        mx = await ops.matmul(m, x, frac, 2 * frac + log_d + 3)
+        x = await ops.matmul(x, (2 * eye - mx) % ops.p, frac, 2 * frac + x_bits + log_d + 3)
+    return x
+
+
+async def clamp_thresholds(ops: FieldOps, lam: ObjectArray, frac: int, bits: int) -> ObjectArray:
+    """min(λ, ρ·KAPPA_CLAMP) elementwise (λ ≥ 0, |λ| < 2^(bits−1) at ``frac``)."""
+    limit = ops.fixed(ADMM_RHO * KAPPA_CLAMP, frac)
+    excess = (lam - limit) % ops.p
+    below = await ops.less_than_zero(excess, bits)
+    return (limit + await ops.mul_exact(below, excess)) % ops.p
+
+
+async def admm(ops: FieldOps, model: Model, z0: ObjectArray, iterations: int, frac: int, k_iterations: int) -> AdmmState:
+    """``iterations`` over-relaxed ADMM steps from z₀ (see the module docstring)."""
+    p, d1 = ops.p, model.q.size
+    one = 1 << frac
+    log_d = math.ceil(math.log2(d1 + 1))
+    shifted = model.h.copy()
+    shifted[np.diag_indices(d1)] = (shifted[np.diag_indices(d1)] + ops.fixed(ADMM_RHO, frac)) % p
+    k = await newton_schulz(ops, shifted, k_iterations, d1 + ADMM_RHO, frac, 3)
+    (num_a, shift_a), (num_r, shift_r) = _dyadic(ADMM_RELAX * ADMM_RHO), _dyadic(ADMM_RELAX)
+    num_z, shift_z = _dyadic(1 - ADMM_RELAX)
+    inv_rho = int(1 / ADMM_RHO)
+    # One truncation by frac + shift_r gives rρ·K, r·Kq and Hz₀ at frac (each scaled to match).
+    cut = frac + shift_r
+    first = await ops.trunc(np.concatenate([(num_a * k * (1 << (cut - shift_a))).reshape(-1), num_r * (k @ model.q),
+                                            (model.h @ z0) * (1 << shift_r)]) % p,
+                            cut, 2 * frac + ADMM_BITS + log_d + 10, degree2t=True)
+    a1 = first[: d1 * d1].reshape(d1, d1)  # rρ·K
+    c1 = first[d1 * d1 : d1 * d1 + d1]  # r·Kq
+    w = (inv_rho * (model.q - first[d1 * d1 + d1 :])) % p  # (q − Hz₀)/ρ
+    z = z0 % p
+    threshold = FusedThreshold(ops, (inv_rho * model.lam) % p, frac, 2 * frac + ADMM_BITS + 1, iterations)
+    state = AdmmState(z, z, z, z)
+    for _ in range(iterations):
+        local = a1 @ ((z - w) % p) + num_z * z * (one >> shift_z) + (c1 + w) * one
+        v, z, z_abs, above, below = await threshold.step(local % p)
+        w = (v - z) % p
+        state = AdmmState(z, z_abs, above, below)
+    return state
+
+
+async def polish_and_select(ops: FieldOps, model: Model, state: AdmmState, iterations: int, frac: int) -> ObjectArray:
+    """The polished point on the support and signs of z if it lowers F, else z (intercept always active)."""
+    p, d1 = ops.p, model.q.size
+    one = 1 << frac
+    active = (state.above + state.below) % p
+    active[-1] = 1
+    sign = (state.above - state.below) % p
+    pair = await ops.mul_exact(np.concatenate([np.outer(active, active).reshape(-1), model.lam]),
+                               np.concatenate([np.ones(d1 * d1, dtype=object), sign]))
+    mask, lam_sign = pair[: d1 * d1].reshape(d1, d1), pair[d1 * d1 :]
+    masked = await ops.mul_exact(np.concatenate([mask.reshape(-1), active]),
+                                 np.concatenate([model.h.reshape(-1), (model.q - lam_sign) % p]))
+    m = masked[: d1 * d1].reshape(d1, d1)
+    m[np.diag_indices(d1)] = (m[np.diag_indices(d1)] + (1 - active) * one) % p
+    rhs = masked[d1 * d1 :]
+    x_bits = iterations + 1
+    x = await newton_schulz(ops, m, iterations, float(d1), frac, x_bits)
+    solved = await ops.matmul(x, rhs, frac, 2 * frac + x_bits + 12)
+    polished = await ops.mul_exact(active, solved)
+    return await _select(ops, model, state, polished, frac, frac + iterations + 12)
+
+
+async def _select(ops: FieldOps, model: Model, state: AdmmState, polished: ObjectArray, frac: int, polish_bits: int) -> ObjectArray:
+    """As the lasso's selection: clip the polished point to ±2^(ADMM_BITS−1), keep it if 2(F(w) − F(z)) < 0."""
+    p, d1 = ops.p, model.q.size
+    bound = ops.fixed(2.0 ** (ADMM_BITS - 1), frac)
+    bits = await ops.less_than_zero(np.concatenate([(bound - polished), (polished + bound), polished]) % p, polish_bits)
+    g_hi, g_lo, neg = bits[:d1], bits[d1 : 2 * d1], bits[2 * d1 :]
+    prods = await ops.mul_exact(np.concatenate([g_hi, g_lo, neg]), np.concatenate([polished] * 3))
+    hw, lw, nw = prods[:d1], prods[d1 : 2 * d1], prods[2 * d1 :]
+    clipped = (polished + (g_hi - g_lo) * bound - hw - lw) % p
+    clipped_abs = (polished - 2 * nw + (g_hi + g_lo) * bound - hw + lw) % p
+    z = state.z
+    delta = (clipped - z) % p
+    log_d = math.ceil(math.log2(4 * d1))
+    hb = await ops.matmul(np.stack([z, delta]), model.h.T, frac, 2 * frac + ADMM_BITS + log_d)
+    grad = (hb[0] - model.q) % p
+    twice = (2 * delta * grad + delta * hb[1] + 2 * model.lam * ((clipped_abs - state.z_abs) % p)).sum() % p
+    twice = await ops.reduce(np.array([twice], dtype=object))
+    better = await ops.less_than_zero(twice, 2 * frac + 2 * ADMM_BITS + log_d + 12)
+    choice = await ops.mul_exact(np.broadcast_to(better, delta.shape).copy(), delta)
+    return (z + choice) % p
+
+
+async def solve(ops: FieldOps, model: Model, iterations: int, frac: int) -> ObjectArray:
+    """H⁻¹q by Newton–Schulz (the model without an L1 part)."""
+    x_bits = iterations + 1
+    x = await newton_schulz(ops, model.h, iterations, float(model.q.size), frac, x_bits)
+    return await ops.matmul(x, model.q, frac, 2 * frac + x_bits + 12)

@@ -1,0 +1,181 @@
+"""Plaintext oracles for the secure GLM fits (tests and benchmarks only).
+
+``fit_glm_plain`` runs the algorithm of ``services/lasso/mpc/secure_glm.py`` — the same
+public plan (``glm_plan``), centring, fixed Jacobi scaling, Newton and Newton–Schulz
+iteration counts, warm-started ADMM, polishing and selection — in float64 with the exact
+link function, so the secure result can be compared with it step by step.
+``fit_glm_exact`` is the exact optimum of the same objective (proximal Newton with
+coordinate descent, run until nothing changes at 1e-15), and ``fit_glm_sklearn`` is
+scikit-learn's answer where it solves the same objective:
+
+    logistic:  LogisticRegression(C = 1/(m·α), l1_ratio = ρ, class_weight = None | "balanced")
+               (scikit-learn ≥ 1.8: l1_ratio selects the penalty; saga for ρ > 0, lbfgs for ρ = 0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from services.lasso.core.glm_plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
+from services.lasso.core.params import ModelKind, RegressionSpec
+from services.testkit.plain_reference import newton_inverse_sqrt, newton_schulz, split_table
+
+Matrix = npt.NDArray[np.float64]
+Vector = npt.NDArray[np.float64]
+
+__all__ = ["GlmFit", "fit_glm_exact", "fit_glm_plain", "fit_glm_sklearn", "split_table"]
+
+
+@dataclass(frozen=True)
+class GlmFit:
+    """Coefficients and intercept on the original scale."""
+
+    coefficients: Vector
+    intercept: float
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The normalised, centred rows x̃ = [x̂ − μ̂, 1], the target and the row weights c."""
+
+    x: Matrix
+    y: Vector
+    c: Vector
+    mean: Vector  # μ̂
+
+
+def glm_rows(x: Matrix, y: Vector, plan: GlmPlan) -> Rows:
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xh = (x - np.asarray(plan.mids)) / np.asarray(plan.halves)
+    mean = xh.mean(axis=0)
+    c = class_weights(y) if plan.balanced else np.ones(len(y))
+    return Rows(np.column_stack([xh - mean, np.ones(len(y))]), y, c, mean)
+
+
+def class_weights(y: Vector) -> Vector:
+    """scikit-learn's "balanced": m/(2·m_1) for class 1, m/(2·m_0) for class 0."""
+    m, m1 = len(y), float(np.sum(y))
+    return np.where(y > 0.5, m / (2 * m1), m / (2 * (m - m1)))
+
+
+def sigmoid(t: Vector) -> Vector:
+    return np.exp(-np.logaddexp(0.0, -t))
+
+
+def _link(plan: GlmPlan, rows: Rows, v: Vector, first: bool) -> tuple[Vector, Vector]:
+    """(residual r_i = c_i(p_i − y_i), Hessian weight c_i·s_i) at v."""
+    if first:
+        p = np.full(len(rows.y), 0.5)
+    else:
+        p = sigmoid(rows.x @ v)
+    return rows.c * (p - rows.y), rows.c * p * (1 - p)
+
+
+def _objective(h: Matrix, q: Vector, lam: Vector, u: Vector) -> float:
+    return float(0.5 * u @ h @ u - q @ u + lam @ np.abs(u))
+
+
+def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
+    """v = (ŵ, b̃) after the plan's outer iterations (float64 mirror of the secure fit)."""
+    m, d1 = rows.x.shape
+    lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
+    v = np.zeros(d1)
+    e = np.zeros(d1)
+    for k in range(plan.outer_iterations):
+        r, s = _link(plan, rows, v, k == 0)
+        g = rows.x.T @ r / m
+        h = (rows.x.T * s) @ rows.x / m
+        if k == 0:
+            g1 = np.diag(h)[:-1] + gam[:-1]
+            e = np.append(newton_inverse_sqrt(g1, np.asarray(plan.newton_start), NEWTON_ITERATIONS),
+                          1 / np.sqrt(plan.hessian_start))
+        big_g = h + np.diag(gam)
+        hu = e[:, None] * big_g * e[None, :]
+        qu = e * (h @ v - g)
+        lu = lam * e
+        if not plan.has_l1:
+            v = e * (newton_schulz(hu, plan.ns_solve_iterations, float(d1)) @ qu)
+            continue
+        kmat = newton_schulz(hu + ADMM_RHO * np.eye(d1), plan.ns_k_iterations, d1 + ADMM_RHO)
+        kappa = lu / ADMM_RHO
+        z = v / e
+        w = (qu - hu @ z) / ADMM_RHO
+        for _ in range(plan.admm[k]):
+            x = ADMM_RELAX * (kmat @ (qu + ADMM_RHO * (z - w))) + (1 - ADMM_RELAX) * z + w
+            z = x - np.clip(x, -kappa, kappa)
+            w = x - z
+        u = z
+        if plan.polish[k]:
+            active = (z != 0).astype(float)
+            active[-1] = 1.0
+            sign = np.sign(z)
+            mmat = np.outer(active, active) * hu + np.diag(1 - active)
+            polished = active * (newton_schulz(mmat, plan.ns_solve_iterations, float(d1)) @ (active * (qu - lu * sign)))
+            if _objective(hu, qu, lu, polished) < _objective(hu, qu, lu, z):
+                u = polished
+        v = e * u
+    return v
+
+
+def fit_glm_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
+    """The secure algorithm in float64."""
+    plan = make_glm_plan(spec, len(y))
+    rows = glm_rows(x, y, plan)
+    return _original(plan, rows, solve_plain(plan, rows))
+
+
+def _original(plan: GlmPlan, rows: Rows, v: Vector) -> GlmFit:
+    w_hat = v[:-1]
+    w, b = plan.to_original(list(w_hat), float(v[-1] - w_hat @ rows.mean))
+    return GlmFit(np.asarray(w), b)
+
+
+def solve_exact(plan: GlmPlan, rows: Rows, tolerance: float = 1e-15, max_outer: int = 200) -> Vector:
+    """The exact optimum: proximal Newton, each model solved by cyclic coordinate descent."""
+    m, d1 = rows.x.shape
+    lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
+    v = np.zeros(d1)
+    for _ in range(max_outer):
+        r, s = _link(plan, rows, v, False)
+        g = rows.x.T @ r / m
+        h = (rows.x.T * s) @ rows.x / m
+        new = v.copy()
+        for _ in range(10_000):
+            before = new.copy()
+            for j in range(d1):
+                diag = h[j, j] + gam[j]
+                rest = g[j] + h[j] @ (new - v) + gam[j] * new[j] - diag * new[j]
+                new[j] = np.sign(-rest) * max(abs(rest) - lam[j], 0.0) / diag
+            if np.max(np.abs(new - before)) <= tolerance:
+                break
+        done = np.max(np.abs(new - v)) <= tolerance
+        v = new
+        if done:
+            break
+    return v
+
+
+def fit_glm_exact(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
+    """The exact optimum of the spec's objective (reference for the accuracy bounds)."""
+    plan = make_glm_plan(spec, len(y))
+    rows = glm_rows(x, y, plan)
+    return _original(plan, rows, solve_exact(plan, rows))
+
+
+def fit_glm_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
+    """scikit-learn on the same objective (see the module docstring for the mapping)."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415  (heavy import, tests only)
+
+    if spec.kind is not ModelKind.LOGISTIC:
+        raise ValueError(f"no scikit-learn model solves the {spec.kind.value} objective")
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rho, m = spec.rho, len(y)
+    model = LogisticRegression(C=1 / (m * spec.alphas[0]), l1_ratio=rho, solver="saga" if rho > 0 else "lbfgs",
+                               class_weight="balanced" if spec.balanced_class_weights else None,
+                               tol=1e-12, max_iter=1_000_000)
+    model.fit(x, y)
+    return GlmFit(np.asarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0]))
