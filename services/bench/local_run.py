@@ -30,8 +30,10 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, default=10_000, help="joined rows m")
     parser.add_argument("--features", type=int, default=10, help="features d (>= 10)")
     parser.add_argument("--alpha", type=float, action="append", help="alpha (repeat for a CV grid)")
-    parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge"], default="lasso")
-    parser.add_argument("--l1-ratio", type=float, default=0.5, help="elastic-net mixing")
+    parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge", "logistic"], default="lasso")
+    parser.add_argument("--l1-ratio", type=float, default=0.5, help="elastic-net mixing (logistic: the L1 share, 0 = L2)")
+    parser.add_argument("--balanced", action="store_true", help="logistic: balanced class weights")
+    parser.add_argument("--metric", action="append", default=[], help="a metric to reveal (repeat)")
     parser.add_argument("--cv-folds", type=int, default=0, help="K for K-fold cross-validation")
     parser.add_argument("--standardize", action="store_true")
     parser.add_argument("--iterations", type=int, default=0, help="ADMM iterations (0 = default)")
@@ -50,12 +52,23 @@ def _spec(args: argparse.Namespace, study: Any) -> Any:
         alphas=alphas,
         ranges=study.ranges,
         target=study.target,
-        l1_ratio=args.l1_ratio if args.kind == "elastic_net" else 1.0,
+        l1_ratio=args.l1_ratio if args.kind in ("elastic_net", "logistic") else 1.0,
         cv_folds=args.cv_folds,
         standardize=args.standardize,
         iterations=args.iterations,
         column_owners=study.owners,
+        balanced_class_weights=args.balanced,
+        metrics=tuple(args.metric),
     )
+
+
+def _study(args: argparse.Namespace) -> Any:
+    """The synthetic joined table (with a 0/1 outcome for the classifiers)."""
+    from services.testkit.joined_tables import make_study
+    from services.testkit.outcomes import study_with_outcome
+
+    study = make_study(args.records, args.features, seed=args.seed)
+    return study_with_outcome(study, "binary", seed=args.seed) if args.kind == "logistic" else study
 
 
 def _party(args: argparse.Namespace) -> None:
@@ -64,10 +77,10 @@ def _party(args: argparse.Namespace) -> None:
 
     from services.testkit.dealer import deal
     from services.lasso.mpc.runtime import create_runtime
-    from services.lasso.mpc.secure_regression import run_party
-    from services.testkit.joined_tables import make_study
+    from services.lasso.mpc import secure_glm, secure_regression
 
-    study = make_study(args.records, args.features, seed=args.seed)
+    study = _study(args)
+    run_party = secure_glm.run_party if args.kind == "logistic" else secure_regression.run_party
     shares = deal(study.table, study.owners, np.random.default_rng(args.seed)).shares[args.party]
     spec = _spec(args, study)
     ports = [int(p) for p in args.ports.split(",")]
@@ -94,6 +107,7 @@ def _party(args: argparse.Namespace) -> None:
             "alpha": result.alpha,
             "cv_curve": [list(p) for p in result.cv_curve],
             "standardized": list(result.standardized_coefficients or []),
+            "metrics": dict(result.metrics),
         }
     print(json.dumps(payload), flush=True)
 
@@ -143,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from services.testkit.dealer import deal
+    from services.testkit.glm_reference import fit_glm_exact
     from services.testkit.plain_reference import cv_curve_sklearn, fit_sklearn, split_table
-    from services.testkit.joined_tables import make_study
 
     raw = sys.argv[1:] if argv is None else argv
     reports = run_local(raw)
@@ -152,12 +166,21 @@ def main(argv: list[str] | None = None) -> None:
     times = owner["timings"]
     print(f"records={args.records} features={args.features} kind={args.kind} alphas={args.alpha or [0.5]}")
     print("timings (party 0, s): " + "  ".join(f"{k}={v:.2f}" for k, v in times.items())
-          + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports))
-    study = make_study(args.records, args.features, seed=args.seed)
+          + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports)
+          + f"   load {os.getloadavg()[0]:.1f}")
+    study = _study(args)
     spec = _spec(args, study)
     table = deal(study.table, study.owners, np.random.default_rng(args.seed)).table  # the parties' row order
     x, y = split_table(table, spec)
     secure = owner["result"]
+    if spec.kind.is_glm:
+        exact = fit_glm_exact(x, y, spec)
+        ws, w = np.asarray(secure["coefficients"]), exact.coefficients
+        diff, scale = float(np.max(np.abs(ws - w))), float(np.max(np.abs(w)))
+        print(f"alpha={secure['alpha']:g} max|w - w_exact| = {diff:.3e} (relative {diff / scale:.3e}), "
+              f"|b - b_exact| = {abs(secure['intercept'] - exact.intercept):.3e}, zero pattern equal: "
+              f"{bool(np.array_equal(ws == 0, w == 0))} ({int(np.sum(ws == 0))} zeros); metrics {secure['metrics']}")
+        return
     if spec.cross_validate:
         curve = cv_curve_sklearn(x, y, spec)
         print("cv curve (alpha, secure MSE, sklearn MSE): "

@@ -114,3 +114,28 @@ def combine_sums(acc: IntMatrix) -> ObjectArray:
     for a in range(acc.shape[1] - 1, -1, -1):
         out = (out << LIMB_BITS) + acc[:, a].astype(object)
     return out
+
+
+def cross_product(a: ObjectArray, b: ObjectArray, bound_bits: int) -> ObjectArray:
+    """Exact aᵀb (Python ints) for (rows, c₁) and (rows, c₂) non-negative ints below 2^bound_bits.
+
+    The GLMs' Hessians Σ_r x_r·(w_r x_r)ᵀ on shares, as ``gram_limbs`` does Σ_r z_r z_rᵀ:
+    limb products summed by one float64 product per block of MAX_BLOCK_ROWS rows.
+    """
+    rows, c1 = a.shape
+    c2 = b.shape[1]
+    k = limb_count(bound_bits)
+    acc = np.zeros((c1, k, c2, k), dtype=np.int64)
+    for start in range(0, rows, MAX_BLOCK_ROWS):
+        stop = min(start + MAX_BLOCK_ROWS, rows)
+        left = ints_to_limbs(a[start:stop], k).reshape(stop - start, c1 * k).astype(np.float64)
+        right = ints_to_limbs(b[start:stop], k).reshape(stop - start, c2 * k).astype(np.float64)
+        acc += np.rint(left.T @ right).astype(np.int64).reshape(c1, k, c2, k)
+    diagonals = np.zeros((2 * k - 1, c1, c2), dtype=np.int64)
+    for i in range(k):
+        for j in range(k):
+            diagonals[i + j] += acc[:, i, :, j]
+    out = np.zeros((c1, c2), dtype=object)
+    for s in range(2 * k - 2, -1, -1):
+        out = (out << LIMB_BITS) + diagonals[s].astype(object)
+    return out

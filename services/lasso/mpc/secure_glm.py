@@ -39,20 +39,24 @@ import numpy.typing as npt
 
 from services.lasso.core.glm_plan import NEWTON_ITERATIONS, GlmPlan, make_glm_plan
 from services.lasso.core.params import RegressionResult, RegressionSpec, SpecError, check_table_shape
-from services.lasso.mpc.secure_compare import compare_field_bits
+from services.lasso.mpc.secure_compare import compare_field_bits, trunc_convert
 from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_qp import (
+    ADMM_BITS,
     E_BITS,
+    AdmmState,
     Model,
     admm,
+    admm_field_bits,
     clamp_thresholds,
     newton_inverse_sqrt,
     polish_and_select,
     qp_field_bits,
     solve,
 )
+from services.lasso.core.limbs import cross_product
 from services.lasso.mpc.secure_rows import share_rows
 
 __all__ = ["FRAC", "secure_fit_glm"]
@@ -61,6 +65,9 @@ ObjectArray = npt.NDArray[np.object_]
 ProgressCallback = Callable[[str, int, int], None]
 
 FRAC = 40  # fractional bits of every value in F_g
+FRAC_W = 32  # fractional bits in F_w (ADMM), as the lasso's
+#: |model entries| < 2^(MODEL_BITS − 1) when moved to F_w (|q| ≤ (d+1)·2^8 + 2, |λ| ≤ 16, |u| < 2^8).
+MODEL_BITS = 26
 FRAC_TABLE = 32  # the join's encoding: x′ = round(x·2^32) + 2^63
 ENCODING_OFFSET = 1 << 63
 #: x̂·2^FRAC = (x′ − offset)·C_j / 2^NORMALISE_SHIFT with C_j = round(2^(FRAC + SHIFT − 32)/h_j).
@@ -89,7 +96,7 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     f, lm = FRAC, _log_rows(plan)
     d1 = plan.d + 1
     normalise = f + NORMALISE_SHIFT + 2
-    scaled_sums = 3 * f + 2 * lm + 4  # Σ_i w·x̃e·x̃e ≤ m at frac 2f, times round(2^(f+lm)/m)
+    scaled_sums = 3 * f + lm + X_BITS + 4  # Σ_i w·x̃e·x̃e at frac 3f (≤ m by Cauchy–Schwarz; margin)
     eta = 2 * f + X_BITS + 9 + math.ceil(math.log2(d1)) + 2  # |x̃e_j·u_j| < 2^(X_BITS + 8)
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
@@ -97,13 +104,23 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     return max(widest + kappa + 3, qp_field_bits(kappa, f, d1, plan.ns_solve_iterations), metric_field_bits(kappa, f, lm))
 
 
-def _fields(mpc: Any, plan: GlmPlan) -> tuple[FieldOps, FieldOps]:
+@dataclass(frozen=True)
+class Fields:
+    """F_g (rows, link functions, models; FRAC), F_w (ADMM; FRAC_W) and the sign-comparison field."""
+
+    big: FieldOps
+    work: FieldOps
+    small: FieldOps
+
+
+def _fields(mpc: Any, plan: GlmPlan) -> Fields:
     kappa = mpc.options.sec_param
     bits = glm_field_bits(plan, kappa)
     big = FieldOps(mpc, mpc.SecFxp(bits - FRAC - kappa - 2, FRAC))
+    work = FieldOps(mpc, mpc.SecFxp(admm_field_bits(kappa, FRAC_W) - FRAC_W - kappa - 2, FRAC_W))
     small_bits = compare_field_bits(kappa, compare_bits() + 1)
     small = FieldOps(mpc, mpc.SecInt(small_bits - kappa - 2))
-    return big, small
+    return Fields(big, work, small)
 
 
 async def _check_agreement(mpc: Any, spec: RegressionSpec, rows: int, columns: int) -> None:
@@ -177,22 +194,25 @@ class Scaling:
 
 
 async def _sums(ops: FieldOps, x: ObjectArray, residual: ObjectArray, weight: ObjectArray | None, plan: GlmPlan) -> tuple[ObjectArray, ObjectArray]:
-    """(g, H) = (X̃ᵀr/m, X̃ᵀdiag(w)X̃/m) at FRAC; ``weight`` None means w = ¼ (public)."""
+    """(g, H) = (X̃ᵀr/m, X̃ᵀdiag(w)X̃/m) at FRAC; ``weight`` None means w = ¼ (public).
+
+    w∘X̃ is reshared without truncation (frac 2F: a degree reduction costs a third of a
+    truncation), the local products X̃ᵀ(w∘X̃) and X̃ᵀr are exact limb products
+    (``limbs.cross_product``) at frac 3F and 2F, and two truncations of the (d+1)² + d + 1
+    sums give frac F and the division by m.
+    """
     p, m = ops.p, plan.n_rows
     d1 = x.shape[1]
     if weight is None:
-        weighted = x  # ¼ applied with the scaling below
-        quarter = 2
+        weighted, quarter = (x << FRAC) % p, 2  # ¼ by two more bits of truncation
     else:
-        weighted = await ops.mul(x, weight[:, None], FRAC, 2 * FRAC + X_BITS + 2)
-        quarter = 0
-    hessian = np.matmul(x.T, weighted)  # degree 2t, frac 2·FRAC
-    gradient = np.matmul(x.T, residual)
+        weighted, quarter = await ops.mul_exact(x, weight[:, None]), 0
+    sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << FRAC) % p], axis=1), ops.bits)
+    hessian, gradient = sums[:, :d1], sums[:, d1]  # frac 3F, degree 2t
     lm = _log_rows(plan)
-    shift = 2 * FRAC + lm + quarter  # frac 2F → F, and the division by m (and by 4)
-    factor = round(2.0 ** (FRAC + lm) / m)
-    both = np.concatenate([hessian.reshape(-1), gradient << quarter]) * factor
-    scaled = await ops.trunc(both % p, shift, 3 * FRAC + 2 * lm + 4, degree2t=True)
+    both = np.concatenate([hessian.reshape(-1), gradient << quarter]) % p
+    totals = await ops.trunc(both, 2 * FRAC + quarter, 3 * FRAC + lm + X_BITS + 4, degree2t=True)  # Σ at frac F
+    scaled = await _mean_scale(ops, totals, m, FRAC + lm + X_BITS + 2)
     return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
 
@@ -253,12 +273,22 @@ async def _next_model(ops: FieldOps, small: FieldOps, rows: Rows, scaling: Scali
     return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
 
 
-async def _solve_model(ops: FieldOps, model: Model, u: ObjectArray, plan: GlmPlan, k: int) -> ObjectArray:
+async def _solve_model(fields: Fields, model: Model, u: ObjectArray, plan: GlmPlan, k: int) -> ObjectArray:
+    """The next iterate: ADMM in F_w (warm-started at u), then polishing and selection in F_g."""
+    big, work = fields.big, fields.work
     if not plan.has_l1:
-        return await solve(ops, model, plan.ns_solve_iterations, FRAC)
-    state = await admm(ops, model, u, plan.admm[k], FRAC, plan.ns_k_iterations)
+        return await solve(big, model, plan.ns_solve_iterations, FRAC)
+    d1 = u.size
+    moved = await trunc_convert(big, work, np.concatenate([model.h.reshape(-1), model.q, model.lam, u]) % big.p,
+                                FRAC - FRAC_W, FRAC + MODEL_BITS)
+    h_w, q_w, lam_w, u_w = moved[: d1 * d1].reshape(d1, d1), moved[d1 * d1 : -2 * d1], moved[-2 * d1 : -d1], moved[-d1:]
+    state = await admm(work, Model(h_w, q_w, lam_w), u_w, plan.admm[k], FRAC_W, plan.ns_k_iterations)
+    back = await work.convert(np.concatenate([state.z, state.z_abs, state.above, state.below]), big, FRAC_W + ADMM_BITS + 1)
+    z, z_abs, above, below = (back[i * d1 : (i + 1) * d1] for i in range(4))
+    shift = 1 << (FRAC - FRAC_W)
+    state = AdmmState((z * shift) % big.p, (z_abs * shift) % big.p, above, below)
     if plan.polish[k]:
-        return await polish_and_select(ops, model, state, plan.ns_solve_iterations, FRAC)
+        return await polish_and_select(big, model, state, plan.ns_solve_iterations, FRAC)
     return state.z
 
 
@@ -276,7 +306,8 @@ async def secure_fit_glm(
     check_table_shape(n_rows, columns, spec)
     await _check_agreement(mpc, spec, n_rows, columns)
     plan = make_glm_plan(spec, n_rows)
-    big, small = _fields(mpc, plan)
+    fields = _fields(mpc, plan)
+    big, small = fields.big, fields.small
     progress = _Progress(on_progress)
     parties = len(mpc.parties)
     zero = [frozenset[int]() for _ in range(parties)]
@@ -293,11 +324,11 @@ async def secure_fit_glm(
     progress.report("iterations", 0, outer)
     scaling, model = await _first_step(big, rows, plan)
     u = np.zeros(plan.d + 1, dtype=object)
-    u = await _solve_model(big, model, u, plan, 0)
+    u = await _solve_model(fields, model, u, plan, 0)
     progress.report("iterations", 1, outer)
     for k in range(1, outer):
         model = await _next_model(big, small, rows, scaling, u, plan)
-        u = await _solve_model(big, model, u, plan, k)
+        u = await _solve_model(fields, model, u, plan, k)
         progress.report("iterations", k + 1, outer)
 
     progress.report("reveal", 0, 1)
@@ -329,3 +360,19 @@ def _result(ops: FieldOps, values: ObjectArray, plan: GlmPlan, spec: RegressionS
     metrics = tuple((name, float(v)) for name, v in zip(spec.metrics, floats[d + 1 :]))
     return RegressionResult(coefficients=tuple(w), intercept=b, alpha=plan.alpha, joined=plan.n_rows,
                             iterations=plan.outer_iterations, metrics=metrics)
+
+
+async def run_party(
+    mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec, on_progress: ProgressCallback | None = None
+) -> RegressionResult | None:
+    """Start the runtime, fit, shut down (as ``secure_regression.run_party``)."""
+    await mpc.start()
+    try:
+        result = await secure_fit_glm(mpc, shares, spec, on_progress)
+    except BaseException:
+        for peer in mpc.parties:
+            if peer.pid != mpc.pid and peer.protocol is not None:
+                peer.protocol.close_connection()
+        raise
+    await mpc.shutdown()
+    return result

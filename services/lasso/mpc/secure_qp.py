@@ -43,14 +43,18 @@ KAPPA_CLAMP = 64.0
 E_BITS = 17
 
 
+def admm_field_bits(kappa: int, frac: int) -> int:
+    """Prime size ``admm`` needs at ``frac`` fractional bits (the lasso's F_w: 128 bits at frac 32)."""
+    return threshold_field_bits(kappa, frac, 2 * frac + ADMM_BITS + 1)
+
+
 def qp_field_bits(kappa: int, frac: int, d1: int, solve_iterations: int) -> int:
-    """Prime size the steps of this module need at ``frac`` fractional bits."""
-    x_bits = 2 * frac + ADMM_BITS + 1
+    """Prime size the other steps of this module need at ``frac`` fractional bits."""
     log_d = math.ceil(math.log2(d1 + 1))
     select = 2 * frac + 2 * ADMM_BITS + log_d + 12
     solve = 2 * frac + solve_iterations + 1 + log_d + 12
     newton = 2 * frac + 2 * E_BITS + 2
-    return max(threshold_field_bits(kappa, frac, x_bits), max(select, solve, newton) + kappa + 3)
+    return max(select, solve, newton) + kappa + 3
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ async def admm(ops: FieldOps, model: Model, z0: ObjectArray, iterations: int, fr
     cut = frac + shift_r
     first = await ops.trunc(np.concatenate([(num_a * k * (1 << (cut - shift_a))).reshape(-1), num_r * (k @ model.q),
                                             (model.h @ z0) * (1 << shift_r)]) % p,
-                            cut, 2 * frac + ADMM_BITS + log_d + 10, degree2t=True)
+                            cut, 2 * frac + ADMM_BITS + log_d + 6, degree2t=True)
     a1 = first[: d1 * d1].reshape(d1, d1)  # rρ·K
     c1 = first[d1 * d1 : d1 * d1 + d1]  # r·Kq
     w = (inv_rho * (model.q - first[d1 * d1 + d1 :])) % p  # (q − Hz₀)/ρ
