@@ -45,6 +45,8 @@ MAX_ABS_VALUE = 2.0 ** (ENCODING_BITS - 1 - FRACTIONAL_BITS)
 LINEAR_KINDS = (common_pb2.MODEL_KIND_LASSO, common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE)
 CLASSIFIER_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM)
 MODEL_KINDS = (*LINEAR_KINDS, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
+# The GLM kinds services/lasso/mpc/secure_glm.py fits today.
+IMPLEMENTED_GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC,)
 # l1_ratio a kind implies (elastic net, logistic and Poisson carry their own); `normalise` writes it
 # so the digest is canonical.
 IMPLIED_L1_RATIO = {common_pb2.MODEL_KIND_LASSO: 1.0, common_pb2.MODEL_KIND_RIDGE: 0.0, common_pb2.MODEL_KIND_SVM: 0.0}
@@ -199,6 +201,8 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
         raise SpecError(f"model.svm_loss {model.svm_loss} is not a known loss")
     if model.kind not in LINEAR_KINDS:
         kind = common_pb2.ModelKind.Name(model.kind)
+        if model.kind not in IMPLEMENTED_GLM_KINDS:
+            raise SpecError(f"model.kind {kind} is not implemented yet")
         if model.standardize:
             raise SpecError(f"model.standardize is not supported for {kind} yet (the coefficients are fitted on the declared ranges)")
         if model.cv_folds > 1:

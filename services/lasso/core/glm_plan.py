@@ -125,7 +125,7 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
     if not spec.kind.is_glm:
         raise ValueError("not a GLM")
     if spec.kind is not ModelKind.LOGISTIC:
-        raise ValueError(f"{spec.kind.value} is not implemented yet")
+        raise NotImplementedError(f"the {spec.kind.value} model is not implemented yet")
     features = spec.feature_columns
     mids = tuple(spec.ranges[j].mid for j in features)
     halves = tuple(spec.ranges[j].half for j in features)

@@ -95,3 +95,41 @@ async def classification_metrics(ops: FieldOps, n_rows: int, eta2: ObjectArray, 
             values[name] = value
     return np.array([values[name] for name in metrics], dtype=object)
 
+
+
+#: Smallest Var(y)/h_y² the R² division is sized for (σ_y ≥ 2^−11 of the target's half-range).
+TARGET_SPREAD_FLOOR = 2.0**-22
+
+
+async def linear_metrics(ops: FieldOps, cov: ObjectArray, w_hat: ObjectArray, metrics: Sequence[str], frac: int,
+                         n_rows: int, d: int) -> ObjectArray:
+    """The listed regression metrics of a linear model from its normalised moments (in-sample).
+
+    ``cov`` is Ĉ of [x̂, ŷ] ((d+1) × (d+1), target last) and ``w_hat`` the normalised
+    coefficients, both at ``frac``; with ω = [−ŵ; 1] the residual variance is h_y²·ωᵀĈω
+    (the intercept makes the residual mean 0). Returned, in order, at ``frac``: "mse" as
+    ωᵀĈω (the caller multiplies by the public h_y²), "r2" = 1 − ωᵀĈω/Ĉ_yy and
+    "adjusted_r2" = 1 − (1 − R²)·(m − 1)/(m − d − 1).
+    """
+    if not metrics:
+        return np.zeros(0, dtype=object)
+    p, one = ops.p, 1 << frac
+    omega = np.concatenate([(-w_hat) % p, [one]])
+    first = await ops.trunc((cov @ omega) % p, frac, 2 * frac + 16, degree2t=True)
+    quad = await ops.reduce(np.array([np.dot(omega, first) % p], dtype=object))  # frac 2·frac
+    quad = await ops.trunc(quad, frac, 2 * frac + 24)
+    values: dict[str, object] = {"mse": quad[0]}
+    if {"r2", "adjusted_r2"} & set(metrics):
+        floor_n = int(1 / TARGET_SPREAD_FLOOR)
+        inverse = await reciprocal_unit(ops, np.array([cov[-1, -1]], dtype=object), floor_n, frac)
+        ratio = await ops.mul(quad, inverse, frac, 2 * frac + 30)
+        r2 = (one - ratio[0]) % p
+        factor = (n_rows - 1) / max(n_rows - d - 1, 1)
+        adjusted = await ops.mul(ratio, ops.fixed([factor], frac), frac, 2 * frac + 30 + int(factor).bit_length())
+        values["r2"], values["adjusted_r2"] = r2, (one - adjusted[0]) % p
+    return np.array([values[name] for name in metrics], dtype=object)
+
+
+def decode_linear_metrics(names: Sequence[str], values: npt.NDArray[np.float64], h_y: float) -> tuple[tuple[str, float], ...]:
+    """(name, value) pairs from ``linear_metrics``' opened values (MSE scaled by the public h_y²)."""
+    return tuple((name, float(v) * (h_y**2 if name == "mse" else 1.0)) for name, v in zip(names, values))

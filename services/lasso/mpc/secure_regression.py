@@ -57,7 +57,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,7 @@ import numpy.typing as npt
 from services.lasso.core.plan import ADMM_RHO, NEWTON_ITERATIONS, AlphaPlan, SolverPlan, make_plan
 from services.lasso.mpc.secure_gram import FRAC_IN, FRAC_TABLE, Moments, gram_bits, moments
 from services.lasso.mpc.secure_input import share_and_multiply
+from services.lasso.mpc.secure_metrics import decode_linear_metrics, linear_metrics
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_solver import (
     ADMM_X_BITS,
@@ -271,14 +272,17 @@ async def secure_fit(
         opened += [np.array([index], dtype=object)]
         if spec.reveal_cv_curve and curve is not None:
             opened += [curve]
+    opened += [await linear_metrics(inp, mom.cov[0], fit.w_hat[0], spec.metrics, FRAC_IN, rows, plan.d)]
     exact_w = fit.e[0] * fit.u[0]  # degree 2t, frac 72: no rounding, exact zeros
     values = await inp.output_product(np.concatenate([exact_w, *opened]) % inp.p, OWNERS)
     progress.report("reveal", 1, 1)
     if values is None:
         return None
-    d = plan.d
+    d, count = plan.d, len(spec.metrics)
     w_hat = inp.to_float(values[:d], FRAC_IN + FRAC_POLISH)
-    return _result(w_hat, inp.to_float(values[d:], FRAC_IN), plan, spec)
+    rest = inp.to_float(values[d:], FRAC_IN)
+    result = _result(w_hat, rest[: rest.size - count], plan, spec)
+    return replace(result, metrics=decode_linear_metrics(spec.metrics, rest[rest.size - count :], plan.h_y))
 
 
 def _result(

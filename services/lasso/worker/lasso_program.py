@@ -1,4 +1,5 @@
-"""The production MPC program: the study's regression by services.lasso.mpc.secure_regression.
+"""The production MPC program: the study's model by services.lasso.mpc.secure_regression
+(lasso, elastic net, ridge) or services.lasso.mpc.secure_glm (logistic, Poisson, SVM).
 
 Glue only, between the wire (StudySpec, share blocks, ModelResult) and the regression
 core (RegressionSpec, an m × c integer share matrix, RegressionResult):
@@ -21,12 +22,18 @@ from riskmesh.v1 import common_pb2, lasso_pb2
 from services.study.spec import feature_names, target_name
 from services.lasso.core.inputs import assemble, column_owners, study_columns
 from services.lasso.worker.program import ProgramError, RunContext
+from services.lasso.mpc.secure_glm import secure_fit_glm
 from services.lasso.mpc.secure_regression import FRAC_TABLE, secure_fit
 from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
 
 VALUE_BITS = 64
-KINDS = {common_pb2.MODEL_KIND_LASSO: ModelKind.LASSO, common_pb2.MODEL_KIND_ELASTIC_NET: ModelKind.ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE: ModelKind.RIDGE}
+KINDS = {common_pb2.MODEL_KIND_LASSO: ModelKind.LASSO, common_pb2.MODEL_KIND_ELASTIC_NET: ModelKind.ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE: ModelKind.RIDGE,
+         common_pb2.MODEL_KIND_LOGISTIC: ModelKind.LOGISTIC, common_pb2.MODEL_KIND_POISSON: ModelKind.POISSON, common_pb2.MODEL_KIND_SVM: ModelKind.SVM}
+WIRE_KINDS = {kind: wire for wire, kind in KINDS.items()}
+# Metric enum value ↔ the core's metric name ("METRIC_ADJUSTED_R2" ↔ "adjusted_r2").
+METRIC_NAMES = {value: common_pb2.Metric.Name(value).removeprefix("METRIC_").lower() for value in common_pb2.Metric.values() if value}
+METRIC_VALUES = {name: value for value, name in METRIC_NAMES.items()}
 PHASES = {"input": common_pb2.PHASE_INPUT, "gram": common_pb2.PHASE_GRAM, "iterations": common_pb2.PHASE_ITERATIONS, "reveal": common_pb2.PHASE_REVEAL}
 
 
@@ -42,12 +49,15 @@ def regression_spec(spec: common_pb2.StudySpec) -> RegressionSpec:
         alphas=tuple(model.alphas),
         ranges=tuple(ColumnRange(declared[name].min, declared[name].max) for name in columns),
         target=len(columns) - 1,
-        l1_ratio=model.l1_ratio if model.kind == common_pb2.MODEL_KIND_ELASTIC_NET else 1.0,
+        l1_ratio=model.l1_ratio if model.kind in (common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON) else 1.0,
         cv_folds=model.cv_folds if model.cv_folds > 1 else 0,
         standardize=model.standardize,
         iterations=model.iterations,
         reveal_cv_curve=spec.reveal.cv_curve,
         column_owners=column_owners(spec),
+        balanced_class_weights=model.balanced_class_weights,
+        squared_hinge=model.svm_loss != common_pb2.SVM_LOSS_HINGE,
+        metrics=tuple(METRIC_NAMES[m] for m in spec.reveal.metrics),
     )
 
 
@@ -60,8 +70,10 @@ def check_encoding(blocks: Sequence[ShareBlock]) -> None:
 def model_result(result: RegressionResult, spec: common_pb2.StudySpec) -> lasso_pb2.ModelResult:
     standardized = result.standardized_coefficients or (0.0,) * len(result.coefficients)
     coefficients = [lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s) for name, w, s in zip(feature_names(spec), result.coefficients, standardized)]
-    curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse) for a, mse in result.cv_curve]
-    return lasso_pb2.ModelResult(coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve, iterations=result.iterations, target=target_name(spec))
+    curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse, mean_validation_loss=mse) for a, mse in result.cv_curve]
+    metrics = [lasso_pb2.MetricValue(metric=METRIC_VALUES[name], value=value) for name, value in result.metrics]
+    return lasso_pb2.ModelResult(coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve, iterations=result.iterations,
+                                 target=target_name(spec), kind=spec.model.kind, metrics=metrics)
 
 
 async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
@@ -72,5 +84,9 @@ async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
     def progress(phase: str, done: int, total: int) -> None:
         context.report(PHASES.get(phase, common_pb2.PHASE_UNSPECIFIED), done, total)
 
-    result = await secure_fit(mpc, matrix, regression, progress)
+    fit = secure_fit_glm if regression.kind.is_glm else secure_fit
+    try:
+        result = await fit(mpc, matrix, regression, progress)
+    except NotImplementedError as exc:
+        raise ProgramError(str(exc)) from None
     return lasso_pb2.ModelResult() if result is None else model_result(result, context.spec)
