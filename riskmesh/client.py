@@ -80,8 +80,15 @@ class GatewayClient:
         return list(self._stub.ListRuns(gateway_pb2.ListRunsRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).runs)
 
     def predict(self, run_id: str, records: list[dict[str, float]]) -> list[float]:
+        """One prediction per record: the fitted value (linear), the probability of class 1 (logistic),
+        the expected count (Poisson) or the class 0/1 (SVM); `predict_with_kind` also says which."""
+        return self.predict_with_kind(run_id, records)[0]
+
+    def predict_with_kind(self, run_id: str, records: list[dict[str, float]]) -> tuple[list[float], int]:
+        """(predictions, the applied model's `ModelKind`)."""
         request = gateway_pb2.PredictRequest(run_id=run_id, records=[gateway_pb2.Record(values=r) for r in records])
-        return list(self._stub.Predict(request, timeout=DEFAULT_TIMEOUT_S).predictions)
+        reply = self._stub.Predict(request, timeout=DEFAULT_TIMEOUT_S)
+        return list(reply.predictions), reply.kind
 
     def verify_audit(self) -> gateway_pb2.VerifyAuditResponse:
         return self._stub.VerifyAudit(gateway_pb2.VerifyAuditRequest(), timeout=DEFAULT_TIMEOUT_S)

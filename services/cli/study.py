@@ -57,11 +57,42 @@ def print_study(study: gateway_pb2.Study) -> None:
         cols = ", ".join(f"{c.name} [{c.min:g}, {c.max:g}]" for c in owner.features)
         target = f"; target {owner.target.name} [{owner.target.min:g}, {owner.target.max:g}]" if owner.target.name else ""
         table.add_row(owner.org, cols + target)
-    model = spec.model
-    table.add_row("model", f"{common_pb2.ModelKind.Name(model.kind).removeprefix('MODEL_KIND_').lower()} alpha={list(model.alphas)} "
-                  f"folds={model.cv_folds} standardize={model.standardize}")
+    table.add_row("model", describe_model(spec.model))
+    table.add_row("reveals", describe_reveal(spec))
     table.add_row("minimum intersection", str(spec.min_intersection))
     console.print(table)
+
+
+def kind_name(kind: int) -> str:
+    return common_pb2.ModelKind.Name(kind).removeprefix("MODEL_KIND_").lower()
+
+
+def metric_name(metric: int) -> str:
+    return common_pb2.Metric.Name(metric).removeprefix("METRIC_").lower()
+
+
+def describe_model(model: common_pb2.ModelSpec) -> str:
+    """One line: the kind, its penalty and options, the alpha (grid) and folds."""
+    text = f"{kind_name(model.kind)} alpha={list(model.alphas)} folds={model.cv_folds} standardize={model.standardize}"
+    if model.kind in (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON):
+        text += f" l1_ratio={model.l1_ratio:g}"
+    if model.balanced_class_weights:
+        text += " class_weight=balanced"
+    if model.kind == common_pb2.MODEL_KIND_SVM:
+        loss = model.svm_loss or common_pb2.SVM_LOSS_SQUARED_HINGE
+        text += f" loss={common_pb2.SvmLoss.Name(loss).removeprefix('SVM_LOSS_').lower()}"
+    return text
+
+
+def describe_reveal(spec: common_pb2.StudySpec) -> str:
+    """What the owners will learn besides the coefficients and intercept."""
+    parts = ["coefficients, intercept"]
+    if spec.reveal.joined_count:
+        parts.append("joined count")
+    if spec.reveal.cv_curve:
+        parts.append("cross-validation curve")
+    parts += [metric_name(m) for m in spec.reveal.metrics]
+    return ", ".join(parts)
 
 
 @study_app.command("propose")
@@ -164,7 +195,8 @@ def watch(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[P
 
 
 def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | None = None) -> None:
-    table = Table(title=f"revealed model for {result.target or 'the target'} (alpha={result.alpha:g}, joined={result.joined})")
+    kind = f"{kind_name(result.kind)} " if result.kind else ""
+    table = Table(title=f"revealed {kind}model for {result.target or 'the target'} (alpha={result.alpha:g}, joined={result.joined})")
     table.add_column("feature")
     table.add_column("coefficient", justify="right")
     if any(c.standardized_value for c in result.coefficients):
@@ -187,6 +219,41 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         for point in result.cv_curve:
             cv.add_row(f"{point.alpha:g}", f"{point.mean_squared_error:.6f}")
         console.print(cv)
+    if result.metrics:
+        quality = Table(title="model quality (on the join)")
+        quality.add_column("metric")
+        quality.add_column("value", justify="right")
+        quality.add_column("K-fold", justify="right")
+        for metric in result.metrics:
+            cv_value = f"{metric.cv_value:.6f}" if metric.HasField("cv_value") else "—"
+            quality.add_row(metric_name(metric.metric), f"{metric.value:.6f}", cv_value)
+        console.print(quality)
+
+
+def parse_records(records: list[str], csv_file: Optional[Path]) -> list[dict[str, float]]:
+    """Records from `name=value,name=value` strings and/or a CSV file with a header row."""
+    import csv  # noqa: PLC0415
+
+    out: list[dict[str, float]] = []
+    for i, text in enumerate(records):
+        record: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise typer.BadParameter(f"--record {i}: expected name=value, got {item!r}")
+            try:
+                record[name.strip()] = float(value)
+            except ValueError:
+                raise typer.BadParameter(f"--record {i}: the value of {name.strip()!r} is not a number") from None
+        out.append(record)
+    if csv_file is not None:
+        with csv_file.open(newline="") as f:
+            for row_number, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    out.append({name: float(value) for name, value in row.items()})
+                except (TypeError, ValueError):
+                    raise typer.BadParameter(f"{csv_file}: line {row_number} has a missing or non-numeric value") from None
+    return out
 
 
 @study_app.command("result")
@@ -199,6 +266,32 @@ def result(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[
             _fail(exc)
     print_run(run_)
     print_result(model)
+
+
+PREDICTION_LABEL = {common_pb2.MODEL_KIND_LOGISTIC: "probability of class 1", common_pb2.MODEL_KIND_POISSON: "expected count",
+                    common_pb2.MODEL_KIND_SVM: "class"}
+
+
+@study_app.command("predict")
+def predict(run_id: str,
+            record: list[str] = typer.Option([], help="a record as name=value,name=value (repeat for more)"),
+            csv_file: Optional[Path] = typer.Option(None, "--csv", help="records as a CSV file with a header row of feature names"),
+            org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+    """Apply a run's revealed model to records (locally at your gateway): fitted value, probability, count or class."""
+    records = parse_records(record, csv_file)
+    if not records:
+        raise typer.BadParameter("give at least one --record or a --csv file")
+    with _client(org, home, config) as gw:
+        try:
+            predictions, kind = gw.predict_with_kind(run_id, records)
+        except grpc.RpcError as exc:
+            _fail(exc)
+    table = Table(title=f"predictions of run {run_id}")
+    table.add_column("record", justify="right")
+    table.add_column(PREDICTION_LABEL.get(kind, "prediction"), justify="right")
+    for i, value in enumerate(predictions):
+        table.add_row(str(i), f"{value:g}" if kind == common_pb2.MODEL_KIND_SVM else f"{value:.6f}")
+    console.print(table)
 
 
 @study_app.command("list")

@@ -1,9 +1,15 @@
 """Apply a revealed model to records the caller supplies (local only, no MPC).
 
-    prediction = intercept + sum_j  w_j * x_j
+    η = intercept + sum_j  w_j * x_j
 
 with the coefficients and intercept on the features' original scale, as `ModelResult`
-reports them. Every record must give exactly the model's features: a missing feature
+reports them; the prediction is what fits the model's kind (`ModelResult.kind`):
+
+    linear (lasso, elastic net, ridge; unset in results of older runs):  η
+    logistic:  the probability of class 1, 1/(1 + e^−η)
+    Poisson:   the expected count e^η
+    SVM:       the class, 1 if η > 0 else 0 (scikit-learn's decision rule)
+ Every record must give exactly the model's features: a missing feature
 would silently predict with 0, an unknown one usually means a misspelt column, so both
 are errors. Error messages name the record index and the feature, never a value (the
 caller's records are patient data).
@@ -14,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from riskmesh.v1 import lasso_pb2
+from riskmesh.v1 import common_pb2, lasso_pb2
 
 
 class PredictError(ValueError):
@@ -60,8 +66,19 @@ def predict(result: lasso_pb2.ModelResult, records: Sequence[Mapping[str, float]
             if not math.isfinite(value):
                 raise PredictError(f"records[{index}]: feature {name!r} is not a finite number")
             terms.append(weight * float(value))
-        prediction = math.fsum(terms)
+        prediction = apply_link(result.kind, math.fsum(terms))
         if not math.isfinite(prediction):
             raise PredictError(f"records[{index}]: the prediction overflows")
         out.append(prediction)
     return out
+
+
+def apply_link(kind: int, eta: float) -> float:
+    """The prediction of a model of `kind` for the linear predictor η (inf when e^η overflows)."""
+    if kind == common_pb2.MODEL_KIND_LOGISTIC:
+        return 1 / (1 + math.exp(-eta)) if eta >= 0 else math.exp(eta) / (1 + math.exp(eta))
+    if kind == common_pb2.MODEL_KIND_POISSON:
+        return math.exp(eta) if eta < 709 else math.inf
+    if kind == common_pb2.MODEL_KIND_SVM:
+        return 1.0 if eta > 0 else 0.0
+    return eta

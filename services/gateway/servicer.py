@@ -330,7 +330,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if result is None:
                 raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"run {run.run_id} has no revealed model")
             predictions = predict(result, [dict(r.values) for r in request.records])
-            return gateway_pb2.PredictResponse(predictions=predictions)
+            return gateway_pb2.PredictResponse(predictions=predictions, kind=result.kind)
 
     async def VerifyAudit(self, request, context):
         result = self.audit.verify()

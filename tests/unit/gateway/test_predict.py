@@ -75,3 +75,29 @@ def test_matches_a_numpy_oracle(weights: list[float], intercept: float, rows: li
     records = [dict(zip(names, row)) for row in rows]
     expected = [intercept + float(np.dot(weights, row[: len(weights)])) for row in rows]
     assert predict(result, records) == pytest.approx(expected, rel=1e-9, abs=1e-3)
+
+
+def _kind(kind: int, **weights: float) -> lasso_pb2.ModelResult:
+    result = model(**weights)
+    result.kind = kind
+    return result
+
+
+def test_each_model_kind_applies_its_link() -> None:
+    from riskmesh.v1 import common_pb2
+
+    records: list[dict[str, float]] = [{"bmi": 1.0}, {"bmi": -6.0}, {"bmi": -2.0}]  # η = 2.5, −1, 1
+    assert predict(_kind(common_pb2.MODEL_KIND_LASSO, bmi=0.5), records[:1]) == [2.5]
+    probabilities = predict(_kind(common_pb2.MODEL_KIND_LOGISTIC, bmi=0.5), records)
+    assert probabilities == pytest.approx([1 / (1 + math.exp(-2.5)), 1 / (1 + math.exp(1.0)), 1 / (1 + math.exp(-1.0))], rel=1e-15)
+    assert predict(_kind(common_pb2.MODEL_KIND_POISSON, bmi=0.5), records) == pytest.approx([math.exp(2.5), math.exp(-1.0), math.e], rel=1e-15)
+    assert predict(_kind(common_pb2.MODEL_KIND_SVM, bmi=0.5), records) == [1.0, 0.0, 1.0]
+
+
+def test_logistic_probabilities_do_not_overflow_and_poisson_overflow_is_an_error() -> None:
+    from riskmesh.v1 import common_pb2
+
+    extreme: list[dict[str, float]] = [{"bmi": 1e4}, {"bmi": -1e4}]
+    assert predict(_kind(common_pb2.MODEL_KIND_LOGISTIC, bmi=1.0), extreme) == [1.0, 0.0]
+    with pytest.raises(PredictError, match="overflows"):
+        predict(_kind(common_pb2.MODEL_KIND_POISSON, bmi=1.0), extreme)
