@@ -1,4 +1,4 @@
-"""`riskmesh bench --phase lasso`: the secure Lasso alone, on dealt shares.
+"""`riskmesh bench --phase lasso [--model lasso|logistic]`: the secure model alone, on dealt shares.
 
 N joined rows × D features are generated (services/testkit/synthetic.py: the insurer holds
 the first ⌈D/2⌉ features and the target, the hospital the rest, D/5 non-zero true
@@ -42,6 +42,7 @@ from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
 from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
 from services.testkit.studies import spec_for
+from services.testkit.outcomes import data_with_outcome
 from services.testkit.synthetic import StudyData, make_study_data, reference_join
 from services.join.core.packing import SlotLayout
 from services.join.core.shares import value_bytes
@@ -244,14 +245,35 @@ async def _run_all(configs: Mapping[str, OrgConfig], run_id: str, spec: common_p
     return elapsed, outcomes, request_at
 
 
-def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None) -> dict[str, Any]:
-    """The secure Lasso on `records` dealt joined rows; medians over `repeat` runs."""
+#: --model → (ModelKind, l1_ratio, outcome drawn from the generated target or None).
+MODELS: dict[str, tuple[int, float, str | None]] = {
+    "lasso": (common_pb2.MODEL_KIND_LASSO, 0.0, None),
+    "logistic": (common_pb2.MODEL_KIND_LOGISTIC, 1.0, "binary"),
+    "poisson": (common_pb2.MODEL_KIND_POISSON, 1.0, "count"),
+    "svm": (common_pb2.MODEL_KIND_SVM, 0.0, "binary"),
+}
+
+
+def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None,
+                model: str = "lasso") -> dict[str, Any]:
+    """The secure model on `records` dealt joined rows; medians over `repeat` runs.
+
+    `model` lasso: scikit-learn's Lasso(alpha) is the reference. The GLMs (logistic with the
+    L1 penalty, Poisson with L1, SVM with L2) fit an outcome drawn from the generated target
+    (services/testkit/outcomes.py); their reference is the exact optimum of the same objective
+    on the plaintext join (services/testkit/glm_reference.fit_glm_exact, run until nothing changes).
+    """
     if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
         raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}")
+    kind, l1_ratio, outcome = MODELS[model]
     data = make_study_data(records, overlap=1.0, features=features)
+    if outcome is not None:
+        data = data_with_outcome(data, outcome)
     blocks, x, y = party_blocks(data, np.random.default_rng(20240611))
-    reference = _reference(data, x, y, alpha)
-    spec = spec_for(data, STUDY_ID, alphas=[alpha])
+    spec = spec_for(data, STUDY_ID, alphas=[alpha], kind=kind, l1_ratio=l1_ratio)
+    reference = _reference(data, x, y, alpha) if outcome is None else _glm_reference(data, spec, x, y)
     load_before = os.getloadavg()[0]
     runs: list[dict[str, Any]] = []
     with work_directory(workdir, "riskmesh-bench-lasso-") as root:
@@ -267,7 +289,7 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
                 runs.append(_figures(records, features, alpha, elapsed, outcomes, request_at, reference,
                                      TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb()))
     summary = median_summary(runs)
-    summary.update({"phase": "lasso", "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
+    summary.update({"phase": "lasso", "model": model, "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
                     "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
     return summary
 
@@ -278,6 +300,15 @@ def _reference(data: StudyData, x: np.ndarray, y: np.ndarray, alpha: float) -> d
     names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
     model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
     return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
+
+
+def _glm_reference(data: StudyData, spec: common_pb2.StudySpec, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from services.lasso.worker.lasso_program import regression_spec
+    from services.testkit.glm_reference import fit_glm_exact
+
+    names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
+    exact = fit_glm_exact(x, y, regression_spec(spec))
+    return {**dict(zip(names, (float(w) for w in exact.coefficients))), "(intercept)": exact.intercept}
 
 
 def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes: Mapping[str, PartyOutcome], request_at: float,
