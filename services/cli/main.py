@@ -140,11 +140,14 @@ app.command("bench")(bench_command)
 
 
 @app.command()
-def demo(home: Path = typer.Option(DEFAULT_HOME / "demo", help="working directory (wiped first)")) -> None:
+def demo(home: Path = typer.Option(DEFAULT_HOME / "demo", help="working directory (wiped first)"),
+         model: str = typer.Option("lasso", help="lasso (hospitalisation days) | logistic (readmitted yes/no)")) -> None:
     """Start three organisations on localhost and run the demo."""
-    from services.cli.demo import main as demo_main
+    from services.cli.demo import DEMO_MODELS, main as demo_main
 
-    raise typer.Exit(demo_main(home))
+    if model not in DEMO_MODELS:
+        raise typer.BadParameter(f"--model must be one of {', '.join(DEMO_MODELS)}")
+    raise typer.Exit(demo_main(home, model))
 
 
 @app.command("demo-hosts")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from riskmesh.v1 import common_pb2
 from services.testkit.synthetic import StudyData
 
 
 def spec_for(data: StudyData, study_id: str, alphas: list[float] | None = None, kind: int = common_pb2.MODEL_KIND_LASSO,
              cv_folds: int = 0, standardize: bool = False, min_intersection: int = 10, iterations: int = 0, l1_ratio: float = 0.0,
-             title: str = "Risk factors of hospitalisation") -> common_pb2.StudySpec:
+             title: str = "Risk factors of hospitalisation", metrics: Sequence[int] = (), balanced_class_weights: bool = False,
+             svm_loss: int = common_pb2.SVM_LOSS_UNSPECIFIED) -> common_pb2.StudySpec:
     owners = []
     for table in (data.insurer, data.hospital):
         owner = common_pb2.OwnerColumns(org=table.org, birth_date_column="birth_date", postal_code_column="postal_code", features=table.columns)
@@ -24,8 +27,9 @@ def spec_for(data: StudyData, study_id: str, alphas: list[float] | None = None, 
             common_pb2.Party(org="helper", role=common_pb2.ROLE_HELPER),
         ],
         owners=owners,
-        model=common_pb2.ModelSpec(kind=kind, alphas=alphas or [0.1], cv_folds=cv_folds, standardize=standardize, iterations=iterations, l1_ratio=l1_ratio),
+        model=common_pb2.ModelSpec(kind=kind, alphas=alphas or [0.1], cv_folds=cv_folds, standardize=standardize, iterations=iterations, l1_ratio=l1_ratio,
+                                   balanced_class_weights=balanced_class_weights, svm_loss=svm_loss),
         min_intersection=min_intersection,
-        reveal=common_pb2.RevealSpec(joined_count=True, cv_curve=cv_folds > 1),
+        reveal=common_pb2.RevealSpec(joined_count=True, cv_curve=cv_folds > 1, metrics=list(metrics)),
         paillier_bits=2048,
     )
