@@ -74,3 +74,9 @@ def test_phase_ok_checks_accuracy_and_agreement() -> None:
     assert not cli.phase_ok("lasso", {"rel_coef_diff": 1e-9, "owners_agree": False})
     assert cli.phase_ok("join", {"shares_match_plaintext": True})
     assert not cli.phase_ok("join", {"shares_match_plaintext": False})
+
+
+def test_model_choice_is_checked() -> None:
+    assert validate(_args(phase="lasso", model="logistic")) == []
+    assert any("--model must be one of" in p for p in validate(_args(phase="lasso", model="probit")))
+    assert any("for --phase lasso only" in p for p in validate(_args(phase="all", model="logistic")))

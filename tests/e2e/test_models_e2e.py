@@ -1,0 +1,86 @@
+"""Studies of the GLM model kinds across three organisations as real processes over mTLS:
+propose, approve, run (join + secure fit), the result at both owners against the exact
+optimum of the same objective and scikit-learn, the revealed metrics, and Predict."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from riskmesh.client import GatewayClient
+from riskmesh.v1 import common_pb2
+from services.lasso.worker.lasso_program import regression_spec
+from services.mesh.config import load_config
+from services.testkit.glm_reference import fit_glm_exact, fit_glm_sklearn
+from services.testkit.outcomes import data_with_outcome
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data, reference_join
+from services.tools.launcher import LocalMesh, local_mesh_for
+
+pytestmark = pytest.mark.e2e
+
+CLASSIFICATION = [common_pb2.METRIC_ACCURACY, common_pb2.METRIC_PRECISION, common_pb2.METRIC_RECALL, common_pb2.METRIC_F1]
+
+
+@pytest.fixture(scope="module")
+def binary_mesh(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    configs = local_mesh_for(root)
+    orgs = {org: load_config(p, env={}) for org, p in configs.items()}
+    data = data_with_outcome(make_study_data(300, overlap=0.5), "binary", seed=5)
+    sources = {"insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
+               "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv"))}
+    mesh = LocalMesh(configs).start()
+    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+    yield clients, data, sources
+    for c in clients.values():
+        c.close()
+    mesh.stop()
+
+
+def run_study(clients, data, sources, study_id: str, **spec_args):
+    spec = spec_for(data, study_id, **spec_args)
+    study = clients["insurer"].propose(spec, sources["insurer"])
+    clients["hospital"].approve(study_id, study.spec_digest, sources["hospital"])
+    clients["helper"].approve(study_id, study.spec_digest)
+    run = clients["insurer"].start_run(study_id)
+    final = None
+    for event in clients["insurer"].watch(run.run_id, timeout=600.0):
+        final = event.run
+    assert final is not None and final.state == common_pb2.RUN_STATE_SUCCEEDED, final
+    return spec, final
+
+
+def test_logistic_study_matches_the_exact_optimum_and_reveals_metrics(binary_mesh):
+    clients, data, sources = binary_mesh
+    spec, final = run_study(clients, data, sources, "e2e-logistic", alphas=[0.02], kind=common_pb2.MODEL_KIND_LOGISTIC,
+                            l1_ratio=1.0, metrics=CLASSIFICATION)
+    names, x, y = reference_join(data)
+    exact = fit_glm_exact(x, y, regression_spec(spec))
+    sklearn = fit_glm_sklearn(x, y, regression_spec(spec))
+    _, insurer = clients["insurer"].result(final.run_id)
+    _, hospital = clients["hospital"].result(final.run_id)
+    secure = np.array([c.value for c in insurer.coefficients])
+    scale = float(np.max(np.abs(exact.coefficients)))
+    assert [c.feature for c in insurer.coefficients] == names and insurer.kind == common_pb2.MODEL_KIND_LOGISTIC
+    assert np.max(np.abs(secure - exact.coefficients)) <= 1e-4 * scale
+    assert np.max(np.abs(secure - sklearn.coefficients)) <= 1e-4 * scale
+    assert abs(insurer.intercept - exact.intercept) <= 1e-4 * max(1.0, abs(exact.intercept))
+    assert list(secure == 0) == list(exact.coefficients == 0) and 0 < int(np.sum(secure == 0)) < len(names)
+    assert list(hospital.coefficients) == list(insurer.coefficients) and list(hospital.metrics) == list(insurer.metrics)
+
+    predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
+    tp, positives, called = float(predicted @ y), float(y.sum()), float(predicted.sum())
+    expected = {common_pb2.METRIC_ACCURACY: float(np.mean(predicted == y)), common_pb2.METRIC_PRECISION: tp / called,
+                common_pb2.METRIC_RECALL: tp / positives, common_pb2.METRIC_F1: 2 * tp / (called + positives)}
+    assert [m.metric for m in insurer.metrics] == CLASSIFICATION
+    for metric in insurer.metrics:
+        assert metric.value == pytest.approx(expected[metric.metric], abs=1e-6)
+
+    records = [dict(zip(names, row)) for row in x[:5].tolist()]
+    probabilities, kind = clients["hospital"].predict_with_kind(final.run_id, records)
+    assert kind == common_pb2.MODEL_KIND_LOGISTIC
+    eta = x[:5] @ secure + insurer.intercept
+    assert probabilities == pytest.approx([1 / (1 + math.exp(-v)) for v in eta], rel=1e-12)

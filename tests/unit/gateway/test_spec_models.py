@@ -1,0 +1,72 @@
+"""Study-spec rules of the model kinds beyond the linear ones, and of the revealed metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from riskmesh.v1 import common_pb2
+from services.study.spec import SpecError, normalise, spec_digest, validate
+from tests.unit.gateway.specs import make_spec
+
+
+def logistic_spec(**model: object) -> common_pb2.StudySpec:
+    spec = make_spec()
+    spec.owners[0].target.CopyFrom(common_pb2.ColumnSpec(name="readmitted", min=0, max=1))
+    spec.model.CopyFrom(common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_LOGISTIC, alphas=[0.01], **model))
+    return spec
+
+
+def test_a_logistic_study_with_metrics_is_valid() -> None:
+    spec = logistic_spec(l1_ratio=0.5, balanced_class_weights=True)
+    spec.reveal.metrics.extend([common_pb2.METRIC_F1, common_pb2.METRIC_ACCURACY])
+    validate(spec)
+    assert list(normalise(spec).reveal.metrics) == [common_pb2.METRIC_F1, common_pb2.METRIC_ACCURACY]  # the study's order
+
+
+def test_l1_ratio_zero_is_the_l2_penalty_and_changes_the_digest() -> None:
+    l2, l1 = logistic_spec(), logistic_spec(l1_ratio=1.0)
+    validate(l2)
+    validate(l1)
+    assert spec_digest(l2) != spec_digest(l1)
+
+
+def test_metrics_change_the_digest() -> None:
+    plain, with_metric = logistic_spec(), logistic_spec()
+    with_metric.reveal.metrics.append(common_pb2.METRIC_ACCURACY)
+    assert spec_digest(plain) != spec_digest(with_metric)
+
+
+def _lasso_with(metric: int) -> common_pb2.StudySpec:
+    spec = make_spec()
+    spec.reveal.metrics.append(metric)
+    return spec
+
+
+@pytest.mark.parametrize("spec, message", [
+    (logistic_spec(l1_ratio=1.5), "l1_ratio must be in \\[0, 1\\]"),
+    (logistic_spec(standardize=True), "standardize is not supported"),
+    (logistic_spec(svm_loss=common_pb2.SVM_LOSS_HINGE), "svm_loss applies to MODEL_KIND_SVM only"),
+    (_lasso_with(common_pb2.METRIC_ACCURACY), "METRIC_ACCURACY does not apply to MODEL_KIND_LASSO"),
+    (_lasso_with(common_pb2.METRIC_UNSPECIFIED), "METRIC_UNSPECIFIED does not apply"),
+])
+def test_invalid_model_specs_are_refused(spec: common_pb2.StudySpec, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        validate(spec)
+
+
+def test_logistic_needs_a_declared_binary_target() -> None:
+    spec = logistic_spec()
+    spec.owners[0].target.max = 2
+    with pytest.raises(SpecError, match="binary target declared with min 0 and max 1"):
+        validate(spec)
+
+
+def test_balanced_weights_are_for_logistic_only_and_metrics_once() -> None:
+    spec = make_spec()
+    spec.model.balanced_class_weights = True
+    with pytest.raises(SpecError, match="balanced_class_weights applies to MODEL_KIND_LOGISTIC only"):
+        validate(spec)
+    twice = _lasso_with(common_pb2.METRIC_R2)
+    twice.reveal.metrics.append(common_pb2.METRIC_R2)
+    with pytest.raises(SpecError, match="listed twice"):
+        validate(twice)

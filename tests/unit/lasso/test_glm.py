@@ -1,0 +1,149 @@
+"""The secure GLM fit (logistic regression) against its plaintext twin, the exact optimum and scikit-learn.
+
+In-process runs use MPyC with one party (``-M1``: the same code, threshold 0); the
+three-party run starts three processes over MPyC's own TCP (``local_run``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.bench.local_run import run_local
+from services.lasso.core.glm_plan import DEFAULT_OUTER_ITERATIONS, make_glm_plan
+from services.lasso.core.params import ModelKind, RegressionSpec, SpecError
+from services.lasso.mpc.secure_compare import less_than_zero
+from services.lasso.mpc.secure_functions import reciprocal_unit, sigmoid
+from services.lasso.mpc.secure_glm import FRAC, _fields, secure_fit_glm
+from services.lasso.mpc.secure_ops import FieldOps
+from services.testkit.dealer import deal, encode
+from services.testkit.glm_reference import fit_glm_exact, fit_glm_plain, fit_glm_sklearn, sigmoid as plain_sigmoid, split_table
+from services.testkit.joined_tables import make_study
+from services.testkit.outcomes import binary_outcome, study_with_outcome
+
+ROWS, FEATURES, SEED = 300, 4, 3
+STUDY = study_with_outcome(make_study(ROWS, FEATURES, seed=SEED), "binary", seed=SEED)
+METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+def _spec(alpha: float, rho: float, **kw: Any) -> RegressionSpec:
+    return RegressionSpec(ModelKind.LOGISTIC, (alpha,), STUDY.ranges, STUDY.target, l1_ratio=rho, **kw)
+
+
+def _relative(w: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(w) - reference)) / np.max(np.abs(reference)))
+
+
+CASES = [(0.01, 1.0, False), (0.05, 1.0, False), (0.003, 0.5, True), (0.01, 0.0, False), (0.05, 1.0, True)]
+
+
+@pytest.mark.parametrize("alpha,rho,balanced", CASES)
+def test_plain_twin_reaches_the_exact_optimum(alpha: float, rho: float, balanced: bool) -> None:
+    spec = _spec(alpha, rho, balanced_class_weights=balanced)
+    x, y = split_table(STUDY.table, spec)
+    plain, exact = fit_glm_plain(x, y, spec), fit_glm_exact(x, y, spec)
+    assert _relative(plain.coefficients, exact.coefficients) <= 1e-9
+    assert abs(plain.intercept - exact.intercept) <= 1e-9 * max(1.0, abs(exact.intercept))
+    assert list(plain.coefficients == 0) == list(exact.coefficients == 0)
+
+
+@pytest.mark.parametrize("alpha,rho,balanced", [(0.05, 1.0, False), (0.01, 0.0, True)])
+def test_the_objective_is_scikit_learns_with_c_one_over_m_alpha(alpha: float, rho: float, balanced: bool) -> None:
+    spec = _spec(alpha, rho, balanced_class_weights=balanced)
+    x, y = split_table(STUDY.table, spec)
+    exact, sklearn = fit_glm_exact(x, y, spec), fit_glm_sklearn(x, y, spec)
+    assert _relative(sklearn.coefficients, exact.coefficients) <= 1e-6
+    assert list(np.abs(sklearn.coefficients) < 1e-10) == list(exact.coefficients == 0)
+
+
+@pytest.mark.parametrize("alpha,rho,balanced", CASES)
+def test_one_party_matches_the_exact_optimum(mpc: Any, alpha: float, rho: float, balanced: bool) -> None:
+    spec = _spec(alpha, rho, balanced_class_weights=balanced, metrics=METRICS)
+    result = mpc.run(secure_fit_glm(mpc, encode(STUDY.table), spec))
+    assert result is not None and result.joined == ROWS and result.iterations == DEFAULT_OUTER_ITERATIONS
+    x, y = split_table(STUDY.table, spec)
+    exact = fit_glm_exact(x, y, spec)
+    assert _relative(result.coefficients, exact.coefficients) <= 1e-6
+    assert abs(result.intercept - exact.intercept) <= 1e-6 * max(1.0, abs(exact.intercept))
+    assert list(np.asarray(result.coefficients) == 0) == list(exact.coefficients == 0)
+    predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
+    tp = float(predicted @ y)
+    expected = {"accuracy": float(np.mean(predicted == y)), "precision": tp / predicted.sum(), "recall": tp / y.sum(),
+                "f1": 2 * tp / (predicted.sum() + y.sum())}
+    assert [name for name, _ in result.metrics] == list(METRICS)
+    for name, value in result.metrics:
+        assert value == pytest.approx(expected[name], abs=1e-8)
+
+
+def test_an_l1_penalty_large_enough_zeroes_every_coefficient(mpc: Any) -> None:
+    spec = _spec(5.0, 1.0)
+    result = mpc.run(secure_fit_glm(mpc, encode(STUDY.table), spec))
+    assert result is not None and all(w == 0 for w in result.coefficients)
+    share = float(np.mean(STUDY.table[:, STUDY.target]))
+    assert result.intercept == pytest.approx(math.log(share / (1 - share)), abs=1e-6)
+
+
+def test_sigmoid_is_within_its_documented_error(mpc: Any) -> None:
+    spec = _spec(0.01, 1.0)
+    fields = _fields(mpc, make_glm_plan(spec, ROWS))
+    eta = np.concatenate([np.linspace(-40, 40, 401), [0.0, 2.0**-6, -(2.0**-6), 300.0, -300.0]])
+
+    async def run() -> tuple[np.ndarray, np.ndarray]:
+        prob, weight, _ = await sigmoid(fields.big, fields.small, fields.big.fixed(eta, 2 * FRAC), FRAC)
+        return fields.big.to_float(prob, FRAC), fields.big.to_float(weight, FRAC)
+
+    prob, weight = mpc.run(run())
+    truth = plain_sigmoid(eta)
+    assert np.max(np.abs(prob - truth)) <= 1e-9
+    assert np.max(np.abs(weight - truth * (1 - truth))) <= 1e-9
+
+
+def test_comparison_and_reciprocal(mpc: Any) -> None:
+    ops = FieldOps(mpc, mpc.SecInt(60))
+    values = np.array([-(2**20), -5, -1, 0, 1, 7, 2**20 - 1], dtype=object)
+    big = FieldOps(mpc, mpc.SecFxp(120, FRAC))
+
+    async def run() -> tuple[list[int], np.ndarray]:
+        bits = await less_than_zero(ops, ops.public(values), 22)
+        inverse = await reciprocal_unit(big, big.fixed([1.0, 0.5, 1e-3, 1 / 3000], FRAC), 4000, FRAC)
+        return [int(b) for b in bits], big.to_float(inverse, FRAC)
+
+    bits, inverse = mpc.run(run())
+    assert bits == [1, 1, 1, 0, 0, 0, 0]
+    assert inverse == pytest.approx([1.0, 2.0, 1e3, 3000.0], rel=1e-9)
+
+
+def test_binary_outcome_is_zero_one_and_depends_on_the_score() -> None:
+    score = np.linspace(-10, 10, 20_000)
+    y = binary_outcome(score, np.random.default_rng(0))
+    assert set(np.unique(y)) == {0.0, 1.0}
+    assert 0.45 < y.mean() < 0.55 and y[:5000].mean() < 0.2 < 0.8 < y[-5000:].mean()
+
+
+def test_glm_specs_are_checked() -> None:
+    with pytest.raises(SpecError, match="l1_ratio"):
+        _spec(0.1, 1.5)
+    with pytest.raises(SpecError, match="balanced"):
+        RegressionSpec(ModelKind.LASSO, (0.1,), STUDY.ranges, STUDY.target, balanced_class_weights=True)
+    with pytest.raises(SpecError, match="metrics"):
+        _spec(0.1, 1.0, metrics=("r2",))
+    with pytest.raises(SpecError, match="not supported"):
+        _spec(0.1, 1.0, standardize=True)
+
+
+def test_three_parties_agree_and_the_helper_learns_nothing() -> None:
+    args = ["--records", str(ROWS), "--features", str(FEATURES), "--seed", str(SEED), "--kind", "logistic",
+            "--alpha", "0.05", "--l1-ratio", "1", "--metric", "accuracy"]
+    reports = run_local(args)
+    assert "result" not in reports[2]
+    assert reports[0]["result"] == reports[1]["result"]
+    study = study_with_outcome(make_study(ROWS, FEATURES, seed=SEED), "binary", seed=SEED)
+    table = deal(study.table, study.owners, np.random.default_rng(SEED)).table
+    spec = RegressionSpec(ModelKind.LOGISTIC, (0.05,), study.ranges, study.target, l1_ratio=1.0)
+    exact = fit_glm_exact(*split_table(table, spec), spec)
+    secure = np.asarray(reports[0]["result"]["coefficients"])
+    assert _relative(secure, exact.coefficients) <= 1e-6
+    assert list(secure == 0) == list(exact.coefficients == 0)
