@@ -30,7 +30,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, default=10_000, help="joined rows m")
     parser.add_argument("--features", type=int, default=10, help="features d (>= 10)")
     parser.add_argument("--alpha", type=float, action="append", help="alpha (repeat for a CV grid)")
-    parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge", "logistic"], default="lasso")
+    parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge", "logistic", "svm"], default="lasso")
     parser.add_argument("--l1-ratio", type=float, default=0.5, help="elastic-net mixing (logistic: the L1 share, 0 = L2)")
     parser.add_argument("--balanced", action="store_true", help="logistic: balanced class weights")
     parser.add_argument("--metric", action="append", default=[], help="a metric to reveal (repeat)")
@@ -52,7 +52,7 @@ def _spec(args: argparse.Namespace, study: Any) -> Any:
         alphas=alphas,
         ranges=study.ranges,
         target=study.target,
-        l1_ratio=args.l1_ratio if args.kind in ("elastic_net", "logistic") else 1.0,
+        l1_ratio={"elastic_net": args.l1_ratio, "logistic": args.l1_ratio, "svm": 0.0}.get(args.kind, 1.0),
         cv_folds=args.cv_folds,
         standardize=args.standardize,
         iterations=args.iterations,
@@ -68,7 +68,7 @@ def _study(args: argparse.Namespace) -> Any:
     from services.testkit.outcomes import study_with_outcome
 
     study = make_study(args.records, args.features, seed=args.seed)
-    return study_with_outcome(study, "binary", seed=args.seed) if args.kind == "logistic" else study
+    return study_with_outcome(study, "binary", seed=args.seed) if args.kind in ("logistic", "svm") else study
 
 
 def _party(args: argparse.Namespace) -> None:
@@ -80,7 +80,7 @@ def _party(args: argparse.Namespace) -> None:
     from services.lasso.mpc import secure_glm, secure_regression
 
     study = _study(args)
-    run_party = secure_glm.run_party if args.kind == "logistic" else secure_regression.run_party
+    run_party = secure_glm.run_party if args.kind in ("logistic", "svm") else secure_regression.run_party
     shares = deal(study.table, study.owners, np.random.default_rng(args.seed)).shares[args.party]
     spec = _spec(args, study)
     ports = [int(p) for p in args.ports.split(",")]

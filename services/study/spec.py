@@ -46,7 +46,7 @@ LINEAR_KINDS = (common_pb2.MODEL_KIND_LASSO, common_pb2.MODEL_KIND_ELASTIC_NET, 
 CLASSIFIER_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM)
 MODEL_KINDS = (*LINEAR_KINDS, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
 # The GLM kinds services/lasso/mpc/secure_glm.py fits today.
-IMPLEMENTED_GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC,)
+IMPLEMENTED_GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM)
 # l1_ratio a kind implies (elastic net, logistic and Poisson carry their own); `normalise` writes it
 # so the digest is canonical.
 IMPLIED_L1_RATIO = {common_pb2.MODEL_KIND_LASSO: 1.0, common_pb2.MODEL_KIND_RIDGE: 0.0, common_pb2.MODEL_KIND_SVM: 0.0}
@@ -203,6 +203,8 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
         kind = common_pb2.ModelKind.Name(model.kind)
         if model.kind not in IMPLEMENTED_GLM_KINDS:
             raise SpecError(f"model.kind {kind} is not implemented yet")
+        if model.svm_loss == common_pb2.SVM_LOSS_HINGE:
+            raise SpecError("the SVM's hinge loss is not implemented yet; use SVM_LOSS_SQUARED_HINGE")
         if model.standardize:
             raise SpecError(f"model.standardize is not supported for {kind} yet (the coefficients are fitted on the declared ranges)")
         if model.cv_folds > 1:

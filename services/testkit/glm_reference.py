@@ -10,6 +10,8 @@ scikit-learn's answer where it solves the same objective:
 
     logistic:  LogisticRegression(C = 1/(m·α), l1_ratio = ρ, class_weight = None | "balanced")
                (scikit-learn ≥ 1.8: l1_ratio selects the penalty; saga for ρ > 0, lbfgs for ρ = 0)
+    SVM:       none: LinearSVC(C, loss="squared_hinge") also penalises the intercept (intercept_scaling);
+               ``fit_svm_lbfgs`` (SciPy's L-BFGS-B on the same objective) is the independent check.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ class Rows:
 
 
 def glm_rows(x: Matrix, y: Vector, plan: GlmPlan) -> Rows:
+    """The rows as the secure fit holds them (the SVM's target as ỹ = 2y − 1)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     xh = (x - np.asarray(plan.mids)) / np.asarray(plan.halves)
     mean = xh.mean(axis=0)
     c = class_weights(y) if plan.balanced else np.ones(len(y))
-    return Rows(np.column_stack([xh - mean, np.ones(len(y))]), y, c, mean)
+    target = 2 * y - 1 if plan.kind is ModelKind.SVM else y
+    return Rows(np.column_stack([xh - mean, np.ones(len(y))]), target, c, mean)
 
 
 def class_weights(y: Vector) -> Vector:
@@ -67,7 +71,12 @@ def sigmoid(t: Vector) -> Vector:
 
 
 def _link(plan: GlmPlan, rows: Rows, v: Vector, first: bool) -> tuple[Vector, Vector]:
-    """(residual r_i = c_i(p_i − y_i), Hessian weight c_i·s_i) at v."""
+    """(residual r_i, Hessian weight s_i) at v: logistic c_i(p_i − y_i), c_i p_i(1 − p_i);
+    squared hinge 2a_i(η_i − ỹ_i), 2a_i with a_i = [1 − ỹ_i η_i > 0] (a generalised Hessian)."""
+    if plan.kind is ModelKind.SVM:
+        eta = rows.x @ v
+        active = (1 - rows.y * eta > 0).astype(np.float64)
+        return 2 * active * (eta - rows.y), 2 * active
     if first:
         p = np.full(len(rows.y), 0.5)
     else:
@@ -171,7 +180,7 @@ def fit_glm_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415  (heavy import, tests only)
 
     if spec.kind is not ModelKind.LOGISTIC:
-        raise ValueError(f"no scikit-learn model solves the {spec.kind.value} objective")
+        raise ValueError(f"no scikit-learn model solves the {spec.kind.value} objective (LinearSVC penalises the intercept)")
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     rho, m = spec.rho, len(y)
     model = LogisticRegression(C=1 / (m * spec.alphas[0]), l1_ratio=rho, solver="saga" if rho > 0 else "lbfgs",
@@ -179,3 +188,22 @@ def fit_glm_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
                                tol=1e-12, max_iter=1_000_000)
     model.fit(x, y)
     return GlmFit(np.asarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0]))
+
+
+def fit_svm_lbfgs(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
+    """The squared-hinge SVM objective minimised by SciPy's L-BFGS-B (an independent check of ``fit_glm_exact``)."""
+    from scipy.optimize import minimize  # noqa: PLC0415
+
+    plan = make_glm_plan(spec, len(y))
+    rows = glm_rows(x, y, plan)
+    gam = np.asarray(plan.ridge)
+    m = len(rows.y)
+
+    def objective(v: Vector) -> tuple[float, Vector]:
+        margin = np.maximum(0.0, 1 - rows.y * (rows.x @ v))
+        gradient = rows.x.T @ (-2 * rows.y * margin) / m + gam * v
+        return float(margin @ margin / m + 0.5 * gam @ (v * v)), gradient
+
+    found = minimize(objective, np.zeros(rows.x.shape[1]), jac=True, method="L-BFGS-B",
+                     options={"ftol": 1e-16, "gtol": 1e-12, "maxiter": 100_000})
+    return _original(plan, rows, found.x)

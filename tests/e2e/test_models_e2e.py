@@ -84,3 +84,21 @@ def test_logistic_study_matches_the_exact_optimum_and_reveals_metrics(binary_mes
     assert kind == common_pb2.MODEL_KIND_LOGISTIC
     eta = x[:5] @ secure + insurer.intercept
     assert probabilities == pytest.approx([1 / (1 + math.exp(-v)) for v in eta], rel=1e-12)
+
+
+def test_svm_study_matches_the_exact_optimum_and_predicts_classes(binary_mesh):
+    clients, data, sources = binary_mesh
+    spec, final = run_study(clients, data, sources, "e2e-svm", alphas=[0.01], kind=common_pb2.MODEL_KIND_SVM,
+                            metrics=[common_pb2.METRIC_ACCURACY])
+    names, x, y = reference_join(data)
+    exact = fit_glm_exact(x, y, regression_spec(spec))
+    _, insurer = clients["insurer"].result(final.run_id)
+    secure = np.array([c.value for c in insurer.coefficients])
+    assert insurer.kind == common_pb2.MODEL_KIND_SVM
+    assert np.max(np.abs(secure - exact.coefficients)) <= 1e-3 * float(np.max(np.abs(exact.coefficients)))
+    predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
+    assert insurer.metrics[0].value == pytest.approx(float(np.mean(predicted == y)), abs=1e-6)
+    records = [dict(zip(names, row)) for row in x[:8].tolist()]
+    classes, kind = clients["insurer"].predict_with_kind(final.run_id, records)
+    assert kind == common_pb2.MODEL_KIND_SVM
+    assert classes == [float(v) for v in (x[:8] @ secure + insurer.intercept > 0)]

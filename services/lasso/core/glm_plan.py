@@ -124,8 +124,8 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
     """The public plan of a GLM fit of ``spec`` (one alpha) on ``n_rows`` joined rows."""
     if not spec.kind.is_glm:
         raise ValueError("not a GLM")
-    if spec.kind is not ModelKind.LOGISTIC:
-        raise NotImplementedError(f"the {spec.kind.value} model is not implemented yet")
+    if spec.kind is ModelKind.POISSON or (spec.kind is ModelKind.SVM and not spec.squared_hinge):
+        raise NotImplementedError(f"the {spec.kind.value} model{'' if spec.squared_hinge else ' with the hinge loss'} is not implemented yet")
     features = spec.feature_columns
     mids = tuple(spec.ranges[j].mid for j in features)
     halves = tuple(spec.ranges[j].half for j in features)
@@ -140,5 +140,7 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
     # Jacobi-scaled Hessians have diagonal ≤ 1 (s ≤ s₀ for every row): λ_max ≤ d + 1.
     ns_k = ns_iterations(d1 + ADMM_RHO, ADMM_RHO)
     ns_solve = ns_iterations(float(d1), EIGENVALUE_FLOOR)
+    # s at v = 0, the same for every row: logistic σ(0)(1 − σ(0)) = ¼; squared hinge 2 (every row active).
+    hessian_start = 2.0 if spec.kind is ModelKind.SVM else 0.25
     return GlmPlan(spec.kind, n_rows, len(features), alpha, mids, halves, l1, ridge, admm, polish, ns_k, ns_solve,
-                   spec.balanced_class_weights, 0.25)
+                   spec.balanced_class_weights, hessian_start)

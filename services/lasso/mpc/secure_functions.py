@@ -37,13 +37,11 @@ ObjectArray = npt.NDArray[np.object_]
 
 #: |e^(−u)| and every Taylor power stay below 2^LINK_BITS (t ≤ 2: t^6 ≤ 64).
 LINK_BITS = 8
-#: Bits of the coarse η compared in the small field.
-SIGN_BITS = ETA_BITS + SIGN_FRAC
 
 
-def compare_bits() -> int:
-    """ℓ of the sign comparison (|round(η·2^SIGN_FRAC)| < 2^(ℓ−1))."""
-    return SIGN_BITS
+def compare_bits(resolution: int = SIGN_FRAC) -> int:
+    """ℓ of the sign comparison of η rounded to 2^−resolution (|η| < 2^(ETA_BITS−1), one bit of margin)."""
+    return ETA_BITS + resolution + 1
 
 
 def reciprocal_start(low: float, high: float) -> tuple[float, float]:
@@ -56,18 +54,20 @@ def reciprocal_start(low: float, high: float) -> tuple[float, float]:
     return c2 * (low + high), c2
 
 
-async def sign_bits(big: FieldOps, small: FieldOps, eta: ObjectArray, frac: int, *, degree2t: bool = False) -> tuple[ObjectArray, ObjectArray]:
+async def sign_bits(big: FieldOps, small: FieldOps, eta: ObjectArray, frac: int, *, degree2t: bool = False,
+                    resolution: int = SIGN_FRAC) -> tuple[ObjectArray, ObjectArray]:
     """(η truncated to ``frac`` in ``big``, b = [η < 0] in ``big``) from η·2^frac (or a degree-2t η·2^(2·frac)).
 
-    One opening gives both the truncation of η (when ``degree2t``) and the coarse η in the
-    small field; then the comparison, and the bit is moved back.
+    η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution, moved to the small field (one
+    truncating conversion), compared there (``compare_bits(resolution)`` bits), and the bit
+    is moved back; a wrong bit only for |η| < 2^−resolution.
     """
     shift = 2 * frac if degree2t else frac
     bits = ETA_BITS + shift + 1
     if degree2t:
         eta = await big.trunc(eta, frac, bits, degree2t=True)
-    coarse = await trunc_convert(big, small, eta, frac - SIGN_FRAC, ETA_BITS + frac + 1)
-    below = await less_than_zero(small, coarse, SIGN_BITS + 1)
+    coarse = await trunc_convert(big, small, eta, frac - resolution, ETA_BITS + frac + 1)
+    below = await less_than_zero(small, coarse, compare_bits(resolution))
     return eta, await small.convert(below, big, 2)
 
 

@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.glm_plan import NEWTON_ITERATIONS, GlmPlan, make_glm_plan
-from services.lasso.core.params import RegressionResult, RegressionSpec, SpecError, check_table_shape
+from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
+from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec, SpecError, check_table_shape
 from services.lasso.mpc.secure_compare import compare_field_bits, trunc_convert
-from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid
+from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid, sign_bits
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_qp import (
@@ -66,6 +66,10 @@ ProgressCallback = Callable[[str, int, int], None]
 
 FRAC = 40  # fractional bits of every value in F_g
 FRAC_W = 32  # fractional bits in F_w (ADMM), as the lasso's
+#: The SVM decides which rows are active (1 − ỹη > 0) on the margin rounded to 2^−MARGIN_FRAC: a
+#: row within 2^−12 of the margin may count either way, changing its gradient term by less than
+#: 2·2^−12·|x̃| (the accuracy goal of the SVM is 1e-3 relative; measured ~1e-11 on the test data).
+MARGIN_FRAC = 12
 #: |model entries| < 2^(MODEL_BITS − 1) when moved to F_w (|q| ≤ (d+1)·2^8 + 2, |λ| ≤ 16, |u| < 2^8).
 MODEL_BITS = 26
 FRAC_TABLE = 32  # the join's encoding: x′ = round(x·2^32) + 2^63
@@ -96,7 +100,7 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     f, lm = FRAC, _log_rows(plan)
     d1 = plan.d + 1
     normalise = f + NORMALISE_SHIFT + 2
-    scaled_sums = 3 * f + lm + X_BITS + 4  # Σ_i w·x̃e·x̃e at frac 3f (≤ m by Cauchy–Schwarz; margin)
+    scaled_sums = 3 * f + lm + X_BITS + 6  # Σ_i w·x̃e·x̃e at frac 3f (≤ m by Cauchy–Schwarz; margin)
     eta = 2 * f + X_BITS + 9 + math.ceil(math.log2(d1)) + 2  # |x̃e_j·u_j| < 2^(X_BITS + 8)
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
@@ -111,6 +115,7 @@ class Fields:
     big: FieldOps
     work: FieldOps
     small: FieldOps
+    fine: FieldOps  # the SVM's margin comparisons (MARGIN_FRAC)
 
 
 def _fields(mpc: Any, plan: GlmPlan) -> Fields:
@@ -118,9 +123,9 @@ def _fields(mpc: Any, plan: GlmPlan) -> Fields:
     bits = glm_field_bits(plan, kappa)
     big = FieldOps(mpc, mpc.SecFxp(bits - FRAC - kappa - 2, FRAC))
     work = FieldOps(mpc, mpc.SecFxp(admm_field_bits(kappa, FRAC_W) - FRAC_W - kappa - 2, FRAC_W))
-    small_bits = compare_field_bits(kappa, compare_bits() + 1)
-    small = FieldOps(mpc, mpc.SecInt(small_bits - kappa - 2))
-    return Fields(big, work, small)
+    small = FieldOps(mpc, mpc.SecInt(compare_field_bits(kappa, compare_bits()) - kappa - 2))
+    fine = FieldOps(mpc, mpc.SecInt(compare_field_bits(kappa, compare_bits(MARGIN_FRAC)) - kappa - 2))
+    return Fields(big, work, small, fine)
 
 
 async def _check_agreement(mpc: Any, spec: RegressionSpec, rows: int, columns: int) -> None:
@@ -143,6 +148,7 @@ class Rows:
     mean: ObjectArray
     weights: ObjectArray | None
     positives: ObjectArray  # Σ y (count, at FRAC), shape (1,)
+    labels: ObjectArray  # the 0/1 (or count) target; ``y`` is ỹ = 2y − 1 for the SVM
 
 
 async def _mean_scale(ops: FieldOps, sums: ObjectArray, n: int, bits: int) -> ObjectArray:
@@ -166,7 +172,8 @@ async def _rows(ops: FieldOps, raw: ObjectArray, spec: RegressionSpec, plan: Glm
     x = np.concatenate([(x_hat - mean) % p, np.full((m, 1), 1 << FRAC, dtype=object)], axis=1)
     positives = (y.sum() % p) * np.ones(1, dtype=object)
     weights = await _class_weights(ops, y, share_pos, plan) if plan.balanced else None
-    return Rows(x, y, mean, weights, positives)
+    model_y = (2 * y - (1 << FRAC)) % p if plan.kind is ModelKind.SVM else y
+    return Rows(x, model_y, mean, weights, positives, y)
 
 
 async def _class_weights(ops: FieldOps, y: ObjectArray, share_pos: ObjectArray, plan: GlmPlan) -> ObjectArray:
@@ -203,15 +210,17 @@ async def _sums(ops: FieldOps, x: ObjectArray, residual: ObjectArray, weight: Ob
     """
     p, m = ops.p, plan.n_rows
     d1 = x.shape[1]
-    if weight is None:
-        weighted, quarter = (x << FRAC) % p, 2  # ¼ by two more bits of truncation
+    down = 0
+    if weight is None:  # the public s₀ = 2^k of the first iteration, by k more (or fewer) bits of truncation
+        k = round(math.log2(plan.hessian_start))
+        weighted, down = (x << (FRAC + max(k, 0))) % p, max(-k, 0)
     else:
-        weighted, quarter = await ops.mul_exact(x, weight[:, None]), 0
+        weighted = await ops.mul_exact(x, weight[:, None])
     sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << FRAC) % p], axis=1), ops.bits)
     hessian, gradient = sums[:, :d1], sums[:, d1]  # frac 3F, degree 2t
     lm = _log_rows(plan)
-    both = np.concatenate([hessian.reshape(-1), gradient << quarter]) % p
-    totals = await ops.trunc(both, 2 * FRAC + quarter, 3 * FRAC + lm + X_BITS + 4, degree2t=True)  # Σ at frac F
+    both = np.concatenate([hessian.reshape(-1), gradient << down]) % p
+    totals = await ops.trunc(both, 2 * FRAC + down, 3 * FRAC + lm + X_BITS + 6, degree2t=True)  # Σ at frac F
     scaled = await _mean_scale(ops, totals, m, FRAC + lm + X_BITS + 2)
     return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
@@ -220,7 +229,9 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     """Outer iteration 0 at v = 0: g, H, the Jacobi scaling and the first model."""
     p, d = ops.p, plan.d
     one = 1 << FRAC
-    if rows.weights is None:
+    if plan.kind is ModelKind.SVM:  # every row active with margin 1: r = 2(0 − ỹ), w = 2
+        residual, weight = (-2 * rows.y) % p, None
+    elif rows.weights is None:
         residual, weight = (one // 2 - rows.y) % p, None
     else:
         prods = await ops.mul(np.concatenate([rows.weights, rows.weights]),
@@ -256,11 +267,30 @@ def _model(ops: FieldOps, h_u: ObjectArray, q: ObjectArray, ridge_u: ObjectArray
     return Model(h, q % ops.p, lam_u)
 
 
-async def _next_model(ops: FieldOps, small: FieldOps, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
-    """The quadratic model at u: σ of η = X̃e·u, then g_u, H_u and q = H_u·u − g_u."""
+async def _svm_link(fields: Fields, rows: Rows, eta2: ObjectArray) -> tuple[ObjectArray, ObjectArray]:
+    """Squared hinge at η: a = [1 − ỹη > 0], r = 2a(η − ỹ) (= −2ỹ·a·(1 − ỹη) as ỹ² = 1), w = 2a."""
+    big = fields.big
+    p, one = big.p, 1 << FRAC
+    eta = await big.trunc(eta2, FRAC, 2 * FRAC + ETA_BITS + 1, degree2t=True)
+    margin = (one - await big.mul(rows.y, eta, FRAC, 2 * FRAC + ETA_BITS + 2)) % p
+    _, below = await sign_bits(big, fields.fine, margin, FRAC, resolution=MARGIN_FRAC)
+    active = (1 - below) % p
+    residual = await big.mul_exact(active, (2 * (eta - rows.y)) % p)
+    return residual, (2 * one * active) % p
+
+
+async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
+    """The quadratic model at u: the link at η = X̃e·u, then g_u, H_u and q = H_u·u − g_u."""
+    ops = fields.big
     p = ops.p
-    eta2 = np.matmul(scaling.xe, u)  # degree 2t, frac 2·FRAC
-    prob, weight, _ = await sigmoid(ops, small, eta2 % p, FRAC)
+    eta2 = np.matmul(scaling.xe, u) % p  # degree 2t, frac 2·FRAC
+    if plan.kind is ModelKind.SVM:
+        residual, weight = await _svm_link(fields, rows, eta2)
+        gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
+        hu = await ops.trunc((np.matmul(hessian, u) - gradient * (1 << FRAC)) % p, FRAC,
+                             2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3, degree2t=True)
+        return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
+    prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC)
     residual = (prob - rows.y) % p
     if rows.weights is not None:
         n = residual.size
@@ -327,12 +357,12 @@ async def secure_fit_glm(
     u = await _solve_model(fields, model, u, plan, 0)
     progress.report("iterations", 1, outer)
     for k in range(1, outer):
-        model = await _next_model(big, small, rows, scaling, u, plan)
+        model = await _next_model(fields, rows, scaling, u, plan)
         u = await _solve_model(fields, model, u, plan, k)
         progress.report("iterations", k + 1, outer)
 
     progress.report("reveal", 0, 1)
-    metric_values = await classification_metrics(big, rows.x.shape[0], np.matmul(scaling.xe, u) % big.p, rows.y,
+    metric_values = await classification_metrics(big, rows.x.shape[0], np.matmul(scaling.xe, u) % big.p, rows.labels,
                                                  rows.positives, spec.metrics, FRAC)
     opened = await _reveal(big, scaling, rows, u, plan, metric_values)
     progress.report("reveal", 1, 1)

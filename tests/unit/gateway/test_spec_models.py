@@ -36,6 +36,19 @@ def test_metrics_change_the_digest() -> None:
     assert spec_digest(plain) != spec_digest(with_metric)
 
 
+def _svm_spec(loss: int, **model: object) -> common_pb2.StudySpec:
+    spec = logistic_spec()
+    spec.model.CopyFrom(common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_SVM, alphas=[0.01], svm_loss=loss, **model))
+    return spec
+
+
+def test_an_svm_without_a_loss_is_the_squared_hinge() -> None:
+    spec = _svm_spec(common_pb2.SVM_LOSS_UNSPECIFIED)
+    validate(spec)
+    assert normalise(spec).model.svm_loss == common_pb2.SVM_LOSS_SQUARED_HINGE
+    assert spec_digest(spec) == spec_digest(_svm_spec(common_pb2.SVM_LOSS_SQUARED_HINGE))
+
+
 def _lasso_with(metric: int) -> common_pb2.StudySpec:
     spec = make_spec()
     spec.reveal.metrics.append(metric)
@@ -46,6 +59,8 @@ def _lasso_with(metric: int) -> common_pb2.StudySpec:
     (logistic_spec(l1_ratio=1.5), "l1_ratio must be in \\[0, 1\\]"),
     (logistic_spec(standardize=True), "standardize is not supported"),
     (logistic_spec(svm_loss=common_pb2.SVM_LOSS_HINGE), "svm_loss applies to MODEL_KIND_SVM only"),
+    (_svm_spec(common_pb2.SVM_LOSS_HINGE), "hinge loss is not implemented yet"),
+    (_svm_spec(common_pb2.SVM_LOSS_SQUARED_HINGE, l1_ratio=0.5), "leave it unset"),
     (_lasso_with(common_pb2.METRIC_ACCURACY), "METRIC_ACCURACY does not apply to MODEL_KIND_LASSO"),
     (_lasso_with(common_pb2.METRIC_UNSPECIFIED), "METRIC_UNSPECIFIED does not apply"),
 ])

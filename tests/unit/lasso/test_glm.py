@@ -147,3 +147,37 @@ def test_three_parties_agree_and_the_helper_learns_nothing() -> None:
     secure = np.asarray(reports[0]["result"]["coefficients"])
     assert _relative(secure, exact.coefficients) <= 1e-6
     assert list(secure == 0) == list(exact.coefficients == 0)
+
+
+def _svm(alpha: float, **kw: Any) -> RegressionSpec:
+    return RegressionSpec(ModelKind.SVM, (alpha,), STUDY.ranges, STUDY.target, l1_ratio=0.0, **kw)
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.1])
+def test_svm_twin_exact_and_lbfgs_agree(alpha: float) -> None:
+    from services.testkit.glm_reference import fit_svm_lbfgs
+
+    spec = _svm(alpha)
+    x, y = split_table(STUDY.table, spec)
+    exact = fit_glm_exact(x, y, spec)
+    assert _relative(fit_glm_plain(x, y, spec).coefficients, exact.coefficients) <= 1e-9
+    assert _relative(fit_svm_lbfgs(x, y, spec).coefficients, exact.coefficients) <= 1e-6
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.1])
+def test_one_party_svm_matches_the_exact_optimum(mpc: Any, alpha: float) -> None:
+    spec = _svm(alpha, metrics=("accuracy", "recall"))
+    result = mpc.run(secure_fit_glm(mpc, encode(STUDY.table), spec))
+    assert result is not None
+    x, y = split_table(STUDY.table, spec)
+    exact = fit_glm_exact(x, y, spec)
+    assert _relative(result.coefficients, exact.coefficients) <= 1e-6
+    assert abs(result.intercept - exact.intercept) <= 1e-6 * max(1.0, abs(exact.intercept))
+    predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
+    assert dict(result.metrics)["accuracy"] == pytest.approx(float(np.mean(predicted == y)), abs=1e-8)
+    assert dict(result.metrics)["recall"] == pytest.approx(float(predicted @ y / y.sum()), abs=1e-8)
+
+
+def test_the_hinge_loss_is_refused_until_built() -> None:
+    with pytest.raises(NotImplementedError, match="hinge"):
+        make_glm_plan(_svm(0.01, squared_hinge=False), ROWS)
