@@ -60,6 +60,30 @@ async def trunc_convert(src: FieldOps, dst: FieldOps, x: ObjectArray, frac: int,
     return ((c >> frac) - r_hi_dst - bias) % dst.p
 
 
+def _leaf_factors(c_low: ObjectArray, r_bits: ObjectArray, s: ObjectArray, l: int, p: int) -> ObjectArray:
+    """e_i = s − (c_i − r_i) + 3·Σ_{j<i}(c_j ⊕ r_j) (i < ℓ) and e_ℓ = s − 1 + 3·Σ_j(c_j ⊕ r_j), mod p.
+
+    Local and linear in the shares; in int64 when p < 2^61 (every intermediate stays below
+    2^63), else in Python ints.
+    """
+    n = c_low.size
+    if p >= 1 << 61:
+        c_bits = ((c_low[:, None] >> np.arange(l - 1, -1, -1).astype(object)) & 1).astype(object)
+        xor = c_bits + r_bits - 2 * c_bits * r_bits
+        prefix = np.concatenate([np.zeros((n, 1), dtype=object), np.cumsum(xor, axis=1)], axis=1)
+        diff = np.concatenate([c_bits - r_bits, np.ones((n, 1), dtype=object)], axis=1)
+        return (s[:, None] - diff + 3 * prefix) % p
+    c_bits = (np.asarray(c_low, dtype=np.int64)[:, None] >> np.arange(l - 1, -1, -1)) & 1
+    r = np.asarray(r_bits, dtype=np.int64)
+    xor = np.where(c_bits == 1, (1 - r) % p, r)
+    prefix = np.zeros((n, l + 1), dtype=np.int64)
+    for i in range(l):
+        prefix[:, i + 1] = (prefix[:, i] + xor[:, i]) % p
+    diff = np.concatenate([c_bits - r, np.ones((n, 1), dtype=np.int64)], axis=1)
+    out = (np.asarray(s, dtype=np.int64)[:, None] - diff) % p
+    return ((out + 3 * prefix) % p).astype(object)
+
+
 async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int) -> ObjectArray:
     """Degree-t 0/1 sharings of [a < 0] for signed |a| < 2^(bits−1) (degree t), elementwise."""
     if ops.bits < compare_field_bits(ops.kappa, bits):
@@ -76,11 +100,7 @@ async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int) -> ObjectArra
     c = await ops._open((flat + (1 << l) + r + (mask << l)) % p, ops.t)
     assert c is not None
     c_low = c % (1 << l)
-    c_bits = ((c_low[:, None] >> np.arange(l - 1, -1, -1).astype(object)) & 1).astype(object)
-    xor = c_bits + r_bits - 2 * c_bits * r_bits
-    prefix = np.concatenate([np.zeros((n, 1), dtype=object), np.cumsum(xor, axis=1)], axis=1)
-    diff = np.concatenate([c_bits - r_bits, np.ones((n, 1), dtype=object)], axis=1)
-    factors = (s[:, None] - diff + 3 * prefix) % p  # (n, l + 1)
+    factors = _leaf_factors(c_low, r_bits, s, l, p)  # (n, l + 1)
     factors = np.concatenate([factors, ops._prss(n, p)[:, None]], axis=1)  # the random ρ
     while factors.shape[1] > 2:
         half = factors.shape[1] // 2

@@ -108,8 +108,10 @@ async def reciprocal_one_plus(ops: FieldOps, v: ObjectArray, frac: int, high: fl
     return x
 
 
-async def sigmoid(big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
-    """(σ(η), σ(η)(1 − σ(η)), [η < 0]) for a degree-2t η·2^(2·frac) (the local product X̃·v)."""
+async def sigmoid(big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int,
+                  weight_frac: int | None = None) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
+    """(σ(η) at ``frac``, σ(η)(1 − σ(η)) at ``weight_frac`` (default ``frac``), [η < 0]) for a
+    degree-2t η·2^(2·frac) (the local product X̃·v)."""
     p = big.p
     eta, below = await sign_bits(big, small, eta2, frac, degree2t=True)
     flip = (1 - 2 * below) % p  # ±1: u = flip·η ≥ −2^−SIGN_FRAC
@@ -117,7 +119,9 @@ async def sigmoid(big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int) 
     v = await exp_neg(big, t, frac)
     sig_u = await reciprocal_one_plus(big, v, frac, 1 + math.exp(2.0**-SIGN_FRAC))
     one = 1 << frac
-    both = await big.mul(np.concatenate([flip * one, sig_u]), np.concatenate([sig_u, (one - sig_u) % p]), frac, 2 * frac + 3)
+    cut = 2 * frac - (frac if weight_frac is None else weight_frac)  # σ(1−σ) at weight_frac; flip·σ scaled to stay at frac
+    both = await big.mul(np.concatenate([flip * (one << (cut - frac)), sig_u]), np.concatenate([sig_u, (one - sig_u) % p]),
+                         cut, frac + cut + 3)
     n = eta.size
     prob = (below * one + both[:n]) % p
     return prob, both[n:], below

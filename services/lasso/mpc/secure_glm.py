@@ -65,6 +65,9 @@ ObjectArray = npt.NDArray[np.object_]
 ProgressCallback = Callable[[str, int, int], None]
 
 FRAC = 40  # fractional bits of every value in F_g
+#: Fractional bits of the Hessian weights w: the Hessian only sets the speed of convergence (the
+#: gradient, at FRAC, sets the fixed point), and w·x̃e·x̃e summed at 2·FRAC + W_FRAC keeps F_g under 192 bits.
+W_FRAC = 20
 FRAC_W = 32  # fractional bits in F_w (ADMM), as the lasso's
 #: The SVM decides which rows are active (1 − ỹη > 0) on the margin rounded to 2^−MARGIN_FRAC: a
 #: row within 2^−12 of the margin may count either way, changing its gradient term by less than
@@ -91,6 +94,11 @@ class _Progress:
             self.callback(phase, done, total)
 
 
+def sum_bits(log_rows: int) -> int:
+    """Bits of Σ_i w·x̃e·x̃e at frac 2F + W_FRAC (≤ m by Cauchy–Schwarz, |x̃e| < 2^(X_BITS−1); margin)."""
+    return 2 * FRAC + W_FRAC + log_rows + X_BITS + 6
+
+
 def _log_rows(plan: GlmPlan) -> int:
     return max(1, math.ceil(math.log2(plan.n_rows + 1)) + 1)
 
@@ -100,7 +108,7 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     f, lm = FRAC, _log_rows(plan)
     d1 = plan.d + 1
     normalise = f + NORMALISE_SHIFT + 2
-    scaled_sums = 3 * f + lm + X_BITS + 6  # Σ_i w·x̃e·x̃e at frac 3f (≤ m by Cauchy–Schwarz; margin)
+    scaled_sums = sum_bits(lm)
     eta = 2 * f + X_BITS + 9 + math.ceil(math.log2(d1)) + 2  # |x̃e_j·u_j| < 2^(X_BITS + 8)
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
@@ -213,14 +221,14 @@ async def _sums(ops: FieldOps, x: ObjectArray, residual: ObjectArray, weight: Ob
     down = 0
     if weight is None:  # the public s₀ = 2^k of the first iteration, by k more (or fewer) bits of truncation
         k = round(math.log2(plan.hessian_start))
-        weighted, down = (x << (FRAC + max(k, 0))) % p, max(-k, 0)
-    else:
+        weighted, down = (x << (W_FRAC + max(k, 0))) % p, max(-k, 0)
+    else:  # w at W_FRAC
         weighted = await ops.mul_exact(x, weight[:, None])
-    sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << FRAC) % p], axis=1), ops.bits)
-    hessian, gradient = sums[:, :d1], sums[:, d1]  # frac 3F, degree 2t
+    sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << W_FRAC) % p], axis=1), ops.bits)
+    hessian, gradient = sums[:, :d1], sums[:, d1]  # frac 2F + W_FRAC, degree 2t
     lm = _log_rows(plan)
     both = np.concatenate([hessian.reshape(-1), gradient << down]) % p
-    totals = await ops.trunc(both, 2 * FRAC + down, 3 * FRAC + lm + X_BITS + 6, degree2t=True)  # Σ at frac F
+    totals = await ops.trunc(both, FRAC + W_FRAC + down, sum_bits(lm), degree2t=True)  # Σ at frac F
     scaled = await _mean_scale(ops, totals, m, FRAC + lm + X_BITS + 2)
     return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
@@ -235,8 +243,8 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
         residual, weight = (one // 2 - rows.y) % p, None
     else:
         prods = await ops.mul(np.concatenate([rows.weights, rows.weights]),
-                              np.concatenate([(one // 2 - rows.y) % p, np.full(rows.y.shape, one // 4, dtype=object)]),
-                              FRAC, 2 * FRAC + _log_rows(plan) + 2)
+                              np.concatenate([(one // 2 - rows.y) % p, np.full(rows.y.shape, 1 << (W_FRAC - 2), dtype=object)]),
+                              FRAC, 2 * FRAC + _log_rows(plan) + 2)  # c(½ − y) at FRAC, c/4 at W_FRAC
         residual, weight = prods[: rows.y.size], prods[rows.y.size :]
     gradient, hessian = await _sums(ops, rows.x, residual, weight, plan)
     ridge = ops.fixed(plan.ridge, FRAC)
@@ -276,7 +284,7 @@ async def _svm_link(fields: Fields, rows: Rows, eta2: ObjectArray) -> tuple[Obje
     _, below = await sign_bits(big, fields.fine, margin, FRAC, resolution=MARGIN_FRAC)
     active = (1 - below) % p
     residual = await big.mul_exact(active, (2 * (eta - rows.y)) % p)
-    return residual, (2 * one * active) % p
+    return residual, (2 * active << W_FRAC) % p
 
 
 async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
@@ -290,7 +298,7 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
         hu = await ops.trunc((np.matmul(hessian, u) - gradient * (1 << FRAC)) % p, FRAC,
                              2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3, degree2t=True)
         return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
-    prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC)
+    prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC, W_FRAC)
     residual = (prob - rows.y) % p
     if rows.weights is not None:
         n = residual.size
