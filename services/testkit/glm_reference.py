@@ -100,8 +100,10 @@ def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
         h = (rows.x.T * s) @ rows.x / m
         if k == 0:
             g1 = np.diag(h)[:-1] + gam[:-1]
-            e = np.append(newton_inverse_sqrt(g1, np.asarray(plan.newton_start), NEWTON_ITERATIONS),
-                          1 / np.sqrt(plan.hessian_start))
+            e = np.append(
+                newton_inverse_sqrt(g1, np.asarray(plan.newton_start), NEWTON_ITERATIONS),
+                1 / np.sqrt(plan.hessian_start),
+            )
         big_g = h + np.diag(gam)
         hu = e[:, None] * big_g * e[None, :]
         qu = e * (h @ v - g)
@@ -180,12 +182,19 @@ def fit_glm_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415  (heavy import, tests only)
 
     if spec.kind is not ModelKind.LOGISTIC:
-        raise ValueError(f"no scikit-learn model solves the {spec.kind.value} objective (LinearSVC penalises the intercept)")
+        raise ValueError(
+            f"no scikit-learn model solves the {spec.kind.value} objective (LinearSVC penalises the intercept)"
+        )
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     rho, m = spec.rho, len(y)
-    model = LogisticRegression(C=1 / (m * spec.alphas[0]), l1_ratio=rho, solver="saga" if rho > 0 else "lbfgs",
-                               class_weight="balanced" if spec.balanced_class_weights else None,
-                               tol=1e-12, max_iter=1_000_000)
+    model = LogisticRegression(
+        C=1 / (m * spec.alphas[0]),
+        l1_ratio=rho,
+        solver="saga" if rho > 0 else "lbfgs",
+        class_weight="balanced" if spec.balanced_class_weights else None,
+        tol=1e-12,
+        max_iter=1_000_000,
+    )
     model.fit(x, y)
     return GlmFit(np.asarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0]))
 
@@ -204,6 +213,11 @@ def fit_svm_lbfgs(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
         gradient = rows.x.T @ (-2 * rows.y * margin) / m + gam * v
         return float(margin @ margin / m + 0.5 * gam @ (v * v)), gradient
 
-    found = minimize(objective, np.zeros(rows.x.shape[1]), jac=True, method="L-BFGS-B",
-                     options={"ftol": 1e-16, "gtol": 1e-12, "maxiter": 100_000})
+    found = minimize(
+        objective,
+        np.zeros(rows.x.shape[1]),
+        jac=True,
+        method="L-BFGS-B",
+        options={"ftol": 1e-16, "gtol": 1e-12, "maxiter": 100_000},
+    )
     return _original(plan, rows, found.x)

@@ -41,8 +41,9 @@ def binary_outcome(target: Vector, rng: np.random.Generator, scale: float | None
     return (rng.random(len(t)) < 1 / (1 + np.exp(-odds))).astype(np.float64)
 
 
-def count_outcome(target: Vector, rng: np.random.Generator, mean: float = 2.0, spread: float = 0.5,
-                  cap: float = COUNT_CAP) -> Vector:
+def count_outcome(
+    target: Vector, rng: np.random.Generator, mean: float = 2.0, spread: float = 0.5, cap: float = COUNT_CAP
+) -> Vector:
     """Poisson draws with log-mean log(mean) + spread·(standardised t), capped at ``cap``."""
     t = np.asarray(target, dtype=np.float64)
     z = (t - float(np.mean(t))) / max(float(np.std(t)), 1e-12)

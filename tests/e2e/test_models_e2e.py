@@ -21,7 +21,12 @@ from services.tools.launcher import LocalMesh, local_mesh_for
 
 pytestmark = pytest.mark.e2e
 
-CLASSIFICATION = [common_pb2.METRIC_ACCURACY, common_pb2.METRIC_PRECISION, common_pb2.METRIC_RECALL, common_pb2.METRIC_F1]
+CLASSIFICATION = [
+    common_pb2.METRIC_ACCURACY,
+    common_pb2.METRIC_PRECISION,
+    common_pb2.METRIC_RECALL,
+    common_pb2.METRIC_F1,
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +35,14 @@ def binary_mesh(tmp_path_factory):
     configs = local_mesh_for(root)
     orgs = {org: load_config(p, env={}) for org, p in configs.items()}
     data = data_with_outcome(make_study_data(300, overlap=0.5), "binary", seed=5)
-    sources = {"insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
-               "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv"))}
+    sources = {
+        "insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
+        "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv")),
+    }
     mesh = LocalMesh(configs).start()
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+    clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()
+    }
     yield clients, data, sources
     for c in clients.values():
         c.close()
@@ -55,8 +64,16 @@ def run_study(clients, data, sources, study_id: str, **spec_args):
 
 def test_logistic_study_matches_the_exact_optimum_and_reveals_metrics(binary_mesh):
     clients, data, sources = binary_mesh
-    spec, final = run_study(clients, data, sources, "e2e-logistic", alphas=[0.02], kind=common_pb2.MODEL_KIND_LOGISTIC,
-                            l1_ratio=1.0, metrics=CLASSIFICATION)
+    spec, final = run_study(
+        clients,
+        data,
+        sources,
+        "e2e-logistic",
+        alphas=[0.02],
+        kind=common_pb2.MODEL_KIND_LOGISTIC,
+        l1_ratio=1.0,
+        metrics=CLASSIFICATION,
+    )
     names, x, y = reference_join(data)
     exact = fit_glm_exact(x, y, regression_spec(spec))
     sklearn = fit_glm_sklearn(x, y, regression_spec(spec))
@@ -73,13 +90,17 @@ def test_logistic_study_matches_the_exact_optimum_and_reveals_metrics(binary_mes
 
     predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
     tp, positives, called = float(predicted @ y), float(y.sum()), float(predicted.sum())
-    expected = {common_pb2.METRIC_ACCURACY: float(np.mean(predicted == y)), common_pb2.METRIC_PRECISION: tp / called,
-                common_pb2.METRIC_RECALL: tp / positives, common_pb2.METRIC_F1: 2 * tp / (called + positives)}
+    expected = {
+        common_pb2.METRIC_ACCURACY: float(np.mean(predicted == y)),
+        common_pb2.METRIC_PRECISION: tp / called,
+        common_pb2.METRIC_RECALL: tp / positives,
+        common_pb2.METRIC_F1: 2 * tp / (called + positives),
+    }
     assert [m.metric for m in insurer.metrics] == CLASSIFICATION
     for metric in insurer.metrics:
         assert metric.value == pytest.approx(expected[metric.metric], abs=1e-6)
 
-    records = [dict(zip(names, row)) for row in x[:5].tolist()]
+    records = [dict(zip(names, row, strict=True)) for row in x[:5].tolist()]
     probabilities, kind = clients["hospital"].predict_with_kind(final.run_id, records)
     assert kind == common_pb2.MODEL_KIND_LOGISTIC
     eta = x[:5] @ secure + insurer.intercept
@@ -88,8 +109,15 @@ def test_logistic_study_matches_the_exact_optimum_and_reveals_metrics(binary_mes
 
 def test_svm_study_matches_the_exact_optimum_and_predicts_classes(binary_mesh):
     clients, data, sources = binary_mesh
-    spec, final = run_study(clients, data, sources, "e2e-svm", alphas=[0.01], kind=common_pb2.MODEL_KIND_SVM,
-                            metrics=[common_pb2.METRIC_ACCURACY])
+    spec, final = run_study(
+        clients,
+        data,
+        sources,
+        "e2e-svm",
+        alphas=[0.01],
+        kind=common_pb2.MODEL_KIND_SVM,
+        metrics=[common_pb2.METRIC_ACCURACY],
+    )
     names, x, y = reference_join(data)
     exact = fit_glm_exact(x, y, regression_spec(spec))
     _, insurer = clients["insurer"].result(final.run_id)
@@ -98,7 +126,7 @@ def test_svm_study_matches_the_exact_optimum_and_predicts_classes(binary_mesh):
     assert np.max(np.abs(secure - exact.coefficients)) <= 1e-3 * float(np.max(np.abs(exact.coefficients)))
     predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
     assert insurer.metrics[0].value == pytest.approx(float(np.mean(predicted == y)), abs=1e-6)
-    records = [dict(zip(names, row)) for row in x[:8].tolist()]
+    records = [dict(zip(names, row, strict=True)) for row in x[:8].tolist()]
     classes, kind = clients["insurer"].predict_with_kind(final.run_id, records)
     assert kind == common_pb2.MODEL_KIND_SVM
     assert classes == [float(v) for v in (x[:8] @ secure + insurer.intercept > 0)]

@@ -116,8 +116,8 @@ class GlmPlan:
 
     def to_original(self, w_hat: list[float], b_hat: float) -> tuple[list[float], float]:
         """(ŵ, b̂) in normalised coordinates → (w, b): w_j = ŵ_j/h_j, b = b̂ − Σ_j w_j·mid_j."""
-        w = [wh / h for wh, h in zip(w_hat, self.halves)]
-        return w, b_hat - math.fsum(wj * mj for wj, mj in zip(w, self.mids))
+        w = [wh / h for wh, h in zip(w_hat, self.halves, strict=True)]
+        return w, b_hat - math.fsum(wj * mj for wj, mj in zip(w, self.mids, strict=True))
 
 
 def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
@@ -125,7 +125,9 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
     if not spec.kind.is_glm:
         raise ValueError("not a GLM")
     if spec.kind is ModelKind.POISSON or (spec.kind is ModelKind.SVM and not spec.squared_hinge):
-        raise NotImplementedError(f"the {spec.kind.value} model{'' if spec.squared_hinge else ' with the hinge loss'} is not implemented yet")
+        raise NotImplementedError(
+            f"the {spec.kind.value} model{'' if spec.squared_hinge else ' with the hinge loss'} is not implemented yet"
+        )
     features = spec.feature_columns
     mids = tuple(spec.ranges[j].mid for j in features)
     halves = tuple(spec.ranges[j].half for j in features)
@@ -142,5 +144,19 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
     ns_solve = ns_iterations(float(d1), EIGENVALUE_FLOOR)
     # s at v = 0, the same for every row: logistic σ(0)(1 − σ(0)) = ¼; squared hinge 2 (every row active).
     hessian_start = 2.0 if spec.kind is ModelKind.SVM else 0.25
-    return GlmPlan(spec.kind, n_rows, len(features), alpha, mids, halves, l1, ridge, admm, polish, ns_k, ns_solve,
-                   spec.balanced_class_weights, hessian_start)
+    return GlmPlan(
+        spec.kind,
+        n_rows,
+        len(features),
+        alpha,
+        mids,
+        halves,
+        l1,
+        ridge,
+        admm,
+        polish,
+        ns_k,
+        ns_solve,
+        spec.balanced_class_weights,
+        hessian_start,
+    )

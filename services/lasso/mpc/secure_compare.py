@@ -35,7 +35,9 @@ def compare_field_bits(kappa: int, bits: int) -> int:
     return bits + kappa + 6
 
 
-async def trunc_convert(src: FieldOps, dst: FieldOps, x: ObjectArray, frac: int, bits: int, *, degree2t: bool = False) -> ObjectArray:
+async def trunc_convert(
+    src: FieldOps, dst: FieldOps, x: ObjectArray, frac: int, bits: int, *, degree2t: bool = False
+) -> ObjectArray:
     """Degree-t sharings in ``dst`` of ≈ x/2^frac, for signed |x| < 2^(bits−1) shared in ``src``
     (degree t, or 2t with ``degree2t``: a PRSS zero-sharing of degree 2t re-randomises it).
 
@@ -57,10 +59,11 @@ async def trunc_convert(src: FieldOps, dst: FieldOps, x: ObjectArray, frac: int,
     c = await src._open(masked % src.p, 2 * src.t if degree2t else src.t)
     assert c is not None
     bias = (src.subsets - 1) // 2 + (1 << (bits - 1 - frac))
-    return ((c >> frac) - r_hi_dst - bias) % dst.p
+    out: ObjectArray = ((c >> frac) - r_hi_dst - bias) % dst.p
+    return out
 
 
-def _leaf_factors(c_low: ObjectArray, r_bits: ObjectArray, s: ObjectArray, l: int, p: int) -> ObjectArray:
+def _leaf_factors(c_low: ObjectArray, r_bits: ObjectArray, s: ObjectArray, l: int, p: int) -> ObjectArray:  # noqa: E741
     """e_i = s − (c_i − r_i) + 3·Σ_{j<i}(c_j ⊕ r_j) (i < ℓ) and e_ℓ = s − 1 + 3·Σ_j(c_j ⊕ r_j), mod p.
 
     Local and linear in the shares; in int64 when p < 2^61 (every intermediate stays below
@@ -72,7 +75,8 @@ def _leaf_factors(c_low: ObjectArray, r_bits: ObjectArray, s: ObjectArray, l: in
         xor = c_bits + r_bits - 2 * c_bits * r_bits
         prefix = np.concatenate([np.zeros((n, 1), dtype=object), np.cumsum(xor, axis=1)], axis=1)
         diff = np.concatenate([c_bits - r_bits, np.ones((n, 1), dtype=object)], axis=1)
-        return (s[:, None] - diff + 3 * prefix) % p
+        factors: ObjectArray = (s[:, None] - diff + 3 * prefix) % p
+        return factors
     c_bits = (np.asarray(c_low, dtype=np.int64)[:, None] >> np.arange(l - 1, -1, -1)) & 1
     r = np.asarray(r_bits, dtype=np.int64)
     xor = np.where(c_bits == 1, (1 - r) % p, r)
@@ -81,14 +85,15 @@ def _leaf_factors(c_low: ObjectArray, r_bits: ObjectArray, s: ObjectArray, l: in
         prefix[:, i + 1] = (prefix[:, i] + xor[:, i]) % p
     diff = np.concatenate([c_bits - r, np.ones((n, 1), dtype=np.int64)], axis=1)
     out = (np.asarray(s, dtype=np.int64)[:, None] - diff) % p
-    return ((out + 3 * prefix) % p).astype(object)
+    result: ObjectArray = ((out + 3 * prefix) % p).astype(object)
+    return result
 
 
 async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int) -> ObjectArray:
     """Degree-t 0/1 sharings of [a < 0] for signed |a| < 2^(bits−1) (degree t), elementwise."""
     if ops.bits < compare_field_bits(ops.kappa, bits):
         raise OverflowError(f"a {ops.bits}-bit field is too small to compare {bits}-bit values")
-    p, l = ops.p, bits
+    p, l = ops.p, bits  # noqa: E741  (ℓ, as in the docstring)
     shape = a.shape
     flat = a.reshape(-1) % p
     n = flat.size
@@ -113,4 +118,5 @@ async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int) -> ObjectArra
     g = (opened == 0).astype(np.int64).astype(object)
     high = ((1 - 2 * g) * s + 3) % p
     bit = (c_low - (flat + (1 << l) + r) + high * (1 << (l - 1))) * pow(1 << l, -1, p) % p
-    return bit.reshape(shape)
+    below: ObjectArray = bit.reshape(shape)
+    return below

@@ -54,8 +54,9 @@ def reciprocal_start(low: float, high: float) -> tuple[float, float]:
     return c2 * (low + high), c2
 
 
-async def sign_bits(big: FieldOps, small: FieldOps, eta: ObjectArray, frac: int, *, degree2t: bool = False,
-                    resolution: int = SIGN_FRAC) -> tuple[ObjectArray, ObjectArray]:
+async def sign_bits(
+    big: FieldOps, small: FieldOps, eta: ObjectArray, frac: int, *, degree2t: bool = False, resolution: int = SIGN_FRAC
+) -> tuple[ObjectArray, ObjectArray]:
     """(η truncated to ``frac`` in ``big``, b = [η < 0] in ``big``) from η·2^frac (or a degree-2t η·2^(2·frac)).
 
     η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution, moved to the small field (one
@@ -82,7 +83,9 @@ async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int) -> ObjectArray:
         third_fourth = await ops.mul(np.concatenate([t, square]), np.concatenate([square, square]), frac, bits)
         powers[3], powers[4] = third_fourth[: t.size], third_fourth[t.size :]
     if EXP_DEGREE >= 5:
-        fifth_sixth = await ops.mul(np.concatenate([square, powers[3]]), np.concatenate([powers[3], powers[3]]), frac, bits)
+        fifth_sixth = await ops.mul(
+            np.concatenate([square, powers[3]]), np.concatenate([powers[3], powers[3]]), frac, bits
+        )
         powers[5], powers[6] = fifth_sixth[: t.size], fifth_sixth[t.size :]
     total = np.full(t.shape, one * one, dtype=object)
     for k in range(1, EXP_DEGREE + 1):
@@ -108,8 +111,9 @@ async def reciprocal_one_plus(ops: FieldOps, v: ObjectArray, frac: int, high: fl
     return x
 
 
-async def sigmoid(big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int,
-                  weight_frac: int | None = None) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
+async def sigmoid(
+    big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int, weight_frac: int | None = None
+) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
     """(σ(η) at ``frac``, σ(η)(1 − σ(η)) at ``weight_frac`` (default ``frac``), [η < 0]) for a
     degree-2t η·2^(2·frac) (the local product X̃·v)."""
     p = big.p
@@ -119,9 +123,15 @@ async def sigmoid(big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int,
     v = await exp_neg(big, t, frac)
     sig_u = await reciprocal_one_plus(big, v, frac, 1 + math.exp(2.0**-SIGN_FRAC))
     one = 1 << frac
-    cut = 2 * frac - (frac if weight_frac is None else weight_frac)  # σ(1−σ) at weight_frac; flip·σ scaled to stay at frac
-    both = await big.mul(np.concatenate([flip * (one << (cut - frac)), sig_u]), np.concatenate([sig_u, (one - sig_u) % p]),
-                         cut, frac + cut + 3)
+    cut = 2 * frac - (
+        frac if weight_frac is None else weight_frac
+    )  # σ(1−σ) at weight_frac; flip·σ scaled to stay at frac
+    both = await big.mul(
+        np.concatenate([flip * (one << (cut - frac)), sig_u]),
+        np.concatenate([sig_u, (one - sig_u) % p]),
+        cut,
+        frac + cut + 3,
+    )
     n = eta.size
     prob = (below * one + both[:n]) % p
     return prob, both[n:], below

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
+from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec, SpecError, check_table_shape
 from services.lasso.mpc.secure_compare import compare_field_bits, trunc_convert
 from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid, sign_bits
@@ -56,7 +57,6 @@ from services.lasso.mpc.secure_qp import (
     qp_field_bits,
     solve,
 )
-from services.lasso.core.limbs import cross_product
 from services.lasso.mpc.secure_rows import share_rows
 
 __all__ = ["FRAC", "secure_fit_glm"]
@@ -113,7 +113,9 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
     widest = max(normalise, scaled_sums, eta, reveal, reciprocal)
-    return max(widest + kappa + 3, qp_field_bits(kappa, f, d1, plan.ns_solve_iterations), metric_field_bits(kappa, f, lm))
+    return max(
+        widest + kappa + 3, qp_field_bits(kappa, f, d1, plan.ns_solve_iterations), metric_field_bits(kappa, f, lm)
+    )
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,10 @@ async def _class_weights(ops: FieldOps, y: ObjectArray, share_pos: ObjectArray, 
     shares = np.array([share_pos[0], (one - share_pos[0]) % p], dtype=object)
     inverse = await reciprocal_unit(ops, shares, plan.n_rows, FRAC)
     half = [(v * (one // 2)) % p for v in inverse]  # c₁, c₀ at frac 2·FRAC
-    c1, c0 = (await ops.trunc(np.array(half, dtype=object), FRAC, 2 * FRAC + _log_rows(plan) + 2))
+    c1, c0 = await ops.trunc(np.array(half, dtype=object), FRAC, 2 * FRAC + _log_rows(plan) + 2)
     spread = await ops.mul(y, np.full(y.shape, (c1 - c0) % p, dtype=object), FRAC, 2 * FRAC + _log_rows(plan) + 2)
-    return (c0 + spread) % p
+    weights: ObjectArray = (c0 + spread) % p
+    return weights
 
 
 # ---- the outer iterations ------------------------------------------------------------------------
@@ -208,7 +211,9 @@ class Scaling:
     lam: ObjectArray  # clamped λ∘e (d+1,), 0 for the intercept
 
 
-async def _sums(ops: FieldOps, x: ObjectArray, residual: ObjectArray, weight: ObjectArray | None, plan: GlmPlan) -> tuple[ObjectArray, ObjectArray]:
+async def _sums(
+    ops: FieldOps, x: ObjectArray, residual: ObjectArray, weight: ObjectArray | None, plan: GlmPlan
+) -> tuple[ObjectArray, ObjectArray]:
     """(g, H) = (X̃ᵀr/m, X̃ᵀdiag(w)X̃/m) at FRAC; ``weight`` None means w = ¼ (public).
 
     w∘X̃ is reshared without truncation (frac 2F: a degree reduction costs a third of a
@@ -242,9 +247,12 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     elif rows.weights is None:
         residual, weight = (one // 2 - rows.y) % p, None
     else:
-        prods = await ops.mul(np.concatenate([rows.weights, rows.weights]),
-                              np.concatenate([(one // 2 - rows.y) % p, np.full(rows.y.shape, 1 << (W_FRAC - 2), dtype=object)]),
-                              FRAC, 2 * FRAC + _log_rows(plan) + 2)  # c(½ − y) at FRAC, c/4 at W_FRAC
+        prods = await ops.mul(
+            np.concatenate([rows.weights, rows.weights]),
+            np.concatenate([(one // 2 - rows.y) % p, np.full(rows.y.shape, 1 << (W_FRAC - 2), dtype=object)]),
+            FRAC,
+            2 * FRAC + _log_rows(plan) + 2,
+        )  # c(½ − y) at FRAC, c/4 at W_FRAC
         residual, weight = prods[: rows.y.size], prods[rows.y.size :]
     gradient, hessian = await _sums(ops, rows.x, residual, weight, plan)
     ridge = ops.fixed(plan.ridge, FRAC)
@@ -253,9 +261,12 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     e = np.concatenate([e_features, ops.fixed([1 / math.sqrt(plan.hessian_start)], FRAC)])
     outer = await ops.trunc(np.outer(e, e) % p, FRAC, 2 * FRAC + 2 * E_BITS + 2, degree2t=True)
     lam_public = ops.fixed(plan.l1, FRAC)
-    second = await ops.mul(np.concatenate([outer.reshape(-1), e, e, np.diag(outer)]),
-                           np.concatenate([hessian.reshape(-1), gradient, lam_public, ridge]),
-                           FRAC, 2 * FRAC + 2 * E_BITS + 4)
+    second = await ops.mul(
+        np.concatenate([outer.reshape(-1), e, e, np.diag(outer)]),
+        np.concatenate([hessian.reshape(-1), gradient, lam_public, ridge]),
+        FRAC,
+        2 * FRAC + 2 * E_BITS + 4,
+    )
     k = (d + 1) ** 2
     h_u = second[:k].reshape(d + 1, d + 1)
     g_u = second[k : k + d + 1]
@@ -295,19 +306,31 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
     if plan.kind is ModelKind.SVM:
         residual, weight = await _svm_link(fields, rows, eta2)
         gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
-        hu = await ops.trunc((np.matmul(hessian, u) - gradient * (1 << FRAC)) % p, FRAC,
-                             2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3, degree2t=True)
+        hu = await ops.trunc(
+            (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
+            FRAC,
+            2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3,
+            degree2t=True,
+        )
         return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
     prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC, W_FRAC)
     residual = (prob - rows.y) % p
     if rows.weights is not None:
         n = residual.size
-        both = await ops.mul(np.concatenate([rows.weights, rows.weights]), np.concatenate([residual, weight]),
-                             FRAC, 2 * FRAC + _log_rows(plan) + 2)
+        both = await ops.mul(
+            np.concatenate([rows.weights, rows.weights]),
+            np.concatenate([residual, weight]),
+            FRAC,
+            2 * FRAC + _log_rows(plan) + 2,
+        )
         residual, weight = both[:n], both[n:]
     gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
-    hu = await ops.trunc((np.matmul(hessian, u) - gradient * (1 << FRAC)) % p, FRAC,
-                         2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3, degree2t=True)
+    hu = await ops.trunc(
+        (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
+        FRAC,
+        2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3,
+        degree2t=True,
+    )
     return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
 
 
@@ -317,11 +340,18 @@ async def _solve_model(fields: Fields, model: Model, u: ObjectArray, plan: GlmPl
     if not plan.has_l1:
         return await solve(big, model, plan.ns_solve_iterations, FRAC)
     d1 = u.size
-    moved = await trunc_convert(big, work, np.concatenate([model.h.reshape(-1), model.q, model.lam, u]) % big.p,
-                                FRAC - FRAC_W, FRAC + MODEL_BITS)
+    moved = await trunc_convert(
+        big,
+        work,
+        np.concatenate([model.h.reshape(-1), model.q, model.lam, u]) % big.p,
+        FRAC - FRAC_W,
+        FRAC + MODEL_BITS,
+    )
     h_w, q_w, lam_w, u_w = moved[: d1 * d1].reshape(d1, d1), moved[d1 * d1 : -2 * d1], moved[-2 * d1 : -d1], moved[-d1:]
     state = await admm(work, Model(h_w, q_w, lam_w), u_w, plan.admm[k], FRAC_W, plan.ns_k_iterations)
-    back = await work.convert(np.concatenate([state.z, state.z_abs, state.above, state.below]), big, FRAC_W + ADMM_BITS + 1)
+    back = await work.convert(
+        np.concatenate([state.z, state.z_abs, state.above, state.below]), big, FRAC_W + ADMM_BITS + 1
+    )
     z, z_abs, above, below = (back[i * d1 : (i + 1) * d1] for i in range(4))
     shift = 1 << (FRAC - FRAC_W)
     state = AdmmState((z * shift) % big.p, (z_abs * shift) % big.p, above, below)
@@ -345,7 +375,7 @@ async def secure_fit_glm(
     await _check_agreement(mpc, spec, n_rows, columns)
     plan = make_glm_plan(spec, n_rows)
     fields = _fields(mpc, plan)
-    big, small = fields.big, fields.small
+    big = fields.big
     progress = _Progress(on_progress)
     parties = len(mpc.parties)
     zero = [frozenset[int]() for _ in range(parties)]
@@ -370,8 +400,9 @@ async def secure_fit_glm(
         progress.report("iterations", k + 1, outer)
 
     progress.report("reveal", 0, 1)
-    metric_values = await classification_metrics(big, rows.x.shape[0], np.matmul(scaling.xe, u) % big.p, rows.labels,
-                                                 rows.positives, spec.metrics, FRAC)
+    metric_values = await classification_metrics(
+        big, rows.x.shape[0], np.matmul(scaling.xe, u) % big.p, rows.labels, rows.positives, spec.metrics, FRAC
+    )
     opened = await _reveal(big, scaling, rows, u, plan, metric_values)
     progress.report("reveal", 1, 1)
     if opened is None:
@@ -379,7 +410,9 @@ async def secure_fit_glm(
     return _result(big, opened, plan, spec)
 
 
-async def _reveal(ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, plan: GlmPlan, metric_values: ObjectArray) -> ObjectArray | None:
+async def _reveal(
+    ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, plan: GlmPlan, metric_values: ObjectArray
+) -> ObjectArray | None:
     """Open [e∘u (frac 2F), b̂ (frac 2F), metrics (frac F)] to the owners."""
     p, d = ops.p, plan.d
     one = 1 << FRAC
@@ -395,9 +428,15 @@ def _result(ops: FieldOps, values: ObjectArray, plan: GlmPlan, spec: RegressionS
     d = plan.d
     floats = ops.to_float(values, 2 * FRAC)
     w, b = plan.to_original([float(v) for v in floats[:d]], float(floats[d]))
-    metrics = tuple((name, float(v)) for name, v in zip(spec.metrics, floats[d + 1 :]))
-    return RegressionResult(coefficients=tuple(w), intercept=b, alpha=plan.alpha, joined=plan.n_rows,
-                            iterations=plan.outer_iterations, metrics=metrics)
+    metrics = tuple((name, float(v)) for name, v in zip(spec.metrics, floats[d + 1 :], strict=True))
+    return RegressionResult(
+        coefficients=tuple(w),
+        intercept=b,
+        alpha=plan.alpha,
+        joined=plan.n_rows,
+        iterations=plan.outer_iterations,
+        metrics=metrics,
+    )
 
 
 async def run_party(

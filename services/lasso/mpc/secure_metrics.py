@@ -54,7 +54,9 @@ async def _scale(ops: FieldOps, values: ObjectArray, divisor: int, frac: int, bi
     return await ops.trunc((values * factor) % ops.p, shift, bits + shift - divisor.bit_length() + 3)
 
 
-async def ratios(ops: FieldOps, numerators: ObjectArray, denominators: ObjectArray, bound: int, frac: int) -> ObjectArray:
+async def ratios(
+    ops: FieldOps, numerators: ObjectArray, denominators: ObjectArray, bound: int, frac: int
+) -> ObjectArray:
     """N/D (frac) for counts 0 ≤ N ≤ D ≤ bound at ``frac`` (0 where D = 0)."""
     p, one = ops.p, 1 << frac
     log_bound = bound.bit_length() + 1
@@ -66,8 +68,15 @@ async def ratios(ops: FieldOps, numerators: ObjectArray, denominators: ObjectArr
     return await ops.mul(scaled[:n], inverse, frac, 2 * frac + log_bound + 4)
 
 
-async def classification_metrics(ops: FieldOps, n_rows: int, eta2: ObjectArray, y: ObjectArray, positives: ObjectArray,
-                                 metrics: Sequence[str], frac: int) -> ObjectArray:
+async def classification_metrics(
+    ops: FieldOps,
+    n_rows: int,
+    eta2: ObjectArray,
+    y: ObjectArray,
+    positives: ObjectArray,
+    metrics: Sequence[str],
+    frac: int,
+) -> ObjectArray:
     """The listed metrics (frac ``frac``, in order) from η·2^(2·frac) (degree 2t), y and P = Σy (frac)."""
     if not metrics:
         return np.zeros(0, dtype=object)
@@ -83,26 +92,30 @@ async def classification_metrics(ops: FieldOps, n_rows: int, eta2: ObjectArray, 
     wanted = set(metrics)
     if "accuracy" in wanted:
         correct = (2 * counts["tp"] - counts["predicted"] - counts["positives"] + m_fixed) % p
-        values["accuracy"] = (await _scale(ops, np.array([correct], dtype=object), n_rows, frac,
-                                           frac + n_rows.bit_length() + 2))[0]
-    pairs = {"precision": (counts["tp"], counts["predicted"]), "recall": (counts["tp"], counts["positives"]),
-             "f1": (2 * counts["tp"], counts["predicted"] + counts["positives"])}
+        values["accuracy"] = (
+            await _scale(ops, np.array([correct], dtype=object), n_rows, frac, frac + n_rows.bit_length() + 2)
+        )[0]
+    pairs = {
+        "precision": (counts["tp"], counts["predicted"]),
+        "recall": (counts["tp"], counts["positives"]),
+        "f1": (2 * counts["tp"], counts["predicted"] + counts["positives"]),
+    }
     chosen = [name for name in ("precision", "recall", "f1") if name in wanted]
     if chosen:
         numerators = np.array([pairs[name][0] % p for name in chosen], dtype=object)
         denominators = np.array([pairs[name][1] % p for name in chosen], dtype=object)
-        for name, value in zip(chosen, await ratios(ops, numerators, denominators, 2 * n_rows, frac)):
+        for name, value in zip(chosen, await ratios(ops, numerators, denominators, 2 * n_rows, frac), strict=True):
             values[name] = value
     return np.array([values[name] for name in metrics], dtype=object)
-
 
 
 #: Smallest Var(y)/h_y² the R² division is sized for (σ_y ≥ 2^−11 of the target's half-range).
 TARGET_SPREAD_FLOOR = 2.0**-22
 
 
-async def linear_metrics(ops: FieldOps, cov: ObjectArray, w_hat: ObjectArray, metrics: Sequence[str], frac: int,
-                         n_rows: int, d: int) -> ObjectArray:
+async def linear_metrics(
+    ops: FieldOps, cov: ObjectArray, w_hat: ObjectArray, metrics: Sequence[str], frac: int, n_rows: int, d: int
+) -> ObjectArray:
     """The listed regression metrics of a linear model from its normalised moments (in-sample).
 
     ``cov`` is Ĉ of [x̂, ŷ] ((d+1) × (d+1), target last) and ``w_hat`` the normalised
@@ -130,6 +143,8 @@ async def linear_metrics(ops: FieldOps, cov: ObjectArray, w_hat: ObjectArray, me
     return np.array([values[name] for name in metrics], dtype=object)
 
 
-def decode_linear_metrics(names: Sequence[str], values: npt.NDArray[np.float64], h_y: float) -> tuple[tuple[str, float], ...]:
+def decode_linear_metrics(
+    names: Sequence[str], values: npt.NDArray[np.float64], h_y: float
+) -> tuple[tuple[str, float], ...]:
     """(name, value) pairs from ``linear_metrics``' opened values (MSE scaled by the public h_y²)."""
-    return tuple((name, float(v) * (h_y**2 if name == "mse" else 1.0)) for name, v in zip(names, values))
+    return tuple((name, float(v) * (h_y**2 if name == "mse" else 1.0)) for name, v in zip(names, values, strict=True))

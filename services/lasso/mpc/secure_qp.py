@@ -84,7 +84,9 @@ def _dyadic(value: float) -> tuple[int, int]:
     return numerator, denominator.bit_length() - 1
 
 
-async def newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.ArrayLike, frac: int, iterations: int) -> ObjectArray:
+async def newton_inverse_sqrt(
+    ops: FieldOps, g: ObjectArray, start: npt.ArrayLike, frac: int, iterations: int
+) -> ObjectArray:
     """e ≈ 1/√g (frac ``frac``) by y ← (3y − g·y·y²)/2 from a public start y₀ ≤ 1/√g (two rounds a step)."""
     y = ops.fixed(np.asarray(start, dtype=np.float64), frac)
     n = g.size
@@ -95,7 +97,9 @@ async def newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.ArrayLik
     return y
 
 
-async def newton_schulz(ops: FieldOps, m: ObjectArray, iterations: int, trace_bound: float, frac: int, x_bits: int) -> ObjectArray:
+async def newton_schulz(
+    ops: FieldOps, m: ObjectArray, iterations: int, trace_bound: float, frac: int, x_bits: int
+) -> ObjectArray:
     """X ≈ M⁻¹ by X ← X(2I − MX) from X₀ = I/trace_bound (M symmetric positive definite, λ_max ≤ trace_bound)."""
     d = m.shape[-1]
     eye = np.zeros((d, d), dtype=object)
@@ -113,10 +117,13 @@ async def clamp_thresholds(ops: FieldOps, lam: ObjectArray, frac: int, bits: int
     limit = ops.fixed(ADMM_RHO * KAPPA_CLAMP, frac)
     excess = (lam - limit) % ops.p
     below = await ops.less_than_zero(excess, bits)
-    return (limit + await ops.mul_exact(below, excess)) % ops.p
+    clamped: ObjectArray = (limit + await ops.mul_exact(below, excess)) % ops.p
+    return clamped
 
 
-async def admm(ops: FieldOps, model: Model, z0: ObjectArray, iterations: int, frac: int, k_iterations: int) -> AdmmState:
+async def admm(
+    ops: FieldOps, model: Model, z0: ObjectArray, iterations: int, frac: int, k_iterations: int
+) -> AdmmState:
     """``iterations`` over-relaxed ADMM steps from z₀ (see the module docstring)."""
     p, d1 = ops.p, model.q.size
     one = 1 << frac
@@ -129,9 +136,15 @@ async def admm(ops: FieldOps, model: Model, z0: ObjectArray, iterations: int, fr
     inv_rho = int(1 / ADMM_RHO)
     # One truncation by frac + shift_r gives rρ·K, r·Kq and Hz₀ at frac (each scaled to match).
     cut = frac + shift_r
-    first = await ops.trunc(np.concatenate([(num_a * k * (1 << (cut - shift_a))).reshape(-1), num_r * (k @ model.q),
-                                            (model.h @ z0) * (1 << shift_r)]) % p,
-                            cut, 2 * frac + ADMM_BITS + log_d + 6, degree2t=True)
+    first = await ops.trunc(
+        np.concatenate(
+            [(num_a * k * (1 << (cut - shift_a))).reshape(-1), num_r * (k @ model.q), (model.h @ z0) * (1 << shift_r)]
+        )
+        % p,
+        cut,
+        2 * frac + ADMM_BITS + log_d + 6,
+        degree2t=True,
+    )
     a1 = first[: d1 * d1].reshape(d1, d1)  # rρ·K
     c1 = first[d1 * d1 : d1 * d1 + d1]  # r·Kq
     w = (inv_rho * (model.q - first[d1 * d1 + d1 :])) % p  # (q − Hz₀)/ρ
@@ -153,11 +166,14 @@ async def polish_and_select(ops: FieldOps, model: Model, state: AdmmState, itera
     active = (state.above + state.below) % p
     active[-1] = 1
     sign = (state.above - state.below) % p
-    pair = await ops.mul_exact(np.concatenate([np.outer(active, active).reshape(-1), model.lam]),
-                               np.concatenate([np.ones(d1 * d1, dtype=object), sign]))
+    pair = await ops.mul_exact(
+        np.concatenate([np.outer(active, active).reshape(-1), model.lam]),
+        np.concatenate([np.ones(d1 * d1, dtype=object), sign]),
+    )
     mask, lam_sign = pair[: d1 * d1].reshape(d1, d1), pair[d1 * d1 :]
-    masked = await ops.mul_exact(np.concatenate([mask.reshape(-1), active]),
-                                 np.concatenate([model.h.reshape(-1), (model.q - lam_sign) % p]))
+    masked = await ops.mul_exact(
+        np.concatenate([mask.reshape(-1), active]), np.concatenate([model.h.reshape(-1), (model.q - lam_sign) % p])
+    )
     m = masked[: d1 * d1].reshape(d1, d1)
     m[np.diag_indices(d1)] = (m[np.diag_indices(d1)] + (1 - active) * one) % p
     rhs = masked[d1 * d1 :]
@@ -168,7 +184,9 @@ async def polish_and_select(ops: FieldOps, model: Model, state: AdmmState, itera
     return await _select(ops, model, state, polished, frac, frac + iterations + 12)
 
 
-async def _select(ops: FieldOps, model: Model, state: AdmmState, polished: ObjectArray, frac: int, polish_bits: int) -> ObjectArray:
+async def _select(
+    ops: FieldOps, model: Model, state: AdmmState, polished: ObjectArray, frac: int, polish_bits: int
+) -> ObjectArray:
     """As the lasso's selection: clip the polished point to ±2^(ADMM_BITS−1), keep it if 2(F(w) − F(z)) < 0."""
     p, d1 = ops.p, model.q.size
     bound = ops.fixed(2.0 ** (ADMM_BITS - 1), frac)
@@ -187,7 +205,8 @@ async def _select(ops: FieldOps, model: Model, state: AdmmState, polished: Objec
     twice = await ops.reduce(np.array([twice], dtype=object))
     better = await ops.less_than_zero(twice, 2 * frac + 2 * ADMM_BITS + log_d + 12)
     choice = await ops.mul_exact(np.broadcast_to(better, delta.shape).copy(), delta)
-    return (z + choice) % p
+    chosen: ObjectArray = (z + choice) % p
+    return chosen
 
 
 async def solve(ops: FieldOps, model: Model, iterations: int, frac: int) -> ObjectArray:

@@ -57,7 +57,7 @@ async def share_rows(
         for j in senders:
             await mpc.gather(received[j])
         part = np.zeros((stop - start, c, limbs), dtype=np.int64)
-        for i, data in [(pid, own), *zip(senders, inbox)]:
+        for i, data in [(pid, own), *zip(senders, inbox, strict=True)]:
             if sent[i]:
                 part[:, sent[i], :] += bytes_to_limbs(data, limbs).reshape(stop - start, len(sent[i]), limbs)
         out[start:stop] = limbs_to_ints(normalise(part)) % p

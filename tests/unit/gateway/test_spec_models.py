@@ -20,7 +20,10 @@ def test_a_logistic_study_with_metrics_is_valid() -> None:
     spec = logistic_spec(l1_ratio=0.5, balanced_class_weights=True)
     spec.reveal.metrics.extend([common_pb2.METRIC_F1, common_pb2.METRIC_ACCURACY])
     validate(spec)
-    assert list(normalise(spec).reveal.metrics) == [common_pb2.METRIC_F1, common_pb2.METRIC_ACCURACY]  # the study's order
+    assert list(normalise(spec).reveal.metrics) == [
+        common_pb2.METRIC_F1,
+        common_pb2.METRIC_ACCURACY,
+    ]  # the study's order
 
 
 def test_l1_ratio_zero_is_the_l2_penalty_and_changes_the_digest() -> None:
@@ -55,15 +58,18 @@ def _lasso_with(metric: int) -> common_pb2.StudySpec:
     return spec
 
 
-@pytest.mark.parametrize("spec, message", [
-    (logistic_spec(l1_ratio=1.5), "l1_ratio must be in \\[0, 1\\]"),
-    (logistic_spec(standardize=True), "standardize is not supported"),
-    (logistic_spec(svm_loss=common_pb2.SVM_LOSS_HINGE), "svm_loss applies to MODEL_KIND_SVM only"),
-    (_svm_spec(common_pb2.SVM_LOSS_HINGE), "hinge loss is not implemented yet"),
-    (_svm_spec(common_pb2.SVM_LOSS_SQUARED_HINGE, l1_ratio=0.5), "leave it unset"),
-    (_lasso_with(common_pb2.METRIC_ACCURACY), "METRIC_ACCURACY does not apply to MODEL_KIND_LASSO"),
-    (_lasso_with(common_pb2.METRIC_UNSPECIFIED), "METRIC_UNSPECIFIED does not apply"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (logistic_spec(l1_ratio=1.5), "l1_ratio must be in \\[0, 1\\]"),
+        (logistic_spec(standardize=True), "standardize is not supported"),
+        (logistic_spec(svm_loss=common_pb2.SVM_LOSS_HINGE), "svm_loss applies to MODEL_KIND_SVM only"),
+        (_svm_spec(common_pb2.SVM_LOSS_HINGE), "hinge loss is not implemented yet"),
+        (_svm_spec(common_pb2.SVM_LOSS_SQUARED_HINGE, l1_ratio=0.5), "leave it unset"),
+        (_lasso_with(common_pb2.METRIC_ACCURACY), "METRIC_ACCURACY does not apply to MODEL_KIND_LASSO"),
+        (_lasso_with(common_pb2.METRIC_UNSPECIFIED), "METRIC_UNSPECIFIED does not apply"),
+    ],
+)
 def test_invalid_model_specs_are_refused(spec: common_pb2.StudySpec, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         validate(spec)

@@ -20,7 +20,8 @@ from services.lasso.mpc.secure_functions import reciprocal_unit, sigmoid
 from services.lasso.mpc.secure_glm import FRAC, _fields, secure_fit_glm
 from services.lasso.mpc.secure_ops import FieldOps
 from services.testkit.dealer import deal, encode
-from services.testkit.glm_reference import fit_glm_exact, fit_glm_plain, fit_glm_sklearn, sigmoid as plain_sigmoid, split_table
+from services.testkit.glm_reference import fit_glm_exact, fit_glm_plain, fit_glm_sklearn, split_table
+from services.testkit.glm_reference import sigmoid as plain_sigmoid
 from services.testkit.joined_tables import make_study
 from services.testkit.outcomes import binary_outcome, study_with_outcome
 
@@ -71,8 +72,12 @@ def test_one_party_matches_the_exact_optimum(mpc: Any, alpha: float, rho: float,
     assert list(np.asarray(result.coefficients) == 0) == list(exact.coefficients == 0)
     predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
     tp = float(predicted @ y)
-    expected = {"accuracy": float(np.mean(predicted == y)), "precision": tp / predicted.sum(), "recall": tp / y.sum(),
-                "f1": 2 * tp / (predicted.sum() + y.sum())}
+    expected = {
+        "accuracy": float(np.mean(predicted == y)),
+        "precision": tp / predicted.sum(),
+        "recall": tp / y.sum(),
+        "f1": 2 * tp / (predicted.sum() + y.sum()),
+    }
     assert [name for name, _ in result.metrics] == list(METRICS)
     for name, value in result.metrics:
         assert value == pytest.approx(expected[name], abs=1e-8)
@@ -135,8 +140,22 @@ def test_glm_specs_are_checked() -> None:
 
 
 def test_three_parties_agree_and_the_helper_learns_nothing() -> None:
-    args = ["--records", str(ROWS), "--features", str(FEATURES), "--seed", str(SEED), "--kind", "logistic",
-            "--alpha", "0.05", "--l1-ratio", "1", "--metric", "accuracy"]
+    args = [
+        "--records",
+        str(ROWS),
+        "--features",
+        str(FEATURES),
+        "--seed",
+        str(SEED),
+        "--kind",
+        "logistic",
+        "--alpha",
+        "0.05",
+        "--l1-ratio",
+        "1",
+        "--metric",
+        "accuracy",
+    ]
     reports = run_local(args)
     assert "result" not in reports[2]
     assert reports[0]["result"] == reports[1]["result"]
