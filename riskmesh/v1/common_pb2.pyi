@@ -453,7 +453,9 @@ class RevealSpec(_message.Message):
     """Reveal the cross-validation curve (mean validation error per alpha)."""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedScalarFieldContainer[Global___Metric.ValueType]:
-        """Quality measures of the final model to reveal (each at most once; must fit the model kind)."""
+        """Quality measures of the final model to reveal (each at most once; must fit the model kind).
+        (Field 3 is main's standardized_coefficients, issue 19.)
+        """
 
     def __init__(
         self,

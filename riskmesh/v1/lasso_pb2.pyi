@@ -167,7 +167,9 @@ class ModelResult(_message.Message):
     target: _builtins.str
     """Name of the target column."""
     kind: _common_pb2.ModelKind.ValueType
-    """The model that was fitted (what Predict applies: linear, logistic, Poisson or SVM)."""
+    """The model that was fitted (what Predict applies: linear, logistic, Poisson or SVM).
+    (Fields 8 and 9 are main's converged and certified_gap, issue 19.)
+    """
     @_builtins.property
     def coefficients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Coefficient]:
         """Coefficients, in the study's feature order."""
