@@ -9,7 +9,8 @@ from riskmesh.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.audit import AuditLog, audit_path
 from services.gateway.rules import GATEWAY_RULES
 from services.gateway.servicer import GatewayServicer
-from services.gateway.store import Store, store_path
+from services.gateway.store import Store
+from services.gateway.store_schema import store_path
 from services.mesh.config import OrgConfig
 from services.mesh.identity import Identity
 from services.mesh.process import run_server_process
