@@ -66,7 +66,7 @@ class RequestError(Exception):
 class PhaseFailure(Exception):
     """A phase of the run failed at an organisation."""
 
-    def __init__(self, phase: int, org: str, reason: str) -> None:
+    def __init__(self, phase: common_pb2.Phase.ValueType, org: str, reason: str) -> None:
         super().__init__(f"{common_pb2.Phase.Name(phase)} at {org}: {reason}")
         self.phase = phase
         self.org = org

@@ -34,7 +34,7 @@ Report = Callable[[common_pb2.Progress], Awaitable[None]]
 Stub = TypeVar("Stub")
 
 
-def phase_label(phase: int) -> str:
+def phase_label(phase: common_pb2.Phase.ValueType) -> str:
     return common_pb2.Phase.Name(phase).removeprefix("PHASE_").lower()
 
 
@@ -64,7 +64,7 @@ class RunPipeline:
         return stub_class(self.channels.get(self.config.org, server))
 
     @contextlib.asynccontextmanager
-    async def phase(self, phase: int, server: str) -> AsyncIterator[CalledServer]:
+    async def phase(self, phase: common_pb2.Phase.ValueType, server: str) -> AsyncIterator[CalledServer]:
         """A span for the phase; gRPC errors become PhaseFailure(phase, this org, reason
         naming the server called last, which the block may update)."""
         span = self._start_span(phase)
@@ -75,7 +75,9 @@ class RunPipeline:
         except grpc.aio.AioRpcError as exc:
             raise PhaseFailure(phase, self.config.org, f"{where.server}: {exc.code().name}: {exc.details()}") from None
 
-    async def _progress(self, phase: int, done: int = 0, total: int = 0, message: str = "") -> None:
+    async def _progress(
+        self, phase: common_pb2.Phase.ValueType, done: int = 0, total: int = 0, message: str = ""
+    ) -> None:
         await self.report(
             common_pb2.Progress(
                 run_id=self.run_id,
@@ -173,7 +175,7 @@ class RunPipeline:
             result.joined = self.joined
         return result
 
-    def _start_span(self, phase: int) -> trace.Span:
+    def _start_span(self, phase: common_pb2.Phase.ValueType) -> trace.Span:
         attributes = {
             "riskmesh.phase": phase_label(phase),
             "riskmesh.run.id": self.run_id,

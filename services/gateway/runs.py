@@ -74,7 +74,9 @@ class RunCoordinator:
             self.store.update_run(progress.run_id, phase=progress.phase)
         self._notify(progress.run_id)
 
-    def _progress(self, run_id: str, phase: int, state: int, message: str) -> common_pb2.Progress:
+    def _progress(
+        self, run_id: str, phase: common_pb2.Phase.ValueType, state: common_pb2.RunState.ValueType, message: str
+    ) -> common_pb2.Progress:
         """This org's progress event for a run ending (or ended) here."""
         return common_pb2.Progress(run_id=run_id, phase=phase, org=self.config.org, state=state, message=message)
 
@@ -184,7 +186,13 @@ class RunCoordinator:
             self._tasks.pop(run_id, None)
             await pipeline.drop()
 
-    def _finish(self, run_id: str, state: int, joined: int = 0, error: common_pb2.RunError | None = None) -> bool:
+    def _finish(
+        self,
+        run_id: str,
+        state: common_pb2.RunState.ValueType,
+        joined: int = 0,
+        error: common_pb2.RunError | None = None,
+    ) -> bool:
         """Move to a terminal state once; False when the run had already ended."""
         try:
             run = self.store.update_run(run_id, state=state, error=error, joined=joined or None)

@@ -14,7 +14,7 @@ results go to data owners only.
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator
+from typing import AsyncIterator, TypeAlias
 
 import grpc
 
@@ -36,7 +36,7 @@ from services.mesh.peers import Channels
 from services.mesh.tls import MeshCredentials
 from services.study import spec as specs
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
