@@ -114,9 +114,19 @@ def audit_path(state_dir: Path) -> Path:
     return Path(state_dir) / AUDIT_FILENAME
 
 
-def canonical_row(seq: int, at: str, actor: str, action: str, study_id: str, run_id: str, details: Mapping[str, DetailValue]) -> str:
+def canonical_row(
+    seq: int, at: str, actor: str, action: str, study_id: str, run_id: str, details: Mapping[str, DetailValue]
+) -> str:
     """The text a row's hash covers."""
-    row = {"seq": seq, "at": at, "actor": actor, "action": action, "study_id": study_id, "run_id": run_id, "details": dict(details)}
+    row = {
+        "seq": seq,
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "study_id": study_id,
+        "run_id": run_id,
+        "details": dict(details),
+    }
     return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
@@ -156,7 +166,9 @@ def check_details(details: Mapping[str, object], allowed_keys: frozenset[str] = 
 class AuditLog:
     """The hash-chained audit log in its own SQLite file (WAL, like the store)."""
 
-    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time, allowed_keys: frozenset[str] = DETAIL_KEYS) -> None:
+    def __init__(
+        self, path: Path | str, clock: Callable[[], float] = time.time, allowed_keys: frozenset[str] = DETAIL_KEYS
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
@@ -182,7 +194,10 @@ class AuditLog:
                         hash TEXT NOT NULL
                     )"""
                 )
-                self._conn.execute("CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL)")
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS audit_head"
+                    " (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL)"
+                )
                 self._conn.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, ?)", (GENESIS_HASH,))
                 for op in ("UPDATE", "DELETE"):
                     self._conn.execute(
@@ -205,9 +220,16 @@ class AuditLog:
         self.close()
 
     def append(
-        self, actor: str, action: str, *, study_id: str = "", run_id: str = "", details: Mapping[str, object] | None = None
+        self,
+        actor: str,
+        action: str,
+        *,
+        study_id: str = "",
+        run_id: str = "",
+        details: Mapping[str, object] | None = None,
     ) -> AuditRow:
-        """Append one row, e.g. `append("spiffe://insurer/client", "study.proposed", study_id=..., details={"spec_digest": d})`.
+        """Append one row, e.g.
+        `append("spiffe://insurer/client", "study.proposed", study_id=..., details={"spec_digest": d})`.
 
         `actor` is the caller's certificate identity; `action` is dotted lower-case
         (`study.proposed`, `study.approved`, `run.started`, `run.succeeded`, `run.failed`,
@@ -219,7 +241,11 @@ class AuditLog:
         _check_text(study_id, "study_id", required=False)
         _check_text(run_id, "run_id", required=False)
         clean = check_details(details or {}, self._allowed_keys)
-        at = datetime.fromtimestamp(self._clock(), timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        at = (
+            datetime.fromtimestamp(self._clock(), timezone.utc)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z")
+        )
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -227,7 +253,8 @@ class AuditLog:
                 seq = last_seq + 1
                 digest = chain_hash(prev_hash, canonical_row(seq, at, actor, action, study_id, run_id, clean))
                 self._conn.execute(
-                    "INSERT INTO audit (seq, at, actor, action, study_id, run_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO audit (seq, at, actor, action, study_id, run_id, details, prev_hash, hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (seq, at, actor, action, study_id, run_id, _details_text(clean), prev_hash, digest),
                 )
                 self._conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
@@ -247,7 +274,8 @@ class AuditLog:
         """Rows with seq > after_seq, oldest first (at most `limit`)."""
         with self._lock:
             cursor = self._conn.execute(
-                "SELECT seq, at, actor, action, study_id, run_id, details, prev_hash, hash FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, at, actor, action, study_id, run_id, details, prev_hash, hash FROM audit"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, -1 if limit is None else limit),
             )
             raw = cursor.fetchall()

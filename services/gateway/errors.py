@@ -1,4 +1,10 @@
-"""Domain errors of the gateway's cores → gRPC status codes (one table, used by the servicer)."""
+"""The gateway's errors and their gRPC status codes (one table, used by the servicer).
+
+The store's refusals (`StoreError` and its kinds) must hold whoever calls the store;
+`RequestError` is a refusal decided by the gateway itself and carries its own code;
+`PhaseFailure` is a phase of a run failing at an organisation (it ends the run, and is
+never a status code by itself).
+"""
 
 from __future__ import annotations
 
@@ -7,30 +13,67 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
+from riskmesh.v1 import common_pb2
 from services.gateway.audit import AuditError
 from services.gateway.predict import PredictError
 from services.study.spec import SpecError
-from services.gateway.store import (
-    DuplicateRunError,
-    IllegalTransitionError,
-    InvalidValueError,
-    NotApprovedError,
-    NotAPartyError,
-    StaleDigestError,
-    UnknownRunError,
-    UnknownStudyError,
-)
+
+
+class StoreError(Exception):
+    """Base of the store's refusals."""
+
+
+class UnknownStudyError(StoreError, LookupError):
+    """No study with that id."""
+
+
+class UnknownRunError(StoreError, LookupError):
+    """No run with that id."""
+
+
+class StaleDigestError(StoreError):
+    """The digest named is not the study's current one (the spec changed)."""
+
+
+class NotApprovedError(StoreError):
+    """The study's current spec lacks an approval needed to run."""
+
+
+class DuplicateRunError(StoreError):
+    """A run with that id exists already."""
+
+
+class IllegalTransitionError(StoreError):
+    """A run state change that the lifecycle does not allow (or a change to a finished run)."""
+
+
+class NotAPartyError(StoreError):
+    """The organisation has no part (or not the needed role) in the study."""
+
+
+class InvalidValueError(StoreError, ValueError):
+    """A malformed argument: a bad id, a digest that does not match its spec, an unknown enum value."""
 
 
 class RequestError(Exception):
-    """A refusal decided by the servicer itself, with its status code."""
+    """A refusal decided by the gateway itself, with its status code."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
-STATUS_OF = (
+class PhaseFailure(Exception):
+    """A phase of the run failed at an organisation."""
+
+    def __init__(self, phase: common_pb2.Phase.ValueType, org: str, reason: str) -> None:
+        super().__init__(f"{common_pb2.Phase.Name(phase)} at {org}: {reason}")
+        self.phase = phase
+        self.org = org
+        self.reason = reason
+
+
+STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode | None], ...] = (
     (RequestError, None),
     (UnknownStudyError, grpc.StatusCode.NOT_FOUND),
     (UnknownRunError, grpc.StatusCode.NOT_FOUND),
@@ -57,7 +100,9 @@ REFUSAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICA
 
 
 @contextlib.asynccontextmanager
-async def mapped_errors(context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None) -> AsyncIterator[None]:
+async def mapped_errors(
+    context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None
+) -> AsyncIterator[None]:
     """Turn a domain error into an aborted RPC with its status code and message;
     `on_refusal` hears of each PERMISSION_DENIED / UNAUTHENTICATED (e.g. to audit it)."""
     try:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
 from services.gateway.audit import AuditLog
-from services.gateway.pipeline import PhaseFailure, RunPipeline
-from services.gateway.store import TERMINAL_STATES, IllegalTransitionError, Store, UnknownRunError
+from services.gateway.codec import run_error
+from services.gateway.errors import IllegalTransitionError, PhaseFailure, UnknownRunError
+from services.gateway.pipeline import RunPipeline
+from services.gateway.store import TERMINAL_STATES, RunRecord, Store
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 
@@ -31,6 +33,16 @@ WATCHDOG_INTERVAL_S = 2.0
 WATCHDOG_MISSES = 3
 # After a restart, how long to try dropping an interrupted run at this org's resharing server.
 DROP_DEADLINE_S = 30.0
+# A watcher re-reads the run at least this often, even when no change woke it.
+WATCH_POLL_S = 1.0
+END_ACTIONS = {
+    common_pb2.RUN_STATE_SUCCEEDED: "run.succeeded",
+    common_pb2.RUN_STATE_FAILED: "run.failed",
+    common_pb2.RUN_STATE_CANCELLED: "run.cancelled",
+}
+
+# This org's part of a run, from setup done to the revealed model.
+RunBody = Callable[[], Awaitable[lasso_pb2.ModelResult]]
 
 
 class RunCoordinator:
@@ -62,6 +74,28 @@ class RunCoordinator:
             self.store.update_run(progress.run_id, phase=progress.phase)
         self._notify(progress.run_id)
 
+    def _progress(
+        self, run_id: str, phase: common_pb2.Phase.ValueType, state: common_pb2.RunState.ValueType, message: str
+    ) -> common_pb2.Progress:
+        """This org's progress event for a run ending (or ended) here."""
+        return common_pb2.Progress(run_id=run_id, phase=phase, org=self.config.org, state=state, message=message)
+
+    async def watch(self, run_id: str) -> AsyncIterator[tuple[common_pb2.Progress | None, RunRecord]]:
+        """Every progress event of the run from the first, each with the run as it is now,
+        until the run ends; the last item, without progress, is the ended run."""
+        seen = 0
+        while True:
+            changed = self.changed(run_id)
+            run = self.store.get_run(run_id)
+            for event in self.store.events(run_id, after_seq=seen):
+                seen = event.seq
+                yield event.progress, run
+            if run.terminal:
+                yield None, run
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), WATCH_POLL_S)
+
     async def report(self, progress: common_pb2.Progress) -> None:
         """This org's own progress: record it and tell the other parties."""
         self.record(progress)
@@ -83,7 +117,13 @@ class RunCoordinator:
 
     # Lifecycle ------------------------------------------------------------------
 
-    def launch(self, run_id: str, parties: list[str], pipeline: RunPipeline, body: Callable[[], Awaitable[lasso_pb2.ModelResult]]) -> None:
+    def launch(
+        self,
+        run_id: str,
+        parties: list[str],
+        pipeline: RunPipeline,
+        body: RunBody,
+    ) -> None:
         """Drive this org's part of a run in the background."""
         self._parties[run_id] = [o for o in parties if o != self.config.org]
         if self.store.get_run(run_id).state == common_pb2.RUN_STATE_PENDING:
@@ -110,7 +150,7 @@ class RunCoordinator:
                         phase = self.store.get_run(run_id).phase
                         raise PhaseFailure(phase, org, f"lost contact with {org}'s gateway")
 
-    async def _run_watched(self, run_id: str, body: Callable[[], Awaitable[lasso_pb2.ModelResult]]) -> lasso_pb2.ModelResult:
+    async def _run_watched(self, run_id: str, body: RunBody) -> lasso_pb2.ModelResult:
         work = asyncio.ensure_future(body())
         watchdog = asyncio.ensure_future(self._watch_peers(run_id))
         try:
@@ -124,35 +164,47 @@ class RunCoordinator:
                 task.cancel()
             await asyncio.gather(work, watchdog, return_exceptions=True)
 
-    async def _drive(self, run_id: str, pipeline: RunPipeline, body: Callable[[], Awaitable[lasso_pb2.ModelResult]]) -> None:
+    async def _drive(self, run_id: str, pipeline: RunPipeline, body: RunBody) -> None:
         try:
             result = await self._run_watched(run_id, body)
             if result.coefficients:
                 self.store.put_result(run_id, result)
             self._finish(run_id, common_pb2.RUN_STATE_SUCCEEDED, joined=result.joined or pipeline.joined)
-            await self.report(common_pb2.Progress(run_id=run_id, phase=common_pb2.PHASE_REVEAL, org=self.config.org, state=common_pb2.RUN_STATE_SUCCEEDED, message="done"))
+            await self.report(self._progress(run_id, common_pb2.PHASE_REVEAL, common_pb2.RUN_STATE_SUCCEEDED, "done"))
         except PhaseFailure as failure:
-            await self.fail(run_id, failure.to_proto(), tell_peers=True)
+            await self.fail(run_id, run_error(failure), tell_peers=True)
         except asyncio.CancelledError:
             pass  # whoever cancelled has set the final state
         except Exception as exc:  # noqa: BLE001 - any bug must still end the run, without data in the reason
             log.exception("run %s failed unexpectedly", run_id)
-            await self.fail(run_id, common_pb2.RunError(phase=self.store.get_run(run_id).phase, org=self.config.org, reason=f"internal error ({type(exc).__name__})"), tell_peers=True)
+            phase = self.store.get_run(run_id).phase
+            error = common_pb2.RunError(
+                phase=phase, org=self.config.org, reason=f"internal error ({type(exc).__name__})"
+            )
+            await self.fail(run_id, error, tell_peers=True)
         finally:
             self._tasks.pop(run_id, None)
             await pipeline.drop()
 
-    def _finish(self, run_id: str, state: int, joined: int = 0, error: common_pb2.RunError | None = None) -> bool:
+    def _finish(
+        self,
+        run_id: str,
+        state: common_pb2.RunState.ValueType,
+        joined: int = 0,
+        error: common_pb2.RunError | None = None,
+    ) -> bool:
         """Move to a terminal state once; False when the run had already ended."""
         try:
             run = self.store.update_run(run_id, state=state, error=error, joined=joined or None)
         except IllegalTransitionError:
             return False
-        action = {common_pb2.RUN_STATE_SUCCEEDED: "run.succeeded", common_pb2.RUN_STATE_FAILED: "run.failed", common_pb2.RUN_STATE_CANCELLED: "run.cancelled"}[state]
+        action = END_ACTIONS[state]
         details: dict[str, object] = {"joined": run.joined}
         if error is not None:
             details.update(phase=common_pb2.Phase.Name(error.phase), org=error.org, reason=error.reason[:200])
-        self.audit.append(f"spiffe://{self.config.org}/gateway", action, study_id=run.study_id, run_id=run_id, details=details)
+        self.audit.append(
+            f"spiffe://{self.config.org}/gateway", action, study_id=run.study_id, run_id=run_id, details=details
+        )
         self._notify(run_id)
         return True
 
@@ -162,7 +214,7 @@ class RunCoordinator:
         log.warning("run %s failed in %s at %s", run_id, common_pb2.Phase.Name(error.phase), error.org)
         self._cancel_task(run_id)
         if tell_peers:
-            progress = common_pb2.Progress(run_id=run_id, phase=error.phase, org=self.config.org, state=common_pb2.RUN_STATE_FAILED, message="failed")
+            progress = self._progress(run_id, error.phase, common_pb2.RUN_STATE_FAILED, "failed")
             self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=error))
 
     def cancel(self, run_id: str, reason: str) -> bool:
@@ -184,7 +236,7 @@ class RunCoordinator:
             run = self.store.get_run(run_id)
             spec = self.store.get_spec(run.digest)
             self._parties[run_id] = [p.org for p in spec.parties if p.org != self.config.org]
-            progress = common_pb2.Progress(run_id=run_id, phase=run.phase, org=self.config.org, state=common_pb2.RUN_STATE_FAILED, message="failed")
+            progress = self._progress(run_id, run.phase, common_pb2.RUN_STATE_FAILED, "failed")
             self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=run.error))
             task = asyncio.create_task(self._drop_shares(run_id))
             self._background.add(task)

@@ -121,3 +121,21 @@ def test_gateway_restart_keeps_studies_and_approvals(loop_thread, mesh, mesh_con
     servers.update(start_in_process(loop_thread, {"hospital": mesh_configs["hospital"]}, build_server))
     study = clients["hospital"].get_study("lifecycle-eight")
     assert list(study.approved_by) == ["insurer"]
+
+
+def test_a_run_whose_setup_fails_ends_failed_and_has_no_result(mesh, data):
+    # These gateways run without join or lasso servers: the starting owner's setup fails at
+    # its own resharing server, and the run ends FAILED there, naming the phase, org and server.
+    clients, _ = mesh
+    study = clients["insurer"].propose(spec_for(data, "lifecycle-nine"), source_path="/data/insurer.csv")
+    clients["helper"].approve("lifecycle-nine", study.spec_digest)
+    clients["hospital"].approve("lifecycle-nine", study.spec_digest, source_path="/data/hospital.csv")
+    run = clients["insurer"].start_run("lifecycle-nine")
+    assert run.study_id == "lifecycle-nine" and run.started_by == "insurer" and len(run.trace_id) == 32
+    last = list(clients["insurer"].watch(run.run_id, timeout=30))[-1].run
+    assert last.state == common_pb2.RUN_STATE_FAILED
+    assert (last.error.phase, last.error.org) == (common_pb2.PHASE_SETUP, "insurer") and "resharing" in last.error.reason
+    assert code_of(lambda: clients["insurer"].cancel(run.run_id)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(lambda: clients["insurer"].result(run.run_id)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(lambda: clients["insurer"].predict(run.run_id, [{"age": 1.0}])) == grpc.StatusCode.FAILED_PRECONDITION
+    assert [r.run_id for r in clients["insurer"].list_runs("lifecycle-nine")] == [run.run_id]

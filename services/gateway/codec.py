@@ -1,0 +1,60 @@
+"""The wire form (protobuf) of the gateway's records and results.
+
+What an organisation keeps to itself never reaches a message built here: a study's
+`source_path` (its local CSV) is left out of `Study`.
+"""
+
+from __future__ import annotations
+
+from riskmesh.v1 import common_pb2, gateway_pb2
+from services.gateway.audit import VerifyResult
+from services.gateway.errors import PhaseFailure
+from services.gateway.store import RunRecord, StudyRecord
+
+ROLE_TO_PROTO: dict[str, common_pb2.Role.ValueType] = {
+    "data_owner": common_pb2.ROLE_DATA_OWNER,
+    "helper": common_pb2.ROLE_HELPER,
+}
+
+
+def role_to_proto(role: str) -> common_pb2.Role.ValueType:
+    """A configured role name (`OrgConfig.role_of`) as the wire enum."""
+    return ROLE_TO_PROTO[role]
+
+
+def study_to_proto(study: StudyRecord) -> gateway_pb2.Study:
+    """The wire form of a study (without the local source path)."""
+    return gateway_pb2.Study(
+        spec=study.spec,
+        spec_digest=study.digest,
+        state=study.state,
+        approved_by=list(study.approved_by),
+        proposed_by=study.proposed_by,
+    )
+
+
+def run_to_proto(run: RunRecord) -> gateway_pb2.Run:
+    """The wire form of a run, with its error when it has one."""
+    message = gateway_pb2.Run(
+        run_id=run.run_id,
+        study_id=run.study_id,
+        spec_digest=run.digest,
+        state=run.state,
+        joined=run.joined,
+        trace_id=run.trace_id,
+        started_by=run.started_by,
+    )
+    if run.error is not None:
+        message.error.CopyFrom(run.error)
+    return message
+
+
+def run_error(failure: PhaseFailure) -> common_pb2.RunError:
+    """Where and why a run failed, as the parties tell each other and the run records it."""
+    return common_pb2.RunError(phase=failure.phase, org=failure.org, reason=failure.reason)
+
+
+def verify_response(result: VerifyResult) -> gateway_pb2.VerifyAuditResponse:
+    return gateway_pb2.VerifyAuditResponse(
+        ok=result.ok, rows=result.rows, first_bad_row=result.first_bad_row or 0, problem=result.problem or ""
+    )
