@@ -35,6 +35,7 @@ from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
 from services.mesh.server import MeshServer
+from services.study.spec import owner_columns
 
 log = logging.getLogger("riskmesh.encryption")
 
@@ -62,7 +63,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
-            owner = codec.owner_columns(request.spec, self.config.org)
+            owner = owner_columns(request.spec, self.config.org)
             target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
             table = await asyncio.to_thread(
                 read_owner_csv,

@@ -35,6 +35,8 @@ from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
 from services.mesh.server import MeshServer
+from services.study.spec import SpecError as StudySpecError
+from services.study.spec import owner_columns
 
 log = logging.getLogger("riskmesh.intersection")
 
@@ -132,9 +134,9 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
                     key = codec.public_key_from_proto(header.key)
                     layout.check_columns(len(header.columns))
                     layout.check_modulus(key.bits)
-                    if tuple(header.columns) != codec.column_names(codec.owner_columns(run.spec, caller.org)):
+                    if tuple(header.columns) != codec.column_names(owner_columns(run.spec, caller.org)):
                         raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
-                except JoinError as exc:
+                except (JoinError, StudySpecError) as exc:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
                 per_row = layout.ciphertexts_per_row
                 continue

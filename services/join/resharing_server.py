@@ -36,6 +36,7 @@ from services.mesh.config import OrgConfig
 from services.mesh.decoding import MalformedRequest
 from services.mesh.process import run_server_process
 from services.mesh.server import MeshServer
+from services.mesh.status import StatusError
 
 log = logging.getLogger("riskmesh.resharing")
 
@@ -84,13 +85,8 @@ class StreamEndedEarly(Exception):
     """An accepted stream ended before every announced row arrived."""
 
 
-class StreamRefused(Exception):
+class StreamRefused(StatusError):
     """A stream is refused with this status; the message names the phase and holds no patient data."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):

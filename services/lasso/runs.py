@@ -35,6 +35,7 @@ from services.lasso.exchange import Outbox, accept, dial
 from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
 from services.lasso.core.blocks import ShareBlock, encode_block
 from services.lasso.worker.handle import WorkerFactory, WorkerHandle
+from services.mesh.status import StatusError
 
 log = logging.getLogger("riskmesh.lasso.runs")
 
@@ -51,13 +52,8 @@ WORKER_EXIT_GRACE_S = 2.0
 REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-class RunFailure(Exception):
+class RunFailure(StatusError):
     """How a run ended badly: the gRPC status for RunLasso and a message without data."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,16 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
+from services.mesh.status import StatusError
+
 # Awaited with the request (None for a request stream) and the context before the handler runs.
 Before = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
 # Wraps a request stream on its way to the handler.
 Requests = Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
 
 
-class RequestRefused(Exception):
-    """Raised from a wrapped request stream: the call ends with `code` and this message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class RequestRefused(StatusError):
+    """Raised from a wrapped request stream: the call ends with its code and message."""
 
 
 def _unchanged(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
