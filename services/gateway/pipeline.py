@@ -22,6 +22,7 @@ from opentelemetry import trace
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
+from services.mesh.progress import progress
 
 tracer = trace.get_tracer("riskmesh.gateway")
 
@@ -85,7 +86,7 @@ class RunPipeline:
             raise PhaseFailure(phase, self.config.org, f"{where.server}: {exc.code().name}: {exc.details()}") from None
 
     async def _progress(self, phase: int, done: int = 0, total: int = 0, message: str = "") -> None:
-        await self.report(common_pb2.Progress(run_id=self.run_id, phase=phase, org=self.config.org, done=done, total=total, state=common_pb2.RUN_STATE_RUNNING, message=message))
+        await self.report(progress(self.run_id, self.config.org, phase, done, total, message))
 
     # Data owners -----------------------------------------------------------
 

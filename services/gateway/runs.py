@@ -22,6 +22,7 @@ from services.gateway.pipeline import PhaseFailure, RunPipeline
 from services.gateway.store import TERMINAL_STATES, IllegalTransitionError, Store, UnknownRunError
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
+from services.mesh.progress import progress
 
 log = logging.getLogger("riskmesh.gateway.runs")
 
@@ -130,7 +131,7 @@ class RunCoordinator:
             if result.coefficients:
                 self.store.put_result(run_id, result)
             self._finish(run_id, common_pb2.RUN_STATE_SUCCEEDED, joined=result.joined or pipeline.joined)
-            await self.report(common_pb2.Progress(run_id=run_id, phase=common_pb2.PHASE_REVEAL, org=self.config.org, state=common_pb2.RUN_STATE_SUCCEEDED, message="done"))
+            await self.report(progress(run_id, self.config.org, common_pb2.PHASE_REVEAL, message="done", state=common_pb2.RUN_STATE_SUCCEEDED))
         except PhaseFailure as failure:
             await self.fail(run_id, failure.to_proto(), tell_peers=True)
         except asyncio.CancelledError:
@@ -162,8 +163,8 @@ class RunCoordinator:
         log.warning("run %s failed in %s at %s", run_id, common_pb2.Phase.Name(error.phase), error.org)
         self._cancel_task(run_id)
         if tell_peers:
-            progress = common_pb2.Progress(run_id=run_id, phase=error.phase, org=self.config.org, state=common_pb2.RUN_STATE_FAILED, message="failed")
-            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=error))
+            failed = progress(run_id, self.config.org, error.phase, message="failed", state=common_pb2.RUN_STATE_FAILED)
+            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=error))
 
     def cancel(self, run_id: str, reason: str) -> bool:
         error = common_pb2.RunError(phase=self.store.get_run(run_id).phase, org=self.config.org, reason=reason)
@@ -184,8 +185,8 @@ class RunCoordinator:
             run = self.store.get_run(run_id)
             spec = self.store.get_spec(run.digest)
             self._parties[run_id] = [p.org for p in spec.parties if p.org != self.config.org]
-            progress = common_pb2.Progress(run_id=run_id, phase=run.phase, org=self.config.org, state=common_pb2.RUN_STATE_FAILED, message="failed")
-            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=run.error))
+            failed = progress(run_id, self.config.org, run.phase, message="failed", state=common_pb2.RUN_STATE_FAILED)
+            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=run.error))
             task = asyncio.create_task(self._drop_shares(run_id))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -1,16 +1,12 @@
-"""Small pieces the three join servers share: run-state errors → status codes,
-progress messages, chunking."""
+"""Small pieces the three join servers share: join errors → status codes, chunking."""
 
 from __future__ import annotations
 
-import time
 from contextlib import AbstractAsyncContextManager
 from typing import Iterator, Sequence, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from riskmesh.v1 import common_pb2
 from services.join.core.errors import DataError, IntersectionTooSmallError, JoinError, SpecError, WireFormatError
 from services.mesh.status import mapped_errors, status_of
 from services.study.spec import SpecError as StudySpecError
@@ -23,12 +19,6 @@ CHUNK_ROWS = 1000  # rows per streamed message: ~0.5 MB of 2048-bit ciphertexts
 def chunked(items: Sequence[T], size: int = CHUNK_ROWS) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def progress(run_id: str, org: str, phase: int, done: int = 0, total: int = 0, message: str = "", state: int = common_pb2.RUN_STATE_RUNNING) -> common_pb2.Progress:
-    at = Timestamp()
-    at.FromNanoseconds(time.time_ns())
-    return common_pb2.Progress(run_id=run_id, phase=phase, org=org, done=done, total=total, state=state, message=message, at=at)
 
 
 # Join domain errors → status codes (messages never carry patient data); any other JoinError is INTERNAL.

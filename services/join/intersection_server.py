@@ -23,7 +23,7 @@ import grpc
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
-from services.join.common import chunked, progress, status_for
+from services.join.common import chunked, status_for
 from services.join.core.errors import JoinError, SpecError
 from services.join.core.masking import mask_rows, permute, random_permutation
 from services.join.core.matching import check_minimum, match_tags
@@ -34,6 +34,7 @@ from services.mesh.authz import current_caller
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
+from services.mesh.progress import progress
 from services.mesh.server import MeshServer
 from services.study.spec import SpecError as StudySpecError
 from services.study.spec import owner_columns

@@ -25,7 +25,7 @@ import grpc
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
-from services.join.common import chunked, progress
+from services.join.common import chunked
 from services.join.core.errors import JoinError, SpecError
 from services.join.core.packing import SlotLayout
 from services.join.core.paillier import PrivateKey, generate_keypair
@@ -35,6 +35,7 @@ from services.join.rules import RESHARING_RULES
 from services.mesh.config import OrgConfig
 from services.mesh.decoding import MalformedRequest
 from services.mesh.process import run_server_process
+from services.mesh.progress import progress
 from services.mesh.server import MeshServer
 from services.mesh.status import StatusError
 

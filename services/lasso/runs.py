@@ -35,6 +35,7 @@ from services.lasso.exchange import Outbox, accept, dial
 from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
 from services.lasso.core.blocks import ShareBlock, encode_block
 from services.lasso.worker.handle import WorkerFactory, WorkerHandle
+from services.mesh.progress import progress
 from services.mesh.status import StatusError
 
 log = logging.getLogger("riskmesh.lasso.runs")
@@ -219,9 +220,7 @@ class Run:
         if routine and now - self._last_progress < PROGRESS_INTERVAL_S:
             return
         self._last_progress = now
-        progress = common_pb2.Progress(run_id=self.run_id, phase=frame.phase, org=self.org, done=frame.done, total=frame.total, state=common_pb2.RUN_STATE_RUNNING)
-        progress.at.GetCurrentTime()
-        self.events.put_nowait(progress)
+        self.events.put_nowait(progress(self.run_id, self.org, frame.phase, frame.done, frame.total))
 
     def _finish(self, result: lasso_pb2.ModelResult) -> None:
         if self.finished:

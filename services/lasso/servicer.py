@@ -29,6 +29,7 @@ from services.lasso.runs import CONNECT_TIMEOUT_S, ChannelFor, Finished, Run, Ru
 from services.lasso.shares import ShareSource, ShareSourceError
 from services.lasso.worker.handle import WorkerFactory, spawn_worker
 from services.mesh.authz import current_caller
+from services.mesh.progress import progress
 from services.mesh.status import mapped_errors
 
 HELLO_TIMEOUT_S = 30.0
@@ -93,8 +94,7 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
             self.runs.remove(run)
 
     def _progress(self, run_id: str, phase: int, message: str) -> lasso_pb2.RunLassoResponse:
-        progress = common_pb2.Progress(run_id=run_id, phase=phase, org=self.org, state=common_pb2.RUN_STATE_RUNNING, message=message)
-        return lasso_pb2.RunLassoResponse(progress=progress)
+        return lasso_pb2.RunLassoResponse(progress=progress(run_id, self.org, phase, message=message))
 
     async def Exchange(self, request_iterator: AsyncIterator[lasso_pb2.ExchangeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
         caller = current_caller.get()
