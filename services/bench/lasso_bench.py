@@ -48,7 +48,8 @@ from services.join.core.shares import value_bytes
 from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
 from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
-from services.tools.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, stop_processes, wait_healthy
+from services.mesh.process import SINGLE_THREAD_ENV
+from services.tools.launcher import OrgPlacement, ServerProcess, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from services.lasso.mpc.runtime import SINGLE_THREAD_ENV
+from services.mesh.process import SINGLE_THREAD_ENV
 
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -49,7 +49,8 @@ from services.lasso.worker.program import RunContext, load_program, program_env
 from services.lasso.core.blocks import ShareBlock
 from services.lasso.shares import InMemoryShareSource
 from services.mesh.config import load_config
-from services.tools.launcher import SINGLE_THREAD_ENV, local_mesh_for, wait_healthy
+from services.mesh.process import SINGLE_THREAD_ENV
+from services.tools.launcher import local_mesh_for, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")

@@ -17,7 +17,7 @@ import pytest
 
 from services.testkit.dealer import deal, encode
 from services.bench.local_run import _free_ports, run_local
-from services.lasso.mpc.runtime import SINGLE_THREAD_ENV
+from services.mesh.process import SINGLE_THREAD_ENV
 from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
 from services.lasso.mpc.secure_regression import secure_fit
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
