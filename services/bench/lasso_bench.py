@@ -251,7 +251,9 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
         raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
     data = make_study_data(records, overlap=1.0, features=features)
     blocks, x, y = party_blocks(data, np.random.default_rng(20240611))
-    reference = _reference(data, x, y, alpha)
+    from services.testkit.plain_reference import lasso_reference
+
+    reference = lasso_reference([c.name for c in (*data.insurer.columns, *data.hospital.columns)], x, y, alpha)
     spec = spec_for(data, STUDY_ID, alphas=[alpha])
     load_before = os.getloadavg()[0]
     runs: list[dict[str, Any]] = []
@@ -271,14 +273,6 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
     summary.update({"phase": "lasso", "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
                     "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
     return summary
-
-
-def _reference(data: StudyData, x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
-    from sklearn.linear_model import Lasso
-
-    names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
-    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
-    return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
 
 
 def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes: Mapping[str, PartyOutcome], request_at: float,
