@@ -42,7 +42,7 @@ from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
 from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
 from services.testkit.studies import spec_for
-from services.testkit.synthetic import StudyData, make_study_data, reference_join
+from services.testkit.synthetic import StudyData, joined_table, make_study_data
 from services.join.core.packing import SlotLayout
 from services.join.core.shares import value_bytes
 from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
@@ -72,30 +72,23 @@ def value_width() -> int:
 def party_blocks(data: StudyData, rng: np.random.Generator) -> tuple[dict[str, list[ShareBlock]], np.ndarray, np.ndarray]:
     """Deal the joined table; org → its share blocks (as its resharing store would hold
     them), and the plaintext (X, y) in the dealt order for the reference."""
-    names, x, y = reference_join(data)
-    if data.insurer.target is None:
-        raise BenchError("the generated insurer table has no target")
-    insurer_columns = [c.name for c in data.insurer.columns] + [data.insurer.target.name]
-    hospital_columns = [c.name for c in data.hospital.columns]
-    n_ins = len(data.insurer.columns)
-    table = np.column_stack([x[:, :n_ins], y, x[:, n_ins:]])  # insurer's columns (features, target), then the hospital's
-    owners = [0] * len(insurer_columns) + [1] * len(hospital_columns)
-    dealt = deal(table, owners, rng)
-    share_a, share_b, share_h = dealt.shares
+    joined = joined_table(data)
+    dealt = deal(joined.table, joined.owners, rng)
     width = value_width()
-    ins = slice(0, len(insurer_columns))
-    hos = slice(len(insurer_columns), len(owners))
 
-    def block(columns: list[str], values: np.ndarray) -> ShareBlock:
-        return ShareBlock(tuple(columns), [list(row) for row in values.tolist()], width, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)
+    def block(share: np.ndarray, owner: int) -> ShareBlock:
+        """The columns of `owner` (0 = insurer, 1 = hospital), in study order."""
+        cols = [j for j, o in enumerate(joined.owners) if o == owner]
+        values = [list(row) for row in share[:, cols].tolist()]
+        return ShareBlock(tuple(joined.names[j] for j in cols), values, width, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)
 
+    share_a, share_b, share_h = dealt.shares
     blocks = {
-        "insurer": [block(hospital_columns, share_a[:, hos])],
-        "hospital": [block(insurer_columns, share_b[:, ins])],
-        "helper": [block(insurer_columns, share_h[:, ins]), block(hospital_columns, share_h[:, hos])],
+        "insurer": [block(share_a, 1)],
+        "hospital": [block(share_b, 0)],
+        "helper": [block(share_h, 0), block(share_h, 1)],
     }
-    plain = dealt.table
-    return blocks, np.column_stack([plain[:, : n_ins], plain[:, len(insurer_columns):]]), plain[:, n_ins]
+    return blocks, dealt.table[:, : joined.target], dealt.table[:, joined.target]
 
 
 # The shares file: length-prefixed GetSharesResponse messages (the resharing wire form).
