@@ -18,12 +18,12 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
 from services.testkit.studies import spec_for
 from services.cli.study import print_result, print_run, watch_run
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.synthetic import make_study_data, reference_join
 from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
 from services.mesh.config import load_config
@@ -33,13 +33,6 @@ console = Console()
 
 DEMO_STUDY = "hospitalisation-risk"
 DEMO_ALPHA = 0.3  # zeroes the four lifestyle/care features that have no true effect
-
-
-def sklearn_reference(names: list[str], x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
-    from sklearn.linear_model import Lasso
-
-    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
-    return {**dict(zip(names, map(float, model.coef_))), "(intercept)": float(model.intercept_)}
 
 
 class PreparedMesh(Protocol):
@@ -98,7 +91,7 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
             client.close()
         mesh.stop()  # flushes every server's spans
     names, x, y = reference_join(data)
-    reference = sklearn_reference(names, x, y, DEMO_ALPHA)
+    reference = lasso_reference(names, x, y, DEMO_ALPHA)
     print_result(result, reference)
     secure = np.array([c.value for c in result.coefficients])
     plain = np.array([reference[c.feature] for c in result.coefficients])

@@ -8,14 +8,16 @@ never a status code by itself).
 
 from __future__ import annotations
 
-import contextlib
-from typing import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Callable
 
 import grpc
 
 from riskmesh.v1 import common_pb2
 from services.gateway.audit import AuditError
 from services.gateway.predict import PredictError
+from services.mesh import status
+from services.mesh.status import StatusError
 from services.study.spec import SpecError
 
 
@@ -55,12 +57,8 @@ class InvalidValueError(StoreError, ValueError):
     """A malformed argument: a bad id, a digest that does not match its spec, an unknown enum value."""
 
 
-class RequestError(Exception):
+class RequestError(StatusError):
     """A refusal decided by the gateway itself, with its status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class PhaseFailure(Exception):
@@ -73,8 +71,7 @@ class PhaseFailure(Exception):
         self.reason = reason
 
 
-STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode | None], ...] = (
-    (RequestError, None),
+STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UnknownStudyError, grpc.StatusCode.NOT_FOUND),
     (UnknownRunError, grpc.StatusCode.NOT_FOUND),
     (StaleDigestError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -89,28 +86,15 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode | None], ...] = (
 )
 
 
-def status_of(exc: Exception) -> grpc.StatusCode | None:
-    for kind, code in STATUS_OF:
-        if isinstance(exc, kind):
-            return exc.code if isinstance(exc, RequestError) else code
-    return None
-
-
 REFUSAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
-@contextlib.asynccontextmanager
-async def mapped_errors(
-    context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None
-) -> AsyncIterator[None]:
+def mapped_errors(context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None) -> AbstractAsyncContextManager[None]:
     """Turn a domain error into an aborted RPC with its status code and message;
     `on_refusal` hears of each PERMISSION_DENIED / UNAUTHENTICATED (e.g. to audit it)."""
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a known domain error
-        code = status_of(exc)
-        if code is None:
-            raise
+
+    def heard(code: grpc.StatusCode) -> None:
         if on_refusal is not None and code in REFUSAL_CODES:
             on_refusal(code)
-        await context.abort(code, str(exc))
+
+    return status.mapped_errors(context, STATUS_OF, on_status=heard)

@@ -23,6 +23,7 @@ from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb
 from services.gateway.errors import PhaseFailure
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
+from services.mesh.progress import progress
 
 tracer = trace.get_tracer("riskmesh.gateway")
 
@@ -75,20 +76,8 @@ class RunPipeline:
         except grpc.aio.AioRpcError as exc:
             raise PhaseFailure(phase, self.config.org, f"{where.server}: {exc.code().name}: {exc.details()}") from None
 
-    async def _progress(
-        self, phase: common_pb2.Phase.ValueType, done: int = 0, total: int = 0, message: str = ""
-    ) -> None:
-        await self.report(
-            common_pb2.Progress(
-                run_id=self.run_id,
-                phase=phase,
-                org=self.config.org,
-                done=done,
-                total=total,
-                state=common_pb2.RUN_STATE_RUNNING,
-                message=message,
-            )
-        )
+    async def _progress(self, phase: int, done: int = 0, total: int = 0, message: str = "") -> None:
+        await self.report(progress(self.run_id, self.config.org, phase, done, total, message))
 
     # Data owners -----------------------------------------------------------
 

@@ -24,6 +24,7 @@ from services.gateway.pipeline import RunPipeline
 from services.gateway.store import TERMINAL_STATES, RunRecord, Store
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
+from services.mesh.progress import progress
 
 log = logging.getLogger("riskmesh.gateway.runs")
 
@@ -73,12 +74,6 @@ class RunCoordinator:
         if not run.terminal and progress.org == self.config.org and progress.phase and progress.phase != run.phase:
             self.store.update_run(progress.run_id, phase=progress.phase)
         self._notify(progress.run_id)
-
-    def _progress(
-        self, run_id: str, phase: common_pb2.Phase.ValueType, state: common_pb2.RunState.ValueType, message: str
-    ) -> common_pb2.Progress:
-        """This org's progress event for a run ending (or ended) here."""
-        return common_pb2.Progress(run_id=run_id, phase=phase, org=self.config.org, state=state, message=message)
 
     async def watch(self, run_id: str) -> AsyncIterator[tuple[common_pb2.Progress | None, RunRecord]]:
         """Every progress event of the run from the first, each with the run as it is now,
@@ -170,7 +165,7 @@ class RunCoordinator:
             if result.coefficients:
                 self.store.put_result(run_id, result)
             self._finish(run_id, common_pb2.RUN_STATE_SUCCEEDED, joined=result.joined or pipeline.joined)
-            await self.report(self._progress(run_id, common_pb2.PHASE_REVEAL, common_pb2.RUN_STATE_SUCCEEDED, "done"))
+            await self.report(progress(run_id, self.config.org, common_pb2.PHASE_REVEAL, message="done", state=common_pb2.RUN_STATE_SUCCEEDED))
         except PhaseFailure as failure:
             await self.fail(run_id, run_error(failure), tell_peers=True)
         except asyncio.CancelledError:
@@ -214,8 +209,8 @@ class RunCoordinator:
         log.warning("run %s failed in %s at %s", run_id, common_pb2.Phase.Name(error.phase), error.org)
         self._cancel_task(run_id)
         if tell_peers:
-            progress = self._progress(run_id, error.phase, common_pb2.RUN_STATE_FAILED, "failed")
-            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=error))
+            failed = progress(run_id, self.config.org, error.phase, message="failed", state=common_pb2.RUN_STATE_FAILED)
+            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=error))
 
     def cancel(self, run_id: str, reason: str) -> bool:
         error = common_pb2.RunError(phase=self.store.get_run(run_id).phase, org=self.config.org, reason=reason)
@@ -236,8 +231,8 @@ class RunCoordinator:
             run = self.store.get_run(run_id)
             spec = self.store.get_spec(run.digest)
             self._parties[run_id] = [p.org for p in spec.parties if p.org != self.config.org]
-            progress = self._progress(run_id, run.phase, common_pb2.RUN_STATE_FAILED, "failed")
-            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=progress, error=run.error))
+            failed = progress(run_id, self.config.org, run.phase, message="failed", state=common_pb2.RUN_STATE_FAILED)
+            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=run.error))
             task = asyncio.create_task(self._drop_shares(run_id))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
-from services.join.common import chunked, join_errors, progress
+from services.join.common import chunked, join_errors
 from services.join.core import keys
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
@@ -34,7 +34,9 @@ from services.join.rules import ENCRYPTION_RULES
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
+from services.mesh.progress import progress
 from services.mesh.server import MeshServer
+from services.study.spec import owner_columns
 
 log = logging.getLogger("riskmesh.encryption")
 
@@ -62,7 +64,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
-            owner = codec.owner_columns(request.spec, self.config.org)
+            owner = owner_columns(request.spec, self.config.org)
             target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
             table = await asyncio.to_thread(
                 read_owner_csv,

@@ -35,6 +35,8 @@ from services.lasso.exchange import Outbox, accept, dial
 from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
 from services.lasso.core.blocks import ShareBlock, encode_block
 from services.lasso.worker.handle import WorkerFactory, WorkerHandle
+from services.mesh.progress import progress
+from services.mesh.status import StatusError
 
 log = logging.getLogger("riskmesh.lasso.runs")
 
@@ -51,13 +53,8 @@ WORKER_EXIT_GRACE_S = 2.0
 REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-class RunFailure(Exception):
+class RunFailure(StatusError):
     """How a run ended badly: the gRPC status for RunLasso and a message without data."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -223,9 +220,7 @@ class Run:
         if routine and now - self._last_progress < PROGRESS_INTERVAL_S:
             return
         self._last_progress = now
-        progress = common_pb2.Progress(run_id=self.run_id, phase=frame.phase, org=self.org, done=frame.done, total=frame.total, state=common_pb2.RUN_STATE_RUNNING)
-        progress.at.GetCurrentTime()
-        self.events.put_nowait(progress)
+        self.events.put_nowait(progress(self.run_id, self.org, frame.phase, frame.done, frame.total))
 
     def _finish(self, result: lasso_pb2.ModelResult) -> None:
         if self.finished:

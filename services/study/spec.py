@@ -268,7 +268,7 @@ def owner_columns(spec: common_pb2.StudySpec, org: str) -> common_pb2.OwnerColum
     for owner in spec.owners:
         if owner.org == org:
             return owner
-    raise SpecError(f"{org!r} declares no columns in study {spec.study_id!r}")
+    raise SpecError(f"{org} holds no columns in study {spec.study_id!r}")
 
 
 def target_owner(spec: common_pb2.StudySpec) -> str:

@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, load_config, render_config
+from services.mesh.process import SINGLE_THREAD_ENV
 from services.tools.pki import DEFAULT_ORGS, init_pki
 
 SERVER_MODULES = {
@@ -33,9 +34,6 @@ SERVER_MODULES = {
 }
 DEFAULT_ROLES = {"insurer": "data_owner", "hospital": "data_owner", "helper": "helper"}
 DEFAULT_BASE_PORTS = {"insurer": 7100, "hospital": 7200, "helper": 7300}
-
-# Three parties share few cores: keep numerical libraries single-threaded in every server.
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def ports_free(base_port: int, host: str = "127.0.0.1") -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 import psutil
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
-from services.cli.demo import sklearn_reference
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import OwnerTable, StudyData, make_study_data, reference_join
 from services.mesh.config import OrgConfig, load_config
@@ -102,7 +102,7 @@ def known_data(root: Path, records: int, features: int = 6, seed: int = 7) -> Kn
 def check_coefficients(data: StudyData, result: lasso_pb2.ModelResult, alpha: float = ALPHA) -> float:
     """Assert the revealed model equals scikit-learn's on the plaintext join; return the relative error."""
     names, x, y = reference_join(data)
-    reference = sklearn_reference(names, x, y, alpha)
+    reference = lasso_reference(names, x, y, alpha)
     assert [c.feature for c in result.coefficients] == names
     secure = np.array([c.value for c in result.coefficients])
     plain = np.array([reference[n] for n in names])

@@ -12,8 +12,8 @@ Options chosen for three parties on few cores (see services/lasso/REGRESSION.md)
 statistical security ``-K 40`` (as the join's σ), PRSS on (MPyC default; the
 protocol relies on it), no worker threads. Barriers and the throttler are not
 used by the protocol, so nothing busy-waits while a party waits for the others.
-Set ``OPENBLAS_NUM_THREADS=1`` (and friends) before numpy is imported in a
-party process: the three parties already share the cores.
+Set ``OPENBLAS_NUM_THREADS=1`` (and friends: ``services.mesh.process.SINGLE_THREAD_ENV``)
+before numpy is imported in a party process: the three parties already share the cores.
 """
 
 from __future__ import annotations
@@ -24,15 +24,6 @@ from typing import Any
 
 #: Statistical security parameter (bits) of every masked opening.
 SEC_PARAM = 40
-
-#: Environment for party processes: single-threaded BLAS.
-SINGLE_THREAD_ENV = {
-    "OPENBLAS_NUM_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "MPYC_MAXWORKERS": "0",
-}
-
 
 def runtime_arguments(pid: int, parties: Sequence[tuple[str, int]], *, log: bool = False) -> list[str]:
     """MPyC's command-line options for party ``pid`` of the given (host, port) list."""
