@@ -36,6 +36,8 @@ ROLE_TO_PROTO = {"data_owner": common_pb2.ROLE_DATA_OWNER, "helper": common_pb2.
 PEER_DEADLINE_S = 10.0
 START_DEADLINE_S = 180.0  # a peer's setup includes Paillier key generation and reading its data
 WATCH_POLL_S = 1.0
+AUDIT_PAGE_DEFAULT = 200
+AUDIT_PAGE_MAX = 1000
 
 
 
@@ -335,3 +337,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def VerifyAudit(self, request, context):
         result = self.audit.verify()
         return gateway_pb2.VerifyAuditResponse(ok=result.ok, rows=result.rows, first_bad_row=result.first_bad_row or 0, problem=result.problem or "")
+
+    async def ListAudit(self, request, context):
+        limit = min(request.limit or AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX)
+        records = [
+            gateway_pb2.AuditRecord(seq=row.seq, at=row.at, actor=row.actor, action=row.action, study_id=row.study_id, run_id=row.run_id,
+                                    details={k: str(v) for k, v in row.details.items()}, prev_hash=row.prev_hash, hash=row.hash)
+            for row in self.audit.rows(after_seq=request.after_seq, limit=limit)
+        ]
+        return gateway_pb2.ListAuditResponse(records=records, last_seq=self.audit.head()[0])
