@@ -40,13 +40,9 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     raw = (hi - lo) / max(1, count)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    start = math.floor(lo / step) * step
-    ticks = []
-    value = start
-    while value <= hi + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    return ticks
+    first = math.floor(lo / step + 1e-9)
+    last = math.ceil(hi / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
 
 
 def _fmt(value: float) -> str:
@@ -88,7 +84,7 @@ class LineChart:
     chosen: tuple[float, float] | None
 
 
-def cv_chart(points: list[tuple[float, float]], chosen_alpha: float | None, width: int = 720, height: int = 300) -> LineChart:
+def cv_chart(points: list[tuple[float, float]], chosen_alpha: float | None, width: int = 1000, height: int = 300) -> LineChart:
     """Mean validation error against alpha on a log scale; the chosen alpha marked."""
     left, right, top, bottom = 80, width - 20, 16, height - 44
     pts = sorted(p for p in points if p[0] > 0)
@@ -139,7 +135,7 @@ class Waterfall:
     total_s: float
 
 
-def waterfall(rows: list[tuple[str, str, float, float]], steps: list[str], orgs: list[str], width: int = 720, row: int = 34) -> Waterfall:
+def waterfall(rows: list[tuple[str, str, float, float]], steps: list[str], orgs: list[str], width: int = 1000, row: int = 34) -> Waterfall:
     """One lane per organisation; each step a bar from its start to its end (seconds)."""
     left, right = 110, width - 20
     total = max((end for _, _, _, end in rows), default=0.0) or 1.0

@@ -9,7 +9,8 @@ Two ways in (`--auth`):
   only the ingress reach the console, so no one else can set that header.
 
 Every POST carries the session's CSRF token (a hidden form field), checked here before
-any handler runs; a POST whose Origin names another host is refused too. Every response
+any handler runs; a POST that the browser says comes from another origin (Origin,
+Sec-Fetch-Site) is refused too. Every response
 gets a strict Content-Security-Policy (scripts and styles from the console's own
 /static only, nothing inline), X-Frame-Options DENY, no referrer, nosniff, no-store.
 """
@@ -241,9 +242,14 @@ def _host_name(host_header: str) -> str:
 
 
 def _same_origin(headers: Headers) -> bool:
-    """No Origin header (non-browser clients) passes; the CSRF token is still required."""
+    """Whether a POST may come from this console's own pages. With `Referrer-Policy:
+    no-referrer` browsers send `Origin: null` on form posts, so an Origin is only refused
+    when it names another host; Fetch Metadata (`Sec-Fetch-Site`) then tells a page of
+    the same origin from another site or another port of this host (another org's console)."""
     origin = headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == headers.get("host")
+    if origin and origin != "null" and urlsplit(origin).netloc != headers.get("host"):
+        return False
+    return headers.get("sec-fetch-site") in (None, "same-origin")
 
 
 async def _read_body(receive: Callable) -> bytes | None:
