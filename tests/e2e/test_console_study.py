@@ -65,6 +65,7 @@ def test_study_proposed_approved_run_and_revealed_through_the_consoles(console_m
     insurer.wait_for_url(re.compile(r"/runs/"))
     insurer.evaluate("window.__samePage = true")
     insurer.locator("td[data-status='active']").first.wait_for(timeout=60_000)
+    insurer.locator("td[data-party='insurer'][data-phase='Setup'][data-status='done']").wait_for(timeout=120_000)
     shot(insurer, "run-insurer-live")
     insurer.locator("#run-summary[data-state='succeeded']").wait_for(timeout=240_000)
     assert insurer.evaluate("window.__samePage === true"), "the page was reloaded instead of updated live"
