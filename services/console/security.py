@@ -103,6 +103,7 @@ class AuthSettings:
     allowed_hosts: tuple[str, ...]  # Host header values (without port) accepted; "*" = any
     user_header: str = "x-forwarded-user"  # proxy mode
     secure_cookie: bool = False
+    health_port: int | None = None  # a port that answers GET /healthz only (Kubernetes probes)
 
 
 def token_matches(given: str, expected: str) -> bool:
@@ -145,6 +146,11 @@ class ConsoleSecurity:
 
     async def _gate(self, request: Request, receive: Callable) -> tuple[Response | None, Callable]:
         """A refusal or redirect, or None to let the request through (with its body replayable)."""
+        server = request.scope.get("server")
+        if self.settings.health_port is not None and server and server[1] == self.settings.health_port:
+            # The probe port, open to the node: the health answer and nothing else.
+            ok = request.method == "GET" and request.url.path == "/healthz"
+            return (None if ok else PlainTextResponse("not found", status_code=404)), receive
         host = _host_name(request.headers.get("host") or "")
         if "*" not in self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
             return PlainTextResponse("unknown host", status_code=400), receive

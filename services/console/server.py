@@ -9,7 +9,7 @@ ingress and single sign-on (k8s/README.md). Token mode refuses a non-loopback ad
 the token would cross the network in clear.
 
 Settings, flag over environment: --host RISKMESH_CONSOLE_HOST, --port
-RISKMESH_CONSOLE_PORT, --auth RISKMESH_CONSOLE_AUTH, --user-header
+RISKMESH_CONSOLE_PORT, --health-port RISKMESH_CONSOLE_HEALTH_PORT, --auth RISKMESH_CONSOLE_AUTH, --user-header
 RISKMESH_CONSOLE_USER_HEADER, --allowed-host RISKMESH_CONSOLE_ALLOWED_HOSTS (comma
 separated), and RISKMESH_CONSOLE_TOKEN (the login token; random when unset).
 """
@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Names
     parser.add_argument("--host", default=env.get("RISKMESH_CONSOLE_HOST", "127.0.0.1"), help="address to serve HTTP on")
     parser.add_argument("--port", type=int, default=int(env["RISKMESH_CONSOLE_PORT"]) if env.get("RISKMESH_CONSOLE_PORT") else None,
                         help="HTTP port (default: the org's base_port + 8)")
+    parser.add_argument("--health-port", type=int,
+                        default=int(env["RISKMESH_CONSOLE_HEALTH_PORT"]) if env.get("RISKMESH_CONSOLE_HEALTH_PORT") else None,
+                        help="also serve GET /healthz alone on this port (Kubernetes probes); off by default")
     parser.add_argument("--auth", choices=("token", "proxy"), default=env.get("RISKMESH_CONSOLE_AUTH", "token"),
                         help="token: a printed login token (loopback only); proxy: the user comes from a header set by the org's SSO proxy")
     parser.add_argument("--user-header", default=env.get("RISKMESH_CONSOLE_USER_HEADER", "X-Forwarded-User"),
@@ -78,6 +82,7 @@ def auth_settings(args: argparse.Namespace, org: str, env: Mapping[str, str]) ->
         allowed_hosts=tuple(args.allowed_host or default_hosts),
         user_header=args.user_header.lower(),
         secure_cookie=args.auth == "proxy",  # behind the ingress the browser speaks HTTPS
+        health_port=args.health_port,
     )
 
 
@@ -106,8 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     # No access log: a login URL carries the token in its query string.
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, access_log=False, server_header=False, proxy_headers=False,
                                            timeout_graceful_shutdown=3, log_level="info"))
-    server.run()
+    try:
+        sockets = [listening_socket(args.host, p) for p in (port, args.health_port) if p is not None]
+    except OSError as exc:
+        print(f"riskmesh-console: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        return 2
+    server.run(sockets=sockets)
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (uvicorn serves the app on each socket it is given)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
 
 
 if __name__ == "__main__":
