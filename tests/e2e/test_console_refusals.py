@@ -5,13 +5,20 @@ security headers and the session cookie's attributes."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from services.testkit.studies import spec_for
+from services.tools.consoles import wait_console
+from services.tools.launcher import ServerProcess
 from tests.e2e.console_browser import ALPHA, VIEWPORT, shot, signed_in
 
 pytestmark = pytest.mark.e2e
@@ -117,3 +124,39 @@ def test_approval_of_a_stale_digest_is_refused(console_mesh, browser):
     page.get_by_role("link", name="Review the current spec").click()
     assert page.locator("#digest").inner_text() == changed.spec_digest
     context.close()
+
+
+def test_proxy_mode_trusts_only_the_sso_header_and_probes_see_only_health(console_mesh):
+    """The Kubernetes way in (`--auth proxy`): no header, no entry; the probe port answers
+    /healthz and nothing else; token mode refuses a non-loopback address."""
+    port, health = find_free_port(), find_free_port()
+    config = console_mesh.configs["insurer"]
+    env = {**os.environ, "RISKMESH_CONSOLE_AUTH": "proxy", "RISKMESH_CONSOLE_USER_HEADER": "X-Auth-Request-User"}
+    command = [sys.executable, "-m", "services.console", "--config", str(config), "--port", str(port), "--health-port", str(health)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_console(ServerProcess("insurer", "console", process, Path(os.devnull), f"http://127.0.0.1:{health}/healthz"))
+        base = f"http://127.0.0.1:{port}"
+        assert http_status(base + "/studies") == 401
+        assert http_status(base + "/studies", {"X-Auth-Request-User": "dpo@insurer.example"}) == 200
+        assert http_status(f"http://127.0.0.1:{health}/studies", {"X-Auth-Request-User": "dpo@insurer.example"}) == 404
+    finally:
+        process.terminate()
+        process.wait(10)
+    refused = subprocess.run([*command[:-4], "--host", "0.0.0.0"], env={**os.environ, "RISKMESH_CONSOLE_AUTH": "token"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "loopback" in refused.stderr
+
+
+def find_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
