@@ -20,6 +20,7 @@ def test_sessions_are_random_expire_when_idle_and_are_capped(monkeypatch):
     now = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: now + 11)
     assert sessions.get(first.id) is None
+    monkeypatch.undo()
     kept = [sessions.create(str(i)) for i in range(4)]
     assert sessions.get(kept[0].id) is None and sessions.get(kept[-1].id) is kept[-1]
 
