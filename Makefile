@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean clients-ts
+.PHONY: venv proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean clients-ts browser
 
 venv: $(STAMP)
 
@@ -42,7 +42,18 @@ pki: venv
 demo: venv
 	$(BIN)/riskmesh demo
 
-test: venv clients-ts
+# The console's browser tests (tests/e2e/test_console_*.py) drive Debian's chromium
+# through Playwright: no browser download, the system package instead.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: venv clients-ts $(CHROMIUM)
 	$(BIN)/python -m pytest -q tests
 
 # Layering (import-linter contracts in pyproject.toml), style (ruff), types (mypy, strict on

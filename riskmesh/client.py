@@ -85,3 +85,7 @@ class GatewayClient:
 
     def verify_audit(self) -> gateway_pb2.VerifyAuditResponse:
         return self._stub.VerifyAudit(gateway_pb2.VerifyAuditRequest(), timeout=DEFAULT_TIMEOUT_S)
+
+    def list_audit(self, after_seq: int = 0, limit: int = 0) -> gateway_pb2.ListAuditResponse:
+        """Audit rows with seq > after_seq, oldest first (at most `limit`; 0 = the gateway's default)."""
+        return self._stub.ListAudit(gateway_pb2.ListAuditRequest(after_seq=after_seq, limit=limit), timeout=DEFAULT_TIMEOUT_S)

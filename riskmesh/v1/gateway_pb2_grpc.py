@@ -101,6 +101,11 @@ class GatewayServiceStub:
                 request_serializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/riskmesh.v1.GatewayService/ListAudit',
+                request_serializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
         self.PeerPropose = channel.unary_unary(
                 '/riskmesh.v1.GatewayService/PeerPropose',
                 request_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerProposeRequest.SerializeToString,
@@ -224,6 +229,13 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """Rows of this org's audit log, oldest first (the org's console shows them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PeerPropose(self, request, context):
         """A peer gateway shares a proposed (or changed) spec.
         """
@@ -326,6 +338,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditRequest.FromString,
                     response_serializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditResponse.SerializeToString,
             ),
             'PeerPropose': grpc.unary_unary_rpc_method_handler(
                     servicer.PeerPropose,
@@ -706,6 +723,33 @@ class GatewayService:
             '/riskmesh.v1.GatewayService/VerifyAudit',
             riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
             riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.GatewayService/ListAudit',
+            riskmesh_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
+            riskmesh_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

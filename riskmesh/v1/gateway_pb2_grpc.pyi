@@ -61,6 +61,8 @@ class GatewayServiceStub:
     """Apply a revealed model to records given by the caller (local, no MPC)."""
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
     """Check the hash chain of this org's audit log."""
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]
+    """Rows of this org's audit log, oldest first (the org's console shows them)."""
     PeerPropose: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerProposeRequest, _gateway_pb2.PeerProposeResponse]
     """A peer gateway shares a proposed (or changed) spec."""
     PeerApprove: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerApproveRequest, _gateway_pb2.PeerApproveResponse]
@@ -105,6 +107,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Apply a revealed model to records given by the caller (local, no MPC)."""
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     """Check the hash chain of this org's audit log."""
+    ListAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """Rows of this org's audit log, oldest first (the org's console shows them)."""
     PeerPropose: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerProposeRequest, _gateway_pb2.PeerProposeResponse]  # type: ignore[assignment]
     """A peer gateway shares a proposed (or changed) spec."""
     PeerApprove: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerApproveRequest, _gateway_pb2.PeerApproveResponse]  # type: ignore[assignment]
@@ -224,6 +228,14 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.VerifyAuditResponse, _abc.Awaitable[_gateway_pb2.VerifyAuditResponse]]:
         """Check the hash chain of this org's audit log."""
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _gateway_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListAuditResponse, _abc.Awaitable[_gateway_pb2.ListAuditResponse]]:
+        """Rows of this org's audit log, oldest first (the org's console shows them)."""
 
     @_abc_1.abstractmethod
     def PeerPropose(

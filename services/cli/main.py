@@ -35,7 +35,7 @@ def pki_init(
     """Create one CA per organisation, a certificate per service and the trust bundles."""
     dirs = init_pki(out, tuple(org), tuple(dns), force=force)
     for d in dirs:
-        console.print(f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client; keys 0600)")
+        console.print(f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client, console; keys 0600)")
 
 
 @pki_app.command("export-k8s")
@@ -54,8 +54,10 @@ def pki_export_k8s(
 def up(
     org: list[str] = typer.Option([], help="organisation(s) to start (default: all three)"),
     home: Path = typer.Option(DEFAULT_HOME, help="where configs, PKI and state live"),
+    consoles: bool = typer.Option(True, help="also start each organisation's web console (services/console)"),
 ) -> None:
     """Start organisations on localhost (each server its own process) until Ctrl-C."""
+    from services.tools.consoles import start_consoles
     from services.tools.launcher import LocalMesh, write_local_mesh
 
     configs = write_local_mesh(home)
@@ -66,7 +68,13 @@ def up(
     with console.status("starting servers…"):
         mesh = LocalMesh(chosen).start()
     try:
+        if consoles:
+            with console.status("starting consoles…"):
+                processes, infos = start_consoles(chosen)
+            mesh.processes.extend(processes)
         _print_processes(mesh)
+        if consoles:
+            _print_consoles(infos)
         console.print("Running. Press Ctrl-C to stop.")
         while all(p.process.poll() is None for p in mesh.processes):
             time.sleep(0.5)
@@ -84,6 +92,12 @@ def _print_processes(mesh) -> None:
     for p in mesh.processes:
         table.add_row(p.org, p.server, str(p.process.pid), p.health_address, str(p.log_path))
     console.print(table)
+
+
+def _print_consoles(infos) -> None:
+    console.print("[bold]Web consoles[/] (open a login link in a browser on this machine):")
+    for info in infos:
+        console.print(f"  {info.org:9} {info.login_url}", soft_wrap=True, highlight=False)
 
 
 @app.command()

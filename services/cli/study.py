@@ -15,6 +15,7 @@ from rich.table import Table
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, gateway_pb2, lasso_pb2
 from services.cli.client import gateway_client
+from services.study.disclosure import LEAKAGE_NOTICE
 
 study_app = typer.Typer(help="Propose, approve, run and inspect studies at your organisation's gateway.", no_args_is_help=True)
 audit_app = typer.Typer(help="This organisation's hash-chained audit log.", no_args_is_help=True)
@@ -24,13 +25,6 @@ HOME = Path(".riskmesh")
 ORG = typer.Option("insurer", help="your organisation (whose gateway to talk to)")
 HOME_OPT = typer.Option(HOME, help="where `riskmesh up` keeps configs, PKI and state")
 CONFIG = typer.Option(None, help="org config file (default: <home>/<org>/riskmesh.toml)")
-
-LEAKAGE_NOTICE = (
-    "By approving you allow: the other data owner learns the intersection size and the revealed outputs; "
-    "the helper learns both set sizes, the intersection size and which pseudonymous tags matched. "
-    "Repeated studies on inputs that differ by one patient reveal that patient's membership through the "
-    "intersection size; every run is recorded in the audit log by digest."
-)
 
 
 def _client(org: str, home: Path, config: Optional[Path]) -> GatewayClient:

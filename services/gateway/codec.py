@@ -7,7 +7,7 @@ What an organisation keeps to itself never reaches a message built here: a study
 from __future__ import annotations
 
 from riskmesh.v1 import common_pb2, gateway_pb2
-from services.gateway.audit import VerifyResult
+from services.gateway.audit import AuditRow, VerifyResult
 from services.gateway.errors import PhaseFailure
 from services.gateway.store import RunRecord, StudyRecord
 
@@ -57,4 +57,19 @@ def run_error(failure: PhaseFailure) -> common_pb2.RunError:
 def verify_response(result: VerifyResult) -> gateway_pb2.VerifyAuditResponse:
     return gateway_pb2.VerifyAuditResponse(
         ok=result.ok, rows=result.rows, first_bad_row=result.first_bad_row or 0, problem=result.problem or ""
+    )
+
+
+def audit_record(row: AuditRow) -> gateway_pb2.AuditRecord:
+    """One audit row as the console and clients list it (details as strings)."""
+    return gateway_pb2.AuditRecord(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        study_id=row.study_id,
+        run_id=row.run_id,
+        details={k: str(v) for k, v in row.details.items()},
+        prev_hash=row.prev_hash,
+        hash=row.hash,
     )

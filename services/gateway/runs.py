@@ -68,7 +68,11 @@ class RunCoordinator:
             event.set()
 
     def record(self, progress: common_pb2.Progress) -> None:
-        """Store an event (own or a peer's) and wake the run's watchers."""
+        """Store an event (own or a peer's) and wake the run's watchers. An event without
+        a time gets this gateway's clock (before it goes to the peers, so they see it too):
+        the console draws each party's phases on a timeline from these."""
+        if not progress.HasField("at"):
+            progress.at.GetCurrentTime()
         self.store.add_event(progress)
         run = self.store.get_run(progress.run_id)
         if not run.terminal and progress.org == self.config.org and progress.phase and progress.phase != run.phase:

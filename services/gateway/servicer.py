@@ -37,6 +37,8 @@ from services.mesh.tls import MeshCredentials
 from services.study import spec as specs
 
 Context: TypeAlias = grpc.aio.ServicerContext
+AUDIT_PAGE_DEFAULT = 200
+AUDIT_PAGE_MAX = 1000
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -210,3 +212,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.VerifyAuditRequest, context: Context
     ) -> gateway_pb2.VerifyAuditResponse:
         return codec.verify_response(self.audit.verify())
+
+    async def ListAudit(self, request: gateway_pb2.ListAuditRequest, context: Context) -> gateway_pb2.ListAuditResponse:
+        limit = min(request.limit or AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX)
+        rows = self.audit.rows(after_seq=request.after_seq, limit=limit)
+        return gateway_pb2.ListAuditResponse(records=[codec.audit_record(r) for r in rows], last_seq=self.audit.head()[0])

@@ -16,8 +16,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtensionOID
 
-# The servers of docs/design.md plus `client`, the identity of an org's own systems and operators.
-SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client")
+# The servers of docs/design.md, `client` (the identity of an org's own systems and operators)
+# and `console` (the org's web console, services/console, a client of its own gateway).
+SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client", "console")
 ORG_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 

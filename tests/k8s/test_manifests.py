@@ -18,6 +18,9 @@ from services.tools.pki import export_k8s, init_pki
 from services.mesh.tls import MeshCredentials
 from tests.k8s.manifests import (
     BASE_PORT,
+    CONSOLE,
+    CONSOLE_HEALTH_PORT,
+    CONSOLE_HTTP_PORT,
     EXAMPLE_RANGES,
     K8S,
     OVERLAYS,
@@ -27,6 +30,7 @@ from tests.k8s.manifests import (
     component,
     containers,
     cross_org_callees,
+    deployed,
     cross_org_callers,
     expected_model,
     health_port,
@@ -85,7 +89,7 @@ def test_overlay_has_no_placeholder_left(org):
 def test_one_deployment_per_server_of_the_role(org, role):
     docs = render(f"overlays/{org}")
     deployments = of_kind(docs, "Deployment")
-    assert sorted(component(d) for d in deployments) == sorted(ROLE_SERVERS[role])
+    assert sorted(component(d) for d in deployments) == sorted(deployed(role))
     for dep in deployments:
         assert dep["metadata"]["name"] == f"riskmesh-{component(dep)}"
         assert dep["spec"]["replicas"] == 1
@@ -113,6 +117,9 @@ def test_volumes_state_on_claims_data_read_only_in_encryption_only(org, role):
         mounts = {m["name"]: m for m in container["volumeMounts"]}
         claims = {v["persistentVolumeClaim"]["claimName"]: name for name, v in volumes.items() if "persistentVolumeClaim" in v}
         # The gateway's SQLite and the resharing store survive restarts; the rest keep nothing.
+        if server == CONSOLE:  # keeps nothing: sessions live in the process
+            assert claims == {} and {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} == {"/tmp"}
+            continue
         if server in ("gateway", "resharing"):
             assert f"riskmesh-{server}-state" in claims
         if server == "encryption":
@@ -151,6 +158,12 @@ def test_every_container_is_hardened_probed_and_sized(target):
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
             assert "memory" in c["resources"]["limits"], where
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            if server == CONSOLE:
+                # HTTP for the ingress; probes on a port that answers GET /healthz only.
+                assert ports == {"http": CONSOLE_HTTP_PORT, "health": CONSOLE_HEALTH_PORT}, where
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    assert c[probe]["httpGet"] == {"path": "/healthz", "port": CONSOLE_HEALTH_PORT}, f"{where}: {probe}"
+                continue
             assert ports == {"mtls": mtls_port(server), "health": health_port(server)}, where
             # Native gRPC probes on the plaintext health port (probes have no client cert).
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -179,6 +192,8 @@ def test_services_cluster_ip_per_server_and_load_balancer_per_cross_org_callee(o
         assert svc["spec"]["type"] == "ClusterIP"
         assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"mtls": mtls_port(server), "health": health_port(server)}
         assert svc["spec"]["selector"]["app.kubernetes.io/component"] == server
+    console = services[f"riskmesh-{CONSOLE}"]["spec"]
+    assert console["type"] == "ClusterIP" and [(p["name"], p["port"]) for p in console["ports"]] == [("http", CONSOLE_HTTP_PORT)]
     callers = cross_org_callers(org)
     public = {n: s for n, s in services.items() if s["spec"]["type"] == "LoadBalancer"}
     assert set(public) == {f"riskmesh-{server}-public" for server in callers}
@@ -258,7 +273,7 @@ def test_config_map_is_the_orgs_config_and_agrees_with_the_manifests(org, role):
         config = parse_config(tomllib.loads(text), env, Path("/"))
         assert (config.org, config.role, config.base_port) == (org, role, BASE_PORT)
         assert config.bind_host == "0.0.0.0"
-        assert component(dep) in config.servers
+        assert component(dep) in (*config.servers, CONSOLE)
         # The config file is where the Deployment says, from this ConfigMap.
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         mount = next(m for m in container["volumeMounts"] if env["RISKMESH_CONFIG"].startswith(m["mountPath"] + "/"))

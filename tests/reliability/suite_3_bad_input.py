@@ -61,7 +61,7 @@ FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 CLIENT_METHODS = ("GetInfo", "CheckPeers", "ProposeStudy", "ApproveStudy", "GetStudy", "ListStudies", "StartRun", "WatchRun",
-                  "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit")
+                  "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit", "ListAudit")
 PEER_METHODS = ("PeerPropose", "PeerApprove", "PeerStartRun", "PeerProgress", "PeerCancelRun")
 # Methods whose empty request is itself invalid (the others answer an empty request).
 NEEDS_FIELDS = ("ProposeStudy", "ApproveStudy", "GetStudy", "StartRun", "WatchRun", "GetResult", "CancelRun", "Predict",

@@ -22,6 +22,7 @@ import {
   GatewayServiceClient,
   type CheckPeersResponse,
   type GetInfoResponse,
+  type ListAuditResponse,
   type Run,
   type Study,
   type VerifyAuditResponse,
@@ -179,6 +180,11 @@ export class GatewayClient {
 
   verifyAudit(): Promise<VerifyAuditResponse> {
     return this.unary(this.stub.verifyAudit, {});
+  }
+
+  /** Audit rows with seq > afterSeq, oldest first (at most `limit`; 0 = the gateway's default). */
+  listAudit(afterSeq: bigint = BigInt(0), limit = 0): Promise<ListAuditResponse> {
+    return this.unary(this.stub.listAudit, { afterSeq, limit });
   }
 }
 
