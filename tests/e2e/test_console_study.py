@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.cli.demo import sklearn_reference
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.synthetic import reference_join
 from tests.e2e.console_browser import ALPHA, shot, signed_in
 
@@ -79,7 +79,7 @@ def test_study_proposed_approved_run_and_revealed_through_the_consoles(console_m
     insurer.wait_for_url(re.compile(r"/result$"))
     shot(insurer, "result-insurer")
     names, x, y = reference_join(m.data)
-    reference = sklearn_reference(names, x, y, ALPHA)
+    reference = lasso_reference(names, x, y, ALPHA)
     rows = insurer.locator("#coefficients tr[data-feature]")
     shown = {rows.nth(i).get_attribute("data-feature"): float(rows.nth(i).get_attribute("data-value")) for i in range(rows.count())}
     assert list(shown) == names
