@@ -61,8 +61,12 @@ def reserve_port(host: str = "127.0.0.1") -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
-    _reserved.append(sock)
-    return int(sock.getsockname()[1])
+    port = int(sock.getsockname()[1])
+    if sys.platform.startswith("linux"):
+        _reserved.append(sock)
+    else:  # BSD's SO_REUSEADDR shares no exact address: released at once, so not race-free there
+        sock.close()
+    return port
 
 
 def reserve_server_ports(servers: tuple[str, ...], host: str = "127.0.0.1") -> dict[str, ServerPorts]:
@@ -132,13 +136,13 @@ def kill_process_group(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass  # nothing left (PermissionError: macOS, for a group of zombies only)
+        pass  # nothing left (macOS answers EPERM for a group of zombies)
 
 
 def stop_processes(processes: list[ServerProcess], timeout: float = 10.0) -> None:
     """SIGTERM every server (they drain gracefully), SIGKILL what is left at the deadline,
     then SIGKILL the rest of each server's process group (forkservers, pool and MPC workers).
-    Interrupted (a second Ctrl-C), it still kills everything before the interrupt goes on."""
+    Interrupted (a signal arriving while it stops), it still kills everything first."""
     try:
         for proc in processes:
             if proc.process.poll() is None:
