@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import os
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, dea
 from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
 from services.mesh.process import SINGLE_THREAD_ENV
-from services.tools.launcher import OrgPlacement, ServerProcess, stop_processes, wait_healthy
+from services.tools.launcher import OrgPlacement, ServerProcess, start_server_process, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")
@@ -164,8 +163,7 @@ def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int) -> Launc
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 env = {**os.environ, **SINGLE_THREAD_ENV, **placements.get(org, OrgPlacement()).env, "RISKMESH_CONFIG": str(path)}
                 command = [sys.executable, "-m", "services.bench.lasso_bench", "party", "--config", str(path), "--shares", str(shares_path), "--repeat", str(repeat)]
-                with log_path.open("ab") as log:
-                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = start_server_process(command, env, log_path)
                 parties.processes.append(ServerProcess(org, "lasso", process, log_path, f"{config.bind_host}:{config.health_port('lasso')}"))
             for proc in parties.processes:
                 _wait_party(proc, timeout)

@@ -54,35 +54,41 @@ def pki_export_k8s(
 def up(
     org: list[str] = typer.Option([], help="organisation(s) to start (default: all three)"),
     home: Path = typer.Option(DEFAULT_HOME, help="where configs, PKI and state live"),
+    free_ports: bool = typer.Option(False, "--free-ports", help="ports reserved while this runs instead of 7100/7200/7300 (the configs under --home name them)"),
     consoles: bool = typer.Option(True, help="also start each organisation's web console (services/console)"),
 ) -> None:
-    """Start organisations on localhost (each server its own process) until Ctrl-C."""
+    """Start organisations on localhost (each server its own process) until Ctrl-C or SIGTERM."""
     from services.tools.consoles import start_consoles
-    from services.tools.launcher import LocalMesh, write_local_mesh
+    from services.tools.launcher import LocalMesh, stop_on_signals, write_local_mesh
 
-    configs = write_local_mesh(home)
-    chosen = {o: p for o, p in configs.items() if not org or o in org}
-    unknown = set(org) - set(configs)
-    if unknown:
-        raise typer.BadParameter(f"unknown organisation(s): {', '.join(sorted(unknown))}")
-    with console.status("starting servers…"):
-        mesh = LocalMesh(chosen).start()
-    try:
-        if consoles:
-            with console.status("starting consoles…"):
-                processes, infos = start_consoles(chosen)
-            mesh.processes.extend(processes)
-        _print_processes(mesh)
-        if consoles:
-            _print_consoles(infos)
-        console.print("Running. Press Ctrl-C to stop.")
-        while all(p.process.poll() is None for p in mesh.processes):
-            time.sleep(0.5)
-        err.print("[red]a server exited; stopping[/]")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        mesh.stop()
+    with stop_on_signals():  # `kill <pid>` stops every server as Ctrl-C does, also when SIGINT came in ignored
+        try:
+            configs = write_local_mesh(home, reserve_ports=free_ports)
+            unknown = set(org) - set(configs)
+            if unknown:
+                raise typer.BadParameter(f"unknown organisation(s): {', '.join(sorted(unknown))}")
+            chosen = {o: p for o, p in configs.items() if not org or o in org}
+            mesh = LocalMesh(chosen)
+            try:
+                with console.status("starting servers…"):
+                    mesh.start()
+                infos = []
+                if consoles:
+                    with console.status("starting consoles…"):
+                        processes, infos = start_consoles(chosen)
+                    mesh.processes.extend(processes)
+                _print_processes(mesh)
+                if infos:
+                    _print_consoles(infos)
+                console.print("Running. Press Ctrl-C (or send SIGTERM) to stop.")
+                while all(p.process.poll() is None for p in mesh.processes):
+                    time.sleep(0.5)
+                err.print("[red]a server exited; stopping[/]")
+            finally:
+                mesh.stop()
+        except KeyboardInterrupt:
+            return
+    raise typer.Exit(1)  # a server exited on its own
 
 
 def _print_processes(mesh) -> None:

@@ -12,6 +12,9 @@ Read once per process (`load_config`) and passed to whatever needs it.
     [addresses]                    # optional: how this org's own servers are dialled
     encryption = "riskmesh-encryption:7101"
 
+    [ports]                        # optional: a server's own ports instead of base + offset
+    lasso = { mtls = 41233, health = 41871 }   # (base_port may be left out when every server has them)
+
     [peers.hospital]
     role = "data_owner"
     host = "127.0.0.1"
@@ -42,6 +45,15 @@ ROLE_SERVERS = {
 
 class ConfigError(ValueError):
     """The configuration is missing something or contradicts itself."""
+
+
+@dataclass(frozen=True)
+class ServerPorts:
+    """A server's mTLS and health ports when they are not base_port + offset (the ports
+    services/tools/launcher.py reserves for servers on one machine)."""
+
+    mtls: int
+    health: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class OrgConfig:
     state_dir: Path
     addresses: Mapping[str, str]
     peers: Mapping[str, OrgEndpoint]
+    ports: Mapping[str, ServerPorts] = field(default_factory=dict)  # base_port (then unused) is 0 when these cover every server
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -83,7 +96,8 @@ class OrgConfig:
 
     @property
     def self_endpoint(self) -> OrgEndpoint:
-        return OrgEndpoint(self.org, self.role, self.bind_host, self.base_port, self.addresses)
+        own = {server: f"{self.bind_host}:{ports.mtls}" for server, ports in self.ports.items()}
+        return OrgEndpoint(self.org, self.role, self.bind_host, self.base_port, {**own, **self.addresses})
 
     def endpoint(self, org: str) -> OrgEndpoint:
         if org == self.org:
@@ -93,10 +107,19 @@ class OrgConfig:
         return self.peers[org]
 
     def port(self, server: str) -> int:
+        if server in self.ports:
+            return self.ports[server].mtls
         return self.base_port + SERVER_OFFSETS[server]
 
     def health_port(self, server: str) -> int:
+        if server in self.ports:
+            return self.ports[server].health
         return self.base_port + HEALTH_OFFSET + SERVER_OFFSETS[server]
+
+    @property
+    def ports_cover_servers(self) -> bool:
+        """Every server of the role has its own ports, so base_port is not used."""
+        return all(server in self.ports for server in self.servers)
 
     def role_of(self, org: str) -> str | None:
         if org == self.org:
@@ -137,6 +160,24 @@ def _addresses(org: str, table: Mapping[str, object], env: Mapping[str, str]) ->
     return out
 
 
+def _port(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ConfigError(f"{where}: a port must be an integer from 1 to 65535, got {value!r}")
+    return value
+
+
+def _ports(table: Mapping[str, object]) -> dict[str, ServerPorts]:
+    out = {}
+    for server, raw in dict(table).items():
+        where = f"ports.{server}"
+        if server not in SERVER_OFFSETS:
+            raise ConfigError(f"ports: unknown server {server!r}")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a table with mtls and health")
+        out[server] = ServerPorts(_port(_require(raw, "mtls", where), where), _port(_require(raw, "health", where), where))
+    return out
+
+
 def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path) -> OrgConfig:
     org = str(_require(data, "org", "config"))
     role = _role(_require(data, "role", "config"), "config")
@@ -150,17 +191,21 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
             base_port=int(raw.get("base_port", 0)),
             addresses=_addresses(name, raw.get("addresses", {}), env),
         )
+    ports = _ports(data.get("ports", {}))  # type: ignore[arg-type]
+    if not all(server in ports for server in ROLE_SERVERS[role]):
+        _require(data, "base_port", "config")
     pki_dir = Path(env.get("RISKMESH_PKI_DIR") or str(_require(data, "pki_dir", "config")))
     state_dir = Path(env.get("RISKMESH_STATE_DIR") or str(data.get("state_dir", "state")))
     config = OrgConfig(
         org=org,
         role=role,
         bind_host=env.get("RISKMESH_BIND_HOST") or str(data.get("bind_host", "127.0.0.1")),
-        base_port=int(_require(data, "base_port", "config")),  # type: ignore[arg-type]
+        base_port=int(data.get("base_port", 0)),  # type: ignore[call-overload]
         pki_dir=pki_dir if pki_dir.is_absolute() else base / pki_dir,
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         addresses=_addresses(org, data.get("addresses", {}), env),  # type: ignore[arg-type]
         peers=peers,
+        ports=ports,
     )
     roles = [config.role_of(o) for o in [org, *peers]]
     if roles.count("helper") > 1:
@@ -188,12 +233,14 @@ def render_config(config: OrgConfig) -> str:
         f'org = "{config.org}"',
         f'role = "{config.role}"',
         f'bind_host = "{config.bind_host}"',
-        f"base_port = {config.base_port}",
+        *([] if config.ports_cover_servers and not config.base_port else [f"base_port = {config.base_port}"]),
         f'pki_dir = "{config.pki_dir}"',
         f'state_dir = "{config.state_dir}"',
     ]
     if config.addresses:
         lines += ["", "[addresses]"] + [f'{k} = "{v}"' for k, v in config.addresses.items()]
+    if config.ports:
+        lines += ["", "[ports]"] + [f"{k} = {{ mtls = {p.mtls}, health = {p.health} }}" for k, p in config.ports.items()]
     for peer in config.peers.values():
         lines += ["", f"[peers.{peer.org}]", f'role = "{peer.role}"', f'host = "{peer.host}"', f"base_port = {peer.base_port}"]
         if peer.addresses:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,7 +19,8 @@ from pathlib import Path
 
 from services.console.server import console_port
 from services.mesh.config import load_config
-from services.tools.launcher import SINGLE_THREAD_ENV, ServerProcess
+from services.mesh.process import SINGLE_THREAD_ENV
+from services.tools.launcher import ServerProcess, reserve_port, start_server_process
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,15 @@ class ConsoleInfo:
 
 def spawn_console(org: str, config_path: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[ServerProcess, ConsoleInfo]:
     config = load_config(config_path, env={})
-    port = port or console_port(config)
+    if port is None:  # servers on reserved ports (base_port 0): the console's port is reserved too
+        port = console_port(config) if config.base_port else reserve_port(host)
     token = secrets.token_urlsafe(24)
     env = {**os.environ, **SINGLE_THREAD_ENV, "RISKMESH_CONFIG": str(config_path), "RISKMESH_CONSOLE_TOKEN": token}
     log_dir = config.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "console.log"
     command = [sys.executable, "-m", "services.console", "--config", str(config_path), "--host", host, "--port", str(port)]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = start_server_process(command, env, log_path)
     url = f"http://{host}:{port}"
     return ServerProcess(org, "console", process, log_path, f"{url}/healthz"), ConsoleInfo(org, url, token)
 

@@ -116,12 +116,17 @@ def test_gateway_killed_mid_run_ends_failed_everywhere_and_restarts_clean(study_
     root, configs, mesh, clients, data, sources = study_mesh
     approve_all(clients, data, sources, "e2e-restart", alphas=[ALPHA])
     run = clients["insurer"].start_run("e2e-restart")
-    time.sleep(0.5)
+    events = clients["insurer"].watch(run.run_id, timeout=120)
+    for event in events:  # killed once the hospital is in the join: its gateway is needed until the end
+        if event.progress.org == "hospital" and event.progress.phase == common_pb2.PHASE_HASHING_ENCRYPTION:
+            break
+    else:
+        pytest.fail("the run ended before the hospital's hashing/encryption phase")
     hospital_gateway = mesh.find("hospital", "gateway")
     hospital_gateway.process.send_signal(signal.SIGKILL)
     hospital_gateway.process.wait()
     final = None
-    for event in clients["insurer"].watch(run.run_id, timeout=120):
+    for event in events:
         final = event.run
     assert final.state == common_pb2.RUN_STATE_FAILED and final.error.reason
     # Restart the hospital's gateway: its interrupted run is FAILED, never stuck RUNNING.

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from riskmesh.client import GatewayClient
-from services.tools.launcher import SERVER_MODULES, find_free_base_ports, wait_healthy
+from services.tools.launcher import SERVER_MODULES, reserve_port, wait_healthy
 from services.tools.pki import export_k8s, init_pki
-from tests.k8s.manifests import BASE_PORT, OVERLAYS, REPO, component, containers, of_kind, render
+from tests.k8s.manifests import OVERLAYS, REPO, component, containers, of_kind, render
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -151,7 +151,8 @@ def test_dockerignore_keeps_keys_state_and_venv_out_of_the_build_context():
 def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_path):
     """Materialise the insurer gateway pod's files under a temporary root (ConfigMap,
     Secret items as exported by `riskmesh pki export-k8s`), run its command with its
-    environment re-rooted there (and loopback ports, free ones), and wait for SERVING."""
+    environment re-rooted there (and loopback ports, reserved by this test
+    in a [ports] table), and wait for SERVING."""
     org = "insurer"
     docs = render(f"overlays/{org}")
     (dep,) = [d for d in of_kind(docs, "Deployment") if component(d) == "gateway"]
@@ -161,7 +162,7 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     pki = tmp_path / "pki"
     init_pki(pki, tuple(OVERLAYS))
     secrets = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text()) for p in export_k8s(pki, org, tmp_path / "secrets")}
-    (base_port,) = find_free_base_ports(1)
+    ports = {"mtls": reserve_port(), "health": reserve_port()}
     root = tmp_path / "pod"
     for mount in container["volumeMounts"]:
         where = root / mount["mountPath"].lstrip("/")
@@ -170,7 +171,7 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
         if "configMap" in source:
             for item in source["configMap"]["items"]:
                 text = cm["data"][item["key"]]
-                (where / item["path"]).write_text(text.replace("base_port = 7100", f"base_port = {base_port}"))
+                (where / item["path"]).write_text(f"{text}\n[ports]\ngateway = {{ mtls = {ports['mtls']}, health = {ports['health']} }}\n")
         elif "secret" in source:
             data = secrets[source["secret"]["secretName"]]["data"]
             for item in source["secret"]["items"]:
@@ -185,7 +186,6 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     with log.open("wb") as out:
         proc = subprocess.Popen([str(script), *container.get("args", [])], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        ports = {p["name"]: p["containerPort"] - BASE_PORT + base_port for p in container["ports"]}
         wait_healthy(f"127.0.0.1:{ports['health']}", timeout=30)
         assert proc.poll() is None
         # The org's own client (k8s/README.md: a pod mounting riskmesh-client-tls as

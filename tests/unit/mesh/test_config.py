@@ -54,3 +54,39 @@ def test_missing_file_and_bad_toml(tmp_path):
         load_config(tmp_path / "bad.toml", env={})
     with pytest.raises(ConfigError, match="RISKMESH_CONFIG"):
         load_config(None, env={})
+
+
+OWN_PORTS = {"gateway": {"mtls": 41001, "health": 41002}, "encryption": {"mtls": 41003, "health": 41004},
+             "resharing": {"mtls": 41005, "health": 41006}, "lasso": {"mtls": 41007, "health": 41008}}
+
+
+def test_per_server_ports_replace_base_port_and_round_trip(tmp_path):
+    data = {k: v for k, v in BASE.items() if k != "base_port"} | {"ports": OWN_PORTS}
+    config = parse_config(data, {}, tmp_path)
+    assert config.port("resharing") == 41005 and config.health_port("resharing") == 41006
+    assert config.self_endpoint.address("lasso") == "127.0.0.1:41007"
+    assert config.ports_cover_servers
+    text = render_config(config)
+    assert "base_port" not in text.split("[peers")[0]
+    path = tmp_path / "riskmesh.toml"
+    path.write_text(text)
+    assert load_config(path, env={}) == config
+
+
+def test_ports_of_some_servers_only_keep_base_port_for_the_others(tmp_path):
+    config = parse_config({**BASE, "ports": {"lasso": {"mtls": 41007, "health": 41008}}}, {}, tmp_path)
+    assert config.port("lasso") == 41007 and config.port("gateway") == 7100 and not config.ports_cover_servers
+    assert config.self_endpoint.address("gateway") == "127.0.0.1:7100"
+
+
+@pytest.mark.parametrize("ports, message", [
+    ({"lasso": {"mtls": 41007, "health": 41008}}, "missing required key 'base_port'"),
+    (OWN_PORTS | {"bank": {"mtls": 1, "health": 2}}, "ports: unknown server 'bank'"),
+    (OWN_PORTS | {"lasso": {"mtls": 41007}}, "ports.lasso: missing required key 'health'"),
+    (OWN_PORTS | {"lasso": {"mtls": 0, "health": 41008}}, "ports.lasso: a port must be an integer from 1 to 65535"),
+    (OWN_PORTS | {"lasso": 41007}, "ports.lasso: expected a table"),
+])
+def test_bad_ports_are_refused_with_a_clear_message(tmp_path, ports, message):
+    data = {k: v for k, v in BASE.items() if k != "base_port"} | {"ports": ports}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, {}, tmp_path)
