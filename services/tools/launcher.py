@@ -61,8 +61,10 @@ def find_free_base_ports(count: int, start: int = 20000, host: str = "127.0.0.1"
     return found
 
 
-def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host: str = "127.0.0.1", pki_dir: Path | None = None) -> dict[str, Path]:
-    """PKI + one config file per org under root; returns org → config path."""
+def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host: str = "127.0.0.1", pki_dir: Path | None = None,
+                     policies: Mapping[str, Mapping[str, object]] | None = None) -> dict[str, Path]:
+    """PKI + one config file per org under root; returns org → config path. `policies`: an org's
+    `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins."""
     root = Path(root).resolve()
     base_ports = base_ports or DEFAULT_BASE_PORTS
     pki_dir = Path(pki_dir or root / "pki").resolve()
@@ -70,7 +72,8 @@ def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host:
     paths = {}
     for org, base in base_ports.items():
         peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, b) for o, b in base_ports.items() if o != org}
-        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers)
+        policy = dict((policies or {}).get(org, {}))
+        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers, policy)
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))
@@ -206,7 +209,8 @@ class LocalMesh:
         self.stop()
 
 
-def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, free_ports: bool = True) -> dict[str, Path]:
+def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, free_ports: bool = True,
+                   policies: Mapping[str, Mapping[str, object]] | None = None) -> dict[str, Path]:
     """Configs for the default three orgs under root, on free ports when asked (tests, bench)."""
     bases = dict(zip(orgs, find_free_base_ports(len(orgs)))) if free_ports else {o: DEFAULT_BASE_PORTS[o] for o in orgs}
-    return write_local_mesh(root, bases)
+    return write_local_mesh(root, bases, policies=policies)
