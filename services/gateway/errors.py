@@ -51,6 +51,10 @@ class NotAPartyError(StoreError):
     """The organisation has no part (or not the needed role) in the study."""
 
 
+class RunPolicyError(StoreError):
+    """A run outside the study's run policy: over its quota, or too soon after the last run."""
+
+
 class InvalidValueError(StoreError, ValueError):
     """A malformed argument: a bad id, a digest that does not match its spec, an unknown enum value."""
 
@@ -79,6 +83,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode | None], ...] = (
     (UnknownRunError, grpc.StatusCode.NOT_FOUND),
     (StaleDigestError, grpc.StatusCode.FAILED_PRECONDITION),
     (NotApprovedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RunPolicyError, grpc.StatusCode.FAILED_PRECONDITION),
     (IllegalTransitionError, grpc.StatusCode.FAILED_PRECONDITION),
     (DuplicateRunError, grpc.StatusCode.ALREADY_EXISTS),
     (NotAPartyError, grpc.StatusCode.PERMISSION_DENIED),
