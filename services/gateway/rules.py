@@ -7,9 +7,12 @@ _CLIENT = (Allow("self", "client"),)
 _PEER_GATEWAY = (Allow("peer", "gateway"),)
 _CLIENT_METHODS = (
     "CheckPeers", "ProposeStudy", "ApproveStudy", "GetStudy", "ListStudies", "StartRun",
-    "WatchRun", "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit",
+    "WatchRun", "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit", "ApproveRun",
 )  # fmt: skip
-_PEER_METHODS = ("PeerPropose", "PeerApprove", "PeerStartRun", "PeerProgress", "PeerCancelRun")
+_PEER_METHODS = (
+    "PeerPropose", "PeerApprove", "PeerStartRun", "PeerProgress", "PeerCancelRun", "PeerApproveRun",
+    "PeerRequestRunApproval",
+)  # fmt: skip
 
 GATEWAY_RULES = {
     _SVC + "GetInfo": _CLIENT + _PEER_GATEWAY,

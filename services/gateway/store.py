@@ -114,6 +114,16 @@ class Approval:
 
 
 @dataclass(frozen=True)
+class InputRecord:
+    """An owner's commitment to its input of one run, and how it compares with its previous run."""
+
+    org: str
+    commitment: str
+    previous_run_id: str = ""
+    changed: bool = False
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """A run as stored here."""
 
@@ -128,20 +138,11 @@ class RunRecord:
     started_by: str
     created_at: float
     updated_at: float
+    inputs: tuple[InputRecord, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    """An owner's commitment to its input of one run, and how it compares with its previous run."""
-
-    org: str
-    commitment: str
-    previous_run_id: str = ""
-    changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -464,14 +465,6 @@ class Store:
             ).fetchone()
         return None if row is None else InputRecord(org, row[1], previous_run_id=row[0])
 
-    def run_inputs(self, run_id: str) -> list[InputRecord]:
-        with self._tx(write=False) as db:
-            rows = db.execute(
-                "SELECT org, commitment, previous_run_id, changed FROM run_inputs WHERE run_id = ? ORDER BY org",
-                (run_id,),
-            ).fetchall()
-        return [InputRecord(o, c, p, bool(ch)) for o, c, p, ch in rows]
-
     def record_input(
         self, run_id: str, record: InputRecord, grant_id: int | None = None, audit: AuditEntry | None = None
     ) -> bool:
@@ -675,8 +668,15 @@ class Store:
             error = common_pb2.RunError(
                 phase=common_pb2.Phase.ValueType(e_phase or 0), org=e_org or "", reason=e_reason
             )
+        inputs = tuple(
+            InputRecord(o, c, p, bool(ch))
+            for o, c, p, ch in db.execute(
+                "SELECT org, commitment, previous_run_id, changed FROM run_inputs WHERE run_id = ? ORDER BY org",
+                (run_id,),
+            )
+        )
         return RunRecord(
-            rid, study_id, digest, state, phase, error, joined, trace_id, started_by, created_at, updated_at
+            rid, study_id, digest, state, phase, error, joined, trace_id, started_by, created_at, updated_at, inputs
         )
 
     # ---- results and events --------------------------------------------------------
