@@ -124,3 +124,18 @@ def test_extraction_floors_raised_after_approval_refuse_the_next_run(mesh, loop_
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "minimum intersection" in err.value.details() and ">= 5000" in err.value.details()
     assert last_action(configs["hospital"]) == "policy.refused"
+
+
+def test_the_cli_approval_screen_shows_the_floors_the_run_policy_and_who_learns_what(mesh):
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    clients, _, paths, _ = mesh
+    clients["insurer"].propose(two_patient_spec("extract-screen"), "/data/insurer.csv")
+    shown = CliRunner().invoke(app, ["study", "approve", "extract-screen", "--org", "hospital", "--config",
+                                     str(paths["hospital"]), "--source", "/data/hospital.csv", "--yes"])
+    assert shown.exit_code == 1 and "FAILED_PRECONDITION" in shown.output
+    for text in ("your organisation's disclosure floors", "minimum intersection", "local policy: >=", "refused",
+                 "run policy", "at most 10 run(s)", "what each party receives or learns", "nothing of the model"):
+        assert text in shown.output, text

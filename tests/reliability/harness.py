@@ -28,6 +28,7 @@ import psutil
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
 from services.cli.demo import sklearn_reference
+from services.gateway.audit import audit_path
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import OwnerTable, StudyData, make_study_data, reference_join
 from services.mesh.config import OrgConfig, load_config
@@ -124,7 +125,7 @@ class OrgState:
 
 def audit_rows(config: OrgConfig, after_seq: int = 0) -> list[tuple[int, str, str, str]]:
     """(seq, actor, action, details JSON) of the org's audit log, read-only from its file."""
-    path = config.state_dir / "audit.sqlite3"
+    path = audit_path(config.state_dir)
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
         return list(db.execute("SELECT seq, actor, action, details FROM audit WHERE seq > ? ORDER BY seq", (after_seq,)))
 
