@@ -32,8 +32,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from riskmesh.v1 import common_pb2, gateway_pb2
 from services.gateway import access
-from services.gateway.codec import input_to_proto
 from services.gateway.audit import AuditEntry, AuditLog
+from services.gateway.codec import input_to_proto
 from services.gateway.errors import RequestError, RunPolicyError
 from services.gateway.peer_gateways import PEER_DEADLINE_S, PeerGateways
 from services.gateway.store import InputRecord, PendingApproval, Store, StudyRecord
@@ -207,7 +207,9 @@ class Governance:
         if not access.is_owner(study.spec, caller.org) or request.input.org != caller.org:
             raise access.denied(f"{caller.org} may only ask for approval of its own runs")
         if request.spec_digest != study.digest:
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, "the run names a digest that is not the current spec's")
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION, "the run names a digest that is not the current spec's"
+            )
         if not is_commitment(request.input.commitment):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "an input commitment is 64 hex digits")
         # This organisation's own view of the change, not the caller's.

@@ -22,6 +22,7 @@ a run at every party.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 import grpc
 from opentelemetry import trace
@@ -74,7 +75,7 @@ class RunOrchestrator:
         floor = self.governance.joined_floor(spec)
         return RunPipeline(self.config, self.channels, spec, run_id, self.runs.report, min_joined=floor)
 
-    def _started(self, caller: Identity, study: StudyRecord, run_id: str, details: dict[str, object]) -> AuditEntry:
+    def _started(self, caller: Identity, study: StudyRecord, run_id: str, details: Mapping[str, object]) -> AuditEntry:
         return self.audit.entry(str(caller), "run.started", study_id=study.study_id, run_id=run_id, details=details)
 
     # This organisation starts a run --------------------------------------------------
@@ -236,8 +237,9 @@ class RunOrchestrator:
         if progress.org != caller.org:
             raise access.denied(f"{caller.org} may only report its own progress")
         self.runs.record(shared_progress(progress))
-        owner_here = access.is_owner(spec, self.config.org)  # owners get the other's commitment in the run request or its answer
-        if commitment is not None and not owner_here and commitment.org == caller.org and is_commitment(commitment.commitment):
+        # Owners get the other owner's commitment in the run request or its answer; the helper here.
+        helper_here = not access.is_owner(spec, self.config.org)
+        if helper_here and commitment is not None and commitment.org == caller.org:
             self._note_input(run, commitment)
         if error is not None:
             await self.runs.fail(run.run_id, shared_error(error), tell_peers=False)
@@ -245,7 +247,7 @@ class RunOrchestrator:
     def _note_input(self, run: RunRecord, commitment: gateway_pb2.InputCommitment) -> None:
         """Record an owner's commitment this party learns after admitting the run (the helper
         hears the other owner's this way), compared with that owner's previous run here."""
-        if any(i.org == commitment.org for i in run.inputs) or run.terminal:
+        if not is_commitment(commitment.commitment) or any(i.org == commitment.org for i in run.inputs) or run.terminal:
             return
         study = self.store.get_study(run.study_id)
         if not access.is_owner(study.spec, commitment.org):

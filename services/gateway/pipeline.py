@@ -191,7 +191,8 @@ class RunPipeline:
         except grpc.aio.AioRpcError as exc:
             span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code().name))
             reason = f"lasso: {exc.code().name}: {exc.details()}"
-            raise PhaseFailure(current, self.config.org, reason, failure_category(current, "lasso", exc.code())) from None
+            category = failure_category(current, "lasso", exc.code())
+            raise PhaseFailure(current, self.config.org, reason, category) from None
         finally:
             span.end()
         if self.joined and not result.joined:

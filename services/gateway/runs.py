@@ -119,7 +119,9 @@ class RunCoordinator:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), WATCH_POLL_S)
 
-    async def report(self, progress: common_pb2.Progress, commitment: gateway_pb2.InputCommitment | None = None) -> None:
+    async def report(
+        self, progress: common_pb2.Progress, commitment: gateway_pb2.InputCommitment | None = None
+    ) -> None:
         """This org's own progress: record it and tell the other parties (with this owner's
         input commitment, once, after its setup)."""
         self.record(progress)
@@ -177,7 +179,7 @@ class RunCoordinator:
                     if misses[org] >= WATCHDOG_MISSES:
                         phase = self.store.get_run(run_id).phase
                         reason = f"lost contact with {org}'s gateway"
-                        raise PhaseFailure(phase, org, reason, reason)
+                        raise PhaseFailure(phase, org, reason, reason) from None
 
     async def _run_watched(self, run_id: str, body: RunBody) -> lasso_pb2.ModelResult:
         work = asyncio.ensure_future(body())
@@ -228,7 +230,8 @@ class RunCoordinator:
             return False
         details: dict[str, object] = {"joined": joined or current.joined}
         if error is not None:
-            error = common_pb2.RunError(phase=error.phase, org=clean_text(error.org, 64), reason=clean_text(error.reason, 500))
+            org, reason = clean_text(error.org, 64), clean_text(error.reason, 500)
+            error = common_pb2.RunError(phase=error.phase, org=org, reason=reason)
             details.update(phase=common_pb2.Phase.Name(error.phase), org=error.org, reason=clean_text(error.reason))
         actor = f"spiffe://{self.config.org}/gateway"
         entry = self.audit.entry(actor, END_ACTIONS[state], study_id=current.study_id, run_id=run_id, details=details)
@@ -246,7 +249,8 @@ class RunCoordinator:
         parties, when told, hear only the phase, the org and `category` (default: the reason)."""
         if not self._finish(run_id, common_pb2.RUN_STATE_FAILED, error=error):
             return
-        log.warning("run %s failed in %s at %s: %s", run_id, common_pb2.Phase.Name(error.phase), error.org, error.reason)
+        phase = common_pb2.Phase.Name(error.phase)
+        log.warning("run %s failed in %s at %s: %s", run_id, phase, error.org, error.reason)  # stays here
         self._cancel_task(run_id)
         if tell_peers:
             progress = self._progress(run_id, error.phase, common_pb2.RUN_STATE_FAILED, "failed")

@@ -222,7 +222,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             predictions = self.results.predict(request.run_id, [dict(r.values) for r in request.records])
             return gateway_pb2.PredictResponse(predictions=predictions)
 
-    async def ApproveRun(self, request: gateway_pb2.ApproveRunRequest, context: Context) -> gateway_pb2.ApproveRunResponse:
+    async def ApproveRun(
+        self, request: gateway_pb2.ApproveRunRequest, context: Context
+    ) -> gateway_pb2.ApproveRunResponse:
         async with self._errors(context):
             if request.commitment and not is_commitment(request.commitment):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "an input commitment is 64 hex digits")

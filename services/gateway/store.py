@@ -50,8 +50,8 @@ from services.gateway.errors import (
     DuplicateRunError,
     IllegalTransitionError,
     InvalidValueError,
-    NotApprovedError,
     NotAPartyError,
+    NotApprovedError,
     RunPolicyError,
     StaleDigestError,
     UnknownRunError,
@@ -71,8 +71,9 @@ FAILED = common_pb2.RUN_STATE_FAILED
 CANCELLED = common_pb2.RUN_STATE_CANCELLED
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # A run counts towards the quota unless it ended while this organisation was still in setup.
-COUNTED = "NOT (r.state IN (%d, %d) AND r.phase IN (%d, %d))" % (
-    FAILED, CANCELLED, common_pb2.PHASE_UNSPECIFIED, common_pb2.PHASE_SETUP
+COUNTED = (
+    f"NOT (r.state IN ({FAILED}, {CANCELLED})"
+    f" AND r.phase IN ({common_pb2.PHASE_UNSPECIFIED}, {common_pb2.PHASE_SETUP}))"
 )
 SECRET_BYTES = 32
 ACTIVE_STATES = frozenset({PENDING, RUNNING})
@@ -496,7 +497,9 @@ class Store:
         with self._tx() as db:
             study = self._study(db, study_id)
             if digest != study.digest:
-                raise StaleDigestError(f"study {study_id!r}: the run approval names a digest that is not the current spec's")
+                raise StaleDigestError(
+                    f"study {study_id!r}: the run approval names a digest that is not the current spec's"
+                )
             owners = owner_orgs(study.spec)
             if org not in owners or approved_by not in owners or org == approved_by:
                 raise NotAPartyError("a run approval is given by one data owner for the other's runs")

@@ -100,7 +100,8 @@ class DisclosurePolicy:
                   penalty >= self.min_relative_penalty),
             Check("model kind", " | ".join(self.model_kinds), kind, kind in self.model_kinds),
             Check("optional reveals", " | ".join(self.reveals) or "none", ", ".join(asked) or "none", not beyond),
-            Check("runs", f"<= {self.max_runs}", str(spec.run_policy.max_runs), spec.run_policy.max_runs <= self.max_runs),
+            Check("runs", f"<= {self.max_runs}", str(spec.run_policy.max_runs),
+                  spec.run_policy.max_runs <= self.max_runs),
         ]
 
     def refusals(self, spec: common_pb2.StudySpec) -> list[Check]:

@@ -28,7 +28,7 @@ def canonical_rows(table: OwnerTable) -> list[bytes]:
     """One line per row: canonical ID, then every value in hexadecimal float notation, sorted."""
     lines = [
         "\t".join([cid, *(float(v).hex() for v in row)]).encode("utf-8")
-        for cid, row in zip(table.ids, table.values.tolist())
+        for cid, row in zip(table.ids, table.values.tolist(), strict=True)
     ]
     lines.sort()
     return lines
