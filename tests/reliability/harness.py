@@ -40,6 +40,7 @@ from tests.reliability.instrument import RECORD_DIR_ENV, RECORDING_FLAG, TAG_KEY
 ORGS = ("insurer", "hospital", "helper")
 OWNERS = ("insurer", "hospital")
 ALPHA = 0.05
+MAX_RUNS = 200  # runs of one study the suites may make (the default run policy allows 10)
 CALL_S = 30.0
 PHASE_ORDER = [common_pb2.PHASE_SETUP, common_pb2.PHASE_HASHING_ENCRYPTION, common_pb2.PHASE_INTERSECTION, common_pb2.PHASE_RESHARING,
                common_pb2.PHASE_INPUT, common_pb2.PHASE_GRAM, common_pb2.PHASE_ITERATIONS, common_pb2.PHASE_REVEAL]
@@ -150,7 +151,8 @@ class Mesh:
         record_dir = root / "records"
         record_dir.mkdir(parents=True, exist_ok=True)
         mesh = cls(root, record_dir)
-        mesh.configs = local_mesh_for(root / "mesh")
+        # The fault suite runs one study dozens of times: a run policy and local ceiling to match.
+        mesh.configs = local_mesh_for(root / "mesh", policies={org: {"max_runs": MAX_RUNS} for org in ORGS})
         mesh.orgs = {org: load_config(path, env={}) for org, path in mesh.configs.items()}
         prefix = (sys.executable, "-m", "tests.reliability.instrument", "--")
         placements = {org: OrgPlacement(command_prefix=prefix, env={RECORD_DIR_ENV: str(record_dir)}) for org in ORGS}
@@ -195,7 +197,8 @@ class Mesh:
         return study.spec_digest
 
     def approve_known(self, known: KnownData, study_id: str) -> str:
-        return self.approve(spec_for(known.data, study_id, alphas=[ALPHA]), known.sources)
+        spec = spec_for(known.data, study_id, alphas=[ALPHA], run_policy=common_pb2.RunPolicy(max_runs=MAX_RUNS))
+        return self.approve(spec, known.sources)
 
     def start_run(self, study_id: str, by: str = "insurer") -> str:
         return self.gateway(by).StartRun(gateway_pb2.StartRunRequest(study_id=study_id), timeout=CALL_S, wait_for_ready=True).run.run_id
