@@ -67,7 +67,7 @@ class Coefficient(_message.Message):
     value: _builtins.float
     """Coefficient on the original scale of the feature."""
     standardized_value: _builtins.float
-    """Coefficient on the standardised scale (set when the study standardises)."""
+    """Coefficient on the standardised scale (set when the study standardises and reveals it)."""
     def __init__(
         self,
         *,
