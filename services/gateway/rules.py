@@ -10,9 +10,12 @@ _CONSOLE = (Allow("self", "console"),)
 _PEER_GATEWAY = (Allow("peer", "gateway"),)
 _CLIENT_METHODS = (
     "CheckPeers", "ProposeStudy", "ApproveStudy", "GetStudy", "ListStudies", "StartRun",
-    "WatchRun", "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit", "ListAudit",
+    "WatchRun", "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit", "ListAudit", "ApproveRun",
 )  # fmt: skip
-_PEER_METHODS = ("PeerPropose", "PeerApprove", "PeerStartRun", "PeerProgress", "PeerCancelRun")
+_PEER_METHODS = (
+    "PeerPropose", "PeerApprove", "PeerStartRun", "PeerProgress", "PeerCancelRun", "PeerApproveRun",
+    "PeerRequestRunApproval",
+)  # fmt: skip
 
 GATEWAY_RULES = {
     _SVC + "GetInfo": _CLIENT + _CONSOLE + _PEER_GATEWAY,

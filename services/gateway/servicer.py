@@ -23,17 +23,19 @@ from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway import access, codec
 from services.gateway.audit import AuditLog
 from services.gateway.errors import RequestError, mapped_errors
+from services.gateway.governance import Governance, is_commitment
 from services.gateway.orchestration import RunOrchestrator
 from services.gateway.peer_gateways import PeerGateways
 from services.gateway.results import Results
 from services.gateway.runs import RunCoordinator
-from services.gateway.store import Store
+from services.gateway.store import Store, StudyRecord
 from services.gateway.studies import StudyLifecycle
 from services.mesh.authz import current_caller, current_method
 from services.mesh.config import OrgConfig
 from services.mesh.identity import Identity
 from services.mesh.peers import Channels
 from services.mesh.tls import MeshCredentials
+from services.study import policy as policies
 from services.study import spec as specs
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -49,8 +51,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         channels = Channels(config, credentials)
         self.peers = PeerGateways(config, channels)
         self.runs = RunCoordinator(config, channels, store, audit)
-        self.studies = StudyLifecycle(config, store, audit, self.peers)
-        self.orchestrator = RunOrchestrator(config, channels, store, audit, self.peers, self.runs)
+        self.governance = Governance(config, store, audit, self.peers)
+        self.studies = StudyLifecycle(config, store, audit, self.peers, self.governance)
+        self.orchestrator = RunOrchestrator(config, channels, store, audit, self.peers, self.runs, self.governance)
         self.results = Results(config.org, store, audit)
 
     def _errors(self, context: Context) -> contextlib.AbstractAsyncContextManager[None]:
@@ -67,6 +70,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         caller = current_caller.get()
         assert caller is not None, "the authorisation interceptor sets the caller"
         return caller
+
+    def _study(self, study: StudyRecord) -> gateway_pb2.Study:
+        """A study as this organisation sees it: its runs against the run policy, its own
+        disclosure floors against the spec, and what each party will learn."""
+        return codec.study_to_proto(
+            study,
+            self.governance.status(study),
+            self.governance.policy_checks(study.spec),
+            policies.disclosures(study.spec),
+        )
 
     def _checked_spec(self, spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
         """A proposed spec, normalised, valid, and naming this mesh's organisations in their roles."""
@@ -99,7 +112,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         async with self._errors(context):
             spec = self._checked_spec(request.spec)
             study = await self.studies.propose(spec, request.source_path or None, self._caller())
-            return gateway_pb2.ProposeStudyResponse(study=codec.study_to_proto(study))
+            return gateway_pb2.ProposeStudyResponse(study=self._study(study))
 
     async def PeerPropose(
         self, request: gateway_pb2.PeerProposeRequest, context: Context
@@ -122,7 +135,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             study = await self.studies.approve(
                 request.study_id, request.spec_digest, request.source_path, self._caller()
             )
-            return gateway_pb2.ApproveStudyResponse(study=codec.study_to_proto(study))
+            return gateway_pb2.ApproveStudyResponse(study=self._study(study))
 
     async def PeerApprove(
         self, request: gateway_pb2.PeerApproveRequest, context: Context
@@ -133,12 +146,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def GetStudy(self, request: gateway_pb2.GetStudyRequest, context: Context) -> gateway_pb2.GetStudyResponse:
         async with self._errors(context):
-            return gateway_pb2.GetStudyResponse(study=codec.study_to_proto(self.store.get_study(request.study_id)))
+            return gateway_pb2.GetStudyResponse(study=self._study(self.store.get_study(request.study_id)))
 
     async def ListStudies(
         self, request: gateway_pb2.ListStudiesRequest, context: Context
     ) -> gateway_pb2.ListStudiesResponse:
-        return gateway_pb2.ListStudiesResponse(studies=[codec.study_to_proto(s) for s in self.store.list_studies()])
+        return gateway_pb2.ListStudiesResponse(studies=[self._study(s) for s in self.store.list_studies()])
 
     # Runs ----------------------------------------------------------------------------
 
@@ -151,11 +164,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.PeerStartRunRequest, context: Context
     ) -> gateway_pb2.PeerStartRunResponse:
         async with self._errors(context):
-            keys = await self.orchestrator.join(request, self._caller())
-            if keys is None:  # the helper has no keys to hand over
+            mine = await self.orchestrator.join(request, self._caller())
+            if mine is None:  # the helper has no keys to hand over
                 return gateway_pb2.PeerStartRunResponse()
             return gateway_pb2.PeerStartRunResponse(
-                x25519_public_key=keys.x25519_public_key, paillier_key=keys.paillier_key
+                x25519_public_key=mine.keys.x25519_public_key,
+                paillier_key=mine.keys.paillier_key,
+                input=gateway_pb2.InputCommitment(org=self.config.org, commitment=mine.commitment),
             )
 
     async def PeerProgress(
@@ -168,7 +183,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             unknown_error_phase = error is not None and error.phase not in phases
             if progress.phase not in phases or progress.state not in states or unknown_error_phase:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "the progress names an unknown phase or run state")
-            await self.orchestrator.accept_progress(progress, error, self._caller())
+            commitment = request.input if request.HasField("input") else None
+            await self.orchestrator.accept_progress(progress, error, commitment, self._caller())
             return gateway_pb2.PeerProgressResponse()
 
     async def WatchRun(
@@ -207,6 +223,31 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         async with self._errors(context):
             predictions = self.results.predict(request.run_id, [dict(r.values) for r in request.records])
             return gateway_pb2.PredictResponse(predictions=predictions)
+
+    async def ApproveRun(
+        self, request: gateway_pb2.ApproveRunRequest, context: Context
+    ) -> gateway_pb2.ApproveRunResponse:
+        async with self._errors(context):
+            if request.commitment and not is_commitment(request.commitment):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "an input commitment is 64 hex digits")
+            study = await self.governance.approve_run(request.study_id, request.org, request.commitment, self._caller())
+            return gateway_pb2.ApproveRunResponse(study=self._study(study))
+
+    async def PeerApproveRun(
+        self, request: gateway_pb2.PeerApproveRunRequest, context: Context
+    ) -> gateway_pb2.PeerApproveRunResponse:
+        async with self._errors(context):
+            if request.commitment and not is_commitment(request.commitment):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "an input commitment is 64 hex digits")
+            self.governance.accept_run_approval(request, self._caller())
+            return gateway_pb2.PeerApproveRunResponse()
+
+    async def PeerRequestRunApproval(
+        self, request: gateway_pb2.PeerRequestRunApprovalRequest, context: Context
+    ) -> gateway_pb2.PeerRequestRunApprovalResponse:
+        async with self._errors(context):
+            self.governance.accept_approval_request(request, self._caller())
+            return gateway_pb2.PeerRequestRunApprovalResponse()
 
     async def VerifyAudit(
         self, request: gateway_pb2.VerifyAuditRequest, context: Context

@@ -1,7 +1,8 @@
 """EncryptionService (data owners): the hashing/encryption step of the secure join.
 
-PrepareEncryption reads and validates the owner's local CSV (it never leaves the org)
-and makes an ephemeral X25519 key; RunEncryption derives the tag key with the other
+PrepareEncryption reads and validates the owner's local CSV (it never leaves the org),
+commits to it (HMAC under the owner's per-study secret, core/commitment.py) and makes an
+ephemeral X25519 key; RunEncryption derives the tag key with the other
 owner's X25519 key (HKDF info = study id + run id), tags, encodes, packs, builds the
 randomness pool under the other owner's Paillier key (offline part), encrypts, shuffles
 and streams (tag, ciphertexts) to the helper in chunks.
@@ -24,6 +25,7 @@ from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
 from services.join.common import chunked, join_errors
 from services.join.core import keys
+from services.join.core.commitment import input_commitment
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
 from services.join.core.packing import SlotLayout
@@ -75,9 +77,11 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 target=target,
             )
             agreement = keys.new_agreement_key()
+            commitment = input_commitment(table, request.commitment_key) if request.commitment_key else ""
             self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)
             log.info("run %s: %d rows validated", request.run_id, len(table.ids))
-            return join_pb2.PrepareEncryptionResponse(x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids))
+            return join_pb2.PrepareEncryptionResponse(
+                x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids), input_commitment=commitment)
 
     async def RunEncryption(self, request, context) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
         prepared = self.prepared.pop(request.run_id, None)

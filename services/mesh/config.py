@@ -22,6 +22,9 @@ Read once per process (`load_config`) and passed to whatever needs it.
     [peers.hospital.addresses]     # optional per-server overrides
     gateway = "gw.hospital.example:443"
 
+    [policy]                       # optional: this org's disclosure floors (services/study/policy.py)
+    min_intersection = 100         # or policy_file = "policy.toml" (the same keys, at top level)
+
 Environment overrides: RISKMESH_CONFIG (the file), RISKMESH_PKI_DIR, RISKMESH_STATE_DIR,
 RISKMESH_BIND_HOST, and RISKMESH_ADDR_<ORG>_<SERVER> (e.g. RISKMESH_ADDR_HOSPITAL_GATEWAY).
 """
@@ -89,6 +92,8 @@ class OrgConfig:
     addresses: Mapping[str, str]
     peers: Mapping[str, OrgEndpoint]
     ports: Mapping[str, ServerPorts] = field(default_factory=dict)  # base_port (then unused) is 0 when these cover every server
+    # This org's disclosure policy as written (checked by services.study.policy); {} = the defaults.
+    policy: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -178,6 +183,25 @@ def _ports(table: Mapping[str, object]) -> dict[str, ServerPorts]:
     return out
 
 
+def _policy(data: Mapping[str, object], base: Path) -> dict[str, object]:
+    """The `[policy]` table, or the top level of the TOML file `policy_file` names (not both)."""
+    if "policy" in data and "policy_file" in data:
+        raise ConfigError("config: give either a [policy] table or policy_file, not both")
+    if "policy_file" in data:
+        path = Path(str(data["policy_file"]))
+        path = path if path.is_absolute() else base / path
+        try:
+            return dict(tomllib.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"policy file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+    table = data.get("policy", {})
+    if not isinstance(table, dict):
+        raise ConfigError("config: policy must be a table")
+    return dict(table)
+
+
 def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path) -> OrgConfig:
     org = str(_require(data, "org", "config"))
     role = _role(_require(data, "role", "config"), "config")
@@ -206,6 +230,7 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
         addresses=_addresses(org, data.get("addresses", {}), env),  # type: ignore[arg-type]
         peers=peers,
         ports=ports,
+        policy=_policy(data, base),
     )
     roles = [config.role_of(o) for o in [org, *peers]]
     if roles.count("helper") > 1:
@@ -245,4 +270,19 @@ def render_config(config: OrgConfig) -> str:
         lines += ["", f"[peers.{peer.org}]", f'role = "{peer.role}"', f'host = "{peer.host}"', f"base_port = {peer.base_port}"]
         if peer.addresses:
             lines += [f"[peers.{peer.org}.addresses]"] + [f'{k} = "{v}"' for k, v in peer.addresses.items()]
+    if config.policy:
+        lines += ["", "[policy]"] + [f"{k} = {_toml_value(v)}" for k, v in config.policy.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    """A policy value as TOML: a number, a string, or a list of strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    raise ConfigError(f"policy value {value!r} cannot be written as TOML")

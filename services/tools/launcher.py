@@ -72,9 +72,10 @@ def reserve_server_ports(servers: tuple[str, ...], host: str = "127.0.0.1") -> d
 
 
 def write_local_mesh(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, host: str = "127.0.0.1", pki_dir: Path | None = None,
-                     reserve_ports: bool = False) -> dict[str, Path]:
+                     reserve_ports: bool = False, policies: Mapping[str, Mapping[str, object]] | None = None) -> dict[str, Path]:
     """PKI + one config file per org under root; returns org → config path. Servers listen
-    on DEFAULT_BASE_PORTS, or with `reserve_ports` on ports this process reserves."""
+    on DEFAULT_BASE_PORTS, or with `reserve_ports` on ports this process reserves. `policies`:
+    an org's `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins."""
     root = Path(root).resolve()
     pki_dir = Path(pki_dir or root / "pki").resolve()
     init_pki(pki_dir, orgs)
@@ -84,7 +85,9 @@ def write_local_mesh(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, host: str
     for org in orgs:
         peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, base[o], {s: f"{host}:{p.mtls}" for s, p in ports[o].items()})
                  for o in orgs if o != org}
-        config = OrgConfig(org, DEFAULT_ROLES[org], host, base[org], pki_dir, root / org / "state", {}, peers, ports[org])
+        policy = dict((policies or {}).get(org, {}))
+        config = OrgConfig(org, DEFAULT_ROLES[org], host, base[org], pki_dir, root / org / "state", {}, peers,
+                           ports=ports[org], policy=policy)
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))
@@ -244,9 +247,10 @@ class LocalMesh:
         self.stop()
 
 
-def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS) -> dict[str, Path]:
+def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS,
+                   policies: Mapping[str, Mapping[str, object]] | None = None) -> dict[str, Path]:
     """Configs for the default three orgs under root, on ports this process reserves (tests, bench, demo)."""
-    return write_local_mesh(root, orgs, reserve_ports=True)
+    return write_local_mesh(root, orgs, reserve_ports=True, policies=policies)
 
 
 class Interrupted(KeyboardInterrupt):

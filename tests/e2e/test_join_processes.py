@@ -105,7 +105,7 @@ class Study:
 
 def make_study(root: Path, records: int, bits: int, features: int = 10, study_id: str = "join-e2e") -> Study:
     data = make_study_data(records, overlap=0.5, features=features)
-    spec = spec_for(data, study_id)
+    spec = spec_for(data, study_id, min_intersection=10)  # small joins: the floors are the gateways' job
     spec.paillier_bits = bits
     root.mkdir(parents=True, exist_ok=True)
     return Study(data, spec, {t.org: t.write_csv(root / f"{t.org}.csv") for t in (data.insurer, data.hospital)})

@@ -173,7 +173,7 @@ class Study:
 
 def make_study(root: Path, records: int, overlap: float = 0.5, study_id: str = "join-it", seed: int = 7) -> Study:
     data = make_study_data(records, overlap=overlap, features=10, seed=seed)
-    spec = spec_for(data, study_id)
+    spec = spec_for(data, study_id, min_intersection=10)  # small joins: the floors are the gateways' job
     spec.paillier_bits = BITS
     root.mkdir(parents=True, exist_ok=True)
     sources = {t.org: t.write_csv(root / f"{t.org}.csv") for t in (data.insurer, data.hospital)}

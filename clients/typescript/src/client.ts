@@ -135,6 +135,16 @@ export class GatewayClient {
     return required((await this.unary(this.stub.approveStudy, { studyId, specDigest, sourcePath })).study, "ApproveStudy.study");
   }
 
+  /**
+   * Approve the other data owner's next run (org: default the other owner): its waiting changed
+   * input, or the given input commitment, or else any input unchanged since its previous run.
+   * The returned study's `governance` lists the approvals not used yet and the runs waiting.
+   */
+  async approveRun(studyId: string, org = "", commitment = ""): Promise<Study> {
+    return required((await this.unary(this.stub.approveRun, { studyId, org, commitment })).study, "ApproveRun.study");
+  }
+
+  /** A study with this organisation's run governance, its disclosure floors checked against the spec, and who learns what. */
   async getStudy(studyId: string): Promise<Study> {
     return required((await this.unary(this.stub.getStudy, { studyId })).study, "GetStudy.study");
   }

@@ -123,7 +123,7 @@ class WorkerSession:
             raise WorkerError("no run request before the inputs")
         request = lasso_pb2.RunLassoRequest.FromString(self._start)
         orgs = party_orgs(request.spec)
-        context = RunContext(request.run_id, request.spec, self.mpc.pid, orgs, decode_blocks(request.run_id, self._inputs), self.report)
+        context = RunContext(request.run_id, request.spec, self.mpc.pid, orgs, decode_blocks(request.run_id, self._inputs), self.report, request.min_joined)
         self._inputs = []
         self.transport.install()
         await self.mpc.start()

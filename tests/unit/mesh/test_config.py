@@ -90,3 +90,25 @@ def test_bad_ports_are_refused_with_a_clear_message(tmp_path, ports, message):
     data = {k: v for k, v in BASE.items() if k != "base_port"} | {"ports": ports}
     with pytest.raises(ConfigError, match=message):
         parse_config(data, {}, tmp_path)
+
+
+def test_policy_comes_from_the_table_or_a_policy_file_and_survives_rendering(tmp_path):
+    table = {"min_intersection": 500, "reveals": ["joined_count"], "min_relative_penalty": 1e-4}
+    config = parse_config({**BASE, "policy": table}, {}, tmp_path)
+    assert dict(config.policy) == table
+    (tmp_path / "policy.toml").write_text('min_intersection = 500\nreveals = ["joined_count"]\nmin_relative_penalty = 1e-4\n')
+    assert dict(parse_config({**BASE, "policy_file": "policy.toml"}, {}, tmp_path).policy) == table
+    path = tmp_path / "org.toml"
+    path.write_text(render_config(config))
+    assert dict(load_config(path, env={}).policy) == table
+    assert parse_config(BASE, {}, tmp_path).policy == {}
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"policy": {"a": 1}, "policy_file": "p.toml"}, "either a \\[policy\\] table or policy_file"),
+    ({"policy_file": "missing.toml"}, "policy file not found"),
+    ({"policy": 3}, "policy must be a table"),
+])
+def test_bad_policy_config_is_refused(tmp_path, broken, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**BASE, **broken}, {}, tmp_path)
