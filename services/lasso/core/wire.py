@@ -22,6 +22,7 @@ starts with 0x80, which is no kind. Error messages name the rule, never a value.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Sequence
 from itertools import repeat
@@ -55,6 +56,32 @@ _HEAD = struct.Struct("<BBB")
 
 class WireError(ValueError):
     """Bytes from an MPC peer are not a well-formed message (the message names the rule)."""
+
+
+class PeerDataError(WireError):
+    """A message from MPC party `peer` was refused (names the party and the rule)."""
+
+    def __init__(self, peer: int, reason: str) -> None:
+        super().__init__(f"MPC party {peer} sent a malformed message: {reason}")
+        self.peer = peer
+
+
+class PeerMessage(bytes):
+    """A message as received from MPC party `peer`: the worker's transport labels each one,
+    so a refusal deep inside MPyC still names who sent it."""
+
+    peer: int
+
+
+def from_peer(payload: bytes, peer: int) -> PeerMessage:
+    message = PeerMessage(payload)
+    message.peer = peer
+    return message
+
+
+def _refused(data: bytes, exc: WireError) -> WireError:
+    peer = getattr(data, "peer", None)
+    return exc if peer is None or isinstance(exc, PeerDataError) else PeerDataError(peer, str(exc))
 
 
 # ---- header -------------------------------------------------------------------------------
@@ -115,6 +142,8 @@ def width_for(modulus: int) -> int:
 
 
 def _as_ints(values: Any) -> tuple[Sequence[int], tuple[int, ...]]:
+    if isinstance(values, list):  # not through numpy: it makes floats of ints in [2^63, 2^64)
+        return values, (len(values),)
     array = np.asarray(values)
     if array.dtype != object and not np.issubdtype(array.dtype, np.integer):
         raise WireError(f"cannot send an array of {array.dtype} to an MPC peer")
@@ -134,9 +163,12 @@ def encode_ints(values: Any, width: int | None = None) -> bytes:
     if len(shape) > MAX_NDIM or not 1 <= width <= MAX_WIDTH or len(ints) > MAX_ELEMENTS:
         raise WireError("array too large for an MPC message")
     try:
-        body = b"".join(map(int.to_bytes, ints, repeat(width), repeat("little")))
-    except TypeError:  # numpy or gmpy2 integers inside an object array
-        body = b"".join(int(v).to_bytes(width, "little") for v in ints)
+        try:
+            body = b"".join(map(int.to_bytes, ints, repeat(width), repeat("little")))
+        except TypeError:  # numpy or gmpy2 integers (never floats: index() refuses them)
+            body = b"".join(operator.index(v).to_bytes(width, "little") for v in ints)
+    except TypeError:
+        raise WireError("cannot send a value that is not an integer to an MPC peer") from None
     except OverflowError:
         raise WireError("a value is negative or wider than the element width") from None
     return _header(FIELD, width, shape) + body
@@ -191,6 +223,13 @@ def _object_array(ints: list[int], shape: tuple[int, ...]) -> ObjectArray:
 
 def loads(data: bytes) -> Any:
     """Decode a message: an object array of ints, bytes or an int. Stands in for `pickle.loads`."""
+    try:
+        return _loads(data)
+    except WireError as exc:
+        raise _refused(data, exc) from None
+
+
+def _loads(data: bytes) -> Any:
     kind, width, shape, offset = parse_header(data)
     body = memoryview(data)[offset:]
     if kind == BYTES:
@@ -206,6 +245,13 @@ def decode_values(data: bytes, modulus: int, count: int | None = None) -> list[i
 
     With `count`, the message must hold exactly that many elements (checked before decoding).
     """
+    try:
+        return _decode_values(data, modulus, count)
+    except WireError as exc:
+        raise _refused(data, exc) from None
+
+
+def _decode_values(data: bytes, modulus: int, count: int | None) -> list[int]:
     kind, width, shape, offset = parse_header(data)
     if kind != FIELD:
         raise WireError(f"expected a field array, got a {KINDS[kind]}")

@@ -70,14 +70,6 @@ def prf_words(key: bytes, uci: bytes, n: int, bits: int) -> ObjectArray:
     return out
 
 
-class PeerDataError(ValueError):
-    """A peer's message does not fit the field operation that awaits it (names the party and the rule)."""
-
-    def __init__(self, peer: int, reason: str) -> None:
-        super().__init__(f"MPC party {peer} sent a malformed message: {reason}")
-        self.peer = peer
-
-
 class FieldOps:
     """Secure operations in the prime field of the MPyC secure type ``stype``."""
 
@@ -183,8 +175,10 @@ class FieldOps:
         """A peer's message of `count` elements of this field (wire format; values < p)."""
         try:
             return wire.decode_field(data, self.p, count)
+        except wire.PeerDataError:
+            raise
         except wire.WireError as exc:
-            raise PeerDataError(peer, str(exc)) from None
+            raise wire.PeerDataError(peer, str(exc)) from None
 
     def _vector(self, xs: tuple[int, ...]) -> list[int]:
         """Lagrange coefficients for reconstructing f(0) from f at the points ``xs``."""

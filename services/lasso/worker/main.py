@@ -39,7 +39,6 @@ from services.lasso.worker.frames import Failed, Frame, Input, InputEnd, Report,
 from services.lasso.core.wire import WireError
 from services.lasso.worker.link import open_link
 from services.lasso.mpc.runtime import create_runtime
-from services.lasso.mpc.secure_ops import PeerDataError
 from services.lasso.core.parties import PARTIES, party_orgs
 from services.lasso.worker.program import Program, ProgramError, RunContext, load_program
 from services.lasso.core.blocks import ShareError, decode_blocks
@@ -144,7 +143,7 @@ class WorkerSession:
 
 def failure_reason(exc: BaseException) -> str:
     """A reason that names what failed, never a value (messages of foreign exceptions may hold data)."""
-    if isinstance(exc, (PeerLostError, WorkerError, ProgramError, ShareError, RegressionSpecError, WireError, PeerDataError)):
+    if isinstance(exc, (PeerLostError, WorkerError, ProgramError, ShareError, RegressionSpecError, WireError)):
         return str(exc)
     return f"the MPC computation raised {type(exc).__name__}"
 

@@ -34,6 +34,7 @@ import asyncio
 import time
 from typing import Any, Callable, Protocol
 
+from services.lasso.core import wire
 from services.lasso.worker.frames import Close, Dial, Frame, PeerClosed, PeerLost, PeerUp, Recv, Send
 
 # MPyC counts 12 header bytes (pc + length) per message in nbytes_sent; kept for its statistics.
@@ -100,6 +101,7 @@ class Exchanger:
         Raises PeerLostError when the peer sent a second message for a buffered round or
         more than the caps ahead of the computation (the caller fails the run).
         """
+        payload = wire.from_peer(payload, self.peer_pid)
         waiting = self._buffers.get(pc)
         if isinstance(waiting, asyncio.Future):
             del self._buffers[pc]

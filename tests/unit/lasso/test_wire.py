@@ -30,6 +30,7 @@ def test_mpycs_objects_round_trip() -> None:
     assert (wire.loads(wire.dumps(matrix)) == matrix).all() and wire.loads(wire.dumps(matrix)).shape == (3, 4)
     assert list(wire.loads(wire.dumps(np.arange(5, dtype=np.int64)))) == [0, 1, 2, 3, 4]
     assert list(wire.loads(wire.dumps([3, 1 << 100]))) == [3, 1 << 100]
+    assert list(wire.loads(wire.dumps([1 << 63, 1]))) == [1 << 63, 1]  # numpy would make floats of these
     assert wire.loads(wire.dumps(b"\x00digest")) == b"\x00digest"
     for pid in (0, 2, -1, 1 << 70):
         assert wire.loads(wire.dumps(pid)) == pid
@@ -42,6 +43,9 @@ def test_anything_else_is_refused_by_type_name() -> None:
             wire.dumps(obj)
     with pytest.raises(wire.WireError, match="negative or wider"):
         wire.encode_ints([-1], 4)
+    with pytest.raises(wire.WireError, match="not an integer"):
+        wire.dumps([1, 2.5])
+    assert list(wire.loads(wire.dumps(np.array([np.int64(7), 1 << 70], dtype=object)))) == [7, 1 << 70]
 
 
 @pytest.mark.parametrize(
@@ -105,3 +109,12 @@ def test_pickles_are_never_unpickled(tmp_path: Path) -> None:
 def test_the_attack_payloads_are_real_pickles(tmp_path: Path) -> None:
     for data in (payloads.canary_pickle(tmp_path / "canary"), payloads.dtype_out_of_bounds(), payloads.dtype_fake_object(), payloads.pickled_billion_elements()):
         payloads.assert_is_pickle(data)
+
+
+def test_a_refusal_names_the_party_a_labelled_message_came_from() -> None:
+    with pytest.raises(wire.PeerDataError, match=r"^MPC party 2 sent a malformed message: unknown message kind 128$") as err:
+        wire.loads(wire.from_peer(b"\x80\x04junk", 2))
+    assert err.value.peer == 2
+    with pytest.raises(wire.PeerDataError, match=r"^MPC party 1 sent a malformed message: a value is not below"):
+        wire.decode_values(wire.from_peer(wire.encode_ints([P], 21), 1), P)
+    assert wire.loads(wire.from_peer(wire.dumps(b"ok"), 1)) == b"ok"

@@ -245,3 +245,13 @@ def test_a_flood_before_mpyc_starts_is_capped_too(monkeypatch):
         assert "before the computation started" in str(transport.failure.result())
 
     run(main())
+
+
+def test_delivered_messages_are_labelled_with_their_sender():
+    async def main():
+        rt, transport, _ = await started_transport(0)
+        transport.on_frame(Recv(2, 4, b"m"))
+        message = rt.parties[2].protocol.receive(4)
+        assert message == b"m" and message.peer == 2
+
+    run(main())
