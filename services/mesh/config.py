@@ -12,10 +12,13 @@ Read once per process (`load_config`) and passed to whatever needs it.
     [addresses]                    # optional: how this org's own servers are dialled
     encryption = "riskmesh-encryption:7101"
 
+    ca_sha256 = "AB:CD:…"          # this org's own CA: SHA-256 fingerprint of its certificate
+
     [peers.hospital]
     role = "data_owner"
     host = "127.0.0.1"
     base_port = 7200
+    ca_sha256 = "12:34:…"          # the hospital's CA, as the hospital sent it (pinned)
     [peers.hospital.addresses]     # optional per-server overrides
     gateway = "gw.hospital.example:443"
 
@@ -53,6 +56,7 @@ class OrgEndpoint:
     host: str
     base_port: int
     addresses: Mapping[str, str] = field(default_factory=dict)
+    ca_sha256: str = ""  # the pinned fingerprint of this org's CA ("" = not pinned)
 
     def address(self, server: str) -> str:
         if server not in SERVER_OFFSETS:
@@ -76,6 +80,14 @@ class OrgConfig:
     state_dir: Path
     addresses: Mapping[str, str]
     peers: Mapping[str, OrgEndpoint]
+    ca_sha256: str = ""  # the pinned fingerprint of this org's own CA
+
+    @property
+    def ca_pins(self) -> dict[str, str]:
+        """Org → pinned CA fingerprint, for every org (own included) that has one."""
+        pins = {self.org: self.ca_sha256} if self.ca_sha256 else {}
+        pins.update({org: peer.ca_sha256 for org, peer in self.peers.items() if peer.ca_sha256})
+        return pins
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -149,6 +161,7 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
             host=str(raw.get("host", "127.0.0.1")),
             base_port=int(raw.get("base_port", 0)),
             addresses=_addresses(name, raw.get("addresses", {}), env),
+            ca_sha256=str(raw.get("ca_sha256", "")),
         )
     pki_dir = Path(env.get("RISKMESH_PKI_DIR") or str(_require(data, "pki_dir", "config")))
     state_dir = Path(env.get("RISKMESH_STATE_DIR") or str(data.get("state_dir", "state")))
@@ -161,6 +174,7 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         addresses=_addresses(org, data.get("addresses", {}), env),  # type: ignore[arg-type]
         peers=peers,
+        ca_sha256=str(data.get("ca_sha256", "")),
     )
     roles = [config.role_of(o) for o in [org, *peers]]
     if roles.count("helper") > 1:
@@ -192,10 +206,14 @@ def render_config(config: OrgConfig) -> str:
         f'pki_dir = "{config.pki_dir}"',
         f'state_dir = "{config.state_dir}"',
     ]
+    if config.ca_sha256:
+        lines.append(f'ca_sha256 = "{config.ca_sha256}"')
     if config.addresses:
         lines += ["", "[addresses]"] + [f'{k} = "{v}"' for k, v in config.addresses.items()]
     for peer in config.peers.values():
         lines += ["", f"[peers.{peer.org}]", f'role = "{peer.role}"', f'host = "{peer.host}"', f"base_port = {peer.base_port}"]
+        if peer.ca_sha256:
+            lines.append(f'ca_sha256 = "{peer.ca_sha256}"')
         if peer.addresses:
             lines += [f"[peers.{peer.org}.addresses]"] + [f'{k} = "{v}"' for k, v in peer.addresses.items()]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """mTLS credentials and channels.
 
-Servers require a client certificate chained to the trust bundle (every org's CA).
+Servers require a client certificate chained to one of the pinned CAs (every org's CA,
+taken from the trust bundle by the fingerprints in the org's config; see pki_layout).
 A client dialling <org>'s <service> trusts only <org>'s CA and expects the DNS name
 `<service>.<org>.riskmesh` in the server certificate, so a peer cannot impersonate
 another organisation's server even though all CAs are in the bundle. TLS 1.3 is what
@@ -9,14 +10,14 @@ gRPC negotiates by default; grpcio exposes no minimum-version setting.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import grpc
 from cryptography.hazmat.primitives import serialization
 
-from services.mesh.config import OrgConfig
+from services.mesh.config import ConfigError, OrgConfig
 from services.mesh.identity import IdentityResolver
-from services.mesh.pki_layout import OrgPaths, load_org_cas, server_name
+from services.mesh.pki_layout import OrgPaths, TrustError, load_org_cas, server_name
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -51,26 +52,41 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
 
 
 class MeshCredentials:
-    """One service's certificate and the org's trust bundle, loaded from the PKI directory."""
+    """One service's certificate and the org's trusted CAs, loaded from the PKI directory.
 
-    def __init__(self, pki_dir, org: str, service: str) -> None:
+    `pins` (org → CA SHA-256 fingerprint, from the config) choose the CAs; servers always
+    have them (`for_config`). Without pins the bundle's O= attributes are taken (tools
+    and tests acting as an org without its config), still one CA per organisation.
+    """
+
+    def __init__(self, pki_dir, org: str, service: str, pins: Mapping[str, str] | None = None) -> None:
         paths = OrgPaths(pki_dir / org)
         try:
             self.cert_pem = paths.cert(service).read_bytes()
             self.key_pem = paths.key(service).read_bytes()
-            self.trust_pem = paths.trust().read_bytes()
+            bundle = paths.trust().read_bytes()
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"certificate material missing for spiffe://{org}/{service}: {exc.filename} (run `riskmesh pki init`)") from None
         self.org = org
         self.service = service
-        self.org_cas = load_org_cas(self.trust_pem)
+        self.org_cas = load_org_cas(bundle, pins)
         if org not in self.org_cas:
-            raise ValueError(f"trust bundle {paths.trust()} has no CA for {org!r}")
+            raise TrustError(f"trust bundle {paths.trust()} has no CA for {org!r}")
+        # Client certificates are verified against the trusted CAs only, not the whole bundle.
+        self.trust_pem = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in self.org_cas.values())
         self.resolver = IdentityResolver(self.org_cas)
 
     @classmethod
     def for_config(cls, config: OrgConfig, service: str) -> "MeshCredentials":
-        return cls(config.pki_dir, config.org, service)
+        """A server's credentials: every organisation of the config must have a pinned CA."""
+        pins = config.ca_pins
+        missing = [org for org in (config.org, *config.peers) if org not in pins]
+        if missing:
+            raise ConfigError(
+                f"{config.org}'s config pins no CA for {', '.join(missing)}: set ca_sha256 (own CA) and peers.<org>.ca_sha256 "
+                "to the SHA-256 fingerprints `riskmesh pki fingerprints` prints (k8s/README.md)"
+            )
+        return cls(config.pki_dir, config.org, service, pins)
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials([(self.key_pem, self.cert_pem)], root_certificates=self.trust_pem, require_client_auth=True)

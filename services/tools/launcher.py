@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, load_config, render_config
-from services.tools.pki import DEFAULT_ORGS, init_pki
+from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 
 SERVER_MODULES = {
     "gateway": "services.gateway.server",
@@ -67,10 +67,11 @@ def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host:
     base_ports = base_ports or DEFAULT_BASE_PORTS
     pki_dir = Path(pki_dir or root / "pki").resolve()
     init_pki(pki_dir, tuple(base_ports))
+    pins = ca_fingerprints(pki_dir, tuple(base_ports))  # each config pins every org's CA
     paths = {}
     for org, base in base_ports.items():
-        peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, b) for o, b in base_ports.items() if o != org}
-        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers)
+        peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, b, ca_sha256=pins[o]) for o, b in base_ports.items() if o != org}
+        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers, ca_sha256=pins[org])
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))

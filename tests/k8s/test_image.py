@@ -24,7 +24,7 @@ import yaml
 
 from riskmesh.client import GatewayClient
 from services.tools.launcher import SERVER_MODULES, find_free_base_ports, wait_healthy
-from services.tools.pki import export_k8s, init_pki
+from services.tools.pki import ca_fingerprints, export_k8s, init_pki
 from tests.k8s.manifests import BASE_PORT, OVERLAYS, REPO, component, containers, of_kind, render
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -168,8 +168,10 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
         where.mkdir(parents=True, exist_ok=True)
         if "configMap" in source:
             for item in source["configMap"]["items"]:
-                text = cm["data"][item["key"]]
-                (where / item["path"]).write_text(text.replace("base_port = 7100", f"base_port = {base_port}"))
+                text = cm["data"][item["key"]].replace("base_port = 7100", f"base_port = {base_port}")
+                for name, fingerprint in ca_fingerprints(pki, tuple(OVERLAYS)).items():  # the operator fills in the pins
+                    text = text.replace(f"FILL-IN-{name}-ca-sha256", fingerprint)
+                (where / item["path"]).write_text(text)
         elif "secret" in source:
             data = secrets[source["secret"]["secretName"]]["data"]
             for item in source["secret"]["items"]:
