@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from riskmesh.v1 import common_pb2
-from services.join.core.errors import DataError, IntersectionTooSmallError, JoinError, SpecError, WireFormatError
+from services.join.core.errors import DataError, IntersectionTooSmallError, JoinError, KeySizeError, SpecError, WireFormatError
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ def status_for(exc: Exception) -> grpc.StatusCode:
     """The status code of a join domain error (messages never carry patient data)."""
     if isinstance(exc, (DataError, SpecError, WireFormatError)):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, IntersectionTooSmallError):
+    if isinstance(exc, (IntersectionTooSmallError, KeySizeError)):
         return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INTERNAL
 

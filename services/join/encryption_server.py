@@ -27,7 +27,7 @@ from services.join.core import keys
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import RandomnessPool, generate_pool
+from services.join.core.paillier import RandomnessPool, check_key_size, generate_pool
 from services.join.core.parallel import default_workers, process_executor, split_sizes
 from services.join.core.protocol import owner_encrypt
 from services.join.rules import ENCRYPTION_RULES
@@ -85,6 +85,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
         async with join_errors(context, "hashing/encryption"):
             tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
+            check_key_size(peer_key.bits, prepared.spec.paillier_bits, self.config.min_paillier_bits)  # before encrypting anything
             layout = SlotLayout.for_columns(len(prepared.table.columns), peer_key.bits)
             count = len(prepared.table.ids) * layout.ciphertexts_per_row
             pool = RandomnessPool(peer_key.key_id, [])

@@ -24,8 +24,9 @@ import grpc
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
 from services.join.common import chunked, progress, status_for
-from services.join.core.errors import JoinError, SpecError
+from services.join.core.errors import JoinError, KeySizeError, SpecError
 from services.join.core.masking import mask_rows, permute, random_permutation
+from services.join.core.paillier import check_key_size
 from services.join.core.matching import check_minimum, match_tags
 from services.join.core.protocol import EncryptedUpload, check_upload
 from services.join.core.shares import encode_shares, value_bytes
@@ -130,10 +131,13 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
                 try:
                     layout = codec.layout_from_proto(header.layout)
                     key = codec.public_key_from_proto(header.key)
+                    check_key_size(key.bits, run.spec.paillier_bits, self.config.min_paillier_bits)  # before masking under it
                     layout.check_columns(len(header.columns))
                     layout.check_modulus(key.bits)
                     if tuple(header.columns) != codec.column_names(codec.owner_columns(run.spec, caller.org)):
                         raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
+                except KeySizeError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: {exc}")
                 except JoinError as exc:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
                 per_row = layout.ciphertexts_per_row

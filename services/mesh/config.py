@@ -13,6 +13,7 @@ Read once per process (`load_config`) and passed to whatever needs it.
     encryption = "riskmesh-encryption:7101"
 
     ca_sha256 = "AB:CD:…"          # this org's own CA: SHA-256 fingerprint of its certificate
+    min_paillier_bits = 2048       # smallest Paillier key the join servers accept (test meshes: 1024)
 
     [peers.hospital]
     role = "data_owner"
@@ -37,6 +38,9 @@ from typing import Mapping
 SERVER_OFFSETS = {"gateway": 0, "encryption": 1, "intersection": 2, "resharing": 3, "lasso": 4}
 HEALTH_OFFSET = 10
 ROLES = ("data_owner", "helper")
+# Smallest Paillier key accepted by default; a config may lower it to 1024 for a test mesh only.
+MIN_PAILLIER_BITS = 2048
+LOWEST_PAILLIER_BITS = 1024
 ROLE_SERVERS = {
     "data_owner": ("gateway", "encryption", "resharing", "lasso"),
     "helper": ("gateway", "intersection", "resharing", "lasso"),
@@ -81,6 +85,7 @@ class OrgConfig:
     addresses: Mapping[str, str]
     peers: Mapping[str, OrgEndpoint]
     ca_sha256: str = ""  # the pinned fingerprint of this org's own CA
+    min_paillier_bits: int = MIN_PAILLIER_BITS
 
     @property
     def ca_pins(self) -> dict[str, str]:
@@ -175,7 +180,10 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
         addresses=_addresses(org, data.get("addresses", {}), env),  # type: ignore[arg-type]
         peers=peers,
         ca_sha256=str(data.get("ca_sha256", "")),
+        min_paillier_bits=int(data.get("min_paillier_bits", MIN_PAILLIER_BITS)),  # type: ignore[call-overload]
     )
+    if config.min_paillier_bits < LOWEST_PAILLIER_BITS:
+        raise ConfigError(f"config: min_paillier_bits must be at least {LOWEST_PAILLIER_BITS}")
     roles = [config.role_of(o) for o in [org, *peers]]
     if roles.count("helper") > 1:
         raise ConfigError("config: at most one helper organisation")
@@ -208,6 +216,8 @@ def render_config(config: OrgConfig) -> str:
     ]
     if config.ca_sha256:
         lines.append(f'ca_sha256 = "{config.ca_sha256}"')
+    if config.min_paillier_bits != MIN_PAILLIER_BITS:
+        lines.append(f"min_paillier_bits = {config.min_paillier_bits}  # a test mesh: fast keys")
     if config.addresses:
         lines += ["", "[addresses]"] + [f'{k} = "{v}"' for k, v in config.addresses.items()]
     for peer in config.peers.values():

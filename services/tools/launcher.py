@@ -21,7 +21,7 @@ from typing import Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, load_config, render_config
+from services.mesh.config import HEALTH_OFFSET, MIN_PAILLIER_BITS, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, load_config, render_config
 from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 
 SERVER_MODULES = {
@@ -61,8 +61,10 @@ def find_free_base_ports(count: int, start: int = 20000, host: str = "127.0.0.1"
     return found
 
 
-def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host: str = "127.0.0.1", pki_dir: Path | None = None) -> dict[str, Path]:
-    """PKI + one config file per org under root; returns org → config path."""
+def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host: str = "127.0.0.1", pki_dir: Path | None = None, min_paillier_bits: int = MIN_PAILLIER_BITS) -> dict[str, Path]:
+    """PKI + one config file per org under root; returns org → config path.
+
+    `min_paillier_bits` below 2048 only for test meshes that use fast 1024-bit keys."""
     root = Path(root).resolve()
     base_ports = base_ports or DEFAULT_BASE_PORTS
     pki_dir = Path(pki_dir or root / "pki").resolve()
@@ -71,7 +73,7 @@ def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host:
     paths = {}
     for org, base in base_ports.items():
         peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, b, ca_sha256=pins[o]) for o, b in base_ports.items() if o != org}
-        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers, ca_sha256=pins[org])
+        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers, ca_sha256=pins[org], min_paillier_bits=min_paillier_bits)
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))
@@ -207,7 +209,7 @@ class LocalMesh:
         self.stop()
 
 
-def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, free_ports: bool = True) -> dict[str, Path]:
+def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, free_ports: bool = True, min_paillier_bits: int = MIN_PAILLIER_BITS) -> dict[str, Path]:
     """Configs for the default three orgs under root, on free ports when asked (tests, bench)."""
     bases = dict(zip(orgs, find_free_base_ports(len(orgs)))) if free_ports else {o: DEFAULT_BASE_PORTS[o] for o in orgs}
-    return write_local_mesh(root, bases)
+    return write_local_mesh(root, bases, min_paillier_bits=min_paillier_bits)

@@ -149,7 +149,7 @@ class Mesh:
         record_dir = root / "records"
         record_dir.mkdir(parents=True, exist_ok=True)
         mesh = cls(root, record_dir)
-        mesh.configs = local_mesh_for(root / "mesh")
+        mesh.configs = local_mesh_for(root / "mesh", min_paillier_bits=1024)  # the suites use fast 1024-bit keys
         mesh.orgs = {org: load_config(path, env={}) for org, path in mesh.configs.items()}
         prefix = (sys.executable, "-m", "tests.reliability.instrument", "--")
         placements = {org: OrgPlacement(command_prefix=prefix, env={RECORD_DIR_ENV: str(record_dir)}) for org in ORGS}
