@@ -14,6 +14,7 @@ Read once per process (`load_config`) and passed to whatever needs it.
 
     ca_sha256 = "AB:CD:…"          # this org's own CA: SHA-256 fingerprint of its certificate
     min_paillier_bits = 2048       # smallest Paillier key the join servers accept (test meshes: 1024)
+    reflection = false             # gRPC server reflection (on in local development only)
 
     [peers.hospital]
     role = "data_owner"
@@ -86,6 +87,7 @@ class OrgConfig:
     peers: Mapping[str, OrgEndpoint]
     ca_sha256: str = ""  # the pinned fingerprint of this org's own CA
     min_paillier_bits: int = MIN_PAILLIER_BITS
+    reflection: bool = False  # serve gRPC reflection (local development)
 
     @property
     def ca_pins(self) -> dict[str, str]:
@@ -154,6 +156,12 @@ def _addresses(org: str, table: Mapping[str, object], env: Mapping[str, str]) ->
     return out
 
 
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"config: {key} must be true or false, got {value!r}")
+    return value
+
+
 def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path) -> OrgConfig:
     org = str(_require(data, "org", "config"))
     role = _role(_require(data, "role", "config"), "config")
@@ -181,6 +189,7 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
         peers=peers,
         ca_sha256=str(data.get("ca_sha256", "")),
         min_paillier_bits=int(data.get("min_paillier_bits", MIN_PAILLIER_BITS)),  # type: ignore[call-overload]
+        reflection=_flag(data.get("reflection", False), "reflection"),
     )
     if config.min_paillier_bits < LOWEST_PAILLIER_BITS:
         raise ConfigError(f"config: min_paillier_bits must be at least {LOWEST_PAILLIER_BITS}")
@@ -216,6 +225,8 @@ def render_config(config: OrgConfig) -> str:
     ]
     if config.ca_sha256:
         lines.append(f'ca_sha256 = "{config.ca_sha256}"')
+    if config.reflection:
+        lines.append("reflection = true")
     if config.min_paillier_bits != MIN_PAILLIER_BITS:
         lines.append(f"min_paillier_bits = {config.min_paillier_bits}  # a test mesh: fast keys")
     if config.addresses:

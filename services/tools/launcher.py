@@ -73,7 +73,7 @@ def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host:
     paths = {}
     for org, base in base_ports.items():
         peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, b, ca_sha256=pins[o]) for o, b in base_ports.items() if o != org}
-        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers, ca_sha256=pins[org], min_paillier_bits=min_paillier_bits)
+        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers, ca_sha256=pins[org], min_paillier_bits=min_paillier_bits, reflection=True)
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))

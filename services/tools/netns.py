@@ -311,7 +311,7 @@ class HostsMesh:
         for org in self.orgs:
             peers = {p: OrgEndpoint(p, self.role(p), self.hosts[p].address, BASE_PORT, ca_sha256=pins[p]) for p in self.orgs if p != org}
             state_dir = self.home / org / "state"
-            server = OrgConfig(org, self.role(org), "0.0.0.0", BASE_PORT, self.pki_dir, state_dir, {}, peers, ca_sha256=pins[org])
+            server = OrgConfig(org, self.role(org), "0.0.0.0", BASE_PORT, self.pki_dir, state_dir, {}, peers, ca_sha256=pins[org], reflection=True)
             operator = OrgConfig(org, self.role(org), "127.0.0.1", BASE_PORT, self.pki_dir, state_dir,
                                  {s: self.operator_address(org, s) for s in ROLE_SERVERS[self.role(org)]}, peers, ca_sha256=pins[org])
             (self.home / org).mkdir(parents=True, exist_ok=True)

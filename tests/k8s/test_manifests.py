@@ -320,12 +320,13 @@ def test_secrets_from_export_k8s_mount_where_the_servers_read_them(org, dev_pki,
 
 
 @pytest.mark.parametrize("org", OVERLAYS)
-def test_the_overlay_config_pins_every_orgs_ca_and_refuses_to_start_until_filled_in(org, dev_pki):
+def test_the_overlay_config_pins_every_orgs_ca_and_refuses_to_start_until_filled_in(org, dev_pki):  # and keeps reflection off
     """Each org fills in the three CA fingerprints it was sent; unfilled, no server starts."""
     docs = render(f"overlays/{org}")
     _, text = overlay_config(org, docs)
     config = parse_config(tomllib.loads(text), {"RISKMESH_PKI_DIR": str(dev_pki)}, Path("/"))
     assert config.ca_pins == {name: f"FILL-IN-{name}-ca-sha256" for name in OVERLAYS}
+    assert config.reflection is False and config.min_paillier_bits == 2048  # deployed: no reflection, no small keys
     with pytest.raises(TrustError, match="is not a SHA-256 fingerprint"):
         MeshCredentials.for_config(config, "gateway")
     filled = text
