@@ -40,7 +40,6 @@ from services.mesh.server import MeshServer
 log = logging.getLogger("riskmesh.intersection")
 
 DELIVERY_DEADLINE_S = 1800.0
-MAX_ROWS = 10_000_000
 
 
 @dataclass
@@ -126,8 +125,8 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows")
                 if caller.org in run.uploads:
                     await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
-                if header.rows > MAX_ROWS:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {MAX_ROWS} rows")
+                if header.rows > self.config.max_upload_rows:  # the helper's memory bound (config max_upload_rows)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {self.config.max_upload_rows} rows")
                 try:
                     layout = codec.layout_from_proto(header.layout)
                     key = codec.public_key_from_proto(header.key)

@@ -15,6 +15,7 @@ Read once per process (`load_config`) and passed to whatever needs it.
     ca_sha256 = "AB:CD:…"          # this org's own CA: SHA-256 fingerprint of its certificate
     min_paillier_bits = 2048       # smallest Paillier key the join servers accept (test meshes: 1024)
     reflection = false             # gRPC server reflection (on in local development only)
+    max_upload_rows = 500000       # helper: most rows one owner may upload for a study (memory bound)
 
     [peers.hospital]
     role = "data_owner"
@@ -42,6 +43,11 @@ ROLES = ("data_owner", "helper")
 # Smallest Paillier key accepted by default; a config may lower it to 1024 for a test mesh only.
 MIN_PAILLIER_BITS = 2048
 LOWEST_PAILLIER_BITS = 1024
+# Rows one owner may upload to the helper for a study. The helper holds both uploads in memory
+# until they are matched: ≈1.3 KB per row at 2048 bits (two 4096-bit ciphertexts and a tag),
+# so two uploads of 500,000 rows take ≈1.3 GB, inside the intersection pod's 2 GiB limit.
+# Raise it together with that limit.
+MAX_UPLOAD_ROWS = 500_000
 ROLE_SERVERS = {
     "data_owner": ("gateway", "encryption", "resharing", "lasso"),
     "helper": ("gateway", "intersection", "resharing", "lasso"),
@@ -88,6 +94,7 @@ class OrgConfig:
     ca_sha256: str = ""  # the pinned fingerprint of this org's own CA
     min_paillier_bits: int = MIN_PAILLIER_BITS
     reflection: bool = False  # serve gRPC reflection (local development)
+    max_upload_rows: int = MAX_UPLOAD_ROWS  # the helper's intersection server: rows per owner upload
 
     @property
     def ca_pins(self) -> dict[str, str]:
@@ -190,7 +197,10 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
         ca_sha256=str(data.get("ca_sha256", "")),
         min_paillier_bits=int(data.get("min_paillier_bits", MIN_PAILLIER_BITS)),  # type: ignore[call-overload]
         reflection=_flag(data.get("reflection", False), "reflection"),
+        max_upload_rows=int(data.get("max_upload_rows", MAX_UPLOAD_ROWS)),  # type: ignore[call-overload]
     )
+    if config.max_upload_rows < 1:
+        raise ConfigError("config: max_upload_rows must be positive")
     if config.min_paillier_bits < LOWEST_PAILLIER_BITS:
         raise ConfigError(f"config: min_paillier_bits must be at least {LOWEST_PAILLIER_BITS}")
     roles = [config.role_of(o) for o in [org, *peers]]
@@ -227,6 +237,8 @@ def render_config(config: OrgConfig) -> str:
         lines.append(f'ca_sha256 = "{config.ca_sha256}"')
     if config.reflection:
         lines.append("reflection = true")
+    if config.max_upload_rows != MAX_UPLOAD_ROWS:
+        lines.append(f"max_upload_rows = {config.max_upload_rows}")
     if config.min_paillier_bits != MIN_PAILLIER_BITS:
         lines.append(f"min_paillier_bits = {config.min_paillier_bits}  # a test mesh: fast keys")
     if config.addresses:

@@ -729,3 +729,19 @@ async def _started(building: Any) -> MeshServer:
     server = await building
     await server.start()
     return server
+
+
+def test_the_helper_refuses_an_upload_above_its_configured_row_cap(join_mesh: JoinMesh, small_study: Study) -> None:
+    """max_upload_rows (config) bounds what one owner may make the helper hold; the header is refused before any row."""
+    cap = load_config(join_mesh.configs["helper"], env={}).max_upload_rows
+    assert cap == 500_000  # the default (services/mesh/config.py explains the memory bound)
+    run_id = "row-cap"
+    join_mesh.gateway("helper", "intersection").OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=small_study.spec), timeout=10)
+    key = generate_keypair(BITS).public
+    columns = codec.column_names(codec.owner_columns(small_study.spec, "insurer"))
+    layout = SlotLayout.for_columns(len(columns), BITS)
+    header = join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=cap + 1, layout=codec.layout_to_proto(layout), columns=columns, key=codec.public_key_to_proto(key)))
+    with pytest.raises(grpc.RpcError) as err:
+        join_mesh.stub(("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub).UploadRows(iter([header]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == f"intersection: an upload may hold at most {cap} rows"
