@@ -160,7 +160,7 @@ def encode_ints(values: Any, width: int | None = None) -> bytes:
     ints, shape = _as_ints(values)
     if width is None:
         width = max(1, (int(max(ints, default=0)).bit_length() + 7) // 8)
-    if len(shape) > MAX_NDIM or not 1 <= width <= MAX_WIDTH or len(ints) > MAX_ELEMENTS:
+    if len(shape) > MAX_NDIM or not 1 <= width <= MAX_WIDTH or len(ints) > MAX_ELEMENTS or any(n > 0xFFFFFFFF for n in shape):
         raise WireError("array too large for an MPC message")
     try:
         try:
