@@ -187,6 +187,9 @@ class InlineWorker:
     def send(self, frame: Frame) -> None:
         self.session.on_frame(frame)
 
+    async def writable(self) -> None:
+        return  # frames are function calls: nothing queues
+
     def kill(self) -> None:
         self.task.cancel()
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.tools.pki import DEFAULT_ORGS, export_k8s, init_pki
+from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, export_k8s, init_pki
 
 app = typer.Typer(help="riskmesh: secure inner join + secure Lasso across organisations, over mTLS.", no_args_is_help=True)
 pki_app = typer.Typer(help="Development PKI (one CA per organisation).", no_args_is_help=True)
@@ -36,6 +36,27 @@ def pki_init(
     dirs = init_pki(out, tuple(org), tuple(dns), force=force)
     for d in dirs:
         console.print(f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client, console; keys 0600)")
+    _print_fingerprints(out, tuple(org))
+
+
+def _print_fingerprints(pki_dir: Path, orgs: tuple[str, ...]) -> None:
+    # Plain lines (no wrapping): they are copied into configs and compared by eye.
+    typer.echo("CA fingerprints (SHA-256) to exchange and pin as ca_sha256 in each org's riskmesh.toml:")
+    for name, fingerprint in ca_fingerprints(pki_dir, orgs).items():
+        typer.echo(f"{name} {fingerprint}")
+
+
+@pki_app.command("fingerprints")
+def pki_fingerprints(
+    pki_dir: Path = typer.Option(DEFAULT_HOME / "pki", help="the PKI directory"),
+    org: list[str] = typer.Option(list(DEFAULT_ORGS), help="organisations (repeat the option)"),
+) -> None:
+    """Print each organisation's CA fingerprint (what the orgs send each other and pin)."""
+    try:
+        _print_fingerprints(pki_dir, tuple(org))
+    except FileNotFoundError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
 
 
 @pki_app.command("export-k8s")

@@ -42,7 +42,7 @@ from services.mesh.status import StatusError
 
 log = logging.getLogger("riskmesh.resharing")
 
-ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only for tests and quick benchmarks
+ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only where the config lowers min_paillier_bits (test meshes)
 BROKE_OFF = "resharing: the stream from the helper broke off before every row arrived"
 ENDED_EARLY = "resharing: the stream from the helper ended before every announced row arrived"
 
@@ -111,6 +111,8 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         bits = request.bits or 2048
         if bits not in ALLOWED_BITS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits")
+        if bits < self.config.min_paillier_bits:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits")
         run = self._run(request.run_id)
         if run.key is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {request.run_id} already has a key")

@@ -14,11 +14,16 @@ Read once per process (`load_config`) and passed to whatever needs it.
 
     [ports]                        # optional: a server's own ports instead of base + offset
     lasso = { mtls = 41233, health = 41871 }   # (base_port may be left out when every server has them)
+    ca_sha256 = "AB:CD:…"          # this org's own CA: SHA-256 fingerprint of its certificate
+    min_paillier_bits = 2048       # smallest Paillier key the join servers accept (test meshes: 1024)
+    reflection = false             # gRPC server reflection (on in local development only)
+    max_upload_rows = 500000       # helper: most rows one owner may upload for a study (memory bound)
 
     [peers.hospital]
     role = "data_owner"
     host = "127.0.0.1"
     base_port = 7200
+    ca_sha256 = "12:34:…"          # the hospital's CA, as the hospital sent it (pinned)
     [peers.hospital.addresses]     # optional per-server overrides
     gateway = "gw.hospital.example:443"
 
@@ -40,6 +45,14 @@ from typing import Mapping
 SERVER_OFFSETS = {"gateway": 0, "encryption": 1, "intersection": 2, "resharing": 3, "lasso": 4}
 HEALTH_OFFSET = 10
 ROLES = ("data_owner", "helper")
+# Smallest Paillier key accepted by default; a config may lower it to 1024 for a test mesh only.
+MIN_PAILLIER_BITS = 2048
+LOWEST_PAILLIER_BITS = 1024
+# Rows one owner may upload to the helper for a study. The helper holds both uploads in memory
+# until they are matched: ≈1.3 KB per row at 2048 bits (two 4096-bit ciphertexts and a tag),
+# so two uploads of 500,000 rows take ≈1.3 GB, inside the intersection pod's 2 GiB limit.
+# Raise it together with that limit.
+MAX_UPLOAD_ROWS = 500_000
 ROLE_SERVERS = {
     "data_owner": ("gateway", "encryption", "resharing", "lasso"),
     "helper": ("gateway", "intersection", "resharing", "lasso"),
@@ -68,6 +81,7 @@ class OrgEndpoint:
     host: str
     base_port: int
     addresses: Mapping[str, str] = field(default_factory=dict)
+    ca_sha256: str = ""  # the pinned fingerprint of this org's CA ("" = not pinned)
 
     def address(self, server: str) -> str:
         if server not in SERVER_OFFSETS:
@@ -94,6 +108,17 @@ class OrgConfig:
     ports: Mapping[str, ServerPorts] = field(default_factory=dict)  # base_port (then unused) is 0 when these cover every server
     # This org's disclosure policy as written (checked by services.study.policy); {} = the defaults.
     policy: Mapping[str, object] = field(default_factory=dict)
+    ca_sha256: str = ""  # the pinned fingerprint of this org's own CA
+    min_paillier_bits: int = MIN_PAILLIER_BITS
+    reflection: bool = False  # serve gRPC reflection (local development)
+    max_upload_rows: int = MAX_UPLOAD_ROWS  # the helper's intersection server: rows per owner upload
+
+    @property
+    def ca_pins(self) -> dict[str, str]:
+        """Org → pinned CA fingerprint, for every org (own included) that has one."""
+        pins = {self.org: self.ca_sha256} if self.ca_sha256 else {}
+        pins.update({org: peer.ca_sha256 for org, peer in self.peers.items() if peer.ca_sha256})
+        return pins
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -202,6 +227,12 @@ def _policy(data: Mapping[str, object], base: Path) -> dict[str, object]:
     return dict(table)
 
 
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"config: {key} must be true or false, got {value!r}")
+    return value
+
+
 def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path) -> OrgConfig:
     org = str(_require(data, "org", "config"))
     role = _role(_require(data, "role", "config"), "config")
@@ -214,6 +245,7 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
             host=str(raw.get("host", "127.0.0.1")),
             base_port=int(raw.get("base_port", 0)),
             addresses=_addresses(name, raw.get("addresses", {}), env),
+            ca_sha256=str(raw.get("ca_sha256", "")),
         )
     ports = _ports(data.get("ports", {}))  # type: ignore[arg-type]
     if not all(server in ports for server in ROLE_SERVERS[role]):
@@ -231,7 +263,15 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
         peers=peers,
         ports=ports,
         policy=_policy(data, base),
+        ca_sha256=str(data.get("ca_sha256", "")),
+        min_paillier_bits=int(data.get("min_paillier_bits", MIN_PAILLIER_BITS)),  # type: ignore[call-overload]
+        reflection=_flag(data.get("reflection", False), "reflection"),
+        max_upload_rows=int(data.get("max_upload_rows", MAX_UPLOAD_ROWS)),  # type: ignore[call-overload]
     )
+    if config.max_upload_rows < 1:
+        raise ConfigError("config: max_upload_rows must be positive")
+    if config.min_paillier_bits < LOWEST_PAILLIER_BITS:
+        raise ConfigError(f"config: min_paillier_bits must be at least {LOWEST_PAILLIER_BITS}")
     roles = [config.role_of(o) for o in [org, *peers]]
     if roles.count("helper") > 1:
         raise ConfigError("config: at most one helper organisation")
@@ -262,12 +302,22 @@ def render_config(config: OrgConfig) -> str:
         f'pki_dir = "{config.pki_dir}"',
         f'state_dir = "{config.state_dir}"',
     ]
+    if config.ca_sha256:
+        lines.append(f'ca_sha256 = "{config.ca_sha256}"')
+    if config.reflection:
+        lines.append("reflection = true")
+    if config.max_upload_rows != MAX_UPLOAD_ROWS:
+        lines.append(f"max_upload_rows = {config.max_upload_rows}")
+    if config.min_paillier_bits != MIN_PAILLIER_BITS:
+        lines.append(f"min_paillier_bits = {config.min_paillier_bits}  # a test mesh: fast keys")
     if config.addresses:
         lines += ["", "[addresses]"] + [f'{k} = "{v}"' for k, v in config.addresses.items()]
     if config.ports:
         lines += ["", "[ports]"] + [f"{k} = {{ mtls = {p.mtls}, health = {p.health} }}" for k, p in config.ports.items()]
     for peer in config.peers.values():
         lines += ["", f"[peers.{peer.org}]", f'role = "{peer.role}"', f'host = "{peer.host}"', f"base_port = {peer.base_port}"]
+        if peer.ca_sha256:
+            lines.append(f'ca_sha256 = "{peer.ca_sha256}"')
         if peer.addresses:
             lines += [f"[peers.{peer.org}.addresses]"] + [f'{k} = "{v}"' for k, v in peer.addresses.items()]
     if config.policy:

@@ -2,8 +2,9 @@
 
 The identity of a caller always comes from its verified client certificate (the gRPC
 auth context), never from a request field. A certificate only speaks for an
-organisation when that organisation's own CA issued it: the trust bundle lists every
-org's CA, so without this check hospital's CA could mint `spiffe://insurer/gateway`.
+organisation when that organisation's own CA issued it — the CA pinned for it by
+fingerprint in the config (pki_layout.load_org_cas) — so hospital's CA cannot mint
+`spiffe://insurer/gateway`, nor can a CA that merely calls itself `O=insurer`.
 """
 
 from __future__ import annotations

@@ -34,7 +34,11 @@ DEFAULT_PAILLIER_BITS = 2048
 PAILLIER_BITS = (2048, 3072)
 SUGGESTED_MIN_INTERSECTION = 10
 MAX_CV_FOLDS = 10
-MAX_ITERATIONS = 100_000
+# ADMM iterations a study may ask for: 250× the default (40) and 8× the most any test
+# problem needed to converge (services/lasso/core/plan.py); at tens of ms per iteration a
+# run stays well inside the lasso phase's deadline (30 min), so no study can hold the
+# MPC workers of three organisations for hours.
+MAX_ITERATIONS = 10_000
 MAX_TITLE_CHARS = 200
 MAX_COLUMN_CHARS = 128
 ENCODING_BITS = 64

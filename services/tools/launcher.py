@@ -24,9 +24,9 @@ from typing import Iterator, Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.mesh.config import ROLE_SERVERS, OrgConfig, OrgEndpoint, ServerPorts, load_config, render_config
+from services.mesh.config import MIN_PAILLIER_BITS, ROLE_SERVERS, OrgConfig, OrgEndpoint, ServerPorts, load_config, render_config
 from services.mesh.process import SINGLE_THREAD_ENV
-from services.tools.pki import DEFAULT_ORGS, init_pki
+from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 
 SERVER_MODULES = {
     "gateway": "services.gateway.server",
@@ -72,22 +72,27 @@ def reserve_server_ports(servers: tuple[str, ...], host: str = "127.0.0.1") -> d
 
 
 def write_local_mesh(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, host: str = "127.0.0.1", pki_dir: Path | None = None,
-                     reserve_ports: bool = False, policies: Mapping[str, Mapping[str, object]] | None = None) -> dict[str, Path]:
+                     reserve_ports: bool = False, policies: Mapping[str, Mapping[str, object]] | None = None,
+                     min_paillier_bits: int = MIN_PAILLIER_BITS) -> dict[str, Path]:
     """PKI + one config file per org under root; returns org → config path. Servers listen
     on DEFAULT_BASE_PORTS, or with `reserve_ports` on ports this process reserves. `policies`:
-    an org's `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins."""
+    an org's `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins.
+    `min_paillier_bits` below 2048 only for test meshes that use fast 1024-bit keys."""
     root = Path(root).resolve()
     pki_dir = Path(pki_dir or root / "pki").resolve()
     init_pki(pki_dir, orgs)
+    pins = ca_fingerprints(pki_dir, orgs)  # each config pins every org's CA
     ports = {org: reserve_server_ports(ROLE_SERVERS[DEFAULT_ROLES[org]], host) if reserve_ports else {} for org in orgs}
     base = {org: 0 if reserve_ports else DEFAULT_BASE_PORTS[org] for org in orgs}
     paths = {}
     for org in orgs:
-        peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, base[o], {s: f"{host}:{p.mtls}" for s, p in ports[o].items()})
+        peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, base[o], {s: f"{host}:{p.mtls}" for s, p in ports[o].items()},
+                                ca_sha256=pins[o])
                  for o in orgs if o != org}
         policy = dict((policies or {}).get(org, {}))
         config = OrgConfig(org, DEFAULT_ROLES[org], host, base[org], pki_dir, root / org / "state", {}, peers,
-                           ports=ports[org], policy=policy)
+                           ports=ports[org], policy=policy, ca_sha256=pins[org], min_paillier_bits=min_paillier_bits,
+                           reflection=True)
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))
@@ -248,9 +253,10 @@ class LocalMesh:
 
 
 def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS,
-                   policies: Mapping[str, Mapping[str, object]] | None = None) -> dict[str, Path]:
+                   policies: Mapping[str, Mapping[str, object]] | None = None,
+                   min_paillier_bits: int = MIN_PAILLIER_BITS) -> dict[str, Path]:
     """Configs for the default three orgs under root, on ports this process reserves (tests, bench, demo)."""
-    return write_local_mesh(root, orgs, reserve_ports=True, policies=policies)
+    return write_local_mesh(root, orgs, reserve_ports=True, policies=policies, min_paillier_bits=min_paillier_bits)
 
 
 class Interrupted(KeyboardInterrupt):

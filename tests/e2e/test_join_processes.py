@@ -58,7 +58,7 @@ class Orgs:
 
 @pytest.fixture(scope="module")
 def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orgs]:
-    configs = local_mesh_for(tmp_path_factory.mktemp("join-e2e"))
+    configs = local_mesh_for(tmp_path_factory.mktemp("join-e2e"), min_paillier_bits=1024)  # fast keys
     servers = LocalMesh(configs, only_servers=("encryption", "resharing")).start()
     try:
         intersection = LocalMesh({"helper": configs["helper"]}, only_servers=("intersection",)).start()

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from services.mesh.config import ROLE_SERVERS, parse_config
-from services.tools.pki import export_k8s, init_pki
+from services.tools.pki import ca_fingerprints, export_k8s, init_pki
+from services.mesh.pki_layout import TrustError
 from services.mesh.tls import MeshCredentials
 from tests.k8s.manifests import (
     BASE_PORT,
@@ -329,8 +330,25 @@ def test_secrets_from_export_k8s_mount_where_the_servers_read_them(org, dev_pki,
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(base64.b64decode(data[item["key"]]))
         pki_dir = root / env_of(container)["RISKMESH_PKI_DIR"].lstrip("/")
-        credentials = MeshCredentials(pki_dir, org, server)
+        credentials = MeshCredentials(pki_dir, org, server, ca_fingerprints(dev_pki, tuple(OVERLAYS)))
         assert credentials.org_cas.keys() == set(OVERLAYS)
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_overlay_config_pins_every_orgs_ca_and_refuses_to_start_until_filled_in(org, dev_pki):  # and keeps reflection off
+    """Each org fills in the three CA fingerprints it was sent; unfilled, no server starts."""
+    docs = render(f"overlays/{org}")
+    _, text = overlay_config(org, docs)
+    config = parse_config(tomllib.loads(text), {"RISKMESH_PKI_DIR": str(dev_pki)}, Path("/"))
+    assert config.ca_pins == {name: f"FILL-IN-{name}-ca-sha256" for name in OVERLAYS}
+    assert config.reflection is False and config.min_paillier_bits == 2048  # deployed: no reflection, no small keys
+    with pytest.raises(TrustError, match="is not a SHA-256 fingerprint"):
+        MeshCredentials.for_config(config, "gateway")
+    filled = text
+    for name, fingerprint in ca_fingerprints(dev_pki, tuple(OVERLAYS)).items():
+        filled = filled.replace(f"FILL-IN-{name}-ca-sha256", fingerprint)
+    config = parse_config(tomllib.loads(filled), {"RISKMESH_PKI_DIR": str(dev_pki)}, Path("/"))
+    assert MeshCredentials.for_config(config, "gateway").org_cas.keys() == set(OVERLAYS)
 
 
 def test_no_secret_or_key_material_in_the_manifests():

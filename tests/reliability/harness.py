@@ -151,8 +151,9 @@ class Mesh:
         record_dir = root / "records"
         record_dir.mkdir(parents=True, exist_ok=True)
         mesh = cls(root, record_dir)
-        # The fault suite runs one study dozens of times: a run policy and local ceiling to match.
-        mesh.configs = local_mesh_for(root / "mesh", policies={org: {"max_runs": MAX_RUNS} for org in ORGS})
+        # The fault suite runs one study dozens of times: a run policy and local ceiling to match;
+        # the suites use fast 1024-bit keys.
+        mesh.configs = local_mesh_for(root / "mesh", policies={org: {"max_runs": MAX_RUNS} for org in ORGS}, min_paillier_bits=1024)
         mesh.orgs = {org: load_config(path, env={}) for org, path in mesh.configs.items()}
         prefix = (sys.executable, "-m", "tests.reliability.instrument", "--")
         placements = {org: OrgPlacement(command_prefix=prefix, env={RECORD_DIR_ENV: str(record_dir)}) for org in ORGS}

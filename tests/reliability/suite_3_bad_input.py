@@ -451,9 +451,10 @@ def upload(mesh: Mesh, targets: Targets) -> UploadFixture:
     run_id = "fuzz-upload"
     join_pb2_grpc.IntersectionServiceStub(mesh.channel(("helper", "gateway"), ("helper", "intersection"))).OpenIntersection(
         join_pb2.OpenIntersectionRequest(run_id=run_id, spec=targets.spec), timeout=CALL_S)
-    key = generate_keypair(BITS).public
+    bits = targets.spec.paillier_bits  # the helper refuses a key of another size than the study's
+    key = generate_keypair(bits).public
     columns = codec.column_names(owner_columns(targets.spec, "insurer"))
-    layout = SlotLayout.for_columns(len(columns), BITS)
+    layout = SlotLayout.for_columns(len(columns), bits)
     pool = generate_pool(key, 3 * layout.ciphertexts_per_row)
     cts = [key.encode_ciphertext(key.encrypt(i, pool.pop())) for i in range(3 * layout.ciphertexts_per_row)]
     tags = [bytes([i]) * 32 for i in range(3)]

@@ -30,6 +30,10 @@ HEARTBEAT_S = 1.0
 class WorkerHandle(Protocol):
     def send(self, frame: Frame) -> None: ...
 
+    async def writable(self) -> None:
+        """Return once the frames queued for the worker are below the link's high-water mark."""
+        ...
+
     def kill(self) -> None: ...
 
     async def wait(self) -> int | None: ...
@@ -72,6 +76,9 @@ class SubprocessWorker:
 
     def send(self, frame: Frame) -> None:
         self.link.send(frame)
+
+    async def writable(self) -> None:
+        await self.link.writable()
 
     def kill(self) -> None:
         if self.process.returncode is None:

@@ -26,6 +26,9 @@ def test_env_overrides_paths(tmp_path):
     ({"org": None}, "missing required key 'org'"),
     ({"peers": {"x": {"base_port": 1}}}, "peers.x: missing required key 'role'"),
     ({"peers": {"a": {"role": "helper"}, "b": {"role": "helper"}}}, "at most one helper"),
+    ({"reflection": "yes"}, "reflection must be true or false"),
+    ({"min_paillier_bits": 512}, "min_paillier_bits must be at least 1024"),
+    ({"max_upload_rows": 0}, "max_upload_rows must be positive"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, broken, message):
     data = {**BASE, **broken}
@@ -44,6 +47,18 @@ def test_render_and_load_round_trip(tmp_path):
     path = tmp_path / "riskmesh.toml"
     path.write_text(render_config(config))
     assert load_config(path, env={}) == config
+    # The security settings: pins, reflection, key size floor and the helper's row cap.
+    pinned = {**BASE, "ca_sha256": "AA:" * 31 + "AA", "reflection": True, "min_paillier_bits": 1024, "max_upload_rows": 1000,
+              "peers": {"hospital": {"role": "data_owner", "base_port": 7200, "ca_sha256": "bb" * 32}}}
+    config = parse_config(pinned, {}, tmp_path)
+    path.write_text(render_config(config))
+    assert load_config(path, env={}) == config
+    assert config.ca_pins == {"insurer": "AA:" * 31 + "AA", "hospital": "bb" * 32}
+
+
+def test_secure_defaults(tmp_path):
+    config = parse_config(BASE, {}, tmp_path)
+    assert (config.reflection, config.min_paillier_bits, config.max_upload_rows, config.ca_pins) == (False, 2048, 500_000, {})
 
 
 def test_missing_file_and_bad_toml(tmp_path):
