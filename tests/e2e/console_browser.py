@@ -43,7 +43,9 @@ class ConsoleMesh:
         return path
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while the browser lives (later tests' asyncio.run would fail), and the mesh is 15 processes.
+@pytest.fixture(scope="module")
 def console_mesh(tmp_path_factory) -> Iterator[ConsoleMesh]:
     root = tmp_path_factory.mktemp("console")
     configs = local_mesh_for(root)
@@ -68,7 +70,7 @@ def console_mesh(tmp_path_factory) -> Iterator[ConsoleMesh]:
         shutil.copy(log, ARTIFACTS / f"console-{log.parts[-4]}.log")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install -y chromium)")
