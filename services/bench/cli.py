@@ -39,7 +39,7 @@ REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "join": (("services.bench.join_bench", "the join benchmark driver (services/bench/join_bench.py)"),),
     "lasso": (("services.lasso.worker.lasso_program", "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)"),),
     "all": (
-        ("services.gateway.pipeline", "the gateway run pipeline"),
+        ("services.bench.full_bench", "the whole-study benchmark driver (services/bench/full_bench.py)"),
         ("services.join.encryption_server", "the join servers"),
         ("services.lasso.worker.lasso_program", "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)"),
     ),

@@ -1,5 +1,5 @@
 """The console's only connection: its own organisation's gateway, over mTLS, as
-spiffe://<org>/console (services/gateway/rules.py admits it on the client RPCs).
+spiffe://<org>/console (the gateway's authorisation rules admit it on the client RPCs).
 
 An asyncio channel, opened in the web server's event loop. Errors keep the gateway's
 status code and message, which the pages show as they are (the gateway never puts

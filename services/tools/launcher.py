@@ -21,6 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Iterator, Mapping
 
+from importlib.metadata import entry_points
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -28,13 +30,15 @@ from services.mesh.config import MIN_PAILLIER_BITS, ROLE_SERVERS, OrgConfig, Org
 from services.mesh.process import SINGLE_THREAD_ENV
 from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 
-SERVER_MODULES = {
-    "gateway": "services.gateway.server",
-    "encryption": "services.join.encryption_server",
-    "intersection": "services.join.intersection_server",
-    "resharing": "services.join.resharing_server",
-    "lasso": "services.lasso.server",
-}
+
+
+def server_module(server: str) -> str:
+    """The module of a server's console script `riskmesh-<server>` (pyproject.toml declares
+    each once; the image and the k8s manifests run the same scripts)."""
+    (script,) = entry_points(group="console_scripts", name=f"riskmesh-{server}")
+    return script.module
+
+
 DEFAULT_ROLES = {"insurer": "data_owner", "hospital": "data_owner", "helper": "helper"}
 DEFAULT_BASE_PORTS = {"insurer": 7100, "hospital": 7200, "helper": 7300}
 
@@ -209,7 +213,7 @@ class LocalMesh:
     def _spawn(self, org: str, server: str, path: Path, config: OrgConfig, log_dir: Path) -> ServerProcess:
         placement = self.placements.get(org, OrgPlacement())
         env = {**os.environ, **SINGLE_THREAD_ENV, **self.extra_env, **placement.env, "RISKMESH_CONFIG": str(path)}
-        command = [*placement.command_prefix, sys.executable, "-m", SERVER_MODULES[server], "--config", str(path)]
+        command = [*placement.command_prefix, sys.executable, "-m", server_module(server), "--config", str(path)]
         log_path = log_dir / f"{server}.log"
         process = start_server_process(command, env, log_path)
         health = placement.health_addresses.get(server, f"{config.bind_host}:{config.health_port(server)}")

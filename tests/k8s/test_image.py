@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from riskmesh.client import GatewayClient
-from services.tools.launcher import SERVER_MODULES, reserve_port, wait_healthy
+from services.tools.launcher import reserve_port, server_module, wait_healthy
 from services.tools.pki import ca_fingerprints, export_k8s, init_pki
 from tests.k8s.manifests import OVERLAYS, REPO, component, containers, of_kind, render
 
@@ -53,12 +53,11 @@ def manifest_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_every_deployment_runs_its_own_server_console_script():
-    modules = {**SERVER_MODULES, "console": "services.console.server"}  # the console: services/tools/consoles.py
     for server, command in manifest_commands():
         assert command == [f"riskmesh-{server}"], (server, command)
         assert command[0] in SCRIPTS, f"{command[0]} is not a console script in pyproject.toml"
         # pyproject, the manifests and the local launcher agree on the module of each server.
-        assert SCRIPTS[command[0]] == f"{modules[server]}:main"
+        assert SCRIPTS[command[0]] == f"{server_module(server)}:main"
 
 
 def test_every_command_in_the_dockerfile_is_a_console_script():
