@@ -11,16 +11,23 @@ Every podman call goes through `podman()`, which points podman at the repo's
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
+import tarfile
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import typer
+import yaml
+
+from services.tools.kubeplay import HostFile, PlayBundle
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO / "k8s" / "podman" / "containers.conf"
@@ -162,6 +169,89 @@ def build_image(tag: str = DEFAULT_TAG, base: str | None = None) -> str:
         args += ["--secret", f"id={CA_SECRET_ID},src={bundle}"]
     podman(*args, str(REPO), capture=False)
     return tag
+
+
+# --- running translated overlays (services/tools/kubeplay.py) --------------------------
+
+def write_host_files(files: Iterable[HostFile]) -> None:
+    """Decoded Secret items on the host, owned root:<fsGroup> with the volume's mode."""
+    for f in files:
+        f.path.parent.mkdir(parents=True, exist_ok=True)
+        f.path.parent.chmod(0o755)
+        f.path.write_bytes(f.data)
+        os.chown(f.path, 0, f.gid)
+        f.path.chmod(f.mode)
+
+
+def network_create(name: str) -> None:
+    if podman("network", "exists", name, check=False).returncode != 0:
+        podman("network", "create", name)
+
+
+def network_remove(name: str) -> None:
+    podman("network", "rm", "--force", name, check=False)
+
+
+def play(bundle: PlayBundle, network: str, workdir: Path) -> Path:
+    """Write the bundle's host files and YAML, then `podman kube play` it on `network`."""
+    remove(bundle)
+    write_host_files(bundle.files)
+    manifest = workdir / f"{bundle.org}.kube.yaml"
+    manifest.write_text(yaml.safe_dump_all(bundle.documents, sort_keys=False))
+    podman("kube", "play", "--network", network, str(manifest))
+    return manifest
+
+
+def remove(bundle: PlayBundle) -> None:
+    """Remove the bundle's pods and volumes (whatever a previous run left)."""
+    if bundle.pods:
+        podman("pod", "rm", "--force", "--ignore", "--time", "2", *bundle.pods, check=False)
+    if bundle.volumes:
+        podman("volume", "rm", "--force", *bundle.volumes, check=False)
+    configmaps = [d["metadata"]["name"] for d in bundle.documents if d["kind"] == "ConfigMap"]
+    if configmaps:  # kube play keeps a ConfigMap's content in a volume of that name
+        podman("volume", "rm", "--force", *configmaps, check=False)
+
+
+def import_files(volume: str, files: Mapping[str, bytes], uid: int = 10001) -> None:
+    """Put files (read-only, owned by `uid`) into a named volume."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.uid, info.gid, info.mode = len(data), uid, uid, 0o444
+            tar.addfile(info, io.BytesIO(data))
+    podman("volume", "import", volume, "-", input=buf.getvalue())
+
+
+def inspect(container: str) -> dict:
+    return json.loads(podman("inspect", "--type", "container", container).stdout)[0]
+
+
+HEALTH_CHECK = """
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5, wait_for_ready=True)
+print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+"""
+
+
+def health_inside(container: str, port: int, timeout: float = 60) -> str:
+    """The grpc.health.v1 status a server answers on its health port, asked from inside its
+    own container (what a kubelet probe sees), retried until SERVING or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = podman("exec", container, "python", "-c", HEALTH_CHECK, f"127.0.0.1:{port}", check=False)
+        status = done.stdout.decode().strip()
+        if status == "SERVING" or time.monotonic() > deadline:
+            return status or done.stderr.decode(errors="replace").strip()[-500:]
+        time.sleep(0.5)
+
+
+def logs(container: str) -> str:
+    done = podman("logs", container, check=False)
+    return (done.stdout + done.stderr).decode(errors="replace")
 
 
 cli = typer.Typer(help="Container images for riskmesh (podman).", no_args_is_help=True)

@@ -9,7 +9,9 @@ environment, security contexts, ConfigMap and mounts stay the overlay's own):
   (files with the volume's mode, group = the pod's fsGroup): `kube play` mounts Secret
   values still base64-encoded and crashes on Secret volumes whose `optional` is unset
   (podman issue 16636).
-- The ConfigMap and PersistentVolumeClaims are prefixed with the org, like the pods.
+- The ConfigMap and PersistentVolumeClaims are prefixed with the org, like the pods, and
+  each emptyDir volume with its pod: `kube play` (4.3) makes an emptyDir a named volume
+  called by the volume's name, which every pod with a `tmp` volume would otherwise share.
 - Container ports are dropped (podman would try to publish them; nothing here needs
   that), except the ones the caller publishes on loopback (`kubectl port-forward`'s part).
 - Services do not exist under podman, so every address in the org's config (its own
@@ -58,16 +60,17 @@ class PlayBundle:
     dropped: list[str] = field(default_factory=list)
 
 
-def pod_name(org: str, deployment: str) -> str:
-    return f"{org}-{deployment}"
+def pod_name(org: str, deployment: str, prefix: str = "") -> str:
+    """`insurer-riskmesh-gateway`; `prefix` keeps concurrent test runs on one host apart."""
+    return f"{prefix}{org}-{deployment}"
 
 
-def server_pod(org: str, server: str) -> str:
+def server_pod(org: str, server: str, prefix: str = "") -> str:
     """The pod (and DNS name on the podman network) of <org>'s <server>."""
-    return pod_name(org, f"riskmesh-{server}")
+    return pod_name(org, f"riskmesh-{server}", prefix)
 
 
-def address_overrides(config_toml: str) -> dict[str, str]:
+def address_overrides(config_toml: str, prefix: str = "") -> dict[str, str]:
     """RISKMESH_ADDR_<ORG>_<SERVER> for every address in the config, pointing at pod DNS names
     (same port: every pod listens on its own org's ports)."""
     config = parse_config(tomllib.loads(config_toml), env={}, base=Path("/"))
@@ -75,7 +78,7 @@ def address_overrides(config_toml: str) -> dict[str, str]:
     for endpoint in [config.self_endpoint, *config.peers.values()]:
         for server, address in endpoint.addresses.items():
             port = address.rsplit(":", 1)[1]
-            env[f"RISKMESH_ADDR_{endpoint.org.upper().replace('-', '_')}_{server.upper()}"] = f"{server_pod(endpoint.org, server)}:{port}"
+            env[f"RISKMESH_ADDR_{endpoint.org.upper().replace('-', '_')}_{server.upper()}"] = f"{server_pod(endpoint.org, server, prefix)}:{port}"
     return env
 
 
@@ -100,25 +103,28 @@ def translate(
     secrets_root: Path,
     publish: Mapping[tuple[str, str], int] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    prefix: str = "",
 ) -> PlayBundle:
     """The `kube play` documents and host files for one org's rendered overlay.
 
     secrets: Secret manifests by name (as `riskmesh pki export-k8s` writes them).
     publish: {(deployment, port name): loopback host port} to publish.
     extra_env: more environment for every container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
+    prefix: before every pod, volume and ConfigMap name (and so every DNS name).
     """
     docs = [copy.deepcopy(dict(d)) for d in docs]
     publish = dict(publish or {})
     configmap = _only(docs, "ConfigMap")
     if CONFIG_FILE not in configmap.get("data", {}):
         raise TranslationError(f"the ConfigMap has no {CONFIG_FILE}")
-    env_add = {**address_overrides(configmap["data"][CONFIG_FILE]), **dict(extra_env or {})}
-    renamed_configmap = {configmap["metadata"]["name"]: pod_name(org, configmap["metadata"]["name"])}
-    claims = {d["metadata"]["name"]: pod_name(org, d["metadata"]["name"]) for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    env_add = {**address_overrides(configmap["data"][CONFIG_FILE], prefix), **dict(extra_env or {})}
+    renamed_configmap = {configmap["metadata"]["name"]: pod_name(org, configmap["metadata"]["name"], prefix)}
+    claims = {d["metadata"]["name"]: pod_name(org, d["metadata"]["name"], prefix) for d in docs if d["kind"] == "PersistentVolumeClaim"}
 
     out: list[dict] = []
     files: list[HostFile] = []
     pods: list[str] = []
+    scratch: list[str] = []
     dropped: list[str] = []
     for doc in docs:
         kind, name = doc["kind"], doc["metadata"]["name"]
@@ -131,9 +137,10 @@ def translate(
             doc["metadata"] = {"name": claims[name], "labels": doc["metadata"].get("labels", {})}
             out.append(doc)
         elif kind == "Deployment":
-            pod, pod_files = _pod(doc, org, secrets, image, secrets_root, renamed_configmap, claims, publish, env_add)
+            pod, pod_files = _pod(doc, pod_name(org, name, prefix), secrets, image, secrets_root, renamed_configmap, claims, publish, env_add)
             pods.append(pod["metadata"]["name"])
             files += pod_files
+            scratch += [v["name"] for v in pod["spec"].get("volumes", []) if "emptyDir" in v]
             out.append(pod)
         else:
             raise TranslationError(f"no translation for {kind}/{name}")
@@ -142,12 +149,12 @@ def translate(
         raise TranslationError(f"cannot publish ports of unknown deployments {sorted(unused)}")
     # PVCs first so that kube play creates the volumes before the pods that mount them.
     out.sort(key=lambda d: {"ConfigMap": 0, "PersistentVolumeClaim": 1}.get(d["kind"], 2))
-    return PlayBundle(org, out, files, pods, sorted(claims.values()), dropped)
+    return PlayBundle(org, out, files, pods, sorted([*claims.values(), *scratch]), dropped)
 
 
 def _pod(
     deployment: dict,
-    org: str,
+    name: str,
     secrets: Mapping[str, Mapping[str, Any]],
     image: str,
     secrets_root: Path,
@@ -156,13 +163,15 @@ def _pod(
     publish: Mapping[tuple[str, str], int],
     env_add: Mapping[str, str],
 ) -> tuple[dict, list[HostFile]]:
-    name = pod_name(org, deployment["metadata"]["name"])
     template = deployment["spec"]["template"]
     spec = template["spec"]
     fs_group = int(spec.get("securityContext", {}).get("fsGroup", 0))
     files: list[HostFile] = []
+    scratch = {v["name"]: f"{name}-{v['name']}" for v in spec.get("volumes", []) if "emptyDir" in v}
     for volume in spec.get("volumes", []):
-        if "secret" in volume:
+        if volume["name"] in scratch:
+            volume["name"] = scratch[volume["name"]]
+        elif "secret" in volume:
             source = volume.pop("secret")
             secret_name = source["secretName"]
             if secret_name not in secrets:
@@ -181,6 +190,8 @@ def _pod(
         elif "persistentVolumeClaim" in volume:
             volume["persistentVolumeClaim"]["claimName"] = claims[volume["persistentVolumeClaim"]["claimName"]]
     for container in spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            mount["name"] = scratch.get(mount["name"], mount["name"])
         ports = container.pop("ports", [])
         published = [
             {"containerPort": p["containerPort"], "hostPort": publish[(deployment["metadata"]["name"], p["name"])], "hostIP": "127.0.0.1"}
@@ -202,9 +213,9 @@ def _pod(
     return pod, files
 
 
-def server_of(pod: str, org: str) -> str:
+def server_of(pod: str, org: str, prefix: str = "") -> str:
     """`insurer-riskmesh-gateway` -> `gateway`."""
-    server = pod.removeprefix(f"{org}-riskmesh-")
+    server = pod.removeprefix(f"{prefix}{org}-riskmesh-")
     if server not in SERVER_OFFSETS:
         raise TranslationError(f"{pod} is not a riskmesh server pod of {org}")
     return server
