@@ -97,7 +97,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def GetInfo(self, request, context):
         caller = current_caller.get()
-        return gateway_pb2.GetInfoResponse(org=self.config.org, role=ROLE_TO_PROTO[self.config.role], version=riskmesh.__version__, caller_identity=str(caller) if caller else "")
+        return gateway_pb2.GetInfoResponse(org=self.config.org, role=ROLE_TO_PROTO[self.config.role], version=riskmesh.__version__,
+                                           caller_identity=str(caller) if caller else "", server_time_unix_ms=time.time_ns() // 1_000_000)
 
     async def CheckPeers(self, request, context):
         statuses = await asyncio.gather(*(self._check_peer(org) for org in self.config.peers))

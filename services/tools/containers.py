@@ -16,9 +16,9 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +36,17 @@ LOCAL_BASE_TAG = "localhost/riskmesh-python-base:bookworm-3.11"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
 # Debian packages the project's container work needs (installed by `ensure_tools`).
-APT_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "iptables", "catatonit", "conmon", "uidmap")
+APT_PACKAGES = (
+    "podman",
+    "runc",
+    "debootstrap",
+    "netavark",
+    "aardvark-dns",
+    "iptables",
+    "catatonit",
+    "conmon",
+    "uidmap",
+)
 # What a base made with debootstrap carries beyond `minbase`: Python, venv, and nothing else.
 BASE_PACKAGES = ("python3", "python3-venv")
 # Build-time only: the CA bundle an intercepting proxy needs, never copied into the image.
@@ -51,7 +61,9 @@ def podman_env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
 
 
-def podman(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None, input: bytes | None = None) -> subprocess.CompletedProcess:
+def podman(
+    *args: str, check: bool = True, capture: bool = True, timeout: float | None = None, input: bytes | None = None
+) -> subprocess.CompletedProcess:
     """Run `podman <args>` with the project's containers.conf."""
     done = subprocess.run(["podman", *args], env=podman_env(), capture_output=capture, timeout=timeout, input=input)
     if check and done.returncode != 0:
@@ -61,6 +73,7 @@ def podman(*args: str, check: bool = True, capture: bool = True, timeout: float 
 
 
 # --- tools ----------------------------------------------------------------------------
+
 
 def missing_tools() -> list[str]:
     return [tool for tool in ("podman", "runc", "debootstrap", "iptables") if shutil.which(tool) is None]
@@ -75,12 +88,15 @@ def ensure_tools() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=600"]
     subprocess.run(["apt-get", *lock, "update", "-qq"], env=env, check=True)
-    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES], env=env, check=True)
+    subprocess.run(
+        ["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES], env=env, check=True
+    )
     if missing_tools():
         raise ContainerError(f"still missing after apt-get install: {', '.join(missing_tools())}")
 
 
 # --- images ---------------------------------------------------------------------------
+
 
 def image_exists(ref: str) -> bool:
     return podman("image", "exists", ref, check=False).returncode == 0
@@ -115,7 +131,11 @@ def build_local_base(tag: str = LOCAL_BASE_TAG, suite: str = "bookworm") -> str:
     with tempfile.TemporaryDirectory(prefix="riskmesh-base-") as tmp:
         root = Path(tmp) / "rootfs"
         include = ",".join(BASE_PACKAGES)
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={include}", suite, str(root), DEBIAN_MIRROR], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={include}", suite, str(root), DEBIAN_MIRROR],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         # Security and point-release updates, then drop what a server never needs.
         (root / "etc/apt/sources.list").write_text(
             f"deb {DEBIAN_MIRROR} {suite} main\ndeb {DEBIAN_MIRROR} {suite}-updates main\n"
@@ -124,7 +144,15 @@ def build_local_base(tag: str = LOCAL_BASE_TAG, suite: str = "bookworm") -> str:
         chroot_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
         for command in (["apt-get", "update", "-qq"], ["apt-get", "-y", "-qq", "upgrade"], ["apt-get", "clean"]):
             subprocess.run(["chroot", str(root), *command], env=chroot_env, check=True, stdout=subprocess.DEVNULL)
-        for path in ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/debconf/templates.dat-old", "var/log"):
+        for path in (
+            "var/lib/apt/lists",
+            "usr/share/doc",
+            "usr/share/man",
+            "usr/share/info",
+            "usr/share/locale",
+            "var/cache/debconf/templates.dat-old",
+            "var/log",
+        ):
             target = root / path
             if target.is_dir():
                 shutil.rmtree(target)
@@ -132,8 +160,17 @@ def build_local_base(tag: str = LOCAL_BASE_TAG, suite: str = "bookworm") -> str:
             elif target.exists():
                 target.unlink()
         (root / "usr/bin/python").symlink_to("python3")
-        tar = subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-c", "."], check=True, capture_output=True).stdout
-        changes = ["--change", "ENV LANG=C.UTF-8", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--change", 'CMD ["python3"]']
+        tar = subprocess.run(
+            ["tar", "-C", str(root), "--numeric-owner", "-c", "."], check=True, capture_output=True
+        ).stdout
+        changes = [
+            "--change",
+            "ENV LANG=C.UTF-8",
+            "--change",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--change",
+            'CMD ["python3"]',
+        ]
         podman("import", *changes, "-", tag, input=tar)
     return tag
 
@@ -172,6 +209,7 @@ def build_image(tag: str = DEFAULT_TAG, base: str | None = None) -> str:
 
 
 # --- running translated overlays (services/tools/kubeplay.py) --------------------------
+
 
 def write_host_files(files: Iterable[HostFile]) -> None:
     """Decoded Secret items on the host, owned root:<fsGroup> with the volume's mode."""
@@ -264,7 +302,10 @@ def tools() -> None:
 
 
 @cli.command()
-def image(tag: str = typer.Option(DEFAULT_TAG), base: str = typer.Option("", help="base image (default: pinned, else local Debian)")) -> None:
+def image(
+    tag: str = typer.Option(DEFAULT_TAG),
+    base: str = typer.Option("", help="base image (default: pinned, else local Debian)"),
+) -> None:
     """Build the runtime image and print its size."""
     started = time.monotonic()
     build_image(tag, base or None)

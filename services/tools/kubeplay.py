@@ -78,7 +78,9 @@ def address_overrides(config_toml: str, prefix: str = "") -> dict[str, str]:
     for endpoint in [config.self_endpoint, *config.peers.values()]:
         for server, address in endpoint.addresses.items():
             port = address.rsplit(":", 1)[1]
-            env[f"RISKMESH_ADDR_{endpoint.org.upper().replace('-', '_')}_{server.upper()}"] = f"{server_pod(endpoint.org, server, prefix)}:{port}"
+            env[f"RISKMESH_ADDR_{endpoint.org.upper().replace('-', '_')}_{server.upper()}"] = (
+                f"{server_pod(endpoint.org, server, prefix)}:{port}"
+            )
     return env
 
 
@@ -119,7 +121,11 @@ def translate(
         raise TranslationError(f"the ConfigMap has no {CONFIG_FILE}")
     env_add = {**address_overrides(configmap["data"][CONFIG_FILE], prefix), **dict(extra_env or {})}
     renamed_configmap = {configmap["metadata"]["name"]: pod_name(org, configmap["metadata"]["name"], prefix)}
-    claims = {d["metadata"]["name"]: pod_name(org, d["metadata"]["name"], prefix) for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    claims = {
+        d["metadata"]["name"]: pod_name(org, d["metadata"]["name"], prefix)
+        for d in docs
+        if d["kind"] == "PersistentVolumeClaim"
+    }
 
     out: list[dict] = []
     files: list[HostFile] = []
@@ -137,14 +143,26 @@ def translate(
             doc["metadata"] = {"name": claims[name], "labels": doc["metadata"].get("labels", {})}
             out.append(doc)
         elif kind == "Deployment":
-            pod, pod_files = _pod(doc, pod_name(org, name, prefix), secrets, image, secrets_root, renamed_configmap, claims, publish, env_add)
+            pod, pod_files = _pod(
+                doc,
+                pod_name(org, name, prefix),
+                secrets,
+                image,
+                secrets_root,
+                renamed_configmap,
+                claims,
+                publish,
+                env_add,
+            )
             pods.append(pod["metadata"]["name"])
             files += pod_files
             scratch += [v["name"] for v in pod["spec"].get("volumes", []) if "emptyDir" in v]
             out.append(pod)
         else:
             raise TranslationError(f"no translation for {kind}/{name}")
-    unused = {deployment for deployment, _ in publish} - {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    unused = {deployment for deployment, _ in publish} - {
+        d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"
+    }
     if unused:
         raise TranslationError(f"cannot publish ports of unknown deployments {sorted(unused)}")
     # PVCs first so that kube play creates the volumes before the pods that mount them.
@@ -194,7 +212,11 @@ def _pod(
             mount["name"] = scratch.get(mount["name"], mount["name"])
         ports = container.pop("ports", [])
         published = [
-            {"containerPort": p["containerPort"], "hostPort": publish[(deployment["metadata"]["name"], p["name"])], "hostIP": "127.0.0.1"}
+            {
+                "containerPort": p["containerPort"],
+                "hostPort": publish[(deployment["metadata"]["name"], p["name"])],
+                "hostIP": "127.0.0.1",
+            }
             for p in ports
             if (deployment["metadata"]["name"], p.get("name")) in publish
         ]

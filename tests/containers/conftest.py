@@ -59,9 +59,16 @@ def play_overlays(image: str, root: Path, extra_env: dict[str, str] | None = Non
         paths = export_k8s(pki, org, root / "k8s-secrets" / org, f"riskmesh-{org}")
         secrets = {d["metadata"]["name"]: d for d in (yaml.safe_load(p.read_text()) for p in paths)}
         mesh.gateway_ports[org] = free_port()
-        mesh.bundles[org] = translate(render(f"overlays/{org}"), org, secrets, image, root / "host-files" / org,
-                                      publish={("riskmesh-gateway", "mtls"): mesh.gateway_ports[org]},
-                                      extra_env=extra_env, prefix=prefix)
+        mesh.bundles[org] = translate(
+            render(f"overlays/{org}"),
+            org,
+            secrets,
+            image,
+            root / "host-files" / org,
+            publish={("riskmesh-gateway", "mtls"): mesh.gateway_ports[org]},
+            extra_env=extra_env,
+            prefix=prefix,
+        )
     for bundle in mesh.bundles.values():
         containers.play(bundle, mesh.network, root)
     return mesh

@@ -20,7 +20,18 @@ from services.tools import containers
 from services.tools.kubeplay import server_of
 from tests.k8s.manifests import BASE_PORT
 
-DEV_ONLY_MODULES = ("sklearn", "scipy", "matplotlib", "pytest", "hypothesis", "grpc_tools", "kubernetes_validate", "psutil", "pip", "yaml")
+DEV_ONLY_MODULES = (
+    "sklearn",
+    "scipy",
+    "matplotlib",
+    "pytest",
+    "hypothesis",
+    "grpc_tools",
+    "kubernetes_validate",
+    "psutil",
+    "pip",
+    "yaml",
+)
 ALPHA = 0.05
 
 
@@ -33,10 +44,14 @@ def test_image_holds_the_runtime_set_only_and_no_build_secret(image):
     size = containers.image_size_mb(image)
     assert size <= 400, f"image is {size:.0f} MB"
     probe = "import importlib.util, sys; print(','.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))"
-    done = containers.podman("run", "--rm", "--read-only", "--cap-drop=ALL", image, "python", "-c", probe, *DEV_ONLY_MODULES)
+    done = containers.podman(
+        "run", "--rm", "--read-only", "--cap-drop=ALL", image, "python", "-c", probe, *DEV_ONLY_MODULES
+    )
     assert done.stdout.decode().strip() == "", f"dev-only modules in the image: {done.stdout.decode()}"
     # The build's CA bundle was a secret mount: nothing of it in any layer or the environment.
-    done = containers.podman("run", "--rm", image, "sh", "-c", "ls /run/secrets 2>/dev/null; env | grep -i -E 'PIP_CERT|CA_BUNDLE' || true")
+    done = containers.podman(
+        "run", "--rm", image, "sh", "-c", "ls /run/secrets 2>/dev/null; env | grep -i -E 'PIP_CERT|CA_BUNDLE' || true"
+    )
     assert done.stdout.decode().strip() == ""
     assert "Usage: riskmesh" in containers.podman("run", "--rm", "--read-only", image).stdout.decode()
 
@@ -67,7 +82,9 @@ def test_whole_study_across_the_three_orgs_containers_matches_scikit_learn(playe
     for org, table in (("insurer", data.insurer), ("hospital", data.hospital)):
         csv = table.write_csv(played.pki.parent / f"{org}.csv")
         containers.import_files(f"{played.prefix}{org}-riskmesh-data", {f"{org}.csv": csv.read_bytes()})
-    clients = {org: GatewayClient.from_pki(f"127.0.0.1:{port}", org, played.pki) for org, port in played.gateway_ports.items()}
+    clients = {
+        org: GatewayClient.from_pki(f"127.0.0.1:{port}", org, played.pki) for org, port in played.gateway_ports.items()
+    }
     try:
         peers = clients["insurer"].check_peers()
         assert {p.org: p.reachable for p in peers.peers} == {"hospital": True, "helper": True}

@@ -51,7 +51,9 @@ def test_each_deployment_becomes_one_pod_named_after_its_org_and_nothing_podman_
         assert set(pods(bundle)) == {f"{org}-{name}" for name in deployments}
         assert {server_of(p, org) for p in pods(bundle)} == {name.removeprefix("riskmesh-") for name in deployments}
         assert {d["kind"] for d in bundle.documents} == {"Pod", "ConfigMap", "PersistentVolumeClaim"}
-        assert sorted(bundle.dropped) == sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs if d["kind"] in DROPPED_KINDS)
+        assert sorted(bundle.dropped) == sorted(
+            f"{d['kind']}/{d['metadata']['name']}" for d in docs if d["kind"] in DROPPED_KINDS
+        )
         # kube play creates the volumes before the pods that mount them.
         kinds = [d["kind"] for d in bundle.documents]
         assert kinds.index("Pod") > max(i for i, k in enumerate(kinds) if k != "Pod")
@@ -69,7 +71,9 @@ def test_what_runs_is_the_overlays_own_command_security_and_mounts(bundles):
             for key in ("command", "securityContext", "resources"):
                 assert c_got[key] == c_want[key], (name, key)
             assert [m["mountPath"] for m in c_got["volumeMounts"]] == [m["mountPath"] for m in c_want["volumeMounts"]]
-            assert [m.get("readOnly", False) for m in c_got["volumeMounts"]] == [m.get("readOnly", False) for m in c_want["volumeMounts"]]
+            assert [m.get("readOnly", False) for m in c_got["volumeMounts"]] == [
+                m.get("readOnly", False) for m in c_want["volumeMounts"]
+            ]
             env_want = {e["name"]: e["value"] for e in c_want["env"]}
             env_got = {e["name"]: e["value"] for e in c_got["env"]}
             assert {k: env_got[k] for k in env_want} == env_want
@@ -112,7 +116,11 @@ def test_every_configured_address_is_a_pod_on_the_network_listening_on_that_port
                     host, port = endpoint.address(server).rsplit(":", 1)
                     assert host == server_pod(endpoint.org, server) and host in all_pods, (org, name, server, host)
                     assert int(port) == BASE_PORT + SERVER_OFFSETS[server]
-            assert config.base_port == BASE_PORT and config.health_port(server_of(name, org)) == BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server_of(name, org)]
+            assert (
+                config.base_port == BASE_PORT
+                and config.health_port(server_of(name, org))
+                == BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server_of(name, org)]
+            )
 
 
 def test_volumes_configmap_and_claims_are_per_org_and_scratch_volumes_per_pod(bundles):
@@ -138,8 +146,15 @@ def test_volumes_configmap_and_claims_are_per_org_and_scratch_volumes_per_pod(bu
 
 
 def test_published_ports_are_on_loopback_only_and_a_prefix_renames_everything(secrets, tmp_path):
-    bundle = translate(render("overlays/helper"), "helper", secrets["helper"], IMAGE, tmp_path,
-                       publish={("riskmesh-gateway", "mtls"): 17300}, prefix="t1-")
+    bundle = translate(
+        render("overlays/helper"),
+        "helper",
+        secrets["helper"],
+        IMAGE,
+        tmp_path,
+        publish={("riskmesh-gateway", "mtls"): 17300},
+        prefix="t1-",
+    )
     by_name = pods(bundle)
     assert set(by_name) == {f"t1-helper-riskmesh-{s}" for s in ("gateway", "intersection", "resharing", "lasso")}
     (gateway,) = by_name["t1-helper-riskmesh-gateway"]["spec"]["containers"]
@@ -148,7 +163,14 @@ def test_published_ports_are_on_loopback_only_and_a_prefix_renames_everything(se
     assert env["RISKMESH_ADDR_INSURER_GATEWAY"] == "t1-insurer-riskmesh-gateway:7100"
     assert all(v.startswith("t1-") for v in bundle.volumes)
     with pytest.raises(TranslationError):
-        translate(render("overlays/helper"), "helper", secrets["helper"], IMAGE, tmp_path, publish={("riskmesh-nope", "mtls"): 1})
+        translate(
+            render("overlays/helper"),
+            "helper",
+            secrets["helper"],
+            IMAGE,
+            tmp_path,
+            publish={("riskmesh-nope", "mtls"): 1},
+        )
 
 
 def test_a_missing_secret_is_refused(secrets, tmp_path):
