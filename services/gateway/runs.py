@@ -22,6 +22,7 @@ from services.gateway.pipeline import PhaseFailure, RunPipeline
 from services.gateway.store import TERMINAL_STATES, IllegalTransitionError, Store, UnknownRunError
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
+from services.mesh.telemetry import run_outcome
 
 log = logging.getLogger("riskmesh.gateway.runs")
 
@@ -88,6 +89,7 @@ class RunCoordinator:
         self._parties[run_id] = [o for o in parties if o != self.config.org]
         if self.store.get_run(run_id).state == common_pb2.RUN_STATE_PENDING:
             self.store.update_run(run_id, state=common_pb2.RUN_STATE_RUNNING)
+        run_outcome("started")
         self._tasks[run_id] = asyncio.create_task(self._drive(run_id, pipeline, body))
 
     def remember_parties(self, run_id: str, parties: list[str]) -> None:
@@ -153,6 +155,7 @@ class RunCoordinator:
         if error is not None:
             details.update(phase=common_pb2.Phase.Name(error.phase), org=error.org, reason=error.reason[:200])
         self.audit.append(f"spiffe://{self.config.org}/gateway", action, study_id=run.study_id, run_id=run_id, details=details)
+        run_outcome(action.removeprefix("run."))
         self._notify(run_id)
         return True
 

@@ -85,6 +85,7 @@ def tear_down(mesh: PlayedMesh) -> None:
 
 @pytest.fixture(scope="module")
 def played(image, tmp_path_factory) -> Iterator[PlayedMesh]:
-    mesh = play_overlays(image, tmp_path_factory.mktemp("play"))
+    # No OpenTelemetry Collector runs here: telemetry goes to JSON lines in the state volumes.
+    mesh = play_overlays(image, tmp_path_factory.mktemp("play"), extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": ""})
     yield mesh
     tear_down(mesh)
