@@ -243,7 +243,7 @@ def play(bundle: PlayBundle, network: str, workdir: Path) -> Path:
 def remove(bundle: PlayBundle) -> None:
     """Remove the bundle's pods and volumes (whatever a previous run left)."""
     if bundle.pods:
-        podman("pod", "rm", "--force", "--ignore", "--time", "2", *bundle.pods, check=False)
+        podman("pod", "rm", "--force", "--ignore", "--time", "0", *bundle.pods, check=False)
     if bundle.volumes:
         podman("volume", "rm", "--force", *bundle.volumes, check=False)
     configmaps = [d["metadata"]["name"] for d in bundle.documents if d["kind"] == "ConfigMap"]

@@ -111,3 +111,17 @@ def test_whole_study_across_the_three_orgs_containers_matches_scikit_learn(playe
     finally:
         for client in clients.values():
             client.close()
+
+
+def test_doctor_inside_each_gateway_pod_passes(played):
+    """`riskmesh doctor` as an operator runs it in a pod (`kubectl exec deploy/riskmesh-gateway
+    -- riskmesh doctor --org <org> --server gateway`): config, the mounted certificate, the
+    peer gateways over mTLS by their pod names, clocks, the port and the state volume."""
+    for org, bundle in played.bundles.items():
+        (gateway,) = [pod for pod in bundle.pods if pod.endswith("-riskmesh-gateway")]
+        done = containers.podman(
+            "exec", played.container(gateway), "riskmesh", "doctor", "--org", org, "--server", "gateway", check=False
+        )
+        out = done.stdout.decode()
+        assert done.returncode == 0, out + done.stderr.decode()
+        assert " 0 failed" in out and out.count("mTLS ok") == 2, out
