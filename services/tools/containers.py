@@ -243,6 +243,8 @@ def play(bundle: PlayBundle, network: str, workdir: Path) -> Path:
 def remove(bundle: PlayBundle) -> None:
     """Remove the bundle's pods and volumes (whatever a previous run left)."""
     if bundle.pods:
+        # Killed first: `pod rm --force` stops containers one by one, several seconds each.
+        podman("pod", "kill", *bundle.pods, check=False)
         podman("pod", "rm", "--force", "--ignore", "--time", "0", *bundle.pods, check=False)
     if bundle.volumes:
         podman("volume", "rm", "--force", *bundle.volumes, check=False)
