@@ -13,7 +13,8 @@ from services.tools.kubeplay import HostFile
 
 
 def test_the_dockerfile_base_is_pinned_by_digest():
-    assert re.fullmatch(r"docker\.io/library/python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", containers.dockerfile_base())
+    pinned = r"docker\.io/library/python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}"
+    assert re.fullmatch(pinned, containers.dockerfile_base())
 
 
 def test_the_build_ca_bundle_comes_from_the_first_configured_existing_file(tmp_path, monkeypatch):
