@@ -182,8 +182,8 @@ def resolve_base(base: str | None = None) -> str:
     pinned = dockerfile_base()
     if image_exists(pinned) or pull(pinned):
         return pinned
+    print(f"no registry served {pinned}: building FROM the local Debian base {LOCAL_BASE_TAG}", file=sys.stderr)
     if not image_exists(LOCAL_BASE_TAG):
-        print(f"no registry serves {pinned}: building {LOCAL_BASE_TAG} with debootstrap", file=sys.stderr)
         build_local_base(LOCAL_BASE_TAG)
     return image_id(LOCAL_BASE_TAG)
 
