@@ -7,6 +7,8 @@ each function here turns some of them into Findings, each failure with what to d
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 import stat
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -105,6 +107,34 @@ def check_trust_bundle(
                 "remove them from trust.pem (every CA in it may sign peers' identities)",
             )
         )
+    return findings
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate (DER), `AB:CD:…` as `openssl x509 -fingerprint -sha256` prints it."""
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def check_ca_pins(pins: Mapping[str, str], orgs: Sequence[str], bundle: Sequence[x509.Certificate]) -> list[Finding]:
+    """Each organisation's CA in trust.pem is the one whose fingerprint the config pins."""
+    findings = []
+    for name in orgs:
+        subject = f"CA pin of {name}"
+        pin = re.sub(r"[\s:]", "", pins.get(name, "")).lower()
+        cas = [c for c in bundle if _org_of(c) == name]
+        if not re.fullmatch(r"[0-9a-f]{64}", pin):
+            detail = f"no SHA-256 fingerprint pinned (ca_sha256 = {pins.get(name, '')!r})"
+            fix = f"put the fingerprint {name} sent you (`riskmesh pki fingerprints` at {name}) in ca_sha256"
+            findings.append(fail("pki", subject, detail, fix))
+        elif len(cas) != 1:
+            continue  # check_trust_bundle reports a missing or doubled CA
+        elif re.sub(":", "", fingerprint(cas[0])).lower() != pin:
+            detail = f"trust.pem's CA of {name} is {fingerprint(cas[0])}, not the pinned one"
+            fix = f"compare fingerprints with {name} over a second channel; fix trust.pem or the pin"
+            findings.append(fail("pki", subject, detail, fix))
+        else:
+            findings.append(ok("pki", subject, "trust.pem's CA matches the pinned fingerprint"))
     return findings
 
 

@@ -85,6 +85,9 @@ def diagnose_pki(config: OrgConfig, servers: Sequence[str], now: dt.datetime) ->
             )
         ]
     findings = checks.check_trust_bundle(config.org, list(config.peers), bundle, now)
+    # CA pins (ca_sha256) exist in configs that have OrgConfig.ca_pins; earlier ones pin nothing.
+    if hasattr(config, "ca_pins"):
+        findings += checks.check_ca_pins(config.ca_pins(), [config.org, *config.peers], bundle)
     own_cas = [c for c in bundle if checks._org_of(c) == config.org]
     org_ca = own_cas[0] if len(own_cas) == 1 else None
     for service in servers:

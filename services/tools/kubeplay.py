@@ -19,12 +19,15 @@ environment, security contexts, ConfigMap and mounts stay the overlay's own):
   the shared podman network, through the config's RISKMESH_ADDR_<ORG>_<SERVER> overrides.
 - Namespace, ServiceAccount, Service and NetworkPolicy objects are dropped: podman has
   no such things (k8s/README.md says which tests check them instead).
+- CA pins left as `FILL-IN-<org>-ca-sha256` placeholders in the config are filled in with
+  the fingerprints given, as each operator does with the ones the others sent.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +87,17 @@ def address_overrides(config_toml: str, prefix: str = "") -> dict[str, str]:
     return env
 
 
+PIN_PLACEHOLDER = re.compile(r"FILL-IN-([a-z][a-z0-9-]*)-ca-sha256")
+
+
+def fill_pins(config_toml: str, ca_pins: Mapping[str, str]) -> str:
+    """The config with each `FILL-IN-<org>-ca-sha256` replaced by <org>'s fingerprint."""
+    missing = sorted({org for org in PIN_PLACEHOLDER.findall(config_toml) if org not in ca_pins})
+    if missing and ca_pins:
+        raise TranslationError(f"no CA fingerprint given for {', '.join(missing)}")
+    return PIN_PLACEHOLDER.sub(lambda m: ca_pins.get(m.group(1), m.group(0)), config_toml)
+
+
 def secret_data(secret: Mapping[str, Any]) -> dict[str, bytes]:
     data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
     data.update({k: v.encode() for k, v in (secret.get("stringData") or {}).items()})
@@ -106,6 +120,7 @@ def translate(
     publish: Mapping[tuple[str, str], int] | None = None,
     extra_env: Mapping[str, str] | None = None,
     prefix: str = "",
+    ca_pins: Mapping[str, str] | None = None,
 ) -> PlayBundle:
     """The `kube play` documents and host files for one org's rendered overlay.
 
@@ -113,12 +128,14 @@ def translate(
     publish: {(deployment, port name): loopback host port} to publish.
     extra_env: more environment for every container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
     prefix: before every pod, volume and ConfigMap name (and so every DNS name).
+    ca_pins: {org: CA fingerprint} for the config's FILL-IN placeholders.
     """
     docs = [copy.deepcopy(dict(d)) for d in docs]
     publish = dict(publish or {})
     configmap = _only(docs, "ConfigMap")
     if CONFIG_FILE not in configmap.get("data", {}):
         raise TranslationError(f"the ConfigMap has no {CONFIG_FILE}")
+    configmap["data"][CONFIG_FILE] = fill_pins(configmap["data"][CONFIG_FILE], ca_pins or {})
     env_add = {**address_overrides(configmap["data"][CONFIG_FILE], prefix), **dict(extra_env or {})}
     renamed_configmap = {configmap["metadata"]["name"]: pod_name(org, configmap["metadata"]["name"], prefix)}
     claims = {

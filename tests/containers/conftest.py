@@ -14,7 +14,10 @@ from typing import Iterator
 
 import pytest
 import yaml
+from cryptography import x509
 
+from services.doctor.checks import fingerprint
+from services.mesh.pki_layout import OrgPaths
 from services.tools import containers
 from services.tools.kubeplay import PlayBundle, translate
 from services.tools.pki import export_k8s, init_pki
@@ -53,6 +56,9 @@ def play_overlays(image: str, root: Path, extra_env: dict[str, str] | None = Non
     prefix = f"rt{os.getpid()}-"
     pki = root / "pki"
     init_pki(pki, tuple(OVERLAYS))
+    # What the organisations exchange: CA fingerprints, for the configs' pins (where they have any).
+    cas = {org: x509.load_pem_x509_certificate(OrgPaths(pki / org).ca_cert().read_bytes()) for org in OVERLAYS}
+    pins = {org: fingerprint(ca) for org, ca in cas.items()}
     mesh = PlayedMesh(prefix, f"{prefix}net", pki, {}, {})
     containers.network_create(mesh.network)
     for org in OVERLAYS:
@@ -68,6 +74,7 @@ def play_overlays(image: str, root: Path, extra_env: dict[str, str] | None = Non
             publish={("riskmesh-gateway", "mtls"): mesh.gateway_ports[org]},
             extra_env=extra_env,
             prefix=prefix,
+            ca_pins=pins,
         )
     for bundle in mesh.bundles.values():
         containers.play(bundle, mesh.network, root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from cryptography.hazmat.primitives import serialization
 
@@ -149,3 +150,17 @@ def test_ports_and_disk():
     assert "base_port" in bad.fix
     assert checks.failed(checks.check_disk("/s", 10, True)) and checks.failed(checks.check_disk("/s", 1 << 40, False))
     assert all(f.ok for f in checks.check_disk("/s", 1 << 40, True))
+
+
+def test_ca_pins_must_match_the_trust_bundle():
+    cas = {org: make_ca(org)[0] for org in ("insurer", "hospital", "helper")}
+    pins = {org: checks.fingerprint(ca) for org, ca in cas.items()}
+    assert all(f.ok for f in checks.check_ca_pins(pins, list(cas), list(cas.values())))
+    impostor = make_ca("hospital")[0]
+    bad = checks.failed(checks.check_ca_pins(pins, list(cas), [cas["insurer"], impostor, cas["helper"]]))
+    assert [f.subject for f in bad] == ["CA pin of hospital"] and "second channel" in bad[0].fix
+    unfilled = {**pins, "helper": "FILL-IN-helper-ca-sha256"}
+    (bad,) = checks.failed(checks.check_ca_pins(unfilled, list(cas), list(cas.values())))
+    assert bad.subject == "CA pin of helper" and "riskmesh pki fingerprints" in bad.fix
+    # The form openssl prints: `openssl x509 -fingerprint -sha256` → AB:CD:…
+    assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", pins["insurer"])

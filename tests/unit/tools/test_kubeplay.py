@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from services.mesh.config import HEALTH_OFFSET, SERVER_OFFSETS, parse_config
-from services.tools.kubeplay import DROPPED_KINDS, TranslationError, server_of, server_pod, translate
+from services.tools.kubeplay import DROPPED_KINDS, TranslationError, fill_pins, server_of, server_pod, translate
 from services.tools.pki import export_k8s, init_pki
 from tests.k8s.manifests import BASE_PORT, OVERLAYS, of_kind, render
 
@@ -177,3 +177,13 @@ def test_a_missing_secret_is_refused(secrets, tmp_path):
     partial = {k: v for k, v in secrets["insurer"].items() if k != "riskmesh-lasso-tls"}
     with pytest.raises(TranslationError, match="riskmesh-lasso-tls"):
         translate(render("overlays/insurer"), "insurer", partial, IMAGE, tmp_path)
+
+
+def test_ca_pin_placeholders_are_filled_with_the_fingerprints_given():
+    text = 'org = "insurer"\nca_sha256 = "FILL-IN-insurer-ca-sha256"\n'
+    text += '[peers.helper]\nca_sha256 = "FILL-IN-helper-ca-sha256"\n'
+    filled = fill_pins(text, {"insurer": "AA:BB", "helper": "CC:DD"})
+    assert 'ca_sha256 = "AA:BB"' in filled and 'ca_sha256 = "CC:DD"' in filled and "FILL-IN" not in filled
+    assert fill_pins(text, {}) == text  # nothing given: left for the servers to refuse
+    with pytest.raises(TranslationError, match="helper"):
+        fill_pins(text, {"insurer": "AA:BB"})
