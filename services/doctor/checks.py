@@ -43,7 +43,7 @@ def fail(area: str, subject: str, detail: str, fix: str) -> Finding:
     return Finding(area, subject, False, detail, fix)
 
 
-def _org_of(cert: x509.Certificate) -> str | None:
+def org_of(cert: x509.Certificate) -> str | None:
     names = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     return str(names[0].value) if names else None
 
@@ -73,7 +73,7 @@ def check_trust_bundle(
     findings = []
     by_org: dict[str, list[x509.Certificate]] = {}
     for cert in bundle:
-        by_org.setdefault(_org_of(cert) or "?", []).append(cert)
+        by_org.setdefault(org_of(cert) or "?", []).append(cert)
     for name in [org, *peers]:
         cas = by_org.get(name, [])
         subject = f"trust.pem: CA of {name}"
@@ -122,7 +122,7 @@ def check_ca_pins(pins: Mapping[str, str], orgs: Sequence[str], bundle: Sequence
     for name in orgs:
         subject = f"CA pin of {name}"
         pin = re.sub(r"[\s:]", "", pins.get(name, "")).lower()
-        cas = [c for c in bundle if _org_of(c) == name]
+        cas = [c for c in bundle if org_of(c) == name]
         if not re.fullmatch(r"[0-9a-f]{64}", pin):
             detail = f"no SHA-256 fingerprint pinned (ca_sha256 = {pins.get(name, '')!r})"
             fix = f"put the fingerprint {name} sent you (`riskmesh pki fingerprints` at {name}) in ca_sha256"

@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import ssl
-import tempfile
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -88,7 +87,7 @@ def diagnose_pki(config: OrgConfig, servers: Sequence[str], now: dt.datetime) ->
     # CA pins (ca_sha256) exist in configs that have OrgConfig.ca_pins; earlier ones pin nothing.
     if hasattr(config, "ca_pins"):
         findings += checks.check_ca_pins(config.ca_pins(), [config.org, *config.peers], bundle)
-    own_cas = [c for c in bundle if checks._org_of(c) == config.org]
+    own_cas = [c for c in bundle if checks.org_of(c) == config.org]
     org_ca = own_cas[0] if len(own_cas) == 1 else None
     for service in servers:
         cert_path, key_path = paths.cert(service), paths.key(service)
@@ -118,25 +117,20 @@ def probe_peer(config: OrgConfig, peer: str, timeout: float = PEER_TIMEOUT_S) ->
     certificate (verifying theirs against their CA only), then GetInfo over gRPC."""
     address = config.endpoint(peer).address("gateway")
     host, port = address.rsplit(":", 1)
-    credentials = MeshCredentials(config.pki_dir, config.org, "gateway")
+    paths = OrgPaths(config.pki_dir / config.org)
+    peer_cas = [c for c in x509.load_pem_x509_certificates(paths.trust().read_bytes()) if checks.org_of(c) == peer]
     try:
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError:
         return PeerProbe(peer, address)
+    if len(peer_cas) != 1:
+        sock.close()
+        return PeerProbe(peer, address, reached=True, tls_error=f"not exactly one CA of {peer} in trust.pem")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["h2"])
-    ca = credentials.org_cas.get(peer)
-    if ca is None:
-        sock.close()
-        return PeerProbe(peer, address, reached=True, tls_error=f"no CA of {peer} in trust.pem")
-    context.load_verify_locations(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
-    with tempfile.TemporaryDirectory() as tmp:  # ssl loads a client certificate from files only
-        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert_file.write_bytes(credentials.cert_pem)
-        key_file.touch(mode=0o600)
-        key_file.write_bytes(credentials.key_pem)
-        context.load_cert_chain(cert_file, key_file)
+    context.load_verify_locations(cadata=peer_cas[0].public_bytes(serialization.Encoding.PEM).decode())
+    context.load_cert_chain(paths.cert("gateway"), paths.key("gateway"))
     try:
         with context.wrap_socket(sock, server_hostname=server_name(peer, "gateway")) as tls:
             der = tls.getpeercert(binary_form=True)
@@ -146,7 +140,7 @@ def probe_peer(config: OrgConfig, peer: str, timeout: float = PEER_TIMEOUT_S) ->
         return PeerProbe(peer, address, reached=True, rpc_error=f"TLS handshake failed: {exc}")
     identity = identity_of_certificate(x509.load_der_x509_certificate(der)) if der else None
     probe = PeerProbe(peer, address, reached=True, identity=identity.uri if identity else "")
-    with credentials.sync_channel(peer, "gateway", address) as channel:
+    with MeshCredentials.for_config(config, "gateway").sync_channel(peer, "gateway", address) as channel:
         before = time.time()
         try:
             info = gateway_pb2_grpc.GatewayServiceStub(channel).GetInfo(gateway_pb2.GetInfoRequest(), timeout=timeout)
