@@ -253,6 +253,18 @@ def remove(bundle: PlayBundle) -> None:
         podman("volume", "rm", "--force", *configmaps, check=False)
 
 
+def remove_prefixed(prefix: str) -> None:
+    """Remove every pod and volume whose name starts with `prefix` (a test run's leftovers)."""
+    pods = podman("pod", "ps", "--format", "{{.Name}}", check=False).stdout.decode().split()
+    pods = [name for name in pods if name.startswith(prefix)]
+    if pods:
+        podman("pod", "rm", "--force", "--ignore", "--time", "0", *pods, check=False)
+    volumes = podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.decode().split()
+    volumes = [name for name in volumes if name.startswith(prefix)]
+    if volumes:
+        podman("volume", "rm", "--force", *volumes, check=False)
+
+
 def import_files(volume: str, files: Mapping[str, bytes], uid: int = 10001) -> None:
     """Put files (read-only, owned by `uid`) into a named volume."""
     buf = io.BytesIO()

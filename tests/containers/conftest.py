@@ -87,6 +87,7 @@ def tear_down(mesh: PlayedMesh) -> None:
         for pod in bundle.pods:
             (ARTIFACTS / f"{pod.removeprefix(mesh.prefix)}.log").write_text(containers.logs(mesh.container(pod)))
         containers.remove(bundle)
+    containers.remove_prefixed(mesh.prefix)
     containers.network_remove(mesh.network)
 
 
