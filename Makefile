@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean clients-ts container-tools image test-containers
+.PHONY: venv lock proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean clients-ts browser container-tools image test-containers
 
 venv: $(STAMP)
 
@@ -56,7 +56,18 @@ pki: venv
 demo: venv
 	$(BIN)/riskmesh demo
 
-test: venv clients-ts container-tools
+# The console's browser tests (tests/e2e/test_console_*.py) drive Debian's chromium
+# through Playwright: no browser download, the system package instead.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: venv clients-ts $(CHROMIUM) container-tools
 	$(BIN)/python -m pytest -q tests
 
 # Containers (podman + runc, from Debian when missing): the runtime image, then every server
@@ -71,7 +82,13 @@ image: venv container-tools
 test-containers: venv container-tools
 	$(BIN)/python -m pytest -q tests/containers
 
+# Layering (import-linter contracts in pyproject.toml), style (ruff), types (mypy, strict on
+# the pure cores and the plumbing), the wire API (buf lint) and stale generated code.
+MYPY_STRICT := services/join/core services/lasso/core services/lasso/mpc services/mesh services/study
 lint: venv
+	$(BIN)/lint-imports
+	$(BIN)/ruff check services riskmesh tests clients/python
+	$(BIN)/mypy $(MYPY_STRICT)
 	$(BIN)/buf lint
 	$(BIN)/python -m services.tools.protogen --check
 

@@ -57,6 +57,12 @@ class GatewayClient:
         request = gateway_pb2.ApproveStudyRequest(study_id=study_id, spec_digest=spec_digest, source_path=source_path)
         return self._stub.ApproveStudy(request, timeout=DEFAULT_TIMEOUT_S).study
 
+    def approve_run(self, study_id: str, org: str = "", commitment: str = "") -> gateway_pb2.Study:
+        """Approve the other owner's next run (`org`, default: the other owner): its pending changed
+        input, or the given `commitment`, or else any input unchanged since its previous run."""
+        request = gateway_pb2.ApproveRunRequest(study_id=study_id, org=org, commitment=commitment)
+        return self._stub.ApproveRun(request, timeout=DEFAULT_TIMEOUT_S).study
+
     def get_study(self, study_id: str) -> gateway_pb2.Study:
         return self._stub.GetStudy(gateway_pb2.GetStudyRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).study
 
@@ -85,3 +91,7 @@ class GatewayClient:
 
     def verify_audit(self) -> gateway_pb2.VerifyAuditResponse:
         return self._stub.VerifyAudit(gateway_pb2.VerifyAuditRequest(), timeout=DEFAULT_TIMEOUT_S)
+
+    def list_audit(self, after_seq: int = 0, limit: int = 0) -> gateway_pb2.ListAuditResponse:
+        """Audit rows with seq > after_seq, oldest first (at most `limit`; 0 = the gateway's default)."""
+        return self._stub.ListAudit(gateway_pb2.ListAuditRequest(after_seq=after_seq, limit=limit), timeout=DEFAULT_TIMEOUT_S)

@@ -18,7 +18,7 @@ from services.mesh.server import MeshServer
 
 @pytest.fixture(scope="session")
 def mesh_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Config files (free localhost ports, one dev PKI) for insurer, hospital, helper."""
+    """Config files (localhost ports reserved by this process, one dev PKI) for insurer, hospital, helper."""
     return local_mesh_for(tmp_path_factory.mktemp("mesh"))
 
 

@@ -27,8 +27,13 @@ class RunLassoRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    MIN_JOINED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run."""
+    min_joined: _builtins.int
+    """This organisation's floor on the joined count from its local policy; the run stops
+    before anything is computed when the join is smaller (0: the spec's minimum only).
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.StudySpec:
         """The approved study."""
@@ -38,10 +43,11 @@ class RunLassoRequest(_message.Message):
         *,
         run_id: _builtins.str = ...,
         spec: _common_pb2.StudySpec | None = ...,
+        min_joined: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_joined", b"min_joined", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -61,7 +67,7 @@ class Coefficient(_message.Message):
     value: _builtins.float
     """Coefficient on the original scale of the feature."""
     standardized_value: _builtins.float
-    """Coefficient on the standardised scale (set when the study standardises)."""
+    """Coefficient on the standardised scale (set when the study standardises and reveals it)."""
     def __init__(
         self,
         *,

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import os
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -42,13 +41,14 @@ from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
 from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
 from services.testkit.studies import spec_for
-from services.testkit.synthetic import StudyData, make_study_data, reference_join
+from services.testkit.synthetic import StudyData, joined_table, make_study_data
 from services.join.core.packing import SlotLayout
 from services.join.core.shares import value_bytes
 from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
 from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
-from services.tools.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, stop_processes, wait_healthy
+from services.mesh.process import SINGLE_THREAD_ENV
+from services.tools.launcher import OrgPlacement, ServerProcess, start_server_process, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")
@@ -71,30 +71,23 @@ def value_width() -> int:
 def party_blocks(data: StudyData, rng: np.random.Generator) -> tuple[dict[str, list[ShareBlock]], np.ndarray, np.ndarray]:
     """Deal the joined table; org → its share blocks (as its resharing store would hold
     them), and the plaintext (X, y) in the dealt order for the reference."""
-    names, x, y = reference_join(data)
-    if data.insurer.target is None:
-        raise BenchError("the generated insurer table has no target")
-    insurer_columns = [c.name for c in data.insurer.columns] + [data.insurer.target.name]
-    hospital_columns = [c.name for c in data.hospital.columns]
-    n_ins = len(data.insurer.columns)
-    table = np.column_stack([x[:, :n_ins], y, x[:, n_ins:]])  # insurer's columns (features, target), then the hospital's
-    owners = [0] * len(insurer_columns) + [1] * len(hospital_columns)
-    dealt = deal(table, owners, rng)
-    share_a, share_b, share_h = dealt.shares
+    joined = joined_table(data)
+    dealt = deal(joined.table, joined.owners, rng)
     width = value_width()
-    ins = slice(0, len(insurer_columns))
-    hos = slice(len(insurer_columns), len(owners))
 
-    def block(columns: list[str], values: np.ndarray) -> ShareBlock:
-        return ShareBlock(tuple(columns), [list(row) for row in values.tolist()], width, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)
+    def block(share: np.ndarray, owner: int) -> ShareBlock:
+        """The columns of `owner` (0 = insurer, 1 = hospital), in study order."""
+        cols = [j for j, o in enumerate(joined.owners) if o == owner]
+        values = [list(row) for row in share[:, cols].tolist()]
+        return ShareBlock(tuple(joined.names[j] for j in cols), values, width, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)
 
+    share_a, share_b, share_h = dealt.shares
     blocks = {
-        "insurer": [block(hospital_columns, share_a[:, hos])],
-        "hospital": [block(insurer_columns, share_b[:, ins])],
-        "helper": [block(insurer_columns, share_h[:, ins]), block(hospital_columns, share_h[:, hos])],
+        "insurer": [block(share_a, 1)],
+        "hospital": [block(share_b, 0)],
+        "helper": [block(share_h, 0), block(share_h, 1)],
     }
-    plain = dealt.table
-    return blocks, np.column_stack([plain[:, : n_ins], plain[:, len(insurer_columns):]]), plain[:, n_ins]
+    return blocks, dealt.table[:, : joined.target], dealt.table[:, joined.target]
 
 
 # The shares file: length-prefixed GetSharesResponse messages (the resharing wire form).
@@ -170,8 +163,7 @@ def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int) -> Launc
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 env = {**os.environ, **SINGLE_THREAD_ENV, **placements.get(org, OrgPlacement()).env, "RISKMESH_CONFIG": str(path)}
                 command = [sys.executable, "-m", "services.bench.lasso_bench", "party", "--config", str(path), "--shares", str(shares_path), "--repeat", str(repeat)]
-                with log_path.open("ab") as log:
-                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = start_server_process(command, env, log_path)
                 parties.processes.append(ServerProcess(org, "lasso", process, log_path, f"{config.bind_host}:{config.health_port('lasso')}"))
             for proc in parties.processes:
                 _wait_party(proc, timeout)
@@ -250,7 +242,9 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
         raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
     data = make_study_data(records, overlap=1.0, features=features)
     blocks, x, y = party_blocks(data, np.random.default_rng(20240611))
-    reference = _reference(data, x, y, alpha)
+    from services.testkit.plain_reference import lasso_reference
+
+    reference = lasso_reference([c.name for c in (*data.insurer.columns, *data.hospital.columns)], x, y, alpha)
     spec = spec_for(data, STUDY_ID, alphas=[alpha])
     load_before = os.getloadavg()[0]
     runs: list[dict[str, Any]] = []
@@ -270,14 +264,6 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
     summary.update({"phase": "lasso", "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
                     "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
     return summary
-
-
-def _reference(data: StudyData, x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
-    from sklearn.linear_model import Lasso
-
-    names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
-    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
-    return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
 
 
 def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes: Mapping[str, PartyOutcome], request_at: float,

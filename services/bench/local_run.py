@@ -22,13 +22,13 @@ import sys
 import time
 from typing import Any
 
-from services.lasso.mpc.runtime import SINGLE_THREAD_ENV
+from services.mesh.process import SINGLE_THREAD_ENV
 
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.bench.local_run", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=10_000, help="joined rows m")
-    parser.add_argument("--features", type=int, default=10, help="features d (>= 10)")
+    parser.add_argument("--features", type=int, default=10, help="features d (>= 2)")
     parser.add_argument("--alpha", type=float, action="append", help="alpha (repeat for a CV grid)")
     parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge"], default="lasso")
     parser.add_argument("--l1-ratio", type=float, default=0.5, help="elastic-net mixing")
@@ -65,9 +65,9 @@ def _party(args: argparse.Namespace) -> None:
     from services.testkit.dealer import deal
     from services.lasso.mpc.runtime import create_runtime
     from services.lasso.mpc.secure_regression import run_party
-    from services.testkit.joined_tables import make_study
+    from services.testkit.synthetic import make_joined_table
 
-    study = make_study(args.records, args.features, seed=args.seed)
+    study = make_joined_table(args.records, args.features, seed=args.seed)
     shares = deal(study.table, study.owners, np.random.default_rng(args.seed)).shares[args.party]
     spec = _spec(args, study)
     ports = [int(p) for p in args.ports.split(",")]
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from services.testkit.dealer import deal
     from services.testkit.plain_reference import cv_curve_sklearn, fit_sklearn, split_table
-    from services.testkit.joined_tables import make_study
+    from services.testkit.synthetic import make_joined_table
 
     raw = sys.argv[1:] if argv is None else argv
     reports = run_local(raw)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"records={args.records} features={args.features} kind={args.kind} alphas={args.alpha or [0.5]}")
     print("timings (party 0, s): " + "  ".join(f"{k}={v:.2f}" for k, v in times.items())
           + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports))
-    study = make_study(args.records, args.features, seed=args.seed)
+    study = make_joined_table(args.records, args.features, seed=args.seed)
     spec = _spec(args, study)
     table = deal(study.table, study.owners, np.random.default_rng(args.seed)).table  # the parties' row order
     x, y = split_table(table, spec)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from services.bench.full_bench import CSV_DECIMALS, OVERLAP, BenchError, bench_all, coefficient_errors, sklearn_reference, work_directory
+from services.mesh.process import SINGLE_THREAD_ENV
 from services.testkit.synthetic import OwnerTable, make_study_data
 
 TNO_PINS = (
@@ -161,7 +162,7 @@ def run_tno(python: Path, records: int, features: int, alpha: float, root: Path)
     }
     config_path = root / "tno-config.json"
     config_path.write_text(json.dumps(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, **SINGLE_THREAD_ENV}
     started = time.time()
     processes = {}
     for role in ROLES:

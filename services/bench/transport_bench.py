@@ -8,7 +8,7 @@ Workloads:
           to its successor and waits for its predecessor's (t = 1) — one message each
           way, one network latency per round (`rounds_program`);
 - lasso   the production regression (`lasso_program`) on a synthetic study
-          (services.testkit.joined_tables, dealt by services.testkit.dealer).
+          (services.testkit.synthetic, dealt by services.testkit.dealer).
 
 Modes, each as three separate processes:
 - tcp     stock MPyC: its own `Runtime.start`, plain TCP on localhost, no TLS;
@@ -49,7 +49,8 @@ from services.lasso.worker.program import RunContext, load_program, program_env
 from services.lasso.core.blocks import ShareBlock
 from services.lasso.shares import InMemoryShareSource
 from services.mesh.config import load_config
-from services.tools.launcher import SINGLE_THREAD_ENV, local_mesh_for, wait_healthy
+from services.mesh.process import SINGLE_THREAD_ENV
+from services.tools.launcher import local_mesh_for, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")
@@ -133,9 +134,9 @@ def lasso_inputs(rows: int, features: int, seed: int) -> tuple[common_pb2.StudyS
 
     from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
     from services.lasso.core.inputs import study_columns
-    from services.testkit.joined_tables import make_study
+    from services.testkit.synthetic import make_joined_table
 
-    study = make_study(rows, features, seed)
+    study = make_joined_table(rows, features, seed)
     owner_cols = [[j for j in range(len(study.names)) if study.owners[j] == o and j != study.target] for o in (0, 1)]
     column = common_pb2.ColumnSpec
     spec = bench_spec(0, study_id="lasso-bench")
@@ -185,6 +186,9 @@ class InlineWorker:
 
     def send(self, frame: Frame) -> None:
         self.session.on_frame(frame)
+
+    async def writable(self) -> None:
+        return  # frames are function calls: nothing queues
 
     def kill(self) -> None:
         self.task.cancel()

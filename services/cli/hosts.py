@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -30,6 +28,7 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
 from services.cli.demo import run_demo
 from services.mesh.config import load_config
+from services.tools.launcher import Interrupted, stop_on_signals
 from services.tools.netns import PUBLIC_SERVERS, HostsMesh, NetnsError
 
 console = Console()
@@ -84,19 +83,16 @@ def run_demo_hosts(home: Path, latency_ms: float, records: int = 2000) -> dict[s
     return {**summary, "latency_ms": latency_ms, "hosts": addresses, "handshakes_ok": ok, "handshakes": total}
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(home: Path, latency_ms: float, records: int = 2000) -> int:
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C
-    try:
-        summary = run_demo_hosts(home, latency_ms, records)
-    except NetnsError as exc:
-        console.print(f"[red]demo-hosts:[/] {exc}")
-        return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with stop_on_signals():  # SIGTERM cleans up like Ctrl-C
+        try:
+            summary = run_demo_hosts(home, latency_ms, records)
+        except NetnsError as exc:
+            console.print(f"[red]demo-hosts:[/] {exc}")
+            return 2
+        except Interrupted as exc:
+            console.print(f"[red]{exc}: removed everything the run had made[/]")
+            return 128 + exc.signum
     print(json.dumps(summary))
     ok = summary["ok"] and summary["rel_coef_diff"] <= 1e-5 and summary["handshakes_ok"] == summary["handshakes"]
     return 0 if ok else 1

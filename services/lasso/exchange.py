@@ -41,6 +41,10 @@ class StreamOwner(Protocol):
 
     def deliver(self, peer: int, pc: int, payload: bytes) -> None: ...
 
+    async def writable(self) -> None:
+        """Return when the run can take the next message (backpressure toward the peer)."""
+        ...
+
     def peer_up(self, peer: int, prss_keys: bytes) -> None: ...
 
     def peer_closed(self, peer: int) -> None: ...
@@ -113,6 +117,7 @@ async def dial(owner: StreamOwner, peer: int, prss_keys: bytes, channel: grpc.ai
         writer = asyncio.create_task(_write_requests(call, outbox))
         async for response in call:
             owner.deliver(peer, response.message.pc, response.message.payload)
+            await owner.writable()
     except asyncio.CancelledError:
         call.cancel()
         raise
@@ -178,6 +183,7 @@ async def _read_requests(owner: StreamOwner, peer: int, requests: AsyncIterator[
             kind = request.WhichOneof("item")
             if kind == "message":
                 owner.deliver(peer, request.message.pc, request.message.payload)
+                await owner.writable()
             elif kind == "end" and request.end.abort_reason:
                 owner.peer_ended(peer, request.end.abort_reason[:MAX_REASON_CHARS])
                 return

@@ -15,14 +15,11 @@ import grpc
 
 from riskmesh.v1 import join_pb2, join_pb2_grpc
 from services.lasso.core.blocks import BlockDecoder, ShareBlock, ShareError
+from services.mesh.status import StatusError
 
 
-class ShareSourceError(Exception):
+class ShareSourceError(StatusError):
     """The shares of a run cannot be obtained; `code` is the gRPC status to report."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class ShareSource(Protocol):

@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextvars
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 import grpc
 
 from services.mesh.config import OrgConfig
+from services.mesh.handlers import wrap_handler
 from services.mesh.identity import Identity, IdentityResolver, peer_certificate_pem
 from services.mesh.telemetry import rpc_admitted, rpc_refused
 
@@ -83,7 +84,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        return _wrap(handler, lambda context: self._check(method, context))
+        return wrap_handler(handler, lambda request, context: self._check(method, context))
 
     async def _check(self, method: str, context: grpc.aio.ServicerContext) -> None:
         caller = caller_identity(context, self._resolver)
@@ -103,39 +104,3 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             self._on_refusal(method, caller, code)
         await context.abort(code, message)
 
-
-def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[Any], Awaitable[None]]) -> grpc.RpcMethodHandler:
-    """The same handler with `check(context)` run first, for all four kinds of RPC."""
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request, context):
-            await check(context)
-            return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request, context):
-            await check(context)
-            async for item in inner_us(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(request_iterator, context):
-            await check(context)
-            return await inner_su(request_iterator, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, handler.response_serializer)
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(request_iterator, context):
-        await check(context)
-        async for item in inner_ss(request_iterator, context):
-            yield item
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, handler.response_serializer)

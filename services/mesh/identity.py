@@ -2,8 +2,9 @@
 
 The identity of a caller always comes from its verified client certificate (the gRPC
 auth context), never from a request field. A certificate only speaks for an
-organisation when that organisation's own CA issued it: the trust bundle lists every
-org's CA, so without this check hospital's CA could mint `spiffe://insurer/gateway`.
+organisation when that organisation's own CA issued it — the CA pinned for it by
+fingerprint in the config (pki_layout.load_org_cas) — so hospital's CA cannot mint
+`spiffe://insurer/gateway`, nor can a CA that merely calls itself `O=insurer`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtensionOID
 
-# The servers of docs/design.md plus `client`, the identity of an org's own systems and operators.
-SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client")
+# The servers of docs/design.md, `client` (the identity of an org's own systems and operators)
+# and `console` (the org's web console, services/console, a client of its own gateway).
+SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client", "console")
 ORG_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 

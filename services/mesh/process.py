@@ -14,6 +14,10 @@ from services.mesh.config import ConfigError, OrgConfig, load_config
 from services.mesh.server import MeshServer
 from services.mesh.telemetry import setup_metrics, setup_tracing
 
+# Three parties share few cores: numerical libraries (and MPyC) stay single-threaded in
+# every server, MPC worker and party process.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPYC_MAXWORKERS": "0"}
+
 
 def run_server_process(name: str, build: Callable[[OrgConfig], Awaitable[MeshServer]], argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"riskmesh-{name}", description=f"riskmesh {name} server")

@@ -5,11 +5,13 @@ public plan (``plan``), normalisation, Newton and Newton–Schulz iteration
 counts, ADMM iterations, polishing and selection — in float64 on the
 plaintext table, so the secure result can be compared to it step by step.
 ``fit_sklearn`` and ``cv_curve_sklearn`` give scikit-learn's answer for the
-same objective (ridge on the lasso scale: Ridge(alpha = α·m)).
+same objective (ridge on the lasso scale: Ridge(alpha = α·m)); ``lasso_reference``
+is its Lasso by feature name, the reference of the demo, benchmarks and e2e tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,11 +175,11 @@ def fit_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> PlainFit:
     return PlainFit(np.asarray(w), b, std, best.alpha, curve)
 
 
-def _sklearn_model(spec: RegressionSpec, alpha: float, n_rows: int) -> Lasso | ElasticNet | Ridge:
-    if spec.kind is ModelKind.LASSO:
+def _sklearn_model(kind: ModelKind, alpha: float, n_rows: int, l1_ratio: float = 1.0) -> Lasso | ElasticNet | Ridge:
+    if kind is ModelKind.LASSO:
         return Lasso(alpha=alpha, tol=1e-12, max_iter=1_000_000)
-    if spec.kind is ModelKind.ELASTIC_NET:
-        return ElasticNet(alpha=alpha, l1_ratio=spec.l1_ratio, tol=1e-12, max_iter=1_000_000)
+    if kind is ModelKind.ELASTIC_NET:
+        return ElasticNet(alpha=alpha, l1_ratio=l1_ratio, tol=1e-12, max_iter=1_000_000)
     return Ridge(alpha=alpha * n_rows, solver="cholesky")
 
 
@@ -188,12 +190,19 @@ def fit_sklearn(
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if spec.standardize:
         mu, sd = x.mean(axis=0), x.std(axis=0)
-        model = _sklearn_model(spec, alpha, len(y)).fit((x - mu) / sd, y)
+        model = _sklearn_model(spec.kind, alpha, len(y), spec.l1_ratio).fit((x - mu) / sd, y)
         std = np.asarray(model.coef_, dtype=np.float64)
         w = std / sd
         return w, float(model.intercept_ - w @ mu), std
-    model = _sklearn_model(spec, alpha, len(y)).fit(x, y)
+    model = _sklearn_model(spec.kind, alpha, len(y), spec.l1_ratio).fit(x, y)
     return np.asarray(model.coef_, dtype=np.float64), float(model.intercept_), None
+
+
+def lasso_reference(names: Sequence[str], x: Matrix, y: Vector, alpha: float) -> dict[str, float]:
+    """scikit-learn's Lasso(alpha) on a plaintext join: feature → w, and "(intercept)" → b."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    model = _sklearn_model(ModelKind.LASSO, alpha, len(y)).fit(x, y)
+    return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
 
 
 def cv_curve_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> tuple[tuple[float, float], ...]:

@@ -6,7 +6,10 @@ hospital:                lifestyle (exercise, smoking, BMI, ...)
 
 Patients are identified by birth date + postal code, written in mixed formats on purpose
 (the join normalises them). `reference_join` gives the plaintext inner join that only
-tests, the demo and benchmarks may compute, to compare the secure result with.
+tests, the demo and benchmarks may compute, to compare the secure result with;
+`joined_table` is that join as the secure regression sees it (study column order,
+declared ranges, each column's owner), and `make_joined_table` makes one directly
+(every patient at both owners), for the regression's tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from riskmesh.v1 import common_pb2
+from services.lasso.core.params import ColumnRange
 
 # Named columns for the demo: (name, low, high) of the declared range.
 INSURER_FEATURES = [("gp_visits", 0, 60), ("prescriptions", 0, 80), ("specialist_visits", 0, 40), ("age", 0, 110)]
@@ -148,3 +153,31 @@ def reference_join(data: StudyData) -> tuple[list[str], np.ndarray, np.ndarray]:
     y = np.array([data.insurer.values[i, n_ins] for i, _ in pairs])
     names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
     return names, x, y
+
+
+@dataclass(frozen=True)
+class JoinedTable:
+    """The plaintext inner join in study column order: the insurer's features, the
+    hospital's, then the target; with the declared ranges and each column's owner
+    (0 = insurer, 1 = hospital: the MPC party ids of the data owners)."""
+
+    table: npt.NDArray[np.float64]
+    names: tuple[str, ...]
+    ranges: tuple[ColumnRange, ...]
+    owners: tuple[int, ...]
+    target: int
+
+
+def joined_table(data: StudyData) -> JoinedTable:
+    target = data.insurer.target
+    if target is None:
+        raise ValueError("the insurer's table has no target")
+    names, x, y = reference_join(data)
+    columns = [*data.insurer.columns, *data.hospital.columns, target]
+    owners = [0] * len(data.insurer.columns) + [1] * len(data.hospital.columns) + [0]
+    return JoinedTable(np.column_stack([x, y]), (*names, target.name), tuple(ColumnRange(c.min, c.max) for c in columns), tuple(owners), len(names))
+
+
+def make_joined_table(rows: int, features: int = 10, seed: int = 7, noise: float = 1.0) -> JoinedTable:
+    """`rows` joined rows of `features` generic columns (`make_study_data` with every patient at both owners)."""
+    return joined_table(make_study_data(rows, overlap=1.0, features=features, seed=seed, noise=noise))

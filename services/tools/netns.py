@@ -51,7 +51,7 @@ import psutil
 
 from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, render_config
 from services.tools.launcher import DEFAULT_ROLES, LocalMesh, OrgPlacement, ServerProcess
-from services.tools.pki import DEFAULT_ORGS, init_pki
+from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 from services.tools.relay import RelayProcess, RelayStartError, start_relay_process
 
 BASE_PORT = 7100  # every organisation, as in k8s/
@@ -307,12 +307,13 @@ class HostsMesh:
 
     def _write_configs(self) -> None:
         init_pki(self.pki_dir, self.orgs)
+        pins = ca_fingerprints(self.pki_dir, self.orgs)
         for org in self.orgs:
-            peers = {p: OrgEndpoint(p, self.role(p), self.hosts[p].address, BASE_PORT) for p in self.orgs if p != org}
+            peers = {p: OrgEndpoint(p, self.role(p), self.hosts[p].address, BASE_PORT, ca_sha256=pins[p]) for p in self.orgs if p != org}
             state_dir = self.home / org / "state"
-            server = OrgConfig(org, self.role(org), "0.0.0.0", BASE_PORT, self.pki_dir, state_dir, {}, peers)
+            server = OrgConfig(org, self.role(org), "0.0.0.0", BASE_PORT, self.pki_dir, state_dir, {}, peers, ca_sha256=pins[org], reflection=True)
             operator = OrgConfig(org, self.role(org), "127.0.0.1", BASE_PORT, self.pki_dir, state_dir,
-                                 {s: self.operator_address(org, s) for s in ROLE_SERVERS[self.role(org)]}, peers)
+                                 {s: self.operator_address(org, s) for s in ROLE_SERVERS[self.role(org)]}, peers, ca_sha256=pins[org])
             (self.home / org).mkdir(parents=True, exist_ok=True)
             self.server_config_paths[org] = self.home / org / "server.toml"
             self.server_config_paths[org].write_text(

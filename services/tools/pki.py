@@ -7,7 +7,8 @@ Layout under the output directory (nothing of it is ever committed):
     <out>/<org>/trust.pem                   CAs of every org in the mesh (own + peers)
 
 Keys are written 0600. In Kubernetes the same files arrive as Secrets
-(`riskmesh pki export-k8s`).
+(`riskmesh pki export-k8s`). Each org's config pins every org's CA by its SHA-256
+fingerprint (`ca_fingerprints`, printed by `riskmesh pki fingerprints`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.mesh.identity import SERVICES, Identity
-from services.mesh.pki_layout import OrgPaths, server_name
+from services.mesh.pki_layout import OrgPaths, ca_fingerprint, server_name
 
 DEFAULT_ORGS = ("insurer", "hospital", "helper")
 
@@ -126,6 +127,17 @@ def init_pki(out: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, extra_dns: tuple[s
     for org in orgs:
         OrgPaths(out / org).trust().write_bytes(bundle)
     return [out / org for org in orgs]
+
+
+def ca_fingerprints(pki_dir: Path, orgs: tuple[str, ...] = DEFAULT_ORGS) -> dict[str, str]:
+    """Org → SHA-256 fingerprint of its CA certificate (`<pki>/<org>/ca.pem`): what the orgs exchange and pin."""
+    out = {}
+    for org in orgs:
+        path = OrgPaths(Path(pki_dir) / org).ca_cert()
+        if not path.exists():
+            raise FileNotFoundError(f"no CA certificate for {org} at {path} (run `riskmesh pki init`)")
+        out[org] = ca_fingerprint(x509.load_pem_x509_certificate(path.read_bytes()))
+    return out
 
 
 def issue_with_existing_ca(out: Path, org: str, service: str, dest: Path, not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> None:

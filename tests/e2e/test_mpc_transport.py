@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
-from services.study.spec import feature_names
+from services.study.spec import MAX_ITERATIONS, feature_names
 from services.join.rules import RESHARING_RULES
 from services.testkit import dealer
 from services.lasso.worker.lasso_program import regression_spec
@@ -279,7 +279,7 @@ def rounds_parties(tmp_path: Path) -> Iterator[Parties]:
 
 def start_long_run(parties: Parties) -> tuple[dict[str, Outcome], list[threading.Thread]]:
     progressed = threading.Event()
-    request = lasso_pb2.RunLassoRequest(run_id="long-1", spec=bench_spec(rounds=100_000))
+    request = lasso_pb2.RunLassoRequest(run_id="long-1", spec=bench_spec(rounds=MAX_ITERATIONS))  # seconds of rounds: killed well before the end
     outcomes, threads = run_everywhere(parties, request, progressed=progressed)
     assert progressed.wait(30), {org: o.error for org, o in outcomes.items()}
     return outcomes, threads

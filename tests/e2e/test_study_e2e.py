@@ -16,7 +16,7 @@ import pytest
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services.cli.demo import sklearn_reference
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data, reference_join
 from services.mesh.telemetry import read_metrics
@@ -71,7 +71,7 @@ def test_whole_study_matches_scikit_learn_with_one_trace(study_mesh):
     assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final
     names, x, y = reference_join(data)
     assert final.joined == len(y)
-    reference = sklearn_reference(names, x, y, ALPHA)
+    reference = lasso_reference(names, x, y, ALPHA)
     _, insurer_result = clients["insurer"].result(final.run_id)
     _, hospital_result = clients["hospital"].result(final.run_id)
     secure = np.array([c.value for c in insurer_result.coefficients])
@@ -162,12 +162,17 @@ def test_gateway_killed_mid_run_ends_failed_everywhere_and_restarts_clean(study_
     root, configs, mesh, clients, data, sources = study_mesh
     approve_all(clients, data, sources, "e2e-restart", alphas=[ALPHA])
     run = clients["insurer"].start_run("e2e-restart")
-    time.sleep(0.5)
+    events = clients["insurer"].watch(run.run_id, timeout=120)
+    for event in events:  # killed once the hospital is in the join: its gateway is needed until the end
+        if event.progress.org == "hospital" and event.progress.phase == common_pb2.PHASE_HASHING_ENCRYPTION:
+            break
+    else:
+        pytest.fail("the run ended before the hospital's hashing/encryption phase")
     hospital_gateway = mesh.find("hospital", "gateway")
     hospital_gateway.process.send_signal(signal.SIGKILL)
     hospital_gateway.process.wait()
     final = None
-    for event in clients["insurer"].watch(run.run_id, timeout=120):
+    for event in events:
         final = event.run
     assert final.state == common_pb2.RUN_STATE_FAILED and final.error.reason
     # Restart the hospital's gateway: its interrupted run is FAILED, never stuck RUNNING.

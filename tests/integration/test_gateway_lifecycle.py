@@ -114,6 +114,31 @@ def test_audit_log_verifies_and_records_refusals(mesh, mesh_configs, data):
     assert reply.ok and reply.rows == len(rows)
 
 
+def test_audit_rows_are_listed_for_the_org_and_its_console_only(mesh, mesh_configs, data):
+    """ListAudit: the rows VerifyAudit checks, oldest first, paged; the org's console
+    (spiffe://<org>/console) may read them and act on studies, but not Predict, and
+    another org's console gets nothing."""
+    clients, _ = mesh
+    insurer = load_config(mesh_configs["insurer"], env={})
+    rows = AuditLog(audit_path(insurer.state_dir)).rows()
+    listed = clients["insurer"].list_audit()
+    assert [r.seq for r in listed.records] == [r.seq for r in rows] and listed.last_seq == rows[-1].seq
+    assert [(r.actor, r.action, r.hash, dict(r.details)) for r in listed.records] == [
+        (r.actor, r.action, r.hash, {k: str(v) for k, v in r.details.items()}) for r in rows]
+    page = clients["insurer"].list_audit(after_seq=1, limit=2)
+    assert [r.seq for r in page.records] == [2, 3]
+    address, pki = insurer.self_endpoint.address("gateway"), insurer.pki_dir
+    with GatewayClient.from_pki(address, "insurer", pki, identity="console") as console:
+        assert console.get_info().caller_identity == "spiffe://insurer/console"
+        assert console.list_audit(limit=1).records[0].seq == 1
+        assert console.list_studies()
+        assert code_of(lambda: console.predict("no-such-run", [{"x": 1.0}])) == grpc.StatusCode.PERMISSION_DENIED
+    foreign = GatewayClient(address, "insurer", (pki / "hospital" / "console.pem").read_bytes(), (pki / "hospital" / "console.key").read_bytes(),
+                            (pki / "insurer" / "ca.pem").read_bytes())
+    assert code_of(foreign.list_audit) == grpc.StatusCode.PERMISSION_DENIED
+    foreign.close()
+
+
 def test_gateway_restart_keeps_studies_and_approvals(loop_thread, mesh, mesh_configs, data):
     clients, servers = mesh
     clients["insurer"].propose(spec_for(data, "lifecycle-eight"), source_path="/data/insurer.csv")
@@ -121,3 +146,21 @@ def test_gateway_restart_keeps_studies_and_approvals(loop_thread, mesh, mesh_con
     servers.update(start_in_process(loop_thread, {"hospital": mesh_configs["hospital"]}, build_server))
     study = clients["hospital"].get_study("lifecycle-eight")
     assert list(study.approved_by) == ["insurer"]
+
+
+def test_a_run_whose_setup_fails_ends_failed_and_has_no_result(mesh, data):
+    # These gateways run without join or lasso servers: the starting owner's setup fails at
+    # its own resharing server, and the run ends FAILED there, naming the phase, org and server.
+    clients, _ = mesh
+    study = clients["insurer"].propose(spec_for(data, "lifecycle-nine"), source_path="/data/insurer.csv")
+    clients["helper"].approve("lifecycle-nine", study.spec_digest)
+    clients["hospital"].approve("lifecycle-nine", study.spec_digest, source_path="/data/hospital.csv")
+    run = clients["insurer"].start_run("lifecycle-nine")
+    assert run.study_id == "lifecycle-nine" and run.started_by == "insurer" and len(run.trace_id) == 32
+    last = list(clients["insurer"].watch(run.run_id, timeout=30))[-1].run
+    assert last.state == common_pb2.RUN_STATE_FAILED
+    assert (last.error.phase, last.error.org) == (common_pb2.PHASE_SETUP, "insurer") and "resharing" in last.error.reason
+    assert code_of(lambda: clients["insurer"].cancel(run.run_id)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(lambda: clients["insurer"].result(run.run_id)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(lambda: clients["insurer"].predict(run.run_id, [{"age": 1.0}])) == grpc.StatusCode.FAILED_PRECONDITION
+    assert [r.run_id for r in clients["insurer"].list_runs("lifecycle-nine")] == [run.run_id]

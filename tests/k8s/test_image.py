@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from riskmesh.client import GatewayClient
-from services.tools.launcher import SERVER_MODULES, find_free_base_ports, wait_healthy
-from services.tools.pki import export_k8s, init_pki
-from tests.k8s.manifests import BASE_PORT, OVERLAYS, REPO, component, containers, of_kind, render
+from services.tools.launcher import SERVER_MODULES, reserve_port, wait_healthy
+from services.tools.pki import ca_fingerprints, export_k8s, init_pki
+from tests.k8s.manifests import OVERLAYS, REPO, component, containers, of_kind, render
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -54,11 +54,12 @@ def manifest_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_every_deployment_runs_its_own_server_console_script():
+    modules = {**SERVER_MODULES, "console": "services.console.server"}  # the console: services/tools/consoles.py
     for server, command in manifest_commands():
         assert command == [f"riskmesh-{server}"], (server, command)
         assert command[0] in SCRIPTS, f"{command[0]} is not a console script in pyproject.toml"
         # pyproject, the manifests and the local launcher agree on the module of each server.
-        assert SCRIPTS[command[0]] == f"{SERVER_MODULES[server]}:main"
+        assert SCRIPTS[command[0]] == f"{modules[server]}:main"
 
 
 def test_every_command_in_the_dockerfile_is_a_console_script():
@@ -179,7 +180,8 @@ def test_dockerignore_keeps_keys_state_and_venv_out_of_the_build_context():
 def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_path):
     """Materialise the insurer gateway pod's files under a temporary root (ConfigMap,
     Secret items as exported by `riskmesh pki export-k8s`), run its command with its
-    environment re-rooted there (and loopback ports, free ones), and wait for SERVING."""
+    environment re-rooted there (and loopback ports, reserved by this test
+    in a [ports] table), and wait for SERVING."""
     org = "insurer"
     docs = render(f"overlays/{org}")
     (dep,) = [d for d in of_kind(docs, "Deployment") if component(d) == "gateway"]
@@ -189,7 +191,7 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     pki = tmp_path / "pki"
     init_pki(pki, tuple(OVERLAYS))
     secrets = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text()) for p in export_k8s(pki, org, tmp_path / "secrets")}
-    (base_port,) = find_free_base_ports(1)
+    ports = {"mtls": reserve_port(), "health": reserve_port()}
     root = tmp_path / "pod"
     for mount in container["volumeMounts"]:
         where = root / mount["mountPath"].lstrip("/")
@@ -198,7 +200,9 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
         if "configMap" in source:
             for item in source["configMap"]["items"]:
                 text = cm["data"][item["key"]]
-                (where / item["path"]).write_text(text.replace("base_port = 7100", f"base_port = {base_port}"))
+                for name, fingerprint in ca_fingerprints(pki, tuple(OVERLAYS)).items():  # the operator fills in the pins
+                    text = text.replace(f"FILL-IN-{name}-ca-sha256", fingerprint)
+                (where / item["path"]).write_text(f"{text}\n[ports]\ngateway = {{ mtls = {ports['mtls']}, health = {ports['health']} }}\n")
         elif "secret" in source:
             data = secrets[source["secret"]["secretName"]]["data"]
             for item in source["secret"]["items"]:
@@ -213,7 +217,6 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     with log.open("wb") as out:
         proc = subprocess.Popen([str(script), *container.get("args", [])], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        ports = {p["name"]: p["containerPort"] - BASE_PORT + base_port for p in container["ports"]}
         wait_healthy(f"127.0.0.1:{ports['health']}", timeout=30)
         assert proc.poll() is None
         # The org's own client (k8s/README.md: a pod mounting riskmesh-client-tls as

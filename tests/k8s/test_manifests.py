@@ -14,10 +14,14 @@ import pytest
 import yaml
 
 from services.mesh.config import ROLE_SERVERS, parse_config
-from services.tools.pki import export_k8s, init_pki
+from services.tools.pki import ca_fingerprints, export_k8s, init_pki
+from services.mesh.pki_layout import TrustError
 from services.mesh.tls import MeshCredentials
 from tests.k8s.manifests import (
     BASE_PORT,
+    CONSOLE,
+    CONSOLE_HEALTH_PORT,
+    CONSOLE_HTTP_PORT,
     EXAMPLE_RANGES,
     K8S,
     OVERLAYS,
@@ -27,6 +31,7 @@ from tests.k8s.manifests import (
     component,
     containers,
     cross_org_callees,
+    deployed,
     cross_org_callers,
     expected_model,
     health_port,
@@ -85,7 +90,7 @@ def test_overlay_has_no_placeholder_left(org):
 def test_one_deployment_per_server_of_the_role(org, role):
     docs = render(f"overlays/{org}")
     deployments = of_kind(docs, "Deployment")
-    assert sorted(component(d) for d in deployments) == sorted(ROLE_SERVERS[role])
+    assert sorted(component(d) for d in deployments) == sorted(deployed(role))
     for dep in deployments:
         assert dep["metadata"]["name"] == f"riskmesh-{component(dep)}"
         assert dep["spec"]["replicas"] == 1
@@ -113,6 +118,9 @@ def test_volumes_state_on_claims_data_read_only_in_encryption_only(org, role):
         mounts = {m["name"]: m for m in container["volumeMounts"]}
         claims = {v["persistentVolumeClaim"]["claimName"]: name for name, v in volumes.items() if "persistentVolumeClaim" in v}
         # The gateway's SQLite and the resharing store survive restarts; the rest keep nothing.
+        if server == CONSOLE:  # keeps nothing: sessions live in the process
+            assert claims == {} and {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} == {"/tmp"}
+            continue
         if server in ("gateway", "resharing"):
             assert f"riskmesh-{server}-state" in claims
         if server == "encryption":
@@ -151,6 +159,12 @@ def test_every_container_is_hardened_probed_and_sized(target):
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
             assert "memory" in c["resources"]["limits"], where
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            if server == CONSOLE:
+                # HTTP for the ingress; probes on a port that answers GET /healthz only.
+                assert ports == {"http": CONSOLE_HTTP_PORT, "health": CONSOLE_HEALTH_PORT}, where
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    assert c[probe]["httpGet"] == {"path": "/healthz", "port": CONSOLE_HEALTH_PORT}, f"{where}: {probe}"
+                continue
             assert ports == {"mtls": mtls_port(server), "health": health_port(server)}, where
             # Native gRPC probes on the plaintext health port (probes have no client cert).
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -179,6 +193,8 @@ def test_services_cluster_ip_per_server_and_load_balancer_per_cross_org_callee(o
         assert svc["spec"]["type"] == "ClusterIP"
         assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"mtls": mtls_port(server), "health": health_port(server)}
         assert svc["spec"]["selector"]["app.kubernetes.io/component"] == server
+    console = services[f"riskmesh-{CONSOLE}"]["spec"]
+    assert console["type"] == "ClusterIP" and [(p["name"], p["port"]) for p in console["ports"]] == [("http", CONSOLE_HTTP_PORT)]
     callers = cross_org_callers(org)
     public = {n: s for n, s in services.items() if s["spec"]["type"] == "LoadBalancer"}
     assert set(public) == {f"riskmesh-{server}-public" for server in callers}
@@ -258,7 +274,7 @@ def test_config_map_is_the_orgs_config_and_agrees_with_the_manifests(org, role):
         config = parse_config(tomllib.loads(text), env, Path("/"))
         assert (config.org, config.role, config.base_port) == (org, role, BASE_PORT)
         assert config.bind_host == "0.0.0.0"
-        assert component(dep) in config.servers
+        assert component(dep) in (*config.servers, CONSOLE)
         # The config file is where the Deployment says, from this ConfigMap.
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         mount = next(m for m in container["volumeMounts"] if env["RISKMESH_CONFIG"].startswith(m["mountPath"] + "/"))
@@ -314,8 +330,25 @@ def test_secrets_from_export_k8s_mount_where_the_servers_read_them(org, dev_pki,
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(base64.b64decode(data[item["key"]]))
         pki_dir = root / env_of(container)["RISKMESH_PKI_DIR"].lstrip("/")
-        credentials = MeshCredentials(pki_dir, org, server)
+        credentials = MeshCredentials(pki_dir, org, server, ca_fingerprints(dev_pki, tuple(OVERLAYS)))
         assert credentials.org_cas.keys() == set(OVERLAYS)
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_overlay_config_pins_every_orgs_ca_and_refuses_to_start_until_filled_in(org, dev_pki):  # and keeps reflection off
+    """Each org fills in the three CA fingerprints it was sent; unfilled, no server starts."""
+    docs = render(f"overlays/{org}")
+    _, text = overlay_config(org, docs)
+    config = parse_config(tomllib.loads(text), {"RISKMESH_PKI_DIR": str(dev_pki)}, Path("/"))
+    assert config.ca_pins == {name: f"FILL-IN-{name}-ca-sha256" for name in OVERLAYS}
+    assert config.reflection is False and config.min_paillier_bits == 2048  # deployed: no reflection, no small keys
+    with pytest.raises(TrustError, match="is not a SHA-256 fingerprint"):
+        MeshCredentials.for_config(config, "gateway")
+    filled = text
+    for name, fingerprint in ca_fingerprints(dev_pki, tuple(OVERLAYS)).items():
+        filled = filled.replace(f"FILL-IN-{name}-ca-sha256", fingerprint)
+    config = parse_config(tomllib.loads(filled), {"RISKMESH_PKI_DIR": str(dev_pki)}, Path("/"))
+    assert MeshCredentials.for_config(config, "gateway").org_cas.keys() == set(OVERLAYS)
 
 
 def test_no_secret_or_key_material_in_the_manifests():

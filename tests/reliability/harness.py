@@ -27,7 +27,8 @@ import numpy as np
 import psutil
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
-from services.cli.demo import sklearn_reference
+from services.testkit.plain_reference import lasso_reference
+from services.gateway.audit import audit_path
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import OwnerTable, StudyData, make_study_data, reference_join
 from services.mesh.config import OrgConfig, load_config
@@ -39,6 +40,7 @@ from tests.reliability.instrument import RECORD_DIR_ENV, RECORDING_FLAG, TAG_KEY
 ORGS = ("insurer", "hospital", "helper")
 OWNERS = ("insurer", "hospital")
 ALPHA = 0.05
+MAX_RUNS = 200  # runs of one study the suites may make (the default run policy allows 10)
 CALL_S = 30.0
 PHASE_ORDER = [common_pb2.PHASE_SETUP, common_pb2.PHASE_HASHING_ENCRYPTION, common_pb2.PHASE_INTERSECTION, common_pb2.PHASE_RESHARING,
                common_pb2.PHASE_INPUT, common_pb2.PHASE_GRAM, common_pb2.PHASE_ITERATIONS, common_pb2.PHASE_REVEAL]
@@ -102,7 +104,7 @@ def known_data(root: Path, records: int, features: int = 6, seed: int = 7) -> Kn
 def check_coefficients(data: StudyData, result: lasso_pb2.ModelResult, alpha: float = ALPHA) -> float:
     """Assert the revealed model equals scikit-learn's on the plaintext join; return the relative error."""
     names, x, y = reference_join(data)
-    reference = sklearn_reference(names, x, y, alpha)
+    reference = lasso_reference(names, x, y, alpha)
     assert [c.feature for c in result.coefficients] == names
     secure = np.array([c.value for c in result.coefficients])
     plain = np.array([reference[n] for n in names])
@@ -124,7 +126,7 @@ class OrgState:
 
 def audit_rows(config: OrgConfig, after_seq: int = 0) -> list[tuple[int, str, str, str]]:
     """(seq, actor, action, details JSON) of the org's audit log, read-only from its file."""
-    path = config.state_dir / "audit.sqlite3"
+    path = audit_path(config.state_dir)
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
         return list(db.execute("SELECT seq, actor, action, details FROM audit WHERE seq > ? ORDER BY seq", (after_seq,)))
 
@@ -149,7 +151,9 @@ class Mesh:
         record_dir = root / "records"
         record_dir.mkdir(parents=True, exist_ok=True)
         mesh = cls(root, record_dir)
-        mesh.configs = local_mesh_for(root / "mesh")
+        # The fault suite runs one study dozens of times: a run policy and local ceiling to match;
+        # the suites use fast 1024-bit keys.
+        mesh.configs = local_mesh_for(root / "mesh", policies={org: {"max_runs": MAX_RUNS} for org in ORGS}, min_paillier_bits=1024)
         mesh.orgs = {org: load_config(path, env={}) for org, path in mesh.configs.items()}
         prefix = (sys.executable, "-m", "tests.reliability.instrument", "--")
         placements = {org: OrgPlacement(command_prefix=prefix, env={RECORD_DIR_ENV: str(record_dir)}) for org in ORGS}
@@ -194,7 +198,8 @@ class Mesh:
         return study.spec_digest
 
     def approve_known(self, known: KnownData, study_id: str) -> str:
-        return self.approve(spec_for(known.data, study_id, alphas=[ALPHA]), known.sources)
+        spec = spec_for(known.data, study_id, alphas=[ALPHA], run_policy=common_pb2.RunPolicy(max_runs=MAX_RUNS))
+        return self.approve(spec, known.sources)
 
     def start_run(self, study_id: str, by: str = "insurer") -> str:
         return self.gateway(by).StartRun(gateway_pb2.StartRunRequest(study_id=study_id), timeout=CALL_S, wait_for_ready=True).run.run_id

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 from riskmesh.v1 import common_pb2, gateway_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
 from services.testkit.studies import spec_for
-from services.study.spec import STUDY_ID
+from services.study.spec import STUDY_ID, owner_columns
 from services.join import codec
 from services.join.core.packing import SlotLayout
 from services.join.core.paillier import generate_keypair, generate_pool
@@ -61,7 +61,7 @@ FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 CLIENT_METHODS = ("GetInfo", "CheckPeers", "ProposeStudy", "ApproveStudy", "GetStudy", "ListStudies", "StartRun", "WatchRun",
-                  "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit")
+                  "GetResult", "CancelRun", "ListRuns", "Predict", "VerifyAudit", "ListAudit")
 PEER_METHODS = ("PeerPropose", "PeerApprove", "PeerStartRun", "PeerProgress", "PeerCancelRun")
 # Methods whose empty request is itself invalid (the others answer an empty request).
 NEEDS_FIELDS = ("ProposeStudy", "ApproveStudy", "GetStudy", "StartRun", "WatchRun", "GetResult", "CancelRun", "Predict",
@@ -451,9 +451,10 @@ def upload(mesh: Mesh, targets: Targets) -> UploadFixture:
     run_id = "fuzz-upload"
     join_pb2_grpc.IntersectionServiceStub(mesh.channel(("helper", "gateway"), ("helper", "intersection"))).OpenIntersection(
         join_pb2.OpenIntersectionRequest(run_id=run_id, spec=targets.spec), timeout=CALL_S)
-    key = generate_keypair(BITS).public
-    columns = codec.column_names(codec.owner_columns(targets.spec, "insurer"))
-    layout = SlotLayout.for_columns(len(columns), BITS)
+    bits = targets.spec.paillier_bits  # the helper refuses a key of another size than the study's
+    key = generate_keypair(bits).public
+    columns = codec.column_names(owner_columns(targets.spec, "insurer"))
+    layout = SlotLayout.for_columns(len(columns), bits)
     pool = generate_pool(key, 3 * layout.ciphertexts_per_row)
     cts = [key.encode_ciphertext(key.encrypt(i, pool.pop())) for i in range(3 * layout.ciphertexts_per_row)]
     tags = [bytes([i]) * 32 for i in range(3)]
@@ -521,7 +522,7 @@ def _fresh_delivery(mesh: Mesh, targets: Targets, n: int) -> tuple[str, join_pb2
     run_id = f"fuzz-deliver-{n}-{time.monotonic_ns()}"
     key_msg = join_pb2_grpc.ResharingServiceStub(mesh.channel(("insurer", "gateway"), ("insurer", "resharing"))).CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=CALL_S).key
     key = codec.public_key_from_proto(key_msg)
-    columns = codec.column_names(codec.owner_columns(targets.spec, "hospital"))
+    columns = codec.column_names(owner_columns(targets.spec, "hospital"))
     layout = SlotLayout.for_columns(len(columns), BITS)
     pool = generate_pool(key, 2 * layout.ciphertexts_per_row)
     cts = [key.encode_ciphertext(key.encrypt(i, pool.pop())) for i in range(2 * layout.ciphertexts_per_row)]
@@ -586,7 +587,7 @@ def test_deliveries_to_an_owner(mesh: Mesh, targets: Targets, ledger: Ledger, le
 @given(data=st.data())
 def test_helper_shares_stored(mesh: Mesh, targets: Targets, ledger: Ledger, leak_scanner: Scanner, error_messages: list[tuple[str, str]], data: st.DataObject) -> None:
     run_id = f"fuzz-store-{data.draw(st.integers(0, 10**6))}-{time.monotonic_ns()}"
-    columns = codec.column_names(codec.owner_columns(targets.spec, "insurer"))
+    columns = codec.column_names(owner_columns(targets.spec, "insurer"))
     layout = SlotLayout.for_columns(len(columns), BITS)
     width = 16
     header = join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(run_id=run_id, rows=2, columns=columns, value_bytes=width, layout=codec.layout_to_proto(layout)))

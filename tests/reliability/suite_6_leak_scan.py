@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from riskmesh.v1 import gateway_pb2
+from services.gateway.audit import audit_path
 from services.reliability.leaks import Finding, Needle, Scanner, id_needles, tag_key_needles, tag_needles, value_needles, value_texts
 from services.reliability.ledger import Ledger
 from tests.reliability.harness import ORGS, KnownData, Mesh
@@ -98,7 +99,7 @@ def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_can
     leaks = [f for f in findings if f not in in_canary]
     # Audit rows decoded (the file scan already read their bytes).
     for org in ORGS:
-        with sqlite3.connect(f"file:{mesh.orgs[org].state_dir / 'audit.sqlite3'}?mode=ro", uri=True) as db:
+        with sqlite3.connect(f"file:{audit_path(mesh.orgs[org].state_dir)}?mode=ro", uri=True) as db:
             rows = [(f"{org} audit row {seq}", json.dumps([actor, action, study, run, details])) for seq, actor, action, study, run, details in db.execute("SELECT seq, actor, action, study_id, run_id, details FROM audit")]
         leaks += at_rest.scan_texts(rows)
     _record_findings(ledger, "logs, spans, SQLite and audit rows", leaks)

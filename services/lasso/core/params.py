@@ -71,7 +71,10 @@ class RegressionSpec:
     exactly one alpha must be given. ``column_owners`` (optional, public, from
     the study) names the owner (MPC party 0 or 1) of each column: the join
     leaves an owner a zero share of its own columns, so that share is not
-    input (a third less input work).
+    input (a third less input work). ``reveal_standardized`` (with
+    ``standardize``) also opens the standardised coefficients; the study
+    default is off (services/lasso/worker/lasso_program.py maps it), since
+    with the original-scale ones they give each feature's spread.
     """
 
     kind: ModelKind
@@ -83,6 +86,7 @@ class RegressionSpec:
     standardize: bool = False
     iterations: int = 0
     reveal_cv_curve: bool = True
+    reveal_standardized: bool = True
     column_owners: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ iterations  Per fit: Newton for e = 1/√G_jj, H = diag(e)·G·diag(e), q′, λ
             secure comparisons (one-hot, never opened to the helper) and refits
             on the whole join with it.
 reveal      ŵ and b̂ — and u (the standardised coefficients) when the study
-            standardises, the alpha index and the CV curve when it
+            standardises and names them, the alpha index and the CV curve when it
             cross-validates and reveals the curve — are opened to parties 0
             and 1 only; the public affine map back to the original scale is
             applied in the clear. Nothing else is ever opened: every other
@@ -264,7 +264,7 @@ async def secure_fit(
     intercept_terms = await inp.mul(fit.w_hat[0], mean[:-1], FRAC_IN, 2 * FRAC_IN + W_HAT_BITS + 2)
     b_hat = (mean[-1] - intercept_terms.sum()) % inp.p
     opened = [np.array([b_hat], dtype=object)]
-    if spec.standardize:  # u is the standardised fit (only then: with ŵ it would reveal σ_j)
+    if spec.standardize and spec.reveal_standardized:  # u with ŵ reveals σ_j: only when the study names it
         opened += [fit.u[0] * (1 << (FRAC_IN - FRAC_POLISH))]
     if onehot is not None:
         index = (onehot * np.arange(len(onehot), dtype=object)).sum() << FRAC_IN
@@ -287,7 +287,8 @@ def _result(
     """Decode, on an owner, the opened ŵ and [b̂, (u if standardised), (alpha index, (CV sums))]."""
     d = plan.d
     b_hat = float(values[0])
-    u, rest = (values[1 : d + 1], values[d + 1 :]) if spec.standardize else (None, values[1:])
+    revealed_u = spec.standardize and spec.reveal_standardized
+    u, rest = (values[1 : d + 1], values[d + 1 :]) if revealed_u else (None, values[1:])
     chosen = plan.alphas[int(round(rest[0]))] if spec.cross_validate else plan.alphas[0]
     w, b = plan.to_original(list(w_hat), b_hat)
     standardized = None

@@ -60,6 +60,8 @@ class RunContext:
     orgs: tuple[str, ...]
     shares: list[ShareBlock] = field(repr=False)
     report: ReportFn = field(repr=False)
+    # This party's floor on the joined count from its organisation's local policy (0: none).
+    min_joined: int = 0
 
 
 Program = Callable[[Any, RunContext], Awaitable[lasso_pb2.ModelResult]]

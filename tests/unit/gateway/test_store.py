@@ -1,4 +1,4 @@
-"""Gateway store: round trips, approvals and digests, run lifecycle, restart, events, results."""
+"""Gateway store: round trips (and their wire form), approvals and digests, run lifecycle, restart, events, results."""
 
 from __future__ import annotations
 
@@ -12,26 +12,20 @@ import pytest
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.study.spec import normalise, spec_digest
-from services.gateway.store import (
-    CANCELLED,
-    FAILED,
-    MIGRATIONS,
-    PENDING,
-    RESTART_REASON,
-    RUNNING,
-    SUCCEEDED,
+from services.gateway.codec import run_to_proto, study_to_proto
+from services.gateway.errors import (
     DuplicateRunError,
     IllegalTransitionError,
     InvalidValueError,
     NotApprovedError,
     NotAPartyError,
     StaleDigestError,
-    Store,
     StoreError,
     UnknownRunError,
     UnknownStudyError,
-    store_path,
 )
+from services.gateway.store import CANCELLED, FAILED, PENDING, RESTART_REASON, RUNNING, SUCCEEDED, Store
+from services.gateway.store_schema import MIGRATIONS, store_path
 from tests.unit.gateway.specs import make_spec
 
 PARTIES = ("insurer", "hospital", "helper")
@@ -102,7 +96,7 @@ def test_study_round_trip(store: Store) -> None:
     assert record.spec == normalise(spec) and record.digest == digest and record.study_id == "diabetes-risk-2025"
     assert record.state == common_pb2.STUDY_STATE_PROPOSED and record.proposed_by == "insurer"
     assert record.approved_by == () and record.source_path == "/data/insurer.csv"
-    wire = record.to_proto()
+    wire = study_to_proto(record)
     assert wire.spec_digest == digest and wire.proposed_by == "insurer" and wire.spec == normalise(spec)
     assert "insurer.csv" not in str(wire)  # the local path never goes on the wire
     assert store.get_spec(digest) == normalise(spec)
@@ -295,7 +289,7 @@ def test_run_updates_record_phase_joined_and_error(store: Store) -> None:
     assert run.updated_at > run.created_at
     run = store.update_run("run-1", state=FAILED, error=_error("intersection below the minimum"))
     assert run.error == _error("intersection below the minimum") and run.terminal
-    wire = run.to_proto()
+    wire = run_to_proto(run)
     assert wire.error.reason == "intersection below the minimum" and wire.joined == 812 and wire.state == FAILED
     assert wire.spec_digest == run.digest and wire.started_by == "insurer" and wire.trace_id == "ab" * 16
 

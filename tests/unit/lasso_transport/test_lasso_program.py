@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.lasso.worker.lasso_program import check_encoding, model_result, regression_spec
+from services.lasso.worker.lasso_program import check_encoding, check_joined, model_result, regression_spec
 from services.lasso.worker.program import ProgramError
 from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.params import ModelKind, RegressionResult
@@ -42,3 +42,22 @@ def test_model_result_names_coefficients_in_feature_order():
     assert [(c.feature, c.value) for c in out.coefficients] == [("gp_visits", 1.0), ("prescriptions", 2.0), ("exercise_hours", 3.0), ("smoker", 4.0), ("bmi", 5.0)]
     assert (out.intercept, out.joined, out.alpha, out.iterations, out.target) == (-1.0, 50, 0.1, 40, "hospital_days")
     assert [(p.alpha, p.mean_squared_error) for p in out.cv_curve] == [(0.1, 2.5)]
+
+
+def test_standardised_coefficients_are_revealed_only_when_the_study_names_them():
+    spec = make_spec()
+    spec.model.standardize = True
+    assert not regression_spec(spec).reveal_standardized
+    spec.reveal.standardized_coefficients = True
+    assert regression_spec(spec).reveal_standardized
+
+
+def test_extraction_a_join_below_the_floor_stops_inside_the_mpc_before_anything_is_computed():
+    spec = make_spec()  # min_intersection 10
+    check_joined(10, spec, 0)
+    check_joined(150, spec, 150)
+    with pytest.raises(ProgramError, match="smaller than the minimum of 10 rows"):
+        check_joined(2, spec, 0)
+    with pytest.raises(ProgramError, match="minimum of 150 rows") as refused:
+        check_joined(149, spec, 150)
+    assert "149" not in str(refused.value)  # only the fact, never the count

@@ -1,0 +1,70 @@
+"""What a study reveals to whom: the text an approver reads before approving a digest.
+
+Pure: derived from the StudySpec alone (README, "What each party learns").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from riskmesh.v1 import common_pb2
+
+LEAKAGE_NOTICE = (
+    "By approving you allow: the other data owner learns the intersection size and the revealed outputs; "
+    "the helper learns both set sizes, the intersection size and which pseudonymous tags matched. "
+    "Repeated studies on inputs that differ by one patient reveal that patient's membership through the "
+    "intersection size; every run is recorded in the audit log by digest."
+)
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """One party and what it receives or learns from a run of the study."""
+
+    org: str
+    role: str  # "data owner" or "helper"
+    receives: tuple[str, ...]
+
+
+def disclosures(spec: common_pb2.StudySpec) -> list[Disclosure]:
+    """Per party, in the spec's party order."""
+    owner_outputs = ["the coefficients and the intercept", "the intersection size"]
+    if spec.model.standardize:
+        owner_outputs.append("the coefficients on the standardised scale")
+    if spec.reveal.cv_curve and spec.model.cv_folds > 1:
+        owner_outputs.append("the cross-validation curve (mean validation error per alpha)")
+    helper_learns = ("no result", "both owners' set sizes", "the intersection size", "which pseudonymous tags matched")
+    out = []
+    for party in spec.parties:
+        if party.role == common_pb2.ROLE_HELPER:
+            out.append(Disclosure(party.org, "helper", helper_learns))
+        else:
+            out.append(Disclosure(party.org, "data owner", tuple(owner_outputs)))
+    return out
+
+
+def column_owners(spec: common_pb2.StudySpec) -> dict[str, str]:
+    """Feature or target name → the owner organisation whose CSV has it."""
+    out: dict[str, str] = {}
+    for owner in spec.owners:
+        for column in owner.features:
+            out[column.name] = owner.org
+        if owner.target.name:
+            out[owner.target.name] = owner.org
+    return out
+
+
+def model_summary(spec: common_pb2.StudySpec) -> str:
+    """One line: the model kind, alpha(s), folds, standardisation, iterations."""
+    model = spec.model
+    kind = common_pb2.ModelKind.Name(model.kind).removeprefix("MODEL_KIND_").replace("_", " ").lower()
+    alphas = ", ".join(f"{a:g}" for a in model.alphas) or "—"
+    parts = [kind, f"alpha {alphas}"]
+    if model.kind == common_pb2.MODEL_KIND_ELASTIC_NET:
+        parts.append(f"l1 ratio {model.l1_ratio:g}")
+    if model.cv_folds > 1:
+        parts.append(f"{model.cv_folds}-fold cross-validation")
+    parts.append("standardised features" if model.standardize else "features as given")
+    if model.iterations:
+        parts.append(f"{model.iterations} iterations")
+    return "; ".join(parts)
