@@ -23,7 +23,6 @@ from services.doctor.checks import Finding, PeerProbe
 from services.mesh.config import ConfigError, OrgConfig, load_config
 from services.mesh.identity import identity_of_certificate
 from services.mesh.pki_layout import OrgPaths, server_name
-from services.mesh.tls import MeshCredentials
 
 PEER_TIMEOUT_S = 5.0
 ROLE_NAMES = {common_pb2.ROLE_DATA_OWNER: "data_owner", common_pb2.ROLE_HELPER: "helper"}
@@ -84,9 +83,8 @@ def diagnose_pki(config: OrgConfig, servers: Sequence[str], now: dt.datetime) ->
             )
         ]
     findings = checks.check_trust_bundle(config.org, list(config.peers), bundle, now)
-    # CA pins (ca_sha256) exist in configs that have OrgConfig.ca_pins; earlier ones pin nothing.
-    if hasattr(config, "ca_pins"):
-        findings += checks.check_ca_pins(config.ca_pins(), [config.org, *config.peers], bundle)
+    # Servers refuse to start without a pin for every org (MeshCredentials.for_config).
+    findings += checks.check_ca_pins(config.ca_pins, [config.org, *config.peers], bundle)
     own_cas = [c for c in bundle if checks.org_of(c) == config.org]
     org_ca = own_cas[0] if len(own_cas) == 1 else None
     for service in servers:
@@ -140,7 +138,15 @@ def probe_peer(config: OrgConfig, peer: str, timeout: float = PEER_TIMEOUT_S) ->
         return PeerProbe(peer, address, reached=True, rpc_error=f"TLS handshake failed: {exc}")
     identity = identity_of_certificate(x509.load_der_x509_certificate(der)) if der else None
     probe = PeerProbe(peer, address, reached=True, identity=identity.uri if identity else "")
-    with MeshCredentials.for_config(config, "gateway").sync_channel(peer, "gateway", address) as channel:
+    # The peer's CA alone, as for the handshake above: a wrong CA of a third org in trust.pem
+    # (which the pin check reports) must not hide this peer's state.
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=peer_cas[0].public_bytes(serialization.Encoding.PEM),
+        private_key=paths.key("gateway").read_bytes(),
+        certificate_chain=paths.cert("gateway").read_bytes(),
+    )
+    options = [("grpc.ssl_target_name_override", server_name(peer, "gateway"))]
+    with grpc.secure_channel(address, credentials, options=options) as channel:
         before = time.time()
         try:
             info = gateway_pb2_grpc.GatewayServiceStub(channel).GetInfo(gateway_pb2.GetInfoRequest(), timeout=timeout)
@@ -168,6 +174,9 @@ def probe_peer(config: OrgConfig, peer: str, timeout: float = PEER_TIMEOUT_S) ->
 def port_state(host: str, port: int, health_port: int) -> str:
     """'free', 'riskmesh' (taken, and our health port answers SERVING) or 'other'."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Bound as the servers bind (gRPC sets SO_REUSEADDR): a port in TIME_WAIT, or held
+        # unlistened for a server (services/tools/launcher.py reserve_port), is free for it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return "free"

@@ -4,7 +4,8 @@ The manifests are written for Kubernetes; podman runs Pods from the same YAML wi
 gaps, which this translation closes (and nothing else changes: image, commands,
 environment, security contexts, ConfigMap and mounts stay the overlay's own):
 
-- Deployments become Pods named `<org>-<deployment>` (three orgs share one podman host).
+- Deployments become Pods named `<org>-<deployment>` (three orgs share one podman host):
+  the org's gRPC servers and its web console (`riskmesh-console`, services/console).
 - Secret volumes become read-only host directories holding the decoded Secret items
   (files with the volume's mode, group = the pod's fsGroup): `kube play` mounts Secret
   values still base64-encoded and crashes on Secret volumes whose `optional` is unset
@@ -37,6 +38,8 @@ from services.mesh.config import SERVER_OFFSETS, parse_config
 
 DROPPED_KINDS = ("Namespace", "ServiceAccount", "Service", "NetworkPolicy")
 CONFIG_FILE = "riskmesh.toml"
+CONSOLE = "console"  # the org's web console: a Deployment beside the servers, not a mesh server
+COMPONENTS = (*SERVER_OFFSETS, CONSOLE)
 
 
 class TranslationError(ValueError):
@@ -253,8 +256,8 @@ def _pod(
 
 
 def server_of(pod: str, org: str, prefix: str = "") -> str:
-    """`insurer-riskmesh-gateway` -> `gateway`."""
+    """`insurer-riskmesh-gateway` -> `gateway`; `insurer-riskmesh-console` -> `console`."""
     server = pod.removeprefix(f"{prefix}{org}-riskmesh-")
-    if server not in SERVER_OFFSETS:
-        raise TranslationError(f"{pod} is not a riskmesh server pod of {org}")
+    if server not in COMPONENTS:
+        raise TranslationError(f"{pod} is not a riskmesh pod of {org}")
     return server

@@ -137,6 +137,8 @@ def test_a_world_readable_key_and_a_port_taken_by_something_else(gateways, tmp_p
     key = OrgPaths(config.pki_dir / "insurer").key("encryption")
     key.chmod(0o644)
     with socket.socket() as squatter:
+        # SO_REUSEADDR, as any server sets it: the test mesh holds its ports reserved (launcher.reserve_port).
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind((config.bind_host, config.port("lasso")))
         squatter.listen()
         bad = failures(path, peers=False)

@@ -13,7 +13,7 @@ import yaml
 from services.mesh.config import HEALTH_OFFSET, SERVER_OFFSETS, parse_config
 from services.tools.kubeplay import DROPPED_KINDS, TranslationError, fill_pins, server_of, server_pod, translate
 from services.tools.pki import export_k8s, init_pki
-from tests.k8s.manifests import BASE_PORT, OVERLAYS, of_kind, render
+from tests.k8s.manifests import BASE_PORT, CONSOLE, CONSOLE_HEALTH_PORT, CONSOLE_HTTP_PORT, OVERLAYS, of_kind, render
 
 IMAGE = "localhost/riskmesh:test"
 
@@ -116,11 +116,15 @@ def test_every_configured_address_is_a_pod_on_the_network_listening_on_that_port
                     host, port = endpoint.address(server).rsplit(":", 1)
                     assert host == server_pod(endpoint.org, server) and host in all_pods, (org, name, server, host)
                     assert int(port) == BASE_PORT + SERVER_OFFSETS[server]
-            assert (
-                config.base_port == BASE_PORT
-                and config.health_port(server_of(name, org))
-                == BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server_of(name, org)]
-            )
+            assert config.base_port == BASE_PORT
+            server = server_of(name, org)
+            if server == CONSOLE:  # the console's ports are its Deployment's own (k8s/base/console.yaml)
+                assert (env["RISKMESH_CONSOLE_PORT"], env["RISKMESH_CONSOLE_HEALTH_PORT"]) == (
+                    str(CONSOLE_HTTP_PORT),
+                    str(CONSOLE_HEALTH_PORT),
+                )
+            else:
+                assert config.health_port(server) == BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server]
 
 
 def test_volumes_configmap_and_claims_are_per_org_and_scratch_volumes_per_pod(bundles):
@@ -156,7 +160,9 @@ def test_published_ports_are_on_loopback_only_and_a_prefix_renames_everything(se
         prefix="t1-",
     )
     by_name = pods(bundle)
-    assert set(by_name) == {f"t1-helper-riskmesh-{s}" for s in ("gateway", "intersection", "resharing", "lasso")}
+    assert set(by_name) == {
+        f"t1-helper-riskmesh-{s}" for s in ("gateway", "intersection", "resharing", "lasso", "console")
+    }
     (gateway,) = by_name["t1-helper-riskmesh-gateway"]["spec"]["containers"]
     assert gateway["ports"] == [{"containerPort": 7100, "hostPort": 17300, "hostIP": "127.0.0.1"}]
     env = {e["name"]: e["value"] for e in gateway["env"]}
