@@ -301,6 +301,35 @@ def health_inside(container: str, port: int, timeout: float = 60) -> str:
         time.sleep(0.5)
 
 
+HTTP_GET = """
+import sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers=dict(h.split(": ", 1) for h in sys.argv[2:]))
+try:
+    reply = urllib.request.urlopen(request, timeout=5)
+except urllib.error.HTTPError as refused:
+    reply = refused
+print(reply.status)
+sys.stdout.write(reply.read().decode())
+"""
+
+
+def http_get_inside(
+    container: str, url: str, headers: Mapping[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str]:
+    """(status, body) of GET `url` from inside `container` (the console's probes and pages),
+    retried while nothing answers yet, until `timeout`."""
+    deadline = time.monotonic() + timeout
+    args = [f"{k}: {v}" for k, v in (headers or {}).items()]
+    while True:
+        done = podman("exec", container, "python", "-c", HTTP_GET, url, *args, check=False)
+        if done.returncode == 0:
+            status, _, body = done.stdout.decode().partition("\n")
+            return int(status), body
+        if time.monotonic() > deadline:
+            raise ContainerError(f"GET {url} in {container}: {done.stderr.decode(errors='replace').strip()[-500:]}")
+        time.sleep(0.5)
+
+
 def logs(container: str) -> str:
     done = podman("logs", container, check=False)
     return (done.stdout + done.stderr).decode(errors="replace")

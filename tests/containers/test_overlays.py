@@ -1,6 +1,7 @@
 """The image, run as the overlays run it: the three organisations' rendered overlays under
-`podman kube play` (after services/tools/kubeplay.py's translation), every server
-hardened and SERVING, and a whole study across the three orgs' containers.
+`podman kube play` (after services/tools/kubeplay.py's translation), every server and
+console hardened and healthy, each console reaching its gateway, and a whole study
+across the three orgs' containers.
 
 What this proves and what it cannot: k8s/README.md ("Containers")."""
 
@@ -18,7 +19,7 @@ from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data, reference_join
 from services.tools import containers
 from services.tools.kubeplay import server_of
-from tests.k8s.manifests import BASE_PORT
+from tests.k8s.manifests import BASE_PORT, CONSOLE, CONSOLE_HEALTH_PORT, CONSOLE_HTTP_PORT
 
 DEV_ONLY_MODULES = (
     "sklearn",
@@ -73,8 +74,28 @@ def test_every_server_runs_hardened_from_its_overlay_and_answers_health(played):
             assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
             touched = containers.podman("exec", container, "touch", "/opt/riskmesh/x", check=False)
             assert touched.returncode != 0 and b"Read-only file system" in touched.stderr
-            port = BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server]
-            assert containers.health_inside(container, port) == "SERVING", containers.logs(container)
+            if server == CONSOLE:  # HTTP, /healthz on its probe port
+                healthz = f"http://127.0.0.1:{CONSOLE_HEALTH_PORT}/healthz"
+                assert containers.http_get_inside(container, healthz) == (200, "ok"), containers.logs(container)
+            else:
+                port = BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server]
+                assert containers.health_inside(container, port) == "SERVING", containers.logs(container)
+        assert {server_of(pod, org, played.prefix) for pod in bundle.pods} >= {"gateway", "resharing", "lasso", CONSOLE}
+
+
+def test_each_console_shows_its_gateways_studies_to_a_user_the_proxy_names(played):
+    """The console (proxy auth, as behind the org's SSO ingress) reaches its own gateway
+    over mTLS as spiffe://<org>/console, by the gateway pod's name; its probe port answers
+    /healthz and nothing else, and no page is served without the proxy's user header."""
+    for org, bundle in played.bundles.items():
+        (console,) = [pod for pod in bundle.pods if server_of(pod, org, played.prefix) == CONSOLE]
+        container = played.container(console)
+        page = f"http://127.0.0.1:{CONSOLE_HTTP_PORT}/studies"
+        probe_port_page = f"http://127.0.0.1:{CONSOLE_HEALTH_PORT}/studies"
+        assert containers.http_get_inside(container, probe_port_page)[0] == 404
+        assert containers.http_get_inside(container, page)[0] == 401
+        status, body = containers.http_get_inside(container, page, {"X-Auth-Request-User": f"operator@{org}"})
+        assert status == 200 and f"Known to {org}" in body, body[-2000:] + containers.logs(container)
 
 
 def test_whole_study_across_the_three_orgs_containers_matches_scikit_learn(played):
