@@ -13,8 +13,8 @@ import numpy as np
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
-from services.cli.demo import sklearn_reference
 from services.mesh.config import HEALTH_OFFSET, SERVER_OFFSETS
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data, reference_join
 from services.tools import containers
@@ -120,7 +120,7 @@ def test_whole_study_across_the_three_orgs_containers_matches_scikit_learn(playe
         assert final.state == common_pb2.RUN_STATE_SUCCEEDED, final
         names, x, y = reference_join(data)
         assert final.joined == len(y)
-        reference = sklearn_reference(names, x, y, ALPHA)
+        reference = lasso_reference(names, x, y, ALPHA)
         _, insurer_result = clients["insurer"].result(final.run_id)
         _, hospital_result = clients["hospital"].result(final.run_id)
         secure = np.array([c.value for c in insurer_result.coefficients])
