@@ -48,6 +48,7 @@ class GetInfoResponse(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CALLER_IDENTITY_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     org: _builtins.str
     """Organisation name."""
     role: _common_pb2.Role.ValueType
@@ -56,6 +57,10 @@ class GetInfoResponse(_message.Message):
     """riskmesh version."""
     caller_identity: _builtins.str
     """Identity of the caller as this gateway saw it (from its certificate)."""
+    server_time_unix_ms: _builtins.int
+    """This gateway's clock when it answered, milliseconds since the Unix epoch (callers
+    estimate clock skew from it: `riskmesh doctor`).
+    """
     def __init__(
         self,
         *,
@@ -63,10 +68,11 @@ class GetInfoResponse(_message.Message):
         role: _common_pb2.Role.ValueType = ...,
         version: _builtins.str = ...,
         caller_identity: _builtins.str = ...,
+        server_time_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_identity", b"caller_identity", "org", b"org", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_identity", b"caller_identity", "org", b"org", "role", b"role", "server_time_unix_ms", b"server_time_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -200,5 +200,10 @@ def demo_hosts(
     raise typer.Exit(hosts_main(home, latency_ms, records))
 
 
+from services.cli.doctor import doctor  # noqa: E402  (riskmesh doctor: services/doctor)
+
+app.command("doctor")(doctor)
+
+
 def main() -> None:
     app()

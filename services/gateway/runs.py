@@ -29,6 +29,7 @@ from services.gateway.pipeline import RunPipeline
 from services.gateway.store import TERMINAL_STATES, RunRecord, Store
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
+from services.mesh.telemetry import run_outcome
 from services.mesh.progress import progress
 
 log = logging.getLogger("riskmesh.gateway.runs")
@@ -157,6 +158,7 @@ class RunCoordinator:
         self._parties[run_id] = [o for o in parties if o != self.config.org]
         if self.store.get_run(run_id).state == common_pb2.RUN_STATE_PENDING:
             self.store.update_run(run_id, state=common_pb2.RUN_STATE_RUNNING)
+        run_outcome("started")
         self._tasks[run_id] = asyncio.create_task(self._drive(run_id, pipeline, body))
 
     def remember_parties(self, run_id: str, parties: list[str]) -> None:
@@ -238,6 +240,7 @@ class RunCoordinator:
             self.store.update_run(run_id, state=state, error=error, joined=joined or None, audit=entry)
         except IllegalTransitionError:
             return False
+        run_outcome(END_ACTIONS[state].removeprefix("run."))
         self._notify(run_id)
         return True
 

@@ -14,6 +14,7 @@ results go to data owners only.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import AsyncIterator, TypeAlias
 
 import grpc
@@ -97,6 +98,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             role=codec.role_to_proto(self.config.role),
             version=riskmesh.__version__,
             caller_identity=str(caller) if caller else "",
+            server_time_unix_ms=time.time_ns() // 1_000_000,
         )
 
     async def CheckPeers(

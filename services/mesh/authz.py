@@ -26,6 +26,7 @@ import grpc
 from services.mesh.config import OrgConfig
 from services.mesh.handlers import wrap_handler
 from services.mesh.identity import Identity, IdentityResolver, peer_certificate_pem
+from services.mesh.telemetry import rpc_admitted, rpc_refused
 
 log = logging.getLogger("riskmesh.authz")
 
@@ -92,11 +93,13 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         allowed = self._rules.get(method, ())
         if not any(rule.admits(caller, self._config) for rule in allowed):
             await self._refuse(method, caller, grpc.StatusCode.PERMISSION_DENIED, context, f"{caller} may not call {method}")
+        rpc_admitted(method, caller.org)
         current_caller.set(caller)
         current_method.set(method)
 
     async def _refuse(self, method: str, caller: Identity | None, code: grpc.StatusCode, context: grpc.aio.ServicerContext, message: str) -> None:
         log.warning("refused %s for %s: %s", method, caller or "unidentified caller", code.name)
+        rpc_refused(method, code.name, caller.org if caller else "")
         if self._on_refusal:
             self._on_refusal(method, caller, code)
         await context.abort(code, message)

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 from services.mesh.config import ConfigError, OrgConfig, load_config
 from services.mesh.server import MeshServer
-from services.mesh.telemetry import setup_tracing
+from services.mesh.telemetry import setup_metrics, setup_tracing
 
 # Three parties share few cores: numerical libraries (and MPyC) stay single-threaded in
 # every server, MPC worker and party process.
@@ -33,6 +33,7 @@ def run_server_process(name: str, build: Callable[[OrgConfig], Awaitable[MeshSer
         print(f"riskmesh-{name}: a {config.role} organisation does not run the {name} server", file=sys.stderr)
         return 2
     provider = setup_tracing(config.org, name, config.state_dir)
+    meters = setup_metrics(config.org, name, config.state_dir)
 
     async def serve() -> None:
         server = await build(config)
@@ -42,4 +43,5 @@ def run_server_process(name: str, build: Callable[[OrgConfig], Awaitable[MeshSer
         asyncio.run(serve())
     finally:
         provider.shutdown()
+        meters.shutdown()
     return 0

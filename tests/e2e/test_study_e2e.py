@@ -4,6 +4,7 @@ trace with a span per phase per party, refusals, and an interrupted gateway."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 
 from riskmesh.client import GatewayClient
-from riskmesh.v1 import common_pb2
+from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data, reference_join
+from services.mesh.telemetry import read_metrics
+from services.mesh.tls import MeshCredentials
 from services.tools.traces import load_trace, phase_rows, waterfall_png
 from services.mesh.config import load_config
 from services.tools.launcher import LocalMesh, local_mesh_for
@@ -101,6 +104,49 @@ def test_whole_study_matches_scikit_learn_with_one_trace(study_mesh):
     waterfall_png(rows, ARTIFACTS / "study-waterfall.png", f"e2e study, trace {final.trace_id}")
     for org, c in clients.items():
         assert c.verify_audit().ok
+
+
+def test_operator_metrics_from_every_organisation(study_mesh):
+    """Runs, phase durations, RPCs and refusals reach each server's metrics export (JSON
+    lines here; OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set), with no data in attributes."""
+    root, configs, mesh, clients, data, sources = study_mesh
+    approve_all(clients, data, sources, "metrics-study", alphas=[ALPHA])
+    assert run_to_end(clients["insurer"], "metrics-study").state == common_pb2.RUN_STATE_SUCCEEDED
+    orgs = {org: load_config(path, env={}) for org, path in configs.items()}
+    # The insurer's client may call its own gateway only: the hospital's refuses it.
+    credentials = MeshCredentials(orgs["insurer"].pki_dir, "insurer", "client")
+    with credentials.sync_channel("hospital", "gateway", orgs["hospital"].self_endpoint.address("gateway")) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            gateway_pb2_grpc.GatewayServiceStub(channel).GetInfo(gateway_pb2.GetInfoRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    deadline = time.monotonic() + 20  # exported every 5 s
+    while True:
+        points = read_metrics([p for c in orgs.values() for p in (c.state_dir / "metrics").glob("*.jsonl")])
+        named = {n: [p for p in points if p["name"] == n] for n in ("riskmesh.runs", "riskmesh.phase.duration")}
+        runs = {(p["org"], p["attributes"].get("riskmesh.outcome")): p["value"] for p in named["riskmesh.runs"]}
+        phases = {(p["org"], p["attributes"]["riskmesh.phase"]) for p in named["riskmesh.phase.duration"]}
+        refusals = [p for p in points if p["name"] == "riskmesh.rpc.refusals"]
+        done = all(runs.get((org, "succeeded"), 0) >= 1 for org in orgs) and refusals
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for org in orgs:
+        assert runs.get((org, "started"), 0) >= 1 and runs.get((org, "succeeded"), 0) >= 1, runs
+        wanted = HELPER_PHASES if org == "helper" else OWNER_PHASES
+        assert wanted <= {phase for o, phase in phases if o == org}, (org, phases)
+    calls = [p for p in points if p["name"] == "riskmesh.rpc.calls"]
+    assert {p["org"] for p in calls} == set(orgs) and {p["server"] for p in calls} >= {"gateway", "resharing", "lasso"}
+    refused_here = [(p["org"], p["attributes"]["rpc.method"].rsplit("/", 1)[-1], p["attributes"]["riskmesh.caller.org"],
+                     p["attributes"]["rpc.grpc.status_code"]) for p in refusals]
+    assert ("hospital", "GetInfo", "insurer", "PERMISSION_DENIED") in refused_here, refused_here
+    # Attributes are names from small fixed sets: methods, phases, outcomes, orgs, codes.
+    allowed = {"riskmesh.outcome", "riskmesh.phase", "rpc.method", "riskmesh.caller.org", "rpc.grpc.status_code"}
+    for p in points:
+        assert set(p["attributes"]) <= allowed, p
+        for key, value in p["attributes"].items():
+            assert re.fullmatch(r"[A-Za-z0-9_./-]{0,80}", str(value)), (key, value)
+        if "riskmesh.caller.org" in p["attributes"]:
+            assert p["attributes"]["riskmesh.caller.org"] in {"", *orgs}
 
 
 def test_changed_spec_needs_new_approval_before_a_run(study_mesh):

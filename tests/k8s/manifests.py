@@ -58,6 +58,7 @@ CROSS_ORG_PATHS = [
     ("lasso", "lasso"),
 ]
 CLIENT_LABELS = {"riskmesh.io/client": "true"}
+OTLP_NAMESPACE, OTLP_PORT = "observability", 4317  # where each org's collector listens (k8s/README.md)
 
 
 def deployed(role: str) -> tuple[str, ...]:
@@ -241,6 +242,8 @@ def expected_model(org: str) -> PolicyModel:
     for pod in here:  # name resolution
         for proto in ("UDP", "TCP"):
             m.egress.add((("pod", pod), ("ns", "kube-system"), 53, proto))
+    for server in servers[org]:  # traces and metrics to the org's own OpenTelemetry Collector
+        m.egress.add((("pod", server), ("ns", OTLP_NAMESPACE), OTLP_PORT, "TCP"))
     return m
 
 

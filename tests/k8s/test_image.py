@@ -1,10 +1,11 @@
 """The image (Dockerfile, .dockerignore) and the entry points the manifests name.
 
-No container runtime exists here, so the image is never built: these tests check that
-every command the Dockerfile and the Deployments name is a console script of
-pyproject.toml pointing at the server module the launcher runs, that the build
-context keeps keys and local state out, and that a gateway started the way its pod
-starts it (its command, environment, config and certificate layout) comes up.
+The image itself is built and run by tests/containers; these tests check, without a
+container runtime, that every command the Dockerfile and the Deployments name is a
+console script of pyproject.toml pointing at the server module the launcher runs, that
+the image installs the hashed runtime lock only, that the build context keeps keys and
+local state out, and that a gateway started the way its pod starts it (its command,
+environment, config and certificate layout) comes up.
 """
 
 from __future__ import annotations
@@ -88,9 +89,10 @@ def test_dockerfile_multi_stage_slim_locked_non_root():
     froms = [args for instr, args in instructions if instr == "FROM"]
     assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
     base = re.search(r"ARG PYTHON_IMAGE=(\S+)", DOCKERFILE)
-    assert base and re.fullmatch(r"python:3\.11-slim(-\w+)?", base.group(1))
+    assert base and re.fullmatch(r"(docker\.io/library/)?python:3\.11-slim(-\w+)?@sha256:[0-9a-f]{64}", base.group(1)), "base pinned by digest"
     runs = " ".join(args for instr, args in instructions if instr == "RUN")
-    assert "pip install --no-deps -r requirements.lock" in runs
+    assert "install --no-deps --require-hashes --only-binary=:all: -r requirements.lock" in runs
+    assert "requirements-dev.lock" not in DOCKERFILE, "the image installs the runtime set only"
     assert "useradd" in runs and "--uid 10001" in runs
     users = [args for instr, args in instructions if instr == "USER"]
     assert users and users[-1].split(":")[0] == "10001", "the runtime stage runs as uid 10001"
@@ -100,6 +102,33 @@ def test_dockerfile_multi_stage_slim_locked_non_root():
             for src in exec_form(args)[:-1]:
                 assert not re.search(r"\.(pem|key|crt)$|\.riskmesh|k8s-secrets|\.venv", src), src
                 assert (REPO / src).exists(), f"COPY {src}: no such path"
+
+
+# --- lock files ------------------------------------------------------------------------
+
+DEV_ONLY = {"pytest", "pytest-timeout", "hypothesis", "scikit-learn", "scipy", "matplotlib", "grpcio-tools",
+            "buf-bin", "kubernetes-validate", "mypy-protobuf", "psutil", "uv"}
+
+
+def locked(name: str) -> dict[str, tuple[str, int]]:
+    """{package: (version, number of hashes)} of a lock file written by `make lock`."""
+    text = (REPO / name).read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)((?:\s+\\\n\s+--hash=sha256:[0-9a-f]{64})*)", text, re.M)
+    return {pkg.lower(): (version, ext.count("--hash=sha256:")) for pkg, version, ext in entries}
+
+
+def test_runtime_lock_holds_no_dev_tools_and_every_pin_has_hashes():
+    runtime, dev, build = locked("requirements.lock"), locked("requirements-dev.lock"), locked("requirements-build.lock")
+    assert {"grpcio", "numpy", "mpyc", "cryptography", "opentelemetry-sdk"} <= set(runtime)
+    assert not DEV_ONLY & set(runtime), f"dev tools in the runtime lock: {sorted(DEV_ONLY & set(runtime))}"
+    assert DEV_ONLY - {"scipy"} <= set(dev)
+    assert {"pip", "setuptools", "wheel"} <= set(build)
+    for name, lock in (("requirements.lock", runtime), ("requirements-dev.lock", dev), ("requirements-build.lock", build)):
+        assert all(hashes for _, hashes in lock.values()), f"{name}: a pin without --hash"
+        assert len(lock) == (REPO / name).read_text().count("=="), f"{name}: an entry this parser missed"
+    # Developers test exactly the versions the image ships.
+    for pkg, (version, _) in runtime.items():
+        assert dev[pkg][0] == version, f"{pkg}: {version} in the image, {dev[pkg][0]} in the dev venv"
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -140,7 +169,7 @@ def test_dockerignore_keeps_keys_state_and_venv_out_of_the_build_context():
     ]:
         assert dockerignore_excludes(path), f"{path} would enter the image build context"
     tracked = subprocess.run(["git", "ls-files", "riskmesh", "services"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for path in ["requirements.lock", "pyproject.toml", "README.md", *tracked]:
+    for path in ["requirements.lock", "requirements-build.lock", "pyproject.toml", "README.md", *tracked]:
         if not path.endswith((".pem", ".key")):
             assert not dockerignore_excludes(path), f"{path} is needed by the build but ignored"
 
