@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +17,7 @@ console = Console()
 
 def doctor(
     org: str = typer.Option(..., help="the organisation to check"),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, help="its riskmesh.toml (default: $RISKMESH_CONFIG, else .riskmesh/<org>/riskmesh.toml)"
     ),
     server: list[str] = typer.Option(

@@ -35,7 +35,11 @@ console = Console()
 
 
 def topology_table(hosts: HostsMesh) -> Table:
-    via = f"relay in {hosts.network.wan}, +{hosts.latency_ms:g} ms each way" if hosts.latency_ms > 0 else f"routed by {hosts.network.wan}"
+    via = (
+        f"relay in {hosts.network.wan}, +{hosts.latency_ms:g} ms each way"
+        if hosts.latency_ms > 0
+        else f"routed by {hosts.network.wan}"
+    )
     table = Table(title=f"one network namespace per organisation (peers reach each other: {via})")
     for col in ("org", "namespace", "host address", "its servers, as its peers dial them"):
         table.add_column(col)
@@ -73,13 +77,17 @@ def run_demo_hosts(home: Path, latency_ms: float, records: int = 2000) -> dict[s
         started = time.perf_counter()
         with console.status("starting every server inside its organisation's namespace…"):
             hosts.start()
-        console.print(f"{len(hosts.processes)} servers healthy in {time.perf_counter() - started:.1f} s, each inside its organisation's namespace")
+        console.print(
+            f"{len(hosts.processes)} servers healthy in {time.perf_counter() - started:.1f} s, each inside its organisation's namespace"
+        )
         table, ok, total = handshake(hosts)
         console.print(table)
         summary = run_demo(home, records=records, mesh=hosts)
         namespaces = {org: h.namespace for org, h in hosts.hosts.items()}
         addresses = {org: h.address for org, h in hosts.hosts.items()}
-    console.print(f"removed namespaces {', '.join(namespaces.values())} and {hosts.network.wan}; nothing of the run is left")
+    console.print(
+        f"removed namespaces {', '.join(namespaces.values())} and {hosts.network.wan}; nothing of the run is left"
+    )
     return {**summary, "latency_ms": latency_ms, "hosts": addresses, "handshakes_ok": ok, "handshakes": total}
 
 

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 from urllib.parse import quote
 
 import grpc
@@ -62,7 +62,11 @@ NOTICES = {
 
 
 def study_state_label(state: int) -> str:
-    return common_pb2.StudyState.Name(state).removeprefix("STUDY_STATE_").lower() if state in common_pb2.StudyState.values() else "unknown"
+    return (
+        common_pb2.StudyState.Name(state).removeprefix("STUDY_STATE_").lower()
+        if state in common_pb2.StudyState.values()
+        else "unknown"
+    )
 
 
 def role_label(role: int) -> str:
@@ -78,26 +82,50 @@ class Console:
         self.sessions = Sessions()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
-        env.globals.update(org=gateway.org, role=gateway.role, is_owner=gateway.role == "data_owner", csrf_field=CSRF_FIELD,
-                           auth_mode=auth.mode, steps=STEPS)
-        env.filters.update(study_state=study_state_label, run_state=run_state_label, phase=phase_label, role_name=role_label,
-                           short=lambda digest: digest[:12])
+        env.globals.update(
+            org=gateway.org,
+            role=gateway.role,
+            is_owner=gateway.role == "data_owner",
+            csrf_field=CSRF_FIELD,
+            auth_mode=auth.mode,
+            steps=STEPS,
+        )
+        env.filters.update(
+            study_state=study_state_label,
+            run_state=run_state_label,
+            phase=phase_label,
+            role_name=role_label,
+            short=lambda digest: digest[:12],
+        )
 
     # Plumbing ---------------------------------------------------------------------
 
     def page(self, request: Request, name: str, status: int = 200, **context) -> Response:
         session = request.scope.get("state", {}).get("session")
-        context.update(csrf_token=session.csrf if session else "", user=session.user if session else "", path=request.url.path)
+        context.update(
+            csrf_token=session.csrf if session else "", user=session.user if session else "", path=request.url.path
+        )
         return self.templates.TemplateResponse(request, name, context, status_code=status)
 
     def login_page(self, request: Request, error: str, status: int) -> Response:
         return self.page(request, "login.html", status, error=error, next=request.query_params.get("next", "/"))
 
-    def refusal(self, request: Request, error: GatewayError, what: str, back: str = "", back_label: str = "") -> Response:
+    def refusal(
+        self, request: Request, error: GatewayError, what: str, back: str = "", back_label: str = ""
+    ) -> Response:
         status = STATUS_OF_CODE.get(error.code, 502)
         stale = error.code == grpc.StatusCode.FAILED_PRECONDITION and "changed" in error.message
-        return self.page(request, "error.html", status, what=what, code=error.code.name, message=error.message, stale=stale,
-                         back=back, back_label=back_label or "Back")
+        return self.page(
+            request,
+            "error.html",
+            status,
+            what=what,
+            code=error.code.name,
+            message=error.message,
+            stale=stale,
+            back=back,
+            back_label=back_label or "Back",
+        )
 
     def app(self) -> Starlette:
         routes = [
@@ -139,7 +167,9 @@ class Console:
             studies = await self.gateway.studies()
         except GatewayError as exc:
             return self.refusal(request, exc, "list the studies")
-        return self.page(request, "studies.html", studies=studies, notice=NOTICES.get(request.query_params.get("done", "")))
+        return self.page(
+            request, "studies.html", studies=studies, notice=NOTICES.get(request.query_params.get("done", ""))
+        )
 
     async def propose(self, request: Request) -> Response:
         form = await request.form()
@@ -176,12 +206,24 @@ class Console:
         except GatewayError as exc:
             return self.refusal(request, exc, f"show study {study_id}")
         spec = study.spec
-        further = {k: v for k, v in json_format.MessageToDict(spec, preserving_proto_field_name=True).items() if k not in KNOWN_SPEC_FIELDS}
+        further = {
+            k: v
+            for k, v in json_format.MessageToDict(spec, preserving_proto_field_name=True).items()
+            if k not in KNOWN_SPEC_FIELDS
+        }
         my_role = next((p.role for p in spec.parties if p.org == self.gateway.org), common_pb2.ROLE_UNSPECIFIED)
         return self.page(
-            request, "study.html", study=study, spec=spec, runs=runs, disclosures=disclosures(spec), leakage=LEAKAGE_NOTICE,
-            model=model_summary(spec), further=json.dumps(further, indent=2, sort_keys=True) if further else "",
-            my_role=my_role, approved_here=self.gateway.org in study.approved_by,
+            request,
+            "study.html",
+            study=study,
+            spec=spec,
+            runs=runs,
+            disclosures=disclosures(spec),
+            leakage=LEAKAGE_NOTICE,
+            model=model_summary(spec),
+            further=json.dumps(further, indent=2, sort_keys=True) if further else "",
+            my_role=my_role,
+            approved_here=self.gateway.org in study.approved_by,
             notice=NOTICES.get(request.query_params.get("done", "")),
         )
 
@@ -192,7 +234,13 @@ class Console:
         try:
             study = await self.gateway.approve(study_id, digest, source)
         except GatewayError as exc:
-            return self.refusal(request, exc, f"approve study {study_id}", back=f"/studies/{quote(study_id)}", back_label="Review the current spec")
+            return self.refusal(
+                request,
+                exc,
+                f"approve study {study_id}",
+                back=f"/studies/{quote(study_id)}",
+                back_label="Review the current spec",
+            )
         log.info("study %s digest %s approved by %s", study_id, digest[:12], request.scope["state"]["session"].user)
         done = "acknowledged" if self.gateway.role == "helper" else "approved"
         return RedirectResponse(f"/studies/{quote(study.spec.study_id)}?done={done}", status_code=303)
@@ -235,10 +283,17 @@ class Console:
             run = await self.gateway.run(run_id)
             if run is None:
                 raise GatewayError(grpc.StatusCode.NOT_FOUND, f"no run {run_id!r} at {self.gateway.org}")
-            board = await (self._replayed(run) if run.state in (common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELLED) else self._board(run))
+            board = await (
+                self._replayed(run)
+                if run.state
+                in (common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELLED)
+                else self._board(run)
+            )
         except GatewayError as exc:
             return self.refusal(request, exc, f"show run {run_id}")
-        return self.page(request, "run.html", run=run, board=board, notice=NOTICES.get(request.query_params.get("done", "")))
+        return self.page(
+            request, "run.html", run=run, board=board, notice=NOTICES.get(request.query_params.get("done", ""))
+        )
 
     async def run_events(self, request: Request) -> Response:
         """Server-sent events: the re-rendered board after each batch of WatchRun messages;
@@ -305,9 +360,17 @@ class Console:
         run_id = request.path_params["run_id"]
         if self.gateway.role == "helper":
             # The helper never receives a result; its gateway would refuse as well.
-            return self.page(request, "error.html", 403, what=f"show the result of {run_id}", code="PERMISSION_DENIED",
-                             message="A helper organisation receives no result: only the two data owners do.", stale=False,
-                             back=f"/runs/{quote(run_id)}", back_label="Back to the run")
+            return self.page(
+                request,
+                "error.html",
+                403,
+                what=f"show the result of {run_id}",
+                code="PERMISSION_DENIED",
+                message="A helper organisation receives no result: only the two data owners do.",
+                stale=False,
+                back=f"/runs/{quote(run_id)}",
+                back_label="Back to the run",
+            )
         try:
             run, result = await self.gateway.result(run_id)
             study = await self.gateway.study(run.study_id)
@@ -320,9 +383,15 @@ class Console:
         step_labels = [label for _, label in STEPS]
         timeline = board.timeline()
         return self.page(
-            request, "result.html", run=run, result=result, study=study, owners=owners,
+            request,
+            "result.html",
+            run=run,
+            result=result,
+            study=study,
+            owners=owners,
             standardized=any(c.standardized_value for c in result.coefficients),
-            bars=charts.bar_chart(items), cv=charts.cv_chart(cv_alphas, result.alpha) if cv_alphas else None,
+            bars=charts.bar_chart(items),
+            cv=charts.cv_chart(cv_alphas, result.alpha) if cv_alphas else None,
             waterfall=charts.waterfall(timeline, step_labels, [org for org, _ in board.parties]) if timeline else None,
             step_labels=step_labels,
         )
@@ -341,7 +410,9 @@ class Console:
         records = list(reversed(page.records))  # newest first on the page
         earlier = max(1, start - AUDIT_PAGE) if start > 1 else None
         later = start + AUDIT_PAGE if start + AUDIT_PAGE <= last else None
-        return self.page(request, "audit.html", verdict=verdict, records=records, last=last, earlier=earlier, later=later)
+        return self.page(
+            request, "audit.html", verdict=verdict, records=records, last=last, earlier=earlier, later=later
+        )
 
 
 def sse_message(event: str, html: str) -> str:

@@ -26,7 +26,10 @@ STEPS: tuple[tuple[int, str], ...] = (
 )
 PHASE_LABELS = dict(STEPS)
 # Steps a role takes no part in: owners do not intersect, the helper neither hashes nor encrypts.
-NOT_FOR_ROLE = {common_pb2.ROLE_DATA_OWNER: {common_pb2.PHASE_INTERSECTION}, common_pb2.ROLE_HELPER: {common_pb2.PHASE_HASHING_ENCRYPTION}}
+NOT_FOR_ROLE = {
+    common_pb2.ROLE_DATA_OWNER: {common_pb2.PHASE_INTERSECTION},
+    common_pb2.ROLE_HELPER: {common_pb2.PHASE_HASHING_ENCRYPTION},
+}
 TERMINAL = {common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELLED}
 
 WAITING, ACTIVE, DONE, FAILED, STOPPED, NOT_APPLICABLE = "waiting", "active", "done", "failed", "stopped", "n/a"
@@ -37,7 +40,11 @@ def phase_label(phase: int) -> str:
 
 
 def run_state_label(state: int) -> str:
-    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_").lower() if state in common_pb2.RunState.values() else "unknown"
+    return (
+        common_pb2.RunState.Name(state).removeprefix("RUN_STATE_").lower()
+        if state in common_pb2.RunState.values()
+        else "unknown"
+    )
 
 
 @dataclass
@@ -67,7 +74,7 @@ class Board:
     _succeeded: set[str] = field(default_factory=set)
 
     @classmethod
-    def for_parties(cls, parties: list[tuple[str, int]]) -> "Board":
+    def for_parties(cls, parties: list[tuple[str, int]]) -> Board:
         board = cls(parties=list(parties))
         for org, role in parties:
             for phase, _ in STEPS:
@@ -96,7 +103,9 @@ class Board:
             cell.message = p.message
         if p.state == common_pb2.RUN_STATE_SUCCEEDED:
             self._succeeded.add(p.org)
-        if p.state != common_pb2.RUN_STATE_FAILED and STEP_INDEX[p.phase] >= STEP_INDEX.get(self._latest.get(p.org, 0), -1):
+        if p.state != common_pb2.RUN_STATE_FAILED and STEP_INDEX[p.phase] >= STEP_INDEX.get(
+            self._latest.get(p.org, 0), -1
+        ):
             self._latest[p.org] = p.phase
 
     def _settle(self) -> None:
@@ -134,7 +143,10 @@ class Board:
         if self.run is None:
             return "Waiting for the run's first progress…"
         state = run_state_label(self.run.state)
-        if self.run.HasField("error") and self.run.state in (common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELLED):
+        if self.run.HasField("error") and self.run.state in (
+            common_pb2.RUN_STATE_FAILED,
+            common_pb2.RUN_STATE_CANCELLED,
+        ):
             e = self.run.error
             return f"Run {state} in {phase_label(e.phase)} at {e.org}: {e.reason}"
         active = [f"{org}: {phase_label(phase)}" for (org, phase), c in self.cells.items() if c.status == ACTIVE]
@@ -151,7 +163,9 @@ class Board:
         t0 = min(starts)
         rows = []
         for org, _ in self.parties:
-            timed = [(phase, self.cells[(org, phase)]) for phase, _ in STEPS if self.cells[(org, phase)].first_at is not None]
+            timed = [
+                (phase, self.cells[(org, phase)]) for phase, _ in STEPS if self.cells[(org, phase)].first_at is not None
+            ]
             for i, (phase, cell) in enumerate(timed):
                 end = timed[i + 1][1].first_at if i + 1 < len(timed) else cell.last_at
                 rows.append((org, phase_label(phase), cell.first_at - t0, max(end, cell.first_at) - t0))  # type: ignore[operator, type-var]

@@ -64,7 +64,19 @@ def bar_chart(items: list[tuple[str, float]], width: int = 720, row: int = 28, l
         y = 10 + i * row
         negative = value < 0
         text_x = (x - 4) if negative else (x + w + 4)
-        bars.append(Bar(label, value, x, y, max(w, 1.0 if value else 0.0), row - 8, negative, text_x, "end" if negative else "start"))
+        bars.append(
+            Bar(
+                label,
+                value,
+                x,
+                y,
+                max(w, 1.0 if value else 0.0),
+                row - 8,
+                negative,
+                text_x,
+                "end" if negative else "start",
+            )
+        )
     height = 10 + len(items) * row + 26
     return BarChart(width, height, zero_x, label_width, bars, [(plot_left + (t - lo) * scale, _fmt(t)) for t in ticks])
 
@@ -84,7 +96,9 @@ class LineChart:
     chosen: tuple[float, float] | None
 
 
-def cv_chart(points: list[tuple[float, float]], chosen_alpha: float | None, width: int = 1000, height: int = 300) -> LineChart:
+def cv_chart(
+    points: list[tuple[float, float]], chosen_alpha: float | None, width: int = 1000, height: int = 300
+) -> LineChart:
     """Mean validation error against alpha on a log scale; the chosen alpha marked."""
     left, right, top, bottom = 80, width - 20, 16, height - 44
     pts = sorted(p for p in points if p[0] > 0)
@@ -109,8 +123,19 @@ def cv_chart(points: list[tuple[float, float]], chosen_alpha: float | None, widt
         hit = [(sx(a), sy(v)) for a, v in pts if math.isclose(a, chosen_alpha, rel_tol=1e-9)]
         chosen = hit[0] if hit else None
     x_ticks = [(sx(a), f"{a:g}") for a, _ in pts]
-    return LineChart(width, height, left, top, bottom, right, marks, " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in marks),
-                     x_ticks, [(sy(t), _fmt(t)) for t in y_ticks], chosen)
+    return LineChart(
+        width,
+        height,
+        left,
+        top,
+        bottom,
+        right,
+        marks,
+        " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in marks),
+        x_ticks,
+        [(sy(t), _fmt(t)) for t in y_ticks],
+        chosen,
+    )
 
 
 @dataclass(frozen=True)
@@ -135,7 +160,9 @@ class Waterfall:
     total_s: float
 
 
-def waterfall(rows: list[tuple[str, str, float, float]], steps: list[str], orgs: list[str], width: int = 1000, row: int = 34) -> Waterfall:
+def waterfall(
+    rows: list[tuple[str, str, float, float]], steps: list[str], orgs: list[str], width: int = 1000, row: int = 34
+) -> Waterfall:
     """One lane per organisation; each step a bar from its start to its end (seconds)."""
     left, right = 110, width - 20
     total = max((end for _, _, _, end in rows), default=0.0) or 1.0
@@ -143,8 +170,25 @@ def waterfall(rows: list[tuple[str, str, float, float]], steps: list[str], orgs:
     scale = (right - left) / (ticks[-1] or 1.0)
     lanes = {org: 8 + i * row for i, org in enumerate(orgs)}
     spans = [
-        Span(org, step, left + start * scale, lanes[org] + 4, max(2.0, (end - start) * scale), end - start, steps.index(step) if step in steps else 0)
-        for org, step, start, end in rows if org in lanes
+        Span(
+            org,
+            step,
+            left + start * scale,
+            lanes[org] + 4,
+            max(2.0, (end - start) * scale),
+            end - start,
+            steps.index(step) if step in steps else 0,
+        )
+        for org, step, start, end in rows
+        if org in lanes
     ]
     height = 8 + len(orgs) * row + 30
-    return Waterfall(width, height, left, [(org, y) for org, y in lanes.items()], spans, [(left + t * scale, f"{t:g} s") for t in ticks], total)
+    return Waterfall(
+        width,
+        height,
+        left,
+        [(org, y) for org, y in lanes.items()],
+        spans,
+        [(left + t * scale, f"{t:g} s") for t in ticks],
+        total,
+    )

@@ -8,7 +8,7 @@ patient data in them).
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -73,7 +73,11 @@ class ConsoleGateway:
         return (await self._call(self.stub.GetStudy, gateway_pb2.GetStudyRequest(study_id=study_id))).study
 
     async def propose(self, spec: common_pb2.StudySpec, source_path: str) -> gateway_pb2.Study:
-        return (await self._call(self.stub.ProposeStudy, gateway_pb2.ProposeStudyRequest(spec=spec, source_path=source_path))).study
+        return (
+            await self._call(
+                self.stub.ProposeStudy, gateway_pb2.ProposeStudyRequest(spec=spec, source_path=source_path)
+            )
+        ).study
 
     async def approve(self, study_id: str, spec_digest: str, source_path: str) -> gateway_pb2.Study:
         request = gateway_pb2.ApproveStudyRequest(study_id=study_id, spec_digest=spec_digest, source_path=source_path)

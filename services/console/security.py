@@ -22,8 +22,8 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, MutableMapping
 from urllib.parse import quote, urlsplit
 
 from starlette.datastructures import Headers
@@ -120,7 +120,13 @@ def safe_next(target: str | None) -> str:
 class ConsoleSecurity:
     """ASGI middleware: host check, authentication, CSRF, security headers."""
 
-    def __init__(self, app: ASGIApp, settings: AuthSettings, sessions: Sessions, login_page: Callable[[Request, str, int], Response]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: AuthSettings,
+        sessions: Sessions,
+        login_page: Callable[[Request, str, int], Response],
+    ) -> None:
         self.app = app
         self.settings = settings
         self.sessions = sessions
@@ -133,7 +139,9 @@ class ConsoleSecurity:
 
         async def send_with_headers(message: MutableMapping[str, object]) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() not in {k for k, _ in SECURITY_HEADERS}]  # type: ignore[union-attr]
+                headers = [
+                    h for h in message.get("headers", []) if h[0].lower() not in {k for k, _ in SECURITY_HEADERS}
+                ]  # type: ignore[union-attr]
                 message["headers"] = headers + SECURITY_HEADERS
             await send(message)
 
@@ -166,7 +174,9 @@ class ConsoleSecurity:
         session, new_cookie = self._session(request)
         if session is None:
             if request.method == "GET" and self.settings.mode == "token":
-                return RedirectResponse(f"/login?next={quote(safe_next(str(request.url.path)), safe='/')}", status_code=303), receive
+                return RedirectResponse(
+                    f"/login?next={quote(safe_next(str(request.url.path)), safe='/')}", status_code=303
+                ), receive
             return PlainTextResponse("not signed in", status_code=401), receive
         request.scope.setdefault("state", {})["session"] = session
         if request.method == "POST":
@@ -177,7 +187,9 @@ class ConsoleSecurity:
             form = await Request(request.scope, _replay(body)).form()
             if not token_matches(str(form.get(CSRF_FIELD) or ""), session.csrf):
                 log.warning("refused a POST to %s without a valid CSRF token", path)
-                return PlainTextResponse("invalid or missing CSRF token: reload the page and try again", status_code=403), receive
+                return PlainTextResponse(
+                    "invalid or missing CSRF token: reload the page and try again", status_code=403
+                ), receive
             if path == "/logout":
                 self.sessions.drop(session.id)
                 response = RedirectResponse("/login" if self.settings.mode == "token" else "/", status_code=303)
@@ -216,8 +228,15 @@ class ConsoleSecurity:
         return response
 
     def set_cookie(self, response: Response, session: Session) -> None:
-        response.set_cookie(self.settings.cookie_name, session.id, max_age=SESSION_IDLE_S, path="/", httponly=True,
-                            samesite="strict", secure=self.settings.secure_cookie)
+        response.set_cookie(
+            self.settings.cookie_name,
+            session.id,
+            max_age=SESSION_IDLE_S,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=self.settings.secure_cookie,
+        )
 
 
 class _CookieSetter:

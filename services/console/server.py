@@ -23,8 +23,8 @@ import os
 import secrets
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import uvicorn
 
@@ -53,18 +53,38 @@ def is_loopback(host: str) -> bool:
 def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="riskmesh-console", description="riskmesh web console of one organisation")
     parser.add_argument("--config", type=Path, help="org config file (default: $RISKMESH_CONFIG)")
-    parser.add_argument("--host", default=env.get("RISKMESH_CONSOLE_HOST", "127.0.0.1"), help="address to serve HTTP on")
-    parser.add_argument("--port", type=int, default=int(env["RISKMESH_CONSOLE_PORT"]) if env.get("RISKMESH_CONSOLE_PORT") else None,
-                        help="HTTP port (default: the org's base_port + 8)")
-    parser.add_argument("--health-port", type=int,
-                        default=int(env["RISKMESH_CONSOLE_HEALTH_PORT"]) if env.get("RISKMESH_CONSOLE_HEALTH_PORT") else None,
-                        help="also serve GET /healthz alone on this port (Kubernetes probes); off by default")
-    parser.add_argument("--auth", choices=("token", "proxy"), default=env.get("RISKMESH_CONSOLE_AUTH", "token"),
-                        help="token: a printed login token (loopback only); proxy: the user comes from a header set by the org's SSO proxy")
-    parser.add_argument("--user-header", default=env.get("RISKMESH_CONSOLE_USER_HEADER", "X-Forwarded-User"),
-                        help="proxy mode: the header carrying the signed-in user")
-    parser.add_argument("--allowed-host", action="append", default=None,
-                        help="Host header names accepted (repeat); default: loopback names in token mode, any in proxy mode")
+    parser.add_argument(
+        "--host", default=env.get("RISKMESH_CONSOLE_HOST", "127.0.0.1"), help="address to serve HTTP on"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env["RISKMESH_CONSOLE_PORT"]) if env.get("RISKMESH_CONSOLE_PORT") else None,
+        help="HTTP port (default: the org's base_port + 8)",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=int(env["RISKMESH_CONSOLE_HEALTH_PORT"]) if env.get("RISKMESH_CONSOLE_HEALTH_PORT") else None,
+        help="also serve GET /healthz alone on this port (Kubernetes probes); off by default",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("token", "proxy"),
+        default=env.get("RISKMESH_CONSOLE_AUTH", "token"),
+        help="token: a printed login token (loopback only); proxy: the user comes from a header set by the org's SSO proxy",
+    )
+    parser.add_argument(
+        "--user-header",
+        default=env.get("RISKMESH_CONSOLE_USER_HEADER", "X-Forwarded-User"),
+        help="proxy mode: the header carrying the signed-in user",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        help="Host header names accepted (repeat); default: loopback names in token mode, any in proxy mode",
+    )
     args = parser.parse_args(argv)
     if args.allowed_host is None and env.get("RISKMESH_CONSOLE_ALLOWED_HOSTS"):
         args.allowed_host = [h.strip() for h in env["RISKMESH_CONSOLE_ALLOWED_HOSTS"].split(",") if h.strip()]
@@ -73,7 +93,9 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Names
 
 def auth_settings(args: argparse.Namespace, org: str, env: Mapping[str, str]) -> AuthSettings:
     if args.auth == "token" and not is_loopback(args.host):
-        raise ConfigError(f"token login serves only a loopback address, not {args.host!r}: use --auth proxy behind your SSO ingress")
+        raise ConfigError(
+            f"token login serves only a loopback address, not {args.host!r}: use --auth proxy behind your SSO ingress"
+        )
     default_hosts = LOOPBACK_NAMES if args.auth == "token" else ("*",)
     return AuthSettings(
         mode=args.auth,
@@ -89,7 +111,9 @@ def auth_settings(args: argparse.Namespace, org: str, env: Mapping[str, str]) ->
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
     args = parse_args(argv, env)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s console %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s console %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         config = load_config(args.config)
         auth = auth_settings(args, config.org, env)
@@ -106,11 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     if auth.mode == "token":
         print(f"riskmesh console of {config.org}: http://{host_in_url}:{port}/login?token={auth.token}", flush=True)
     else:
-        print(f"riskmesh console of {config.org}: serving {host_in_url}:{port} behind the SSO proxy ({args.user_header})", flush=True)
+        print(
+            f"riskmesh console of {config.org}: serving {host_in_url}:{port} behind the SSO proxy ({args.user_header})",
+            flush=True,
+        )
     app = Console(gateway, auth).asgi()
     # No access log: a login URL carries the token in its query string.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, access_log=False, server_header=False, proxy_headers=False,
-                                           timeout_graceful_shutdown=3, log_level="info"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=port,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=3,
+            log_level="info",
+        )
+    )
     try:
         sockets = [listening_socket(args.host, p) for p in (port, args.health_port) if p is not None]
     except OSError as exc:

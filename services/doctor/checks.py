@@ -10,8 +10,8 @@ import datetime as dt
 import hashlib
 import re
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature

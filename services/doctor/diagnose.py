@@ -9,8 +9,8 @@ import shutil
 import socket
 import ssl
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import grpc
 from cryptography import x509
@@ -216,7 +216,7 @@ def diagnose(
 ) -> list[Finding]:
     """Every check for <org>; `servers` limits the certificate and port checks (a pod
     holds only its own server's certificate)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     config, findings = diagnose_config(config_path, org, env)
     if config is None:
         return findings

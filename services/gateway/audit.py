@@ -39,10 +39,11 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Union
 
 # The gateway's database (services/gateway/store_schema.py): the audit tables live beside the store's.
 DATABASE_FILENAME = "gateway.sqlite3"
@@ -309,7 +310,7 @@ class AuditLog:
     def write(self, db: sqlite3.Connection, entry: AuditEntry) -> AuditRow:
         """Write `entry` inside the caller's open transaction on this log's connection."""
         at = (
-            datetime.fromtimestamp(self._clock(), timezone.utc)
+            datetime.fromtimestamp(self._clock(), UTC)
             .isoformat(timespec="microseconds")
             .replace("+00:00", "Z")
         )

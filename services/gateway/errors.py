@@ -8,8 +8,8 @@ never a status code by itself).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Callable
 
 import grpc
 
@@ -113,7 +113,9 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 REFUSAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
-def mapped_errors(context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None) -> AbstractAsyncContextManager[None]:
+def mapped_errors(
+    context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None
+) -> AbstractAsyncContextManager[None]:
     """Turn a domain error into an aborted RPC with its status code and message;
     `on_refusal` hears of each PERMISSION_DENIED / UNAUTHENTICATED (e.g. to audit it)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -49,14 +49,14 @@ class PeerGateways:
         try:
             await asyncio.wait_for(self.channels.get(org, "gateway").channel_ready(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def call_all(self, orgs: list[str], call: PeerCall, what: str) -> None:
         """Call every peer at once; the first refusal or outage (in `orgs` order) raises."""
         await asyncio.gather(*(self.ready(org) for org in orgs))
         results = await asyncio.gather(*(call(self.stub(org)) for org in orgs), return_exceptions=True)
-        for org, result in zip(orgs, results):
+        for org, result in zip(orgs, results, strict=False):
             if isinstance(result, grpc.aio.AioRpcError):
                 code = result.code() if result.code() in PASSED_ON_CODES else grpc.StatusCode.UNAVAILABLE
                 raise RequestError(code, f"{what}: {org} answered {result.code().name}: {result.details()}")

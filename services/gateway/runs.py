@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -29,8 +29,8 @@ from services.gateway.pipeline import RunPipeline
 from services.gateway.store import TERMINAL_STATES, RunRecord, Store
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
-from services.mesh.telemetry import run_outcome
 from services.mesh.progress import progress
+from services.mesh.telemetry import run_outcome
 
 log = logging.getLogger("riskmesh.gateway.runs")
 
@@ -202,7 +202,15 @@ class RunCoordinator:
             if result.coefficients:
                 self.store.put_result(run_id, result)
             self._finish(run_id, common_pb2.RUN_STATE_SUCCEEDED, joined=result.joined or pipeline.joined)
-            await self.report(progress(run_id, self.config.org, common_pb2.PHASE_REVEAL, message="done", state=common_pb2.RUN_STATE_SUCCEEDED))
+            await self.report(
+                progress(
+                    run_id,
+                    self.config.org,
+                    common_pb2.PHASE_REVEAL,
+                    message="done",
+                    state=common_pb2.RUN_STATE_SUCCEEDED,
+                )
+            )
         except PhaseFailure as failure:
             await self.fail(run_id, run_error(failure), tell_peers=True, category=failure.category)
         except asyncio.CancelledError:

@@ -39,10 +39,11 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.gateway.audit import AuditEntry, AuditLog
@@ -564,8 +565,16 @@ class Store:
                 " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_id, org, commitment) DO UPDATE SET"
                 " digest = excluded.digest, previous_run_id = excluded.previous_run_id, changed = excluded.changed,"
                 " at = excluded.at",
-                (pending.study_id, pending.digest, pending.org, pending.approver, pending.commitment,
-                 pending.previous_run_id, int(pending.changed), self._clock()),
+                (
+                    pending.study_id,
+                    pending.digest,
+                    pending.org,
+                    pending.approver,
+                    pending.commitment,
+                    pending.previous_run_id,
+                    int(pending.changed),
+                    self._clock(),
+                ),
             )
             if audit is not None:
                 self.audit.write(db, audit)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import grpc
 
-from services.join.core.errors import DataError, IntersectionTooSmallError, JoinError, KeySizeError, SpecError, WireFormatError
+from services.join.core.errors import (
+    DataError,
+    IntersectionTooSmallError,
+    JoinError,
+    KeySizeError,
+    SpecError,
+    WireFormatError,
+)
 from services.mesh.status import mapped_errors, status_of
 from services.study.spec import SpecError as StudySpecError
 

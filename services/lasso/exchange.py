@@ -23,8 +23,9 @@ failed, with its reason) or `peer_lost` (with the status code) — once per stre
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, Sequence
+from typing import Protocol
 
 import grpc
 
@@ -105,14 +106,23 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
 # Dialling side ----------------------------------------------------------------------------
 
 
-async def dial(owner: StreamOwner, peer: int, prss_keys: bytes, channel: grpc.aio.Channel, outbox: Outbox, metadata: Sequence[tuple[str, str]] = ()) -> None:
+async def dial(
+    owner: StreamOwner,
+    peer: int,
+    prss_keys: bytes,
+    channel: grpc.aio.Channel,
+    outbox: Outbox,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> None:
     """Open the stream to party `peer`, say hello, then relay both ways until it ends."""
     stub = lasso_pb2_grpc.LassoServiceStub(channel)
     await channel.channel_ready()
     call = stub.Exchange(metadata=tuple(metadata), wait_for_ready=True)
     writer: asyncio.Task[None] | None = None
     try:
-        await call.write(lasso_pb2.ExchangeRequest(hello=lasso_pb2.MpcHello(run_id=owner.run_id, pid=owner.pid, prss_keys=prss_keys)))
+        await call.write(
+            lasso_pb2.ExchangeRequest(hello=lasso_pb2.MpcHello(run_id=owner.run_id, pid=owner.pid, prss_keys=prss_keys))
+        )
         owner.peer_up(peer, b"")
         writer = asyncio.create_task(_write_requests(call, outbox))
         async for response in call:
@@ -155,7 +165,14 @@ async def _write_requests(call: grpc.aio.StreamStreamCall, outbox: Outbox) -> No
 # Accepting side ---------------------------------------------------------------------------
 
 
-async def accept(owner: StreamOwner, peer: int, prss_keys: bytes, requests: AsyncIterator[lasso_pb2.ExchangeRequest], context: grpc.aio.ServicerContext, outbox: Outbox) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
+async def accept(
+    owner: StreamOwner,
+    peer: int,
+    prss_keys: bytes,
+    requests: AsyncIterator[lasso_pb2.ExchangeRequest],
+    context: grpc.aio.ServicerContext,
+    outbox: Outbox,
+) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
     """The acceptor's side of a stream whose hello was checked: yields MPyC's messages to the dialer."""
     owner.peer_up(peer, prss_keys)
     reader = asyncio.create_task(_read_requests(owner, peer, requests, outbox))
@@ -177,7 +194,9 @@ async def accept(owner: StreamOwner, peer: int, prss_keys: bytes, requests: Asyn
             owner.peer_lost(peer, grpc.StatusCode.CANCELLED, "")
 
 
-async def _read_requests(owner: StreamOwner, peer: int, requests: AsyncIterator[lasso_pb2.ExchangeRequest], outbox: Outbox) -> None:
+async def _read_requests(
+    owner: StreamOwner, peer: int, requests: AsyncIterator[lasso_pb2.ExchangeRequest], outbox: Outbox
+) -> None:
     try:
         async for request in requests:
             kind = request.WhichOneof("item")

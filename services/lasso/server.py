@@ -54,7 +54,11 @@ async def build_server(
     if shares is None:
         shares = GrpcShareSource(Channels(config, mesh.credentials).get(config.org, "resharing"))
     servicer = LassoServicer(config.org, shares, LassoChannels(config, mesh.credentials), program=program)
-    mesh.add_service(lasso_pb2_grpc.add_LassoServiceServicer_to_server, servicer, lasso_pb2.DESCRIPTOR.services_by_name["LassoService"])
+    mesh.add_service(
+        lasso_pb2_grpc.add_LassoServiceServicer_to_server,
+        servicer,
+        lasso_pb2.DESCRIPTOR.services_by_name["LassoService"],
+    )
     return mesh
 
 

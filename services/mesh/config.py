@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 SERVER_OFFSETS = {"gateway": 0, "encryption": 1, "intersection": 2, "resharing": 3, "lasso": 4}
 HEALTH_OFFSET = 10
@@ -105,7 +105,9 @@ class OrgConfig:
     state_dir: Path
     addresses: Mapping[str, str]
     peers: Mapping[str, OrgEndpoint]
-    ports: Mapping[str, ServerPorts] = field(default_factory=dict)  # base_port (then unused) is 0 when these cover every server
+    ports: Mapping[str, ServerPorts] = field(
+        default_factory=dict
+    )  # base_port (then unused) is 0 when these cover every server
     # This org's disclosure policy as written (checked by services.study.policy); {} = the defaults.
     policy: Mapping[str, object] = field(default_factory=dict)
     ca_sha256: str = ""  # the pinned fingerprint of this org's own CA
@@ -204,7 +206,9 @@ def _ports(table: Mapping[str, object]) -> dict[str, ServerPorts]:
             raise ConfigError(f"ports: unknown server {server!r}")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a table with mtls and health")
-        out[server] = ServerPorts(_port(_require(raw, "mtls", where), where), _port(_require(raw, "health", where), where))
+        out[server] = ServerPorts(
+            _port(_require(raw, "mtls", where), where), _port(_require(raw, "health", where), where)
+        )
     return out
 
 
@@ -313,9 +317,17 @@ def render_config(config: OrgConfig) -> str:
     if config.addresses:
         lines += ["", "[addresses]"] + [f'{k} = "{v}"' for k, v in config.addresses.items()]
     if config.ports:
-        lines += ["", "[ports]"] + [f"{k} = {{ mtls = {p.mtls}, health = {p.health} }}" for k, p in config.ports.items()]
+        lines += ["", "[ports]"] + [
+            f"{k} = {{ mtls = {p.mtls}, health = {p.health} }}" for k, p in config.ports.items()
+        ]
     for peer in config.peers.values():
-        lines += ["", f"[peers.{peer.org}]", f'role = "{peer.role}"', f'host = "{peer.host}"', f"base_port = {peer.base_port}"]
+        lines += [
+            "",
+            f"[peers.{peer.org}]",
+            f'role = "{peer.role}"',
+            f'host = "{peer.host}"',
+            f"base_port = {peer.base_port}",
+        ]
         if peer.ca_sha256:
             lines.append(f'ca_sha256 = "{peer.ca_sha256}"')
         if peer.addresses:

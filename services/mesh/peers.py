@@ -30,7 +30,9 @@ class Channels:
         key = (org, server)
         if key not in self._channels:
             address = self._config.endpoint(org).address(server)
-            self._channels[key] = self._credentials.channel(org, server, address, interceptors=aio_client_interceptors())
+            self._channels[key] = self._credentials.channel(
+                org, server, address, interceptors=aio_client_interceptors()
+            )
         return self._channels[key]
 
     async def close(self) -> None:

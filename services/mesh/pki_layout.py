@@ -55,7 +55,6 @@ class OrgPaths:
         return self.root / "trust.pem"
 
 
-
 def ca_fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the certificate (DER) as `AB:CD:…`, the form `openssl x509 -fingerprint -sha256` prints."""
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()

@@ -14,9 +14,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import grpc
 from cryptography import x509
@@ -107,7 +107,7 @@ class MeshCredentials:
         self._refused: tuple[tuple[int, int, int], ...] | None = None  # files of a replacement that did not check out
 
     @classmethod
-    def for_config(cls, config: OrgConfig, service: str) -> "MeshCredentials":
+    def for_config(cls, config: OrgConfig, service: str) -> MeshCredentials:
         """A server's credentials: every organisation of the config must have a pinned CA."""
         pins = config.ca_pins
         missing = [org for org in (config.org, *config.peers) if org not in pins]
@@ -149,7 +149,9 @@ class MeshCredentials:
             files = self._stat()
             cert_pem, key_pem, bundle = cert_path.read_bytes(), key_path.read_bytes(), trust_path.read_bytes()
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"certificate material missing for spiffe://{self.org}/{self.service}: {exc.filename} (run `riskmesh pki init`)") from None
+            raise FileNotFoundError(
+                f"certificate material missing for spiffe://{self.org}/{self.service}: {exc.filename} (run `riskmesh pki init`)"
+            ) from None
         org_cas = load_org_cas(bundle, self._pins)
         if self.org not in org_cas:
             raise TrustError(f"trust bundle {trust_path} has no CA for {self.org!r}")
@@ -166,7 +168,9 @@ class MeshCredentials:
         if material.org_cas != self._material.org_cas:
             raise ValueError("the trusted CAs changed (a CA rotation needs a restart with new pins)")
         if self.resolver.resolve(material.cert_pem) != Identity(self.org, self.service):
-            raise ValueError(f"the new certificate is not spiffe://{self.org}/{self.service} issued by {self.org}'s pinned CA")
+            raise ValueError(
+                f"the new certificate is not spiffe://{self.org}/{self.service} issued by {self.org}'s pinned CA"
+            )
 
     def reload_if_changed(self) -> bool:
         """Take new certificate material if the files changed (and it checks out); True when it did."""
@@ -184,7 +188,12 @@ class MeshCredentials:
                 self._check_replacement(material)
             except (OSError, ValueError) as exc:
                 self._refused = files  # warn once per replacement
-                log.warning("kept the current certificate of spiffe://%s/%s: the files changed but %s", self.org, self.service, exc)
+                log.warning(
+                    "kept the current certificate of spiffe://%s/%s: the files changed but %s",
+                    self.org,
+                    self.service,
+                    exc,
+                )
                 return False
             self._material = material
             self.generation += 1
@@ -195,7 +204,9 @@ class MeshCredentials:
 
     def _server_configuration(self) -> grpc.ServerCertificateConfiguration:
         material = self._material
-        return grpc.ssl_server_certificate_configuration([(material.key_pem, material.cert_pem)], root_certificates=material.trust_pem)
+        return grpc.ssl_server_certificate_configuration(
+            [(material.key_pem, material.cert_pem)], root_certificates=material.trust_pem
+        )
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Server credentials that pick up rotated files on the next connection."""
@@ -212,7 +223,9 @@ class MeshCredentials:
                 log.exception("certificate reload failed for spiffe://%s/%s", self.org, self.service)
                 return None
 
-        return grpc.dynamic_ssl_server_credentials(self._server_configuration(), fetch, require_client_authentication=True)
+        return grpc.dynamic_ssl_server_credentials(
+            self._server_configuration(), fetch, require_client_authentication=True
+        )
 
     def channel_credentials(self, peer_org: str) -> grpc.ChannelCredentials:
         material = self._material
@@ -220,12 +233,22 @@ class MeshCredentials:
         if ca is None:
             raise ValueError(f"no CA for organisation {peer_org!r} in the trust bundle")
         root = ca.public_bytes(serialization.Encoding.PEM)
-        return grpc.ssl_channel_credentials(root_certificates=root, private_key=material.key_pem, certificate_chain=material.cert_pem)
+        return grpc.ssl_channel_credentials(
+            root_certificates=root, private_key=material.key_pem, certificate_chain=material.cert_pem
+        )
 
-    def channel(self, peer_org: str, service: str, address: str, interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None) -> grpc.aio.Channel:
+    def channel(
+        self,
+        peer_org: str,
+        service: str,
+        address: str,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    ) -> grpc.aio.Channel:
         """An asyncio mTLS channel to <peer_org>'s <service> at `address`."""
         options = CHANNEL_OPTIONS + [("grpc.ssl_target_name_override", server_name(peer_org, service))]
-        return grpc.aio.secure_channel(address, self.channel_credentials(peer_org), options=options, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            address, self.channel_credentials(peer_org), options=options, interceptors=interceptors
+        )
 
     def sync_channel(self, peer_org: str, service: str, address: str) -> grpc.Channel:
         """A blocking mTLS channel (CLI and tests)."""

@@ -96,12 +96,17 @@ class DisclosurePolicy:
         return [
             Check("minimum intersection", f">= {floor}", str(spec.min_intersection), spec.min_intersection >= floor),
             Check("features", f"<= {self.max_features}", str(d), d <= self.max_features),
-            Check("relative penalty", f">= {self.min_relative_penalty:g}", f"{penalty:.3g}",
-                  penalty >= self.min_relative_penalty),
+            Check(
+                "relative penalty",
+                f">= {self.min_relative_penalty:g}",
+                f"{penalty:.3g}",
+                penalty >= self.min_relative_penalty,
+            ),
             Check("model kind", " | ".join(self.model_kinds), kind, kind in self.model_kinds),
             Check("optional reveals", " | ".join(self.reveals) or "none", ", ".join(asked) or "none", not beyond),
-            Check("runs", f"<= {self.max_runs}", str(spec.run_policy.max_runs),
-                  spec.run_policy.max_runs <= self.max_runs),
+            Check(
+                "runs", f"<= {self.max_runs}", str(spec.run_policy.max_runs), spec.run_policy.max_runs <= self.max_runs
+            ),
         ]
 
     def refusals(self, spec: common_pb2.StudySpec) -> list[Check]:
@@ -149,8 +154,10 @@ def disclosures(spec: common_pb2.StudySpec) -> dict[str, list[str]]:
     names = ", ".join(feature_names(spec))
     model = [f"the coefficients of {names} on the original scale, and the intercept"]
     if spec.reveal.standardized_coefficients:
-        model.append("the coefficients on the standardised scale (with the original-scale ones they give "
-                     "each selected feature's spread over the join, the other owner's features included)")
+        model.append(
+            "the coefficients on the standardised scale (with the original-scale ones they give "
+            "each selected feature's spread over the join, the other owner's features included)"
+        )
     if spec.model.cv_folds > 1:
         model.append("the alpha cross-validation chose")
         if spec.reveal.cv_curve:
@@ -185,8 +192,10 @@ def policy_from_mapping(table: Mapping[str, object]) -> DisclosurePolicy:
             values[key] = _count(table[key], key)
     if "min_relative_penalty" in table:
         penalty = table["min_relative_penalty"]
-        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not (
-            math.isfinite(penalty) and penalty >= 0
+        if (
+            isinstance(penalty, bool)
+            or not isinstance(penalty, (int, float))
+            or not (math.isfinite(penalty) and penalty >= 0)
         ):
             raise PolicyError("policy.min_relative_penalty must be a number >= 0")
         values["min_relative_penalty"] = float(penalty)

@@ -34,7 +34,9 @@ class ConsoleInfo:
         return f"{self.url}/login?token={self.token}"
 
 
-def spawn_console(org: str, config_path: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[ServerProcess, ConsoleInfo]:
+def spawn_console(
+    org: str, config_path: Path, port: int | None = None, host: str = "127.0.0.1"
+) -> tuple[ServerProcess, ConsoleInfo]:
     config = load_config(config_path, env={})
     if port is None:  # servers on reserved ports (base_port 0): the console's port is reserved too
         port = console_port(config) if config.base_port else reserve_port(host)
@@ -43,7 +45,17 @@ def spawn_console(org: str, config_path: Path, port: int | None = None, host: st
     log_dir = config.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "console.log"
-    command = [sys.executable, "-m", "services.console", "--config", str(config_path), "--host", host, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "services.console",
+        "--config",
+        str(config_path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     process = start_server_process(command, env, log_path)
     url = f"http://{host}:{port}"
     return ServerProcess(org, "console", process, log_path, f"{url}/healthz"), ConsoleInfo(org, url, token)
@@ -63,11 +75,15 @@ def wait_console(proc: ServerProcess, timeout: float = 30.0) -> None:
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the console of {proc.org} did not answer within {timeout:.0f} s (log: {proc.log_path})")
+            raise TimeoutError(
+                f"the console of {proc.org} did not answer within {timeout:.0f} s (log: {proc.log_path})"
+            )
         time.sleep(0.1)
 
 
-def start_consoles(config_paths: dict[str, Path], ports: dict[str, int] | None = None) -> tuple[list[ServerProcess], list[ConsoleInfo]]:
+def start_consoles(
+    config_paths: dict[str, Path], ports: dict[str, int] | None = None
+) -> tuple[list[ServerProcess], list[ConsoleInfo]]:
     """One console per org in config_paths, started and answering."""
     processes, infos = [], []
     try:

@@ -21,8 +21,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import typer
 import yaml

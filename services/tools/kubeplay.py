@@ -30,9 +30,10 @@ import base64
 import copy
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from services.mesh.config import SERVER_OFFSETS, parse_config
 

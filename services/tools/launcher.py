@@ -15,21 +15,27 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
-from typing import Iterator, Mapping
-
-from importlib.metadata import entry_points
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.mesh.config import MIN_PAILLIER_BITS, ROLE_SERVERS, OrgConfig, OrgEndpoint, ServerPorts, load_config, render_config
+from services.mesh.config import (
+    MIN_PAILLIER_BITS,
+    ROLE_SERVERS,
+    OrgConfig,
+    OrgEndpoint,
+    ServerPorts,
+    load_config,
+    render_config,
+)
 from services.mesh.process import SINGLE_THREAD_ENV
 from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
-
 
 
 def server_module(server: str) -> str:
@@ -75,9 +81,15 @@ def reserve_server_ports(servers: tuple[str, ...], host: str = "127.0.0.1") -> d
     return {server: ServerPorts(reserve_port(host), reserve_port(host)) for server in servers}
 
 
-def write_local_mesh(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, host: str = "127.0.0.1", pki_dir: Path | None = None,
-                     reserve_ports: bool = False, policies: Mapping[str, Mapping[str, object]] | None = None,
-                     min_paillier_bits: int = MIN_PAILLIER_BITS) -> dict[str, Path]:
+def write_local_mesh(
+    root: Path,
+    orgs: tuple[str, ...] = DEFAULT_ORGS,
+    host: str = "127.0.0.1",
+    pki_dir: Path | None = None,
+    reserve_ports: bool = False,
+    policies: Mapping[str, Mapping[str, object]] | None = None,
+    min_paillier_bits: int = MIN_PAILLIER_BITS,
+) -> dict[str, Path]:
     """PKI + one config file per org under root; returns org → config path. Servers listen
     on DEFAULT_BASE_PORTS, or with `reserve_ports` on ports this process reserves. `policies`:
     an org's `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins.
@@ -90,13 +102,34 @@ def write_local_mesh(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, host: str
     base = {org: 0 if reserve_ports else DEFAULT_BASE_PORTS[org] for org in orgs}
     paths = {}
     for org in orgs:
-        peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, base[o], {s: f"{host}:{p.mtls}" for s, p in ports[o].items()},
-                                ca_sha256=pins[o])
-                 for o in orgs if o != org}
+        peers = {
+            o: OrgEndpoint(
+                o,
+                DEFAULT_ROLES[o],
+                host,
+                base[o],
+                {s: f"{host}:{p.mtls}" for s, p in ports[o].items()},
+                ca_sha256=pins[o],
+            )
+            for o in orgs
+            if o != org
+        }
         policy = dict((policies or {}).get(org, {}))
-        config = OrgConfig(org, DEFAULT_ROLES[org], host, base[org], pki_dir, root / org / "state", {}, peers,
-                           ports=ports[org], policy=policy, ca_sha256=pins[org], min_paillier_bits=min_paillier_bits,
-                           reflection=True)
+        config = OrgConfig(
+            org,
+            DEFAULT_ROLES[org],
+            host,
+            base[org],
+            pki_dir,
+            root / org / "state",
+            {},
+            peers,
+            ports=ports[org],
+            policy=policy,
+            ca_sha256=pins[org],
+            min_paillier_bits=min_paillier_bits,
+            reflection=True,
+        )
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))
@@ -136,7 +169,9 @@ def start_server_process(command: list[str], env: Mapping[str, str], log_path: P
     workers) join that group, so `stop_processes` can end them too, and a Ctrl-C at the
     terminal reaches only the launcher, which stops the servers itself."""
     with log_path.open("ab") as log:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env), process_group=0)
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env), process_group=0
+        )
 
 
 def kill_process_group(process: subprocess.Popen) -> None:
@@ -193,7 +228,7 @@ class LocalMesh:
     processes: list[ServerProcess] = field(default_factory=list)
     placements: dict[str, OrgPlacement] = field(default_factory=dict)  # org → placement; default: this host
 
-    def start(self, timeout: float = 60.0) -> "LocalMesh":
+    def start(self, timeout: float = 60.0) -> LocalMesh:
         for org, path in self.config_paths.items():
             config = load_config(path, env={})
             log_dir = config.state_dir / "logs"
@@ -230,7 +265,9 @@ class LocalMesh:
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{proc.server} of {proc.org} not healthy within {timeout:.0f} s (log: {proc.log_path})") from None
+                    raise TimeoutError(
+                        f"{proc.server} of {proc.org} not healthy within {timeout:.0f} s (log: {proc.log_path})"
+                    ) from None
 
     def restart(self, proc: ServerProcess, timeout: float = 60.0) -> ServerProcess:
         """Stop one server (if still running) and start it again with the same config (and ports)."""
@@ -249,16 +286,19 @@ class LocalMesh:
         stop_processes(self.processes, timeout)
         self.processes.clear()
 
-    def __enter__(self) -> "LocalMesh":
+    def __enter__(self) -> LocalMesh:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS,
-                   policies: Mapping[str, Mapping[str, object]] | None = None,
-                   min_paillier_bits: int = MIN_PAILLIER_BITS) -> dict[str, Path]:
+def local_mesh_for(
+    root: Path,
+    orgs: tuple[str, ...] = DEFAULT_ORGS,
+    policies: Mapping[str, Mapping[str, object]] | None = None,
+    min_paillier_bits: int = MIN_PAILLIER_BITS,
+) -> dict[str, Path]:
     """Configs for the default three orgs under root, on ports this process reserves (tests, bench, demo)."""
     return write_local_mesh(root, orgs, reserve_ports=True, policies=policies, min_paillier_bits=min_paillier_bits)
 

@@ -5,9 +5,9 @@ consoles as processes, a study's synthetic data, and headless Chromium (Debian's
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from google.protobuf import json_format
@@ -20,8 +20,16 @@ from services.tools.consoles import ConsoleInfo, start_consoles
 from services.tools.launcher import LocalMesh, local_mesh_for
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 VIEWPORT = {"width": 1366, "height": 860}  # a laptop screen
 ALPHA = 0.05
@@ -51,8 +59,10 @@ def console_mesh(tmp_path_factory) -> Iterator[ConsoleMesh]:
     configs = local_mesh_for(root)
     orgs = {org: load_config(p, env={}) for org, p in configs.items()}
     data = make_study_data(RECORDS, overlap=0.5)
-    sources = {"insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
-               "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv"))}
+    sources = {
+        "insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
+        "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv")),
+    }
     mesh = LocalMesh(configs).start()
     try:
         processes, infos = start_consoles(configs)
@@ -60,7 +70,9 @@ def console_mesh(tmp_path_factory) -> Iterator[ConsoleMesh]:
         mesh.stop()
         raise
     mesh.processes.extend(processes)
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+    clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()
+    }
     yield ConsoleMesh(root, configs, {i.org: i for i in infos}, clients, data, sources)
     for client in clients.values():
         client.close()

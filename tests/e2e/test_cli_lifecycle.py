@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -88,9 +88,15 @@ def in_background(args: list[str], log: Path) -> Iterator[Background]:
     """`riskmesh <args>` started as `riskmesh <args> &` in a script starts it (SIGINT
     ignored; its own session here); whatever is left of it afterwards is killed."""
     with log.open("wb") as out:
-        child = subprocess.Popen([str(RISKMESH), *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "COLUMNS": "200"}, start_new_session=True,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        child = subprocess.Popen(
+            [str(RISKMESH), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
     background = Background(child, log, {child.pid})
     try:
         yield background

@@ -52,7 +52,10 @@ def test_security_headers_and_session_cookie(console_mesh, browser):
     insurer = console_mesh.consoles["insurer"]
     context, page = signed_in(browser, insurer)
     headers = page.goto(insurer.url + "/studies").headers
-    assert "script-src 'self'" in headers["content-security-policy"] and "unsafe-inline" not in headers["content-security-policy"]
+    assert (
+        "script-src 'self'" in headers["content-security-policy"]
+        and "unsafe-inline" not in headers["content-security-policy"]
+    )
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
     assert headers["referrer-policy"] == "no-referrer"
@@ -132,10 +135,22 @@ def test_proxy_mode_trusts_only_the_sso_header_and_probes_see_only_health(consol
     port, health = find_free_port(), find_free_port()
     config = console_mesh.configs["insurer"]
     env = {**os.environ, "RISKMESH_CONSOLE_AUTH": "proxy", "RISKMESH_CONSOLE_USER_HEADER": "X-Auth-Request-User"}
-    command = [sys.executable, "-m", "services.console", "--config", str(config), "--port", str(port), "--health-port", str(health)]
+    command = [
+        sys.executable,
+        "-m",
+        "services.console",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--health-port",
+        str(health),
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_console(ServerProcess("insurer", "console", process, Path(os.devnull), f"http://127.0.0.1:{health}/healthz"))
+        wait_console(
+            ServerProcess("insurer", "console", process, Path(os.devnull), f"http://127.0.0.1:{health}/healthz")
+        )
         base = f"http://127.0.0.1:{port}"
         assert http_status(base + "/studies") == 401
         assert http_status(base + "/studies", {"X-Auth-Request-User": "dpo@insurer.example"}) == 200
@@ -143,8 +158,13 @@ def test_proxy_mode_trusts_only_the_sso_header_and_probes_see_only_health(consol
     finally:
         process.terminate()
         process.wait(10)
-    refused = subprocess.run([*command[:-4], "--host", "0.0.0.0"], env={**os.environ, "RISKMESH_CONSOLE_AUTH": "token"},
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [*command[:-4], "--host", "0.0.0.0"],
+        env={**os.environ, "RISKMESH_CONSOLE_AUTH": "token"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "loopback" in refused.stderr
 
 

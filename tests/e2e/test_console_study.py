@@ -70,7 +70,9 @@ def test_study_proposed_approved_run_and_revealed_through_the_consoles(console_m
     insurer.locator("#run-summary[data-state='succeeded']").wait_for(timeout=240_000)
     assert insurer.evaluate("window.__samePage === true"), "the page was reloaded instead of updated live"
     statuses = insurer.locator("td.step").evaluate_all("cells => cells.map(c => c.dataset.status)")
-    assert set(statuses) == {"done", "n/a"} and statuses.count("n/a") == 3  # owners do not intersect; the helper does not encrypt
+    assert (
+        set(statuses) == {"done", "n/a"} and statuses.count("n/a") == 3
+    )  # owners do not intersect; the helper does not encrypt
     shot(insurer, "run-insurer-succeeded")
     run_id = insurer.url.rsplit("/", 1)[-1]
 
@@ -81,7 +83,10 @@ def test_study_proposed_approved_run_and_revealed_through_the_consoles(console_m
     names, x, y = reference_join(m.data)
     reference = lasso_reference(names, x, y, ALPHA)
     rows = insurer.locator("#coefficients tr[data-feature]")
-    shown = {rows.nth(i).get_attribute("data-feature"): float(rows.nth(i).get_attribute("data-value")) for i in range(rows.count())}
+    shown = {
+        rows.nth(i).get_attribute("data-feature"): float(rows.nth(i).get_attribute("data-value"))
+        for i in range(rows.count())
+    }
     assert list(shown) == names
     secure, plain = np.array([shown[n] for n in names]), np.array([reference[n] for n in names])
     assert np.max(np.abs(secure - plain)) <= 1e-5 * np.max(np.abs(plain))
@@ -90,7 +95,10 @@ def test_study_proposed_approved_run_and_revealed_through_the_consoles(console_m
     assert insurer.locator("svg[aria-labelledby='wf-title'] rect").count() > 0
 
     hospital.goto(m.consoles["hospital"].url + f"/runs/{run_id}/result")
-    assert float(hospital.locator(f"#coefficients tr[data-feature='{names[0]}']").get_attribute("data-value")) == shown[names[0]]
+    assert (
+        float(hospital.locator(f"#coefficients tr[data-feature='{names[0]}']").get_attribute("data-value"))
+        == shown[names[0]]
+    )
     shot(hospital, "result-hospital")
 
     # The helper's console shows the run but never offers a result, and refuses to show one.

@@ -14,8 +14,8 @@ import csv
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -24,7 +24,7 @@ from riskmesh.v1 import common_pb2
 from services.gateway.audit import AuditLog, audit_path
 from services.mesh.config import OrgConfig, load_config
 from services.testkit.studies import spec_for
-from services.testkit.synthetic import StudyData, make_study_data
+from services.testkit.synthetic import make_study_data
 from services.tools.launcher import LocalMesh, local_mesh_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -45,7 +45,9 @@ def leak_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     sources = {"insurer": str(data.insurer.write_csv(root / "insurer.csv")),
                "hospital": str(data.hospital.write_csv(root / "hospital.csv"))}  # fmt: skip
     mesh = LocalMesh(paths, only_servers=("gateway", "encryption", "intersection", "resharing")).start()
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()}
+    clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()
+    }
     yield root, configs, clients, data, sources
     for client in clients.values():
         client.close()
@@ -81,7 +83,9 @@ def spans_of(config: OrgConfig, trace_id: str) -> list[dict]:
     stack trace (code line numbers are not data, and would match the count by chance)."""
     spans = []
     for path in (config.state_dir / "spans").glob("*.jsonl"):
-        spans += [s for s in map(json.loads, path.read_text().splitlines()) if s["context"]["trace_id"].endswith(trace_id)]
+        spans += [
+            s for s in map(json.loads, path.read_text().splitlines()) if s["context"]["trace_id"].endswith(trace_id)
+        ]
     for span in spans:
         for event in span.get("events", []):
             event.get("attributes", {}).pop("exception.stacktrace", None)

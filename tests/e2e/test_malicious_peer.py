@@ -29,8 +29,8 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import psutil
@@ -45,7 +45,7 @@ from services.mesh.config import load_config
 from services.testkit.transport_check import expected, result_names
 from services.tools.launcher import local_mesh_for, wait_healthy
 from tests.e2e.test_mpc_transport import ORGS, Outcome, Parties, run_everywhere, stop_parties
-from tests.security.programs import A, B, CANARY_ENV, field_names
+from tests.security.programs import CANARY_ENV, A, B, field_names
 from tests.unit.gateway.specs import make_spec
 from tests.unit.lasso_transport.dealing import deal
 
@@ -54,7 +54,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 PROGRAMS = {"honest": "tests.security.programs:honest", "attacker": "tests.security.programs:attacker"}
 ATTACKER = "hospital"
 HONEST = ("insurer", "helper")
-FAILURE_BOUND_S = 30.0  # from RunLasso to the failure, including the worker's start and the honest rounds before the attack
+FAILURE_BOUND_S = (
+    30.0  # from RunLasso to the failure, including the worker's start and the honest rounds before the attack
+)
 WORKER_RSS_BOUND = 256 * 1024 * 1024
 STUDIES = ("study-1", "study-2")
 # attack → the rule an honest party names when it refuses it (server: header; worker: field, caps)
@@ -175,8 +177,8 @@ def assert_study_correct(mesh: Mesh, outcomes: dict[str, Outcome]) -> None:
     for org in ORGS:
         assert outcomes[org].error is None, (org, outcomes[org].error)
     columns = study_columns(mesh.spec)
-    want = dict(zip(result_names(columns), map(float, expected(mesh.table, 1 << 63))))
-    products = [a * b for a, b in zip(A, B)]
+    want = dict(zip(result_names(columns), map(float, expected(mesh.table, 1 << 63)), strict=False))
+    products = [a * b for a, b in zip(A, B, strict=False)]
     for owner in ("insurer", "hospital"):
         got = {c.feature: c.value for c in outcomes[owner].result.coefficients}
         assert {name: got[name] for name in want} == want

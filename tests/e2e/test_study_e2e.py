@@ -16,14 +16,14 @@ import pytest
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.mesh.config import load_config
+from services.mesh.telemetry import read_metrics
+from services.mesh.tls import MeshCredentials
 from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data, reference_join
-from services.mesh.telemetry import read_metrics
-from services.mesh.tls import MeshCredentials
-from services.tools.traces import load_trace, phase_rows, waterfall_png
-from services.mesh.config import load_config
 from services.tools.launcher import LocalMesh, local_mesh_for
+from services.tools.traces import load_trace, phase_rows, waterfall_png
 
 pytestmark = pytest.mark.e2e
 
@@ -39,10 +39,14 @@ def study_mesh(tmp_path_factory):
     configs = local_mesh_for(root)
     orgs = {org: load_config(p, env={}) for org, p in configs.items()}
     data = make_study_data(300, overlap=0.5)
-    sources = {"insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
-               "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv"))}
+    sources = {
+        "insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
+        "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv")),
+    }
     mesh = LocalMesh(configs).start()
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+    clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()
+    }
     yield root, configs, mesh, clients, data, sources
     for c in clients.values():
         c.close()
@@ -88,7 +92,11 @@ def test_whole_study_matches_scikit_learn_with_one_trace(study_mesh):
     for org in ("hospital", "helper"):
         assert clients[org].list_runs("e2e-study")[0].state == common_pb2.RUN_STATE_SUCCEEDED
     # One trace, a span per phase at each party; kept as CI artifacts with the waterfall.
-    expected = {("insurer", p) for p in OWNER_PHASES} | {("hospital", p) for p in OWNER_PHASES} | {("helper", p) for p in HELPER_PHASES}
+    expected = (
+        {("insurer", p) for p in OWNER_PHASES}
+        | {("hospital", p) for p in OWNER_PHASES}
+        | {("helper", p) for p in HELPER_PHASES}
+    )
     deadline = time.monotonic() + 15  # the servers export finished spans every 0.5 s
     while True:
         rows = load_trace([root], final.trace_id)
@@ -136,8 +144,15 @@ def test_operator_metrics_from_every_organisation(study_mesh):
         assert wanted <= {phase for o, phase in phases if o == org}, (org, phases)
     calls = [p for p in points if p["name"] == "riskmesh.rpc.calls"]
     assert {p["org"] for p in calls} == set(orgs) and {p["server"] for p in calls} >= {"gateway", "resharing", "lasso"}
-    refused_here = [(p["org"], p["attributes"]["rpc.method"].rsplit("/", 1)[-1], p["attributes"]["riskmesh.caller.org"],
-                     p["attributes"]["rpc.grpc.status_code"]) for p in refusals]
+    refused_here = [
+        (
+            p["org"],
+            p["attributes"]["rpc.method"].rsplit("/", 1)[-1],
+            p["attributes"]["riskmesh.caller.org"],
+            p["attributes"]["rpc.grpc.status_code"],
+        )
+        for p in refusals
+    ]
     assert ("hospital", "GetInfo", "insurer", "PERMISSION_DENIED") in refused_here, refused_here
     # Attributes are names from small fixed sets: methods, phases, outcomes, orgs, codes.
     allowed = {"riskmesh.outcome", "riskmesh.phase", "rpc.method", "riskmesh.caller.org", "rpc.grpc.status_code"}

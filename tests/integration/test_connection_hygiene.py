@@ -7,8 +7,8 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -55,7 +55,9 @@ def resharing(loop_thread: LoopThread, tmp_path: Path) -> Iterator[tuple[OrgConf
     loop_thread.run(server.stop(0))
 
 
-def test_a_rotated_certificate_is_served_on_the_next_connection_without_restart(resharing: tuple[OrgConfig, MeshServer], tmp_path: Path) -> None:
+def test_a_rotated_certificate_is_served_on_the_next_connection_without_restart(
+    resharing: tuple[OrgConfig, MeshServer], tmp_path: Path
+) -> None:
     config, _ = resharing
     pki = config.pki_dir
     before = served_serial(config, "resharing", pki)
@@ -63,7 +65,9 @@ def test_a_rotated_certificate_is_served_on_the_next_connection_without_restart(
     time.sleep(RELOAD_CHECK_S + 0.2)
     after = served_serial(config, "resharing", pki)
     assert after != before
-    assert after == x509.load_pem_x509_certificate(OrgPaths(pki / "insurer").cert("resharing").read_bytes()).serial_number
+    assert (
+        after == x509.load_pem_x509_certificate(OrgPaths(pki / "insurer").cert("resharing").read_bytes()).serial_number
+    )
     # A replacement that does not check out (another CA's certificate) is not taken.
     other = tmp_path / "other-pki"
     from services.tools.pki import init_pki
@@ -74,7 +78,9 @@ def test_a_rotated_certificate_is_served_on_the_next_connection_without_restart(
     time.sleep(RELOAD_CHECK_S + 0.2)
     assert served_serial(config, "resharing", pki) == after
     # The server still answers RPCs over mTLS on new connections.
-    with MeshCredentials(pki, "insurer", "gateway").sync_channel("insurer", "resharing", config.self_endpoint.address("resharing")) as channel:
+    with MeshCredentials(pki, "insurer", "gateway").sync_channel(
+        "insurer", "resharing", config.self_endpoint.address("resharing")
+    ) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
 
 
@@ -106,7 +112,9 @@ def list_services(config: OrgConfig) -> list[str]:
     credentials = MeshCredentials.for_config(config, "gateway")
     with credentials.sync_channel(config.org, "resharing", config.self_endpoint.address("resharing")) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        replies = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
         return [service.name for reply in replies for service in reply.list_services_response.service]
 
 

@@ -22,7 +22,7 @@ from services.tools.launcher import local_mesh_for
 from services.tools.pki import init_pki, issue_with_existing_ca
 from tests.conftest import start_in_process, stop_in_process
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 RISKMESH = Path(sys.executable).with_name("riskmesh")  # the console script
 
 

@@ -12,7 +12,7 @@ without their approval nothing runs. Gateways only, in this process, over mTLS.
 from __future__ import annotations
 
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -36,7 +36,9 @@ def mesh(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> I
     paths = local_mesh_for(tmp_path_factory.mktemp("extraction"), policies={"insurer": ANYTHING_GOES})
     servers = start_in_process(loop_thread, paths, build_server)
     configs = {org: load_config(p, env={}) for org, p in paths.items()}
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()}
+    clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()
+    }
     yield clients, configs, paths, servers
     for client in clients.values():
         client.close()
@@ -81,7 +83,10 @@ def test_extraction_two_patient_spec_is_refused_by_the_hospital_and_the_helper(m
 
 def test_extraction_tiny_alpha_interpolation_is_refused_even_with_enough_rows(mesh):
     clients, _, _, _ = mesh
-    for kind, study_id in ((common_pb2.MODEL_KIND_LASSO, "extract-alpha"), (common_pb2.MODEL_KIND_RIDGE, "extract-ridge")):
+    for kind, study_id in (
+        (common_pb2.MODEL_KIND_LASSO, "extract-alpha"),
+        (common_pb2.MODEL_KIND_RIDGE, "extract-ridge"),
+    ):
         spec = spec_for(make_study_data(40), study_id, alphas=[1e-12], kind=kind, min_intersection=500)
         study = clients["insurer"].propose(spec, "/data/insurer.csv")
         message = refusal(lambda: clients["hospital"].approve(study_id, study.spec_digest, "/data/hospital.csv"))
@@ -109,15 +114,21 @@ def test_extraction_floors_raised_after_approval_refuse_the_next_run(mesh, loop_
     clients["hospital"].approve("extract-raised", study.spec_digest, "/data/hospital.csv")
     clients["helper"].approve("extract-raised", study.spec_digest)
     stricter = load_config(paths["hospital"], env={})
-    paths["hospital"].write_text(render_config(OrgConfig(**{**stricter.__dict__, "policy": {"min_intersection": 5000}})))
+    paths["hospital"].write_text(
+        render_config(OrgConfig(**{**stricter.__dict__, "policy": {"min_intersection": 5000}}))
+    )
     loop_thread.run(servers["hospital"].stop(0))
     servers.update(start_in_process(loop_thread, {"hospital": paths["hospital"]}, build_server))
     insurer = configs["insurer"]
     channel = MeshCredentials(insurer.pki_dir, "insurer", "gateway").sync_channel(
-        "hospital", "gateway", configs["hospital"].self_endpoint.address("gateway"))
+        "hospital", "gateway", configs["hospital"].self_endpoint.address("gateway")
+    )
     request = gateway_pb2.PeerStartRunRequest(
-        run_id=f"extract-raised-{secrets.token_hex(6)}", study_id="extract-raised", spec_digest=study.spec_digest,
-        input=gateway_pb2.InputCommitment(org="insurer", commitment=secrets.token_hex(32)))
+        run_id=f"extract-raised-{secrets.token_hex(6)}",
+        study_id="extract-raised",
+        spec_digest=study.spec_digest,
+        input=gateway_pb2.InputCommitment(org="insurer", commitment=secrets.token_hex(32)),
+    )
     with pytest.raises(grpc.RpcError) as err:
         gateway_pb2_grpc.GatewayServiceStub(channel).PeerStartRun(request, timeout=30)
     channel.close()
@@ -133,9 +144,30 @@ def test_the_cli_approval_screen_shows_the_floors_the_run_policy_and_who_learns_
 
     clients, _, paths, _ = mesh
     clients["insurer"].propose(two_patient_spec("extract-screen"), "/data/insurer.csv")
-    shown = CliRunner().invoke(app, ["study", "approve", "extract-screen", "--org", "hospital", "--config",
-                                     str(paths["hospital"]), "--source", "/data/hospital.csv", "--yes"])
+    shown = CliRunner().invoke(
+        app,
+        [
+            "study",
+            "approve",
+            "extract-screen",
+            "--org",
+            "hospital",
+            "--config",
+            str(paths["hospital"]),
+            "--source",
+            "/data/hospital.csv",
+            "--yes",
+        ],
+    )
     assert shown.exit_code == 1 and "FAILED_PRECONDITION" in shown.output
-    for text in ("your organisation's disclosure floors", "minimum intersection", "local policy: >=", "refused",
-                 "run policy", "at most 10 run(s)", "what each party receives or learns", "nothing of the model"):
+    for text in (
+        "your organisation's disclosure floors",
+        "minimum intersection",
+        "local policy: >=",
+        "refused",
+        "run policy",
+        "at most 10 run(s)",
+        "what each party receives or learns",
+        "nothing of the model",
+    ):
         assert text in shown.output, text

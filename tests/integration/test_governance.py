@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import csv
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -111,7 +111,9 @@ def mesh(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> I
     for org, servers in SERVERS.items():
         for server in servers:
             built.start(org, server)
-    built.clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()}
+    built.clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()
+    }
     yield built
     for client in built.clients.values():
         client.close()
@@ -196,7 +198,10 @@ def test_differencing_a_run_with_one_patient_removed_waits_for_the_other_owners_
     mesh.clients["insurer"].approve("gov-diff", study.spec_digest, smaller)
     waiting = mesh.run_to_end("gov-diff")
     assert waiting.state == common_pb2.RUN_STATE_FAILED and waiting.error.phase == common_pb2.PHASE_SETUP
-    assert "insurer's input changed since run" in waiting.error.reason and "hospital has not approved" in waiting.error.reason
+    assert (
+        "insurer's input changed since run" in waiting.error.reason
+        and "hospital has not approved" in waiting.error.reason
+    )
     # The hospital is told, with the commitment, and the change is in both audit logs.
     pending = list(mesh.clients["hospital"].get_study("gov-diff").governance.pending)
     assert len(pending) == 1 and pending[0].org == "insurer" and pending[0].changed
@@ -228,8 +233,12 @@ def test_differencing_a_gateway_skipping_its_own_check_is_refused_by_the_others(
     other_input = secrets.token_hex(32)  # a changed input, never approved
     for target in ("helper", "hospital"):
         with pytest.raises(grpc.RpcError) as err:
-            mesh.as_gateway_of("insurer", target).PeerStartRun(peer_start(mesh, "gov-bypass", digest, other_input), timeout=30)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "input changed since run" in err.value.details()
+            mesh.as_gateway_of("insurer", target).PeerStartRun(
+                peer_start(mesh, "gov-bypass", digest, other_input), timeout=30
+            )
+        assert (
+            err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "input changed since run" in err.value.details()
+        )
     pending = mesh.clients["hospital"].get_study("gov-bypass").governance.pending
     assert [p.commitment for p in pending] == [other_input]
 
@@ -237,7 +246,10 @@ def test_differencing_a_gateway_skipping_its_own_check_is_refused_by_the_others(
 def test_every_run_needs_the_other_owners_approval_when_the_policy_says_so(mesh: Mesh):
     mesh.approve(spec(mesh, "gov-every", run_approval=common_pb2.RUN_APPROVAL_EVERY_RUN))
     waiting = mesh.run_to_end("gov-every")
-    assert waiting.error.phase == common_pb2.PHASE_SETUP and "every run of this study needs hospital's approval" in waiting.error.reason
+    assert (
+        waiting.error.phase == common_pb2.PHASE_SETUP
+        and "every run of this study needs hospital's approval" in waiting.error.reason
+    )
     assert [p.org for p in mesh.clients["hospital"].get_study("gov-every").governance.pending] == ["insurer"]
     with pytest.raises(grpc.RpcError) as err:  # the insurer cannot approve its own runs
         mesh.clients["insurer"].approve_run("gov-every", org="insurer")

@@ -15,7 +15,9 @@ from services.mesh.config import load_config
 from services.tools.launcher import DEFAULT_ROLES, local_mesh_for, reserve_port, wait_healthy
 from tests.conftest import LoopThread
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="port reservations hold on Linux only (services/tools/launcher.py)")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="port reservations hold on Linux only (services/tools/launcher.py)"
+)
 
 
 @pytest.fixture(scope="module")

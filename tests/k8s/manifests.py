@@ -11,10 +11,11 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -117,6 +118,7 @@ def in_test_net(address: str) -> bool:
 
 
 # --- NetworkPolicy model ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pod:

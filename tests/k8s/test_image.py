@@ -34,7 +34,9 @@ SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
+    )
     return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*([A-Za-z]+)\s+(.*)$", text, re.M)]
 
 
@@ -43,6 +45,7 @@ def exec_form(args: str) -> list[str]:
 
 
 # --- entry points --------------------------------------------------------------------
+
 
 def manifest_commands() -> list[tuple[str, list[str]]]:
     out = []
@@ -84,12 +87,15 @@ def test_console_script_modules_import_where_they_exist():
 
 # --- Dockerfile ----------------------------------------------------------------------------
 
+
 def test_dockerfile_multi_stage_slim_locked_non_root():
     instructions = dockerfile_instructions()
     froms = [args for instr, args in instructions if instr == "FROM"]
     assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
     base = re.search(r"ARG PYTHON_IMAGE=(\S+)", DOCKERFILE)
-    assert base and re.fullmatch(r"(docker\.io/library/)?python:3\.11-slim(-\w+)?@sha256:[0-9a-f]{64}", base.group(1)), "base pinned by digest"
+    assert base and re.fullmatch(
+        r"(docker\.io/library/)?python:3\.11-slim(-\w+)?@sha256:[0-9a-f]{64}", base.group(1)
+    ), "base pinned by digest"
     runs = " ".join(args for instr, args in instructions if instr == "RUN")
     assert "install --no-deps --require-hashes --only-binary=:all: -r requirements.lock" in runs
     assert "requirements-dev.lock" not in DOCKERFILE, "the image installs the runtime set only"
@@ -106,8 +112,20 @@ def test_dockerfile_multi_stage_slim_locked_non_root():
 
 # --- lock files ------------------------------------------------------------------------
 
-DEV_ONLY = {"pytest", "pytest-timeout", "hypothesis", "scikit-learn", "scipy", "matplotlib", "grpcio-tools",
-            "buf-bin", "kubernetes-validate", "mypy-protobuf", "psutil", "uv"}
+DEV_ONLY = {
+    "pytest",
+    "pytest-timeout",
+    "hypothesis",
+    "scikit-learn",
+    "scipy",
+    "matplotlib",
+    "grpcio-tools",
+    "buf-bin",
+    "kubernetes-validate",
+    "mypy-protobuf",
+    "psutil",
+    "uv",
+}
 
 
 def locked(name: str) -> dict[str, tuple[str, int]]:
@@ -118,12 +136,20 @@ def locked(name: str) -> dict[str, tuple[str, int]]:
 
 
 def test_runtime_lock_holds_no_dev_tools_and_every_pin_has_hashes():
-    runtime, dev, build = locked("requirements.lock"), locked("requirements-dev.lock"), locked("requirements-build.lock")
+    runtime, dev, build = (
+        locked("requirements.lock"),
+        locked("requirements-dev.lock"),
+        locked("requirements-build.lock"),
+    )
     assert {"grpcio", "numpy", "mpyc", "cryptography", "opentelemetry-sdk"} <= set(runtime)
     assert not DEV_ONLY & set(runtime), f"dev tools in the runtime lock: {sorted(DEV_ONLY & set(runtime))}"
     assert DEV_ONLY - {"scipy"} <= set(dev)
     assert {"pip", "setuptools", "wheel"} <= set(build)
-    for name, lock in (("requirements.lock", runtime), ("requirements-dev.lock", dev), ("requirements-build.lock", build)):
+    for name, lock in (
+        ("requirements.lock", runtime),
+        ("requirements-dev.lock", dev),
+        ("requirements-build.lock", build),
+    ):
         assert all(hashes for _, hashes in lock.values()), f"{name}: a pin without --hash"
         assert len(lock) == (REPO / name).read_text().count("=="), f"{name}: an entry this parser missed"
     # Developers test exactly the versions the image ships.
@@ -142,7 +168,15 @@ def dockerignore_excludes(path: str) -> bool:
         negate = line.startswith("!")
         pattern = line.lstrip("!").strip("/")
         regex = "".join(
-            "(.*/)?" if tok == "**/" else ".*" if tok == "**" else "[^/]*" if tok == "*" else "[^/]" if tok == "?" else re.escape(tok)
+            "(.*/)?"
+            if tok == "**/"
+            else ".*"
+            if tok == "**"
+            else "[^/]*"
+            if tok == "*"
+            else "[^/]"
+            if tok == "?"
+            else re.escape(tok)
             for tok in re.findall(r"\*\*/|\*\*|\*|\?|[^*?]+", pattern)
         )
         parts = path.split("/")
@@ -168,13 +202,16 @@ def test_dockerignore_keeps_keys_state_and_venv_out_of_the_build_context():
         "k8s/base/kustomization.yaml",
     ]:
         assert dockerignore_excludes(path), f"{path} would enter the image build context"
-    tracked = subprocess.run(["git", "ls-files", "riskmesh", "services"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "riskmesh", "services"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for path in ["requirements.lock", "requirements-build.lock", "pyproject.toml", "README.md", *tracked]:
         if not path.endswith((".pem", ".key")):
             assert not dockerignore_excludes(path), f"{path} is needed by the build but ignored"
 
 
 # --- a gateway started the way its pod starts it ------------------------------------------
+
 
 def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_path):
     """Materialise the insurer gateway pod's files under a temporary root (ConfigMap,
@@ -189,7 +226,10 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     pki = tmp_path / "pki"
     init_pki(pki, tuple(OVERLAYS))
-    secrets = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text()) for p in export_k8s(pki, org, tmp_path / "secrets")}
+    secrets = {
+        yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+        for p in export_k8s(pki, org, tmp_path / "secrets")
+    }
     ports = {"mtls": reserve_port(), "health": reserve_port()}
     root = tmp_path / "pod"
     for mount in container["volumeMounts"]:
@@ -199,9 +239,13 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
         if "configMap" in source:
             for item in source["configMap"]["items"]:
                 text = cm["data"][item["key"]]
-                for name, fingerprint in ca_fingerprints(pki, tuple(OVERLAYS)).items():  # the operator fills in the pins
+                for name, fingerprint in ca_fingerprints(
+                    pki, tuple(OVERLAYS)
+                ).items():  # the operator fills in the pins
                     text = text.replace(f"FILL-IN-{name}-ca-sha256", fingerprint)
-                (where / item["path"]).write_text(f"{text}\n[ports]\ngateway = {{ mtls = {ports['mtls']}, health = {ports['health']} }}\n")
+                (where / item["path"]).write_text(
+                    f"{text}\n[ports]\ngateway = {{ mtls = {ports['mtls']}, health = {ports['health']} }}\n"
+                )
         elif "secret" in source:
             data = secrets[source["secret"]["secretName"]]["data"]
             for item in source["secret"]["items"]:
@@ -214,7 +258,13 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     assert script.exists(), f"{script}: console script not installed in this venv"
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(script), *container.get("args", [])], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [str(script), *container.get("args", [])],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     try:
         wait_healthy(f"127.0.0.1:{ports['health']}", timeout=30)
         assert proc.poll() is None

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from services.mesh.config import ROLE_SERVERS, parse_config
-from services.tools.pki import ca_fingerprints, export_k8s, init_pki
 from services.mesh.pki_layout import TrustError
 from services.mesh.tls import MeshCredentials
+from services.tools.pki import ca_fingerprints, export_k8s, init_pki
 from tests.k8s.manifests import (
     BASE_PORT,
     CONSOLE,
@@ -31,8 +31,8 @@ from tests.k8s.manifests import (
     component,
     containers,
     cross_org_callees,
-    deployed,
     cross_org_callers,
+    deployed,
     expected_model,
     health_port,
     in_test_net,
@@ -59,6 +59,7 @@ def namespace_of(org: str) -> str:
 
 # --- rendering and schema validation --------------------------------------------------
 
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_kustomization_renders(target):
     assert render(target), f"k8s/{target} rendered nothing"
@@ -72,7 +73,10 @@ def test_rendered_objects_validate_strictly(version, tmp_path):
         path.write_text(render_text(target))
         files.append(str(path))
     done = subprocess.run(
-        [str(KUBERNETES_VALIDATE), "--strict", "--quiet", "-k", version, *files], capture_output=True, text=True, timeout=120
+        [str(KUBERNETES_VALIDATE), "--strict", "--quiet", "-k", version, *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -85,6 +89,7 @@ def test_overlay_has_no_placeholder_left(org):
 
 
 # --- servers per role ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("org,role", OVERLAYS.items())
 def test_one_deployment_per_server_of_the_role(org, role):
@@ -102,24 +107,34 @@ def test_helper_has_no_encryption_and_no_data_volume():
     assert "riskmesh-encryption" not in by_name(docs, "Deployment")
     assert "riskmesh-data" not in by_name(docs, "PersistentVolumeClaim")
     for dep in of_kind(docs, "Deployment"):
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in dep["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in dep["spec"]["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        }
         assert "riskmesh-data" not in claims
 
 
 @pytest.mark.parametrize("org,role", OVERLAYS.items())
 def test_volumes_state_on_claims_data_read_only_in_encryption_only(org, role):
     docs = render(f"overlays/{org}")
-    expected_claims = {"riskmesh-gateway-state", "riskmesh-resharing-state"} | ({"riskmesh-data"} if role == "data_owner" else set())
+    expected_claims = {"riskmesh-gateway-state", "riskmesh-resharing-state"} | (
+        {"riskmesh-data"} if role == "data_owner" else set()
+    )
     assert set(by_name(docs, "PersistentVolumeClaim")) == expected_claims
     for dep in of_kind(docs, "Deployment"):
         server = component(dep)
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         (container,) = containers(dep)
         mounts = {m["name"]: m for m in container["volumeMounts"]}
-        claims = {v["persistentVolumeClaim"]["claimName"]: name for name, v in volumes.items() if "persistentVolumeClaim" in v}
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]: name for name, v in volumes.items() if "persistentVolumeClaim" in v
+        }
         # The gateway's SQLite and the resharing store survive restarts; the rest keep nothing.
         if server == CONSOLE:  # keeps nothing: sessions live in the process
-            assert claims == {} and {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} == {"/tmp"}
+            assert claims == {} and {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} == {
+                "/tmp"
+            }
             continue
         if server in ("gateway", "resharing"):
             assert f"riskmesh-{server}-state" in claims
@@ -136,6 +151,7 @@ def test_volumes_state_on_claims_data_read_only_in_encryption_only(org, role):
 
 
 # --- hardening, probes, resources --------------------------------------------------------
+
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_container_is_hardened_probed_and_sized(target):
@@ -183,6 +199,7 @@ def test_service_account_mounts_no_token(org):
 
 # --- Services ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("org", OVERLAYS)
 def test_services_cluster_ip_per_server_and_load_balancer_per_cross_org_callee(org):
     docs = render(f"overlays/{org}")
@@ -191,22 +208,30 @@ def test_services_cluster_ip_per_server_and_load_balancer_per_cross_org_callee(o
     for server in servers:
         svc = services[f"riskmesh-{server}"]
         assert svc["spec"]["type"] == "ClusterIP"
-        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"mtls": mtls_port(server), "health": health_port(server)}
+        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
+            "mtls": mtls_port(server),
+            "health": health_port(server),
+        }
         assert svc["spec"]["selector"]["app.kubernetes.io/component"] == server
     console = services[f"riskmesh-{CONSOLE}"]["spec"]
-    assert console["type"] == "ClusterIP" and [(p["name"], p["port"]) for p in console["ports"]] == [("http", CONSOLE_HTTP_PORT)]
+    assert console["type"] == "ClusterIP" and [(p["name"], p["port"]) for p in console["ports"]] == [
+        ("http", CONSOLE_HTTP_PORT)
+    ]
     callers = cross_org_callers(org)
     public = {n: s for n, s in services.items() if s["spec"]["type"] == "LoadBalancer"}
     assert set(public) == {f"riskmesh-{server}-public" for server in callers}
     for server, orgs in callers.items():
         spec = public[f"riskmesh-{server}-public"]["spec"]
         # L4 pass-through of the mTLS port only; the peers' source addresses are kept.
-        assert [(p["port"], p["targetPort"], p["protocol"]) for p in spec["ports"]] == [(mtls_port(server), "mtls", "TCP")]
+        assert [(p["port"], p["targetPort"], p["protocol"]) for p in spec["ports"]] == [
+            (mtls_port(server), "mtls", "TCP")
+        ]
         assert spec["externalTrafficPolicy"] == "Local"
         assert set(spec["loadBalancerSourceRanges"]) == {EXAMPLE_RANGES[o] for o in orgs}
 
 
 # --- NetworkPolicies: exactly the paths of docs/design.md -----------------------------------
+
 
 @pytest.mark.parametrize("org", OVERLAYS)
 def test_network_policies_deny_all_then_admit_exactly_the_design_paths(org):
@@ -226,7 +251,11 @@ def test_network_policies_deny_all_then_admit_exactly_the_design_paths(org):
 def test_the_model_catches_an_extra_edge():
     """Guard for the test above: an allow-all policy must show up as extra edges."""
     docs = render("overlays/insurer")
-    leak = {"kind": "NetworkPolicy", "metadata": {"name": "leak"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}}
+    leak = {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "leak"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+    }
     got = model([*docs, leak])
     assert got.egress - expected_model("insurer").egress
 
@@ -251,6 +280,7 @@ def test_every_address_is_documentation_only(org):
 
 
 # --- the org config and the certificate mounts --------------------------------------------
+
 
 def overlay_config(org: str, docs: list[dict]) -> tuple[dict, str]:
     (cm,) = of_kind(docs, "ConfigMap")
@@ -335,7 +365,9 @@ def test_secrets_from_export_k8s_mount_where_the_servers_read_them(org, dev_pki,
 
 
 @pytest.mark.parametrize("org", OVERLAYS)
-def test_the_overlay_config_pins_every_orgs_ca_and_refuses_to_start_until_filled_in(org, dev_pki):  # and keeps reflection off
+def test_the_overlay_config_pins_every_orgs_ca_and_refuses_to_start_until_filled_in(
+    org, dev_pki
+):  # and keeps reflection off
     """Each org fills in the three CA fingerprints it was sent; unfilled, no server starts."""
     docs = render(f"overlays/{org}")
     _, text = overlay_config(org, docs)
@@ -361,4 +393,6 @@ def test_no_secret_or_key_material_in_the_manifests():
             text = path.read_text()
             assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text, path
             if path.suffix in (".yaml", ".yml"):
-                assert all(doc.get("kind") != "Secret" for doc in yaml.safe_load_all(text) if isinstance(doc, dict)), path
+                assert all(doc.get("kind") != "Secret" for doc in yaml.safe_load_all(text) if isinstance(doc, dict)), (
+                    path
+                )

@@ -53,14 +53,32 @@ def dtype_fake_object() -> bytes:
     fields = b"}(" + _text("o") + b"(" + _dtype("O") + _int(0) + b"tu"
     state = b"(" + _int(3) + _text("|") + b"N(" + _text("o") + b"t" + fields + _int(8) + _int(1) + _int(0x3F) + b"t"
     dtype = _dtype("V8") + state + b"b"
-    array = _global("numpy.core.multiarray", "_reconstruct") + b"(" + _global("numpy", "ndarray") + b"(" + _int(0) + b"t" + b"C\x01b" + b"tR"
+    array = (
+        _global("numpy.core.multiarray", "_reconstruct")
+        + b"("
+        + _global("numpy", "ndarray")
+        + b"("
+        + _int(0)
+        + b"t"
+        + b"C\x01b"
+        + b"tR"
+    )
     array_state = b"(" + _int(1) + b"(" + _int(1) + b"t" + dtype + b"\x89" + b"C\x08" + b"AAAAAAAA" + b"t"
     return PROTO + array + array_state + b"b."
 
 
 def pickled_billion_elements() -> bytes:
     """A ~100-byte pickle of an object array whose BUILD claims 10⁹ elements."""
-    array = _global("numpy.core.multiarray", "_reconstruct") + b"(" + _global("numpy", "ndarray") + b"(" + _int(0) + b"t" + b"C\x01b" + b"tR"
+    array = (
+        _global("numpy.core.multiarray", "_reconstruct")
+        + b"("
+        + _global("numpy", "ndarray")
+        + b"("
+        + _int(0)
+        + b"t"
+        + b"C\x01b"
+        + b"tR"
+    )
     state = b"(" + _int(1) + b"(" + _int(10**9) + b"t" + _dtype("O") + b"\x89]" + b"t"
     return PROTO + array + state + b"b."
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.core import wire
@@ -101,7 +102,9 @@ async def _run(mpc: Any, context: RunContext, on_start: Callable[[], None] = lam
     result = await transport_check.run(mpc, context)
     values = await field_stage(mpc, context, on_start)
     if context.pid != HELPER_PID:
-        result.coefficients.extend(lasso_pb2.Coefficient(feature=name, value=v) for name, v in zip(field_names(), values))
+        result.coefficients.extend(
+            lasso_pb2.Coefficient(feature=name, value=v) for name, v in zip(field_names(), values, strict=False)
+        )
     return result
 
 

@@ -160,7 +160,12 @@ def encode_ints(values: Any, width: int | None = None) -> bytes:
     ints, shape = _as_ints(values)
     if width is None:
         width = max(1, (int(max(ints, default=0)).bit_length() + 7) // 8)
-    if len(shape) > MAX_NDIM or not 1 <= width <= MAX_WIDTH or len(ints) > MAX_ELEMENTS or any(n > 0xFFFFFFFF for n in shape):
+    if (
+        len(shape) > MAX_NDIM
+        or not 1 <= width <= MAX_WIDTH
+        or len(ints) > MAX_ELEMENTS
+        or any(n > 0xFFFFFFFF for n in shape)
+    ):
         raise WireError("array too large for an MPC message")
     try:
         try:
@@ -208,7 +213,13 @@ def _decode_ints(body: memoryview, width: int, count: int, bound: int | None) ->
     for start in range(0, count, DECODE_CHUNK):
         stop = min(start + DECODE_CHUNK, count)
         # Fixed-width byte strings; numpy drops trailing NULs, which are high zero bytes here.
-        chunk = list(map(int.from_bytes, np.frombuffer(body[start * width : stop * width], dtype=f"S{width}").tolist(), repeat("little")))
+        chunk = list(
+            map(
+                int.from_bytes,
+                np.frombuffer(body[start * width : stop * width], dtype=f"S{width}").tolist(),
+                repeat("little"),
+            )
+        )
         if bound is not None and chunk and max(chunk) >= bound:
             raise WireError("a value is not below the field's modulus")
         out += chunk

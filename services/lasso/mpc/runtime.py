@@ -34,6 +34,7 @@ from services.lasso.core import wire
 #: Statistical security parameter (bits) of every masked opening.
 SEC_PARAM = 40
 
+
 def runtime_arguments(pid: int, parties: Sequence[tuple[str, int]], *, log: bool = False) -> list[str]:
     """MPyC's command-line options for party ``pid`` of the given (host, port) list."""
     if not 0 <= pid < len(parties):

@@ -215,7 +215,7 @@ class FieldOps:
         received = await mpc.gather([mpc._receive_message(peer) for peer in senders])
         vector = self._vector(tuple(peer + 1 for peer in senders) + (pid + 1,))
         total = values * vector[-1]
-        for peer, coefficient, data in zip(senders, vector, received):
+        for peer, coefficient, data in zip(senders, vector, received, strict=False):
             total = total + self._decode(peer, data, values.size) * coefficient
         return total % self.p
 
@@ -279,7 +279,7 @@ class FieldOps:
         parts = iter(received)
         vector = self._vector(tuple(i + 1 for i in senders))
         total: ObjectArray = np.zeros(values.size, dtype=object)
-        for i, weight in zip(senders, vector):
+        for i, weight in zip(senders, vector, strict=False):
             part: ObjectArray = self._decode(i, next(parts), values.size) if i != pid else own
             total = total + part * weight
         return total % p

@@ -18,7 +18,8 @@ import asyncio
 import os
 import socket
 import sys
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from services.lasso.worker.frames import Frame
 from services.lasso.worker.link import FrameLink, OnClose, OnFrame, open_link

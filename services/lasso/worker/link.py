@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from services.lasso.worker.frames import Frame, FrameDecoder, FrameError, encode
 

@@ -56,7 +56,7 @@ def test_success_completes_every_step_of_every_party():
     board.add(event("insurer", c.PHASE_GRAM))
     board.add(gateway_pb2.WatchRunResponse(run=run(c.RUN_STATE_SUCCEEDED)))
     assert board.ended
-    for org, role in PARTIES:
+    for org, _role in PARTIES:
         assert {cell.status for (o, _), cell in board.cells.items() if o == org} == {DONE, NOT_APPLICABLE}
 
 

@@ -34,7 +34,11 @@ def test_cv_curve_marks_the_chosen_alpha_on_a_log_axis():
 
 
 def test_waterfall_places_each_org_on_its_lane():
-    chart = waterfall([("insurer", "Setup", 0.0, 2.0), ("helper", "Intersection", 1.0, 3.0)], ["Setup", "Intersection"], ["insurer", "helper"])
+    chart = waterfall(
+        [("insurer", "Setup", 0.0, 2.0), ("helper", "Intersection", 1.0, 3.0)],
+        ["Setup", "Intersection"],
+        ["insurer", "helper"],
+    )
     setup, intersection = chart.spans
     assert setup.y < intersection.y and setup.x < intersection.x
     assert setup.width == pytest.approx(intersection.width) and intersection.colour == 1

@@ -12,7 +12,7 @@ from services.doctor.checks import PeerProbe
 from services.mesh.identity import Identity
 from services.tools.pki import make_ca, make_leaf
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 def public_der(key) -> bytes:

@@ -66,7 +66,14 @@ def test_a_reasonable_spec_passes_the_default_floors():
     spec.min_intersection = 100
     assert refused(DisclosurePolicy(), spec) == set()
     checks = DisclosurePolicy().checks(normalise(spec))
-    assert [c.name for c in checks] == ["minimum intersection", "features", "relative penalty", "model kind", "optional reveals", "runs"]
+    assert [c.name for c in checks] == [
+        "minimum intersection",
+        "features",
+        "relative penalty",
+        "model kind",
+        "optional reveals",
+        "runs",
+    ]
 
 
 def test_relative_penalty_is_in_the_solvers_range_normalised_units():
@@ -77,8 +84,16 @@ def test_relative_penalty_is_in_the_solvers_range_normalised_units():
 
 
 def test_model_kinds_reveals_features_and_runs_follow_the_local_policy():
-    strict = policy_from_mapping({"model_kinds": ["ridge"], "reveals": [], "max_features": 4, "max_runs": 5,
-                                  "min_intersection": 10, "rows_per_parameter": 1})
+    strict = policy_from_mapping(
+        {
+            "model_kinds": ["ridge"],
+            "reveals": [],
+            "max_features": 4,
+            "max_runs": 5,
+            "min_intersection": 10,
+            "rows_per_parameter": 1,
+        }
+    )
     spec = make_spec()
     spec.model.standardize = True
     spec.reveal.standardized_coefficients = True
@@ -87,14 +102,17 @@ def test_model_kinds_reveals_features_and_runs_follow_the_local_policy():
     assert "model kind lasso (local policy: ridge)" in message and "runs 10 (local policy: <= 5)" in message
 
 
-@pytest.mark.parametrize("table, message", [
-    ({"min_intersection": 0}, "min_intersection must be an integer >= 1"),
-    ({"min_intersection": True}, "integer"),
-    ({"min_relative_penalty": -1}, "min_relative_penalty"),
-    ({"model_kinds": ["boosting"]}, "unknown name"),
-    ({"reveals": "cv_curve"}, "list of names"),
-    ({"max_row": 3}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"min_intersection": 0}, "min_intersection must be an integer >= 1"),
+        ({"min_intersection": True}, "integer"),
+        ({"min_relative_penalty": -1}, "min_relative_penalty"),
+        ({"model_kinds": ["boosting"]}, "unknown name"),
+        ({"reveals": "cv_curve"}, "list of names"),
+        ({"max_row": 3}, "unknown key"),
+    ],
+)
 def test_a_malformed_policy_is_refused(table, message):
     with pytest.raises(PolicyError, match=message):
         policy_from_mapping(table)

@@ -22,7 +22,10 @@ def test_progress_leaves_as_a_fraction_of_100():
     out = shared_progress(own)
     assert (out.done, out.total) == (50, 100) and out.message == "rows accepted?by the helper"
     assert (own.done, own.total) == (173, 346)  # this org keeps its counts
-    assert (shared_progress(common_pb2.Progress(done=5)).done, shared_progress(common_pb2.Progress(done=5)).total) == (0, 0)
+    assert (shared_progress(common_pb2.Progress(done=5)).done, shared_progress(common_pb2.Progress(done=5)).total) == (
+        0,
+        0,
+    )
 
 
 def test_an_error_leaves_as_its_category():

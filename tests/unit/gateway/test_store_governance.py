@@ -3,8 +3,8 @@ commitments, run approvals used once, and a run's change written with its audit 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

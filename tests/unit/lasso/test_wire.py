@@ -99,7 +99,12 @@ def test_the_field_fixes_width_count_and_range() -> None:
 
 def test_pickles_are_never_unpickled(tmp_path: Path) -> None:
     canary = tmp_path / "canary"
-    for data in (payloads.canary_pickle(canary), payloads.dtype_out_of_bounds(), payloads.dtype_fake_object(), payloads.pickled_billion_elements()):
+    for data in (
+        payloads.canary_pickle(canary),
+        payloads.dtype_out_of_bounds(),
+        payloads.dtype_fake_object(),
+        payloads.pickled_billion_elements(),
+    ):
         assert data[:1] == b"\x80"  # a pickle's PROTO opcode is no wire kind
         with pytest.raises(wire.WireError, match="unknown message kind 128"):
             wire.loads(data)
@@ -107,12 +112,19 @@ def test_pickles_are_never_unpickled(tmp_path: Path) -> None:
 
 
 def test_the_attack_payloads_are_real_pickles(tmp_path: Path) -> None:
-    for data in (payloads.canary_pickle(tmp_path / "canary"), payloads.dtype_out_of_bounds(), payloads.dtype_fake_object(), payloads.pickled_billion_elements()):
+    for data in (
+        payloads.canary_pickle(tmp_path / "canary"),
+        payloads.dtype_out_of_bounds(),
+        payloads.dtype_fake_object(),
+        payloads.pickled_billion_elements(),
+    ):
         payloads.assert_is_pickle(data)
 
 
 def test_a_refusal_names_the_party_a_labelled_message_came_from() -> None:
-    with pytest.raises(wire.PeerDataError, match=r"^MPC party 2 sent a malformed message: unknown message kind 128$") as err:
+    with pytest.raises(
+        wire.PeerDataError, match=r"^MPC party 2 sent a malformed message: unknown message kind 128$"
+    ) as err:
         wire.loads(wire.from_peer(b"\x80\x04junk", 2))
     assert err.value.peer == 2
     with pytest.raises(wire.PeerDataError, match=r"^MPC party 1 sent a malformed message: a value is not below"):

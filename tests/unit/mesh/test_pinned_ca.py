@@ -10,12 +10,12 @@ from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from services.cli.main import app
+from services.lasso.rules import LASSO_RULES
 from services.mesh.config import ConfigError, load_config
 from services.mesh.identity import Identity, IdentityResolver
 from services.mesh.pki_layout import OrgPaths, TrustError, ca_fingerprint, load_org_cas
 from services.mesh.server import MeshServer
 from services.mesh.tls import MeshCredentials
-from services.lasso.rules import LASSO_RULES
 from services.tools.launcher import local_mesh_for
 from services.tools.pki import ca_fingerprints, init_pki, make_ca, make_leaf
 
@@ -44,7 +44,9 @@ def bundle(pki: Path) -> bytes:
     return OrgPaths(pki / "insurer").trust().read_bytes()
 
 
-def test_pinned_ca_a_ca_calling_itself_insurer_cannot_mint_insurer_identities(pki: Path, rogue: tuple[bytes, bytes]) -> None:
+def test_pinned_ca_a_ca_calling_itself_insurer_cannot_mint_insurer_identities(
+    pki: Path, rogue: tuple[bytes, bytes]
+) -> None:
     rogue_ca, rogue_leaf = rogue
     pins = ca_fingerprints(pki)
     resolver = IdentityResolver(load_org_cas(bundle(pki), pins))
@@ -90,7 +92,9 @@ def test_pinned_ca_the_launchers_configs_pin_every_org(tmp_path: Path) -> None:
         assert {ca_fingerprint(ca) for ca in credentials.org_cas.values()} == set(pins.values())
 
 
-def test_pinned_ca_servers_refuse_to_start_without_pins_or_with_a_doubled_org(tmp_path: Path, rogue: tuple[bytes, bytes]) -> None:
+def test_pinned_ca_servers_refuse_to_start_without_pins_or_with_a_doubled_org(
+    tmp_path: Path, rogue: tuple[bytes, bytes]
+) -> None:
     paths = local_mesh_for(tmp_path)
     path = paths["hospital"]
     text = path.read_text()

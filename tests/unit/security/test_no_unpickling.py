@@ -50,7 +50,11 @@ def unpickling_sites(source: str, filename: str = "<source>") -> list[str]:
                     numpy_load_names.add(alias.asname or alias.name)
     sites = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module in PICKLE_MODULES and any(a.name in FORBIDDEN or a.name == "*" for a in node.names):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module in PICKLE_MODULES
+            and any(a.name in FORBIDDEN or a.name == "*" for a in node.names)
+        ):
             sites.append(f"{node.lineno}: from {node.module} import {', '.join(a.name for a in node.names)}")
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id in pickle_aliases and node.attr in FORBIDDEN:
@@ -59,9 +63,12 @@ def unpickling_sites(source: str, filename: str = "<source>") -> list[str]:
             sites.append(f"{node.lineno}: {node.id} ({forbidden_names[node.id]})")
         if isinstance(node, ast.Call) and _allows_pickle(node):
             func = node.func
-            is_numpy_load = (isinstance(func, ast.Attribute) and func.attr == "load" and isinstance(func.value, ast.Name) and func.value.id in numpy_aliases) or (
-                isinstance(func, ast.Name) and func.id in numpy_load_names
-            )
+            is_numpy_load = (
+                isinstance(func, ast.Attribute)
+                and func.attr == "load"
+                and isinstance(func.value, ast.Name)
+                and func.value.id in numpy_aliases
+            ) or (isinstance(func, ast.Name) and func.id in numpy_load_names)
             if is_numpy_load:
                 sites.append(f"{node.lineno}: numpy.load with allow_pickle")
     return sites
@@ -74,7 +81,9 @@ def python_files() -> list[Path]:
 def test_no_module_under_services_or_riskmesh_unpickles() -> None:
     files = python_files()
     assert len(files) > 100  # the scan sees the code base
-    found = {str(path.relative_to(ROOT)): sites for path in files if (sites := unpickling_sites(path.read_text(), str(path)))}
+    found = {
+        str(path.relative_to(ROOT)): sites for path in files if (sites := unpickling_sites(path.read_text(), str(path)))
+    }
     assert found == {}
 
 
