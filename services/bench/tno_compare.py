@@ -262,15 +262,18 @@ def compare(records: int, features: int, alpha: float, workdir: Path | None, ven
 def print_table(result: Mapping[str, Any]) -> None:
     tno, ours = result.get("tno", {}), result["riskmesh"]
     print(
-        f"{result['records']} rows per owner × {result['features']} features, alpha {result['alpha']}: process start → coefficients revealed"
+        f"{result['records']} rows per owner × {result['features']} features, alpha {result['alpha']}: "
+        "process start → coefficients revealed"
     )
     print(f"{'':10} {'total s':>9} {'join s':>8} {'lasso s':>8} {'max|Δw|':>10} {'rel Δw':>10}")
     print(
-        f"{'riskmesh':10} {ours['total_s']:9.2f} {ours['join_s'] + ours['reshare_s']:8.2f} {ours['lasso_s']:8.2f} {ours['max_abs_coef_diff']:10.2e} {ours['rel_coef_diff']:10.2e}"
+        f"{'riskmesh':10} {ours['total_s']:9.2f} {ours['join_s'] + ours['reshare_s']:8.2f} {ours['lasso_s']:8.2f} "
+        f"{ours['max_abs_coef_diff']:10.2e} {ours['rel_coef_diff']:10.2e}"
     )
     if "total_s" in tno:
         print(
-            f"{'TNO':10} {tno['total_s']:9.2f} {tno['join_s']:8.2f} {tno['lasso_s']:8.2f} {tno['max_abs_coef_diff']:10.2e} {tno['rel_coef_diff']:10.2e}"
+            f"{'TNO':10} {tno['total_s']:9.2f} {tno['join_s']:8.2f} {tno['lasso_s']:8.2f} "
+            f"{tno['max_abs_coef_diff']:10.2e} {tno['rel_coef_diff']:10.2e}"
         )
         print(f"TNO / riskmesh = {result['tno_over_riskmesh']}×")
     else:

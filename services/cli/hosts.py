@@ -78,7 +78,8 @@ def run_demo_hosts(home: Path, latency_ms: float, records: int = 2000) -> dict[s
         with console.status("starting every server inside its organisation's namespace…"):
             hosts.start()
         console.print(
-            f"{len(hosts.processes)} servers healthy in {time.perf_counter() - started:.1f} s, each inside its organisation's namespace"
+            f"{len(hosts.processes)} servers healthy in {time.perf_counter() - started:.1f} s, "
+            "each inside its organisation's namespace"
         )
         table, ok, total = handshake(hosts)
         console.print(table)

@@ -326,18 +326,9 @@ class Console:
 
             task = asyncio.create_task(pump())
             try:
-                ended, problem = False, ""
+                ended = False
                 while not ended:
-                    batch = [await queue.get()]
-                    while not queue.empty():
-                        batch.append(queue.get_nowait())
-                    for item in batch:
-                        if item is None:
-                            ended = True
-                        elif isinstance(item, GatewayError):
-                            problem = f"Lost the gateway's progress stream ({item}); reload the page."
-                        else:
-                            board.add(item)
+                    ended, problem = await _apply_batch(queue, board)
                     yield sse_message("end" if ended else "board", render(problem))
                     if not ended:
                         await asyncio.sleep(SSE_COALESCE_S)
@@ -426,3 +417,20 @@ def _int_param(text: str | None, default: int) -> int:
         return int(text) if text else default
     except ValueError:
         return default
+
+
+async def _apply_batch(queue: asyncio.Queue, board: Board) -> tuple[bool, str]:
+    """Wait for the next WatchRun message and take every one already queued into the board:
+    (the stream ended, a problem to show)."""
+    batch = [await queue.get()]
+    while not queue.empty():
+        batch.append(queue.get_nowait())
+    ended, problem = False, ""
+    for item in batch:
+        if item is None:
+            ended = True
+        elif isinstance(item, GatewayError):
+            problem = f"Lost the gateway's progress stream ({item}); reload the page."
+        else:
+            board.add(item)
+    return ended, problem

@@ -152,23 +152,30 @@ class ConsoleSecurity:
             return
         await self.app(scope, receive, send_with_headers)
 
-    async def _gate(self, request: Request, receive: Callable) -> tuple[Response | None, Callable]:
-        """A refusal or redirect, or None to let the request through (with its body replayable)."""
+    def _gate_request(self, request: Request) -> tuple[bool, Response | None]:
+        """Checks before any session: (decided, the refusal or None to let it through)."""
         server = request.scope.get("server")
         if self.settings.health_port is not None and server and server[1] == self.settings.health_port:
             # The probe port, open to the node: the health answer and nothing else.
             ok = request.method == "GET" and request.url.path == "/healthz"
-            return (None if ok else PlainTextResponse("not found", status_code=404)), receive
+            return True, (None if ok else PlainTextResponse("not found", status_code=404))
         host = _host_name(request.headers.get("host") or "")
         if "*" not in self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
-            return PlainTextResponse("unknown host", status_code=400), receive
-        path = request.url.path
-        if path.startswith(PUBLIC_PREFIXES):
-            return None, receive
+            return True, PlainTextResponse("unknown host", status_code=400)
+        if request.url.path.startswith(PUBLIC_PREFIXES):
+            return True, None
         if request.method not in ("GET", "HEAD", "POST"):
-            return PlainTextResponse("method not allowed", status_code=405), receive
+            return True, PlainTextResponse("method not allowed", status_code=405)
         if request.method == "POST" and not _same_origin(request.headers):
-            return PlainTextResponse("cross-origin request refused", status_code=403), receive
+            return True, PlainTextResponse("cross-origin request refused", status_code=403)
+        return False, None
+
+    async def _gate(self, request: Request, receive: Callable) -> tuple[Response | None, Callable]:
+        """A refusal or redirect, or None to let the request through (with its body replayable)."""
+        decided, refusal = self._gate_request(request)
+        if decided:
+            return refusal, receive
+        path = request.url.path
         if self.settings.mode == "token" and path == "/login":
             return await self._login(request), receive
         session, new_cookie = self._session(request)

@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Names
         "--auth",
         choices=("token", "proxy"),
         default=env.get("RISKMESH_CONSOLE_AUTH", "token"),
-        help="token: a printed login token (loopback only); proxy: the user comes from a header set by the org's SSO proxy",
+        help="token: a printed login token (loopback only); "
+        "proxy: the user comes from a header set by the org's SSO proxy",
     )
     parser.add_argument(
         "--user-header",

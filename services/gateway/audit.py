@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 # The gateway's database (services/gateway/store_schema.py): the audit tables live beside the store's.
 DATABASE_FILENAME = "gateway.sqlite3"
@@ -91,7 +91,7 @@ DETAIL_KEYS = frozenset(
     }
 )
 
-DetailValue = Union[str, int, float, bool]
+DetailValue = str | int | float | bool
 
 
 class AuditError(ValueError):
@@ -309,11 +309,7 @@ class AuditLog:
 
     def write(self, db: sqlite3.Connection, entry: AuditEntry) -> AuditRow:
         """Write `entry` inside the caller's open transaction on this log's connection."""
-        at = (
-            datetime.fromtimestamp(self._clock(), UTC)
-            .isoformat(timespec="microseconds")
-            .replace("+00:00", "Z")
-        )
+        at = datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         last_seq, prev_hash = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
         seq = last_seq + 1
         e = entry

@@ -61,9 +61,11 @@ class IdentityResolver:
 
     def __init__(self, org_cas: dict[str, x509.Certificate]) -> None:
         self._org_cas = dict(org_cas)
+        # Per resolver (a cache on the method would keep every resolver alive): the same
+        # peer certificate arrives with every call on a connection.
+        self.resolve = functools.lru_cache(maxsize=1024)(self._resolve)
 
-    @functools.lru_cache(maxsize=1024)
-    def resolve(self, pem: bytes) -> Identity | None:
+    def _resolve(self, pem: bytes) -> Identity | None:
         try:
             cert = x509.load_pem_x509_certificate(pem)
         except ValueError:

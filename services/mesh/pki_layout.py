@@ -89,7 +89,8 @@ def load_org_cas(trust_pem: bytes, pins: Mapping[str, str] | None = None) -> dic
             continue
         if org in claimed:
             raise TrustError(
-                f"the trust bundle holds two CAs claiming organisation {org!r} ({ca_fingerprint(claimed[org])} and {ca_fingerprint(cert)}); "
+                f"the trust bundle holds two CAs claiming organisation {org!r} "
+                f"({ca_fingerprint(claimed[org])} and {ca_fingerprint(cert)}); "
                 "each organisation has exactly one"
             )
         claimed[org] = cert

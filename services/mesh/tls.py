@@ -113,7 +113,8 @@ class MeshCredentials:
         missing = [org for org in (config.org, *config.peers) if org not in pins]
         if missing:
             raise ConfigError(
-                f"{config.org}'s config pins no CA for {', '.join(missing)}: set ca_sha256 (own CA) and peers.<org>.ca_sha256 "
+                f"{config.org}'s config pins no CA for {', '.join(missing)}: "
+                "set ca_sha256 (own CA) and peers.<org>.ca_sha256 "
                 "to the SHA-256 fingerprints `riskmesh pki fingerprints` prints (k8s/README.md)"
             )
         return cls(config.pki_dir, config.org, service, pins)
@@ -150,7 +151,8 @@ class MeshCredentials:
             cert_pem, key_pem, bundle = cert_path.read_bytes(), key_path.read_bytes(), trust_path.read_bytes()
         except FileNotFoundError as exc:
             raise FileNotFoundError(
-                f"certificate material missing for spiffe://{self.org}/{self.service}: {exc.filename} (run `riskmesh pki init`)"
+                f"certificate material missing for spiffe://{self.org}/{self.service}: {exc.filename} "
+                "(run `riskmesh pki init`)"
             ) from None
         org_cas = load_org_cas(bundle, self._pins)
         if self.org not in org_cas:

@@ -72,6 +72,7 @@ async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
     if context.pid == HELPER_PID:
         return lasso_pb2.ModelResult()
     coefficients = [
-        lasso_pb2.Coefficient(feature=name, value=float(value)) for name, value in zip(result_names(columns), revealed, strict=False)
+        lasso_pb2.Coefficient(feature=name, value=float(value))
+        for name, value in zip(result_names(columns), revealed, strict=False)
     ]
     return lasso_pb2.ModelResult(coefficients=coefficients, joined=rows, target=columns[-1])

@@ -65,7 +65,8 @@ _reserved: list[socket.socket] = []
 
 
 def reserve_port(host: str = "127.0.0.1") -> int:
-    """A free port on `host` that only a server (binding it with SO_REUSEADDR) can take, for the life of this process."""
+    """A free port on `host` that only a server (binding it with SO_REUSEADDR) can take,
+    for the life of this process."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))

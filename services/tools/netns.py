@@ -360,13 +360,13 @@ class HostsMesh:
             (self.home / org).mkdir(parents=True, exist_ok=True)
             self.server_config_paths[org] = self.home / org / "server.toml"
             self.server_config_paths[org].write_text(
-                f"# {org}'s servers, inside network namespace {self.hosts[org].namespace}; addresses come from RISKMESH_ADDR_*\n"
-                + render_config(server)
+                f"# {org}'s servers, inside network namespace {self.hosts[org].namespace}; "
+                "addresses come from RISKMESH_ADDR_*\n" + render_config(server)
             )
             self.config_paths[org] = self.home / org / "riskmesh.toml"
             self.config_paths[org].write_text(
-                f"# {org} as seen from this machine's root namespace: own servers through unix sockets (valid while the run lasts)\n"
-                + render_config(operator)
+                f"# {org} as seen from this machine's root namespace: "
+                "own servers through unix sockets (valid while the run lasts)\n" + render_config(operator)
             )
 
     def _start_relays(self) -> None:

@@ -161,7 +161,9 @@ class DelayRelay:
         try:
             await self._forward(client_reader, client_writer)
         except asyncio.CancelledError:
-            pass  # close() dropped the connection; ending quietly keeps asyncio (3.11) from logging the cancelled callback task
+            # close() dropped the connection; ending quietly keeps asyncio (3.11) from
+            # logging the cancelled callback task
+            pass
         finally:
             self._connections.discard(task)
 

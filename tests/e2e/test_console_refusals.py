@@ -89,7 +89,8 @@ def test_forged_csrf_token_and_cross_site_form_are_refused(console_mesh, browser
             const form = document.createElement('form');
             form.method = 'post'; form.action = action;
             for (const [k, v] of Object.entries({spec_digest: digest, source_path: source, csrf_token: 'forged'})) {
-                const input = document.createElement('input'); input.type = 'hidden'; input.name = k; input.value = v; form.appendChild(input);
+                const input = document.createElement('input');
+                input.type = 'hidden'; input.name = k; input.value = v; form.appendChild(input);
             }
             document.body.appendChild(form); form.submit();
         }""",

@@ -103,7 +103,7 @@ def start_parties(root: Path, shares: dict[str, dict[str, list[ShareBlock]]], pr
         process = context.Process(target=serve_party, args=(str(paths[org]), shares.get(org, {}), program), daemon=True)
         process.start()
         parties.processes[org] = process
-    for org, config in parties.configs.items():
+    for config in parties.configs.values():
         wait_healthy(f"{config.bind_host}:{config.health_port('lasso')}", 60)
     return parties
 
@@ -204,7 +204,10 @@ def test_secure_sums_over_grpc_mtls_equal_plaintext(check_parties: Parties, deal
         thread.join(60)
     for org in ORGS:
         assert outcomes[org].error is None, (org, outcomes[org].error)
-    want = {name: float(value) for name, value in zip(result_names(study_columns(spec)), expected(table, 1 << 63), strict=False)}
+    want = {
+        name: float(value)
+        for name, value in zip(result_names(study_columns(spec)), expected(table, 1 << 63), strict=False)
+    }
     for owner in ("insurer", "hospital"):
         result = outcomes[owner].result
         assert {c.feature: c.value for c in result.coefficients} == want

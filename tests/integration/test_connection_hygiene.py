@@ -126,7 +126,7 @@ def test_reflection_is_served_only_when_the_config_enables_it(loop_thread: LoopT
         config = load_config(path, env={})
         assert config.reflection is enabled
 
-        async def start() -> MeshServer:
+        async def start(config: OrgConfig = config) -> MeshServer:
             server = await resharing_server.build_server(config)
             await server.start()
             return server

@@ -89,7 +89,8 @@ def test_extraction_tiny_alpha_interpolation_is_refused_even_with_enough_rows(me
     ):
         spec = spec_for(make_study_data(40), study_id, alphas=[1e-12], kind=kind, min_intersection=500)
         study = clients["insurer"].propose(spec, "/data/insurer.csv")
-        message = refusal(lambda: clients["hospital"].approve(study_id, study.spec_digest, "/data/hospital.csv"))
+        digest = study.spec_digest
+        message = refusal(lambda s=study_id, d=digest: clients["hospital"].approve(s, d, "/data/hospital.csv"))
         assert message.startswith("hospital's disclosure policy refuses approving this spec: relative penalty")
         assert "minimum intersection" not in message
 

@@ -113,7 +113,9 @@ def known_data(root: Path, records: int, features: int = 6, seed: int = 7) -> Kn
     data = StudyData(_distinctive(raw.insurer), _distinctive(raw.hospital), raw.true_weights)
     root.mkdir(parents=True, exist_ok=True)
     sources = {t.org: t.write_csv(root / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
-    patients = [PatientId(b, p, c) for t in (data.insurer, data.hospital) for (b, p), c in zip(t.ids, t.canonical, strict=False)]
+    patients = [
+        PatientId(b, p, c) for t in (data.insurer, data.hospital) for (b, p), c in zip(t.ids, t.canonical, strict=False)
+    ]
     cells = [f"{v:.6f}" for t in (data.insurer, data.hospital) for v in t.values.ravel()]
     return KnownData(data, sources, patients, cells)
 
@@ -327,7 +329,8 @@ class Mesh:
                     common_pb2.RUN_STATE_CANCELLED,
                 ):
                     raise AssertionError(
-                        f"run {run_id} ended ({common_pb2.RunState.Name(reply.run.state)}: {reply.run.error.reason}) before the trigger"
+                        f"run {run_id} ended ({common_pb2.RunState.Name(reply.run.state)}: "
+                        f"{reply.run.error.reason}) before the trigger"
                     )
         finally:
             call.cancel()

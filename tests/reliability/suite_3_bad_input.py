@@ -307,10 +307,12 @@ def test_gateway_requests(
     t = targets
     if kind == "propose":
         defect, spec = data.draw(bad_specs(t.spec))
+
         def send():
             return insurer.ProposeStudy(
-                    gateway_pb2.ProposeStudyRequest(spec=spec, source_path=str(t.known.sources["insurer"])), timeout=CALL_S
-                )  # noqa: E731
+                gateway_pb2.ProposeStudyRequest(spec=spec, source_path=str(t.known.sources["insurer"])), timeout=CALL_S
+            )  # noqa: E731
+
         name = f"ProposeStudy: {defect}"
     elif kind == "peer propose":
         defect = data.draw(st.sampled_from(["invalid spec", "digest of another spec", "repeated study id, other spec"]))
@@ -318,13 +320,15 @@ def test_gateway_requests(
         if defect != "invalid spec":
             spec.CopyFrom(t.spec)
             spec.title = data.draw(_text(1, 30).filter(lambda x: x != t.spec.title and x.isprintable()))
+
         def send():
             return as_hospital.PeerPropose(
-                    gateway_pb2.PeerProposeRequest(
-                        spec=spec, spec_digest=t.digest if defect != "invalid spec" else data.draw(_text())
-                    ),
-                    timeout=CALL_S,
-                )  # noqa: E731
+                gateway_pb2.PeerProposeRequest(
+                    spec=spec, spec_digest=t.digest if defect != "invalid spec" else data.draw(_text())
+                ),
+                timeout=CALL_S,
+            )  # noqa: E731
+
         name = f"PeerPropose: {defect}"
     elif kind == "approve":
         study_id, digest = data.draw(
@@ -333,10 +337,12 @@ def test_gateway_requests(
                 st.tuples(st.just(BAD_INPUT_STUDY), _text().filter(lambda x: x != t.digest)),
             )
         )
+
         def send():
             return insurer.ApproveStudy(
-                    gateway_pb2.ApproveStudyRequest(study_id=study_id, spec_digest=digest), timeout=CALL_S
-                )  # noqa: E731
+                gateway_pb2.ApproveStudyRequest(study_id=study_id, spec_digest=digest), timeout=CALL_S
+            )  # noqa: E731
+
         name = "ApproveStudy: unknown study or stale digest"
     elif kind == "peer approve":
         study_id, digest = data.draw(
@@ -345,10 +351,12 @@ def test_gateway_requests(
                 st.tuples(st.just(BAD_INPUT_STUDY), _text().filter(lambda x: x != t.digest)),
             )
         )
+
         def send():
             return as_hospital.PeerApprove(
-                    gateway_pb2.PeerApproveRequest(study_id=study_id, spec_digest=digest), timeout=CALL_S
-                )  # noqa: E731
+                gateway_pb2.PeerApproveRequest(study_id=study_id, spec_digest=digest), timeout=CALL_S
+            )  # noqa: E731
+
         name = "PeerApprove: unknown study or stale digest"
     elif kind == "get study":
         study_id = data.draw(_unknown_ids())
@@ -369,10 +377,10 @@ def test_gateway_requests(
         name = f"{method}: unknown run id or a run without a result / already ended"
     elif kind == "predict":
         defect, records = data.draw(bad_records(t))
+
         def send():
-            return insurer.Predict(
-                    gateway_pb2.PredictRequest(run_id=t.succeeded_run, records=records), timeout=CALL_S
-                )  # noqa: E731
+            return insurer.Predict(gateway_pb2.PredictRequest(run_id=t.succeeded_run, records=records), timeout=CALL_S)  # noqa: E731
+
         name = f"Predict: {defect}"
     elif kind == "peer start run":
         defect = data.draw(st.sampled_from(["replayed run id", "malformed run id", "stale digest", "unknown study"]))
@@ -384,10 +392,12 @@ def test_gateway_requests(
         }.get(defect, "fuzz-run")
         study_id = data.draw(_unknown_ids()) if defect == "unknown study" else BAD_INPUT_STUDY
         digest = data.draw(_text().filter(lambda x: x != t.digest)) if defect == "stale digest" else t.digest
+
         def send():
             return as_hospital.PeerStartRun(
-                    gateway_pb2.PeerStartRunRequest(run_id=run_id, study_id=study_id, spec_digest=digest), timeout=CALL_S
-                )  # noqa: E731
+                gateway_pb2.PeerStartRunRequest(run_id=run_id, study_id=study_id, spec_digest=digest), timeout=CALL_S
+            )  # noqa: E731
+
         name = f"PeerStartRun: {defect}"
     elif kind == "peer progress":
         defect = data.draw(
@@ -417,10 +427,12 @@ def test_gateway_requests(
         name = f"PeerProgress: {defect}"
     else:
         run_id = data.draw(_unknown_ids())
+
         def send():
             return as_hospital.PeerCancelRun(
-                    gateway_pb2.PeerCancelRunRequest(run_id=run_id, reason="fuzz"), timeout=CALL_S
-                )  # noqa: E731
+                gateway_pb2.PeerCancelRunRequest(run_id=run_id, reason="fuzz"), timeout=CALL_S
+            )  # noqa: E731
+
         name = "PeerCancelRun: unknown run id"
     expect_rejection(mesh, ledger, leak_scanner, error_messages, "gateway fields", name, send)
 

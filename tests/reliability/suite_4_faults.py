@@ -218,7 +218,8 @@ def _inject(mesh: Mesh, known: KnownData, baseline: Baseline, fault: Fault) -> s
         # The failure is reported in a phase the detecting org had not left before the fault.
         floor = phases.get(run.error.org, P.PHASE_SETUP)
         assert phase_rank(run.error.phase) >= phase_rank(floor), (
-            f"{org}: failed in {phase_name(run.error.phase)} at {run.error.org}, which was in {phase_name(floor)} already"
+            f"{org}: failed in {phase_name(run.error.phase)} at {run.error.org}, "
+            f"which was in {phase_name(floor)} already"
         )
     mesh.healthy()
     if not fault.freeze:

@@ -83,7 +83,9 @@ def test_concurrent_studies_all_finish_correct(
         assert list(mesh.result("hospital", run_id).coefficients) == list(mesh.result("insurer", run_id).coefficients)
     ledger.note(
         "load",
-        f"{LOAD_RUNS} concurrent runs × {LOAD_RECORDS} rows per owner ({LOAD_RECORDS // 2} joined, 6 features), all SUCCEEDED and equal to "
-        f"scikit-learn; wall {wall:.0f} s (first StartRun to last end); peak RSS of the mesh's processes {rss.peak_total / 2**20:.0f} MiB "
+        f"{LOAD_RUNS} concurrent runs × {LOAD_RECORDS} rows per owner ({LOAD_RECORDS // 2} joined, 6 features), "
+        "all SUCCEEDED and equal to "
+        f"scikit-learn; wall {wall:.0f} s (first StartRun to last end); "
+        f"peak RSS of the mesh's processes {rss.peak_total / 2**20:.0f} MiB "
         f"(largest single process {rss.peak_process / 2**20:.0f} MiB)",
     )

@@ -76,8 +76,8 @@ def test_random_bytes_and_ordinary_log_text_hold_no_needle() -> None:
         id_needles([PATIENT]) + value_needles(["-12.345678", "3.141593"]) + tag_needles([PATIENT.canonical], [KEY])
     )
     text = (
-        b"2026-11-25 14:39:10,955 INFO gateway riskmesh.server: gateway of insurer serving mTLS on 7100, health on 7110\n"
-        * 50
+        b"2026-11-25 14:39:10,955 INFO gateway riskmesh.server: "
+        b"gateway of insurer serving mTLS on 7100, health on 7110\n" * 50
     )
     assert scanner.scan_bytes(os.urandom(200_000) + text, "noise") == []
 

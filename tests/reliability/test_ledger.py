@@ -34,8 +34,8 @@ def test_the_last_line_reads_exactly_as_specified() -> None:
     ledger.record("canary", "log", "c", True)
     summary = summarise(ledger.items)
     assert (
-        summary.last_line()
-        == "reliability: faults 2/3 survived, bad inputs 1/1 rejected, refusals 1/1 correct, canary found: 1/1, leaks: 0"
+        summary.last_line() == "reliability: faults 2/3 survived, bad inputs 1/1 rejected, refusals 1/1 correct, "
+        "canary found: 1/1, leaks: 0"
     )
     assert not summary.clean
     ledger.record("leaks", "logs", "id at x:1", False)

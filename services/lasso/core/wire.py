@@ -114,6 +114,15 @@ def parse_header(data: bytes | memoryview) -> tuple[int, int, tuple[int, ...], i
     count = 1
     for n in shape:
         count *= n
+    _check_kind(kind, width, ndim, count)
+    if size - offset != count * width:
+        raise WireError(f"body of {size - offset} bytes, the header says {count} × {width}")
+    return kind, width, shape, offset
+
+
+def _check_kind(kind: int, width: int, ndim: int, count: int) -> None:
+    """What each kind of message may declare: field arrays a bounded width and count, byte
+    strings one dimension of single bytes, integers no dimension and a bounded width."""
     if kind == FIELD:
         if not 1 <= width <= MAX_WIDTH:
             raise WireError(f"element width {width} is outside 1..{MAX_WIDTH}")
@@ -123,9 +132,6 @@ def parse_header(data: bytes | memoryview) -> tuple[int, int, tuple[int, ...], i
         raise WireError("a byte string has width 1 and one dimension")
     elif kind == INT and (not 1 <= width <= MAX_INT_WIDTH or ndim != 0):
         raise WireError(f"an integer has no dimensions and a width of 1..{MAX_INT_WIDTH}")
-    if size - offset != count * width:
-        raise WireError(f"body of {size - offset} bytes, the header says {count} × {width}")
-    return kind, width, shape, offset
 
 
 def check(data: bytes) -> None:

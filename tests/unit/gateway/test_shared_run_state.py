@@ -17,8 +17,10 @@ from tests.unit.gateway.specs import make_spec
 
 
 def test_progress_leaves_as_a_fraction_of_100():
-    own = common_pb2.Progress(run_id="r", phase=common_pb2.PHASE_HASHING_ENCRYPTION, org="hospital", done=173, total=346,
-                              message="rows accepted\nby the helper")  # fmt: skip
+    own = common_pb2.Progress(
+        run_id="r", phase=common_pb2.PHASE_HASHING_ENCRYPTION, org="hospital", done=173, total=346,
+        message="rows accepted\nby the helper",
+    )  # fmt: skip
     out = shared_progress(own)
     assert (out.done, out.total) == (50, 100) and out.message == "rows accepted?by the helper"
     assert (own.done, own.total) == (173, 346)  # this org keeps its counts

@@ -44,7 +44,9 @@ def deal(
         )
         index = [columns.index(n) for n in names]
         masks = [[rng.randrange(1 << (VALUE_BITS + SIGMA_BITS)) for _ in index] for _ in table]
-        masked = [[row[k] + r for k, r in zip(index, mask, strict=False)] for row, mask in zip(table, masks, strict=False)]
+        masked = [
+            [row[k] + r for k, r in zip(index, mask, strict=False)] for row, mask in zip(table, masks, strict=False)
+        ]
         negated = [[-r for r in mask] for mask in masks]
         blocks[other].append(ShareBlock(tuple(names), masked, VALUE_BYTES, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS))
         blocks[helper].append(ShareBlock(tuple(names), negated, VALUE_BYTES, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS))
