@@ -2,8 +2,10 @@
 
 ``fit_plain`` runs exactly the algorithm of ``secure_regression`` — the same
 public plan (``plan``), normalisation, Newton and Newton–Schulz iteration
-counts, ADMM iterations, polishing and selection — in float64 on the
-plaintext table, so the secure result can be compared to it step by step.
+counts, ADMM segments, polishing with one refinement step, selection,
+restarts and the convergence certificate at the same checkpoints — in
+float64 on the plaintext table, so the secure result can be compared to it
+step by step.
 ``fit_sklearn`` and ``cv_curve_sklearn`` give scikit-learn's answer for the
 same objective (ridge on the lasso scale: Ridge(alpha = α·m)).
 """
@@ -16,7 +18,18 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 
-from services.lasso.core.plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, AlphaPlan, SolverPlan, make_plan
+from services.lasso.core.plan import (
+    ADMM_RELAX,
+    ADMM_RHO,
+    CERTIFICATE_TOLERANCE,
+    DUAL_SLACKS,
+    NEWTON_ITERATIONS,
+    RIDGE_GRADIENT_BOUND,
+    VALUE_BOUND,
+    AlphaPlan,
+    SolverPlan,
+    make_plan,
+)
 from services.lasso.core.params import ModelKind, RegressionSpec
 
 Matrix = npt.NDArray[np.float64]
@@ -41,6 +54,8 @@ class PlainFit:
     standardized_coefficients: Vector | None
     alpha: float
     cv_curve: tuple[tuple[float, float], ...]
+    iterations: int  # ADMM iterations used (the checkpoint of the certificate, or the maximum)
+    converged: bool  # every fit used was certified
 
 
 def split_table(table: Matrix, spec: RegressionSpec) -> tuple[Matrix, Vector]:
@@ -77,12 +92,13 @@ def newton_schulz(m: Matrix, iterations: int, trace_bound: float) -> Matrix:
 
 @dataclass(frozen=True)
 class Problem:
-    """One fit in the unit-diagonal coordinates u: F(u) = ½uᵀHu − q′ᵀu + Σλ|u|."""
+    """One fit in the unit-diagonal coordinates u: F(u) = ½uᵀHu − q′ᵀu + Σλ|u|; P = F + ½Ĉ_yy."""
 
     h: Matrix
     q: Vector
     lam: Vector
     e: Vector
+    cyy: float
 
 
 def problem(mom: Moments, ap: AlphaPlan) -> Problem:
@@ -95,42 +111,102 @@ def problem(mom: Moments, ap: AlphaPlan) -> Problem:
     g[np.diag_indices(d)] = g_diag
     h = e[:, None] * g * e[None, :]
     lam = np.asarray(ap.l1_public) * (e if ap.l1_times_e else 1.0)
-    return Problem(h, e * cxy, lam, e)
+    return Problem(h, e * cxy, lam, e, float(mom.cov[d, d]))
 
 
 def objective(p: Problem, u: Vector) -> float:
-    """F(u) = ½uᵀHu − q′ᵀu + Σλ|u| (up to a constant)."""
+    """F(u) = ½uᵀHu − q′ᵀu + Σλ|u| (up to the constant ½Ĉ_yy)."""
     return float(0.5 * u @ p.h @ u - p.q @ u + p.lam @ np.abs(u))
 
 
-def solve(p: Problem, plan: SolverPlan) -> Vector:
-    """ADMM (fixed iterations) + polishing + selection, as ``secure_regression``; returns u."""
-    d = len(p.q)
-    if plan.admm_iterations == 0:  # ridge: the polishing solve with every feature active
-        return newton_schulz(p.h, plan.ns_polish_iterations, float(d)) @ p.q
-    k = newton_schulz(p.h + ADMM_RHO * np.eye(d), plan.ns_k_iterations, d + ADMM_RHO)
-    a1 = ADMM_RELAX * ADMM_RHO * k
-    c1 = ADMM_RELAX * (k @ p.q)
-    kappa = p.lam / ADMM_RHO
-    z, w = np.zeros(d), np.zeros(d)
-    for _ in range(plan.admm_iterations):
-        v = c1 + a1 @ (z - w) + (1 - ADMM_RELAX) * z + w
-        z = v - np.clip(v, -kappa, kappa)
-        w = v - z
+def certified(p: Problem, u: Vector, plan: SolverPlan) -> bool:
+    """The certificate of ``plan``: a duality gap (L1 models) or a strong-convexity bound (ridge)."""
+    g = p.h @ u - p.q
+    s1, s2, s3 = float(p.lam @ np.abs(u)), float(u @ g), float(p.q @ u)
+    primal = 0.5 * (p.cyy - s3 + s2) + s1  # P(u) = ½‖r‖² + λᵀ|u|, ‖r‖² = Ĉ_yy − q′ᵀu + uᵀg
+    if not plan.has_l1:
+        floor = len(u) * RIDGE_GRADIENT_BOUND**2 / (2 * plan.strong_convexity * CERTIFICATE_TOLERANCE)
+        return bool(np.all(np.abs(g) <= RIDGE_GRADIENT_BOUND)) and primal >= floor
+    for eta in DUAL_SLACKS:
+        feasible = bool(np.all(np.abs(g) <= (1 + eta) * p.lam))
+        if feasible and s1 + (1 - eta) * s2 - (CERTIFICATE_TOLERANCE - eta**2) * primal <= 0:
+            return True
+    return False
+
+
+def refined_solve(m: Matrix, rhs: Vector, plan: SolverPlan) -> Vector:
+    """M⁻¹·rhs by Newton–Schulz and one step of iterative refinement (M SPD, unit diagonal)."""
+    x = newton_schulz(m, plan.ns_polish_iterations, float(len(rhs)))
+    first = x @ rhs
+    return first + x @ (rhs - m @ first)
+
+
+def polish(p: Problem, z: Vector, plan: SolverPlan) -> Vector:
+    """The exact minimiser of F on the support and signs of z, clipped to ±VALUE_BOUND."""
     active = (z != 0).astype(float)
-    sign = np.sign(z)
     m = np.outer(active, active) * p.h + np.diag(1 - active)
-    polished = newton_schulz(m, plan.ns_polish_iterations, float(d)) @ (active * (p.q - p.lam * sign))
+    solved = active * refined_solve(m, active * (p.q - p.lam * np.sign(z)), plan)
+    return np.clip(solved, -VALUE_BOUND, VALUE_BOUND)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """u per fit of a batch, the ADMM iterations used and whether every fit was certified."""
+
+    u: list[Vector]
+    iterations: int
+    certified: bool
+
+
+def select(p: Problem, z: Vector, plan: SolverPlan) -> Vector:
+    """The polished point on the support of z if it lowers F, else z."""
+    polished = polish(p, z, plan)
     return polished if objective(p, polished) < objective(p, z) else z
 
 
-def fit_moments(mom: Moments, ap: AlphaPlan, plan: SolverPlan) -> tuple[Vector, float, Vector]:
-    """(ŵ, b̂, u) of one alpha from normalised moments."""
-    p = problem(mom, ap)
-    u = solve(p, plan)
-    w_hat = p.e * u
-    b_hat = float(mom.mean[-1] - w_hat @ mom.mean[:-1])
-    return w_hat, b_hat, u
+def solve(problems: list[Problem], plan: SolverPlan) -> Solution:
+    """A batch of fits as in MPC: ADMM segments, each followed by polishing, selection and
+    the certificate of the whole batch; stop at the first checkpoint where every fit is
+    certified, otherwise restart every fit at its selected point (z = u, w = −g/ρ with
+    g = Hu − q′ clipped to the dual bound ±(1 + η₀)λ, as ADMM's w always is)."""
+    if not plan.has_l1:  # ridge: the refined solve with every feature active
+        us = [refined_solve(p.h, p.q, plan) for p in problems]
+        return Solution(us, 0, all(certified(p, u, plan) for p, u in zip(problems, us)))
+    d = len(problems[0].q)
+    steps = []
+    for p in problems:
+        k = newton_schulz(p.h + ADMM_RHO * np.eye(d), plan.ns_k_iterations, d + ADMM_RHO)
+        steps.append((ADMM_RELAX * ADMM_RHO * k, ADMM_RELAX * (k @ p.q), p.lam / ADMM_RHO))
+    zs = [np.zeros(d) for _ in problems]
+    ws = [np.zeros(d) for _ in problems]
+    done = 0
+    for mark in plan.checkpoints:
+        for i, (a1, c1, kappa) in enumerate(steps):
+            z, w = zs[i], ws[i]
+            for _ in range(mark - done):
+                v = c1 + a1 @ (z - w) + (1 - ADMM_RELAX) * z + w
+                z = v - np.clip(v, -kappa, kappa)
+                w = v - z
+            zs[i] = z
+        done = mark
+        us = [select(p, z, plan) for p, z in zip(problems, zs)]
+        if all(certified(p, u, plan) for p, u in zip(problems, us)):
+            return Solution(us, mark, True)
+        zs = us
+        ws = [-np.clip(p.h @ u - p.q, -(1 + DUAL_SLACKS[0]) * p.lam, (1 + DUAL_SLACKS[0]) * p.lam) / ADMM_RHO
+              for p, u in zip(problems, us)]
+    return Solution(us, done, False)
+
+
+def fit_batch(items: list[tuple[Moments, AlphaPlan]], plan: SolverPlan) -> tuple[list[tuple[Vector, float, Vector]], Solution]:
+    """(ŵ, b̂, u) per (moments, alpha) fitted as one batch, and the batch's solution."""
+    problems = [problem(mom, ap) for mom, ap in items]
+    solution = solve(problems, plan)
+    out = []
+    for (mom, _), p, u in zip(items, problems, solution.u):
+        w_hat = p.e * u
+        out.append((w_hat, float(mom.mean[-1] - w_hat @ mom.mean[:-1]), u))
+    return out, solution
 
 
 def validation_mse(train: Moments, valid: Moments, w_hat: Vector, plan: SolverPlan) -> float:
@@ -159,18 +235,22 @@ def fit_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> PlainFit:
     plan = make_plan(spec, len(y))
     curve: tuple[tuple[float, float], ...] = ()
     best = plan.alphas[0]
+    used, converged = 0, True
     if spec.cross_validate:
         folds = fold_moments(x, y, plan)
+        fits, solution = fit_batch([(tr, ap) for tr, _ in folds for ap in plan.alphas], plan)
+        n_alphas = len(plan.alphas)
         mses = [
-            float(np.mean([validation_mse(tr, va, fit_moments(tr, ap, plan)[0], plan) for tr, va in folds]))
-            for ap in plan.alphas
+            float(np.mean([validation_mse(tr, va, fits[k * n_alphas + a][0], plan) for k, (tr, va) in enumerate(folds)]))
+            for a in range(n_alphas)
         ]
         curve = tuple((ap.alpha, mse) for ap, mse in zip(plan.alphas, mses))
         best = plan.alphas[int(np.argmin(mses))]
-    w_hat, b_hat, u = fit_moments(moments(x, y, plan), best, plan)
+        used, converged = solution.iterations, solution.certified
+    [(w_hat, b_hat, u)], final = fit_batch([(moments(x, y, plan), best)], plan)
     w, b = plan.to_original(list(w_hat), b_hat)
     std = plan.h_y * u / np.sqrt(best.diag_scale) if spec.standardize else None
-    return PlainFit(np.asarray(w), b, std, best.alpha, curve)
+    return PlainFit(np.asarray(w), b, std, best.alpha, curve, max(used, final.iterations), converged and final.certified)
 
 
 def _sklearn_model(spec: RegressionSpec, alpha: float, n_rows: int) -> Lasso | ElasticNet | Ridge:

@@ -1,4 +1,5 @@
-"""B regressions at once on normalised moments: Jacobi scaling, ADMM, polishing (MPyC).
+"""B regressions at once on normalised moments (MPyC): Jacobi scaling, ADMM in segments,
+polishing, selection, a convergence certificate and restarts.
 
 Input: shares of Ĉ ((B, d+1, d+1), target last, ``secure_gram``) and the
 per-problem constants ``Params`` (public per alpha, or one-hot combinations
@@ -12,12 +13,25 @@ for the maths):
    Newton–Schulz, then per iteration one local matrix-vector product and one
    ``FusedThreshold`` step (7 rounds: truncation and both comparisons of every
    coordinate of every problem in one batch).
-3. Polishing in F_in: Newton–Schulz on the support found by ADMM, and a secure
-   comparison of the objective keeps the better point.
+3. At every checkpoint of ``plan.checkpoints``, in F_in:
+   * polish: Newton–Schulz on the support and signs of z (frac 40), one step of
+     iterative refinement (residual at frac 56), and one fused threshold that
+     truncates to frac 48, masks the support (exact zeros) and clips to
+     ±2^(ADMM_BITS−1);
+   * select: a secure comparison of F keeps the polished point or z, and gives
+     u, |u| and g = Hu − q′ at frac 48;
+   * certify: one fused threshold compares every |g_j| with its dual bound and
+     the certificate's gap test for every public slack; the bits are combined
+     into one number that is zero exactly when every fit of the batch is
+     certified, and a random multiple of it is opened (one bit of leakage);
+   * restart (only when not certified): z = u, w = −clip(g)/ρ, back to F_w.
 
-Bounds (assumed, documented in services/lasso/REGRESSION.md): in the
-normalised coordinates |ADMM values| < 2^(ADMM_BITS−1) = 256, |ŵ| < 2^10,
-σ_j/h_j ≳ 2^−11 (Newton converges within ``NEWTON_ITERATIONS``).
+Bounds. Every truncation and comparison is sized for the worst case of its
+inputs (``Bounds``), not for typical values: a wrong support can make the
+polished solve huge, so it is clipped before the refinement uses it. The
+remaining assumptions (documented in services/lasso/REGRESSION.md) are those of
+ADMM itself: |ADMM values| < 2^(ADMM_BITS−1) = 256 in the normalised units,
+|ŵ| < 2^10, σ_j/h_j ≳ 2^−11 (Newton converges within ``NEWTON_ITERATIONS``).
 """
 
 from __future__ import annotations
@@ -30,29 +44,50 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, SolverPlan
+from services.lasso.core.plan import (
+    ADMM_RELAX,
+    ADMM_RHO,
+    CERTIFICATE_TOLERANCE,
+    DUAL_SLACKS,
+    NEWTON_ITERATIONS,
+    RIDGE_GRADIENT_BOUND,
+    SolverPlan,
+)
 from services.lasso.mpc.secure_gram import FRAC_IN
 from services.lasso.mpc.secure_ops import FieldOps
-from services.lasso.mpc.secure_threshold import FusedThreshold
+from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_bits_needed, threshold_field_bits
 
 ObjectArray = npt.NDArray[np.object_]
 StepCallback = Callable[[int], None]
 
 FRAC_W = 32
-FRAC_POLISH = 32
+#: Polished and selected points, their absolute values and gradients (F_in).
+FRAC_U = 48
+#: The refinement step's residual.
+FRAC_R = 56
+#: The certificate's sums λᵀ|u|, uᵀg, q′ᵀu (and ‖g‖² for ridge) after one truncation.
+FRAC_S = 60
+#: The certificate's test values are integer combinations of those sums once scaled by 2^CERT_SCALE.
+CERT_SCALE = 42
+#: Fractional bits of the certificate's comparisons (x = value·2^(FRAC_S + CERT_SCALE) = value·2^(2·51)).
+FRAC_CERT = (FRAC_S + CERT_SCALE) // 2
 #: |ADMM values| < 2^(ADMM_BITS − 1) = 256 in the normalised units; with this bound F_w is a
 #: 128-bit prime (two 64-bit limbs: its modular square roots, the bulk of a comparison, are
 #: ~30% cheaper than at 130 bits).
 ADMM_BITS = 9
 #: Bits of x = v·2^64 in an ADMM step (|v| < 2^ADMM_BITS); comparisons use ADMM_X_BITS − 32 = 42.
 ADMM_X_BITS = 2 * FRAC_W + ADMM_BITS + 1
-#: Soft-threshold levels κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0 unless
-#: a gradient entry exceeds ρ·KAPPA_CLAMP = 16 in the normalised units).
+#: Soft-threshold levels κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0: every
+#: gradient entry of a point no worse than u = 0 is below ρ·KAPPA_CLAMP = 4 in the normalised units).
 KAPPA_CLAMP = 2.0**6
 #: |ŵ_j| < 2^(W_HAT_BITS − 1): normalised coefficients (effect of x_j's half-range in y half-ranges).
 W_HAT_BITS = 11
 #: |e_j| < 2^(E_BITS − 1): Newton for 1/√G_jj never leaves this (26 steps of ≤ 1.5× from ≤ 1).
 E_BITS = 17
+#: |q′_j − λ_j s_j| ≤ 1 + ρ·KAPPA_CLAMP = 5 < 2^(RHS_BITS − 1).
+RHS_BITS = 4
+#: Error bound (in units of 2^−FRAC_U) of the computed gradient: two truncations of [−1, 2) ulp each.
+GRADIENT_ERROR_ULPS = 4
 
 
 def _dyadic(value: Fraction) -> tuple[int, int]:
@@ -68,6 +103,79 @@ _RHO_RELAX = _dyadic(Fraction(ADMM_RELAX) * Fraction(ADMM_RHO))
 _RELAX = _dyadic(Fraction(ADMM_RELAX))
 _ONE_MINUS_RELAX = _dyadic(1 - Fraction(ADMM_RELAX))
 _INV_RHO = _dyadic(1 / Fraction(ADMM_RHO))
+
+
+def _log2(n: float) -> int:
+    """⌈log₂ n⌉, at least 1."""
+    return max(1, math.ceil(math.log2(n)))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Signed bit bounds (|value| < 2^(bits − 1)) of the solver's openings in F_in.
+
+    From the plan only: d, and the Newton–Schulz iterations k of the polish, whose
+    iterates X_k are polynomials in M with eigenvalues ≤ 2^k/d (Schulz), so
+    |X_k| < 2^x_bits whatever the data.
+    """
+
+    d: int
+    ns_iterations: int
+
+    @property
+    def log_d(self) -> int:
+        return _log2(self.d)
+
+    @property
+    def x_bits(self) -> int:
+        return self.ns_iterations + 1
+
+    def ns(self) -> int:
+        """Newton–Schulz at frac 40: X(2I − MX)."""
+        return 2 * FRAC_IN + self.x_bits + self.log_d + 3
+
+    def first(self) -> int:
+        """X·rhs at frac 80 (the unrefined solution, before clipping)."""
+        return 2 * FRAC_IN + self.x_bits + RHS_BITS + self.log_d + 1
+
+    def residual(self) -> int:
+        """rhs − M·u₀ at frac 80, with |u₀| clipped to 2^(ADMM_BITS−1) and |M_ij| ≤ 1."""
+        return 2 * FRAC_IN + ADMM_BITS + self.log_d + 2
+
+    def polished(self) -> int:
+        """u₀·2^56 + X·r at frac 96 (the refined solution, before masking and clipping)."""
+        return FRAC_IN + FRAC_R + self.x_bits + ADMM_BITS + 2 * self.log_d + 2
+
+    def products(self) -> int:
+        """H·[z; δ] at frac 88 (|z| ≤ 2^8, |δ| ≤ 2^9)."""
+        return FRAC_IN + FRAC_U + ADMM_BITS + self.log_d + 3
+
+    def objective_change(self) -> int:
+        """2·(F(polished) − F(z)) at frac 96."""
+        return 2 * FRAC_U + 2 * ADMM_BITS + 2 * self.log_d + 6
+
+    def sums(self) -> int:
+        """λᵀ|u|, q′ᵀu (·2^8), uᵀg and ‖g‖² at frac 96 (|g| < 2^(ADMM_BITS + log d))."""
+        return 2 * FRAC_U + 2 * ADMM_BITS + 3 * self.log_d + 3
+
+    def certificate(self) -> int:
+        """A certificate test value at frac 102: |coefficients| ≤ 2^CERT_SCALE times the sums."""
+        return FRAC_S + CERT_SCALE + 2 * ADMM_BITS + 3 * self.log_d + 6
+
+    def field_bits(self, kappa: int) -> int:
+        """Smallest F_in (bits) in which every opening of the solver is statistically hiding."""
+        plain = max(self.ns(), self.residual(), self.products(), self.sums()) + kappa + 3
+        thresholds = max(
+            threshold_field_bits(kappa, FRAC_IN, self.first() + 1),
+            threshold_field_bits(kappa, FRAC_U, self.polished() + 1),
+            threshold_field_bits(kappa, FRAC_U, self.objective_change() + 1),
+            threshold_field_bits(kappa, FRAC_CERT, self.certificate() + 1),
+        )
+        return max(plain, thresholds)
+
+
+def bounds(plan: SolverPlan) -> Bounds:
+    return Bounds(plan.d, plan.ns_polish_iterations)
 
 
 @dataclass(frozen=True)
@@ -128,15 +236,18 @@ async def _newton_schulz(
 
 @dataclass(frozen=True)
 class Fit:
-    """Shares in F_in: ŵ = e∘u (B, d) frac 40 (rounded), u (B, d) frac 32, e (B, d) frac 40.
+    """Shares in F_in: ŵ = e∘u (B, d) frac 40 (rounded), u (B, d) frac 48, e (B, d) frac 40.
 
     u is exactly 0 off the support, so the revealed e∘u (opened unrounded, at
-    frac 72) keeps exact zeros.
+    frac 88) keeps exact zeros. ``iterations`` (ADMM iterations used) and
+    ``certified`` (every fit of the batch passed the certificate) are public.
     """
 
     w_hat: ObjectArray
     u: ObjectArray
     e: ObjectArray
+    iterations: int
+    certified: bool
 
 
 async def _prepare(
@@ -179,137 +290,373 @@ async def _prepare(
     return e, h, q, lam
 
 
-async def _admm(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, kappa: ObjectArray, plan: SolverPlan, step: StepCallback
-) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
-    """Over-relaxed ADMM in F_w (frac 32): returns z, |z|, and the threshold bits of the last step.
+def _split(values: ObjectArray, *shapes: tuple[int, ...]) -> list[ObjectArray]:
+    """Cut a flat array into consecutive pieces of the given shapes."""
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(values[start : start + size].reshape(shape))
+        start += size
+    return out
 
-    With K = (H + ρI)⁻¹, ρ = 1/4, r = 7/4 (dyadic, so public factors are exact):
+
+class _BitSupply:
+    """Random bits for several one-off thresholds, made in one round."""
+
+    def __init__(self, bits: ObjectArray) -> None:
+        self._bits = bits
+
+    def take(self, count: int) -> ObjectArray:
+        out, self._bits = self._bits[:count], self._bits[count:]
+        return out
+
+
+def _needed(size: int, frac: int, bits: int) -> int:
+    """Random bits of ``_threshold`` on ``size`` values (``bits`` as passed to it)."""
+    return threshold_bits_needed(size, frac, bits + 1)
+
+
+async def _threshold(
+    ops: FieldOps, x: ObjectArray, kappa: ObjectArray, frac: int, bits: int, supply: _BitSupply
+) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+    """One fused threshold step on x = v·2^(2·frac) (degree 2t, |x| < 2^(bits−1)), κ ≥ 0 of x's shape:
+    (v, S_κ(v), |S_κ(v)|, [v > κ], [v < −κ]). One spare bit keeps |v| + κ inside the comparison."""
+    fused = FusedThreshold(ops, kappa, frac, bits + 1, 0)
+    return await fused.step(x, supply.take(_needed(x.size, frac, bits)))
+
+
+class _Admm:
+    """Over-relaxed ADMM in F_w (frac 32), run in segments and restartable.
+
+    With K = (H + ρI)⁻¹, ρ = 1/16, r = 7/4 (dyadic, so public factors are exact):
     v = r·Kq′ + rρ·K(z − w) + (1 − r)z + w, z ← S_κ(v), w ← v − z. The local
     product gives v·2^64 of degree 2t; ``FusedThreshold`` truncates and
     soft-thresholds it in 7 rounds.
     """
-    p, d = ops.p, plan.d
-    shifted = h.copy()
-    diagonal = (np.arange(d), np.arange(d))
-    shifted[:, diagonal[0], diagonal[1]] = (shifted[:, diagonal[0], diagonal[1]] + ops.fixed(ADMM_RHO, FRAC_W)) % p
-    k = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, 3, step)
-    (num_a, shift_a), (num_c, shift_c), (num_z, shift_z) = _RHO_RELAX, _RELAX, _ONE_MINUS_RELAX
-    a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + 6)  # rρ·K
-    kq = np.einsum("bij,bj->bi", k, q)
-    c1 = await ops.trunc((num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + 12, degree2t=True)  # r·Kq′
-    threshold = FusedThreshold(ops, kappa, FRAC_W, ADMM_X_BITS, plan.admm_iterations)
-    z = np.zeros(q.shape, dtype=object)
-    w = np.zeros(q.shape, dtype=object)
-    out: tuple[ObjectArray, ...] = ()
-    for _ in range(plan.admm_iterations):
-        local = (np.einsum("bij,bj->bi", a1, (z - w) % p) + num_z * z * (1 << (FRAC_W - shift_z))
-                 + (c1 + w) * (1 << FRAC_W))
-        v, z, z_abs, above, below = await threshold.step(local % p)
-        w = (v - z) % p
-        out = (z, z_abs, above, below)
-        step(1)
-    return out  # type: ignore[return-value]
 
+    def __init__(self, ops: FieldOps, a1: ObjectArray, c1: ObjectArray, kappa: ObjectArray) -> None:
+        self.ops, self.a1, self.c1, self.kappa = ops, a1, c1, kappa
+        self.z = np.zeros(c1.shape, dtype=object)
+        self.w = np.zeros(c1.shape, dtype=object)
 
-async def _select(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, z: ObjectArray, z_abs: ObjectArray,
-    polished: ObjectArray, polish_bits: int,
-) -> ObjectArray:
-    """The polished point (clipped to |·| ≤ 2^(ADMM_BITS−1)) if it lowers F, else z (frac 32, F_in).
+    @classmethod
+    async def create(cls, ops: FieldOps, h: ObjectArray, q: ObjectArray, kappa: ObjectArray, plan: SolverPlan,
+                     step: StepCallback) -> _Admm:
+        p, d = ops.p, plan.d
+        shifted = h.copy()
+        diagonal = (np.arange(d), np.arange(d))
+        shifted[:, diagonal[0], diagonal[1]] = (shifted[:, diagonal[0], diagonal[1]] + ops.fixed(ADMM_RHO, FRAC_W)) % p
+        k_bits = _log2(1 / ADMM_RHO) + 1  # ‖K‖ ≤ 1/ρ
+        k = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, k_bits, step)
+        (num_a, shift_a), (num_c, shift_c) = _RHO_RELAX, _RELAX
+        a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + _log2(abs(num_a)) + k_bits + 2)  # rρ·K
+        kq = np.einsum("bij,bj->bi", k, q)
+        c1 = await ops.trunc((num_c * kq) % p, FRAC_W + shift_c,
+                             2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2, degree2t=True)  # r·Kq′
+        return cls(ops, a1, c1, kappa)
 
-    With δ = w − z: 2(F(w) − F(z)) = 2δᵀ(Hz − q′) + δᵀHδ + 2λᵀ(|w| − |z|). Near the
-    optimum this is O(δ²) ≈ 1e−12, below the 2^−32 resolution of the iterates, so
-    the three products are summed unrounded at frac 64 before the comparison.
-    """
-    p, f = ops.p, FRAC_POLISH
-    bound = ops.fixed(2.0 ** (ADMM_BITS - 1), f)
-    args = np.concatenate([(bound - polished).ravel(), (polished + bound).ravel(), polished.ravel()]) % p
-    bits = await ops.less_than_zero(args, polish_bits)
-    n = polished.size
-    g_hi, g_lo, neg = (bits[i * n : (i + 1) * n].reshape(polished.shape) for i in range(3))
-    prods = await ops.mul_exact(np.concatenate([g_hi.ravel(), g_lo.ravel(), neg.ravel()]),
-                                np.concatenate([polished.ravel()] * 3))
-    hw, lw, nw = (prods[i * n : (i + 1) * n].reshape(polished.shape) for i in range(3))
-    clipped = (polished + (g_hi - g_lo) * bound - hw - lw) % p
-    clipped_abs = (polished - 2 * nw + (g_hi + g_lo) * bound - hw + lw) % p
-    delta = (clipped - z) % p
-    both = np.stack([z, delta], axis=1)  # (B, 2, d)
-    hb = await ops.matmul(both, np.swapaxes(h, 1, 2), f, 2 * f + ADMM_BITS + math.ceil(math.log2(4 * z.shape[1])))
-    grad = (hb[:, 0] - q) % p
-    twice = (2 * delta * grad + delta * hb[:, 1] + 2 * lam * ((clipped_abs - z_abs) % p)).sum(axis=1) % p
-    twice = await ops.reduce(twice)  # 2·ΔF at frac 64, degree t
-    better = await ops.less_than_zero(twice, 2 * f + 2 * ADMM_BITS + math.ceil(math.log2(z.shape[1])) + 12)
-    choice = await ops.mul_exact(better[:, None], delta)
-    return (z + choice) % p
+    async def run(self, steps: int, step: StepCallback) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+        """``steps`` iterations: z, |z| and the threshold bits of the last one."""
+        p = self.ops.p
+        num_z, shift_z = _ONE_MINUS_RELAX
+        threshold = FusedThreshold(self.ops, self.kappa, FRAC_W, ADMM_X_BITS, steps)
+        z, w = self.z, self.w
+        out: tuple[ObjectArray, ...] = ()
+        for _ in range(steps):
+            local = (np.einsum("bij,bj->bi", self.a1, (z - w) % p) + num_z * z * (1 << (FRAC_W - shift_z))
+                     + (self.c1 + w) * (1 << FRAC_W))
+            v, z, z_abs, above, below = await threshold.step(local % p)
+            w = (v - z) % p
+            out = (z, z_abs, above, below)
+            step(1)
+        self.z, self.w = z, w
+        return out  # type: ignore[return-value]
+
+    def restart(self, z: ObjectArray, w: ObjectArray) -> None:
+        self.z, self.w = z, w
 
 
 async def _polish(
     ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, bits: tuple[ObjectArray, ObjectArray] | None,
-    plan: SolverPlan, step: StepCallback,
-) -> ObjectArray:
-    """Solve H_SS u_S = q′_S − λ_S s_S on the support S of z (all features for ridge), frac 32.
+    plan: SolverPlan, supply: _BitSupply, step: StepCallback,
+) -> tuple[ObjectArray, ObjectArray]:
+    """(u, |u|) at frac 48: H_SS u_S = q′_S − λ_S s_S on the support S of z (all features for ridge).
 
-    M = (aaᵀ)∘H + diag(1 − a) has unit diagonal, so Newton–Schulz starts at I/d.
+    M = (aaᵀ)∘H + diag(1 − a) has unit diagonal, so Newton–Schulz starts at I/d
+    (frac 40). u₀ = X·rhs is clipped to ±2^(ADMM_BITS−1) (a wrong support can make
+    it huge), then refined once: u = u₀ + X·(rhs − M u₀), with the residual at
+    frac 56. The last threshold truncates to frac 48, zeroes everything off the
+    support exactly (κ = 2^8 there: the noise of the solve is far below) and
+    clips to ±2^8: u = S_{(1−a)·2^8}(v) − S_{2^8}(v).
     """
-    p, d, f = ops.p, plan.d, FRAC_POLISH
+    p, d, f = ops.p, plan.d, FRAC_IN
+    b = bounds(plan)
+    batch = q.shape[0]
     if bits is None:
+        a = np.ones(q.shape, dtype=object)
         m, rhs = h, q
     else:
         above, below = bits
         a, s = (above + below) % p, (above - below) % p
-        batch = a.shape[0]
         pair = await ops.mul_exact(
             np.concatenate([np.broadcast_to(a[:, :, None], (batch, d, d)).ravel(), lam.ravel()]),
             np.concatenate([np.broadcast_to(a[:, None, :], (batch, d, d)).ravel(), s.ravel()]),
         )
-        aa, ls = pair[: batch * d * d].reshape(batch, d, d), pair[batch * d * d :].reshape(batch, d)
+        aa, ls = _split(pair, (batch, d, d), (batch, d))
         masked = await ops.mul_exact(np.concatenate([aa.ravel(), a.ravel()]),
                                      np.concatenate([h.ravel(), ((q - ls) % p).ravel()]))
-        m = masked[: batch * d * d].reshape(batch, d, d)
+        m, rhs = _split(masked, (batch, d, d), (batch, d))
         m[:, np.arange(d), np.arange(d)] = (m[:, np.arange(d), np.arange(d)] + (1 - a) * (1 << f)) % p
-        rhs = masked[batch * d * d :].reshape(batch, d)
-    x_bits = plan.ns_polish_iterations + 1
-    x = await _newton_schulz(ops, m, plan.ns_polish_iterations, float(d), f, x_bits, step)
-    solved = (await ops.matmul(x, rhs[:, :, None], f, 2 * f + x_bits + 12))[:, :, 0]
-    if bits is None:
-        return solved
-    return await ops.mul_exact(a, solved)  # exact zeros off the support
+    x = await _newton_schulz(ops, m, plan.ns_polish_iterations, float(d), f, b.x_bits, step)
+    first = np.einsum("bij,bj->bi", x, rhs) % p  # u₀·2^80, degree 2t
+    bound_40 = ops.fixed(np.full(q.shape, 2.0 ** (ADMM_BITS - 1)), f)
+    v, excess, _, _, _ = await _threshold(ops, first, bound_40, f, b.first(), supply)
+    u0 = (v - excess) % p  # clipped, frac 40
+    residual = (rhs * (1 << f) - np.einsum("bij,bj->bi", m, u0)) % p
+    residual = await ops.trunc(residual, 2 * f - FRAC_R, b.residual(), degree2t=True)  # frac 56
+    refined = (u0 * (1 << FRAC_R) + np.einsum("bij,bj->bi", x, residual)) % p  # u·2^96, degree 2t
+    bound_48 = ops.fixed(np.full(q.shape, 2.0 ** (ADMM_BITS - 1)), FRAC_U)
+    mask = ((1 - a) * bound_48) % p
+    _, cut, cut_abs, _, _ = await _threshold(ops, np.concatenate([refined, refined]), np.concatenate([mask, bound_48]),
+                                             FRAC_U, b.polished(), supply)
+    return (cut[:batch] - cut[batch:]) % p, (cut_abs[:batch] - cut_abs[batch:]) % p
+
+
+async def _gradient(ops: FieldOps, h: ObjectArray, q: ObjectArray, points: ObjectArray, b: Bounds) -> ObjectArray:
+    """H·points − q′ at frac 48 for (B, n, d) points at frac 48 (one round)."""
+    products = await ops.matmul(points, np.swapaxes(h, 1, 2), FRAC_IN, b.products())
+    return (products - q[:, None, :] * (1 << (FRAC_U - FRAC_IN))) % ops.p
+
+
+async def _select(
+    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, z: ObjectArray, z_abs: ObjectArray,
+    polished: ObjectArray, polished_abs: ObjectArray, b: Bounds, supply: _BitSupply,
+) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
+    """(u, |u|, g = Hu − q′) at frac 48: the polished point if it lowers F, else z (frac 32).
+
+    With δ = polished − z: 2(F(polished) − F(z)) = 2δᵀ(Hz − q′) + δᵀHδ + 2λᵀ(|polished| − |z|),
+    summed unrounded at frac 96 (near the optimum it is O(δ²)).
+    """
+    p = ops.p
+    up = 1 << (FRAC_U - FRAC_W)
+    z48, z_abs48 = (z * up) % p, (z_abs * up) % p
+    delta = (polished - z48) % p
+    grads = await _gradient(ops, h, q, np.stack([z48, delta], axis=1), b)
+    g_z = grads[:, 0]
+    h_delta = (grads[:, 1] + q * (1 << (FRAC_U - FRAC_IN))) % p  # Hδ (the gradient added −q′)
+    abs_change = (polished_abs - z_abs48) % p
+    twice = (2 * delta * g_z + delta * h_delta + 2 * lam * abs_change * (1 << (2 * FRAC_U - FRAC_IN - FRAC_U))).sum(axis=1)
+    zeros = np.zeros(twice.shape, dtype=object)
+    _, _, _, _, better = await _threshold(ops, twice % p, zeros, FRAC_U, b.objective_change(), supply)
+    n = delta.size
+    moves = await ops.mul_exact(np.concatenate([np.broadcast_to(better[:, None], delta.shape).ravel()] * 3),
+                                np.concatenate([delta.ravel(), abs_change.ravel(), h_delta.ravel()]))
+    d_u, d_abs, d_g = (moves[i * n : (i + 1) * n].reshape(delta.shape) for i in range(3))
+    return (z48 + d_u) % p, (z_abs48 + d_abs) % p, (g_z + d_g) % p
+
+
+def _integer(value: Fraction) -> int:
+    if value.denominator != 1:
+        raise ValueError("certificate coefficients must be integers after scaling")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class _Test:
+    """One certificate test of a fit: the dual bounds of |g_j| and the integer coefficients of
+    t = c_s1·S1 + c_s2·S2 + c_s3·S3 + c_yy·Ĉ_yy + c_abs·Σ|u| + constant (all at frac 102),
+    certified when every |g_j| ≤ bound_j and t < 0."""
+
+    s1: int
+    s2: int
+    s3: int
+    yy: int
+    abs_u: int
+    constant: int
+
+
+def _lasso_tests() -> list[_Test]:
+    """Per slack η: t = gap_η − τ·P with sound margins (see ``plan``).
+
+    gap_η ≤ S1 + (1 − η)S2 + η²P, so t′ = S1 + (1 − η)S2 − (tol − η²)·P ≤ 0 implies
+    gap_η ≤ tol·P; η² is replaced by a dyadic upper bound with few bits. The
+    gradient's error (≤ E = 4·2^−48 per entry) moves S2 by ≤ E·Σ|u|; the
+    truncated sums are within 2 ulps at frac 60.
+    """
+    scale = Fraction(2) ** (FRAC_S + CERT_SCALE)
+    error = Fraction(GRADIENT_ERROR_ULPS, 2**FRAC_U)
+    tests = []
+    for eta in DUAL_SLACKS:
+        grain = Fraction(1, 2 ** (CERT_SCALE - 1))  # τ/2 must be a whole number of 2^−42
+        eta_sq = math.ceil(Fraction(eta) ** 2 / grain) * grain
+        tau = Fraction(CERTIFICATE_TOLERANCE) - eta_sq
+        coefficients = [1 - tau, 1 - Fraction(eta) - tau / 2, tau / 2, -tau / 2]
+        s1, s2, s3, yy = (_integer(c * 2**CERT_SCALE) for c in coefficients)
+        abs_u = _integer(error * scale / 2**FRAC_U)
+        margin = _integer(Fraction(8, 2**FRAC_S) * scale)
+        tests.append(_Test(s1, s2, s3, yy, abs_u, margin))
+    return tests
+
+
+def _ridge_test(plan: SolverPlan) -> _Test:
+    """Ridge: |g_j| ≤ ε for every j and P ≥ P_min = d·ε²/(2μ·tol) give ‖g‖²/(2μ) ≤ tol·P.
+
+    t = P_min − P_lower with P_lower = ½(Ĉ_yy − S3 + S2 − E·Σ|u|) minus the truncation margin.
+    """
+    scale = Fraction(2) ** (FRAC_S + CERT_SCALE)
+    error = Fraction(GRADIENT_ERROR_ULPS, 2**FRAC_U)
+    eps = Fraction(RIDGE_GRADIENT_BOUND)
+    p_min = plan.d * eps**2 / (2 * Fraction(plan.strong_convexity) * Fraction(CERTIFICATE_TOLERANCE))
+    half = Fraction(1, 2)
+    test = _Test(0, _integer(-half * 2**CERT_SCALE), _integer(half * 2**CERT_SCALE), _integer(-half * 2**CERT_SCALE),
+                 _integer(half * error * scale / 2**FRAC_U),
+                 math.ceil(p_min * scale) + _integer(Fraction(8, 2**FRAC_S) * scale))
+    return test
+
+
+async def _dual_bounds(ops: FieldOps, lam: ObjectArray, plan: SolverPlan) -> tuple[ObjectArray, ObjectArray | None]:
+    """Per test, the bound on every |g_j| at frac 51, below its exact value by the gradient's error
+    and the rounding; lasso: (1 + η)λ, and (1 + η₀)λ at frac 32 to clip the restart's dual."""
+    p = ops.p
+    # |g_true| ≤ |g| + E; the threshold sees g within [−1, 2) ulp, the bound is rounded within [−1, 2).
+    margin = GRADIENT_ERROR_ULPS * (1 << (FRAC_CERT - FRAC_U)) + 3
+    if not plan.has_l1:
+        return (ops.fixed(np.full((1, *lam.shape), RIDGE_GRADIENT_BOUND), FRAC_CERT) - margin) % p, None
+    shift = 37  # (1 + η)·λ·2^(51 + 37) for η ≥ 2^−29, and at frac 32, exact before one truncation
+    pieces = []
+    for eta in DUAL_SLACKS:
+        numerator, log_denominator = _dyadic(1 + Fraction(eta))
+        pieces.append(lam * numerator * (1 << (FRAC_CERT - FRAC_IN + shift - log_denominator)))
+    first_num, first_log = _dyadic(1 + Fraction(DUAL_SLACKS[0]))
+    pieces.append(lam * first_num * (1 << (FRAC_W - FRAC_IN + shift - first_log)))
+    bits = FRAC_CERT + shift + 3 + 2  # |(1 + η)λ| ≤ 2·4 at frac 51, shifted up
+    scaled = await ops.trunc(np.concatenate([x.ravel() for x in pieces]) % p, shift, bits)
+    levels = len(DUAL_SLACKS)
+    bounds_cert = scaled[: levels * lam.size].reshape(levels, *lam.shape)
+    clip = scaled[levels * lam.size :].reshape(lam.shape)
+    return (bounds_cert - margin) % p, clip
+
+
+def _certificate_bits(batch: int, d: int, levels: int, b: Bounds) -> int:
+    return _needed(levels * batch * (d + 1), FRAC_CERT, b.certificate())
+
+
+async def _certify(
+    ops: FieldOps, u: ObjectArray, u_abs: ObjectArray, g: ObjectArray, q: ObjectArray, lam: ObjectArray,
+    cyy: ObjectArray, dual: ObjectArray, clip: ObjectArray | None, plan: SolverPlan, supply: _BitSupply,
+) -> tuple[bool, tuple[ObjectArray, ObjectArray] | None]:
+    """Whether every fit of the batch is certified (one opened bit), and the restart point.
+
+    Round 1 truncates the sums S1 = λᵀ|u|, S2 = uᵀg, S3 = q′ᵀu to frac 60 (and u, g
+    to frac 32 for the restart); one fused threshold compares every |g_j| with its
+    bound and every test value t with 0, for every test; per fit and test,
+    fail = (number of violated bounds) + [t ≥ 0] is zero iff that test passes;
+    the product over tests is zero iff one passes, the sum over fits zero iff all
+    do. A random multiple of that sum is opened: it is 0 or uniform, one bit.
+    The restart point (lasso, when not certified) is z = u, w = −clip(g, ±(1 + η₀)λ)/ρ.
+    """
+    p, b = ops.p, bounds(plan)
+    batch, d = u.shape
+    tests = _lasso_tests() if plan.has_l1 else [_ridge_test(plan)]
+    levels = len(tests)
+    restart_up = 1 << (FRAC_W + 2 * FRAC_U - FRAC_S - FRAC_U)  # u, g at frac 48 → frac 32 after the cut
+    sums = np.concatenate([
+        (lam * u_abs).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+        (u * g).sum(axis=1),
+        (q * u).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+        (u * restart_up).ravel(),
+        (g * restart_up).ravel(),
+    ]) % p
+    cut = await ops.trunc(sums, 2 * FRAC_U - FRAC_S, b.sums(), degree2t=True)
+    s1, s2, s3, u32, g32 = _split(cut, (batch,), (batch,), (batch,), (batch, d), (batch, d))
+    yy = cyy * (1 << (FRAC_S - FRAC_IN))
+    abs_total = u_abs.sum(axis=1)
+    values = [(t.s1 * s1 + t.s2 * s2 + t.s3 * s3 + t.yy * yy + t.abs_u * abs_total + t.constant) % p for t in tests]
+    x_g = (g * (1 << (2 * FRAC_CERT - FRAC_U))) % p
+    x = np.concatenate([np.broadcast_to(x_g, (levels, batch, d)).ravel(), *values])
+    kappa = np.concatenate([dual.ravel(), np.full(levels * batch, 2, dtype=object)])
+    _, _, _, above, below = await _threshold(ops, x, kappa, FRAC_CERT, b.certificate(), supply)
+    n = levels * batch * d
+    violated = (above[:n] + below[:n]).reshape(levels, batch, d).sum(axis=2)
+    fails = (violated + 1 - below[n:].reshape(levels, batch)) % p  # (levels, batch): 0 iff the test passes
+    # One round of products: the first two tests' fails, and (lasso) the clipping of g.
+    left: list[ObjectArray] = []
+    right: list[ObjectArray] = []
+    if levels == 2:
+        left.append(fails[0])
+        right.append(fails[1])
+    elif levels != 1:
+        raise ValueError("the certificate supports one or two tests per fit")
+    if clip is not None:  # clip(g) = g − above·(g − c) − below·(g + c), with the first test's bits
+        left += [above[: batch * d], below[: batch * d]]
+        right += [(g32 - clip).ravel(), (g32 + clip).ravel()]
+    reduced = await ops.reduce(np.concatenate([x * y for x, y in zip(left, right)]) % p) if left else np.zeros(0, dtype=object)
+    fail = reduced[:batch] if levels == 2 else fails[0]
+    restart = None
+    if clip is not None:
+        rest = reduced[batch:] if levels == 2 else reduced
+        clipped = (g32 - rest[: batch * d].reshape(batch, d) - rest[batch * d :].reshape(batch, d)) % p
+        restart = (u32, (-clipped * _INV_RHO[0]) % p)
+    total = np.array([fail.sum() % p], dtype=object)
+    mask = ops._prss(1, p)
+    opened = await ops._open((mask * total + ops._prss_zero(1)) % p, 2 * ops.t)
+    assert opened is not None
+    return bool(opened[0] == 0), restart
+
+
+def _check_bits(plan: SolverPlan, batch: int, levels: int) -> int:
+    """Random bits of one check (polish, selection, certificate)."""
+    b, d = bounds(plan), plan.d
+    polish = _needed(batch * d, FRAC_IN, b.first()) + _needed(2 * batch * d, FRAC_U, b.polished())
+    select = _needed(batch, FRAC_U, b.objective_change()) if plan.has_l1 else 0
+    return polish + select + _certificate_bits(batch, d, levels, b)
 
 
 async def fit_batch(
     fields: Fields, cov: ObjectArray, params: Params, plan: SolverPlan, l1_times_e: bool, step: StepCallback,
 ) -> Fit:
-    """B independent fits (one per covariance in ``cov``) in one batch of rounds."""
+    """B independent fits (one per covariance in ``cov``) in one batch of rounds, run until the
+    certificate holds for all of them at a checkpoint, or to the plan's maximum."""
     inp, work = fields.inp, fields.work
+    b = bounds(plan)
     e, h, q, lam = await _prepare(fields, cov, params, plan, l1_times_e, l1_max(plan), step)
     batch, d = q.shape
-    sizes = [h.size, q.size, lam.size]
-    low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_POLISH, FRAC_IN + 10)
-    h32 = low[: sizes[0]].reshape(h.shape)
-    q32 = low[sizes[0] : sizes[0] + sizes[1]].reshape(q.shape)
-    lam32 = low[sizes[0] + sizes[1] :].reshape(lam.shape)
-    if plan.has_l1:
+    cyy = cov[:, d, d]
+    dual, clip = await _dual_bounds(inp, lam, plan)
+    levels = dual.shape[0]
+    if not plan.has_l1:  # ridge: the refined solve with every feature active, then the certificate
+        supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+        u, u_abs = await _polish(inp, h, q, lam, None, plan, supply, step)
+        g = (await _gradient(inp, h, q, u[:, None, :], b))[:, 0]
+        certified, _ = await _certify(inp, u, u_abs, g, q, lam, cyy, dual, None, plan, supply)
+        done = 0
+    else:
+        low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 10)
+        h32, q32, lam32 = _split(low, h.shape, q.shape, lam.shape)
         num_k, shift_k = _INV_RHO  # κ = λ/ρ
         assert shift_k == 0, "1/ρ must be an integer"
         moved = await inp.convert(np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p,
-                                  work, FRAC_POLISH + 11)
-        h_w = moved[: sizes[0]].reshape(h.shape)
-        q_w = moved[sizes[0] : sizes[0] + sizes[1]].reshape(q.shape)
-        kappa_w = moved[sizes[0] + sizes[1] :].reshape(lam.shape)
-        z, z_abs, above, below = await _admm(work, h_w, q_w, kappa_w, plan, step)
-        back = await work.convert(np.concatenate([z.ravel(), z_abs.ravel(), above.ravel(), below.ravel()]),
-                                  inp, FRAC_W + ADMM_BITS + 1)
-        z, z_abs, above, below = (back[i * z.size : (i + 1) * z.size].reshape(z.shape) for i in range(4))
-        polished = await _polish(inp, h32, q32, lam32, (above, below), plan, step)
-        u = await _select(inp, h32, q32, lam32, z, z_abs, polished,
-                          FRAC_POLISH + plan.ns_polish_iterations + 12)
-    else:
-        u = await _polish(inp, h32, q32, lam32, None, plan, step)
+                                  work, FRAC_W + 11)
+        h_w, q_w, kappa_w = _split(moved, h.shape, q.shape, lam.shape)
+        admm = await _Admm.create(work, h_w, q_w, kappa_w, plan, step)
+        done = 0
+        for mark in plan.checkpoints:
+            z, z_abs, above, below = await admm.run(mark - done, step)
+            done = mark
+            back = await work.convert(np.concatenate([z.ravel(), z_abs.ravel(), above.ravel(), below.ravel()]),
+                                      inp, FRAC_W + ADMM_BITS + 1)
+            z, z_abs, above, below = _split(back, *[z.shape] * 4)
+            supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+            polished, polished_abs = await _polish(inp, h, q, lam, (above, below), plan, supply, step)
+            u, u_abs, g = await _select(inp, h, q, lam, z, z_abs, polished, polished_abs, b, supply)
+            certified, restart = await _certify(inp, u, u_abs, g, q, lam, cyy, dual, clip, plan, supply)
+            if certified or mark == plan.checkpoints[-1]:
+                break
+            assert restart is not None
+            u32, w32 = restart
+            moved = await inp.convert(np.concatenate([u32.ravel(), w32.ravel()]), work, FRAC_W + 2 * ADMM_BITS)
+            admm.restart(*_split(moved, u32.shape, w32.shape))
     if params.w_scale is not None:
         e = await inp.mul(e, params.w_scale[:, None], FRAC_IN, 2 * FRAC_IN + E_BITS + 2)
-    w_hat = await inp.mul(e, u, FRAC_POLISH, FRAC_IN + FRAC_POLISH + E_BITS + ADMM_BITS + 2)
-    return Fit(w_hat, u, e)
-
-
-# ---- parameters, cross-validation, reveal ---------------------------------------------------------
+    w_hat = await inp.mul(e, u, FRAC_U, FRAC_IN + FRAC_U + E_BITS + ADMM_BITS + 2)
+    return Fit(w_hat, u, e, done, certified)
