@@ -5,8 +5,9 @@
 The parent makes a synthetic study (``synthetic``), starts three party
 processes on 127.0.0.1 and prints per-phase wall times (input, gram,
 iterations, reveal — as seen by party 0), the total, each party's CPU time
-for the run (a load-independent measure: the machine may be shared), and the
-largest coefficient difference to scikit-learn. Every party process rebuilds the same
+for the run (a load-independent measure: the machine may be shared), the
+largest coefficient difference to scikit-learn, the solver iterations used and
+whether the convergence certificate held. Every party process rebuilds the same
 dealt shares from the seed (test harness only: no shares cross processes) and
 keeps its own matrix. Party processes use single-threaded BLAS.
 """
@@ -94,6 +95,8 @@ def _party(args: argparse.Namespace) -> None:
             "alpha": result.alpha,
             "cv_curve": [list(p) for p in result.cv_curve],
             "standardized": list(result.standardized_coefficients or []),
+            "iterations": result.iterations,
+            "converged": result.converged,
         }
     print(json.dumps(payload), flush=True)
 
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     same_zeros = bool(np.array_equal(ws == 0, np.abs(w) < 1e-12))
     print(f"alpha={secure['alpha']:g} max|w - w_sklearn| = {diff:.3e} (relative {diff / scale:.3e}), "
           f"|b - b_sklearn| = {abs(secure['intercept'] - b):.3e}, zero pattern equal: {same_zeros} "
-          f"({int(np.sum(ws == 0))} zeros)")
+          f"({int(np.sum(ws == 0))} zeros); iterations {secure['iterations']}, certified: {secure['converged']}")
 
 
 if __name__ == "__main__":

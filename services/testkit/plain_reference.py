@@ -28,6 +28,7 @@ from services.lasso.core.plan import (
     VALUE_BOUND,
     AlphaPlan,
     SolverPlan,
+    gap_tolerance,
     make_plan,
 )
 from services.lasso.core.params import ModelKind, RegressionSpec
@@ -129,7 +130,7 @@ def certified(p: Problem, u: Vector, plan: SolverPlan) -> bool:
         return bool(np.all(np.abs(g) <= RIDGE_GRADIENT_BOUND)) and primal >= floor
     for eta in DUAL_SLACKS:
         feasible = bool(np.all(np.abs(g) <= (1 + eta) * p.lam))
-        if feasible and s1 + (1 - eta) * s2 - (CERTIFICATE_TOLERANCE - eta**2) * primal <= 0:
+        if feasible and s1 + (1 - eta) * s2 - gap_tolerance(eta) * primal <= 0:
             return True
     return False
 

@@ -88,9 +88,12 @@ FIRST_CHECK = 10
 CHECK_EVERY = 15
 #: Certified bound on the relative objective gap (P − P*)/P (2^−27 ≈ 7.45e−9).
 CERTIFICATE_TOLERANCE = 2.0**-27
-#: Public slacks η of the dual point (1 − η)·r: the small one certifies accurately solved fits, the
-#: large one fits whose L1 term is tiny beside the residual (very small alphas).
-DUAL_SLACKS = (2.0**-29, 2.0**-14)
+#: Public slacks η of the dual point (1 − η)·r: small ones certify fits with small L1 weights λ_j
+#: (the gradient's rounding must stay below η·λ_j), large ones fits whose L1 term λᵀ|u| is tiny
+#: beside the residual (very small alphas). Tried together; passing one suffices.
+DUAL_SLACKS = (2.0**-29, 2.0**-26, 2.0**-23, 2.0**-14)
+#: η² is rounded up to a multiple of this in the test (keeps its coefficients short integers in MPC).
+SLACK_SQUARE_GRAIN = 2.0**-41
 #: Ridge: every |g_j| below this (normalised units) and P ≥ d·ε²/(2μ·tolerance) certify the fit.
 RIDGE_GRADIENT_BOUND = 2.0**-36
 #: Newton iterations for e = 1/√G_jj: enough from σ_j/h_j ≥ 1e-3 (1.5× growth, then quadratic).
@@ -207,6 +210,11 @@ def make_plan(spec: RegressionSpec, n_rows: int) -> SolverPlan:
     folds = tuple(fold_bounds(n_rows, spec.cv_folds)) if spec.cross_validate else ()
     return SolverPlan(n_rows, d, mids, halves, alphas, iterations, ns_k, ns_polish, folds, has_l1,
                       checkpoints(iterations), floor)
+
+
+def gap_tolerance(eta: float) -> float:
+    """τ_η = tolerance − η² (η² rounded up): t = λᵀ|u| + (1 − η)uᵀg − τ_η·P ≤ 0 certifies."""
+    return CERTIFICATE_TOLERANCE - math.ceil(eta**2 / SLACK_SQUARE_GRAIN) * SLACK_SQUARE_GRAIN
 
 
 def checkpoints(max_iterations: int) -> tuple[int, ...]:

@@ -51,7 +51,9 @@ from services.lasso.core.plan import (
     DUAL_SLACKS,
     NEWTON_ITERATIONS,
     RIDGE_GRADIENT_BOUND,
+    SLACK_SQUARE_GRAIN,
     SolverPlan,
+    gap_tolerance,
 )
 from services.lasso.mpc.secure_gram import FRAC_IN
 from services.lasso.mpc.secure_ops import FieldOps
@@ -479,17 +481,16 @@ def _lasso_tests() -> list[_Test]:
     """Per slack η: t = gap_η − τ·P with sound margins (see ``plan``).
 
     gap_η ≤ S1 + (1 − η)S2 + η²P, so t′ = S1 + (1 − η)S2 − (tol − η²)·P ≤ 0 implies
-    gap_η ≤ tol·P; η² is replaced by a dyadic upper bound with few bits. The
-    gradient's error (≤ E = 4·2^−48 per entry) moves S2 by ≤ E·Σ|u|; the
-    truncated sums are within 2 ulps at frac 60.
+    gap_η ≤ tol·P; η² is rounded up to a multiple of 2^−41 (``plan.gap_tolerance``).
+    The gradient used in S2 (truncated, ≤ E = 4·2^−48 off per entry) moves S2 by
+    ≤ E·Σ|u|; the truncated sums are within 2 ulps at frac 60.
     """
     scale = Fraction(2) ** (FRAC_S + CERT_SCALE)
     error = Fraction(GRADIENT_ERROR_ULPS, 2**FRAC_U)
     tests = []
+    assert SLACK_SQUARE_GRAIN >= 2.0 ** (1 - CERT_SCALE), "τ/2 must be a whole number of 2^−42"
     for eta in DUAL_SLACKS:
-        grain = Fraction(1, 2 ** (CERT_SCALE - 1))  # τ/2 must be a whole number of 2^−42
-        eta_sq = math.ceil(Fraction(eta) ** 2 / grain) * grain
-        tau = Fraction(CERTIFICATE_TOLERANCE) - eta_sq
+        tau = Fraction(gap_tolerance(eta))
         coefficients = [1 - tau, 1 - Fraction(eta) - tau / 2, tau / 2, -tau / 2]
         s1, s2, s3, yy = (_integer(c * 2**CERT_SCALE) for c in coefficients)
         abs_u = _integer(error * scale / 2**FRAC_U)
@@ -515,11 +516,11 @@ def _ridge_test(plan: SolverPlan) -> _Test:
 
 
 async def _dual_bounds(ops: FieldOps, lam: ObjectArray, plan: SolverPlan) -> tuple[ObjectArray, ObjectArray | None]:
-    """Per test, the bound on every |g_j| at frac 51, below its exact value by the gradient's error
-    and the rounding; lasso: (1 + η)λ, and (1 + η₀)λ at frac 32 to clip the restart's dual."""
+    """Per test, the bound on every |g_j| at frac 51, below its exact value by the rounding;
+    lasso: (1 + η)λ, and (1 + η₀)λ at frac 32 to clip the restart's dual."""
     p = ops.p
-    # |g_true| ≤ |g| + E; the threshold sees g within [−1, 2) ulp, the bound is rounded within [−1, 2).
-    margin = GRADIENT_ERROR_ULPS * (1 << (FRAC_CERT - FRAC_U)) + 3
+    # The threshold sees the exact g within [−1, 2) ulp, and the bound is rounded within [−1, 2).
+    margin = 3
     if not plan.has_l1:
         return (ops.fixed(np.full((1, *lam.shape), RIDGE_GRADIENT_BOUND), FRAC_CERT) - margin) % p, None
     shift = 37  # (1 + η)·λ·2^(51 + 37) for η ≥ 2^−29, and at frac 32, exact before one truncation
@@ -542,17 +543,18 @@ def _certificate_bits(batch: int, d: int, levels: int, b: Bounds) -> int:
 
 
 async def _certify(
-    ops: FieldOps, u: ObjectArray, u_abs: ObjectArray, g: ObjectArray, q: ObjectArray, lam: ObjectArray,
+    ops: FieldOps, h: ObjectArray, u: ObjectArray, u_abs: ObjectArray, g: ObjectArray, q: ObjectArray, lam: ObjectArray,
     cyy: ObjectArray, dual: ObjectArray, clip: ObjectArray | None, plan: SolverPlan, supply: _BitSupply,
 ) -> tuple[bool, tuple[ObjectArray, ObjectArray] | None]:
     """Whether every fit of the batch is certified (one opened bit), and the restart point.
 
     Round 1 truncates the sums S1 = λᵀ|u|, S2 = uᵀg, S3 = q′ᵀu to frac 60 (and u, g
-    to frac 32 for the restart); one fused threshold compares every |g_j| with its
-    bound and every test value t with 0, for every test; per fit and test,
-    fail = (number of violated bounds) + [t ≥ 0] is zero iff that test passes;
-    the product over tests is zero iff one passes, the sum over fits zero iff all
-    do. A random multiple of that sum is opened: it is 0 or uniform, one bit.
+    to frac 32 for the restart); one fused threshold compares every |g_j| (the
+    exact Hu − q′, unrounded) with its bound and every test value t with 0, for
+    every test; per fit and test, fail = (number of violated bounds) + [t ≥ 0] is
+    zero iff that test passes; the product over tests (a tree, one round per
+    level) is zero iff one passes, the sum over fits zero iff all do. A random
+    multiple of that sum is opened: it is 0 or uniform, one bit.
     The restart point (lasso, when not certified) is z = u, w = −clip(g, ±(1 + η₀)λ)/ρ.
     """
     p, b = ops.p, bounds(plan)
@@ -572,31 +574,29 @@ async def _certify(
     yy = cyy * (1 << (FRAC_S - FRAC_IN))
     abs_total = u_abs.sum(axis=1)
     values = [(t.s1 * s1 + t.s2 * s2 + t.s3 * s3 + t.yy * yy + t.abs_u * abs_total + t.constant) % p for t in tests]
-    x_g = (g * (1 << (2 * FRAC_CERT - FRAC_U))) % p
+    exact_g = (np.einsum("bij,bj->bi", h, u) - q * (1 << FRAC_U)) % p  # Hu − q′ at frac 88, degree 2t, unrounded
+    x_g = (exact_g * (1 << (2 * FRAC_CERT - FRAC_IN - FRAC_U))) % p
     x = np.concatenate([np.broadcast_to(x_g, (levels, batch, d)).ravel(), *values])
     kappa = np.concatenate([dual.ravel(), np.full(levels * batch, 2, dtype=object)])
     _, _, _, above, below = await _threshold(ops, x, kappa, FRAC_CERT, b.certificate(), supply)
     n = levels * batch * d
     violated = (above[:n] + below[:n]).reshape(levels, batch, d).sum(axis=2)
-    fails = (violated + 1 - below[n:].reshape(levels, batch)) % p  # (levels, batch): 0 iff the test passes
-    # One round of products: the first two tests' fails, and (lasso) the clipping of g.
-    left: list[ObjectArray] = []
-    right: list[ObjectArray] = []
-    if levels == 2:
-        left.append(fails[0])
-        right.append(fails[1])
-    elif levels != 1:
-        raise ValueError("the certificate supports one or two tests per fit")
-    if clip is not None:  # clip(g) = g − above·(g − c) − below·(g + c), with the first test's bits
-        left += [above[: batch * d], below[: batch * d]]
-        right += [(g32 - clip).ravel(), (g32 + clip).ravel()]
-    reduced = await ops.reduce(np.concatenate([x * y for x, y in zip(left, right)]) % p) if left else np.zeros(0, dtype=object)
-    fail = reduced[:batch] if levels == 2 else fails[0]
-    restart = None
+    factors = list((violated + 1 - below[n:].reshape(levels, batch)) % p)  # per test: 0 iff it passes
+    # Products (a tree over the tests; the first level also clips g with the first test's bits:
+    # clip(g) = g − above·(g − c) − below·(g + c)).
+    extra: list[ObjectArray] = []
     if clip is not None:
-        rest = reduced[batch:] if levels == 2 else reduced
-        clipped = (g32 - rest[: batch * d].reshape(batch, d) - rest[batch * d :].reshape(batch, d)) % p
-        restart = (u32, (-clipped * _INV_RHO[0]) % p)
+        extra = [above[: batch * d] * (g32 - clip).ravel(), below[: batch * d] * (g32 + clip).ravel()]
+    restart = None
+    while len(factors) > 1 or extra:
+        pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
+        reduced = await ops.reduce(np.concatenate([*pairs, *extra]) % p)
+        factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
+        if extra:
+            above_part, below_part = _split(reduced[len(pairs) * batch :], (batch, d), (batch, d))
+            restart = (u32, (-(g32 - above_part - below_part) * _INV_RHO[0]) % p)
+            extra = []
+    fail = factors[0]
     total = np.array([fail.sum() % p], dtype=object)
     mask = ops._prss(1, p)
     opened = await ops._open((mask * total + ops._prss_zero(1)) % p, 2 * ops.t)
@@ -628,7 +628,7 @@ async def fit_batch(
         supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
         u, u_abs = await _polish(inp, h, q, lam, None, plan, supply, step)
         g = (await _gradient(inp, h, q, u[:, None, :], b))[:, 0]
-        certified, _ = await _certify(inp, u, u_abs, g, q, lam, cyy, dual, None, plan, supply)
+        certified, _ = await _certify(inp, h, u, u_abs, g, q, lam, cyy, dual, None, plan, supply)
         done = 0
     else:
         low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 10)
@@ -649,7 +649,7 @@ async def fit_batch(
             supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
             polished, polished_abs = await _polish(inp, h, q, lam, (above, below), plan, supply, step)
             u, u_abs, g = await _select(inp, h, q, lam, z, z_abs, polished, polished_abs, b, supply)
-            certified, restart = await _certify(inp, u, u_abs, g, q, lam, cyy, dual, clip, plan, supply)
+            certified, restart = await _certify(inp, h, u, u_abs, g, q, lam, cyy, dual, clip, plan, supply)
             if certified or mark == plan.checkpoints[-1]:
                 break
             assert restart is not None

@@ -68,13 +68,16 @@ def test_one_party_matches_sklearn(mpc: Any, kind: ModelKind, alpha: float, stan
     result = mpc.run(secure_fit(mpc, encode(STUDY.table), spec))
     assert result is not None and result.joined == ROWS and result.alpha == alpha
     assert (result.standardized_coefficients is None) == (not standardize)  # u is opened only if asked
+    assert result.converged and result.certified_gap is not None and result.certified_gap <= 1e-8
+    x, y = split_table(STUDY.table, spec)
+    assert result.iterations == fit_plain(x, y, spec).iterations  # the same checkpoint as the plaintext twin
     _assert_matches_sklearn(result, STUDY.table, spec)
 
 
 def test_one_party_cross_validation(mpc: Any) -> None:
     spec = _spec(ModelKind.LASSO, (8.0, 2.0, 0.2), cv_folds=3)
     result = mpc.run(secure_fit(mpc, encode(STUDY.table), spec))
-    assert result is not None
+    assert result is not None and result.converged  # every fold × alpha fit and the refit are certified
     x, y = split_table(STUDY.table, spec)
     plain = fit_plain(x, y, spec).cv_curve
     sklearn = cv_curve_sklearn(x, y, spec)
@@ -127,6 +130,7 @@ def _permuted_table() -> np.ndarray:
 
 def test_three_parties_lasso_sparse() -> None:
     reports = _three_parties("--alpha", "2.0")
+    assert reports[0]["result"]["converged"]
     _assert_matches_sklearn(reports[0]["result"], STUDY.table, _spec(ModelKind.LASSO, (2.0,)))
 
 
