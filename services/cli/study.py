@@ -28,6 +28,10 @@ CONFIG = typer.Option(None, help="org config file (default: <home>/<org>/riskmes
 LEAKAGE_NOTICE = (
     "By approving you allow: the other data owner learns the intersection size and the revealed outputs; "
     "the helper learns both set sizes, the intersection size and which pseudonymous tags matched. "
+    "All three organisations, the helper included, learn how many solver iterations the fits needed "
+    "(the public checkpoint at which the convergence certificate held — 10, 25, 40, … up to the study's "
+    "maximum — for the cross-validation batch and for the final fit): one bit per checkpoint, a hint of how "
+    "well-conditioned the joined data are. "
     "Repeated studies on inputs that differ by one patient reveal that patient's membership through the "
     "intersection size; every run is recorded in the audit log by digest."
 )
@@ -59,7 +63,8 @@ def print_study(study: gateway_pb2.Study) -> None:
         table.add_row(owner.org, cols + target)
     model = spec.model
     table.add_row("model", f"{common_pb2.ModelKind.Name(model.kind).removeprefix('MODEL_KIND_').lower()} alpha={list(model.alphas)} "
-                  f"folds={model.cv_folds} standardize={model.standardize}")
+                  f"folds={model.cv_folds} standardize={model.standardize} "
+                  f"max iterations={model.iterations or 'server default'}")
     table.add_row("minimum intersection", str(spec.min_intersection))
     console.print(table)
 
@@ -180,6 +185,7 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         table.add_row(*row)
     table.add_row("(intercept)", f"{result.intercept:.6f}", *([""] * (len(table.columns) - 3)), *([f"{reference['(intercept)']:.6f}"] if reference and "(intercept)" in reference else ([""] if reference is not None else [])))
     console.print(table)
+    print_certificate(result)
     if result.cv_curve:
         cv = Table(title="cross-validation")
         cv.add_column("alpha", justify="right")
@@ -187,6 +193,17 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         for point in result.cv_curve:
             cv.add_row(f"{point.alpha:g}", f"{point.mean_squared_error:.6f}")
         console.print(cv)
+
+
+def print_certificate(result: lasso_pb2.ModelResult) -> None:
+    """Whether the solver certified the fit (a data owner must not use an uncertified model unknowingly)."""
+    if result.converged:
+        console.print(f"[green]certified[/]: relative objective gap ≤ {result.certified_gap:.1e} "
+                      f"(convergence certificate computed in MPC after {result.iterations} iterations)")
+        return
+    console.print(f"[bold red]NOT CERTIFIED[/]: the solver used its maximum of {result.iterations} iterations without "
+                  "its convergence certificate holding; the model may be far from the optimum. Do not use it as is: "
+                  "rerun the study with more iterations (model.iterations).")
 
 
 @study_app.command("result")
