@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sklearn.linear_model import Lasso
 
 from services.testkit.dealer import deal, encode
 from services.bench.local_run import _free_ports, run_local
 from services.lasso.mpc.runtime import SINGLE_THREAD_ENV
 from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
 from services.lasso.mpc.secure_regression import secure_fit
-from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
+from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
+from services.testkit.collinear import as_joined, make_collinear
 from services.testkit.joined_tables import make_study
 
 ROWS, FEATURES, SEED = 300, 4, 3
@@ -102,6 +104,27 @@ def test_one_party_cross_validation_picks_an_inner_alpha(mpc: Any) -> None:
     for (_, mse), (_, mse_sklearn) in zip(result.cv_curve, sklearn):
         assert mse == pytest.approx(mse_sklearn, rel=1e-6)
     _assert_matches_sklearn(result, study.table, spec)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_one_party_collinear_badly_scaled_design_is_certified_at_the_optimum(mpc: Any) -> None:
+    """Groups of three near-identical measurements, units 1e-3..1e3, a small-scale target."""
+    design = make_collinear(2000, 12, seed=2)
+    table = as_joined(np.column_stack([design.x, design.y]))
+    ranges = tuple(ColumnRange(*r) for r in design.feature_ranges) + (ColumnRange(*design.target_range),)
+    alpha = 1e-4 * design.alpha_max()
+    spec = RegressionSpec(ModelKind.LASSO, (alpha,), ranges, len(ranges) - 1)
+    result = mpc.run(secure_fit(mpc, encode(table), spec))
+    assert result is not None and result.converged
+    x, y = split_table(table, spec)
+    assert result.iterations == fit_plain(x, y, spec).iterations
+    reference = Lasso(alpha=alpha, tol=1e-14, max_iter=10**7, precompute=True).fit(x, y)
+
+    def objective(w: np.ndarray, b: float) -> float:
+        return float(0.5 * np.mean((y - x @ w - b) ** 2) + alpha * np.abs(w).sum())
+
+    best = objective(reference.coef_, float(reference.intercept_))
+    assert objective(np.asarray(result.coefficients), result.intercept) - best <= 1e-8 * best
 
 
 def test_progress_reports_counts_per_phase(mpc: Any) -> None:
