@@ -135,9 +135,10 @@ def collinear_study_data(records: int, features: int = 30, seed: int = 0) -> Stu
         values = design.x[:, list(columns)]
         if with_target:
             values = np.column_stack([values, design.y])
-        specs = [common_pb2.ColumnSpec(name=design.names[j], min=design.feature_ranges[j][0], max=design.feature_ranges[j][1])
-                 for j in columns]
-        target = common_pb2.ColumnSpec(name=TARGET_NAME, min=design.target_range[0], max=design.target_range[1]) if with_target else None
+        specs = [common_pb2.ColumnSpec(name=design.names[j], min=design.feature_ranges[j][0],
+                                       max=design.feature_ranges[j][1]) for j in columns]
+        low, high = design.target_range
+        target = common_pb2.ColumnSpec(name=TARGET_NAME, min=low, max=high) if with_target else None
         ids = [_spelled(*people[i], int(rng.integers(0, 3))) for i in order]
         canonical = [f"{people[i][0].isoformat()}|{people[i][1]}" for i in order]
         return OwnerTable(org, ids, canonical, specs, values[order], target)
@@ -154,7 +155,8 @@ def _patients(rng: np.random.Generator, n: int) -> list[tuple[dt.date, str]]:
     start = dt.date(1930, 1, 1)
     while len(out) < n:
         birth = start + dt.timedelta(days=int(rng.integers(0, 27000)))
-        postal = f"{int(rng.integers(1000, 10000))}{chr(65 + int(rng.integers(0, 26)))}{chr(65 + int(rng.integers(0, 26)))}"
+        letters = "".join(chr(65 + int(rng.integers(0, 26))) for _ in range(2))
+        postal = f"{int(rng.integers(1000, 10000))}{letters}"
         if (birth, postal) not in seen:
             seen.add((birth, postal))
             out.append((birth, postal))

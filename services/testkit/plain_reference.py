@@ -55,7 +55,7 @@ class PlainFit:
     standardized_coefficients: Vector | None
     alpha: float
     cv_curve: tuple[tuple[float, float], ...]
-    iterations: int  # ADMM iterations used (the checkpoint of the certificate, or the maximum)
+    iterations: int  # ADMM iterations of the final fit (the checkpoint of the certificate, or the maximum)
     converged: bool  # every fit used was certified
 
 
@@ -199,7 +199,9 @@ def solve(problems: list[Problem], plan: SolverPlan) -> Solution:
     return Solution(us, done, False)
 
 
-def fit_batch(items: list[tuple[Moments, AlphaPlan]], plan: SolverPlan) -> tuple[list[tuple[Vector, float, Vector]], Solution]:
+def fit_batch(
+    items: list[tuple[Moments, AlphaPlan]], plan: SolverPlan
+) -> tuple[list[tuple[Vector, float, Vector]], Solution]:
     """(ŵ, b̂, u) per (moments, alpha) fitted as one batch, and the batch's solution."""
     problems = [problem(mom, ap) for mom, ap in items]
     solution = solve(problems, plan)
@@ -236,22 +238,23 @@ def fit_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> PlainFit:
     plan = make_plan(spec, len(y))
     curve: tuple[tuple[float, float], ...] = ()
     best = plan.alphas[0]
-    used, converged = 0, True
+    converged = True
     if spec.cross_validate:
         folds = fold_moments(x, y, plan)
         fits, solution = fit_batch([(tr, ap) for tr, _ in folds for ap in plan.alphas], plan)
         n_alphas = len(plan.alphas)
         mses = [
-            float(np.mean([validation_mse(tr, va, fits[k * n_alphas + a][0], plan) for k, (tr, va) in enumerate(folds)]))
+            float(np.mean([validation_mse(tr, va, fits[k * n_alphas + a][0], plan)
+                           for k, (tr, va) in enumerate(folds)]))
             for a in range(n_alphas)
         ]
         curve = tuple((ap.alpha, mse) for ap, mse in zip(plan.alphas, mses))
         best = plan.alphas[int(np.argmin(mses))]
-        used, converged = solution.iterations, solution.certified
+        converged = solution.certified
     [(w_hat, b_hat, u)], final = fit_batch([(moments(x, y, plan), best)], plan)
     w, b = plan.to_original(list(w_hat), b_hat)
     std = plan.h_y * u / np.sqrt(best.diag_scale) if spec.standardize else None
-    return PlainFit(np.asarray(w), b, std, best.alpha, curve, max(used, final.iterations), converged and final.certified)
+    return PlainFit(np.asarray(w), b, std, best.alpha, curve, final.iterations, converged and final.certified)
 
 
 def _sklearn_model(spec: RegressionSpec, alpha: float, n_rows: int) -> Lasso | ElasticNet | Ridge:

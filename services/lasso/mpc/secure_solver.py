@@ -447,7 +447,8 @@ async def _select(
     g_z = grads[:, 0]
     h_delta = (grads[:, 1] + q * (1 << (FRAC_U - FRAC_IN))) % p  # Hδ (the gradient added −q′)
     abs_change = (polished_abs - z_abs48) % p
-    twice = (2 * delta * g_z + delta * h_delta + 2 * lam * abs_change * (1 << (2 * FRAC_U - FRAC_IN - FRAC_U))).sum(axis=1)
+    l1_change = lam * abs_change * (1 << (FRAC_U - FRAC_IN))  # λ at frac 40 × |·| at frac 48, up to frac 96
+    twice = (2 * delta * g_z + delta * h_delta + 2 * l1_change).sum(axis=1)
     zeros = np.zeros(twice.shape, dtype=object)
     _, _, _, _, better = await _threshold(ops, twice % p, zeros, FRAC_U, b.objective_change(), supply)
     n = delta.size

@@ -62,9 +62,11 @@ def model_result(result: RegressionResult, spec: common_pb2.StudySpec) -> lasso_
     standardized = result.standardized_coefficients or (0.0,) * len(result.coefficients)
     coefficients = [lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s) for name, w, s in zip(feature_names(spec), result.coefficients, standardized)]
     curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse) for a, mse in result.cv_curve]
-    return lasso_pb2.ModelResult(coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve,
-                                 iterations=result.iterations, target=target_name(spec), converged=result.converged,
-                                 certified_gap=result.certified_gap or 0.0)
+    return lasso_pb2.ModelResult(
+        coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve,
+        iterations=result.iterations, target=target_name(spec), converged=result.converged,
+        certified_gap=result.certified_gap or 0.0,
+    )
 
 
 async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
