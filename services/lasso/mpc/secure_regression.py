@@ -19,8 +19,11 @@ iterations  Per fit: Newton for e = 1/√G_jj, H = diag(e)·G·diag(e), q′, λ
             K = (H + ρI)⁻¹ by Newton–Schulz; ADMM with one secure
             matrix-vector product and one batched comparison (both
             soft-threshold comparisons of all coordinates and all problems in
-            one call) per iteration; polishing on the detected support and a
-            secure choice of the better point. Cross-validation fits all folds ×
+            one call) per iteration, in segments; at every public checkpoint
+            polishing on the detected support, a secure choice of the better
+            point and the convergence certificate (one opened bit: every fit
+            of the batch certified); stop there or restart ADMM from the
+            chosen point. Cross-validation fits all folds ×
             alphas as one batch, computes each validation MSE from the
             validation moments, averages per alpha, picks the best alpha with
             secure comparisons (one-hot, never opened to the helper) and refits
@@ -40,8 +43,8 @@ Values move between them by one masked opening (``FieldOps.convert``).
 
 Assumptions (documented limits): every |ADMM quantity| < 2^8 in the
 normalised units (thresholds are clamped to 2^6), |ŵ_j| < 2^10, σ_j/h_j ≥ 2^−11 (feature
-spread vs declared half-range), and near-collinear data (λ_min(H) <
-``plan.POLISH_EIGENVALUE_FLOOR``) may need more iterations than the default.
+spread vs declared half-range). Whether the fit reached the optimum is not
+assumed: the certificate says it (``RegressionResult.converged``).
 
 Runtime. Pass a started MPyC runtime (``mpc_runtime.create_runtime``; MPyC's
 TCP via ``await mpc.start()`` or another transport). MPyC is imported only by
