@@ -159,17 +159,12 @@ class Solution:
     certified: bool
 
 
-def select(p: Problem, z: Vector, plan: SolverPlan) -> Vector:
-    """The polished point on the support of z if it lowers F, else z."""
-    polished = polish(p, z, plan)
-    return polished if objective(p, polished) < objective(p, z) else z
-
-
 def solve(problems: list[Problem], plan: SolverPlan) -> Solution:
-    """A batch of fits as in MPC: ADMM segments, each followed by polishing, selection and
-    the certificate of the whole batch; stop at the first checkpoint where every fit is
-    certified, otherwise restart every fit at its selected point (z = u, w = −g/ρ with
-    g = Hu − q′ clipped to the dual bound ±(1 + η₀)λ, as ADMM's w always is)."""
+    """A batch of fits as in MPC: ADMM segments, each followed by polishing and the certificate
+    of the polished points of the whole batch; stop at the first checkpoint where every one is
+    certified. Otherwise each fit keeps the better of z and its polished point (F compared):
+    the polished point restarts ADMM (z = u, w = −g/ρ with g = Hu − q′ clipped to the dual bound
+    ±(1 + η₀)λ, as ADMM's w always is), z lets ADMM go on as it was."""
     if not plan.has_l1:  # ridge: the refined solve with every feature active
         us = [refined_solve(p.h, p.q, plan) for p in problems]
         return Solution(us, 0, all(certified(p, u, plan) for p, u in zip(problems, us)))
@@ -188,14 +183,17 @@ def solve(problems: list[Problem], plan: SolverPlan) -> Solution:
                 v = c1 + a1 @ (z - w) + (1 - ADMM_RELAX) * z + w
                 z = v - np.clip(v, -kappa, kappa)
                 w = v - z
-            zs[i] = z
+            zs[i], ws[i] = z, w
         done = mark
-        us = [select(p, z, plan) for p, z in zip(problems, zs)]
-        if all(certified(p, u, plan) for p, u in zip(problems, us)):
-            return Solution(us, mark, True)
-        zs = us
-        ws = [-np.clip(p.h @ u - p.q, -(1 + DUAL_SLACKS[0]) * p.lam, (1 + DUAL_SLACKS[0]) * p.lam) / ADMM_RHO
-              for p, u in zip(problems, us)]
+        polished = [polish(p, z, plan) for p, z in zip(problems, zs)]
+        if all(certified(p, u, plan) for p, u in zip(problems, polished)):
+            return Solution(polished, mark, True)
+        us = []
+        for i, (p, z, u) in enumerate(zip(problems, zs, polished)):
+            if objective(p, u) < objective(p, z):
+                bound = (1 + DUAL_SLACKS[0]) * p.lam
+                zs[i], ws[i] = u, -np.clip(p.h @ u - p.q, -bound, bound) / ADMM_RHO
+            us.append(zs[i])
     return Solution(us, done, False)
 
 

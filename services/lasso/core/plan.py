@@ -34,10 +34,11 @@ X ← X(2I − MX) from X₀ = I/(d + ρ) (trace(H) = d bounds λ_max; λ_min �
 ``FIRST_CHECK`` iterations, then every ``CHECK_EVERY``, up to the study's
 maximum) the support and signs of z are used to *polish* (as OSQP does):
 solve H_SS u_S = q′_S − λ_S s_S by Newton–Schulz on
-M = (aaᵀ)∘H + diag(1 − a) plus one step of iterative refinement, keep the
-better of z and the polished point (secure comparison of F), and
-*restart* ADMM from that point with the dual it implies (z = u,
-w = −(Hu − q′)/ρ). ADMM alone identifies the support of ill-conditioned
+M = (aaᵀ)∘H + diag(1 − a) plus one step of iterative refinement, and
+check the certificate (below) on the polished points. If it does not hold,
+the polished point *restarts* ADMM with the dual it implies (z = u,
+w = −clip(Hu − q′)/ρ) where it has a lower F than z (secure comparison),
+and ADMM goes on unchanged elsewhere. ADMM alone identifies the support of ill-conditioned
 problems slowly (hundreds of iterations at condition numbers of 1e4); the
 polished point is exact once the support is right, and ADMM restarted from
 it repairs a wrong support within a segment or two (docs/adr/0004).

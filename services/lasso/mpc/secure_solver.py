@@ -430,34 +430,6 @@ async def _gradient(ops: FieldOps, h: ObjectArray, q: ObjectArray, points: Objec
     return (products - q[:, None, :] * (1 << (FRAC_U - FRAC_IN))) % ops.p
 
 
-async def _select(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, z: ObjectArray, z_abs: ObjectArray,
-    polished: ObjectArray, polished_abs: ObjectArray, b: Bounds, supply: _BitSupply,
-) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
-    """(u, |u|, g = Hu − q′) at frac 48: the polished point if it lowers F, else z (frac 32).
-
-    With δ = polished − z: 2(F(polished) − F(z)) = 2δᵀ(Hz − q′) + δᵀHδ + 2λᵀ(|polished| − |z|),
-    summed unrounded at frac 96 (near the optimum it is O(δ²)).
-    """
-    p = ops.p
-    up = 1 << (FRAC_U - FRAC_W)
-    z48, z_abs48 = (z * up) % p, (z_abs * up) % p
-    delta = (polished - z48) % p
-    grads = await _gradient(ops, h, q, np.stack([z48, delta], axis=1), b)
-    g_z = grads[:, 0]
-    h_delta = (grads[:, 1] + q * (1 << (FRAC_U - FRAC_IN))) % p  # Hδ (the gradient added −q′)
-    abs_change = (polished_abs - z_abs48) % p
-    l1_change = lam * abs_change * (1 << (FRAC_U - FRAC_IN))  # λ at frac 40 × |·| at frac 48, up to frac 96
-    twice = (2 * delta * g_z + delta * h_delta + 2 * l1_change).sum(axis=1)
-    zeros = np.zeros(twice.shape, dtype=object)
-    _, _, _, _, better = await _threshold(ops, twice % p, zeros, FRAC_U, b.objective_change(), supply)
-    n = delta.size
-    moves = await ops.mul_exact(np.concatenate([np.broadcast_to(better[:, None], delta.shape).ravel()] * 3),
-                                np.concatenate([delta.ravel(), abs_change.ravel(), h_delta.ravel()]))
-    d_u, d_abs, d_g = (moves[i * n : (i + 1) * n].reshape(delta.shape) for i in range(3))
-    return (z48 + d_u) % p, (z_abs48 + d_abs) % p, (g_z + d_g) % p
-
-
 def _integer(value: Fraction) -> int:
     if value.denominator != 1:
         raise ValueError("certificate coefficients must be integers after scaling")
@@ -539,78 +511,131 @@ async def _dual_bounds(ops: FieldOps, lam: ObjectArray, plan: SolverPlan) -> tup
     return (bounds_cert - margin) % p, clip
 
 
-def _certificate_bits(batch: int, d: int, levels: int, b: Bounds) -> int:
-    return _needed(levels * batch * (d + 1), FRAC_CERT, b.certificate())
+@dataclass(frozen=True)
+class _Outcome:
+    """A checkpoint's result: the public bit, the point to return (frac 48) and ADMM's next state."""
+
+    certified: bool
+    u: ObjectArray
+    u_abs: ObjectArray
+    restart: tuple[ObjectArray, ObjectArray] | None  # (z, w) at frac 32
 
 
-async def _certify(
-    ops: FieldOps, h: ObjectArray, u: ObjectArray, u_abs: ObjectArray, g: ObjectArray, q: ObjectArray, lam: ObjectArray,
-    cyy: ObjectArray, dual: ObjectArray, clip: ObjectArray | None, plan: SolverPlan, supply: _BitSupply,
-) -> tuple[bool, tuple[ObjectArray, ObjectArray] | None]:
-    """Whether every fit of the batch is certified (one opened bit), and the restart point.
+def _check_values(batch: int, d: int, levels: int, has_l1: bool) -> int:
+    """Values compared in a check's one fused threshold: every |g_j| and every test per fit, and
+    (lasso) the objective change."""
+    return levels * batch * (d + 1) + (batch if has_l1 else 0)
 
-    Round 1 truncates the sums S1 = λᵀ|u|, S2 = uᵀg, S3 = q′ᵀu to frac 60 (and u, g
-    to frac 32 for the restart); one fused threshold compares every |g_j| (the
-    exact Hu − q′, unrounded) with its bound and every test value t with 0, for
-    every test; per fit and test, fail = (number of violated bounds) + [t ≥ 0] is
-    zero iff that test passes; the product over tests (a tree, one round per
-    level) is zero iff one passes, the sum over fits zero iff all do. A random
-    multiple of that sum is opened: it is 0 or uniform, one bit.
-    The restart point (lasso, when not certified) is z = u, w = −clip(g, ±(1 + η₀)λ)/ρ.
+
+def _check_bits(plan: SolverPlan, batch: int, levels: int) -> int:
+    """Random bits of one check (polish, then certificate and selection)."""
+    b, d = bounds(plan), plan.d
+    polish = _needed(batch * d, FRAC_IN, b.first()) + _needed(2 * batch * d, FRAC_U, b.polished())
+    return polish + _needed(_check_values(batch, d, levels, plan.has_l1), FRAC_CERT, b.certificate())
+
+
+async def _check(
+    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, cyy: ObjectArray,
+    polished: ObjectArray, polished_abs: ObjectArray, admm: tuple[ObjectArray, ObjectArray, ObjectArray] | None,
+    dual: ObjectArray, clip: ObjectArray | None, plan: SolverPlan, supply: _BitSupply,
+) -> _Outcome:
+    """The certificate of the polished points (one opened bit: all of the batch certified) and,
+    for lasso, the choice between them and ADMM's z, from which ADMM goes on.
+
+    Rounds: the gradients H·z and H·δ (δ = polished − z); the sums S1 = λᵀ|u|, S2 = uᵀg,
+    S3 = q′ᵀu of the polished u to frac 60 (and u, g to frac 32 for a restart); one fused
+    threshold compares every |g_j| (the exact Hu − q′, unrounded) with its bound and every test
+    value with 0, for every test, and the objective change 2(F(u) − F(z)) with 0; per fit and
+    test, fail = (violated bounds) + [t ≥ 0] is zero iff that test passes; two rounds of
+    products (the tree over the tests, the clipping of g and the selection); a random multiple
+    of Σ_fits Π_tests fail is opened: 0 exactly when every fit is certified, else uniform.
+
+    ``admm`` = (z, |z|, w) at frac 32 (lasso). When the polished point is better it restarts
+    ADMM at z = u, w = −clip(g, ±(1 + η₀)λ)/ρ; otherwise ADMM keeps its own state.
     """
     p, b = ops.p, bounds(plan)
-    batch, d = u.shape
+    batch, d = q.shape
     tests = _lasso_tests() if plan.has_l1 else [_ridge_test(plan)]
     levels = len(tests)
-    restart_up = 1 << (FRAC_W + 2 * FRAC_U - FRAC_S - FRAC_U)  # u, g at frac 48 → frac 32 after the cut
+    up = 1 << (FRAC_U - FRAC_W)
+    if admm is not None:
+        z, z_abs, w = admm
+        z48 = (z * up) % p
+        delta = (polished - z48) % p
+        grads = await _gradient(ops, h, q, np.stack([z48, delta], axis=1), b)
+        g_z = grads[:, 0]
+        h_delta = (grads[:, 1] + q * (1 << (FRAC_U - FRAC_IN))) % p  # Hδ (the gradient added −q′)
+        g = (g_z + h_delta) % p
+    else:
+        g = (await _gradient(ops, h, q, polished[:, None, :], b))[:, 0]
+    to_w = 1 << (FRAC_W + 2 * FRAC_U - FRAC_S - FRAC_U)  # frac 48 → frac 32 after the cut
     sums = np.concatenate([
-        (lam * u_abs).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
-        (u * g).sum(axis=1),
-        (q * u).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
-        (u * restart_up).ravel(),
-        (g * restart_up).ravel(),
+        (lam * polished_abs).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+        (polished * g).sum(axis=1),
+        (q * polished).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+        (polished * to_w).ravel(),
+        (g * to_w).ravel(),
     ]) % p
     cut = await ops.trunc(sums, 2 * FRAC_U - FRAC_S, b.sums(), degree2t=True)
     s1, s2, s3, u32, g32 = _split(cut, (batch,), (batch,), (batch,), (batch, d), (batch, d))
     yy = cyy * (1 << (FRAC_S - FRAC_IN))
-    abs_total = u_abs.sum(axis=1)
+    abs_total = polished_abs.sum(axis=1)
     values = [(t.s1 * s1 + t.s2 * s2 + t.s3 * s3 + t.yy * yy + t.abs_u * abs_total + t.constant) % p for t in tests]
-    exact_g = (np.einsum("bij,bj->bi", h, u) - q * (1 << FRAC_U)) % p  # Hu − q′ at frac 88, degree 2t, unrounded
-    x_g = (exact_g * (1 << (2 * FRAC_CERT - FRAC_IN - FRAC_U))) % p
-    x = np.concatenate([np.broadcast_to(x_g, (levels, batch, d)).ravel(), *values])
-    kappa = np.concatenate([dual.ravel(), np.full(levels * batch, 2, dtype=object)])
-    _, _, _, above, below = await _threshold(ops, x, kappa, FRAC_CERT, b.certificate(), supply)
+    exact_g = (np.einsum("bij,bj->bi", h, polished) - q * (1 << FRAC_U)) % p  # frac 88, degree 2t, unrounded
+    x_parts = [np.broadcast_to((exact_g * (1 << (2 * FRAC_CERT - FRAC_IN - FRAC_U))) % p, (levels, batch, d)).ravel(),
+               *values]
+    kappa_parts = [dual.ravel(), np.full(levels * batch, 2, dtype=object)]
+    if admm is not None:
+        l1_change = lam * (polished_abs - (z_abs * up) % p) * (1 << (FRAC_U - FRAC_IN))  # frac 96
+        twice = (2 * delta * g_z + delta * h_delta + 2 * l1_change).sum(axis=1)  # 2(F(u) − F(z)), frac 96
+        x_parts.append((twice * (1 << (2 * FRAC_CERT - 2 * FRAC_U))) % p)
+        kappa_parts.append(np.zeros(batch, dtype=object))
+    _, _, _, above, below = await _threshold(ops, np.concatenate(x_parts), np.concatenate(kappa_parts), FRAC_CERT,
+                                             b.certificate(), supply)
     n = levels * batch * d
     violated = (above[:n] + below[:n]).reshape(levels, batch, d).sum(axis=2)
-    factors = list((violated + 1 - below[n:].reshape(levels, batch)) % p)  # per test: 0 iff it passes
-    # Products (a tree over the tests; the first level also clips g with the first test's bits:
-    # clip(g) = g − above·(g − c) − below·(g + c)).
+    factors = list((violated + 1 - below[n : n + levels * batch].reshape(levels, batch)) % p)  # 0 iff the test passes
+    # Round A: the tree's first level; the clipped gradient (with the first test's bits).
     extra: list[ObjectArray] = []
     if clip is not None:
         extra = [above[: batch * d] * (g32 - clip).ravel(), below[: batch * d] * (g32 + clip).ravel()]
-    restart = None
-    while len(factors) > 1 or extra:
+    w_polished = None
+    if len(factors) > 1 or extra:
         pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
         reduced = await ops.reduce(np.concatenate([*pairs, *extra]) % p)
         factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
         if extra:
             above_part, below_part = _split(reduced[len(pairs) * batch :], (batch, d), (batch, d))
-            restart = (u32, (-(g32 - above_part - below_part) * _INV_RHO[0]) % p)
-            extra = []
-    fail = factors[0]
-    total = np.array([fail.sum() % p], dtype=object)
+            w_polished = (-(g32 - above_part - below_part) * _INV_RHO[0]) % p
+    # Round B: the rest of the tree; the selection (better = [F(u) < F(z)]).
+    chosen = polished, polished_abs
+    restart = None
+    pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
+    moves: list[ObjectArray] = []
+    if admm is not None:
+        assert w_polished is not None
+        better = np.broadcast_to(below[n + levels * batch :][:, None], (batch, d)).ravel()
+        moves = [better * x.ravel() for x in (delta, (polished_abs - (z_abs * up) % p) % p, (u32 - z) % p,
+                                               (w_polished - w) % p)]
+    if pairs or moves:
+        reduced = await ops.reduce(np.concatenate([*pairs, *moves]) % p)
+        factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
+        if moves:
+            d_u, d_abs, d_z, d_w = _split(reduced[len(pairs) * batch :], *[(batch, d)] * 4)
+            chosen = ((z48 + d_u) % p, ((z_abs * up) + d_abs) % p)
+            restart = ((z + d_z) % p, (w + d_w) % p)
+    while len(factors) > 1:  # more than four tests
+        pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
+        reduced = await ops.reduce(np.concatenate(pairs) % p)
+        factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
+    total = np.array([factors[0].sum() % p], dtype=object)
     mask = ops._prss(1, p)
     opened = await ops._open((mask * total + ops._prss_zero(1)) % p, 2 * ops.t)
     assert opened is not None
-    return bool(opened[0] == 0), restart
-
-
-def _check_bits(plan: SolverPlan, batch: int, levels: int) -> int:
-    """Random bits of one check (polish, selection, certificate)."""
-    b, d = bounds(plan), plan.d
-    polish = _needed(batch * d, FRAC_IN, b.first()) + _needed(2 * batch * d, FRAC_U, b.polished())
-    select = _needed(batch, FRAC_U, b.objective_change()) if plan.has_l1 else 0
-    return polish + select + _certificate_bits(batch, d, levels, b)
+    certified = bool(opened[0] == 0)
+    if certified:
+        return _Outcome(True, polished, polished_abs, None)
+    return _Outcome(False, *chosen, restart)
 
 
 async def fit_batch(
@@ -619,7 +644,6 @@ async def fit_batch(
     """B independent fits (one per covariance in ``cov``) in one batch of rounds, run until the
     certificate holds for all of them at a checkpoint, or to the plan's maximum."""
     inp, work = fields.inp, fields.work
-    b = bounds(plan)
     e, h, q, lam = await _prepare(fields, cov, params, plan, l1_times_e, l1_max(plan), step)
     batch, d = q.shape
     cyy = cov[:, d, d]
@@ -628,8 +652,7 @@ async def fit_batch(
     if not plan.has_l1:  # ridge: the refined solve with every feature active, then the certificate
         supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
         u, u_abs = await _polish(inp, h, q, lam, None, plan, supply, step)
-        g = (await _gradient(inp, h, q, u[:, None, :], b))[:, 0]
-        certified, _ = await _certify(inp, h, u, u_abs, g, q, lam, cyy, dual, None, plan, supply)
+        outcome = await _check(inp, h, q, lam, cyy, u, u_abs, None, dual, None, plan, supply)
         done = 0
     else:
         low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 10)
@@ -644,20 +667,20 @@ async def fit_batch(
         for mark in plan.checkpoints:
             z, z_abs, above, below = await admm.run(mark - done, step)
             done = mark
-            back = await work.convert(np.concatenate([z.ravel(), z_abs.ravel(), above.ravel(), below.ravel()]),
+            back = await work.convert(np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]),
                                       inp, FRAC_W + ADMM_BITS + 1)
-            z, z_abs, above, below = _split(back, *[z.shape] * 4)
+            z, z_abs, above, below, w = _split(back, *[z.shape] * 5)
             supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
             polished, polished_abs = await _polish(inp, h, q, lam, (above, below), plan, supply, step)
-            u, u_abs, g = await _select(inp, h, q, lam, z, z_abs, polished, polished_abs, b, supply)
-            certified, restart = await _certify(inp, h, u, u_abs, g, q, lam, cyy, dual, clip, plan, supply)
-            if certified or mark == plan.checkpoints[-1]:
+            outcome = await _check(inp, h, q, lam, cyy, polished, polished_abs, (z, z_abs, w), dual, clip, plan, supply)
+            if outcome.certified or mark == plan.checkpoints[-1]:
                 break
-            assert restart is not None
-            u32, w32 = restart
-            moved = await inp.convert(np.concatenate([u32.ravel(), w32.ravel()]), work, FRAC_W + 2 * ADMM_BITS)
-            admm.restart(*_split(moved, u32.shape, w32.shape))
+            assert outcome.restart is not None
+            z_next, w_next = outcome.restart
+            moved = await inp.convert(np.concatenate([z_next.ravel(), w_next.ravel()]), work, FRAC_W + 2 * ADMM_BITS)
+            admm.restart(*_split(moved, z_next.shape, w_next.shape))
+    u = outcome.u
     if params.w_scale is not None:
         e = await inp.mul(e, params.w_scale[:, None], FRAC_IN, 2 * FRAC_IN + E_BITS + 2)
     w_hat = await inp.mul(e, u, FRAC_U, FRAC_IN + FRAC_U + E_BITS + ADMM_BITS + 2)
-    return Fit(w_hat, u, e, done, certified)
+    return Fit(w_hat, u, e, done, outcome.certified)

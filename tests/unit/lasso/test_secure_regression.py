@@ -127,6 +127,18 @@ def test_one_party_collinear_badly_scaled_design_is_certified_at_the_optimum(mpc
     assert objective(np.asarray(result.coefficients), result.intercept) - best <= 1e-8 * best
 
 
+def test_one_party_short_budget_is_reported_as_not_converged(mpc: Any) -> None:
+    design = make_collinear(2000, 12, seed=2)
+    table = as_joined(np.column_stack([design.x, design.y]))
+    ranges = tuple(ColumnRange(*r) for r in design.feature_ranges) + (ColumnRange(*design.target_range),)
+    spec = RegressionSpec(ModelKind.LASSO, (1e-4 * design.alpha_max(),), ranges, len(ranges) - 1, iterations=3)
+    result = mpc.run(secure_fit(mpc, encode(table), spec))
+    x, y = split_table(table, spec)
+    plain = fit_plain(x, y, spec)
+    assert result is not None and not plain.converged
+    assert not result.converged and result.certified_gap is None and result.iterations == 3
+
+
 def test_progress_reports_counts_per_phase(mpc: Any) -> None:
     events: list[tuple[str, int, int]] = []
     spec = _spec(ModelKind.LASSO, (1.0,), iterations=10)
