@@ -43,7 +43,7 @@ problems slowly (hundreds of iterations at condition numbers of 1e4); the
 polished point is exact once the support is right, and ADMM restarted from
 it repairs a wrong support within a segment or two (docs/adr/0004).
 
-Certificate (checked at every checkpoint, inside MPC). With g = Hu − q′ and
+Certificate (checked at every checkpoint on the polished u, inside MPC). With g = Hu − q′ and
 P(u) = ½Ĉ_yy − q′ᵀu + ½uᵀHu + λᵀ|u| (the objective divided by h_y²), the
 scaled residual θ = (1 − η)·r is dual feasible when |g_j| ≤ (1 + η)λ_j for
 every j, and then

@@ -1,5 +1,5 @@
 """B regressions at once on normalised moments (MPyC): Jacobi scaling, ADMM in segments,
-polishing, selection, a convergence certificate and restarts.
+polishing, a convergence certificate, selection and restarts.
 
 Input: shares of Ĉ ((B, d+1, d+1), target last, ``secure_gram``) and the
 per-problem constants ``Params`` (public per alpha, or one-hot combinations
@@ -18,13 +18,15 @@ for the maths):
      iterative refinement (residual at frac 56), and one fused threshold that
      truncates to frac 48, masks the support (exact zeros) and clips to
      ±2^(ADMM_BITS−1);
-   * select: a secure comparison of F keeps the polished point or z, and gives
-     u, |u| and g = Hu − q′ at frac 48;
-   * certify: one fused threshold compares every |g_j| with its dual bound and
-     the certificate's gap test for every public slack; the bits are combined
-     into one number that is zero exactly when every fit of the batch is
-     certified, and a random multiple of it is opened (one bit of leakage);
-   * restart (only when not certified): z = u, w = −clip(g)/ρ, back to F_w.
+   * check (``_check``): one fused threshold compares every |g_j| of the
+     polished point (g = Hu − q′) with its dual bound, the certificate's gap
+     test for every public slack, and 2(F(polished) − F(z)) with 0; the
+     certificate bits are combined into one number that is zero exactly when
+     every fit of the batch is certified, and a random multiple of it is
+     opened (one bit of leakage);
+   * otherwise: where the polished point is better, ADMM restarts from it
+     (z = u, w = −clip(g)/ρ), elsewhere it goes on; at the last checkpoint the
+     better of the two is the result.
 
 Bounds. Every truncation and comparison is sized for the worst case of its
 inputs (``Bounds``), not for typical values: a wrong support can make the
