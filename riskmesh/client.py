@@ -11,6 +11,7 @@ the gateway's certificate must be issued by the org's own CA and name
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +20,10 @@ import grpc
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lasso_pb2
 
 DEFAULT_TIMEOUT_S = 30.0
+
+
+class UncertifiedModelWarning(UserWarning):
+    """A revealed model whose convergence certificate did not hold: it may be far from the optimum."""
 
 
 class GatewayClient:
@@ -76,7 +81,12 @@ class GatewayClient:
         yield from self._stub.WatchRun(gateway_pb2.WatchRunRequest(run_id=run_id), timeout=timeout)
 
     def result(self, run_id: str) -> tuple[gateway_pb2.Run, lasso_pb2.ModelResult]:
+        """The run and its revealed model; warns (`UncertifiedModelWarning`) when the solver did not certify it."""
         reply = self._stub.GetResult(gateway_pb2.GetResultRequest(run_id=run_id), timeout=DEFAULT_TIMEOUT_S)
+        if reply.result.coefficients and not reply.result.converged:
+            warnings.warn(f"run {run_id}: the model is not certified (the solver stopped at its maximum of "
+                          f"{reply.result.iterations} iterations); it may be far from the optimum",
+                          UncertifiedModelWarning, stacklevel=2)
         return reply.run, reply.result
 
     def cancel(self, run_id: str) -> gateway_pb2.Run:

@@ -63,6 +63,7 @@ def show_run(gw: GatewayClient, run_id: str) -> None:
     for c in result.coefficients:
         print(f"coefficient feature={c.feature} value={c.value!r}")
     print(f"intercept value={result.intercept!r}")
+    print(f"certificate converged={str(result.converged).lower()} gap={result.certified_gap!r} iterations={result.iterations}")
     study = gw.get_study(run.study_id)
     features = [c.feature for c in result.coefficients]
     record = midpoint_record(study.spec, features)

@@ -334,7 +334,10 @@ class ModelSpec(_message.Message):
     standardize: _builtins.bool
     """Standardise features inside MPC before fitting (coefficients reported on both scales)."""
     iterations: _builtins.int
-    """Fixed, public number of solver iterations (0 = the server default)."""
+    """Maximum number of solver iterations (0 = the server default, 115). The solver stops at the
+    first public checkpoint (10, 25, 40, ...) where its convergence certificate holds; all
+    parties learn which one.
+    """
     @_builtins.property
     def alphas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Regularisation strength; one value, or a grid when cv_folds > 1."""

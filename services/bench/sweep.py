@@ -3,7 +3,10 @@
 Full: the whole study (`--phase all`, services/bench/full_bench.py) at 1,000, 2,500,
 5,000, 10,000, 25,000, 50,000 and 100,000 rows per owner with 10 features, and at 5,
 20 and 50 features with 10,000 rows (10 features there is the records sweep's point):
-the median of 3 runs up to 10,000 rows, one run above. Every point starts its own
+the median of 3 runs up to 10,000 rows, one run above. Then the collinear curve: the
+secure Lasso alone (`--phase lasso --design collinear`, services/bench/lasso_bench.py) on
+the ill-conditioned family at 1,000, 2,500, 5,000 and 10,000 joined rows × 30 features,
+one run each, with its iterations, certificate and objective gap. Every point starts its own
 three organisations. Budget: 30 minutes on this 2-core machine; once the sweep has
 used `CUT_AFTER_S` of it, the remaining points run once (the CSV's `repeat` column
 and the README say so). A point whose run fails is retried once on fresh
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from services.bench.full_bench import BenchError, bench_all
+from services.bench.lasso_bench import bench_lasso
 from services.bench.tno_compare import RESULT_PATH as TNO_RESULT_PATH
 
 BUDGET_S = 30 * 60.0
@@ -46,13 +50,14 @@ PHASE_COLUMNS = ("join_s", "reshare_s", "lasso_s", "total_s")
 CSV_COLUMNS = (
     "sweep", "records", "features", "repeat", "ok", "joined", "join_s", "reshare_s", "lasso_s", "total_s", "iterations", "nonzero",
     "max_abs_coef_diff", "rel_coef_diff", "bytes_sent", "peak_rss_mb", "peak_rss_mb_insurer", "peak_rss_mb_hospital", "peak_rss_mb_helper",
-    "total_s_runs", "load_1m_before", "error",
+    "total_s_runs", "load_1m_before", "converged", "objective_gap", "max_pred_diff", "error",
 )
+COLLINEAR_FEATURES = 30
 
 
 @dataclass(frozen=True)
 class Point:
-    sweep: str  # "records" or "features"
+    sweep: str  # "records", "features" (whole study) or "collinear" (secure Lasso alone, ill-conditioned design)
     records: int
     features: int
     repeat: int
@@ -61,9 +66,11 @@ class Point:
 def plan(quick: bool) -> list[Point]:
     """The points of a sweep, in running order."""
     if quick:
-        return [Point("records", n, 10, 1) for n in (1_000, 2_500, 5_000)] + [Point("features", 2_500, d, 1) for d in (5, 20)]
+        return ([Point("records", n, 10, 1) for n in (1_000, 2_500, 5_000)] + [Point("features", 2_500, d, 1) for d in (5, 20)]
+                + [Point("collinear", 1_000, COLLINEAR_FEATURES, 1)])
     records = [Point("records", n, 10, 3 if n <= 10_000 else 1) for n in (1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000)]
-    return records + [Point("features", 10_000, d, 3) for d in (5, 20, 50)]
+    collinear = [Point("collinear", n, COLLINEAR_FEATURES, 1) for n in (1_000, 2_500, 5_000, 10_000)]
+    return records + [Point("features", 10_000, d, 3) for d in (5, 20, 50)] + collinear
 
 
 def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -83,7 +90,14 @@ def csv_row(point: Point, record: Mapping[str, Any] | None, error: str = "") -> 
     """One results.csv row (empty cells where a failed point has no figure)."""
     row: dict[str, Any] = {c: "" for c in CSV_COLUMNS}
     row.update({"sweep": point.sweep, "records": point.records, "features": point.features, "repeat": point.repeat, "ok": record is not None, "error": error})
-    if record is not None:
+    if record is not None and point.sweep == "collinear":  # the secure Lasso alone: no join phases
+        for key in ("lasso_s", "iterations", "nonzero", "max_abs_coef_diff", "rel_coef_diff", "peak_rss_mb", "load_1m_before",
+                    "converged", "objective_gap", "max_pred_diff"):
+            row[key] = record[key]
+        row["joined"] = record["records"]
+        row["bytes_sent"] = record["mpc_bytes_sent"]
+        row["total_s_runs"] = ";".join(f"{t:.3f}" for t in record["lasso_s_runs"])
+    elif record is not None:
         for key in ("joined", *PHASE_COLUMNS, "iterations", "nonzero", "max_abs_coef_diff", "rel_coef_diff", "bytes_sent", "peak_rss_mb", "load_1m_before"):
             row[key] = record[key]
         for org in ORGS:
@@ -158,6 +172,10 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, tno: Mapping[str, Any]
         ax.plot(xs, [float(r[column]) for r in points], styles[column], label=labels[column], linewidth=2.2 if column == "total_s" else 1.4)
     if tno and "total_s" in tno.get("tno", {}):
         ax.plot([tno["records"]], [tno["tno"]["total_s"]], "kx", markersize=10, mew=2, label=f"TNO packages, same machine ({tno['records']:,} rows, process start → coefficients)")
+    collinear = sorted((r for r in rows if r["sweep"] == "collinear" and str(r["ok"]) == "True"), key=lambda r: int(r["records"]))
+    if collinear:
+        ax.plot([int(r["records"]) for r in collinear], [float(r["lasso_s"]) for r in collinear], "v--", color="tab:purple",
+                label=f"secure Lasso alone, collinear design ({COLLINEAR_FEATURES} features; x = joined rows)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("records per data owner (half of them in the join), 10 features")
@@ -215,7 +233,7 @@ def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: 
         "| sweep | records | features | runs | joined | join s | reshare s | lasso s | total s | iterations | rel coef diff | MB sent | largest RSS MB | load before |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in (r for r in rows if r["sweep"] != "collinear"):
         if str(r["ok"]) != "True":
             lines.append(f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | failed: {r['error']} ||||||||||")
             continue
@@ -227,7 +245,9 @@ def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: 
     if retried:
         lines += ["", "Points that succeeded on a second attempt (the first failure, kept for diagnosis):", ""]
         lines += [f"- {r['sweep']} {int(r['records']):,} × {r['features']}: {r['error']}" for r in retried]
-    lines += ["", "![time against records](figure4.png)", "", "## Growth (least squares on log–log: time ≈ c·x^k)", ""]
+    lines += ["", "![time against records](figure4.png)", ""]
+    lines += collinear_section(rows)
+    lines += ["", "## Growth (least squares on log–log: time ≈ c·x^k)", ""]
     fits = exponents(rows)
     if fits:
         lines += ["| x | join | reshare | lasso | total | bytes sent |", "|---|---:|---:|---:|---:|---:|"]
@@ -246,6 +266,31 @@ def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: 
     lines += ["", "## TNO packages, side by side", ""]
     lines += tno_section(tno)
     return "\n".join(lines) + "\n"
+
+
+def collinear_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ill-conditioned design: `riskmesh bench --phase lasso --design collinear` per point."""
+    points = [r for r in rows if r["sweep"] == "collinear"]
+    if not points:
+        return []
+    lines = [
+        "## Ill-conditioned design: the secure Lasso alone",
+        "",
+        f"`riskmesh bench --phase lasso --records N --features {COLLINEAR_FEATURES} --design collinear`: groups of three measurements "
+        "correlating ≥ 0.99, units from 1e-3 to 1e3, a small-scale target (services/testkit/collinear.py), alpha = 1e-4 × alpha_max; "
+        "N joined rows dealt as the join leaves them, the three lasso servers only. Objective gap: relative to scikit-learn's Lasso run "
+        "to convergence on the same plaintext join; prediction difference: relative to the target's range.",
+        "",
+        "| joined rows | features | lasso s | iterations | certified | objective gap | max prediction diff | MB sent | load before |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in points:
+        if str(r["ok"]) != "True":
+            lines.append(f"| {int(r['records']):,} | {r['features']} | failed: {r['error']} ||||||")
+            continue
+        lines.append(f"| {int(r['records']):,} | {r['features']} | {_fmt(r['lasso_s'])} | {r['iterations']} | {r['converged']} | "
+                     f"{_fmt(r['objective_gap'])} | {_fmt(r['max_pred_diff'])} | {_fmt(float(r['bytes_sent']) / 1e6, 1)} | {_fmt(r['load_1m_before'])} |")
+    return lines
 
 
 def tno_section(tno: Mapping[str, Any] | None) -> list[str]:
@@ -278,14 +323,21 @@ def run_point(point: Point, workdir: Path) -> dict[str, Any]:
         directory = workdir.with_name(f"{workdir.name}-attempt{attempt}")
         shutil.rmtree(directory, ignore_errors=True)
         try:
-            record = bench_all(point.records, point.features, ALPHA, repeat=point.repeat, workdir=directory)
+            if point.sweep == "collinear":
+                record = bench_lasso(point.records, point.features, None, repeat=point.repeat, workdir=directory, design="collinear")
+            else:
+                record = bench_all(point.records, point.features, ALPHA, repeat=point.repeat, workdir=directory)
         except (BenchError, OSError, RuntimeError, TimeoutError) as exc:
             failures.append(f"attempt {attempt}: {type(exc).__name__}: {exc} (kept in {directory})"[:400])
             print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} FAILED ({failures[-1]})", flush=True)
             continue
         shutil.rmtree(directory, ignore_errors=True)
-        print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: total {record['total_s']:.2f} s "
-              f"(join {record['join_s']:.2f}, reshare {record['reshare_s']:.2f}, lasso {record['lasso_s']:.2f}), rel coef diff {record['rel_coef_diff']:.1e}", flush=True)
+        if point.sweep == "collinear":
+            print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: lasso {record['lasso_s']:.2f} s, "
+                  f"{record['iterations']} iterations, certified {record['converged']}, objective gap {record['objective_gap']:.1e}", flush=True)
+        else:
+            print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: total {record['total_s']:.2f} s "
+                  f"(join {record['join_s']:.2f}, reshare {record['reshare_s']:.2f}, lasso {record['lasso_s']:.2f}), rel coef diff {record['rel_coef_diff']:.1e}", flush=True)
         return csv_row(point, record, "; ".join(failures))
     return csv_row(point, None, "; ".join(failures))
 

@@ -26,12 +26,6 @@ ORG = typer.Option("insurer", help="your organisation (whose gateway to talk to)
 HOME_OPT = typer.Option(HOME, help="where `riskmesh up` keeps configs, PKI and state")
 CONFIG = typer.Option(None, help="org config file (default: <home>/<org>/riskmesh.toml)")
 
-LEAKAGE_NOTICE = (
-    "By approving you allow what the table above lists, at every run the run policy allows. Two runs on inputs "
-    "that differ by one patient reveal that patient's membership through the intersection size: every run "
-    "commits to each owner's input (in every party's audit log), and a run whose input changed waits for the "
-    "other owner's approval (riskmesh study approve-run)."
-)
 
 
 def _client(org: str, home: Path, config: Optional[Path]) -> GatewayClient:
@@ -60,7 +54,8 @@ def print_study(study: gateway_pb2.Study) -> None:
         table.add_row(owner.org, cols + target)
     model = spec.model
     table.add_row("model", f"{common_pb2.ModelKind.Name(model.kind).removeprefix('MODEL_KIND_').lower()} alpha={list(model.alphas)} "
-                  f"folds={model.cv_folds} standardize={model.standardize}")
+                  f"folds={model.cv_folds} standardize={model.standardize} "
+                  f"max iterations={model.iterations or 'server default'}")
     table.add_row("minimum intersection", str(spec.min_intersection))
     policy = spec.run_policy
     approval = common_pb2.RunApproval.Name(policy.run_approval).removeprefix("RUN_APPROVAL_").lower().replace("_", " ")
@@ -236,6 +231,7 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         table.add_row(*row)
     table.add_row("(intercept)", f"{result.intercept:.6f}", *([""] * (len(table.columns) - 3)), *([f"{reference['(intercept)']:.6f}"] if reference and "(intercept)" in reference else ([""] if reference is not None else [])))
     console.print(table)
+    print_certificate(result)
     if result.cv_curve:
         cv = Table(title="cross-validation")
         cv.add_column("alpha", justify="right")
@@ -243,6 +239,17 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         for point in result.cv_curve:
             cv.add_row(f"{point.alpha:g}", f"{point.mean_squared_error:.6f}")
         console.print(cv)
+
+
+def print_certificate(result: lasso_pb2.ModelResult) -> None:
+    """Whether the solver certified the fit (a data owner must not use an uncertified model unknowingly)."""
+    if result.converged:
+        console.print(f"[green]certified[/]: relative objective gap ≤ {result.certified_gap:.1e} "
+                      f"(convergence certificate computed in MPC after {result.iterations} iterations)")
+        return
+    console.print(f"[bold red]NOT CERTIFIED[/]: the solver used its maximum of {result.iterations} iterations without "
+                  "its convergence certificate holding; the model may be far from the optimum. Do not use it as is: "
+                  "rerun the study with more iterations (model.iterations).")
 
 
 @study_app.command("result")

@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from riskmesh.v1 import common_pb2
 
 LEAKAGE_NOTICE = (
-    "By approving you allow: the other data owner learns the intersection size and the revealed outputs; "
-    "the helper learns both set sizes, the intersection size and which pseudonymous tags matched. "
-    "Repeated studies on inputs that differ by one patient reveal that patient's membership through the "
-    "intersection size; every run is recorded in the audit log by digest."
+    "By approving you allow what the table above lists, at every run the run policy allows. Two runs on inputs "
+    "that differ by one patient reveal that patient's membership through the intersection size: every run "
+    "commits to each owner's input (in every party's audit log), and a run whose input changed waits for the "
+    "other owner's approval (riskmesh study approve-run). "
+    "All three organisations, the helper included, learn how many solver iterations the fits needed "
+    "(the public checkpoint at which the convergence certificate held — 10, 25, 40, … up to the study's "
+    "maximum — for the cross-validation batch and for the final fit): one bit per checkpoint, a hint of how "
+    "well-conditioned the joined data are."
 )
 
 

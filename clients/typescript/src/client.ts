@@ -169,9 +169,14 @@ export class GatewayClient {
   }
 
   /** The run and its revealed model (data owners only). */
+  /** The run and its revealed model; warns on stderr when the solver did not certify the model. */
   async result(runId: string): Promise<{ run: Run; result: ModelResult }> {
     const reply = await this.unary(this.stub.getResult, { runId });
-    return { run: required(reply.run, "GetResult.run"), result: required(reply.result, "GetResult.result") };
+    const result = required(reply.result, "GetResult.result");
+    if (result.coefficients.length > 0 && !result.converged) {
+      console.warn(`warning: run ${runId}: the model is not certified (the solver stopped at its maximum of ${result.iterations} iterations); it may be far from the optimum`);
+    }
+    return { run: required(reply.run, "GetResult.run"), result };
   }
 
   async cancel(runId: string): Promise<Run> {

@@ -50,6 +50,11 @@ def threshold_field_bits(kappa: int, frac: int, x_bits: int) -> int:
     return max(trunc, compare)
 
 
+def threshold_bits_needed(size: int, frac: int, x_bits: int) -> int:
+    """Random bits one ``FusedThreshold.step`` on ``size`` values uses (2 comparisons × (ℓ + 1))."""
+    return 2 * size * (x_bits - frac + 1)
+
+
 class FusedThreshold:
     """Soft-threshold steps for a fixed batch shape and thresholds κ (see module docstring).
 
@@ -81,12 +86,21 @@ class FusedThreshold:
         out, self._bits = self._bits[:per_step], self._bits[per_step:]
         return out
 
-    async def step(self, x: ObjectArray) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
-        """(v, z, |z|, above, below) for x = v·2^(2f) (degree 2t), all of x's shape."""
+    async def step(
+        self, x: ObjectArray, random_bits: ObjectArray | None = None
+    ) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+        """(v, z, |z|, above, below) for x = v·2^(2f) (degree 2t), all of x's shape.
+
+        ``random_bits`` (``threshold_bits_needed`` of them, e.g. a slice of one batch made
+        for several thresholds) saves the round that would make them here.
+        """
         ops, p, f, l, n = self.ops, self.ops.p, self.frac, self.l, self.n
         shape = x.shape
         m = 2 * n  # comparisons: a⁺ = κ − v and a⁻ = v + κ
-        bits = await self._random_bits()  # (m, l+1): l magnitude bits (MSB first) and a sign bit
+        if random_bits is None:
+            bits = await self._random_bits()  # (m, l+1): l magnitude bits (MSB first) and a sign bit
+        else:
+            bits = random_bits.reshape(m, l + 1)
         r_bits, sign_bits = bits[:, :l], bits[:, l]
         r = (r_bits * (np.ones(l, dtype=object) << np.arange(l - 1, -1, -1).astype(object))).sum(axis=1)
         s = (2 * sign_bits - 1) % p

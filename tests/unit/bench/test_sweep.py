@@ -51,6 +51,25 @@ def test_full_plan_matches_the_issue() -> None:
     assert [(p.records, p.features, p.repeat) for p in features] == [(10_000, 5, 3), (10_000, 20, 3), (10_000, 50, 3)]
 
 
+def test_full_plan_ends_with_the_collinear_curve() -> None:
+    collinear = [p for p in plan(quick=False) if p.sweep == "collinear"]
+    assert [(p.records, p.features, p.repeat) for p in collinear] == [(1_000, 30, 1), (2_500, 30, 1), (5_000, 30, 1), (10_000, 30, 1)]
+
+
+def test_collinear_rows_carry_the_certificate_and_stay_out_of_the_fits(tmp_path: Path) -> None:
+    lasso = {"records": 1_000, "lasso_s": 2.5, "iterations": 25, "nonzero": 9, "max_abs_coef_diff": 1e-9, "rel_coef_diff": 1e-10,
+             "peak_rss_mb": 90.0, "load_1m_before": 0.2, "converged": True, "objective_gap": -1e-16, "max_pred_diff": 3e-10,
+             "mpc_bytes_sent": 5_000_000, "lasso_s_runs": [2.5]}
+    rows = [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 10_000)]
+    rows.append(csv_row(Point("collinear", 1_000, 30, 1), lasso))
+    saved = read_csv(write_csv(tmp_path / "r.csv", rows))
+    assert saved[2]["converged"] == "True" and saved[2]["total_s"] == "" and saved[2]["bytes_sent"] == "5000000"
+    assert set(exponents(saved)) == {"records"}
+    text = readme(saved, {"nproc": 2, "cpu": "x", "ram_gib": 8, "kernel": "k", "python": "3.11", "commit": "c", "load_start": 0.1,
+                          "load_end": 0.2, "elapsed_min": 1, "started": "now", "repeats_note": "n"}, "cmd", None)
+    assert "## Ill-conditioned design" in text and "| 1,000 | 30 | 2.50 | 25 | True |" in text
+
+
 def test_quick_plan_is_small() -> None:
     points = plan(quick=True)
     assert all(p.repeat == 1 and p.records <= 5_000 for p in points)

@@ -42,6 +42,7 @@ def test_model_result_names_coefficients_in_feature_order():
     assert [(c.feature, c.value) for c in out.coefficients] == [("gp_visits", 1.0), ("prescriptions", 2.0), ("exercise_hours", 3.0), ("smoker", 4.0), ("bmi", 5.0)]
     assert (out.intercept, out.joined, out.alpha, out.iterations, out.target) == (-1.0, 50, 0.1, 40, "hospital_days")
     assert [(p.alpha, p.mean_squared_error) for p in out.cv_curve] == [(0.1, 2.5)]
+    assert not out.converged and out.certified_gap == 0.0  # a result without a certificate says so
 
 
 def test_standardised_coefficients_are_revealed_only_when_the_study_names_them():
@@ -61,3 +62,10 @@ def test_extraction_a_join_below_the_floor_stops_inside_the_mpc_before_anything_
     with pytest.raises(ProgramError, match="minimum of 150 rows") as refused:
         check_joined(149, spec, 150)
     assert "149" not in str(refused.value)  # only the fact, never the count
+
+
+def test_model_result_carries_the_certificate():
+    result = RegressionResult(coefficients=(1.0,) * 5, intercept=0.0, alpha=0.1, joined=50, iterations=25,
+                              converged=True, certified_gap=2.0**-27)
+    out = model_result(result, make_spec())
+    assert out.converged and out.certified_gap == 2.0**-27 and out.iterations == 25
