@@ -106,6 +106,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                 context,
                 "no valid riskmesh identity in the client certificate",
             )
+        assert caller is not None  # _refuse aborted the call otherwise
         allowed = self._rules.get(method, ())
         if not any(rule.admits(caller, self._config) for rule in allowed):
             await self._refuse(

@@ -241,7 +241,10 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
     org = str(_require(data, "org", "config"))
     role = _role(_require(data, "role", "config"), "config")
     peers: dict[str, OrgEndpoint] = {}
-    for name, raw in dict(data.get("peers", {})).items():  # type: ignore[arg-type]
+    peer_tables = data.get("peers", {})
+    if not isinstance(peer_tables, Mapping):
+        raise ConfigError("config: peers must be a table of organisations")
+    for name, raw in peer_tables.items():
         where = f"peers.{name}"
         peers[name] = OrgEndpoint(
             org=name,

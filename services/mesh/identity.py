@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtensionOID
 
 # The servers of docs/design.md, `client` (the identity of an org's own systems and operators)
 # and `console` (the org's web console, services/console, a client of its own gateway).
@@ -47,7 +46,7 @@ def parse_spiffe(uri: str) -> Identity | None:
 def identity_of_certificate(cert: x509.Certificate) -> Identity | None:
     """The single spiffe URI SAN of a certificate, or None."""
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
     ids = [parse_spiffe(uri) for uri in san.get_values_for_type(x509.UniformResourceIdentifier)]

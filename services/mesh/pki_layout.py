@@ -100,12 +100,12 @@ def load_org_cas(trust_pem: bytes, pins: Mapping[str, str] | None = None) -> dic
     cas: dict[str, x509.Certificate] = {}
     for org, pin in pins.items():
         try:
-            cert = by_fingerprint.get(normalise_fingerprint(pin))
+            pinned = by_fingerprint.get(normalise_fingerprint(pin))
         except TrustError as exc:
             raise TrustError(f"the CA pinned for {org}: {exc}") from None
-        if cert is None:
+        if pinned is None:
             raise TrustError(f"no CA in the trust bundle has the fingerprint pinned for {org} ({pin})")
-        if claimed_org(cert) != org:
-            raise TrustError(f"the CA pinned for {org} names itself O={claimed_org(cert)}")
-        cas[org] = cert
+        if claimed_org(pinned) != org:
+            raise TrustError(f"the CA pinned for {org} names itself O={claimed_org(pinned)}")
+        cas[org] = pinned
     return cas

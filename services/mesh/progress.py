@@ -10,11 +10,11 @@ from riskmesh.v1 import common_pb2
 def progress(
     run_id: str,
     org: str,
-    phase: int,
+    phase: common_pb2.Phase.ValueType,
     done: int = 0,
     total: int = 0,
     message: str = "",
-    state: int = common_pb2.RUN_STATE_RUNNING,
+    state: common_pb2.RunState.ValueType = common_pb2.RUN_STATE_RUNNING,
 ) -> common_pb2.Progress:
     report = common_pb2.Progress(
         run_id=run_id, phase=phase, org=org, done=done, total=total, state=state, message=message

@@ -29,7 +29,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -122,20 +122,21 @@ def setup_metrics(org: str, server: str, state_dir: Path, reader: MetricReader |
     if reader is None and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        exporter = OTLPMetricExporter(timeout=_otlp_timeout())
-        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=METRICS_INTERVAL_MS)
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(timeout=_otlp_timeout()), export_interval_millis=METRICS_INTERVAL_MS
+        )
     elif reader is None:
         path = Path(state_dir) / "metrics" / f"{org}-{server}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         out = path.open("a")
-        exporter = ConsoleMetricExporter(out=out, formatter=lambda data: data.to_json(indent=None) + "\n")
-        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=METRICS_INTERVAL_MS)
+        console = ConsoleMetricExporter(out=out, formatter=lambda data: data.to_json(indent=None) + "\n")
+        reader = PeriodicExportingMetricReader(console, export_interval_millis=METRICS_INTERVAL_MS)
     provider = MeterProvider(metric_readers=[reader], resource=_resource(org, server))
     metrics.set_meter_provider(provider)
     return provider
 
 
-def read_spans(paths: Sequence[Path]) -> list[dict]:
+def read_spans(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """All spans from JSON-lines files (for `riskmesh trace`, the demo and tests)."""
     spans = []
     for path in paths:
@@ -144,7 +145,7 @@ def read_spans(paths: Sequence[Path]) -> list[dict]:
     return spans
 
 
-def read_metrics(paths: Sequence[Path]) -> list[dict]:
+def read_metrics(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """The latest value of every metric data point in JSON-lines metric files (cumulative,
     so the last export of each file holds the totals): one dict per point with the
     resource's riskmesh.org and riskmesh.server, the metric name, the point's attributes,

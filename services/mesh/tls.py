@@ -94,7 +94,7 @@ class MeshCredentials:
     org's pinned CA, else the current material stays and a warning is logged.
     """
 
-    def __init__(self, pki_dir, org: str, service: str, pins: Mapping[str, str] | None = None) -> None:
+    def __init__(self, pki_dir: str | Path, org: str, service: str, pins: Mapping[str, str] | None = None) -> None:
         self.org = org
         self.service = service
         self._paths = OrgPaths(Path(pki_dir) / org)

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -82,6 +82,11 @@ def from_peer(payload: bytes, peer: int) -> PeerMessage:
 def _refused(data: bytes, exc: WireError) -> WireError:
     peer = getattr(data, "peer", None)
     return exc if peer is None or isinstance(exc, PeerDataError) else PeerDataError(peer, str(exc))
+
+
+# int's converters as map() takes them (typeshed's byteorder is a Literal; these always get "little").
+_TO_BYTES = cast(Callable[[int, int, str], bytes], int.to_bytes)
+_FROM_BYTES = cast(Callable[[bytes, str], int], int.from_bytes)
 
 
 # ---- header -------------------------------------------------------------------------------
@@ -147,7 +152,7 @@ def width_for(modulus: int) -> int:
     return max(1, (modulus.bit_length() + 7) // 8)
 
 
-def _as_ints(values: Any) -> tuple[Sequence[int], tuple[int, ...]]:
+def _as_ints(values: Any) -> tuple[Sequence[int] | npt.NDArray[Any], tuple[int, ...]]:
     if isinstance(values, list):  # not through numpy: it makes floats of ints in [2^63, 2^64)
         return values, (len(values),)
     array = np.asarray(values)
@@ -175,7 +180,7 @@ def encode_ints(values: Any, width: int | None = None) -> bytes:
         raise WireError("array too large for an MPC message")
     try:
         try:
-            body = b"".join(map(int.to_bytes, ints, repeat(width), repeat("little")))
+            body = b"".join(map(_TO_BYTES, ints, repeat(width), repeat("little")))
         except TypeError:  # numpy or gmpy2 integers (never floats: index() refuses them)
             body = b"".join(operator.index(v).to_bytes(width, "little") for v in ints)
     except TypeError:
@@ -221,7 +226,7 @@ def _decode_ints(body: memoryview, width: int, count: int, bound: int | None) ->
         # Fixed-width byte strings; numpy drops trailing NULs, which are high zero bytes here.
         chunk = list(
             map(
-                int.from_bytes,
+                _FROM_BYTES,
                 np.frombuffer(body[start * width : stop * width], dtype=f"S{width}").tolist(),
                 repeat("little"),
             )
