@@ -31,7 +31,7 @@ from services.console import charts
 from services.console.board import STEPS, Board, phase_label, run_state_label
 from services.console.gateway import ConsoleGateway, GatewayError
 from services.console.security import CSRF_FIELD, AuthSettings, ConsoleSecurity, Sessions
-from services.study.disclosure import LEAKAGE_NOTICE, column_owners, disclosures, model_summary
+from services.study.disclosure import LEAKAGE_NOTICE, column_owners, model_summary
 
 log = logging.getLogger("riskmesh.console")
 
@@ -39,9 +39,19 @@ HERE = Path(__file__).resolve().parent
 MAX_SPEC_BYTES = 256 * 1024
 AUDIT_PAGE = 100
 SSE_COALESCE_S = 0.2
-# Fields of a StudySpec the study page lays out itself; anything else (a run policy, new
-# terms) is listed under "Run policy and further terms" as the gateway returned it.
-KNOWN_SPEC_FIELDS = {"study_id", "title", "parties", "owners", "model", "min_intersection", "reveal", "paillier_bits"}
+# Fields of a StudySpec the study page lays out itself; anything else (terms newer than this
+# console) is listed under "Further terms" as the gateway returned it.
+KNOWN_SPEC_FIELDS = {
+    "study_id",
+    "title",
+    "parties",
+    "owners",
+    "model",
+    "min_intersection",
+    "reveal",
+    "paillier_bits",
+    "run_policy",
+}
 STATUS_OF_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.PERMISSION_DENIED: 403,
@@ -212,13 +222,16 @@ class Console:
             if k not in KNOWN_SPEC_FIELDS
         }
         my_role = next((p.role for p in spec.parties if p.org == self.gateway.org), common_pb2.ROLE_UNSPECIFIED)
+        roles = {p.org: "helper" if p.role == common_pb2.ROLE_HELPER else "data owner" for p in spec.parties}
         return self.page(
             request,
             "study.html",
             study=study,
             spec=spec,
             runs=runs,
-            disclosures=disclosures(spec),
+            disclosures=[(d.org, roles.get(d.org, ""), list(d.items)) for d in study.disclosures],
+            policy=spec.run_policy,
+            approval=common_pb2.RunApproval.Name(spec.run_policy.run_approval),
             leakage=LEAKAGE_NOTICE,
             model=model_summary(spec),
             further=json.dumps(further, indent=2, sort_keys=True) if further else "",

@@ -5,7 +5,6 @@ Pure: derived from the StudySpec alone (README, "What each party learns").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from riskmesh.v1 import common_pb2
 
@@ -19,32 +18,6 @@ LEAKAGE_NOTICE = (
     "maximum — for the cross-validation batch and for the final fit): one bit per checkpoint, a hint of how "
     "well-conditioned the joined data are."
 )
-
-
-@dataclass(frozen=True)
-class Disclosure:
-    """One party and what it receives or learns from a run of the study."""
-
-    org: str
-    role: str  # "data owner" or "helper"
-    receives: tuple[str, ...]
-
-
-def disclosures(spec: common_pb2.StudySpec) -> list[Disclosure]:
-    """Per party, in the spec's party order."""
-    owner_outputs = ["the coefficients and the intercept", "the intersection size"]
-    if spec.model.standardize:
-        owner_outputs.append("the coefficients on the standardised scale")
-    if spec.reveal.cv_curve and spec.model.cv_folds > 1:
-        owner_outputs.append("the cross-validation curve (mean validation error per alpha)")
-    helper_learns = ("no result", "both owners' set sizes", "the intersection size", "which pseudonymous tags matched")
-    out = []
-    for party in spec.parties:
-        if party.role == common_pb2.ROLE_HELPER:
-            out.append(Disclosure(party.org, "helper", helper_learns))
-        else:
-            out.append(Disclosure(party.org, "data owner", tuple(owner_outputs)))
-    return out
 
 
 def column_owners(spec: common_pb2.StudySpec) -> dict[str, str]:

@@ -166,10 +166,12 @@ def disclosures(spec: common_pb2.StudySpec) -> dict[str, list[str]]:
         "the joined count (the protocol shows it to both owners), or only that it was below the minimum",
         "per run, whether the other owner's input changed since its previous run (a hiding commitment)",
         "the other parties' progress as fractions, and the run's timing",
+        "how many solver iterations the fits used (the checkpoint where the convergence certificate held)",
     ]
     helper = [
         "both owners' row counts, the joined count and which per-run pseudonymous tags matched",
         "the owners' input commitments (not the inputs)",
+        "how many solver iterations the fits used (the checkpoint where the convergence certificate held)",
         "nothing of the model",
     ]
     first, second = owner_orgs(spec)
