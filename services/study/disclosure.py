@@ -5,7 +5,6 @@ Pure: derived from the StudySpec alone (README, "What each party learns").
 
 from __future__ import annotations
 
-
 from riskmesh.v1 import common_pb2
 
 LEAKAGE_NOTICE = (

@@ -74,8 +74,14 @@ def make_collinear(rows: int, features: int = 30, seed: int = 0) -> CollinearDes
     signal = (x - x.mean(axis=0)) @ beta
     y = TARGET_SCALE * (signal + 0.3 * rng.standard_normal(rows)) + 5 * TARGET_SCALE
     x, y = np.round(x, DECIMALS), np.round(y, DECIMALS)
-    return CollinearDesign(x, y, tuple(f"m{j + 1}" for j in range(features)), _declared(x), _declared(y[:, None])[0],
-                           tuple(int(g) for g in group_of))
+    return CollinearDesign(
+        x,
+        y,
+        tuple(f"m{j + 1}" for j in range(features)),
+        _declared(x),
+        _declared(y[:, None])[0],
+        tuple(int(g) for g in group_of),
+    )
 
 
 def _true_weights(rng: np.random.Generator, group_of: npt.NDArray[np.int64], scales: Vector) -> Vector:
@@ -135,8 +141,12 @@ def collinear_study_data(records: int, features: int = 30, seed: int = 0) -> Stu
         values = design.x[:, list(columns)]
         if with_target:
             values = np.column_stack([values, design.y])
-        specs = [common_pb2.ColumnSpec(name=design.names[j], min=design.feature_ranges[j][0],
-                                       max=design.feature_ranges[j][1]) for j in columns]
+        specs = [
+            common_pb2.ColumnSpec(
+                name=design.names[j], min=design.feature_ranges[j][0], max=design.feature_ranges[j][1]
+            )
+            for j in columns
+        ]
         low, high = design.target_range
         target = common_pb2.ColumnSpec(name=TARGET_NAME, min=low, max=high) if with_target else None
         ids = [_spelled(*people[i], int(rng.integers(0, 3))) for i in order]

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 
+from services.lasso.core.params import ModelKind, RegressionSpec
 from services.lasso.core.plan import (
     ADMM_RELAX,
     ADMM_RHO,
@@ -35,7 +36,6 @@ from services.lasso.core.plan import (
     gap_tolerance,
     make_plan,
 )
-from services.lasso.core.params import ModelKind, RegressionSpec
 
 Matrix = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float64]
@@ -171,7 +171,7 @@ def solve(problems: list[Problem], plan: SolverPlan) -> Solution:
     ±(1 + η₀)λ, as ADMM's w always is), z lets ADMM go on as it was."""
     if not plan.has_l1:  # ridge: the refined solve with every feature active
         us = [refined_solve(p.h, p.q, plan) for p in problems]
-        return Solution(us, 0, all(certified(p, u, plan) for p, u in zip(problems, us)))
+        return Solution(us, 0, all(certified(p, u, plan) for p, u in zip(problems, us, strict=False)))
     d = len(problems[0].q)
     steps = []
     for p in problems:
@@ -189,11 +189,11 @@ def solve(problems: list[Problem], plan: SolverPlan) -> Solution:
                 w = v - z
             zs[i], ws[i] = z, w
         done = mark
-        polished = [polish(p, z, plan) for p, z in zip(problems, zs)]
-        if all(certified(p, u, plan) for p, u in zip(problems, polished)):
+        polished = [polish(p, z, plan) for p, z in zip(problems, zs, strict=False)]
+        if all(certified(p, u, plan) for p, u in zip(problems, polished, strict=False)):
             return Solution(polished, mark, True)
         us = []
-        for i, (p, z, u) in enumerate(zip(problems, zs, polished)):
+        for i, (p, z, u) in enumerate(zip(problems, zs, polished, strict=False)):
             if objective(p, u) < objective(p, z):
                 bound = (1 + DUAL_SLACKS[0]) * p.lam
                 zs[i], ws[i] = u, -np.clip(p.h @ u - p.q, -bound, bound) / ADMM_RHO
@@ -208,7 +208,7 @@ def fit_batch(
     problems = [problem(mom, ap) for mom, ap in items]
     solution = solve(problems, plan)
     out = []
-    for (mom, _), p, u in zip(items, problems, solution.u):
+    for (mom, _), p, u in zip(items, problems, solution.u, strict=False):
         w_hat = p.e * u
         out.append((w_hat, float(mom.mean[-1] - w_hat @ mom.mean[:-1]), u))
     return out, solution
@@ -246,11 +246,12 @@ def fit_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> PlainFit:
         fits, solution = fit_batch([(tr, ap) for tr, _ in folds for ap in plan.alphas], plan)
         n_alphas = len(plan.alphas)
         mses = [
-            float(np.mean([validation_mse(tr, va, fits[k * n_alphas + a][0], plan)
-                           for k, (tr, va) in enumerate(folds)]))
+            float(
+                np.mean([validation_mse(tr, va, fits[k * n_alphas + a][0], plan) for k, (tr, va) in enumerate(folds)])
+            )
             for a in range(n_alphas)
         ]
-        curve = tuple((ap.alpha, mse) for ap, mse in zip(plan.alphas, mses))
+        curve = tuple((ap.alpha, mse) for ap, mse in zip(plan.alphas, mses, strict=False))
         best = plan.alphas[int(np.argmin(mses))]
         converged = solution.certified
     [(w_hat, b_hat, u)], final = fit_batch([(moments(x, y, plan), best)], plan)
@@ -267,9 +268,7 @@ def _sklearn_model(kind: ModelKind, alpha: float, n_rows: int, l1_ratio: float =
     return Ridge(alpha=alpha * n_rows, solver="cholesky")
 
 
-def fit_sklearn(
-    x: Matrix, y: Vector, spec: RegressionSpec, alpha: float
-) -> tuple[Vector, float, Vector | None]:
+def fit_sklearn(x: Matrix, y: Vector, spec: RegressionSpec, alpha: float) -> tuple[Vector, float, Vector | None]:
     """scikit-learn's (w, b, standardised w) for the spec's objective at one alpha."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if spec.standardize:
@@ -293,7 +292,7 @@ def lasso_reference(names: Sequence[str], x: Matrix, y: Vector, alpha: float, to
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x, y)
-    return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
+    return {**dict(zip(names, (float(w) for w in model.coef_), strict=False)), "(intercept)": float(model.intercept_)}
 
 
 def cv_curve_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> tuple[tuple[float, float], ...]:

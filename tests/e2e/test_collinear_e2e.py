@@ -32,11 +32,14 @@ def collinear_mesh(tmp_path_factory):
     configs = local_mesh_for(root)
     orgs = {org: load_config(p, env={}) for org, p in configs.items()}
     data = collinear_study_data(RECORDS, FEATURES, seed=SEED)
-    sources = {"insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
-               "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv"))}
+    sources = {
+        "insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
+        "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv")),
+    }
     mesh = LocalMesh(configs).start()
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir)
-               for org, c in orgs.items()}
+    clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()
+    }
     yield clients, data, sources
     for c in clients.values():
         c.close()

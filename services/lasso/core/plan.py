@@ -168,8 +168,8 @@ class SolverPlan:
         b = mid_y + h_y b̂ − Σ_j w_j mid_j.
         """
         h_y, mid_y = self.halves[-1], self.mids[-1]
-        w = [wh * h_y / h for wh, h in zip(w_hat, self.halves[:-1])]
-        b = mid_y + h_y * b_hat - sum(wj * mj for wj, mj in zip(w, self.mids[:-1]))
+        w = [wh * h_y / h for wh, h in zip(w_hat, self.halves[:-1], strict=False)]
+        b = mid_y + h_y * b_hat - sum(wj * mj for wj, mj in zip(w, self.mids[:-1], strict=False))
         return w, b
 
 
@@ -209,8 +209,9 @@ def make_plan(spec: RegressionSpec, n_rows: int) -> SolverPlan:
     ns_k = ns_iterations(d, ADMM_RHO, d + ADMM_RHO)
     ns_polish = ns_iterations(d, floor, float(d))
     folds = tuple(fold_bounds(n_rows, spec.cv_folds)) if spec.cross_validate else ()
-    return SolverPlan(n_rows, d, mids, halves, alphas, iterations, ns_k, ns_polish, folds, has_l1,
-                      checkpoints(iterations), floor)
+    return SolverPlan(
+        n_rows, d, mids, halves, alphas, iterations, ns_k, ns_polish, folds, has_l1, checkpoints(iterations), floor
+    )
 
 
 def gap_tolerance(eta: float) -> float:

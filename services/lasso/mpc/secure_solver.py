@@ -209,8 +209,12 @@ async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray
     y = ops.fixed(start, FRAC_IN)
     n = g.size
     for _ in range(NEWTON_ITERATIONS):
-        both = await ops.mul(np.concatenate([g.ravel(), y.ravel()]), np.concatenate([y.ravel(), y.ravel()]),
-                             FRAC_IN, 2 * FRAC_IN + 2 * E_BITS)
+        both = await ops.mul(
+            np.concatenate([g.ravel(), y.ravel()]),
+            np.concatenate([y.ravel(), y.ravel()]),
+            FRAC_IN,
+            2 * FRAC_IN + 2 * E_BITS,
+        )
         gy, yy = both[:n].reshape(g.shape), both[n:].reshape(g.shape)
         numerator = 3 * y * (1 << FRAC_IN) - gy * yy
         y = await ops.trunc(numerator % ops.p, FRAC_IN + 1, 2 * FRAC_IN + E_BITS + 3, degree2t=True)
@@ -218,7 +222,12 @@ async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray
 
 
 async def _newton_schulz(
-    ops: FieldOps, m: ObjectArray, iterations: int, trace_bound: float, frac: int, x_bits: int,
+    ops: FieldOps,
+    m: ObjectArray,
+    iterations: int,
+    trace_bound: float,
+    frac: int,
+    x_bits: int,
     step: StepCallback,
 ) -> ObjectArray:
     """X ≈ M⁻¹ (batched (B, d, d), frac ``frac``) by X ← X(2I − MX) from X₀ = I/trace_bound.
@@ -255,7 +264,12 @@ class Fit:
 
 
 async def _prepare(
-    fields: Fields, cov: ObjectArray, params: Params, plan: SolverPlan, l1_times_e: bool, l1_max: float,
+    fields: Fields,
+    cov: ObjectArray,
+    params: Params,
+    plan: SolverPlan,
+    l1_times_e: bool,
+    l1_max: float,
     step: StepCallback,
 ) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
     """Jacobi scaling inside MPC: (e, H, q′, λ) in F_in at frac 40 (λ clamped to ρ·KAPPA_CLAMP)."""
@@ -282,9 +296,12 @@ async def _prepare(
     if params.offdiag is not None and params.w_scale is not None:  # standardised EN/ridge: e = e₀/√a
         factor = np.broadcast_to(params.offdiag[:, None, None], h.shape).copy()
         factor[:, np.arange(d), np.arange(d)] = 1 << FRAC_IN
-        scaled = await ops.mul(np.concatenate([h.ravel(), q.ravel()]),
-                               np.concatenate([factor.ravel(), np.broadcast_to(params.w_scale[:, None], q.shape).ravel()]),
-                               FRAC_IN, 2 * FRAC_IN + 3)
+        scaled = await ops.mul(
+            np.concatenate([h.ravel(), q.ravel()]),
+            np.concatenate([factor.ravel(), np.broadcast_to(params.w_scale[:, None], q.shape).ravel()]),
+            FRAC_IN,
+            2 * FRAC_IN + 3,
+        )
         h, q = scaled[: h.size].reshape(h.shape), scaled[h.size :].reshape(q.shape)
     if l1_times_e:
         limit = ADMM_RHO * KAPPA_CLAMP
@@ -344,8 +361,9 @@ class _Admm:
         self.w = np.zeros(c1.shape, dtype=object)
 
     @classmethod
-    async def create(cls, ops: FieldOps, h: ObjectArray, q: ObjectArray, kappa: ObjectArray, plan: SolverPlan,
-                     step: StepCallback) -> _Admm:
+    async def create(
+        cls, ops: FieldOps, h: ObjectArray, q: ObjectArray, kappa: ObjectArray, plan: SolverPlan, step: StepCallback
+    ) -> _Admm:
         p, d = ops.p, plan.d
         shifted = h.copy()
         diagonal = (np.arange(d), np.arange(d))
@@ -355,8 +373,9 @@ class _Admm:
         (num_a, shift_a), (num_c, shift_c) = _RHO_RELAX, _RELAX
         a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + _log2(abs(num_a)) + k_bits + 2)  # rρ·K
         kq = np.einsum("bij,bj->bi", k, q)
-        c1 = await ops.trunc((num_c * kq) % p, FRAC_W + shift_c,
-                             2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2, degree2t=True)  # r·Kq′
+        c1 = await ops.trunc(
+            (num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2, degree2t=True
+        )  # r·Kq′
         return cls(ops, a1, c1, kappa)
 
     async def run(self, steps: int, step: StepCallback) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
@@ -367,8 +386,11 @@ class _Admm:
         z, w = self.z, self.w
         out: tuple[ObjectArray, ...] = ()
         for _ in range(steps):
-            local = (np.einsum("bij,bj->bi", self.a1, (z - w) % p) + num_z * z * (1 << (FRAC_W - shift_z))
-                     + (self.c1 + w) * (1 << FRAC_W))
+            local = (
+                np.einsum("bij,bj->bi", self.a1, (z - w) % p)
+                + num_z * z * (1 << (FRAC_W - shift_z))
+                + (self.c1 + w) * (1 << FRAC_W)
+            )
             v, z, z_abs, above, below = await threshold.step(local % p)
             w = (v - z) % p
             out = (z, z_abs, above, below)
@@ -381,8 +403,14 @@ class _Admm:
 
 
 async def _polish(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, bits: tuple[ObjectArray, ObjectArray] | None,
-    plan: SolverPlan, supply: _BitSupply, step: StepCallback,
+    ops: FieldOps,
+    h: ObjectArray,
+    q: ObjectArray,
+    lam: ObjectArray,
+    bits: tuple[ObjectArray, ObjectArray] | None,
+    plan: SolverPlan,
+    supply: _BitSupply,
+    step: StepCallback,
 ) -> tuple[ObjectArray, ObjectArray]:
     """(u, |u|) at frac 48: H_SS u_S = q′_S − λ_S s_S on the support S of z (all features for ridge).
 
@@ -407,8 +435,9 @@ async def _polish(
             np.concatenate([np.broadcast_to(a[:, None, :], (batch, d, d)).ravel(), s.ravel()]),
         )
         aa, ls = _split(pair, (batch, d, d), (batch, d))
-        masked = await ops.mul_exact(np.concatenate([aa.ravel(), a.ravel()]),
-                                     np.concatenate([h.ravel(), ((q - ls) % p).ravel()]))
+        masked = await ops.mul_exact(
+            np.concatenate([aa.ravel(), a.ravel()]), np.concatenate([h.ravel(), ((q - ls) % p).ravel()])
+        )
         m, rhs = _split(masked, (batch, d, d), (batch, d))
         m[:, np.arange(d), np.arange(d)] = (m[:, np.arange(d), np.arange(d)] + (1 - a) * (1 << f)) % p
     x = await _newton_schulz(ops, m, plan.ns_polish_iterations, float(d), f, b.x_bits, step)
@@ -421,8 +450,9 @@ async def _polish(
     refined = (u0 * (1 << FRAC_R) + np.einsum("bij,bj->bi", x, residual)) % p  # u·2^96, degree 2t
     bound_48 = ops.fixed(np.full(q.shape, 2.0 ** (ADMM_BITS - 1)), FRAC_U)
     mask = ((1 - a) * bound_48) % p
-    _, cut, cut_abs, _, _ = await _threshold(ops, np.concatenate([refined, refined]), np.concatenate([mask, bound_48]),
-                                             FRAC_U, b.polished(), supply)
+    _, cut, cut_abs, _, _ = await _threshold(
+        ops, np.concatenate([refined, refined]), np.concatenate([mask, bound_48]), FRAC_U, b.polished(), supply
+    )
     return (cut[:batch] - cut[batch:]) % p, (cut_abs[:batch] - cut_abs[batch:]) % p
 
 
@@ -484,9 +514,14 @@ def _ridge_test(plan: SolverPlan) -> _Test:
     eps = Fraction(RIDGE_GRADIENT_BOUND)
     p_min = plan.d * eps**2 / (2 * Fraction(plan.strong_convexity) * Fraction(CERTIFICATE_TOLERANCE))
     half = Fraction(1, 2)
-    test = _Test(0, _integer(-half * 2**CERT_SCALE), _integer(half * 2**CERT_SCALE), _integer(-half * 2**CERT_SCALE),
-                 _integer(half * error * scale / 2**FRAC_U),
-                 math.ceil(p_min * scale) + _integer(Fraction(8, 2**FRAC_S) * scale))
+    test = _Test(
+        0,
+        _integer(-half * 2**CERT_SCALE),
+        _integer(half * 2**CERT_SCALE),
+        _integer(-half * 2**CERT_SCALE),
+        _integer(half * error * scale / 2**FRAC_U),
+        math.ceil(p_min * scale) + _integer(Fraction(8, 2**FRAC_S) * scale),
+    )
     return test
 
 
@@ -537,9 +572,18 @@ def _check_bits(plan: SolverPlan, batch: int, levels: int) -> int:
 
 
 async def _check(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, cyy: ObjectArray,
-    polished: ObjectArray, polished_abs: ObjectArray, admm: tuple[ObjectArray, ObjectArray, ObjectArray] | None,
-    dual: ObjectArray, clip: ObjectArray | None, plan: SolverPlan, supply: _BitSupply,
+    ops: FieldOps,
+    h: ObjectArray,
+    q: ObjectArray,
+    lam: ObjectArray,
+    cyy: ObjectArray,
+    polished: ObjectArray,
+    polished_abs: ObjectArray,
+    admm: tuple[ObjectArray, ObjectArray, ObjectArray] | None,
+    dual: ObjectArray,
+    clip: ObjectArray | None,
+    plan: SolverPlan,
+    supply: _BitSupply,
 ) -> _Outcome:
     """The certificate of the polished points (one opened bit: all of the batch certified) and,
     for lasso, the choice between them and ADMM's z, from which ADMM goes on.
@@ -571,29 +615,37 @@ async def _check(
     else:
         g = (await _gradient(ops, h, q, polished[:, None, :], b))[:, 0]
     to_w = 1 << (FRAC_W + 2 * FRAC_U - FRAC_S - FRAC_U)  # frac 48 → frac 32 after the cut
-    sums = np.concatenate([
-        (lam * polished_abs).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
-        (polished * g).sum(axis=1),
-        (q * polished).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
-        (polished * to_w).ravel(),
-        (g * to_w).ravel(),
-    ]) % p
+    sums = (
+        np.concatenate(
+            [
+                (lam * polished_abs).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+                (polished * g).sum(axis=1),
+                (q * polished).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+                (polished * to_w).ravel(),
+                (g * to_w).ravel(),
+            ]
+        )
+        % p
+    )
     cut = await ops.trunc(sums, 2 * FRAC_U - FRAC_S, b.sums(), degree2t=True)
     s1, s2, s3, u32, g32 = _split(cut, (batch,), (batch,), (batch,), (batch, d), (batch, d))
     yy = cyy * (1 << (FRAC_S - FRAC_IN))
     abs_total = polished_abs.sum(axis=1)
     values = [(t.s1 * s1 + t.s2 * s2 + t.s3 * s3 + t.yy * yy + t.abs_u * abs_total + t.constant) % p for t in tests]
     exact_g = (np.einsum("bij,bj->bi", h, polished) - q * (1 << FRAC_U)) % p  # frac 88, degree 2t, unrounded
-    x_parts = [np.broadcast_to((exact_g * (1 << (2 * FRAC_CERT - FRAC_IN - FRAC_U))) % p, (levels, batch, d)).ravel(),
-               *values]
+    x_parts = [
+        np.broadcast_to((exact_g * (1 << (2 * FRAC_CERT - FRAC_IN - FRAC_U))) % p, (levels, batch, d)).ravel(),
+        *values,
+    ]
     kappa_parts = [dual.ravel(), np.full(levels * batch, 2, dtype=object)]
     if admm is not None:
         l1_change = lam * (polished_abs - (z_abs * up) % p) * (1 << (FRAC_U - FRAC_IN))  # frac 96
         twice = (2 * delta * g_z + delta * h_delta + 2 * l1_change).sum(axis=1)  # 2(F(u) − F(z)), frac 96
         x_parts.append((twice * (1 << (2 * FRAC_CERT - 2 * FRAC_U))) % p)
         kappa_parts.append(np.zeros(batch, dtype=object))
-    _, _, _, above, below = await _threshold(ops, np.concatenate(x_parts), np.concatenate(kappa_parts), FRAC_CERT,
-                                             b.certificate(), supply)
+    _, _, _, above, below = await _threshold(
+        ops, np.concatenate(x_parts), np.concatenate(kappa_parts), FRAC_CERT, b.certificate(), supply
+    )
     n = levels * batch * d
     violated = (above[:n] + below[:n]).reshape(levels, batch, d).sum(axis=2)
     factors = list((violated + 1 - below[n : n + levels * batch].reshape(levels, batch)) % p)  # 0 iff the test passes
@@ -617,8 +669,10 @@ async def _check(
     if admm is not None:
         assert w_polished is not None
         better = np.broadcast_to(below[n + levels * batch :][:, None], (batch, d)).ravel()
-        moves = [better * x.ravel() for x in (delta, (polished_abs - (z_abs * up) % p) % p, (u32 - z) % p,
-                                               (w_polished - w) % p)]
+        moves = [
+            better * x.ravel()
+            for x in (delta, (polished_abs - (z_abs * up) % p) % p, (u32 - z) % p, (w_polished - w) % p)
+        ]
     if pairs or moves:
         reduced = await ops.reduce(np.concatenate([*pairs, *moves]) % p)
         factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
@@ -641,7 +695,12 @@ async def _check(
 
 
 async def fit_batch(
-    fields: Fields, cov: ObjectArray, params: Params, plan: SolverPlan, l1_times_e: bool, step: StepCallback,
+    fields: Fields,
+    cov: ObjectArray,
+    params: Params,
+    plan: SolverPlan,
+    l1_times_e: bool,
+    step: StepCallback,
 ) -> Fit:
     """B independent fits (one per covariance in ``cov``) in one batch of rounds, run until the
     certificate holds for all of them at a checkpoint, or to the plan's maximum."""
@@ -661,16 +720,18 @@ async def fit_batch(
         h32, q32, lam32 = _split(low, h.shape, q.shape, lam.shape)
         num_k, shift_k = _INV_RHO  # κ = λ/ρ
         assert shift_k == 0, "1/ρ must be an integer"
-        moved = await inp.convert(np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p,
-                                  work, FRAC_W + 11)
+        moved = await inp.convert(
+            np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p, work, FRAC_W + 11
+        )
         h_w, q_w, kappa_w = _split(moved, h.shape, q.shape, lam.shape)
         admm = await _Admm.create(work, h_w, q_w, kappa_w, plan, step)
         done = 0
         for mark in plan.checkpoints:
             z, z_abs, above, below = await admm.run(mark - done, step)
             done = mark
-            back = await work.convert(np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]),
-                                      inp, FRAC_W + ADMM_BITS + 1)
+            back = await work.convert(
+                np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]), inp, FRAC_W + ADMM_BITS + 1
+            )
             z, z_abs, above, below, w = _split(back, *[z.shape] * 5)
             supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
             polished, polished_abs = await _polish(inp, h, q, lam, (above, below), plan, supply, step)

@@ -41,7 +41,7 @@ def test_family_is_collinear_badly_scaled_with_a_small_target() -> None:
     spread = design.x.std(axis=0)
     assert spread.min() < 1e-2 and spread.max() > 1e2  # units six orders of magnitude apart
     assert np.ptp(design.y) < 0.5
-    for column, (lo, hi) in zip(design.x.T, design.feature_ranges):
+    for column, (lo, hi) in zip(design.x.T, design.feature_ranges, strict=False):
         assert lo <= column.min() and column.max() <= hi
     # Condition number of the standardised design far beyond what plain first-order methods handle.
     standardised = (design.x - design.x.mean(axis=0)) / spread

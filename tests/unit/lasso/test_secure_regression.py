@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Lasso
 
-from services.testkit.dealer import deal, encode
 from services.bench.local_run import _free_ports, run_local
-from services.mesh.process import SINGLE_THREAD_ENV
-from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
-from services.lasso.mpc.secure_regression import secure_fit
 from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
+from services.lasso.mpc.secure_regression import secure_fit
+from services.mesh.process import SINGLE_THREAD_ENV
 from services.testkit.collinear import as_joined, make_collinear
+from services.testkit.dealer import deal, encode
+from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
 from services.testkit.synthetic import make_joined_table
 
 ROWS, FEATURES, SEED = 300, 4, 3
@@ -83,7 +83,7 @@ def test_one_party_cross_validation(mpc: Any) -> None:
     x, y = split_table(STUDY.table, spec)
     plain = fit_plain(x, y, spec).cv_curve
     sklearn = cv_curve_sklearn(x, y, spec)
-    for (alpha, mse), (_, mse_plain), (_, mse_sklearn) in zip(result.cv_curve, plain, sklearn):
+    for (_alpha, mse), (_, mse_plain), (_, mse_sklearn) in zip(result.cv_curve, plain, sklearn, strict=False):
         assert mse == pytest.approx(mse_plain, rel=1e-6)
         assert mse == pytest.approx(mse_sklearn, rel=1e-6)
     assert result.alpha == min(sklearn, key=lambda point: point[1])[0]
@@ -93,15 +93,22 @@ def test_one_party_cross_validation(mpc: Any) -> None:
 def test_one_party_cross_validation_picks_an_inner_alpha(mpc: Any) -> None:
     """The best alpha is neither end of the grid: the one-hot choice and the secret-alpha refit."""
     study = make_joined_table(120, 4, seed=4, noise=6.0)  # noisy enough that the smallest alpha overfits
-    spec = RegressionSpec(ModelKind.ELASTIC_NET, (4.0, 1.0, 0.25, 0.01), study.ranges, study.target,
-                          l1_ratio=0.8, cv_folds=3, standardize=True)
+    spec = RegressionSpec(
+        ModelKind.ELASTIC_NET,
+        (4.0, 1.0, 0.25, 0.01),
+        study.ranges,
+        study.target,
+        l1_ratio=0.8,
+        cv_folds=3,
+        standardize=True,
+    )
     result = mpc.run(secure_fit(mpc, encode(study.table), spec))
     assert result is not None
     x, y = split_table(study.table, spec)
     sklearn = cv_curve_sklearn(x, y, spec)
     best = min(sklearn, key=lambda point: point[1])[0]
     assert best not in (spec.alphas[0], spec.alphas[-1]) and result.alpha == best
-    for (_, mse), (_, mse_sklearn) in zip(result.cv_curve, sklearn):
+    for (_, mse), (_, mse_sklearn) in zip(result.cv_curve, sklearn, strict=False):
         assert mse == pytest.approx(mse_sklearn, rel=1e-6)
     _assert_matches_sklearn(result, study.table, spec)
 
@@ -148,7 +155,7 @@ def test_progress_reports_counts_per_phase(mpc: Any) -> None:
     assert first["input"] < first["gram"] < first["iterations"] < first["reveal"]
     assert ("input", ROWS, ROWS) in events and ("reveal", 1, 1) in events
     steps = [(done, total) for phase, done, total in events if phase == "iterations"]
-    assert steps[-1][0] == steps[-1][1] and all(a[0] <= b[0] for a, b in zip(steps, steps[1:]))
+    assert steps[-1][0] == steps[-1][1] and all(a[0] <= b[0] for a, b in zip(steps, steps[1:], strict=False))
 
 
 def _three_parties(*args: str) -> list[dict[str, Any]]:
@@ -184,7 +191,7 @@ def test_three_parties_cross_validation() -> None:
     x, y = split_table(table, spec)
     sklearn = cv_curve_sklearn(x, y, spec)
     result = reports[0]["result"]
-    for (alpha, mse), (alpha_ref, mse_ref) in zip(result["cv_curve"], sklearn):
+    for (alpha, mse), (alpha_ref, mse_ref) in zip(result["cv_curve"], sklearn, strict=False):
         assert alpha == alpha_ref and mse == pytest.approx(mse_ref, rel=1e-6)
     assert result["alpha"] == min(sklearn, key=lambda point: point[1])[0]
     _assert_matches_sklearn(result, table, spec)
@@ -194,9 +201,25 @@ def test_three_parties_refuse_different_parameters() -> None:
     ports = ",".join(str(p) for p in _free_ports(3))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "services.bench.local_run", "--records", str(ROWS), "--features", str(FEATURES),
-             "--alpha", "1.0" if pid < 2 else "2.0", "--party", str(pid), "--ports", ports],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **SINGLE_THREAD_ENV},
+            [
+                sys.executable,
+                "-m",
+                "services.bench.local_run",
+                "--records",
+                str(ROWS),
+                "--features",
+                str(FEATURES),
+                "--alpha",
+                "1.0" if pid < 2 else "2.0",
+                "--party",
+                str(pid),
+                "--ports",
+                ports,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **SINGLE_THREAD_ENV},
         )
         for pid in range(3)
     ]
