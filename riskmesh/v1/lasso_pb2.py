@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from riskmesh.v1 import common_pb2 as riskmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17riskmesh/v1/lasso.proto\x12\x0briskmesh.v1\x1a\x18riskmesh/v1/common.proto\"G\n\x0fRunLassoRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.riskmesh.v1.StudySpec\"I\n\x0b\x43oefficient\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x1a\n\x12standardized_value\x18\x03 \x01(\x01\"R\n\x07\x43vPoint\x12\r\n\x05\x61lpha\x18\x01 \x01(\x01\x12\x1a\n\x12mean_squared_error\x18\x02 \x01(\x01\x12\x1c\n\x14mean_validation_loss\x18\x03 \x01(\x01\"e\n\x0bMetricValue\x12#\n\x06metric\x18\x01 \x01(\x0e\x32\x13.riskmesh.v1.Metric\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x15\n\x08\x63v_value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cv_value\"\x8c\x02\n\x0bModelResult\x12.\n\x0c\x63oefficients\x18\x01 \x03(\x0b\x32\x18.riskmesh.v1.Coefficient\x12\x11\n\tintercept\x18\x02 \x01(\x01\x12\x0e\n\x06joined\x18\x03 \x01(\x04\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12&\n\x08\x63v_curve\x18\x05 \x03(\x0b\x32\x14.riskmesh.v1.CvPoint\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x0e\n\x06target\x18\x07 \x01(\t\x12$\n\x04kind\x18\n \x01(\x0e\x32\x16.riskmesh.v1.ModelKind\x12)\n\x07metrics\x18\x0b \x03(\x0b\x32\x18.riskmesh.v1.MetricValue\"q\n\x10RunLassoResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.ProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.riskmesh.v1.ModelResultH\x00\x42\x06\n\x04item\":\n\x08MpcHello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x11\n\tprss_keys\x18\x03 \x01(\x0c\")\n\nMpcMessage\x12\n\n\x02pc\x18\x01 \x01(\x10\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1e\n\x06MpcEnd\x12\x14\n\x0c\x61\x62ort_reason\x18\x01 \x01(\t\"\x91\x01\n\x0f\x45xchangeRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.MpcHelloH\x00\x12*\n\x07message\x18\x02 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessageH\x00\x12\"\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x13.riskmesh.v1.MpcEndH\x00\x42\x06\n\x04item\"<\n\x10\x45xchangeResponse\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessage2\xa6\x01\n\x0cLassoService\x12I\n\x08RunLasso\x12\x1c.riskmesh.v1.RunLassoRequest\x1a\x1d.riskmesh.v1.RunLassoResponse0\x01\x12K\n\x08\x45xchange\x12\x1c.riskmesh.v1.ExchangeRequest\x1a\x1d.riskmesh.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17riskmesh/v1/lasso.proto\x12\x0briskmesh.v1\x1a\x18riskmesh/v1/common.proto\"[\n\x0fRunLassoRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.riskmesh.v1.StudySpec\x12\x12\n\nmin_joined\x18\x03 \x01(\r\"I\n\x0b\x43oefficient\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x1a\n\x12standardized_value\x18\x03 \x01(\x01\"R\n\x07\x43vPoint\x12\r\n\x05\x61lpha\x18\x01 \x01(\x01\x12\x1a\n\x12mean_squared_error\x18\x02 \x01(\x01\x12\x1c\n\x14mean_validation_loss\x18\x03 \x01(\x01\"e\n\x0bMetricValue\x12#\n\x06metric\x18\x01 \x01(\x0e\x32\x13.riskmesh.v1.Metric\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x15\n\x08\x63v_value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cv_value\"\xb6\x02\n\x0bModelResult\x12.\n\x0c\x63oefficients\x18\x01 \x03(\x0b\x32\x18.riskmesh.v1.Coefficient\x12\x11\n\tintercept\x18\x02 \x01(\x01\x12\x0e\n\x06joined\x18\x03 \x01(\x04\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12&\n\x08\x63v_curve\x18\x05 \x03(\x0b\x32\x14.riskmesh.v1.CvPoint\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x11\n\tconverged\x18\x08 \x01(\x08\x12\x15\n\rcertified_gap\x18\t \x01(\x01\x12$\n\x04kind\x18\n \x01(\x0e\x32\x16.riskmesh.v1.ModelKind\x12)\n\x07metrics\x18\x0b \x03(\x0b\x32\x18.riskmesh.v1.MetricValue\"q\n\x10RunLassoResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.ProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.riskmesh.v1.ModelResultH\x00\x42\x06\n\x04item\":\n\x08MpcHello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x11\n\tprss_keys\x18\x03 \x01(\x0c\")\n\nMpcMessage\x12\n\n\x02pc\x18\x01 \x01(\x10\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1e\n\x06MpcEnd\x12\x14\n\x0c\x61\x62ort_reason\x18\x01 \x01(\t\"\x91\x01\n\x0f\x45xchangeRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.MpcHelloH\x00\x12*\n\x07message\x18\x02 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessageH\x00\x12\"\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x13.riskmesh.v1.MpcEndH\x00\x42\x06\n\x04item\"<\n\x10\x45xchangeResponse\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessage2\xa6\x01\n\x0cLassoService\x12I\n\x08RunLasso\x12\x1c.riskmesh.v1.RunLassoRequest\x1a\x1d.riskmesh.v1.RunLassoResponse0\x01\x12K\n\x08\x45xchange\x12\x1c.riskmesh.v1.ExchangeRequest\x1a\x1d.riskmesh.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'riskmesh.v1.lasso_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNLASSOREQUEST']._serialized_start=66
-  _globals['_RUNLASSOREQUEST']._serialized_end=137
-  _globals['_COEFFICIENT']._serialized_start=139
-  _globals['_COEFFICIENT']._serialized_end=212
-  _globals['_CVPOINT']._serialized_start=214
-  _globals['_CVPOINT']._serialized_end=296
-  _globals['_METRICVALUE']._serialized_start=298
-  _globals['_METRICVALUE']._serialized_end=399
-  _globals['_MODELRESULT']._serialized_start=402
-  _globals['_MODELRESULT']._serialized_end=670
-  _globals['_RUNLASSORESPONSE']._serialized_start=672
-  _globals['_RUNLASSORESPONSE']._serialized_end=785
-  _globals['_MPCHELLO']._serialized_start=787
-  _globals['_MPCHELLO']._serialized_end=845
-  _globals['_MPCMESSAGE']._serialized_start=847
-  _globals['_MPCMESSAGE']._serialized_end=888
-  _globals['_MPCEND']._serialized_start=890
-  _globals['_MPCEND']._serialized_end=920
-  _globals['_EXCHANGEREQUEST']._serialized_start=923
-  _globals['_EXCHANGEREQUEST']._serialized_end=1068
-  _globals['_EXCHANGERESPONSE']._serialized_start=1070
-  _globals['_EXCHANGERESPONSE']._serialized_end=1130
-  _globals['_LASSOSERVICE']._serialized_start=1133
-  _globals['_LASSOSERVICE']._serialized_end=1299
+  _globals['_RUNLASSOREQUEST']._serialized_end=157
+  _globals['_COEFFICIENT']._serialized_start=159
+  _globals['_COEFFICIENT']._serialized_end=232
+  _globals['_CVPOINT']._serialized_start=234
+  _globals['_CVPOINT']._serialized_end=316
+  _globals['_METRICVALUE']._serialized_start=318
+  _globals['_METRICVALUE']._serialized_end=419
+  _globals['_MODELRESULT']._serialized_start=422
+  _globals['_MODELRESULT']._serialized_end=732
+  _globals['_RUNLASSORESPONSE']._serialized_start=734
+  _globals['_RUNLASSORESPONSE']._serialized_end=847
+  _globals['_MPCHELLO']._serialized_start=849
+  _globals['_MPCHELLO']._serialized_end=907
+  _globals['_MPCMESSAGE']._serialized_start=909
+  _globals['_MPCMESSAGE']._serialized_end=950
+  _globals['_MPCEND']._serialized_start=952
+  _globals['_MPCEND']._serialized_end=982
+  _globals['_EXCHANGEREQUEST']._serialized_start=985
+  _globals['_EXCHANGEREQUEST']._serialized_end=1130
+  _globals['_EXCHANGERESPONSE']._serialized_start=1132
+  _globals['_EXCHANGERESPONSE']._serialized_end=1192
+  _globals['_LASSOSERVICE']._serialized_start=1195
+  _globals['_LASSOSERVICE']._serialized_end=1361
 # @@protoc_insertion_point(module_scope)

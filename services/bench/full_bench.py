@@ -122,13 +122,11 @@ def coefficient_errors(secure: Mapping[str, float], reference: Mapping[str, floa
 def sklearn_reference(data: StudyData, alpha: float) -> dict[str, float]:
     """scikit-learn's Lasso on the plaintext join as the owners' files hold it (tight
     tolerance): feature → w, and (intercept)."""
-    from sklearn.linear_model import Lasso
+    from services.testkit.plain_reference import lasso_reference
 
     names, x, y = reference_join(data)
     # The owners' files hold the values with 6 decimals (OwnerTable.write_csv): fit on those.
-    x, y = np.round(x, CSV_DECIMALS), np.round(y, CSV_DECIMALS)
-    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
-    return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
+    return lasso_reference(names, np.round(x, CSV_DECIMALS), np.round(y, CSV_DECIMALS), alpha)
 
 
 def revealed(result: lasso_pb2.ModelResult) -> dict[str, float]:

@@ -160,7 +160,7 @@ def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int
     if records < 1 or not 0.0 <= overlap <= 1.0:
         raise ValueError("records must be positive and overlap in [0, 1]")
     with _directory(workdir) as root:
-        configs = local_mesh_for(root / "mesh")
+        configs = local_mesh_for(root / "mesh", min_paillier_bits=min(bits, 2048))  # --bits 1024: a quick, test-only mesh
         data = make_study_data(records, overlap=overlap, features=features)
         spec = spec_for(data, "join-bench")
         spec.paillier_bits = bits

@@ -1,8 +1,10 @@
-"""`riskmesh bench --phase lasso [--model lasso|logistic]`: the secure model alone, on dealt shares.
+"""`riskmesh bench --phase lasso [--model lasso|logistic|svm|poisson]`: the secure model alone, on dealt shares.
 
-N joined rows × D features are generated (services/testkit/synthetic.py: the insurer holds
-the first ⌈D/2⌉ features and the target, the hospital the rest, D/5 non-zero true
-weights plus noise) and split by the test-only dealer (services/testkit/dealer.py) into
+N joined rows × D features are generated — `--design synthetic` (services/testkit/synthetic.py:
+the insurer holds the first ⌈D/2⌉ features and the target, the hospital the rest, D/5
+non-zero true weights plus noise) or `--design collinear` (services/testkit/collinear.py:
+groups of three measurements correlating ≥ 0.99, units from 1e-3 to 1e3, a small-scale
+target, alpha = 1e-4 × alpha_max by default) — and split by the test-only dealer (services/testkit/dealer.py) into
 the three additive shares the secure join leaves behind, in its format and layout
 (f = 32, ℓ = 64, σ = 40; rows in a random order nobody else knows), as the resharing
 stores hold them: the insurer holds x + r of the hospital's columns, the hospital x + r
@@ -20,7 +22,16 @@ three parties sent each other (TLS records of the Exchange streams).
 gateways do) until both data owners hold the revealed coefficients: MPC input, Gram,
 iterations, reveal. `lasso_phases_s` splits it at the insurer's first progress report
 of each phase (the server stamps each report). The reference is scikit-learn's
-`Lasso(alpha)` on the same plaintext table.
+`Lasso(alpha)` run to convergence (tol 1e-14) on the same plaintext table (the dealt,
+fixed-point-decoded join): `objective_gap` is the relative excess of the secure model's
+objective over it, `max_pred_diff` the largest prediction difference over the joined
+rows relative to the target's range, `rel_coef_diff` the largest coefficient difference
+relative to max |w|; `converged` and `iterations` are what the result reports (the
+solver's certificate held, at that checkpoint). With `--model logistic|svm|poisson`
+(synthetic design only) an outcome drawn from the target is fitted and compared, through
+`rel_coef_diff`, with the exact optimum of the same objective; `converged` is then false
+(a fixed number of Newton steps has no certificate) and the objective and prediction
+figures are left out.
 """
 
 from __future__ import annotations
@@ -29,7 +40,6 @@ import argparse
 import asyncio
 import os
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,15 +51,18 @@ import numpy as np
 from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
 from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
+from services.testkit.collinear import collinear_study_data
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.outcomes import data_with_outcome
-from services.testkit.synthetic import StudyData, make_study_data, reference_join
+from services.testkit.synthetic import StudyData, joined_table, make_study_data
 from services.join.core.packing import SlotLayout
 from services.join.core.shares import value_bytes
 from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
 from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
-from services.tools.launcher import SINGLE_THREAD_ENV, OrgPlacement, ServerProcess, stop_processes, wait_healthy
+from services.mesh.process import SINGLE_THREAD_ENV
+from services.tools.launcher import OrgPlacement, ServerProcess, start_server_process, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")
@@ -57,6 +70,26 @@ STUDY_ID = "lasso-bench"
 SHARES_FILE = "bench-shares.bin"
 DEADLINE_S = 3600.0
 PHASES = ("input", "gram", "iterations", "reveal")
+DESIGNS = ("synthetic", "collinear")
+SYNTHETIC_ALPHA = 0.1
+#: The collinear design's alpha, relative to alpha_max (the hard regime: many features active).
+COLLINEAR_ALPHA_FRACTION = 1e-4
+COLLINEAR_SEED = 0
+
+
+def design_data(design: str, records: int, features: int) -> StudyData:
+    """The benchmark's joined table (every record in the join)."""
+    if design == "collinear":
+        return collinear_study_data(records, features, seed=COLLINEAR_SEED)
+    return make_study_data(records, overlap=1.0, features=features)
+
+
+def default_alpha(design: str, x: np.ndarray, y: np.ndarray) -> float:
+    """0.1 for the synthetic design; a fixed fraction of alpha_max = max|xᵀ(y − ȳ)|/m for the collinear one."""
+    if design != "collinear":
+        return SYNTHETIC_ALPHA
+    centred = x - x.mean(axis=0)
+    return COLLINEAR_ALPHA_FRACTION * float(np.max(np.abs(centred.T @ (y - y.mean()))) / len(y))
 
 
 def run_ids(repeat: int) -> list[str]:
@@ -72,30 +105,23 @@ def value_width() -> int:
 def party_blocks(data: StudyData, rng: np.random.Generator) -> tuple[dict[str, list[ShareBlock]], np.ndarray, np.ndarray]:
     """Deal the joined table; org → its share blocks (as its resharing store would hold
     them), and the plaintext (X, y) in the dealt order for the reference."""
-    names, x, y = reference_join(data)
-    if data.insurer.target is None:
-        raise BenchError("the generated insurer table has no target")
-    insurer_columns = [c.name for c in data.insurer.columns] + [data.insurer.target.name]
-    hospital_columns = [c.name for c in data.hospital.columns]
-    n_ins = len(data.insurer.columns)
-    table = np.column_stack([x[:, :n_ins], y, x[:, n_ins:]])  # insurer's columns (features, target), then the hospital's
-    owners = [0] * len(insurer_columns) + [1] * len(hospital_columns)
-    dealt = deal(table, owners, rng)
-    share_a, share_b, share_h = dealt.shares
+    joined = joined_table(data)
+    dealt = deal(joined.table, joined.owners, rng)
     width = value_width()
-    ins = slice(0, len(insurer_columns))
-    hos = slice(len(insurer_columns), len(owners))
 
-    def block(columns: list[str], values: np.ndarray) -> ShareBlock:
-        return ShareBlock(tuple(columns), [list(row) for row in values.tolist()], width, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)
+    def block(share: np.ndarray, owner: int) -> ShareBlock:
+        """The columns of `owner` (0 = insurer, 1 = hospital), in study order."""
+        cols = [j for j, o in enumerate(joined.owners) if o == owner]
+        values = [list(row) for row in share[:, cols].tolist()]
+        return ShareBlock(tuple(joined.names[j] for j in cols), values, width, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)
 
+    share_a, share_b, share_h = dealt.shares
     blocks = {
-        "insurer": [block(hospital_columns, share_a[:, hos])],
-        "hospital": [block(insurer_columns, share_b[:, ins])],
-        "helper": [block(insurer_columns, share_h[:, ins]), block(hospital_columns, share_h[:, hos])],
+        "insurer": [block(share_a, 1)],
+        "hospital": [block(share_b, 0)],
+        "helper": [block(share_h, 0), block(share_h, 1)],
     }
-    plain = dealt.table
-    return blocks, np.column_stack([plain[:, : n_ins], plain[:, len(insurer_columns):]]), plain[:, n_ins]
+    return blocks, dealt.table[:, : joined.target], dealt.table[:, joined.target]
 
 
 # The shares file: length-prefixed GetSharesResponse messages (the resharing wire form).
@@ -171,8 +197,7 @@ def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int) -> Launc
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 env = {**os.environ, **SINGLE_THREAD_ENV, **placements.get(org, OrgPlacement()).env, "RISKMESH_CONFIG": str(path)}
                 command = [sys.executable, "-m", "services.bench.lasso_bench", "party", "--config", str(path), "--shares", str(shares_path), "--repeat", str(repeat)]
-                with log_path.open("ab") as log:
-                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = start_server_process(command, env, log_path)
                 parties.processes.append(ServerProcess(org, "lasso", process, log_path, f"{config.bind_host}:{config.health_port('lasso')}"))
             for proc in parties.processes:
                 _wait_party(proc, timeout)
@@ -245,35 +270,42 @@ async def _run_all(configs: Mapping[str, OrgConfig], run_id: str, spec: common_p
     return elapsed, outcomes, request_at
 
 
-#: --model → (ModelKind, l1_ratio, outcome drawn from the generated target or None).
-MODELS: dict[str, tuple[int, float, str | None]] = {
-    "lasso": (common_pb2.MODEL_KIND_LASSO, 0.0, None),
-    "logistic": (common_pb2.MODEL_KIND_LOGISTIC, 1.0, "binary"),
-    "poisson": (common_pb2.MODEL_KIND_POISSON, 1.0, "count"),
-    "svm": (common_pb2.MODEL_KIND_SVM, 0.0, "binary"),
+#: --model → (ModelKind, l1_ratio, outcome drawn from the generated target or None, default alpha or
+#: None for the design's).
+MODELS: dict[str, tuple[int, float, str | None, float | None]] = {
+    "lasso": (common_pb2.MODEL_KIND_LASSO, 0.0, None, None),
+    "logistic": (common_pb2.MODEL_KIND_LOGISTIC, 1.0, "binary", 0.01),
+    "poisson": (common_pb2.MODEL_KIND_POISSON, 1.0, "count", 0.003),
+    "svm": (common_pb2.MODEL_KIND_SVM, 0.0, "binary", 0.01),
 }
 
 
-def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None,
-                model: str = "lasso") -> dict[str, Any]:
-    """The secure model on `records` dealt joined rows; medians over `repeat` runs.
+def bench_lasso(records: int, features: int = 10, alpha: float | None = None, latency_ms: float = 0.0, repeat: int = 1,
+                workdir: Path | None = None, design: str = "synthetic", model: str = "lasso") -> dict[str, Any]:
+    """The secure model on `records` dealt joined rows of `design`; medians over `repeat` runs.
 
-    `model` lasso: scikit-learn's Lasso(alpha) is the reference. The GLMs (logistic with the
-    L1 penalty, Poisson with L1, SVM with L2) fit an outcome drawn from the generated target
-    (services/testkit/outcomes.py); their reference is the exact optimum of the same objective
-    on the plaintext join (services/testkit/glm_reference.fit_glm_exact, run until nothing changes).
+    `model` lasso: scikit-learn's Lasso(alpha) run to convergence is the reference. The GLMs
+    (logistic with the L1 penalty, Poisson with L1, SVM with L2; synthetic design only) fit an
+    outcome drawn from the generated target (services/testkit/outcomes.py); their reference is
+    the exact optimum of the same objective on the plaintext join
+    (services/testkit/glm_reference.fit_glm_exact, run until nothing changes).
     """
-    if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
-        raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}")
-    kind, l1_ratio, outcome = MODELS[model]
-    data = make_study_data(records, overlap=1.0, features=features)
+    if records < 2 or features < 2 or repeat < 1 or (alpha is not None and alpha <= 0) or latency_ms < 0 or design not in DESIGNS:
+        raise ValueError(f"records >= 2, features >= 2, repeat >= 1, alpha > 0, latency >= 0 and a design in {DESIGNS} are required")
+    if model not in MODELS or (model != "lasso" and design != "synthetic"):
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; the GLMs run on the synthetic design only")
+    kind, l1_ratio, outcome, model_alpha = MODELS[model]
+    data = design_data(design, records, features)
     if outcome is not None:
         data = data_with_outcome(data, outcome)
     blocks, x, y = party_blocks(data, np.random.default_rng(20240611))
+    alpha = alpha if alpha is not None else model_alpha if model_alpha is not None else default_alpha(design, x, y)
+    names = [c.name for c in (*data.insurer.columns, *data.hospital.columns)]
     spec = spec_for(data, STUDY_ID, alphas=[alpha], kind=kind, l1_ratio=l1_ratio)
-    reference = _reference(data, x, y, alpha) if outcome is None else _glm_reference(data, spec, x, y)
+    if outcome is None:
+        reference = lasso_reference(names, x, y, alpha, tol=1e-14)  # run to convergence: the objective gap's yardstick
+    else:
+        reference = _glm_reference(names, spec, x, y)
     load_before = os.getloadavg()[0]
     runs: list[dict[str, Any]] = []
     with work_directory(workdir, "riskmesh-bench-lasso-") as root:
@@ -287,32 +319,39 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
                 elapsed, outcomes, request_at = asyncio.run(_run_all(configs, run_id, spec))
                 peaks = mesh.sampler.peaks()
                 runs.append(_figures(records, features, alpha, elapsed, outcomes, request_at, reference,
-                                     TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb()))
+                                     TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb(), x, y))
     summary = median_summary(runs)
-    summary.update({"phase": "lasso", "model": model, "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
+    summary.update({"phase": "lasso", "design": design, "model": model, "latency_ms": latency_ms, "repeat": repeat,
+                    "lasso_s_runs": [r["lasso_s"] for r in runs],
                     "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
     return summary
 
 
-def _reference(data: StudyData, x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
-    from sklearn.linear_model import Lasso
+def accuracy(secure: Mapping[str, float], reference: Mapping[str, float], x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
+    """Relative objective gap against the reference and the largest prediction difference relative to the
+    target's range, on the plaintext join (x, y) whose columns follow the reference's feature order."""
+    names = [n for n in reference if n != "(intercept)"]
+    w, w_ref = np.array([secure[n] for n in names]), np.array([reference[n] for n in names])
+    b, b_ref = secure["(intercept)"], reference["(intercept)"]
 
-    names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
-    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
-    return {**dict(zip(names, (float(w) for w in model.coef_))), "(intercept)": float(model.intercept_)}
+    def objective(coef: np.ndarray, intercept: float) -> float:
+        return float(0.5 * np.mean((y - x @ coef - intercept) ** 2) + alpha * np.abs(coef).sum())
+
+    best = objective(w_ref, b_ref)
+    return {"objective_gap": (objective(w, b) - best) / best,
+            "max_pred_diff": float(np.max(np.abs(x @ (w - w_ref) + (b - b_ref))) / np.ptp(y))}
 
 
-def _glm_reference(data: StudyData, spec: common_pb2.StudySpec, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _glm_reference(names: list[str], spec: common_pb2.StudySpec, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from services.lasso.worker.lasso_program import regression_spec
     from services.testkit.glm_reference import fit_glm_exact
 
-    names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
     exact = fit_glm_exact(x, y, regression_spec(spec))
     return {**dict(zip(names, (float(w) for w in exact.coefficients))), "(intercept)": exact.intercept}
 
 
 def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes: Mapping[str, PartyOutcome], request_at: float,
-             reference: Mapping[str, float], sent: Mapping[str, int], peak_rss_mb: float) -> dict[str, Any]:
+             reference: Mapping[str, float], sent: Mapping[str, int], peak_rss_mb: float, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     results = [outcomes[o].result for o in ("insurer", "hospital")]
     if any(r is None or not r.coefficients for r in results):
         raise BenchError("a data owner received no coefficients")
@@ -328,9 +367,12 @@ def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes
         "lasso_s": round(elapsed, 3),
         "lasso_phases_s": split_phases(request_at, insurer_view.done_at, insurer_view.phase_starts),
         "iterations": int(insurer.iterations),
+        "converged": bool(insurer.converged and hospital.converged),
+        "certified_gap": float(insurer.certified_gap),
         "mpc_bytes_sent": sum(sent.values()),
         "mpc_bytes_sent_by_org": dict(sent),
         **coefficient_errors(secure, reference),
+        **(accuracy(secure, reference, x, y, alpha) if insurer.kind == common_pb2.MODEL_KIND_LASSO else {}),
         "owners_agree": revealed(hospital) == secure,
         "helper_result_empty": not (outcomes["helper"].result and outcomes["helper"].result.coefficients),
         "peak_rss_mb": peak_rss_mb,

@@ -5,8 +5,9 @@
 The parent makes a synthetic study (``synthetic``), starts three party
 processes on 127.0.0.1 and prints per-phase wall times (input, gram,
 iterations, reveal — as seen by party 0), the total, each party's CPU time
-for the run (a load-independent measure: the machine may be shared), and the
-largest coefficient difference to scikit-learn. Every party process rebuilds the same
+for the run (a load-independent measure: the machine may be shared), the
+largest coefficient difference to scikit-learn, the solver iterations used and
+whether the convergence certificate held. Every party process rebuilds the same
 dealt shares from the seed (test harness only: no shares cross processes) and
 keeps its own matrix. Party processes use single-threaded BLAS.
 """
@@ -22,13 +23,13 @@ import sys
 import time
 from typing import Any
 
-from services.lasso.mpc.runtime import SINGLE_THREAD_ENV
+from services.mesh.process import SINGLE_THREAD_ENV
 
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.bench.local_run", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=10_000, help="joined rows m")
-    parser.add_argument("--features", type=int, default=10, help="features d (>= 10)")
+    parser.add_argument("--features", type=int, default=10, help="features d (>= 2)")
     parser.add_argument("--alpha", type=float, action="append", help="alpha (repeat for a CV grid)")
     parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge", "logistic", "svm"], default="lasso")
     parser.add_argument("--l1-ratio", type=float, default=0.5, help="elastic-net mixing (logistic: the L1 share, 0 = L2)")
@@ -38,6 +39,8 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--standardize", action="store_true")
     parser.add_argument("--iterations", type=int, default=0, help="ADMM iterations (0 = default)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--design", choices=["synthetic", "collinear"], default="synthetic",
+                        help="collinear: services/testkit/collinear.py (alpha then relative to alpha_max)")
     parser.add_argument("--party", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ports", type=str, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -60,15 +63,6 @@ def _spec(args: argparse.Namespace, study: Any) -> Any:
         balanced_class_weights=args.balanced,
         metrics=tuple(args.metric),
     )
-
-
-def _study(args: argparse.Namespace) -> Any:
-    """The synthetic joined table (with a 0/1 outcome for the classifiers)."""
-    from services.testkit.joined_tables import make_study
-    from services.testkit.outcomes import study_with_outcome
-
-    study = make_study(args.records, args.features, seed=args.seed)
-    return study_with_outcome(study, "binary", seed=args.seed) if args.kind in ("logistic", "svm") else study
 
 
 def _party(args: argparse.Namespace) -> None:
@@ -108,8 +102,34 @@ def _party(args: argparse.Namespace) -> None:
             "cv_curve": [list(p) for p in result.cv_curve],
             "standardized": list(result.standardized_coefficients or []),
             "metrics": dict(result.metrics),
+            "iterations": result.iterations,
+            "converged": result.converged,
         }
     print(json.dumps(payload), flush=True)
+
+
+def _study(args: argparse.Namespace) -> Any:
+    """The joined table: synthetic (with a 0/1 outcome for the classifiers), or the collinear
+    family with its alphas made absolute."""
+    from services.testkit.outcomes import study_with_outcome
+    from services.testkit.synthetic import JoinedTable, make_joined_table
+
+    if args.design == "synthetic":
+        table = make_joined_table(args.records, args.features, seed=args.seed)
+        return study_with_outcome(table, "binary", seed=args.seed) if args.kind in ("logistic", "svm") else table
+    if args.kind in ("logistic", "svm"):
+        raise SystemExit("--design collinear is for the linear models only")
+    import numpy as np
+
+    from services.lasso.core.params import ColumnRange
+    from services.testkit.collinear import as_joined, make_collinear
+
+    design = make_collinear(args.records, args.features, seed=args.seed)
+    table = as_joined(np.column_stack([design.x, design.y]))
+    ranges = tuple(ColumnRange(*r) for r in (*design.feature_ranges, design.target_range))
+    owners = tuple([0] * ((args.features + 1) // 2) + [1] * (args.features // 2) + [0])
+    args.alpha = [a * design.alpha_max() for a in (args.alpha or [1e-4])]
+    return JoinedTable(table, (*design.names, "outcome"), ranges, owners, target=args.features)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -164,11 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     reports = run_local(raw)
     owner = reports[0]
     times = owner["timings"]
-    print(f"records={args.records} features={args.features} kind={args.kind} alphas={args.alpha or [0.5]}")
+    study = _study(args)  # (collinear: makes the alphas absolute, as the parties did)
+    print(f"records={args.records} features={args.features} design={args.design} kind={args.kind} "
+          f"alphas={[float(f'{a:.6g}') for a in (args.alpha or [0.5])]}")
     print("timings (party 0, s): " + "  ".join(f"{k}={v:.2f}" for k, v in times.items())
           + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports)
           + f"   load {os.getloadavg()[0]:.1f}")
-    study = _study(args)
     spec = _spec(args, study)
     table = deal(study.table, study.owners, np.random.default_rng(args.seed)).table  # the parties' row order
     x, y = split_table(table, spec)
@@ -192,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     same_zeros = bool(np.array_equal(ws == 0, np.abs(w) < 1e-12))
     print(f"alpha={secure['alpha']:g} max|w - w_sklearn| = {diff:.3e} (relative {diff / scale:.3e}), "
           f"|b - b_sklearn| = {abs(secure['intercept'] - b):.3e}, zero pattern equal: {same_zeros} "
-          f"({int(np.sum(ws == 0))} zeros)")
+          f"({int(np.sum(ws == 0))} zeros); iterations {secure['iterations']}, certified: {secure['converged']}")
 
 
 if __name__ == "__main__":

@@ -22,17 +22,17 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
 from services.testkit.studies import spec_for
 from services.cli.study import print_result, print_run, watch_run
 from services.testkit.outcomes import data_with_outcome
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.synthetic import make_study_data, reference_join
 from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
 from services.mesh.config import load_config
-from services.tools.launcher import LocalMesh, local_mesh_for
+from services.tools.launcher import Interrupted, LocalMesh, local_mesh_for, stop_on_signals
 
 console = Console()
 
@@ -60,13 +60,6 @@ DEMO_MODELS = {
                           (common_pb2.METRIC_ACCURACY, common_pb2.METRIC_PRECISION, common_pb2.METRIC_RECALL, common_pb2.METRIC_F1),
                           "Risk factors of readmission"),
 }
-
-
-def sklearn_reference(names: list[str], x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
-    from sklearn.linear_model import Lasso
-
-    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=100_000, tol=1e-12).fit(x, y)
-    return {**dict(zip(names, map(float, model.coef_))), "(intercept)": float(model.intercept_)}
 
 
 class PreparedMesh(Protocol):
@@ -111,11 +104,12 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
     console.print(f"synthetic data: {records} patients at the insurer and at the hospital, {int(overlap * 100)}% shared; "
                   f"files stay in each org's own directory ({sources['insurer'].parent}, {sources['hospital'].parent})")
     started = time.perf_counter()
-    with console.status("starting insurer, hospital and helper (one process per server)…"):
-        mesh.start()
-    console.print(f"{len(mesh.processes)} servers healthy in {time.perf_counter() - started:.1f} s")
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+    clients: dict[str, GatewayClient] = {}
     try:
+        with console.status("starting insurer, hospital and helper (one process per server)…"):
+            mesh.start()
+        console.print(f"{len(mesh.processes)} servers healthy in {time.perf_counter() - started:.1f} s")
+        clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
         peers = clients["insurer"].check_peers()
         console.print("handshake from insurer: " + ", ".join(f"{p.org} {'✓' if p.reachable else '✗ ' + p.error}" for p in peers.peers))
         spec = spec_for(data, DEMO_STUDY, alphas=[choice.alpha], kind=choice.kind, l1_ratio=choice.l1_ratio, metrics=choice.metrics,
@@ -139,7 +133,7 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
         mesh.stop()  # flushes every server's spans
     names, x, y = reference_join(data)
     if choice.outcome is None:
-        reference = sklearn_reference(names, x, y, choice.alpha)
+        reference = lasso_reference(names, x, y, choice.alpha)
     else:
         with console.status("scikit-learn on the plaintext join (saga to 1e-12)…"):
             reference = glm_reference(names, x, y, spec)
@@ -166,6 +160,11 @@ DEMO_ACCURACY = {"lasso": 1e-5, "logistic": 1e-4}
 
 
 def main(home: Path, model: str = "lasso") -> int:
-    summary_ = run_demo(home, model=model)
+    with stop_on_signals():  # SIGTERM stops every server as Ctrl-C does, also when SIGINT came in ignored
+        try:
+            summary_ = run_demo(home, model=model)
+        except Interrupted as exc:
+            console.print(f"[red]{exc}: stopped every server[/]")
+            return 128 + exc.signum
     print(json.dumps(summary_))
     return 0 if summary_["ok"] and summary_["rel_coef_diff"] <= DEMO_ACCURACY[model] else 1

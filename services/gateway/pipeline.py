@@ -6,22 +6,25 @@
                 → AwaitShares (resharing) → RunLasso
 
 Every phase is a span (`riskmesh.phase`) in the run's trace; progress events go to
-`report`. A failing call becomes a `PhaseFailure` naming the phase, the org and the
-server's reason (servers never put patient data in their messages).
+`report`. A failing call becomes a `PhaseFailure` naming the phase, the org, the
+server's reason (for this org's record: it may name a CSV row or column, never a value)
+and the category the other organisations are told (`errors.failure_category`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from opentelemetry import trace
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
+from services.gateway.errors import PhaseFailure, failure_category
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
+from services.mesh.progress import progress
 
 tracer = trace.get_tracer("riskmesh.gateway")
 
@@ -30,22 +33,10 @@ SETUP_DEADLINE_S = 120.0
 PHASE_DEADLINE_S = 1800.0
 
 Report = Callable[[common_pb2.Progress], Awaitable[None]]
+Stub = TypeVar("Stub")
 
 
-class PhaseFailure(Exception):
-    """A phase of the run failed at an organisation."""
-
-    def __init__(self, phase: int, org: str, reason: str) -> None:
-        super().__init__(f"{common_pb2.Phase.Name(phase)} at {org}: {reason}")
-        self.phase = phase
-        self.org = org
-        self.reason = reason
-
-    def to_proto(self) -> common_pb2.RunError:
-        return common_pb2.RunError(phase=self.phase, org=self.org, reason=self.reason)
-
-
-def phase_label(phase: int) -> str:
+def phase_label(phase: common_pb2.Phase.ValueType) -> str:
     return common_pb2.Phase.Name(phase).removeprefix("PHASE_").lower()
 
 
@@ -60,20 +51,37 @@ class OwnerKeys:
     paillier_key: common_pb2.PaillierPublicKey
 
 
+@dataclass(frozen=True)
+class OwnerSetup:
+    """An owner's setup for a run: its public keys and its commitment to the input it read."""
+
+    keys: OwnerKeys
+    commitment: str
+
+
 class RunPipeline:
-    def __init__(self, config: OrgConfig, channels: Channels, spec: common_pb2.StudySpec, run_id: str, report: Report) -> None:
+    def __init__(
+        self,
+        config: OrgConfig,
+        channels: Channels,
+        spec: common_pb2.StudySpec,
+        run_id: str,
+        report: Report,
+        min_joined: int = 0,
+    ) -> None:
         self.config = config
         self.channels = channels
         self.spec = spec
         self.run_id = run_id
         self.report = report
+        self.min_joined = min_joined  # this org's floor on the joined count, checked inside the MPC
         self.joined = 0
 
-    def _stub(self, server: str, stub_class):
+    def _stub(self, server: str, stub_class: Callable[[grpc.aio.Channel], Stub]) -> Stub:
         return stub_class(self.channels.get(self.config.org, server))
 
     @contextlib.asynccontextmanager
-    async def phase(self, phase: int, server: str) -> AsyncIterator[CalledServer]:
+    async def phase(self, phase: common_pb2.Phase.ValueType, server: str) -> AsyncIterator[CalledServer]:
         """A span for the phase; gRPC errors become PhaseFailure(phase, this org, reason
         naming the server called last, which the block may update)."""
         span = self._start_span(phase)
@@ -82,30 +90,38 @@ class RunPipeline:
             with trace.use_span(span, end_on_exit=True):
                 yield where
         except grpc.aio.AioRpcError as exc:
-            raise PhaseFailure(phase, self.config.org, f"{where.server}: {exc.code().name}: {exc.details()}") from None
+            reason = f"{where.server}: {exc.code().name}: {exc.details()}"
+            category = failure_category(phase, where.server, exc.code())
+            raise PhaseFailure(phase, self.config.org, reason, category) from None
 
     async def _progress(self, phase: int, done: int = 0, total: int = 0, message: str = "") -> None:
-        await self.report(common_pb2.Progress(run_id=self.run_id, phase=phase, org=self.config.org, done=done, total=total, state=common_pb2.RUN_STATE_RUNNING, message=message))
+        await self.report(progress(self.run_id, self.config.org, phase, done, total, message))
 
     # Data owners -----------------------------------------------------------
 
-    async def prepare_owner(self, source_path: str) -> OwnerKeys:
-        """Setup: a fresh Paillier key pair (kept by resharing) and the CSV read + X25519 key (encryption)."""
+    async def prepare_owner(self, source_path: str, commitment_key: bytes) -> OwnerSetup:
+        """Setup: a fresh Paillier key pair (kept by resharing) and the CSV read, committed to
+        under `commitment_key` (this org's per-study secret) + X25519 key (encryption)."""
         async with self.phase(common_pb2.PHASE_SETUP, "resharing") as where:
             await self._progress(common_pb2.PHASE_SETUP, message="generating this run's Paillier key pair")
             resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
-            key = (await resharing.CreateKey(join_pb2.CreateKeyRequest(run_id=self.run_id, bits=self.spec.paillier_bits or 2048), timeout=SETUP_DEADLINE_S)).key
+            key_request = join_pb2.CreateKeyRequest(run_id=self.run_id, bits=self.spec.paillier_bits or 2048)
+            key = (await resharing.CreateKey(key_request, timeout=SETUP_DEADLINE_S)).key
             where.server = "encryption"
             encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)
-            request = join_pb2.PrepareEncryptionRequest(run_id=self.run_id, spec=self.spec, source_path=source_path)
+            request = join_pb2.PrepareEncryptionRequest(
+                run_id=self.run_id, spec=self.spec, source_path=source_path, commitment_key=commitment_key
+            )
             prepared = await encryption.PrepareEncryption(request, timeout=SETUP_DEADLINE_S)
             await self._progress(common_pb2.PHASE_SETUP, done=1, total=1, message="keys ready, local data validated")
-        return OwnerKeys(prepared.x25519_public_key, key)
+        return OwnerSetup(OwnerKeys(prepared.x25519_public_key, key), prepared.input_commitment)
 
     async def run_owner(self, peer: OwnerKeys) -> lasso_pb2.ModelResult:
         async with self.phase(common_pb2.PHASE_HASHING_ENCRYPTION, "encryption"):
             encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)
-            request = join_pb2.RunEncryptionRequest(run_id=self.run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=peer.paillier_key)
+            request = join_pb2.RunEncryptionRequest(
+                run_id=self.run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=peer.paillier_key
+            )
             async for reply in encryption.RunEncryption(request, timeout=PHASE_DEADLINE_S):
                 await self.report(reply.progress)
         await self._await_shares()
@@ -116,12 +132,16 @@ class RunPipeline:
     async def open_helper(self) -> None:
         async with self.phase(common_pb2.PHASE_SETUP, "intersection"):
             intersection = self._stub("intersection", join_pb2_grpc.IntersectionServiceStub)
-            await intersection.OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=self.run_id, spec=self.spec), timeout=SETUP_DEADLINE_S)
+            await intersection.OpenIntersection(
+                join_pb2.OpenIntersectionRequest(run_id=self.run_id, spec=self.spec), timeout=SETUP_DEADLINE_S
+            )
 
     async def run_helper(self) -> lasso_pb2.ModelResult:
         async with self.phase(common_pb2.PHASE_INTERSECTION, "intersection"):
             intersection = self._stub("intersection", join_pb2_grpc.IntersectionServiceStub)
-            async for reply in intersection.AwaitIntersection(join_pb2.AwaitIntersectionRequest(run_id=self.run_id), timeout=PHASE_DEADLINE_S):
+            async for reply in intersection.AwaitIntersection(
+                join_pb2.AwaitIntersectionRequest(run_id=self.run_id), timeout=PHASE_DEADLINE_S
+            ):
                 await self.report(reply.progress)
                 self.joined = reply.joined or self.joined
         await self._await_shares()
@@ -132,7 +152,9 @@ class RunPipeline:
     async def _await_shares(self) -> None:
         async with self.phase(common_pb2.PHASE_RESHARING, "resharing"):
             resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
-            async for reply in resharing.AwaitShares(join_pb2.AwaitSharesRequest(run_id=self.run_id), timeout=PHASE_DEADLINE_S):
+            async for reply in resharing.AwaitShares(
+                join_pb2.AwaitSharesRequest(run_id=self.run_id), timeout=PHASE_DEADLINE_S
+            ):
                 await self.report(reply.progress)
                 self.joined = reply.joined or self.joined
 
@@ -143,7 +165,10 @@ class RunPipeline:
         current = common_pb2.PHASE_INPUT
         span = self._start_span(current)
         try:
-            async for reply in lasso.RunLasso(lasso_pb2.RunLassoRequest(run_id=self.run_id, spec=self.spec), timeout=PHASE_DEADLINE_S):
+            async for reply in lasso.RunLasso(
+                lasso_pb2.RunLassoRequest(run_id=self.run_id, spec=self.spec, min_joined=self.min_joined),
+                timeout=PHASE_DEADLINE_S,
+            ):
                 if reply.HasField("result"):
                     result = reply.result
                     continue
@@ -154,15 +179,22 @@ class RunPipeline:
                 await self.report(reply.progress)
         except grpc.aio.AioRpcError as exc:
             span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code().name))
-            raise PhaseFailure(current, self.config.org, f"lasso: {exc.code().name}: {exc.details()}") from None
+            reason = f"lasso: {exc.code().name}: {exc.details()}"
+            category = failure_category(current, "lasso", exc.code())
+            raise PhaseFailure(current, self.config.org, reason, category) from None
         finally:
             span.end()
         if self.joined and not result.joined:
             result.joined = self.joined
         return result
 
-    def _start_span(self, phase: int) -> trace.Span:
-        attributes = {"riskmesh.phase": phase_label(phase), "riskmesh.run.id": self.run_id, "riskmesh.study.id": self.spec.study_id, "riskmesh.org": self.config.org}
+    def _start_span(self, phase: common_pb2.Phase.ValueType) -> trace.Span:
+        attributes = {
+            "riskmesh.phase": phase_label(phase),
+            "riskmesh.run.id": self.run_id,
+            "riskmesh.study.id": self.spec.study_id,
+            "riskmesh.org": self.config.org,
+        }
         return tracer.start_span(f"phase {phase_label(phase)}", attributes=attributes)
 
     async def drop(self) -> None:

@@ -57,7 +57,8 @@ def predict(result: lasso_pb2.ModelResult, records: Sequence[Mapping[str, float]
             raise PredictError(f"records[{index}]: missing feature(s) {', '.join(map(repr, missing))}")
         unknown = sorted(given - expected)
         if unknown:
-            raise PredictError(f"records[{index}]: unknown feature(s) {', '.join(map(repr, unknown))}; the model uses {sorted(expected)}")
+            names = ", ".join(map(repr, unknown))
+            raise PredictError(f"records[{index}]: unknown feature(s) {names}; the model uses {sorted(expected)}")
         terms = [result.intercept]
         for name, weight in weights.items():
             value = record[name]

@@ -48,13 +48,6 @@ def column_from_proto(message: common_pb2.ColumnSpec) -> ColumnSpec:
     return ColumnSpec(message.name, message.min, message.max)
 
 
-def owner_columns(spec: common_pb2.StudySpec, org: str) -> common_pb2.OwnerColumns:
-    for owner in spec.owners:
-        if owner.org == org:
-            return owner
-    raise WireFormatError(f"{org} holds no columns in study {spec.study_id!r}")
-
-
 def column_names(owner: common_pb2.OwnerColumns) -> tuple[str, ...]:
     """An owner's columns in slot order: features, then the target if it holds it."""
     names = [c.name for c in owner.features]

@@ -1,17 +1,23 @@
-"""Small pieces the three join servers share: run-state errors → status codes,
-progress messages, chunking."""
+"""Small pieces the three join servers share: join errors → status codes, chunking."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from typing import AsyncIterator, Iterator, Sequence, TypeVar
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from riskmesh.v1 import common_pb2
-from services.join.core.errors import DataError, IntersectionTooSmallError, JoinError, SpecError, WireFormatError
+from services.join.core.errors import (
+    DataError,
+    IntersectionTooSmallError,
+    JoinError,
+    KeySizeError,
+    SpecError,
+    WireFormatError,
+)
+from services.mesh.status import mapped_errors, status_of
+from services.study.spec import SpecError as StudySpecError
 
 T = TypeVar("T")
 
@@ -23,29 +29,23 @@ def chunked(items: Sequence[T], size: int = CHUNK_ROWS) -> Iterator[Sequence[T]]
         yield items[start : start + size]
 
 
-def progress(run_id: str, org: str, phase: int, done: int = 0, total: int = 0, message: str = "", state: int = common_pb2.RUN_STATE_RUNNING) -> common_pb2.Progress:
-    at = Timestamp()
-    at.FromNanoseconds(time.time_ns())
-    return common_pb2.Progress(run_id=run_id, phase=phase, org=org, done=done, total=total, state=state, message=message, at=at)
+# Join domain errors → status codes (messages never carry patient data); any other JoinError is INTERNAL.
+JOIN_STATUSES = (
+    (DataError, grpc.StatusCode.INVALID_ARGUMENT),
+    (SpecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (WireFormatError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StudySpecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (IntersectionTooSmallError, grpc.StatusCode.FAILED_PRECONDITION),
+    (KeySizeError, grpc.StatusCode.FAILED_PRECONDITION),
+    (JoinError, grpc.StatusCode.INTERNAL),
+)
 
 
-def status_for(exc: Exception) -> grpc.StatusCode:
-    """The status code of a join domain error (messages never carry patient data)."""
-    if isinstance(exc, (DataError, SpecError, WireFormatError)):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, IntersectionTooSmallError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return grpc.StatusCode.INTERNAL
+def status_for(exc: JoinError | StudySpecError) -> grpc.StatusCode:
+    """The status code of a join domain error."""
+    return status_of(exc, JOIN_STATUSES) or grpc.StatusCode.INTERNAL
 
 
-@contextlib.asynccontextmanager
-async def join_errors(context: grpc.aio.ServicerContext, phase: str) -> AsyncIterator[None]:
+def join_errors(context: grpc.aio.ServicerContext, phase: str) -> AbstractAsyncContextManager[None]:
     """Abort the RPC with the phase and the reason of a join error."""
-    try:
-        yield
-    except JoinError as exc:
-        await context.abort(status_for(exc), f"{phase}: {exc}")
-
-
-class RunNotFound(Exception):
-    pass
+    return mapped_errors(context, JOIN_STATUSES, prefix=f"{phase}: ")

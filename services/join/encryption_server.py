@@ -1,7 +1,8 @@
 """EncryptionService (data owners): the hashing/encryption step of the secure join.
 
-PrepareEncryption reads and validates the owner's local CSV (it never leaves the org)
-and makes an ephemeral X25519 key; RunEncryption derives the tag key with the other
+PrepareEncryption reads and validates the owner's local CSV (it never leaves the org),
+commits to it (HMAC under the owner's per-study secret, core/commitment.py) and makes an
+ephemeral X25519 key; RunEncryption derives the tag key with the other
 owner's X25519 key (HKDF info = study id + run id), tags, encodes, packs, builds the
 randomness pool under the other owner's Paillier key (offline part), encrypts, shuffles
 and streams (tag, ciphertexts) to the helper in chunks.
@@ -22,19 +23,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
-from services.join.common import chunked, join_errors, progress
+from services.join.common import chunked, join_errors
 from services.join.core import keys
+from services.join.core.commitment import input_commitment
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import RandomnessPool, generate_pool
+from services.join.core.paillier import RandomnessPool, check_key_size, generate_pool
 from services.join.core.parallel import default_workers, process_executor, split_sizes
 from services.join.core.protocol import owner_encrypt
 from services.join.rules import ENCRYPTION_RULES
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
+from services.mesh.progress import progress
 from services.mesh.server import MeshServer
+from services.study.spec import owner_columns
 
 log = logging.getLogger("riskmesh.encryption")
 
@@ -43,6 +47,10 @@ UPLOAD_DEADLINE_S = 1800.0
 # 2048 bits), so pieces are large: 50,000 elements are ~6 s of work over 2 workers.
 POOL_PIECE = 50_000
 WARM_UP_S = 60.0
+# A prepared run (the owner's validated table and its X25519 key) whose RunEncryption does not
+# come is dropped after this long. The gateway sends it right after every party's setup, which
+# has a 120 s deadline (gateway/pipeline.py).
+PREPARED_TTL_S = 600.0
 
 
 @dataclass
@@ -53,16 +61,22 @@ class PreparedRun:
 
 
 class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
-    def __init__(self, config: OrgConfig, channels: Channels, executor: ProcessPoolExecutor | None, workers: int) -> None:
+    def __init__(self, config: OrgConfig, channels: Channels, executor: ProcessPoolExecutor | None, workers: int, prepared_ttl_s: float = PREPARED_TTL_S) -> None:
         self.config = config
         self.channels = channels
         self.executor = executor
         self.workers = workers
         self.prepared: dict[str, PreparedRun] = {}
+        self.prepared_ttl_s = prepared_ttl_s
+
+    def _expire(self, run_id: str, prepared: PreparedRun) -> None:
+        if self.prepared.get(run_id) is prepared:
+            del self.prepared[run_id]  # the plaintext table and the X25519 key go with it
+            log.warning("run %s: prepared %.0f s ago and never started; dropped its table and key", run_id, self.prepared_ttl_s)
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
-            owner = codec.owner_columns(request.spec, self.config.org)
+            owner = owner_columns(request.spec, self.config.org)
             target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
             table = await asyncio.to_thread(
                 read_owner_csv,
@@ -73,18 +87,22 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 target=target,
             )
             agreement = keys.new_agreement_key()
-            self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)
+            commitment = input_commitment(table, request.commitment_key) if request.commitment_key else ""
+            prepared = self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)
+            asyncio.get_running_loop().call_later(self.prepared_ttl_s, self._expire, request.run_id, prepared)
             log.info("run %s: %d rows validated", request.run_id, len(table.ids))
-            return join_pb2.PrepareEncryptionResponse(x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids))
+            return join_pb2.PrepareEncryptionResponse(
+                x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids), input_commitment=commitment)
 
     async def RunEncryption(self, request, context) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
         prepared = self.prepared.pop(request.run_id, None)
         if prepared is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran)")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran, or expired)")
         org, run_id = self.config.org, request.run_id
         async with join_errors(context, "hashing/encryption"):
             tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
+            check_key_size(peer_key.bits, prepared.spec.paillier_bits, self.config.min_paillier_bits)  # before encrypting anything
             layout = SlotLayout.for_columns(len(prepared.table.columns), peer_key.bits)
             count = len(prepared.table.ids) * layout.ciphertexts_per_row
             pool = RandomnessPool(peer_key.key_id, [])

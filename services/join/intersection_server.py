@@ -23,10 +23,13 @@ import grpc
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
-from services.join.common import chunked, progress, status_for
-from services.join.core.errors import JoinError, SpecError
+from services.join.common import chunked, status_for
+from services.join.core.chunks import ChunkedRows, read_header
+from services.join.core.errors import JoinError, KeySizeError, SpecError, WireFormatError
 from services.join.core.masking import mask_rows, permute, random_permutation
+from services.join.core.paillier import check_key_size
 from services.join.core.matching import check_minimum, match_tags
+from services.join.core.paillier import PublicKey
 from services.join.core.protocol import EncryptedUpload, check_upload
 from services.join.core.shares import encode_shares, value_bytes
 from services.join.rules import INTERSECTION_RULES
@@ -34,12 +37,14 @@ from services.mesh.authz import current_caller
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
+from services.mesh.progress import progress
 from services.mesh.server import MeshServer
+from services.study.spec import SpecError as StudySpecError
+from services.study.spec import owner_columns
 
 log = logging.getLogger("riskmesh.intersection")
 
 DELIVERY_DEADLINE_S = 1800.0
-MAX_ROWS = 10_000_000
 
 
 @dataclass
@@ -79,6 +84,14 @@ def match_uploads(upload_a: EncryptedUpload, upload_b: EncryptedUpload, minimum:
     return permute(pairs, random_permutation(len(pairs)))
 
 
+def upload_rows(chunk: join_pb2.RowChunk, key: PublicKey, per_row: int) -> list[tuple[bytes, list[int]]]:
+    """An upload chunk's (tag, ciphertexts) rows."""
+    if len(chunk.ciphertexts) != len(chunk.tags) * per_row or any(len(t) != 32 for t in chunk.tags):
+        raise WireFormatError("a chunk's tags and ciphertexts do not match its layout")
+    values = [key.decode_ciphertext(c) for c in chunk.ciphertexts]
+    return [(tag, values[k * per_row : (k + 1) * per_row]) for k, tag in enumerate(chunk.tags)]
+
+
 @dataclass
 class MaskedStream:
     """One owner's matched rows on their way, masked chunk by chunk in π order: the masked
@@ -108,55 +121,37 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
 
     async def UploadRows(self, request_iterator, context):
         caller = current_caller.get()
-        header = None
-        tags: list[bytes] = []
-        ciphertexts: list[list[int]] = []
-        run: IntersectionRun | None = None
-        next_seq = 0
-        async for item in request_iterator:
-            if header is None:
-                if not item.HasField("header"):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: the first message of an upload must be its header")
-                header = item.header
-                run = self.runs.get(header.run_id)
-                if run is None:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: run {header.run_id} is not open at the helper")
-                if caller is None or caller.org not in [o.org for o in run.spec.owners]:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows")
-                if caller.org in run.uploads:
-                    await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
-                if header.rows > MAX_ROWS:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {MAX_ROWS} rows")
-                try:
-                    layout = codec.layout_from_proto(header.layout)
-                    key = codec.public_key_from_proto(header.key)
-                    layout.check_columns(len(header.columns))
-                    layout.check_modulus(key.bits)
-                    if tuple(header.columns) != codec.column_names(codec.owner_columns(run.spec, caller.org)):
-                        raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
-                except JoinError as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
-                per_row = layout.ciphertexts_per_row
-                continue
-            if not item.HasField("chunk") or item.chunk.seq != next_seq:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: upload chunks must follow the header in sequence")
-            next_seq += 1
-            chunk = item.chunk
-            if len(chunk.ciphertexts) != len(chunk.tags) * per_row or any(len(t) != 32 for t in chunk.tags):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: a chunk's tags and ciphertexts do not match its layout")
-            tags.extend(chunk.tags)
-            try:
-                values = [key.decode_ciphertext(c) for c in chunk.ciphertexts]
-            except JoinError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
-            ciphertexts.extend(values[k : k + per_row] for k in range(0, len(values), per_row))
-            if len(tags) > header.rows:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: more rows than the header announced")
-        if header is None or run is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "intersection: an empty upload")
-        if len(tags) != header.rows:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: the upload ended after {len(tags)} of {header.rows} rows")
-        run.uploads[caller.org] = EncryptedUpload(tags, ciphertexts, tuple(header.columns), layout, key)
+        try:
+            header = await read_header(request_iterator)
+        except JoinError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
+        run = self.runs.get(header.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: run {header.run_id} is not open at the helper")
+        if caller is None or caller.org not in [o.org for o in run.spec.owners]:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows")
+        if caller.org in run.uploads:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
+        if header.rows > self.config.max_upload_rows:  # the helper's memory bound (config max_upload_rows)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {self.config.max_upload_rows} rows")
+        try:
+            layout = codec.layout_from_proto(header.layout)
+            key = codec.public_key_from_proto(header.key)
+            check_key_size(key.bits, run.spec.paillier_bits, self.config.min_paillier_bits)  # before masking under it
+            layout.check_columns(len(header.columns))
+            layout.check_modulus(key.bits)
+            if tuple(header.columns) != codec.column_names(owner_columns(run.spec, caller.org)):
+                raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
+            rows: ChunkedRows[tuple[bytes, list[int]]] = ChunkedRows(header.rows)
+            async for item in request_iterator:
+                rows.add(upload_rows(rows.chunk(item), key, layout.ciphertexts_per_row))
+            uploaded = rows.finish()
+        except KeySizeError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: {exc}")
+        except (JoinError, StudySpecError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
+        tags = [tag for tag, _ in uploaded]
+        run.uploads[caller.org] = EncryptedUpload(tags, [row for _, row in uploaded], tuple(header.columns), layout, key)
         log.info("run %s: upload from %s complete (%d rows)", header.run_id, caller.org, len(tags))
         run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(header.run_id, self.config.org, common_pb2.PHASE_INTERSECTION, len(run.uploads), 2, f"upload from {caller.org} received")))
         if len(run.uploads) == 2 and run.task is None:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable
 
 import grpc
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
-from services.join.common import chunked, progress
+from services.join.common import chunked
+from services.join.core.chunks import ChunkedRows, EndedEarly, read_header
 from services.join.core.errors import JoinError, SpecError
 from services.join.core.packing import SlotLayout
 from services.join.core.paillier import PrivateKey, generate_keypair
@@ -35,11 +36,13 @@ from services.join.rules import RESHARING_RULES
 from services.mesh.config import OrgConfig
 from services.mesh.decoding import MalformedRequest
 from services.mesh.process import run_server_process
+from services.mesh.progress import progress
 from services.mesh.server import MeshServer
+from services.mesh.status import StatusError
 
 log = logging.getLogger("riskmesh.resharing")
 
-ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only for tests and quick benchmarks
+ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only where the config lowers min_paillier_bits (test meshes)
 BROKE_OFF = "resharing: the stream from the helper broke off before every row arrived"
 ENDED_EARLY = "resharing: the stream from the helper ended before every announced row arrived"
 
@@ -80,17 +83,15 @@ class ResharingRun:
         return self.error is None and len(self.blocks) >= self.expected_blocks
 
 
-class StreamEndedEarly(Exception):
-    """An accepted stream ended before every announced row arrived."""
-
-
-class StreamRefused(Exception):
+class StreamRefused(StatusError):
     """A stream is refused with this status; the message names the phase and holds no patient data."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+
+async def _read_header(stream: AsyncIterator[Any]) -> Any:
+    try:
+        return await read_header(stream)
+    except JoinError as exc:
+        raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}") from None
 
 
 class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
@@ -110,6 +111,8 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         bits = request.bits or 2048
         if bits not in ALLOWED_BITS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits")
+        if bits < self.config.min_paillier_bits:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits")
         run = self._run(request.run_id)
         if run.key is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {request.run_id} already has a key")
@@ -131,13 +134,7 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         return join_pb2.DeliverMaskedRowsResponse(rows=len(values))
 
     async def _accept_delivery(self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest]) -> tuple[ResharingRun, join_pb2.MaskedRowsHeader, SlotLayout]:
-        try:
-            item = await anext(stream)
-        except StopAsyncIteration:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: an empty delivery") from None
-        if not item.HasField("header"):
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the first message must be the header")
-        header = item.header
+        header = await _read_header(stream)
         run = self.runs.get(header.run_id)
         if run is None or run.key is None:
             raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: run {header.run_id} has no key here")
@@ -158,43 +155,32 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         key = run.key
         assert key is not None  # checked in _accept_delivery
         per_row = layout.ciphertexts_per_row
-        values: list[list[int]] = []
-        next_seq = 0
+        rows: ChunkedRows[list[int]] = ChunkedRows(header.joined)
         async for item in stream:
-            if not item.HasField("chunk") or item.chunk.seq != next_seq:
-                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: chunks must follow the header in sequence")
-            next_seq += 1
-            try:
-                cts = [key.public.decode_ciphertext(c) for c in item.chunk.ciphertexts]
-                if len(cts) % per_row:
-                    raise SpecError("a chunk holds a partial row")
-                rows = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
-                # Decrypt while the next chunk streams in (gmpy2 releases the GIL).
-                block = await asyncio.to_thread(owner_shares, key, layout, rows, header.columns, threads=self.threads)
-            except JoinError as exc:
-                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}") from None
-            values.extend(block.values)
-            if len(values) > header.joined:
-                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: more rows than the header announced")
-            run.rows_done = len(values)
+            cts = [key.public.decode_ciphertext(c) for c in rows.chunk(item).ciphertexts]
+            if len(cts) % per_row:
+                raise SpecError("a chunk holds a partial row")
+            masked = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
+            # Decrypt while the next chunk streams in (gmpy2 releases the GIL).
+            block = await asyncio.to_thread(owner_shares, key, layout, masked, header.columns, threads=self.threads)
+            rows.add(block.values)
+            run.rows_done = len(rows.rows)
             run.notify()
-        if len(values) != header.joined:
-            raise StreamEndedEarly()
-        return values
+        return rows.finish()
 
     async def _receive(self, run: ResharingRun, context: grpc.aio.ServicerContext, body: Awaitable[list[list[int]]]) -> list[list[int]]:
         """Run an accepted stream's body; any way it fails, fail the run (never keep partial rows)."""
         run.receiving += 1
         try:
             return await body
-        except StreamRefused as refused:
-            run.fail(refused.code, refused.message)
-            await context.abort(refused.code, refused.message)
-        except StreamEndedEarly:
+        except EndedEarly:
             # A lost connection may end the stream like a half-close before the call is marked cancelled.
             code, message = (grpc.StatusCode.UNAVAILABLE, BROKE_OFF) if context.cancelled() else (grpc.StatusCode.INVALID_ARGUMENT, ENDED_EARLY)
             run.fail(code, message)
             await context.abort(code, message)
+        except JoinError as exc:  # a chunk out of place, or one that does not decode
+            run.fail(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
         except asyncio.CancelledError:  # the sender went away mid-stream
             run.fail(grpc.StatusCode.UNAVAILABLE, BROKE_OFF)
             raise
@@ -224,13 +210,7 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
     async def _accept_helper_shares(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest]) -> tuple[ResharingRun, join_pb2.SharesHeader, SlotLayout]:
         if self.config.role != "helper":
             raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only the helper stores its own masks as shares")
-        try:
-            item = await anext(stream)
-        except StopAsyncIteration:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: an empty stream of shares") from None
-        if not item.HasField("header"):
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the first message must be the header")
-        header = item.header
+        header = await _read_header(stream)
         try:
             layout = codec.layout_from_proto(header.layout)
             layout.check_columns(len(header.columns))
@@ -244,21 +224,10 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         return run, header, layout
 
     async def _share_chunks(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest], header: join_pb2.SharesHeader) -> list[list[int]]:
-        values: list[list[int]] = []
-        next_seq = 0
+        rows: ChunkedRows[list[int]] = ChunkedRows(header.rows)
         async for item in stream:
-            if not item.HasField("chunk") or item.chunk.seq != next_seq:
-                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: chunks must follow the header in sequence")
-            next_seq += 1
-            try:
-                values.extend(decode_shares(item.chunk.values, len(header.columns), header.value_bytes))
-            except JoinError as exc:
-                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}") from None
-            if len(values) > header.rows:
-                raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: more rows than the header announced")
-        if len(values) != header.rows:
-            raise StreamEndedEarly()
-        return values
+            rows.add(decode_shares(rows.chunk(item).values, len(header.columns), header.value_bytes))
+        return rows.finish()
 
     async def AwaitShares(self, request, context) -> AsyncIterator[join_pb2.AwaitSharesResponse]:
         run = self._run(request.run_id)

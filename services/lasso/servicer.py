@@ -29,12 +29,15 @@ from services.lasso.runs import CONNECT_TIMEOUT_S, ChannelFor, Finished, Run, Ru
 from services.lasso.shares import ShareSource, ShareSourceError
 from services.lasso.worker.handle import WorkerFactory, spawn_worker
 from services.mesh.authz import current_caller
+from services.mesh.progress import progress
+from services.mesh.status import mapped_errors
 
 HELLO_TIMEOUT_S = 30.0
 # Concurrent MPC runs per lasso server. The parties admit runs independently, so a run
 # refused here (RESOURCE_EXHAUSTED) fails only after its whole join: keep this at least
 # the number of studies the mesh runs at once (4 concurrent runs failed with 2).
 MAX_RUNS = 8
+SPEC_STATUSES = ((SpecError, grpc.StatusCode.INVALID_ARGUMENT), (PartyError, grpc.StatusCode.INVALID_ARGUMENT))
 
 
 class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
@@ -60,18 +63,14 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
     async def RunLasso(self, request: lasso_pb2.RunLassoRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[lasso_pb2.RunLassoResponse]:
         if not request.run_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
-        try:
+        async with mapped_errors(context, SPEC_STATUSES, prefix="the study spec is not valid: "):
             validate(request.spec)
             orgs = party_orgs(request.spec)
-        except (SpecError, PartyError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the study spec is not valid: {exc}")
         if self.org not in orgs:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.org} is not a party of study {request.spec.study_id!r}")
         run = Run(request.run_id, self.org, orgs, self.program, self.spawn, self.channel_for, self.connect_timeout)
-        try:
+        async with mapped_errors(context):  # a RunFailure carries its status
             self.runs.add(run)
-        except RunFailure as exc:
-            await context.abort(exc.code, exc.message)
         try:
             yield self._progress(request.run_id, common_pb2.PHASE_INPUT, "fetching this party's input shares")
             try:
@@ -95,8 +94,7 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
             self.runs.remove(run)
 
     def _progress(self, run_id: str, phase: int, message: str) -> lasso_pb2.RunLassoResponse:
-        progress = common_pb2.Progress(run_id=run_id, phase=phase, org=self.org, state=common_pb2.RUN_STATE_RUNNING, message=message)
-        return lasso_pb2.RunLassoResponse(progress=progress)
+        return lasso_pb2.RunLassoResponse(progress=progress(run_id, self.org, phase, message=message))
 
     async def Exchange(self, request_iterator: AsyncIterator[lasso_pb2.ExchangeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
         caller = current_caller.get()

@@ -15,14 +15,11 @@ import grpc
 
 from riskmesh.v1 import join_pb2, join_pb2_grpc
 from services.lasso.core.blocks import BlockDecoder, ShareBlock, ShareError
+from services.mesh.status import StatusError
 
 
-class ShareSourceError(Exception):
+class ShareSourceError(StatusError):
     """The shares of a run cannot be obtained; `code` is the gRPC status to report."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class ShareSource(Protocol):
@@ -48,7 +45,9 @@ class GrpcShareSource:
             missing = exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
             code = grpc.StatusCode.FAILED_PRECONDITION if missing else grpc.StatusCode.UNAVAILABLE
             details = (exc.details() or "")[:300]
-            raise ShareSourceError(code, f"resharing could not provide the shares of run {run_id!r}: {exc.code().name}: {details}") from None
+            raise ShareSourceError(
+                code, f"resharing could not provide the shares of run {run_id!r}: {exc.code().name}: {details}"
+            ) from None
         except ShareError as exc:
             raise ShareSourceError(grpc.StatusCode.DATA_LOSS, f"resharing sent malformed shares: {exc}") from None
 

@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
 
 import grpc
 
 from services.mesh.config import OrgConfig
+from services.mesh.handlers import wrap_handler
 from services.mesh.identity import Identity, IdentityResolver, peer_certificate_pem
+from services.mesh.telemetry import rpc_admitted, rpc_refused
 
 log = logging.getLogger("riskmesh.authz")
 
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 # The caller of the current RPC, for servicers that need it (set before the handler runs).
 current_caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("riskmesh_caller", default=None)
@@ -71,68 +77,55 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each handler so the check runs with the call's auth context in hand
     (grpc.aio interceptors see only the method name before the handler)."""
 
-    def __init__(self, config: OrgConfig, resolver: IdentityResolver, rules: Rules, on_refusal: RefusalHook | None = None) -> None:
+    def __init__(
+        self, config: OrgConfig, resolver: IdentityResolver, rules: Rules, on_refusal: RefusalHook | None = None
+    ) -> None:
         self._config = config
         self._resolver = resolver
         self._rules = dict(rules)
         self._on_refusal = on_refusal
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        return _wrap(handler, lambda context: self._check(method, context))
+        return wrap_handler(handler, lambda request, context: self._check(method, context))
 
     async def _check(self, method: str, context: grpc.aio.ServicerContext) -> None:
         caller = caller_identity(context, self._resolver)
         if caller is None:
-            await self._refuse(method, None, grpc.StatusCode.UNAUTHENTICATED, context, "no valid riskmesh identity in the client certificate")
+            await self._refuse(
+                method,
+                None,
+                grpc.StatusCode.UNAUTHENTICATED,
+                context,
+                "no valid riskmesh identity in the client certificate",
+            )
+        assert caller is not None  # _refuse aborted the call otherwise
         allowed = self._rules.get(method, ())
         if not any(rule.admits(caller, self._config) for rule in allowed):
-            await self._refuse(method, caller, grpc.StatusCode.PERMISSION_DENIED, context, f"{caller} may not call {method}")
+            await self._refuse(
+                method, caller, grpc.StatusCode.PERMISSION_DENIED, context, f"{caller} may not call {method}"
+            )
+        rpc_admitted(method, caller.org)
         current_caller.set(caller)
         current_method.set(method)
 
-    async def _refuse(self, method: str, caller: Identity | None, code: grpc.StatusCode, context: grpc.aio.ServicerContext, message: str) -> None:
+    async def _refuse(
+        self,
+        method: str,
+        caller: Identity | None,
+        code: grpc.StatusCode,
+        context: grpc.aio.ServicerContext,
+        message: str,
+    ) -> None:
         log.warning("refused %s for %s: %s", method, caller or "unidentified caller", code.name)
+        rpc_refused(method, code.name, caller.org if caller else "")
         if self._on_refusal:
             self._on_refusal(method, caller, code)
         await context.abort(code, message)
-
-
-def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[Any], Awaitable[None]]) -> grpc.RpcMethodHandler:
-    """The same handler with `check(context)` run first, for all four kinds of RPC."""
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request, context):
-            await check(context)
-            return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request, context):
-            await check(context)
-            async for item in inner_us(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(request_iterator, context):
-            await check(context)
-            return await inner_su(request_iterator, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, handler.response_serializer)
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(request_iterator, context):
-        await check(context)
-        async for item in inner_ss(request_iterator, context):
-            yield item
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, handler.response_serializer)

@@ -9,9 +9,9 @@ keep their effect and the known sparse true weights keep their zero pattern:
     binary:  y ~ Bernoulli(σ((t − median(t))/scale)),      scale = std(t)/2 by default
     count:   y ~ Poisson(exp(log(mean) + spread·(t − mean(t))/std(t))), capped at ``cap``
 
-Adapters apply them to the two generators' tables (``services/testkit/joined_tables.py``'s
-``SyntheticStudy`` and ``services/testkit/synthetic.py``'s ``StudyData``) and declare the
-new target range ([0, 1] for a binary outcome, [0, cap] for counts).
+Adapters apply them to services/testkit/synthetic.py's tables (the regression's
+``JoinedTable`` and the owners' ``StudyData``) and declare the new target range ([0, 1]
+for a binary outcome, [0, cap] for counts).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import numpy.typing as npt
 
 from riskmesh.v1 import common_pb2
 from services.lasso.core.params import ColumnRange
-from services.testkit.joined_tables import SyntheticStudy
-from services.testkit.synthetic import StudyData
+from services.testkit.synthetic import JoinedTable, StudyData
 
 Vector = npt.NDArray[np.float64]
 
@@ -58,7 +57,7 @@ def _draw(kind: str, target: Vector, rng: np.random.Generator) -> tuple[Vector, 
     raise ValueError(f"unknown outcome {kind!r}; expected 'binary' or 'count'")
 
 
-def study_with_outcome(study: SyntheticStudy, kind: str, seed: int = 0) -> SyntheticStudy:
+def study_with_outcome(study: JoinedTable, kind: str, seed: int = 0) -> JoinedTable:
     """``study`` with its target column replaced by a binary or count outcome."""
     values, name, (low, high) = _draw(kind, study.table[:, study.target], np.random.default_rng(seed))
     table = study.table.copy()

@@ -6,7 +6,10 @@ hospital:                lifestyle (exercise, smoking, BMI, ...)
 
 Patients are identified by birth date + postal code, written in mixed formats on purpose
 (the join normalises them). `reference_join` gives the plaintext inner join that only
-tests, the demo and benchmarks may compute, to compare the secure result with.
+tests, the demo and benchmarks may compute, to compare the secure result with;
+`joined_table` is that join as the secure regression sees it (study column order,
+declared ranges, each column's owner), and `make_joined_table` makes one directly
+(every patient at both owners), for the regression's tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from riskmesh.v1 import common_pb2
+from services.lasso.core.params import ColumnRange
 
 # Named columns for the demo: (name, low, high) of the declared range.
 INSURER_FEATURES = [("gp_visits", 0, 60), ("prescriptions", 0, 80), ("specialist_visits", 0, 40), ("age", 0, 110)]
-HOSPITAL_FEATURES = [("exercise_hours_week", 0, 40), ("smoker", 0, 1), ("bmi", 10, 70), ("alcohol_units_week", 0, 100), ("sleep_hours", 0, 16)]
+HOSPITAL_FEATURES = [
+    ("exercise_hours_week", 0, 40),
+    ("smoker", 0, 1),
+    ("bmi", 10, 70),
+    ("alcohol_units_week", 0, 100),
+    ("sleep_hours", 0, 16),
+]
 TARGET = ("hospitalisation_days", -50, 400)
 
 
@@ -41,7 +52,7 @@ class OwnerTable:
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["birth_date", "postal_code", *names])
-            for (birth, postal), row in zip(self.ids, self.values):
+            for (birth, postal), row in zip(self.ids, self.values, strict=False):
                 writer.writerow([birth, postal, *(f"{v:.6f}" for v in row)])
         return path
 
@@ -59,7 +70,9 @@ def _patients(rng: np.random.Generator, n: int) -> list[tuple[dt.date, str]]:
     start = dt.date(1930, 1, 1)
     while len(out) < n:
         birth = start + dt.timedelta(days=int(rng.integers(0, 27000)))
-        postal = f"{int(rng.integers(1000, 10000))}{chr(65 + int(rng.integers(0, 26)))}{chr(65 + int(rng.integers(0, 26)))}"
+        postal = (
+            f"{int(rng.integers(1000, 10000))}{chr(65 + int(rng.integers(0, 26)))}{chr(65 + int(rng.integers(0, 26)))}"
+        )
         if (birth, postal) not in seen:
             seen.add((birth, postal))
             out.append((birth, postal))
@@ -75,7 +88,9 @@ def _written(birth: dt.date, postal: str, style: int) -> tuple[str, str]:
     return birth.strftime("%d/%m/%Y"), postal.lower()
 
 
-def make_study_data(records: int, overlap: float = 0.5, features: int | None = None, seed: int = 7, noise: float = 1.0) -> StudyData:
+def make_study_data(
+    records: int, overlap: float = 0.5, features: int | None = None, seed: int = 7, noise: float = 1.0
+) -> StudyData:
     """`records` rows per owner, `overlap` of each owner's rows shared with the other.
 
     Without `features`: the named demo columns. With `features` = d: generic columns
@@ -113,7 +128,9 @@ def make_study_data(records: int, overlap: float = 0.5, features: int | None = N
         tspec = common_pb2.ColumnSpec(name=TARGET[0], min=TARGET[1], max=TARGET[2]) if with_target else None
         return OwnerTable(org, ids, canonical, specs, values[order], tspec)
 
-    return StudyData(table("insurer", insurer_people, ins_cols, True), table("hospital", hospital_people, hos_cols, False), weights)
+    return StudyData(
+        table("insurer", insurer_people, ins_cols, True), table("hospital", hospital_people, hos_cols, False), weights
+    )
 
 
 def _column(rng: np.random.Generator, name: str, lo: float, hi: float, n: int) -> np.ndarray:
@@ -136,7 +153,9 @@ def _true_weights(names: list[str], named: bool) -> dict[str, float]:
     nonzero = max(1, d // 5)
     rng = np.random.default_rng(11)
     chosen = set(rng.choice(d, nonzero, replace=False).tolist())
-    return {n: (float(rng.choice([-1, 1]) * rng.uniform(1.0, 3.0)) if i in chosen else 0.0) for i, n in enumerate(names)}
+    return {
+        n: (float(rng.choice([-1, 1]) * rng.uniform(1.0, 3.0)) if i in chosen else 0.0) for i, n in enumerate(names)
+    }
 
 
 def reference_join(data: StudyData) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -148,3 +167,37 @@ def reference_join(data: StudyData) -> tuple[list[str], np.ndarray, np.ndarray]:
     y = np.array([data.insurer.values[i, n_ins] for i, _ in pairs])
     names = [c.name for c in data.insurer.columns] + [c.name for c in data.hospital.columns]
     return names, x, y
+
+
+@dataclass(frozen=True)
+class JoinedTable:
+    """The plaintext inner join in study column order: the insurer's features, the
+    hospital's, then the target; with the declared ranges and each column's owner
+    (0 = insurer, 1 = hospital: the MPC party ids of the data owners)."""
+
+    table: npt.NDArray[np.float64]
+    names: tuple[str, ...]
+    ranges: tuple[ColumnRange, ...]
+    owners: tuple[int, ...]
+    target: int
+
+
+def joined_table(data: StudyData) -> JoinedTable:
+    target = data.insurer.target
+    if target is None:
+        raise ValueError("the insurer's table has no target")
+    names, x, y = reference_join(data)
+    columns = [*data.insurer.columns, *data.hospital.columns, target]
+    owners = [0] * len(data.insurer.columns) + [1] * len(data.hospital.columns) + [0]
+    return JoinedTable(
+        np.column_stack([x, y]),
+        (*names, target.name),
+        tuple(ColumnRange(c.min, c.max) for c in columns),
+        tuple(owners),
+        len(names),
+    )
+
+
+def make_joined_table(rows: int, features: int = 10, seed: int = 7, noise: float = 1.0) -> JoinedTable:
+    """`rows` joined rows of `features` generic columns (`make_study_data` with every patient at both owners)."""
+    return joined_table(make_study_data(rows, overlap=1.0, features=features, seed=seed, noise=noise))

@@ -53,10 +53,13 @@ from functools import cached_property
 
 import gmpy2
 
-from services.join.core.errors import PoolExhaustedError, SpecError, WireFormatError
+from services.join.core.errors import KeySizeError, PoolExhaustedError, SpecError, WireFormatError
 from services.join.core.parallel import chunks, split_sizes
 
 DEFAULT_MODULUS_BITS = 2048
+#: Smallest key the servers accept (the study rules allow 2048 or 3072). Only a test
+#: mesh's config lowers it (`min_paillier_bits`), to MIN_MODULUS_BITS at most.
+MIN_KEY_BITS = 2048
 MIN_MODULUS_BITS = 1024
 MAX_MODULUS_BITS = 8192
 DEFAULT_EXPONENT_BITS = 448
@@ -64,6 +67,15 @@ MAX_TABLE_BYTES = 32 << 20  # per process; bounds the window size
 KEY_ID_HEX_CHARS = 32
 
 mpz = gmpy2.mpz
+
+
+def check_key_size(bits: int, study_bits: int, minimum: int = MIN_KEY_BITS) -> None:
+    """Refuse (KeySizeError) a key whose modulus is not the study's size (0 = the default) or is below `minimum`."""
+    expected = study_bits or DEFAULT_MODULUS_BITS
+    if bits != expected:
+        raise KeySizeError(f"the Paillier key has {bits} bits; the study's keys have {expected}")
+    if bits < minimum:
+        raise KeySizeError(f"the Paillier key has {bits} bits; this server accepts no key below {minimum}")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from riskmesh.v1 import join_pb2
+from services.join.core.chunks import ChunkedRows
+from services.join.core.errors import JoinError, WireFormatError
 from services.join.core.errors import SpecError as JoinSpecError
-from services.join.core.errors import WireFormatError
 from services.join.core.shares import decode_shares, encode_shares
 
 CHUNK_ROWS = 4096
@@ -68,23 +69,29 @@ def decode_values(data: bytes, columns: int, width: int) -> list[list[int]]:
 
 def encode_block(run_id: str, block: ShareBlock, chunk_rows: int = CHUNK_ROWS) -> Iterator[join_pb2.GetSharesResponse]:
     """A header, then chunks of at most `chunk_rows` rows."""
-    layout = join_pb2.SlotLayout(fractional_bits=block.fractional_bits, value_bits=block.value_bits, sigma_bits=block.sigma_bits)
-    header = join_pb2.SharesHeader(run_id=run_id, rows=block.rows, columns=block.columns, value_bytes=block.value_bytes, layout=layout)
+    layout = join_pb2.SlotLayout(
+        fractional_bits=block.fractional_bits, value_bits=block.value_bits, sigma_bits=block.sigma_bits
+    )
+    header = join_pb2.SharesHeader(
+        run_id=run_id, rows=block.rows, columns=block.columns, value_bytes=block.value_bytes, layout=layout
+    )
     yield join_pb2.GetSharesResponse(header=header)
     for seq, start in enumerate(range(0, block.rows, chunk_rows)):
         rows = block.values[start : start + chunk_rows]
-        yield join_pb2.GetSharesResponse(chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_values(rows, block.value_bytes)))
+        yield join_pb2.GetSharesResponse(
+            chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_values(rows, block.value_bytes))
+        )
 
 
 class BlockDecoder:
-    """Checks and assembles a stream of GetSharesResponse messages into blocks."""
+    """Checks and assembles a stream of GetSharesResponse messages into blocks (each a
+    header, then its chunks: services/join/core/chunks.py)."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.blocks: list[ShareBlock] = []
         self._header: join_pb2.SharesHeader | None = None
-        self._values: list[list[int]] = []
-        self._next_seq = 0
+        self._rows: ChunkedRows[list[int]] = ChunkedRows(0)
 
     def feed(self, message: join_pb2.GetSharesResponse) -> None:
         if message.HasField("header"):
@@ -95,19 +102,18 @@ class BlockDecoder:
             if not header.columns or header.value_bytes < 1:
                 raise ShareError("a share header needs columns and a positive value width")
             self._header = header
-            self._values = []
-            self._next_seq = 0
+            self._rows = ChunkedRows(header.rows)
         elif message.HasField("chunk"):
-            chunk = message.chunk
             if self._header is None:
                 raise ShareError("a share chunk came before its header")
-            if chunk.seq != self._next_seq:
-                raise ShareError(f"share chunk {chunk.seq} out of order (expected {self._next_seq})")
-            values = decode_values(chunk.values, len(self._header.columns), self._header.value_bytes)
-            if len(values) != chunk.rows:
-                raise ShareError(f"share chunk {chunk.seq} holds {len(values)} rows, says {chunk.rows}")
-            self._values.extend(values)
-            self._next_seq += 1
+            try:
+                chunk = self._rows.chunk(message)
+                values = decode_values(chunk.values, len(self._header.columns), self._header.value_bytes)
+                if len(values) != chunk.rows:
+                    raise ShareError(f"share chunk {chunk.seq} holds {len(values)} rows, says {chunk.rows}")
+                self._rows.add(values)
+            except JoinError as exc:
+                raise ShareError(str(exc)) from None
         else:
             raise ShareError("an empty shares message")
 
@@ -115,12 +121,22 @@ class BlockDecoder:
         header = self._header
         if header is None:
             return
-        if len(self._values) != header.rows:
-            raise ShareError(f"a share block of columns {list(header.columns)} has {len(self._values)} rows, its header says {header.rows}")
+        try:
+            values = self._rows.finish()
+        except JoinError as exc:
+            raise ShareError(f"the share block of columns {list(header.columns)}: {exc}") from None
         layout = header.layout
-        self.blocks.append(ShareBlock(tuple(header.columns), self._values, header.value_bytes, layout.fractional_bits, layout.value_bits, layout.sigma_bits))
+        self.blocks.append(
+            ShareBlock(
+                tuple(header.columns),
+                values,
+                header.value_bytes,
+                layout.fractional_bits,
+                layout.value_bits,
+                layout.sigma_bits,
+            )
+        )
         self._header = None
-        self._values = []
 
     def finish(self) -> list[ShareBlock]:
         self._finish_block()
@@ -137,5 +153,3 @@ def decode_blocks(run_id: str, messages: Iterable[join_pb2.GetSharesResponse]) -
     for message in messages:
         decoder.feed(message)
     return decoder.finish()
-
-

@@ -18,18 +18,22 @@ import asyncio
 import os
 import socket
 import sys
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from services.lasso.worker.frames import Frame
 from services.lasso.worker.link import FrameLink, OnClose, OnFrame, open_link
+from services.mesh.process import SINGLE_THREAD_ENV
 
-# Three parties share few cores: numerical libraries stay single-threaded in workers.
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPYC_MAXWORKERS": "0"}
 HEARTBEAT_S = 1.0
 
 
 class WorkerHandle(Protocol):
     def send(self, frame: Frame) -> None: ...
+
+    async def writable(self) -> None:
+        """Return once the frames queued for the worker are below the link's high-water mark."""
+        ...
 
     def kill(self) -> None: ...
 
@@ -74,6 +78,9 @@ class SubprocessWorker:
     def send(self, frame: Frame) -> None:
         self.link.send(frame)
 
+    async def writable(self) -> None:
+        await self.link.writable()
+
     def kill(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
@@ -111,7 +118,7 @@ async def spawn_worker(pid: int, program: str, label: str, on_frame: OnFrame, on
             "--label",
             label,
             pass_fds=(theirs.fileno(), heartbeat_write),
-            env={**os.environ, **WORKER_ENV},
+            env={**os.environ, **SINGLE_THREAD_ENV},
             stdin=asyncio.subprocess.DEVNULL,
         )
     except BaseException:

@@ -8,13 +8,14 @@ import gmpy2
 import phe.paillier
 import pytest
 
-from services.join.core.errors import PoolExhaustedError, SpecError, WireFormatError
+from services.join.core.errors import KeySizeError, PoolExhaustedError, SpecError, WireFormatError
 from services.join.core.paillier import (
     FixedBaseTable,
     PrivateKey,
     PublicKey,
     RandomnessPool,
     ShortExponentBase,
+    check_key_size,
     choose_window_bits,
     decrypt_many,
     encrypt_rows,
@@ -186,3 +187,16 @@ def test_2048_bit_key() -> None:
     assert decrypt_many(key, cts, below_p=True) == plain
     assert key.decrypt(cts[0]) == plain[0]
     assert key.public.ciphertext_bytes == 512
+
+
+def test_key_size_must_be_the_studys_and_at_least_the_minimum() -> None:
+    check_key_size(2048, 2048)
+    check_key_size(3072, 3072)
+    check_key_size(2048, 0)  # 0: the study's default, 2048
+    check_key_size(1024, 1024, minimum=1024)  # a test mesh's config only
+    with pytest.raises(KeySizeError, match="the Paillier key has 3072 bits; the study's keys have 2048"):
+        check_key_size(3072, 0)
+    with pytest.raises(KeySizeError, match="the study's keys have 3072"):
+        check_key_size(2048, 3072)
+    with pytest.raises(KeySizeError, match="accepts no key below 2048"):
+        check_key_size(1024, 1024)

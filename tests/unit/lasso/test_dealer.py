@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from services.testkit.dealer import OFFSET, deal, decode, encode, reconstruct
-from services.testkit.joined_tables import make_study
+from services.testkit.synthetic import make_joined_table
 
 
 def test_shares_reconstruct_the_permuted_table() -> None:
-    study = make_study(200, 4, seed=1)
+    study = make_joined_table(200, 4, seed=1)
     dealt = deal(study.table, study.owners, np.random.default_rng(5))
     assert np.array_equal(reconstruct(dealt.shares), np.rint(dealt.table * 2.0**32) / 2.0**32)
     assert sorted(map(tuple, dealt.table.tolist())) == sorted(map(tuple, study.table.tolist()))
@@ -18,7 +18,7 @@ def test_shares_reconstruct_the_permuted_table() -> None:
 
 
 def test_owner_holds_zero_of_its_columns_and_masks_are_wide() -> None:
-    study = make_study(100, 4, seed=2)
+    study = make_joined_table(100, 4, seed=2)
     share_a, share_b, share_h = deal(study.table, study.owners, np.random.default_rng(6)).shares
     for j, owner in enumerate(study.owners):
         own, other = (share_a, share_b) if owner == 0 else (share_b, share_a)

@@ -22,11 +22,11 @@ from services.lasso.mpc.secure_ops import FieldOps
 from services.testkit.dealer import deal, encode
 from services.testkit.glm_reference import fit_glm_exact, fit_glm_plain, fit_glm_sklearn, split_table
 from services.testkit.glm_reference import sigmoid as plain_sigmoid
-from services.testkit.joined_tables import make_study
+from services.testkit.synthetic import make_joined_table
 from services.testkit.outcomes import binary_outcome, study_with_outcome
 
 ROWS, FEATURES, SEED = 300, 4, 3
-STUDY = study_with_outcome(make_study(ROWS, FEATURES, seed=SEED), "binary", seed=SEED)
+STUDY = study_with_outcome(make_joined_table(ROWS, FEATURES, seed=SEED), "binary", seed=SEED)
 METRICS = ("accuracy", "precision", "recall", "f1")
 
 
@@ -159,7 +159,7 @@ def test_three_parties_agree_and_the_helper_learns_nothing() -> None:
     reports = run_local(args)
     assert "result" not in reports[2]
     assert reports[0]["result"] == reports[1]["result"]
-    study = study_with_outcome(make_study(ROWS, FEATURES, seed=SEED), "binary", seed=SEED)
+    study = study_with_outcome(make_joined_table(ROWS, FEATURES, seed=SEED), "binary", seed=SEED)
     table = deal(study.table, study.owners, np.random.default_rng(SEED)).table
     spec = RegressionSpec(ModelKind.LOGISTIC, (0.05,), study.ranges, study.target, l1_ratio=1.0)
     exact = fit_glm_exact(*split_table(table, spec), spec)
