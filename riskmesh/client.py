@@ -12,8 +12,8 @@ the gateway's certificate must be issued by the org's own CA and name
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 
@@ -30,22 +30,33 @@ class UncertifiedModelWarning(UserWarning):
 
 class GatewayClient:
     def __init__(self, address: str, org: str, certificate_pem: bytes, private_key_pem: bytes, ca_pem: bytes) -> None:
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=private_key_pem, certificate_chain=certificate_pem)
-        options = [("grpc.ssl_target_name_override", f"gateway.{org}.riskmesh"), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=private_key_pem, certificate_chain=certificate_pem
+        )
+        options = [
+            ("grpc.ssl_target_name_override", f"gateway.{org}.riskmesh"),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
         self.org = org
         self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
 
     @classmethod
-    def from_pki(cls, address: str, org: str, pki_dir: str | Path, identity: str = "client") -> "GatewayClient":
+    def from_pki(cls, address: str, org: str, pki_dir: str | Path, identity: str = "client") -> GatewayClient:
         """Use <pki_dir>/<org>/<identity>.pem/.key and the org's CA."""
         root = Path(pki_dir) / org
-        return cls(address, org, (root / f"{identity}.pem").read_bytes(), (root / f"{identity}.key").read_bytes(), (root / "ca.pem").read_bytes())
+        return cls(
+            address,
+            org,
+            (root / f"{identity}.pem").read_bytes(),
+            (root / f"{identity}.key").read_bytes(),
+            (root / "ca.pem").read_bytes(),
+        )
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "GatewayClient":
+    def __enter__(self) -> GatewayClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -58,7 +69,9 @@ class GatewayClient:
         return self._stub.CheckPeers(gateway_pb2.CheckPeersRequest(), timeout=DEFAULT_TIMEOUT_S)
 
     def propose(self, spec: common_pb2.StudySpec, source_path: str = "") -> gateway_pb2.Study:
-        return self._stub.ProposeStudy(gateway_pb2.ProposeStudyRequest(spec=spec, source_path=source_path), timeout=DEFAULT_TIMEOUT_S).study
+        return self._stub.ProposeStudy(
+            gateway_pb2.ProposeStudyRequest(spec=spec, source_path=source_path), timeout=DEFAULT_TIMEOUT_S
+        ).study
 
     def approve(self, study_id: str, spec_digest: str, source_path: str = "") -> gateway_pb2.Study:
         request = gateway_pb2.ApproveStudyRequest(study_id=study_id, spec_digest=spec_digest, source_path=source_path)
@@ -87,9 +100,12 @@ class GatewayClient:
         certify it (the GLMs take a fixed number of Newton steps and have no certificate)."""
         reply = self._stub.GetResult(gateway_pb2.GetResultRequest(run_id=run_id), timeout=DEFAULT_TIMEOUT_S)
         if reply.result.coefficients and not reply.result.converged and reply.result.kind not in UNCERTIFIED_KINDS:
-            warnings.warn(f"run {run_id}: the model is not certified (the solver stopped at its maximum of "
-                          f"{reply.result.iterations} iterations); it may be far from the optimum",
-                          UncertifiedModelWarning, stacklevel=2)
+            warnings.warn(
+                f"run {run_id}: the model is not certified (the solver stopped at its maximum of "
+                f"{reply.result.iterations} iterations); it may be far from the optimum",
+                UncertifiedModelWarning,
+                stacklevel=2,
+            )
         return reply.run, reply.result
 
     def cancel(self, run_id: str) -> gateway_pb2.Run:
@@ -114,4 +130,6 @@ class GatewayClient:
 
     def list_audit(self, after_seq: int = 0, limit: int = 0) -> gateway_pb2.ListAuditResponse:
         """Audit rows with seq > after_seq, oldest first (at most `limit`; 0 = the gateway's default)."""
-        return self._stub.ListAudit(gateway_pb2.ListAuditRequest(after_seq=after_seq, limit=limit), timeout=DEFAULT_TIMEOUT_S)
+        return self._stub.ListAudit(
+            gateway_pb2.ListAuditRequest(after_seq=after_seq, limit=limit), timeout=DEFAULT_TIMEOUT_S
+        )

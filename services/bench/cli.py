@@ -32,7 +32,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -52,11 +52,19 @@ DESIGNS = ("synthetic", "collinear")
 # What each phase needs, as importable modules (module, what it is).
 REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "join": (("services.bench.join_bench", "the join benchmark driver (services/bench/join_bench.py)"),),
-    "lasso": (("services.lasso.worker.lasso_program", "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)"),),
+    "lasso": (
+        (
+            "services.lasso.worker.lasso_program",
+            "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)",
+        ),
+    ),
     "all": (
         ("services.bench.full_bench", "the whole-study benchmark driver (services/bench/full_bench.py)"),
         ("services.join.encryption_server", "the join servers"),
-        ("services.lasso.worker.lasso_program", "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)"),
+        (
+            "services.lasso.worker.lasso_program",
+            "the secure Lasso MPC program (services/lasso/worker/lasso_program.py)",
+        ),
     ),
 }
 
@@ -98,6 +106,18 @@ def validate(args: BenchArgs) -> list[str]:
         problems.append(f"--repeat must be at least 1, got {args.repeat}")
     if args.alpha is not None and not args.alpha > 0:
         problems.append(f"--alpha must be > 0, got {args.alpha}")
+    problems += _lasso_phase_problems(args)
+    if args.phase == "join" and args.latency_ms > 0:
+        problems.append(
+            "--latency-ms is not available for --phase join: the join benchmark (services/bench/join_bench.py) "
+            "runs its own relays without delay; use --phase all for the join under latency"
+        )
+    return problems
+
+
+def _lasso_phase_problems(args: BenchArgs) -> list[str]:
+    """--design and --model: choices of the lasso phase."""
+    problems = []
     if args.design not in DESIGNS:
         problems.append(f"--design must be one of {', '.join(DESIGNS)}, got {args.design!r}")
     elif args.design != "synthetic" and args.phase != "lasso":
@@ -108,9 +128,6 @@ def validate(args: BenchArgs) -> list[str]:
         problems.append(f"--model {args.model} is available for --phase lasso only")
     elif args.model != "lasso" and args.design != "synthetic":
         problems.append(f"--model {args.model} runs on the synthetic design only")
-    if args.phase == "join" and args.latency_ms > 0:
-        problems.append("--latency-ms is not available for --phase join: the join benchmark (services/bench/join_bench.py) "
-                        "runs its own relays without delay; use --phase all for the join under latency")
     return problems
 
 
@@ -125,17 +142,29 @@ def run_phase(args: BenchArgs, workdir: Path | None) -> dict[str, Any]:
     if args.phase == "join":
         from services.bench.join_bench import bench_join
 
-        runs = [bench_join(args.records, args.features, workdir=workdir / f"run-{k + 1}" if workdir else None) for k in range(args.repeat)]
+        runs = [
+            bench_join(args.records, args.features, workdir=workdir / f"run-{k + 1}" if workdir else None)
+            for k in range(args.repeat)
+        ]
         summary = median_summary(runs)
         summary.update({"phase": "join", "repeat": args.repeat, "total_s_runs": [r["total_s"] for r in runs]})
         return summary
     if args.phase == "lasso":
         from services.bench.lasso_bench import bench_lasso
 
-        return bench_lasso(args.records, args.features, args.alpha, args.latency_ms, args.repeat, workdir, args.design, args.model)
+        return bench_lasso(
+            args.records, args.features, args.alpha, args.latency_ms, args.repeat, workdir, args.design, args.model
+        )
     from services.bench.full_bench import bench_all
 
-    return bench_all(args.records, args.features, args.alpha if args.alpha is not None else DEFAULT_ALPHA, args.latency_ms, args.repeat, workdir)
+    return bench_all(
+        args.records,
+        args.features,
+        args.alpha if args.alpha is not None else DEFAULT_ALPHA,
+        args.latency_ms,
+        args.repeat,
+        workdir,
+    )
 
 
 def phase_ok(phase: str, record: dict[str, Any]) -> bool:
@@ -150,8 +179,12 @@ def phase_ok(phase: str, record: dict[str, Any]) -> bool:
         return accurate and bool(record.get("owners_agree", True))
     accurate = record.get("design") == "collinear" or float(record["rel_coef_diff"]) <= ACCURACY
     if phase == "lasso":
-        accurate = (accurate and bool(record.get("converged")) and float(record["objective_gap"]) <= OBJECTIVE_GAP
-                    and float(record["max_pred_diff"]) <= PREDICTION_GAP)
+        accurate = (
+            accurate
+            and bool(record.get("converged"))
+            and float(record["objective_gap"]) <= OBJECTIVE_GAP
+            and float(record["max_pred_diff"]) <= PREDICTION_GAP
+        )
     return accurate and bool(record.get("owners_agree", True))
 
 
@@ -161,18 +194,34 @@ def _terminate(signum: int, frame: object) -> None:
 
 def bench(
     phase: str = typer.Option("all", help="join | lasso | all (the whole study through the gateways)"),
-    records: Optional[int] = typer.Option(None, help="join/all: rows per data owner (half of them joined); lasso: joined rows [default 10000; 5000 with --compare-tno]"),
+    records: int | None = typer.Option(
+        None,
+        help="join/all: rows per data owner (half of them joined); lasso: joined rows "
+        "[default 10000; 5000 with --compare-tno]",
+    ),
     features: int = typer.Option(10, help="features, split over the two owners"),
     latency_ms: float = typer.Option(0.0, help="one-way delay between organisations (user-space relay)"),
     repeat: int = typer.Option(1, help="runs; the JSON has the medians"),
-    alpha: Optional[float] = typer.Option(None, help="regularisation strength [default 0.1; collinear design: 1e-4 × alpha_max; "
-                                                     "0.01 logistic and SVM, 0.003 Poisson]"),
-    design: str = typer.Option("synthetic", help="lasso phase: synthetic | collinear (ill-conditioned, badly scaled; services/testkit/collinear.py)"),
-    model: str = typer.Option("lasso", help="lasso | logistic | svm | poisson (--phase lasso; the GLMs fit an outcome drawn from the target)"),
-    workdir: Optional[Path] = typer.Option(None, help="keep PKI, configs, data, logs and spans here (default: a temporary directory)"),
-    sweep: Optional[str] = typer.Option(None, help="full | quick: the benchmark sweep (make bench / make bench-quick)"),
+    alpha: float | None = typer.Option(
+        None,
+        help="regularisation strength [default 0.1; collinear design: 1e-4 × alpha_max; "
+        "0.01 logistic and SVM, 0.003 Poisson]",
+    ),
+    design: str = typer.Option(
+        "synthetic",
+        help="lasso phase: synthetic | collinear (ill-conditioned, badly scaled; services/testkit/collinear.py)",
+    ),
+    model: str = typer.Option(
+        "lasso", help="lasso | logistic | svm | poisson (--phase lasso; the GLMs fit an outcome drawn from the target)"
+    ),
+    workdir: Path | None = typer.Option(
+        None, help="keep PKI, configs, data, logs and spans here (default: a temporary directory)"
+    ),
+    sweep: str | None = typer.Option(None, help="full | quick: the benchmark sweep (make bench / make bench-quick)"),
     out: Path = typer.Option(Path("bench"), help="with --sweep: where results.csv, figure4.png and README.md go"),
-    compare_tno: bool = typer.Option(False, "--compare-tno", help="run the public TNO packages on the same data, side by side"),
+    compare_tno: bool = typer.Option(
+        False, "--compare-tno", help="run the public TNO packages on the same data, side by side"
+    ),
 ) -> None:
     """Benchmark the pipeline; the last line printed is one JSON object."""
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every started server is stopped.
@@ -187,8 +236,14 @@ def bench(
     if compare_tno:
         from services.bench.tno_compare import compare_tno as run_compare
 
-        raise typer.Exit(run_compare(records or TNO_DEFAULT_RECORDS, features, alpha if alpha is not None else DEFAULT_ALPHA, workdir))
-    args = BenchArgs(phase, records if records is not None else DEFAULT_RECORDS, features, latency_ms, repeat, alpha, design, model)
+        raise typer.Exit(
+            run_compare(
+                records or TNO_DEFAULT_RECORDS, features, alpha if alpha is not None else DEFAULT_ALPHA, workdir
+            )
+        )
+    args = BenchArgs(
+        phase, records if records is not None else DEFAULT_RECORDS, features, latency_ms, repeat, alpha, design, model
+    )
     problems = validate(args)
     if problems:
         for problem in problems:
@@ -207,7 +262,7 @@ def bench(
         record = run_phase(args, workdir)
     except BenchError as exc:
         emit({"ok": False, "phase": args.phase, "records": args.records, "features": args.features, "error": str(exc)})
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_FAILED) from None
     ok = phase_ok(args.phase, record)
     emit({"ok": ok, **record})
     raise typer.Exit(0 if ok else EXIT_FAILED)

@@ -32,15 +32,21 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--features", type=int, default=10, help="features d (>= 2)")
     parser.add_argument("--alpha", type=float, action="append", help="alpha (repeat for a CV grid)")
     parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge", "logistic", "svm"], default="lasso")
-    parser.add_argument("--l1-ratio", type=float, default=0.5, help="elastic-net mixing (logistic: the L1 share, 0 = L2)")
+    parser.add_argument(
+        "--l1-ratio", type=float, default=0.5, help="elastic-net mixing (logistic: the L1 share, 0 = L2)"
+    )
     parser.add_argument("--balanced", action="store_true", help="logistic: balanced class weights")
     parser.add_argument("--metric", action="append", default=[], help="a metric to reveal (repeat)")
     parser.add_argument("--cv-folds", type=int, default=0, help="K for K-fold cross-validation")
     parser.add_argument("--standardize", action="store_true")
     parser.add_argument("--iterations", type=int, default=0, help="ADMM iterations (0 = default)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--design", choices=["synthetic", "collinear"], default="synthetic",
-                        help="collinear: services/testkit/collinear.py (alpha then relative to alpha_max)")
+    parser.add_argument(
+        "--design",
+        choices=["synthetic", "collinear"],
+        default="synthetic",
+        help="collinear: services/testkit/collinear.py (alpha then relative to alpha_max)",
+    )
     parser.add_argument("--party", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ports", type=str, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -69,9 +75,9 @@ def _party(args: argparse.Namespace) -> None:
     """One party process: prints one JSON line with its timings and result."""
     import numpy as np
 
-    from services.testkit.dealer import deal
-    from services.lasso.mpc.runtime import create_runtime
     from services.lasso.mpc import secure_glm, secure_regression
+    from services.lasso.mpc.runtime import create_runtime
+    from services.testkit.dealer import deal
 
     study = _study(args)
     run_party = secure_glm.run_party if args.kind in ("logistic", "svm") else secure_regression.run_party
@@ -185,11 +191,17 @@ def main(argv: list[str] | None = None) -> None:
     owner = reports[0]
     times = owner["timings"]
     study = _study(args)  # (collinear: makes the alphas absolute, as the parties did)
-    print(f"records={args.records} features={args.features} design={args.design} kind={args.kind} "
-          f"alphas={[float(f'{a:.6g}') for a in (args.alpha or [0.5])]}")
-    print("timings (party 0, s): " + "  ".join(f"{k}={v:.2f}" for k, v in times.items())
-          + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports)
-          + f"   load {os.getloadavg()[0]:.1f}")
+    print(
+        f"records={args.records} features={args.features} design={args.design} kind={args.kind} "
+        f"alphas={[float(f'{a:.6g}') for a in (args.alpha or [0.5])]}"
+    )
+    print(
+        "timings (party 0, s): "
+        + "  ".join(f"{k}={v:.2f}" for k, v in times.items())
+        + "   cpu per party (s): "
+        + " ".join(f"{r['cpu']:.2f}" for r in reports)
+        + f"   load {os.getloadavg()[0]:.1f}"
+    )
     spec = _spec(args, study)
     table = deal(study.table, study.owners, np.random.default_rng(args.seed)).table  # the parties' row order
     x, y = split_table(table, spec)
@@ -198,22 +210,28 @@ def main(argv: list[str] | None = None) -> None:
         exact = fit_glm_exact(x, y, spec)
         ws, w = np.asarray(secure["coefficients"]), exact.coefficients
         diff, scale = float(np.max(np.abs(ws - w))), float(np.max(np.abs(w)))
-        print(f"alpha={secure['alpha']:g} max|w - w_exact| = {diff:.3e} (relative {diff / scale:.3e}), "
-              f"|b - b_exact| = {abs(secure['intercept'] - exact.intercept):.3e}, zero pattern equal: "
-              f"{bool(np.array_equal(ws == 0, w == 0))} ({int(np.sum(ws == 0))} zeros); metrics {secure['metrics']}")
+        print(
+            f"alpha={secure['alpha']:g} max|w - w_exact| = {diff:.3e} (relative {diff / scale:.3e}), "
+            f"|b - b_exact| = {abs(secure['intercept'] - exact.intercept):.3e}, zero pattern equal: "
+            f"{bool(np.array_equal(ws == 0, w == 0))} ({int(np.sum(ws == 0))} zeros); metrics {secure['metrics']}"
+        )
         return
     if spec.cross_validate:
         curve = cv_curve_sklearn(x, y, spec)
-        print("cv curve (alpha, secure MSE, sklearn MSE): "
-              + ", ".join(f"({a:g}, {s:.6g}, {c:.6g})" for (a, s), (_, c) in zip(secure["cv_curve"], curve)))
+        print(
+            "cv curve (alpha, secure MSE, sklearn MSE): "
+            + ", ".join(f"({a:g}, {s:.6g}, {c:.6g})" for (a, s), (_, c) in zip(secure["cv_curve"], curve, strict=True))
+        )
     w, b, _ = fit_sklearn(x, y, spec, secure["alpha"])
     ws = np.asarray(secure["coefficients"])
     diff = float(np.max(np.abs(ws - w)))
     scale = float(np.max(np.abs(w)))
     same_zeros = bool(np.array_equal(ws == 0, np.abs(w) < 1e-12))
-    print(f"alpha={secure['alpha']:g} max|w - w_sklearn| = {diff:.3e} (relative {diff / scale:.3e}), "
-          f"|b - b_sklearn| = {abs(secure['intercept'] - b):.3e}, zero pattern equal: {same_zeros} "
-          f"({int(np.sum(ws == 0))} zeros); iterations {secure['iterations']}, certified: {secure['converged']}")
+    print(
+        f"alpha={secure['alpha']:g} max|w - w_sklearn| = {diff:.3e} (relative {diff / scale:.3e}), "
+        f"|b - b_sklearn| = {abs(secure['intercept'] - b):.3e}, zero pattern equal: {same_zeros} "
+        f"({int(np.sum(ws == 0))} zeros); iterations {secure['iterations']}, certified: {secure['converged']}"
+    )
 
 
 if __name__ == "__main__":

@@ -16,23 +16,24 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from rich.console import Console
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
-from services.testkit.studies import spec_for
 from services.cli.study import print_result, print_run, watch_run
+from services.mesh.config import load_config
 from services.testkit.outcomes import data_with_outcome
 from services.testkit.plain_reference import lasso_reference
+from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data, reference_join
-from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
-from services.mesh.config import load_config
 from services.tools.launcher import Interrupted, LocalMesh, local_mesh_for, stop_on_signals
+from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
 
 console = Console()
 
@@ -53,12 +54,23 @@ class DemoModel:
 
 
 DEMO_MODELS = {
-    "lasso": DemoModel(common_pb2.MODEL_KIND_LASSO, DEMO_ALPHA, 0.0, None,
-                       (common_pb2.METRIC_R2, common_pb2.METRIC_ADJUSTED_R2, common_pb2.METRIC_MSE), "Risk factors of hospitalisation"),
+    "lasso": DemoModel(
+        common_pb2.MODEL_KIND_LASSO,
+        DEMO_ALPHA,
+        0.0,
+        None,
+        (common_pb2.METRIC_R2, common_pb2.METRIC_ADJUSTED_R2, common_pb2.METRIC_MSE),
+        "Risk factors of hospitalisation",
+    ),
     # L1-penalised logistic regression of a yes/no outcome; alpha 0.01 zeroes specialist_visits.
-    "logistic": DemoModel(common_pb2.MODEL_KIND_LOGISTIC, 0.01, 1.0, "binary",
-                          (common_pb2.METRIC_ACCURACY, common_pb2.METRIC_PRECISION, common_pb2.METRIC_RECALL, common_pb2.METRIC_F1),
-                          "Risk factors of readmission"),
+    "logistic": DemoModel(
+        common_pb2.MODEL_KIND_LOGISTIC,
+        0.01,
+        1.0,
+        "binary",
+        (common_pb2.METRIC_ACCURACY, common_pb2.METRIC_PRECISION, common_pb2.METRIC_RECALL, common_pb2.METRIC_F1),
+        "Risk factors of readmission",
+    ),
 }
 
 
@@ -82,10 +94,12 @@ def glm_reference(names: list[str], x: np.ndarray, y: np.ndarray, spec: common_p
     from services.testkit.glm_reference import fit_glm_sklearn
 
     fit = fit_glm_sklearn(x, y, regression_spec(spec))
-    return {**dict(zip(names, map(float, fit.coefficients))), "(intercept)": fit.intercept}
+    return {**dict(zip(names, map(float, fit.coefficients), strict=True)), "(intercept)": fit.intercept}
 
 
-def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: PreparedMesh | None = None, model: str = "lasso") -> dict:
+def run_demo(
+    home: Path, records: int = 2000, overlap: float = 0.6, mesh: PreparedMesh | None = None, model: str = "lasso"
+) -> dict:
     """The whole study under `home`. Default: a `LocalMesh` on localhost, `home` wiped first;
     with `mesh`, its configs (under `home`) are used and it is started and stopped here."""
     choice = DEMO_MODELS[model]
@@ -98,22 +112,38 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
     data = make_study_data(records, overlap=overlap)
     if choice.outcome is not None:
         data = data_with_outcome(data, choice.outcome)
-    sources = {"insurer": data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv"),
-               "hospital": data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv")}
+    sources = {
+        "insurer": data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv"),
+        "hospital": data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv"),
+    }
     console.rule("riskmesh demo")
-    console.print(f"synthetic data: {records} patients at the insurer and at the hospital, {int(overlap * 100)}% shared; "
-                  f"files stay in each org's own directory ({sources['insurer'].parent}, {sources['hospital'].parent})")
+    console.print(
+        f"synthetic data: {records} patients at the insurer and at the hospital, {int(overlap * 100)}% shared; "
+        f"files stay in each org's own directory ({sources['insurer'].parent}, {sources['hospital'].parent})"
+    )
     started = time.perf_counter()
     clients: dict[str, GatewayClient] = {}
     try:
         with console.status("starting insurer, hospital and helper (one process per server)…"):
             mesh.start()
         console.print(f"{len(mesh.processes)} servers healthy in {time.perf_counter() - started:.1f} s")
-        clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+        clients = {
+            org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()
+        }
         peers = clients["insurer"].check_peers()
-        console.print("handshake from insurer: " + ", ".join(f"{p.org} {'✓' if p.reachable else '✗ ' + p.error}" for p in peers.peers))
-        spec = spec_for(data, DEMO_STUDY, alphas=[choice.alpha], kind=choice.kind, l1_ratio=choice.l1_ratio, metrics=choice.metrics,
-                        title=choice.title)
+        console.print(
+            "handshake from insurer: "
+            + ", ".join(f"{p.org} {'✓' if p.reachable else '✗ ' + p.error}" for p in peers.peers)
+        )
+        spec = spec_for(
+            data,
+            DEMO_STUDY,
+            alphas=[choice.alpha],
+            kind=choice.kind,
+            l1_ratio=choice.l1_ratio,
+            metrics=choice.metrics,
+            title=choice.title,
+        )
         study = clients["insurer"].propose(spec, str(sources["insurer"]))
         console.print(f"insurer proposed [bold]{DEMO_STUDY}[/] (digest {study.spec_digest[:16]}…)")
         clients["hospital"].approve(DEMO_STUDY, study.spec_digest, str(sources["hospital"]))
@@ -124,7 +154,12 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
         final = watch_run(clients["insurer"], run.run_id)
         print_run(final)
         if final.state != common_pb2.RUN_STATE_SUCCEEDED:
-            return {"ok": False, "run_id": final.run_id, "state": common_pb2.RunState.Name(final.state), "trace_id": final.trace_id}
+            return {
+                "ok": False,
+                "run_id": final.run_id,
+                "state": common_pb2.RunState.Name(final.state),
+                "trace_id": final.trace_id,
+            }
         _, result = clients["insurer"].result(run.run_id)
         _, hospital_result = clients["hospital"].result(run.run_id)
     finally:
@@ -141,18 +176,32 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
     secure = np.array([c.value for c in result.coefficients])
     plain = np.array([reference[c.feature] for c in result.coefficients])
     rel = float(np.max(np.abs(secure - plain)) / max(np.max(np.abs(plain)), 1e-12))
-    console.print(f"max |secure − scikit-learn| / max |scikit-learn| = {rel:.2e}; hospital received the same model: "
-                  f"{[c.value for c in hospital_result.coefficients] == [c.value for c in result.coefficients]}")
+    console.print(
+        f"max |secure − scikit-learn| / max |scikit-learn| = {rel:.2e}; hospital received the same model: "
+        f"{[c.value for c in hospital_result.coefficients] == [c.value for c in result.coefficients]}"
+    )
     rows = load_trace([home], final.trace_id)
     console.rule("trace summary")
     console.print(waterfall_text(rows))
     trace_summary = summary(rows)
     png = waterfall_png(rows, home / "trace-waterfall.png", f"{DEMO_STUDY} — trace {final.trace_id[:12]}…")
-    console.print(f"{trace_summary['spans']} spans from {', '.join(trace_summary['orgs'])} in trace {final.trace_id}; waterfall: {png}")
+    console.print(
+        f"{trace_summary['spans']} spans from {', '.join(trace_summary['orgs'])} in trace {final.trace_id}; "
+        f"waterfall: {png}"
+    )
     metrics = {common_pb2.Metric.Name(m.metric).removeprefix("METRIC_").lower(): m.value for m in result.metrics}
-    return {"ok": True, "model": model, "run_id": final.run_id, "joined": int(result.joined), "rel_coef_diff": rel, "metrics": metrics,
-            "trace_id": final.trace_id, "spans": trace_summary["spans"], "orgs_in_trace": len(trace_summary["orgs"]),
-            "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "ok": True,
+        "model": model,
+        "run_id": final.run_id,
+        "joined": int(result.joined),
+        "rel_coef_diff": rel,
+        "metrics": metrics,
+        "trace_id": final.trace_id,
+        "spans": trace_summary["spans"],
+        "orgs_in_trace": len(trace_summary["orgs"]),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 #: max |w − w_sklearn| / max |w_sklearn| the demo accepts, per model (issue 15: 1e-4 for the GLMs).

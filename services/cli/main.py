@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -12,7 +11,9 @@ from rich.table import Table
 
 from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, export_k8s, init_pki
 
-app = typer.Typer(help="riskmesh: secure inner join + secure Lasso across organisations, over mTLS.", no_args_is_help=True)
+app = typer.Typer(
+    help="riskmesh: secure inner join + secure Lasso across organisations, over mTLS.", no_args_is_help=True
+)
 pki_app = typer.Typer(help="Development PKI (one CA per organisation).", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 from services.cli.study import audit_app, study_app  # noqa: E402  (sub-commands)
@@ -35,7 +36,9 @@ def pki_init(
     """Create one CA per organisation, a certificate per service and the trust bundles."""
     dirs = init_pki(out, tuple(org), tuple(dns), force=force)
     for d in dirs:
-        console.print(f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client, console; keys 0600)")
+        console.print(
+            f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client, console; keys 0600)"
+        )
     _print_fingerprints(out, tuple(org))
 
 
@@ -75,7 +78,11 @@ def pki_export_k8s(
 def up(
     org: list[str] = typer.Option([], help="organisation(s) to start (default: all three)"),
     home: Path = typer.Option(DEFAULT_HOME, help="where configs, PKI and state live"),
-    free_ports: bool = typer.Option(False, "--free-ports", help="ports reserved while this runs instead of 7100/7200/7300 (the configs under --home name them)"),
+    free_ports: bool = typer.Option(
+        False,
+        "--free-ports",
+        help="ports reserved while this runs instead of 7100/7200/7300 (the configs under --home name them)",
+    ),
     consoles: bool = typer.Option(True, help="also start each organisation's web console (services/console)"),
 ) -> None:
     """Start organisations on localhost (each server its own process) until Ctrl-C or SIGTERM."""
@@ -130,7 +137,7 @@ def _print_consoles(infos) -> None:
 @app.command()
 def peers(
     org: str = typer.Option("insurer", help="ask this organisation's gateway"),
-    config: Optional[Path] = typer.Option(None, help="org config (default: <home>/<org>/riskmesh.toml)"),
+    config: Path | None = typer.Option(None, help="org config (default: <home>/<org>/riskmesh.toml)"),
     home: Path = typer.Option(DEFAULT_HOME),
 ) -> None:
     """Ask a gateway to handshake with every peer gateway over mTLS."""
@@ -148,14 +155,24 @@ def _print_peers(reply) -> None:
     for col in ("peer", "address", "reachable", "role", "latency ms", "error"):
         table.add_column(col)
     for p in reply.peers:
-        table.add_row(p.org, p.address, "✓" if p.reachable else "✗", common_pb2.Role.Name(p.role) if p.reachable else "", f"{p.latency_ms:.1f}", p.error)
+        table.add_row(
+            p.org,
+            p.address,
+            "✓" if p.reachable else "✗",
+            common_pb2.Role.Name(p.role) if p.reachable else "",
+            f"{p.latency_ms:.1f}",
+            p.error,
+        )
     console.print(table)
 
 
 @app.command()
-def trace(run_or_trace: str = typer.Argument(..., help="a run id (looked up at --org) or a trace id"),
-          org: str = typer.Option("insurer"), home: Path = typer.Option(DEFAULT_HOME),
-          png: Optional[Path] = typer.Option(None, help="also write the waterfall as PNG here")) -> None:
+def trace(
+    run_or_trace: str = typer.Argument(..., help="a run id (looked up at --org) or a trace id"),
+    org: str = typer.Option("insurer"),
+    home: Path = typer.Option(DEFAULT_HOME),
+    png: Path | None = typer.Option(None, help="also write the waterfall as PNG here"),
+) -> None:
     """A run's spans from every organisation as a waterfall (text, and PNG with --png)."""
     from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
 
@@ -181,10 +198,13 @@ app.command("bench")(bench_command)
 
 
 @app.command()
-def demo(home: Path = typer.Option(DEFAULT_HOME / "demo", help="working directory (wiped first)"),
-         model: str = typer.Option("lasso", help="lasso (hospitalisation days) | logistic (readmitted yes/no)")) -> None:
+def demo(
+    home: Path = typer.Option(DEFAULT_HOME / "demo", help="working directory (wiped first)"),
+    model: str = typer.Option("lasso", help="lasso (hospitalisation days) | logistic (readmitted yes/no)"),
+) -> None:
     """Start three organisations on localhost and run the demo."""
-    from services.cli.demo import DEMO_MODELS, main as demo_main
+    from services.cli.demo import DEMO_MODELS
+    from services.cli.demo import main as demo_main
 
     if model not in DEMO_MODELS:
         raise typer.BadParameter(f"--model must be one of {', '.join(DEMO_MODELS)}")
@@ -194,7 +214,9 @@ def demo(home: Path = typer.Option(DEFAULT_HOME / "demo", help="working director
 @app.command("demo-hosts")
 def demo_hosts(
     home: Path = typer.Option(DEFAULT_HOME / "demo-hosts", help="working directory (wiped first)"),
-    latency_ms: float = typer.Option(0.0, min=0.0, help="one-way delay between organisations, added by a user-space relay"),
+    latency_ms: float = typer.Option(
+        0.0, min=0.0, help="one-way delay between organisations, added by a user-space relay"
+    ),
     records: int = typer.Option(2000, min=100, help="synthetic patients at each data owner"),
 ) -> None:
     """Run the demo with each organisation in its own network namespace (needs root; removes all it creates)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import grpc
 import typer
@@ -17,7 +16,9 @@ from riskmesh.v1 import common_pb2, gateway_pb2, lasso_pb2
 from services.cli.client import gateway_client
 from services.study.disclosure import LEAKAGE_NOTICE
 
-study_app = typer.Typer(help="Propose, approve, run and inspect studies at your organisation's gateway.", no_args_is_help=True)
+study_app = typer.Typer(
+    help="Propose, approve, run and inspect studies at your organisation's gateway.", no_args_is_help=True
+)
 audit_app = typer.Typer(help="This organisation's hash-chained audit log.", no_args_is_help=True)
 console = Console()
 
@@ -27,8 +28,7 @@ HOME_OPT = typer.Option(HOME, help="where `riskmesh up` keeps configs, PKI and s
 CONFIG = typer.Option(None, help="org config file (default: <home>/<org>/riskmesh.toml)")
 
 
-
-def _client(org: str, home: Path, config: Optional[Path]) -> GatewayClient:
+def _client(org: str, home: Path, config: Path | None) -> GatewayClient:
     return gateway_client(config or home / org / "riskmesh.toml")
 
 
@@ -50,25 +50,44 @@ def print_study(study: gateway_pb2.Study) -> None:
     table.add_row("approved by", ", ".join(study.approved_by) or "—")
     for owner in spec.owners:
         cols = ", ".join(f"{c.name} [{c.min:g}, {c.max:g}]" for c in owner.features)
-        target = f"; target {owner.target.name} [{owner.target.min:g}, {owner.target.max:g}]" if owner.target.name else ""
+        target = (
+            f"; target {owner.target.name} [{owner.target.min:g}, {owner.target.max:g}]" if owner.target.name else ""
+        )
         table.add_row(owner.org, cols + target)
     table.add_row("model", describe_model(spec.model))
     table.add_row("reveals", describe_reveal(spec))
     table.add_row("minimum intersection", str(spec.min_intersection))
     policy = spec.run_policy
     approval = common_pb2.RunApproval.Name(policy.run_approval).removeprefix("RUN_APPROVAL_").lower().replace("_", " ")
-    table.add_row("run policy", f"at most {policy.max_runs} run(s), {policy.min_interval_seconds} s apart; "
-                  f"the other owner approves: {approval}")
+    table.add_row(
+        "run policy",
+        f"at most {policy.max_runs} run(s), {policy.min_interval_seconds} s apart; "
+        f"the other owner approves: {approval}",
+    )
     governance = study.governance
     if governance.max_runs:
-        next_run = governance.next_run_not_before.ToDatetime().isoformat(timespec="seconds") + "Z" if governance.HasField("next_run_not_before") else "now"
-        table.add_row("runs here", f"{governance.runs_counted} of {governance.max_runs} counted; next run from {next_run}")
+        next_run = (
+            governance.next_run_not_before.ToDatetime().isoformat(timespec="seconds") + "Z"
+            if governance.HasField("next_run_not_before")
+            else "now"
+        )
+        table.add_row(
+            "runs here", f"{governance.runs_counted} of {governance.max_runs} counted; next run from {next_run}"
+        )
     for grant in governance.grants:
-        table.add_row("run approval", f"{grant.approved_by} approved a run of {grant.org} "
-                      f"({'input ' + grant.commitment[:16] + '…' if grant.commitment else 'any unchanged input'})")
+        table.add_row(
+            "run approval",
+            f"{grant.approved_by} approved a run of {grant.org} "
+            f"({'input ' + grant.commitment[:16] + '…' if grant.commitment else 'any unchanged input'})",
+        )
     for waiting in governance.pending:
-        why = f"its input changed since run {waiting.previous_run_id}" if waiting.changed else "every run needs approval"
-        table.add_row("[yellow]waiting[/]", f"a run of {waiting.org} waits for {waiting.approver}: {why} (input {waiting.commitment[:16]}…)")
+        why = (
+            f"its input changed since run {waiting.previous_run_id}" if waiting.changed else "every run needs approval"
+        )
+        table.add_row(
+            "[yellow]waiting[/]",
+            f"a run of {waiting.org} waits for {waiting.approver}: {why} (input {waiting.commitment[:16]}…)",
+        )
     console.print(table)
     if study.policy_checks:
         floors = Table(title="your organisation's disclosure floors")
@@ -125,15 +144,19 @@ def describe_reveal(spec: common_pb2.StudySpec) -> str:
 
 
 @study_app.command("propose")
-def propose(spec_file: Path = typer.Argument(..., help="study spec as protobuf JSON (riskmesh.v1.StudySpec)"),
-            source: Optional[Path] = typer.Option(None, help="your CSV file (stays at your organisation)"),
-            org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def propose(
+    spec_file: Path = typer.Argument(..., help="study spec as protobuf JSON (riskmesh.v1.StudySpec)"),
+    source: Path | None = typer.Option(None, help="your CSV file (stays at your organisation)"),
+    org: str = ORG,
+    home: Path = HOME_OPT,
+    config: Path | None = CONFIG,
+) -> None:
     """Propose a study to the other organisations (counts as your approval)."""
     try:
         spec = json_format.Parse(spec_file.read_text(), common_pb2.StudySpec())
     except (OSError, json_format.ParseError) as exc:
         console.print(f"[red]cannot read the spec[/]: {exc}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     with _client(org, home, config) as gw:
         try:
             study = gw.propose(spec, str(source.resolve()) if source else "")
@@ -143,10 +166,15 @@ def propose(spec_file: Path = typer.Argument(..., help="study spec as protobuf J
 
 
 @study_app.command("approve")
-def approve(study_id: str, source: Optional[Path] = typer.Option(None, help="your CSV file (data owners; stays local)"),
-            digest: Optional[str] = typer.Option(None, help="the digest you reviewed (asked for when missing)"),
-            yes: bool = typer.Option(False, "--yes", help="approve the current digest without asking"),
-            org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def approve(
+    study_id: str,
+    source: Path | None = typer.Option(None, help="your CSV file (data owners; stays local)"),
+    digest: str | None = typer.Option(None, help="the digest you reviewed (asked for when missing)"),
+    yes: bool = typer.Option(False, "--yes", help="approve the current digest without asking"),
+    org: str = ORG,
+    home: Path = HOME_OPT,
+    config: Path | None = CONFIG,
+) -> None:
     """Review and approve (owners) or acknowledge (helper) a study's exact spec."""
     with _client(org, home, config) as gw:
         try:
@@ -163,11 +191,17 @@ def approve(study_id: str, source: Optional[Path] = typer.Option(None, help="you
 
 
 @study_app.command("approve-run")
-def approve_run(study_id: str,
-                for_org: Optional[str] = typer.Option(None, "--for", help="the owner whose run you approve (default: the other owner)"),
-                commitment: Optional[str] = typer.Option(None, help="the input commitment you approve (default: the waiting one)"),
-                yes: bool = typer.Option(False, "--yes", help="approve without asking"),
-                org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def approve_run(
+    study_id: str,
+    for_org: str | None = typer.Option(
+        None, "--for", help="the owner whose run you approve (default: the other owner)"
+    ),
+    commitment: str | None = typer.Option(None, help="the input commitment you approve (default: the waiting one)"),
+    yes: bool = typer.Option(False, "--yes", help="approve without asking"),
+    org: str = ORG,
+    home: Path = HOME_OPT,
+    config: Path | None = CONFIG,
+) -> None:
     """Approve the other data owner's next run, or its changed input (as the run policy asks)."""
     with _client(org, home, config) as gw:
         try:
@@ -177,9 +211,11 @@ def approve_run(study_id: str,
             chosen = commitment or (waiting[-1].commitment if waiting else "")
             what = f"input {chosen[:16]}…" if chosen else "its next run with an unchanged input"
             if waiting and waiting[-1].changed and not commitment:
-                console.print(f"[yellow]{waiting[-1].org}'s input changed since run {waiting[-1].previous_run_id}[/]: "
-                              "approving lets a run on the changed input reveal its outputs, and the difference "
-                              "between two runs can single out the patients who changed.")
+                console.print(
+                    f"[yellow]{waiting[-1].org}'s input changed since run {waiting[-1].previous_run_id}[/]: "
+                    "approving lets a run on the changed input reveal its outputs, and the difference "
+                    "between two runs can single out the patients who changed."
+                )
             if not yes and not typer.confirm(f"approve {for_org or 'the other owner'}'s {what}?"):
                 raise typer.Exit(1)
             study = gw.approve_run(study_id, for_org or "", chosen)
@@ -192,7 +228,9 @@ def watch_run(gw: GatewayClient, run_id: str) -> gateway_pb2.Run:
     """Live progress bars per (org, phase) until the run ends; returns the final run."""
     final = None
     bars: dict[tuple[str, int], int] = {}
-    with Progress(TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         for event in gw.watch(run_id):
             final = event.run
             p = event.progress
@@ -226,8 +264,13 @@ def print_run(run: gateway_pb2.Run) -> None:
 
 
 @study_app.command("run")
-def run(study_id: str, watch: bool = typer.Option(True, help="show progress until the run ends"),
-        org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def run(
+    study_id: str,
+    watch: bool = typer.Option(True, help="show progress until the run ends"),
+    org: str = ORG,
+    home: Path = HOME_OPT,
+    config: Path | None = CONFIG,
+) -> None:
     """Start a run of an approved study (data owners)."""
     with _client(org, home, config) as gw:
         try:
@@ -242,7 +285,7 @@ def run(study_id: str, watch: bool = typer.Option(True, help="show progress unti
 
 
 @study_app.command("watch")
-def watch(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def watch(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Path | None = CONFIG) -> None:
     """Follow a run's progress at every party until it ends."""
     with _client(org, home, config) as gw:
         try:
@@ -254,7 +297,10 @@ def watch(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[P
 
 def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | None = None) -> None:
     kind = f"{kind_name(result.kind)} " if result.kind else ""
-    table = Table(title=f"revealed {kind}model for {result.target or 'the target'} (alpha={result.alpha:g}, joined={result.joined})")
+    table = Table(
+        title=f"revealed {kind}model for {result.target or 'the target'} "
+        f"(alpha={result.alpha:g}, joined={result.joined})"
+    )
     table.add_column("feature")
     table.add_column("coefficient", justify="right")
     if any(c.standardized_value for c in result.coefficients):
@@ -268,7 +314,16 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         if reference is not None:
             row.append(f"{reference.get(c.feature, float('nan')):.6f}")
         table.add_row(*row)
-    table.add_row("(intercept)", f"{result.intercept:.6f}", *([""] * (len(table.columns) - 3)), *([f"{reference['(intercept)']:.6f}"] if reference and "(intercept)" in reference else ([""] if reference is not None else [])))
+    table.add_row(
+        "(intercept)",
+        f"{result.intercept:.6f}",
+        *([""] * (len(table.columns) - 3)),
+        *(
+            [f"{reference['(intercept)']:.6f}"]
+            if reference and "(intercept)" in reference
+            else ([""] if reference is not None else [])
+        ),
+    )
     console.print(table)
     print_certificate(result)
     if result.cv_curve:
@@ -289,7 +344,7 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         console.print(quality)
 
 
-def parse_records(records: list[str], csv_file: Optional[Path]) -> list[dict[str, float]]:
+def parse_records(records: list[str], csv_file: Path | None) -> list[dict[str, float]]:
     """Records from `name=value,name=value` strings and/or a CSV file with a header row."""
     import csv  # noqa: PLC0415
 
@@ -311,27 +366,35 @@ def parse_records(records: list[str], csv_file: Optional[Path]) -> list[dict[str
                 try:
                     out.append({name: float(value) for name, value in row.items()})
                 except (TypeError, ValueError):
-                    raise typer.BadParameter(f"{csv_file}: line {row_number} has a missing or non-numeric value") from None
+                    raise typer.BadParameter(
+                        f"{csv_file}: line {row_number} has a missing or non-numeric value"
+                    ) from None
     return out
 
 
 def print_certificate(result: lasso_pb2.ModelResult) -> None:
     """Whether the solver certified the fit (a data owner must not use an uncertified model unknowingly)."""
     if result.kind in GLM_KINDS:
-        console.print(f"{kind_name(result.kind)}: {result.iterations} Newton steps (a fixed count; no convergence "
-                      "certificate for this model)")
+        console.print(
+            f"{kind_name(result.kind)}: {result.iterations} Newton steps (a fixed count; no convergence "
+            "certificate for this model)"
+        )
         return
     if result.converged:
-        console.print(f"[green]certified[/]: relative objective gap ≤ {result.certified_gap:.1e} "
-                      f"(convergence certificate computed in MPC after {result.iterations} iterations)")
+        console.print(
+            f"[green]certified[/]: relative objective gap ≤ {result.certified_gap:.1e} "
+            f"(convergence certificate computed in MPC after {result.iterations} iterations)"
+        )
         return
-    console.print(f"[bold red]NOT CERTIFIED[/]: the solver used its maximum of {result.iterations} iterations without "
-                  "its convergence certificate holding; the model may be far from the optimum. Do not use it as is: "
-                  "rerun the study with more iterations (model.iterations).")
+    console.print(
+        f"[bold red]NOT CERTIFIED[/]: the solver used its maximum of {result.iterations} iterations without "
+        "its convergence certificate holding; the model may be far from the optimum. Do not use it as is: "
+        "rerun the study with more iterations (model.iterations)."
+    )
 
 
 @study_app.command("result")
-def result(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def result(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Path | None = CONFIG) -> None:
     """The revealed coefficients of a finished run (data owners only)."""
     with _client(org, home, config) as gw:
         try:
@@ -342,15 +405,24 @@ def result(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[
     print_result(model)
 
 
-PREDICTION_LABEL = {common_pb2.MODEL_KIND_LOGISTIC: "probability of class 1", common_pb2.MODEL_KIND_POISSON: "expected count",
-                    common_pb2.MODEL_KIND_SVM: "class"}
+PREDICTION_LABEL = {
+    common_pb2.MODEL_KIND_LOGISTIC: "probability of class 1",
+    common_pb2.MODEL_KIND_POISSON: "expected count",
+    common_pb2.MODEL_KIND_SVM: "class",
+}
 
 
 @study_app.command("predict")
-def predict(run_id: str,
-            record: list[str] = typer.Option([], help="a record as name=value,name=value (repeat for more)"),
-            csv_file: Optional[Path] = typer.Option(None, "--csv", help="records as a CSV file with a header row of feature names"),
-            org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def predict(
+    run_id: str,
+    record: list[str] = typer.Option([], help="a record as name=value,name=value (repeat for more)"),
+    csv_file: Path | None = typer.Option(
+        None, "--csv", help="records as a CSV file with a header row of feature names"
+    ),
+    org: str = ORG,
+    home: Path = HOME_OPT,
+    config: Path | None = CONFIG,
+) -> None:
     """Apply a run's revealed model to records (locally at your gateway): fitted value, probability, count or class."""
     records = parse_records(record, csv_file)
     if not records:
@@ -369,7 +441,7 @@ def predict(run_id: str,
 
 
 @study_app.command("list")
-def list_(org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def list_(org: str = ORG, home: Path = HOME_OPT, config: Path | None = CONFIG) -> None:
     """Studies and runs this organisation knows."""
     with _client(org, home, config) as gw:
         studies, runs = gw.list_studies(), gw.list_runs()
@@ -377,19 +449,23 @@ def list_(org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG
     for col in ("study", "state", "approved by", "digest"):
         table.add_column(col)
     for s in studies:
-        table.add_row(s.spec.study_id, state_name(s.state, common_pb2.StudyState), ", ".join(s.approved_by), s.spec_digest[:16])
+        table.add_row(
+            s.spec.study_id, state_name(s.state, common_pb2.StudyState), ", ".join(s.approved_by), s.spec_digest[:16]
+        )
     console.print(table)
     table = Table(title=f"runs at {org}")
     for col in ("run", "state", "joined", "started by", "error"):
         table.add_column(col)
     for r in runs:
-        error = f"{common_pb2.Phase.Name(r.error.phase)} at {r.error.org}: {r.error.reason}" if r.HasField("error") else ""
+        error = (
+            f"{common_pb2.Phase.Name(r.error.phase)} at {r.error.org}: {r.error.reason}" if r.HasField("error") else ""
+        )
         table.add_row(r.run_id, state_name(r.state, common_pb2.RunState), str(r.joined), r.started_by, error)
     console.print(table)
 
 
 @study_app.command("cancel")
-def cancel(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def cancel(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Path | None = CONFIG) -> None:
     """Cancel a running run at every party."""
     with _client(org, home, config) as gw:
         try:
@@ -399,7 +475,7 @@ def cancel(run_id: str, org: str = ORG, home: Path = HOME_OPT, config: Optional[
 
 
 @audit_app.command("verify")
-def audit_verify(org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+def audit_verify(org: str = ORG, home: Path = HOME_OPT, config: Path | None = CONFIG) -> None:
     """Check the hash chain of this organisation's audit log."""
     with _client(org, home, config) as gw:
         reply = gw.verify_audit()

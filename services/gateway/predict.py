@@ -9,7 +9,8 @@ reports them; the prediction is what fits the model's kind (`ModelResult.kind`):
     logistic:  the probability of class 1, 1/(1 + e^−η)
     Poisson:   the expected count e^η
     SVM:       the class, 1 if η > 0 else 0 (scikit-learn's decision rule)
- Every record must give exactly the model's features: a missing feature
+
+Every record must give exactly the model's features: a missing feature
 would silently predict with 0, an unknown one usually means a misspelt column, so both
 are errors. Error messages name the record index and the feature, never a value (the
 caller's records are patient data).
@@ -18,7 +19,7 @@ caller's records are patient data).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import AsyncIterator, TypeAlias
+from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
@@ -259,4 +260,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListAudit(self, request: gateway_pb2.ListAuditRequest, context: Context) -> gateway_pb2.ListAuditResponse:
         limit = min(request.limit or AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX)
         rows = self.audit.rows(after_seq=request.after_seq, limit=limit)
-        return gateway_pb2.ListAuditResponse(records=[codec.audit_record(r) for r in rows], last_seq=self.audit.head()[0])
+        return gateway_pb2.ListAuditResponse(
+            records=[codec.audit_record(r) for r in rows], last_seq=self.audit.head()[0]
+        )

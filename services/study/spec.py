@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+
 from riskmesh.v1 import common_pb2
 from services.mesh.identity import ORG_NAME
 
@@ -61,7 +62,12 @@ IMPLEMENTED_GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_S
 IMPLIED_L1_RATIO = {common_pb2.MODEL_KIND_LASSO: 1.0, common_pb2.MODEL_KIND_RIDGE: 0.0, common_pb2.MODEL_KIND_SVM: 0.0}
 # The quality measures each kind of model can reveal (services/lasso/mpc/secure_metrics.py).
 REGRESSION_METRICS = (common_pb2.METRIC_R2, common_pb2.METRIC_ADJUSTED_R2, common_pb2.METRIC_MSE)
-CLASSIFICATION_METRICS = (common_pb2.METRIC_ACCURACY, common_pb2.METRIC_PRECISION, common_pb2.METRIC_RECALL, common_pb2.METRIC_F1)
+CLASSIFICATION_METRICS = (
+    common_pb2.METRIC_ACCURACY,
+    common_pb2.METRIC_PRECISION,
+    common_pb2.METRIC_RECALL,
+    common_pb2.METRIC_F1,
+)
 METRICS_BY_KIND = {
     **{kind: REGRESSION_METRICS for kind in LINEAR_KINDS},
     common_pb2.MODEL_KIND_POISSON: (*REGRESSION_METRICS, common_pb2.METRIC_DEVIANCE),
@@ -96,7 +102,9 @@ def validate(spec: common_pb2.StudySpec) -> None:
             "so that no fold is empty"
         )
     if spec.paillier_bits not in (0, *PAILLIER_BITS):
-        raise SpecError(f"paillier_bits must be one of {PAILLIER_BITS} (0 means {DEFAULT_PAILLIER_BITS}), got {spec.paillier_bits}")
+        raise SpecError(
+            f"paillier_bits must be one of {PAILLIER_BITS} (0 means {DEFAULT_PAILLIER_BITS}), got {spec.paillier_bits}"
+        )
     if spec.reveal.standardized_coefficients and not spec.model.standardize:
         raise SpecError("reveal.standardized_coefficients needs model.standardize")
     _validate_run_policy(spec.run_policy)
@@ -104,7 +112,9 @@ def validate(spec: common_pb2.StudySpec) -> None:
 
 def _validate_run_policy(policy: common_pb2.RunPolicy) -> None:
     if policy.max_runs > MAX_RUNS:
-        raise SpecError(f"run_policy.max_runs must be at most {MAX_RUNS} (0 means {DEFAULT_MAX_RUNS}), got {policy.max_runs}")
+        raise SpecError(
+            f"run_policy.max_runs must be at most {MAX_RUNS} (0 means {DEFAULT_MAX_RUNS}), got {policy.max_runs}"
+        )
     if policy.min_interval_seconds > MAX_INTERVAL_SECONDS:
         raise SpecError(f"run_policy.min_interval_seconds must be at most {MAX_INTERVAL_SECONDS} (a year)")
     if policy.run_approval not in (common_pb2.RUN_APPROVAL_UNSPECIFIED, *RUN_APPROVALS):
@@ -146,7 +156,10 @@ def _validate_owners(spec: common_pb2.StudySpec) -> None:
             if column.name in id_columns:
                 raise SpecError(f"{where}.features[{j}]: {column.name!r} is an ID column and cannot be a feature")
             if column.name in features:
-                raise SpecError(f"{where}.features[{j}]: feature name {column.name!r} is used twice; names must be unique across both owners")
+                raise SpecError(
+                    f"{where}.features[{j}]: feature name {column.name!r} is used twice; "
+                    "names must be unique across both owners"
+                )
             features.add(column.name)
         if _has_target(owner):
             _validate_column(owner.target, f"{where}.target")
@@ -189,6 +202,20 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
     if model.kind not in MODEL_KINDS:
         names = ", ".join(common_pb2.ModelKind.Name(kind) for kind in MODEL_KINDS)
         raise SpecError(f"model.kind must be one of {names}")
+    _validate_alphas(model)
+    _validate_l1_ratio(model)
+    if model.iterations > MAX_ITERATIONS:
+        raise SpecError(
+            f"model.iterations must be at most {MAX_ITERATIONS} (0 = the server default), got {model.iterations}"
+        )
+    _validate_model_options(model)
+    if model.kind not in LINEAR_KINDS:
+        _validate_glm(spec)
+    _validate_metrics(spec)
+
+
+def _validate_alphas(model: common_pb2.ModelSpec) -> None:
+    """The alpha (grid) and the folds that choose among it."""
     if not model.alphas:
         raise SpecError("model.alphas must hold at least one regularisation strength")
     for i, alpha in enumerate(model.alphas):
@@ -197,11 +224,18 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
     if len(set(model.alphas)) != len(model.alphas):
         raise SpecError("model.alphas must not repeat a value")
     if model.cv_folds > MAX_CV_FOLDS:
-        raise SpecError(f"model.cv_folds must be 0 or 1 (no cross-validation) or 2..{MAX_CV_FOLDS}, got {model.cv_folds}")
+        raise SpecError(
+            f"model.cv_folds must be 0 or 1 (no cross-validation) or 2..{MAX_CV_FOLDS}, got {model.cv_folds}"
+        )
     if model.cv_folds > 1 and len(model.alphas) < 2:
         raise SpecError("cross-validation (cv_folds > 1) needs a grid of at least two alphas")
     if model.cv_folds <= 1 and len(model.alphas) > 1:
-        raise SpecError("several alphas need cv_folds >= 2 to choose among them; give one alpha or enable cross-validation")
+        raise SpecError(
+            "several alphas need cv_folds >= 2 to choose among them; give one alpha or enable cross-validation"
+        )
+
+
+def _validate_l1_ratio(model: common_pb2.ModelSpec) -> None:
     if model.kind == common_pb2.MODEL_KIND_ELASTIC_NET:
         if not (math.isfinite(model.l1_ratio) and 0 < model.l1_ratio <= 1):
             raise SpecError(f"model.l1_ratio must be in (0, 1] for elastic net, got {model.l1_ratio}")
@@ -211,34 +245,47 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
     else:
         implied = IMPLIED_L1_RATIO[model.kind]
         if model.l1_ratio not in (0.0, implied):
-            raise SpecError(f"model.l1_ratio applies to elastic net, logistic and Poisson only (this model implies {implied}); leave it unset")
-    if model.iterations > MAX_ITERATIONS:
-        raise SpecError(f"model.iterations must be at most {MAX_ITERATIONS} (0 = the server default), got {model.iterations}")
+            raise SpecError(
+                "model.l1_ratio applies to elastic net, logistic and Poisson only "
+                f"(this model implies {implied}); leave it unset"
+            )
+
+
+def _validate_model_options(model: common_pb2.ModelSpec) -> None:
+    """Options that belong to one model kind only."""
     if model.balanced_class_weights and model.kind != common_pb2.MODEL_KIND_LOGISTIC:
         raise SpecError("model.balanced_class_weights applies to MODEL_KIND_LOGISTIC only")
     if model.svm_loss != common_pb2.SVM_LOSS_UNSPECIFIED and model.kind != common_pb2.MODEL_KIND_SVM:
         raise SpecError("model.svm_loss applies to MODEL_KIND_SVM only")
     if model.svm_loss not in common_pb2.SvmLoss.values():
         raise SpecError(f"model.svm_loss {model.svm_loss} is not a known loss")
-    if model.kind not in LINEAR_KINDS:
-        kind = common_pb2.ModelKind.Name(model.kind)
-        if model.kind not in IMPLEMENTED_GLM_KINDS:
-            raise SpecError(f"model.kind {kind} is not implemented yet")
-        if model.svm_loss == common_pb2.SVM_LOSS_HINGE:
-            raise SpecError("the SVM's hinge loss is not implemented yet; use SVM_LOSS_SQUARED_HINGE")
-        if model.standardize:
-            raise SpecError(f"model.standardize is not supported for {kind} yet (the coefficients are fitted on the declared ranges)")
-        if model.cv_folds > 1:
-            raise SpecError(f"cross-validation (cv_folds > 1) is not supported for {kind} yet; give one alpha")
-        _validate_glm_target(spec, kind)
-    _validate_metrics(spec)
+
+
+def _validate_glm(spec: common_pb2.StudySpec) -> None:
+    """What the GLM fit (services/lasso/mpc/secure_glm.py) supports today, and its target."""
+    model = spec.model
+    kind = common_pb2.ModelKind.Name(model.kind)
+    if model.kind not in IMPLEMENTED_GLM_KINDS:
+        raise SpecError(f"model.kind {kind} is not implemented yet")
+    if model.svm_loss == common_pb2.SVM_LOSS_HINGE:
+        raise SpecError("the SVM's hinge loss is not implemented yet; use SVM_LOSS_SQUARED_HINGE")
+    if model.standardize:
+        raise SpecError(
+            f"model.standardize is not supported for {kind} yet (the coefficients are fitted on the declared ranges)"
+        )
+    if model.cv_folds > 1:
+        raise SpecError(f"cross-validation (cv_folds > 1) is not supported for {kind} yet; give one alpha")
+    _validate_glm_target(spec, kind)
 
 
 def _validate_glm_target(spec: common_pb2.StudySpec, kind: str) -> None:
     """Logistic and SVM need a declared 0/1 target, Poisson a non-negative count."""
     target = owner_columns(spec, target_owner(spec)).target
     if spec.model.kind in CLASSIFIER_KINDS and (target.min, target.max) != (0.0, 1.0):
-        raise SpecError(f"{kind} needs a binary target declared with min 0 and max 1, got [{target.min}, {target.max}] for {target.name!r}")
+        raise SpecError(
+            f"{kind} needs a binary target declared with min 0 and max 1, "
+            f"got [{target.min}, {target.max}] for {target.name!r}"
+        )
     if spec.model.kind == common_pb2.MODEL_KIND_POISSON and target.min < 0:
         raise SpecError(f"{kind} needs a count target declared with min >= 0, got min {target.min} for {target.name!r}")
 
@@ -250,7 +297,10 @@ def _validate_metrics(spec: common_pb2.StudySpec) -> None:
         if metric not in allowed:
             names = ", ".join(common_pb2.Metric.Name(m) for m in allowed)
             label = common_pb2.Metric.Name(metric) if metric in common_pb2.Metric.values() else str(metric)
-            raise SpecError(f"reveal.metrics[{i}] {label} does not apply to {common_pb2.ModelKind.Name(spec.model.kind)}; allowed: {names}")
+            raise SpecError(
+                f"reveal.metrics[{i}] {label} does not apply to {common_pb2.ModelKind.Name(spec.model.kind)}; "
+                f"allowed: {names}"
+            )
         if metric in seen:
             raise SpecError(f"reveal.metrics[{i}] {common_pb2.Metric.Name(metric)} is listed twice")
         seen.add(metric)

@@ -12,7 +12,8 @@ Objective (scikit-learn's, with intercept b, m joined rows, ρ = ``l1_ratio``):
 
 and the GLMs (η = Xw + b; pen(w) = α·ρ·‖w‖₁ + α·(1−ρ)/2·‖w‖², see ``glm_plan``):
 
-    logistic:     (1/m)·Σ c_i·(log(1 + e^η_i) − y_i η_i) + pen(w)   (sklearn LogisticRegression(C = 1/(mα), l1_ratio = ρ))
+    logistic:     (1/m)·Σ c_i·(log(1 + e^η_i) − y_i η_i) + pen(w)
+                  (sklearn LogisticRegression(C = 1/(mα), l1_ratio = ρ))
     Poisson:      (1/m)·Σ (e^η_i − y_i η_i) + pen(w)                 (sklearn PoissonRegressor(alpha = α) when ρ = 0)
     SVM:          (1/m)·Σ L(1 − ỹ_i η_i) + α/2·‖w‖²,  ỹ = 2y − 1,  L(t) = max(0, t)² or max(0, t)
 
@@ -132,9 +133,7 @@ class RegressionSpec:
     def __post_init__(self) -> None:
         if len(self.ranges) < 2:
             raise SpecError("need at least one feature and the target")
-        if self.column_owners and (
-            len(self.column_owners) != len(self.ranges) or set(self.column_owners) - {0, 1}
-        ):
+        if self.column_owners and (len(self.column_owners) != len(self.ranges) or set(self.column_owners) - {0, 1}):
             raise SpecError("column_owners must give owner 0 or 1 for every column")
         if not 0 <= self.target < len(self.ranges):
             raise SpecError("target column index out of range")
@@ -146,6 +145,12 @@ class RegressionSpec:
             raise SpecError("cv_folds must be 0 or >= 2")
         if self.cv_folds < 2 and len(self.alphas) != 1:
             raise SpecError("several alphas need cross-validation (cv_folds >= 2)")
+        if self.iterations < 0:
+            raise SpecError("iterations must be >= 0")
+        self._check_model_options()
+
+    def _check_model_options(self) -> None:
+        """The penalty mix, the GLM options and the metrics fit the model kind."""
         if self.kind is ModelKind.ELASTIC_NET and not 0 < self.l1_ratio <= 1:
             raise SpecError("l1_ratio must be in (0, 1]")
         if self.kind in (ModelKind.LOGISTIC, ModelKind.POISSON) and not 0 <= self.l1_ratio <= 1:
@@ -156,8 +161,6 @@ class RegressionSpec:
             raise SpecError("standardisation and cross-validation are not supported for this model yet")
         if not set(self.metrics) <= set(METRICS_BY_KIND[self.kind]) or len(set(self.metrics)) != len(self.metrics):
             raise SpecError("the metrics must be distinct and fit the model kind")
-        if self.iterations < 0:
-            raise SpecError("iterations must be >= 0")
 
     @property
     def n_features(self) -> int:

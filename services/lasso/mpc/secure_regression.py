@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.lasso.core.params import RegressionResult, RegressionSpec, SpecError, check_table_shape
 from services.lasso.core.plan import (
     ADMM_RHO,
     CERTIFICATE_TOLERANCE,
@@ -92,7 +93,6 @@ from services.lasso.mpc.secure_solver import (
     l1_max,
 )
 from services.lasso.mpc.secure_threshold import threshold_field_bits
-from services.lasso.core.params import RegressionResult, RegressionSpec, SpecError, check_table_shape
 
 __all__ = ["FRAC_TABLE", "ProgressCallback", "run_party", "secure_fit"]
 
@@ -177,11 +177,16 @@ async def _validation_mse(ops: FieldOps, w_hat: ObjectArray, train: Moments, val
     c_omega = np.einsum("bij,bj->bi", valid.cov, omega)
     d_omega = np.einsum("bj,bj->b", delta, omega)
     d1 = w_hat.shape[1] + 1
-    first = await ops.trunc(np.concatenate([c_omega.ravel(), d_omega]) % p, f,
-                            2 * f + W_HAT_BITS + math.ceil(math.log2(d1)) + 3, degree2t=True)
+    first = await ops.trunc(
+        np.concatenate([c_omega.ravel(), d_omega]) % p,
+        f,
+        2 * f + W_HAT_BITS + math.ceil(math.log2(d1)) + 3,
+        degree2t=True,
+    )
     c_omega, d_omega = first[: c_omega.size].reshape(c_omega.shape), first[c_omega.size :]
-    second = await ops.mul(np.concatenate([omega.ravel(), d_omega]), np.concatenate([c_omega.ravel(), d_omega]),
-                           f, _mse_bits(d1 - 1))
+    second = await ops.mul(
+        np.concatenate([omega.ravel(), d_omega]), np.concatenate([c_omega.ravel(), d_omega]), f, _mse_bits(d1 - 1)
+    )
     quad = second[: omega.size].reshape(omega.shape).sum(axis=1)
     return (quad + second[omega.size :]) % p
 
@@ -196,8 +201,10 @@ async def _argmin_onehot(ops: FieldOps, values: ObjectArray, bits: int) -> Objec
         less = await ops.less_than_zero(np.array([(values[a] - best) % ops.p], dtype=object), bits)
         unit = np.zeros(count, dtype=object)
         unit[a] = 1
-        moves = await ops.mul_exact(np.full(count + 1, less[0], dtype=object),
-                                    np.concatenate([[(values[a] - best) % ops.p], (unit - onehot) % ops.p]))
+        moves = await ops.mul_exact(
+            np.full(count + 1, less[0], dtype=object),
+            np.concatenate([[(values[a] - best) % ops.p], (unit - onehot) % ops.p]),
+        )
         best = (best + moves[0]) % ops.p
         onehot = (onehot + moves[1:]) % ops.p
     return onehot
@@ -305,8 +312,13 @@ async def secure_fit(
 
 
 def _result(
-    w_hat: npt.NDArray[np.float64], u: npt.NDArray[np.float64] | None, values: npt.NDArray[np.float64],
-    plan: SolverPlan, spec: RegressionSpec, iterations: int, certified: bool,
+    w_hat: npt.NDArray[np.float64],
+    u: npt.NDArray[np.float64] | None,
+    values: npt.NDArray[np.float64],
+    plan: SolverPlan,
+    spec: RegressionSpec,
+    iterations: int,
+    certified: bool,
 ) -> RegressionResult:
     """Decode, on an owner, the opened ŵ, u (if standardised) and [b̂, (alpha index, (CV sums))]."""
     b_hat = float(values[0])
@@ -319,7 +331,7 @@ def _result(
     cv_curve: tuple[tuple[float, float], ...] = ()
     if spec.cross_validate and spec.reveal_cv_curve:
         scale = plan.h_y**2 / len(plan.folds)
-        cv_curve = tuple((ap.alpha, float(v) * scale) for ap, v in zip(plan.alphas, rest[1:]))
+        cv_curve = tuple((ap.alpha, float(v) * scale) for ap, v in zip(plan.alphas, rest[1:], strict=True))
     return RegressionResult(
         coefficients=tuple(float(v) for v in w),
         intercept=b,

@@ -21,25 +21,41 @@ core (RegressionSpec, an m × c integer share matrix, RegressionResult):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from riskmesh.v1 import common_pb2, lasso_pb2
-from services.study.spec import feature_names, target_name
+from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.inputs import assemble, column_owners, study_columns
-from services.lasso.worker.program import ProgramError, RunContext
+from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.secure_glm import secure_fit_glm
 from services.lasso.mpc.secure_regression import FRAC_TABLE, secure_fit
-from services.lasso.core.blocks import ShareBlock
-from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
+from services.lasso.worker.program import ProgramError, RunContext
+from services.study.spec import feature_names, target_name
 
 VALUE_BITS = 64
-KINDS = {common_pb2.MODEL_KIND_LASSO: ModelKind.LASSO, common_pb2.MODEL_KIND_ELASTIC_NET: ModelKind.ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE: ModelKind.RIDGE,
-         common_pb2.MODEL_KIND_LOGISTIC: ModelKind.LOGISTIC, common_pb2.MODEL_KIND_POISSON: ModelKind.POISSON, common_pb2.MODEL_KIND_SVM: ModelKind.SVM}
+KINDS = {
+    common_pb2.MODEL_KIND_LASSO: ModelKind.LASSO,
+    common_pb2.MODEL_KIND_ELASTIC_NET: ModelKind.ELASTIC_NET,
+    common_pb2.MODEL_KIND_RIDGE: ModelKind.RIDGE,
+    common_pb2.MODEL_KIND_LOGISTIC: ModelKind.LOGISTIC,
+    common_pb2.MODEL_KIND_POISSON: ModelKind.POISSON,
+    common_pb2.MODEL_KIND_SVM: ModelKind.SVM,
+}
 WIRE_KINDS = {kind: wire for wire, kind in KINDS.items()}
 # Metric enum value ↔ the core's metric name ("METRIC_ADJUSTED_R2" ↔ "adjusted_r2").
-METRIC_NAMES = {value: common_pb2.Metric.Name(value).removeprefix("METRIC_").lower() for value in common_pb2.Metric.values() if value}
+METRIC_NAMES = {
+    value: common_pb2.Metric.Name(value).removeprefix("METRIC_").lower()
+    for value in common_pb2.Metric.values()
+    if value
+}
 METRIC_VALUES = {name: value for value, name in METRIC_NAMES.items()}
-PHASES = {"input": common_pb2.PHASE_INPUT, "gram": common_pb2.PHASE_GRAM, "iterations": common_pb2.PHASE_ITERATIONS, "reveal": common_pb2.PHASE_REVEAL}
+PHASES = {
+    "input": common_pb2.PHASE_INPUT,
+    "gram": common_pb2.PHASE_GRAM,
+    "iterations": common_pb2.PHASE_ITERATIONS,
+    "reveal": common_pb2.PHASE_REVEAL,
+}
 
 
 def regression_spec(spec: common_pb2.StudySpec) -> RegressionSpec:
@@ -54,7 +70,10 @@ def regression_spec(spec: common_pb2.StudySpec) -> RegressionSpec:
         alphas=tuple(model.alphas),
         ranges=tuple(ColumnRange(declared[name].min, declared[name].max) for name in columns),
         target=len(columns) - 1,
-        l1_ratio=model.l1_ratio if model.kind in (common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON) else 1.0,
+        l1_ratio=model.l1_ratio
+        if model.kind
+        in (common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON)
+        else 1.0,
         cv_folds=model.cv_folds if model.cv_folds > 1 else 0,
         standardize=model.standardize,
         iterations=model.iterations,
@@ -70,18 +89,32 @@ def regression_spec(spec: common_pb2.StudySpec) -> RegressionSpec:
 def check_encoding(blocks: Sequence[ShareBlock]) -> None:
     for block in blocks:
         if (block.fractional_bits, block.value_bits) != (FRAC_TABLE, VALUE_BITS):
-            raise ProgramError(f"shares encoded with f = {block.fractional_bits}, l = {block.value_bits}; the regression needs f = {FRAC_TABLE}, l = {VALUE_BITS}")
+            raise ProgramError(
+                f"shares encoded with f = {block.fractional_bits}, l = {block.value_bits}; "
+                f"the regression needs f = {FRAC_TABLE}, l = {VALUE_BITS}"
+            )
 
 
 def model_result(result: RegressionResult, spec: common_pb2.StudySpec) -> lasso_pb2.ModelResult:
     standardized = result.standardized_coefficients or (0.0,) * len(result.coefficients)
-    coefficients = [lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s) for name, w, s in zip(feature_names(spec), result.coefficients, standardized)]
+    coefficients = [
+        lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s)
+        for name, w, s in zip(feature_names(spec), result.coefficients, standardized, strict=True)
+    ]
     curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse, mean_validation_loss=mse) for a, mse in result.cv_curve]
     metrics = [lasso_pb2.MetricValue(metric=METRIC_VALUES[name], value=value) for name, value in result.metrics]
     return lasso_pb2.ModelResult(
-        coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve,
-        iterations=result.iterations, target=target_name(spec), converged=result.converged,
-        certified_gap=result.certified_gap or 0.0, kind=spec.model.kind, metrics=metrics,
+        coefficients=coefficients,
+        intercept=result.intercept,
+        joined=result.joined,
+        alpha=result.alpha,
+        cv_curve=curve,
+        iterations=result.iterations,
+        target=target_name(spec),
+        converged=result.converged,
+        certified_gap=result.certified_gap or 0.0,
+        kind=spec.model.kind,
+        metrics=metrics,
     )
 
 

@@ -55,13 +55,20 @@ def test_unbuilt_phase_exits_3_and_prints_no_figures(monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(app, ["bench", "--phase", "lasso", "--records", "1000"])
     assert result.exit_code == cli.EXIT_NOT_BUILT
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last == {"ok": False, "phase": "lasso", "built": False, "missing": ["the secure Lasso MPC program"],
-                    "error": "--phase lasso is not built yet: missing the secure Lasso MPC program"}
+    assert last == {
+        "ok": False,
+        "phase": "lasso",
+        "built": False,
+        "missing": ["the secure Lasso MPC program"],
+        "error": "--phase lasso is not built yet: missing the secure Lasso MPC program",
+    }
     assert not {"lasso_s", "total_s", "rel_coef_diff"} & set(last)
 
 
 def test_missing_parts_names_only_absent_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.REQUIREMENTS, "join", (("services.bench.cli", "present"), ("services.bench.absent_module", "absent")))
+    monkeypatch.setitem(
+        cli.REQUIREMENTS, "join", (("services.bench.cli", "present"), ("services.bench.absent_module", "absent"))
+    )
     assert missing_parts("join") == ["absent"]
 
 
@@ -74,7 +81,13 @@ def test_unknown_sweep_is_refused() -> None:
 def test_phase_ok_checks_accuracy_and_agreement() -> None:
     assert cli.phase_ok("all", {"rel_coef_diff": 2e-8})
     assert not cli.phase_ok("all", {"rel_coef_diff": 2e-5})
-    good = {"rel_coef_diff": 1e-9, "owners_agree": True, "converged": True, "objective_gap": 1e-12, "max_pred_diff": 1e-9}
+    good = {
+        "rel_coef_diff": 1e-9,
+        "owners_agree": True,
+        "converged": True,
+        "objective_gap": 1e-12,
+        "max_pred_diff": 1e-9,
+    }
     assert cli.phase_ok("lasso", good)
     assert not cli.phase_ok("lasso", {**good, "owners_agree": False})
     assert not cli.phase_ok("lasso", {**good, "converged": False})

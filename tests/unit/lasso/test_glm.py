@@ -22,8 +22,8 @@ from services.lasso.mpc.secure_ops import FieldOps
 from services.testkit.dealer import deal, encode
 from services.testkit.glm_reference import fit_glm_exact, fit_glm_plain, fit_glm_sklearn, split_table
 from services.testkit.glm_reference import sigmoid as plain_sigmoid
-from services.testkit.synthetic import make_joined_table
 from services.testkit.outcomes import binary_outcome, study_with_outcome
+from services.testkit.synthetic import make_joined_table
 
 ROWS, FEATURES, SEED = 300, 4, 3
 STUDY = study_with_outcome(make_joined_table(ROWS, FEATURES, seed=SEED), "binary", seed=SEED)

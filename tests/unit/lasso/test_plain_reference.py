@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
-from services.lasso.core.plan import make_plan, ns_iterations
 from services.lasso.core.params import ModelKind, RegressionSpec, SpecError, as_spec_ranges, fold_bounds
+from services.lasso.core.plan import make_plan, ns_iterations
+from services.testkit.plain_reference import cv_curve_sklearn, fit_plain, fit_sklearn, split_table
 from services.testkit.synthetic import make_joined_table
 
 STUDY = make_joined_table(2000, 10, seed=7)
@@ -56,7 +56,7 @@ def test_cv_curve_equals_sklearn_on_the_same_folds(kind: ModelKind) -> None:
     x, y = split_table(STUDY.table, spec)
     fit = fit_plain(x, y, spec)
     reference = cv_curve_sklearn(x, y, spec)
-    for (alpha, mse), (alpha_ref, mse_ref) in zip(fit.cv_curve, reference):
+    for (alpha, mse), (alpha_ref, mse_ref) in zip(fit.cv_curve, reference, strict=True):
         assert alpha == alpha_ref and mse == pytest.approx(mse_ref, rel=1e-8)
     best = min(reference, key=lambda point: point[1])[0]
     assert fit.alpha == best
