@@ -127,3 +127,22 @@ def test_disclosures_name_what_each_party_receives():
     spec.model.standardize = True
     spec.reveal.standardized_coefficients = True
     assert any("spread" in line for line in disclosures(spec)["insurer"])
+
+
+def test_metrics_are_an_optional_reveal_named_on_the_approval_screen():
+    spec = make_spec()
+    spec.min_intersection = 1000
+    spec.reveal.metrics[:] = [common_pb2.METRIC_R2, common_pb2.METRIC_MSE]
+    assert refused(DisclosurePolicy(), spec) == set()  # allowed by default
+    no_metrics = policy_from_mapping({"reveals": ["joined_count", "cv_curve"]})
+    assert refused(no_metrics, spec) == {"optional reveals"}
+    told = disclosures(normalise(spec))
+    assert any("r2, mse" in line for line in told["insurer"]) and not any("r2" in line for line in told["helper"])
+
+
+def test_a_glm_discloses_its_fixed_newton_count_not_a_certificate_checkpoint():
+    spec = make_spec()
+    spec.model.kind = common_pb2.MODEL_KIND_LOGISTIC
+    told = disclosures(normalise(spec))
+    assert any("Newton steps" in line for line in told["helper"])
+    assert not any("certificate" in line for line in told["insurer"] + told["helper"])
