@@ -101,7 +101,7 @@ def test_generation_check_fails_when_a_proto_changes(typescript_built: None, tmp
     text = gateway_proto.read_text()
     marker = "  string caller_identity = 4;\n"
     assert marker in text
-    gateway_proto.write_text(text.replace(marker, marker + "  // Added by the staleness test.\n  string extra = 5;\n"))
+    gateway_proto.write_text(text.replace(marker, marker + "  // Added by the staleness test.\n  string extra = 99;\n"))
     checked = run([NODE, "scripts/generate.mjs", "--check", "--workspace", str(tmp_path)], cwd=TS_DIR)
     assert checked.code == 1, (checked.stdout, checked.stderr)
     assert "stale" in checked.stderr and "riskmesh/v1/gateway.ts" in checked.stderr
