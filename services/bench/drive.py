@@ -25,6 +25,7 @@ from services.join.core.fixedpoint import FixedPointFormat
 from services.join.core.shares import ShareMatrix, assemble, decode_shares, reconstruct
 from services.mesh.config import OrgConfig, load_config
 from services.mesh.tls import MeshCredentials
+from services.study.spec import DEFAULT_PAILLIER_BITS
 
 DEADLINE_S = 1800.0
 
@@ -69,7 +70,7 @@ async def start_join(harness: Harness, spec: common_pb2.StudySpec, sources: Mapp
     helper = helper_of(spec)
     resharing = {o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub) for o in owners}
     encryption = {o: harness.stub(o, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub) for o in owners}
-    keys = await asyncio.gather(*(resharing[o].CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=spec.paillier_bits or 2048), timeout=DEADLINE_S) for o in owners))
+    keys = await asyncio.gather(*(resharing[o].CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=spec.paillier_bits or DEFAULT_PAILLIER_BITS), timeout=DEADLINE_S) for o in owners))
     prepared = await asyncio.gather(*(encryption[o].PrepareEncryption(join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=sources[o]), timeout=DEADLINE_S) for o in owners))
     intersection = harness.stub(helper, "intersection", "gateway", join_pb2_grpc.IntersectionServiceStub)
     await intersection.OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=spec), timeout=DEADLINE_S)

@@ -48,6 +48,7 @@ from typing import Any, Iterable, Iterator
 import psutil
 
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
+from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data
 from services.join.core.parallel import default_workers
@@ -155,7 +156,7 @@ def _directory(workdir: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int = 2048, workdir: Path | None = None) -> dict:
+def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int = DEFAULT_PAILLIER_BITS, workdir: Path | None = None) -> dict:
     """Run one join over three local orgs' processes and return its figures (see the module docstring)."""
     if records < 1 or not 0.0 <= overlap <= 1.0:
         raise ValueError("records must be positive and overlap in [0, 1]")
@@ -165,7 +166,7 @@ def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int
         spec = spec_for(data, "join-bench")
         spec.paillier_bits = bits
         sources = {t.org: t.write_csv(root / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
-        result: dict[str, Any] = {"records": records, "features": features, "overlap": overlap, "bits": bits, "cores": default_workers()}
+        result: dict[str, Any] = {"records": records, "features": features, "overlap": overlap, "paillier_bits": bits, "cores": default_workers()}
         result.update(asyncio.run(_run(configs, spec, {o: str(p) for o, p in sources.items()})))
         # The oracle, only here: the plaintext inner join of the generated files.
         columns, expected = plaintext_join(data, sources)
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, required=True, help="rows per data owner")
     parser.add_argument("--features", type=int, default=10, help="features, split over the owners (default 10: 5 each)")
     parser.add_argument("--overlap", type=float, default=0.5, help="share of each owner's rows in the join (default 0.5)")
-    parser.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072), help="Paillier modulus bits (default 2048)")
+    parser.add_argument("--bits", type=int, default=DEFAULT_PAILLIER_BITS, choices=(1024, 2048, 3072), help=f"Paillier modulus bits (default {DEFAULT_PAILLIER_BITS})")
     parser.add_argument("--workdir", type=Path, help="keep PKI, configs, data and server logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     result = bench_join(args.records, args.features, args.overlap, args.bits, args.workdir)

@@ -1,6 +1,6 @@
 """Microbenchmark of the join core's operations, and an estimate for a whole join.
 
-Run: ``python -m services.bench.join_microbench [--bits 2048] [--rows 10000]``.
+Run: ``python -m services.bench.join_microbench [--bits 3072] [--rows 10000]``.
 
 Measures, on synthetic data (no files, no network): key generation, one pool
 element (window table build + per-element products; single process and over
@@ -28,9 +28,8 @@ from services.join.core.keys import TagKey, tags
 from services.join.core.masking import mask_rows
 from services.join.core.packing import SlotLayout, pack_rows
 from services.join.core.paillier import (
-    DEFAULT_EXPONENT_BITS,
+    DEFAULT_MODULUS_BITS,
     FixedBaseTable,
-    ShortExponentBase,
     choose_window_bits,
     decrypt_many,
     encrypt_rows,
@@ -69,14 +68,14 @@ def run(bits: int, rows: int, columns: int, overlap: float, samples: int, cores:
     _line("keygen (one key pair)", t_keygen)
 
     per_worker = -(-rows // cores)
-    window = choose_window_bits(per_worker, DEFAULT_EXPONENT_BITS, int(pk.n2).bit_length())
-    base = ShortExponentBase.new(pk)
-    table, t_table = _timed(lambda: FixedBaseTable(base.h_s, base.n2, DEFAULT_EXPONENT_BITS, window))
-    exps = [secrets.randbits(DEFAULT_EXPONENT_BITS) for _ in range(samples)]
+    exponent = pk.exponent_bits
+    window = choose_window_bits(per_worker, exponent, int(pk.n2).bit_length())
+    table, t_table = _timed(lambda: FixedBaseTable(pk.h_s, pk.n2, exponent, window))
+    exps = [secrets.randbits(exponent) for _ in range(samples)]
     _, t = _timed(lambda: [table.power(e) for e in exps])
     t_elem = t / samples
     _line(f"pool: window table build (w = {window})", t_table)
-    _line("pool: one element h_s^a, a of 448 bits", t_elem)
+    _line(f"pool: one element h_s^r, r of {exponent} bits", t_elem)
     par_count = min(rows, 2000)
     with process_executor(cores) as executor:
         _, t_start = _timed(lambda: list(executor.map(abs, range(cores))))
@@ -131,7 +130,7 @@ def run(bits: int, rows: int, columns: int, overlap: float, samples: int, cores:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", type=int, default=2048, help="Paillier modulus bits")
+    parser.add_argument("--bits", type=int, default=DEFAULT_MODULUS_BITS, help=f"Paillier modulus bits (default {DEFAULT_MODULUS_BITS})")
     parser.add_argument("--rows", type=int, default=10_000, help="rows per owner for the estimate")
     parser.add_argument("--columns", type=int, default=5, help="values per row")
     parser.add_argument("--overlap", type=float, default=0.5, help="fraction of rows in the join")

@@ -30,7 +30,7 @@ from riskmesh.v1 import common_pb2
 from services.mesh.identity import ORG_NAME
 
 STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
-DEFAULT_PAILLIER_BITS = 2048
+DEFAULT_PAILLIER_BITS = 3072  # 128-bit security (NIST SP 800-57); 2048 (112-bit) may be chosen, nothing below
 PAILLIER_BITS = (2048, 3072)
 SUGGESTED_MIN_INTERSECTION = 10
 MAX_CV_FOLDS = 10
@@ -191,7 +191,7 @@ def _zero(x: float) -> float:
 def normalise(spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
     """A copy of `spec` with defaults filled in and equivalent spellings made equal.
 
-    - paillier_bits 0 → 2048; cv_folds 1 → 0 (both mean "no cross-validation");
+    - paillier_bits 0 → 3072; cv_folds 1 → 0 (both mean "no cross-validation");
     - lasso / ridge get the l1_ratio they imply (1 / 0), as the proto comment states;
     - model.iterations stays 0 when unset (0 = the lasso server's default);
     - `reveal` and `model` are always present, an empty `target` is removed, -0.0 → 0.0;

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from riskmesh.v1 import common_pb2
+from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.synthetic import StudyData
 
 
 def spec_for(data: StudyData, study_id: str, alphas: list[float] | None = None, kind: int = common_pb2.MODEL_KIND_LASSO,
              cv_folds: int = 0, standardize: bool = False, min_intersection: int = 10, iterations: int = 0, l1_ratio: float = 0.0,
-             title: str = "Risk factors of hospitalisation") -> common_pb2.StudySpec:
+             title: str = "Risk factors of hospitalisation", paillier_bits: int = DEFAULT_PAILLIER_BITS) -> common_pb2.StudySpec:
     owners = []
     for table in (data.insurer, data.hospital):
         owner = common_pb2.OwnerColumns(org=table.org, birth_date_column="birth_date", postal_code_column="postal_code", features=table.columns)
@@ -27,5 +28,5 @@ def spec_for(data: StudyData, study_id: str, alphas: list[float] | None = None, 
         model=common_pb2.ModelSpec(kind=kind, alphas=alphas or [0.1], cv_folds=cv_folds, standardize=standardize, iterations=iterations, l1_ratio=l1_ratio),
         min_intersection=min_intersection,
         reveal=common_pb2.RevealSpec(joined_count=True, cv_curve=cv_folds > 1),
-        paillier_bits=2048,
+        paillier_bits=paillier_bits,
     )

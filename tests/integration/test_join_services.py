@@ -33,7 +33,7 @@ from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import OwnerTable, StudyData, make_study_data
-from services.join import encryption_server, intersection_server, resharing_server
+from services.join import codec, encryption_server, intersection_server, resharing_server
 from services.join.core import keys
 from services.join.core.fixedpoint import FixedPointFormat
 from services.join.core.packing import SlotLayout, unpack_row
@@ -314,7 +314,7 @@ def test_helper_sees_tags_and_fresh_randomised_ciphertexts_only(recorded_run: Re
     ciphertexts = [c for chunk in chunks for c in chunk.ciphertexts]
     assert len(set(ciphertexts)) == len(ciphertexts)  # no ciphertext twice
     # Enc(m) = (1 + mN)·ρ, so c mod N = ρ mod N: 1 only if no fresh randomness was applied.
-    moduli = [PublicKey.from_bytes(h.key.n).n for h in headers]
+    moduli = [codec.public_key_from_proto(h.key).n for h in headers]
     assert all(int.from_bytes(c, "big") % n != 1 for c in ciphertexts for n in moduli)
 
 
@@ -540,7 +540,7 @@ def test_malformed_uploads_are_refused_and_the_run_still_accepts_a_proper_one(jo
     proto_layout = join_pb2.SlotLayout(**{f.name: getattr(layout, f.name) for f in join_pb2.SlotLayout.DESCRIPTOR.fields})
 
     def header(cols: tuple[str, ...] = columns, rows: int = 3) -> join_pb2.UploadRowsRequest:
-        return join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=rows, layout=proto_layout, columns=cols, key=common_pb2.PaillierPublicKey(n=key.to_bytes(), key_id=key.key_id)))
+        return join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=rows, layout=proto_layout, columns=cols, key=codec.public_key_to_proto(key)))
 
     def chunk(seq: int, n: int) -> join_pb2.UploadRowsRequest:
         return join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(seq=seq, tags=tags[:n], ciphertexts=cts[: n * layout.ciphertexts_per_row]))
@@ -633,7 +633,7 @@ def test_allowed_identity_passes_authorisation(join_mesh: JoinMesh, caller: tupl
 
 def test_a_short_delivery_fails_the_run_and_no_partial_shares_are_served(join_mesh: JoinMesh) -> None:
     run_id = "short-delivery"
-    key = PublicKey.from_bytes(join_mesh.gateway("insurer", "resharing").CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=30).key.n)
+    key = codec.public_key_from_proto(join_mesh.gateway("insurer", "resharing").CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=30).key)
     waiting = join_mesh.gateway("insurer", "resharing").AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=30)
     assert next(waiting).progress.message == "waiting for the helper"
     deliver = join_mesh.stub(("helper", "intersection"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub).DeliverMaskedRows

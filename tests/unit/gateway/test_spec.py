@@ -251,12 +251,13 @@ def test_digest_is_pinned() -> None:
     assert spec_digest(make_spec()) == PINNED_DIGEST
 
 
-PINNED_DIGEST = "dd5537887d2b692ca682bfa1cc4a683faa4e0ae288e3d5fcb89abb1747e20aa5"
+# Changed with the default Paillier size (2048 → 3072, issue 17): an unset paillier_bits now normalises to 3072.
+PINNED_DIGEST = "b2514de1379dc360361c076f9b2bd0d68f1497a970947e005d20eff31e0ed903"
 
 
 def test_digest_ignores_equivalent_spellings() -> None:
     base = spec_digest(make_spec())
-    assert spec_digest(mutated(_set("paillier_bits", 2048))) == base
+    assert spec_digest(mutated(_set("paillier_bits", 3072))) == base
     assert spec_digest(mutated(_set("model.cv_folds", 1))) == base
     assert spec_digest(mutated(_set("model.l1_ratio", 1.0))) == base
     assert spec_digest(mutated(lambda s: s.owners[1].target.SetInParent())) == base
@@ -291,7 +292,7 @@ CHANGES: dict[str, Mutation] = {
     "min_intersection": _set("min_intersection", 11),
     "reveal joined": _set("reveal.joined_count", False),
     "reveal cv": _set("reveal.cv_curve", True),
-    "paillier_bits": _set("paillier_bits", 3072),
+    "paillier_bits": _set("paillier_bits", 2048),
 }
 
 
