@@ -23,6 +23,12 @@ tracing.py), cut at these points, so that they add up to the spans' wall time:
     lasso_s       → the last MPC span (input, gram, iterations, reveal) ends at any org
     lasso_phases_s  the same cut per MPC phase (each phase until its last party's end)
 
+`cpu_s_by_org` is the CPU time (user + system) each org's processes used during the run —
+its servers, their pool workers and the run's MPC worker (services/bench/meshrun.py).
+`mpc_rounds` / `mpc_messages` count the MPC's rounds and messages per phase, from the lasso
+servers' `mpc traffic` spans (services/bench/mpc_traffic.py). `paillier_bits` is the key size
+the study used.
+
 `bytes_sent` is what all three organisations sent to each other (TLS bytes through the
 relays, per org in `bytes_sent_by_org`); `peak_rss_mb` is the largest resident set of
 one process (a server or an MPC worker), `peak_rss_mb_by_org` the peak of the sum over
@@ -44,7 +50,8 @@ import numpy as np
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, lasso_pb2
-from services.bench.meshrun import BenchMesh, TrafficCounter
+from services.bench.meshrun import BenchMesh, TrafficCounter, cpu_delta, cpu_seconds_by_org
+from services.bench.mpc_traffic import mpc_traffic
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, make_study_data, reference_join
 from services.tools.traces import SpanRow, load_trace
@@ -163,6 +170,7 @@ def _median(values: Sequence[int | float]) -> int | float:
 
 @dataclass
 class RunFigures:
+    run_id: str
     trace_id: str
     total_s: float
     result: lasso_pb2.ModelResult
@@ -170,12 +178,14 @@ class RunFigures:
     bytes_by_org: dict[str, int]
     peak_rss_mb: float
     peak_rss_mb_by_org: dict[str, float]
+    cpu_s_by_org: dict[str, float]
     done_at: float  # perf_counter when the result was in hand
 
 
 def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
-    assert mesh.sampler is not None
+    assert mesh.sampler is not None and mesh.mesh is not None
     before = mesh.counter.snapshot()
+    cpu_before = cpu_seconds_by_org(mesh.mesh.processes)
     mesh.sampler.reset()
     started = time.perf_counter()
     run = insurer.start_run(STUDY_ID)
@@ -189,8 +199,9 @@ def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
     done_at = time.perf_counter()
     total = done_at - started
     peaks = mesh.sampler.peaks()
-    return RunFigures(final.trace_id, total, result, int(result.joined or final.joined), TrafficCounter.delta(mesh.counter.snapshot(), before),
-                      peaks.largest_process_mb(), peaks.org_mb(), done_at)
+    cpu = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
+    return RunFigures(final.run_id, final.trace_id, total, result, int(result.joined or final.joined), TrafficCounter.delta(mesh.counter.snapshot(), before),
+                      peaks.largest_process_mb(), peaks.org_mb(), cpu, done_at)
 
 
 def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None) -> dict[str, Any]:
@@ -218,7 +229,7 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
                 for client in clients.values():
                     client.close()
         # The mesh has stopped: every server flushed its spans.
-        per_run = [_figures(r, reference, root, records, features) for r in runs]
+        per_run = [_figures(r, reference, root, records, features, spec.paillier_bits) for r in runs]
         startup_s = round(mesh.startup_s, 3)
         # As the TNO comparison times its side: from starting the processes to the first
         # run's coefficients in hand (study proposal and approvals included).
@@ -231,13 +242,14 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
     return summary
 
 
-def _figures(run: RunFigures, reference: Mapping[str, float], root: Path, records: int, features: int) -> dict[str, Any]:
+def _figures(run: RunFigures, reference: Mapping[str, float], root: Path, records: int, features: int, paillier_bits: int) -> dict[str, Any]:
     times = phase_times(load_trace([root], run.trace_id))
     secure = revealed(run.result)
     nonzero = sum(1 for c in run.result.coefficients if c.value != 0.0)
     return {
         "records": records,
         "features": features,
+        "paillier_bits": paillier_bits,
         "joined": run.joined,
         "join_s": times["join_s"],
         "reshare_s": times["reshare_s"],
@@ -246,12 +258,14 @@ def _figures(run: RunFigures, reference: Mapping[str, float], root: Path, record
         "spans_wall_s": times["spans_wall_s"],
         "lasso_phases_s": times["lasso_phases_s"],
         "iterations": int(run.result.iterations),
+        **mpc_traffic([root], run.run_id),
         "nonzero": nonzero,
         **coefficient_errors(secure, reference),
         "bytes_sent": sum(run.bytes_by_org.values()),
         "bytes_sent_by_org": run.bytes_by_org,
         "peak_rss_mb": run.peak_rss_mb,
         "peak_rss_mb_by_org": run.peak_rss_mb_by_org,
+        "cpu_s_by_org": run.cpu_s_by_org,
         "trace_id": run.trace_id,
         "coefficients": secure,
     }

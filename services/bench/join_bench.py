@@ -31,6 +31,11 @@ process's (driving calls and relays), `other_cpu_s` what everything else on the 
 used meanwhile and `idle_cpu_s` the core-seconds nobody used (both from /proc/stat).
 With `cores` cores the run cannot take less than server_cpu_s / cores; other_cpu_s says
 how much of the machine others took, idle_cpu_s how much the join left unused.
+`cpu_s_by_org` splits server_cpu_s by organisation.
+
+Memory: `peak_rss_mb_by_org` is the peak of the summed resident set of each org's join
+servers and their pool workers, `peak_rss_mb` the largest single process (sampled every
+0.1 s, services/bench/meshrun.py's MemorySampler). `paillier_bits` is the key size.
 """
 
 from __future__ import annotations
@@ -43,11 +48,12 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import psutil
 
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
+from services.bench.meshrun import MemorySampler, cpu_delta, cpu_seconds_by_org
 from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data
@@ -117,20 +123,6 @@ class CountingRelay:
             await self._server.wait_closed()
 
 
-def _cpu_by_process(pids: Iterable[int]) -> dict[int, float]:
-    """User + system CPU seconds of each process and all its descendants (e.g. pool workers)."""
-    out: dict[int, float] = {}
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for process in [root, *root.children(recursive=True)]:
-                times = process.cpu_times()
-                out[process.pid] = times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return out
-
-
 def _machine_busy_s() -> float:
     times = psutil.cpu_times()
     return sum(times) - _machine_idle_s(times)
@@ -187,19 +179,22 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
     try:
         await asyncio.to_thread(mesh.start, 120.0)
         harness = Harness(configs)
-        pids = [p.process.pid for p in mesh.processes]
+        sampler = MemorySampler(mesh).start()
         try:
-            cpu_before, busy_before, idle_before, own_before = _cpu_by_process(pids), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
+            cpu_before, busy_before, idle_before, own_before = cpu_seconds_by_org(mesh.processes), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
             timings = await run_join(harness, spec, sources, "bench-1")
-            cpu_after, busy_after, idle_after, own_after = _cpu_by_process(pids), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
+            cpu_after, busy_after, idle_after, own_after = cpu_seconds_by_org(mesh.processes), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
+            peaks = sampler.peaks()
             shares = await collect_shares(harness, spec, "bench-1")
         finally:
+            sampler.stop()
             await harness.close()
     finally:
         await asyncio.to_thread(mesh.stop)
         for relay in (to_helper, *to_owner.values()):
             await relay.close()
-    server_cpu = sum(cpu_after.values()) - sum(cpu_before.get(pid, 0.0) for pid in cpu_after)
+    cpu_by_org = cpu_delta(cpu_after, cpu_before)
+    server_cpu = sum(cpu_by_org.values())
     return {
         "joined": timings.joined,
         "setup_s": round(timings.setup_s, 3),
@@ -210,6 +205,9 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
         "bytes_to_helper": to_helper.sent_to_target,
         "bytes_to_owners": sum(r.sent_to_target for r in to_owner.values()),
         "server_cpu_s": round(server_cpu, 2),
+        "cpu_s_by_org": cpu_by_org,
+        "peak_rss_mb": peaks.largest_process_mb(),
+        "peak_rss_mb_by_org": peaks.org_mb(),
         "harness_cpu_s": round(own_after - own_before, 2),
         "other_cpu_s": round(max(0.0, busy_after - busy_before - server_cpu - (own_after - own_before)), 2),
         "idle_cpu_s": round(idle_after - idle_before, 2),

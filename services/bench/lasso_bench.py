@@ -20,7 +20,10 @@ three parties sent each other (TLS records of the Exchange streams).
 gateways do) until both data owners hold the revealed coefficients: MPC input, Gram,
 iterations, reveal. `lasso_phases_s` splits it at the insurer's first progress report
 of each phase (the server stamps each report). The reference is scikit-learn's
-`Lasso(alpha)` on the same plaintext table.
+`Lasso(alpha)` on the same plaintext table. `mpc_rounds` / `mpc_messages` per phase come
+from the lasso servers' `mpc traffic` spans (services/bench/mpc_traffic.py), `cpu_s_by_org`
+from the party processes and their MPC workers (services/bench/meshrun.py). No Paillier here:
+the dealer stands in for the join, so the record has no `paillier_bits`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ import numpy as np
 
 from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
-from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
+from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter, cpu_delta, cpu_seconds_by_org
+from services.bench.mpc_traffic import mpc_traffic
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, joined_table, make_study_data
 from services.join.core.packing import SlotLayout
@@ -253,15 +257,20 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
     with work_directory(workdir, "riskmesh-bench-lasso-") as root:
         mesh = BenchMesh(root / "mesh", latency_ms=latency_ms, servers=("lasso",), launch=launch_parties(blocks, repeat))
         with mesh:
-            assert mesh.sampler is not None
+            assert mesh.sampler is not None and mesh.mesh is not None
             configs = {org: load_config(path, env={}) for org, path in mesh.config_paths.items()}
             for run_id in run_ids(repeat):
                 before = mesh.counter.snapshot()
+                cpu_before = cpu_seconds_by_org(mesh.mesh.processes)
                 mesh.sampler.reset()
                 elapsed, outcomes, request_at = asyncio.run(_run_all(configs, run_id, spec))
                 peaks = mesh.sampler.peaks()
                 runs.append(_figures(records, features, alpha, elapsed, outcomes, request_at, reference,
                                      TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb()))
+                runs[-1]["cpu_s_by_org"] = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
+        # The parties have stopped and flushed their spans.
+        for run_id, figures in zip(run_ids(repeat), runs):
+            figures.update(mpc_traffic([root], run_id))
     summary = median_summary(runs)
     summary.update({"phase": "lasso", "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
                     "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})

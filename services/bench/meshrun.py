@@ -12,6 +12,11 @@ connections inside one org (gateway → own encryption, lasso → own resharing,
 lasso server → its MPC worker) are not counted. With `latency_ms > 0` each relay also
 holds every chunk back by that one-way delay (the kernel here has no `netem`).
 
+CPU. `cpu_seconds_by_org` reads the user + system CPU time of every server process, of
+its live descendants and of its descendants that ended (the kernel adds a reaped child's
+time to its parent's `children_*` figures: a run's MPC worker, once its lasso server has
+waited for it). The difference of two readings is what each org used in between.
+
 Memory. A thread samples, every `SAMPLE_S`, the resident set size of every server
 process and of their descendants (the lasso servers' per-run MPC workers, the join
 servers' pool workers; the family tree is refreshed every second), and keeps the peak
@@ -25,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import psutil
 
@@ -248,6 +253,35 @@ class MemorySampler:
             if self._samples % self.rescan_every == 0:
                 self.rescan()
             self.sample()
+
+
+def _tree_cpu_s(root: psutil.Process) -> float:
+    """CPU seconds of `root` and its descendants, live or ended (and reaped)."""
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue  # ended just now: its time moves to its parent once reaped
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def cpu_seconds_by_org(processes: Iterable[ServerProcess]) -> dict[str, float]:
+    """org → CPU seconds used so far by its server processes and their descendants."""
+    out: dict[str, float] = {}
+    for server in processes:
+        try:
+            seconds = _tree_cpu_s(psutil.Process(server.process.pid))
+        except psutil.Error:
+            continue
+        out[server.org] = out.get(server.org, 0.0) + seconds
+    return out
+
+
+def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Per org, CPU seconds between two `cpu_seconds_by_org` readings (rounded to 10 ms)."""
+    return {org: round(max(0.0, seconds - before.get(org, 0.0)), 2) for org, seconds in sorted(after.items())}
 
 
 def relay_env_var(org: str, server: str) -> str:

@@ -7,7 +7,8 @@
 The `Run` relays frames: the worker's `Send(peer, pc, payload)` goes into that peer's
 stream outbox, a peer's message becomes `Recv` for the worker; `Dial` from the worker
 (with its PRSS keys) opens a stream to a party above; an accepted stream becomes
-`PeerUp` with the dialer's keys. The worker's `Report`s become Progress events and its
+`PeerUp` with the dialer's keys. The worker's `Report`s become Progress events, its
+`Traffic` counts (rounds, messages, bytes per phase) are kept in `traffic`, and its
 `Result` ends the run.
 
 The run fails exactly once, for the first of: a peer stream ending other than by
@@ -32,7 +33,7 @@ from opentelemetry import propagate
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.exchange import Outbox, accept, dial
-from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
+from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start, Traffic
 from services.lasso.core.blocks import ShareBlock, encode_block
 from services.lasso.worker.handle import WorkerFactory, WorkerHandle
 from services.mesh.progress import progress
@@ -91,6 +92,7 @@ class Run:
         self._up: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._result: lasso_pb2.ModelResult | None = None
+        self.traffic: dict[int, Traffic] = {}  # phase → what this party sent in it (counts only)
         self._link_closed = asyncio.Event()
         self._last_progress = float("-inf")
         self._context = contextvars.copy_context()  # the RunLasso call's (trace) context, for the stream tasks
@@ -196,6 +198,8 @@ class Run:
             outbox.put(frame.pc, frame.payload)
         elif isinstance(frame, Report):
             self._report(frame)
+        elif isinstance(frame, Traffic):
+            self.traffic[frame.phase] = frame
         elif isinstance(frame, Dial):
             self._dial(frame.peer, frame.prss_keys)
         elif isinstance(frame, Close):

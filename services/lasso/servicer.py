@@ -21,6 +21,7 @@ import asyncio
 from typing import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 
 from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
 from services.study.spec import SpecError, validate
@@ -38,6 +39,27 @@ HELLO_TIMEOUT_S = 30.0
 # the number of studies the mesh runs at once (4 concurrent runs failed with 2).
 MAX_RUNS = 8
 SPEC_STATUSES = ((SpecError, grpc.StatusCode.INVALID_ARGUMENT), (PartyError, grpc.StatusCode.INVALID_ARGUMENT))
+
+
+tracer = trace.get_tracer("riskmesh.lasso")
+
+
+def traffic_attributes(run: Run) -> dict[str, str | int]:
+    """The run's MPC traffic as span attributes: rounds, messages and payload bytes this party
+    sent per phase (`riskmesh.mpc.<rounds|messages|bytes>.<phase>`, phase as in riskmesh.phase;
+    "other" is MPyC's start and shutdown). Counts only."""
+    attributes: dict[str, str | int] = {"riskmesh.run.id": run.run_id}
+    for phase, counts in sorted(run.traffic.items()):
+        label = common_pb2.Phase.Name(phase).removeprefix("PHASE_").lower() if phase else "other"
+        attributes |= {f"riskmesh.mpc.rounds.{label}": counts.rounds, f"riskmesh.mpc.messages.{label}": counts.messages,
+                       f"riskmesh.mpc.bytes.{label}": counts.bytes}
+    return attributes
+
+
+def record_traffic(run: Run) -> None:
+    """One `mpc traffic` span in the RunLasso call's trace, for benchmarks and operators."""
+    if run.traffic:
+        tracer.start_span("mpc traffic", attributes=traffic_attributes(run)).end()
 
 
 class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
@@ -85,6 +107,7 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
                 if isinstance(event, RunFailure):
                     await context.abort(event.code, event.message)
                 elif isinstance(event, Finished):
+                    record_traffic(run)
                     result = event.result if run.pid != HELPER_PID else lasso_pb2.ModelResult()
                     yield lasso_pb2.RunLassoResponse(result=result)
                 else:

@@ -9,6 +9,7 @@ Span attributes riskmesh sets itself (never patient data, tags, values or shares
     riskmesh.study.id, riskmesh.run.id
     riskmesh.phase                   the run phase (Phase enum name without prefix)
     riskmesh.rows                    row counts only
+    riskmesh.mpc.{rounds,messages,bytes}.<phase>   MPC traffic counts of one party (span `mpc traffic`)
 """
 
 from __future__ import annotations

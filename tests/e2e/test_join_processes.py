@@ -256,4 +256,8 @@ def test_join_bench_runs_its_own_mesh_and_reports_measured_figures(tmp_path: Pat
     # Measured on the wire: at least every owner's tags and ciphertexts (2 × 256 bytes per row at 1024 bits).
     assert result["bytes_to_helper"] > 2 * 300 * (32 + 2 * 256)
     assert result["bytes_to_owners"] > 2 * 150 * 2 * 256
-    assert result["server_cpu_s"] > 0
+    assert result["server_cpu_s"] > 0 and result["paillier_bits"] == 1024
+    by_org = result["cpu_s_by_org"]
+    assert set(by_org) == {"insurer", "hospital", "helper"} and all(v > 0 for v in by_org.values())
+    assert abs(sum(by_org.values()) - result["server_cpu_s"]) < 0.05
+    assert set(result["peak_rss_mb_by_org"]) == set(by_org) and 0 < result["peak_rss_mb"] <= max(result["peak_rss_mb_by_org"].values())

@@ -14,8 +14,10 @@ request, share chunks, the result) travel as their own serialisation.
     Send(peer, pc, payload)              Input(GetSharesResponse bytes) …, InputEnd
     Close(peer)                          PeerUp(peer, prss_keys)
     Report(phase, done, total)           Recv(peer, pc, payload)
-    Result(ModelResult bytes)            PeerClosed(peer)
-    Failed(reason)                       PeerLost(peer, reason)
+    Traffic(phase, rounds, messages,     PeerClosed(peer)
+            bytes)                       PeerLost(peer, reason)
+    Result(ModelResult bytes)
+    Failed(reason)
 
 `pc` is MPyC's program counter, a signed 64-bit hash (sfixed64 on the wire).
 """
@@ -96,6 +98,16 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
+class Traffic:
+    """What this party sent during one phase (counts only): sent at the end of the run."""
+
+    phase: int
+    rounds: int
+    messages: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     result: bytes  # a serialised ModelResult
 
@@ -105,13 +117,14 @@ class Failed:
     reason: str
 
 
-Frame = Union[Start, Input, InputEnd, Dial, PeerUp, Send, Recv, Close, PeerClosed, PeerLost, Report, Result, Failed]
+Frame = Union[Start, Input, InputEnd, Dial, PeerUp, Send, Recv, Close, PeerClosed, PeerLost, Report, Traffic, Result, Failed]
 
-_KINDS: dict[type, int] = {Start: 1, Input: 2, InputEnd: 3, Dial: 4, PeerUp: 5, Send: 6, Recv: 7, Close: 8, PeerClosed: 9, PeerLost: 10, Report: 11, Result: 12, Failed: 13}
+_KINDS: dict[type, int] = {Start: 1, Input: 2, InputEnd: 3, Dial: 4, PeerUp: 5, Send: 6, Recv: 7, Close: 8, PeerClosed: 9, PeerLost: 10, Report: 11, Result: 12, Failed: 13, Traffic: 14}
 _HEAD = struct.Struct("<IB")
 _PEER = struct.Struct("<H")
 _MESSAGE = struct.Struct("<Hq")
 _REPORT = struct.Struct("<BQQ")
+_TRAFFIC = struct.Struct("<BQQQ")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 
@@ -128,6 +141,8 @@ def encode(frame: Frame) -> bytes:
         body = _PEER.pack(frame.peer) + frame.reason.encode()
     elif isinstance(frame, Report):
         body = _REPORT.pack(frame.phase, frame.done, frame.total)
+    elif isinstance(frame, Traffic):
+        body = _TRAFFIC.pack(frame.phase, frame.rounds, frame.messages, frame.bytes)
     elif isinstance(frame, Start):
         body = frame.request
     elif isinstance(frame, Input):
@@ -160,6 +175,8 @@ def _decode_body(kind: int, body: memoryview) -> Frame:
             return PeerLost(peer, bytes(body[_PEER.size :]).decode())
         if kind == 11:
             return Report(*_REPORT.unpack_from(body))
+        if kind == 14:
+            return Traffic(*_TRAFFIC.unpack_from(body))
         if kind == 1:
             return Start(bytes(body))
         if kind == 2:

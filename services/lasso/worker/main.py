@@ -114,6 +114,7 @@ class WorkerSession:
             self._inputs_done.set_exception(WorkerError("the lasso server closed the link before the run started"))
 
     def report(self, phase: int, done: int, total: int) -> None:
+        self.transport.counts.phase = phase
         self.sink.send(Report(phase, done, total))
 
     async def run(self) -> lasso_pb2.ModelResult:
@@ -128,7 +129,10 @@ class WorkerSession:
         self.transport.install()
         await self.mpc.start()
         result = await self._unless_failed(self.program(self.mpc, context))
+        self.transport.counts.phase = 0  # MPyC's shutdown (a barrier) counts as no phase
         await self._unless_failed(self.mpc.shutdown())
+        for traffic in self.transport.counts.frames():
+            self.sink.send(traffic)
         return result
 
     async def _unless_failed(self, work: Any) -> Any:

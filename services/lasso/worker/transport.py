@@ -15,6 +15,11 @@ in the lasso server (which owns the mTLS port and checks the peer's certificate)
 module only sees frames: it sends `Dial`, `Send` and `Close`, and gets `PeerUp`, `Recv`,
 `PeerClosed` and `PeerLost` through `MeshTransport.on_frame`.
 
+Counting (`TrafficCounts`): per phase, the messages and payload bytes this party sent and
+its rounds — a round is a burst of sends after this party consumed a peer's message (a
+send that depends on nothing new joins the current round). Over a network with one-way
+delay d a phase takes at least about rounds × d; the counts say nothing about values.
+
 Failures never hang: when a peer is lost every pending receive fails with `PeerLostError`,
 later receives fail at once, and `MeshTransport.failure` completes so the worker can
 end the run (MPyC itself does not always unwind from a failed future: a failure inside
@@ -30,7 +35,7 @@ import asyncio
 import time
 from typing import Any, Callable, Protocol
 
-from services.lasso.worker.frames import Close, Dial, Frame, PeerClosed, PeerLost, PeerUp, Recv, Send
+from services.lasso.worker.frames import Close, Dial, Frame, PeerClosed, PeerLost, PeerUp, Recv, Send, Traffic
 
 # MPyC counts 12 header bytes (pc + length) per message in nbytes_sent; kept for its statistics.
 MESSAGE_OVERHEAD = 12
@@ -49,16 +54,40 @@ class FrameSink(Protocol):
     def send(self, frame: Frame) -> None: ...
 
 
+class TrafficCounts:
+    """Rounds, messages and payload bytes this party sent, per phase (module docstring)."""
+
+    def __init__(self) -> None:
+        self.phase = 0  # the Phase enum value of what runs now (0 before the first report)
+        self.by_phase: dict[int, list[int]] = {}  # phase → [rounds, messages, bytes]
+        self._consumed = True  # a peer's message was consumed since the last send
+
+    def sent(self, nbytes: int) -> None:
+        counts = self.by_phase.setdefault(self.phase, [0, 0, 0])
+        if self._consumed:
+            counts[0] += 1
+            self._consumed = False
+        counts[1] += 1
+        counts[2] += nbytes
+
+    def consumed(self) -> None:
+        self._consumed = True
+
+    def frames(self) -> list[Traffic]:
+        return [Traffic(phase, *counts) for phase, counts in sorted(self.by_phase.items())]
+
+
 class Exchanger:
     """MPyC's view of one peer (what `asyncoro.MessageExchanger` offers), over frames."""
 
-    __slots__ = ("runtime", "peer_pid", "nbytes_sent", "_sink", "_loop", "_buffers", "_error")
+    __slots__ = ("runtime", "peer_pid", "nbytes_sent", "_sink", "_loop", "_buffers", "_error", "_counts")
 
-    def __init__(self, runtime: Any, peer_pid: int, sink: FrameSink) -> None:
+    def __init__(self, runtime: Any, peer_pid: int, sink: FrameSink, counts: TrafficCounts | None = None) -> None:
         self.runtime = runtime
         self.peer_pid = peer_pid
         self.nbytes_sent = 0
         self._sink = sink
+        self._counts = counts if counts is not None else TrafficCounts()
         self._loop: asyncio.AbstractEventLoop = runtime._loop
         self._buffers: dict[int, bytes | asyncio.Future[bytes]] = {}
         self._error: PeerLostError | None = None
@@ -67,11 +96,13 @@ class Exchanger:
         """Send payload labelled with pc (synchronous, as MPyC expects; the link queues it)."""
         self._sink.send(Send(self.peer_pid, pc, bytes(payload)))
         self.nbytes_sent += MESSAGE_OVERHEAD + len(payload)
+        self._counts.sent(len(payload))
 
     def receive(self, pc: int) -> bytes | asyncio.Future[bytes]:
         """The payload labelled pc if it arrived, else a Future for it (failed if the peer is gone)."""
         payload = self._buffers.pop(pc, None)
         if payload is not None:
+            self._counts.consumed()
             return payload
         future: asyncio.Future[bytes] = self._loop.create_future()
         if self._error is not None:
@@ -86,6 +117,7 @@ class Exchanger:
         if isinstance(waiting, asyncio.Future):
             if not waiting.done():
                 waiting.set_result(payload)
+                self._counts.consumed()
         else:
             self._buffers[pc] = payload
 
@@ -116,6 +148,7 @@ class MeshTransport:
         self._sink = sink
         self._on_peer_up = on_peer_up
         self.exchangers: dict[int, Exchanger] = {}
+        self.counts = TrafficCounts()
         self.failure: asyncio.Future[PeerLostError] = runtime._loop.create_future()
         self._started = False
         self._early: list[Frame] = []  # peers may connect before MPyC starts
@@ -172,7 +205,7 @@ class MeshTransport:
                 self.fail(PeerLostError(frame.peer, "sent PRSS keys of the wrong size"))
                 return
             rt._prss_keys_from_peer(frame.peer, frame.prss_keys)
-        exchanger = Exchanger(rt, frame.peer, self._sink)
+        exchanger = Exchanger(rt, frame.peer, self._sink, self.counts)
         self.exchangers[frame.peer] = exchanger
         rt.set_protocol(frame.peer, exchanger)
         if self._on_peer_up is not None:

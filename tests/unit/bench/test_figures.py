@@ -10,7 +10,8 @@ import pytest
 
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, phase_times
 from services.bench.lasso_bench import party_blocks, read_shares, split_phases, write_shares
-from services.bench.meshrun import TrafficCounter
+from services.bench.meshrun import TrafficCounter, cpu_delta
+from services.bench.mpc_traffic import mpc_traffic
 from services.bench.tno_compare import tno_coefficients
 from services.testkit.synthetic import make_study_data
 from services.tools.traces import SpanRow
@@ -75,6 +76,31 @@ def test_traffic_delta() -> None:
     counter.add("insurer", 5)
     counter.add("helper", 7)
     assert TrafficCounter.delta(counter.snapshot(), before) == {"insurer": 5, "helper": 7}
+
+
+def test_cpu_delta() -> None:
+    assert cpu_delta({"helper": 3.0, "insurer": 10.456}, {"insurer": 4.0}) == {"helper": 3.0, "insurer": 6.46}
+
+
+def test_mpc_traffic_from_the_lasso_servers_spans(tmp_path: Path) -> None:
+    import json
+
+    def span(org: str, run_id: str, counts: dict[str, int], name: str = "mpc traffic") -> str:
+        attributes = {"riskmesh.run.id": run_id, **{f"riskmesh.mpc.{k}": v for k, v in counts.items()}}
+        return json.dumps({"name": name, "attributes": attributes, "resource": {"attributes": {"riskmesh.org": org}}})
+
+    lines = {
+        "insurer": [span("insurer", "r1", {"rounds.gram": 10, "messages.gram": 20, "rounds.other": 2, "messages.other": 2, "bytes.gram": 99}),
+                    span("insurer", "r2", {"rounds.gram": 99, "messages.gram": 99})],
+        "hospital": [span("hospital", "r1", {"rounds.gram": 12, "messages.gram": 24, "rounds.other": 1, "messages.other": 1}),
+                     span("hospital", "r1", {"rounds.gram": 50}, name="phase gram")],
+    }
+    for org, spans in lines.items():
+        path = tmp_path / org / "spans" / f"{org}-lasso.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("\n".join(spans) + "\n")
+    assert mpc_traffic([tmp_path], "r1") == {"mpc_rounds": {"gram": 12, "other": 2, "total": 14}, "mpc_messages": {"gram": 44, "other": 3, "total": 47}}
+    assert mpc_traffic([tmp_path], "r3") == {"mpc_rounds": {}, "mpc_messages": {}}
 
 
 def test_dealt_blocks_are_the_join_layout_and_sum_to_the_table(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.exchange import Abort, Outbox, accept
-from services.lasso.worker.frames import Close, Failed, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
+from services.lasso.worker.frames import Close, Failed, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start, Traffic
 from services.lasso.runs import Finished, Run, RunFailure, RunRegistry
 from tests.unit.lasso_transport.test_shares import block
 
@@ -89,6 +89,25 @@ def test_reports_become_progress_and_the_result_ends_the_run():
         assert isinstance(h.events[0], common_pb2.Progress) and h.events[0].phase == common_pb2.PHASE_GRAM and h.events[0].total == 3
         assert isinstance(h.events[-1], Finished) and h.events[-1].result.joined == 5
         assert h.run.phase == common_pb2.PHASE_GRAM
+
+    asyncio.run(main())
+
+
+def test_traffic_counts_are_kept_and_become_span_attributes():
+    from services.lasso.servicer import traffic_attributes
+
+    async def main():
+        h = Harness()
+        task = await h.started()
+        h.worker.on_frame(Traffic(common_pb2.PHASE_GRAM, 4, 8, 800))
+        h.worker.on_frame(Traffic(0, 2, 2, 10))
+        h.worker.on_frame(Result(lasso_pb2.ModelResult().SerializeToString()))
+        await asyncio.wait_for(task, 1)
+        assert traffic_attributes(h.run) == {
+            "riskmesh.run.id": "run-1",
+            "riskmesh.mpc.rounds.other": 2, "riskmesh.mpc.messages.other": 2, "riskmesh.mpc.bytes.other": 10,
+            "riskmesh.mpc.rounds.gram": 4, "riskmesh.mpc.messages.gram": 8, "riskmesh.mpc.bytes.gram": 800,
+        }
 
     asyncio.run(main())
 
