@@ -37,7 +37,7 @@ class JoinTimings:
     run_id: str
     joined: int
     setup_s: float  # key pairs (CreateKey), CSV validation (PrepareEncryption), OpenIntersection
-    offline_s: float  # randomness pools, until both owners report them ready
+    offline_s: float  # randomness, until both owners report their first piece's ready
     join_s: float  # tag, encrypt, upload, match and mask, until the helper reports "matched"
     reshare_s: float  # masked rows delivered and decrypted, until every org's shares are stored
     total_s: float  # from the first request until the shares are stored at all three orgs

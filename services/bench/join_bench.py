@@ -11,8 +11,10 @@ compares their sum with the plaintext inner join and stops the servers. The last
 printed is one JSON object.
 
 Times (seconds, wall clock, as the driving harness sees them; they add up to `total_s`):
-`setup_s` key pairs + CSV validation + opening the helper's run; `offline_s` the owners'
-randomness pools; `join_s` tag, encrypt, upload, match and mask; `reshare_s` masked rows
+`setup_s` key pairs + CSV validation + opening the helper's run; `offline_s` until both
+owners have the randomness of their first piece (the rest is built while earlier pieces
+upload, services/join/encryption_server.py); `join_s` the remaining pool pieces, tag,
+encrypt, upload, match and mask; `reshare_s` masked rows
 delivered and decrypted until every org stores its shares. `total_s` runs from the first
 request until the shares are stored at all three orgs, offline work included (server
 start-up is not: servers are long-lived).
@@ -34,8 +36,11 @@ how much of the machine others took, idle_cpu_s how much the join left unused.
 `cpu_s_by_org` splits server_cpu_s by organisation.
 
 Memory: `peak_rss_mb_by_org` is the peak of the summed resident set of each org's join
-servers and their pool workers, `peak_rss_mb` the largest single process (sampled every
-0.1 s, services/bench/meshrun.py's MemorySampler). `paillier_bits` is the key size.
+servers and their pool workers, `peak_rss_mb` the largest single process and
+`peak_rss_mb_by_process` each server's (`<org>/<server>`) and the largest of its
+descendants' (`…/child`: the pool workers and their fork server) — sampled every 0.1 s by
+services/bench/meshrun.py's MemorySampler. RSS counts pages shared between a fork server
+and its workers once per process, so the sums overstate what the org holds. `paillier_bits` is the key size.
 """
 
 from __future__ import annotations
@@ -208,6 +213,7 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
         "cpu_s_by_org": cpu_by_org,
         "peak_rss_mb": peaks.largest_process_mb(),
         "peak_rss_mb_by_org": peaks.org_mb(),
+        "peak_rss_mb_by_process": peaks.process_mb(),
         "harness_cpu_s": round(own_after - own_before, 2),
         "other_cpu_s": round(max(0.0, busy_after - busy_before - server_cpu - (own_after - own_before)), 2),
         "idle_cpu_s": round(idle_after - idle_before, 2),

@@ -152,6 +152,10 @@ class MemoryPeaks:
     def org_mb(self) -> dict[str, float]:
         return {org: round(v / MIB, 1) for org, v in sorted(self.by_org.items())}
 
+    def process_mb(self) -> dict[str, float]:
+        """Peak per process name (a server's descendants share the name `<org>/<server>/child`)."""
+        return {name: round(v / MIB, 1) for name, v in sorted(self.by_process.items())}
+
 
 class Processes(Protocol):
     """Started server processes (a LocalMesh, or a benchmark's own party processes)."""

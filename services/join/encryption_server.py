@@ -2,9 +2,14 @@
 
 PrepareEncryption reads and validates the owner's local CSV (it never leaves the org)
 and makes an ephemeral X25519 key; RunEncryption derives the tag key with the other
-owner's X25519 key (HKDF info = study id + run id), tags, encodes, packs, builds the
-randomness pool under the other owner's Paillier key (offline part), encrypts, shuffles
-and streams (tag, ciphertexts) to the helper in chunks.
+owner's X25519 key (HKDF info = study id + run id), shuffles the rows once, and then,
+piece by piece of that order (PIECE_ROWS rows), builds the piece's one-time randomness
+under the other owner's Paillier key on the worker processes, tags, encodes, packs and
+encrypts it, and streams its (tag, ciphertexts) rows to the helper in chunks. So the
+server holds one piece of pool and ciphertexts at a time, whatever the table's size, and
+the next piece is computed while the previous one is on the wire. Progress: SETUP when
+RunEncryption starts and when the first piece's randomness is ready (0 and 1 of 1),
+HASHING_ENCRYPTION per piece sent (rows of all), then when the helper accepted the rows.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from services.join.common import chunked, join_errors
 from services.join.core import keys
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
-from services.join.core.packing import SlotLayout
-from services.join.core.paillier import RandomnessPool, generate_pool
-from services.join.core.parallel import default_workers, process_executor, split_sizes
-from services.join.core.protocol import owner_encrypt
+from services.join.core.paillier import choose_window_bits, generate_pool
+from services.join.core.parallel import default_workers, process_executor
+from services.join.core.masking import random_permutation
+from services.join.core.protocol import encrypt_piece, prepare_layout
 from services.join.rules import ENCRYPTION_RULES
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
@@ -41,9 +46,9 @@ from services.study.spec import owner_columns
 log = logging.getLogger("riskmesh.encryption")
 
 UPLOAD_DEADLINE_S = 1800.0
-# Pool elements per progress step. Every piece costs each worker a window table (~0.2 s at
-# 2048 bits), so pieces are large: 50,000 elements are ~6 s of work over 2 workers.
-POOL_PIECE = 50_000
+# Rows per piece: its pool elements and ciphertexts are in memory at once (~8 MB at 3072
+# bits); the workers keep their window table from piece to piece (paillier.pool_chunk).
+PIECE_ROWS = 10_000
 WARM_UP_S = 60.0
 
 
@@ -85,34 +90,60 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran)")
         org, run_id = self.config.org, request.run_id
         async with join_errors(context, "hashing/encryption"):
+            table = prepared.table
             tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
-            layout = SlotLayout.for_columns(len(prepared.table.columns), peer_key.bits)
-            count = len(prepared.table.ids) * layout.ciphertexts_per_row
-            pool = RandomnessPool(peer_key.key_id, [])
-            for piece in split_sizes(count, -(-count // POOL_PIECE)):
-                yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, len(pool), count, "randomness pool (offline)"))
-                part = await asyncio.to_thread(generate_pool, peer_key, piece, executor=self.executor, parts=self.workers)
-                pool = RandomnessPool(peer_key.key_id, pool.take(len(pool)) + part.take(len(part)))
-            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, count, count, "randomness pool ready"))
-            upload = await asyncio.to_thread(owner_encrypt, prepared.table, tag_key, peer_key, pool, layout)
-            total = len(upload.tags)
-            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, 0, total, "encrypted; sending to the helper"))
+            layout = prepare_layout(table, peer_key)
+            per_row = layout.ciphertexts_per_row
+            total = len(table.ids)
+            order = random_permutation(total)  # hide the file's row order from the helper
+            # One window size for every piece: each worker builds its table once per run.
+            window = choose_window_bits(-(-total * per_row // self.workers), peer_key.exponent_bits, int(peer_key.n2).bit_length())
+            events: asyncio.Queue[join_pb2.RunEncryptionResponse] = asyncio.Queue()
+            failure: list[BaseException] = []
 
-            def requests():
+            async def encrypted_pieces():  # type: ignore[no-untyped-def]
+                for number, piece in enumerate(chunked(order, PIECE_ROWS)):
+                    pool = await asyncio.to_thread(generate_pool, peer_key, len(piece) * per_row, window_bits=window, executor=self.executor, parts=self.workers)
+                    if number == 0:
+                        events.put_nowait(join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready")))
+                    yield piece, await asyncio.to_thread(encrypt_piece, table, tag_key, peer_key, layout, piece, pool)
+
+            async def requests():  # type: ignore[no-untyped-def]
                 yield join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(
-                    run_id=run_id, rows=total, layout=codec.layout_to_proto(layout), columns=upload.columns, key=codec.public_key_to_proto(peer_key)))
-                for seq, rows in enumerate(chunked(range(total))):
-                    chunk = join_pb2.RowChunk(seq=seq, tags=[upload.tags[i] for i in rows],
-                                              ciphertexts=[peer_key.encode_ciphertext(c) for i in rows for c in upload.ciphertexts[i]])
-                    yield join_pb2.UploadRowsRequest(chunk=chunk)
+                    run_id=run_id, rows=total, layout=codec.layout_to_proto(layout), columns=tuple(c.name for c in table.columns), key=codec.public_key_to_proto(peer_key)))
+                seq = sent = 0
+                try:
+                    async for piece, (tags, ciphertexts) in encrypted_pieces():
+                        for rows in chunked(range(len(piece))):
+                            yield join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(
+                                seq=seq, tags=[tags[i] for i in rows], ciphertexts=[peer_key.encode_ciphertext(c) for i in rows for c in ciphertexts[i]]))
+                            seq += 1
+                        sent += len(piece)
+                        events.put_nowait(join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, sent, total, "encrypting and sending to the helper")))
+                except Exception as exc:  # kept for the caller; the helper sees a stream that ends early
+                    failure.append(exc)
 
             helper = self.config.helper_org
             if helper is None:
                 raise SpecError("no helper organisation is configured")
             stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
+            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, 0, 1, "randomness pool (offline), built piece by piece while sending"))
+            upload = asyncio.ensure_future(stub.UploadRows(requests(), timeout=UPLOAD_DEADLINE_S))
             try:
-                reply = await stub.UploadRows(requests(), timeout=UPLOAD_DEADLINE_S)
+                while not upload.done() or not events.empty():
+                    waiting = asyncio.ensure_future(events.get())
+                    await asyncio.wait([waiting, upload], return_when=asyncio.FIRST_COMPLETED)
+                    if waiting.done():
+                        yield waiting.result()
+                    else:
+                        waiting.cancel()
+            finally:
+                upload.cancel()  # a no-op once it is done; ends the upload if this call goes away
+            if failure:
+                raise failure[0]
+            try:
+                reply = upload.result()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code() if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT) else grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, f"hashing/encryption: the helper did not accept the rows: {exc.code().name}: {exc.details()}")

@@ -149,9 +149,9 @@ def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_
                 stub = harness.stub(org, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub)
                 try:
                     async for reply in stub.RunEncryption(requests[org], timeout=60):
-                        if reply.progress.message == "randomness pool ready":
+                        if reply.progress.message == "randomness pool: first piece ready":
                             os.kill(pid, signal.SIGSTOP)  # idempotent: whichever owner is first
-                        if reply.progress.message.startswith("encrypted; sending"):
+                        if reply.progress.message.startswith("encrypting and sending"):
                             sending.add(org)
                             if len(sending) == 2:
                                 await asyncio.sleep(0.3)  # both streams are under way

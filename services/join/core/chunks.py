@@ -36,12 +36,14 @@ class ChunkedRows(Generic[R]):
     """The rows announced by one header, from the chunks that follow it.
 
     For each message: `chunk(message)` checks it is the next chunk and returns it, the
-    caller decodes it and hands its rows to `add`; `finish()` at the end of the block.
+    caller decodes it and hands its rows to `add` — or, when it keeps them elsewhere (a
+    spool file, encoded bytes), their number to `count`; `finish()` at the end of the block.
     """
 
     def __init__(self, announced: int) -> None:
         self.announced = announced
         self.rows: list[R] = []
+        self.received = 0
         self._next_seq = 0
 
     def chunk(self, message: Any) -> Any:
@@ -55,12 +57,18 @@ class ChunkedRows(Generic[R]):
         return message.chunk
 
     def add(self, rows: Iterable[R]) -> None:
+        before = len(self.rows)
         self.rows.extend(rows)
-        if len(self.rows) > self.announced:
+        self.count(len(self.rows) - before)
+
+    def count(self, n: int) -> None:
+        """`n` more rows arrived (kept by the caller)."""
+        self.received += n
+        if self.received > self.announced:
             raise WireFormatError("more rows than the header announced")
 
     def finish(self) -> list[R]:
-        """Every announced row (EndedEarly if some are missing)."""
-        if len(self.rows) != self.announced:
-            raise EndedEarly(f"the stream ended after {len(self.rows)} rows, its header says {self.announced}")
+        """Every announced row that was `add`ed (EndedEarly if some are missing)."""
+        if self.received != self.announced:
+            raise EndedEarly(f"the stream ended after {self.received} rows, its header says {self.announced}")
         return self.rows

@@ -64,7 +64,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 
 import gmpy2
 import numpy as np
@@ -447,13 +447,20 @@ def choose_window_bits(count: int, exponent_bits: int, modulus_bits: int, max_ta
     return best_w
 
 
+@lru_cache(maxsize=1)
+def _table(n2: int, h_s: int, exponent_bits: int, window_bits: int) -> FixedBaseTable:
+    """The last table built in this process: a run's pieces reuse it (the table holds only
+    public powers of h_s; the exponents are drawn afresh for every element)."""
+    return FixedBaseTable(h_s, n2, exponent_bits, window_bits)
+
+
 def pool_chunk(n2: int, h_s: int, exponent_bits: int, window_bits: int | None, count: int) -> list[int]:
     """``count`` fresh ρ = h_s^r mod N²; a top-level function of plain ints, for worker processes."""
     if count <= 0:
         return []
     if window_bits is None:
         window_bits = choose_window_bits(count, exponent_bits, int(n2).bit_length())
-    table = FixedBaseTable(h_s, n2, exponent_bits, window_bits)
+    table = _table(int(n2), int(h_s), exponent_bits, window_bits)
     return [int(table.power(_random_exponent(exponent_bits))) for _ in range(count)]
 
 

@@ -119,11 +119,18 @@ def encode_shares(values: Sequence[Sequence[int]], width: int) -> bytes:
         raise SpecError("a share does not fit the value width") from None
 
 
-def decode_shares(data: bytes, n_columns: int, width: int) -> list[list[int]]:
-    """Inverse of ``encode_shares``; the length must be a whole number of rows."""
+def check_share_bytes(data: bytes, n_columns: int, width: int) -> int:
+    """The number of rows in ``encode_shares`` bytes; WireFormatError unless whole rows."""
     row_bytes = n_columns * width
     if n_columns < 1 or width < 1 or len(data) % row_bytes:
         raise WireFormatError("share bytes are not a whole number of rows")
+    return len(data) // row_bytes
+
+
+def decode_shares(data: bytes, n_columns: int, width: int) -> list[list[int]]:
+    """Inverse of ``encode_shares``; the length must be a whole number of rows."""
+    check_share_bytes(data, n_columns, width)
+    row_bytes = n_columns * width
     view = memoryview(data)
     return [
         [int.from_bytes(view[r + k : r + k + width], "little", signed=True) for k in range(0, row_bytes, width)]
