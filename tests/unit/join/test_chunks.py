@@ -59,3 +59,17 @@ def test_the_header_comes_first() -> None:
         asyncio.run(read_header(stream([chunk(0, 3)])))
     with pytest.raises(WireFormatError, match="empty"):
         asyncio.run(read_header(stream([])))
+
+
+def test_counted_rows_are_checked_but_not_kept() -> None:
+    rows: ChunkedRows[None] = ChunkedRows(5)
+    rows.count(len(range(rows.chunk(chunk(0, 3)).rows)))
+    rows.count(2)
+    assert rows.finish() == [] and rows.received == 5
+    over: ChunkedRows[None] = ChunkedRows(2)
+    with pytest.raises(WireFormatError):
+        over.count(3)
+    short: ChunkedRows[None] = ChunkedRows(2)
+    short.count(1)
+    with pytest.raises(EndedEarly):
+        short.finish()
