@@ -32,7 +32,7 @@ from services.join.core import keys
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
 from services.join.core.paillier import choose_window_bits, generate_pool
-from services.join.core.parallel import default_workers, process_executor
+from services.join.core.parallel import default_workers, process_executor, stop_executor
 from services.join.core.masking import random_permutation
 from services.join.core.protocol import encrypt_piece, prepare_layout
 from services.join.rules import ENCRYPTION_RULES
@@ -173,6 +173,7 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
     if executor is not None:
         ready = await asyncio.to_thread(warm_up, executor, workers)
         log.info("%d of %d pool workers ready", ready, workers)
+        mesh.on_stop(lambda: stop_executor(executor))
     servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers)
     mesh.add_service(join_pb2_grpc.add_EncryptionServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["EncryptionService"])
     return mesh

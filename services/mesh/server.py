@@ -52,6 +52,7 @@ class MeshServer:
             options=SERVER_OPTIONS,
         )
         self.service_names: list[str] = []
+        self._on_stop: list[Callable[[], None]] = []
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{config.bind_host}:{config.port(name) if port is None else port}"
         self.port = self.server.add_secure_port(address, self.credentials.server_credentials())
@@ -84,10 +85,16 @@ class MeshServer:
             await self.set_serving(True)
         log.info("%s of %s serving mTLS on %d, health on %d", self.name, self.config.org, self.port, self.health_port)
 
+    def on_stop(self, release: Callable[[], None]) -> None:
+        """Call `release` once the ports are closed (e.g. to stop worker processes)."""
+        self._on_stop.append(release)
+
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.health_server.stop(0)
+        for release in self._on_stop:
+            release()
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM/SIGINT, then drain in-flight RPCs for a few seconds."""

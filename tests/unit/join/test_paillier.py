@@ -30,7 +30,7 @@ from services.join.core.paillier import (
     security_bits,
     subgroup_prime_bits,
 )
-from services.join.core.parallel import chunks, process_executor, split_sizes
+from services.join.core.parallel import chunks, process_executor, split_sizes, stop_executor
 from services.join.core.shares import owner_shares
 
 EXAMPLES = settings(max_examples=40, deadline=None)
@@ -214,6 +214,21 @@ def test_pool_over_processes(key_a: PrivateKey) -> None:
         pool = generate_pool(key_a.public, 7, executor=executor, parts=2)
     elements = pool.take(7)
     assert len(set(elements)) == 7 and all(key_a.decrypt(rho) == 0 for rho in elements)
+
+
+def test_stop_executor_ends_busy_workers_at_once() -> None:
+    import time
+
+    executor = process_executor(1)
+    busy = executor.submit(time.sleep, 60)
+    time.sleep(0.5)  # the worker has started and is sleeping
+    processes = list(executor._processes.values())
+    started = time.monotonic()
+    stop_executor(executor)
+    for process in processes:
+        process.join(10)
+        assert not process.is_alive()
+    assert time.monotonic() - started < 10 and (busy.cancelled() or busy.done())
 
 
 def test_split_helpers() -> None:
