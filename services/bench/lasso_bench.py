@@ -269,7 +269,7 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
                                      TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb()))
                 runs[-1]["cpu_s_by_org"] = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
         # The parties have stopped and flushed their spans.
-        for run_id, figures in zip(run_ids(repeat), runs):
+        for run_id, figures in zip(run_ids(repeat), runs, strict=True):
             figures.update(mpc_traffic([root], run_id))
     summary = median_summary(runs)
     summary.update({"phase": "lasso", "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],

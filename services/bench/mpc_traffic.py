@@ -14,8 +14,8 @@ state directories (`<state_dir>/spans/*.jsonl`) after the servers stopped (they 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from services.mesh.telemetry import read_spans
 from services.tools.traces import span_files

@@ -18,9 +18,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from typing import AsyncIterator
+from dataclasses import dataclass, field
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -31,9 +31,10 @@ from services.join.common import chunked, join_errors
 from services.join.core import keys
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
-from services.join.core.paillier import choose_window_bits, generate_pool
-from services.join.core.parallel import default_workers, process_executor, stop_executor
 from services.join.core.masking import random_permutation
+from services.join.core.packing import SlotLayout
+from services.join.core.paillier import PublicKey, choose_window_bits, generate_pool
+from services.join.core.parallel import default_workers, process_executor, stop_executor
 from services.join.core.protocol import encrypt_piece, prepare_layout
 from services.join.rules import ENCRYPTION_RULES
 from services.mesh.config import OrgConfig
@@ -90,64 +91,90 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran)")
         org, run_id = self.config.org, request.run_id
         async with join_errors(context, "hashing/encryption"):
-            table = prepared.table
             tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
-            layout = prepare_layout(table, peer_key)
-            per_row = layout.ciphertexts_per_row
-            total = len(table.ids)
-            order = random_permutation(total)  # hide the file's row order from the helper
-            # One window size for every piece: each worker builds its table once per run.
-            window = choose_window_bits(-(-total * per_row // self.workers), peer_key.exponent_bits, int(peer_key.n2).bit_length())
-            events: asyncio.Queue[join_pb2.RunEncryptionResponse] = asyncio.Queue()
-            failure: list[BaseException] = []
-
-            async def encrypted_pieces():  # type: ignore[no-untyped-def]
-                for number, piece in enumerate(chunked(order, PIECE_ROWS)):
-                    pool = await asyncio.to_thread(generate_pool, peer_key, len(piece) * per_row, window_bits=window, executor=self.executor, parts=self.workers)
-                    if number == 0:
-                        events.put_nowait(join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready")))
-                    yield piece, await asyncio.to_thread(encrypt_piece, table, tag_key, peer_key, layout, piece, pool)
-
-            async def requests():  # type: ignore[no-untyped-def]
-                yield join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(
-                    run_id=run_id, rows=total, layout=codec.layout_to_proto(layout), columns=tuple(c.name for c in table.columns), key=codec.public_key_to_proto(peer_key)))
-                seq = sent = 0
-                try:
-                    async for piece, (tags, ciphertexts) in encrypted_pieces():
-                        for rows in chunked(range(len(piece))):
-                            yield join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(
-                                seq=seq, tags=[tags[i] for i in rows], ciphertexts=[peer_key.encode_ciphertext(c) for i in rows for c in ciphertexts[i]]))
-                            seq += 1
-                        sent += len(piece)
-                        events.put_nowait(join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, sent, total, "encrypting and sending to the helper")))
-                except Exception as exc:  # kept for the caller; the helper sees a stream that ends early
-                    failure.append(exc)
-
             helper = self.config.helper_org
             if helper is None:
                 raise SpecError("no helper organisation is configured")
+            upload = PieceUpload(run_id, org, prepared.table, tag_key, peer_key, prepare_layout(prepared.table, peer_key), self.executor, self.workers)
             stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
-            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, 0, 1, "randomness pool (offline), built piece by piece while sending"))
-            upload = asyncio.ensure_future(stub.UploadRows(requests(), timeout=UPLOAD_DEADLINE_S))
+            yield upload.progress(common_pb2.PHASE_SETUP, 0, 1, "randomness pool (offline), built piece by piece while sending")
+            call = asyncio.ensure_future(stub.UploadRows(upload.requests(), timeout=UPLOAD_DEADLINE_S))
+            async for event in upload.events_until(call):
+                yield event
+            if upload.failure is not None:
+                raise upload.failure
             try:
-                while not upload.done() or not events.empty():
-                    waiting = asyncio.ensure_future(events.get())
-                    await asyncio.wait([waiting, upload], return_when=asyncio.FIRST_COMPLETED)
-                    if waiting.done():
-                        yield waiting.result()
-                    else:
-                        waiting.cancel()
-            finally:
-                upload.cancel()  # a no-op once it is done; ends the upload if this call goes away
-            if failure:
-                raise failure[0]
-            try:
-                reply = upload.result()
+                reply = call.result()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code() if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT) else grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, f"hashing/encryption: the helper did not accept the rows: {exc.code().name}: {exc.details()}")
-            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, reply.rows, total, "rows accepted by the helper"))
+            yield upload.progress(common_pb2.PHASE_HASHING_ENCRYPTION, reply.rows, upload.rows, "rows accepted by the helper")
+
+
+@dataclass
+class PieceUpload:
+    """One run's upload to the helper (module docstring): the rows in one shuffled order,
+    piece by piece — the piece's randomness on the worker processes, then its tags and
+    ciphertexts — as the UploadRows request stream, with the progress it makes on the way."""
+
+    run_id: str
+    org: str
+    table: OwnerTable
+    tag_key: keys.TagKey
+    peer_key: PublicKey
+    layout: SlotLayout
+    executor: ProcessPoolExecutor | None
+    workers: int
+    events: asyncio.Queue[join_pb2.RunEncryptionResponse] = field(default_factory=asyncio.Queue)
+    failure: Exception | None = None  # what ended the stream early (the helper sees it short)
+
+    @property
+    def rows(self) -> int:
+        return len(self.table.ids)
+
+    def progress(self, phase: int, done: int, total: int, message: str) -> join_pb2.RunEncryptionResponse:
+        return join_pb2.RunEncryptionResponse(progress=progress(self.run_id, self.org, phase, done, total, message))
+
+    async def _pieces(self) -> AsyncIterator[tuple[Sequence[int], tuple[list[bytes], list[list[int]]]]]:
+        per_row, key = self.layout.ciphertexts_per_row, self.peer_key
+        # One window size for every piece: each worker builds its table once per run.
+        window = choose_window_bits(-(-self.rows * per_row // self.workers), key.exponent_bits, int(key.n2).bit_length())
+        order = random_permutation(self.rows)  # hide the file's row order from the helper
+        for number, piece in enumerate(chunked(order, PIECE_ROWS)):
+            pool = await asyncio.to_thread(generate_pool, key, len(piece) * per_row, window_bits=window, executor=self.executor, parts=self.workers)
+            if number == 0:
+                self.events.put_nowait(self.progress(common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready"))
+            yield piece, await asyncio.to_thread(encrypt_piece, self.table, self.tag_key, key, self.layout, piece, pool)
+
+    async def requests(self) -> AsyncIterator[join_pb2.UploadRowsRequest]:
+        columns = tuple(c.name for c in self.table.columns)
+        yield join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(
+            run_id=self.run_id, rows=self.rows, layout=codec.layout_to_proto(self.layout), columns=columns, key=codec.public_key_to_proto(self.peer_key)))
+        seq = sent = 0
+        try:
+            async for piece, (tags, ciphertexts) in self._pieces():
+                for rows in chunked(range(len(piece))):
+                    encoded = [self.peer_key.encode_ciphertext(c) for i in rows for c in ciphertexts[i]]
+                    yield join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(seq=seq, tags=[tags[i] for i in rows], ciphertexts=encoded))
+                    seq += 1
+                sent += len(piece)
+                self.events.put_nowait(self.progress(common_pb2.PHASE_HASHING_ENCRYPTION, sent, self.rows, "encrypting and sending to the helper"))
+        except Exception as exc:  # kept for RunEncryption; the helper sees a stream that ends early
+            self.failure = exc
+
+    async def events_until(self, call: asyncio.Future[join_pb2.UploadRowsResponse]) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
+        """The progress events, as they come, until `call` is done (cancelled if we go away)."""
+        try:
+            while not call.done() or not self.events.empty():
+                waiting = asyncio.ensure_future(self.events.get())
+                await asyncio.wait([waiting, call], return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    yield waiting.result()
+                else:
+                    waiting.cancel()
+        finally:
+            call.cancel()  # a no-op once it is done
 
 
 def _worker_pid(delay_s: float) -> int:

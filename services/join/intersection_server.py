@@ -177,26 +177,10 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
                 raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
         except (JoinError, StudySpecError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
-        per_row = layout.ciphertexts_per_row
-        upload = SpooledUpload(b"", RowSpool(self.config.state_dir / "spool", per_row * key.ciphertext_bytes), tuple(header.columns), layout, key)
-        tags = bytearray()
         try:
-            rows: ChunkedRows[None] = ChunkedRows(header.rows)
-            async for item in request_iterator:
-                chunk = rows.chunk(item)
-                chunk_tags, ciphertexts = upload_chunk(chunk, key, per_row)
-                rows.count(len(chunk.tags))
-                tags += chunk_tags
-                upload.spool.append(ciphertexts)
-            rows.finish()
+            upload = await self._spool(request_iterator, header, layout, key)
         except JoinError as exc:
-            upload.close()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
-        except BaseException:
-            upload.close()
-            raise
-        upload.tags = bytes(tags)
-        del tags
         if caller.org in run.uploads or run.task is not None:  # a second upload raced this one
             upload.close()
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
@@ -206,6 +190,26 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         if len(run.uploads) == 2 and run.task is None:
             run.task = asyncio.create_task(self._match_and_deliver(header.run_id, run))
         return join_pb2.UploadRowsResponse(rows=upload.rows)
+
+    async def _spool(self, stream: AsyncIterator[join_pb2.UploadRowsRequest], header: join_pb2.UploadHeader, layout: SlotLayout, key: PublicKey) -> SpooledUpload:
+        """The rows after the header: tags kept in memory, ciphertexts checked and spooled."""
+        per_row = layout.ciphertexts_per_row
+        upload = SpooledUpload(b"", RowSpool(self.config.state_dir / "spool", per_row * key.ciphertext_bytes), tuple(header.columns), layout, key)
+        tags = bytearray()
+        try:
+            rows: ChunkedRows[None] = ChunkedRows(header.rows)
+            async for item in stream:
+                chunk = rows.chunk(item)
+                chunk_tags, ciphertexts = upload_chunk(chunk, key, per_row)
+                rows.count(len(chunk.tags))
+                tags += chunk_tags
+                upload.spool.append(ciphertexts)
+            rows.finish()
+        except BaseException:
+            upload.close()
+            raise
+        upload.tags = bytes(tags)
+        return upload
 
     async def _match_and_deliver(self, run_id: str, run: IntersectionRun) -> None:
         owner_a, owner_b = [o.org for o in run.spec.owners]

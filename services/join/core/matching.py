@@ -53,7 +53,7 @@ def match_tags(tags_a: Sequence[bytes], tags_b: Sequence[bytes]) -> list[tuple[i
             raise WireFormatError(f"owner {owner}: a tag does not have {TAG_BYTES} bytes")
         arrays.append(tag_array(b"".join(tags), owner))
     index_a, index_b = match_tag_arrays(*arrays)
-    return list(zip(index_a.tolist(), index_b.tolist()))
+    return list(zip(index_a.tolist(), index_b.tolist(), strict=True))
 
 
 def check_minimum(joined: int, minimum: int) -> None:

@@ -125,6 +125,7 @@ _PEER = struct.Struct("<H")
 _MESSAGE = struct.Struct("<Hq")
 _REPORT = struct.Struct("<BQQ")
 _TRAFFIC = struct.Struct("<BQQQ")
+_COUNTS: dict[int, tuple[type[Report] | type[Traffic], struct.Struct]] = {11: (Report, _REPORT), 14: (Traffic, _TRAFFIC)}
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 
@@ -173,10 +174,9 @@ def _decode_body(kind: int, body: memoryview) -> Frame:
             if kind == 9:
                 return PeerClosed(peer)
             return PeerLost(peer, bytes(body[_PEER.size :]).decode())
-        if kind == 11:
-            return Report(*_REPORT.unpack_from(body))
-        if kind == 14:
-            return Traffic(*_TRAFFIC.unpack_from(body))
+        if kind in _COUNTS:  # Report, Traffic: fixed-width numbers only
+            frame_type, layout = _COUNTS[kind]
+            return frame_type(*layout.unpack_from(body))
         if kind == 1:
             return Start(bytes(body))
         if kind == 2:

@@ -50,7 +50,7 @@ def test_tag_arrays_match_like_a_dict(a: list[bytes], b: list[bytes]) -> None:
     index_b = {t: j for j, t in enumerate(b)}
     expected = [(i, index_b[t]) for i, t in enumerate(a) if t in index_b]
     ia, ib = match_tag_arrays(tag_array(b"".join(a), "A"), tag_array(b"".join(b), "B"))
-    assert list(zip(ia.tolist(), ib.tolist())) == expected == match_tags(a, b)
+    assert list(zip(ia.tolist(), ib.tolist(), strict=True)) == expected == match_tags(a, b)
 
 
 def test_tag_array_checks() -> None:

@@ -36,6 +36,11 @@ from services.join.core.shares import owner_shares
 EXAMPLES = settings(max_examples=40, deadline=None)
 
 
+def _sums(owner: list[list[int]], helper: list[list[int]]) -> list[list[int]]:
+    """(x' + r) + (−r) per value: the owner's and the helper's shares added up."""
+    return [[o + h for o, h in zip(orow, hrow, strict=True)] for orow, hrow in zip(owner, helper, strict=True)]
+
+
 def _encrypt(pk: PublicKey, m: int) -> int:
     return encrypt_rows(pk, [[m]], generate_pool(pk, 1))[0][0]
 
@@ -136,7 +141,7 @@ def test_packed_rows_masked_and_reshared(key_b: PrivateKey, rows: list[list[int]
     cts = encrypt_rows(pk, pack_rows(layout, rows), generate_pool(pk, len(rows) * layout.ciphertexts_per_row))
     masked = mask_rows(pk, layout, cts, 5)
     owner = owner_shares(key_b, layout, masked.ciphertexts, "abcde", threads=2)
-    assert [[o + h for o, h in zip(orow, hrow)] for orow, hrow in zip(owner.values, masked.helper_shares)] == rows
+    assert _sums(owner.values, masked.helper_shares) == rows
     plain = decrypt_many(key_b, [c for row in cts for c in row], below_p=True)
     per_row = layout.ciphertexts_per_row
     assert unpack_rows(layout, [plain[k : k + per_row] for k in range(0, len(plain), per_row)], 5) == rows
@@ -312,6 +317,6 @@ def test_study_key_sizes(bits: int) -> None:
     cts = encrypt_rows(pk, pack_rows(layout, plain), generate_pool(pk, 3 * layout.ciphertexts_per_row))
     masked = mask_rows(pk, layout, cts, 11)
     shares = owner_shares(key, layout, masked.ciphertexts, [f"c{i}" for i in range(11)], threads=2)
-    assert [[o + h for o, h in zip(orow, hrow)] for orow, hrow in zip(shares.values, masked.helper_shares)] == plain
+    assert _sums(shares.values, masked.helper_shares) == plain
     assert key.decrypt(cts[0][0]) == pack_rows(layout, plain)[0][0]
     assert pk.ciphertext_bytes == bits // 4
