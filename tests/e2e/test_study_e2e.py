@@ -116,7 +116,11 @@ def test_gateway_killed_mid_run_ends_failed_everywhere_and_restarts_clean(study_
     root, configs, mesh, clients, data, sources = study_mesh
     approve_all(clients, data, sources, "e2e-restart", alphas=[ALPHA])
     run = clients["insurer"].start_run("e2e-restart")
-    time.sleep(0.5)
+    # Mid-run means the hospital has joined it (its key pair and CSV check come first, which
+    # takes a while with 3072-bit keys): wait for that rather than for a fixed time.
+    deadline = time.monotonic() + 60
+    while not clients["hospital"].list_runs("e2e-restart") and time.monotonic() < deadline:
+        time.sleep(0.05)
     hospital_gateway = mesh.find("hospital", "gateway")
     hospital_gateway.process.send_signal(signal.SIGKILL)
     hospital_gateway.process.wait()
