@@ -4,17 +4,31 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean clients-ts
+.PHONY: venv lock proto proto-check pki demo test lint bench bench-quick reliability demo-hosts clean clients-ts browser container-tools image test-containers
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+# Developers get everything: the runtime set and the dev/test/bench tools (one lock, hashed).
+$(STAMP): requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(MAKE) --no-print-directory proto
 	touch $(STAMP)
+
+# The lock files, with hashes, from pyproject.toml (uv, itself a locked dev tool):
+#   requirements.lock        runtime dependencies only: what the image installs
+#   requirements-dev.lock    runtime + the `dev` extra, same versions: what `make venv` installs
+#   requirements-build.lock  pip and the [build-system] requires: what builds the image's wheel
+# Existing pins are kept unless pyproject.toml needs otherwise; UPGRADE=1 takes the newest.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: venv
+	test -x $(BIN)/uv || $(BIN)/pip install --quiet uv
+	$(UV_COMPILE) pyproject.toml -o requirements.lock
+	$(UV_COMPILE) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
+	$(BIN)/python -c 'import tomllib; print("pip", *tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV_COMPILE) - -o requirements-build.lock
 
 # Regenerate riskmesh/v1 (Python + .pyi) from proto/ — the one source of the wire API.
 proto:
@@ -42,8 +56,31 @@ pki: venv
 demo: venv
 	$(BIN)/riskmesh demo
 
-test: venv clients-ts
+# The console's browser tests (tests/e2e/test_console_*.py) drive Debian's chromium
+# through Playwright: no browser download, the system package instead.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: venv clients-ts $(CHROMIUM) container-tools
 	$(BIN)/python -m pytest -q tests
+
+# Containers (podman + runc, from Debian when missing): the runtime image, then every server
+# hardened from it and the three overlays under `podman kube play` with a whole study
+# (tests/containers, also part of `make test`).
+container-tools: venv
+	$(BIN)/python -m services.tools.containers tools
+
+image: venv container-tools
+	$(BIN)/python -m services.tools.containers image
+
+test-containers: venv container-tools
+	$(BIN)/python -m pytest -q tests/containers
 
 # Layering (import-linter contracts in pyproject.toml), style (ruff), types (mypy, strict on
 # the pure cores and the plumbing), the wire API (buf lint) and stale generated code.

@@ -11,6 +11,7 @@ the gateway's certificate must be issued by the org's own CA and name
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +20,10 @@ import grpc
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lasso_pb2
 
 DEFAULT_TIMEOUT_S = 30.0
+
+
+class UncertifiedModelWarning(UserWarning):
+    """A revealed model whose convergence certificate did not hold: it may be far from the optimum."""
 
 
 class GatewayClient:
@@ -57,6 +62,12 @@ class GatewayClient:
         request = gateway_pb2.ApproveStudyRequest(study_id=study_id, spec_digest=spec_digest, source_path=source_path)
         return self._stub.ApproveStudy(request, timeout=DEFAULT_TIMEOUT_S).study
 
+    def approve_run(self, study_id: str, org: str = "", commitment: str = "") -> gateway_pb2.Study:
+        """Approve the other owner's next run (`org`, default: the other owner): its pending changed
+        input, or the given `commitment`, or else any input unchanged since its previous run."""
+        request = gateway_pb2.ApproveRunRequest(study_id=study_id, org=org, commitment=commitment)
+        return self._stub.ApproveRun(request, timeout=DEFAULT_TIMEOUT_S).study
+
     def get_study(self, study_id: str) -> gateway_pb2.Study:
         return self._stub.GetStudy(gateway_pb2.GetStudyRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).study
 
@@ -70,7 +81,12 @@ class GatewayClient:
         yield from self._stub.WatchRun(gateway_pb2.WatchRunRequest(run_id=run_id), timeout=timeout)
 
     def result(self, run_id: str) -> tuple[gateway_pb2.Run, lasso_pb2.ModelResult]:
+        """The run and its revealed model; warns (`UncertifiedModelWarning`) when the solver did not certify it."""
         reply = self._stub.GetResult(gateway_pb2.GetResultRequest(run_id=run_id), timeout=DEFAULT_TIMEOUT_S)
+        if reply.result.coefficients and not reply.result.converged:
+            warnings.warn(f"run {run_id}: the model is not certified (the solver stopped at its maximum of "
+                          f"{reply.result.iterations} iterations); it may be far from the optimum",
+                          UncertifiedModelWarning, stacklevel=2)
         return reply.run, reply.result
 
     def cancel(self, run_id: str) -> gateway_pb2.Run:
@@ -85,3 +101,7 @@ class GatewayClient:
 
     def verify_audit(self) -> gateway_pb2.VerifyAuditResponse:
         return self._stub.VerifyAudit(gateway_pb2.VerifyAuditRequest(), timeout=DEFAULT_TIMEOUT_S)
+
+    def list_audit(self, after_seq: int = 0, limit: int = 0) -> gateway_pb2.ListAuditResponse:
+        """Audit rows with seq > after_seq, oldest first (at most `limit`; 0 = the gateway's default)."""
+        return self._stub.ListAudit(gateway_pb2.ListAuditRequest(after_seq=after_seq, limit=limit), timeout=DEFAULT_TIMEOUT_S)

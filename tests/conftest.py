@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator
 
 import pytest
 
 from services.mesh.config import OrgConfig, load_config
+from services.mesh.server import MeshServer
 from services.tools.launcher import local_mesh_for
 from services.tools.pki import init_pki
-from services.mesh.server import MeshServer
 
 
 @pytest.fixture(scope="session")
 def mesh_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Config files (free localhost ports, one dev PKI) for insurer, hospital, helper."""
+    """Config files (localhost ports reserved by this process, one dev PKI) for insurer, hospital, helper."""
     return local_mesh_for(tmp_path_factory.mktemp("mesh"))
 
 
@@ -53,7 +53,9 @@ def loop_thread() -> Iterator[LoopThread]:
     lt.close()
 
 
-def start_in_process(loop_thread: LoopThread, configs: dict[str, Path], build: Callable[[OrgConfig], Awaitable[MeshServer]]) -> dict[str, MeshServer]:
+def start_in_process(
+    loop_thread: LoopThread, configs: dict[str, Path], build: Callable[[OrgConfig], Awaitable[MeshServer]]
+) -> dict[str, MeshServer]:
     servers = {}
     for org, path in configs.items():
         config = load_config(path, env={})

@@ -5,7 +5,8 @@ the revealed model and a prediction for a new patient at the middle of every dec
 feature range:
 
     python clients/python/example.py --address 127.0.0.1:7100 --org insurer --pki .riskmesh/pki [--run RUN_ID]
-    python clients/python/example.py --address 127.0.0.1:7100 --org insurer --ca ca.pem --cert client.pem --key client.key
+    python clients/python/example.py --address 127.0.0.1:7100 --org insurer \\
+        --ca ca.pem --cert client.pem --key client.key
 
 --org names the gateway's organisation (its CA and TLS server name); --cert/--key/--ca
 override the files taken from --pki. Prints one `key=value` line per fact, the same lines
@@ -29,7 +30,9 @@ from riskmesh.v1 import common_pb2
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", required=True, help="HOST:PORT of the org's gateway")
-    parser.add_argument("--org", required=True, help="the gateway's organisation (CA and server name gateway.<org>.riskmesh)")
+    parser.add_argument(
+        "--org", required=True, help="the gateway's organisation (CA and server name gateway.<org>.riskmesh)"
+    )
     parser.add_argument("--pki", type=Path, help="PKI directory: <pki>/<org>/client.pem, client.key, ca.pem")
     parser.add_argument("--cert", type=Path, help="client certificate (PEM); overrides --pki")
     parser.add_argument("--key", type=Path, help="client private key (PEM); overrides --pki")
@@ -59,10 +62,16 @@ def midpoint_record(spec: common_pb2.StudySpec, features: list[str]) -> dict[str
 
 def show_run(gw: GatewayClient, run_id: str) -> None:
     run, result = gw.result(run_id)
-    print(f"run id={run.run_id} study={run.study_id} state={common_pb2.RunState.Name(run.state)} joined={result.joined}")
+    print(
+        f"run id={run.run_id} study={run.study_id} state={common_pb2.RunState.Name(run.state)} joined={result.joined}"
+    )
     for c in result.coefficients:
         print(f"coefficient feature={c.feature} value={c.value!r}")
     print(f"intercept value={result.intercept!r}")
+    print(
+        f"certificate converged={str(result.converged).lower()} gap={result.certified_gap!r} "
+        f"iterations={result.iterations}"
+    )
     study = gw.get_study(run.study_id)
     features = [c.feature for c in result.coefficients]
     record = midpoint_record(study.spec, features)
@@ -79,14 +88,23 @@ def main(argv: list[str]) -> int:
     with GatewayClient(args.address, args.org, certificate, private_key, ca) as gw:
         try:
             info = gw.get_info()
-            print(f"gateway org={info.org} role={common_pb2.Role.Name(info.role)} version={info.version} caller={info.caller_identity}")
+            print(
+                f"gateway org={info.org} role={common_pb2.Role.Name(info.role)} version={info.version} "
+                f"caller={info.caller_identity}"
+            )
             for p in gw.check_peers().peers:
                 error = "" if p.reachable else f" error={json.dumps(p.error)}"
-                print(f"peer org={p.org} reachable={str(p.reachable).lower()} role={common_pb2.Role.Name(p.role)} latency_ms={p.latency_ms:.1f}{error}")
+                print(
+                    f"peer org={p.org} reachable={str(p.reachable).lower()} role={common_pb2.Role.Name(p.role)} "
+                    f"latency_ms={p.latency_ms:.1f}{error}"
+                )
             studies = gw.list_studies()
             print(f"studies count={len(studies)}")
             for s in studies:
-                print(f"study id={s.spec.study_id} state={common_pb2.StudyState.Name(s.state)} approved_by={','.join(s.approved_by)}")
+                print(
+                    f"study id={s.spec.study_id} state={common_pb2.StudyState.Name(s.state)} "
+                    f"approved_by={','.join(s.approved_by)}"
+                )
             if args.run_id is not None:
                 show_run(gw, args.run_id)
         except grpc.RpcError as err:

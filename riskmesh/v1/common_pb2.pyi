@@ -184,6 +184,37 @@ MODEL_KIND_RIDGE: ModelKind.ValueType  # 3
 """(1/2m)·||y − Xw − b||² + α/2·||w||² (ridge on the Lasso scale)."""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
 
+class _RunApproval:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunApprovalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunApproval.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_APPROVAL_UNSPECIFIED: _RunApproval.ValueType  # 0
+    """Not set: read as RUN_APPROVAL_ON_INPUT_CHANGE."""
+    RUN_APPROVAL_ON_INPUT_CHANGE: _RunApproval.ValueType  # 1
+    """Runs within the quota proceed; a run in which an owner's input differs from that owner's
+    previous run needs the other owner's approval of the changed input first.
+    """
+    RUN_APPROVAL_EVERY_RUN: _RunApproval.ValueType  # 2
+    """Every run needs the other data owner's approval (and a changed input its approval by commitment)."""
+
+class RunApproval(_RunApproval, metaclass=_RunApprovalEnumTypeWrapper):
+    """Run governance (issue 14): which runs of an approved study may start.
+
+    Whose approval a run needs besides the approved spec.
+    """
+
+RUN_APPROVAL_UNSPECIFIED: RunApproval.ValueType  # 0
+"""Not set: read as RUN_APPROVAL_ON_INPUT_CHANGE."""
+RUN_APPROVAL_ON_INPUT_CHANGE: RunApproval.ValueType  # 1
+"""Runs within the quota proceed; a run in which an owner's input differs from that owner's
+previous run needs the other owner's approval of the changed input first.
+"""
+RUN_APPROVAL_EVERY_RUN: RunApproval.ValueType  # 2
+"""Every run needs the other data owner's approval (and a changed input its approval by commitment)."""
+Global___RunApproval: _TypeAlias = RunApproval  # noqa: Y015
+
 @_typing.final
 class Party(_message.Message):
     """One organisation taking part in a study."""
@@ -303,7 +334,10 @@ class ModelSpec(_message.Message):
     standardize: _builtins.bool
     """Standardise features inside MPC before fitting (coefficients reported on both scales)."""
     iterations: _builtins.int
-    """Fixed, public number of solver iterations (0 = the server default)."""
+    """Maximum number of solver iterations (0 = the server default, 115). The solver stops at the
+    first public checkpoint (10, 25, 40, ...) where its convergence certificate holds; all
+    parties learn which one.
+    """
     @_builtins.property
     def alphas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Regularisation strength; one value, or a grid when cv_folds > 1."""
@@ -334,19 +368,25 @@ class RevealSpec(_message.Message):
 
     JOINED_COUNT_FIELD_NUMBER: _builtins.int
     CV_CURVE_FIELD_NUMBER: _builtins.int
+    STANDARDIZED_COEFFICIENTS_FIELD_NUMBER: _builtins.int
     joined_count: _builtins.bool
     """Reveal the size of the intersection (always known to the owners by the protocol)."""
     cv_curve: _builtins.bool
     """Reveal the cross-validation curve (mean validation error per alpha)."""
+    standardized_coefficients: _builtins.bool
+    """With model.standardize: also reveal the coefficients on the standardised scale. With the
+    original-scale ones they disclose each selected feature's spread over the join.
+    """
     def __init__(
         self,
         *,
         joined_count: _builtins.bool = ...,
         cv_curve: _builtins.bool = ...,
+        standardized_coefficients: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cv_curve", b"cv_curve", "joined_count", b"joined_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cv_curve", b"cv_curve", "joined_count", b"joined_count", "standardized_coefficients", b"standardized_coefficients"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,6 +406,7 @@ class StudySpec(_message.Message):
     MIN_INTERSECTION_FIELD_NUMBER: _builtins.int
     REVEAL_FIELD_NUMBER: _builtins.int
     PAILLIER_BITS_FIELD_NUMBER: _builtins.int
+    RUN_POLICY_FIELD_NUMBER: _builtins.int
     study_id: _builtins.str
     """Unique study id chosen by the proposer (lower-case letters, digits, '-')."""
     title: _builtins.str
@@ -390,6 +431,10 @@ class StudySpec(_message.Message):
     def reveal(self) -> Global___RevealSpec:
         """Outputs revealed besides the coefficients."""
 
+    @_builtins.property
+    def run_policy(self) -> Global___RunPolicy:
+        """How often, and with whose approval, the study may run."""
+
     def __init__(
         self,
         *,
@@ -401,14 +446,45 @@ class StudySpec(_message.Message):
         min_intersection: _builtins.int = ...,
         reveal: Global___RevealSpec | None = ...,
         paillier_bits: _builtins.int = ...,
+        run_policy: Global___RunPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "reveal", b"reveal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "reveal", b"reveal", "run_policy", b"run_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_intersection", b"min_intersection", "model", b"model", "owners", b"owners", "paillier_bits", b"paillier_bits", "parties", b"parties", "reveal", b"reveal", "study_id", b"study_id", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_intersection", b"min_intersection", "model", b"model", "owners", b"owners", "paillier_bits", b"paillier_bits", "parties", b"parties", "reveal", b"reveal", "run_policy", b"run_policy", "study_id", b"study_id", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StudySpec: _TypeAlias = StudySpec  # noqa: Y015
+
+@_typing.final
+class RunPolicy(_message.Message):
+    """Limits on the runs of a study, approved by both owners with the rest of the spec."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    MIN_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    RUN_APPROVAL_FIELD_NUMBER: _builtins.int
+    max_runs: _builtins.int
+    """Most runs of this spec that may reveal anything (0 = the default, 10)."""
+    min_interval_seconds: _builtins.int
+    """Least time between the starts of two runs, in seconds (0 = no limit)."""
+    run_approval: Global___RunApproval.ValueType
+    """Whose approval a run needs."""
+    def __init__(
+        self,
+        *,
+        max_runs: _builtins.int = ...,
+        min_interval_seconds: _builtins.int = ...,
+        run_approval: Global___RunApproval.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_runs", b"max_runs", "min_interval_seconds", b"min_interval_seconds", "run_approval", b"run_approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunPolicy: _TypeAlias = RunPolicy  # noqa: Y015
 
 @_typing.final
 class PaillierPublicKey(_message.Message):
@@ -442,7 +518,9 @@ Global___PaillierPublicKey: _TypeAlias = PaillierPublicKey  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
-    """Progress of one party in one phase of a run. Carries counts only, never data."""
+    """Progress of one party in one phase of a run. Carries counts only, never data; what a
+    gateway tells the other organisations carries a fraction (done of total = 100) instead.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from riskmesh.v1 import common_pb2 as _common_pb2
 from riskmesh.v1 import lasso_pb2 as _lasso_pb2
@@ -47,6 +48,7 @@ class GetInfoResponse(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CALLER_IDENTITY_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     org: _builtins.str
     """Organisation name."""
     role: _common_pb2.Role.ValueType
@@ -55,6 +57,10 @@ class GetInfoResponse(_message.Message):
     """riskmesh version."""
     caller_identity: _builtins.str
     """Identity of the caller as this gateway saw it (from its certificate)."""
+    server_time_unix_ms: _builtins.int
+    """This gateway's clock when it answered, milliseconds since the Unix epoch (callers
+    estimate clock skew from it: `riskmesh doctor`).
+    """
     def __init__(
         self,
         *,
@@ -62,10 +68,11 @@ class GetInfoResponse(_message.Message):
         role: _common_pb2.Role.ValueType = ...,
         version: _builtins.str = ...,
         caller_identity: _builtins.str = ...,
+        server_time_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_identity", b"caller_identity", "org", b"org", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_identity", b"caller_identity", "org", b"org", "role", b"role", "server_time_unix_ms", b"server_time_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,6 +176,9 @@ class Study(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     PROPOSED_BY_FIELD_NUMBER: _builtins.int
+    GOVERNANCE_FIELD_NUMBER: _builtins.int
+    POLICY_CHECKS_FIELD_NUMBER: _builtins.int
+    DISCLOSURES_FIELD_NUMBER: _builtins.int
     spec_digest: _builtins.str
     """SHA-256 of the canonical encoding of the spec (hex); approvals refer to it."""
     state: _common_pb2.StudyState.ValueType
@@ -183,6 +193,18 @@ class Study(_message.Message):
     def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Organisations that approved this digest."""
 
+    @_builtins.property
+    def governance(self) -> Global___RunGovernance:
+        """This organisation's view of the study's runs against its run policy."""
+
+    @_builtins.property
+    def policy_checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyCheck]:
+        """This organisation's local disclosure floors, checked against the spec."""
+
+    @_builtins.property
+    def disclosures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Disclosure]:
+        """What each party receives or learns when the study runs."""
+
     def __init__(
         self,
         *,
@@ -191,10 +213,13 @@ class Study(_message.Message):
         state: _common_pb2.StudyState.ValueType = ...,
         approved_by: _abc.Iterable[_builtins.str] | None = ...,
         proposed_by: _builtins.str = ...,
+        governance: Global___RunGovernance | None = ...,
+        policy_checks: _abc.Iterable[Global___PolicyCheck] | None = ...,
+        disclosures: _abc.Iterable[Global___Disclosure] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["governance", b"governance", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "proposed_by", b"proposed_by", "spec", b"spec", "spec_digest", b"spec_digest", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "disclosures", b"disclosures", "governance", b"governance", "policy_checks", b"policy_checks", "proposed_by", b"proposed_by", "spec", b"spec", "spec_digest", b"spec_digest", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -407,6 +432,7 @@ class Run(_message.Message):
     JOINED_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     STARTED_BY_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run id."""
     study_id: _builtins.str
@@ -425,6 +451,10 @@ class Run(_message.Message):
     def error(self) -> _common_pb2.RunError:
         """Set when FAILED."""
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputCommitment]:
+        """The data owners' input commitments for this run, as recorded here."""
+
     def __init__(
         self,
         *,
@@ -436,10 +466,11 @@ class Run(_message.Message):
         joined: _builtins.int = ...,
         trace_id: _builtins.str = ...,
         started_by: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___InputCommitment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "joined", b"joined", "run_id", b"run_id", "spec_digest", b"spec_digest", "started_by", b"started_by", "state", b"state", "study_id", b"study_id", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "inputs", b"inputs", "joined", b"joined", "run_id", b"run_id", "spec_digest", b"spec_digest", "started_by", b"started_by", "state", b"state", "study_id", b"study_id", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -835,6 +866,136 @@ class VerifyAuditResponse(_message.Message):
 Global___VerifyAuditResponse: _TypeAlias = VerifyAuditResponse  # noqa: Y015
 
 @_typing.final
+class ListAuditRequest(_message.Message):
+    """Request of ListAudit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Only rows with a larger sequence number (0: from the first row)."""
+    limit: _builtins.int
+    """At most this many rows (0: the server's default, 200; at most 1000)."""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    """One row of an audit log: metadata only, never patient data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DetailsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Position in the chain, from 1."""
+    at: _builtins.str
+    """When it was written (RFC 3339, UTC)."""
+    actor: _builtins.str
+    """Certificate identity of whoever caused it."""
+    action: _builtins.str
+    """What happened, e.g. "study.approved"."""
+    study_id: _builtins.str
+    """Study concerned (may be empty)."""
+    run_id: _builtins.str
+    """Run concerned (may be empty)."""
+    prev_hash: _builtins.str
+    """Hash of the previous row (hex)."""
+    hash: _builtins.str
+    """SHA-256 chaining this row to the previous one (hex)."""
+    @_builtins.property
+    def details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Metadata (digests, counts, states), values as text."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        at: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        study_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        prev_hash: _builtins.str = ...,
+        hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "details", b"details", "hash", b"hash", "prev_hash", b"prev_hash", "run_id", b"run_id", "seq", b"seq", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    """Response of ListAudit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    last_seq: _builtins.int
+    """Sequence number of the log's last row (0 when empty)."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]:
+        """The rows, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___AuditRecord] | None = ...,
+        last_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_seq", b"last_seq", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
+
+@_typing.final
 class PeerProposeRequest(_message.Message):
     """Request of PeerPropose."""
 
@@ -933,6 +1094,7 @@ class PeerStartRunRequest(_message.Message):
     SPEC_DIGEST_FIELD_NUMBER: _builtins.int
     X25519_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     PAILLIER_KEY_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run."""
     study_id: _builtins.str
@@ -945,6 +1107,10 @@ class PeerStartRunRequest(_message.Message):
     def paillier_key(self) -> _common_pb2.PaillierPublicKey:
         """The starting owner's Paillier public key (unset for the helper)."""
 
+    @_builtins.property
+    def input(self) -> Global___InputCommitment:
+        """The starting owner's commitment to its input."""
+
     def __init__(
         self,
         *,
@@ -953,10 +1119,11 @@ class PeerStartRunRequest(_message.Message):
         spec_digest: _builtins.str = ...,
         x25519_public_key: _builtins.bytes = ...,
         paillier_key: _common_pb2.PaillierPublicKey | None = ...,
+        input: Global___InputCommitment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["paillier_key", b"paillier_key"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paillier_key", b"paillier_key", "run_id", b"run_id", "spec_digest", b"spec_digest", "study_id", b"study_id", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key", "run_id", b"run_id", "spec_digest", b"spec_digest", "study_id", b"study_id", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -970,21 +1137,27 @@ class PeerStartRunResponse(_message.Message):
 
     X25519_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     PAILLIER_KEY_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     x25519_public_key: _builtins.bytes
     """This owner's X25519 public key (empty from the helper)."""
     @_builtins.property
     def paillier_key(self) -> _common_pb2.PaillierPublicKey:
         """This owner's Paillier public key (unset from the helper)."""
 
+    @_builtins.property
+    def input(self) -> Global___InputCommitment:
+        """This owner's commitment to its input (unset from the helper)."""
+
     def __init__(
         self,
         *,
         x25519_public_key: _builtins.bytes = ...,
         paillier_key: _common_pb2.PaillierPublicKey | None = ...,
+        input: Global___InputCommitment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["paillier_key", b"paillier_key"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paillier_key", b"paillier_key", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -999,6 +1172,7 @@ class PeerProgressRequest(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     JOINED_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     joined: _builtins.int
     """Joined count, when known."""
     @_builtins.property
@@ -1009,16 +1183,21 @@ class PeerProgressRequest(_message.Message):
     def error(self) -> _common_pb2.RunError:
         """Set when the reporting party failed."""
 
+    @_builtins.property
+    def input(self) -> Global___InputCommitment:
+        """The reporting owner's commitment to its input (sent once, after its setup)."""
+
     def __init__(
         self,
         *,
         progress: _common_pb2.Progress | None = ...,
         error: _common_pb2.RunError | None = ...,
         joined: _builtins.int = ...,
+        input: Global___InputCommitment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "input", b"input", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "joined", b"joined", "progress", b"progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "input", b"input", "joined", b"joined", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1083,3 +1262,381 @@ class PeerCancelRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerCancelRunResponse: _TypeAlias = PeerCancelRunResponse  # noqa: Y015
+
+@_typing.final
+class InputCommitment(_message.Message):
+    """Run governance (issue 14): run approvals, input commitments, disclosure floors.
+
+    An owner's commitment to its input of one run: HMAC-SHA256 under the owner's own per-study
+    secret over its canonicalised rows. It hides the rows; equal inputs give equal commitments.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RUN_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    org: _builtins.str
+    """The data owner."""
+    commitment: _builtins.str
+    """The commitment (hex)."""
+    previous_run_id: _builtins.str
+    """The previous run of the study with this owner's input, as the recording party knows it."""
+    changed: _builtins.bool
+    """Whether the input differs from the one of previous_run_id."""
+    def __init__(
+        self,
+        *,
+        org: _builtins.str = ...,
+        commitment: _builtins.str = ...,
+        previous_run_id: _builtins.str = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "commitment", b"commitment", "org", b"org", "previous_run_id", b"previous_run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputCommitment: _TypeAlias = InputCommitment  # noqa: Y015
+
+@_typing.final
+class RunGrant(_message.Message):
+    """A run approval one data owner gave the other."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    org: _builtins.str
+    """The owner whose run is approved."""
+    approved_by: _builtins.str
+    """The owner that approved."""
+    commitment: _builtins.str
+    """The approved input commitment; empty: any input unchanged since that owner's previous run."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it was given."""
+
+    def __init__(
+        self,
+        *,
+        org: _builtins.str = ...,
+        approved_by: _builtins.str = ...,
+        commitment: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "at", b"at", "commitment", b"commitment", "org", b"org"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunGrant: _TypeAlias = RunGrant  # noqa: Y015
+
+@_typing.final
+class PendingApproval(_message.Message):
+    """A run that waits for an owner's approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_FIELD_NUMBER: _builtins.int
+    APPROVER_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RUN_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    org: _builtins.str
+    """The owner whose run waits."""
+    approver: _builtins.str
+    """The owner that must approve."""
+    commitment: _builtins.str
+    """The owner's input commitment for that run."""
+    previous_run_id: _builtins.str
+    """The run the input is compared with ("" for a first run)."""
+    changed: _builtins.bool
+    """Whether the input changed since previous_run_id."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it was asked for."""
+
+    def __init__(
+        self,
+        *,
+        org: _builtins.str = ...,
+        approver: _builtins.str = ...,
+        commitment: _builtins.str = ...,
+        previous_run_id: _builtins.str = ...,
+        changed: _builtins.bool = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "at", b"at", "changed", b"changed", "commitment", b"commitment", "org", b"org", "previous_run_id", b"previous_run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingApproval: _TypeAlias = PendingApproval  # noqa: Y015
+
+@_typing.final
+class RunGovernance(_message.Message):
+    """The runs of a study against its run policy, as one organisation counts them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_COUNTED_FIELD_NUMBER: _builtins.int
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    GRANTS_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    runs_counted: _builtins.int
+    """Runs of the current spec that count towards max_runs."""
+    max_runs: _builtins.int
+    """The policy's max_runs."""
+    @_builtins.property
+    def next_run_not_before(self) -> _timestamp_pb2.Timestamp:
+        """The earliest start of the next run (unset when there is no waiting time)."""
+
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunGrant]:
+        """Approvals not used yet."""
+
+    @_builtins.property
+    def pending(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingApproval]:
+        """Runs waiting for an approval."""
+
+    def __init__(
+        self,
+        *,
+        runs_counted: _builtins.int = ...,
+        max_runs: _builtins.int = ...,
+        next_run_not_before: _timestamp_pb2.Timestamp | None = ...,
+        grants: _abc.Iterable[Global___RunGrant] | None = ...,
+        pending: _abc.Iterable[Global___PendingApproval] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_run_not_before", b"next_run_not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants", "max_runs", b"max_runs", "next_run_not_before", b"next_run_not_before", "pending", b"pending", "runs_counted", b"runs_counted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunGovernance: _TypeAlias = RunGovernance  # noqa: Y015
+
+@_typing.final
+class PolicyCheck(_message.Message):
+    """One of this organisation's disclosure floors, checked against a spec."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    ACTUAL_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """What is checked (e.g. "minimum intersection")."""
+    required: _builtins.str
+    """What the local policy requires."""
+    actual: _builtins.str
+    """What the spec says."""
+    ok: _builtins.bool
+    """Whether the spec meets it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        required: _builtins.str = ...,
+        actual: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "name", b"name", "ok", b"ok", "required", b"required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyCheck: _TypeAlias = PolicyCheck  # noqa: Y015
+
+@_typing.final
+class Disclosure(_message.Message):
+    """What one party receives or learns when the study runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    org: _builtins.str
+    """The organisation."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One line per item."""
+
+    def __init__(
+        self,
+        *,
+        org: _builtins.str = ...,
+        items: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "org", b"org"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Disclosure: _TypeAlias = Disclosure  # noqa: Y015
+
+@_typing.final
+class ApproveRunRequest(_message.Message):
+    """Request of ApproveRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    ORG_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    """The study."""
+    org: _builtins.str
+    """The data owner whose run is approved (default: the other owner)."""
+    commitment: _builtins.str
+    """The input commitment approved (default: the one of its pending run, else any unchanged input)."""
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        org: _builtins.str = ...,
+        commitment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "org", b"org", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveRunRequest: _TypeAlias = ApproveRunRequest  # noqa: Y015
+
+@_typing.final
+class ApproveRunResponse(_message.Message):
+    """Response of ApproveRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def study(self) -> Global___Study:
+        """The study after the approval."""
+
+    def __init__(
+        self,
+        *,
+        study: Global___Study | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["study", b"study"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["study", b"study"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveRunResponse: _TypeAlias = ApproveRunResponse  # noqa: Y015
+
+@_typing.final
+class PeerApproveRunRequest(_message.Message):
+    """Request of PeerApproveRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
+    ORG_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    """The study."""
+    spec_digest: _builtins.str
+    """The spec digest the approval is for."""
+    org: _builtins.str
+    """The owner whose run is approved (not the caller)."""
+    commitment: _builtins.str
+    """The approved commitment (empty: any unchanged input)."""
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        spec_digest: _builtins.str = ...,
+        org: _builtins.str = ...,
+        commitment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "org", b"org", "spec_digest", b"spec_digest", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerApproveRunRequest: _TypeAlias = PeerApproveRunRequest  # noqa: Y015
+
+@_typing.final
+class PeerApproveRunResponse(_message.Message):
+    """Response of PeerApproveRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerApproveRunResponse: _TypeAlias = PeerApproveRunResponse  # noqa: Y015
+
+@_typing.final
+class PeerRequestRunApprovalRequest(_message.Message):
+    """Request of PeerRequestRunApproval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    """The study."""
+    spec_digest: _builtins.str
+    """The spec digest the run uses."""
+    @_builtins.property
+    def input(self) -> Global___InputCommitment:
+        """The caller's input commitment for the run."""
+
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        spec_digest: _builtins.str = ...,
+        input: Global___InputCommitment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "spec_digest", b"spec_digest", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerRequestRunApprovalRequest: _TypeAlias = PeerRequestRunApprovalRequest  # noqa: Y015
+
+@_typing.final
+class PeerRequestRunApprovalResponse(_message.Message):
+    """Response of PeerRequestRunApproval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerRequestRunApprovalResponse: _TypeAlias = PeerRequestRunApprovalResponse  # noqa: Y015

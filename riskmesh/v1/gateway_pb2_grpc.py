@@ -101,6 +101,16 @@ class GatewayServiceStub:
                 request_serializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/riskmesh.v1.GatewayService/ListAudit',
+                request_serializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.ApproveRun = channel.unary_unary(
+                '/riskmesh.v1.GatewayService/ApproveRun',
+                request_serializer=riskmesh_dot_v1_dot_gateway__pb2.ApproveRunRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.ApproveRunResponse.FromString,
+                _registered_method=True)
         self.PeerPropose = channel.unary_unary(
                 '/riskmesh.v1.GatewayService/PeerPropose',
                 request_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerProposeRequest.SerializeToString,
@@ -125,6 +135,16 @@ class GatewayServiceStub:
                 '/riskmesh.v1.GatewayService/PeerCancelRun',
                 request_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerCancelRunRequest.SerializeToString,
                 response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerCancelRunResponse.FromString,
+                _registered_method=True)
+        self.PeerApproveRun = channel.unary_unary(
+                '/riskmesh.v1.GatewayService/PeerApproveRun',
+                request_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerApproveRunRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerApproveRunResponse.FromString,
+                _registered_method=True)
+        self.PeerRequestRunApproval = channel.unary_unary(
+                '/riskmesh.v1.GatewayService/PeerRequestRunApproval',
+                request_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalResponse.FromString,
                 _registered_method=True)
 
 
@@ -224,6 +244,20 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """Rows of this org's audit log, oldest first (the org's console shows them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveRun(self, request, context):
+        """Approve the other data owner's next run, or its changed input (data owners).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PeerPropose(self, request, context):
         """A peer gateway shares a proposed (or changed) spec.
         """
@@ -254,6 +288,20 @@ class GatewayServiceServicer:
 
     def PeerCancelRun(self, request, context):
         """A data owner cancels a run at this org.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerApproveRun(self, request, context):
+        """A data owner shares its approval of the other owner's run (or changed input).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeerRequestRunApproval(self, request, context):
+        """A data owner asks the other owner to approve a run of its (changed) input.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -327,6 +375,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditRequest.FromString,
                     response_serializer=riskmesh_dot_v1_dot_gateway__pb2.VerifyAuditResponse.SerializeToString,
             ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_gateway__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ApproveRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRun,
+                    request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.ApproveRunRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_gateway__pb2.ApproveRunResponse.SerializeToString,
+            ),
             'PeerPropose': grpc.unary_unary_rpc_method_handler(
                     servicer.PeerPropose,
                     request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerProposeRequest.FromString,
@@ -351,6 +409,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.PeerCancelRun,
                     request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerCancelRunRequest.FromString,
                     response_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerCancelRunResponse.SerializeToString,
+            ),
+            'PeerApproveRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerApproveRun,
+                    request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerApproveRunRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerApproveRunResponse.SerializeToString,
+            ),
+            'PeerRequestRunApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerRequestRunApproval,
+                    request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -717,6 +785,60 @@ class GatewayService:
             _registered_method=True)
 
     @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.GatewayService/ListAudit',
+            riskmesh_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
+            riskmesh_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.GatewayService/ApproveRun',
+            riskmesh_dot_v1_dot_gateway__pb2.ApproveRunRequest.SerializeToString,
+            riskmesh_dot_v1_dot_gateway__pb2.ApproveRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def PeerPropose(request,
             target,
             options=(),
@@ -841,6 +963,60 @@ class GatewayService:
             '/riskmesh.v1.GatewayService/PeerCancelRun',
             riskmesh_dot_v1_dot_gateway__pb2.PeerCancelRunRequest.SerializeToString,
             riskmesh_dot_v1_dot_gateway__pb2.PeerCancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerApproveRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.GatewayService/PeerApproveRun',
+            riskmesh_dot_v1_dot_gateway__pb2.PeerApproveRunRequest.SerializeToString,
+            riskmesh_dot_v1_dot_gateway__pb2.PeerApproveRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerRequestRunApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.GatewayService/PeerRequestRunApproval',
+            riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalRequest.SerializeToString,
+            riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

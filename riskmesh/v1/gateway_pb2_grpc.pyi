@@ -61,6 +61,10 @@ class GatewayServiceStub:
     """Apply a revealed model to records given by the caller (local, no MPC)."""
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
     """Check the hash chain of this org's audit log."""
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]
+    """Rows of this org's audit log, oldest first (the org's console shows them)."""
+    ApproveRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ApproveRunRequest, _gateway_pb2.ApproveRunResponse]
+    """Approve the other data owner's next run, or its changed input (data owners)."""
     PeerPropose: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerProposeRequest, _gateway_pb2.PeerProposeResponse]
     """A peer gateway shares a proposed (or changed) spec."""
     PeerApprove: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerApproveRequest, _gateway_pb2.PeerApproveResponse]
@@ -71,6 +75,10 @@ class GatewayServiceStub:
     """A peer reports progress or the end of its part of a run."""
     PeerCancelRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerCancelRunRequest, _gateway_pb2.PeerCancelRunResponse]
     """A data owner cancels a run at this org."""
+    PeerApproveRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerApproveRunRequest, _gateway_pb2.PeerApproveRunResponse]
+    """A data owner shares its approval of the other owner's run (or changed input)."""
+    PeerRequestRunApproval: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerRequestRunApprovalRequest, _gateway_pb2.PeerRequestRunApprovalResponse]
+    """A data owner asks the other owner to approve a run of its (changed) input."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -105,6 +113,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Apply a revealed model to records given by the caller (local, no MPC)."""
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     """Check the hash chain of this org's audit log."""
+    ListAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """Rows of this org's audit log, oldest first (the org's console shows them)."""
+    ApproveRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ApproveRunRequest, _gateway_pb2.ApproveRunResponse]  # type: ignore[assignment]
+    """Approve the other data owner's next run, or its changed input (data owners)."""
     PeerPropose: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerProposeRequest, _gateway_pb2.PeerProposeResponse]  # type: ignore[assignment]
     """A peer gateway shares a proposed (or changed) spec."""
     PeerApprove: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerApproveRequest, _gateway_pb2.PeerApproveResponse]  # type: ignore[assignment]
@@ -115,6 +127,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """A peer reports progress or the end of its part of a run."""
     PeerCancelRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerCancelRunRequest, _gateway_pb2.PeerCancelRunResponse]  # type: ignore[assignment]
     """A data owner cancels a run at this org."""
+    PeerApproveRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerApproveRunRequest, _gateway_pb2.PeerApproveRunResponse]  # type: ignore[assignment]
+    """A data owner shares its approval of the other owner's run (or changed input)."""
+    PeerRequestRunApproval: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerRequestRunApprovalRequest, _gateway_pb2.PeerRequestRunApprovalResponse]  # type: ignore[assignment]
+    """A data owner asks the other owner to approve a run of its (changed) input."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Study lifecycle at one organisation. Client RPCs come from the org's own systems
@@ -226,6 +242,22 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Check the hash chain of this org's audit log."""
 
     @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _gateway_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListAuditResponse, _abc.Awaitable[_gateway_pb2.ListAuditResponse]]:
+        """Rows of this org's audit log, oldest first (the org's console shows them)."""
+
+    @_abc_1.abstractmethod
+    def ApproveRun(
+        self,
+        request: _gateway_pb2.ApproveRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ApproveRunResponse, _abc.Awaitable[_gateway_pb2.ApproveRunResponse]]:
+        """Approve the other data owner's next run, or its changed input (data owners)."""
+
+    @_abc_1.abstractmethod
     def PeerPropose(
         self,
         request: _gateway_pb2.PeerProposeRequest,
@@ -264,5 +296,21 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.PeerCancelRunResponse, _abc.Awaitable[_gateway_pb2.PeerCancelRunResponse]]:
         """A data owner cancels a run at this org."""
+
+    @_abc_1.abstractmethod
+    def PeerApproveRun(
+        self,
+        request: _gateway_pb2.PeerApproveRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PeerApproveRunResponse, _abc.Awaitable[_gateway_pb2.PeerApproveRunResponse]]:
+        """A data owner shares its approval of the other owner's run (or changed input)."""
+
+    @_abc_1.abstractmethod
+    def PeerRequestRunApproval(
+        self,
+        request: _gateway_pb2.PeerRequestRunApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PeerRequestRunApprovalResponse, _abc.Awaitable[_gateway_pb2.PeerRequestRunApprovalResponse]]:
+        """A data owner asks the other owner to approve a run of its (changed) input."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

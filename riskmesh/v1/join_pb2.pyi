@@ -70,10 +70,13 @@ class PrepareEncryptionRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     SOURCE_PATH_FIELD_NUMBER: _builtins.int
+    COMMITMENT_KEY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run."""
     source_path: _builtins.str
     """Path of this owner's CSV file; it never leaves the organisation."""
+    commitment_key: _builtins.bytes
+    """This owner's per-study secret for the input commitment (32 bytes; never leaves the organisation)."""
     @_builtins.property
     def spec(self) -> _common_pb2.StudySpec:
         """The approved study."""
@@ -84,10 +87,11 @@ class PrepareEncryptionRequest(_message.Message):
         run_id: _builtins.str = ...,
         spec: _common_pb2.StudySpec | None = ...,
         source_path: _builtins.str = ...,
+        commitment_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "source_path", b"source_path", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment_key", b"commitment_key", "run_id", b"run_id", "source_path", b"source_path", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -101,19 +105,23 @@ class PrepareEncryptionResponse(_message.Message):
 
     X25519_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    INPUT_COMMITMENT_FIELD_NUMBER: _builtins.int
     x25519_public_key: _builtins.bytes
     """This owner's ephemeral X25519 public key (raw 32 bytes) for the tag key agreement."""
     rows: _builtins.int
     """Number of valid rows read (local only; not shared with the other owner)."""
+    input_commitment: _builtins.str
+    """HMAC-SHA256 (hex) under commitment_key over the canonicalised rows (empty without a key)."""
     def __init__(
         self,
         *,
         x25519_public_key: _builtins.bytes = ...,
         rows: _builtins.int = ...,
+        input_commitment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_commitment", b"input_commitment", "rows", b"rows", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from riskmesh.v1 import common_pb2 as riskmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17riskmesh/v1/lasso.proto\x12\x0briskmesh.v1\x1a\x18riskmesh/v1/common.proto\"G\n\x0fRunLassoRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.riskmesh.v1.StudySpec\"I\n\x0b\x43oefficient\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x1a\n\x12standardized_value\x18\x03 \x01(\x01\"4\n\x07\x43vPoint\x12\r\n\x05\x61lpha\x18\x01 \x01(\x01\x12\x1a\n\x12mean_squared_error\x18\x02 \x01(\x01\"\xbb\x01\n\x0bModelResult\x12.\n\x0c\x63oefficients\x18\x01 \x03(\x0b\x32\x18.riskmesh.v1.Coefficient\x12\x11\n\tintercept\x18\x02 \x01(\x01\x12\x0e\n\x06joined\x18\x03 \x01(\x04\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12&\n\x08\x63v_curve\x18\x05 \x03(\x0b\x32\x14.riskmesh.v1.CvPoint\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x0e\n\x06target\x18\x07 \x01(\t\"q\n\x10RunLassoResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.ProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.riskmesh.v1.ModelResultH\x00\x42\x06\n\x04item\":\n\x08MpcHello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x11\n\tprss_keys\x18\x03 \x01(\x0c\")\n\nMpcMessage\x12\n\n\x02pc\x18\x01 \x01(\x10\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1e\n\x06MpcEnd\x12\x14\n\x0c\x61\x62ort_reason\x18\x01 \x01(\t\"\x91\x01\n\x0f\x45xchangeRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.MpcHelloH\x00\x12*\n\x07message\x18\x02 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessageH\x00\x12\"\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x13.riskmesh.v1.MpcEndH\x00\x42\x06\n\x04item\"<\n\x10\x45xchangeResponse\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessage2\xa6\x01\n\x0cLassoService\x12I\n\x08RunLasso\x12\x1c.riskmesh.v1.RunLassoRequest\x1a\x1d.riskmesh.v1.RunLassoResponse0\x01\x12K\n\x08\x45xchange\x12\x1c.riskmesh.v1.ExchangeRequest\x1a\x1d.riskmesh.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17riskmesh/v1/lasso.proto\x12\x0briskmesh.v1\x1a\x18riskmesh/v1/common.proto\"[\n\x0fRunLassoRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.riskmesh.v1.StudySpec\x12\x12\n\nmin_joined\x18\x03 \x01(\r\"I\n\x0b\x43oefficient\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x1a\n\x12standardized_value\x18\x03 \x01(\x01\"4\n\x07\x43vPoint\x12\r\n\x05\x61lpha\x18\x01 \x01(\x01\x12\x1a\n\x12mean_squared_error\x18\x02 \x01(\x01\"\xe5\x01\n\x0bModelResult\x12.\n\x0c\x63oefficients\x18\x01 \x03(\x0b\x32\x18.riskmesh.v1.Coefficient\x12\x11\n\tintercept\x18\x02 \x01(\x01\x12\x0e\n\x06joined\x18\x03 \x01(\x04\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12&\n\x08\x63v_curve\x18\x05 \x03(\x0b\x32\x14.riskmesh.v1.CvPoint\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x11\n\tconverged\x18\x08 \x01(\x08\x12\x15\n\rcertified_gap\x18\t \x01(\x01\"q\n\x10RunLassoResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.ProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.riskmesh.v1.ModelResultH\x00\x42\x06\n\x04item\":\n\x08MpcHello\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x11\n\tprss_keys\x18\x03 \x01(\x0c\")\n\nMpcMessage\x12\n\n\x02pc\x18\x01 \x01(\x10\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1e\n\x06MpcEnd\x12\x14\n\x0c\x61\x62ort_reason\x18\x01 \x01(\t\"\x91\x01\n\x0f\x45xchangeRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.riskmesh.v1.MpcHelloH\x00\x12*\n\x07message\x18\x02 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessageH\x00\x12\"\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x13.riskmesh.v1.MpcEndH\x00\x42\x06\n\x04item\"<\n\x10\x45xchangeResponse\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.riskmesh.v1.MpcMessage2\xa6\x01\n\x0cLassoService\x12I\n\x08RunLasso\x12\x1c.riskmesh.v1.RunLassoRequest\x1a\x1d.riskmesh.v1.RunLassoResponse0\x01\x12K\n\x08\x45xchange\x12\x1c.riskmesh.v1.ExchangeRequest\x1a\x1d.riskmesh.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'riskmesh.v1.lasso_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNLASSOREQUEST']._serialized_start=66
-  _globals['_RUNLASSOREQUEST']._serialized_end=137
-  _globals['_COEFFICIENT']._serialized_start=139
-  _globals['_COEFFICIENT']._serialized_end=212
-  _globals['_CVPOINT']._serialized_start=214
-  _globals['_CVPOINT']._serialized_end=266
-  _globals['_MODELRESULT']._serialized_start=269
-  _globals['_MODELRESULT']._serialized_end=456
-  _globals['_RUNLASSORESPONSE']._serialized_start=458
-  _globals['_RUNLASSORESPONSE']._serialized_end=571
-  _globals['_MPCHELLO']._serialized_start=573
-  _globals['_MPCHELLO']._serialized_end=631
-  _globals['_MPCMESSAGE']._serialized_start=633
-  _globals['_MPCMESSAGE']._serialized_end=674
-  _globals['_MPCEND']._serialized_start=676
-  _globals['_MPCEND']._serialized_end=706
-  _globals['_EXCHANGEREQUEST']._serialized_start=709
-  _globals['_EXCHANGEREQUEST']._serialized_end=854
-  _globals['_EXCHANGERESPONSE']._serialized_start=856
-  _globals['_EXCHANGERESPONSE']._serialized_end=916
-  _globals['_LASSOSERVICE']._serialized_start=919
-  _globals['_LASSOSERVICE']._serialized_end=1085
+  _globals['_RUNLASSOREQUEST']._serialized_end=157
+  _globals['_COEFFICIENT']._serialized_start=159
+  _globals['_COEFFICIENT']._serialized_end=232
+  _globals['_CVPOINT']._serialized_start=234
+  _globals['_CVPOINT']._serialized_end=286
+  _globals['_MODELRESULT']._serialized_start=289
+  _globals['_MODELRESULT']._serialized_end=518
+  _globals['_RUNLASSORESPONSE']._serialized_start=520
+  _globals['_RUNLASSORESPONSE']._serialized_end=633
+  _globals['_MPCHELLO']._serialized_start=635
+  _globals['_MPCHELLO']._serialized_end=693
+  _globals['_MPCMESSAGE']._serialized_start=695
+  _globals['_MPCMESSAGE']._serialized_end=736
+  _globals['_MPCEND']._serialized_start=738
+  _globals['_MPCEND']._serialized_end=768
+  _globals['_EXCHANGEREQUEST']._serialized_start=771
+  _globals['_EXCHANGEREQUEST']._serialized_end=916
+  _globals['_EXCHANGERESPONSE']._serialized_start=918
+  _globals['_EXCHANGERESPONSE']._serialized_end=978
+  _globals['_LASSOSERVICE']._serialized_start=981
+  _globals['_LASSOSERVICE']._serialized_end=1147
 # @@protoc_insertion_point(module_scope)

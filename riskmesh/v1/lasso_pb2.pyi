@@ -27,8 +27,13 @@ class RunLassoRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    MIN_JOINED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run."""
+    min_joined: _builtins.int
+    """This organisation's floor on the joined count from its local policy; the run stops
+    before anything is computed when the join is smaller (0: the spec's minimum only).
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.StudySpec:
         """The approved study."""
@@ -38,10 +43,11 @@ class RunLassoRequest(_message.Message):
         *,
         run_id: _builtins.str = ...,
         spec: _common_pb2.StudySpec | None = ...,
+        min_joined: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_joined", b"min_joined", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -61,7 +67,7 @@ class Coefficient(_message.Message):
     value: _builtins.float
     """Coefficient on the original scale of the feature."""
     standardized_value: _builtins.float
-    """Coefficient on the standardised scale (set when the study standardises)."""
+    """Coefficient on the standardised scale (set when the study standardises and reveals it)."""
     def __init__(
         self,
         *,
@@ -116,6 +122,8 @@ class ModelResult(_message.Message):
     CV_CURVE_FIELD_NUMBER: _builtins.int
     ITERATIONS_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    CONVERGED_FIELD_NUMBER: _builtins.int
+    CERTIFIED_GAP_FIELD_NUMBER: _builtins.int
     intercept: _builtins.float
     """Intercept on the original scale."""
     joined: _builtins.int
@@ -123,9 +131,20 @@ class ModelResult(_message.Message):
     alpha: _builtins.float
     """The alpha used for the final fit."""
     iterations: _builtins.int
-    """Solver iterations per fit."""
+    """Solver iterations the final fit used: the public checkpoint at which its convergence
+    certificate held, or the study's maximum when it never did.
+    """
     target: _builtins.str
     """Name of the target column."""
+    converged: _builtins.bool
+    """True when the convergence certificate, computed inside MPC, held for every fit the model
+    depends on (with cross-validation also every fold x alpha fit). False: the model may be
+    far from the optimum; do not use it without a rerun (e.g. more iterations).
+    """
+    certified_gap: _builtins.float
+    """When converged: the certified bound on the relative objective gap (P - P*) / P*
+    (duality gap or strong-convexity bound); 0 when not certified.
+    """
     @_builtins.property
     def coefficients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Coefficient]:
         """Coefficients, in the study's feature order."""
@@ -144,10 +163,12 @@ class ModelResult(_message.Message):
         cv_curve: _abc.Iterable[Global___CvPoint] | None = ...,
         iterations: _builtins.int = ...,
         target: _builtins.str = ...,
+        converged: _builtins.bool = ...,
+        certified_gap: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "coefficients", b"coefficients", "cv_curve", b"cv_curve", "intercept", b"intercept", "iterations", b"iterations", "joined", b"joined", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "certified_gap", b"certified_gap", "coefficients", b"coefficients", "converged", b"converged", "cv_curve", b"cv_curve", "intercept", b"intercept", "iterations", b"iterations", "joined", b"joined", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,7 +64,7 @@ from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data
 from services.join.core.parallel import default_workers
 from services.tools.launcher import LocalMesh, local_mesh_for
-from services.mesh.config import load_config
+from services.mesh.config import MAX_UPLOAD_ROWS, load_config
 
 JOIN_SERVERS = ("encryption", "intersection", "resharing")
 READ_BYTES = 1 << 16
@@ -158,7 +158,8 @@ def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int
     if records < 1 or not 0.0 <= overlap <= 1.0:
         raise ValueError("records must be positive and overlap in [0, 1]")
     with _directory(workdir) as root:
-        configs = local_mesh_for(root / "mesh")
+        # --bits 1024: a quick, test-only mesh; a helper cap above `records` (its ciphertexts spool to disk).
+        configs = local_mesh_for(root / "mesh", min_paillier_bits=min(bits, 2048), max_upload_rows=max(records, MAX_UPLOAD_ROWS))
         data = make_study_data(records, overlap=overlap, features=features)
         spec = spec_for(data, "join-bench")
         spec.paillier_bits = bits

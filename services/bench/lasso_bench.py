@@ -1,8 +1,10 @@
 """`riskmesh bench --phase lasso`: the secure Lasso alone, on dealt shares.
 
-N joined rows × D features are generated (services/testkit/synthetic.py: the insurer holds
-the first ⌈D/2⌉ features and the target, the hospital the rest, D/5 non-zero true
-weights plus noise) and split by the test-only dealer (services/testkit/dealer.py) into
+N joined rows × D features are generated — `--design synthetic` (services/testkit/synthetic.py:
+the insurer holds the first ⌈D/2⌉ features and the target, the hospital the rest, D/5
+non-zero true weights plus noise) or `--design collinear` (services/testkit/collinear.py:
+groups of three measurements correlating ≥ 0.99, units from 1e-3 to 1e3, a small-scale
+target, alpha = 1e-4 × alpha_max by default) — and split by the test-only dealer (services/testkit/dealer.py) into
 the three additive shares the secure join leaves behind, in its format and layout
 (f = 32, ℓ = 64, σ = 40; rows in a random order nobody else knows), as the resharing
 stores hold them: the insurer holds x + r of the hospital's columns, the hospital x + r
@@ -20,10 +22,16 @@ three parties sent each other (TLS records of the Exchange streams).
 gateways do) until both data owners hold the revealed coefficients: MPC input, Gram,
 iterations, reveal. `lasso_phases_s` splits it at the insurer's first progress report
 of each phase (the server stamps each report). The reference is scikit-learn's
-`Lasso(alpha)` on the same plaintext table. `mpc_rounds` / `mpc_messages` per phase come
-from the lasso servers' `mpc traffic` spans (services/bench/mpc_traffic.py), `cpu_s_by_org`
-from the party processes and their MPC workers (services/bench/meshrun.py). No Paillier here:
-the dealer stands in for the join, so the record has no `paillier_bits`.
+`Lasso(alpha)` run to convergence (tol 1e-14) on the same plaintext table (the dealt,
+fixed-point-decoded join): `objective_gap` is the relative excess of the secure model's
+objective over it, `max_pred_diff` the largest prediction difference over the joined
+rows relative to the target's range, `rel_coef_diff` the largest coefficient difference
+relative to max |w|; `converged` and `iterations` are what the result reports (the
+solver's certificate held, at that checkpoint).
+`mpc_rounds` / `mpc_messages` per phase come from the lasso servers' `mpc traffic` spans
+(services/bench/mpc_traffic.py), `cpu_s_by_org` from the party processes and their MPC
+workers (services/bench/meshrun.py). No Paillier here: the dealer stands in for the join,
+so the record has no `paillier_bits`.
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import argparse
 import asyncio
 import os
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +52,8 @@ from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
 from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter, cpu_delta, cpu_seconds_by_org
 from services.bench.mpc_traffic import mpc_traffic
+from services.testkit.collinear import collinear_study_data
+from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, joined_table, make_study_data
 from services.join.core.packing import SlotLayout
@@ -53,7 +62,7 @@ from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, dea
 from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
 from services.mesh.process import SINGLE_THREAD_ENV
-from services.tools.launcher import OrgPlacement, ServerProcess, stop_processes, wait_healthy
+from services.tools.launcher import OrgPlacement, ServerProcess, start_server_process, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
 
 ORGS = ("insurer", "hospital", "helper")
@@ -61,6 +70,26 @@ STUDY_ID = "lasso-bench"
 SHARES_FILE = "bench-shares.bin"
 DEADLINE_S = 3600.0
 PHASES = ("input", "gram", "iterations", "reveal")
+DESIGNS = ("synthetic", "collinear")
+SYNTHETIC_ALPHA = 0.1
+#: The collinear design's alpha, relative to alpha_max (the hard regime: many features active).
+COLLINEAR_ALPHA_FRACTION = 1e-4
+COLLINEAR_SEED = 0
+
+
+def design_data(design: str, records: int, features: int) -> StudyData:
+    """The benchmark's joined table (every record in the join)."""
+    if design == "collinear":
+        return collinear_study_data(records, features, seed=COLLINEAR_SEED)
+    return make_study_data(records, overlap=1.0, features=features)
+
+
+def default_alpha(design: str, x: np.ndarray, y: np.ndarray) -> float:
+    """0.1 for the synthetic design; a fixed fraction of alpha_max = max|xᵀ(y − ȳ)|/m for the collinear one."""
+    if design != "collinear":
+        return SYNTHETIC_ALPHA
+    centred = x - x.mean(axis=0)
+    return COLLINEAR_ALPHA_FRACTION * float(np.max(np.abs(centred.T @ (y - y.mean()))) / len(y))
 
 
 def run_ids(repeat: int) -> list[str]:
@@ -168,8 +197,7 @@ def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int) -> Launc
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 env = {**os.environ, **SINGLE_THREAD_ENV, **placements.get(org, OrgPlacement()).env, "RISKMESH_CONFIG": str(path)}
                 command = [sys.executable, "-m", "services.bench.lasso_bench", "party", "--config", str(path), "--shares", str(shares_path), "--repeat", str(repeat)]
-                with log_path.open("ab") as log:
-                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = start_server_process(command, env, log_path)
                 parties.processes.append(ServerProcess(org, "lasso", process, log_path, f"{config.bind_host}:{config.health_port('lasso')}"))
             for proc in parties.processes:
                 _wait_party(proc, timeout)
@@ -242,15 +270,16 @@ async def _run_all(configs: Mapping[str, OrgConfig], run_id: str, spec: common_p
     return elapsed, outcomes, request_at
 
 
-def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None) -> dict[str, Any]:
-    """The secure Lasso on `records` dealt joined rows; medians over `repeat` runs."""
-    if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
-        raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
-    data = make_study_data(records, overlap=1.0, features=features)
+def bench_lasso(records: int, features: int = 10, alpha: float | None = None, latency_ms: float = 0.0, repeat: int = 1,
+                workdir: Path | None = None, design: str = "synthetic") -> dict[str, Any]:
+    """The secure Lasso on `records` dealt joined rows of `design`; medians over `repeat` runs."""
+    if records < 2 or features < 2 or repeat < 1 or (alpha is not None and alpha <= 0) or latency_ms < 0 or design not in DESIGNS:
+        raise ValueError(f"records >= 2, features >= 2, repeat >= 1, alpha > 0, latency >= 0 and a design in {DESIGNS} are required")
+    data = design_data(design, records, features)
     blocks, x, y = party_blocks(data, np.random.default_rng(20240611))
-    from services.testkit.plain_reference import lasso_reference
-
-    reference = lasso_reference([c.name for c in (*data.insurer.columns, *data.hospital.columns)], x, y, alpha)
+    alpha = alpha if alpha is not None else default_alpha(design, x, y)
+    names = [c.name for c in (*data.insurer.columns, *data.hospital.columns)]
+    reference = lasso_reference(names, x, y, alpha, tol=1e-14)  # run to convergence: the objective gap's yardstick
     spec = spec_for(data, STUDY_ID, alphas=[alpha])
     load_before = os.getloadavg()[0]
     runs: list[dict[str, Any]] = []
@@ -266,19 +295,34 @@ def bench_lasso(records: int, features: int = 10, alpha: float = 0.1, latency_ms
                 elapsed, outcomes, request_at = asyncio.run(_run_all(configs, run_id, spec))
                 peaks = mesh.sampler.peaks()
                 runs.append(_figures(records, features, alpha, elapsed, outcomes, request_at, reference,
-                                     TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb()))
+                                     TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb(), x, y))
                 runs[-1]["cpu_s_by_org"] = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
         # The parties have stopped and flushed their spans.
         for run_id, figures in zip(run_ids(repeat), runs, strict=True):
             figures.update(mpc_traffic([root], run_id))
     summary = median_summary(runs)
-    summary.update({"phase": "lasso", "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
+    summary.update({"phase": "lasso", "design": design, "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
                     "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
     return summary
 
 
+def accuracy(secure: Mapping[str, float], reference: Mapping[str, float], x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
+    """Relative objective gap against the reference and the largest prediction difference relative to the
+    target's range, on the plaintext join (x, y) whose columns follow the reference's feature order."""
+    names = [n for n in reference if n != "(intercept)"]
+    w, w_ref = np.array([secure[n] for n in names]), np.array([reference[n] for n in names])
+    b, b_ref = secure["(intercept)"], reference["(intercept)"]
+
+    def objective(coef: np.ndarray, intercept: float) -> float:
+        return float(0.5 * np.mean((y - x @ coef - intercept) ** 2) + alpha * np.abs(coef).sum())
+
+    best = objective(w_ref, b_ref)
+    return {"objective_gap": (objective(w, b) - best) / best,
+            "max_pred_diff": float(np.max(np.abs(x @ (w - w_ref) + (b - b_ref))) / np.ptp(y))}
+
+
 def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes: Mapping[str, PartyOutcome], request_at: float,
-             reference: Mapping[str, float], sent: Mapping[str, int], peak_rss_mb: float) -> dict[str, Any]:
+             reference: Mapping[str, float], sent: Mapping[str, int], peak_rss_mb: float, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     results = [outcomes[o].result for o in ("insurer", "hospital")]
     if any(r is None or not r.coefficients for r in results):
         raise BenchError("a data owner received no coefficients")
@@ -294,9 +338,12 @@ def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes
         "lasso_s": round(elapsed, 3),
         "lasso_phases_s": split_phases(request_at, insurer_view.done_at, insurer_view.phase_starts),
         "iterations": int(insurer.iterations),
+        "converged": bool(insurer.converged and hospital.converged),
+        "certified_gap": float(insurer.certified_gap),
         "mpc_bytes_sent": sum(sent.values()),
         "mpc_bytes_sent_by_org": dict(sent),
         **coefficient_errors(secure, reference),
+        **accuracy(secure, reference, x, y, alpha),
         "owners_agree": revealed(hospital) == secure,
         "helper_result_empty": not (outcomes["helper"].result and outcomes["helper"].result.coefficients),
         "peak_rss_mb": peak_rss_mb,

@@ -5,8 +5,9 @@
 The parent makes a synthetic study (``synthetic``), starts three party
 processes on 127.0.0.1 and prints per-phase wall times (input, gram,
 iterations, reveal — as seen by party 0), the total, each party's CPU time
-for the run (a load-independent measure: the machine may be shared), and the
-largest coefficient difference to scikit-learn. Every party process rebuilds the same
+for the run (a load-independent measure: the machine may be shared), the
+largest coefficient difference to scikit-learn, the solver iterations used and
+whether the convergence certificate held. Every party process rebuilds the same
 dealt shares from the seed (test harness only: no shares cross processes) and
 keeps its own matrix. Party processes use single-threaded BLAS.
 """
@@ -36,6 +37,8 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--standardize", action="store_true")
     parser.add_argument("--iterations", type=int, default=0, help="ADMM iterations (0 = default)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--design", choices=["synthetic", "collinear"], default="synthetic",
+                        help="collinear: services/testkit/collinear.py (alpha then relative to alpha_max)")
     parser.add_argument("--party", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ports", type=str, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -65,9 +68,8 @@ def _party(args: argparse.Namespace) -> None:
     from services.testkit.dealer import deal
     from services.lasso.mpc.runtime import create_runtime
     from services.lasso.mpc.secure_regression import run_party
-    from services.testkit.synthetic import make_joined_table
 
-    study = make_joined_table(args.records, args.features, seed=args.seed)
+    study = _study(args)
     shares = deal(study.table, study.owners, np.random.default_rng(args.seed)).shares[args.party]
     spec = _spec(args, study)
     ports = [int(p) for p in args.ports.split(",")]
@@ -94,8 +96,29 @@ def _party(args: argparse.Namespace) -> None:
             "alpha": result.alpha,
             "cv_curve": [list(p) for p in result.cv_curve],
             "standardized": list(result.standardized_coefficients or []),
+            "iterations": result.iterations,
+            "converged": result.converged,
         }
     print(json.dumps(payload), flush=True)
+
+
+def _study(args: argparse.Namespace) -> Any:
+    """The joined table: synthetic, or the collinear family with its alphas made absolute."""
+    from services.testkit.synthetic import JoinedTable, make_joined_table
+
+    if args.design == "synthetic":
+        return make_joined_table(args.records, args.features, seed=args.seed)
+    import numpy as np
+
+    from services.lasso.core.params import ColumnRange
+    from services.testkit.collinear import as_joined, make_collinear
+
+    design = make_collinear(args.records, args.features, seed=args.seed)
+    table = as_joined(np.column_stack([design.x, design.y]))
+    ranges = tuple(ColumnRange(*r) for r in (*design.feature_ranges, design.target_range))
+    owners = tuple([0] * ((args.features + 1) // 2) + [1] * (args.features // 2) + [0])
+    args.alpha = [a * design.alpha_max() for a in (args.alpha or [1e-4])]
+    return JoinedTable(table, (*design.names, "outcome"), ranges, owners, target=args.features)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -144,16 +167,16 @@ def main(argv: list[str] | None = None) -> None:
 
     from services.testkit.dealer import deal
     from services.testkit.plain_reference import cv_curve_sklearn, fit_sklearn, split_table
-    from services.testkit.synthetic import make_joined_table
 
     raw = sys.argv[1:] if argv is None else argv
     reports = run_local(raw)
     owner = reports[0]
     times = owner["timings"]
-    print(f"records={args.records} features={args.features} kind={args.kind} alphas={args.alpha or [0.5]}")
+    study = _study(args)  # (collinear: makes the alphas absolute, as the parties did)
+    print(f"records={args.records} features={args.features} design={args.design} kind={args.kind} "
+          f"alphas={[float(f'{a:.6g}') for a in (args.alpha or [0.5])]}")
     print("timings (party 0, s): " + "  ".join(f"{k}={v:.2f}" for k, v in times.items())
           + "   cpu per party (s): " + " ".join(f"{r['cpu']:.2f}" for r in reports))
-    study = make_joined_table(args.records, args.features, seed=args.seed)
     spec = _spec(args, study)
     table = deal(study.table, study.owners, np.random.default_rng(args.seed)).table  # the parties' row order
     x, y = split_table(table, spec)
@@ -169,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     same_zeros = bool(np.array_equal(ws == 0, np.abs(w) < 1e-12))
     print(f"alpha={secure['alpha']:g} max|w - w_sklearn| = {diff:.3e} (relative {diff / scale:.3e}), "
           f"|b - b_sklearn| = {abs(secure['intercept'] - b):.3e}, zero pattern equal: {same_zeros} "
-          f"({int(np.sum(ws == 0))} zeros)")
+          f"({int(np.sum(ws == 0))} zeros); iterations {secure['iterations']}, certified: {secure['converged']}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import psutil
 
-from services.mesh.config import ROLE_SERVERS, SERVER_OFFSETS, load_config
+from services.mesh.config import ROLE_SERVERS, load_config
 from services.tools.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for
 from services.tools.relay import Address, DelayRelay, parse_address
 
@@ -119,16 +119,12 @@ class RelayThread:
         self.relays: list[CountingRelay] = []
         self.thread.start()
 
-    def add(self, relay: CountingRelay, reserved: frozenset[int] = frozenset()) -> str:
-        """Start `relay` on a free port outside `reserved` (ports the servers are about to
-        bind); returns its `host:port`."""
-        for _ in range(100):
-            asyncio.run_coroutine_threadsafe(relay.start(), self.loop).result(30)
-            if relay.listen_address.port not in reserved:
-                self.relays.append(relay)
-                return str(relay.listen_address)
-            asyncio.run_coroutine_threadsafe(relay.close(), self.loop).result(30)
-        raise RuntimeError("no free relay port outside the servers' ports")
+    def add(self, relay: CountingRelay) -> str:
+        """Start `relay` on a free port (never one of the servers': the launcher holds
+        those, services/tools/launcher.py); returns its `host:port`."""
+        asyncio.run_coroutine_threadsafe(relay.start(), self.loop).result(30)
+        self.relays.append(relay)
+        return str(relay.listen_address)
 
     def stop(self) -> None:
         async def close_all() -> None:
@@ -321,7 +317,6 @@ class BenchMesh:
         assert self.relays is not None
         configs = {org: load_config(path, env={}) for org, path in self.config_paths.items()}
         env: dict[str, dict[str, str]] = {org: {} for org in configs}
-        reserved = frozenset(c.port(s) for c in configs.values() for s in SERVER_OFFSETS) | frozenset(c.health_port(s) for c in configs.values() for s in SERVER_OFFSETS)
         for caller in configs:
             for peer, peer_config in configs.items():
                 if peer == caller:
@@ -331,11 +326,11 @@ class BenchMesh:
                         continue
                     target = parse_address(peer_config.self_endpoint.address(server))
                     relay = CountingRelay(Address(host="127.0.0.1"), target, self.latency_ms / 1000.0, caller, peer, self.counter)
-                    env[caller][relay_env_var(peer, server)] = self.relays.add(relay, reserved)
+                    env[caller][relay_env_var(peer, server)] = self.relays.add(relay)
         return env
 
     def prepare(self) -> dict[str, Path]:
-        """PKI and one config per org on free ports (before any process starts)."""
+        """PKI and one config per org on ports reserved by this process (before any process starts)."""
         if not self.config_paths:
             self.config_paths = local_mesh_for(self.root)
         return self.config_paths

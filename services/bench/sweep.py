@@ -3,7 +3,10 @@
 Full: the whole study (`--phase all`, services/bench/full_bench.py) at 1,000, 2,500,
 5,000, 10,000, 25,000, 50,000 and 100,000 rows per owner with 10 features, and at 5,
 20 and 50 features with 10,000 rows (10 features there is the records sweep's point):
-the median of 3 runs up to 10,000 rows, one run above. Every point starts its own
+the median of 3 runs up to 10,000 rows, one run above. Then the collinear curve: the
+secure Lasso alone (`--phase lasso --design collinear`, services/bench/lasso_bench.py) on
+the ill-conditioned family at 1,000, 2,500, 5,000 and 10,000 joined rows × 30 features,
+one run each, with its iterations, certificate and objective gap. Every point starts its own
 three organisations. Budget: 30 minutes on this 2-core machine; once the sweep has
 used `CUT_AFTER_S` of it, the remaining points run once (the CSV's `repeat` column
 and the README say so). A point whose run fails is retried once on fresh
@@ -30,11 +33,13 @@ import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from services.bench.full_bench import BenchError, bench_all
+from services.bench.lasso_bench import bench_lasso
 from services.bench.tno_compare import RESULT_PATH as TNO_RESULT_PATH
 
 BUDGET_S = 30 * 60.0
@@ -44,15 +49,38 @@ ALPHA = 0.1
 ORGS = ("insurer", "hospital", "helper")
 PHASE_COLUMNS = ("join_s", "reshare_s", "lasso_s", "total_s")
 CSV_COLUMNS = (
-    "sweep", "records", "features", "repeat", "ok", "joined", "join_s", "reshare_s", "lasso_s", "total_s", "iterations", "nonzero",
-    "max_abs_coef_diff", "rel_coef_diff", "bytes_sent", "peak_rss_mb", "peak_rss_mb_insurer", "peak_rss_mb_hospital", "peak_rss_mb_helper",
-    "total_s_runs", "load_1m_before", "error",
+    "sweep",
+    "records",
+    "features",
+    "repeat",
+    "ok",
+    "joined",
+    "join_s",
+    "reshare_s",
+    "lasso_s",
+    "total_s",
+    "iterations",
+    "nonzero",
+    "max_abs_coef_diff",
+    "rel_coef_diff",
+    "bytes_sent",
+    "peak_rss_mb",
+    "peak_rss_mb_insurer",
+    "peak_rss_mb_hospital",
+    "peak_rss_mb_helper",
+    "total_s_runs",
+    "load_1m_before",
+    "converged",
+    "objective_gap",
+    "max_pred_diff",
+    "error",
 )
+COLLINEAR_FEATURES = 30
 
 
 @dataclass(frozen=True)
 class Point:
-    sweep: str  # "records" or "features"
+    sweep: str  # "records", "features" (whole study) or "collinear" (secure Lasso alone, ill-conditioned design)
     records: int
     features: int
     repeat: int
@@ -61,14 +89,21 @@ class Point:
 def plan(quick: bool) -> list[Point]:
     """The points of a sweep, in running order."""
     if quick:
-        return [Point("records", n, 10, 1) for n in (1_000, 2_500, 5_000)] + [Point("features", 2_500, d, 1) for d in (5, 20)]
-    records = [Point("records", n, 10, 3 if n <= 10_000 else 1) for n in (1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000)]
-    return records + [Point("features", 10_000, d, 3) for d in (5, 20, 50)]
+        return (
+            [Point("records", n, 10, 1) for n in (1_000, 2_500, 5_000)]
+            + [Point("features", 2_500, d, 1) for d in (5, 20)]
+            + [Point("collinear", 1_000, COLLINEAR_FEATURES, 1)]
+        )
+    records = [
+        Point("records", n, 10, 3 if n <= 10_000 else 1) for n in (1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000)
+    ]
+    collinear = [Point("collinear", n, COLLINEAR_FEATURES, 1) for n in (1_000, 2_500, 5_000, 10_000)]
+    return records + [Point("features", 10_000, d, 3) for d in (5, 20, 50)] + collinear
 
 
 def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     """(k, c) of the least-squares fit of log y = log c + k·log x; needs two distinct x > 0, y > 0."""
-    pairs = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+    pairs = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=False) if x > 0 and y > 0]
     if len({p[0] for p in pairs}) < 2:
         raise ValueError("need at least two distinct positive x values with positive y")
     mean_x = sum(p[0] for p in pairs) / len(pairs)
@@ -82,9 +117,45 @@ def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float
 def csv_row(point: Point, record: Mapping[str, Any] | None, error: str = "") -> dict[str, Any]:
     """One results.csv row (empty cells where a failed point has no figure)."""
     row: dict[str, Any] = {c: "" for c in CSV_COLUMNS}
-    row.update({"sweep": point.sweep, "records": point.records, "features": point.features, "repeat": point.repeat, "ok": record is not None, "error": error})
-    if record is not None:
-        for key in ("joined", *PHASE_COLUMNS, "iterations", "nonzero", "max_abs_coef_diff", "rel_coef_diff", "bytes_sent", "peak_rss_mb", "load_1m_before"):
+    row.update(
+        {
+            "sweep": point.sweep,
+            "records": point.records,
+            "features": point.features,
+            "repeat": point.repeat,
+            "ok": record is not None,
+            "error": error,
+        }
+    )
+    if record is not None and point.sweep == "collinear":  # the secure Lasso alone: no join phases
+        for key in (
+            "lasso_s",
+            "iterations",
+            "nonzero",
+            "max_abs_coef_diff",
+            "rel_coef_diff",
+            "peak_rss_mb",
+            "load_1m_before",
+            "converged",
+            "objective_gap",
+            "max_pred_diff",
+        ):
+            row[key] = record[key]
+        row["joined"] = record["records"]
+        row["bytes_sent"] = record["mpc_bytes_sent"]
+        row["total_s_runs"] = ";".join(f"{t:.3f}" for t in record["lasso_s_runs"])
+    elif record is not None:
+        for key in (
+            "joined",
+            *PHASE_COLUMNS,
+            "iterations",
+            "nonzero",
+            "max_abs_coef_diff",
+            "rel_coef_diff",
+            "bytes_sent",
+            "peak_rss_mb",
+            "load_1m_before",
+        ):
             row[key] = record[key]
         for org in ORGS:
             row[f"peak_rss_mb_{org}"] = record["peak_rss_mb_by_org"].get(org, "")
@@ -111,12 +182,18 @@ def exponents(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Fitted exponents of time per phase and of bytes, in records (d = 10) and in features."""
     out: dict[str, dict[str, float]] = {}
     for sweep, axis in (("records", "records"), ("features", "features")):
-        points = [r for r in rows if str(r["ok"]) == "True" and (r["sweep"] == sweep or (sweep == "features" and _is_shared_point(r, rows)))]
+        points = [
+            r
+            for r in rows
+            if str(r["ok"]) == "True" and (r["sweep"] == sweep or (sweep == "features" and _is_shared_point(r, rows)))
+        ]
         if len({float(r[axis]) for r in points}) < 2:
             continue
         fits = {}
         for column in (*PHASE_COLUMNS, "bytes_sent"):
-            fits[column] = round(fit_exponent([float(r[axis]) for r in points], [float(r[column]) for r in points])[0], 2)
+            fits[column] = round(
+                fit_exponent([float(r[axis]) for r in points], [float(r[column]) for r in points])[0], 2
+            )
         out[sweep] = fits
     return out
 
@@ -133,9 +210,17 @@ def machine() -> dict[str, Any]:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release(), "python": platform.python_version(),
-            "commit": _git_commit()}
+    mem_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+    }
 
 
 def _git_commit() -> str:
@@ -149,15 +234,46 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, tno: Mapping[str, Any]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted((r for r in rows if r["sweep"] == "records" and str(r["ok"]) == "True"), key=lambda r: int(r["records"]))
+    points = sorted(
+        (r for r in rows if r["sweep"] == "records" and str(r["ok"]) == "True"), key=lambda r: int(r["records"])
+    )
     fig, ax = plt.subplots(figsize=(8, 6))
-    labels = {"join_s": "join (keys, hashing, encryption, upload)", "reshare_s": "reshare (match, mask, deliver, decrypt)", "lasso_s": "secure Lasso (input, Gram, iterations, reveal)", "total_s": "total (StartRun → result)"}
+    labels = {
+        "join_s": "join (keys, hashing, encryption, upload)",
+        "reshare_s": "reshare (match, mask, deliver, decrypt)",
+        "lasso_s": "secure Lasso (input, Gram, iterations, reveal)",
+        "total_s": "total (StartRun → result)",
+    }
     styles = {"join_s": "o-", "reshare_s": "s-", "lasso_s": "^-", "total_s": "D-"}
     xs = [int(r["records"]) for r in points]
     for column in PHASE_COLUMNS:
-        ax.plot(xs, [float(r[column]) for r in points], styles[column], label=labels[column], linewidth=2.2 if column == "total_s" else 1.4)
+        ax.plot(
+            xs,
+            [float(r[column]) for r in points],
+            styles[column],
+            label=labels[column],
+            linewidth=2.2 if column == "total_s" else 1.4,
+        )
     if tno and "total_s" in tno.get("tno", {}):
-        ax.plot([tno["records"]], [tno["tno"]["total_s"]], "kx", markersize=10, mew=2, label=f"TNO packages, same machine ({tno['records']:,} rows, process start → coefficients)")
+        ax.plot(
+            [tno["records"]],
+            [tno["tno"]["total_s"]],
+            "kx",
+            markersize=10,
+            mew=2,
+            label=f"TNO packages, same machine ({tno['records']:,} rows, process start → coefficients)",
+        )
+    collinear = sorted(
+        (r for r in rows if r["sweep"] == "collinear" and str(r["ok"]) == "True"), key=lambda r: int(r["records"])
+    )
+    if collinear:
+        ax.plot(
+            [int(r["records"]) for r in collinear],
+            [float(r["lasso_s"]) for r in collinear],
+            "v--",
+            color="tab:purple",
+            label=f"secure Lasso alone, collinear design ({COLLINEAR_FEATURES} features; x = joined rows)",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("records per data owner (half of them in the join), 10 features")
@@ -188,59 +304,85 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{number:,.{digits}f}"
 
 
-def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: str, tno: Mapping[str, Any] | None) -> str:
+def readme(
+    rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: str, tno: Mapping[str, Any] | None
+) -> str:
     lines = [
         "# Benchmarks: the whole study, three organisations on one machine",
         "",
-        f"Generated by `{command}` (what `make bench` / `make bench-quick` run; services/bench/sweep.py); do not edit by hand.",
+        f"Generated by `{command}` (what `make bench` / `make bench-quick` run; services/bench/sweep.py); "
+        "do not edit by hand.",
         "",
-        "Each point: `riskmesh bench --phase all --records N --features D` — the insurer, the hospital and the helper as separate "
-        "server processes (15 in all) over mTLS on localhost, every cross-organisation connection through a byte-counting relay; the "
-        "study proposed, approved and run through the gateways on generated data (N rows per owner, half of them in the join, D/5 "
-        "non-zero true weights plus noise, Lasso alpha 0.1). Phase times come from the run's exported phase spans: join = run start → "
-        "the last owner has hashed, encrypted and uploaded (key pairs and randomness pools included); reshare = → every org stores its "
-        "shares (the helper's match and mask, delivery, decryption); lasso = → the last MPC phase ends (input, Gram, iterations, reveal); "
-        "total = the client's StartRun → result in hand. `bytes` = TLS bytes all three organisations sent each other. `RSS` = the largest "
-        "resident set of one process (server or MPC worker), sampled every 0.1 s. Coefficient error: max |w − w_sklearn| / max |w_sklearn| "
-        "against scikit-learn's Lasso on the same plaintext join.",
+        "Each point: `riskmesh bench --phase all --records N --features D` — the insurer, the hospital and the helper "
+        "as separate server processes (15 in all) over mTLS on localhost, every cross-organisation connection through "
+        "a byte-counting relay; the study proposed, approved and run through the gateways on generated data (N rows "
+        "per owner, half of them in the join, D/5 non-zero true weights plus noise, Lasso alpha 0.1). Phase times "
+        "come from the run's exported phase spans: join = run start → the last owner has hashed, encrypted and "
+        "uploaded (key pairs and randomness pools included); reshare = → every org stores its shares (the helper's "
+        "match and mask, delivery, decryption); lasso = → the last MPC phase ends (input, Gram, iterations, reveal); "
+        "total = the client's StartRun → result in hand. `bytes` = TLS bytes all three organisations sent each "
+        "other. `RSS` = the largest resident set of one process (server or MPC worker), sampled every 0.1 s. "
+        "Coefficient error: max |w − w_sklearn| / max |w_sklearn| against scikit-learn's Lasso on the same "
+        "plaintext join.",
         "",
         "## Machine",
         "",
-        f"- nproc {info['nproc']}, CPU {info['cpu']}, RAM {info['ram_gib']} GiB, kernel {info['kernel']}, Python {info['python']}, commit {info['commit']}",
-        f"- load average (1 min) at the start {info['load_start']}, at the end {info['load_end']} (each point's in the table: the machine is shared, and load above ~0.5 slows every figure); the sweep took {info['elapsed_min']} min (started {info['started']})",
+        f"- nproc {info['nproc']}, CPU {info['cpu']}, RAM {info['ram_gib']} GiB, kernel {info['kernel']}, "
+        f"Python {info['python']}, commit {info['commit']}",
+        f"- load average (1 min) at the start {info['load_start']}, at the end {info['load_end']} "
+        "(each point's in the table: the machine is shared, and load above ~0.5 slows every figure); "
+        f"the sweep took {info['elapsed_min']} min (started {info['started']})",
         f"- repeats: {info['repeats_note']}",
         "",
         "## Results",
         "",
-        "| sweep | records | features | runs | joined | join s | reshare s | lasso s | total s | iterations | rel coef diff | MB sent | largest RSS MB | load before |",
+        "| sweep | records | features | runs | joined | join s | reshare s | lasso s | total s | iterations "
+        "| rel coef diff | MB sent | largest RSS MB | load before |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in (r for r in rows if r["sweep"] != "collinear"):
         if str(r["ok"]) != "True":
-            lines.append(f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | failed: {r['error']} ||||||||||")
+            lines.append(
+                f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} "
+                f"| failed: {r['error']} ||||||||||"
+            )
             continue
         lines.append(
-            f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | {int(r['joined']):,} | {_fmt(r['join_s'])} | {_fmt(r['reshare_s'])} | "
-            f"{_fmt(r['lasso_s'])} | {_fmt(r['total_s'])} | {r['iterations']} | {_fmt(r['rel_coef_diff'])} | {_fmt(float(r['bytes_sent']) / 1e6, 1)} | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['load_1m_before'])} |"
+            f"| {r['sweep']} | {int(r['records']):,} | {r['features']} | {r['repeat']} | {int(r['joined']):,} "
+            f"| {_fmt(r['join_s'])} | {_fmt(r['reshare_s'])} | {_fmt(r['lasso_s'])} | {_fmt(r['total_s'])} "
+            f"| {r['iterations']} | {_fmt(r['rel_coef_diff'])} | {_fmt(float(r['bytes_sent']) / 1e6, 1)} "
+            f"| {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['load_1m_before'])} |"
         )
     retried = [r for r in rows if str(r["ok"]) == "True" and r["error"]]
     if retried:
         lines += ["", "Points that succeeded on a second attempt (the first failure, kept for diagnosis):", ""]
         lines += [f"- {r['sweep']} {int(r['records']):,} × {r['features']}: {r['error']}" for r in retried]
-    lines += ["", "![time against records](figure4.png)", "", "## Growth (least squares on log–log: time ≈ c·x^k)", ""]
+    lines += ["", "![time against records](figure4.png)", ""]
+    lines += collinear_section(rows)
+    lines += ["", "## Growth (least squares on log–log: time ≈ c·x^k)", ""]
     fits = exponents(rows)
     if fits:
         lines += ["| x | join | reshare | lasso | total | bytes sent |", "|---|---:|---:|---:|---:|---:|"]
         for sweep, fit in fits.items():
             label = "records (10 features)" if sweep == "records" else "features (at the features sweep's records)"
-            lines.append(f"| {label} | {fit['join_s']} | {fit['reshare_s']} | {fit['lasso_s']} | {fit['total_s']} | {fit['bytes_sent']} |")
+            lines.append(
+                f"| {label} | {fit['join_s']} | {fit['reshare_s']} | {fit['lasso_s']} | {fit['total_s']} "
+                f"| {fit['bytes_sent']} |"
+            )
     else:
         lines.append("Too few successful points to fit.")
     lines += ["", "## Memory per party at the largest size", ""]
-    largest = max((r for r in rows if r["sweep"] == "records" and str(r["ok"]) == "True"), key=lambda r: int(r["records"]), default=None)
+    largest = max(
+        (r for r in rows if r["sweep"] == "records" and str(r["ok"]) == "True"),
+        key=lambda r: int(r["records"]),
+        default=None,
+    )
     if largest is not None:
-        lines.append(f"At {int(largest['records']):,} records per owner × {largest['features']} features (peak of the sum over each organisation's processes; "
-                     f"the largest single process {_fmt(largest['peak_rss_mb'], 0)} MB):")
+        lines.append(
+            f"At {int(largest['records']):,} records per owner × {largest['features']} features "
+            "(peak of the sum over each organisation's processes; "
+            f"the largest single process {_fmt(largest['peak_rss_mb'], 0)} MB):"
+        )
         lines.append("")
         lines += [f"- {org}: {_fmt(largest[f'peak_rss_mb_{org}'], 0)} MB" for org in ORGS]
     lines += ["", "## TNO packages, side by side", ""]
@@ -248,13 +390,51 @@ def readme(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: 
     return "\n".join(lines) + "\n"
 
 
+def collinear_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ill-conditioned design: `riskmesh bench --phase lasso --design collinear` per point."""
+    points = [r for r in rows if r["sweep"] == "collinear"]
+    if not points:
+        return []
+    lines = [
+        "## Ill-conditioned design: the secure Lasso alone",
+        "",
+        f"`riskmesh bench --phase lasso --records N --features {COLLINEAR_FEATURES} --design collinear`: "
+        "groups of three measurements correlating ≥ 0.99, units from 1e-3 to 1e3, a small-scale target "
+        "(services/testkit/collinear.py), alpha = 1e-4 × alpha_max; N joined rows dealt as the join leaves them, "
+        "the three lasso servers only. Objective gap: relative to scikit-learn's Lasso run to convergence on the "
+        "same plaintext join; prediction difference: relative to the target's range.",
+        "",
+        "| joined rows | features | lasso s | iterations | certified | objective gap | max prediction diff "
+        "| MB sent | load before |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in points:
+        if str(r["ok"]) != "True":
+            lines.append(f"| {int(r['records']):,} | {r['features']} | failed: {r['error']} ||||||")
+            continue
+        lines.append(
+            f"| {int(r['records']):,} | {r['features']} | {_fmt(r['lasso_s'])} | {r['iterations']} "
+            f"| {r['converged']} | {_fmt(r['objective_gap'])} | {_fmt(r['max_pred_diff'])} "
+            f"| {_fmt(float(r['bytes_sent']) / 1e6, 1)} "
+            f"| {_fmt(r['load_1m_before'])} |"
+        )
+    return lines
+
+
 def tno_section(tno: Mapping[str, Any] | None) -> list[str]:
     if tno is None:
-        return ["Not measured in this checkout: run `riskmesh bench --compare-tno` (it saves .riskmesh/bench/tno-compare.json, which the next sweep reports here)."]
+        return [
+            "Not measured in this checkout: run `riskmesh bench --compare-tno` "
+            "(it saves .riskmesh/bench/tno-compare.json, which the next sweep reports here)."
+        ]
     ours, theirs = tno["riskmesh"], tno.get("tno", {})
-    head = (f"`riskmesh bench --compare-tno --records {tno['records']}` on {tno.get('measured_at', '?')} (load {tno.get('load_1m_before')} → {tno.get('load_1m_after')}): "
-            f"{tno['records']:,} rows per owner × {tno['features']} features, alpha {tno['alpha']}; both timed from starting the parties' processes "
-            "until the data owners hold the coefficients; coefficient error against scikit-learn on the same plaintext join.")
+    head = (
+        f"`riskmesh bench --compare-tno --records {tno['records']}` on {tno.get('measured_at', '?')} "
+        f"(load {tno.get('load_1m_before')} → {tno.get('load_1m_after')}): "
+        f"{tno['records']:,} rows per owner × {tno['features']} features, alpha {tno['alpha']}; "
+        "both timed from starting the parties' processes until the data owners hold the coefficients; "
+        "coefficient error against scikit-learn on the same plaintext join."
+    )
     if "total_s" not in theirs:
         return [head, "", f"TNO did not run: {theirs.get('why', 'no reason recorded')}"]
     return [
@@ -262,8 +442,10 @@ def tno_section(tno: Mapping[str, Any] | None) -> list[str]:
         "",
         "| | total s | join s | lasso s | max abs coef diff | rel coef diff |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| riskmesh | {_fmt(ours['total_s'])} | {_fmt(ours['join_s'] + ours['reshare_s'])} | {_fmt(ours['lasso_s'])} | {_fmt(ours['max_abs_coef_diff'])} | {_fmt(ours['rel_coef_diff'])} |",
-        f"| TNO packages | {_fmt(theirs['total_s'])} | {_fmt(theirs['join_s'])} | {_fmt(theirs['lasso_s'])} | {_fmt(theirs['max_abs_coef_diff'])} | {_fmt(theirs['rel_coef_diff'])} |",
+        f"| riskmesh | {_fmt(ours['total_s'])} | {_fmt(ours['join_s'] + ours['reshare_s'])} | {_fmt(ours['lasso_s'])} "
+        f"| {_fmt(ours['max_abs_coef_diff'])} | {_fmt(ours['rel_coef_diff'])} |",
+        f"| TNO packages | {_fmt(theirs['total_s'])} | {_fmt(theirs['join_s'])} | {_fmt(theirs['lasso_s'])} "
+        f"| {_fmt(theirs['max_abs_coef_diff'])} | {_fmt(theirs['rel_coef_diff'])} |",
         "",
         f"TNO / riskmesh: **{tno['tno_over_riskmesh']}×** ({theirs['solver']}).",
     ]
@@ -278,14 +460,31 @@ def run_point(point: Point, workdir: Path) -> dict[str, Any]:
         directory = workdir.with_name(f"{workdir.name}-attempt{attempt}")
         shutil.rmtree(directory, ignore_errors=True)
         try:
-            record = bench_all(point.records, point.features, ALPHA, repeat=point.repeat, workdir=directory)
+            if point.sweep == "collinear":
+                record = bench_lasso(
+                    point.records, point.features, None, repeat=point.repeat, workdir=directory, design="collinear"
+                )
+            else:
+                record = bench_all(point.records, point.features, ALPHA, repeat=point.repeat, workdir=directory)
         except (BenchError, OSError, RuntimeError, TimeoutError) as exc:
             failures.append(f"attempt {attempt}: {type(exc).__name__}: {exc} (kept in {directory})"[:400])
             print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} FAILED ({failures[-1]})", flush=True)
             continue
         shutil.rmtree(directory, ignore_errors=True)
-        print(f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: total {record['total_s']:.2f} s "
-              f"(join {record['join_s']:.2f}, reshare {record['reshare_s']:.2f}, lasso {record['lasso_s']:.2f}), rel coef diff {record['rel_coef_diff']:.1e}", flush=True)
+        if point.sweep == "collinear":
+            print(
+                f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: "
+                f"lasso {record['lasso_s']:.2f} s, {record['iterations']} iterations, "
+                f"certified {record['converged']}, objective gap {record['objective_gap']:.1e}",
+                flush=True,
+            )
+        else:
+            print(
+                f"{point.sweep:8} {point.records:>7} × {point.features:<3} runs {point.repeat}: "
+                f"total {record['total_s']:.2f} s (join {record['join_s']:.2f}, reshare {record['reshare_s']:.2f}, "
+                f"lasso {record['lasso_s']:.2f}), rel coef diff {record['rel_coef_diff']:.1e}",
+                flush=True,
+            )
         return csv_row(point, record, "; ".join(failures))
     return csv_row(point, None, "; ".join(failures))
 
@@ -296,7 +495,11 @@ def run_sweep(quick: bool, out: Path) -> int:
     started_at = time.strftime("%Y-%m-%d %H:%M %Z")
     load_start = round(os.getloadavg()[0], 2)
     command = f"riskmesh bench --sweep {'quick' if quick else 'full'} --out {out}"
-    print(f"sweep {'quick' if quick else 'full'}: load {load_start} at the start" + ("  (above 0.5: figures will be slower than on an idle machine)" if load_start > 0.5 else ""), flush=True)
+    print(
+        f"sweep {'quick' if quick else 'full'}: load {load_start} at the start"
+        + ("  (above 0.5: figures will be slower than on an idle machine)" if load_start > 0.5 else ""),
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     work = WORK_DIR.resolve()
     cut = False
@@ -306,14 +509,38 @@ def run_sweep(quick: bool, out: Path) -> int:
             cut = True
         rows.append(run_point(point, work / f"{point.sweep}-{point.records}x{point.features}"))
     elapsed = time.perf_counter() - started
-    repeats_note = ("one run per point (quick sweep)" if quick else
-                    "median of 3 runs up to 10,000 records, one run above" + (f"; the points after {CUT_AFTER_S / 60:.0f} minutes ran once to stay within the budget" if cut else ""))
-    info = {**machine(), "load_start": load_start, "load_end": round(os.getloadavg()[0], 2), "elapsed_min": round(elapsed / 60, 1), "started": started_at, "repeats_note": repeats_note}
+    repeats_note = (
+        "one run per point (quick sweep)"
+        if quick
+        else "median of 3 runs up to 10,000 records, one run above"
+        + (f"; the points after {CUT_AFTER_S / 60:.0f} minutes ran once to stay within the budget" if cut else "")
+    )
+    info = {
+        **machine(),
+        "load_start": load_start,
+        "load_end": round(os.getloadavg()[0], 2),
+        "elapsed_min": round(elapsed / 60, 1),
+        "started": started_at,
+        "repeats_note": repeats_note,
+    }
     csv_path = write_csv(out / "results.csv", rows)
     saved = read_csv(csv_path)
     tno = load_tno()
     figure(saved, out / "figure4.png", tno)
     (out / "README.md").write_text(readme(saved, info, command, tno))
-    print(json.dumps({"ok": all(r["ok"] for r in rows), "sweep": "quick" if quick else "full", "points": len(rows), "elapsed_s": round(elapsed, 1),
-                      "load_start": load_start, "load_end": info["load_end"], "out": str(out), "exponents": exponents(saved)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "ok": all(r["ok"] for r in rows),
+                "sweep": "quick" if quick else "full",
+                "points": len(rows),
+                "elapsed_s": round(elapsed, 1),
+                "load_start": load_start,
+                "load_end": info["load_end"],
+                "out": str(out),
+                "exponents": exponents(saved),
+            }
+        ),
+        flush=True,
+    )
     return 0 if all(r["ok"] for r in rows) else 1

@@ -29,11 +29,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from services.bench.full_bench import CSV_DECIMALS, OVERLAP, BenchError, bench_all, coefficient_errors, sklearn_reference, work_directory
+from services.bench.full_bench import (
+    CSV_DECIMALS,
+    OVERLAP,
+    BenchError,
+    bench_all,
+    coefficient_errors,
+    sklearn_reference,
+    work_directory,
+)
 from services.mesh.process import SINGLE_THREAD_ENV
 from services.testkit.synthetic import OwnerTable, make_study_data
 
@@ -50,7 +59,13 @@ TNO_PINS = (
     "gmpy2",
     "numpy==1.26.4",
 )
-TNO_IMPORTS = ("tno.mpc.protocols.secure_inner_join", "tno.mpc.mpyc.secure_learning", "tno.mpc.encryption_schemes.paillier", "tno.mpc.communication", "mpyc.runtime")
+TNO_IMPORTS = (
+    "tno.mpc.protocols.secure_inner_join",
+    "tno.mpc.mpyc.secure_learning",
+    "tno.mpc.encryption_schemes.paillier",
+    "tno.mpc.communication",
+    "mpyc.runtime",
+)
 VENV = Path(".riskmesh/tno-venv")
 RESULT_PATH = Path(".riskmesh/bench/tno-compare.json")
 PARTY_SCRIPT = Path(__file__).with_name("tno_party.py")
@@ -128,7 +143,7 @@ def write_tno_input(table: OwnerTable, path: Path) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", *names])
-        for cid, row in zip(table.canonical, table.values):
+        for cid, row in zip(table.canonical, table.values, strict=False):
             writer.writerow([cid, *(f"{v:.{CSV_DECIMALS}f}" for v in row)])
     return path
 
@@ -139,18 +154,21 @@ def tno_coefficients(columns: Sequence[str], target: str, values: Sequence[float
     features = [c for c in columns if c != target]
     if len(values) != len(features) + 1:
         raise BenchError(f"TNO returned {len(values)} coefficients for {len(features)} features and an intercept")
-    return {"(intercept)": float(values[0]), **{name: float(w) for name, w in zip(features, values[1:])}}
+    return {"(intercept)": float(values[0]), **{name: float(w) for name, w in zip(features, values[1:], strict=False)}}
 
 
 def run_tno(python: Path, records: int, features: int, alpha: float, root: Path) -> dict[str, Any]:
     data = make_study_data(records, overlap=OVERLAP, features=features)
     if data.insurer.target is None:
         raise BenchError("the generated insurer table has no target")
-    inputs = {"alice": write_tno_input(data.insurer, root / "alice.csv"), "bob": write_tno_input(data.hospital, root / "bob.csv")}
+    inputs = {
+        "alice": write_tno_input(data.insurer, root / "alice.csv"),
+        "bob": write_tno_input(data.hospital, root / "bob.csv"),
+    }
     ports = free_ports(6)  # three for TNO's HTTP pools, three consecutive for MPyC
     join_ports, mpc_base = ports[:3], ports[3]
     config = {
-        "join_ports": dict(zip(ROLES, join_ports)),
+        "join_ports": dict(zip(ROLES, join_ports, strict=False)),
         "mpc_base_port": mpc_base,
         "inputs": {k: str(v) for k, v in inputs.items()},
         "paillier_bits": TNO_PAILLIER_BITS,
@@ -167,14 +185,22 @@ def run_tno(python: Path, records: int, features: int, alpha: float, root: Path)
     processes = {}
     for role in ROLES:
         with (root / f"{role}.log").open("wb") as log:
-            processes[role] = subprocess.Popen([str(python), "-I", str(PARTY_SCRIPT), str(config_path), role], stdout=subprocess.PIPE, stderr=log, env=env, cwd=root)
+            processes[role] = subprocess.Popen(
+                [str(python), "-I", str(PARTY_SCRIPT), str(config_path), role],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                cwd=root,
+            )
     outputs: dict[str, dict[str, Any]] = {}
     try:
         for role, process in processes.items():
             out, _ = process.communicate(timeout=max(1.0, started + TIMEOUT_S - time.time()))
             lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
             if process.returncode != 0 or not lines:
-                raise TnoUnavailable(f"TNO party {role} exited with {process.returncode}: {_tail(root / f'{role}.log')}")
+                raise TnoUnavailable(
+                    f"TNO party {role} exited with {process.returncode}: {_tail(root / f'{role}.log')}"
+                )
             outputs[role] = json.loads(lines[-1])
     finally:
         for process in processes.values():
@@ -185,7 +211,9 @@ def run_tno(python: Path, records: int, features: int, alpha: float, root: Path)
     revealed_at = max(o["revealed"] for o in owners)
     join_done = max(o["join_done"] for o in owners)
     reference = sklearn_reference(data, alpha)
-    coefficients = tno_coefficients(outputs["alice"]["columns"], data.insurer.target.name, outputs["alice"]["coefficients"])
+    coefficients = tno_coefficients(
+        outputs["alice"]["columns"], data.insurer.target.name, outputs["alice"]["coefficients"]
+    )
     return {
         "joined": outputs["alice"]["joined"],
         "total_s": round(revealed_at - started, 3),
@@ -198,7 +226,12 @@ def run_tno(python: Path, records: int, features: int, alpha: float, root: Path)
 
 
 def compare(records: int, features: int, alpha: float, workdir: Path | None, venv: Path = VENV) -> dict[str, Any]:
-    result: dict[str, Any] = {"records": records, "features": features, "alpha": alpha, "load_1m_before": round(os.getloadavg()[0], 2)}
+    result: dict[str, Any] = {
+        "records": records,
+        "features": features,
+        "alpha": alpha,
+        "load_1m_before": round(os.getloadavg()[0], 2),
+    }
     ours = bench_all(records, features, alpha, workdir=workdir / "riskmesh" if workdir else None)
     result["riskmesh"] = {
         "joined": ours["joined"],
@@ -228,11 +261,20 @@ def compare(records: int, features: int, alpha: float, workdir: Path | None, ven
 
 def print_table(result: Mapping[str, Any]) -> None:
     tno, ours = result.get("tno", {}), result["riskmesh"]
-    print(f"{result['records']} rows per owner × {result['features']} features, alpha {result['alpha']}: process start → coefficients revealed")
+    print(
+        f"{result['records']} rows per owner × {result['features']} features, alpha {result['alpha']}: "
+        "process start → coefficients revealed"
+    )
     print(f"{'':10} {'total s':>9} {'join s':>8} {'lasso s':>8} {'max|Δw|':>10} {'rel Δw':>10}")
-    print(f"{'riskmesh':10} {ours['total_s']:9.2f} {ours['join_s'] + ours['reshare_s']:8.2f} {ours['lasso_s']:8.2f} {ours['max_abs_coef_diff']:10.2e} {ours['rel_coef_diff']:10.2e}")
+    print(
+        f"{'riskmesh':10} {ours['total_s']:9.2f} {ours['join_s'] + ours['reshare_s']:8.2f} {ours['lasso_s']:8.2f} "
+        f"{ours['max_abs_coef_diff']:10.2e} {ours['rel_coef_diff']:10.2e}"
+    )
     if "total_s" in tno:
-        print(f"{'TNO':10} {tno['total_s']:9.2f} {tno['join_s']:8.2f} {tno['lasso_s']:8.2f} {tno['max_abs_coef_diff']:10.2e} {tno['rel_coef_diff']:10.2e}")
+        print(
+            f"{'TNO':10} {tno['total_s']:9.2f} {tno['join_s']:8.2f} {tno['lasso_s']:8.2f} "
+            f"{tno['max_abs_coef_diff']:10.2e} {tno['rel_coef_diff']:10.2e}"
+        )
         print(f"TNO / riskmesh = {result['tno_over_riskmesh']}×")
     else:
         print(f"TNO did not run: {tno.get('why')}")
@@ -247,7 +289,9 @@ def compare_tno(records: int, features: int, alpha: float, workdir: Path | None)
         return 1
     print_table(result)
     RESULT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULT_PATH.write_text(json.dumps({**result, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=2) + "\n")
+    RESULT_PATH.write_text(
+        json.dumps({**result, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=2) + "\n"
+    )
     ran = "total_s" in result.get("tno", {})
     print(json.dumps({"ok": ran, "mode": "compare-tno", **result}), flush=True)
     return 0 if ran else 1

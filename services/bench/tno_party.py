@@ -114,7 +114,9 @@ def run_lasso(role: str, config: dict[str, Any], joined: Any) -> list[float]:
         x = [[table[i * cols + j] for j in range(cols) if j != target] for i in range(rows)]
         y = [table[i * cols + target] for i in range(rows)]
         model = Lasso(solver_type=SolverTypes.GD, alpha=config["alpha"])
-        coefficients = await model.compute_coef_mpc(x, y, tolerance=config["tolerance"], nr_maxiters=config["max_iterations"])
+        coefficients = await model.compute_coef_mpc(
+            x, y, tolerance=config["tolerance"], nr_maxiters=config["max_iterations"]
+        )
         await mpc.shutdown()
         return [float(c) for c in coefficients]
 
@@ -130,8 +132,20 @@ def main() -> int:
     feature_names = list(joined[1]) if joined is not None else []
     coefficients = run_lasso(role, config, joined)
     revealed = time.time()
-    print(json.dumps({"role": role, "started": started, "join_done": join_done, "revealed": revealed,
-                      "joined": len(joined[0]) if joined is not None else None, "columns": feature_names, "coefficients": coefficients}), flush=True)
+    print(
+        json.dumps(
+            {
+                "role": role,
+                "started": started,
+                "join_done": join_done,
+                "revealed": revealed,
+                "joined": len(joined[0]) if joined is not None else None,
+                "columns": feature_names,
+                "coefficients": coefficients,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

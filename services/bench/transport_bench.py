@@ -42,16 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
+from services.lasso.core.blocks import ShareBlock
+from services.lasso.core.parties import PARTIES
+from services.lasso.shares import InMemoryShareSource
 from services.lasso.worker.frames import Frame, Result
 from services.lasso.worker.link import OnClose, OnFrame
-from services.lasso.core.parties import PARTIES
 from services.lasso.worker.program import RunContext, load_program, program_env
-from services.lasso.core.blocks import ShareBlock
-from services.lasso.shares import InMemoryShareSource
 from services.mesh.config import load_config
 from services.mesh.process import SINGLE_THREAD_ENV
-from services.tools.launcher import local_mesh_for, wait_healthy
 from services.mesh.tls import MeshCredentials
+from services.tools.launcher import local_mesh_for, wait_healthy
 
 ORGS = ("insurer", "hospital", "helper")
 DEFAULT_ROUNDS = 2000
@@ -94,10 +94,25 @@ def bench_spec(rounds: int, study_id: str = "transport-bench") -> common_pb2.Stu
     return common_pb2.StudySpec(
         study_id=study_id,
         title="transport benchmark",
-        parties=[common_pb2.Party(org=ORGS[0], role=common_pb2.ROLE_DATA_OWNER), common_pb2.Party(org=ORGS[1], role=common_pb2.ROLE_DATA_OWNER), common_pb2.Party(org=ORGS[2], role=common_pb2.ROLE_HELPER)],
+        parties=[
+            common_pb2.Party(org=ORGS[0], role=common_pb2.ROLE_DATA_OWNER),
+            common_pb2.Party(org=ORGS[1], role=common_pb2.ROLE_DATA_OWNER),
+            common_pb2.Party(org=ORGS[2], role=common_pb2.ROLE_HELPER),
+        ],
         owners=[
-            common_pb2.OwnerColumns(org=ORGS[0], birth_date_column="dob", postal_code_column="zip", features=[column(name="a", min=0, max=1)], target=column(name="y", min=0, max=1)),
-            common_pb2.OwnerColumns(org=ORGS[1], birth_date_column="dob", postal_code_column="zip", features=[column(name="b", min=0, max=1)]),
+            common_pb2.OwnerColumns(
+                org=ORGS[0],
+                birth_date_column="dob",
+                postal_code_column="zip",
+                features=[column(name="a", min=0, max=1)],
+                target=column(name="y", min=0, max=1),
+            ),
+            common_pb2.OwnerColumns(
+                org=ORGS[1],
+                birth_date_column="dob",
+                postal_code_column="zip",
+                features=[column(name="b", min=0, max=1)],
+            ),
         ],
         model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_LASSO, alphas=[0.1], iterations=rounds),
         min_intersection=1,
@@ -132,8 +147,8 @@ def lasso_inputs(rows: int, features: int, seed: int) -> tuple[common_pb2.StudyS
     """A synthetic study as a StudySpec and its dealt shares, columns in study order."""
     import numpy as np
 
-    from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
     from services.lasso.core.inputs import study_columns
+    from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
     from services.testkit.synthetic import make_joined_table
 
     study = make_joined_table(rows, features, seed)
@@ -143,7 +158,9 @@ def lasso_inputs(rows: int, features: int, seed: int) -> tuple[common_pb2.StudyS
     del spec.owners[:]
     for o, cols in enumerate(owner_cols):
         owner = spec.owners.add(org=ORGS[o], birth_date_column="dob", postal_code_column="zip")
-        owner.features.extend(column(name=study.names[j], min=study.ranges[j].min, max=study.ranges[j].max) for j in cols)
+        owner.features.extend(
+            column(name=study.names[j], min=study.ranges[j].min, max=study.ranges[j].max) for j in cols
+        )
         if study.owners[study.target] == o:
             t = study.target
             owner.target.CopyFrom(column(name=study.names[t], min=study.ranges[t].min, max=study.ranges[t].max))
@@ -151,7 +168,10 @@ def lasso_inputs(rows: int, features: int, seed: int) -> tuple[common_pb2.StudyS
     dealt = deal(study.table[:, order], [study.owners[j] for j in order], np.random.default_rng(seed))
     columns = study_columns(spec)
     assert columns == tuple(study.names[j] for j in order)
-    return spec, [[ShareBlock(columns, share.tolist(), VALUE_BYTES, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)] for share in dealt.shares]
+    return spec, [
+        [ShareBlock(columns, share.tolist(), VALUE_BYTES, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS)]
+        for share in dealt.shares
+    ]
 
 
 def workload_of(args: argparse.Namespace) -> Workload:
@@ -186,6 +206,9 @@ class InlineWorker:
 
     def send(self, frame: Frame) -> None:
         self.session.on_frame(frame)
+
+    async def writable(self) -> None:
+        return  # frames are function calls: nothing queues
 
     def kill(self) -> None:
         self.task.cancel()
@@ -234,8 +257,19 @@ def party_main(args: argparse.Namespace) -> int:
 
     async def serve_inline() -> None:
         server = MeshServer(config, "lasso", LASSO_RULES)
-        servicer = LassoServicer(config.org, shares, LassoChannels(config, server.credentials), program=workload.program, spawn=spawn, max_runs=1)
-        server.add_service(lasso_pb2_grpc.add_LassoServiceServicer_to_server, servicer, lasso_pb2.DESCRIPTOR.services_by_name["LassoService"])
+        servicer = LassoServicer(
+            config.org,
+            shares,
+            LassoChannels(config, server.credentials),
+            program=workload.program,
+            spawn=spawn,
+            max_runs=1,
+        )
+        server.add_service(
+            lasso_pb2_grpc.add_LassoServiceServicer_to_server,
+            servicer,
+            lasso_pb2.DESCRIPTOR.services_by_name["LassoService"],
+        )
         await server.serve_until_signal()
 
     mpc.run(serve_inline())
@@ -272,7 +306,9 @@ def figures_of(marks: list[tuple[int, int, int, float]], workload: Workload, run
     """ms per round (rounds workload), MPC seconds and run seconds from (phase, done, total, t) marks."""
     figures = {"mpc_s": marks[-1][3] - marks[0][3], "run_s": run_s}
     if workload.name == "rounds":
-        iterations = [t for phase, done, total, t in marks if phase == common_pb2.PHASE_ITERATIONS and done in (0, total)]
+        iterations = [
+            t for phase, done, total, t in marks if phase == common_pb2.PHASE_ITERATIONS and done in (0, total)
+        ]
         figures["ms_per_round"] = 1000 * (iterations[-1] - iterations[0]) / workload.rounds
     return figures
 
@@ -296,21 +332,45 @@ def free_port_block(count: int) -> int:
 
 
 def workload_args(workload: Workload) -> list[str]:
-    return ["--workload", workload.name, "--rounds", str(workload.rounds), "--rows", str(workload.rows), "--features", str(workload.features)]
+    return [
+        "--workload",
+        workload.name,
+        "--rounds",
+        str(workload.rounds),
+        "--rows",
+        str(workload.rows),
+        "--features",
+        str(workload.features),
+    ]
 
 
 def run_tcp(workload: Workload) -> dict[str, float]:
     base = free_port_block(PARTIES)
     env = {**os.environ, **SINGLE_THREAD_ENV}
-    command = [sys.executable, "-m", "services.bench.transport_bench", "tcp-party", *workload_args(workload), "--base-port", str(base)]
-    procs = [subprocess.Popen([*command, "--pid", str(i)], stdout=subprocess.PIPE, env=env, text=True) for i in range(PARTIES)]
+    command = [
+        sys.executable,
+        "-m",
+        "services.bench.transport_bench",
+        "tcp-party",
+        *workload_args(workload),
+        "--base-port",
+        str(base),
+    ]
+    procs = [
+        subprocess.Popen([*command, "--pid", str(i)], stdout=subprocess.PIPE, env=env, text=True)
+        for i in range(PARTIES)
+    ]
     outputs = [p.communicate(timeout=1800)[0] for p in procs]
     return json.loads(outputs[0].strip().splitlines()[-1])
 
 
-async def _call_run(config_path: Path, org: str, run_id: str, spec: common_pb2.StudySpec, workload: Workload) -> dict[str, float]:
+async def _call_run(
+    config_path: Path, org: str, run_id: str, spec: common_pb2.StudySpec, workload: Workload
+) -> dict[str, float]:
     config = load_config(config_path, env={})
-    channel = MeshCredentials(config.pki_dir, org, "gateway").channel(org, "lasso", config.self_endpoint.address("lasso"))
+    channel = MeshCredentials(config.pki_dir, org, "gateway").channel(
+        org, "lasso", config.self_endpoint.address("lasso")
+    )
     marks: list[tuple[int, int, int, float]] = []
     start = time.perf_counter()
     async with channel:
@@ -334,7 +394,9 @@ class GrpcParties:
         spec, _ = workload.inputs()
 
         async def one() -> list[dict[str, float]]:
-            return list(await asyncio.gather(*(_call_run(self.configs[org], org, f"bench-{k}", spec, workload) for org in ORGS)))
+            return list(
+                await asyncio.gather(*(_call_run(self.configs[org], org, f"bench-{k}", spec, workload) for org in ORGS))
+            )
 
         return asyncio.run(one())[0]
 
@@ -351,7 +413,19 @@ def start_grpc(mode: str, workload: Workload, repeat: int, root: Path) -> GrpcPa
     parties = GrpcParties(mode, configs, [])
     try:
         for org in ORGS:
-            command = [sys.executable, "-m", "services.bench.transport_bench", "party", "--mode", mode, "--config", str(configs[org]), "--runs", str(repeat), *workload_args(workload)]
+            command = [
+                sys.executable,
+                "-m",
+                "services.bench.transport_bench",
+                "party",
+                "--mode",
+                mode,
+                "--config",
+                str(configs[org]),
+                "--runs",
+                str(repeat),
+                *workload_args(workload),
+            ]
             parties.processes.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
         for org in ORGS:
             config = load_config(configs[org], env={})
@@ -370,7 +444,11 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.transport_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.bench.transport_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command")
     party = sub.add_parser("party", help="(internal) one lasso server for the benchmark")
     party.add_argument("--mode", choices=("inline", "relay"), required=True)
@@ -406,10 +484,20 @@ def main(argv: list[str] | None = None) -> int:
     results = {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in runs.items()}
     load = (load_before, os.getloadavg()[0])
     if args.json:
-        print(json.dumps({"workload": workload.__dict__, "repeat": args.repeat, "load_average": load, "modes": results}, indent=2))
+        print(
+            json.dumps(
+                {"workload": workload.__dict__, "repeat": args.repeat, "load_average": load, "modes": results}, indent=2
+            )
+        )
         return 0
-    what = f"{workload.rounds} rounds" if workload.name == "rounds" else f"lasso, {workload.rows} rows × {workload.features} features"
-    print(f"{what}; median of {args.repeat} runs; 3 parties on this machine (load average {load[0]:.1f} → {load[1]:.1f})")
+    what = (
+        f"{workload.rounds} rounds"
+        if workload.name == "rounds"
+        else f"lasso, {workload.rows} rows × {workload.features} features"
+    )
+    print(
+        f"{what}; median of {args.repeat} runs; 3 parties on this machine (load average {load[0]:.1f} → {load[1]:.1f})"
+    )
     print(f"{'mode':8} {'ms/round':>9} {'mpc s':>7} {'run s':>7}")
     for mode, r in results.items():
         per_round = f"{r['ms_per_round']:9.3f}" if "ms_per_round" in r else f"{'-':>9}"

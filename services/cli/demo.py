@@ -27,7 +27,7 @@ from services.testkit.plain_reference import lasso_reference
 from services.testkit.synthetic import make_study_data, reference_join
 from services.tools.traces import load_trace, summary, waterfall_png, waterfall_text
 from services.mesh.config import load_config
-from services.tools.launcher import LocalMesh, local_mesh_for
+from services.tools.launcher import Interrupted, LocalMesh, local_mesh_for, stop_on_signals
 
 console = Console()
 
@@ -65,11 +65,12 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
     console.print(f"synthetic data: {records} patients at the insurer and at the hospital, {int(overlap * 100)}% shared; "
                   f"files stay in each org's own directory ({sources['insurer'].parent}, {sources['hospital'].parent})")
     started = time.perf_counter()
-    with console.status("starting insurer, hospital and helper (one process per server)…"):
-        mesh.start()
-    console.print(f"{len(mesh.processes)} servers healthy in {time.perf_counter() - started:.1f} s")
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+    clients: dict[str, GatewayClient] = {}
     try:
+        with console.status("starting insurer, hospital and helper (one process per server)…"):
+            mesh.start()
+        console.print(f"{len(mesh.processes)} servers healthy in {time.perf_counter() - started:.1f} s")
+        clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
         peers = clients["insurer"].check_peers()
         console.print("handshake from insurer: " + ", ".join(f"{p.org} {'✓' if p.reachable else '✗ ' + p.error}" for p in peers.peers))
         spec = spec_for(data, DEMO_STUDY, alphas=[DEMO_ALPHA])
@@ -109,6 +110,11 @@ def run_demo(home: Path, records: int = 2000, overlap: float = 0.6, mesh: Prepar
 
 
 def main(home: Path) -> int:
-    summary_ = run_demo(home)
+    with stop_on_signals():  # SIGTERM stops every server as Ctrl-C does, also when SIGINT came in ignored
+        try:
+            summary_ = run_demo(home)
+        except Interrupted as exc:
+            console.print(f"[red]{exc}: stopped every server[/]")
+            return 128 + exc.signum
     print(json.dumps(summary_))
     return 0 if summary_["ok"] and summary_["rel_coef_diff"] <= 1e-5 else 1

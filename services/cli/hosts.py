@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -30,13 +28,18 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
 from services.cli.demo import run_demo
 from services.mesh.config import load_config
+from services.tools.launcher import Interrupted, stop_on_signals
 from services.tools.netns import PUBLIC_SERVERS, HostsMesh, NetnsError
 
 console = Console()
 
 
 def topology_table(hosts: HostsMesh) -> Table:
-    via = f"relay in {hosts.network.wan}, +{hosts.latency_ms:g} ms each way" if hosts.latency_ms > 0 else f"routed by {hosts.network.wan}"
+    via = (
+        f"relay in {hosts.network.wan}, +{hosts.latency_ms:g} ms each way"
+        if hosts.latency_ms > 0
+        else f"routed by {hosts.network.wan}"
+    )
     table = Table(title=f"one network namespace per organisation (peers reach each other: {via})")
     for col in ("org", "namespace", "host address", "its servers, as its peers dial them"):
         table.add_column(col)
@@ -74,29 +77,31 @@ def run_demo_hosts(home: Path, latency_ms: float, records: int = 2000) -> dict[s
         started = time.perf_counter()
         with console.status("starting every server inside its organisation's namespace…"):
             hosts.start()
-        console.print(f"{len(hosts.processes)} servers healthy in {time.perf_counter() - started:.1f} s, each inside its organisation's namespace")
+        console.print(
+            f"{len(hosts.processes)} servers healthy in {time.perf_counter() - started:.1f} s, "
+            "each inside its organisation's namespace"
+        )
         table, ok, total = handshake(hosts)
         console.print(table)
         summary = run_demo(home, records=records, mesh=hosts)
         namespaces = {org: h.namespace for org, h in hosts.hosts.items()}
         addresses = {org: h.address for org, h in hosts.hosts.items()}
-    console.print(f"removed namespaces {', '.join(namespaces.values())} and {hosts.network.wan}; nothing of the run is left")
+    console.print(
+        f"removed namespaces {', '.join(namespaces.values())} and {hosts.network.wan}; nothing of the run is left"
+    )
     return {**summary, "latency_ms": latency_ms, "hosts": addresses, "handshakes_ok": ok, "handshakes": total}
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(home: Path, latency_ms: float, records: int = 2000) -> int:
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C
-    try:
-        summary = run_demo_hosts(home, latency_ms, records)
-    except NetnsError as exc:
-        console.print(f"[red]demo-hosts:[/] {exc}")
-        return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with stop_on_signals():  # SIGTERM cleans up like Ctrl-C
+        try:
+            summary = run_demo_hosts(home, latency_ms, records)
+        except NetnsError as exc:
+            console.print(f"[red]demo-hosts:[/] {exc}")
+            return 2
+        except Interrupted as exc:
+            console.print(f"[red]{exc}: removed everything the run had made[/]")
+            return 128 + exc.signum
     print(json.dumps(summary))
     ok = summary["ok"] and summary["rel_coef_diff"] <= 1e-5 and summary["handshakes_ok"] == summary["handshakes"]
     return 0 if ok else 1

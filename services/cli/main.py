@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.tools.pki import DEFAULT_ORGS, export_k8s, init_pki
+from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, export_k8s, init_pki
 
 app = typer.Typer(help="riskmesh: secure inner join + secure Lasso across organisations, over mTLS.", no_args_is_help=True)
 pki_app = typer.Typer(help="Development PKI (one CA per organisation).", no_args_is_help=True)
@@ -35,7 +35,28 @@ def pki_init(
     """Create one CA per organisation, a certificate per service and the trust bundles."""
     dirs = init_pki(out, tuple(org), tuple(dns), force=force)
     for d in dirs:
-        console.print(f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client; keys 0600)")
+        console.print(f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client, console; keys 0600)")
+    _print_fingerprints(out, tuple(org))
+
+
+def _print_fingerprints(pki_dir: Path, orgs: tuple[str, ...]) -> None:
+    # Plain lines (no wrapping): they are copied into configs and compared by eye.
+    typer.echo("CA fingerprints (SHA-256) to exchange and pin as ca_sha256 in each org's riskmesh.toml:")
+    for name, fingerprint in ca_fingerprints(pki_dir, orgs).items():
+        typer.echo(f"{name} {fingerprint}")
+
+
+@pki_app.command("fingerprints")
+def pki_fingerprints(
+    pki_dir: Path = typer.Option(DEFAULT_HOME / "pki", help="the PKI directory"),
+    org: list[str] = typer.Option(list(DEFAULT_ORGS), help="organisations (repeat the option)"),
+) -> None:
+    """Print each organisation's CA fingerprint (what the orgs send each other and pin)."""
+    try:
+        _print_fingerprints(pki_dir, tuple(org))
+    except FileNotFoundError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
 
 
 @pki_app.command("export-k8s")
@@ -54,27 +75,41 @@ def pki_export_k8s(
 def up(
     org: list[str] = typer.Option([], help="organisation(s) to start (default: all three)"),
     home: Path = typer.Option(DEFAULT_HOME, help="where configs, PKI and state live"),
+    free_ports: bool = typer.Option(False, "--free-ports", help="ports reserved while this runs instead of 7100/7200/7300 (the configs under --home name them)"),
+    consoles: bool = typer.Option(True, help="also start each organisation's web console (services/console)"),
 ) -> None:
-    """Start organisations on localhost (each server its own process) until Ctrl-C."""
-    from services.tools.launcher import LocalMesh, write_local_mesh
+    """Start organisations on localhost (each server its own process) until Ctrl-C or SIGTERM."""
+    from services.tools.consoles import start_consoles
+    from services.tools.launcher import LocalMesh, stop_on_signals, write_local_mesh
 
-    configs = write_local_mesh(home)
-    chosen = {o: p for o, p in configs.items() if not org or o in org}
-    unknown = set(org) - set(configs)
-    if unknown:
-        raise typer.BadParameter(f"unknown organisation(s): {', '.join(sorted(unknown))}")
-    with console.status("starting servers…"):
-        mesh = LocalMesh(chosen).start()
-    try:
-        _print_processes(mesh)
-        console.print("Running. Press Ctrl-C to stop.")
-        while all(p.process.poll() is None for p in mesh.processes):
-            time.sleep(0.5)
-        err.print("[red]a server exited; stopping[/]")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        mesh.stop()
+    with stop_on_signals():  # `kill <pid>` stops every server as Ctrl-C does, also when SIGINT came in ignored
+        try:
+            configs = write_local_mesh(home, reserve_ports=free_ports)
+            unknown = set(org) - set(configs)
+            if unknown:
+                raise typer.BadParameter(f"unknown organisation(s): {', '.join(sorted(unknown))}")
+            chosen = {o: p for o, p in configs.items() if not org or o in org}
+            mesh = LocalMesh(chosen)
+            try:
+                with console.status("starting servers…"):
+                    mesh.start()
+                infos = []
+                if consoles:
+                    with console.status("starting consoles…"):
+                        processes, infos = start_consoles(chosen)
+                    mesh.processes.extend(processes)
+                _print_processes(mesh)
+                if infos:
+                    _print_consoles(infos)
+                console.print("Running. Press Ctrl-C (or send SIGTERM) to stop.")
+                while all(p.process.poll() is None for p in mesh.processes):
+                    time.sleep(0.5)
+                err.print("[red]a server exited; stopping[/]")
+            finally:
+                mesh.stop()
+        except KeyboardInterrupt:
+            return
+    raise typer.Exit(1)  # a server exited on its own
 
 
 def _print_processes(mesh) -> None:
@@ -84,6 +119,12 @@ def _print_processes(mesh) -> None:
     for p in mesh.processes:
         table.add_row(p.org, p.server, str(p.process.pid), p.health_address, str(p.log_path))
     console.print(table)
+
+
+def _print_consoles(infos) -> None:
+    console.print("[bold]Web consoles[/] (open a login link in a browser on this machine):")
+    for info in infos:
+        console.print(f"  {info.org:9} {info.login_url}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -157,6 +198,11 @@ def demo_hosts(
     from services.cli.hosts import main as hosts_main
 
     raise typer.Exit(hosts_main(home, latency_ms, records))
+
+
+from services.cli.doctor import doctor  # noqa: E402  (riskmesh doctor: services/doctor)
+
+app.command("doctor")(doctor)
 
 
 def main() -> None:

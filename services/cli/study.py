@@ -15,6 +15,7 @@ from rich.table import Table
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, gateway_pb2, lasso_pb2
 from services.cli.client import gateway_client
+from services.study.disclosure import LEAKAGE_NOTICE
 
 study_app = typer.Typer(help="Propose, approve, run and inspect studies at your organisation's gateway.", no_args_is_help=True)
 audit_app = typer.Typer(help="This organisation's hash-chained audit log.", no_args_is_help=True)
@@ -25,12 +26,6 @@ ORG = typer.Option("insurer", help="your organisation (whose gateway to talk to)
 HOME_OPT = typer.Option(HOME, help="where `riskmesh up` keeps configs, PKI and state")
 CONFIG = typer.Option(None, help="org config file (default: <home>/<org>/riskmesh.toml)")
 
-LEAKAGE_NOTICE = (
-    "By approving you allow: the other data owner learns the intersection size and the revealed outputs; "
-    "the helper learns both set sizes, the intersection size and which pseudonymous tags matched. "
-    "Repeated studies on inputs that differ by one patient reveal that patient's membership through the "
-    "intersection size; every run is recorded in the audit log by digest."
-)
 
 
 def _client(org: str, home: Path, config: Optional[Path]) -> GatewayClient:
@@ -59,9 +54,36 @@ def print_study(study: gateway_pb2.Study) -> None:
         table.add_row(owner.org, cols + target)
     model = spec.model
     table.add_row("model", f"{common_pb2.ModelKind.Name(model.kind).removeprefix('MODEL_KIND_').lower()} alpha={list(model.alphas)} "
-                  f"folds={model.cv_folds} standardize={model.standardize}")
+                  f"folds={model.cv_folds} standardize={model.standardize} "
+                  f"max iterations={model.iterations or 'server default'}")
     table.add_row("minimum intersection", str(spec.min_intersection))
+    policy = spec.run_policy
+    approval = common_pb2.RunApproval.Name(policy.run_approval).removeprefix("RUN_APPROVAL_").lower().replace("_", " ")
+    table.add_row("run policy", f"at most {policy.max_runs} run(s), {policy.min_interval_seconds} s apart; "
+                  f"the other owner approves: {approval}")
+    governance = study.governance
+    if governance.max_runs:
+        next_run = governance.next_run_not_before.ToDatetime().isoformat(timespec="seconds") + "Z" if governance.HasField("next_run_not_before") else "now"
+        table.add_row("runs here", f"{governance.runs_counted} of {governance.max_runs} counted; next run from {next_run}")
+    for grant in governance.grants:
+        table.add_row("run approval", f"{grant.approved_by} approved a run of {grant.org} "
+                      f"({'input ' + grant.commitment[:16] + '…' if grant.commitment else 'any unchanged input'})")
+    for waiting in governance.pending:
+        why = f"its input changed since run {waiting.previous_run_id}" if waiting.changed else "every run needs approval"
+        table.add_row("[yellow]waiting[/]", f"a run of {waiting.org} waits for {waiting.approver}: {why} (input {waiting.commitment[:16]}…)")
     console.print(table)
+    if study.policy_checks:
+        floors = Table(title="your organisation's disclosure floors")
+        for column in ("floor", "your policy", "this spec", ""):
+            floors.add_column(column)
+        for check in study.policy_checks:
+            floors.add_row(check.name, check.required, check.actual, "[green]✓[/]" if check.ok else "[red]✗ refused[/]")
+        console.print(floors)
+    if study.disclosures:
+        told = Table(title="what each party receives or learns", show_header=False)
+        for disclosure in study.disclosures:
+            told.add_row(disclosure.org, "\n".join(f"• {item}" for item in disclosure.items))
+        console.print(told)
 
 
 @study_app.command("propose")
@@ -102,6 +124,32 @@ def approve(study_id: str, source: Optional[Path] = typer.Option(None, help="you
     console.print(f"[green]approved[/] by {org}; state {state_name(study.state, common_pb2.StudyState)}")
 
 
+@study_app.command("approve-run")
+def approve_run(study_id: str,
+                for_org: Optional[str] = typer.Option(None, "--for", help="the owner whose run you approve (default: the other owner)"),
+                commitment: Optional[str] = typer.Option(None, help="the input commitment you approve (default: the waiting one)"),
+                yes: bool = typer.Option(False, "--yes", help="approve without asking"),
+                org: str = ORG, home: Path = HOME_OPT, config: Optional[Path] = CONFIG) -> None:
+    """Approve the other data owner's next run, or its changed input (as the run policy asks)."""
+    with _client(org, home, config) as gw:
+        try:
+            study = gw.get_study(study_id)
+            print_study(study)
+            waiting = [p for p in study.governance.pending if p.approver == org]
+            chosen = commitment or (waiting[-1].commitment if waiting else "")
+            what = f"input {chosen[:16]}…" if chosen else "its next run with an unchanged input"
+            if waiting and waiting[-1].changed and not commitment:
+                console.print(f"[yellow]{waiting[-1].org}'s input changed since run {waiting[-1].previous_run_id}[/]: "
+                              "approving lets a run on the changed input reveal its outputs, and the difference "
+                              "between two runs can single out the patients who changed.")
+            if not yes and not typer.confirm(f"approve {for_org or 'the other owner'}'s {what}?"):
+                raise typer.Exit(1)
+            study = gw.approve_run(study_id, for_org or "", chosen)
+        except grpc.RpcError as exc:
+            _fail(exc)
+    console.print(f"[green]run approved[/] by {org}; {len(study.governance.grants)} approval(s) unused")
+
+
 def watch_run(gw: GatewayClient, run_id: str) -> gateway_pb2.Run:
     """Live progress bars per (org, phase) until the run ends; returns the final run."""
     final = None
@@ -132,6 +180,9 @@ def print_run(run: gateway_pb2.Run) -> None:
     state = state_name(run.state, common_pb2.RunState)
     colour = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(state, "white")
     console.print(f"run {run.run_id}: [{colour}]{state}[/] joined={run.joined} trace={run.trace_id}")
+    for committed in run.inputs:
+        change = f", changed since run {committed.previous_run_id}" if committed.changed else ""
+        console.print(f"  input of {committed.org}: commitment {committed.commitment[:16]}…{change}")
     if run.HasField("error"):
         console.print(f"  failed in {common_pb2.Phase.Name(run.error.phase)} at {run.error.org}: {run.error.reason}")
 
@@ -180,6 +231,7 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         table.add_row(*row)
     table.add_row("(intercept)", f"{result.intercept:.6f}", *([""] * (len(table.columns) - 3)), *([f"{reference['(intercept)']:.6f}"] if reference and "(intercept)" in reference else ([""] if reference is not None else [])))
     console.print(table)
+    print_certificate(result)
     if result.cv_curve:
         cv = Table(title="cross-validation")
         cv.add_column("alpha", justify="right")
@@ -187,6 +239,17 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
         for point in result.cv_curve:
             cv.add_row(f"{point.alpha:g}", f"{point.mean_squared_error:.6f}")
         console.print(cv)
+
+
+def print_certificate(result: lasso_pb2.ModelResult) -> None:
+    """Whether the solver certified the fit (a data owner must not use an uncertified model unknowingly)."""
+    if result.converged:
+        console.print(f"[green]certified[/]: relative objective gap ≤ {result.certified_gap:.1e} "
+                      f"(convergence certificate computed in MPC after {result.iterations} iterations)")
+        return
+    console.print(f"[bold red]NOT CERTIFIED[/]: the solver used its maximum of {result.iterations} iterations without "
+                  "its convergence certificate holding; the model may be far from the optimum. Do not use it as is: "
+                  "rerun the study with more iterations (model.iterations).")
 
 
 @study_app.command("result")

@@ -12,6 +12,11 @@ head record (last seq and hash, written in the same transaction as the row) also
 catches rows deleted from the end. SQLite triggers refuse UPDATE and DELETE on the
 rows, so no code path of ours can rewrite history by accident.
 
+The log's tables live in the gateway's database file (`audit_path` is `store_path`): the
+store writes a run's state change and its audit row in one transaction (`write`), so no
+run changes state without its row. `AuditLog(path)` alone opens its own connection
+(tools, tests); the store shares its connection with the log it owns.
+
 Limits, stated plainly: someone who can write the database file can drop the
 triggers and rebuild the whole chain and head consistently; the chain proves that
 history was not edited *after* a head hash was seen elsewhere. Anchor it by copying
@@ -34,12 +39,14 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any
 
-AUDIT_FILENAME = "audit.sqlite3"
+# The gateway's database (services/gateway/store_schema.py): the audit tables live beside the store's.
+DATABASE_FILENAME = "gateway.sqlite3"
 GENESIS_HASH = "0" * 64
 MAX_TEXT_CHARS = 200
 MAX_DETAILS = 20
@@ -74,14 +81,32 @@ DETAIL_KEYS = frozenset(
         "count",
         "runs",
         "duration_ms",
+        "commitment",
+        "previous_run",
+        "changed",
+        "approver",
+        "max_runs",
+        "min_interval_seconds",
+        "run_approval",
     }
 )
 
-DetailValue = Union[str, int, float, bool]
+DetailValue = str | int | float | bool
 
 
 class AuditError(ValueError):
     """An audit row the log refuses to write (bad actor, action or details)."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A row to write, already checked (`AuditLog.entry`), so that writing it cannot fail."""
+
+    actor: str
+    action: str
+    study_id: str
+    run_id: str
+    details: Mapping[str, DetailValue]
 
 
 @dataclass(frozen=True)
@@ -110,8 +135,15 @@ class VerifyResult:
 
 
 def audit_path(state_dir: Path) -> Path:
-    """Where an organisation keeps its audit log."""
-    return Path(state_dir) / AUDIT_FILENAME
+    """Where an organisation keeps its audit log: in its gateway database."""
+    return Path(state_dir) / DATABASE_FILENAME
+
+
+def clean_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` made fit for a row: unprintable characters replaced, cut to `limit` characters.
+    A peer's text is cleaned this way rather than refused, so its event still gets its row."""
+    printable = "".join(c if c.isprintable() else "?" for c in str(text))
+    return printable if len(printable) <= limit else printable[: limit - 1] + "…"
 
 
 def canonical_row(
@@ -167,17 +199,28 @@ class AuditLog:
     """The hash-chained audit log in its own SQLite file (WAL, like the store)."""
 
     def __init__(
-        self, path: Path | str, clock: Callable[[], float] = time.time, allowed_keys: frozenset[str] = DETAIL_KEYS
+        self,
+        path: Path | str,
+        clock: Callable[[], float] = time.time,
+        allowed_keys: frozenset[str] = DETAIL_KEYS,
+        *,
+        connection: sqlite3.Connection | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
+        """Open the log in `path`, or, with `connection` and its `lock`, on a connection the
+        caller owns (the store's, so that its changes and their rows commit together)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._allowed_keys = allowed_keys
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._owns_connection = connection is None
+        self._lock = lock or threading.RLock()
+        if connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA busy_timeout=5000")
+        self._conn = connection
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -210,14 +253,32 @@ class AuditLog:
             self._conn.execute("COMMIT")
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owns_connection:
+            with self._lock:
+                self._conn.close()
 
     def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def entry(
+        self,
+        actor: str,
+        action: str,
+        *,
+        study_id: str = "",
+        run_id: str = "",
+        details: Mapping[str, object] | None = None,
+    ) -> AuditEntry:
+        """A checked row (AuditError for a bad actor, action or detail), to `write` or `append`."""
+        _check_text(actor, "actor", required=True)
+        if not ACTION.fullmatch(action) or len(action) > MAX_TEXT_CHARS:
+            raise AuditError(f"action {action!r} must look like 'study.proposed'")
+        _check_text(study_id, "study_id", required=False)
+        _check_text(run_id, "run_id", required=False)
+        return AuditEntry(actor, action, study_id, run_id, check_details(details or {}, self._allowed_keys))
 
     def append(
         self,
@@ -228,41 +289,38 @@ class AuditLog:
         run_id: str = "",
         details: Mapping[str, object] | None = None,
     ) -> AuditRow:
-        """Append one row, e.g.
+        """Append one row in its own transaction, e.g.
         `append("spiffe://insurer/client", "study.proposed", study_id=..., details={"spec_digest": d})`.
 
         `actor` is the caller's certificate identity; `action` is dotted lower-case
         (`study.proposed`, `study.approved`, `run.started`, `run.succeeded`, `run.failed`,
         `result.read`, `rpc.refused`, ...). Never pass patient data in any field.
         """
-        _check_text(actor, "actor", required=True)
-        if not ACTION.fullmatch(action) or len(action) > MAX_TEXT_CHARS:
-            raise AuditError(f"action {action!r} must look like 'study.proposed'")
-        _check_text(study_id, "study_id", required=False)
-        _check_text(run_id, "run_id", required=False)
-        clean = check_details(details or {}, self._allowed_keys)
-        at = (
-            datetime.fromtimestamp(self._clock(), timezone.utc)
-            .isoformat(timespec="microseconds")
-            .replace("+00:00", "Z")
-        )
+        entry = self.entry(actor, action, study_id=study_id, run_id=run_id, details=details)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                last_seq, prev_hash = self._conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-                seq = last_seq + 1
-                digest = chain_hash(prev_hash, canonical_row(seq, at, actor, action, study_id, run_id, clean))
-                self._conn.execute(
-                    "INSERT INTO audit (seq, at, actor, action, study_id, run_id, details, prev_hash, hash)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, at, actor, action, study_id, run_id, _details_text(clean), prev_hash, digest),
-                )
-                self._conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
+                row = self.write(self._conn, entry)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-        return AuditRow(seq, at, actor, action, study_id, run_id, clean, prev_hash, digest)
+        return row
+
+    def write(self, db: sqlite3.Connection, entry: AuditEntry) -> AuditRow:
+        """Write `entry` inside the caller's open transaction on this log's connection."""
+        at = datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        last_seq, prev_hash = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        seq = last_seq + 1
+        e = entry
+        digest = chain_hash(prev_hash, canonical_row(seq, at, e.actor, e.action, e.study_id, e.run_id, e.details))
+        db.execute(
+            "INSERT INTO audit (seq, at, actor, action, study_id, run_id, details, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, at, e.actor, e.action, e.study_id, e.run_id, _details_text(e.details), prev_hash, digest),
+        )
+        db.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
+        return AuditRow(seq, at, e.actor, e.action, e.study_id, e.run_id, e.details, prev_hash, digest)
 
     def head(self) -> tuple[int, str]:
         """(last seq, its hash): the value to copy elsewhere to anchor the chain."""

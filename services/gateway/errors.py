@@ -8,8 +8,8 @@ never a status code by itself).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Callable
 
 import grpc
 
@@ -53,6 +53,10 @@ class NotAPartyError(StoreError):
     """The organisation has no part (or not the needed role) in the study."""
 
 
+class RunPolicyError(StoreError):
+    """A run outside the study's run policy: over its quota, or too soon after the last run."""
+
+
 class InvalidValueError(StoreError, ValueError):
     """A malformed argument: a bad id, a digest that does not match its spec, an unknown enum value."""
 
@@ -62,13 +66,32 @@ class RequestError(StatusError):
 
 
 class PhaseFailure(Exception):
-    """A phase of the run failed at an organisation."""
+    """A phase of the run failed at an organisation.
 
-    def __init__(self, phase: common_pb2.Phase.ValueType, org: str, reason: str) -> None:
+    `reason` is the full story, for this organisation's run record and log (it may name a
+    CSV row or column); `category` is all the other organisations are told
+    ("input validation failed"), so nothing of this organisation's data crosses.
+    """
+
+    def __init__(self, phase: common_pb2.Phase.ValueType, org: str, reason: str, category: str = "") -> None:
         super().__init__(f"{common_pb2.Phase.Name(phase)} at {org}: {reason}")
         self.phase = phase
         self.org = org
         self.reason = reason
+        self.category = category or "failed"
+
+
+def failure_category(phase: common_pb2.Phase.ValueType, server: str, code: grpc.StatusCode) -> str:
+    """What other organisations are told when a call to one of this organisation's servers failed."""
+    if server == "encryption" and code == grpc.StatusCode.INVALID_ARGUMENT and phase == common_pb2.PHASE_SETUP:
+        return "input validation failed"
+    if server == "intersection" and code == grpc.StatusCode.FAILED_PRECONDITION:
+        return "the intersection is smaller than the study's minimum"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return f"its {server} server did not answer"
+    if code == grpc.StatusCode.CANCELLED:
+        return "cancelled"
+    return f"{server} failed ({code.name})"
 
 
 STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -76,6 +99,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UnknownRunError, grpc.StatusCode.NOT_FOUND),
     (StaleDigestError, grpc.StatusCode.FAILED_PRECONDITION),
     (NotApprovedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RunPolicyError, grpc.StatusCode.FAILED_PRECONDITION),
     (IllegalTransitionError, grpc.StatusCode.FAILED_PRECONDITION),
     (DuplicateRunError, grpc.StatusCode.ALREADY_EXISTS),
     (NotAPartyError, grpc.StatusCode.PERMISSION_DENIED),
@@ -89,7 +113,9 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 REFUSAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
-def mapped_errors(context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None) -> AbstractAsyncContextManager[None]:
+def mapped_errors(
+    context: grpc.aio.ServicerContext, on_refusal: Callable[[grpc.StatusCode], None] | None = None
+) -> AbstractAsyncContextManager[None]:
     """Turn a domain error into an aborted RPC with its status code and message;
     `on_refusal` hears of each PERMISSION_DENIED / UNAUTHENTICATED (e.g. to audit it)."""
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.gateway.audit import clean_text
 from services.gateway.errors import PhaseFailure, RequestError
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
@@ -41,10 +42,21 @@ class PeerGateways:
         """The study's parties other than this organisation."""
         return [p.org for p in spec.parties if p.org != self.config.org]
 
+    async def ready(self, org: str, timeout: float = PEER_DEADLINE_S) -> bool:
+        """Wait, boundedly, until the channel to `org`'s gateway connects. A peer gateway that
+        was down (e.g. restarted) is still behind the channel's reconnect backoff for a moment
+        after it is back; without this wait the first call would fail with a stale refusal."""
+        try:
+            await asyncio.wait_for(self.channels.get(org, "gateway").channel_ready(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
     async def call_all(self, orgs: list[str], call: PeerCall, what: str) -> None:
         """Call every peer at once; the first refusal or outage (in `orgs` order) raises."""
+        await asyncio.gather(*(self.ready(org) for org in orgs))
         results = await asyncio.gather(*(call(self.stub(org)) for org in orgs), return_exceptions=True)
-        for org, result in zip(orgs, results):
+        for org, result in zip(orgs, results, strict=False):
             if isinstance(result, grpc.aio.AioRpcError):
                 code = result.code() if result.code() in PASSED_ON_CODES else grpc.StatusCode.UNAVAILABLE
                 raise RequestError(code, f"{what}: {org} answered {result.code().name}: {result.details()}")
@@ -70,19 +82,15 @@ class PeerGateways:
 
     async def start_run(self, org: str, request: gateway_pb2.PeerStartRunRequest) -> gateway_pb2.PeerStartRunResponse:
         """Have `org` start its part of a run; a failure is a setup failure of the run."""
-        # A peer gateway that was down (e.g. restarted) is still behind the channel's
-        # reconnect backoff for a moment after it is back: wait, boundedly, until the
-        # channel connects rather than fail the run at once with a stale "connection refused".
-        try:
-            await asyncio.wait_for(self.channels.get(org, "gateway").channel_ready(), PEER_DEADLINE_S)
-        except asyncio.TimeoutError:
+        if not await self.ready(org):
             reason = f"could not start the run there: its gateway did not answer within {PEER_DEADLINE_S:.0f} s"
-            raise PhaseFailure(common_pb2.PHASE_SETUP, org, reason) from None
+            raise PhaseFailure(common_pb2.PHASE_SETUP, org, reason, reason) from None
         try:
             return await self.stub(org).PeerStartRun(request, timeout=START_DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
+            # A peer's refusal names its category only (its gateway keeps the details).
             reason = f"could not start the run there: {exc.code().name}: {exc.details()}"
-            raise PhaseFailure(common_pb2.PHASE_SETUP, org, reason) from None
+            raise PhaseFailure(common_pb2.PHASE_SETUP, org, reason, clean_text(reason)) from None
 
     async def cancel_run(self, orgs: list[str], run_id: str, reason: str) -> None:
         """Best effort: a peer that does not hear of it ends the run when its own part fails."""

@@ -6,8 +6,9 @@
                 → AwaitShares (resharing) → RunLasso
 
 Every phase is a span (`riskmesh.phase`) in the run's trace; progress events go to
-`report`. A failing call becomes a `PhaseFailure` naming the phase, the org and the
-server's reason (servers never put patient data in their messages).
+`report`. A failing call becomes a `PhaseFailure` naming the phase, the org, the
+server's reason (for this org's record: it may name a CSV row or column, never a value)
+and the category the other organisations are told (`errors.failure_category`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import grpc
 from opentelemetry import trace
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
-from services.gateway.errors import PhaseFailure
+from services.gateway.errors import PhaseFailure, failure_category
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.progress import progress
@@ -51,15 +52,30 @@ class OwnerKeys:
     paillier_key: common_pb2.PaillierPublicKey
 
 
+@dataclass(frozen=True)
+class OwnerSetup:
+    """An owner's setup for a run: its public keys and its commitment to the input it read."""
+
+    keys: OwnerKeys
+    commitment: str
+
+
 class RunPipeline:
     def __init__(
-        self, config: OrgConfig, channels: Channels, spec: common_pb2.StudySpec, run_id: str, report: Report
+        self,
+        config: OrgConfig,
+        channels: Channels,
+        spec: common_pb2.StudySpec,
+        run_id: str,
+        report: Report,
+        min_joined: int = 0,
     ) -> None:
         self.config = config
         self.channels = channels
         self.spec = spec
         self.run_id = run_id
         self.report = report
+        self.min_joined = min_joined  # this org's floor on the joined count, checked inside the MPC
         self.joined = 0
 
     def _stub(self, server: str, stub_class: Callable[[grpc.aio.Channel], Stub]) -> Stub:
@@ -75,15 +91,18 @@ class RunPipeline:
             with trace.use_span(span, end_on_exit=True):
                 yield where
         except grpc.aio.AioRpcError as exc:
-            raise PhaseFailure(phase, self.config.org, f"{where.server}: {exc.code().name}: {exc.details()}") from None
+            reason = f"{where.server}: {exc.code().name}: {exc.details()}"
+            category = failure_category(phase, where.server, exc.code())
+            raise PhaseFailure(phase, self.config.org, reason, category) from None
 
     async def _progress(self, phase: int, done: int = 0, total: int = 0, message: str = "") -> None:
         await self.report(progress(self.run_id, self.config.org, phase, done, total, message))
 
     # Data owners -----------------------------------------------------------
 
-    async def prepare_owner(self, source_path: str) -> OwnerKeys:
-        """Setup: a fresh Paillier key pair (kept by resharing) and the CSV read + X25519 key (encryption)."""
+    async def prepare_owner(self, source_path: str, commitment_key: bytes) -> OwnerSetup:
+        """Setup: a fresh Paillier key pair (kept by resharing) and the CSV read, committed to
+        under `commitment_key` (this org's per-study secret) + X25519 key (encryption)."""
         async with self.phase(common_pb2.PHASE_SETUP, "resharing") as where:
             await self._progress(common_pb2.PHASE_SETUP, message="generating this run's Paillier key pair")
             resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
@@ -91,10 +110,12 @@ class RunPipeline:
             key = (await resharing.CreateKey(key_request, timeout=SETUP_DEADLINE_S)).key
             where.server = "encryption"
             encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)
-            request = join_pb2.PrepareEncryptionRequest(run_id=self.run_id, spec=self.spec, source_path=source_path)
+            request = join_pb2.PrepareEncryptionRequest(
+                run_id=self.run_id, spec=self.spec, source_path=source_path, commitment_key=commitment_key
+            )
             prepared = await encryption.PrepareEncryption(request, timeout=SETUP_DEADLINE_S)
             await self._progress(common_pb2.PHASE_SETUP, done=1, total=1, message="keys ready, local data validated")
-        return OwnerKeys(prepared.x25519_public_key, key)
+        return OwnerSetup(OwnerKeys(prepared.x25519_public_key, key), prepared.input_commitment)
 
     async def run_owner(self, peer: OwnerKeys) -> lasso_pb2.ModelResult:
         async with self.phase(common_pb2.PHASE_HASHING_ENCRYPTION, "encryption"):
@@ -146,7 +167,8 @@ class RunPipeline:
         span = self._start_span(current)
         try:
             async for reply in lasso.RunLasso(
-                lasso_pb2.RunLassoRequest(run_id=self.run_id, spec=self.spec), timeout=PHASE_DEADLINE_S
+                lasso_pb2.RunLassoRequest(run_id=self.run_id, spec=self.spec, min_joined=self.min_joined),
+                timeout=PHASE_DEADLINE_S,
             ):
                 if reply.HasField("result"):
                     result = reply.result
@@ -158,7 +180,9 @@ class RunPipeline:
                 await self.report(reply.progress)
         except grpc.aio.AioRpcError as exc:
             span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code().name))
-            raise PhaseFailure(current, self.config.org, f"lasso: {exc.code().name}: {exc.details()}") from None
+            reason = f"lasso: {exc.code().name}: {exc.details()}"
+            category = failure_category(current, "lasso", exc.code())
+            raise PhaseFailure(current, self.config.org, reason, category) from None
         finally:
             span.end()
         if self.joined and not result.joined:

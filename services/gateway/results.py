@@ -6,7 +6,7 @@ and every read is audited. Predictions use the stored model locally (`predict`).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 

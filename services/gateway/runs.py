@@ -5,6 +5,11 @@ A run is driven at every party by its own gateway (`RunPipeline`); the parties k
 each other informed with PeerProgress. Whoever fails first reports the phase, org and
 reason; every other party then ends the run FAILED with that error and cancels its own
 part, so no party keeps waiting and no partial shares are used (resharing drops them).
+
+What crosses to the other organisations is less than what stays here: progress as a
+fraction (done of 100, never a row count), an error as its category ("input validation
+failed", never a row, column or value). A peer's text is cleaned, never refused, and a
+run's end is written with its audit row in one transaction.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
-from services.gateway.audit import AuditLog
+from services.gateway.audit import AuditLog, clean_text
 from services.gateway.codec import run_error
 from services.gateway.errors import IllegalTransitionError, PhaseFailure, UnknownRunError
 from services.gateway.pipeline import RunPipeline
@@ -25,6 +30,7 @@ from services.gateway.store import TERMINAL_STATES, RunRecord, Store
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.progress import progress
+from services.mesh.telemetry import run_outcome
 
 log = logging.getLogger("riskmesh.gateway.runs")
 
@@ -44,6 +50,24 @@ END_ACTIONS = {
 
 # This org's part of a run, from setup done to the revealed model.
 RunBody = Callable[[], Awaitable[lasso_pb2.ModelResult]]
+# Progress other organisations see is a fraction: done of FRACTION_TOTAL.
+FRACTION_TOTAL = 100
+
+
+def shared_progress(progress: common_pb2.Progress) -> common_pb2.Progress:
+    """The progress event as other organisations may see it: a fraction, not counts."""
+    out = common_pb2.Progress()
+    out.CopyFrom(progress)
+    out.done = min(FRACTION_TOTAL, progress.done * FRACTION_TOTAL // progress.total) if progress.total else 0
+    out.total = FRACTION_TOTAL if progress.total else 0
+    out.message = clean_text(progress.message)
+    return out
+
+
+def shared_error(error: common_pb2.RunError, category: str | None = None) -> common_pb2.RunError:
+    """A run error as other organisations may see it: phase, org and a category only."""
+    reason = clean_text(category if category is not None else error.reason)
+    return common_pb2.RunError(phase=error.phase, org=clean_text(error.org, 64), reason=reason)
 
 
 class RunCoordinator:
@@ -68,7 +92,11 @@ class RunCoordinator:
             event.set()
 
     def record(self, progress: common_pb2.Progress) -> None:
-        """Store an event (own or a peer's) and wake the run's watchers."""
+        """Store an event (own or a peer's) and wake the run's watchers. An event without
+        a time gets this gateway's clock (before it goes to the peers, so they see it too):
+        the console draws each party's phases on a timeline from these."""
+        if not progress.HasField("at"):
+            progress.at.GetCurrentTime()
         self.store.add_event(progress)
         run = self.store.get_run(progress.run_id)
         if not run.terminal and progress.org == self.config.org and progress.phase and progress.phase != run.phase:
@@ -91,12 +119,19 @@ class RunCoordinator:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), WATCH_POLL_S)
 
-    async def report(self, progress: common_pb2.Progress) -> None:
-        """This org's own progress: record it and tell the other parties."""
+    async def report(
+        self, progress: common_pb2.Progress, commitment: gateway_pb2.InputCommitment | None = None
+    ) -> None:
+        """This org's own progress: record it and tell the other parties (with this owner's
+        input commitment, once, after its setup)."""
         self.record(progress)
-        self._tell_peers(progress.run_id, gateway_pb2.PeerProgressRequest(progress=progress))
+        request = gateway_pb2.PeerProgressRequest(progress=progress)
+        if commitment is not None:
+            request.input.CopyFrom(commitment)
+        self._tell_peers(progress.run_id, request)
 
     def _tell_peers(self, run_id: str, request: gateway_pb2.PeerProgressRequest) -> None:
+        request.progress.CopyFrom(shared_progress(request.progress))
         for org in self._parties.get(run_id, []):
             task = asyncio.create_task(self._send_progress(org, request))
             self._background.add(task)
@@ -123,6 +158,7 @@ class RunCoordinator:
         self._parties[run_id] = [o for o in parties if o != self.config.org]
         if self.store.get_run(run_id).state == common_pb2.RUN_STATE_PENDING:
             self.store.update_run(run_id, state=common_pb2.RUN_STATE_RUNNING)
+        run_outcome("started")
         self._tasks[run_id] = asyncio.create_task(self._drive(run_id, pipeline, body))
 
     def remember_parties(self, run_id: str, parties: list[str]) -> None:
@@ -143,7 +179,8 @@ class RunCoordinator:
                     misses[org] += 1
                     if misses[org] >= WATCHDOG_MISSES:
                         phase = self.store.get_run(run_id).phase
-                        raise PhaseFailure(phase, org, f"lost contact with {org}'s gateway")
+                        reason = f"lost contact with {org}'s gateway"
+                        raise PhaseFailure(phase, org, reason, reason) from None
 
     async def _run_watched(self, run_id: str, body: RunBody) -> lasso_pb2.ModelResult:
         work = asyncio.ensure_future(body())
@@ -165,9 +202,17 @@ class RunCoordinator:
             if result.coefficients:
                 self.store.put_result(run_id, result)
             self._finish(run_id, common_pb2.RUN_STATE_SUCCEEDED, joined=result.joined or pipeline.joined)
-            await self.report(progress(run_id, self.config.org, common_pb2.PHASE_REVEAL, message="done", state=common_pb2.RUN_STATE_SUCCEEDED))
+            await self.report(
+                progress(
+                    run_id,
+                    self.config.org,
+                    common_pb2.PHASE_REVEAL,
+                    message="done",
+                    state=common_pb2.RUN_STATE_SUCCEEDED,
+                )
+            )
         except PhaseFailure as failure:
-            await self.fail(run_id, run_error(failure), tell_peers=True)
+            await self.fail(run_id, run_error(failure), tell_peers=True, category=failure.category)
         except asyncio.CancelledError:
             pass  # whoever cancelled has set the final state
         except Exception as exc:  # noqa: BLE001 - any bug must still end the run, without data in the reason
@@ -188,29 +233,39 @@ class RunCoordinator:
         joined: int = 0,
         error: common_pb2.RunError | None = None,
     ) -> bool:
-        """Move to a terminal state once; False when the run had already ended."""
+        """Move to a terminal state once, with its audit row; False when the run had already ended."""
+        current = self.store.get_run(run_id)
+        if current.terminal:
+            return False
+        details: dict[str, object] = {"joined": joined or current.joined}
+        if error is not None:
+            org, reason = clean_text(error.org, 64), clean_text(error.reason, 500)
+            error = common_pb2.RunError(phase=error.phase, org=org, reason=reason)
+            details.update(phase=common_pb2.Phase.Name(error.phase), org=error.org, reason=clean_text(error.reason))
+        actor = f"spiffe://{self.config.org}/gateway"
+        entry = self.audit.entry(actor, END_ACTIONS[state], study_id=current.study_id, run_id=run_id, details=details)
         try:
-            run = self.store.update_run(run_id, state=state, error=error, joined=joined or None)
+            self.store.update_run(run_id, state=state, error=error, joined=joined or None, audit=entry)
         except IllegalTransitionError:
             return False
-        action = END_ACTIONS[state]
-        details: dict[str, object] = {"joined": run.joined}
-        if error is not None:
-            details.update(phase=common_pb2.Phase.Name(error.phase), org=error.org, reason=error.reason[:200])
-        self.audit.append(
-            f"spiffe://{self.config.org}/gateway", action, study_id=run.study_id, run_id=run_id, details=details
-        )
+        run_outcome(END_ACTIONS[state].removeprefix("run."))
         self._notify(run_id)
         return True
 
-    async def fail(self, run_id: str, error: common_pb2.RunError, tell_peers: bool) -> None:
+    async def fail(
+        self, run_id: str, error: common_pb2.RunError, tell_peers: bool, category: str | None = None
+    ) -> None:
+        """End the run FAILED here with `error` (kept whole in this org's record); the other
+        parties, when told, hear only the phase, the org and `category` (default: the reason)."""
         if not self._finish(run_id, common_pb2.RUN_STATE_FAILED, error=error):
             return
-        log.warning("run %s failed in %s at %s", run_id, common_pb2.Phase.Name(error.phase), error.org)
+        phase = common_pb2.Phase.Name(error.phase)
+        log.warning("run %s failed in %s at %s: %s", run_id, phase, error.org, error.reason)  # stays here
         self._cancel_task(run_id)
         if tell_peers:
             failed = progress(run_id, self.config.org, error.phase, message="failed", state=common_pb2.RUN_STATE_FAILED)
-            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=error))
+            shared = shared_error(error, category)
+            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=shared))
 
     def cancel(self, run_id: str, reason: str) -> bool:
         error = common_pb2.RunError(phase=self.store.get_run(run_id).phase, org=self.config.org, reason=reason)
@@ -232,7 +287,8 @@ class RunCoordinator:
             spec = self.store.get_spec(run.digest)
             self._parties[run_id] = [p.org for p in spec.parties if p.org != self.config.org]
             failed = progress(run_id, self.config.org, run.phase, message="failed", state=common_pb2.RUN_STATE_FAILED)
-            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=run.error))
+            error = run.error or common_pb2.RunError(phase=run.phase, org=self.config.org, reason="")
+            self._tell_peers(run_id, gateway_pb2.PeerProgressRequest(progress=failed, error=shared_error(error)))
             task = asyncio.create_task(self._drop_shares(run_id))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import grpc
 
 from riskmesh.v1 import gateway_pb2, gateway_pb2_grpc
-from services.gateway.audit import AuditLog, audit_path
 from services.gateway.rules import GATEWAY_RULES
 from services.gateway.servicer import GatewayServicer
 from services.gateway.store import Store
@@ -15,22 +14,14 @@ from services.mesh.config import OrgConfig
 from services.mesh.identity import Identity
 from services.mesh.process import run_server_process
 from services.mesh.server import MeshServer
+from services.study.policy import local_policy
 
 
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
+    local_policy(config)  # a malformed policy stops the gateway here, not at the first approval
     store = Store(store_path(config.state_dir))
-    audit = AuditLog(audit_path(config.state_dir))
-    actor = f"spiffe://{config.org}/gateway"
-    interrupted = store.fail_interrupted_runs(org=config.org)
-    for run_id in interrupted:
-        run = store.get_run(run_id)
-        audit.append(
-            actor,
-            "run.failed",
-            study_id=run.study_id,
-            run_id=run_id,
-            details={"reason": run.error.reason if run.error else ""},
-        )
+    audit = store.audit  # in the same database: run changes and their rows commit together
+    interrupted = store.fail_interrupted_runs(org=config.org, actor=f"spiffe://{config.org}/gateway")
 
     def audit_refusal(method: str, caller: Identity | None, code: grpc.StatusCode) -> None:
         audit.append(

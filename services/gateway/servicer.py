@@ -14,6 +14,7 @@ results go to data owners only.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import AsyncIterator, TypeAlias
 
 import grpc
@@ -23,20 +24,24 @@ from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway import access, codec
 from services.gateway.audit import AuditLog
 from services.gateway.errors import RequestError, mapped_errors
+from services.gateway.governance import Governance, is_commitment
 from services.gateway.orchestration import RunOrchestrator
 from services.gateway.peer_gateways import PeerGateways
 from services.gateway.results import Results
 from services.gateway.runs import RunCoordinator
-from services.gateway.store import Store
+from services.gateway.store import Store, StudyRecord
 from services.gateway.studies import StudyLifecycle
 from services.mesh.authz import current_caller, current_method
 from services.mesh.config import OrgConfig
 from services.mesh.identity import Identity
 from services.mesh.peers import Channels
 from services.mesh.tls import MeshCredentials
+from services.study import policy as policies
 from services.study import spec as specs
 
 Context: TypeAlias = grpc.aio.ServicerContext
+AUDIT_PAGE_DEFAULT = 200
+AUDIT_PAGE_MAX = 1000
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -47,8 +52,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         channels = Channels(config, credentials)
         self.peers = PeerGateways(config, channels)
         self.runs = RunCoordinator(config, channels, store, audit)
-        self.studies = StudyLifecycle(config, store, audit, self.peers)
-        self.orchestrator = RunOrchestrator(config, channels, store, audit, self.peers, self.runs)
+        self.governance = Governance(config, store, audit, self.peers)
+        self.studies = StudyLifecycle(config, store, audit, self.peers, self.governance)
+        self.orchestrator = RunOrchestrator(config, channels, store, audit, self.peers, self.runs, self.governance)
         self.results = Results(config.org, store, audit)
 
     def _errors(self, context: Context) -> contextlib.AbstractAsyncContextManager[None]:
@@ -66,6 +72,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         assert caller is not None, "the authorisation interceptor sets the caller"
         return caller
 
+    def _study(self, study: StudyRecord) -> gateway_pb2.Study:
+        """A study as this organisation sees it: its runs against the run policy, its own
+        disclosure floors against the spec, and what each party will learn."""
+        return codec.study_to_proto(
+            study,
+            self.governance.status(study),
+            self.governance.policy_checks(study.spec),
+            policies.disclosures(study.spec),
+        )
+
     def _checked_spec(self, spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
         """A proposed spec, normalised, valid, and naming this mesh's organisations in their roles."""
         spec = specs.normalise(spec)
@@ -82,6 +98,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             role=codec.role_to_proto(self.config.role),
             version=riskmesh.__version__,
             caller_identity=str(caller) if caller else "",
+            server_time_unix_ms=time.time_ns() // 1_000_000,
         )
 
     async def CheckPeers(
@@ -97,7 +114,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         async with self._errors(context):
             spec = self._checked_spec(request.spec)
             study = await self.studies.propose(spec, request.source_path or None, self._caller())
-            return gateway_pb2.ProposeStudyResponse(study=codec.study_to_proto(study))
+            return gateway_pb2.ProposeStudyResponse(study=self._study(study))
 
     async def PeerPropose(
         self, request: gateway_pb2.PeerProposeRequest, context: Context
@@ -120,7 +137,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             study = await self.studies.approve(
                 request.study_id, request.spec_digest, request.source_path, self._caller()
             )
-            return gateway_pb2.ApproveStudyResponse(study=codec.study_to_proto(study))
+            return gateway_pb2.ApproveStudyResponse(study=self._study(study))
 
     async def PeerApprove(
         self, request: gateway_pb2.PeerApproveRequest, context: Context
@@ -131,12 +148,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def GetStudy(self, request: gateway_pb2.GetStudyRequest, context: Context) -> gateway_pb2.GetStudyResponse:
         async with self._errors(context):
-            return gateway_pb2.GetStudyResponse(study=codec.study_to_proto(self.store.get_study(request.study_id)))
+            return gateway_pb2.GetStudyResponse(study=self._study(self.store.get_study(request.study_id)))
 
     async def ListStudies(
         self, request: gateway_pb2.ListStudiesRequest, context: Context
     ) -> gateway_pb2.ListStudiesResponse:
-        return gateway_pb2.ListStudiesResponse(studies=[codec.study_to_proto(s) for s in self.store.list_studies()])
+        return gateway_pb2.ListStudiesResponse(studies=[self._study(s) for s in self.store.list_studies()])
 
     # Runs ----------------------------------------------------------------------------
 
@@ -149,11 +166,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.PeerStartRunRequest, context: Context
     ) -> gateway_pb2.PeerStartRunResponse:
         async with self._errors(context):
-            keys = await self.orchestrator.join(request, self._caller())
-            if keys is None:  # the helper has no keys to hand over
+            mine = await self.orchestrator.join(request, self._caller())
+            if mine is None:  # the helper has no keys to hand over
                 return gateway_pb2.PeerStartRunResponse()
             return gateway_pb2.PeerStartRunResponse(
-                x25519_public_key=keys.x25519_public_key, paillier_key=keys.paillier_key
+                x25519_public_key=mine.keys.x25519_public_key,
+                paillier_key=mine.keys.paillier_key,
+                input=gateway_pb2.InputCommitment(org=self.config.org, commitment=mine.commitment),
             )
 
     async def PeerProgress(
@@ -166,7 +185,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             unknown_error_phase = error is not None and error.phase not in phases
             if progress.phase not in phases or progress.state not in states or unknown_error_phase:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "the progress names an unknown phase or run state")
-            await self.orchestrator.accept_progress(progress, error, self._caller())
+            commitment = request.input if request.HasField("input") else None
+            await self.orchestrator.accept_progress(progress, error, commitment, self._caller())
             return gateway_pb2.PeerProgressResponse()
 
     async def WatchRun(
@@ -206,7 +226,37 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             predictions = self.results.predict(request.run_id, [dict(r.values) for r in request.records])
             return gateway_pb2.PredictResponse(predictions=predictions)
 
+    async def ApproveRun(
+        self, request: gateway_pb2.ApproveRunRequest, context: Context
+    ) -> gateway_pb2.ApproveRunResponse:
+        async with self._errors(context):
+            if request.commitment and not is_commitment(request.commitment):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "an input commitment is 64 hex digits")
+            study = await self.governance.approve_run(request.study_id, request.org, request.commitment, self._caller())
+            return gateway_pb2.ApproveRunResponse(study=self._study(study))
+
+    async def PeerApproveRun(
+        self, request: gateway_pb2.PeerApproveRunRequest, context: Context
+    ) -> gateway_pb2.PeerApproveRunResponse:
+        async with self._errors(context):
+            if request.commitment and not is_commitment(request.commitment):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "an input commitment is 64 hex digits")
+            self.governance.accept_run_approval(request, self._caller())
+            return gateway_pb2.PeerApproveRunResponse()
+
+    async def PeerRequestRunApproval(
+        self, request: gateway_pb2.PeerRequestRunApprovalRequest, context: Context
+    ) -> gateway_pb2.PeerRequestRunApprovalResponse:
+        async with self._errors(context):
+            self.governance.accept_approval_request(request, self._caller())
+            return gateway_pb2.PeerRequestRunApprovalResponse()
+
     async def VerifyAudit(
         self, request: gateway_pb2.VerifyAuditRequest, context: Context
     ) -> gateway_pb2.VerifyAuditResponse:
         return codec.verify_response(self.audit.verify())
+
+    async def ListAudit(self, request: gateway_pb2.ListAuditRequest, context: Context) -> gateway_pb2.ListAuditResponse:
+        limit = min(request.limit or AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX)
+        rows = self.audit.rows(after_seq=request.after_seq, limit=limit)
+        return gateway_pb2.ListAuditResponse(records=[codec.audit_record(r) for r in rows], last_seq=self.audit.head()[0])

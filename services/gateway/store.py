@@ -21,27 +21,39 @@ Rules the store enforces, because they must hold whoever calls it:
 - run states move PENDING → RUNNING → SUCCEEDED / FAILED / CANCELLED (PENDING may
   also end FAILED or CANCELLED); terminal states are final;
 - at start-up `fail_interrupted_runs` ends every PENDING / RUNNING run FAILED, so no
-  run is left looking alive after a restart.
+  run is left looking alive after a restart;
+- a run is admitted only within the spec's run policy: at most `max_runs` counted runs of
+  the digest, `min_interval_seconds` after the last one started (less a slack the caller
+  gives for the other parties' setup time and clocks). A run *counts* unless it ended while
+  this organisation was still in its setup (then nothing was matched, so nothing revealed);
+  the count lives in this file, so it holds across restarts;
+- a run approval (grant) one owner gave for the other's run is used by at most one counted run;
+- a run's state change and its audit row are one transaction (the audit tables live in this
+  file, see audit.py): no run starts, ends or records an input without its row.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from riskmesh.v1 import common_pb2, lasso_pb2
+from services.gateway.audit import AuditEntry, AuditLog
 from services.gateway.errors import (
     DuplicateRunError,
     IllegalTransitionError,
     InvalidValueError,
-    NotApprovedError,
     NotAPartyError,
+    NotApprovedError,
+    RunPolicyError,
     StaleDigestError,
     UnknownRunError,
     UnknownStudyError,
@@ -59,6 +71,12 @@ SUCCEEDED = common_pb2.RUN_STATE_SUCCEEDED
 FAILED = common_pb2.RUN_STATE_FAILED
 CANCELLED = common_pb2.RUN_STATE_CANCELLED
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# A run counts towards the quota unless it ended while this organisation was still in setup.
+COUNTED = (
+    f"NOT (r.state IN ({FAILED}, {CANCELLED})"
+    f" AND r.phase IN ({common_pb2.PHASE_UNSPECIFIED}, {common_pb2.PHASE_SETUP}))"
+)
+SECRET_BYTES = 32
 ACTIVE_STATES = frozenset({PENDING, RUNNING})
 # Allowed moves of a run's state; staying in the same non-terminal state is also allowed.
 TRANSITIONS: dict[int, frozenset[int]] = {
@@ -98,6 +116,16 @@ class Approval:
 
 
 @dataclass(frozen=True)
+class InputRecord:
+    """An owner's commitment to its input of one run, and how it compares with its previous run."""
+
+    org: str
+    commitment: str
+    previous_run_id: str = ""
+    changed: bool = False
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """A run as stored here."""
 
@@ -112,10 +140,47 @@ class RunRecord:
     started_by: str
     created_at: float
     updated_at: float
+    inputs: tuple[InputRecord, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One owner's approval of the other owner's run (of `commitment`, or of any unchanged input)."""
+
+    id: int
+    study_id: str
+    digest: str
+    org: str
+    approved_by: str
+    commitment: str
+    at: float
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """A run of `org` that waits for `approver`'s approval of its input."""
+
+    study_id: str
+    digest: str
+    org: str
+    approver: str
+    commitment: str
+    previous_run_id: str
+    changed: bool
+    at: float
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The study's counted runs of its current digest, and when the next may start."""
+
+    counted: int
+    max_runs: int
+    next_start: float  # epoch seconds; 0 when there is no waiting time
 
 
 @dataclass(frozen=True)
@@ -138,6 +203,8 @@ class Store:
         try:
             with self._tx() as db:
                 migrate(db, self.path)
+            # The audit log shares this connection: a change and its row commit together.
+            self.audit = AuditLog(self.path, clock, connection=self._conn, lock=self._lock)
         except BaseException:
             self._conn.close()
             raise
@@ -310,8 +377,22 @@ class Store:
 
     # ---- runs ----------------------------------------------------------------------
 
-    def create_run(self, run_id: str, study_id: str, digest: str, started_by: str, trace_id: str = "") -> RunRecord:
-        """A new PENDING run of the study's current, fully approved digest, started by a data owner."""
+    def create_run(
+        self,
+        run_id: str,
+        study_id: str,
+        digest: str,
+        started_by: str,
+        trace_id: str = "",
+        *,
+        interval_slack_s: float = 0.0,
+        grant_id: int | None = None,
+        inputs: Iterable[InputRecord] = (),
+        audit: Iterable[AuditEntry] = (),
+    ) -> RunRecord:
+        """A new PENDING run of the study's current, fully approved digest, started by a data owner,
+        within the run policy (`RunPolicyError`); it uses run approval `grant_id` (if any), records
+        the inputs known at admission and writes the audit rows, all in one transaction."""
         if not RUN_ID.fullmatch(run_id):
             raise InvalidValueError("run id must be 1-128 characters of letters, digits, '.', '_' or '-'")
         now = self._clock()
@@ -328,12 +409,186 @@ class Store:
                 raise NotApprovedError(f"study {study_id!r} is not approved by {', '.join(missing)}")
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
                 raise DuplicateRunError(f"run {run_id!r} exists already")
+            _check_quota(self._quota(db, study), now, interval_slack_s)
             db.execute(
                 "INSERT INTO runs (run_id, study_id, digest, state, phase, joined, trace_id, started_by, created_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
                 (run_id, study_id, digest, PENDING, common_pb2.PHASE_UNSPECIFIED, trace_id, started_by, now, now),
             )
+            for record in inputs:
+                self._put_input(db, run_id, record)
+            if grant_id is not None:
+                self._use_grant(db, grant_id, run_id)
+            for entry in audit:
+                self.audit.write(db, entry)
             return self._run(db, run_id)
+
+    def quota(self, study_id: str) -> Quota:
+        """The counted runs of the study's current digest and the earliest next start."""
+        with self._tx(write=False) as db:
+            return self._quota(db, self._study(db, study_id))
+
+    def check_quota(self, study_id: str, interval_slack_s: float = 0.0) -> None:
+        """`RunPolicyError` when a run of the study could not start now."""
+        _check_quota(self.quota(study_id), self._clock(), interval_slack_s)
+
+    def _quota(self, db: sqlite3.Connection, study: StudyRecord) -> Quota:
+        policy = study.spec.run_policy
+        rows = db.execute(
+            f"SELECT r.created_at FROM runs r WHERE r.study_id = ? AND r.digest = ? AND {COUNTED}"
+            " ORDER BY r.created_at DESC",
+            (study.study_id, study.digest),
+        ).fetchall()
+        next_start = rows[0][0] + policy.min_interval_seconds if rows and policy.min_interval_seconds else 0.0
+        return Quota(len(rows), policy.max_runs, next_start)
+
+    # ---- inputs, run approvals ------------------------------------------------------
+
+    def study_secret(self, study_id: str) -> bytes:
+        """This organisation's secret for its input commitments in the study (made on first use;
+        it never leaves the organisation)."""
+        with self._tx() as db:
+            self._study_row(db, study_id)
+            row = db.execute("SELECT secret FROM study_secrets WHERE study_id = ?", (study_id,)).fetchone()
+            if row is not None:
+                return bytes(row[0])
+            secret = secrets.token_bytes(SECRET_BYTES)
+            db.execute("INSERT INTO study_secrets (study_id, secret) VALUES (?, ?)", (study_id, secret))
+            return secret
+
+    def previous_input(self, study_id: str, org: str, before_run: str = "") -> InputRecord | None:
+        """`org`'s input in its latest counted run of the study here (other than `before_run`)."""
+        with self._tx(write=False) as db:
+            row = db.execute(
+                "SELECT i.run_id, i.commitment FROM run_inputs i JOIN runs r ON r.run_id = i.run_id"
+                f" WHERE r.study_id = ? AND i.org = ? AND r.run_id != ? AND {COUNTED}"
+                " ORDER BY r.created_at DESC, r.rowid DESC LIMIT 1",
+                (study_id, org, before_run),
+            ).fetchone()
+        return None if row is None else InputRecord(org, row[1], previous_run_id=row[0])
+
+    def record_input(
+        self, run_id: str, record: InputRecord, grant_id: int | None = None, audit: AuditEntry | None = None
+    ) -> bool:
+        """Record an owner's input of a run (once; False when it was recorded already), using
+        run approval `grant_id` if given, with its audit row, in one transaction."""
+        with self._tx() as db:
+            self._run(db, run_id)
+            if db.execute("SELECT 1 FROM run_inputs WHERE run_id = ? AND org = ?", (run_id, record.org)).fetchone():
+                return False
+            self._put_input(db, run_id, record)
+            if grant_id is not None:
+                self._use_grant(db, grant_id, run_id)
+            if audit is not None:
+                self.audit.write(db, audit)
+            return True
+
+    def _put_input(self, db: sqlite3.Connection, run_id: str, record: InputRecord) -> None:
+        db.execute(
+            "INSERT INTO run_inputs (run_id, org, commitment, previous_run_id, changed) VALUES (?, ?, ?, ?, ?)",
+            (run_id, record.org, record.commitment, record.previous_run_id, int(record.changed)),
+        )
+
+    def add_grant(
+        self, study_id: str, digest: str, org: str, approved_by: str, commitment: str, audit: AuditEntry | None = None
+    ) -> Grant:
+        """`approved_by` approves a run of `org` (with input `commitment`, or '' for any unchanged
+        input) under the current digest; the pending request it answers is cleared."""
+        now = self._clock()
+        with self._tx() as db:
+            study = self._study(db, study_id)
+            if digest != study.digest:
+                raise StaleDigestError(
+                    f"study {study_id!r}: the run approval names a digest that is not the current spec's"
+                )
+            owners = owner_orgs(study.spec)
+            if org not in owners or approved_by not in owners or org == approved_by:
+                raise NotAPartyError("a run approval is given by one data owner for the other's runs")
+            cursor = db.execute(
+                "INSERT INTO run_grants (study_id, digest, org, approved_by, commitment, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (study_id, digest, org, approved_by, commitment, now),
+            )
+            if commitment:
+                db.execute(
+                    "DELETE FROM pending_approvals WHERE study_id = ? AND org = ? AND commitment = ?",
+                    (study_id, org, commitment),
+                )
+            else:
+                db.execute(
+                    "DELETE FROM pending_approvals WHERE study_id = ? AND org = ? AND changed = 0", (study_id, org)
+                )
+            if audit is not None:
+                self.audit.write(db, audit)
+            return Grant(int(cursor.lastrowid or 0), study_id, digest, org, approved_by, commitment, now)
+
+    def available_grant(self, study_id: str, digest: str, org: str, commitment: str, changed: bool) -> int | None:
+        """The oldest unused approval of a run of `org` with this input: one naming the
+        commitment, or (when the input did not change) one for any unchanged input."""
+        with self._tx(write=False) as db:
+            return self._available_grant(db, study_id, digest, org, commitment, changed)
+
+    def _available_grant(
+        self, db: sqlite3.Connection, study_id: str, digest: str, org: str, commitment: str, changed: bool
+    ) -> int | None:
+        accepted = (commitment,) if changed else (commitment, "")
+        row = db.execute(
+            "SELECT g.id FROM run_grants g LEFT JOIN runs r ON r.run_id = g.run_id"
+            " WHERE g.study_id = ? AND g.digest = ? AND g.org = ?"
+            f" AND g.commitment IN ({', '.join('?' * len(accepted))})"
+            f" AND (g.run_id IS NULL OR NOT ({COUNTED})) ORDER BY g.commitment = '', g.at, g.id LIMIT 1",
+            (study_id, digest, org, *accepted),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _use_grant(self, db: sqlite3.Connection, grant_id: int, run_id: str) -> None:
+        db.execute("UPDATE run_grants SET run_id = ? WHERE id = ?", (run_id, grant_id))
+
+    def grants(self, study_id: str) -> list[Grant]:
+        """Unused run approvals of the study's current digest, oldest first."""
+        with self._tx(write=False) as db:
+            study = self._study(db, study_id)
+            rows = db.execute(
+                "SELECT g.id, g.org, g.approved_by, g.commitment, g.at FROM run_grants g"
+                " LEFT JOIN runs r ON r.run_id = g.run_id"
+                f" WHERE g.study_id = ? AND g.digest = ? AND (g.run_id IS NULL OR NOT ({COUNTED}))"
+                " ORDER BY g.at, g.id",
+                (study_id, study.digest),
+            ).fetchall()
+        return [Grant(i, study_id, study.digest, o, a, c, at) for i, o, a, c, at in rows]
+
+    def add_pending(self, pending: PendingApproval, audit: AuditEntry | None = None) -> None:
+        """A run of `pending.org` waits for `pending.approver`'s approval (one entry per input)."""
+        with self._tx() as db:
+            self._study_row(db, pending.study_id)
+            db.execute(
+                "INSERT INTO pending_approvals (study_id, digest, org, approver, commitment, previous_run_id, changed,"
+                " at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_id, org, commitment) DO UPDATE SET"
+                " digest = excluded.digest, previous_run_id = excluded.previous_run_id, changed = excluded.changed,"
+                " at = excluded.at",
+                (
+                    pending.study_id,
+                    pending.digest,
+                    pending.org,
+                    pending.approver,
+                    pending.commitment,
+                    pending.previous_run_id,
+                    int(pending.changed),
+                    self._clock(),
+                ),
+            )
+            if audit is not None:
+                self.audit.write(db, audit)
+
+    def pending(self, study_id: str) -> list[PendingApproval]:
+        """Runs of the study's current digest waiting for an approval, oldest first."""
+        with self._tx(write=False) as db:
+            study = self._study(db, study_id)
+            rows = db.execute(
+                "SELECT org, approver, commitment, previous_run_id, changed, at FROM pending_approvals"
+                " WHERE study_id = ? AND digest = ? ORDER BY at",
+                (study_id, study.digest),
+            ).fetchall()
+        return [PendingApproval(study_id, study.digest, o, a, c, p, bool(ch), at) for o, a, c, p, ch, at in rows]
 
     def update_run(
         self,
@@ -343,11 +598,12 @@ class Store:
         phase: common_pb2.Phase.ValueType | None = None,
         error: common_pb2.RunError | None = None,
         joined: int | None = None,
+        audit: AuditEntry | None = None,
     ) -> RunRecord:
         """Change a run; only legal state moves, and nothing at all once it is terminal.
 
         `error` is required when moving to FAILED, allowed when moving to CANCELLED (why),
-        refused otherwise.
+        refused otherwise. `audit` is written in the same transaction as the change.
         """
         _check_run_change(state, phase, error, joined)
         with self._tx() as db:
@@ -361,6 +617,8 @@ class Store:
             changed = {name: value for name, value in columns.items() if value is not None}
             assignments = ", ".join(f"{name} = ?" for name in changed)  # column names from the dict above only
             db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*changed.values(), run_id))
+            if audit is not None:
+                self.audit.write(db, audit)
             return self._run(db, run_id)
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -378,12 +636,13 @@ class Store:
                 ).fetchall()
             return [self._run(db, r[0]) for r in ids]
 
-    def fail_interrupted_runs(self, reason: str = RESTART_REASON, *, org: str = "") -> list[str]:
+    def fail_interrupted_runs(self, reason: str = RESTART_REASON, *, org: str = "", actor: str = "") -> list[str]:
         """End every PENDING / RUNNING run FAILED with `reason` (call once at start-up).
 
         A run cannot survive its gateway's restart (the orchestration lives in memory), so
         it must not look alive. The error keeps the phase the run was in; `org` names this
-        organisation. Returns the ids of the runs it ended.
+        organisation; with `actor`, each run's `run.failed` audit row is written in the same
+        transaction. Returns the ids of the runs it ended.
         """
         now = self._clock()
         with self._tx() as db:
@@ -398,6 +657,12 @@ class Store:
                 " WHERE state IN (?, ?)",
                 (FAILED, org, reason[:MAX_REASON_CHARS], now, PENDING, RUNNING),
             )
+            for run_id in ids if actor else []:
+                run = self._run(db, run_id)
+                details = {"reason": reason[:200], "phase": common_pb2.Phase.Name(run.phase), "org": org}
+                self.audit.write(
+                    db, self.audit.entry(actor, "run.failed", study_id=run.study_id, run_id=run_id, details=details)
+                )
         return ids
 
     def _run(self, db: sqlite3.Connection, run_id: str) -> RunRecord:
@@ -415,8 +680,15 @@ class Store:
             error = common_pb2.RunError(
                 phase=common_pb2.Phase.ValueType(e_phase or 0), org=e_org or "", reason=e_reason
             )
+        inputs = tuple(
+            InputRecord(o, c, p, bool(ch))
+            for o, c, p, ch in db.execute(
+                "SELECT org, commitment, previous_run_id, changed FROM run_inputs WHERE run_id = ? ORDER BY org",
+                (run_id,),
+            )
+        )
         return RunRecord(
-            rid, study_id, digest, state, phase, error, joined, trace_id, started_by, created_at, updated_at
+            rid, study_id, digest, state, phase, error, joined, trace_id, started_by, created_at, updated_at, inputs
         )
 
     # ---- results and events --------------------------------------------------------
@@ -481,6 +753,15 @@ def _check_run_change(
         raise InvalidValueError("a FAILED run needs an error (phase, org, reason)")
     if error is not None and state not in (FAILED, CANCELLED):
         raise InvalidValueError("an error can only accompany a move to FAILED or CANCELLED")
+
+
+def _check_quota(quota: Quota, now: float, slack_s: float) -> None:
+    """`RunPolicyError` when a run would exceed the quota or start too soon (less `slack_s`)."""
+    if quota.counted >= quota.max_runs:
+        raise RunPolicyError(f"the study's run policy allows {quota.max_runs} run(s) of this spec; all are used")
+    if quota.next_start and now < quota.next_start - slack_s:
+        wait = quota.next_start - now
+        raise RunPolicyError(f"the study's run policy needs {wait:.0f} s more before the next run may start")
 
 
 def _check_transition(run: RunRecord, state: int | None) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from services.gateway.audit import DATABASE_FILENAME
 from services.gateway.errors import StoreError
 
-STORE_FILENAME = "gateway.sqlite3"
+STORE_FILENAME = DATABASE_FILENAME  # the audit log's tables live in the same file (audit.py)
 BUSY_TIMEOUT_MS = 5000
 
 # Schema migrations, applied in order. Never edit a released migration: append a new one.
@@ -71,6 +72,45 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             seq INTEGER NOT NULL,
             progress BLOB NOT NULL,
             PRIMARY KEY (run_id, seq)
+        )""",
+    ),
+    # 2: run governance (issue 14). This organisation's secret per study for its input
+    # commitments; the owners' commitments per run; run approvals one owner gave the other
+    # (and the run that used each); runs waiting for an approval.
+    (
+        """CREATE TABLE study_secrets (
+            study_id TEXT PRIMARY KEY REFERENCES studies(study_id),
+            secret BLOB NOT NULL
+        )""",
+        """CREATE TABLE run_inputs (
+            run_id TEXT NOT NULL REFERENCES runs(run_id),
+            org TEXT NOT NULL,
+            commitment TEXT NOT NULL,
+            previous_run_id TEXT NOT NULL DEFAULT '',
+            changed INTEGER NOT NULL,
+            PRIMARY KEY (run_id, org)
+        )""",
+        """CREATE TABLE run_grants (
+            id INTEGER PRIMARY KEY,
+            study_id TEXT NOT NULL REFERENCES studies(study_id),
+            digest TEXT NOT NULL,
+            org TEXT NOT NULL,
+            approved_by TEXT NOT NULL,
+            commitment TEXT NOT NULL DEFAULT '',
+            at REAL NOT NULL,
+            run_id TEXT REFERENCES runs(run_id)
+        )""",
+        "CREATE INDEX run_grants_by_study ON run_grants(study_id, digest, org)",
+        """CREATE TABLE pending_approvals (
+            study_id TEXT NOT NULL REFERENCES studies(study_id),
+            digest TEXT NOT NULL,
+            org TEXT NOT NULL,
+            approver TEXT NOT NULL,
+            commitment TEXT NOT NULL,
+            previous_run_id TEXT NOT NULL DEFAULT '',
+            changed INTEGER NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (study_id, org, commitment)
         )""",
     ),
 )

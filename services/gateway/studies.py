@@ -6,7 +6,9 @@ the proposer's approval of exactly that digest (the peers record it too); the st
 APPROVED once the two owners approved and the helper acknowledged the same digest.
 
 Specs arrive normalised and validated (the servicer checks a request's spec before it
-calls in here); the store checks the digest again and enforces the approval rules.
+calls in here); the store checks the digest again and enforces the approval rules. This
+organisation proposes and approves only specs within its own disclosure floors (its local
+policy, `governance`); a peer's proposal beyond them is stored, to be reviewed and changed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from riskmesh.v1 import common_pb2, gateway_pb2
 from services.gateway import access
 from services.gateway.audit import AuditLog
 from services.gateway.errors import RequestError
+from services.gateway.governance import Governance
 from services.gateway.peer_gateways import PEER_DEADLINE_S, PeerGateways
 from services.gateway.store import Store, StudyRecord
 from services.mesh.config import OrgConfig
@@ -25,16 +28,20 @@ from services.study import spec as specs
 
 
 class StudyLifecycle:
-    def __init__(self, config: OrgConfig, store: Store, audit: AuditLog, peers: PeerGateways) -> None:
+    def __init__(
+        self, config: OrgConfig, store: Store, audit: AuditLog, peers: PeerGateways, governance: Governance
+    ) -> None:
         self.config = config
         self.store = store
         self.audit = audit
         self.peers = peers
+        self.governance = governance
 
     async def propose(self, spec: common_pb2.StudySpec, source_path: str | None, caller: Identity) -> StudyRecord:
         """This organisation (a data owner) proposes `spec`, naming its local data file."""
         org = self.config.org
         access.require_owner(spec, org, "proposing a study")
+        self.governance.require_floors(spec, caller, "proposing this spec")
         digest = specs.spec_digest(spec)
         request = gateway_pb2.PeerProposeRequest(spec=spec, spec_digest=digest)
         await self.peers.call_all(
@@ -64,6 +71,7 @@ class StudyLifecycle:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"study {study.study_id!r} changed: review it and approve digest {study.digest}",
             )
+        self.governance.require_floors(study.spec, caller, "approving this spec")
         if access.is_owner(study.spec, self.config.org):
             self._keep_source_path(study, source_path)
         request = gateway_pb2.PeerApproveRequest(study_id=study.study_id, spec_digest=study.digest)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import grpc
 
-from services.join.core.errors import DataError, IntersectionTooSmallError, JoinError, SpecError, WireFormatError
+from services.join.core.errors import (
+    DataError,
+    IntersectionTooSmallError,
+    JoinError,
+    KeySizeError,
+    SpecError,
+    WireFormatError,
+)
 from services.mesh.status import mapped_errors, status_of
 from services.study.spec import SpecError as StudySpecError
 
@@ -28,6 +36,7 @@ JOIN_STATUSES = (
     (WireFormatError, grpc.StatusCode.INVALID_ARGUMENT),
     (StudySpecError, grpc.StatusCode.INVALID_ARGUMENT),
     (IntersectionTooSmallError, grpc.StatusCode.FAILED_PRECONDITION),
+    (KeySizeError, grpc.StatusCode.FAILED_PRECONDITION),
     (JoinError, grpc.StatusCode.INTERNAL),
 )
 

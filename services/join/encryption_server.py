@@ -1,15 +1,17 @@
 """EncryptionService (data owners): the hashing/encryption step of the secure join.
 
-PrepareEncryption reads and validates the owner's local CSV (it never leaves the org)
-and makes an ephemeral X25519 key; RunEncryption derives the tag key with the other
-owner's X25519 key (HKDF info = study id + run id), shuffles the rows once, and then,
-piece by piece of that order (PIECE_ROWS rows), builds the piece's one-time randomness
-under the other owner's Paillier key on the worker processes, tags, encodes, packs and
-encrypts it, and streams its (tag, ciphertexts) rows to the helper in chunks. So the
-server holds one piece of pool and ciphertexts at a time, whatever the table's size, and
-the next piece is computed while the previous one is on the wire. Progress: SETUP when
-RunEncryption starts and when the first piece's randomness is ready (0 and 1 of 1),
-HASHING_ENCRYPTION per piece sent (rows of all), then when the helper accepted the rows.
+PrepareEncryption reads and validates the owner's local CSV (it never leaves the org),
+commits to it (HMAC under the owner's per-study secret, core/commitment.py) and makes an
+ephemeral X25519 key; RunEncryption checks the other owner's Paillier key size, derives
+the tag key with the other owner's X25519 key (HKDF info = study id + run id), shuffles the
+rows once, and then, piece by piece of that order (PIECE_ROWS rows), builds the piece's
+one-time randomness under the other owner's Paillier key on the worker processes, tags,
+encodes, packs and encrypts it, and streams its (tag, ciphertexts) rows to the helper in
+chunks. So the server holds one piece of pool and ciphertexts at a time, whatever the
+table's size, and the next piece is computed while the previous one is on the wire.
+Progress: SETUP when RunEncryption starts and when the first piece's randomness is ready
+(0 and 1 of 1), HASHING_ENCRYPTION per piece sent (rows of all), then when the helper
+accepted the rows.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
 from services.join.common import chunked, join_errors
 from services.join.core import keys
+from services.join.core.commitment import input_commitment
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
 from services.join.core.masking import random_permutation
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import PublicKey, choose_window_bits, generate_pool
+from services.join.core.paillier import PublicKey, check_key_size, choose_window_bits, generate_pool
 from services.join.core.parallel import default_workers, process_executor, stop_executor
 from services.join.core.protocol import encrypt_piece, prepare_layout
 from services.join.rules import ENCRYPTION_RULES
@@ -51,6 +54,10 @@ UPLOAD_DEADLINE_S = 1800.0
 # bits); the workers keep their window table from piece to piece (paillier.pool_chunk).
 PIECE_ROWS = 10_000
 WARM_UP_S = 60.0
+# A prepared run (the owner's validated table and its X25519 key) whose RunEncryption does not
+# come is dropped after this long. The gateway sends it right after every party's setup, which
+# has a 120 s deadline (gateway/pipeline.py).
+PREPARED_TTL_S = 600.0
 
 
 @dataclass
@@ -61,12 +68,18 @@ class PreparedRun:
 
 
 class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
-    def __init__(self, config: OrgConfig, channels: Channels, executor: ProcessPoolExecutor | None, workers: int) -> None:
+    def __init__(self, config: OrgConfig, channels: Channels, executor: ProcessPoolExecutor | None, workers: int, prepared_ttl_s: float = PREPARED_TTL_S) -> None:
         self.config = config
         self.channels = channels
         self.executor = executor
         self.workers = workers
         self.prepared: dict[str, PreparedRun] = {}
+        self.prepared_ttl_s = prepared_ttl_s
+
+    def _expire(self, run_id: str, prepared: PreparedRun) -> None:
+        if self.prepared.get(run_id) is prepared:
+            del self.prepared[run_id]  # the plaintext table and the X25519 key go with it
+            log.warning("run %s: prepared %.0f s ago and never started; dropped its table and key", run_id, self.prepared_ttl_s)
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
@@ -81,18 +94,22 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 target=target,
             )
             agreement = keys.new_agreement_key()
-            self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)
+            commitment = input_commitment(table, request.commitment_key) if request.commitment_key else ""
+            prepared = self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)
+            asyncio.get_running_loop().call_later(self.prepared_ttl_s, self._expire, request.run_id, prepared)
             log.info("run %s: %d rows validated", request.run_id, len(table.ids))
-            return join_pb2.PrepareEncryptionResponse(x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids))
+            return join_pb2.PrepareEncryptionResponse(
+                x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids), input_commitment=commitment)
 
     async def RunEncryption(self, request, context) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
         prepared = self.prepared.pop(request.run_id, None)
         if prepared is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran)")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran, or expired)")
         org, run_id = self.config.org, request.run_id
         async with join_errors(context, "hashing/encryption"):
             tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
+            check_key_size(peer_key.bits, prepared.spec.paillier_bits, self.config.min_paillier_bits)  # before encrypting anything
             helper = self.config.helper_org
             if helper is None:
                 raise SpecError("no helper organisation is configured")

@@ -34,11 +34,11 @@ from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
 from services.join.common import chunked, status_for
 from services.join.core.chunks import ChunkedRows, read_header
-from services.join.core.errors import JoinError, SpecError, WireFormatError
+from services.join.core.errors import JoinError, KeySizeError, SpecError, WireFormatError
 from services.join.core.masking import MaskedRows, mask_rows, random_permutation
 from services.join.core.matching import check_minimum, match_tag_arrays, tag_array
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import PublicKey
+from services.join.core.paillier import PublicKey, check_key_size
 from services.join.core.protocol import check_compatible
 from services.join.core.shares import encode_shares, value_bytes
 from services.join.rules import INTERSECTION_RULES
@@ -55,7 +55,6 @@ from services.study.spec import owner_columns
 log = logging.getLogger("riskmesh.intersection")
 
 DELIVERY_DEADLINE_S = 1800.0
-MAX_ROWS = 10_000_000
 QUEUED_CHUNKS = 4  # masked chunks waiting per queue: bounds what runs ahead of the receivers
 
 
@@ -166,15 +165,18 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows")
         if caller.org in run.uploads or run.task is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
-        if header.rows > MAX_ROWS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {MAX_ROWS} rows")
+        if header.rows > self.config.max_upload_rows:  # the helper's memory bound (config max_upload_rows)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {self.config.max_upload_rows} rows")
         try:
             layout = codec.layout_from_proto(header.layout)
             key = codec.public_key_from_proto(header.key)
+            check_key_size(key.bits, run.spec.paillier_bits, self.config.min_paillier_bits)  # before masking under it
             layout.check_columns(len(header.columns))
             layout.check_modulus(key.bits)
             if tuple(header.columns) != codec.column_names(owner_columns(run.spec, caller.org)):
                 raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
+        except KeySizeError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: {exc}")
         except (JoinError, StudySpecError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
         try:

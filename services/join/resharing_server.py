@@ -32,7 +32,7 @@ from services.join import codec
 from services.join.core.chunks import ChunkedRows, EndedEarly, read_header
 from services.join.core.errors import JoinError, SpecError
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import PrivateKey, generate_keypair
+from services.join.core.paillier import DEFAULT_MODULUS_BITS, PrivateKey, generate_keypair
 from services.join.core.parallel import default_workers
 from services.join.core.shares import check_share_bytes, encode_shares, owner_shares, value_bytes
 from services.join.rules import RESHARING_RULES
@@ -45,7 +45,7 @@ from services.mesh.status import StatusError
 
 log = logging.getLogger("riskmesh.resharing")
 
-ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only for tests and quick benchmarks
+ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only where the config lowers min_paillier_bits (test meshes)
 BROKE_OFF = "resharing: the stream from the helper broke off before every row arrived"
 ENDED_EARLY = "resharing: the stream from the helper ended before every announced row arrived"
 
@@ -118,9 +118,11 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
     async def CreateKey(self, request, context):
         if self.config.role != "data_owner":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only data owners hold Paillier keys")
-        bits = request.bits or 2048
+        bits = request.bits or DEFAULT_MODULUS_BITS
         if bits not in ALLOWED_BITS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits")
+        if bits < self.config.min_paillier_bits:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits")
         run = self._run(request.run_id)
         if run.key is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {request.run_id} already has a key")

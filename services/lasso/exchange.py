@@ -23,8 +23,9 @@ failed, with its reason) or `peer_lost` (with the status code) — once per stre
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, Sequence
+from typing import Protocol
 
 import grpc
 
@@ -40,6 +41,10 @@ class StreamOwner(Protocol):
     pid: int
 
     def deliver(self, peer: int, pc: int, payload: bytes) -> None: ...
+
+    async def writable(self) -> None:
+        """Return when the run can take the next message (backpressure toward the peer)."""
+        ...
 
     def peer_up(self, peer: int, prss_keys: bytes) -> None: ...
 
@@ -101,18 +106,28 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
 # Dialling side ----------------------------------------------------------------------------
 
 
-async def dial(owner: StreamOwner, peer: int, prss_keys: bytes, channel: grpc.aio.Channel, outbox: Outbox, metadata: Sequence[tuple[str, str]] = ()) -> None:
+async def dial(
+    owner: StreamOwner,
+    peer: int,
+    prss_keys: bytes,
+    channel: grpc.aio.Channel,
+    outbox: Outbox,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> None:
     """Open the stream to party `peer`, say hello, then relay both ways until it ends."""
     stub = lasso_pb2_grpc.LassoServiceStub(channel)
     await channel.channel_ready()
     call = stub.Exchange(metadata=tuple(metadata), wait_for_ready=True)
     writer: asyncio.Task[None] | None = None
     try:
-        await call.write(lasso_pb2.ExchangeRequest(hello=lasso_pb2.MpcHello(run_id=owner.run_id, pid=owner.pid, prss_keys=prss_keys)))
+        await call.write(
+            lasso_pb2.ExchangeRequest(hello=lasso_pb2.MpcHello(run_id=owner.run_id, pid=owner.pid, prss_keys=prss_keys))
+        )
         owner.peer_up(peer, b"")
         writer = asyncio.create_task(_write_requests(call, outbox))
         async for response in call:
             owner.deliver(peer, response.message.pc, response.message.payload)
+            await owner.writable()
     except asyncio.CancelledError:
         call.cancel()
         raise
@@ -150,7 +165,14 @@ async def _write_requests(call: grpc.aio.StreamStreamCall, outbox: Outbox) -> No
 # Accepting side ---------------------------------------------------------------------------
 
 
-async def accept(owner: StreamOwner, peer: int, prss_keys: bytes, requests: AsyncIterator[lasso_pb2.ExchangeRequest], context: grpc.aio.ServicerContext, outbox: Outbox) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
+async def accept(
+    owner: StreamOwner,
+    peer: int,
+    prss_keys: bytes,
+    requests: AsyncIterator[lasso_pb2.ExchangeRequest],
+    context: grpc.aio.ServicerContext,
+    outbox: Outbox,
+) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
     """The acceptor's side of a stream whose hello was checked: yields MPyC's messages to the dialer."""
     owner.peer_up(peer, prss_keys)
     reader = asyncio.create_task(_read_requests(owner, peer, requests, outbox))
@@ -172,12 +194,15 @@ async def accept(owner: StreamOwner, peer: int, prss_keys: bytes, requests: Asyn
             owner.peer_lost(peer, grpc.StatusCode.CANCELLED, "")
 
 
-async def _read_requests(owner: StreamOwner, peer: int, requests: AsyncIterator[lasso_pb2.ExchangeRequest], outbox: Outbox) -> None:
+async def _read_requests(
+    owner: StreamOwner, peer: int, requests: AsyncIterator[lasso_pb2.ExchangeRequest], outbox: Outbox
+) -> None:
     try:
         async for request in requests:
             kind = request.WhichOneof("item")
             if kind == "message":
                 owner.deliver(peer, request.message.pc, request.message.payload)
+                await owner.writable()
             elif kind == "end" and request.end.abort_reason:
                 owner.peer_ended(peer, request.end.abort_reason[:MAX_REASON_CHARS])
                 return

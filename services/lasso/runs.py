@@ -32,6 +32,7 @@ import grpc
 from opentelemetry import propagate
 
 from riskmesh.v1 import common_pb2, lasso_pb2
+from services.lasso.core import wire
 from services.lasso.exchange import Outbox, accept, dial
 from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start, Traffic
 from services.lasso.core.blocks import ShareBlock, encode_block
@@ -50,6 +51,8 @@ PROGRESS_INTERVAL_S = 0.5
 WORKER_SILENCE_S = 10.0
 # A worker whose link closed is killed if it has not exited after this long.
 WORKER_EXIT_GRACE_S = 2.0
+# What peers may send before this party's worker exists (their first rounds; legitimately a few MB).
+MAX_EARLY_BYTES = 128 * 1024 * 1024
 # Statuses with which a peer refuses a stream (rather than being lost).
 REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
 
@@ -88,6 +91,7 @@ class Run:
         self._connect_timeout = connect_timeout
         self._worker: WorkerHandle | None = None
         self._for_worker: list[Frame] = []  # frames that arrive before the worker exists
+        self._early_bytes = 0  # payload bytes in _for_worker
         self._outboxes: dict[int, Outbox] = {}
         self._up: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -264,7 +268,24 @@ class Run:
     # StreamOwner ----------------------------------------------------------------
 
     def deliver(self, peer: int, pc: int, payload: bytes) -> None:
+        """A peer's MPC message: its header is checked here, the rest by the worker that awaits it."""
+        if self.failure is not None:
+            return
+        try:
+            wire.check(payload)
+        except wire.WireError as exc:
+            self.fail(grpc.StatusCode.ABORTED, f"{self.party(peer)} sent a malformed MPC message during {phase_name(self.phase)}: {exc}")
+            return
+        if self._worker is None:
+            self._early_bytes += len(payload)
+            if self._early_bytes > MAX_EARLY_BYTES:
+                self.fail(grpc.StatusCode.ABORTED, f"{self.party(peer)} sent more than {MAX_EARLY_BYTES >> 20} MiB before this party's worker started, during {phase_name(self.phase)}")
+                return
         self._send_to_worker(Recv(peer, pc, payload))
+
+    async def writable(self) -> None:
+        if self._worker is not None:
+            await self._worker.writable()
 
     def peer_up(self, peer: int, prss_keys: bytes) -> None:
         self._up.add(peer)

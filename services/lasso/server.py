@@ -29,8 +29,13 @@ class LassoChannels:
         self._config = config
         self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._generation = credentials.generation
 
     def __call__(self, org: str) -> grpc.aio.Channel:
+        self._credentials.reload_if_changed()
+        if self._credentials.generation != self._generation:  # rotated: new channels, old ones left to their streams
+            self._generation = self._credentials.generation
+            self._channels = {}
         if org not in self._channels:
             address = self._config.endpoint(org).address("lasso")
             self._channels[org] = self._credentials.channel(org, "lasso", address)
@@ -49,7 +54,11 @@ async def build_server(
     if shares is None:
         shares = GrpcShareSource(Channels(config, mesh.credentials).get(config.org, "resharing"))
     servicer = LassoServicer(config.org, shares, LassoChannels(config, mesh.credentials), program=program)
-    mesh.add_service(lasso_pb2_grpc.add_LassoServiceServicer_to_server, servicer, lasso_pb2.DESCRIPTOR.services_by_name["LassoService"])
+    mesh.add_service(
+        lasso_pb2_grpc.add_LassoServiceServicer_to_server,
+        servicer,
+        lasso_pb2.DESCRIPTOR.services_by_name["LassoService"],
+    )
     return mesh
 
 

@@ -45,7 +45,9 @@ class GrpcShareSource:
             missing = exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
             code = grpc.StatusCode.FAILED_PRECONDITION if missing else grpc.StatusCode.UNAVAILABLE
             details = (exc.details() or "")[:300]
-            raise ShareSourceError(code, f"resharing could not provide the shares of run {run_id!r}: {exc.code().name}: {details}") from None
+            raise ShareSourceError(
+                code, f"resharing could not provide the shares of run {run_id!r}: {exc.code().name}: {details}"
+            ) from None
         except ShareError as exc:
             raise ShareSourceError(grpc.StatusCode.DATA_LOSS, f"resharing sent malformed shares: {exc}") from None
 

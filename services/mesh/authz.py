@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping
 
 import grpc
 
 from services.mesh.config import OrgConfig
 from services.mesh.handlers import wrap_handler
 from services.mesh.identity import Identity, IdentityResolver, peer_certificate_pem
+from services.mesh.telemetry import rpc_admitted, rpc_refused
 
 log = logging.getLogger("riskmesh.authz")
 
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 # The caller of the current RPC, for servicers that need it (set before the handler runs).
 current_caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("riskmesh_caller", default=None)
@@ -72,13 +77,19 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each handler so the check runs with the call's auth context in hand
     (grpc.aio interceptors see only the method name before the handler)."""
 
-    def __init__(self, config: OrgConfig, resolver: IdentityResolver, rules: Rules, on_refusal: RefusalHook | None = None) -> None:
+    def __init__(
+        self, config: OrgConfig, resolver: IdentityResolver, rules: Rules, on_refusal: RefusalHook | None = None
+    ) -> None:
         self._config = config
         self._resolver = resolver
         self._rules = dict(rules)
         self._on_refusal = on_refusal
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
@@ -88,16 +99,33 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     async def _check(self, method: str, context: grpc.aio.ServicerContext) -> None:
         caller = caller_identity(context, self._resolver)
         if caller is None:
-            await self._refuse(method, None, grpc.StatusCode.UNAUTHENTICATED, context, "no valid riskmesh identity in the client certificate")
+            await self._refuse(
+                method,
+                None,
+                grpc.StatusCode.UNAUTHENTICATED,
+                context,
+                "no valid riskmesh identity in the client certificate",
+            )
+        assert caller is not None  # _refuse aborted the call otherwise
         allowed = self._rules.get(method, ())
         if not any(rule.admits(caller, self._config) for rule in allowed):
-            await self._refuse(method, caller, grpc.StatusCode.PERMISSION_DENIED, context, f"{caller} may not call {method}")
+            await self._refuse(
+                method, caller, grpc.StatusCode.PERMISSION_DENIED, context, f"{caller} may not call {method}"
+            )
+        rpc_admitted(method, caller.org)
         current_caller.set(caller)
         current_method.set(method)
 
-    async def _refuse(self, method: str, caller: Identity | None, code: grpc.StatusCode, context: grpc.aio.ServicerContext, message: str) -> None:
+    async def _refuse(
+        self,
+        method: str,
+        caller: Identity | None,
+        code: grpc.StatusCode,
+        context: grpc.aio.ServicerContext,
+        message: str,
+    ) -> None:
         log.warning("refused %s for %s: %s", method, caller or "unidentified caller", code.name)
+        rpc_refused(method, code.name, caller.org if caller else "")
         if self._on_refusal:
             self._on_refusal(method, caller, code)
         await context.abort(code, message)
-

@@ -12,12 +12,23 @@ Read once per process (`load_config`) and passed to whatever needs it.
     [addresses]                    # optional: how this org's own servers are dialled
     encryption = "riskmesh-encryption:7101"
 
+    [ports]                        # optional: a server's own ports instead of base + offset
+    lasso = { mtls = 41233, health = 41871 }   # (base_port may be left out when every server has them)
+    ca_sha256 = "AB:CD:…"          # this org's own CA: SHA-256 fingerprint of its certificate
+    min_paillier_bits = 2048       # smallest Paillier key the join servers accept (test meshes: 1024)
+    reflection = false             # gRPC server reflection (on in local development only)
+    max_upload_rows = 500000       # helper: most rows one owner may upload for a study (memory bound)
+
     [peers.hospital]
     role = "data_owner"
     host = "127.0.0.1"
     base_port = 7200
+    ca_sha256 = "12:34:…"          # the hospital's CA, as the hospital sent it (pinned)
     [peers.hospital.addresses]     # optional per-server overrides
     gateway = "gw.hospital.example:443"
+
+    [policy]                       # optional: this org's disclosure floors (services/study/policy.py)
+    min_intersection = 100         # or policy_file = "policy.toml" (the same keys, at top level)
 
 Environment overrides: RISKMESH_CONFIG (the file), RISKMESH_PKI_DIR, RISKMESH_STATE_DIR,
 RISKMESH_BIND_HOST, and RISKMESH_ADDR_<ORG>_<SERVER> (e.g. RISKMESH_ADDR_HOSPITAL_GATEWAY).
@@ -27,13 +38,21 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 SERVER_OFFSETS = {"gateway": 0, "encryption": 1, "intersection": 2, "resharing": 3, "lasso": 4}
 HEALTH_OFFSET = 10
 ROLES = ("data_owner", "helper")
+# Smallest Paillier key accepted by default; a config may lower it to 1024 for a test mesh only.
+MIN_PAILLIER_BITS = 2048
+LOWEST_PAILLIER_BITS = 1024
+# Rows one owner may upload to the helper for a study. The helper holds both uploads' tags in
+# memory (32 bytes a row) until they are matched and spools their ciphertexts to its state
+# directory (services/join/spool.py): ≈0.8 KB of disk a row at 3072 bits (one 6144-bit
+# ciphertext for up to 14 values). Raise it together with the intersection pod's state volume.
+MAX_UPLOAD_ROWS = 500_000
 ROLE_SERVERS = {
     "data_owner": ("gateway", "encryption", "resharing", "lasso"),
     "helper": ("gateway", "intersection", "resharing", "lasso"),
@@ -45,6 +64,15 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ServerPorts:
+    """A server's mTLS and health ports when they are not base_port + offset (the ports
+    services/tools/launcher.py reserves for servers on one machine)."""
+
+    mtls: int
+    health: int
+
+
+@dataclass(frozen=True)
 class OrgEndpoint:
     """Where one organisation's servers are reached."""
 
@@ -53,6 +81,7 @@ class OrgEndpoint:
     host: str
     base_port: int
     addresses: Mapping[str, str] = field(default_factory=dict)
+    ca_sha256: str = ""  # the pinned fingerprint of this org's CA ("" = not pinned)
 
     def address(self, server: str) -> str:
         if server not in SERVER_OFFSETS:
@@ -76,6 +105,22 @@ class OrgConfig:
     state_dir: Path
     addresses: Mapping[str, str]
     peers: Mapping[str, OrgEndpoint]
+    ports: Mapping[str, ServerPorts] = field(
+        default_factory=dict
+    )  # base_port (then unused) is 0 when these cover every server
+    # This org's disclosure policy as written (checked by services.study.policy); {} = the defaults.
+    policy: Mapping[str, object] = field(default_factory=dict)
+    ca_sha256: str = ""  # the pinned fingerprint of this org's own CA
+    min_paillier_bits: int = MIN_PAILLIER_BITS
+    reflection: bool = False  # serve gRPC reflection (local development)
+    max_upload_rows: int = MAX_UPLOAD_ROWS  # the helper's intersection server: rows per owner upload
+
+    @property
+    def ca_pins(self) -> dict[str, str]:
+        """Org → pinned CA fingerprint, for every org (own included) that has one."""
+        pins = {self.org: self.ca_sha256} if self.ca_sha256 else {}
+        pins.update({org: peer.ca_sha256 for org, peer in self.peers.items() if peer.ca_sha256})
+        return pins
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -83,7 +128,8 @@ class OrgConfig:
 
     @property
     def self_endpoint(self) -> OrgEndpoint:
-        return OrgEndpoint(self.org, self.role, self.bind_host, self.base_port, self.addresses)
+        own = {server: f"{self.bind_host}:{ports.mtls}" for server, ports in self.ports.items()}
+        return OrgEndpoint(self.org, self.role, self.bind_host, self.base_port, {**own, **self.addresses})
 
     def endpoint(self, org: str) -> OrgEndpoint:
         if org == self.org:
@@ -93,10 +139,19 @@ class OrgConfig:
         return self.peers[org]
 
     def port(self, server: str) -> int:
+        if server in self.ports:
+            return self.ports[server].mtls
         return self.base_port + SERVER_OFFSETS[server]
 
     def health_port(self, server: str) -> int:
+        if server in self.ports:
+            return self.ports[server].health
         return self.base_port + HEALTH_OFFSET + SERVER_OFFSETS[server]
+
+    @property
+    def ports_cover_servers(self) -> bool:
+        """Every server of the role has its own ports, so base_port is not used."""
+        return all(server in self.ports for server in self.servers)
 
     def role_of(self, org: str) -> str | None:
         if org == self.org:
@@ -137,11 +192,59 @@ def _addresses(org: str, table: Mapping[str, object], env: Mapping[str, str]) ->
     return out
 
 
+def _port(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ConfigError(f"{where}: a port must be an integer from 1 to 65535, got {value!r}")
+    return value
+
+
+def _ports(table: Mapping[str, object]) -> dict[str, ServerPorts]:
+    out = {}
+    for server, raw in dict(table).items():
+        where = f"ports.{server}"
+        if server not in SERVER_OFFSETS:
+            raise ConfigError(f"ports: unknown server {server!r}")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a table with mtls and health")
+        out[server] = ServerPorts(
+            _port(_require(raw, "mtls", where), where), _port(_require(raw, "health", where), where)
+        )
+    return out
+
+
+def _policy(data: Mapping[str, object], base: Path) -> dict[str, object]:
+    """The `[policy]` table, or the top level of the TOML file `policy_file` names (not both)."""
+    if "policy" in data and "policy_file" in data:
+        raise ConfigError("config: give either a [policy] table or policy_file, not both")
+    if "policy_file" in data:
+        path = Path(str(data["policy_file"]))
+        path = path if path.is_absolute() else base / path
+        try:
+            return dict(tomllib.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"policy file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+    table = data.get("policy", {})
+    if not isinstance(table, dict):
+        raise ConfigError("config: policy must be a table")
+    return dict(table)
+
+
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"config: {key} must be true or false, got {value!r}")
+    return value
+
+
 def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path) -> OrgConfig:
     org = str(_require(data, "org", "config"))
     role = _role(_require(data, "role", "config"), "config")
     peers: dict[str, OrgEndpoint] = {}
-    for name, raw in dict(data.get("peers", {})).items():  # type: ignore[arg-type]
+    peer_tables = data.get("peers", {})
+    if not isinstance(peer_tables, Mapping):
+        raise ConfigError("config: peers must be a table of organisations")
+    for name, raw in peer_tables.items():
         where = f"peers.{name}"
         peers[name] = OrgEndpoint(
             org=name,
@@ -149,19 +252,33 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
             host=str(raw.get("host", "127.0.0.1")),
             base_port=int(raw.get("base_port", 0)),
             addresses=_addresses(name, raw.get("addresses", {}), env),
+            ca_sha256=str(raw.get("ca_sha256", "")),
         )
+    ports = _ports(data.get("ports", {}))  # type: ignore[arg-type]
+    if not all(server in ports for server in ROLE_SERVERS[role]):
+        _require(data, "base_port", "config")
     pki_dir = Path(env.get("RISKMESH_PKI_DIR") or str(_require(data, "pki_dir", "config")))
     state_dir = Path(env.get("RISKMESH_STATE_DIR") or str(data.get("state_dir", "state")))
     config = OrgConfig(
         org=org,
         role=role,
         bind_host=env.get("RISKMESH_BIND_HOST") or str(data.get("bind_host", "127.0.0.1")),
-        base_port=int(_require(data, "base_port", "config")),  # type: ignore[arg-type]
+        base_port=int(data.get("base_port", 0)),  # type: ignore[call-overload]
         pki_dir=pki_dir if pki_dir.is_absolute() else base / pki_dir,
         state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
         addresses=_addresses(org, data.get("addresses", {}), env),  # type: ignore[arg-type]
         peers=peers,
+        ports=ports,
+        policy=_policy(data, base),
+        ca_sha256=str(data.get("ca_sha256", "")),
+        min_paillier_bits=int(data.get("min_paillier_bits", MIN_PAILLIER_BITS)),  # type: ignore[call-overload]
+        reflection=_flag(data.get("reflection", False), "reflection"),
+        max_upload_rows=int(data.get("max_upload_rows", MAX_UPLOAD_ROWS)),  # type: ignore[call-overload]
     )
+    if config.max_upload_rows < 1:
+        raise ConfigError("config: max_upload_rows must be positive")
+    if config.min_paillier_bits < LOWEST_PAILLIER_BITS:
+        raise ConfigError(f"config: min_paillier_bits must be at least {LOWEST_PAILLIER_BITS}")
     roles = [config.role_of(o) for o in [org, *peers]]
     if roles.count("helper") > 1:
         raise ConfigError("config: at most one helper organisation")
@@ -188,14 +305,49 @@ def render_config(config: OrgConfig) -> str:
         f'org = "{config.org}"',
         f'role = "{config.role}"',
         f'bind_host = "{config.bind_host}"',
-        f"base_port = {config.base_port}",
+        *([] if config.ports_cover_servers and not config.base_port else [f"base_port = {config.base_port}"]),
         f'pki_dir = "{config.pki_dir}"',
         f'state_dir = "{config.state_dir}"',
     ]
+    if config.ca_sha256:
+        lines.append(f'ca_sha256 = "{config.ca_sha256}"')
+    if config.reflection:
+        lines.append("reflection = true")
+    if config.max_upload_rows != MAX_UPLOAD_ROWS:
+        lines.append(f"max_upload_rows = {config.max_upload_rows}")
+    if config.min_paillier_bits != MIN_PAILLIER_BITS:
+        lines.append(f"min_paillier_bits = {config.min_paillier_bits}  # a test mesh: fast keys")
     if config.addresses:
         lines += ["", "[addresses]"] + [f'{k} = "{v}"' for k, v in config.addresses.items()]
+    if config.ports:
+        lines += ["", "[ports]"] + [
+            f"{k} = {{ mtls = {p.mtls}, health = {p.health} }}" for k, p in config.ports.items()
+        ]
     for peer in config.peers.values():
-        lines += ["", f"[peers.{peer.org}]", f'role = "{peer.role}"', f'host = "{peer.host}"', f"base_port = {peer.base_port}"]
+        lines += [
+            "",
+            f"[peers.{peer.org}]",
+            f'role = "{peer.role}"',
+            f'host = "{peer.host}"',
+            f"base_port = {peer.base_port}",
+        ]
+        if peer.ca_sha256:
+            lines.append(f'ca_sha256 = "{peer.ca_sha256}"')
         if peer.addresses:
             lines += [f"[peers.{peer.org}.addresses]"] + [f'{k} = "{v}"' for k, v in peer.addresses.items()]
+    if config.policy:
+        lines += ["", "[policy]"] + [f"{k} = {_toml_value(v)}" for k, v in config.policy.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    """A policy value as TOML: a number, a string, or a list of strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    raise ConfigError(f"policy value {value!r} cannot be written as TOML")

@@ -7,7 +7,8 @@ once, for every kind of RPC.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -27,8 +28,13 @@ def _unchanged(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     return requests
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, before: Before, *, requests: Requests = _unchanged,
-                 deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    before: Before,
+    *,
+    requests: Requests = _unchanged,
+    deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
     """The same handler with `before(request, context)` awaited first, a request stream passed
     through `requests`, and `deserializer` (if given) in place of the handler's. A
     `RequestRefused` raised out of a request-streaming handler aborts the call with its status."""
@@ -64,7 +70,9 @@ def wrap_handler(handler: grpc.RpcMethodHandler, before: Before, *, requests: Re
         return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
     inner_ss = handler.stream_stream
 
-    async def stream_stream(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def stream_stream(
+        request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         await before(None, context)
         try:
             async for item in inner_ss(requests(request_iterator), context):

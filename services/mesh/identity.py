@@ -2,8 +2,9 @@
 
 The identity of a caller always comes from its verified client certificate (the gRPC
 auth context), never from a request field. A certificate only speaks for an
-organisation when that organisation's own CA issued it: the trust bundle lists every
-org's CA, so without this check hospital's CA could mint `spiffe://insurer/gateway`.
+organisation when that organisation's own CA issued it — the CA pinned for it by
+fingerprint in the config (pki_layout.load_org_cas) — so hospital's CA cannot mint
+`spiffe://insurer/gateway`, nor can a CA that merely calls itself `O=insurer`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtensionOID
 
-# The servers of docs/design.md plus `client`, the identity of an org's own systems and operators.
-SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client")
+# The servers of docs/design.md, `client` (the identity of an org's own systems and operators)
+# and `console` (the org's web console, services/console, a client of its own gateway).
+SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client", "console")
 ORG_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 
@@ -45,7 +46,7 @@ def parse_spiffe(uri: str) -> Identity | None:
 def identity_of_certificate(cert: x509.Certificate) -> Identity | None:
     """The single spiffe URI SAN of a certificate, or None."""
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
     ids = [parse_spiffe(uri) for uri in san.get_values_for_type(x509.UniformResourceIdentifier)]
@@ -59,9 +60,11 @@ class IdentityResolver:
 
     def __init__(self, org_cas: dict[str, x509.Certificate]) -> None:
         self._org_cas = dict(org_cas)
+        # Per resolver (a cache on the method would keep every resolver alive): the same
+        # peer certificate arrives with every call on a connection.
+        self.resolve = functools.lru_cache(maxsize=1024)(self._resolve)
 
-    @functools.lru_cache(maxsize=1024)
-    def resolve(self, pem: bytes) -> Identity | None:
+    def _resolve(self, pem: bytes) -> Identity | None:
         try:
             cert = x509.load_pem_x509_certificate(pem)
         except ValueError:

@@ -3,8 +3,10 @@
 `MeshServer` builds one grpc.aio server on the mTLS port with the OpenTelemetry,
 authorisation and request-decoding (a message that does not parse → INVALID_ARGUMENT)
 interceptors, the standard health service (also served alone on a plaintext port, for
-Kubernetes probes, which cannot present a client certificate) and reflection; it stops
-gracefully on SIGTERM/SIGINT.
+Kubernetes probes, which cannot present a client certificate) and, when the config asks
+for it (local development), reflection; it stops gracefully on SIGTERM/SIGINT. Its mTLS
+credentials pick up rotated certificate files, and connections are recycled
+(services.mesh.tls: max connection age) so the new ones take effect.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class MeshServer:
 
     async def start(self, serving: bool = True) -> None:
         """Start both ports; `serving=False` keeps health NOT_SERVING until the caller is ready."""
-        reflection.enable_server_reflection([*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server)
+        if self.config.reflection:
+            reflection.enable_server_reflection([*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server)
         await self.set_serving(False)
         await self.server.start()
         await self.health_server.start()

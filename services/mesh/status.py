@@ -9,7 +9,7 @@ by the servers' rule never holds patient data. Anything else propagates unchange
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -36,8 +36,13 @@ def status_of(exc: BaseException, table: StatusTable = ()) -> grpc.StatusCode | 
 
 
 @contextlib.asynccontextmanager
-async def mapped_errors(context: grpc.aio.ServicerContext, table: StatusTable = (), *, prefix: str = "",
-                        on_status: Callable[[grpc.StatusCode], None] | None = None) -> AsyncIterator[None]:
+async def mapped_errors(
+    context: grpc.aio.ServicerContext,
+    table: StatusTable = (),
+    *,
+    prefix: str = "",
+    on_status: Callable[[grpc.StatusCode], None] | None = None,
+) -> AsyncIterator[None]:
     """Abort the call on a `StatusError` or an error of `table`: its code, `prefix` + its message.
     `on_status` hears each code first (e.g. to audit refusals)."""
     try:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.reliability.ledger import Ledger, summarise, table
-from services.reliability.ledger import REPORT_ENV
+from services.reliability.ledger import REPORT_ENV, Ledger, summarise, table
 
 SUITE = Path("tests/reliability")
 # Long parts, in the order they must run: the recorded leak study first, the scan last.

@@ -35,9 +35,9 @@ import hmac
 import re
 import struct
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -82,8 +82,16 @@ def id_forms(patient: PatientId) -> set[str]:
     year, month, day = iso.split("-")
     spaced = f"{code[:4]} {code[4:]}"
     return {
-        patient.birth_date, patient.postal_code, patient.canonical, iso, code, code.lower(), spaced, spaced.lower(),
-        f"{day}-{month}-{year}", f"{day}/{month}/{year}",
+        patient.birth_date,
+        patient.postal_code,
+        patient.canonical,
+        iso,
+        code,
+        code.lower(),
+        spaced,
+        spaced.lower(),
+        f"{day}-{month}-{year}",
+        f"{day}/{month}/{year}",
     }
 
 
@@ -100,7 +108,12 @@ def tag_needles(canonical_ids: Iterable[str], tag_keys: Iterable[bytes]) -> list
     for key in tag_keys:
         for cid in ids:
             tag = hmac.digest(key, cid.encode(), hashlib.sha256)
-            out += [Needle("tag", tag), Needle("tag", tag.hex().encode()), Needle("tag", base64.b64encode(tag)), Needle("tag", base64.urlsafe_b64encode(tag))]
+            out += [
+                Needle("tag", tag),
+                Needle("tag", tag.hex().encode()),
+                Needle("tag", base64.b64encode(tag)),
+                Needle("tag", base64.urlsafe_b64encode(tag)),
+            ]
     return out
 
 
@@ -129,7 +142,9 @@ def value_needles(cells: Iterable[str]) -> list[Needle]:
     for cell in cells:
         texts |= value_texts(cell)
         binary |= value_bytes(float(cell))
-    return [Needle("value", t.encode(), whole_number=True) for t in sorted(texts)] + [Needle("value", b) for b in sorted(binary)]
+    return [Needle("value", t.encode(), whole_number=True) for t in sorted(texts)] + [
+        Needle("value", b) for b in sorted(binary)
+    ]
 
 
 def _windows(arr: np.ndarray, width: int) -> np.ndarray:
@@ -179,7 +194,9 @@ class Scanner:
                 for i in hits.tolist():
                     key = int.from_bytes(piece[i : i + width], "little")
                     for needle in self._by_width[width][key]:
-                        if piece[i : i + len(needle.data)] == needle.data and (not needle.whole_number or _whole(blob, start + i, len(needle.data))):
+                        if piece[i : i + len(needle.data)] == needle.data and (
+                            not needle.whole_number or _whole(blob, start + i, len(needle.data))
+                        ):
                             found[(start + i, needle.data)] = Finding(where, start + i, needle)
         return sorted(found.values(), key=lambda f: (f.offset, f.needle.data))
 

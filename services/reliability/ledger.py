@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 # Where the pytest plugin (tests/reliability/plugin.py) writes the ledger for the runner.
 REPORT_ENV = "RISKMESH_RELIABILITY_REPORT"
@@ -85,7 +85,7 @@ class Ledger:
         path.write_text(json.dumps({"items": [asdict(i) for i in self.items], "notes": self.notes}, indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "Ledger":
+    def load(cls, path: Path) -> Ledger:
         raw = json.loads(path.read_text())
         return cls([Item(**item) for item in raw["items"]], [(h, t) for h, t in raw["notes"]])
 
@@ -118,13 +118,25 @@ def summarise(items: list[Item]) -> Summary:
         of = [i for i in items if i.category == category]
         return sum(i.ok for i in of), len(of)
 
-    return Summary(pair("faults"), pair("bad_inputs"), pair("refusals"), pair("canary"), sum(1 for i in items if i.category == "leaks"))
+    return Summary(
+        pair("faults"),
+        pair("bad_inputs"),
+        pair("refusals"),
+        pair("canary"),
+        sum(1 for i in items if i.category == "leaks"),
+    )
 
 
 def table(items: list[Item], notes: list[tuple[str, str]] | None = None) -> str:
     """The summary table: one line per (category, group) with ok/total, the faults one by
     one, the notes (figures), then the failed checks."""
-    heads = {"faults": "injected / survived", "bad_inputs": "tried / rejected cleanly", "refusals": "tried / correct", "canary": "planted / found", "leaks": "findings"}
+    heads = {
+        "faults": "injected / survived",
+        "bad_inputs": "tried / rejected cleanly",
+        "refusals": "tried / correct",
+        "canary": "planted / found",
+        "leaks": "findings",
+    }
     totals: Counter[tuple[str, str]] = Counter()
     oks: Counter[tuple[str, str]] = Counter()
     for item in items:

@@ -34,13 +34,22 @@ DEFAULT_PAILLIER_BITS = 3072  # 128-bit security (NIST SP 800-57); 2048 (112-bit
 PAILLIER_BITS = (2048, 3072)
 SUGGESTED_MIN_INTERSECTION = 10
 MAX_CV_FOLDS = 10
-MAX_ITERATIONS = 100_000
+# ADMM iterations a study may ask for: 250× the default (40) and 8× the most any test
+# problem needed to converge (services/lasso/core/plan.py); at tens of ms per iteration a
+# run stays well inside the lasso phase's deadline (30 min), so no study can hold the
+# MPC workers of three organisations for hours.
+MAX_ITERATIONS = 10_000
 MAX_TITLE_CHARS = 200
 MAX_COLUMN_CHARS = 128
 ENCODING_BITS = 64
 FRACTIONAL_BITS = 32
 # |x| must stay below this so that round(x * 2^f) + 2^(l-1) fits in [0, 2^l).
 MAX_ABS_VALUE = 2.0 ** (ENCODING_BITS - 1 - FRACTIONAL_BITS)
+# Run policy: runs of one spec that may reveal anything, and the longest waiting time between two.
+DEFAULT_MAX_RUNS = 10
+MAX_RUNS = 1000
+MAX_INTERVAL_SECONDS = 366 * 24 * 3600
+RUN_APPROVALS = (common_pb2.RUN_APPROVAL_ON_INPUT_CHANGE, common_pb2.RUN_APPROVAL_EVERY_RUN)
 
 MODEL_KINDS = (common_pb2.MODEL_KIND_LASSO, common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE)
 # l1_ratio a kind implies (elastic net carries its own); `normalise` writes it so the digest is canonical.
@@ -75,6 +84,18 @@ def validate(spec: common_pb2.StudySpec) -> None:
         )
     if spec.paillier_bits not in (0, *PAILLIER_BITS):
         raise SpecError(f"paillier_bits must be one of {PAILLIER_BITS} (0 means {DEFAULT_PAILLIER_BITS}), got {spec.paillier_bits}")
+    if spec.reveal.standardized_coefficients and not spec.model.standardize:
+        raise SpecError("reveal.standardized_coefficients needs model.standardize")
+    _validate_run_policy(spec.run_policy)
+
+
+def _validate_run_policy(policy: common_pb2.RunPolicy) -> None:
+    if policy.max_runs > MAX_RUNS:
+        raise SpecError(f"run_policy.max_runs must be at most {MAX_RUNS} (0 means {DEFAULT_MAX_RUNS}), got {policy.max_runs}")
+    if policy.min_interval_seconds > MAX_INTERVAL_SECONDS:
+        raise SpecError(f"run_policy.min_interval_seconds must be at most {MAX_INTERVAL_SECONDS} (a year)")
+    if policy.run_approval not in (common_pb2.RUN_APPROVAL_UNSPECIFIED, *RUN_APPROVALS):
+        raise SpecError("run_policy.run_approval must be RUN_APPROVAL_ON_INPUT_CHANGE or RUN_APPROVAL_EVERY_RUN")
 
 
 def _validate_parties(spec: common_pb2.StudySpec) -> None:
@@ -195,6 +216,7 @@ def normalise(spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
     - lasso / ridge get the l1_ratio they imply (1 / 0), as the proto comment states;
     - model.iterations stays 0 when unset (0 = the lasso server's default);
     - `reveal` and `model` are always present, an empty `target` is removed, -0.0 → 0.0;
+    - `run_policy` is always present: max_runs 0 → 10, run_approval unset → ON_INPUT_CHANGE;
     - unknown fields are dropped, so a gateway never approves fields it cannot read.
     The input is not modified. Owners keep their order (it is part of what is approved).
     """
@@ -207,6 +229,11 @@ def normalise(spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
     out.reveal.SetInParent()
     if out.model.cv_folds == 1:
         out.model.cv_folds = 0
+    out.run_policy.SetInParent()
+    if out.run_policy.max_runs == 0:
+        out.run_policy.max_runs = DEFAULT_MAX_RUNS
+    if out.run_policy.run_approval == common_pb2.RUN_APPROVAL_UNSPECIFIED:
+        out.run_policy.run_approval = common_pb2.RUN_APPROVAL_ON_INPUT_CHANGE
     if out.model.kind in IMPLIED_L1_RATIO:
         out.model.l1_ratio = IMPLIED_L1_RATIO[out.model.kind]
     out.model.l1_ratio = _zero(out.model.l1_ratio)

@@ -1,1 +1,2 @@
-"""Test kit: synthetic data, the dealer of share matrices and plaintext / scikit-learn oracles (tests and benchmarks only; never imported by a server)."""
+"""Test kit: synthetic data, the dealer of share matrices and plaintext / scikit-learn oracles
+(tests and benchmarks only; never imported by a server)."""

@@ -80,7 +80,10 @@ def deal(
     encoded = encode(values)
     masks = _masks(rng, values.shape)
     masked = encoded + masks
-    share_a, share_b = np.zeros(values.shape, dtype=np.int64).astype(object), np.zeros(values.shape, dtype=np.int64).astype(object)
+    share_a, share_b = (
+        np.zeros(values.shape, dtype=np.int64).astype(object),
+        np.zeros(values.shape, dtype=np.int64).astype(object),
+    )
     for j, owner in enumerate(owners):
         # The owner itself keeps nothing of its column; the other owner holds x' + r.
         (share_b if owner == 0 else share_a)[:, j] = masked[:, j]

@@ -27,7 +27,13 @@ from services.lasso.core.params import ColumnRange
 
 # Named columns for the demo: (name, low, high) of the declared range.
 INSURER_FEATURES = [("gp_visits", 0, 60), ("prescriptions", 0, 80), ("specialist_visits", 0, 40), ("age", 0, 110)]
-HOSPITAL_FEATURES = [("exercise_hours_week", 0, 40), ("smoker", 0, 1), ("bmi", 10, 70), ("alcohol_units_week", 0, 100), ("sleep_hours", 0, 16)]
+HOSPITAL_FEATURES = [
+    ("exercise_hours_week", 0, 40),
+    ("smoker", 0, 1),
+    ("bmi", 10, 70),
+    ("alcohol_units_week", 0, 100),
+    ("sleep_hours", 0, 16),
+]
 TARGET = ("hospitalisation_days", -50, 400)
 
 
@@ -46,7 +52,7 @@ class OwnerTable:
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["birth_date", "postal_code", *names])
-            for (birth, postal), row in zip(self.ids, self.values):
+            for (birth, postal), row in zip(self.ids, self.values, strict=False):
                 writer.writerow([birth, postal, *(f"{v:.6f}" for v in row)])
         return path
 
@@ -64,7 +70,9 @@ def _patients(rng: np.random.Generator, n: int) -> list[tuple[dt.date, str]]:
     start = dt.date(1930, 1, 1)
     while len(out) < n:
         birth = start + dt.timedelta(days=int(rng.integers(0, 27000)))
-        postal = f"{int(rng.integers(1000, 10000))}{chr(65 + int(rng.integers(0, 26)))}{chr(65 + int(rng.integers(0, 26)))}"
+        postal = (
+            f"{int(rng.integers(1000, 10000))}{chr(65 + int(rng.integers(0, 26)))}{chr(65 + int(rng.integers(0, 26)))}"
+        )
         if (birth, postal) not in seen:
             seen.add((birth, postal))
             out.append((birth, postal))
@@ -80,7 +88,9 @@ def _written(birth: dt.date, postal: str, style: int) -> tuple[str, str]:
     return birth.strftime("%d/%m/%Y"), postal.lower()
 
 
-def make_study_data(records: int, overlap: float = 0.5, features: int | None = None, seed: int = 7, noise: float = 1.0) -> StudyData:
+def make_study_data(
+    records: int, overlap: float = 0.5, features: int | None = None, seed: int = 7, noise: float = 1.0
+) -> StudyData:
     """`records` rows per owner, `overlap` of each owner's rows shared with the other.
 
     Without `features`: the named demo columns. With `features` = d: generic columns
@@ -118,7 +128,9 @@ def make_study_data(records: int, overlap: float = 0.5, features: int | None = N
         tspec = common_pb2.ColumnSpec(name=TARGET[0], min=TARGET[1], max=TARGET[2]) if with_target else None
         return OwnerTable(org, ids, canonical, specs, values[order], tspec)
 
-    return StudyData(table("insurer", insurer_people, ins_cols, True), table("hospital", hospital_people, hos_cols, False), weights)
+    return StudyData(
+        table("insurer", insurer_people, ins_cols, True), table("hospital", hospital_people, hos_cols, False), weights
+    )
 
 
 def _column(rng: np.random.Generator, name: str, lo: float, hi: float, n: int) -> np.ndarray:
@@ -141,7 +153,9 @@ def _true_weights(names: list[str], named: bool) -> dict[str, float]:
     nonzero = max(1, d // 5)
     rng = np.random.default_rng(11)
     chosen = set(rng.choice(d, nonzero, replace=False).tolist())
-    return {n: (float(rng.choice([-1, 1]) * rng.uniform(1.0, 3.0)) if i in chosen else 0.0) for i, n in enumerate(names)}
+    return {
+        n: (float(rng.choice([-1, 1]) * rng.uniform(1.0, 3.0)) if i in chosen else 0.0) for i, n in enumerate(names)
+    }
 
 
 def reference_join(data: StudyData) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -175,7 +189,13 @@ def joined_table(data: StudyData) -> JoinedTable:
     names, x, y = reference_join(data)
     columns = [*data.insurer.columns, *data.hospital.columns, target]
     owners = [0] * len(data.insurer.columns) + [1] * len(data.hospital.columns) + [0]
-    return JoinedTable(np.column_stack([x, y]), (*names, target.name), tuple(ColumnRange(c.min, c.max) for c in columns), tuple(owners), len(names))
+    return JoinedTable(
+        np.column_stack([x, y]),
+        (*names, target.name),
+        tuple(ColumnRange(c.min, c.max) for c in columns),
+        tuple(owners),
+        len(names),
+    )
 
 
 def make_joined_table(rows: int, features: int = 10, seed: int = 7, noise: float = 1.0) -> JoinedTable:

@@ -19,13 +19,14 @@ computes the same numbers in plaintext from the same matrices.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from riskmesh.v1 import common_pb2, lasso_pb2
+from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.inputs import assemble, study_columns
 from services.lasso.core.parties import HELPER_PID
 from services.lasso.worker.program import RunContext
-from services.lasso.core.blocks import ShareBlock
 
 SECURE_BITS = 256
 
@@ -70,5 +71,8 @@ async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
     context.report(common_pb2.PHASE_REVEAL, 1, 1)
     if context.pid == HELPER_PID:
         return lasso_pb2.ModelResult()
-    coefficients = [lasso_pb2.Coefficient(feature=name, value=float(value)) for name, value in zip(result_names(columns), revealed)]
+    coefficients = [
+        lasso_pb2.Coefficient(feature=name, value=float(value))
+        for name, value in zip(result_names(columns), revealed, strict=False)
+    ]
     return lasso_pb2.ModelResult(coefficients=coefficients, joined=rows, target=columns[-1])

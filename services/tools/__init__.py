@@ -1,1 +1,2 @@
-"""Dev and ops tools: the local launcher, network namespaces, the delaying relay, the dev PKI and code generation (never imported by a server)."""
+"""Dev and ops tools: the local launcher, network namespaces, the delaying relay, the dev PKI,
+code generation and the container tooling (never imported by a server)."""

@@ -1,8 +1,10 @@
 """Start one organisation, or all three, on this machine as separate server processes.
 
-`write_local_mesh` writes a config per org (localhost, distinct port ranges, one dev
-PKI); `LocalMesh` starts every server of each org as its own process, waits until each
-answers SERVING on its plaintext health port, and stops them with SIGTERM.
+`write_local_mesh` writes a config per org (localhost, one dev PKI; the fixed base ports
+7100/7200/7300, or ports reserved by this process); `LocalMesh` starts every server of
+each org as its own process in its own process group, waits until each answers SERVING
+on its plaintext health port, and stops them with SIGTERM (then whatever is left of
+their process groups). `stop_on_signals` makes SIGTERM stop a launcher as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -13,62 +15,126 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import closing
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Mapping
+from types import FrameType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, load_config, render_config
+from services.mesh.config import (
+    MAX_UPLOAD_ROWS,
+    MIN_PAILLIER_BITS,
+    ROLE_SERVERS,
+    OrgConfig,
+    OrgEndpoint,
+    ServerPorts,
+    load_config,
+    render_config,
+)
 from services.mesh.process import SINGLE_THREAD_ENV
-from services.tools.pki import DEFAULT_ORGS, init_pki
+from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 
-SERVER_MODULES = {
-    "gateway": "services.gateway.server",
-    "encryption": "services.join.encryption_server",
-    "intersection": "services.join.intersection_server",
-    "resharing": "services.join.resharing_server",
-    "lasso": "services.lasso.server",
-}
+
+def server_module(server: str) -> str:
+    """The module of a server's console script `riskmesh-<server>` (pyproject.toml declares
+    each once; the image and the k8s manifests run the same scripts)."""
+    (script,) = entry_points(group="console_scripts", name=f"riskmesh-{server}")
+    return script.module
+
+
 DEFAULT_ROLES = {"insurer": "data_owner", "hospital": "data_owner", "helper": "helper"}
 DEFAULT_BASE_PORTS = {"insurer": 7100, "hospital": 7200, "helper": 7300}
 
-
-def ports_free(base_port: int, host: str = "127.0.0.1") -> bool:
-    for offset in [*SERVER_OFFSETS.values(), *(HEALTH_OFFSET + o for o in SERVER_OFFSETS.values())]:
-        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-            try:
-                s.bind((host, base_port + offset))
-            except OSError:
-                return False
-    return True
-
-
-def find_free_base_ports(count: int, start: int = 20000, host: str = "127.0.0.1") -> list[int]:
-    """`count` base ports whose 20-port ranges are all free (for tests and benchmarks)."""
-    found: list[int] = []
-    base = start + (os.getpid() % 400) * 100
-    while len(found) < count:
-        if base > 60000:
-            base = start
-        if ports_free(base, host):
-            found.append(base)
-        base += 100
-    return found
+# Ports for servers started on this machine by tests, benchmarks and the demo. Probing
+# for a free port and binding it later races with every other process on the machine,
+# and a server cannot simply bind port 0 and report it: its peers' configs must name its
+# address before any of them starts, and a restarted server must get the same port back.
+# So this process binds port 0 once per server port (the kernel picks a free one) and
+# keeps that socket bound, never listening, until it exits. The server binds the same
+# port beside it: Linux lets two sockets that both set SO_REUSEADDR share a port as long
+# as at most one listens, and gRPC sets SO_REUSEADDR on every listening socket. A socket
+# that does not listen takes no connections; a bound port is never handed to another
+# bind to port 0 nor to an outgoing connection, and a socket without SO_REUSEADDR, or a
+# second server while the first listens, cannot bind it — between a server's kill and its
+# restart too. (Handing the bound socket itself to the server would do the same, but gRPC
+# cannot serve on a socket it did not open.) More in services/mesh/README.md.
+_reserved: list[socket.socket] = []
 
 
-def write_local_mesh(root: Path, base_ports: dict[str, int] | None = None, host: str = "127.0.0.1", pki_dir: Path | None = None) -> dict[str, Path]:
-    """PKI + one config file per org under root; returns org → config path."""
+def reserve_port(host: str = "127.0.0.1") -> int:
+    """A free port on `host` that only a server (binding it with SO_REUSEADDR) can take,
+    for the life of this process."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = int(sock.getsockname()[1])
+    if sys.platform.startswith("linux"):
+        _reserved.append(sock)
+    else:  # BSD's SO_REUSEADDR shares no exact address: released at once, so not race-free there
+        sock.close()
+    return port
+
+
+def reserve_server_ports(servers: tuple[str, ...], host: str = "127.0.0.1") -> dict[str, ServerPorts]:
+    return {server: ServerPorts(reserve_port(host), reserve_port(host)) for server in servers}
+
+
+def write_local_mesh(
+    root: Path,
+    orgs: tuple[str, ...] = DEFAULT_ORGS,
+    host: str = "127.0.0.1",
+    pki_dir: Path | None = None,
+    reserve_ports: bool = False,
+    policies: Mapping[str, Mapping[str, object]] | None = None,
+    min_paillier_bits: int = MIN_PAILLIER_BITS,
+    max_upload_rows: int = MAX_UPLOAD_ROWS,
+) -> dict[str, Path]:
+    """PKI + one config file per org under root; returns org → config path. Servers listen
+    on DEFAULT_BASE_PORTS, or with `reserve_ports` on ports this process reserves. `policies`:
+    an org's `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins.
+    `min_paillier_bits` below 2048 only for test meshes that use fast 1024-bit keys;
+    `max_upload_rows` above the default for benchmarks of large joins."""
     root = Path(root).resolve()
-    base_ports = base_ports or DEFAULT_BASE_PORTS
     pki_dir = Path(pki_dir or root / "pki").resolve()
-    init_pki(pki_dir, tuple(base_ports))
+    init_pki(pki_dir, orgs)
+    pins = ca_fingerprints(pki_dir, orgs)  # each config pins every org's CA
+    ports = {org: reserve_server_ports(ROLE_SERVERS[DEFAULT_ROLES[org]], host) if reserve_ports else {} for org in orgs}
+    base = {org: 0 if reserve_ports else DEFAULT_BASE_PORTS[org] for org in orgs}
     paths = {}
-    for org, base in base_ports.items():
-        peers = {o: OrgEndpoint(o, DEFAULT_ROLES[o], host, b) for o, b in base_ports.items() if o != org}
-        config = OrgConfig(org, DEFAULT_ROLES[org], host, base, pki_dir, root / org / "state", {}, peers)
+    for org in orgs:
+        peers = {
+            o: OrgEndpoint(
+                o,
+                DEFAULT_ROLES[o],
+                host,
+                base[o],
+                {s: f"{host}:{p.mtls}" for s, p in ports[o].items()},
+                ca_sha256=pins[o],
+            )
+            for o in orgs
+            if o != org
+        }
+        policy = dict((policies or {}).get(org, {}))
+        config = OrgConfig(
+            org,
+            DEFAULT_ROLES[org],
+            host,
+            base[org],
+            pki_dir,
+            root / org / "state",
+            {},
+            peers,
+            ports=ports[org],
+            policy=policy,
+            ca_sha256=pins[org],
+            min_paillier_bits=min_paillier_bits,
+            max_upload_rows=max_upload_rows,
+            reflection=True,
+        )
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_config(config))
@@ -102,18 +168,47 @@ class ServerProcess:
     health_address: str
 
 
+def start_server_process(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    """A server process, output appended to `log_path`, in a process group of its own: the
+    processes it starts (a join server's forkserver and pool workers, a lasso server's MPC
+    workers) join that group, so `stop_processes` can end them too, and a Ctrl-C at the
+    terminal reaches only the launcher, which stops the servers itself."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env), process_group=0
+        )
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILL what is left of the process group led by `process` (it must have been
+    started by `start_server_process`, and have ended: its group then holds only its
+    descendants; the group id stays reserved while any of them lives)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left (macOS answers EPERM for a group of zombies)
+
+
 def stop_processes(processes: list[ServerProcess], timeout: float = 10.0) -> None:
-    """SIGTERM every server (they drain gracefully), then SIGKILL what is left at the deadline."""
-    for proc in processes:
-        if proc.process.poll() is None:
-            proc.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in processes:
-        try:
-            proc.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.process.kill()
-            proc.process.wait()
+    """SIGTERM every server (they drain gracefully), SIGKILL what is left at the deadline,
+    then SIGKILL the rest of each server's process group (forkservers, pool and MPC workers).
+    Interrupted (a signal arriving while it stops), it still kills everything first."""
+    try:
+        for proc in processes:
+            if proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in processes:
+            try:
+                proc.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for proc in processes:
+            if proc.process.poll() is None:
+                proc.process.kill()
+                proc.process.wait()
+            kill_process_group(proc.process)
 
 
 @dataclass(frozen=True)
@@ -138,7 +233,7 @@ class LocalMesh:
     processes: list[ServerProcess] = field(default_factory=list)
     placements: dict[str, OrgPlacement] = field(default_factory=dict)  # org → placement; default: this host
 
-    def start(self, timeout: float = 60.0) -> "LocalMesh":
+    def start(self, timeout: float = 60.0) -> LocalMesh:
         for org, path in self.config_paths.items():
             config = load_config(path, env={})
             log_dir = config.state_dir / "logs"
@@ -158,10 +253,9 @@ class LocalMesh:
     def _spawn(self, org: str, server: str, path: Path, config: OrgConfig, log_dir: Path) -> ServerProcess:
         placement = self.placements.get(org, OrgPlacement())
         env = {**os.environ, **SINGLE_THREAD_ENV, **self.extra_env, **placement.env, "RISKMESH_CONFIG": str(path)}
-        command = [*placement.command_prefix, sys.executable, "-m", SERVER_MODULES[server], "--config", str(path)]
+        command = [*placement.command_prefix, sys.executable, "-m", server_module(server), "--config", str(path)]
         log_path = log_dir / f"{server}.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = start_server_process(command, env, log_path)
         health = placement.health_addresses.get(server, f"{config.bind_host}:{config.health_port(server)}")
         return ServerProcess(org, server, process, log_path, health)
 
@@ -176,13 +270,13 @@ class LocalMesh:
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{proc.server} of {proc.org} not healthy within {timeout:.0f} s (log: {proc.log_path})") from None
+                    raise TimeoutError(
+                        f"{proc.server} of {proc.org} not healthy within {timeout:.0f} s (log: {proc.log_path})"
+                    ) from None
 
     def restart(self, proc: ServerProcess, timeout: float = 60.0) -> ServerProcess:
-        """Stop one server (if still running) and start it again with the same config."""
-        if proc.process.poll() is None:
-            proc.process.send_signal(signal.SIGTERM)
-            proc.process.wait(timeout)
+        """Stop one server (if still running) and start it again with the same config (and ports)."""
+        stop_processes([proc], timeout)
         path = self.config_paths[proc.org]
         config = load_config(path, env={})
         fresh = self._spawn(proc.org, proc.server, path, config, proc.log_path.parent)
@@ -197,14 +291,50 @@ class LocalMesh:
         stop_processes(self.processes, timeout)
         self.processes.clear()
 
-    def __enter__(self) -> "LocalMesh":
+    def __enter__(self) -> LocalMesh:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def local_mesh_for(root: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, free_ports: bool = True) -> dict[str, Path]:
-    """Configs for the default three orgs under root, on free ports when asked (tests, bench)."""
-    bases = dict(zip(orgs, find_free_base_ports(len(orgs)))) if free_ports else {o: DEFAULT_BASE_PORTS[o] for o in orgs}
-    return write_local_mesh(root, bases)
+def local_mesh_for(
+    root: Path,
+    orgs: tuple[str, ...] = DEFAULT_ORGS,
+    policies: Mapping[str, Mapping[str, object]] | None = None,
+    min_paillier_bits: int = MIN_PAILLIER_BITS,
+    max_upload_rows: int = MAX_UPLOAD_ROWS,
+) -> dict[str, Path]:
+    """Configs for the default three orgs under root, on ports this process reserves (tests, bench, demo)."""
+    return write_local_mesh(
+        root, orgs, reserve_ports=True, policies=policies, min_paillier_bits=min_paillier_bits, max_upload_rows=max_upload_rows
+    )
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (`stop_on_signals`)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within this block (main thread only), SIGTERM and SIGINT raise `Interrupted` once, so
+    the caller's clean-up (`finally: mesh.stop()`) runs alike for `kill <pid>` and Ctrl-C,
+    and a second signal does not cut it short. SIGINT is handled even when inherited as
+    ignored: a script's background job starts so, and Python then installs no handler."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if not received:
+            received.append(signum)
+            raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -43,15 +43,15 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import psutil
 
 from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS, OrgConfig, OrgEndpoint, render_config
 from services.tools.launcher import DEFAULT_ROLES, LocalMesh, OrgPlacement, ServerProcess
-from services.tools.pki import DEFAULT_ORGS, init_pki
+from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 from services.tools.relay import RelayProcess, RelayStartError, start_relay_process
 
 BASE_PORT = 7100  # every organisation, as in k8s/
@@ -178,13 +178,26 @@ class HostNetwork:
         self._namespaces.append(name)
         ip("-n", name, "link", "set", "lo", "up")
 
-    def create(self) -> "HostNetwork":
+    def create(self) -> HostNetwork:
         try:
             self._add_namespace(self.wan)
             ip("netns", "exec", self.wan, "sysctl", "-q", "-w", f"net.ipv4.ip_forward={int(self.forward)}")
             for host in self.hosts.values():
                 self._add_namespace(host.namespace)
-                ip("-n", self.wan, "link", "add", host.wan_link, "type", "veth", "peer", "name", "eth0", "netns", host.namespace)
+                ip(
+                    "-n",
+                    self.wan,
+                    "link",
+                    "add",
+                    host.wan_link,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    host.namespace,
+                )
                 ip("-n", self.wan, "addr", "add", f"{host.wan_address}/24", "dev", host.wan_link)
                 ip("-n", self.wan, "link", "set", host.wan_link, "up")
                 ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
@@ -206,7 +219,7 @@ class HostNetwork:
         self._namespaces = [n for n in self._namespaces if n in list_namespaces()]
         return errors
 
-    def __enter__(self) -> "HostNetwork":
+    def __enter__(self) -> HostNetwork:
         return self.create()
 
     def __exit__(self, *exc: object) -> None:
@@ -228,8 +241,14 @@ class HostsMesh:
     read `server_config_paths` plus the environment of `server_env(org)`.
     """
 
-    def __init__(self, home: Path, latency_ms: float = 0.0, orgs: tuple[str, ...] = DEFAULT_ORGS,
-                 only_servers: tuple[str, ...] | None = None, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        latency_ms: float = 0.0,
+        orgs: tuple[str, ...] = DEFAULT_ORGS,
+        only_servers: tuple[str, ...] | None = None,
+        run_id: str | None = None,
+    ) -> None:
         if latency_ms < 0:
             raise ValueError(f"latency must be >= 0 ms, got {latency_ms}")
         self.home = Path(home).resolve()
@@ -290,7 +309,7 @@ class HostsMesh:
         return env
 
     # --- lifecycle ---------------------------------------------------------------------
-    def open(self) -> "HostsMesh":
+    def open(self) -> HostsMesh:
         try:
             require_netns()
             remove_stale_namespaces()
@@ -307,21 +326,48 @@ class HostsMesh:
 
     def _write_configs(self) -> None:
         init_pki(self.pki_dir, self.orgs)
+        pins = ca_fingerprints(self.pki_dir, self.orgs)
         for org in self.orgs:
-            peers = {p: OrgEndpoint(p, self.role(p), self.hosts[p].address, BASE_PORT) for p in self.orgs if p != org}
+            peers = {
+                p: OrgEndpoint(p, self.role(p), self.hosts[p].address, BASE_PORT, ca_sha256=pins[p])
+                for p in self.orgs
+                if p != org
+            }
             state_dir = self.home / org / "state"
-            server = OrgConfig(org, self.role(org), "0.0.0.0", BASE_PORT, self.pki_dir, state_dir, {}, peers)
-            operator = OrgConfig(org, self.role(org), "127.0.0.1", BASE_PORT, self.pki_dir, state_dir,
-                                 {s: self.operator_address(org, s) for s in ROLE_SERVERS[self.role(org)]}, peers)
+            server = OrgConfig(
+                org,
+                self.role(org),
+                "0.0.0.0",
+                BASE_PORT,
+                self.pki_dir,
+                state_dir,
+                {},
+                peers,
+                ca_sha256=pins[org],
+                reflection=True,
+            )
+            operator = OrgConfig(
+                org,
+                self.role(org),
+                "127.0.0.1",
+                BASE_PORT,
+                self.pki_dir,
+                state_dir,
+                {s: self.operator_address(org, s) for s in ROLE_SERVERS[self.role(org)]},
+                peers,
+                ca_sha256=pins[org],
+            )
             (self.home / org).mkdir(parents=True, exist_ok=True)
             self.server_config_paths[org] = self.home / org / "server.toml"
             self.server_config_paths[org].write_text(
-                f"# {org}'s servers, inside network namespace {self.hosts[org].namespace}; addresses come from RISKMESH_ADDR_*\n"
-                + render_config(server))
+                f"# {org}'s servers, inside network namespace {self.hosts[org].namespace}; "
+                "addresses come from RISKMESH_ADDR_*\n" + render_config(server)
+            )
             self.config_paths[org] = self.home / org / "riskmesh.toml"
             self.config_paths[org].write_text(
-                f"# {org} as seen from this machine's root namespace: own servers through unix sockets (valid while the run lasts)\n"
-                + render_config(operator))
+                f"# {org} as seen from this machine's root namespace: "
+                "own servers through unix sockets (valid while the run lasts)\n" + render_config(operator)
+            )
 
     def _start_relays(self) -> None:
         logs = self.home / "relays"
@@ -329,11 +375,19 @@ class HostsMesh:
             routes = []
             for server in ROLE_SERVERS[self.role(org)]:
                 routes.append((self.operator_address(org, server), f"127.0.0.1:{BASE_PORT + SERVER_OFFSETS[server]}"))
-                routes.append((self.health_address(org, server), f"127.0.0.1:{BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server]}"))
+                routes.append(
+                    (
+                        self.health_address(org, server),
+                        f"127.0.0.1:{BASE_PORT + HEALTH_OFFSET + SERVER_OFFSETS[server]}",
+                    )
+                )
             self._add_relay(self.hosts[org].exec_prefix, routes, 0.0, logs / f"operator-{org}.log")
         if self.latency_ms > 0:
-            routes = [(self.public_address(org, server), f"{self.hosts[org].address}:{BASE_PORT + SERVER_OFFSETS[server]}")
-                      for org in self.orgs for server in PUBLIC_SERVERS[self.role(org)]]
+            routes = [
+                (self.public_address(org, server), f"{self.hosts[org].address}:{BASE_PORT + SERVER_OFFSETS[server]}")
+                for org in self.orgs
+                for server in PUBLIC_SERVERS[self.role(org)]
+            ]
             self._add_relay(("ip", "netns", "exec", self.network.wan), routes, self.latency_ms, logs / "wan.log")
 
     def _add_relay(self, prefix: Sequence[str], routes: list[tuple[str, str]], delay_ms: float, log_path: Path) -> None:
@@ -344,16 +398,21 @@ class HostsMesh:
         self.relays.append(relay)
         self.started_pids.append(relay.process.pid)
 
-    def start(self, timeout: float = 120.0) -> "HostsMesh":
+    def start(self, timeout: float = 120.0) -> HostsMesh:
         """Start every org's servers in its namespace and wait until all are SERVING
         (nothing to do when they already run)."""
         if self.socket_dir is None:
             raise RuntimeError("HostsMesh.start() before open(): use it as a context manager")
         if self._mesh is not None and self._mesh.processes:
             return self
-        placements = {org: OrgPlacement(self.hosts[org].exec_prefix, self.server_env(org),
-                                        {s: self.health_address(org, s) for s in ROLE_SERVERS[self.role(org)]})
-                      for org in self.orgs}
+        placements = {
+            org: OrgPlacement(
+                self.hosts[org].exec_prefix,
+                self.server_env(org),
+                {s: self.health_address(org, s) for s in ROLE_SERVERS[self.role(org)]},
+            )
+            for org in self.orgs
+        }
         self._mesh = LocalMesh(dict(self.server_config_paths), only_servers=self.only_servers, placements=placements)
         try:
             self._mesh.start(timeout)
@@ -372,7 +431,11 @@ class HostsMesh:
 
     def close(self) -> None:
         """Stop everything and remove the namespaces; raise NetnsError if anything is left."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+        previous = (
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
         errors: list[str] = []
         try:
             try:
@@ -405,7 +468,7 @@ class HostsMesh:
             found.append(f"directory {self.socket_dir}")
         return found
 
-    def __enter__(self) -> "HostsMesh":
+    def __enter__(self) -> HostsMesh:
         return self.open()
 
     def __exit__(self, *exc: object) -> None:

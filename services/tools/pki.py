@@ -7,7 +7,8 @@ Layout under the output directory (nothing of it is ever committed):
     <out>/<org>/trust.pem                   CAs of every org in the mesh (own + peers)
 
 Keys are written 0600. In Kubernetes the same files arrive as Secrets
-(`riskmesh pki export-k8s`).
+(`riskmesh pki export-k8s`). Each org's config pins every org's CA by its SHA-256
+fingerprint (`ca_fingerprints`, printed by `riskmesh pki fingerprints`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import base64
 import datetime as dt
 import ipaddress
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.mesh.identity import SERVICES, Identity
-from services.mesh.pki_layout import OrgPaths, server_name
+from services.mesh.pki_layout import OrgPaths, ca_fingerprint, server_name
 
 DEFAULT_ORGS = ("insurer", "hospital", "helper")
 
@@ -39,13 +39,20 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def make_ca(org: str, days: int = 365) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, f"riskmesh {org} CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"riskmesh {org} CA"),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -72,14 +79,21 @@ def make_leaf(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A server+client certificate for one service: URI SAN spiffe://<org>/<service>."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     dns = ["localhost", server_name(identity.org, identity.service), *extra_dns]
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
     sans += [x509.DNSName(d) for d in dict.fromkeys(dns)]
     sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, identity.org), x509.NameAttribute(NameOID.COMMON_NAME, identity.uri)]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, identity.org),
+                    x509.NameAttribute(NameOID.COMMON_NAME, identity.uri),
+                ]
+            )
+        )
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -87,7 +101,9 @@ def make_leaf(
         .not_valid_after(not_after or now + dt.timedelta(days=90))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -100,7 +116,9 @@ def write_leaf(paths: OrgPaths, service: str, cert: x509.Certificate, key: ec.El
     _write_private(paths.key(service), _key_pem(key))
 
 
-def init_pki(out: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, extra_dns: tuple[str, ...] = (), force: bool = False) -> list[Path]:
+def init_pki(
+    out: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, extra_dns: tuple[str, ...] = (), force: bool = False
+) -> list[Path]:
     """Create CAs, service certificates and trust bundles for `orgs` under `out`.
 
     Existing material is kept unless `force` (rotating keys under running services
@@ -128,7 +146,25 @@ def init_pki(out: Path, orgs: tuple[str, ...] = DEFAULT_ORGS, extra_dns: tuple[s
     return [out / org for org in orgs]
 
 
-def issue_with_existing_ca(out: Path, org: str, service: str, dest: Path, not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> None:
+def ca_fingerprints(pki_dir: Path, orgs: tuple[str, ...] = DEFAULT_ORGS) -> dict[str, str]:
+    """Org → SHA-256 fingerprint of its CA certificate (`<pki>/<org>/ca.pem`): what the orgs exchange and pin."""
+    out = {}
+    for org in orgs:
+        path = OrgPaths(Path(pki_dir) / org).ca_cert()
+        if not path.exists():
+            raise FileNotFoundError(f"no CA certificate for {org} at {path} (run `riskmesh pki init`)")
+        out[org] = ca_fingerprint(x509.load_pem_x509_certificate(path.read_bytes()))
+    return out
+
+
+def issue_with_existing_ca(
+    out: Path,
+    org: str,
+    service: str,
+    dest: Path,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> None:
     """Issue one more certificate from an org's CA (tests: expired certs, odd identities)."""
     paths = OrgPaths(out / org)
     ca_cert = x509.load_pem_x509_certificate(paths.ca_cert().read_bytes())

@@ -38,9 +38,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 CHUNK_BYTES = 64 * 1024
 QUEUE_CHUNKS = 1024  # per direction: at most 64 MiB held back before the reader waits
@@ -68,7 +68,7 @@ class Address:
 def parse_address(text: str) -> Address:
     """`host:port`, `[v6]:port` or `unix:/absolute/path`; raises ValueError otherwise."""
     if text.startswith(UNIX_PREFIX):
-        path = text[len(UNIX_PREFIX):]
+        path = text[len(UNIX_PREFIX) :]
         if not path.startswith("/"):
             raise ValueError(f"unix socket address needs an absolute path: {text!r}")
         return Address(path=path)
@@ -86,7 +86,9 @@ async def _open(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamW
     return await asyncio.open_connection(address.host, address.port, limit=CHUNK_BYTES)
 
 
-async def _read_delayed(reader: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes]], delay_s: float) -> None:
+async def _read_delayed(
+    reader: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes]], delay_s: float
+) -> None:
     """Stamp every chunk (and the final b'' = end of stream) with its due time."""
     loop = asyncio.get_running_loop()
     while True:
@@ -147,7 +149,9 @@ class DelayRelay:
             Path(self.listen.path).unlink(missing_ok=True)
             self._server = await asyncio.start_unix_server(self._accept, self.listen.path, limit=CHUNK_BYTES)
         else:
-            self._server = await asyncio.start_server(self._accept, self.listen.host, self.listen.port, limit=CHUNK_BYTES, reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._accept, self.listen.host, self.listen.port, limit=CHUNK_BYTES, reuse_address=True
+            )
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -157,7 +161,9 @@ class DelayRelay:
         try:
             await self._forward(client_reader, client_writer)
         except asyncio.CancelledError:
-            pass  # close() dropped the connection; ending quietly keeps asyncio (3.11) from logging the cancelled callback task
+            # close() dropped the connection; ending quietly keeps asyncio (3.11) from
+            # logging the cancelled callback task
+            pass
         finally:
             self._connections.discard(task)
 
@@ -227,8 +233,13 @@ class RelayProcess:
             self.process.wait()
 
 
-def start_relay_process(routes: Sequence[tuple[str, str]], delay_ms: float, log_path: Path,
-                        prefix: Sequence[str] = (), timeout: float = 30.0) -> RelayProcess:
+def start_relay_process(
+    routes: Sequence[tuple[str, str]],
+    delay_ms: float,
+    log_path: Path,
+    prefix: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> RelayProcess:
     """Start a relay process for `routes` ((listen, target) address strings), its output
     in `log_path`, and wait until it listens on every route."""
     command = [*prefix, sys.executable, "-m", "services.tools.relay", "--delay-ms", f"{delay_ms:g}"]
@@ -242,23 +253,37 @@ def start_relay_process(routes: Sequence[tuple[str, str]], delay_ms: float, log_
     while not log_path.read_text(errors="replace").startswith("ready "):
         if process.poll() is not None or time.monotonic() > deadline:
             relay.stop()
-            raise RelayStartError(f"relay did not start ({' '.join(command)}):\n{log_path.read_text(errors='replace')[-2000:]}")
+            raise RelayStartError(
+                f"relay did not start ({' '.join(command)}):\n{log_path.read_text(errors='replace')[-2000:]}"
+            )
         time.sleep(0.05)
     return relay
 
 
 def _parse_args(argv: list[str] | None) -> tuple[list[tuple[Address, Address]], float]:
-    parser = argparse.ArgumentParser(prog="python -m services.tools.relay", description="TCP relay that delays every chunk by a fixed one-way latency")
-    parser.add_argument("--listen", action="append", required=True, help="host:port or unix:/path to accept on (repeat; pairs with --target by position)")
-    parser.add_argument("--target", action="append", required=True, help="host:port or unix:/path to forward to (repeat)")
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay added to every chunk, each direction (default 0)")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.tools.relay",
+        description="TCP relay that delays every chunk by a fixed one-way latency",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        help="host:port or unix:/path to accept on (repeat; pairs with --target by position)",
+    )
+    parser.add_argument(
+        "--target", action="append", required=True, help="host:port or unix:/path to forward to (repeat)"
+    )
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="one-way delay added to every chunk, each direction (default 0)"
+    )
     args = parser.parse_args(argv)
     if len(args.listen) != len(args.target):
         parser.error(f"{len(args.listen)} --listen but {len(args.target)} --target: give them in pairs")
     if args.delay_ms < 0:
         parser.error("--delay-ms must be >= 0")
     try:
-        routes = [(parse_address(a), parse_address(b)) for a, b in zip(args.listen, args.target)]
+        routes = [(parse_address(a), parse_address(b)) for a, b in zip(args.listen, args.target, strict=False)]
     except ValueError as exc:
         parser.error(str(exc))
     return routes, args.delay_ms / 1000.0

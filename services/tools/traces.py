@@ -8,9 +8,9 @@ waterfall's rows; the RPC spans are counted.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from services.mesh.telemetry import read_spans
 
@@ -47,11 +47,17 @@ def load_trace(roots: Iterable[Path], trace_id: str) -> list[SpanRow]:
             continue
         attrs = span.get("attributes") or {}
         resource = span["resource"]["attributes"]
-        rows.append(SpanRow(
-            org=resource.get("riskmesh.org", "?"), server=resource.get("riskmesh.server", "?"), name=span["name"],
-            phase=str(attrs.get("riskmesh.phase", "")), start=_time(span["start_time"]), end=_time(span["end_time"]),
-            error=(span.get("status") or {}).get("status_code") == "ERROR",
-        ))
+        rows.append(
+            SpanRow(
+                org=resource.get("riskmesh.org", "?"),
+                server=resource.get("riskmesh.server", "?"),
+                name=span["name"],
+                phase=str(attrs.get("riskmesh.phase", "")),
+                start=_time(span["start_time"]),
+                end=_time(span["end_time"]),
+                error=(span.get("status") or {}).get("status_code") == "ERROR",
+            )
+        )
     return sorted(rows, key=lambda r: r.start)
 
 
@@ -102,7 +108,13 @@ def waterfall_png(rows: list[SpanRow], path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(orgs)))
     for r in phases:
         y = orgs.index(r.org)
-        ax.barh(y, r.seconds, left=r.start - t0, color=colours(names.index(r.phase) % 10), edgecolor="black" if r.error else None)
+        ax.barh(
+            y,
+            r.seconds,
+            left=r.start - t0,
+            color=colours(names.index(r.phase) % 10),
+            edgecolor="black" if r.error else None,
+        )
     ax.set_yticks(range(len(orgs)), orgs)
     ax.set_xlabel("seconds since the run started")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i % 10)) for i in range(len(names))]

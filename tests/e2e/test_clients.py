@@ -12,9 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -49,7 +49,11 @@ def run(command: list[str], cwd: Path = ROOT) -> Ran:
 
 def facts(stdout: str, kind: str) -> list[dict[str, str]]:
     """The `kind k=v k=v ...` lines of an example's output, as dicts."""
-    return [dict(field.split("=", 1) for field in line.split()[1:]) for line in stdout.splitlines() if line.split()[:1] == [kind]]
+    return [
+        dict(field.split("=", 1) for field in line.split()[1:])
+        for line in stdout.splitlines()
+        if line.split()[:1] == [kind]
+    ]
 
 
 def ts_example(*args: str) -> Ran:
@@ -68,7 +72,9 @@ def typescript_built() -> None:
     assert sources and TS_EXAMPLE.exists(), "TypeScript client not built: run `make clients-ts`"
     for source in sources:
         built = TS_DIR / "dist" / source.relative_to(TS_DIR / "src").with_suffix(".js")
-        assert built.exists() and built.stat().st_mtime >= source.stat().st_mtime, f"{built} is stale: run `make clients-ts`"
+        assert built.exists() and built.stat().st_mtime >= source.stat().st_mtime, (
+            f"{built} is stale: run `make clients-ts`"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +122,19 @@ def assert_insurer_view(ran: Ran) -> None:
 
 
 @pytest.mark.e2e
-def test_typescript_example_reads_the_insurer_gateway_over_mtls(typescript_built: None, insurer_gateway: Gateway) -> None:
-    assert_insurer_view(ts_example("--address", insurer_gateway.address, "--org", "insurer", "--pki", str(insurer_gateway.pki)))
+def test_typescript_example_reads_the_insurer_gateway_over_mtls(
+    typescript_built: None, insurer_gateway: Gateway
+) -> None:
+    assert_insurer_view(
+        ts_example("--address", insurer_gateway.address, "--org", "insurer", "--pki", str(insurer_gateway.pki))
+    )
 
 
 @pytest.mark.e2e
 def test_python_example_reads_the_insurer_gateway_over_mtls(insurer_gateway: Gateway) -> None:
-    assert_insurer_view(py_example("--address", insurer_gateway.address, "--org", "insurer", "--pki", str(insurer_gateway.pki)))
+    assert_insurer_view(
+        py_example("--address", insurer_gateway.address, "--org", "insurer", "--pki", str(insurer_gateway.pki))
+    )
 
 
 def refused_status(ran: Ran) -> str:
@@ -134,10 +146,22 @@ def refused_status(ran: Ran) -> str:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("example", [ts_example, py_example], ids=["typescript", "python"])
-def test_hospital_client_cert_is_refused_by_the_insurer_gateway(typescript_built: None, insurer_gateway: Gateway, example) -> None:
+def test_hospital_client_cert_is_refused_by_the_insurer_gateway(
+    typescript_built: None, insurer_gateway: Gateway, example
+) -> None:
     pki = insurer_gateway.pki
-    ran = example("--address", insurer_gateway.address, "--org", "insurer", "--ca", str(pki / "insurer" / "ca.pem"),
-                  "--cert", str(pki / "hospital" / "client.pem"), "--key", str(pki / "hospital" / "client.key"))
+    ran = example(
+        "--address",
+        insurer_gateway.address,
+        "--org",
+        "insurer",
+        "--ca",
+        str(pki / "insurer" / "ca.pem"),
+        "--cert",
+        str(pki / "hospital" / "client.pem"),
+        "--key",
+        str(pki / "hospital" / "client.key"),
+    )
     assert refused_status(ran) == "PERMISSION_DENIED"
     assert "gateway org=" not in ran.stdout
 
@@ -145,13 +169,24 @@ def test_hospital_client_cert_is_refused_by_the_insurer_gateway(typescript_built
 @pytest.mark.e2e
 @pytest.mark.parametrize("example", [ts_example, py_example], ids=["typescript", "python"])
 def test_unknown_run_is_not_found(typescript_built: None, insurer_gateway: Gateway, example) -> None:
-    ran = example("--address", insurer_gateway.address, "--org", "insurer", "--pki", str(insurer_gateway.pki), "--run", "no-such-run")
+    ran = example(
+        "--address",
+        insurer_gateway.address,
+        "--org",
+        "insurer",
+        "--pki",
+        str(insurer_gateway.pki),
+        "--run",
+        "no-such-run",
+    )
     assert refused_status(ran) == "NOT_FOUND"
     assert facts(ran.stdout, "studies") == [{"count": "0"}]
 
 
 @pytest.mark.e2e
-def test_typescript_client_trusting_another_org_ca_refuses_the_gateway(typescript_built: None, insurer_gateway: Gateway) -> None:
+def test_typescript_client_trusting_another_org_ca_refuses_the_gateway(
+    typescript_built: None, insurer_gateway: Gateway
+) -> None:
     # The hospital's CA (and server name) cannot verify the insurer's gateway: the TLS handshake fails.
     ran = ts_example("--address", insurer_gateway.address, "--org", "hospital", "--pki", str(insurer_gateway.pki))
     assert refused_status(ran) == "UNAVAILABLE"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,7 @@ import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows, start_join
+from services.mesh.config import load_config
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, make_study_data
 from services.tools.launcher import LocalMesh, local_mesh_for
@@ -35,6 +37,7 @@ from services.tools.launcher import LocalMesh, local_mesh_for
 pytestmark = pytest.mark.e2e
 
 ORGS = ("insurer", "hospital", "helper")
+UPLOAD_SEEN_BYTES = 16 * 1024
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Orgs:
 
 @pytest.fixture(scope="module")
 def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orgs]:
-    configs = local_mesh_for(tmp_path_factory.mktemp("join-e2e"))
+    configs = local_mesh_for(tmp_path_factory.mktemp("join-e2e"), min_paillier_bits=1024)  # fast keys
     servers = LocalMesh(configs, only_servers=("encryption", "resharing")).start()
     try:
         intersection = LocalMesh({"helper": configs["helper"]}, only_servers=("intersection",)).start()
@@ -66,6 +69,27 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orgs]:
     yield running
     running.intersection.stop()
     running.servers.stop()
+
+
+def bytes_waiting(port: int) -> list[int]:
+    """Bytes received and not yet read on each established connection to local `port`: what
+    a frozen server has been sent (the kernel's receive queues, /proc/net/tcp and tcp6)."""
+    queues = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            _, local, _, state, queue, *_ = line.split()
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                queues.append(int(queue.split(":")[1], 16))
+    return queues
+
+
+async def both_uploads_arrived(port: int, timeout: float = 10.0) -> None:
+    """Until two connections to the (frozen) intersection hold upload data: more than a
+    ping or a header, which is all the harness's own connection carries."""
+    deadline = time.monotonic() + timeout
+    while sum(queued > UPLOAD_SEEN_BYTES for queued in bytes_waiting(port)) < 2:
+        assert time.monotonic() < deadline, f"no two uploads waiting at the frozen intersection: {bytes_waiting(port)}"
+        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -81,7 +105,7 @@ class Study:
 
 def make_study(root: Path, records: int, bits: int, features: int = 10, study_id: str = "join-e2e") -> Study:
     data = make_study_data(records, overlap=0.5, features=features)
-    spec = spec_for(data, study_id)
+    spec = spec_for(data, study_id, min_intersection=10)  # small joins: the floors are the gateways' job
     spec.paillier_bits = bits
     root.mkdir(parents=True, exist_ok=True)
     return Study(data, spec, {t.org: t.write_csv(root / f"{t.org}.csv") for t in (data.insurer, data.hospital)})
@@ -134,6 +158,7 @@ def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_
     study = make_study(tmp_path / "killed", 3000, 1024, study_id="killed")
     run_id = "e2e-killed-upload"
     pid = orgs.intersection_pid()
+    port = load_config(orgs.configs["helper"], env={}).port("intersection")
 
     async def scenario() -> dict[str, grpc.aio.AioRpcError]:
         harness = Harness(orgs.configs)
@@ -154,7 +179,7 @@ def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_
                         if reply.progress.message.startswith("encrypting and sending"):
                             sending.add(org)
                             if len(sending) == 2:
-                                await asyncio.sleep(0.3)  # both streams are under way
+                                await both_uploads_arrived(port)
                                 os.kill(pid, signal.SIGKILL)
                 except grpc.aio.AioRpcError as exc:
                     errors[org] = exc

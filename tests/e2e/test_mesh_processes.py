@@ -6,8 +6,8 @@ import pytest
 
 from riskmesh.client import GatewayClient
 from services.mesh.config import load_config
-from services.tools.launcher import LocalMesh, local_mesh_for
 from services.mesh.telemetry import read_spans
+from services.tools.launcher import LocalMesh, local_mesh_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,9 @@ def test_one_request_crossing_three_orgs_is_one_trace(running_mesh):
     assert all(p.reachable for p in reply.peers), reply
     # Stop the gateways so their span exporters flush, then read every org's spans.
     mesh.stop()
-    spans = read_spans([load_config(p, env={}).state_dir / "spans" / f"{org}-gateway.jsonl" for org, p in configs.items()])
+    spans = read_spans(
+        [load_config(p, env={}).state_dir / "spans" / f"{org}-gateway.jsonl" for org, p in configs.items()]
+    )
     check = [s for s in spans if s["name"].endswith("/CheckPeers")]
     assert len(check) == 1
     trace_id = check[0]["context"]["trace_id"]

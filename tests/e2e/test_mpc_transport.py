@@ -20,9 +20,9 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -30,22 +30,22 @@ import psutil
 import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc, lasso_pb2, lasso_pb2_grpc
-from services.study.spec import feature_names
-from services.join.rules import RESHARING_RULES
-from services.testkit import dealer
-from services.lasso.worker.lasso_program import regression_spec
-from services.testkit.plain_reference import fit_sklearn, split_table
-from services.lasso.core.blocks import ShareBlock, encode_block
-from services.lasso.shares import InMemoryShareSource
 from services.bench.transport_bench import DUMMY_BLOCK, bench_spec, lasso_inputs
+from services.join.rules import RESHARING_RULES
+from services.lasso.core.blocks import ShareBlock, encode_block
 from services.lasso.core.inputs import study_columns
+from services.lasso.shares import InMemoryShareSource
+from services.lasso.worker.lasso_program import regression_spec
 from services.lasso.worker.program import program_env
-from services.testkit.transport_check import expected, result_names
 from services.mesh.config import OrgConfig, load_config
-from services.tools.launcher import LocalMesh, local_mesh_for, wait_healthy
 from services.mesh.pki_layout import OrgPaths
 from services.mesh.server import MeshServer
 from services.mesh.tls import MeshCredentials
+from services.study.spec import MAX_ITERATIONS, feature_names
+from services.testkit import dealer
+from services.testkit.plain_reference import fit_sklearn, split_table
+from services.testkit.transport_check import expected, result_names
+from services.tools.launcher import LocalMesh, local_mesh_for, wait_healthy
 from tests.unit.gateway.specs import make_spec
 from tests.unit.lasso_transport.dealing import deal
 
@@ -103,7 +103,7 @@ def start_parties(root: Path, shares: dict[str, dict[str, list[ShareBlock]]], pr
         process = context.Process(target=serve_party, args=(str(paths[org]), shares.get(org, {}), program), daemon=True)
         process.start()
         parties.processes[org] = process
-    for org, config in parties.configs.items():
+    for config in parties.configs.values():
         wait_healthy(f"{config.bind_host}:{config.health_port('lasso')}", 60)
     return parties
 
@@ -139,20 +139,38 @@ class Outcome:
         return [r.progress.phase for r in self.responses if r.HasField("progress")]
 
 
-def run_lasso(parties: Parties, org: str, request: lasso_pb2.RunLassoRequest, outcome: Outcome, progressed: threading.Event | None = None) -> None:
+def run_lasso(
+    parties: Parties,
+    org: str,
+    request: lasso_pb2.RunLassoRequest,
+    outcome: Outcome,
+    progressed: threading.Event | None = None,
+) -> None:
     try:
         for response in parties.stub(org).RunLasso(request, timeout=90):
             outcome.responses.append(response)
-            if progressed is not None and response.progress.phase == common_pb2.PHASE_ITERATIONS and response.progress.done > 0:
+            if (
+                progressed is not None
+                and response.progress.phase == common_pb2.PHASE_ITERATIONS
+                and response.progress.done > 0
+            ):
                 progressed.set()
     except grpc.RpcError as exc:
         outcome.error = exc
     outcome.ended_at = time.monotonic()
 
 
-def run_everywhere(parties: Parties, request: lasso_pb2.RunLassoRequest, orgs: tuple[str, ...] = ORGS, progressed: threading.Event | None = None) -> tuple[dict[str, Outcome], list[threading.Thread]]:
+def run_everywhere(
+    parties: Parties,
+    request: lasso_pb2.RunLassoRequest,
+    orgs: tuple[str, ...] = ORGS,
+    progressed: threading.Event | None = None,
+) -> tuple[dict[str, Outcome], list[threading.Thread]]:
     outcomes = {org: Outcome() for org in orgs}
-    threads = [threading.Thread(target=run_lasso, args=(parties, org, request, outcomes[org], progressed), daemon=True) for org in orgs]
+    threads = [
+        threading.Thread(target=run_lasso, args=(parties, org, request, outcomes[org], progressed), daemon=True)
+        for org in orgs
+    ]
     for thread in threads:
         thread.start()
     return outcomes, threads
@@ -186,7 +204,10 @@ def test_secure_sums_over_grpc_mtls_equal_plaintext(check_parties: Parties, deal
         thread.join(60)
     for org in ORGS:
         assert outcomes[org].error is None, (org, outcomes[org].error)
-    want = {name: float(value) for name, value in zip(result_names(study_columns(spec)), expected(table, 1 << 63))}
+    want = {
+        name: float(value)
+        for name, value in zip(result_names(study_columns(spec)), expected(table, 1 << 63), strict=False)
+    }
     for owner in ("insurer", "hospital"):
         result = outcomes[owner].result
         assert {c.feature: c.value for c in result.coefficients} == want
@@ -216,7 +237,11 @@ def test_a_run_id_runs_once(check_parties: Parties, dealt) -> None:
 def test_run_lasso_from_another_orgs_gateway_is_refused(check_parties: Parties, dealt) -> None:
     spec, _, _ = dealt
     with pytest.raises(grpc.RpcError) as err:
-        list(check_parties.stub("hospital", as_org="insurer").RunLasso(lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), timeout=10))
+        list(
+            check_parties.stub("hospital", as_org="insurer").RunLasso(
+                lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), timeout=10
+            )
+        )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -238,7 +263,9 @@ def test_exchange_from_a_gateway_identity_is_refused(check_parties: Parties) -> 
 def test_exchange_claiming_another_partys_id_is_refused(check_parties: Parties, dealt) -> None:
     spec, _, _ = dealt
     # The helper's run of check-2 is registered (it waits for its peers), so the claim can be checked.
-    outcomes, threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), orgs=("helper",))
+    outcomes, threads = run_everywhere(
+        check_parties, lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), orgs=("helper",)
+    )
     as_hospital = check_parties.stub("helper", as_org="hospital", service="lasso")
     for claimed in (0, 2):  # insurer's id; an id not below the acceptor's
         with pytest.raises(grpc.RpcError) as err:
@@ -246,14 +273,18 @@ def test_exchange_claiming_another_partys_id_is_refused(check_parties: Parties, 
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert f"may not act as MPC party {claimed}" in err.value.details()
     # The real parties then complete the run: the refused streams changed nothing.
-    rest, rest_threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), orgs=("insurer", "hospital"))
+    rest, rest_threads = run_everywhere(
+        check_parties, lasso_pb2.RunLassoRequest(run_id="check-2", spec=spec), orgs=("insurer", "hospital")
+    )
     for thread in [*threads, *rest_threads]:
         thread.join(60)
     assert outcomes["helper"].error is None and rest["insurer"].error is None
     assert rest["insurer"].result.coefficients
 
 
-def test_exchange_with_an_untrusted_certificate_never_reaches_the_server(check_parties: Parties, untrusted_pki: Path) -> None:
+def test_exchange_with_an_untrusted_certificate_never_reaches_the_server(
+    check_parties: Parties, untrusted_pki: Path
+) -> None:
     config = check_parties.configs["helper"]
     paths = OrgPaths(untrusted_pki / "hospital")
     credentials = grpc.ssl_channel_credentials(
@@ -261,7 +292,11 @@ def test_exchange_with_an_untrusted_certificate_never_reaches_the_server(check_p
         private_key=paths.key("lasso").read_bytes(),
         certificate_chain=paths.cert("lasso").read_bytes(),
     )
-    channel = grpc.secure_channel(config.self_endpoint.address("lasso"), credentials, options=[("grpc.ssl_target_name_override", "lasso.helper.riskmesh")])
+    channel = grpc.secure_channel(
+        config.self_endpoint.address("lasso"),
+        credentials,
+        options=[("grpc.ssl_target_name_override", "lasso.helper.riskmesh")],
+    )
     with channel, pytest.raises(grpc.RpcError) as err:
         list(lasso_pb2_grpc.LassoServiceStub(channel).Exchange(hello("check-2", 1), timeout=10))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -279,13 +314,17 @@ def rounds_parties(tmp_path: Path) -> Iterator[Parties]:
 
 def start_long_run(parties: Parties) -> tuple[dict[str, Outcome], list[threading.Thread]]:
     progressed = threading.Event()
-    request = lasso_pb2.RunLassoRequest(run_id="long-1", spec=bench_spec(rounds=100_000))
+    request = lasso_pb2.RunLassoRequest(
+        run_id="long-1", spec=bench_spec(rounds=MAX_ITERATIONS)
+    )  # seconds of rounds: killed well before the end
     outcomes, threads = run_everywhere(parties, request, progressed=progressed)
     assert progressed.wait(30), {org: o.error for org, o in outcomes.items()}
     return outcomes, threads
 
 
-def assert_failed_quickly(outcomes: dict[str, Outcome], threads: list[threading.Thread], survivors: tuple[str, ...], since: float, lost: str) -> None:
+def assert_failed_quickly(
+    outcomes: dict[str, Outcome], threads: list[threading.Thread], survivors: tuple[str, ...], since: float, lost: str
+) -> None:
     for thread in threads:
         thread.join(FAILURE_BOUND_S + 5)
     for org in survivors:
@@ -306,7 +345,9 @@ def test_a_killed_party_ends_the_run_at_the_others_quickly(rounds_parties: Parti
     os.kill(rounds_parties.processes["helper"].pid, signal.SIGKILL)
     assert_failed_quickly(outcomes, threads, ("insurer", "hospital"), killed_at, "MPC party 2 (helper)")
     # No worker outlives its run: the survivors killed theirs, the orphan saw its link close.
-    _, alive = psutil.wait_procs(victims + rounds_parties.workers("insurer") + rounds_parties.workers("hospital"), timeout=10)
+    _, alive = psutil.wait_procs(
+        victims + rounds_parties.workers("insurer") + rounds_parties.workers("hospital"), timeout=10
+    )
     assert not alive
 
 
@@ -356,7 +397,11 @@ def test_production_servers_fit_the_study_as_plaintext_does(tmp_path: Path, loop
 
         async def start(config: OrgConfig = configs[org], pid: int = pid) -> MeshServer:
             server = MeshServer(config, "resharing", RESHARING_RULES)
-            server.add_service(join_pb2_grpc.add_ResharingServiceServicer_to_server, FakeResharing({"prod-1": blocks[pid]}), join_pb2.DESCRIPTOR.services_by_name["ResharingService"])
+            server.add_service(
+                join_pb2_grpc.add_ResharingServiceServicer_to_server,
+                FakeResharing({"prod-1": blocks[pid]}),
+                join_pb2.DESCRIPTOR.services_by_name["ResharingService"],
+            )
             await server.start()
             return server
 
@@ -380,7 +425,12 @@ def test_production_servers_fit_the_study_as_plaintext_does(tmp_path: Path, loop
             assert np.max(np.abs(got - want_w)) <= 1e-5 * scale, (got, want_w)
             assert abs(result.intercept - want_b) <= 1e-5 * max(scale, abs(want_b))
             assert [c.feature for c in result.coefficients] == list(feature_names(spec))
-            assert {common_pb2.PHASE_INPUT, common_pb2.PHASE_GRAM, common_pb2.PHASE_ITERATIONS, common_pb2.PHASE_REVEAL} <= set(outcomes[owner].phases)
+            assert {
+                common_pb2.PHASE_INPUT,
+                common_pb2.PHASE_GRAM,
+                common_pb2.PHASE_ITERATIONS,
+                common_pb2.PHASE_REVEAL,
+            } <= set(outcomes[owner].phases)
         assert outcomes["helper"].result == lasso_pb2.ModelResult()
     finally:
         for channel in parties.channels:

@@ -4,6 +4,7 @@ trace with a span per phase per party, refusals, and an interrupted gateway."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
@@ -14,13 +15,15 @@ import numpy as np
 import pytest
 
 from riskmesh.client import GatewayClient
-from riskmesh.v1 import common_pb2
+from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.mesh.config import load_config
+from services.mesh.telemetry import read_metrics
+from services.mesh.tls import MeshCredentials
 from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data, reference_join
-from services.tools.traces import load_trace, phase_rows, waterfall_png
-from services.mesh.config import load_config
 from services.tools.launcher import LocalMesh, local_mesh_for
+from services.tools.traces import load_trace, phase_rows, waterfall_png
 
 pytestmark = pytest.mark.e2e
 
@@ -36,10 +39,14 @@ def study_mesh(tmp_path_factory):
     configs = local_mesh_for(root)
     orgs = {org: load_config(p, env={}) for org, p in configs.items()}
     data = make_study_data(300, overlap=0.5)
-    sources = {"insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
-               "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv"))}
+    sources = {
+        "insurer": str(data.insurer.write_csv(orgs["insurer"].state_dir / "data" / "insurer.csv")),
+        "hospital": str(data.hospital.write_csv(orgs["hospital"].state_dir / "data" / "hospital.csv")),
+    }
     mesh = LocalMesh(configs).start()
-    clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()}
+    clients = {
+        org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in orgs.items()
+    }
     yield root, configs, mesh, clients, data, sources
     for c in clients.values():
         c.close()
@@ -85,7 +92,11 @@ def test_whole_study_matches_scikit_learn_with_one_trace(study_mesh):
     for org in ("hospital", "helper"):
         assert clients[org].list_runs("e2e-study")[0].state == common_pb2.RUN_STATE_SUCCEEDED
     # One trace, a span per phase at each party; kept as CI artifacts with the waterfall.
-    expected = {("insurer", p) for p in OWNER_PHASES} | {("hospital", p) for p in OWNER_PHASES} | {("helper", p) for p in HELPER_PHASES}
+    expected = (
+        {("insurer", p) for p in OWNER_PHASES}
+        | {("hospital", p) for p in OWNER_PHASES}
+        | {("helper", p) for p in HELPER_PHASES}
+    )
     deadline = time.monotonic() + 15  # the servers export finished spans every 0.5 s
     while True:
         rows = load_trace([root], final.trace_id)
@@ -99,8 +110,58 @@ def test_whole_study_matches_scikit_learn_with_one_trace(study_mesh):
     for spans in root.glob("*/state/spans/*.jsonl"):
         shutil.copy(spans, ARTIFACTS / f"study-{spans.name}")
     waterfall_png(rows, ARTIFACTS / "study-waterfall.png", f"e2e study, trace {final.trace_id}")
-    for org, c in clients.items():
+    for c in clients.values():
         assert c.verify_audit().ok
+
+
+def test_operator_metrics_from_every_organisation(study_mesh):
+    """Runs, phase durations, RPCs and refusals reach each server's metrics export (JSON
+    lines here; OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set), with no data in attributes."""
+    root, configs, mesh, clients, data, sources = study_mesh
+    approve_all(clients, data, sources, "metrics-study", alphas=[ALPHA])
+    assert run_to_end(clients["insurer"], "metrics-study").state == common_pb2.RUN_STATE_SUCCEEDED
+    orgs = {org: load_config(path, env={}) for org, path in configs.items()}
+    # The insurer's client may call its own gateway only: the hospital's refuses it.
+    credentials = MeshCredentials(orgs["insurer"].pki_dir, "insurer", "client")
+    with credentials.sync_channel("hospital", "gateway", orgs["hospital"].self_endpoint.address("gateway")) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            gateway_pb2_grpc.GatewayServiceStub(channel).GetInfo(gateway_pb2.GetInfoRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    deadline = time.monotonic() + 20  # exported every 5 s
+    while True:
+        points = read_metrics([p for c in orgs.values() for p in (c.state_dir / "metrics").glob("*.jsonl")])
+        named = {n: [p for p in points if p["name"] == n] for n in ("riskmesh.runs", "riskmesh.phase.duration")}
+        runs = {(p["org"], p["attributes"].get("riskmesh.outcome")): p["value"] for p in named["riskmesh.runs"]}
+        phases = {(p["org"], p["attributes"]["riskmesh.phase"]) for p in named["riskmesh.phase.duration"]}
+        refusals = [p for p in points if p["name"] == "riskmesh.rpc.refusals"]
+        done = all(runs.get((org, "succeeded"), 0) >= 1 for org in orgs) and refusals
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for org in orgs:
+        assert runs.get((org, "started"), 0) >= 1 and runs.get((org, "succeeded"), 0) >= 1, runs
+        wanted = HELPER_PHASES if org == "helper" else OWNER_PHASES
+        assert wanted <= {phase for o, phase in phases if o == org}, (org, phases)
+    calls = [p for p in points if p["name"] == "riskmesh.rpc.calls"]
+    assert {p["org"] for p in calls} == set(orgs) and {p["server"] for p in calls} >= {"gateway", "resharing", "lasso"}
+    refused_here = [
+        (
+            p["org"],
+            p["attributes"]["rpc.method"].rsplit("/", 1)[-1],
+            p["attributes"]["riskmesh.caller.org"],
+            p["attributes"]["rpc.grpc.status_code"],
+        )
+        for p in refusals
+    ]
+    assert ("hospital", "GetInfo", "insurer", "PERMISSION_DENIED") in refused_here, refused_here
+    # Attributes are names from small fixed sets: methods, phases, outcomes, orgs, codes.
+    allowed = {"riskmesh.outcome", "riskmesh.phase", "rpc.method", "riskmesh.caller.org", "rpc.grpc.status_code"}
+    for p in points:
+        assert set(p["attributes"]) <= allowed, p
+        for key, value in p["attributes"].items():
+            assert re.fullmatch(r"[A-Za-z0-9_./-]{0,80}", str(value)), (key, value)
+        if "riskmesh.caller.org" in p["attributes"]:
+            assert p["attributes"]["riskmesh.caller.org"] in {"", *orgs}
 
 
 def test_changed_spec_needs_new_approval_before_a_run(study_mesh):
@@ -116,16 +177,17 @@ def test_gateway_killed_mid_run_ends_failed_everywhere_and_restarts_clean(study_
     root, configs, mesh, clients, data, sources = study_mesh
     approve_all(clients, data, sources, "e2e-restart", alphas=[ALPHA])
     run = clients["insurer"].start_run("e2e-restart")
-    # Mid-run means the hospital has joined it (its key pair and CSV check come first, which
-    # takes a while with 3072-bit keys): wait for that rather than for a fixed time.
-    deadline = time.monotonic() + 60
-    while not clients["hospital"].list_runs("e2e-restart") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    events = clients["insurer"].watch(run.run_id, timeout=120)
+    for event in events:  # killed once the hospital is in the join: its gateway is needed until the end
+        if event.progress.org == "hospital" and event.progress.phase == common_pb2.PHASE_HASHING_ENCRYPTION:
+            break
+    else:
+        pytest.fail("the run ended before the hospital's hashing/encryption phase")
     hospital_gateway = mesh.find("hospital", "gateway")
     hospital_gateway.process.send_signal(signal.SIGKILL)
     hospital_gateway.process.wait()
     final = None
-    for event in clients["insurer"].watch(run.run_id, timeout=120):
+    for event in events:
         final = event.run
     assert final.state == common_pb2.RUN_STATE_FAILED and final.error.reason
     # Restart the hospital's gateway: its interrupted run is FAILED, never stuck RUNNING.

@@ -42,6 +42,7 @@ from services.mesh.config import load_config
 from services.tools.launcher import local_mesh_for
 from services.mesh.server import MeshServer
 from services.mesh.tls import MeshCredentials
+from services.study.spec import owner_columns
 from tests.conftest import LoopThread
 
 BITS = 1024  # resharing accepts 1024-bit keys for tests; 2048 runs in tests/e2e
@@ -124,7 +125,7 @@ class JoinMesh:
 
 @pytest.fixture(scope="module")
 def join_mesh(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JoinMesh]:
-    configs = local_mesh_for(tmp_path_factory.mktemp("join-mesh"))
+    configs = local_mesh_for(tmp_path_factory.mktemp("join-mesh"), min_paillier_bits=BITS)  # fast keys
     mesh = JoinMesh(configs, loop_thread, {})
     real_derive, real_keypair = keys.derive_tag_key, resharing_server.generate_keypair
 
@@ -173,7 +174,7 @@ class Study:
 
 def make_study(root: Path, records: int, overlap: float = 0.5, study_id: str = "join-it", seed: int = 7) -> Study:
     data = make_study_data(records, overlap=overlap, features=10, seed=seed)
-    spec = spec_for(data, study_id)
+    spec = spec_for(data, study_id, min_intersection=10)  # small joins: the floors are the gateways' job
     spec.paillier_bits = BITS
     root.mkdir(parents=True, exist_ok=True)
     sources = {t.org: t.write_csv(root / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
@@ -674,3 +675,74 @@ def test_only_the_helper_stores_its_own_masks(join_mesh: JoinMesh) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.StoreHelperShares(iter([join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(run_id="x"))]), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and err.value.details().startswith("resharing: ")
+
+
+# --- Paillier key sizes ---------------------------------------------------------------------
+
+
+def test_paillier_key_size_other_than_the_studys_is_refused_before_anything_is_encrypted(join_mesh: JoinMesh, small_study: Study) -> None:
+    """Encryption and intersection servers refuse a key of another size than the study's (FAILED_PRECONDITION)."""
+    spec = common_pb2.StudySpec()
+    spec.CopyFrom(small_study.spec)
+    spec.paillier_bits = 2048  # the study's keys; the key offered is a 1024-bit one
+    run_id = "key-size"
+    key = generate_keypair(BITS).public
+    peer = join_mesh.gateway("hospital", "encryption").PrepareEncryption(
+        join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["hospital"])), timeout=30)
+    join_mesh.gateway("insurer", "encryption").PrepareEncryption(
+        join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["insurer"])), timeout=30)
+    request = join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=common_pb2.PaillierPublicKey(n=key.to_bytes(), key_id=key.key_id))
+    replies: list[join_pb2.RunEncryptionResponse] = []
+    with pytest.raises(grpc.RpcError) as err:
+        for reply in join_mesh.gateway("insurer", "encryption").RunEncryption(request, timeout=30):
+            replies.append(reply)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "hashing/encryption: the Paillier key has 1024 bits; the study's keys have 2048"
+    assert replies == []  # not even the randomness pool was started
+    # The helper refuses an upload under such a key at its header.
+    join_mesh.gateway("helper", "intersection").OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=spec), timeout=10)
+    columns = codec.column_names(owner_columns(spec, "insurer"))
+    layout = SlotLayout.for_columns(len(columns), BITS)
+    header = join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=1, layout=codec.layout_to_proto(layout), columns=columns, key=codec.public_key_to_proto(key)))
+    with pytest.raises(grpc.RpcError) as err:
+        join_mesh.stub(("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub).UploadRows(iter([header]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "intersection: the Paillier key has 1024 bits; the study's keys have 2048"
+
+
+def test_paillier_key_below_2048_bits_is_refused_by_a_deployed_config(loop_thread: LoopThread, tmp_path: Path) -> None:
+    """Outside a test mesh (min_paillier_bits left at 2048) no server makes or takes a 1024-bit key."""
+    config = load_config(local_mesh_for(tmp_path)["insurer"], env={})
+    assert config.min_paillier_bits == 2048
+    server = loop_thread.run(_started(resharing_server.build_server(config)))
+    try:
+        address = config.self_endpoint.address("resharing")
+        with MeshCredentials(config.pki_dir, "insurer", "gateway").sync_channel("insurer", "resharing", address) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                join_pb2_grpc.ResharingServiceStub(channel).CreateKey(join_pb2.CreateKeyRequest(run_id="small-key", bits=1024), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.details() == "resharing: this server creates no Paillier key below 2048 bits"
+    finally:
+        loop_thread.run(server.stop(0))
+
+
+async def _started(building: Any) -> MeshServer:
+    server = await building
+    await server.start()
+    return server
+
+
+def test_the_helper_refuses_an_upload_above_its_configured_row_cap(join_mesh: JoinMesh, small_study: Study) -> None:
+    """max_upload_rows (config) bounds what one owner may make the helper hold; the header is refused before any row."""
+    cap = load_config(join_mesh.configs["helper"], env={}).max_upload_rows
+    assert cap == 500_000  # the default (services/mesh/config.py explains the memory bound)
+    run_id = "row-cap"
+    join_mesh.gateway("helper", "intersection").OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=small_study.spec), timeout=10)
+    key = generate_keypair(BITS).public
+    columns = codec.column_names(owner_columns(small_study.spec, "insurer"))
+    layout = SlotLayout.for_columns(len(columns), BITS)
+    header = join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=cap + 1, layout=codec.layout_to_proto(layout), columns=columns, key=codec.public_key_to_proto(key)))
+    with pytest.raises(grpc.RpcError) as err:
+        join_mesh.stub(("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub).UploadRows(iter([header]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == f"intersection: an upload may hold at most {cap} rows"

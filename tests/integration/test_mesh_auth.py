@@ -12,8 +12,8 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.server import build_server
 from services.mesh.config import load_config
-from services.tools.pki import issue_with_existing_ca, make_leaf, write_leaf, OrgPaths
 from services.mesh.identity import Identity
+from services.tools.pki import OrgPaths, issue_with_existing_ca, make_leaf, write_leaf
 from tests.conftest import start_in_process, stop_in_process
 
 
@@ -24,7 +24,9 @@ def gateways(loop_thread, mesh_configs):
     stop_in_process(loop_thread, servers)
 
 
-def stub_as(config, pki_dir: Path, org: str, service: str, target_org: str | None = None) -> gateway_pb2_grpc.GatewayServiceStub:
+def stub_as(
+    config, pki_dir: Path, org: str, service: str, target_org: str | None = None
+) -> gateway_pb2_grpc.GatewayServiceStub:
     """A stub to config's gateway presenting <pki_dir>/<org>/<service> credentials."""
     target = target_org or config.org
     root = OrgPaths(Path(config.pki_dir) / target)
@@ -33,7 +35,11 @@ def stub_as(config, pki_dir: Path, org: str, service: str, target_org: str | Non
         private_key=(Path(pki_dir) / org / f"{service}.key").read_bytes(),
         certificate_chain=(Path(pki_dir) / org / f"{service}.pem").read_bytes(),
     )
-    channel = grpc.secure_channel(config.self_endpoint.address("gateway"), creds, options=[("grpc.ssl_target_name_override", f"gateway.{target}.riskmesh")])
+    channel = grpc.secure_channel(
+        config.self_endpoint.address("gateway"),
+        creds,
+        options=[("grpc.ssl_target_name_override", f"gateway.{target}.riskmesh")],
+    )
     return gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
@@ -50,7 +56,10 @@ def test_cross_org_handshake_reaches_both_peers(gateways):
     with GatewayClient.from_pki(insurer.self_endpoint.address("gateway"), "insurer", insurer.pki_dir) as gw:
         reply = gw.check_peers()
     assert {p.org: p.reachable for p in reply.peers} == {"hospital": True, "helper": True}
-    assert {p.org: p.role for p in reply.peers} == {"hospital": common_pb2.ROLE_DATA_OWNER, "helper": common_pb2.ROLE_HELPER}
+    assert {p.org: p.role for p in reply.peers} == {
+        "hospital": common_pb2.ROLE_DATA_OWNER,
+        "helper": common_pb2.ROLE_HELPER,
+    }
 
 
 def test_peer_gateway_may_get_info(gateways):
@@ -61,8 +70,14 @@ def test_peer_gateway_may_get_info(gateways):
 
 def test_unauthenticated_without_client_certificate(gateways):
     insurer = gateways["insurer"]
-    creds = grpc.ssl_channel_credentials(root_certificates=OrgPaths(Path(insurer.pki_dir) / "insurer").ca_cert().read_bytes())
-    channel = grpc.secure_channel(insurer.self_endpoint.address("gateway"), creds, options=[("grpc.ssl_target_name_override", "gateway.insurer.riskmesh")])
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=OrgPaths(Path(insurer.pki_dir) / "insurer").ca_cert().read_bytes()
+    )
+    channel = grpc.secure_channel(
+        insurer.self_endpoint.address("gateway"),
+        creds,
+        options=[("grpc.ssl_target_name_override", "gateway.insurer.riskmesh")],
+    )
     with pytest.raises(grpc.RpcError) as err:
         gateway_pb2_grpc.GatewayServiceStub(channel).GetInfo(gateway_pb2.GetInfoRequest(), timeout=5)
     # The TLS handshake itself refuses a client without a certificate; gRPC reports it as UNAVAILABLE.
@@ -81,7 +96,9 @@ def test_unauthenticated_when_cert_claims_another_orgs_identity(gateways, tmp_pa
     cert, key = make_leaf(Identity("insurer", "client"), ca_cert, ca_key)
     write_leaf(OrgPaths(tmp_path / "forged"), "client", cert, key)
     with pytest.raises(grpc.RpcError) as err:
-        stub_as(insurer, tmp_path, "forged", "client", target_org="insurer").GetInfo(gateway_pb2.GetInfoRequest(), timeout=5)
+        stub_as(insurer, tmp_path, "forged", "client", target_org="insurer").GetInfo(
+            gateway_pb2.GetInfoRequest(), timeout=5
+        )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -94,8 +111,15 @@ def test_unknown_ca_refused(gateways, untrusted_pki):
 
 def test_expired_certificate_refused(gateways, tmp_path):
     insurer = gateways["insurer"]
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
-    issue_with_existing_ca(Path(insurer.pki_dir), "insurer", "client", tmp_path / "insurer", not_before=past - dt.timedelta(days=1), not_after=past)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    issue_with_existing_ca(
+        Path(insurer.pki_dir),
+        "insurer",
+        "client",
+        tmp_path / "insurer",
+        not_before=past - dt.timedelta(days=1),
+        not_after=past,
+    )
     with pytest.raises(grpc.RpcError) as err:
         stub_as(insurer, tmp_path, "insurer", "client").GetInfo(gateway_pb2.GetInfoRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -127,7 +151,9 @@ def test_health_served_on_plaintext_port(gateways):
 
     insurer = gateways["insurer"]
     with grpc.insecure_channel(f"127.0.0.1:{insurer.health_port('gateway')}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="riskmesh.v1.GatewayService"), timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="riskmesh.v1.GatewayService"), timeout=5
+        )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -25,6 +26,13 @@ K8S = REPO / "k8s"
 BASE_PORT = 7100  # every org uses the same base port in Kubernetes (k8s/README.md)
 
 OVERLAYS = {"insurer": "data_owner", "hospital": "data_owner", "helper": "helper"}
+
+# The web console (services/console, k8s/base/console.yaml): every org runs one. It serves
+# HTTP to the org's ingress controller only and answers probes on a port of its own.
+CONSOLE = "console"
+CONSOLE_HTTP_PORT = 8080
+CONSOLE_HEALTH_PORT = 8090
+INGRESS_NAMESPACE = "ingress-nginx"
 
 # The documented example address range of each org (TEST-NET-1/2/3, RFC 5737).
 EXAMPLE_RANGES = {"insurer": "192.0.2.0/24", "hospital": "198.51.100.0/24", "helper": "203.0.113.0/24"}
@@ -41,6 +49,7 @@ IN_ORG_PATHS = [
     ("gateway", "lasso"),
     ("lasso", "resharing"),
     ("intersection", "resharing"),
+    ("console", "gateway"),
 ]
 # The only cross-org paths (docs/design.md, Security): caller server -> callee server.
 CROSS_ORG_PATHS = [
@@ -50,6 +59,12 @@ CROSS_ORG_PATHS = [
     ("lasso", "lasso"),
 ]
 CLIENT_LABELS = {"riskmesh.io/client": "true"}
+OTLP_NAMESPACE, OTLP_PORT = "observability", 4317  # where each org's collector listens (k8s/README.md)
+
+
+def deployed(role: str) -> tuple[str, ...]:
+    """The Deployments of an org with this role: its servers and the console."""
+    return (*ROLE_SERVERS[role], CONSOLE)
 
 
 def mtls_port(server: str) -> int:
@@ -103,6 +118,7 @@ def in_test_net(address: str) -> bool:
 
 
 # --- NetworkPolicy model ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pod:
@@ -206,7 +222,7 @@ def model(docs: list[dict[str, Any]]) -> PolicyModel:
 def expected_model(org: str) -> PolicyModel:
     """The edges docs/design.md allows for `org`, with the example peer ranges."""
     servers = {o: set(ROLE_SERVERS[role]) for o, role in OVERLAYS.items()}
-    here = servers[org] | {"client"}
+    here = servers[org] | {"client", CONSOLE}
     m = PolicyModel(set(), set(), set(here), set(here))
     for src, dst in IN_ORG_PATHS:
         if src in here and dst in here:
@@ -222,9 +238,14 @@ def expected_model(org: str) -> PolicyModel:
                 m.egress.add((("pod", src), ("cidr", EXAMPLE_RANGES[other]), mtls_port(dst), "TCP"))
     for server in servers[org]:  # kubelet probes, from the node
         m.ingress.add((("any",), ("pod", server), health_port(server), "TCP"))
+    m.ingress.add((("any",), ("pod", CONSOLE), CONSOLE_HEALTH_PORT, "TCP"))
+    # People reach the console through the org's ingress controller (SSO) only.
+    m.ingress.add((("ns", INGRESS_NAMESPACE), ("pod", CONSOLE), CONSOLE_HTTP_PORT, "TCP"))
     for pod in here:  # name resolution
         for proto in ("UDP", "TCP"):
             m.egress.add((("pod", pod), ("ns", "kube-system"), 53, proto))
+    for server in servers[org]:  # traces and metrics to the org's own OpenTelemetry Collector
+        m.egress.add((("pod", server), ("ns", OTLP_NAMESPACE), OTLP_PORT, "TCP"))
     return m
 
 

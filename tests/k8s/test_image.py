@@ -1,10 +1,11 @@
 """The image (Dockerfile, .dockerignore) and the entry points the manifests name.
 
-No container runtime exists here, so the image is never built: these tests check that
-every command the Dockerfile and the Deployments name is a console script of
-pyproject.toml pointing at the server module the launcher runs, that the build
-context keeps keys and local state out, and that a gateway started the way its pod
-starts it (its command, environment, config and certificate layout) comes up.
+The image itself is built and run by tests/containers; these tests check, without a
+container runtime, that every command the Dockerfile and the Deployments name is a
+console script of pyproject.toml pointing at the server module the launcher runs, that
+the image installs the hashed runtime lock only, that the build context keeps keys and
+local state out, and that a gateway started the way its pod starts it (its command,
+environment, config and certificate layout) comes up.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import pytest
 import yaml
 
 from riskmesh.client import GatewayClient
-from services.tools.launcher import SERVER_MODULES, find_free_base_ports, wait_healthy
-from services.tools.pki import export_k8s, init_pki
-from tests.k8s.manifests import BASE_PORT, OVERLAYS, REPO, component, containers, of_kind, render
+from services.tools.launcher import reserve_port, server_module, wait_healthy
+from services.tools.pki import ca_fingerprints, export_k8s, init_pki
+from tests.k8s.manifests import OVERLAYS, REPO, component, containers, of_kind, render
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -33,7 +34,9 @@ SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
+    )
     return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*([A-Za-z]+)\s+(.*)$", text, re.M)]
 
 
@@ -42,6 +45,7 @@ def exec_form(args: str) -> list[str]:
 
 
 # --- entry points --------------------------------------------------------------------
+
 
 def manifest_commands() -> list[tuple[str, list[str]]]:
     out = []
@@ -57,7 +61,7 @@ def test_every_deployment_runs_its_own_server_console_script():
         assert command == [f"riskmesh-{server}"], (server, command)
         assert command[0] in SCRIPTS, f"{command[0]} is not a console script in pyproject.toml"
         # pyproject, the manifests and the local launcher agree on the module of each server.
-        assert SCRIPTS[command[0]] == f"{SERVER_MODULES[server]}:main"
+        assert SCRIPTS[command[0]] == f"{server_module(server)}:main"
 
 
 def test_every_command_in_the_dockerfile_is_a_console_script():
@@ -83,14 +87,18 @@ def test_console_script_modules_import_where_they_exist():
 
 # --- Dockerfile ----------------------------------------------------------------------------
 
+
 def test_dockerfile_multi_stage_slim_locked_non_root():
     instructions = dockerfile_instructions()
     froms = [args for instr, args in instructions if instr == "FROM"]
     assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
     base = re.search(r"ARG PYTHON_IMAGE=(\S+)", DOCKERFILE)
-    assert base and re.fullmatch(r"python:3\.11-slim(-\w+)?", base.group(1))
+    assert base and re.fullmatch(
+        r"(docker\.io/library/)?python:3\.11-slim(-\w+)?@sha256:[0-9a-f]{64}", base.group(1)
+    ), "base pinned by digest"
     runs = " ".join(args for instr, args in instructions if instr == "RUN")
-    assert "pip install --no-deps -r requirements.lock" in runs
+    assert "install --no-deps --require-hashes --only-binary=:all: -r requirements.lock" in runs
+    assert "requirements-dev.lock" not in DOCKERFILE, "the image installs the runtime set only"
     assert "useradd" in runs and "--uid 10001" in runs
     users = [args for instr, args in instructions if instr == "USER"]
     assert users and users[-1].split(":")[0] == "10001", "the runtime stage runs as uid 10001"
@@ -100,6 +108,53 @@ def test_dockerfile_multi_stage_slim_locked_non_root():
             for src in exec_form(args)[:-1]:
                 assert not re.search(r"\.(pem|key|crt)$|\.riskmesh|k8s-secrets|\.venv", src), src
                 assert (REPO / src).exists(), f"COPY {src}: no such path"
+
+
+# --- lock files ------------------------------------------------------------------------
+
+DEV_ONLY = {
+    "pytest",
+    "pytest-timeout",
+    "hypothesis",
+    "scikit-learn",
+    "scipy",
+    "matplotlib",
+    "grpcio-tools",
+    "buf-bin",
+    "kubernetes-validate",
+    "mypy-protobuf",
+    "psutil",
+    "uv",
+}
+
+
+def locked(name: str) -> dict[str, tuple[str, int]]:
+    """{package: (version, number of hashes)} of a lock file written by `make lock`."""
+    text = (REPO / name).read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)((?:\s+\\\n\s+--hash=sha256:[0-9a-f]{64})*)", text, re.M)
+    return {pkg.lower(): (version, ext.count("--hash=sha256:")) for pkg, version, ext in entries}
+
+
+def test_runtime_lock_holds_no_dev_tools_and_every_pin_has_hashes():
+    runtime, dev, build = (
+        locked("requirements.lock"),
+        locked("requirements-dev.lock"),
+        locked("requirements-build.lock"),
+    )
+    assert {"grpcio", "numpy", "mpyc", "cryptography", "opentelemetry-sdk"} <= set(runtime)
+    assert not DEV_ONLY & set(runtime), f"dev tools in the runtime lock: {sorted(DEV_ONLY & set(runtime))}"
+    assert DEV_ONLY - {"scipy"} <= set(dev)
+    assert {"pip", "setuptools", "wheel"} <= set(build)
+    for name, lock in (
+        ("requirements.lock", runtime),
+        ("requirements-dev.lock", dev),
+        ("requirements-build.lock", build),
+    ):
+        assert all(hashes for _, hashes in lock.values()), f"{name}: a pin without --hash"
+        assert len(lock) == (REPO / name).read_text().count("=="), f"{name}: an entry this parser missed"
+    # Developers test exactly the versions the image ships.
+    for pkg, (version, _) in runtime.items():
+        assert dev[pkg][0] == version, f"{pkg}: {version} in the image, {dev[pkg][0]} in the dev venv"
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -113,7 +168,15 @@ def dockerignore_excludes(path: str) -> bool:
         negate = line.startswith("!")
         pattern = line.lstrip("!").strip("/")
         regex = "".join(
-            "(.*/)?" if tok == "**/" else ".*" if tok == "**" else "[^/]*" if tok == "*" else "[^/]" if tok == "?" else re.escape(tok)
+            "(.*/)?"
+            if tok == "**/"
+            else ".*"
+            if tok == "**"
+            else "[^/]*"
+            if tok == "*"
+            else "[^/]"
+            if tok == "?"
+            else re.escape(tok)
             for tok in re.findall(r"\*\*/|\*\*|\*|\?|[^*?]+", pattern)
         )
         parts = path.split("/")
@@ -139,18 +202,22 @@ def test_dockerignore_keeps_keys_state_and_venv_out_of_the_build_context():
         "k8s/base/kustomization.yaml",
     ]:
         assert dockerignore_excludes(path), f"{path} would enter the image build context"
-    tracked = subprocess.run(["git", "ls-files", "riskmesh", "services"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for path in ["requirements.lock", "pyproject.toml", "README.md", *tracked]:
+    tracked = subprocess.run(
+        ["git", "ls-files", "riskmesh", "services"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for path in ["requirements.lock", "requirements-build.lock", "pyproject.toml", "README.md", *tracked]:
         if not path.endswith((".pem", ".key")):
             assert not dockerignore_excludes(path), f"{path} is needed by the build but ignored"
 
 
 # --- a gateway started the way its pod starts it ------------------------------------------
 
+
 def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_path):
     """Materialise the insurer gateway pod's files under a temporary root (ConfigMap,
     Secret items as exported by `riskmesh pki export-k8s`), run its command with its
-    environment re-rooted there (and loopback ports, free ones), and wait for SERVING."""
+    environment re-rooted there (and loopback ports, reserved by this test
+    in a [ports] table), and wait for SERVING."""
     org = "insurer"
     docs = render(f"overlays/{org}")
     (dep,) = [d for d in of_kind(docs, "Deployment") if component(d) == "gateway"]
@@ -159,8 +226,11 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     pki = tmp_path / "pki"
     init_pki(pki, tuple(OVERLAYS))
-    secrets = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text()) for p in export_k8s(pki, org, tmp_path / "secrets")}
-    (base_port,) = find_free_base_ports(1)
+    secrets = {
+        yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+        for p in export_k8s(pki, org, tmp_path / "secrets")
+    }
+    ports = {"mtls": reserve_port(), "health": reserve_port()}
     root = tmp_path / "pod"
     for mount in container["volumeMounts"]:
         where = root / mount["mountPath"].lstrip("/")
@@ -169,7 +239,13 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
         if "configMap" in source:
             for item in source["configMap"]["items"]:
                 text = cm["data"][item["key"]]
-                (where / item["path"]).write_text(text.replace("base_port = 7100", f"base_port = {base_port}"))
+                for name, fingerprint in ca_fingerprints(
+                    pki, tuple(OVERLAYS)
+                ).items():  # the operator fills in the pins
+                    text = text.replace(f"FILL-IN-{name}-ca-sha256", fingerprint)
+                (where / item["path"]).write_text(
+                    f"{text}\n[ports]\ngateway = {{ mtls = {ports['mtls']}, health = {ports['health']} }}\n"
+                )
         elif "secret" in source:
             data = secrets[source["secret"]["secretName"]]["data"]
             for item in source["secret"]["items"]:
@@ -182,9 +258,14 @@ def test_gateway_starts_with_its_pods_command_env_config_and_certificates(tmp_pa
     assert script.exists(), f"{script}: console script not installed in this venv"
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(script), *container.get("args", [])], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [str(script), *container.get("args", [])],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     try:
-        ports = {p["name"]: p["containerPort"] - BASE_PORT + base_port for p in container["ports"]}
         wait_healthy(f"127.0.0.1:{ports['health']}", timeout=30)
         assert proc.poll() is None
         # The org's own client (k8s/README.md: a pod mounting riskmesh-client-tls as

@@ -14,10 +14,14 @@ import pytest
 import yaml
 
 from services.mesh.config import ROLE_SERVERS, parse_config
-from services.tools.pki import export_k8s, init_pki
+from services.mesh.pki_layout import TrustError
 from services.mesh.tls import MeshCredentials
+from services.tools.pki import ca_fingerprints, export_k8s, init_pki
 from tests.k8s.manifests import (
     BASE_PORT,
+    CONSOLE,
+    CONSOLE_HEALTH_PORT,
+    CONSOLE_HTTP_PORT,
     EXAMPLE_RANGES,
     K8S,
     OVERLAYS,
@@ -28,6 +32,7 @@ from tests.k8s.manifests import (
     containers,
     cross_org_callees,
     cross_org_callers,
+    deployed,
     expected_model,
     health_port,
     in_test_net,
@@ -54,6 +59,7 @@ def namespace_of(org: str) -> str:
 
 # --- rendering and schema validation --------------------------------------------------
 
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_kustomization_renders(target):
     assert render(target), f"k8s/{target} rendered nothing"
@@ -67,7 +73,10 @@ def test_rendered_objects_validate_strictly(version, tmp_path):
         path.write_text(render_text(target))
         files.append(str(path))
     done = subprocess.run(
-        [str(KUBERNETES_VALIDATE), "--strict", "--quiet", "-k", version, *files], capture_output=True, text=True, timeout=120
+        [str(KUBERNETES_VALIDATE), "--strict", "--quiet", "-k", version, *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -81,11 +90,12 @@ def test_overlay_has_no_placeholder_left(org):
 
 # --- servers per role ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("org,role", OVERLAYS.items())
 def test_one_deployment_per_server_of_the_role(org, role):
     docs = render(f"overlays/{org}")
     deployments = of_kind(docs, "Deployment")
-    assert sorted(component(d) for d in deployments) == sorted(ROLE_SERVERS[role])
+    assert sorted(component(d) for d in deployments) == sorted(deployed(role))
     for dep in deployments:
         assert dep["metadata"]["name"] == f"riskmesh-{component(dep)}"
         assert dep["spec"]["replicas"] == 1
@@ -97,22 +107,35 @@ def test_helper_has_no_encryption_and_no_data_volume():
     assert "riskmesh-encryption" not in by_name(docs, "Deployment")
     assert "riskmesh-data" not in by_name(docs, "PersistentVolumeClaim")
     for dep in of_kind(docs, "Deployment"):
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in dep["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in dep["spec"]["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        }
         assert "riskmesh-data" not in claims
 
 
 @pytest.mark.parametrize("org,role", OVERLAYS.items())
 def test_volumes_state_on_claims_data_read_only_in_encryption_only(org, role):
     docs = render(f"overlays/{org}")
-    expected_claims = {"riskmesh-gateway-state", "riskmesh-resharing-state"} | ({"riskmesh-data"} if role == "data_owner" else set())
+    expected_claims = {"riskmesh-gateway-state", "riskmesh-resharing-state"} | (
+        {"riskmesh-data"} if role == "data_owner" else set()
+    )
     assert set(by_name(docs, "PersistentVolumeClaim")) == expected_claims
     for dep in of_kind(docs, "Deployment"):
         server = component(dep)
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         (container,) = containers(dep)
         mounts = {m["name"]: m for m in container["volumeMounts"]}
-        claims = {v["persistentVolumeClaim"]["claimName"]: name for name, v in volumes.items() if "persistentVolumeClaim" in v}
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]: name for name, v in volumes.items() if "persistentVolumeClaim" in v
+        }
         # The gateway's SQLite and the resharing store survive restarts; the rest keep nothing.
+        if server == CONSOLE:  # keeps nothing: sessions live in the process
+            assert claims == {} and {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} == {
+                "/tmp"
+            }
+            continue
         if server in ("gateway", "resharing"):
             assert f"riskmesh-{server}-state" in claims
         if server == "encryption":
@@ -128,6 +151,7 @@ def test_volumes_state_on_claims_data_read_only_in_encryption_only(org, role):
 
 
 # --- hardening, probes, resources --------------------------------------------------------
+
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_container_is_hardened_probed_and_sized(target):
@@ -151,6 +175,12 @@ def test_every_container_is_hardened_probed_and_sized(target):
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
             assert "memory" in c["resources"]["limits"], where
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            if server == CONSOLE:
+                # HTTP for the ingress; probes on a port that answers GET /healthz only.
+                assert ports == {"http": CONSOLE_HTTP_PORT, "health": CONSOLE_HEALTH_PORT}, where
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    assert c[probe]["httpGet"] == {"path": "/healthz", "port": CONSOLE_HEALTH_PORT}, f"{where}: {probe}"
+                continue
             assert ports == {"mtls": mtls_port(server), "health": health_port(server)}, where
             # Native gRPC probes on the plaintext health port (probes have no client cert).
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -169,6 +199,7 @@ def test_service_account_mounts_no_token(org):
 
 # --- Services ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("org", OVERLAYS)
 def test_services_cluster_ip_per_server_and_load_balancer_per_cross_org_callee(org):
     docs = render(f"overlays/{org}")
@@ -177,20 +208,30 @@ def test_services_cluster_ip_per_server_and_load_balancer_per_cross_org_callee(o
     for server in servers:
         svc = services[f"riskmesh-{server}"]
         assert svc["spec"]["type"] == "ClusterIP"
-        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"mtls": mtls_port(server), "health": health_port(server)}
+        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
+            "mtls": mtls_port(server),
+            "health": health_port(server),
+        }
         assert svc["spec"]["selector"]["app.kubernetes.io/component"] == server
+    console = services[f"riskmesh-{CONSOLE}"]["spec"]
+    assert console["type"] == "ClusterIP" and [(p["name"], p["port"]) for p in console["ports"]] == [
+        ("http", CONSOLE_HTTP_PORT)
+    ]
     callers = cross_org_callers(org)
     public = {n: s for n, s in services.items() if s["spec"]["type"] == "LoadBalancer"}
     assert set(public) == {f"riskmesh-{server}-public" for server in callers}
     for server, orgs in callers.items():
         spec = public[f"riskmesh-{server}-public"]["spec"]
         # L4 pass-through of the mTLS port only; the peers' source addresses are kept.
-        assert [(p["port"], p["targetPort"], p["protocol"]) for p in spec["ports"]] == [(mtls_port(server), "mtls", "TCP")]
+        assert [(p["port"], p["targetPort"], p["protocol"]) for p in spec["ports"]] == [
+            (mtls_port(server), "mtls", "TCP")
+        ]
         assert spec["externalTrafficPolicy"] == "Local"
         assert set(spec["loadBalancerSourceRanges"]) == {EXAMPLE_RANGES[o] for o in orgs}
 
 
 # --- NetworkPolicies: exactly the paths of docs/design.md -----------------------------------
+
 
 @pytest.mark.parametrize("org", OVERLAYS)
 def test_network_policies_deny_all_then_admit_exactly_the_design_paths(org):
@@ -210,7 +251,11 @@ def test_network_policies_deny_all_then_admit_exactly_the_design_paths(org):
 def test_the_model_catches_an_extra_edge():
     """Guard for the test above: an allow-all policy must show up as extra edges."""
     docs = render("overlays/insurer")
-    leak = {"kind": "NetworkPolicy", "metadata": {"name": "leak"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}}
+    leak = {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "leak"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+    }
     got = model([*docs, leak])
     assert got.egress - expected_model("insurer").egress
 
@@ -236,6 +281,7 @@ def test_every_address_is_documentation_only(org):
 
 # --- the org config and the certificate mounts --------------------------------------------
 
+
 def overlay_config(org: str, docs: list[dict]) -> tuple[dict, str]:
     (cm,) = of_kind(docs, "ConfigMap")
     assert cm["metadata"]["name"].startswith("riskmesh-config-")  # generated: a change rolls the pods
@@ -258,7 +304,7 @@ def test_config_map_is_the_orgs_config_and_agrees_with_the_manifests(org, role):
         config = parse_config(tomllib.loads(text), env, Path("/"))
         assert (config.org, config.role, config.base_port) == (org, role, BASE_PORT)
         assert config.bind_host == "0.0.0.0"
-        assert component(dep) in config.servers
+        assert component(dep) in (*config.servers, CONSOLE)
         # The config file is where the Deployment says, from this ConfigMap.
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         mount = next(m for m in container["volumeMounts"] if env["RISKMESH_CONFIG"].startswith(m["mountPath"] + "/"))
@@ -314,8 +360,27 @@ def test_secrets_from_export_k8s_mount_where_the_servers_read_them(org, dev_pki,
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(base64.b64decode(data[item["key"]]))
         pki_dir = root / env_of(container)["RISKMESH_PKI_DIR"].lstrip("/")
-        credentials = MeshCredentials(pki_dir, org, server)
+        credentials = MeshCredentials(pki_dir, org, server, ca_fingerprints(dev_pki, tuple(OVERLAYS)))
         assert credentials.org_cas.keys() == set(OVERLAYS)
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_overlay_config_pins_every_orgs_ca_and_refuses_to_start_until_filled_in(
+    org, dev_pki
+):  # and keeps reflection off
+    """Each org fills in the three CA fingerprints it was sent; unfilled, no server starts."""
+    docs = render(f"overlays/{org}")
+    _, text = overlay_config(org, docs)
+    config = parse_config(tomllib.loads(text), {"RISKMESH_PKI_DIR": str(dev_pki)}, Path("/"))
+    assert config.ca_pins == {name: f"FILL-IN-{name}-ca-sha256" for name in OVERLAYS}
+    assert config.reflection is False and config.min_paillier_bits == 2048  # deployed: no reflection, no small keys
+    with pytest.raises(TrustError, match="is not a SHA-256 fingerprint"):
+        MeshCredentials.for_config(config, "gateway")
+    filled = text
+    for name, fingerprint in ca_fingerprints(dev_pki, tuple(OVERLAYS)).items():
+        filled = filled.replace(f"FILL-IN-{name}-ca-sha256", fingerprint)
+    config = parse_config(tomllib.loads(filled), {"RISKMESH_PKI_DIR": str(dev_pki)}, Path("/"))
+    assert MeshCredentials.for_config(config, "gateway").org_cas.keys() == set(OVERLAYS)
 
 
 def test_no_secret_or_key_material_in_the_manifests():
@@ -328,4 +393,6 @@ def test_no_secret_or_key_material_in_the_manifests():
             text = path.read_text()
             assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text, path
             if path.suffix in (".yaml", ".yml"):
-                assert all(doc.get("kind") != "Secret" for doc in yaml.safe_load_all(text) if isinstance(doc, dict)), path
+                assert all(doc.get("kind") != "Secret" for doc in yaml.safe_load_all(text) if isinstance(doc, dict)), (
+                    path
+                )

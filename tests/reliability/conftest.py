@@ -4,15 +4,29 @@ modules (suite_*.py, run by `make reliability`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.reliability.plugin import ledger, pytest_configure, pytest_runtest_makereport, pytest_runtest_protocol, pytest_sessionfinish, pytest_terminal_summary
 from tests.reliability.harness import KnownData, Mesh, known_data
+from tests.reliability.plugin import (
+    ledger,
+    pytest_configure,
+    pytest_runtest_makereport,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
-__all__ = ["ledger", "pytest_configure", "pytest_runtest_makereport", "pytest_runtest_protocol", "pytest_sessionfinish", "pytest_terminal_summary"]
+__all__ = [
+    "ledger",
+    "pytest_configure",
+    "pytest_runtest_makereport",
+    "pytest_runtest_protocol",
+    "pytest_sessionfinish",
+    "pytest_terminal_summary",
+]
 
 RECORDS = 200  # rows per owner; half of them join
 

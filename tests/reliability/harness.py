@@ -18,35 +18,52 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import grpc
 import numpy as np
 import psutil
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, join_pb2, join_pb2_grpc, lasso_pb2
+from services.gateway.audit import audit_path
+from services.mesh.config import OrgConfig, load_config
+from services.mesh.tls import MeshCredentials
+from services.reliability.leaks import PatientId
 from services.testkit.plain_reference import lasso_reference
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import OwnerTable, StudyData, make_study_data, reference_join
-from services.mesh.config import OrgConfig, load_config
 from services.tools.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for, wait_healthy
-from services.mesh.tls import MeshCredentials
-from services.reliability.leaks import PatientId
 from tests.reliability.instrument import RECORD_DIR_ENV, RECORDING_FLAG, TAG_KEYS_FILE
 
 ORGS = ("insurer", "hospital", "helper")
 OWNERS = ("insurer", "hospital")
 ALPHA = 0.05
+MAX_RUNS = 200  # runs of one study the suites may make (the default run policy allows 10)
 CALL_S = 30.0
-PHASE_ORDER = [common_pb2.PHASE_SETUP, common_pb2.PHASE_HASHING_ENCRYPTION, common_pb2.PHASE_INTERSECTION, common_pb2.PHASE_RESHARING,
-               common_pb2.PHASE_INPUT, common_pb2.PHASE_GRAM, common_pb2.PHASE_ITERATIONS, common_pb2.PHASE_REVEAL]
+PHASE_ORDER = [
+    common_pb2.PHASE_SETUP,
+    common_pb2.PHASE_HASHING_ENCRYPTION,
+    common_pb2.PHASE_INTERSECTION,
+    common_pb2.PHASE_RESHARING,
+    common_pb2.PHASE_INPUT,
+    common_pb2.PHASE_GRAM,
+    common_pb2.PHASE_ITERATIONS,
+    common_pb2.PHASE_REVEAL,
+]
 # Statuses that reject a request cleanly (anything else, INTERNAL and UNKNOWN above all, is a failure).
-CLEAN_REJECTIONS = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
-})
+CLEAN_REJECTIONS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 TRACEBACK_MARKERS = ("Traceback", "Unexpected <class", "Exception calling application", 'File "')
 
 
@@ -63,7 +80,9 @@ def phase_rank(phase: int) -> int:
 
 def _non_hex(code: str) -> str:
     """Postal letters moved to G–Z (case kept), so no hex digest can contain a postal code."""
-    return "".join(chr(ord("a" if c.islower() else "A") + 6 + (ord(c.upper()) - 65) % 20) if c.isalpha() else c for c in code)
+    return "".join(
+        chr(ord("a" if c.islower() else "A") + 6 + (ord(c.upper()) - 65) % 20) if c.isalpha() else c for c in code
+    )
 
 
 def _distinctive(table: OwnerTable) -> OwnerTable:
@@ -94,7 +113,9 @@ def known_data(root: Path, records: int, features: int = 6, seed: int = 7) -> Kn
     data = StudyData(_distinctive(raw.insurer), _distinctive(raw.hospital), raw.true_weights)
     root.mkdir(parents=True, exist_ok=True)
     sources = {t.org: t.write_csv(root / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
-    patients = [PatientId(b, p, c) for t in (data.insurer, data.hospital) for (b, p), c in zip(t.ids, t.canonical)]
+    patients = [
+        PatientId(b, p, c) for t in (data.insurer, data.hospital) for (b, p), c in zip(t.ids, t.canonical, strict=False)
+    ]
     cells = [f"{v:.6f}" for t in (data.insurer, data.hospital) for v in t.values.ravel()]
     return KnownData(data, sources, patients, cells)
 
@@ -124,9 +145,11 @@ class OrgState:
 
 def audit_rows(config: OrgConfig, after_seq: int = 0) -> list[tuple[int, str, str, str]]:
     """(seq, actor, action, details JSON) of the org's audit log, read-only from its file."""
-    path = config.state_dir / "audit.sqlite3"
+    path = audit_path(config.state_dir)
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-        return list(db.execute("SELECT seq, actor, action, details FROM audit WHERE seq > ? ORDER BY seq", (after_seq,)))
+        return list(
+            db.execute("SELECT seq, actor, action, details FROM audit WHERE seq > ? ORDER BY seq", (after_seq,))
+        )
 
 
 # --- the mesh ----------------------------------------------------------------------------
@@ -145,11 +168,15 @@ class Mesh:
         return f"Mesh({self.root})"
 
     @classmethod
-    def create(cls, root: Path) -> "Mesh":
+    def create(cls, root: Path) -> Mesh:
         record_dir = root / "records"
         record_dir.mkdir(parents=True, exist_ok=True)
         mesh = cls(root, record_dir)
-        mesh.configs = local_mesh_for(root / "mesh")
+        # The fault suite runs one study dozens of times: a run policy and local ceiling to match;
+        # the suites use fast 1024-bit keys.
+        mesh.configs = local_mesh_for(
+            root / "mesh", policies={org: {"max_runs": MAX_RUNS} for org in ORGS}, min_paillier_bits=1024
+        )
         mesh.orgs = {org: load_config(path, env={}) for org, path in mesh.configs.items()}
         prefix = (sys.executable, "-m", "tests.reliability.instrument", "--")
         placements = {org: OrgPlacement(command_prefix=prefix, env={RECORD_DIR_ENV: str(record_dir)}) for org in ORGS}
@@ -174,10 +201,14 @@ class Mesh:
         key = (*caller, *target)
         if key not in self._channels:
             address = self.orgs[target[0]].self_endpoint.address(target[1])
-            self._channels[key] = MeshCredentials(self.orgs[caller[0]].pki_dir, *caller).sync_channel(target[0], target[1], address)
+            self._channels[key] = MeshCredentials(self.orgs[caller[0]].pki_dir, *caller).sync_channel(
+                target[0], target[1], address
+            )
         return self._channels[key]
 
-    def gateway(self, org: str, as_org: str | None = None, as_service: str = "client") -> gateway_pb2_grpc.GatewayServiceStub:
+    def gateway(
+        self, org: str, as_org: str | None = None, as_service: str = "client"
+    ) -> gateway_pb2_grpc.GatewayServiceStub:
         """The org's gateway, as its own client (default) or as another identity."""
         return gateway_pb2_grpc.GatewayServiceStub(self.channel((as_org or org, as_service), (org, "gateway")))
 
@@ -188,16 +219,39 @@ class Mesh:
 
     def approve(self, spec: common_pb2.StudySpec, sources: dict[str, Path]) -> str:
         gw = {org: self.gateway(org) for org in ORGS}
-        study = gw["insurer"].ProposeStudy(gateway_pb2.ProposeStudyRequest(spec=spec, source_path=str(sources["insurer"])), timeout=CALL_S, wait_for_ready=True).study
-        gw["hospital"].ApproveStudy(gateway_pb2.ApproveStudyRequest(study_id=spec.study_id, spec_digest=study.spec_digest, source_path=str(sources["hospital"])), timeout=CALL_S, wait_for_ready=True)
-        gw["helper"].ApproveStudy(gateway_pb2.ApproveStudyRequest(study_id=spec.study_id, spec_digest=study.spec_digest), timeout=CALL_S, wait_for_ready=True)
+        study = (
+            gw["insurer"]
+            .ProposeStudy(
+                gateway_pb2.ProposeStudyRequest(spec=spec, source_path=str(sources["insurer"])),
+                timeout=CALL_S,
+                wait_for_ready=True,
+            )
+            .study
+        )
+        gw["hospital"].ApproveStudy(
+            gateway_pb2.ApproveStudyRequest(
+                study_id=spec.study_id, spec_digest=study.spec_digest, source_path=str(sources["hospital"])
+            ),
+            timeout=CALL_S,
+            wait_for_ready=True,
+        )
+        gw["helper"].ApproveStudy(
+            gateway_pb2.ApproveStudyRequest(study_id=spec.study_id, spec_digest=study.spec_digest),
+            timeout=CALL_S,
+            wait_for_ready=True,
+        )
         return study.spec_digest
 
     def approve_known(self, known: KnownData, study_id: str) -> str:
-        return self.approve(spec_for(known.data, study_id, alphas=[ALPHA]), known.sources)
+        spec = spec_for(known.data, study_id, alphas=[ALPHA], run_policy=common_pb2.RunPolicy(max_runs=MAX_RUNS))
+        return self.approve(spec, known.sources)
 
     def start_run(self, study_id: str, by: str = "insurer") -> str:
-        return self.gateway(by).StartRun(gateway_pb2.StartRunRequest(study_id=study_id), timeout=CALL_S, wait_for_ready=True).run.run_id
+        return (
+            self.gateway(by)
+            .StartRun(gateway_pb2.StartRunRequest(study_id=study_id), timeout=CALL_S, wait_for_ready=True)
+            .run.run_id
+        )
 
     def run(self, org: str, run_id: str) -> gateway_pb2.Run | None:
         runs = self.gateway(org).ListRuns(gateway_pb2.ListRunsRequest(), timeout=CALL_S, wait_for_ready=True).runs
@@ -211,12 +265,19 @@ class Mesh:
         while waiting:
             for org in list(waiting):
                 run = self.run(org, run_id)
-                if run is not None and run.state in (common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELLED):
+                if run is not None and run.state in (
+                    common_pb2.RUN_STATE_SUCCEEDED,
+                    common_pb2.RUN_STATE_FAILED,
+                    common_pb2.RUN_STATE_CANCELLED,
+                ):
                     final[org] = run
                     waiting.remove(org)
             if waiting and time.monotonic() > deadline:
                 seen = {org: self.run(org, run_id) for org in waiting}
-                where = {org: (common_pb2.RunState.Name(r.state), phase_name(self.phase_at(org, run_id))) if r else "unknown" for org, r in seen.items()}
+                where = {
+                    org: (common_pb2.RunState.Name(r.state), phase_name(self.phase_at(org, run_id))) if r else "unknown"
+                    for org, r in seen.items()
+                }
                 raise AssertionError(f"run {run_id} not ended within {timeout:.0f} s at {where}")
             if waiting:
                 time.sleep(0.1)
@@ -242,13 +303,19 @@ class Mesh:
         final = self.wait_terminal(run_id, [by], timeout)
         if final[by].state != common_pb2.RUN_STATE_SUCCEEDED:
             return final
-        final.update(self.wait_terminal(run_id, [o for o in ORGS if o != by], max(1.0, timeout - (time.monotonic() - started))))
+        final.update(
+            self.wait_terminal(run_id, [o for o in ORGS if o != by], max(1.0, timeout - (time.monotonic() - started)))
+        )
         return final
 
-    def watch_until(self, run_id: str, org: str, predicate: Callable[[common_pb2.Progress], bool], timeout: float) -> tuple[common_pb2.Progress, dict[str, int]]:
+    def watch_until(
+        self, run_id: str, org: str, predicate: Callable[[common_pb2.Progress], bool], timeout: float
+    ) -> tuple[common_pb2.Progress, dict[str, int]]:
         """The first progress event (seen at org's gateway) that satisfies predicate, and
         each org's phase in its last event up to then."""
-        call = self.gateway(org).WatchRun(gateway_pb2.WatchRunRequest(run_id=run_id), timeout=timeout, wait_for_ready=True)
+        call = self.gateway(org).WatchRun(
+            gateway_pb2.WatchRunRequest(run_id=run_id), timeout=timeout, wait_for_ready=True
+        )
         phases: dict[str, int] = {}
         try:
             for reply in call:
@@ -256,8 +323,15 @@ class Mesh:
                     phases[reply.progress.org] = reply.progress.phase
                     if predicate(reply.progress):
                         return reply.progress, phases
-                if reply.run.state in (common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELLED):
-                    raise AssertionError(f"run {run_id} ended ({common_pb2.RunState.Name(reply.run.state)}: {reply.run.error.reason}) before the trigger")
+                if reply.run.state in (
+                    common_pb2.RUN_STATE_SUCCEEDED,
+                    common_pb2.RUN_STATE_FAILED,
+                    common_pb2.RUN_STATE_CANCELLED,
+                ):
+                    raise AssertionError(
+                        f"run {run_id} ended ({common_pb2.RunState.Name(reply.run.state)}: "
+                        f"{reply.run.error.reason}) before the trigger"
+                    )
         finally:
             call.cancel()
         raise AssertionError(f"run {run_id}: the watch ended before the trigger")
@@ -271,7 +345,11 @@ class Mesh:
             self.restart(org, server)
 
     def result(self, org: str, run_id: str) -> lasso_pb2.ModelResult:
-        return self.gateway(org).GetResult(gateway_pb2.GetResultRequest(run_id=run_id), timeout=CALL_S, wait_for_ready=True).result
+        return (
+            self.gateway(org)
+            .GetResult(gateway_pb2.GetResultRequest(run_id=run_id), timeout=CALL_S, wait_for_ready=True)
+            .result
+        )
 
     # Processes -------------------------------------------------------------------------
 
@@ -350,9 +428,15 @@ class Mesh:
             deadline = time.monotonic() + within
             while True:
                 try:
-                    list(self.resharing_as_lasso(org).GetShares(join_pb2.GetSharesRequest(run_id=run_id), timeout=CALL_S, wait_for_ready=True))
+                    list(
+                        self.resharing_as_lasso(org).GetShares(
+                            join_pb2.GetSharesRequest(run_id=run_id), timeout=CALL_S, wait_for_ready=True
+                        )
+                    )
                 except grpc.RpcError as err:
-                    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, f"{org}: {err.code().name}: {err.details()}"
+                    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, (
+                        f"{org}: {err.code().name}: {err.details()}"
+                    )
                     break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{org}'s resharing served shares of the failed run {run_id}")

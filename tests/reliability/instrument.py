@@ -92,7 +92,9 @@ def _install(record_dir: Path, module_name: str, config_path: Path) -> None:
 
     def derive(private_key: Any, peer_public_key: bytes, info: bytes) -> keys.TagKey:
         key = real_derive(private_key, peer_public_key, info)
-        rest = info[len(keys.tag_key_info("", "")) - 4 :]  # info = prefix, then (2-byte length, text) for the study and the run
+        rest = info[
+            len(keys.tag_key_info("", "")) - 4 :
+        ]  # info = prefix, then (2-byte length, text) for the study and the run
         study_id = rest[2 : 2 + int.from_bytes(rest[:2], "big")].decode()
         with (record_dir / TAG_KEYS_FILE).open("a") as f:
             f.write(f"{key.secret.hex()} {study_id}\n")

@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -49,7 +49,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     ledger = item.config.stash[LEDGER_KEY]
     if not any(i.test == item.nodeid and i.category == category and not i.ok for i in ledger.items):
         reason = str(call.excinfo.value) if call.excinfo else report.when
-        ledger.record(category, group, f"{item.name} ({report.when})", False, f"the test failed before its check: {reason}")
+        ledger.record(
+            category, group, f"{item.name} ({report.when})", False, f"the test failed before its check: {reason}"
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

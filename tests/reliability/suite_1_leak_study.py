@@ -30,5 +30,9 @@ def test_leak_study_is_recorded_at_the_helper_and_matches_scikit_learn(mesh: Mes
     assert list(hospital.coefficients) == list(insurer.coefficients)
     assert [study for _, study in mesh.tag_keys()] == [LEAK_STUDY]  # both owners derived this run's key (the same one)
     methods = {m for path in mesh.wire_files() for m, _ in read_wire(path)}
-    assert {"/riskmesh.v1.IntersectionService/UploadRows", "/riskmesh.v1.ResharingService/StoreHelperShares",
-            "/riskmesh.v1.LassoService/Exchange", "/riskmesh.v1.GatewayService/PeerStartRun"} <= methods, methods
+    assert {
+        "/riskmesh.v1.IntersectionService/UploadRows",
+        "/riskmesh.v1.ResharingService/StoreHelperShares",
+        "/riskmesh.v1.LassoService/Exchange",
+        "/riskmesh.v1.GatewayService/PeerStartRun",
+    } <= methods, methods

@@ -45,7 +45,16 @@ import pytest
 
 from riskmesh.v1 import common_pb2, gateway_pb2, join_pb2, join_pb2_grpc
 from services.reliability.ledger import Ledger
-from tests.reliability.harness import ORGS, OWNERS, KnownData, Mesh, OrgState, check_coefficients, phase_name, phase_rank
+from tests.reliability.harness import (
+    ORGS,
+    OWNERS,
+    KnownData,
+    Mesh,
+    OrgState,
+    check_coefficients,
+    phase_name,
+    phase_rank,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +73,11 @@ class Trigger:
     message: str | None = None  # a prefix of the progress message, when the phase alone is too late
 
     def matches(self, progress: common_pb2.Progress) -> bool:
-        return progress.org == self.org and progress.phase == self.phase and (self.message is None or progress.message.startswith(self.message))
+        return (
+            progress.org == self.org
+            and progress.phase == self.phase
+            and (self.message is None or progress.message.startswith(self.message))
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,9 @@ KILLS = [
 ]
 FREEZES = [
     Fault("intersection", "hospital", "gateway", UPLOAD_RECEIVED, freeze=True),  # the peers' watchdog
-    Fault("intersection", "helper", "intersection", UPLOAD_RECEIVED, freeze=True),  # keepalive on the helper gateway's stream
+    Fault(
+        "intersection", "helper", "intersection", UPLOAD_RECEIVED, freeze=True
+    ),  # keepalive on the helper gateway's stream
     Fault("iterations", "helper", "lasso", _iterating("helper"), freeze=True),  # keepalive on the MPC streams
 ]
 
@@ -151,11 +166,19 @@ def _starts_clean(mesh: Mesh, fault: Fault, run_id: str) -> None:
     caller = mesh.channel((fault.org, "gateway"), (fault.org, fault.server))
     if fault.server == "intersection":
         with pytest.raises(grpc.RpcError) as err:
-            list(join_pb2_grpc.IntersectionServiceStub(caller).AwaitIntersection(join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=10))
+            list(
+                join_pb2_grpc.IntersectionServiceStub(caller).AwaitIntersection(
+                    join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=10
+                )
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
     if fault.server == "encryption":
         with pytest.raises(grpc.RpcError) as err:
-            list(join_pb2_grpc.EncryptionServiceStub(caller).RunEncryption(join_pb2.RunEncryptionRequest(run_id=run_id), timeout=10))
+            list(
+                join_pb2_grpc.EncryptionServiceStub(caller).RunEncryption(
+                    join_pb2.RunEncryptionRequest(run_id=run_id), timeout=10
+                )
+            )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
 
 
@@ -189,10 +212,15 @@ def _inject(mesh: Mesh, known: KnownData, baseline: Baseline, fault: Fault) -> s
         mesh.ensure_running(fault.org, fault.server)
     for org, run in finals.items():
         assert run.state == P.RUN_STATE_FAILED, f"{org}: {P.RunState.Name(run.state)}"
-        assert run.error.reason and run.error.org and run.error.phase != P.PHASE_UNSPECIFIED, f"{org}: no phase or reason: {run.error}"
+        assert run.error.reason and run.error.org and run.error.phase != P.PHASE_UNSPECIFIED, (
+            f"{org}: no phase or reason: {run.error}"
+        )
         # The failure is reported in a phase the detecting org had not left before the fault.
         floor = phases.get(run.error.org, P.PHASE_SETUP)
-        assert phase_rank(run.error.phase) >= phase_rank(floor), f"{org}: failed in {phase_name(run.error.phase)} at {run.error.org}, which was in {phase_name(floor)} already"
+        assert phase_rank(run.error.phase) >= phase_rank(floor), (
+            f"{org}: failed in {phase_name(run.error.phase)} at {run.error.org}, "
+            f"which was in {phase_name(floor)} already"
+        )
     mesh.healthy()
     if not fault.freeze:
         _starts_clean(mesh, fault, run_id)
@@ -206,11 +234,15 @@ def _inject(mesh: Mesh, known: KnownData, baseline: Baseline, fault: Fault) -> s
     after = mesh.states()
     for org in ORGS:
         _unchanged(before[org], after[org], {run_id})
-    assert mesh.result("hospital", baseline.control_run).SerializeToString(deterministic=True) == baseline.control_result
+    assert (
+        mesh.result("hospital", baseline.control_run).SerializeToString(deterministic=True) == baseline.control_result
+    )
     mesh.verify_audits()
     # A rerun of the same study succeeds.
     rerun = mesh.run_to_end(FAULT_STUDY)
-    assert all(r.state == P.RUN_STATE_SUCCEEDED for r in rerun.values()), {o: (P.RunState.Name(r.state), r.error.reason) for o, r in rerun.items()}
+    assert all(r.state == P.RUN_STATE_SUCCEEDED for r in rerun.values()), {
+        o: (P.RunState.Name(r.state), r.error.reason) for o, r in rerun.items()
+    }
     check_coefficients(known.data, mesh.result("insurer", rerun["insurer"].run_id))
     reasons = "; ".join(sorted({f"{o}: {phase_name(r.error.phase)} at {r.error.org}" for o, r in finals.items()}))
     left = f"; {orphans} orphaned child processes killed" if orphans else ""
@@ -219,7 +251,14 @@ def _inject(mesh: Mesh, known: KnownData, baseline: Baseline, fault: Fault) -> s
 
 @pytest.mark.reliability("faults", "kill (SIGKILL), restart, rerun")
 @pytest.mark.parametrize("fault", KILLS, ids=[f.name.replace(" ", "-") for f in KILLS])
-def test_kill(mesh: Mesh, known: KnownData, baseline: Baseline, ledger: Ledger, error_messages: list[tuple[str, str]], fault: Fault) -> None:
+def test_kill(
+    mesh: Mesh,
+    known: KnownData,
+    baseline: Baseline,
+    ledger: Ledger,
+    error_messages: list[tuple[str, str]],
+    fault: Fault,
+) -> None:
     with ledger.check("faults", "kill (SIGKILL), restart, rerun", fault.name) as item:
         item.detail = _inject(mesh, known, baseline, fault)
     _collect_reasons(mesh, error_messages)
@@ -227,7 +266,14 @@ def test_kill(mesh: Mesh, known: KnownData, baseline: Baseline, ledger: Ledger, 
 
 @pytest.mark.reliability("faults", "freeze (SIGSTOP), thaw, rerun")
 @pytest.mark.parametrize("fault", FREEZES, ids=[f.name.replace(" ", "-") for f in FREEZES])
-def test_freeze(mesh: Mesh, known: KnownData, baseline: Baseline, ledger: Ledger, error_messages: list[tuple[str, str]], fault: Fault) -> None:
+def test_freeze(
+    mesh: Mesh,
+    known: KnownData,
+    baseline: Baseline,
+    ledger: Ledger,
+    error_messages: list[tuple[str, str]],
+    fault: Fault,
+) -> None:
     with ledger.check("faults", "freeze (SIGSTOP), thaw, rerun", fault.name) as item:
         item.detail = _inject(mesh, known, baseline, fault)
     _collect_reasons(mesh, error_messages)
@@ -235,6 +281,10 @@ def test_freeze(mesh: Mesh, known: KnownData, baseline: Baseline, ledger: Ledger
 
 def _collect_reasons(mesh: Mesh, error_messages: list[tuple[str, str]]) -> None:
     for org in ORGS:
-        for run in mesh.gateway(org).ListRuns(gateway_pb2.ListRunsRequest(study_id=FAULT_STUDY), timeout=30, wait_for_ready=True).runs:
+        for run in (
+            mesh.gateway(org)
+            .ListRuns(gateway_pb2.ListRunsRequest(study_id=FAULT_STUDY), timeout=30, wait_for_ready=True)
+            .runs
+        ):
             if run.error.reason:
                 error_messages.append((f"{org} run {run.run_id}", run.error.reason))

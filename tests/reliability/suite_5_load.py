@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.testkit.studies import spec_for
 from services.reliability.ledger import Ledger
+from services.testkit.studies import spec_for
 from tests.reliability.harness import ALPHA, ORGS, KnownData, Mesh, check_coefficients, known_data
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +50,7 @@ class RssSampler:
                     continue
             self.peak_total = max(self.peak_total, total)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -59,7 +59,9 @@ class RssSampler:
         self._thread.join()
 
 
-def test_concurrent_studies_all_finish_correct(mesh: Mesh, reliability_root: Path, datasets: list[KnownData], ledger: Ledger) -> None:
+def test_concurrent_studies_all_finish_correct(
+    mesh: Mesh, reliability_root: Path, datasets: list[KnownData], ledger: Ledger
+) -> None:
     loads = [known_data(reliability_root / "load" / str(k), LOAD_RECORDS, seed=100 + k) for k in range(LOAD_RUNS)]
     datasets += loads
     for k, data in enumerate(loads):
@@ -79,6 +81,11 @@ def test_concurrent_studies_all_finish_correct(mesh: Mesh, reliability_root: Pat
         assert finals[run_id]["insurer"].joined == LOAD_RECORDS // 2
         check_coefficients(loads[k].data, mesh.result("insurer", run_id))
         assert list(mesh.result("hospital", run_id).coefficients) == list(mesh.result("insurer", run_id).coefficients)
-    ledger.note("load", f"{LOAD_RUNS} concurrent runs × {LOAD_RECORDS} rows per owner ({LOAD_RECORDS // 2} joined, 6 features), all SUCCEEDED and equal to "
-                f"scikit-learn; wall {wall:.0f} s (first StartRun to last end); peak RSS of the mesh's processes {rss.peak_total / 2**20:.0f} MiB "
-                f"(largest single process {rss.peak_process / 2**20:.0f} MiB)")
+    ledger.note(
+        "load",
+        f"{LOAD_RUNS} concurrent runs × {LOAD_RECORDS} rows per owner ({LOAD_RECORDS // 2} joined, 6 features), "
+        "all SUCCEEDED and equal to "
+        f"scikit-learn; wall {wall:.0f} s (first StartRun to last end); "
+        f"peak RSS of the mesh's processes {rss.peak_total / 2**20:.0f} MiB "
+        f"(largest single process {rss.peak_process / 2**20:.0f} MiB)",
+    )

@@ -26,7 +26,17 @@ from pathlib import Path
 import pytest
 
 from riskmesh.v1 import gateway_pb2
-from services.reliability.leaks import Finding, Needle, Scanner, id_needles, tag_key_needles, tag_needles, value_needles, value_texts
+from services.gateway.audit import audit_path
+from services.reliability.leaks import (
+    Finding,
+    Needle,
+    Scanner,
+    id_needles,
+    tag_key_needles,
+    tag_needles,
+    value_needles,
+    value_texts,
+)
 from services.reliability.ledger import Ledger
 from tests.reliability.harness import ORGS, KnownData, Mesh
 from tests.reliability.instrument import read_wire
@@ -64,7 +74,11 @@ def tag_keys(mesh: Mesh) -> list[tuple[bytes, str]]:
 
 @pytest.fixture(scope="module")
 def at_rest(known: KnownData, datasets: list[KnownData], tag_keys: list[tuple[bytes, str]]) -> Scanner:
-    needles = id_needles([p for d in datasets for p in d.patients]) + value_needles(known.cells) + tag_key_needles([k for k, _ in tag_keys])
+    needles = (
+        id_needles([p for d in datasets for p in d.patients])
+        + value_needles(known.cells)
+        + tag_key_needles([k for k, _ in tag_keys])
+    )
     for data in datasets[1:]:
         needles += _value_text_needles(data)
     for key, study in tag_keys:
@@ -78,11 +92,19 @@ def _state_files(mesh: Mesh) -> list[Path]:
 
 def _record_findings(ledger: Ledger, group: str, findings: list[Finding]) -> None:
     for finding in findings:
-        ledger.record("leaks", group, finding.describe(), False, f"{finding.needle.kind} found at {finding.where} offset {finding.offset}")
+        ledger.record(
+            "leaks",
+            group,
+            finding.describe(),
+            False,
+            f"{finding.needle.kind} found at {finding.where} offset {finding.offset}",
+        )
 
 
 @pytest.mark.reliability("leaks", "logs, spans, SQLite and audit rows")
-def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_canary(mesh: Mesh, known: KnownData, collected: list[tuple[str, str]], at_rest: Scanner, ledger: Ledger) -> None:
+def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_canary(
+    mesh: Mesh, known: KnownData, collected: list[tuple[str, str]], at_rest: Scanner, ledger: Ledger
+) -> None:
     files = _state_files(mesh)
     kinds = {p.parent.name if p.parent.name in ("logs", "spans") else "sqlite" for p in files}
     assert {"logs", "spans", "sqlite"} <= kinds, kinds
@@ -94,12 +116,23 @@ def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_can
     end = canary_log.stat().st_size
     findings = at_rest.scan_files(files)
     in_canary = [f for f in findings if f.where == str(canary_log) and start <= f.offset < end]
-    ledger.record("canary", "planted in a log line", f"value {canary} in {canary_log.name}", bool(in_canary), f"found {len(in_canary)} time(s) by the scan of {len(files)} files")
+    ledger.record(
+        "canary",
+        "planted in a log line",
+        f"value {canary} in {canary_log.name}",
+        bool(in_canary),
+        f"found {len(in_canary)} time(s) by the scan of {len(files)} files",
+    )
     leaks = [f for f in findings if f not in in_canary]
     # Audit rows decoded (the file scan already read their bytes).
     for org in ORGS:
-        with sqlite3.connect(f"file:{mesh.orgs[org].state_dir / 'audit.sqlite3'}?mode=ro", uri=True) as db:
-            rows = [(f"{org} audit row {seq}", json.dumps([actor, action, study, run, details])) for seq, actor, action, study, run, details in db.execute("SELECT seq, actor, action, study_id, run_id, details FROM audit")]
+        with sqlite3.connect(f"file:{audit_path(mesh.orgs[org].state_dir)}?mode=ro", uri=True) as db:
+            rows = [
+                (f"{org} audit row {seq}", json.dumps([actor, action, study, run, details]))
+                for seq, actor, action, study, run, details in db.execute(
+                    "SELECT seq, actor, action, study_id, run_id, details FROM audit"
+                )
+            ]
         leaks += at_rest.scan_texts(rows)
     _record_findings(ledger, "logs, spans, SQLite and audit rows", leaks)
     assert in_canary, "the scanner did not find the canary planted in a log"
@@ -107,7 +140,9 @@ def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_can
 
 
 @pytest.mark.reliability("leaks", "error messages and failure reasons")
-def test_error_messages_hold_no_patient_data(collected: list[tuple[str, str]], at_rest: Scanner, ledger: Ledger) -> None:
+def test_error_messages_hold_no_patient_data(
+    collected: list[tuple[str, str]], at_rest: Scanner, ledger: Ledger
+) -> None:
     assert len(collected) > 100, "the other modules' error messages were not collected"
     leaks = at_rest.scan_texts(collected)
     _record_findings(ledger, "error messages and failure reasons", leaks)
@@ -115,7 +150,9 @@ def test_error_messages_hold_no_patient_data(collected: list[tuple[str, str]], a
 
 
 @pytest.mark.reliability("leaks", "the wire to the helper")
-def test_the_helper_receives_no_id_no_tag_key_and_no_plaintext_value(mesh: Mesh, known: KnownData, collected: list[tuple[str, str]], tag_keys: list[tuple[bytes, str]], ledger: Ledger) -> None:
+def test_the_helper_receives_no_id_no_tag_key_and_no_plaintext_value(
+    mesh: Mesh, known: KnownData, collected: list[tuple[str, str]], tag_keys: list[tuple[bytes, str]], ledger: Ledger
+) -> None:
     leak_keys = [k for k, study in tag_keys if study == "leak-study"]
     scanner = Scanner(id_needles(known.patients) + value_needles(known.cells) + tag_key_needles(leak_keys))
     records = [(path.name, method, data) for path in mesh.wire_files() for method, data in read_wire(path)]
@@ -128,7 +165,7 @@ def test_the_helper_receives_no_id_no_tag_key_and_no_plaintext_value(mesh: Mesh,
     # planted into a copy of a recorded upload, are found.
     sample = bytearray(uploads[-1])
     planted = [value_needles([known.cells[3]])[-1].data, known.patients[5].canonical.encode(), leak_keys[0]]
-    for at, needle in zip((64, 256, 512), planted):
+    for at, needle in zip((64, 256, 512), planted, strict=False):
         sample[at : at + len(needle)] = needle
     found = {f.needle.data for f in scanner.scan_bytes(bytes(sample), "planted")}
     _record_findings(ledger, "the wire to the helper", leaks)

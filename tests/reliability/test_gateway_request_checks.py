@@ -4,24 +4,24 @@ with unknown enum values is refused, and a refusal by the study's rules is audit
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services.testkit.studies import spec_for
-from services.testkit.synthetic import make_study_data
 from services.gateway.audit import AuditLog, audit_path
 from services.gateway.server import build_server
 from services.mesh.config import OrgConfig, load_config
-from services.tools.launcher import local_mesh_for
 from services.mesh.tls import MeshCredentials
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data
+from services.tools.launcher import local_mesh_for
 from tests.conftest import LoopThread, start_in_process, stop_in_process
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
@@ -36,7 +36,9 @@ def gateways(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def channel(configs: dict[str, OrgConfig], org: str, as_org: str, service: str) -> grpc.Channel:
-    return MeshCredentials(configs[as_org].pki_dir, as_org, service).sync_channel(org, "gateway", configs[org].self_endpoint.address("gateway"))
+    return MeshCredentials(configs[as_org].pki_dir, as_org, service).sync_channel(
+        org, "gateway", configs[org].self_endpoint.address("gateway")
+    )
 
 
 def undecodable(method: str, data: bytes) -> bool:
@@ -49,7 +51,9 @@ def undecodable(method: str, data: bytes) -> bool:
 
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(method=st.sampled_from(sorted(m.name for m in SERVICE.methods)), data=st.data())
-def test_a_request_that_does_not_parse_is_invalid_argument(gateways: dict[str, OrgConfig], method: str, data: st.DataObject) -> None:
+def test_a_request_that_does_not_parse_is_invalid_argument(
+    gateways: dict[str, OrgConfig], method: str, data: st.DataObject
+) -> None:
     payload = data.draw(st.binary(min_size=1, max_size=100).filter(lambda b: undecodable(method, b)))
     peer = method.startswith("Peer")
     with channel(gateways, "insurer", "hospital" if peer else "insurer", "gateway" if peer else "client") as ch:
@@ -85,4 +89,7 @@ def test_a_refusal_by_the_studys_rules_is_audited(gateways: dict[str, OrgConfig]
     with AuditLog(audit_path(gateways["helper"].state_dir)) as audit:
         rows = [r for r in audit.rows() if r.action == "rpc.refused"]
     assert rows and rows[-1].actor == "spiffe://helper/client"
-    assert (rows[-1].details["method"], rows[-1].details["code"]) == ("/riskmesh.v1.GatewayService/ProposeStudy", "PERMISSION_DENIED")
+    assert (rows[-1].details["method"], rows[-1].details["code"]) == (
+        "/riskmesh.v1.GatewayService/ProposeStudy",
+        "PERMISSION_DENIED",
+    )

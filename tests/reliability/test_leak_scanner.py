@@ -11,7 +11,16 @@ import struct
 import pytest
 
 from services.reliability import leaks
-from services.reliability.leaks import Needle, PatientId, Scanner, id_needles, tag_key_needles, tag_needles, value_needles, value_texts
+from services.reliability.leaks import (
+    Needle,
+    PatientId,
+    Scanner,
+    id_needles,
+    tag_key_needles,
+    tag_needles,
+    value_needles,
+    value_texts,
+)
 
 PATIENT = PatientId("02/03/1975", "1234 gh", "1975-03-02|1234GH")
 KEY = bytes(range(32))
@@ -34,8 +43,21 @@ def noise(length: int) -> bytes:
 
 def test_every_needle_kind_is_found_at_any_offset() -> None:
     tag = hmac.digest(KEY, PATIENT.canonical.encode(), hashlib.sha256)
-    scanner = Scanner(id_needles([PATIENT]) + value_needles(["-12.345678"]) + tag_needles([PATIENT.canonical], [KEY]) + tag_key_needles([KEY]))
-    planted = [b"1975-03-02|1234GH", b"12.345678", struct.pack(">d", -12.345678), tag, tag.hex().encode(), base64.b64encode(tag), KEY.hex().encode()]
+    scanner = Scanner(
+        id_needles([PATIENT])
+        + value_needles(["-12.345678"])
+        + tag_needles([PATIENT.canonical], [KEY])
+        + tag_key_needles([KEY])
+    )
+    planted = [
+        b"1975-03-02|1234GH",
+        b"12.345678",
+        struct.pack(">d", -12.345678),
+        tag,
+        tag.hex().encode(),
+        base64.b64encode(tag),
+        KEY.hex().encode(),
+    ]
     for needle in planted:
         for offset in (0, 1, 7, 1000):
             blob = noise(offset) + needle + noise(50)
@@ -50,8 +72,13 @@ def test_a_needle_across_two_pieces_is_found(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_random_bytes_and_ordinary_log_text_hold_no_needle() -> None:
-    scanner = Scanner(id_needles([PATIENT]) + value_needles(["-12.345678", "3.141593"]) + tag_needles([PATIENT.canonical], [KEY]))
-    text = b"2026-11-25 14:39:10,955 INFO gateway riskmesh.server: gateway of insurer serving mTLS on 7100, health on 7110\n" * 50
+    scanner = Scanner(
+        id_needles([PATIENT]) + value_needles(["-12.345678", "3.141593"]) + tag_needles([PATIENT.canonical], [KEY])
+    )
+    text = (
+        b"2026-11-25 14:39:10,955 INFO gateway riskmesh.server: "
+        b"gateway of insurer serving mTLS on 7100, health on 7110\n" * 50
+    )
     assert scanner.scan_bytes(os.urandom(200_000) + text, "noise") == []
 
 

@@ -33,7 +33,10 @@ def test_the_last_line_reads_exactly_as_specified() -> None:
     ledger.record("refusals", "identity", "r", True)
     ledger.record("canary", "log", "c", True)
     summary = summarise(ledger.items)
-    assert summary.last_line() == "reliability: faults 2/3 survived, bad inputs 1/1 rejected, refusals 1/1 correct, canary found: 1/1, leaks: 0"
+    assert (
+        summary.last_line() == "reliability: faults 2/3 survived, bad inputs 1/1 rejected, refusals 1/1 correct, "
+        "canary found: 1/1, leaks: 0"
+    )
     assert not summary.clean
     ledger.record("leaks", "logs", "id at x:1", False)
     assert summarise(ledger.items).leaks == 1
@@ -44,7 +47,9 @@ def test_clean_needs_every_category_present_and_complete() -> None:
     for category in ("faults", "bad_inputs", "refusals", "canary"):
         ledger.record(category, "g", "n", True)
     assert summarise(ledger.items).clean
-    assert not summarise([i for i in ledger.items if i.category != "canary"]).clean  # a canary never planted is not "found"
+    assert not summarise(
+        [i for i in ledger.items if i.category != "canary"]
+    ).clean  # a canary never planted is not "found"
 
 
 def test_the_ledger_survives_its_json_file(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import {
   GatewayServiceClient,
   type CheckPeersResponse,
   type GetInfoResponse,
+  type ListAuditResponse,
   type Run,
   type Study,
   type VerifyAuditResponse,
@@ -134,6 +135,16 @@ export class GatewayClient {
     return required((await this.unary(this.stub.approveStudy, { studyId, specDigest, sourcePath })).study, "ApproveStudy.study");
   }
 
+  /**
+   * Approve the other data owner's next run (org: default the other owner): its waiting changed
+   * input, or the given input commitment, or else any input unchanged since its previous run.
+   * The returned study's `governance` lists the approvals not used yet and the runs waiting.
+   */
+  async approveRun(studyId: string, org = "", commitment = ""): Promise<Study> {
+    return required((await this.unary(this.stub.approveRun, { studyId, org, commitment })).study, "ApproveRun.study");
+  }
+
+  /** A study with this organisation's run governance, its disclosure floors checked against the spec, and who learns what. */
   async getStudy(studyId: string): Promise<Study> {
     return required((await this.unary(this.stub.getStudy, { studyId })).study, "GetStudy.study");
   }
@@ -158,9 +169,14 @@ export class GatewayClient {
   }
 
   /** The run and its revealed model (data owners only). */
+  /** The run and its revealed model; warns on stderr when the solver did not certify the model. */
   async result(runId: string): Promise<{ run: Run; result: ModelResult }> {
     const reply = await this.unary(this.stub.getResult, { runId });
-    return { run: required(reply.run, "GetResult.run"), result: required(reply.result, "GetResult.result") };
+    const result = required(reply.result, "GetResult.result");
+    if (result.coefficients.length > 0 && !result.converged) {
+      console.warn(`warning: run ${runId}: the model is not certified (the solver stopped at its maximum of ${result.iterations} iterations); it may be far from the optimum`);
+    }
+    return { run: required(reply.run, "GetResult.run"), result };
   }
 
   async cancel(runId: string): Promise<Run> {
@@ -179,6 +195,11 @@ export class GatewayClient {
 
   verifyAudit(): Promise<VerifyAuditResponse> {
     return this.unary(this.stub.verifyAudit, {});
+  }
+
+  /** Audit rows with seq > afterSeq, oldest first (at most `limit`; 0 = the gateway's default). */
+  listAudit(afterSeq: bigint = BigInt(0), limit = 0): Promise<ListAuditResponse> {
+    return this.unary(this.stub.listAudit, { afterSeq, limit });
   }
 }
 

@@ -75,6 +75,7 @@ async function showRun(gw: GatewayClient, runId: string): Promise<void> {
   console.log(`run id=${run.runId} study=${run.studyId} state=${runStateToJSON(run.state)} joined=${result.joined}`);
   for (const c of result.coefficients) console.log(`coefficient feature=${c.feature} value=${c.value}`);
   console.log(`intercept value=${result.intercept}`);
+  console.log(`certificate converged=${result.converged} gap=${result.certifiedGap} iterations=${result.iterations}`);
   const study = await gw.getStudy(run.studyId);
   if (study.spec === undefined) throw new Error(`study ${run.studyId} has no spec`);
   const features = result.coefficients.map((c) => c.feature);

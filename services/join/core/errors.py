@@ -119,5 +119,9 @@ class IntersectionTooSmallError(JoinError):
         super().__init__(f"intersection is smaller than the study's minimum of {minimum} patients")
 
 
+class KeySizeError(JoinError, ValueError):
+    """A Paillier key is not of the study's size, or is below the minimum (nothing was encrypted under it)."""
+
+
 class DecryptionError(JoinError, ValueError):
     """A masked ciphertext does not decrypt to a valid packed row (wrong key or corrupted)."""

@@ -80,9 +80,7 @@ def _row_number(row_numbers: Sequence[int] | None, index: int) -> int:
     return row_numbers[index] if row_numbers is not None else index + 1
 
 
-def check_range(
-    values: FloatMatrix, columns: Sequence[ColumnSpec], row_numbers: Sequence[int] | None = None
-) -> None:
+def check_range(values: FloatMatrix, columns: Sequence[ColumnSpec], row_numbers: Sequence[int] | None = None) -> None:
     """Raise NonFiniteError / OutOfRangeError for the first bad cell (row-major).
 
     ``row_numbers[i]`` is the reported number of row i (default i + 1).

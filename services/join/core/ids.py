@@ -58,9 +58,7 @@ def normalise_birth_date(text: str, *, row: int | None = None, column: str | Non
         except ValueError:
             raise InvalidIdError("birth date is not a calendar date", row=row, column=column) from None
         if not _MIN_YEAR <= date.year <= _MAX_YEAR:
-            raise InvalidIdError(
-                f"birth date year outside {_MIN_YEAR}–{_MAX_YEAR}", row=row, column=column
-            )
+            raise InvalidIdError(f"birth date year outside {_MIN_YEAR}–{_MAX_YEAR}", row=row, column=column)
         return date.isoformat()
     reason = "birth date is missing" if not stripped else f"birth date not recognised ({_DATE_HELP})"
     raise InvalidIdError(reason, row=row, column=column)
@@ -72,9 +70,7 @@ def normalise_postal_code(text: str, *, row: int | None = None, column: str | No
     if not code:
         raise InvalidIdError("postal code is missing", row=row, column=column)
     if _POSTAL.fullmatch(code) is None:
-        raise InvalidIdError(
-            "postal code must be 4–10 letters or digits (spaces are ignored)", row=row, column=column
-        )
+        raise InvalidIdError("postal code must be 4–10 letters or digits (spaces are ignored)", row=row, column=column)
     return code
 
 

@@ -74,11 +74,11 @@ def mask_rows(
     masks = draw_masks(len(ciphertexts), n_columns, layout)
     n2 = public_key.n2
     masked: list[list[int]] = []
-    for row, r in zip(ciphertexts, masks):
+    for row, r in zip(ciphertexts, masks, strict=False):
         if len(row) != layout.ciphertexts_per_row:
             raise WireFormatError("a row has the wrong number of ciphertexts for its layout")
         out = []
-        for c, packed_r in zip(row, pack_row(layout, r)):
+        for c, packed_r in zip(row, pack_row(layout, r), strict=False):
             if not 0 < c < n2:
                 raise WireFormatError("a ciphertext lies outside (0, N²)")
             out.append(public_key.add_plain(c, packed_r))

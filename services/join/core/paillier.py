@@ -69,10 +69,13 @@ from functools import cache, cached_property, lru_cache
 import gmpy2
 import numpy as np
 
-from services.join.core.errors import PoolExhaustedError, SpecError, WireFormatError
+from services.join.core.errors import KeySizeError, PoolExhaustedError, SpecError, WireFormatError
 from services.join.core.parallel import chunks, split_sizes
 
 DEFAULT_MODULUS_BITS = 3072
+#: Smallest key the servers accept (the study rules allow 2048 or 3072). Only a test
+#: mesh's config lowers it (`min_paillier_bits`), to MIN_MODULUS_BITS at most.
+MIN_KEY_BITS = 2048
 MIN_MODULUS_BITS = 1024  # below the study minimum (2048): tests and quick benchmarks only
 MAX_MODULUS_BITS = 8192
 # NIST SP 800-57 Part 1 Rev. 5, Table 2: factoring modulus bits → security strength κ.
@@ -84,6 +87,15 @@ SIEVE_LIMIT = 1 << 15
 SIEVE_WINDOW = 1 << 16
 
 mpz = gmpy2.mpz
+
+
+def check_key_size(bits: int, study_bits: int, minimum: int = MIN_KEY_BITS) -> None:
+    """Refuse (KeySizeError) a key whose modulus is not the study's size (0 = the default) or is below `minimum`."""
+    expected = study_bits or DEFAULT_MODULUS_BITS
+    if bits != expected:
+        raise KeySizeError(f"the Paillier key has {bits} bits; the study's keys have {expected}")
+    if bits < minimum:
+        raise KeySizeError(f"the Paillier key has {bits} bits; this server accepts no key below {minimum}")
 
 
 def security_bits(modulus_bits: int) -> int:

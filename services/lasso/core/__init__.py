@@ -1,1 +1,2 @@
-"""Pure cores of the secure regression: public parameters, the solver plan, exact limb Gram products, party ids, input layout and share blocks (no grpc, no mpyc)."""
+"""Pure cores of the secure regression (no grpc, no mpyc): public parameters, the solver plan,
+exact limb Gram products, party ids, the input layout and share blocks."""

@@ -69,12 +69,18 @@ def decode_values(data: bytes, columns: int, width: int) -> list[list[int]]:
 
 def encode_block(run_id: str, block: ShareBlock, chunk_rows: int = CHUNK_ROWS) -> Iterator[join_pb2.GetSharesResponse]:
     """A header, then chunks of at most `chunk_rows` rows."""
-    layout = join_pb2.SlotLayout(fractional_bits=block.fractional_bits, value_bits=block.value_bits, sigma_bits=block.sigma_bits)
-    header = join_pb2.SharesHeader(run_id=run_id, rows=block.rows, columns=block.columns, value_bytes=block.value_bytes, layout=layout)
+    layout = join_pb2.SlotLayout(
+        fractional_bits=block.fractional_bits, value_bits=block.value_bits, sigma_bits=block.sigma_bits
+    )
+    header = join_pb2.SharesHeader(
+        run_id=run_id, rows=block.rows, columns=block.columns, value_bytes=block.value_bytes, layout=layout
+    )
     yield join_pb2.GetSharesResponse(header=header)
     for seq, start in enumerate(range(0, block.rows, chunk_rows)):
         rows = block.values[start : start + chunk_rows]
-        yield join_pb2.GetSharesResponse(chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_values(rows, block.value_bytes)))
+        yield join_pb2.GetSharesResponse(
+            chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_values(rows, block.value_bytes))
+        )
 
 
 class BlockDecoder:
@@ -120,7 +126,16 @@ class BlockDecoder:
         except JoinError as exc:
             raise ShareError(f"the share block of columns {list(header.columns)}: {exc}") from None
         layout = header.layout
-        self.blocks.append(ShareBlock(tuple(header.columns), values, header.value_bytes, layout.fractional_bits, layout.value_bits, layout.sigma_bits))
+        self.blocks.append(
+            ShareBlock(
+                tuple(header.columns),
+                values,
+                header.value_bytes,
+                layout.fractional_bits,
+                layout.value_bits,
+                layout.sigma_bits,
+            )
+        )
         self._header = None
 
     def finish(self) -> list[ShareBlock]:
@@ -138,5 +153,3 @@ def decode_blocks(run_id: str, messages: Iterable[join_pb2.GetSharesResponse]) -
     for message in messages:
         decoder.feed(message)
     return decoder.finish()
-
-

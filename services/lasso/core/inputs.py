@@ -10,14 +10,14 @@ helper all — and contributes 0 for the rest, so that over the integers
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from riskmesh.v1 import common_pb2
-from services.study.spec import feature_names, owner_orgs, target_name
 from services.join.core import shares as join_shares
 from services.join.core.errors import SpecError
 from services.join.core.shares import ShareMatrix
 from services.lasso.core.blocks import ShareBlock, ShareError
+from services.study.spec import feature_names, owner_orgs, target_name
 
 
 def study_columns(spec: common_pb2.StudySpec) -> tuple[str, ...]:

@@ -84,12 +84,14 @@ def gram_limbs(limbs: IntMatrix) -> IntMatrix:
         raise ValueError("block too large for an exact float64 product")
     flat = limbs.reshape(rows, c * k).astype(np.float64)
     product = flat.T @ flat
-    return np.rint(product).astype(np.int64).reshape(c, k, c, k)
+    gram: IntMatrix = np.rint(product).astype(np.int64).reshape(c, k, c, k)
+    return gram
 
 
 def column_sums_limbs(limbs: IntMatrix) -> IntMatrix:
     """Σ_r L_ria as int64 of shape (c, k)."""
-    return limbs.sum(axis=0)
+    sums: IntMatrix = limbs.sum(axis=0)
+    return sums
 
 
 def combine_gram(acc: IntMatrix) -> ObjectArray:

@@ -65,13 +65,17 @@ class RegressionSpec:
 
     ``ranges`` has one entry per column of the share matrix, in its order;
     ``target`` is the index of the target column, every other column is a
-    feature (in the same order as in the matrix). ``iterations`` = 0 picks
-    ``DEFAULT_ITERATIONS`` (see ``plan``). ``cv_folds`` ≥ 2 runs K-fold
+    feature (in the same order as in the matrix). ``iterations`` is the maximum
+    number of solver iterations (0 picks ``DEFAULT_ITERATIONS``, see ``plan``);
+    the solver stops at the first public checkpoint where its certificate holds. ``cv_folds`` ≥ 2 runs K-fold
     cross-validation over ``alphas`` and refits with the best one; otherwise
     exactly one alpha must be given. ``column_owners`` (optional, public, from
     the study) names the owner (MPC party 0 or 1) of each column: the join
     leaves an owner a zero share of its own columns, so that share is not
-    input (a third less input work).
+    input (a third less input work). ``reveal_standardized`` (with
+    ``standardize``) also opens the standardised coefficients; the study
+    default is off (services/lasso/worker/lasso_program.py maps it), since
+    with the original-scale ones they give each feature's spread.
     """
 
     kind: ModelKind
@@ -83,6 +87,7 @@ class RegressionSpec:
     standardize: bool = False
     iterations: int = 0
     reveal_cv_curve: bool = True
+    reveal_standardized: bool = True
     column_owners: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -136,7 +141,12 @@ class RegressionResult:
     ``standardized_coefficients`` (set with ``standardize``) are the
     coefficients on the unit-variance scale. ``cv_curve`` holds
     (alpha, mean validation MSE) per alpha when cross-validation ran and the
-    study reveals the curve.
+    study reveals the curve. ``iterations`` are the solver iterations the final
+    fit used (the checkpoint where its certificate held, or the maximum);
+    ``converged`` says that the certificate held for every fit the result
+    depends on (with cross-validation, every fold × alpha fit too), and then
+    ``certified_gap`` bounds the relative objective gap (P − P*)/P* (up to the
+    factor 1/(1 − gap)); ``None`` when not certified.
     """
 
     coefficients: tuple[float, ...]
@@ -146,6 +156,8 @@ class RegressionResult:
     iterations: int
     standardized_coefficients: tuple[float, ...] | None = None
     cv_curve: tuple[tuple[float, float], ...] = field(default=())
+    converged: bool = False
+    certified_gap: float | None = None
 
 
 def check_table_shape(n_rows: int, n_columns: int, spec: RegressionSpec) -> None:

@@ -30,19 +30,44 @@ via the alternating direction method of multipliers", 2011, §6.4 lasso) with
 penalty ``ADMM_RHO`` and over-relaxation ``ADMM_RELAX``; the x-update uses
 K = (H + ρI)⁻¹, computed once by the Newton–Schulz iteration
 X ← X(2I − MX) from X₀ = I/(d + ρ) (trace(H) = d bounds λ_max; λ_min ≥ ρ, so
-``ns_iterations`` is public). After a fixed number of ADMM iterations the
-support and signs of z are used to *polish* (as OSQP does): solve
-H_SS u_S = q′_S − λ_S s_S by Newton–Schulz on M = (aaᵀ)∘H + diag(1 − a), and
-keep it only if it lowers F (secure comparison). Ridge needs no ADMM: the
-polished solve with a = 1 is the solution.
+``ns_iterations`` is public). At public checkpoints (``checkpoints``: after
+``FIRST_CHECK`` iterations, then every ``CHECK_EVERY``, up to the study's
+maximum) the support and signs of z are used to *polish* (as OSQP does):
+solve H_SS u_S = q′_S − λ_S s_S by Newton–Schulz on
+M = (aaᵀ)∘H + diag(1 − a) plus one step of iterative refinement, and
+check the certificate (below) on the polished points. If it does not hold,
+the polished point *restarts* ADMM with the dual it implies (z = u,
+w = −clip(Hu − q′)/ρ) where it has a lower F than z (secure comparison),
+and ADMM goes on unchanged elsewhere. ADMM alone identifies the support of ill-conditioned
+problems slowly (hundreds of iterations at condition numbers of 1e4); the
+polished point is exact once the support is right, and ADMM restarted from
+it repairs a wrong support within a segment or two (docs/adr/0004).
+
+Certificate (checked at every checkpoint on the polished u, inside MPC). With g = Hu − q′ and
+P(u) = ½Ĉ_yy − q′ᵀu + ½uᵀHu + λᵀ|u| (the objective divided by h_y²), the
+scaled residual θ = (1 − η)·r is dual feasible when |g_j| ≤ (1 + η)λ_j for
+every j, and then
+
+    P(u) − P* ≤ gap_η(u) = (λᵀ|u| + uᵀg) − η·uᵀg + ½η²‖r‖²,   ‖r‖² = Ĉ_yy − q′ᵀu + uᵀg.
+
+The run is certified when, for one of the public slacks η in ``DUAL_SLACKS``,
+the point is dual feasible and gap_η ≤ ``CERTIFICATE_TOLERANCE``·P(u); the
+relative objective gap (P − P*)/P* is then at most tolerance/(1 − tolerance).
+In MPC, t = λᵀ|u| + (1 − η)uᵀg − (tolerance − η²)·P ≤ 0 is tested (it implies
+gap_η ≤ tolerance·P since ½η²‖r‖² ≤ η²P), with margins for the rounding of g.
+Ridge (no L1) uses strong convexity instead: P − P* ≤ ‖g‖²/(2μ) with the
+public lower bound μ on λ_min(H) that its ridge penalty guarantees; it is
+certified when every |g_j| ≤ ε = ``RIDGE_GRADIENT_BOUND`` and
+P ≥ d·ε²/(2μ·tolerance). Only one
+bit per check is opened (to all three parties): whether every fit of the
+batch is certified. The run stops at the first certified checkpoint, so the
+number of iterations used is revealed; without a certificate it runs to the
+maximum and reports ``converged = False``.
 
 Why not (F)ISTA: with a safe per-feature (Gershgorin row-sum) step, ISTA
 needed 90–1200 iterations to reach 1e-6 on moderately to strongly correlated
-features; ADMM with the exact x-update plus polishing reached it in ≤ 10 on
-the synthetic study data, ≤ 30 up to correlation 0.95 and 35–50 at 0.98,
-and every iteration costs the same (one secure matrix-vector product and one
-batched soft-threshold). ρ = 1/4 and r = 7/4 are dyadic so that the public
-factors rρ, r and 1 − r are applied exactly inside truncations.
+features. ρ = 1/16 and r = 7/4 are dyadic so that the public factors rρ, r
+and 1 − r are applied exactly inside truncations.
 """
 
 from __future__ import annotations
@@ -52,14 +77,30 @@ from dataclasses import dataclass
 
 from services.lasso.core.params import ModelKind, RegressionSpec, fold_bounds
 
-#: ADMM penalty ρ in the unit-diagonal coordinates u.
-ADMM_RHO = 0.25
+#: ADMM penalty ρ in the unit-diagonal coordinates u (≈ √(λ_min·λ_max) of collinear designs, docs/adr/0004).
+ADMM_RHO = 0.0625
 #: ADMM over-relaxation factor (1.5–1.8 is the usual range; Eckstein & Bertsekas 1992).
 ADMM_RELAX = 1.75
-#: Default number of ADMM iterations (see the module docstring and services/lasso/REGRESSION.md).
-DEFAULT_ITERATIONS = 40
+#: Default maximum number of ADMM iterations (see the module docstring and services/lasso/REGRESSION.md).
+DEFAULT_ITERATIONS = 115
+#: ADMM iterations before the first polish, restart and certificate check.
+FIRST_CHECK = 10
+#: ADMM iterations between two later checks.
+CHECK_EVERY = 15
+#: Certified bound on the relative objective gap (P − P*)/P (2^−27 ≈ 7.45e−9).
+CERTIFICATE_TOLERANCE = 2.0**-27
+#: Public slacks η of the dual point (1 − η)·r: small ones certify fits with small L1 weights λ_j
+#: (the gradient's rounding must stay below η·λ_j), large ones fits whose L1 term λᵀ|u| is tiny
+#: beside the residual (very small alphas). Tried together; passing one suffices.
+DUAL_SLACKS = (2.0**-29, 2.0**-26, 2.0**-23, 2.0**-14)
+#: η² is rounded up to a multiple of this in the test (keeps its coefficients short integers in MPC).
+SLACK_SQUARE_GRAIN = 2.0**-41
+#: Ridge: every |g_j| below this (normalised units) and P ≥ d·ε²/(2μ·tolerance) certify the fit.
+RIDGE_GRADIENT_BOUND = 2.0**-36
 #: Newton iterations for e = 1/√G_jj: enough from σ_j/h_j ≥ 1e-3 (1.5× growth, then quadratic).
 NEWTON_ITERATIONS = 26
+#: |u_j| of a polished point is clipped to this (the ADMM field's value bound, ``secure_solver``).
+VALUE_BOUND = 256.0
 #: Smallest eigenvalue the lasso polishing solve is sized for (near-collinear data below it
 #: keeps the ADMM iterate, see the selection step).
 POLISH_EIGENVALUE_FLOOR = 1e-4
@@ -107,11 +148,13 @@ class SolverPlan:
     mids: tuple[float, ...]  # per feature, then the target last
     halves: tuple[float, ...]  # per feature, then the target last
     alphas: tuple[AlphaPlan, ...]
-    admm_iterations: int  # 0 for ridge
+    admm_iterations: int  # the maximum; 0 for ridge
     ns_k_iterations: int
     ns_polish_iterations: int
     folds: tuple[tuple[int, int], ...]  # () without cross-validation
     has_l1: bool
+    checkpoints: tuple[int, ...]  # cumulative ADMM iterations at each check ((0,) for ridge)
+    strong_convexity: float  # ridge: public lower bound on λ_min(H) for its certificate
 
     @property
     def h_y(self) -> float:
@@ -125,8 +168,8 @@ class SolverPlan:
         b = mid_y + h_y b̂ − Σ_j w_j mid_j.
         """
         h_y, mid_y = self.halves[-1], self.mids[-1]
-        w = [wh * h_y / h for wh, h in zip(w_hat, self.halves[:-1])]
-        b = mid_y + h_y * b_hat - sum(wj * mj for wj, mj in zip(w, self.mids[:-1]))
+        w = [wh * h_y / h for wh, h in zip(w_hat, self.halves[:-1], strict=False)]
+        b = mid_y + h_y * b_hat - sum(wj * mj for wj, mj in zip(w, self.mids[:-1], strict=False))
         return w, b
 
 
@@ -166,4 +209,21 @@ def make_plan(spec: RegressionSpec, n_rows: int) -> SolverPlan:
     ns_k = ns_iterations(d, ADMM_RHO, d + ADMM_RHO)
     ns_polish = ns_iterations(d, floor, float(d))
     folds = tuple(fold_bounds(n_rows, spec.cv_folds)) if spec.cross_validate else ()
-    return SolverPlan(n_rows, d, mids, halves, alphas, iterations, ns_k, ns_polish, folds, has_l1)
+    return SolverPlan(
+        n_rows, d, mids, halves, alphas, iterations, ns_k, ns_polish, folds, has_l1, checkpoints(iterations), floor
+    )
+
+
+def gap_tolerance(eta: float) -> float:
+    """τ_η = tolerance − η² (η² rounded up): t = λᵀ|u| + (1 − η)uᵀg − τ_η·P ≤ 0 certifies."""
+    return CERTIFICATE_TOLERANCE - math.ceil(eta**2 / SLACK_SQUARE_GRAIN) * SLACK_SQUARE_GRAIN
+
+
+def checkpoints(max_iterations: int) -> tuple[int, ...]:
+    """Cumulative ADMM iteration counts at which the solver polishes, restarts and checks.
+
+    ``FIRST_CHECK``, then every ``CHECK_EVERY``, and the maximum itself; (0,) for ridge.
+    """
+    if max_iterations <= 0:
+        return (0,)
+    return (*range(FIRST_CHECK, max_iterations, CHECK_EVERY), max_iterations)

@@ -14,16 +14,26 @@ protocol relies on it), no worker threads. Barriers and the throttler are not
 used by the protocol, so nothing busy-waits while a party waits for the others.
 Set ``OPENBLAS_NUM_THREADS=1`` (and friends: ``services.mesh.process.SINGLE_THREAD_ENV``)
 before numpy is imported in a party process: the three parties already share the cores.
+
+What the parties send each other is never pickled: ``install_wire_format`` gives MPyC's
+runtime module services.lasso.core.wire in place of ``pickle`` (``transfer`` and the
+array paths of ``input``, ``output`` and ``_reshare``) and makes the field classes'
+``to_bytes``/``from_bytes`` (the scalar paths) write the same format and check it. MPyC's
+code is unchanged; only those names are rebound, in the process that builds the runtime.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from types import ModuleType, SimpleNamespace
 from typing import Any
+
+from services.lasso.core import wire
 
 #: Statistical security parameter (bits) of every masked opening.
 SEC_PARAM = 40
+
 
 def runtime_arguments(pid: int, parties: Sequence[tuple[str, int]], *, log: bool = False) -> list[str]:
     """MPyC's command-line options for party ``pid`` of the given (host, port) list."""
@@ -57,4 +67,21 @@ def create_runtime(pid: int, parties: Sequence[tuple[str, int]], *, log: bool = 
         runtime = mpyc.runtime.setup() if already else mpyc.runtime.mpc
     finally:
         sys.argv = saved
+    install_wire_format(sys.modules["mpyc.runtime"], sys.modules["mpyc.finfields"])
     return runtime
+
+
+def _field_to_bytes(cls: Any, values: Any) -> bytes:
+    return wire.encode_ints(values, cls.byte_length)
+
+
+def _field_from_bytes(cls: Any, data: bytes) -> list[int]:
+    return wire.decode_values(data, cls.order)
+
+
+def install_wire_format(runtime_module: ModuleType, finfields_module: ModuleType) -> None:
+    """Make MPyC marshal every message between parties with services.lasso.core.wire (idempotent)."""
+    runtime_module.pickle = SimpleNamespace(dumps=wire.dumps, loads=wire.loads)  # type: ignore[attr-defined]
+    element = finfields_module.FiniteFieldElement
+    element.to_bytes = classmethod(_field_to_bytes)
+    element.from_bytes = classmethod(_field_from_bytes)

@@ -71,7 +71,8 @@ async def scale_down(ops: FieldOps, x: ObjectArray, divisor: npt.NDArray[np.floa
     cut = max(top - 48, 0)
     shifts = np.array([1 << (top - e) for e in exps], dtype=object)
     lowered = await ops.trunc((flat_x * shifts) % ops.p, cut, top + 2, degree2t=True)
-    factors = np.array([round(2.0 ** (88 - top + e + cut) / v) for e, v in zip(exps, flat_div)], dtype=object)
+    factors = np.array([round(2.0 ** (88 - top + e + cut) / v) for e, v in zip(exps, flat_div, strict=False)],
+                       dtype=object)
     scaled = await ops.trunc(lowered * factors, 48, 92, degree2t=True)
     return scaled.reshape(x.shape)
 
@@ -89,7 +90,10 @@ async def moments(ops: FieldOps, sums: list[FoldSums], plan: SolverPlan, order: 
         centred = (n * gram - np.outer(total, total)) % p  # n²·2^64·Cov, degree 2t
         shifted = (total - n * offsets) % p  # n·2^32·(mean − mid), degree t
         blocks += [centred.reshape(-1), shifted]
-        divisors += [(n * n * 2.0 ** (2 * FRAC_TABLE) * np.outer(halves, halves)).reshape(-1), n * 2.0**FRAC_TABLE * halves]
+        divisors += [
+            (n * n * 2.0 ** (2 * FRAC_TABLE) * np.outer(halves, halves)).reshape(-1),
+            n * 2.0**FRAC_TABLE * halves,
+        ]
     scaled = await scale_down(ops, np.concatenate(blocks), np.concatenate(divisors))
     c = len(order)
     per_set = scaled.reshape(len(sets), c * c + c)

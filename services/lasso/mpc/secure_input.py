@@ -120,7 +120,7 @@ async def share_and_multiply(
         for j in senders:
             await mpc.gather(received[j])
         part = np.zeros((stop - start, c, limbs), dtype=np.int64)
-        for i, data in [(pid, own), *zip(senders, inbox)]:
+        for i, data in [(pid, own), *zip(senders, inbox, strict=False)]:
             if sent[i]:
                 part[:, sent[i], :] += bytes_to_limbs(data, limbs).reshape(stop - start, len(sent[i]), limbs)
         normalise(part)
@@ -144,5 +144,5 @@ async def share_and_multiply(
         await absorb(*pending.popleft())
     return [
         FoldSums(combine_gram(g) % p, combine_sums(s) % p, stop - start)
-        for g, s, (start, stop) in zip(acc_gram, acc_sums, folds)
+        for g, s, (start, stop) in zip(acc_gram, acc_sums, folds, strict=False)
     ]

@@ -35,12 +35,13 @@ import asyncio
 import hashlib
 import math
 import os
-import pickle
 from typing import Any
 
 import gmpy2
 import numpy as np
 import numpy.typing as npt
+
+from services.lasso.core import wire
 
 ObjectArray = npt.NDArray[np.object_]
 
@@ -80,6 +81,7 @@ class FieldOps:
         self.field = stype.field
         self.p: int = int(self.field.modulus)
         self.bits = self.p.bit_length()
+        self.width = wire.width_for(self.p)  # bytes per element on the wire
         self.parties = len(mpc.parties)
         self.t: int = mpc.threshold
         self.kappa: int = mpc.options.sec_param
@@ -169,6 +171,15 @@ class FieldOps:
         array.value = np.ascontiguousarray(values.reshape(-1), dtype=object)
         return array
 
+    def _decode(self, peer: int, data: bytes, count: int) -> ObjectArray:
+        """A peer's message of `count` elements of this field (wire format; values < p)."""
+        try:
+            return wire.decode_field(data, self.p, count)
+        except wire.PeerDataError:
+            raise
+        except wire.WireError as exc:
+            raise wire.PeerDataError(peer, str(exc)) from None
+
     def _vector(self, xs: tuple[int, ...]) -> list[int]:
         """Lagrange coefficients for reconstructing f(0) from f at the points ``xs``."""
         if xs not in self._recombination:
@@ -196,7 +207,7 @@ class FieldOps:
         payload = None
         for peer in receivers:
             if 0 < (peer - pid) % m <= threshold:
-                payload = payload or pickle.dumps(values)
+                payload = payload or wire.encode_ints(values, self.width)
                 mpc._send_message(peer, payload)
         if pid not in receivers:
             return None
@@ -204,8 +215,8 @@ class FieldOps:
         received = await mpc.gather([mpc._receive_message(peer) for peer in senders])
         vector = self._vector(tuple(peer + 1 for peer in senders) + (pid + 1,))
         total = values * vector[-1]
-        for coefficient, data in zip(vector, received):
-            total = total + pickle.loads(data) * coefficient
+        for peer, coefficient, data in zip(senders, vector, received, strict=False):
+            total = total + self._decode(peer, data, values.size) * coefficient
         return total % self.p
 
     async def _open(self, values: ObjectArray, threshold: int, receivers: Any = None) -> ObjectArray | None:
@@ -263,13 +274,13 @@ class FieldOps:
                 if j == pid:
                     own = share
                 else:
-                    mpc._send_message(j, pickle.dumps(share))
+                    mpc._send_message(j, wire.encode_ints(share, self.width))
         received = await mpc.gather([mpc._receive_message(i) for i in senders if i != pid])
         parts = iter(received)
         vector = self._vector(tuple(i + 1 for i in senders))
         total: ObjectArray = np.zeros(values.size, dtype=object)
-        for i, weight in zip(senders, vector):
-            part: ObjectArray = pickle.loads(next(parts)) if i != pid else own
+        for i, weight in zip(senders, vector, strict=False):
+            part: ObjectArray = self._decode(i, next(parts), values.size) if i != pid else own
             total = total + part * weight
         return total % p
 

@@ -19,14 +19,17 @@ iterations  Per fit: Newton for e = 1/√G_jj, H = diag(e)·G·diag(e), q′, λ
             K = (H + ρI)⁻¹ by Newton–Schulz; ADMM with one secure
             matrix-vector product and one batched comparison (both
             soft-threshold comparisons of all coordinates and all problems in
-            one call) per iteration; polishing on the detected support and a
-            secure choice of the better point. Cross-validation fits all folds ×
+            one call) per iteration, in segments; at every public checkpoint
+            polishing on the detected support, a secure choice of the better
+            point and the convergence certificate (one opened bit: every fit
+            of the batch certified); stop there or restart ADMM from the
+            chosen point. Cross-validation fits all folds ×
             alphas as one batch, computes each validation MSE from the
             validation moments, averages per alpha, picks the best alpha with
             secure comparisons (one-hot, never opened to the helper) and refits
             on the whole join with it.
 reveal      ŵ and b̂ — and u (the standardised coefficients) when the study
-            standardises, the alpha index and the CV curve when it
+            standardises and names them, the alpha index and the CV curve when it
             cross-validates and reveals the curve — are opened to parties 0
             and 1 only; the public affine map back to the original scale is
             applied in the clear. Nothing else is ever opened: every other
@@ -40,8 +43,8 @@ Values move between them by one masked opening (``FieldOps.convert``).
 
 Assumptions (documented limits): every |ADMM quantity| < 2^8 in the
 normalised units (thresholds are clamped to 2^6), |ŵ_j| < 2^10, σ_j/h_j ≥ 2^−11 (feature
-spread vs declared half-range), and near-collinear data (λ_min(H) <
-``plan.POLISH_EIGENVALUE_FLOOR``) may need more iterations than the default.
+spread vs declared half-range). Whether the fit reached the optimum is not
+assumed: the certificate says it (``RegressionResult.converged``).
 
 Runtime. Pass a started MPyC runtime (``mpc_runtime.create_runtime``; MPyC's
 TCP via ``await mpc.start()`` or another transport). MPyC is imported only by
@@ -63,19 +66,27 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.plan import ADMM_RHO, NEWTON_ITERATIONS, AlphaPlan, SolverPlan, make_plan
+from services.lasso.core.plan import (
+    ADMM_RHO,
+    CERTIFICATE_TOLERANCE,
+    NEWTON_ITERATIONS,
+    AlphaPlan,
+    SolverPlan,
+    make_plan,
+)
 from services.lasso.mpc.secure_gram import FRAC_IN, FRAC_TABLE, Moments, gram_bits, moments
 from services.lasso.mpc.secure_input import share_and_multiply
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_solver import (
     ADMM_X_BITS,
     E_BITS,
-    FRAC_POLISH,
+    FRAC_U,
     FRAC_W,
     KAPPA_CLAMP,
     W_HAT_BITS,
     Fields,
     Params,
+    bounds,
     fit_batch,
     l1_max,
 )
@@ -115,7 +126,7 @@ def _field_bits(plan: SolverPlan, kappa: int) -> tuple[int, int]:
     lam_bits = 2 * FRAC_IN + E_BITS + math.ceil(math.log2(l1_max(plan))) + 2
     cv_bits = _mse_bits(plan.d) if plan.folds else 0
     cap_in = max(gram_bits(plan), lam_bits, cv_bits, 116)  # 116: Newton's y² at frac 80
-    return cap_in + kappa + 3, threshold_field_bits(kappa, FRAC_W, ADMM_X_BITS)
+    return max(cap_in + kappa + 3, bounds(plan).field_bits(kappa)), threshold_field_bits(kappa, FRAC_W, ADMM_X_BITS)
 
 
 def _fields(mpc: Any, plan: SolverPlan) -> Fields:
@@ -204,8 +215,9 @@ async def _check_agreement(mpc: Any, spec: RegressionSpec, rows: int, columns: i
 
 
 def _stage_steps(plan: SolverPlan) -> int:
+    """Progress units of one batch run to the plan's maximum (a certified run stops earlier)."""
     admm = plan.ns_k_iterations + plan.admm_iterations if plan.has_l1 else 0
-    return NEWTON_ITERATIONS + admm + plan.ns_polish_iterations
+    return NEWTON_ITERATIONS + admm + len(plan.checkpoints) * plan.ns_polish_iterations
 
 
 async def secure_fit(
@@ -243,12 +255,14 @@ async def secure_fit(
     progress.report("iterations", 0, progress.total)
     onehot: ObjectArray | None = None
     curve: ObjectArray | None = None
+    certified = True
     if spec.cross_validate:
         folds_n, alphas_n = len(plan.folds), len(plan.alphas)
         train_idx = [1 + 2 * k for k in range(folds_n) for _ in range(alphas_n)]
         valid_idx = [2 + 2 * k for k in range(folds_n) for _ in range(alphas_n)]
         params = _public_params(inp, list(plan.alphas) * folds_n, spec.standardize)
         fit = await fit_batch(fields, mom.cov[train_idx], params, plan, not spec.standardize, progress.step)
+        certified = fit.certified  # every fold × alpha fit the curve uses
         train = Moments(mom.cov[train_idx], mom.mean[train_idx])
         valid = Moments(mom.cov[valid_idx], mom.mean[valid_idx])
         mse = await _validation_mse(inp, fit.w_hat, train, valid)
@@ -258,36 +272,42 @@ async def secure_fit(
     else:
         final = _public_params(inp, plan.alphas, spec.standardize)
     fit = await fit_batch(fields, mom.cov[:1], final, plan, not spec.standardize, progress.step)
+    certified = certified and fit.certified
+    progress.report("iterations", progress.total, progress.total)
 
     progress.report("reveal", 0, 1)
     mean = mom.mean[0]
     intercept_terms = await inp.mul(fit.w_hat[0], mean[:-1], FRAC_IN, 2 * FRAC_IN + W_HAT_BITS + 2)
     b_hat = (mean[-1] - intercept_terms.sum()) % inp.p
     opened = [np.array([b_hat], dtype=object)]
-    if spec.standardize:  # u is the standardised fit (only then: with ŵ it would reveal σ_j)
-        opened += [fit.u[0] * (1 << (FRAC_IN - FRAC_POLISH))]
+    reveal_u = spec.standardize and spec.reveal_standardized  # u with ŵ reveals σ_j: only when the study names it
+    if reveal_u:  # u is the standardised fit
+        opened += [fit.u[0] * (1 << FRAC_IN)]  # frac 88, as ŵ below
     if onehot is not None:
         index = (onehot * np.arange(len(onehot), dtype=object)).sum() << FRAC_IN
         opened += [np.array([index], dtype=object)]
         if spec.reveal_cv_curve and curve is not None:
             opened += [curve]
-    exact_w = fit.e[0] * fit.u[0]  # degree 2t, frac 72: no rounding, exact zeros
+    exact_w = fit.e[0] * fit.u[0]  # degree 2t, frac 88: no rounding, exact zeros
     values = await inp.output_product(np.concatenate([exact_w, *opened]) % inp.p, OWNERS)
     progress.report("reveal", 1, 1)
     if values is None:
         return None
     d = plan.d
-    w_hat = inp.to_float(values[:d], FRAC_IN + FRAC_POLISH)
-    return _result(w_hat, inp.to_float(values[d:], FRAC_IN), plan, spec)
+    precise = d + (d if reveal_u else 0)  # ŵ and u at frac 88, then b̂ at frac 40
+    w_hat = inp.to_float(values[:d], FRAC_IN + FRAC_U)
+    u = inp.to_float(values[d + 1 : d + 1 + d], FRAC_IN + FRAC_U) if reveal_u else None
+    rest = np.concatenate([values[d : d + 1], values[1 + precise :]])
+    return _result(w_hat, u, inp.to_float(rest, FRAC_IN), plan, spec, fit.iterations, certified)
 
 
 def _result(
-    w_hat: npt.NDArray[np.float64], values: npt.NDArray[np.float64], plan: SolverPlan, spec: RegressionSpec
+    w_hat: npt.NDArray[np.float64], u: npt.NDArray[np.float64] | None, values: npt.NDArray[np.float64],
+    plan: SolverPlan, spec: RegressionSpec, iterations: int, certified: bool,
 ) -> RegressionResult:
-    """Decode, on an owner, the opened ŵ and [b̂, (u if standardised), (alpha index, (CV sums))]."""
-    d = plan.d
+    """Decode, on an owner, the opened ŵ, u (if standardised) and [b̂, (alpha index, (CV sums))]."""
     b_hat = float(values[0])
-    u, rest = (values[1 : d + 1], values[d + 1 :]) if spec.standardize else (None, values[1:])
+    rest = values[1:]
     chosen = plan.alphas[int(round(rest[0]))] if spec.cross_validate else plan.alphas[0]
     w, b = plan.to_original(list(w_hat), b_hat)
     standardized = None
@@ -302,9 +322,11 @@ def _result(
         intercept=b,
         alpha=chosen.alpha,
         joined=plan.n_rows,
-        iterations=plan.admm_iterations,
+        iterations=iterations,
         standardized_coefficients=standardized,
         cv_curve=cv_curve,
+        converged=certified,
+        certified_gap=CERTIFICATE_TOLERANCE if certified else None,
     )
 
 

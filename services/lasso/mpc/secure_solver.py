@@ -1,4 +1,5 @@
-"""B regressions at once on normalised moments: Jacobi scaling, ADMM, polishing (MPyC).
+"""B regressions at once on normalised moments (MPyC): Jacobi scaling, ADMM in segments,
+polishing, a convergence certificate, selection and restarts.
 
 Input: shares of Ĉ ((B, d+1, d+1), target last, ``secure_gram``) and the
 per-problem constants ``Params`` (public per alpha, or one-hot combinations
@@ -12,12 +13,27 @@ for the maths):
    Newton–Schulz, then per iteration one local matrix-vector product and one
    ``FusedThreshold`` step (7 rounds: truncation and both comparisons of every
    coordinate of every problem in one batch).
-3. Polishing in F_in: Newton–Schulz on the support found by ADMM, and a secure
-   comparison of the objective keeps the better point.
+3. At every checkpoint of ``plan.checkpoints``, in F_in:
+   * polish: Newton–Schulz on the support and signs of z (frac 40), one step of
+     iterative refinement (residual at frac 56), and one fused threshold that
+     truncates to frac 48, masks the support (exact zeros) and clips to
+     ±2^(ADMM_BITS−1);
+   * check (``_check``): one fused threshold compares every |g_j| of the
+     polished point (g = Hu − q′) with its dual bound, the certificate's gap
+     test for every public slack, and 2(F(polished) − F(z)) with 0; the
+     certificate bits are combined into one number that is zero exactly when
+     every fit of the batch is certified, and a random multiple of it is
+     opened (one bit of leakage);
+   * otherwise: where the polished point is better, ADMM restarts from it
+     (z = u, w = −clip(g)/ρ), elsewhere it goes on; at the last checkpoint the
+     better of the two is the result.
 
-Bounds (assumed, documented in services/lasso/REGRESSION.md): in the
-normalised coordinates |ADMM values| < 2^(ADMM_BITS−1) = 256, |ŵ| < 2^10,
-σ_j/h_j ≳ 2^−11 (Newton converges within ``NEWTON_ITERATIONS``).
+Bounds. Every truncation and comparison is sized for the worst case of its
+inputs (``Bounds``), not for typical values: a wrong support can make the
+polished solve huge, so it is clipped before the refinement uses it. The
+remaining assumptions (documented in services/lasso/REGRESSION.md) are those of
+ADMM itself: |ADMM values| < 2^(ADMM_BITS−1) = 256 in the normalised units,
+|ŵ| < 2^10, σ_j/h_j ≳ 2^−11 (Newton converges within ``NEWTON_ITERATIONS``).
 """
 
 from __future__ import annotations
@@ -30,29 +46,52 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, SolverPlan
+from services.lasso.core.plan import (
+    ADMM_RELAX,
+    ADMM_RHO,
+    CERTIFICATE_TOLERANCE,
+    DUAL_SLACKS,
+    NEWTON_ITERATIONS,
+    RIDGE_GRADIENT_BOUND,
+    SLACK_SQUARE_GRAIN,
+    SolverPlan,
+    gap_tolerance,
+)
 from services.lasso.mpc.secure_gram import FRAC_IN
 from services.lasso.mpc.secure_ops import FieldOps
-from services.lasso.mpc.secure_threshold import FusedThreshold
+from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_bits_needed, threshold_field_bits
 
 ObjectArray = npt.NDArray[np.object_]
 StepCallback = Callable[[int], None]
 
 FRAC_W = 32
-FRAC_POLISH = 32
+#: Polished and selected points, their absolute values and gradients (F_in).
+FRAC_U = 48
+#: The refinement step's residual.
+FRAC_R = 56
+#: The certificate's sums λᵀ|u|, uᵀg, q′ᵀu (and ‖g‖² for ridge) after one truncation.
+FRAC_S = 60
+#: The certificate's test values are integer combinations of those sums once scaled by 2^CERT_SCALE.
+CERT_SCALE = 42
+#: Fractional bits of the certificate's comparisons (x = value·2^(FRAC_S + CERT_SCALE) = value·2^(2·51)).
+FRAC_CERT = (FRAC_S + CERT_SCALE) // 2
 #: |ADMM values| < 2^(ADMM_BITS − 1) = 256 in the normalised units; with this bound F_w is a
 #: 128-bit prime (two 64-bit limbs: its modular square roots, the bulk of a comparison, are
 #: ~30% cheaper than at 130 bits).
 ADMM_BITS = 9
 #: Bits of x = v·2^64 in an ADMM step (|v| < 2^ADMM_BITS); comparisons use ADMM_X_BITS − 32 = 42.
 ADMM_X_BITS = 2 * FRAC_W + ADMM_BITS + 1
-#: Soft-threshold levels κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0 unless
-#: a gradient entry exceeds ρ·KAPPA_CLAMP = 16 in the normalised units).
+#: Soft-threshold levels κ = λ/ρ are clamped to this (a coefficient with a larger κ is 0: every
+#: gradient entry of a point no worse than u = 0 is below ρ·KAPPA_CLAMP = 4 in the normalised units).
 KAPPA_CLAMP = 2.0**6
 #: |ŵ_j| < 2^(W_HAT_BITS − 1): normalised coefficients (effect of x_j's half-range in y half-ranges).
 W_HAT_BITS = 11
 #: |e_j| < 2^(E_BITS − 1): Newton for 1/√G_jj never leaves this (26 steps of ≤ 1.5× from ≤ 1).
 E_BITS = 17
+#: |q′_j − λ_j s_j| ≤ 1 + ρ·KAPPA_CLAMP = 5 < 2^(RHS_BITS − 1).
+RHS_BITS = 4
+#: Error bound (in units of 2^−FRAC_U) of the computed gradient: two truncations of [−1, 2) ulp each.
+GRADIENT_ERROR_ULPS = 4
 
 
 def _dyadic(value: Fraction) -> tuple[int, int]:
@@ -68,6 +107,79 @@ _RHO_RELAX = _dyadic(Fraction(ADMM_RELAX) * Fraction(ADMM_RHO))
 _RELAX = _dyadic(Fraction(ADMM_RELAX))
 _ONE_MINUS_RELAX = _dyadic(1 - Fraction(ADMM_RELAX))
 _INV_RHO = _dyadic(1 / Fraction(ADMM_RHO))
+
+
+def _log2(n: float) -> int:
+    """⌈log₂ n⌉, at least 1."""
+    return max(1, math.ceil(math.log2(n)))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Signed bit bounds (|value| < 2^(bits − 1)) of the solver's openings in F_in.
+
+    From the plan only: d, and the Newton–Schulz iterations k of the polish, whose
+    iterates X_k are polynomials in M with eigenvalues ≤ 2^k/d (Schulz), so
+    |X_k| < 2^x_bits whatever the data.
+    """
+
+    d: int
+    ns_iterations: int
+
+    @property
+    def log_d(self) -> int:
+        return _log2(self.d)
+
+    @property
+    def x_bits(self) -> int:
+        return self.ns_iterations + 1
+
+    def ns(self) -> int:
+        """Newton–Schulz at frac 40: X(2I − MX)."""
+        return 2 * FRAC_IN + self.x_bits + self.log_d + 3
+
+    def first(self) -> int:
+        """X·rhs at frac 80 (the unrefined solution, before clipping)."""
+        return 2 * FRAC_IN + self.x_bits + RHS_BITS + self.log_d + 1
+
+    def residual(self) -> int:
+        """rhs − M·u₀ at frac 80, with |u₀| clipped to 2^(ADMM_BITS−1) and |M_ij| ≤ 1."""
+        return 2 * FRAC_IN + ADMM_BITS + self.log_d + 2
+
+    def polished(self) -> int:
+        """u₀·2^56 + X·r at frac 96 (the refined solution, before masking and clipping)."""
+        return FRAC_IN + FRAC_R + self.x_bits + ADMM_BITS + 2 * self.log_d + 2
+
+    def products(self) -> int:
+        """H·[z; δ] at frac 88 (|z| ≤ 2^8, |δ| ≤ 2^9)."""
+        return FRAC_IN + FRAC_U + ADMM_BITS + self.log_d + 3
+
+    def objective_change(self) -> int:
+        """2·(F(polished) − F(z)) at frac 96."""
+        return 2 * FRAC_U + 2 * ADMM_BITS + 2 * self.log_d + 6
+
+    def sums(self) -> int:
+        """λᵀ|u|, q′ᵀu (·2^8), uᵀg and ‖g‖² at frac 96 (|g| < 2^(ADMM_BITS + log d))."""
+        return 2 * FRAC_U + 2 * ADMM_BITS + 3 * self.log_d + 3
+
+    def certificate(self) -> int:
+        """A certificate test value at frac 102: |coefficients| ≤ 2^CERT_SCALE times the sums."""
+        return FRAC_S + CERT_SCALE + 2 * ADMM_BITS + 3 * self.log_d + 6
+
+    def field_bits(self, kappa: int) -> int:
+        """Smallest F_in (bits) in which every opening of the solver is statistically hiding."""
+        plain = max(self.ns(), self.residual(), self.products(), self.sums()) + kappa + 3
+        thresholds = max(
+            threshold_field_bits(kappa, FRAC_IN, self.first() + 1),
+            threshold_field_bits(kappa, FRAC_U, self.polished() + 1),
+            threshold_field_bits(kappa, FRAC_U, self.objective_change() + 1),
+            threshold_field_bits(kappa, FRAC_CERT, self.certificate() + 1),
+        )
+        return max(plain, thresholds)
+
+
+def bounds(plan: SolverPlan) -> Bounds:
+    return Bounds(plan.d, plan.ns_polish_iterations)
 
 
 @dataclass(frozen=True)
@@ -97,8 +209,12 @@ async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray
     y = ops.fixed(start, FRAC_IN)
     n = g.size
     for _ in range(NEWTON_ITERATIONS):
-        both = await ops.mul(np.concatenate([g.ravel(), y.ravel()]), np.concatenate([y.ravel(), y.ravel()]),
-                             FRAC_IN, 2 * FRAC_IN + 2 * E_BITS)
+        both = await ops.mul(
+            np.concatenate([g.ravel(), y.ravel()]),
+            np.concatenate([y.ravel(), y.ravel()]),
+            FRAC_IN,
+            2 * FRAC_IN + 2 * E_BITS,
+        )
         gy, yy = both[:n].reshape(g.shape), both[n:].reshape(g.shape)
         numerator = 3 * y * (1 << FRAC_IN) - gy * yy
         y = await ops.trunc(numerator % ops.p, FRAC_IN + 1, 2 * FRAC_IN + E_BITS + 3, degree2t=True)
@@ -106,7 +222,12 @@ async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray
 
 
 async def _newton_schulz(
-    ops: FieldOps, m: ObjectArray, iterations: int, trace_bound: float, frac: int, x_bits: int,
+    ops: FieldOps,
+    m: ObjectArray,
+    iterations: int,
+    trace_bound: float,
+    frac: int,
+    x_bits: int,
     step: StepCallback,
 ) -> ObjectArray:
     """X ≈ M⁻¹ (batched (B, d, d), frac ``frac``) by X ← X(2I − MX) from X₀ = I/trace_bound.
@@ -128,19 +249,27 @@ async def _newton_schulz(
 
 @dataclass(frozen=True)
 class Fit:
-    """Shares in F_in: ŵ = e∘u (B, d) frac 40 (rounded), u (B, d) frac 32, e (B, d) frac 40.
+    """Shares in F_in: ŵ = e∘u (B, d) frac 40 (rounded), u (B, d) frac 48, e (B, d) frac 40.
 
     u is exactly 0 off the support, so the revealed e∘u (opened unrounded, at
-    frac 72) keeps exact zeros.
+    frac 88) keeps exact zeros. ``iterations`` (ADMM iterations used) and
+    ``certified`` (every fit of the batch passed the certificate) are public.
     """
 
     w_hat: ObjectArray
     u: ObjectArray
     e: ObjectArray
+    iterations: int
+    certified: bool
 
 
 async def _prepare(
-    fields: Fields, cov: ObjectArray, params: Params, plan: SolverPlan, l1_times_e: bool, l1_max: float,
+    fields: Fields,
+    cov: ObjectArray,
+    params: Params,
+    plan: SolverPlan,
+    l1_times_e: bool,
+    l1_max: float,
     step: StepCallback,
 ) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
     """Jacobi scaling inside MPC: (e, H, q′, λ) in F_in at frac 40 (λ clamped to ρ·KAPPA_CLAMP)."""
@@ -167,9 +296,12 @@ async def _prepare(
     if params.offdiag is not None and params.w_scale is not None:  # standardised EN/ridge: e = e₀/√a
         factor = np.broadcast_to(params.offdiag[:, None, None], h.shape).copy()
         factor[:, np.arange(d), np.arange(d)] = 1 << FRAC_IN
-        scaled = await ops.mul(np.concatenate([h.ravel(), q.ravel()]),
-                               np.concatenate([factor.ravel(), np.broadcast_to(params.w_scale[:, None], q.shape).ravel()]),
-                               FRAC_IN, 2 * FRAC_IN + 3)
+        scaled = await ops.mul(
+            np.concatenate([h.ravel(), q.ravel()]),
+            np.concatenate([factor.ravel(), np.broadcast_to(params.w_scale[:, None], q.shape).ravel()]),
+            FRAC_IN,
+            2 * FRAC_IN + 3,
+        )
         h, q = scaled[: h.size].reshape(h.shape), scaled[h.size :].reshape(q.shape)
     if l1_times_e:
         limit = ADMM_RHO * KAPPA_CLAMP
@@ -179,137 +311,439 @@ async def _prepare(
     return e, h, q, lam
 
 
-async def _admm(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, kappa: ObjectArray, plan: SolverPlan, step: StepCallback
-) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
-    """Over-relaxed ADMM in F_w (frac 32): returns z, |z|, and the threshold bits of the last step.
+def _split(values: ObjectArray, *shapes: tuple[int, ...]) -> list[ObjectArray]:
+    """Cut a flat array into consecutive pieces of the given shapes."""
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(values[start : start + size].reshape(shape))
+        start += size
+    return out
 
-    With K = (H + ρI)⁻¹, ρ = 1/4, r = 7/4 (dyadic, so public factors are exact):
+
+class _BitSupply:
+    """Random bits for several one-off thresholds, made in one round."""
+
+    def __init__(self, bits: ObjectArray) -> None:
+        self._bits = bits
+
+    def take(self, count: int) -> ObjectArray:
+        out, self._bits = self._bits[:count], self._bits[count:]
+        return out
+
+
+def _needed(size: int, frac: int, bits: int) -> int:
+    """Random bits of ``_threshold`` on ``size`` values (``bits`` as passed to it)."""
+    return threshold_bits_needed(size, frac, bits + 1)
+
+
+async def _threshold(
+    ops: FieldOps, x: ObjectArray, kappa: ObjectArray, frac: int, bits: int, supply: _BitSupply
+) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+    """One fused threshold step on x = v·2^(2·frac) (degree 2t, |x| < 2^(bits−1)), κ ≥ 0 of x's shape:
+    (v, S_κ(v), |S_κ(v)|, [v > κ], [v < −κ]). One spare bit keeps |v| + κ inside the comparison."""
+    fused = FusedThreshold(ops, kappa, frac, bits + 1, 0)
+    return await fused.step(x, supply.take(_needed(x.size, frac, bits)))
+
+
+class _Admm:
+    """Over-relaxed ADMM in F_w (frac 32), run in segments and restartable.
+
+    With K = (H + ρI)⁻¹, ρ = 1/16, r = 7/4 (dyadic, so public factors are exact):
     v = r·Kq′ + rρ·K(z − w) + (1 − r)z + w, z ← S_κ(v), w ← v − z. The local
     product gives v·2^64 of degree 2t; ``FusedThreshold`` truncates and
     soft-thresholds it in 7 rounds.
     """
-    p, d = ops.p, plan.d
-    shifted = h.copy()
-    diagonal = (np.arange(d), np.arange(d))
-    shifted[:, diagonal[0], diagonal[1]] = (shifted[:, diagonal[0], diagonal[1]] + ops.fixed(ADMM_RHO, FRAC_W)) % p
-    k = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, 3, step)
-    (num_a, shift_a), (num_c, shift_c), (num_z, shift_z) = _RHO_RELAX, _RELAX, _ONE_MINUS_RELAX
-    a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + 6)  # rρ·K
-    kq = np.einsum("bij,bj->bi", k, q)
-    c1 = await ops.trunc((num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + 12, degree2t=True)  # r·Kq′
-    threshold = FusedThreshold(ops, kappa, FRAC_W, ADMM_X_BITS, plan.admm_iterations)
-    z = np.zeros(q.shape, dtype=object)
-    w = np.zeros(q.shape, dtype=object)
-    out: tuple[ObjectArray, ...] = ()
-    for _ in range(plan.admm_iterations):
-        local = (np.einsum("bij,bj->bi", a1, (z - w) % p) + num_z * z * (1 << (FRAC_W - shift_z))
-                 + (c1 + w) * (1 << FRAC_W))
-        v, z, z_abs, above, below = await threshold.step(local % p)
-        w = (v - z) % p
-        out = (z, z_abs, above, below)
-        step(1)
-    return out  # type: ignore[return-value]
 
+    def __init__(self, ops: FieldOps, a1: ObjectArray, c1: ObjectArray, kappa: ObjectArray) -> None:
+        self.ops, self.a1, self.c1, self.kappa = ops, a1, c1, kappa
+        self.z = np.zeros(c1.shape, dtype=object)
+        self.w = np.zeros(c1.shape, dtype=object)
 
-async def _select(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, z: ObjectArray, z_abs: ObjectArray,
-    polished: ObjectArray, polish_bits: int,
-) -> ObjectArray:
-    """The polished point (clipped to |·| ≤ 2^(ADMM_BITS−1)) if it lowers F, else z (frac 32, F_in).
+    @classmethod
+    async def create(
+        cls, ops: FieldOps, h: ObjectArray, q: ObjectArray, kappa: ObjectArray, plan: SolverPlan, step: StepCallback
+    ) -> _Admm:
+        p, d = ops.p, plan.d
+        shifted = h.copy()
+        diagonal = (np.arange(d), np.arange(d))
+        shifted[:, diagonal[0], diagonal[1]] = (shifted[:, diagonal[0], diagonal[1]] + ops.fixed(ADMM_RHO, FRAC_W)) % p
+        k_bits = _log2(1 / ADMM_RHO) + 1  # ‖K‖ ≤ 1/ρ
+        k = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, k_bits, step)
+        (num_a, shift_a), (num_c, shift_c) = _RHO_RELAX, _RELAX
+        a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + _log2(abs(num_a)) + k_bits + 2)  # rρ·K
+        kq = np.einsum("bij,bj->bi", k, q)
+        c1 = await ops.trunc(
+            (num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2, degree2t=True
+        )  # r·Kq′
+        return cls(ops, a1, c1, kappa)
 
-    With δ = w − z: 2(F(w) − F(z)) = 2δᵀ(Hz − q′) + δᵀHδ + 2λᵀ(|w| − |z|). Near the
-    optimum this is O(δ²) ≈ 1e−12, below the 2^−32 resolution of the iterates, so
-    the three products are summed unrounded at frac 64 before the comparison.
-    """
-    p, f = ops.p, FRAC_POLISH
-    bound = ops.fixed(2.0 ** (ADMM_BITS - 1), f)
-    args = np.concatenate([(bound - polished).ravel(), (polished + bound).ravel(), polished.ravel()]) % p
-    bits = await ops.less_than_zero(args, polish_bits)
-    n = polished.size
-    g_hi, g_lo, neg = (bits[i * n : (i + 1) * n].reshape(polished.shape) for i in range(3))
-    prods = await ops.mul_exact(np.concatenate([g_hi.ravel(), g_lo.ravel(), neg.ravel()]),
-                                np.concatenate([polished.ravel()] * 3))
-    hw, lw, nw = (prods[i * n : (i + 1) * n].reshape(polished.shape) for i in range(3))
-    clipped = (polished + (g_hi - g_lo) * bound - hw - lw) % p
-    clipped_abs = (polished - 2 * nw + (g_hi + g_lo) * bound - hw + lw) % p
-    delta = (clipped - z) % p
-    both = np.stack([z, delta], axis=1)  # (B, 2, d)
-    hb = await ops.matmul(both, np.swapaxes(h, 1, 2), f, 2 * f + ADMM_BITS + math.ceil(math.log2(4 * z.shape[1])))
-    grad = (hb[:, 0] - q) % p
-    twice = (2 * delta * grad + delta * hb[:, 1] + 2 * lam * ((clipped_abs - z_abs) % p)).sum(axis=1) % p
-    twice = await ops.reduce(twice)  # 2·ΔF at frac 64, degree t
-    better = await ops.less_than_zero(twice, 2 * f + 2 * ADMM_BITS + math.ceil(math.log2(z.shape[1])) + 12)
-    choice = await ops.mul_exact(better[:, None], delta)
-    return (z + choice) % p
+    async def run(self, steps: int, step: StepCallback) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+        """``steps`` iterations: z, |z| and the threshold bits of the last one."""
+        p = self.ops.p
+        num_z, shift_z = _ONE_MINUS_RELAX
+        threshold = FusedThreshold(self.ops, self.kappa, FRAC_W, ADMM_X_BITS, steps)
+        z, w = self.z, self.w
+        out: tuple[ObjectArray, ...] = ()
+        for _ in range(steps):
+            local = (
+                np.einsum("bij,bj->bi", self.a1, (z - w) % p)
+                + num_z * z * (1 << (FRAC_W - shift_z))
+                + (self.c1 + w) * (1 << FRAC_W)
+            )
+            v, z, z_abs, above, below = await threshold.step(local % p)
+            w = (v - z) % p
+            out = (z, z_abs, above, below)
+            step(1)
+        self.z, self.w = z, w
+        return out  # type: ignore[return-value]
+
+    def restart(self, z: ObjectArray, w: ObjectArray) -> None:
+        self.z, self.w = z, w
 
 
 async def _polish(
-    ops: FieldOps, h: ObjectArray, q: ObjectArray, lam: ObjectArray, bits: tuple[ObjectArray, ObjectArray] | None,
-    plan: SolverPlan, step: StepCallback,
-) -> ObjectArray:
-    """Solve H_SS u_S = q′_S − λ_S s_S on the support S of z (all features for ridge), frac 32.
+    ops: FieldOps,
+    h: ObjectArray,
+    q: ObjectArray,
+    lam: ObjectArray,
+    bits: tuple[ObjectArray, ObjectArray] | None,
+    plan: SolverPlan,
+    supply: _BitSupply,
+    step: StepCallback,
+) -> tuple[ObjectArray, ObjectArray]:
+    """(u, |u|) at frac 48: H_SS u_S = q′_S − λ_S s_S on the support S of z (all features for ridge).
 
-    M = (aaᵀ)∘H + diag(1 − a) has unit diagonal, so Newton–Schulz starts at I/d.
+    M = (aaᵀ)∘H + diag(1 − a) has unit diagonal, so Newton–Schulz starts at I/d
+    (frac 40). u₀ = X·rhs is clipped to ±2^(ADMM_BITS−1) (a wrong support can make
+    it huge), then refined once: u = u₀ + X·(rhs − M u₀), with the residual at
+    frac 56. The last threshold truncates to frac 48, zeroes everything off the
+    support exactly (κ = 2^8 there: the noise of the solve is far below) and
+    clips to ±2^8: u = S_{(1−a)·2^8}(v) − S_{2^8}(v).
     """
-    p, d, f = ops.p, plan.d, FRAC_POLISH
+    p, d, f = ops.p, plan.d, FRAC_IN
+    b = bounds(plan)
+    batch = q.shape[0]
     if bits is None:
+        a = np.ones(q.shape, dtype=object)
         m, rhs = h, q
     else:
         above, below = bits
         a, s = (above + below) % p, (above - below) % p
-        batch = a.shape[0]
         pair = await ops.mul_exact(
             np.concatenate([np.broadcast_to(a[:, :, None], (batch, d, d)).ravel(), lam.ravel()]),
             np.concatenate([np.broadcast_to(a[:, None, :], (batch, d, d)).ravel(), s.ravel()]),
         )
-        aa, ls = pair[: batch * d * d].reshape(batch, d, d), pair[batch * d * d :].reshape(batch, d)
-        masked = await ops.mul_exact(np.concatenate([aa.ravel(), a.ravel()]),
-                                     np.concatenate([h.ravel(), ((q - ls) % p).ravel()]))
-        m = masked[: batch * d * d].reshape(batch, d, d)
+        aa, ls = _split(pair, (batch, d, d), (batch, d))
+        masked = await ops.mul_exact(
+            np.concatenate([aa.ravel(), a.ravel()]), np.concatenate([h.ravel(), ((q - ls) % p).ravel()])
+        )
+        m, rhs = _split(masked, (batch, d, d), (batch, d))
         m[:, np.arange(d), np.arange(d)] = (m[:, np.arange(d), np.arange(d)] + (1 - a) * (1 << f)) % p
-        rhs = masked[batch * d * d :].reshape(batch, d)
-    x_bits = plan.ns_polish_iterations + 1
-    x = await _newton_schulz(ops, m, plan.ns_polish_iterations, float(d), f, x_bits, step)
-    solved = (await ops.matmul(x, rhs[:, :, None], f, 2 * f + x_bits + 12))[:, :, 0]
-    if bits is None:
-        return solved
-    return await ops.mul_exact(a, solved)  # exact zeros off the support
+    x = await _newton_schulz(ops, m, plan.ns_polish_iterations, float(d), f, b.x_bits, step)
+    first = np.einsum("bij,bj->bi", x, rhs) % p  # u₀·2^80, degree 2t
+    bound_40 = ops.fixed(np.full(q.shape, 2.0 ** (ADMM_BITS - 1)), f)
+    v, excess, _, _, _ = await _threshold(ops, first, bound_40, f, b.first(), supply)
+    u0 = (v - excess) % p  # clipped, frac 40
+    residual = (rhs * (1 << f) - np.einsum("bij,bj->bi", m, u0)) % p
+    residual = await ops.trunc(residual, 2 * f - FRAC_R, b.residual(), degree2t=True)  # frac 56
+    refined = (u0 * (1 << FRAC_R) + np.einsum("bij,bj->bi", x, residual)) % p  # u·2^96, degree 2t
+    bound_48 = ops.fixed(np.full(q.shape, 2.0 ** (ADMM_BITS - 1)), FRAC_U)
+    mask = ((1 - a) * bound_48) % p
+    _, cut, cut_abs, _, _ = await _threshold(
+        ops, np.concatenate([refined, refined]), np.concatenate([mask, bound_48]), FRAC_U, b.polished(), supply
+    )
+    return (cut[:batch] - cut[batch:]) % p, (cut_abs[:batch] - cut_abs[batch:]) % p
+
+
+async def _gradient(ops: FieldOps, h: ObjectArray, q: ObjectArray, points: ObjectArray, b: Bounds) -> ObjectArray:
+    """H·points − q′ at frac 48 for (B, n, d) points at frac 48 (one round)."""
+    products = await ops.matmul(points, np.swapaxes(h, 1, 2), FRAC_IN, b.products())
+    return (products - q[:, None, :] * (1 << (FRAC_U - FRAC_IN))) % ops.p
+
+
+def _integer(value: Fraction) -> int:
+    if value.denominator != 1:
+        raise ValueError("certificate coefficients must be integers after scaling")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class _Test:
+    """One certificate test of a fit: the dual bounds of |g_j| and the integer coefficients of
+    t = c_s1·S1 + c_s2·S2 + c_s3·S3 + c_yy·Ĉ_yy + c_abs·Σ|u| + constant (all at frac 102),
+    certified when every |g_j| ≤ bound_j and t < 0."""
+
+    s1: int
+    s2: int
+    s3: int
+    yy: int
+    abs_u: int
+    constant: int
+
+
+def _lasso_tests() -> list[_Test]:
+    """Per slack η: t = gap_η − τ·P with sound margins (see ``plan``).
+
+    gap_η ≤ S1 + (1 − η)S2 + η²P, so t′ = S1 + (1 − η)S2 − (tol − η²)·P ≤ 0 implies
+    gap_η ≤ tol·P; η² is rounded up to a multiple of 2^−41 (``plan.gap_tolerance``).
+    The gradient used in S2 (truncated, ≤ E = 4·2^−48 off per entry) moves S2 by
+    ≤ E·Σ|u|; the truncated sums are within 2 ulps at frac 60.
+    """
+    scale = Fraction(2) ** (FRAC_S + CERT_SCALE)
+    error = Fraction(GRADIENT_ERROR_ULPS, 2**FRAC_U)
+    tests = []
+    assert SLACK_SQUARE_GRAIN >= 2.0 ** (1 - CERT_SCALE), "τ/2 must be a whole number of 2^−42"
+    for eta in DUAL_SLACKS:
+        tau = Fraction(gap_tolerance(eta))
+        coefficients = [1 - tau, 1 - Fraction(eta) - tau / 2, tau / 2, -tau / 2]
+        s1, s2, s3, yy = (_integer(c * 2**CERT_SCALE) for c in coefficients)
+        abs_u = _integer(error * scale / 2**FRAC_U)
+        margin = _integer(Fraction(8, 2**FRAC_S) * scale)
+        tests.append(_Test(s1, s2, s3, yy, abs_u, margin))
+    return tests
+
+
+def _ridge_test(plan: SolverPlan) -> _Test:
+    """Ridge: |g_j| ≤ ε for every j and P ≥ P_min = d·ε²/(2μ·tol) give ‖g‖²/(2μ) ≤ tol·P.
+
+    t = P_min − P_lower with P_lower = ½(Ĉ_yy − S3 + S2 − E·Σ|u|) minus the truncation margin.
+    """
+    scale = Fraction(2) ** (FRAC_S + CERT_SCALE)
+    error = Fraction(GRADIENT_ERROR_ULPS, 2**FRAC_U)
+    eps = Fraction(RIDGE_GRADIENT_BOUND)
+    p_min = plan.d * eps**2 / (2 * Fraction(plan.strong_convexity) * Fraction(CERTIFICATE_TOLERANCE))
+    half = Fraction(1, 2)
+    test = _Test(
+        0,
+        _integer(-half * 2**CERT_SCALE),
+        _integer(half * 2**CERT_SCALE),
+        _integer(-half * 2**CERT_SCALE),
+        _integer(half * error * scale / 2**FRAC_U),
+        math.ceil(p_min * scale) + _integer(Fraction(8, 2**FRAC_S) * scale),
+    )
+    return test
+
+
+async def _dual_bounds(ops: FieldOps, lam: ObjectArray, plan: SolverPlan) -> tuple[ObjectArray, ObjectArray | None]:
+    """Per test, the bound on every |g_j| at frac 51, below its exact value by the rounding;
+    lasso: (1 + η)λ, and (1 + η₀)λ at frac 32 to clip the restart's dual."""
+    p = ops.p
+    # The threshold sees the exact g within [−1, 2) ulp, and the bound is rounded within [−1, 2).
+    margin = 3
+    if not plan.has_l1:
+        return (ops.fixed(np.full((1, *lam.shape), RIDGE_GRADIENT_BOUND), FRAC_CERT) - margin) % p, None
+    shift = 37  # (1 + η)·λ·2^(51 + 37) for η ≥ 2^−29, and at frac 32, exact before one truncation
+    pieces = []
+    for eta in DUAL_SLACKS:
+        numerator, log_denominator = _dyadic(1 + Fraction(eta))
+        pieces.append(lam * numerator * (1 << (FRAC_CERT - FRAC_IN + shift - log_denominator)))
+    first_num, first_log = _dyadic(1 + Fraction(DUAL_SLACKS[0]))
+    pieces.append(lam * first_num * (1 << (FRAC_W - FRAC_IN + shift - first_log)))
+    bits = FRAC_CERT + shift + 3 + 2  # |(1 + η)λ| ≤ 2·4 at frac 51, shifted up
+    scaled = await ops.trunc(np.concatenate([x.ravel() for x in pieces]) % p, shift, bits)
+    levels = len(DUAL_SLACKS)
+    bounds_cert = scaled[: levels * lam.size].reshape(levels, *lam.shape)
+    clip = scaled[levels * lam.size :].reshape(lam.shape)
+    return (bounds_cert - margin) % p, clip
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A checkpoint's result: the public bit, the point to return (frac 48) and ADMM's next state."""
+
+    certified: bool
+    u: ObjectArray
+    u_abs: ObjectArray
+    restart: tuple[ObjectArray, ObjectArray] | None  # (z, w) at frac 32
+
+
+def _check_values(batch: int, d: int, levels: int, has_l1: bool) -> int:
+    """Values compared in a check's one fused threshold: every |g_j| and every test per fit, and
+    (lasso) the objective change."""
+    return levels * batch * (d + 1) + (batch if has_l1 else 0)
+
+
+def _check_bits(plan: SolverPlan, batch: int, levels: int) -> int:
+    """Random bits of one check (polish, then certificate and selection)."""
+    b, d = bounds(plan), plan.d
+    polish = _needed(batch * d, FRAC_IN, b.first()) + _needed(2 * batch * d, FRAC_U, b.polished())
+    return polish + _needed(_check_values(batch, d, levels, plan.has_l1), FRAC_CERT, b.certificate())
+
+
+async def _check(
+    ops: FieldOps,
+    h: ObjectArray,
+    q: ObjectArray,
+    lam: ObjectArray,
+    cyy: ObjectArray,
+    polished: ObjectArray,
+    polished_abs: ObjectArray,
+    admm: tuple[ObjectArray, ObjectArray, ObjectArray] | None,
+    dual: ObjectArray,
+    clip: ObjectArray | None,
+    plan: SolverPlan,
+    supply: _BitSupply,
+) -> _Outcome:
+    """The certificate of the polished points (one opened bit: all of the batch certified) and,
+    for lasso, the choice between them and ADMM's z, from which ADMM goes on.
+
+    Rounds: the gradients H·z and H·δ (δ = polished − z); the sums S1 = λᵀ|u|, S2 = uᵀg,
+    S3 = q′ᵀu of the polished u to frac 60 (and u, g to frac 32 for a restart); one fused
+    threshold compares every |g_j| (the exact Hu − q′, unrounded) with its bound and every test
+    value with 0, for every test, and the objective change 2(F(u) − F(z)) with 0; per fit and
+    test, fail = (violated bounds) + [t ≥ 0] is zero iff that test passes; two rounds of
+    products (the tree over the tests, the clipping of g and the selection); a random multiple
+    of Σ_fits Π_tests fail is opened: 0 exactly when every fit is certified, else uniform.
+
+    ``admm`` = (z, |z|, w) at frac 32 (lasso). When the polished point is better it restarts
+    ADMM at z = u, w = −clip(g, ±(1 + η₀)λ)/ρ; otherwise ADMM keeps its own state.
+    """
+    p, b = ops.p, bounds(plan)
+    batch, d = q.shape
+    tests = _lasso_tests() if plan.has_l1 else [_ridge_test(plan)]
+    levels = len(tests)
+    up = 1 << (FRAC_U - FRAC_W)
+    if admm is not None:
+        z, z_abs, w = admm
+        z48 = (z * up) % p
+        delta = (polished - z48) % p
+        grads = await _gradient(ops, h, q, np.stack([z48, delta], axis=1), b)
+        g_z = grads[:, 0]
+        h_delta = (grads[:, 1] + q * (1 << (FRAC_U - FRAC_IN))) % p  # Hδ (the gradient added −q′)
+        g = (g_z + h_delta) % p
+    else:
+        g = (await _gradient(ops, h, q, polished[:, None, :], b))[:, 0]
+    to_w = 1 << (FRAC_W + 2 * FRAC_U - FRAC_S - FRAC_U)  # frac 48 → frac 32 after the cut
+    sums = (
+        np.concatenate(
+            [
+                (lam * polished_abs).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+                (polished * g).sum(axis=1),
+                (q * polished).sum(axis=1) * (1 << (FRAC_U - FRAC_IN)),
+                (polished * to_w).ravel(),
+                (g * to_w).ravel(),
+            ]
+        )
+        % p
+    )
+    cut = await ops.trunc(sums, 2 * FRAC_U - FRAC_S, b.sums(), degree2t=True)
+    s1, s2, s3, u32, g32 = _split(cut, (batch,), (batch,), (batch,), (batch, d), (batch, d))
+    yy = cyy * (1 << (FRAC_S - FRAC_IN))
+    abs_total = polished_abs.sum(axis=1)
+    values = [(t.s1 * s1 + t.s2 * s2 + t.s3 * s3 + t.yy * yy + t.abs_u * abs_total + t.constant) % p for t in tests]
+    exact_g = (np.einsum("bij,bj->bi", h, polished) - q * (1 << FRAC_U)) % p  # frac 88, degree 2t, unrounded
+    x_parts = [
+        np.broadcast_to((exact_g * (1 << (2 * FRAC_CERT - FRAC_IN - FRAC_U))) % p, (levels, batch, d)).ravel(),
+        *values,
+    ]
+    kappa_parts = [dual.ravel(), np.full(levels * batch, 2, dtype=object)]
+    if admm is not None:
+        l1_change = lam * (polished_abs - (z_abs * up) % p) * (1 << (FRAC_U - FRAC_IN))  # frac 96
+        twice = (2 * delta * g_z + delta * h_delta + 2 * l1_change).sum(axis=1)  # 2(F(u) − F(z)), frac 96
+        x_parts.append((twice * (1 << (2 * FRAC_CERT - 2 * FRAC_U))) % p)
+        kappa_parts.append(np.zeros(batch, dtype=object))
+    _, _, _, above, below = await _threshold(
+        ops, np.concatenate(x_parts), np.concatenate(kappa_parts), FRAC_CERT, b.certificate(), supply
+    )
+    n = levels * batch * d
+    violated = (above[:n] + below[:n]).reshape(levels, batch, d).sum(axis=2)
+    factors = list((violated + 1 - below[n : n + levels * batch].reshape(levels, batch)) % p)  # 0 iff the test passes
+    # Round A: the tree's first level; the clipped gradient (with the first test's bits).
+    extra: list[ObjectArray] = []
+    if clip is not None:
+        extra = [above[: batch * d] * (g32 - clip).ravel(), below[: batch * d] * (g32 + clip).ravel()]
+    w_polished = None
+    if len(factors) > 1 or extra:
+        pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
+        reduced = await ops.reduce(np.concatenate([*pairs, *extra]) % p)
+        factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
+        if extra:
+            above_part, below_part = _split(reduced[len(pairs) * batch :], (batch, d), (batch, d))
+            w_polished = (-(g32 - above_part - below_part) * _INV_RHO[0]) % p
+    # Round B: the rest of the tree; the selection (better = [F(u) < F(z)]).
+    chosen = polished, polished_abs
+    restart = None
+    pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
+    moves: list[ObjectArray] = []
+    if admm is not None:
+        assert w_polished is not None
+        better = np.broadcast_to(below[n + levels * batch :][:, None], (batch, d)).ravel()
+        moves = [
+            better * x.ravel()
+            for x in (delta, (polished_abs - (z_abs * up) % p) % p, (u32 - z) % p, (w_polished - w) % p)
+        ]
+    if pairs or moves:
+        reduced = await ops.reduce(np.concatenate([*pairs, *moves]) % p)
+        factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
+        if moves:
+            d_u, d_abs, d_z, d_w = _split(reduced[len(pairs) * batch :], *[(batch, d)] * 4)
+            chosen = ((z48 + d_u) % p, ((z_abs * up) + d_abs) % p)
+            restart = ((z + d_z) % p, (w + d_w) % p)
+    while len(factors) > 1:  # more than four tests
+        pairs = [factors[i] * factors[i + 1] for i in range(0, len(factors) - 1, 2)]
+        reduced = await ops.reduce(np.concatenate(pairs) % p)
+        factors = _split(reduced, *[(batch,)] * len(pairs)) + factors[len(pairs) * 2 :]
+    total = np.array([factors[0].sum() % p], dtype=object)
+    mask = ops._prss(1, p)
+    opened = await ops._open((mask * total + ops._prss_zero(1)) % p, 2 * ops.t)
+    assert opened is not None
+    certified = bool(opened[0] == 0)
+    if certified:
+        return _Outcome(True, polished, polished_abs, None)
+    return _Outcome(False, *chosen, restart)
 
 
 async def fit_batch(
-    fields: Fields, cov: ObjectArray, params: Params, plan: SolverPlan, l1_times_e: bool, step: StepCallback,
+    fields: Fields,
+    cov: ObjectArray,
+    params: Params,
+    plan: SolverPlan,
+    l1_times_e: bool,
+    step: StepCallback,
 ) -> Fit:
-    """B independent fits (one per covariance in ``cov``) in one batch of rounds."""
+    """B independent fits (one per covariance in ``cov``) in one batch of rounds, run until the
+    certificate holds for all of them at a checkpoint, or to the plan's maximum."""
     inp, work = fields.inp, fields.work
     e, h, q, lam = await _prepare(fields, cov, params, plan, l1_times_e, l1_max(plan), step)
     batch, d = q.shape
-    sizes = [h.size, q.size, lam.size]
-    low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_POLISH, FRAC_IN + 10)
-    h32 = low[: sizes[0]].reshape(h.shape)
-    q32 = low[sizes[0] : sizes[0] + sizes[1]].reshape(q.shape)
-    lam32 = low[sizes[0] + sizes[1] :].reshape(lam.shape)
-    if plan.has_l1:
+    cyy = cov[:, d, d]
+    dual, clip = await _dual_bounds(inp, lam, plan)
+    levels = dual.shape[0]
+    if not plan.has_l1:  # ridge: the refined solve with every feature active, then the certificate
+        supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+        u, u_abs = await _polish(inp, h, q, lam, None, plan, supply, step)
+        outcome = await _check(inp, h, q, lam, cyy, u, u_abs, None, dual, None, plan, supply)
+        done = 0
+    else:
+        low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 10)
+        h32, q32, lam32 = _split(low, h.shape, q.shape, lam.shape)
         num_k, shift_k = _INV_RHO  # κ = λ/ρ
         assert shift_k == 0, "1/ρ must be an integer"
-        moved = await inp.convert(np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p,
-                                  work, FRAC_POLISH + 11)
-        h_w = moved[: sizes[0]].reshape(h.shape)
-        q_w = moved[sizes[0] : sizes[0] + sizes[1]].reshape(q.shape)
-        kappa_w = moved[sizes[0] + sizes[1] :].reshape(lam.shape)
-        z, z_abs, above, below = await _admm(work, h_w, q_w, kappa_w, plan, step)
-        back = await work.convert(np.concatenate([z.ravel(), z_abs.ravel(), above.ravel(), below.ravel()]),
-                                  inp, FRAC_W + ADMM_BITS + 1)
-        z, z_abs, above, below = (back[i * z.size : (i + 1) * z.size].reshape(z.shape) for i in range(4))
-        polished = await _polish(inp, h32, q32, lam32, (above, below), plan, step)
-        u = await _select(inp, h32, q32, lam32, z, z_abs, polished,
-                          FRAC_POLISH + plan.ns_polish_iterations + 12)
-    else:
-        u = await _polish(inp, h32, q32, lam32, None, plan, step)
+        moved = await inp.convert(
+            np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p, work, FRAC_W + 11
+        )
+        h_w, q_w, kappa_w = _split(moved, h.shape, q.shape, lam.shape)
+        admm = await _Admm.create(work, h_w, q_w, kappa_w, plan, step)
+        done = 0
+        for mark in plan.checkpoints:
+            z, z_abs, above, below = await admm.run(mark - done, step)
+            done = mark
+            back = await work.convert(
+                np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]), inp, FRAC_W + ADMM_BITS + 1
+            )
+            z, z_abs, above, below, w = _split(back, *[z.shape] * 5)
+            supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+            polished, polished_abs = await _polish(inp, h, q, lam, (above, below), plan, supply, step)
+            outcome = await _check(inp, h, q, lam, cyy, polished, polished_abs, (z, z_abs, w), dual, clip, plan, supply)
+            if outcome.certified or mark == plan.checkpoints[-1]:
+                break
+            assert outcome.restart is not None
+            z_next, w_next = outcome.restart
+            moved = await inp.convert(np.concatenate([z_next.ravel(), w_next.ravel()]), work, FRAC_W + 2 * ADMM_BITS)
+            admm.restart(*_split(moved, z_next.shape, w_next.shape))
+    u = outcome.u
     if params.w_scale is not None:
         e = await inp.mul(e, params.w_scale[:, None], FRAC_IN, 2 * FRAC_IN + E_BITS + 2)
-    w_hat = await inp.mul(e, u, FRAC_POLISH, FRAC_IN + FRAC_POLISH + E_BITS + ADMM_BITS + 2)
-    return Fit(w_hat, u, e)
-
-
-# ---- parameters, cross-validation, reveal ---------------------------------------------------------
+    w_hat = await inp.mul(e, u, FRAC_U, FRAC_IN + FRAC_U + E_BITS + ADMM_BITS + 2)
+    return Fit(w_hat, u, e, done, outcome.certified)

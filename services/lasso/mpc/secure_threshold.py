@@ -50,6 +50,11 @@ def threshold_field_bits(kappa: int, frac: int, x_bits: int) -> int:
     return max(trunc, compare)
 
 
+def threshold_bits_needed(size: int, frac: int, x_bits: int) -> int:
+    """Random bits one ``FusedThreshold.step`` on ``size`` values uses (2 comparisons × (ℓ + 1))."""
+    return 2 * size * (x_bits - frac + 1)
+
+
 class FusedThreshold:
     """Soft-threshold steps for a fixed batch shape and thresholds κ (see module docstring).
 
@@ -81,14 +86,23 @@ class FusedThreshold:
         out, self._bits = self._bits[:per_step], self._bits[per_step:]
         return out
 
-    async def step(self, x: ObjectArray) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
-        """(v, z, |z|, above, below) for x = v·2^(2f) (degree 2t), all of x's shape."""
-        ops, p, f, l, n = self.ops, self.ops.p, self.frac, self.l, self.n
+    async def step(
+        self, x: ObjectArray, random_bits: ObjectArray | None = None
+    ) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+        """(v, z, |z|, above, below) for x = v·2^(2f) (degree 2t), all of x's shape.
+
+        ``random_bits`` (``threshold_bits_needed`` of them, e.g. a slice of one batch made
+        for several thresholds) saves the round that would make them here.
+        """
+        ops, p, f, cmp_bits, n = self.ops, self.ops.p, self.frac, self.l, self.n  # cmp_bits: ℓ (l) in the maths
         shape = x.shape
         m = 2 * n  # comparisons: a⁺ = κ − v and a⁻ = v + κ
-        bits = await self._random_bits()  # (m, l+1): l magnitude bits (MSB first) and a sign bit
-        r_bits, sign_bits = bits[:, :l], bits[:, l]
-        r = (r_bits * (np.ones(l, dtype=object) << np.arange(l - 1, -1, -1).astype(object))).sum(axis=1)
+        if random_bits is None:
+            bits = await self._random_bits()  # (m, l+1): l magnitude bits (MSB first) and a sign bit
+        else:
+            bits = random_bits.reshape(m, cmp_bits + 1)
+        r_bits, sign_bits = bits[:, :cmp_bits], bits[:, cmp_bits]
+        r = (r_bits * (np.ones(cmp_bits, dtype=object) << np.arange(cmp_bits - 1, -1, -1).astype(object))).sum(axis=1)
         s = (2 * sign_bits - 1) % p
 
         # Round 1: open the truncation mask and both comparisons' masked values.
@@ -96,15 +110,13 @@ class FusedThreshold:
         r_lo = ops._prss(n, 1 << lo_bound)
         r_hi = ops._prss(n, 1 << hi_bits)
         offset_h = ops.subsets << hi_bits  # ≥ r_hi, keeps κ − r_hi + H positive
-        r_div = ops._prss(m, 1 << (ops.kappa + hi_bits + 3 - l))  # R·2^l ≥ 2^κ·(κ ± r_hi + H)
+        r_div = ops._prss(m, 1 << (ops.kappa + hi_bits + 3 - cmp_bits))  # R·2^l ≥ 2^κ·(κ ± r_hi + H)
         flat_x = x.reshape(-1)
         kappa = self.kappa.reshape(-1)
         masked_x = flat_x + (1 << (self.x_bits - 1)) + r_lo + (r_hi << f)
         secret = np.concatenate([kappa + r_hi, kappa - r_hi])
-        masked_c = secret + offset_h + (1 << l) + r + (r_div << l)
-        opened = await ops._open(
-            (np.concatenate([masked_x, masked_c]) + ops._prss_zero(n + m)) % p, 2 * ops.t
-        )
+        masked_c = secret + offset_h + (1 << cmp_bits) + r + (r_div << cmp_bits)
+        opened = await ops._open((np.concatenate([masked_x, masked_c]) + ops._prss_zero(n + m)) % p, 2 * ops.t)
         assert opened is not None
         c_t, c_sec = opened[:n], opened[n:]
         big_p = (c_t >> f) - (1 << (self.x_bits - 1 - f)) - (ops.subsets - 1) // 2
@@ -112,12 +124,12 @@ class FusedThreshold:
         bias = (ops.subsets - 1) // 2 + (1 << (self.x_bits - 1 - f))
         public = np.concatenate([bias - (c_t >> f), (c_t >> f) - bias])  # a = secret + public
         c_full = c_sec + public - offset_h
-        c_mod = c_full % (1 << l)
+        c_mod = c_full % (1 << cmp_bits)
         a = (np.concatenate([kappa - v, v + kappa])) % p
         mult = np.concatenate([(-a[:n]) % p, a[n:]])  # m = v − κ = −a⁺,  m = v + κ = a⁻
 
         # e_i from the public bits of c mod 2^l.
-        c_bits = ((c_mod[:, None] >> np.arange(l - 1, -1, -1).astype(object)) & 1).astype(object)
+        c_bits = ((c_mod[:, None] >> np.arange(cmp_bits - 1, -1, -1).astype(object)) & 1).astype(object)
         xor = c_bits + r_bits - 2 * c_bits * r_bits
         prefix = np.concatenate([np.zeros((m, 1), dtype=object), np.cumsum(xor, axis=1)], axis=1)
         ones = np.ones((m, 1), dtype=object)
@@ -148,15 +160,22 @@ class FusedThreshold:
         g = (opened_root == 0).astype(np.int64).astype(object)
 
         # Bits and b·m locally (all exact: the numerators are multiples of 2^l).
-        inv = pow(1 << l, -1, p)
+        inv = pow(1 << cmp_bits, -1, p)
         hh = ((1 - 2 * g) * s + 3) % p
-        a_r = (a + (1 << l) + r) % p
-        bit = ((c_mod - a_r + hh * (1 << (l - 1))) * inv) % p
+        a_r = (a + (1 << cmp_bits) + r) % p
+        bit = ((c_mod - a_r + hh * (1 << (cmp_bits - 1))) * inv) % p
         a_sq, r_m, s_m = (side_reduced[i * m : (i + 1) * m] for i in range(3))
         a_m = np.concatenate([(-a_sq[:n]) % p, a_sq[n:]])
-        bm = (((c_mod - (1 << l) + 3 * (1 << (l - 1))) * mult - a_m - r_m + (1 - 2 * g) * (1 << (l - 1)) * s_m) * inv) % p
+        bm = (
+            (
+                (c_mod - (1 << cmp_bits) + 3 * (1 << (cmp_bits - 1))) * mult
+                - a_m
+                - r_m
+                + (1 - 2 * g) * (1 << (cmp_bits - 1)) * s_m
+            )
+            * inv
+        ) % p
         above, below = bit[:n].reshape(shape), bit[n:].reshape(shape)
         z = ((bm[:n] + bm[n:]) % p).reshape(shape)
         z_abs = ((bm[:n] - bm[n:]) % p).reshape(shape)
         return v.reshape(shape), z, z_abs, above, below
-

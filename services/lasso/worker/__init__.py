@@ -1,1 +1,2 @@
-"""The per-run MPC worker process: its link to the lasso server, frames, the mesh transport for MPyC, and the registry of production programs."""
+"""The per-run MPC worker process: its link to the lasso server, frames, the mesh transport
+for MPyC, and the registry of production programs."""

@@ -18,7 +18,8 @@ import asyncio
 import os
 import socket
 import sys
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from services.lasso.worker.frames import Frame
 from services.lasso.worker.link import FrameLink, OnClose, OnFrame, open_link
@@ -29,6 +30,10 @@ HEARTBEAT_S = 1.0
 
 class WorkerHandle(Protocol):
     def send(self, frame: Frame) -> None: ...
+
+    async def writable(self) -> None:
+        """Return once the frames queued for the worker are below the link's high-water mark."""
+        ...
 
     def kill(self) -> None: ...
 
@@ -72,6 +77,9 @@ class SubprocessWorker:
 
     def send(self, frame: Frame) -> None:
         self.link.send(frame)
+
+    async def writable(self) -> None:
+        await self.link.writable()
 
     def kill(self) -> None:
         if self.process.returncode is None:

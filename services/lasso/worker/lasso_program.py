@@ -10,7 +10,11 @@ core (RegressionSpec, an m × c integer share matrix, RegressionResult):
 - the shares must carry the encoding the core expects (f = 32 fractional bits,
   ℓ = 64 value bits, so the public offset 2^63);
 - progress phases map onto the Phase enum; the owners' RegressionResult becomes the
-  ModelResult (coefficients in feature order), the helper's None an empty result.
+  ModelResult (coefficients in feature order, iterations used, whether the convergence
+  certificate held and its bound), the helper's None an empty result;
+- before anything is computed, the joined count (public inside MPC) is held against the
+  study's minimum and this organisation's own floor (`RunContext.min_joined`, from its
+  local policy): a smaller join stops the run with only that fact revealed.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def regression_spec(spec: common_pb2.StudySpec) -> RegressionSpec:
         standardize=model.standardize,
         iterations=model.iterations,
         reveal_cv_curve=spec.reveal.cv_curve,
+        reveal_standardized=spec.reveal.standardized_coefficients,
         column_owners=column_owners(spec),
     )
 
@@ -61,13 +66,25 @@ def model_result(result: RegressionResult, spec: common_pb2.StudySpec) -> lasso_
     standardized = result.standardized_coefficients or (0.0,) * len(result.coefficients)
     coefficients = [lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s) for name, w, s in zip(feature_names(spec), result.coefficients, standardized)]
     curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse) for a, mse in result.cv_curve]
-    return lasso_pb2.ModelResult(coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve, iterations=result.iterations, target=target_name(spec))
+    return lasso_pb2.ModelResult(
+        coefficients=coefficients, intercept=result.intercept, joined=result.joined, alpha=result.alpha, cv_curve=curve,
+        iterations=result.iterations, target=target_name(spec), converged=result.converged,
+        certified_gap=result.certified_gap or 0.0,
+    )
+
+
+def check_joined(rows: int, spec: common_pb2.StudySpec, min_joined: int) -> None:
+    """Stop when the join is below the study's minimum or this organisation's floor."""
+    floor = max(spec.min_intersection, min_joined)
+    if rows < floor:
+        raise ProgramError(f"the join is smaller than the minimum of {floor} rows this organisation allows")
 
 
 async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
     regression = regression_spec(context.spec)
     check_encoding(context.shares)
     matrix = assemble(context.shares, study_columns(context.spec))
+    check_joined(len(matrix), context.spec, context.min_joined)
 
     def progress(phase: str, done: int, total: int) -> None:
         context.report(PHASES.get(phase, common_pb2.PHASE_UNSPECIFIED), done, total)

@@ -4,15 +4,21 @@ Both ends use `FrameLink`: an asyncio Protocol that decodes frames as bytes arri
 hands each to a callback synchronously (no task per frame: MPyC's own exchanger works
 the same way), and writes frames with the transport's non-blocking, ordered `write`.
 The link ending — EOF, an error, or a malformed frame — is reported once to `on_close`.
+Writes are not bounded by the link itself: `writable()` waits while more than
+WRITE_HIGH_WATER bytes are queued, and the lasso server awaits it before it reads the next
+message from a peer's stream, so a peer that sends faster than the worker reads is slowed
+by gRPC's flow control instead of filling the server's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from services.lasso.worker.frames import Frame, FrameDecoder, FrameError, encode
+
+WRITE_HIGH_WATER = 16 * 1024 * 1024
 
 OnFrame = Callable[[Frame], None]
 OnClose = Callable[[Exception | None], None]
@@ -25,10 +31,24 @@ class FrameLink(asyncio.Protocol):
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
         self._closed = False
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def writable(self) -> None:
+        """Return once the queued writes are below the high-water mark (or the link closed)."""
+        if not self._writable.is_set():
+            await self._writable.wait()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -52,6 +72,7 @@ class FrameLink(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        self._writable.set()
         if self._transport is not None:
             self._transport.close()
         self._on_close(exc)

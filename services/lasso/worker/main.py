@@ -36,7 +36,7 @@ from typing import Any
 
 from riskmesh.v1 import join_pb2, lasso_pb2
 from services.lasso.worker.frames import Failed, Frame, Input, InputEnd, Report, Result, Start
-from services.lasso.mpc import safe_pickle
+from services.lasso.core.wire import WireError
 from services.lasso.worker.link import open_link
 from services.lasso.mpc.runtime import create_runtime
 from services.lasso.core.parties import PARTIES, party_orgs
@@ -60,13 +60,11 @@ def load_runtime(pid: int, parties: int = PARTIES) -> Any:
 
     Built by services.lasso.mpc.runtime (the one place that knows MPyC's options); the
     party addresses it carries are never dialled, since `start` is replaced. What peers
-    send is unpickled by services.lasso.mpc.safe_pickle (plain data only).
+    send is decoded by services.lasso.core.wire (never unpickled; installed by create_runtime).
     """
     if "mpyc.runtime" in sys.modules:
         raise RuntimeError("MPyC's runtime already exists in this process; one run per process")
-    runtime = create_runtime(pid, [("localhost", 0)] * parties)
-    safe_pickle.restrict(sys.modules["mpyc.runtime"])
-    return runtime
+    return create_runtime(pid, [("localhost", 0)] * parties)
 
 
 class WorkerSession:
@@ -124,7 +122,7 @@ class WorkerSession:
             raise WorkerError("no run request before the inputs")
         request = lasso_pb2.RunLassoRequest.FromString(self._start)
         orgs = party_orgs(request.spec)
-        context = RunContext(request.run_id, request.spec, self.mpc.pid, orgs, decode_blocks(request.run_id, self._inputs), self.report)
+        context = RunContext(request.run_id, request.spec, self.mpc.pid, orgs, decode_blocks(request.run_id, self._inputs), self.report, request.min_joined)
         self._inputs = []
         self.transport.install()
         await self.mpc.start()
@@ -149,7 +147,7 @@ class WorkerSession:
 
 def failure_reason(exc: BaseException) -> str:
     """A reason that names what failed, never a value (messages of foreign exceptions may hold data)."""
-    if isinstance(exc, (PeerLostError, WorkerError, ProgramError, ShareError, RegressionSpecError, safe_pickle.PeerDataRefused)):
+    if isinstance(exc, (PeerLostError, WorkerError, ProgramError, ShareError, RegressionSpecError, WireError)):
         return str(exc)
     return f"the MPC computation raised {type(exc).__name__}"
 

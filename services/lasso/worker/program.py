@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.core.blocks import ShareBlock
@@ -25,6 +25,7 @@ ReportFn = Callable[[int, int, int], None]
 
 class ProgramError(Exception):
     """A program cannot run on these inputs; the message is reported as is (never data)."""
+
 
 # name → "module:function": the production programs. Tests and benchmarks add their own
 # through EXTRA_PROGRAMS_ENV (set by whoever starts the server, never by a peer).
@@ -60,6 +61,8 @@ class RunContext:
     orgs: tuple[str, ...]
     shares: list[ShareBlock] = field(repr=False)
     report: ReportFn = field(repr=False)
+    # This party's floor on the joined count from its organisation's local policy (0: none).
+    min_joined: int = 0
 
 
 Program = Callable[[Any, RunContext], Awaitable[lasso_pb2.ModelResult]]

@@ -15,6 +15,10 @@ in the lasso server (which owns the mTLS port and checks the peer's certificate)
 module only sees frames: it sends `Dial`, `Send` and `Close`, and gets `PeerUp`, `Recv`,
 `PeerClosed` and `PeerLost` through `MeshTransport.on_frame`.
 
+A peer cannot make this party hold unbounded data: messages that arrive before MPyC asks
+for them are buffered up to MAX_AHEAD_MESSAGES and MAX_AHEAD_BYTES per peer, and a second
+message for a round already buffered is refused; either fails the run naming the peer.
+
 Counting (`TrafficCounts`): per phase, the messages and payload bytes this party sent and
 its rounds — a round is a burst of sends after this party consumed a peer's message (a
 send that depends on nothing new joins the current round). Over a network with one-way
@@ -35,10 +39,16 @@ import asyncio
 import time
 from typing import Any, Callable, Protocol
 
+from services.lasso.core import wire
 from services.lasso.worker.frames import Close, Dial, Frame, PeerClosed, PeerLost, PeerUp, Recv, Send, Traffic
 
 # MPyC counts 12 header bytes (pc + length) per message in nbytes_sent; kept for its statistics.
 MESSAGE_OVERHEAD = 12
+# Messages a peer may send ahead of this party's computation (not yet asked for by MPyC).
+# The lasso runs ahead by a few input chunks (secure_input.LOOKAHEAD_CHUNKS, ~1 MB each)
+# and otherwise by one round; these caps are far above that and far below a worker's memory.
+MAX_AHEAD_MESSAGES = 4096
+MAX_AHEAD_BYTES = 128 * 1024 * 1024
 
 
 class PeerLostError(ConnectionError):
@@ -80,7 +90,7 @@ class TrafficCounts:
 class Exchanger:
     """MPyC's view of one peer (what `asyncoro.MessageExchanger` offers), over frames."""
 
-    __slots__ = ("runtime", "peer_pid", "nbytes_sent", "_sink", "_loop", "_buffers", "_error", "_counts")
+    __slots__ = ("runtime", "peer_pid", "nbytes_sent", "_sink", "_loop", "_buffers", "_error", "_ahead_bytes", "_ahead_messages", "_counts")
 
     def __init__(self, runtime: Any, peer_pid: int, sink: FrameSink, counts: TrafficCounts | None = None) -> None:
         self.runtime = runtime
@@ -91,6 +101,8 @@ class Exchanger:
         self._loop: asyncio.AbstractEventLoop = runtime._loop
         self._buffers: dict[int, bytes | asyncio.Future[bytes]] = {}
         self._error: PeerLostError | None = None
+        self._ahead_bytes = 0
+        self._ahead_messages = 0
 
     def send(self, pc: int, payload: bytes) -> None:
         """Send payload labelled with pc (synchronous, as MPyC expects; the link queues it)."""
@@ -103,6 +115,9 @@ class Exchanger:
         payload = self._buffers.pop(pc, None)
         if payload is not None:
             self._counts.consumed()
+            if isinstance(payload, bytes):
+                self._ahead_messages -= 1
+                self._ahead_bytes -= len(payload)
             return payload
         future: asyncio.Future[bytes] = self._loop.create_future()
         if self._error is not None:
@@ -112,14 +127,26 @@ class Exchanger:
         return future
 
     def deliver(self, pc: int, payload: bytes) -> None:
-        """A message from the peer: resolve its waiting receive, or keep it until asked."""
-        waiting = self._buffers.pop(pc, None)
+        """A message from the peer: resolve its waiting receive, or keep it until asked.
+
+        Raises PeerLostError when the peer sent a second message for a buffered round or
+        more than the caps ahead of the computation (the caller fails the run).
+        """
+        payload = wire.from_peer(payload, self.peer_pid)
+        waiting = self._buffers.get(pc)
         if isinstance(waiting, asyncio.Future):
+            del self._buffers[pc]
             if not waiting.done():
                 waiting.set_result(payload)
                 self._counts.consumed()
-        else:
-            self._buffers[pc] = payload
+            return
+        if waiting is not None:
+            raise PeerLostError(self.peer_pid, "sent two messages for one round")
+        self._ahead_messages += 1
+        self._ahead_bytes += len(payload)
+        if self._ahead_messages > MAX_AHEAD_MESSAGES or self._ahead_bytes > MAX_AHEAD_BYTES:
+            raise PeerLostError(self.peer_pid, f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB ahead of the computation")
+        self._buffers[pc] = payload
 
     def close_connection(self) -> None:
         """MPyC's shutdown: this party (the dialer) ends the stream to the peer."""
@@ -151,7 +178,8 @@ class MeshTransport:
         self.counts = TrafficCounts()
         self.failure: asyncio.Future[PeerLostError] = runtime._loop.create_future()
         self._started = False
-        self._early: list[Frame] = []  # peers may connect before MPyC starts
+        self._early: list[Frame] = []  # peers may connect (and send) before MPyC starts
+        self._early_sizes: dict[int, tuple[int, int]] = {}  # peer → (messages, bytes) in _early
 
     def install(self) -> None:
         """Replace `start` on this runtime instance (not on the class)."""
@@ -174,6 +202,7 @@ class MeshTransport:
         for frame in self._early:
             self.on_frame(frame)
         self._early = []
+        self._early_sizes = {}
         done, _ = await asyncio.wait([all_up, self.failure], return_when=asyncio.FIRST_COMPLETED)
         if self.failure in done:
             raise self.failure.result()
@@ -182,11 +211,21 @@ class MeshTransport:
     def on_frame(self, frame: Frame) -> None:
         """Dispatch a frame from the server (Recv is the hot path, so it comes first)."""
         if not self._started and not isinstance(frame, PeerLost):
+            if isinstance(frame, Recv):
+                messages, size = self._early_sizes.get(frame.peer, (0, 0))
+                messages, size = messages + 1, size + len(frame.payload)
+                if messages > MAX_AHEAD_MESSAGES or size > MAX_AHEAD_BYTES:
+                    self.fail(PeerLostError(frame.peer, f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB before the computation started"))
+                    return
+                self._early_sizes[frame.peer] = (messages, size)
             self._early.append(frame)
         elif isinstance(frame, Recv):
             exchanger = self.exchangers.get(frame.peer)
             if exchanger is not None:
-                exchanger.deliver(frame.pc, frame.payload)
+                try:
+                    exchanger.deliver(frame.pc, frame.payload)
+                except PeerLostError as error:
+                    self.fail(error)
         elif isinstance(frame, PeerUp):
             self._peer_up(frame)
         elif isinstance(frame, PeerClosed):

@@ -21,6 +21,7 @@ def _args(**changes: object) -> BenchArgs:
 def test_valid_arguments() -> None:
     assert validate(_args()) == []
     assert validate(_args(phase="lasso", latency_ms=20.0, repeat=3, alpha=0.5)) == []
+    assert validate(_args(phase="lasso", alpha=None, design="collinear")) == []
 
 
 @pytest.mark.parametrize(
@@ -33,6 +34,8 @@ def test_valid_arguments() -> None:
         ({"repeat": 0}, "--repeat must be at least 1"),
         ({"alpha": 0.0}, "--alpha must be > 0"),
         ({"phase": "join", "latency_ms": 5.0}, "not available for --phase join"),
+        ({"design": "bogus"}, "--design must be one of"),
+        ({"phase": "all", "design": "collinear"}, "for --phase lasso only"),
     ],
 )
 def test_invalid_arguments(changes: dict, fragment: str) -> None:
@@ -71,6 +74,14 @@ def test_unknown_sweep_is_refused() -> None:
 def test_phase_ok_checks_accuracy_and_agreement() -> None:
     assert cli.phase_ok("all", {"rel_coef_diff": 2e-8})
     assert not cli.phase_ok("all", {"rel_coef_diff": 2e-5})
-    assert not cli.phase_ok("lasso", {"rel_coef_diff": 1e-9, "owners_agree": False})
+    good = {"rel_coef_diff": 1e-9, "owners_agree": True, "converged": True, "objective_gap": 1e-12, "max_pred_diff": 1e-9}
+    assert cli.phase_ok("lasso", good)
+    assert not cli.phase_ok("lasso", {**good, "owners_agree": False})
+    assert not cli.phase_ok("lasso", {**good, "converged": False})
+    assert not cli.phase_ok("lasso", {**good, "objective_gap": 2e-8})
+    assert not cli.phase_ok("lasso", {**good, "max_pred_diff": 2e-6})
+    # The collinear design judges the fit by its objective and predictions, not coefficient by coefficient.
+    assert cli.phase_ok("lasso", {**good, "design": "collinear", "rel_coef_diff": 1e-3})
+    assert not cli.phase_ok("lasso", {**good, "design": "synthetic", "rel_coef_diff": 1e-3})
     assert cli.phase_ok("join", {"shares_match_plaintext": True})
     assert not cli.phase_ok("join", {"shares_match_plaintext": False})

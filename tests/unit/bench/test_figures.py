@@ -131,3 +131,17 @@ def test_tno_coefficients_map_intercept_first() -> None:
     assert got == {"(intercept)": 0.5, "x1": 1.0, "x2": 2.0, "x3": 3.0}
     with pytest.raises(BenchError):
         tno_coefficients(["x1", "y"], "y", [1.0])
+
+
+def test_accuracy_is_relative_to_the_optimum_and_the_target_range() -> None:
+    from services.bench.lasso_bench import accuracy
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = x @ np.array([1.0, 0.0, -2.0]) + rng.normal(size=200)
+    reference = {"a": 0.9, "b": 0.0, "c": -1.9, "(intercept)": 0.1}
+    same = accuracy(reference, reference, x, y, 0.05)
+    assert same == {"objective_gap": 0.0, "max_pred_diff": 0.0}
+    moved = accuracy({**reference, "(intercept)": 0.1 + 1e-3}, reference, x, y, 0.05)
+    assert moved["max_pred_diff"] == pytest.approx(1e-3 / np.ptp(y))
+    assert moved["objective_gap"] > 0

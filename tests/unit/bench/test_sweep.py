@@ -7,14 +7,36 @@ from pathlib import Path
 
 import pytest
 
-from services.bench.sweep import CSV_COLUMNS, Point, csv_row, exponents, fit_exponent, plan, read_csv, readme, tno_section, write_csv
+from services.bench.sweep import (
+    CSV_COLUMNS,
+    Point,
+    csv_row,
+    exponents,
+    fit_exponent,
+    plan,
+    read_csv,
+    readme,
+    tno_section,
+    write_csv,
+)
 
 
 def _record(total: float, records: int) -> dict:
     return {
-        "joined": records // 2, "join_s": total / 2, "reshare_s": total / 4, "lasso_s": total / 4, "total_s": total, "iterations": 40, "nonzero": 2,
-        "max_abs_coef_diff": 1e-8, "rel_coef_diff": 5e-9, "bytes_sent": 1000 * records, "peak_rss_mb": 80.0, "load_1m_before": 0.1,
-        "peak_rss_mb_by_org": {"insurer": 500.0, "hospital": 501.0, "helper": 300.0}, "total_s_runs": [total, total * 1.1, total * 0.9],
+        "joined": records // 2,
+        "join_s": total / 2,
+        "reshare_s": total / 4,
+        "lasso_s": total / 4,
+        "total_s": total,
+        "iterations": 40,
+        "nonzero": 2,
+        "max_abs_coef_diff": 1e-8,
+        "rel_coef_diff": 5e-9,
+        "bytes_sent": 1000 * records,
+        "peak_rss_mb": 80.0,
+        "load_1m_before": 0.1,
+        "peak_rss_mb_by_org": {"insurer": 500.0, "hospital": 501.0, "helper": 300.0},
+        "total_s_runs": [total, total * 1.1, total * 0.9],
     }
 
 
@@ -30,7 +52,8 @@ def test_fit_exponent_is_least_squares_on_log_log() -> None:
     k, _ = fit_exponent(xs, ys)
     lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
     mx, my = sum(lx) / 3, sum(ly) / 3
-    assert k == pytest.approx(sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx))
+    covariance = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True))
+    assert k == pytest.approx(covariance / sum((a - mx) ** 2 for a in lx))
 
 
 def test_fit_exponent_flat_and_refusals() -> None:
@@ -49,6 +72,58 @@ def test_full_plan_matches_the_issue() -> None:
     assert [p.repeat for p in records] == [3, 3, 3, 3, 1, 1, 1]
     features = [p for p in points if p.sweep == "features"]
     assert [(p.records, p.features, p.repeat) for p in features] == [(10_000, 5, 3), (10_000, 20, 3), (10_000, 50, 3)]
+
+
+def test_full_plan_ends_with_the_collinear_curve() -> None:
+    collinear = [p for p in plan(quick=False) if p.sweep == "collinear"]
+    assert [(p.records, p.features, p.repeat) for p in collinear] == [
+        (1_000, 30, 1),
+        (2_500, 30, 1),
+        (5_000, 30, 1),
+        (10_000, 30, 1),
+    ]
+
+
+def test_collinear_rows_carry_the_certificate_and_stay_out_of_the_fits(tmp_path: Path) -> None:
+    lasso = {
+        "records": 1_000,
+        "lasso_s": 2.5,
+        "iterations": 25,
+        "nonzero": 9,
+        "max_abs_coef_diff": 1e-9,
+        "rel_coef_diff": 1e-10,
+        "peak_rss_mb": 90.0,
+        "load_1m_before": 0.2,
+        "converged": True,
+        "objective_gap": -1e-16,
+        "max_pred_diff": 3e-10,
+        "mpc_bytes_sent": 5_000_000,
+        "lasso_s_runs": [2.5],
+    }
+    rows = [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 10_000)]
+    rows.append(csv_row(Point("collinear", 1_000, 30, 1), lasso))
+    saved = read_csv(write_csv(tmp_path / "r.csv", rows))
+    assert saved[2]["converged"] == "True" and saved[2]["total_s"] == "" and saved[2]["bytes_sent"] == "5000000"
+    assert set(exponents(saved)) == {"records"}
+    text = readme(
+        saved,
+        {
+            "nproc": 2,
+            "cpu": "x",
+            "ram_gib": 8,
+            "kernel": "k",
+            "python": "3.11",
+            "commit": "c",
+            "load_start": 0.1,
+            "load_end": 0.2,
+            "elapsed_min": 1,
+            "started": "now",
+            "repeats_note": "n",
+        },
+        "cmd",
+        None,
+    )
+    assert "## Ill-conditioned design" in text and "| 1,000 | 30 | 2.50 | 25 | True |" in text
 
 
 def test_quick_plan_is_small() -> None:
@@ -80,14 +155,32 @@ def test_exponents_per_sweep_include_the_shared_point(tmp_path: Path) -> None:
 
 
 def test_failed_points_are_left_out_of_fits(tmp_path: Path) -> None:
-    rows = [csv_row(Point("records", 1_000, 10, 1), _record(1.0, 1_000)), csv_row(Point("records", 2_000, 10, 1), None, "failed")]
+    rows = [
+        csv_row(Point("records", 1_000, 10, 1), _record(1.0, 1_000)),
+        csv_row(Point("records", 2_000, 10, 1), None, "failed"),
+    ]
     assert exponents(read_csv(write_csv(tmp_path / "r.csv", rows))) == {}
 
 
 def test_readme_has_machine_table_memory_and_no_tno_figures_when_not_measured(tmp_path: Path) -> None:
-    rows = read_csv(write_csv(tmp_path / "r.csv", [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 100_000)]))
-    info = {"nproc": 2, "cpu": "AMD EPYC", "ram_gib": 23.5, "kernel": "6", "python": "3.11", "commit": "abc", "load_start": 0.2, "load_end": 0.3,
-            "elapsed_min": 12.0, "started": "today", "repeats_note": "one run"}
+    rows = read_csv(
+        write_csv(
+            tmp_path / "r.csv", [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 100_000)]
+        )
+    )
+    info = {
+        "nproc": 2,
+        "cpu": "AMD EPYC",
+        "ram_gib": 23.5,
+        "kernel": "6",
+        "python": "3.11",
+        "commit": "abc",
+        "load_start": 0.2,
+        "load_end": 0.3,
+        "elapsed_min": 12.0,
+        "started": "today",
+        "repeats_note": "one run",
+    }
     text = readme(rows, info, "riskmesh bench --sweep full --out bench", None)
     assert "nproc 2, CPU AMD EPYC" in text and "load average (1 min) at the start 0.2" in text
     assert "| records | 100,000 | 10 |" in text
@@ -97,5 +190,11 @@ def test_readme_has_machine_table_memory_and_no_tno_figures_when_not_measured(tm
 
 
 def test_tno_section_reports_why_tno_did_not_run() -> None:
-    saved = {"records": 500, "features": 10, "alpha": 0.1, "riskmesh": {"total_s": 9.0}, "tno": {"ran": False, "why": "pip failed"}}
+    saved = {
+        "records": 500,
+        "features": 10,
+        "alpha": 0.1,
+        "riskmesh": {"total_s": 9.0},
+        "tno": {"ran": False, "why": "pip failed"},
+    }
     assert any("TNO did not run: pip failed" in line for line in tno_section(saved))

@@ -8,8 +8,8 @@ import math
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -32,9 +32,17 @@ def log(path: Path) -> Iterator[AuditLog]:
 
 
 def fill(log: AuditLog, n: int = 5) -> None:
-    log.append(ACTOR, "study.proposed", study_id="diabetes-risk-2025", details={"spec_digest": "ab" * 32, "features": 5})
+    log.append(
+        ACTOR, "study.proposed", study_id="diabetes-risk-2025", details={"spec_digest": "ab" * 32, "features": 5}
+    )
     for i in range(n - 1):
-        log.append(f"spiffe://org{i}/gateway", "run.started", study_id="diabetes-risk-2025", run_id=f"run-{i}", details={"joined": i, "alpha": 0.1})
+        log.append(
+            f"spiffe://org{i}/gateway",
+            "run.started",
+            study_id="diabetes-risk-2025",
+            run_id=f"run-{i}",
+            details={"joined": i, "alpha": 0.1},
+        )
 
 
 def tamper(path: Path, *statements: str) -> None:
@@ -52,12 +60,18 @@ def test_an_empty_log_verifies(log: AuditLog) -> None:
 
 
 def test_rows_are_chained(log: AuditLog) -> None:
-    first = log.append(ACTOR, "study.proposed", study_id="diabetes-risk-2025", details={"spec_digest": "ab" * 32, "features": 5})
-    second = log.append("spiffe://hospital/gateway", "study.approved", study_id="diabetes-risk-2025", details={"spec_digest": "ab" * 32})
+    first = log.append(
+        ACTOR, "study.proposed", study_id="diabetes-risk-2025", details={"spec_digest": "ab" * 32, "features": 5}
+    )
+    second = log.append(
+        "spiffe://hospital/gateway", "study.approved", study_id="diabetes-risk-2025", details={"spec_digest": "ab" * 32}
+    )
     third = log.append(ACTOR, "result.read", run_id="run-1", details={"status": "OK", "joined": 812})
     assert [r.seq for r in (first, second, third)] == [1, 2, 3]
     assert first.prev_hash == GENESIS_HASH and second.prev_hash == first.hash and third.prev_hash == second.hash
-    canonical = canonical_row(1, first.at, ACTOR, "study.proposed", "diabetes-risk-2025", "", {"features": 5, "spec_digest": "ab" * 32})
+    canonical = canonical_row(
+        1, first.at, ACTOR, "study.proposed", "diabetes-risk-2025", "", {"features": 5, "spec_digest": "ab" * 32}
+    )
     assert first.hash == hashlib.sha256(bytes.fromhex(GENESIS_HASH) + canonical.encode()).hexdigest()
     assert json.loads(canonical)["details"] == {"features": 5, "spec_digest": "ab" * 32}
     assert log.rows() == [first, second, third]
@@ -68,22 +82,25 @@ def test_rows_are_chained(log: AuditLog) -> None:
     assert result.ok and result.rows == 3 and result.first_bad_row == 0 and result.problem == ""
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"actor": ""}, "actor is required"),
-    ({"actor": "x" * 201}, "actor"),
-    ({"action": "Study.Proposed"}, "action"),
-    ({"action": "proposed"}, "action"),
-    ({"study_id": "a\nb"}, "study_id"),
-    ({"details": {"birth_date": "1970-01-01"}}, "allow-list"),
-    ({"details": {"postal_code": "1234AB"}}, "allow-list"),
-    ({"details": {"reason": "x" * 201}}, "at most 200"),
-    ({"details": {"count": math.nan}}, "finite"),
-    ({"details": {"count": math.inf}}, "finite"),
-    ({"details": {"count": None}}, "str, int, float or bool"),
-    ({"details": {"count": [1, 2]}}, "str, int, float or bool"),
-    ({"details": {"count": {"a": 1}}}, "str, int, float or bool"),
-    ({"details": {"count": b"raw"}}, "str, int, float or bool"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"actor": ""}, "actor is required"),
+        ({"actor": "x" * 201}, "actor"),
+        ({"action": "Study.Proposed"}, "action"),
+        ({"action": "proposed"}, "action"),
+        ({"study_id": "a\nb"}, "study_id"),
+        ({"details": {"birth_date": "1970-01-01"}}, "allow-list"),
+        ({"details": {"postal_code": "1234AB"}}, "allow-list"),
+        ({"details": {"reason": "x" * 201}}, "at most 200"),
+        ({"details": {"count": math.nan}}, "finite"),
+        ({"details": {"count": math.inf}}, "finite"),
+        ({"details": {"count": None}}, "str, int, float or bool"),
+        ({"details": {"count": [1, 2]}}, "str, int, float or bool"),
+        ({"details": {"count": {"a": 1}}}, "str, int, float or bool"),
+        ({"details": {"count": b"raw"}}, "str, int, float or bool"),
+    ],
+)
 def test_bad_rows_are_refused(log: AuditLog, kwargs: dict, message: str) -> None:
     args = {"actor": ACTOR, "action": "study.proposed", **kwargs}
     with pytest.raises(AuditError, match=message):
@@ -116,19 +133,38 @@ def test_sql_cannot_update_or_delete_rows(path: Path, log: AuditLog) -> None:
     assert log.verify().ok
 
 
-@pytest.mark.parametrize("statements, bad_row, problem", [
-    (["UPDATE audit SET actor = 'spiffe://hospital/client' WHERE seq = 3"], 3, "modified"),
-    (["UPDATE audit SET details = '{\"alpha\":0.1,\"joined\":999}' WHERE seq = 3"], 3, "modified"),
-    (["UPDATE audit SET details = 'not json' WHERE seq = 2"], 2, "unreadable"),
-    (["UPDATE audit SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 1"], 1, "modified"),
-    (["UPDATE audit SET prev_hash = hash WHERE seq = 4"], 4, "does not follow"),
-    (["DELETE FROM audit WHERE seq = 3"], 3, "missing"),
-    (["DELETE FROM audit WHERE seq = 1"], 1, "missing"),
-    (["DELETE FROM audit WHERE seq = 5"], 5, "deleted from the end"),
-    (["DELETE FROM audit WHERE seq >= 4"], 4, "deleted from the end"),
-    (["UPDATE audit SET seq = -2 WHERE seq = 2", "UPDATE audit SET seq = 2 WHERE seq = 3", "UPDATE audit SET seq = 3 WHERE seq = -2"], 2, ""),
-    (["UPDATE audit SET seq = seq + 10 WHERE seq = 2", "UPDATE audit SET seq = 2 WHERE seq = 3", "UPDATE audit SET seq = 3 WHERE seq = 12"], 2, ""),
-])
+@pytest.mark.parametrize(
+    "statements, bad_row, problem",
+    [
+        (["UPDATE audit SET actor = 'spiffe://hospital/client' WHERE seq = 3"], 3, "modified"),
+        (['UPDATE audit SET details = \'{"alpha":0.1,"joined":999}\' WHERE seq = 3'], 3, "modified"),
+        (["UPDATE audit SET details = 'not json' WHERE seq = 2"], 2, "unreadable"),
+        (["UPDATE audit SET at = '2020-01-01T00:00:00.000000Z' WHERE seq = 1"], 1, "modified"),
+        (["UPDATE audit SET prev_hash = hash WHERE seq = 4"], 4, "does not follow"),
+        (["DELETE FROM audit WHERE seq = 3"], 3, "missing"),
+        (["DELETE FROM audit WHERE seq = 1"], 1, "missing"),
+        (["DELETE FROM audit WHERE seq = 5"], 5, "deleted from the end"),
+        (["DELETE FROM audit WHERE seq >= 4"], 4, "deleted from the end"),
+        (
+            [
+                "UPDATE audit SET seq = -2 WHERE seq = 2",
+                "UPDATE audit SET seq = 2 WHERE seq = 3",
+                "UPDATE audit SET seq = 3 WHERE seq = -2",
+            ],
+            2,
+            "",
+        ),
+        (
+            [
+                "UPDATE audit SET seq = seq + 10 WHERE seq = 2",
+                "UPDATE audit SET seq = 2 WHERE seq = 3",
+                "UPDATE audit SET seq = 3 WHERE seq = 12",
+            ],
+            2,
+            "",
+        ),
+    ],
+)
 def test_tampering_is_detected(path: Path, log: AuditLog, statements: list[str], bad_row: int, problem: str) -> None:
     fill(log)
     assert log.verify().ok
@@ -155,7 +191,9 @@ def test_swapping_row_contents_is_detected(path: Path, log: AuditLog) -> None:
 def test_rewriting_one_row_with_a_fresh_hash_breaks_the_next_link(path: Path, log: AuditLog) -> None:
     fill(log)
     row = log.rows()[2]
-    forged = canonical_row(row.seq, row.at, "spiffe://someone/client", row.action, row.study_id, row.run_id, row.details)
+    forged = canonical_row(
+        row.seq, row.at, "spiffe://someone/client", row.action, row.study_id, row.run_id, row.details
+    )
     new_hash = hashlib.sha256(bytes.fromhex(row.prev_hash) + forged.encode()).hexdigest()
     tamper(path, f"UPDATE audit SET actor = 'spiffe://someone/client', hash = '{new_hash}' WHERE seq = 3")
     result = log.verify()
@@ -197,7 +235,9 @@ detail_values = st.one_of(
 entries = st.lists(
     st.tuples(
         st.sampled_from(["study.proposed", "study.approved", "run.started", "run.succeeded", "result.read"]),
-        st.dictionaries(st.sampled_from(["spec_digest", "joined", "alpha", "status", "code"]), detail_values, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["spec_digest", "joined", "alpha", "status", "code"]), detail_values, max_size=4
+        ),
     ),
     min_size=1,
     max_size=8,

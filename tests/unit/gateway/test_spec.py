@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from riskmesh.v1 import common_pb2
 from services.study.spec import (
+    DEFAULT_MAX_RUNS,
     DEFAULT_PAILLIER_BITS,
     SpecError,
     canonical_bytes,
@@ -200,6 +201,10 @@ BAD: dict[str, tuple[Mutation, str]] = {
     "min_intersection 0": (_set("min_intersection", 0), "min_intersection"),
     "paillier 1024": (_set("paillier_bits", 1024), "paillier_bits"),
     "paillier 4096": (_set("paillier_bits", 4096), "paillier_bits"),
+    "standardised reveal without standardize": (_set("reveal.standardized_coefficients", True), "needs model.standardize"),
+    "too many runs": (_set("run_policy.max_runs", 1001), "max_runs"),
+    "interval over a year": (_set("run_policy.min_interval_seconds", 400 * 86400), "min_interval_seconds"),
+    "unknown run approval": (_set("run_policy.run_approval", 7), "run_approval"),
 }
 
 
@@ -221,6 +226,8 @@ def test_normalise_fills_defaults_without_touching_the_input() -> None:
     assert out.model.iterations == 0  # 0 = the lasso server's default
     assert out.model.cv_folds == 0 and out.model.l1_ratio == 1.0
     assert out.HasField("reveal") and out.HasField("model")
+    assert out.run_policy.max_runs == DEFAULT_MAX_RUNS and out.run_policy.min_interval_seconds == 0
+    assert out.run_policy.run_approval == common_pb2.RUN_APPROVAL_ON_INPUT_CHANGE
     assert normalise(out) == out
     ridge = make_spec()
     ridge.model.kind = common_pb2.MODEL_KIND_RIDGE
@@ -252,7 +259,7 @@ def test_digest_is_pinned() -> None:
 
 
 # Changed with the default Paillier size (2048 → 3072, issue 17): an unset paillier_bits now normalises to 3072.
-PINNED_DIGEST = "b2514de1379dc360361c076f9b2bd0d68f1497a970947e005d20eff31e0ed903"
+PINNED_DIGEST = "53a964b532c4cb7f5e089770f0598ad05dcb9c6483937f4803e2e6ad51eeb448"
 
 
 def test_digest_ignores_equivalent_spellings() -> None:
@@ -263,6 +270,8 @@ def test_digest_ignores_equivalent_spellings() -> None:
     assert spec_digest(mutated(lambda s: s.owners[1].target.SetInParent())) == base
     assert spec_digest(mutated(lambda s: s.ClearField("reveal"))) == spec_digest(mutated(lambda s: s.reveal.Clear()))
     assert spec_digest(mutated(_set("owners.1.features.0.min", -0.0))) == base
+    assert spec_digest(mutated(_set("run_policy.max_runs", DEFAULT_MAX_RUNS))) == base
+    assert spec_digest(mutated(_set("run_policy.run_approval", common_pb2.RUN_APPROVAL_ON_INPUT_CHANGE))) == base
     wire = make_spec().SerializeToString() + bytes([0xF8, 0x3E, 0x01])  # unknown field 999 = 1
     assert spec_digest(common_pb2.StudySpec.FromString(wire)) == base
 
@@ -293,6 +302,10 @@ CHANGES: dict[str, Mutation] = {
     "reveal joined": _set("reveal.joined_count", False),
     "reveal cv": _set("reveal.cv_curve", True),
     "paillier_bits": _set("paillier_bits", 2048),
+    "max runs": _set("run_policy.max_runs", 3),
+    "min interval": _set("run_policy.min_interval_seconds", 60),
+    "run approval": _set("run_policy.run_approval", common_pb2.RUN_APPROVAL_EVERY_RUN),
+    "reveal standardised": _both(_set("model.standardize", True), _set("reveal.standardized_coefficients", True)),
 }
 
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from riskmesh.v1 import common_pb2, lasso_pb2
-from services.study.spec import normalise, spec_digest
 from services.gateway.codec import run_to_proto, study_to_proto
 from services.gateway.errors import (
     DuplicateRunError,
     IllegalTransitionError,
     InvalidValueError,
-    NotApprovedError,
     NotAPartyError,
+    NotApprovedError,
     StaleDigestError,
     StoreError,
     UnknownRunError,
@@ -26,6 +25,7 @@ from services.gateway.errors import (
 )
 from services.gateway.store import CANCELLED, FAILED, PENDING, RESTART_REASON, RUNNING, SUCCEEDED, Store
 from services.gateway.store_schema import MIGRATIONS, store_path
+from services.study.spec import normalise, spec_digest
 from tests.unit.gateway.specs import make_spec
 
 PARTIES = ("insurer", "hospital", "helper")
@@ -53,7 +53,12 @@ def store(path: Path) -> Iterator[Store]:
         yield s
 
 
-def propose(store: Store, spec: common_pb2.StudySpec | None = None, by: str = "insurer", source_path: str | None = "/data/insurer.csv") -> str:
+def propose(
+    store: Store,
+    spec: common_pb2.StudySpec | None = None,
+    by: str = "insurer",
+    source_path: str | None = "/data/insurer.csv",
+) -> str:
     spec = spec or make_spec()
     digest = spec_digest(spec)
     store.put_study(spec, digest, by, source_path)
@@ -173,7 +178,11 @@ def test_a_changed_spec_replaces_the_study_and_clears_approvals(store: Store) ->
     new = spec_digest(changed)
     record = store.put_study(changed, new, "hospital")
     assert record.digest == new and record.spec.min_intersection == 50
-    assert record.state == common_pb2.STUDY_STATE_PROPOSED and record.approved_by == () and record.proposed_by == "hospital"
+    assert (
+        record.state == common_pb2.STUDY_STATE_PROPOSED
+        and record.approved_by == ()
+        and record.proposed_by == "hospital"
+    )
     assert record.source_path == "/data/insurer.csv"  # kept when not given again
     assert not store.is_approved("diabetes-risk-2025") and store.approvals("diabetes-risk-2025") == []
     assert store.get_spec(old).min_intersection == 10  # runs of the old digest still find their spec
@@ -212,7 +221,13 @@ def test_a_run_needs_every_approval_of_the_current_digest(store: Store) -> None:
     with pytest.raises(StaleDigestError):
         store.create_run("run-1", "diabetes-risk-2025", "f" * 64, "insurer")
     run = store.create_run("run-1", "diabetes-risk-2025", digest, "insurer", trace_id="ab" * 16)
-    assert (run.state, run.phase, run.error, run.joined, run.started_by) == (PENDING, common_pb2.PHASE_UNSPECIFIED, None, 0, "insurer")
+    assert (run.state, run.phase, run.error, run.joined, run.started_by) == (
+        PENDING,
+        common_pb2.PHASE_UNSPECIFIED,
+        None,
+        0,
+        "insurer",
+    )
     assert run.trace_id == "ab" * 16 and run.digest == digest and not run.terminal
     assert store.get_run("run-1") == run
     with pytest.raises(DuplicateRunError):
@@ -241,10 +256,24 @@ def test_only_a_data_owner_starts_a_run_and_run_ids_are_checked(store: Store) ->
         store.create_run("run-1", "nope", digest, "insurer")
 
 
-LEGAL = {(PENDING, RUNNING), (PENDING, FAILED), (PENDING, CANCELLED), (RUNNING, SUCCEEDED), (RUNNING, FAILED), (RUNNING, CANCELLED),
-         (PENDING, PENDING), (RUNNING, RUNNING)}
+LEGAL = {
+    (PENDING, RUNNING),
+    (PENDING, FAILED),
+    (PENDING, CANCELLED),
+    (RUNNING, SUCCEEDED),
+    (RUNNING, FAILED),
+    (RUNNING, CANCELLED),
+    (PENDING, PENDING),
+    (RUNNING, RUNNING),
+}
 STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-PATH_TO: dict[int, list[int]] = {PENDING: [], RUNNING: [RUNNING], SUCCEEDED: [RUNNING, SUCCEEDED], FAILED: [FAILED], CANCELLED: [CANCELLED]}
+PATH_TO: dict[int, list[int]] = {
+    PENDING: [],
+    RUNNING: [RUNNING],
+    SUCCEEDED: [RUNNING, SUCCEEDED],
+    FAILED: [FAILED],
+    CANCELLED: [CANCELLED],
+}
 
 
 def _error(reason: str = "peer vanished") -> common_pb2.RunError:
@@ -306,7 +335,9 @@ def test_run_update_arguments_are_checked(store: Store) -> None:
         store.update_run("run-1", phase=99)  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError):
         store.update_run("run-1", joined=-1)
-    cancelled = store.update_run("run-1", state=CANCELLED, error=common_pb2.RunError(org="hospital", reason="cancelled by hospital"))
+    cancelled = store.update_run(
+        "run-1", state=CANCELLED, error=common_pb2.RunError(org="hospital", reason="cancelled by hospital")
+    )
     assert cancelled.error is not None and cancelled.error.reason == "cancelled by hospital"
 
 
@@ -321,7 +352,10 @@ def test_runs_are_listed_newest_first_and_by_study(store: Store) -> None:
 
 def _result() -> lasso_pb2.ModelResult:
     return lasso_pb2.ModelResult(
-        coefficients=[lasso_pb2.Coefficient(feature="bmi", value=0.25), lasso_pb2.Coefficient(feature="smoker", value=1.5)],
+        coefficients=[
+            lasso_pb2.Coefficient(feature="bmi", value=0.25),
+            lasso_pb2.Coefficient(feature="smoker", value=1.5),
+        ],
         intercept=2.0,
         joined=812,
         alpha=0.1,
@@ -352,7 +386,10 @@ def test_a_failed_or_cancelled_run_takes_no_result(store: Store) -> None:
 
 def test_events_replay_in_order_after_a_sequence_number(store: Store) -> None:
     new_run(store)
-    progress = [common_pb2.Progress(run_id="run-1", phase=common_pb2.PHASE_HASHING_ENCRYPTION, org="insurer", done=i, total=3) for i in range(3)]
+    progress = [
+        common_pb2.Progress(run_id="run-1", phase=common_pb2.PHASE_HASHING_ENCRYPTION, org="insurer", done=i, total=3)
+        for i in range(3)
+    ]
     assert [store.add_event(p) for p in progress] == [1, 2, 3]
     assert [e.progress for e in store.events("run-1")] == progress
     assert [e.seq for e in store.events("run-1", after_seq=1)] == [2, 3]
@@ -383,10 +420,22 @@ def test_a_restart_keeps_everything(path: Path) -> None:
         store.update_run("run-1", state=RUNNING, phase=common_pb2.PHASE_REVEAL, joined=812)
         store.put_result("run-1", _result())
         store.update_run("run-1", state=SUCCEEDED)
-        store.add_event(common_pb2.Progress(run_id="run-1", phase=common_pb2.PHASE_REVEAL, org="insurer", done=1, total=1))
-        before = (store.get_study("diabetes-risk-2025"), store.approvals("diabetes-risk-2025"), store.list_runs(), store.events("run-1"))
+        store.add_event(
+            common_pb2.Progress(run_id="run-1", phase=common_pb2.PHASE_REVEAL, org="insurer", done=1, total=1)
+        )
+        before = (
+            store.get_study("diabetes-risk-2025"),
+            store.approvals("diabetes-risk-2025"),
+            store.list_runs(),
+            store.events("run-1"),
+        )
     with Store(path) as store:
-        after = (store.get_study("diabetes-risk-2025"), store.approvals("diabetes-risk-2025"), store.list_runs(), store.events("run-1"))
+        after = (
+            store.get_study("diabetes-risk-2025"),
+            store.approvals("diabetes-risk-2025"),
+            store.list_runs(),
+            store.events("run-1"),
+        )
         assert after == before
         assert store.get_result("run-1") == _result() and store.is_approved("diabetes-risk-2025")
         assert store.get_spec(digest) == normalise(make_spec())
@@ -405,7 +454,9 @@ def test_interrupted_runs_fail_with_the_reason_after_a_restart(path: Path) -> No
     with Store(path) as store:
         assert store.fail_interrupted_runs(org="insurer") == ["pending", "running"]
         running = store.get_run("running")
-        assert running.state == FAILED and running.error == common_pb2.RunError(phase=common_pb2.PHASE_GRAM, org="insurer", reason=RESTART_REASON)
+        assert running.state == FAILED and running.error == common_pb2.RunError(
+            phase=common_pb2.PHASE_GRAM, org="insurer", reason=RESTART_REASON
+        )
         assert RESTART_REASON == "gateway restarted during the run"
         assert store.get_run("pending").state == FAILED and store.get_run("pending").error.reason == RESTART_REASON  # type: ignore[union-attr]
         assert store.get_run("done").state == SUCCEEDED and store.get_run("done").error is None

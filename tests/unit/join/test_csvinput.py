@@ -174,13 +174,15 @@ def test_spec_errors(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text(f"{HEADER}\n1970-01-31,1234AB,3,22,1,\n")
     with pytest.raises(SpecError):
-        read_owner_csv(path, birth_date_column="dob", postal_code_column="postcode",
-                       features=[FEATURES[0], FEATURES[0]])
+        read_owner_csv(
+            path, birth_date_column="dob", postal_code_column="postcode", features=[FEATURES[0], FEATURES[0]]
+        )
     with pytest.raises(SpecError):
         read_owner_csv(path, birth_date_column="dob", postal_code_column="dob", features=FEATURES)
     with pytest.raises(SpecError):
-        read_owner_csv(path, birth_date_column="dob", postal_code_column="postcode",
-                       features=[ColumnSpec("days", 0, 2.0**40)])
+        read_owner_csv(
+            path, birth_date_column="dob", postal_code_column="postcode", features=[ColumnSpec("days", 0, 2.0**40)]
+        )
     with pytest.raises(SpecError):
         read_owner_csv(path, birth_date_column="dob", postal_code_column="postcode", features=[])
     with pytest.raises(SpecError):

@@ -27,8 +27,21 @@ def test_single_digit_day_and_month() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["31-02-1970", "1970-13-01", "19701301", "abc", "", "   ", "01-01-1700", "01-01-2200",
-     "1970.01.31", "70-01-31", "\u0661\u0669\u0667\u0660-01-31", "1970-01-31T00:00", "197001311"],
+    [
+        "31-02-1970",
+        "1970-13-01",
+        "19701301",
+        "abc",
+        "",
+        "   ",
+        "01-01-1700",
+        "01-01-2200",
+        "1970.01.31",
+        "70-01-31",
+        "\u0661\u0669\u0667\u0660-01-31",
+        "1970-01-31T00:00",
+        "197001311",
+    ],
 )
 def test_birth_date_rejections(text: str) -> None:
     with pytest.raises(InvalidIdError):
@@ -47,8 +60,14 @@ def test_error_names_row_and_column_not_value() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1234 ab", "1234AB"), ("1234\u00a0AB", "1234AB"), (" 1234\tAb ", "1234AB"), ("sw1a 1aa", "SW1A1AA"), ("12345", "12345"),
-     ("0123456789", "0123456789")],
+    [
+        ("1234 ab", "1234AB"),
+        ("1234\u00a0AB", "1234AB"),
+        (" 1234\tAb ", "1234AB"),
+        ("sw1a 1aa", "SW1A1AA"),
+        ("12345", "12345"),
+        ("0123456789", "0123456789"),
+    ],
 )
 def test_postal_code(text: str, expected: str) -> None:
     assert normalise_postal_code(text) == expected
@@ -80,8 +99,13 @@ def test_canonical_id_reports_the_failing_column() -> None:
 @given(st.dates(min_value=dt.date(1850, 1, 1), max_value=dt.date(2100, 12, 31)))
 def test_all_formats_agree(date: dt.date) -> None:
     y, m, d = date.year, date.month, date.day
-    texts = [f"{y:04d}-{m:02d}-{d:02d}", f"{d:02d}-{m:02d}-{y:04d}", f"{d:02d}/{m:02d}/{y:04d}",
-             f"{y:04d}{m:02d}{d:02d}", f"{y:04d}/{m:02d}/{d:02d}"]
+    texts = [
+        f"{y:04d}-{m:02d}-{d:02d}",
+        f"{d:02d}-{m:02d}-{y:04d}",
+        f"{d:02d}/{m:02d}/{y:04d}",
+        f"{y:04d}{m:02d}{d:02d}",
+        f"{y:04d}/{m:02d}/{d:02d}",
+    ]
     assert {normalise_birth_date(t) for t in texts} == {date.isoformat()}
 
 

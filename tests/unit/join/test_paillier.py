@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.join.core.errors import PoolExhaustedError, SpecError, WireFormatError
+from services.join.core.errors import KeySizeError, PoolExhaustedError, SpecError, WireFormatError
 from services.join.core.masking import mask_rows
 from services.join.core.packing import SlotLayout, pack_rows, unpack_rows
 from services.join.core.paillier import (
@@ -21,6 +21,7 @@ from services.join.core.paillier import (
     PublicKey,
     RandomnessPool,
     _structured_prime,
+    check_key_size,
     choose_window_bits,
     decrypt_many,
     encrypt_rows,
@@ -320,3 +321,16 @@ def test_study_key_sizes(bits: int) -> None:
     assert _sums(shares.values, masked.helper_shares) == plain
     assert key.decrypt(cts[0][0]) == pack_rows(layout, plain)[0][0]
     assert pk.ciphertext_bytes == bits // 4
+
+
+def test_key_size_must_be_the_studys_and_at_least_the_minimum() -> None:
+    check_key_size(2048, 2048)
+    check_key_size(3072, 3072)
+    check_key_size(3072, 0)  # 0: the study's default, 3072
+    check_key_size(1024, 1024, minimum=1024)  # a test mesh's config only
+    with pytest.raises(KeySizeError, match="the Paillier key has 2048 bits; the study's keys have 3072"):
+        check_key_size(2048, 0)
+    with pytest.raises(KeySizeError, match="the study's keys have 3072"):
+        check_key_size(2048, 3072)
+    with pytest.raises(KeySizeError, match="accepts no key below 2048"):
+        check_key_size(1024, 1024)

@@ -28,8 +28,13 @@ from services.join.core.protocol import (
 from services.join.core.shares import ShareMatrix, assemble, reconstruct
 
 COLS_A = [ColumnSpec("pid_a", 0, 10_000), ColumnSpec("days", 0, 365), ColumnSpec("cost", -1e5, 1e5)]
-COLS_B = [ColumnSpec("pid_b", 0, 10_000), ColumnSpec("bmi", 10, 60), ColumnSpec("smoker", 0, 1),
-          ColumnSpec("exercise", 0, 40), ColumnSpec("age", 0, 120)]
+COLS_B = [
+    ColumnSpec("pid_b", 0, 10_000),
+    ColumnSpec("bmi", 10, 60),
+    ColumnSpec("smoker", 0, 1),
+    ColumnSpec("exercise", 0, 40),
+    ColumnSpec("age", 0, 120),
+]
 
 
 def _patient(i: int) -> tuple[str, str]:
@@ -44,8 +49,9 @@ def _owner_csv(path: Path, patients: list[int], cols: list[ColumnSpec], rng: ran
         values = [str(i)] + [repr(round(rng.uniform(c.min, c.max), 6)) for c in cols[1:]]
         lines.append(f"{dob};{pc};" + ";".join(values))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return read_owner_csv(path, birth_date_column="birth", postal_code_column="postal",
-                          features=cols[:-1], target=cols[-1])
+    return read_owner_csv(
+        path, birth_date_column="birth", postal_code_column="postal", features=cols[:-1], target=cols[-1]
+    )
 
 
 def _tag_keys() -> tuple[TagKey, TagKey]:
@@ -59,8 +65,12 @@ Run = tuple[EncryptedUpload, EncryptedUpload, HelperResult, list[ShareMatrix]]
 
 def _run(table_a: OwnerTable, table_b: OwnerTable, key_a: PrivateKey, key_b: PrivateKey, minimum: int) -> Run:
     tag_a, tag_b = _tag_keys()
-    upload_a = owner_encrypt(table_a, tag_a, key_b.public, generate_pool(key_b.public, pool_size(table_a, key_b.public)))
-    upload_b = owner_encrypt(table_b, tag_b, key_a.public, generate_pool(key_a.public, pool_size(table_b, key_a.public)))
+    upload_a = owner_encrypt(
+        table_a, tag_a, key_b.public, generate_pool(key_b.public, pool_size(table_a, key_b.public))
+    )
+    upload_b = owner_encrypt(
+        table_b, tag_b, key_a.public, generate_pool(key_a.public, pool_size(table_b, key_a.public))
+    )
     helper = helper_match_and_mask(upload_a, upload_b, minimum)
     shares_a = owner_reshare(helper.to_a, key_a, threads=2)  # A holds x' + r of B's columns
     shares_b = owner_reshare(helper.to_b, key_b)

@@ -31,7 +31,7 @@ def test_truncation_multiplication_and_conversion(mpc: Any) -> None:
         x = big.public(xs)
         for degree2t in (False, True):
             y = big.signed(await big.open(await big.trunc(x, 40, 101, degree2t=degree2t)))
-            assert all(abs(int(v) - (u >> 40)) <= 2 for v, u in zip(y, xs))
+            assert all(abs(int(v) - (u >> 40)) <= 2 for v, u in zip(y, xs, strict=False))
         a, b = np.array([1.5, -2.25, 0.0]), np.array([-3.0, 0.5, 7.0])
         prod = await big.mul(big.fixed(a, FRAC), big.fixed(b, FRAC), FRAC, 2 * FRAC + 8)
         assert np.allclose(big.to_float(await big.open(prod), FRAC), a * b, atol=1e-9)

@@ -10,12 +10,12 @@ org and the encoded joined table (the plaintext oracle's input).
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from riskmesh.v1 import common_pb2
-from services.study.spec import owner_orgs, owner_columns
 from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.inputs import study_columns
+from services.study.spec import owner_columns, owner_orgs
 
 FRACTIONAL_BITS = 32
 VALUE_BITS = 64
@@ -27,7 +27,9 @@ def encode(x: float) -> int:
     return round(x * (1 << FRACTIONAL_BITS)) + (1 << (VALUE_BITS - 1))
 
 
-def deal(spec: common_pb2.StudySpec, rows: Sequence[Sequence[float]], seed: int = 7) -> tuple[dict[str, list[ShareBlock]], list[list[int]]]:
+def deal(
+    spec: common_pb2.StudySpec, rows: Sequence[Sequence[float]], seed: int = 7
+) -> tuple[dict[str, list[ShareBlock]], list[list[int]]]:
     """Blocks per org for the study's columns (`study_columns` order) and the encoded table."""
     rng = random.Random(seed)
     columns = study_columns(spec)
@@ -37,10 +39,14 @@ def deal(spec: common_pb2.StudySpec, rows: Sequence[Sequence[float]], seed: int 
     blocks: dict[str, list[ShareBlock]] = {a: [], b: [], helper: []}
     for owner, other in ((a, b), (b, a)):
         held = owner_columns(spec, owner)
-        names = [c.name for c in held.features] + ([held.target.name] if held.HasField("target") and held.target.name else [])
+        names = [c.name for c in held.features] + (
+            [held.target.name] if held.HasField("target") and held.target.name else []
+        )
         index = [columns.index(n) for n in names]
         masks = [[rng.randrange(1 << (VALUE_BITS + SIGMA_BITS)) for _ in index] for _ in table]
-        masked = [[row[k] + r for k, r in zip(index, mask)] for row, mask in zip(table, masks)]
+        masked = [
+            [row[k] + r for k, r in zip(index, mask, strict=False)] for row, mask in zip(table, masks, strict=False)
+        ]
         negated = [[-r for r in mask] for mask in masks]
         blocks[other].append(ShareBlock(tuple(names), masked, VALUE_BYTES, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS))
         blocks[helper].append(ShareBlock(tuple(names), negated, VALUE_BYTES, FRACTIONAL_BITS, VALUE_BITS, SIGMA_BITS))

@@ -32,7 +32,11 @@ class FakeRuntime:
 
     def _prss_keys_to_peer(self, peer_pid: int) -> list[bytes]:
         m = len(self.parties)
-        return [self._prss_keys[s] for s in itertools.combinations(range(m), m - self.threshold) if s[0] == self.pid and peer_pid in s]
+        return [
+            self._prss_keys[s]
+            for s in itertools.combinations(range(m), m - self.threshold)
+            if s[0] == self.pid and peer_pid in s
+        ]
 
     def _prss_keys_from_peer(self, peer_pid: int, data: bytes | None = None) -> int:
         m = len(self.parties)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.lasso.core.inputs import assemble, column_owners, study_columns
 from services.lasso.core.blocks import ShareBlock, ShareError
+from services.lasso.core.inputs import assemble, column_owners, study_columns
 from tests.unit.gateway.specs import make_spec
 
 

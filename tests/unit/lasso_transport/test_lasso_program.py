@@ -5,16 +5,25 @@ from __future__ import annotations
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.lasso.worker.lasso_program import check_encoding, model_result, regression_spec
-from services.lasso.worker.program import ProgramError
 from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.params import ModelKind, RegressionResult
+from services.lasso.worker.lasso_program import check_encoding, check_joined, model_result, regression_spec
+from services.lasso.worker.program import ProgramError
 from tests.unit.gateway.specs import make_spec
 
 
 def test_regression_spec_follows_the_study():
     spec = make_spec()
-    spec.model.CopyFrom(common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_ELASTIC_NET, alphas=[0.1, 1.0], l1_ratio=0.5, cv_folds=3, standardize=True, iterations=77))
+    spec.model.CopyFrom(
+        common_pb2.ModelSpec(
+            kind=common_pb2.MODEL_KIND_ELASTIC_NET,
+            alphas=[0.1, 1.0],
+            l1_ratio=0.5,
+            cv_folds=3,
+            standardize=True,
+            iterations=77,
+        )
+    )
     spec.reveal.cv_curve = True
     r = regression_spec(spec)
     assert r.kind is ModelKind.ELASTIC_NET and r.alphas == (0.1, 1.0) and r.l1_ratio == 0.5
@@ -37,8 +46,55 @@ def test_shares_must_have_the_encoding_the_regression_expects():
 
 def test_model_result_names_coefficients_in_feature_order():
     spec = make_spec()
-    result = RegressionResult(coefficients=(1.0, 2.0, 3.0, 4.0, 5.0), intercept=-1.0, alpha=0.1, joined=50, iterations=40, cv_curve=((0.1, 2.5),))
+    result = RegressionResult(
+        coefficients=(1.0, 2.0, 3.0, 4.0, 5.0),
+        intercept=-1.0,
+        alpha=0.1,
+        joined=50,
+        iterations=40,
+        cv_curve=((0.1, 2.5),),
+    )
     out = model_result(result, spec)
-    assert [(c.feature, c.value) for c in out.coefficients] == [("gp_visits", 1.0), ("prescriptions", 2.0), ("exercise_hours", 3.0), ("smoker", 4.0), ("bmi", 5.0)]
+    assert [(c.feature, c.value) for c in out.coefficients] == [
+        ("gp_visits", 1.0),
+        ("prescriptions", 2.0),
+        ("exercise_hours", 3.0),
+        ("smoker", 4.0),
+        ("bmi", 5.0),
+    ]
     assert (out.intercept, out.joined, out.alpha, out.iterations, out.target) == (-1.0, 50, 0.1, 40, "hospital_days")
     assert [(p.alpha, p.mean_squared_error) for p in out.cv_curve] == [(0.1, 2.5)]
+    assert not out.converged and out.certified_gap == 0.0  # a result without a certificate says so
+
+
+def test_standardised_coefficients_are_revealed_only_when_the_study_names_them():
+    spec = make_spec()
+    spec.model.standardize = True
+    assert not regression_spec(spec).reveal_standardized
+    spec.reveal.standardized_coefficients = True
+    assert regression_spec(spec).reveal_standardized
+
+
+def test_extraction_a_join_below_the_floor_stops_inside_the_mpc_before_anything_is_computed():
+    spec = make_spec()  # min_intersection 10
+    check_joined(10, spec, 0)
+    check_joined(150, spec, 150)
+    with pytest.raises(ProgramError, match="smaller than the minimum of 10 rows"):
+        check_joined(2, spec, 0)
+    with pytest.raises(ProgramError, match="minimum of 150 rows") as refused:
+        check_joined(149, spec, 150)
+    assert "149" not in str(refused.value)  # only the fact, never the count
+
+
+def test_model_result_carries_the_certificate():
+    result = RegressionResult(
+        coefficients=(1.0,) * 5,
+        intercept=0.0,
+        alpha=0.1,
+        joined=50,
+        iterations=25,
+        converged=True,
+        certified_gap=2.0**-27,
+    )
+    out = model_result(result, make_spec())
+    assert out.converged and out.certified_gap == 2.0**-27 and out.iterations == 25

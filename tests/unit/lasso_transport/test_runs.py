@@ -11,6 +11,8 @@ import pytest
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.exchange import Abort, Outbox, accept
 from services.lasso.worker.frames import Close, Failed, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start, Traffic
+from services.lasso import runs as runs_module
+from services.lasso.core import wire
 from services.lasso.runs import Finished, Run, RunFailure, RunRegistry
 from tests.unit.lasso_transport.test_shares import block
 
@@ -28,6 +30,9 @@ class FakeWorker:
 
     def send(self, frame: Any) -> None:
         self.frames.append(frame)
+
+    async def writable(self) -> None:
+        return
 
     def kill(self) -> None:
         self.killed = True
@@ -244,7 +249,7 @@ class FakeContext:
 
 async def requests_of(*pcs: int, end: str | None = ""):  # type: ignore[no-untyped-def]
     for pc in pcs:
-        yield lasso_pb2.ExchangeRequest(message=lasso_pb2.MpcMessage(pc=pc, payload=b"p"))
+        yield lasso_pb2.ExchangeRequest(message=lasso_pb2.MpcMessage(pc=pc, payload=wire.dumps(b"p")))
     if end is not None:
         yield lasso_pb2.ExchangeRequest(end=lasso_pb2.MpcEnd(abort_reason=end))
 
@@ -339,5 +344,35 @@ def test_registry_wait_for_a_run_that_arrives_later_or_never():
         assert await registry.wait_for("run-9", 0.01) is None
         registry.remove(run)
         assert await registry.wait_for("run-1", 1.0) is None
+
+    asyncio.run(main())
+
+
+def test_a_malformed_peer_message_fails_the_run_naming_the_peer_and_phase():
+    async def main():
+        h = Harness()
+        task = await h.started()
+        h.run.deliver(0, 5, wire.encode_ints([1, 2], 8))  # well-formed: relayed
+        h.run.deliver(0, 6, b"\x80\x04pickle")
+        await asyncio.wait_for(task, 1)
+        failure = h.events[-1]
+        assert isinstance(failure, RunFailure) and failure.code == grpc.StatusCode.ABORTED
+        assert failure.message == "MPC party 0 (insurer) sent a malformed MPC message during PHASE_INPUT: unknown message kind 128"
+        assert [f for f in h.worker.frames if isinstance(f, Recv)] == [Recv(0, 5, wire.encode_ints([1, 2], 8))]
+
+    asyncio.run(main())
+
+
+def test_what_a_peer_sends_before_the_worker_exists_is_capped(monkeypatch):
+    monkeypatch.setattr(runs_module, "MAX_EARLY_BYTES", 1000)
+
+    async def main():
+        h = Harness()
+        message = wire.dumps(bytes(400))
+        h.run.deliver(2, 1, message)
+        h.run.deliver(2, 2, message)
+        assert h.run.failure is None
+        h.run.deliver(2, 3, message)
+        assert h.run.failure is not None and h.run.failure.message.startswith("MPC party 2 (helper) sent more than")
 
     asyncio.run(main())

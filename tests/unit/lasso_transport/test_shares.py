@@ -24,7 +24,9 @@ def test_blocks_round_trip_through_chunks():
     messages = [m for b in blocks for m in encode_block("run-1", b, chunk_rows=3)]
     assert sum(m.HasField("chunk") for m in messages) == 8
     decoded = decode_blocks("run-1", messages)
-    assert [(d.columns, d.values, d.value_bytes, d.value_bits) for d in decoded] == [(b.columns, b.values, b.value_bytes, b.value_bits) for b in blocks]
+    assert [(d.columns, d.values, d.value_bytes, d.value_bits) for d in decoded] == [
+        (b.columns, b.values, b.value_bytes, b.value_bits) for b in blocks
+    ]
 
 
 def test_repr_shows_shape_not_values():

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from services.lasso.worker.frames import Close, Dial, PeerClosed, PeerLost, PeerUp, Recv, Send
+from services.lasso.worker import transport as transport_module
 from services.lasso.worker.transport import Exchanger, MeshTransport, PeerLostError, TrafficCounts
 from tests.unit.lasso_transport.fake_runtime import FakeRuntime, RecordingSink
 
@@ -205,6 +206,17 @@ def test_traffic_counts_rounds_as_bursts_of_sends_after_a_consumed_message():
     run(main())
 
 
+def test_a_second_message_for_a_buffered_round_fails_the_run_naming_the_peer():
+    async def main():
+        rt, transport, _ = await started_transport(0)
+        transport.on_frame(Recv(1, 9, b"first"))
+        transport.on_frame(Recv(1, 9, b"second"))
+        assert transport.failure.done()
+        assert str(transport.failure.result()) == "MPC party 1: sent two messages for one round"
+
+    run(main())
+
+
 def test_the_transport_shares_one_count_over_its_peers():
     async def main():
         rt = FakeRuntime(1, asyncio.get_running_loop())
@@ -218,5 +230,70 @@ def test_the_transport_shares_one_count_over_its_peers():
         rt.parties[0].protocol.send(1, b"a")
         rt.parties[2].protocol.send(1, b"b")
         assert transport.counts.by_phase == {0: [1, 2, 2]}
+
+    run(main())
+
+
+def test_a_flood_ahead_of_the_computation_fails_the_run_at_the_cap(monkeypatch):
+    monkeypatch.setattr(transport_module, "MAX_AHEAD_MESSAGES", 50)
+    monkeypatch.setattr(transport_module, "MAX_AHEAD_BYTES", 1000)
+
+    async def main():
+        rt, transport, _ = await started_transport(0)
+        for pc in range(50):
+            transport.on_frame(Recv(2, 1 << 40 | pc, b"x"))
+        assert not transport.failure.done()
+        transport.on_frame(Recv(2, 1 << 41, b"x"))
+        assert transport.failure.done() and transport.failure.result().peer == 2
+        assert "ahead of the computation" in str(transport.failure.result())
+
+    run(main())
+    # Bytes count as well as messages.
+
+    async def big() -> None:
+        rt, transport, _ = await started_transport(0)
+        transport.on_frame(Recv(1, 1, bytes(600)))
+        transport.on_frame(Recv(1, 2, bytes(600)))
+        assert transport.failure.done() and transport.failure.result().peer == 1
+
+    run(big())
+
+
+def test_messages_taken_by_mpyc_no_longer_count_toward_the_cap(monkeypatch):
+    monkeypatch.setattr(transport_module, "MAX_AHEAD_MESSAGES", 3)
+
+    async def main():
+        rt, transport, _ = await started_transport(0)
+        for pc in range(100):
+            transport.on_frame(Recv(1, pc, b"m"))
+            assert rt.parties[1].protocol.receive(pc) == b"m"
+            waiting = rt.parties[1].protocol.receive(1000 + pc)
+            transport.on_frame(Recv(1, 1000 + pc, b"n"))
+            assert await waiting == b"n"
+        assert not transport.failure.done()
+
+    run(main())
+
+
+def test_a_flood_before_mpyc_starts_is_capped_too(monkeypatch):
+    monkeypatch.setattr(transport_module, "MAX_AHEAD_MESSAGES", 10)
+
+    async def main():
+        transport = MeshTransport(FakeRuntime(2, asyncio.get_running_loop()), RecordingSink())
+        transport.on_frame(PeerUp(0, bytes(16)))
+        for pc in range(11):
+            transport.on_frame(Recv(0, pc, b"m"))
+        assert transport.failure.done() and transport.failure.result().peer == 0
+        assert "before the computation started" in str(transport.failure.result())
+
+    run(main())
+
+
+def test_delivered_messages_are_labelled_with_their_sender():
+    async def main():
+        rt, transport, _ = await started_transport(0)
+        transport.on_frame(Recv(2, 4, b"m"))
+        message = rt.parties[2].protocol.receive(4)
+        assert message == b"m" and message.peer == 2
 
     run(main())

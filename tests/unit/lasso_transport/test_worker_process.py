@@ -10,9 +10,9 @@ import sys
 import time
 
 from riskmesh.v1 import lasso_pb2
-from services.lasso.worker.frames import Dial, Failed, FrameDecoder, Input, InputEnd, PeerUp, Start, encode
-from services.lasso.core.blocks import encode_block
 from services.bench.transport_bench import DUMMY_BLOCK, bench_spec
+from services.lasso.core.blocks import encode_block
+from services.lasso.worker.frames import Dial, Failed, FrameDecoder, Input, InputEnd, PeerUp, Start, encode
 from services.lasso.worker.program import program_env
 from tests.unit.lasso_transport.crash_program import SECRET
 
@@ -24,7 +24,19 @@ def test_a_failing_mpyc_coroutine_is_reported_by_type_only():
     ours, theirs = socket.socketpair()
     beat_read, beat_write = os.pipe()
     process = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, "--fd", str(theirs.fileno()), "--heartbeat-fd", str(beat_write), "--pid", "0", "--program", "crash"],
+        [
+            sys.executable,
+            "-c",
+            LAUNCH,
+            "--fd",
+            str(theirs.fileno()),
+            "--heartbeat-fd",
+            str(beat_write),
+            "--pid",
+            "0",
+            "--program",
+            "crash",
+        ],
         pass_fds=(theirs.fileno(), beat_write),
         env=CRASH_ENV,
         stderr=subprocess.PIPE,
@@ -49,7 +61,9 @@ def test_a_failing_mpyc_coroutine_is_reported_by_type_only():
                 if isinstance(frame, Dial):  # party 0 dials 1 and 2: "connect" them
                     ours.sendall(encode(PeerUp(frame.peer, b"")))
         failed = [f for f in frames if isinstance(f, Failed)]
-        assert failed == [Failed("the MPC computation raised ValueError")], process.stderr.read() if process.stderr else ""
+        assert failed == [Failed("the MPC computation raised ValueError")], (
+            process.stderr.read() if process.stderr else ""
+        )
         assert process.wait(30) == 1
         assert os.read(beat_read, 100).startswith(b".")
         stderr = process.stderr.read() if process.stderr else ""

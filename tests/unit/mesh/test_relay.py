@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -34,7 +34,7 @@ class Upstream:
         self.delay_s = delay_s
         self.listen = listen or Address("127.0.0.1", 0)
 
-    async def __aenter__(self) -> "Upstream":
+    async def __aenter__(self) -> Upstream:
         self.server = await asyncio.start_server(self.handler, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
         self.target = Address("127.0.0.1", port)
@@ -81,7 +81,7 @@ def test_bytes_arrive_intact_and_in_order_both_ways() -> None:
 
             async def send() -> None:
                 for i in range(0, len(payload), 10_000):  # many writes of odd sizes
-                    writer.write(payload[i:i + 10_000])
+                    writer.write(payload[i : i + 10_000])
                     await writer.drain()
                 writer.write_eof()
 
@@ -275,8 +275,21 @@ def test_relay_as_a_process_forwards_and_stops_on_sigterm(tmp_path: Path) -> Non
         port = await ready
         sock = tmp_path / "p.sock"
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.tools.relay", "--delay-ms", "5", "--listen", f"unix:{sock}", "--target", f"127.0.0.1:{port}"],
-            cwd=REPO, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "services.tools.relay",
+                "--delay-ms",
+                "5",
+                "--listen",
+                f"unix:{sock}",
+                "--target",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             line = await asyncio.to_thread(_read_line, process, 30)
             reader, writer = await asyncio.open_unix_connection(str(sock))
@@ -300,7 +313,13 @@ def test_relay_as_a_process_forwards_and_stops_on_sigterm(tmp_path: Path) -> Non
 
 
 def test_relay_process_refuses_unpaired_routes() -> None:
-    result = subprocess.run([sys.executable, "-m", "services.tools.relay", "--listen", "127.0.0.1:0"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.tools.relay", "--listen", "127.0.0.1:0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "--target" in result.stderr
 
@@ -310,7 +329,9 @@ def test_start_relay_process_waits_until_listening_and_stops(tmp_path: Path) -> 
         server = await asyncio.start_server(_echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         sock = tmp_path / "r.sock"
-        relay = await asyncio.to_thread(start_relay_process, [(f"unix:{sock}", f"127.0.0.1:{port}")], 1.0, tmp_path / "relay.log")
+        relay = await asyncio.to_thread(
+            start_relay_process, [(f"unix:{sock}", f"127.0.0.1:{port}")], 1.0, tmp_path / "relay.log"
+        )
         try:
             reader, writer = await asyncio.open_unix_connection(str(sock))  # listening already: no retry needed
             writer.write(b"ok")

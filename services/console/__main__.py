@@ -1,0 +1,3 @@
+from services.console.server import main
+
+raise SystemExit(main())

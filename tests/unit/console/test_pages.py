@@ -1,0 +1,72 @@
+"""Templates render every branch the browser tests do not reach: a CV curve, standardised
+coefficients, a failed run's board."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from riskmesh.v1 import common_pb2 as c
+from riskmesh.v1 import gateway_pb2, lasso_pb2
+from services.console import charts
+from services.console.app import Console
+from services.console.board import STEPS, Board
+from services.console.security import AuthSettings
+from services.study.disclosure import column_owners
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import make_study_data
+
+PARTIES = [("insurer", c.ROLE_DATA_OWNER), ("hospital", c.ROLE_DATA_OWNER), ("helper", c.ROLE_HELPER)]
+
+
+def console(role: str = "data_owner") -> Console:
+    gateway = SimpleNamespace(org="insurer", role=role)
+    return Console(gateway, AuthSettings("token", "t", "riskmesh-console-insurer", ("127.0.0.1",)))  # type: ignore[arg-type]
+
+
+def test_result_page_with_cv_curve_and_standardised_coefficients():
+    spec = spec_for(make_study_data(20), "s", alphas=[0.01, 0.1, 1.0], cv_folds=3, standardize=True)
+    result = lasso_pb2.ModelResult(
+        coefficients=[
+            lasso_pb2.Coefficient(feature="age", value=0.5, standardized_value=1.5),
+            lasso_pb2.Coefficient(feature="bmi", value=-0.25, standardized_value=-0.7),
+        ],
+        intercept=1.0,
+        joined=50,
+        alpha=0.1,
+        iterations=40,
+        target="hospitalisation_days",
+        cv_curve=[lasso_pb2.CvPoint(alpha=a, mean_squared_error=m) for a, m in ((0.01, 3.0), (0.1, 2.0), (1.0, 2.5))],
+    )
+    run = gateway_pb2.Run(run_id="s-1", study_id="s", state=c.RUN_STATE_SUCCEEDED, trace_id="ab" * 16)
+    html = (
+        console()
+        .templates.get_template("result.html")
+        .render(
+            run=run,
+            result=result,
+            study=gateway_pb2.Study(spec=spec),
+            owners=column_owners(spec),
+            standardized=True,
+            bars=charts.bar_chart([("age", 0.5), ("bmi", -0.25)]),
+            cv=charts.cv_chart([(0.01, 3.0), (0.1, 2.0), (1.0, 2.5)], 0.1),
+            waterfall=None,
+            step_labels=[label for _, label in STEPS],
+            csrf_token="x",
+            path="/runs/s-1/result",
+        )
+    )
+    assert "Standardised" in html and "1.500000" in html and "cv-chosen" in html and "0.1 (chosen)" in html
+    assert 'data-feature="age"' in html and "insurer" in html
+
+
+def test_failed_run_board_names_phase_org_and_reason_without_actions_for_the_helper():
+    board = Board.for_parties(PARTIES)
+    error = c.RunError(phase=c.PHASE_INTERSECTION, org="helper", reason="too few patients in the intersection")
+    board.add(gateway_pb2.WatchRunResponse(run=gateway_pb2.Run(run_id="r", state=c.RUN_STATE_FAILED, error=error)))
+    html = (
+        console("helper")
+        .templates.get_template("_board.html")
+        .render(board=board, run=board.run, problem="", csrf_token="x")
+    )
+    assert 'data-status="failed"' in html and "Failed in Intersection at helper." in html and "too few patients" in html
+    assert "Cancel the run" not in html and "/result" not in html
