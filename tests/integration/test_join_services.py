@@ -691,7 +691,7 @@ def test_paillier_key_size_other_than_the_studys_is_refused_before_anything_is_e
         join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["hospital"])), timeout=30)
     join_mesh.gateway("insurer", "encryption").PrepareEncryption(
         join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["insurer"])), timeout=30)
-    request = join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=common_pb2.PaillierPublicKey(n=key.to_bytes(), key_id=key.key_id))
+    request = join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=codec.public_key_to_proto(key))
     replies: list[join_pb2.RunEncryptionResponse] = []
     with pytest.raises(grpc.RpcError) as err:
         for reply in join_mesh.gateway("insurer", "encryption").RunEncryption(request, timeout=30):
