@@ -42,9 +42,10 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,10 +53,10 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.bench.meshrun import BenchMesh, TrafficCounter, cpu_delta, cpu_seconds_by_org
 from services.bench.mpc_traffic import mpc_traffic
+from services.mesh.config import load_config
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, make_study_data, reference_join
 from services.tools.traces import SpanRow, load_trace
-from services.mesh.config import load_config
 
 OVERLAP = 0.5
 CSV_DECIMALS = 6
@@ -95,7 +96,11 @@ def phase_times(rows: Sequence[SpanRow]) -> dict[str, Any]:
     reshare_end = last_end(("resharing",))
     lasso_end = last_end(LASSO_PHASES)
     if join_end is None or reshare_end is None or lasso_end is None:
-        missing = [n for n, v in (("hashing_encryption", join_end), ("resharing", reshare_end), ("MPC", lasso_end)) if v is None]
+        missing = [
+            n
+            for n, v in (("hashing_encryption", join_end), ("resharing", reshare_end), ("MPC", lasso_end))
+            if v is None
+        ]
         raise BenchError(f"the run's spans lack the {', '.join(missing)} phase(s)")
     breakdown: dict[str, float] = {}
     previous = reshare_end
@@ -153,7 +158,9 @@ def median_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             out[key] = all(values)
         elif isinstance(first, (int, float)):
             out[key] = round(_median(values), 3) if key.endswith("_s") else _median(values)
-        elif isinstance(first, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in first.values()):
+        elif isinstance(first, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in first.values()
+        ):
             out[key] = {k: _median([r[key][k] for r in runs if k in r.get(key, {})]) for k in first}
         else:
             out[key] = first
@@ -193,18 +200,39 @@ def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
     for event in insurer.watch(run.run_id):
         final = event.run
     if final.state != common_pb2.RUN_STATE_SUCCEEDED:
-        reason = f"{common_pb2.Phase.Name(final.error.phase)} at {final.error.org}: {final.error.reason}" if final.HasField("error") else "no reason given"
+        reason = (
+            f"{common_pb2.Phase.Name(final.error.phase)} at {final.error.org}: {final.error.reason}"
+            if final.HasField("error")
+            else "no reason given"
+        )
         raise BenchError(f"run {final.run_id} ended {common_pb2.RunState.Name(final.state)}: {reason}")
     _, result = insurer.result(run.run_id)
     done_at = time.perf_counter()
     total = done_at - started
     peaks = mesh.sampler.peaks()
     cpu = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
-    return RunFigures(final.run_id, final.trace_id, total, result, int(result.joined or final.joined), TrafficCounter.delta(mesh.counter.snapshot(), before),
-                      peaks.largest_process_mb(), peaks.org_mb(), cpu, done_at)
+    return RunFigures(
+        final.run_id,
+        final.trace_id,
+        total,
+        result,
+        int(result.joined or final.joined),
+        TrafficCounter.delta(mesh.counter.snapshot(), before),
+        peaks.largest_process_mb(),
+        peaks.org_mb(),
+        cpu,
+        done_at,
+    )
 
 
-def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None) -> dict[str, Any]:
+def bench_all(
+    records: int,
+    features: int = 10,
+    alpha: float = 0.1,
+    latency_ms: float = 0.0,
+    repeat: int = 1,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
     """Run the study `repeat` times on one mesh; the medians, and every run's total."""
     if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
         raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
@@ -214,10 +242,16 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
     with work_directory(workdir, "riskmesh-bench-all-") as root:
         mesh = BenchMesh(root / "mesh", latency_ms=latency_ms)
         configs = {org: load_config(path, env={}) for org, path in mesh.prepare().items()}
-        sources = {t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
+        sources = {
+            t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv")
+            for t in (data.insurer, data.hospital)
+        }
         runs: list[RunFigures] = []
         with mesh:
-            clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()}
+            clients = {
+                org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir)
+                for org, c in configs.items()
+            }
             try:
                 spec = spec_for(data, STUDY_ID, alphas=[alpha])
                 study = clients["insurer"].propose(spec, str(sources["insurer"]))
@@ -235,14 +269,26 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
         # run's coefficients in hand (study proposal and approvals included).
         process_start_to_result_s = round(runs[0].done_at - mesh.started_at, 3)
     summary = median_summary(per_run)
-    summary.update({"phase": "all", "alpha": alpha, "latency_ms": latency_ms, "repeat": repeat, "startup_s": startup_s,
-                    "process_start_to_result_s": process_start_to_result_s,
-                    "total_s_runs": [r["total_s"] for r in per_run], "load_1m_before": round(load_before, 2),
-                    "load_1m_after": round(os.getloadavg()[0], 2), "phase_times_from": "exported phase spans"})
+    summary.update(
+        {
+            "phase": "all",
+            "alpha": alpha,
+            "latency_ms": latency_ms,
+            "repeat": repeat,
+            "startup_s": startup_s,
+            "process_start_to_result_s": process_start_to_result_s,
+            "total_s_runs": [r["total_s"] for r in per_run],
+            "load_1m_before": round(load_before, 2),
+            "load_1m_after": round(os.getloadavg()[0], 2),
+            "phase_times_from": "exported phase spans",
+        }
+    )
     return summary
 
 
-def _figures(run: RunFigures, reference: Mapping[str, float], root: Path, records: int, features: int, paillier_bits: int) -> dict[str, Any]:
+def _figures(
+    run: RunFigures, reference: Mapping[str, float], root: Path, records: int, features: int, paillier_bits: int
+) -> dict[str, Any]:
     times = phase_times(load_trace([root], run.trace_id))
     secure = revealed(run.result)
     nonzero = sum(1 for c in run.result.coefficients if c.value != 0.0)

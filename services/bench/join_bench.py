@@ -51,20 +51,21 @@ import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
 from services.bench.meshrun import MemorySampler, cpu_delta, cpu_seconds_by_org
+from services.join.core.parallel import default_workers
+from services.mesh.config import MAX_UPLOAD_ROWS, load_config
 from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data
-from services.join.core.parallel import default_workers
 from services.tools.launcher import LocalMesh, local_mesh_for
-from services.mesh.config import MAX_UPLOAD_ROWS, load_config
 
 JOIN_SERVERS = ("encryption", "intersection", "resharing")
 READ_BYTES = 1 << 16
@@ -97,7 +98,9 @@ class CountingRelay:
             except OSError:
                 client_writer.transport.abort()
                 return
-            await asyncio.gather(self._pump(client_reader, target_writer, True), self._pump(target_reader, client_writer, False))
+            await asyncio.gather(
+                self._pump(client_reader, target_writer, True), self._pump(target_reader, client_writer, False)
+            )
             for writer in (client_writer, target_writer):
                 writer.transport.abort()
         finally:
@@ -153,18 +156,32 @@ def _directory(workdir: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int = DEFAULT_PAILLIER_BITS, workdir: Path | None = None) -> dict:
+def bench_join(
+    records: int,
+    features: int = 10,
+    overlap: float = 0.5,
+    bits: int = DEFAULT_PAILLIER_BITS,
+    workdir: Path | None = None,
+) -> dict:
     """Run one join over three local orgs' processes and return its figures (see the module docstring)."""
     if records < 1 or not 0.0 <= overlap <= 1.0:
         raise ValueError("records must be positive and overlap in [0, 1]")
     with _directory(workdir) as root:
         # --bits 1024: a quick, test-only mesh; a helper cap above `records` (its ciphertexts spool to disk).
-        configs = local_mesh_for(root / "mesh", min_paillier_bits=min(bits, 2048), max_upload_rows=max(records, MAX_UPLOAD_ROWS))
+        configs = local_mesh_for(
+            root / "mesh", min_paillier_bits=min(bits, 2048), max_upload_rows=max(records, MAX_UPLOAD_ROWS)
+        )
         data = make_study_data(records, overlap=overlap, features=features)
         spec = spec_for(data, "join-bench")
         spec.paillier_bits = bits
         sources = {t.org: t.write_csv(root / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
-        result: dict[str, Any] = {"records": records, "features": features, "overlap": overlap, "paillier_bits": bits, "cores": default_workers()}
+        result: dict[str, Any] = {
+            "records": records,
+            "features": features,
+            "overlap": overlap,
+            "paillier_bits": bits,
+            "cores": default_workers(),
+        }
         result.update(asyncio.run(_run(configs, spec, {o: str(p) for o, p in sources.items()})))
         # The oracle, only here: the plaintext inner join of the generated files.
         columns, expected = plaintext_join(data, sources)
@@ -187,9 +204,19 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
         harness = Harness(configs)
         sampler = MemorySampler(mesh).start()
         try:
-            cpu_before, busy_before, idle_before, own_before = cpu_seconds_by_org(mesh.processes), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
+            cpu_before, busy_before, idle_before, own_before = (
+                cpu_seconds_by_org(mesh.processes),
+                _machine_busy_s(),
+                _machine_idle_s(),
+                _own_cpu_s(),
+            )
             timings = await run_join(harness, spec, sources, "bench-1")
-            cpu_after, busy_after, idle_after, own_after = cpu_seconds_by_org(mesh.processes), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
+            cpu_after, busy_after, idle_after, own_after = (
+                cpu_seconds_by_org(mesh.processes),
+                _machine_busy_s(),
+                _machine_idle_s(),
+                _own_cpu_s(),
+            )
             peaks = sampler.peaks()
             shares = await collect_shares(harness, spec, "bench-1")
         finally:
@@ -223,12 +250,25 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.join_bench", description="benchmark the secure inner join over three local orgs' processes (mTLS)")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.bench.join_bench",
+        description="benchmark the secure inner join over three local orgs' processes (mTLS)",
+    )
     parser.add_argument("--records", type=int, required=True, help="rows per data owner")
     parser.add_argument("--features", type=int, default=10, help="features, split over the owners (default 10: 5 each)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="share of each owner's rows in the join (default 0.5)")
-    parser.add_argument("--bits", type=int, default=DEFAULT_PAILLIER_BITS, choices=(1024, 2048, 3072), help=f"Paillier modulus bits (default {DEFAULT_PAILLIER_BITS})")
-    parser.add_argument("--workdir", type=Path, help="keep PKI, configs, data and server logs here (default: a temporary directory)")
+    parser.add_argument(
+        "--overlap", type=float, default=0.5, help="share of each owner's rows in the join (default 0.5)"
+    )
+    parser.add_argument(
+        "--bits",
+        type=int,
+        default=DEFAULT_PAILLIER_BITS,
+        choices=(1024, 2048, 3072),
+        help=f"Paillier modulus bits (default {DEFAULT_PAILLIER_BITS})",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep PKI, configs, data and server logs here (default: a temporary directory)"
+    )
     args = parser.parse_args(argv)
     result = bench_join(args.records, args.features, args.overlap, args.bits, args.workdir)
     print(json.dumps(result), flush=True)

@@ -70,7 +70,10 @@ def _line(name: str, seconds: float, unit: str = "") -> None:
 
 def run(bits: int, rows: int, columns: int, overlap: float, samples: int, cores: int) -> None:
     """Measure and print (see the module docstring)."""
-    print(f"join core microbench: {bits}-bit Paillier, {columns} values/row, {samples} samples, {cores} cores (CPU time unless marked wall)")
+    print(
+        f"join core microbench: {bits}-bit Paillier, {columns} values/row, {samples} samples, {cores} cores "
+        "(CPU time unless marked wall)"
+    )
     keys, t_keygen = _timed(lambda: [generate_keypair(bits) for _ in range(3)])
     key = keys[0]
     pk = key.public
@@ -91,7 +94,9 @@ def run(bits: int, rows: int, columns: int, overlap: float, samples: int, cores:
         _, t_start = _wall(lambda: list(executor.map(abs, range(cores))))
         _, t_par = _wall(lambda: generate_pool(pk, par_count, executor=executor, parts=cores))
     _line(f"pool: start {cores} worker processes (wall)", t_start)
-    _line(f"pool: {par_count} elements over {cores} processes (wall)", t_par, f"({t_par / par_count * 1e3:.3f} ms/elem)")
+    _line(
+        f"pool: {par_count} elements over {cores} processes (wall)", t_par, f"({t_par / par_count * 1e3:.3f} ms/elem)"
+    )
 
     layout = SlotLayout.for_columns(columns, bits)
     cols = [ColumnSpec(f"c{k}", -1000, 1000) for k in range(columns)]
@@ -140,7 +145,9 @@ def run(bits: int, rows: int, columns: int, overlap: float, samples: int, cores:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", type=int, default=DEFAULT_MODULUS_BITS, help=f"Paillier modulus bits (default {DEFAULT_MODULUS_BITS})")
+    parser.add_argument(
+        "--bits", type=int, default=DEFAULT_MODULUS_BITS, help=f"Paillier modulus bits (default {DEFAULT_MODULUS_BITS})"
+    )
     parser.add_argument("--rows", type=int, default=10_000, help="rows per owner for the estimate")
     parser.add_argument("--columns", type=int, default=5, help="values per row")
     parser.add_argument("--overlap", type=float, default=0.5, help="fraction of rows in the join")

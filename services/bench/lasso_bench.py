@@ -42,9 +42,10 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -52,18 +53,18 @@ from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
 from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter, cpu_delta, cpu_seconds_by_org
 from services.bench.mpc_traffic import mpc_traffic
-from services.testkit.collinear import collinear_study_data
-from services.testkit.plain_reference import lasso_reference
-from services.testkit.studies import spec_for
-from services.testkit.synthetic import StudyData, joined_table, make_study_data
 from services.join.core.packing import SlotLayout
 from services.join.core.shares import value_bytes
-from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
 from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
 from services.mesh.config import OrgConfig, load_config
 from services.mesh.process import SINGLE_THREAD_ENV
-from services.tools.launcher import OrgPlacement, ServerProcess, start_server_process, stop_processes, wait_healthy
 from services.mesh.tls import MeshCredentials
+from services.testkit.collinear import collinear_study_data
+from services.testkit.dealer import FRACTIONAL_BITS, SIGMA_BITS, VALUE_BITS, deal
+from services.testkit.plain_reference import lasso_reference
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import StudyData, joined_table, make_study_data
+from services.tools.launcher import OrgPlacement, ServerProcess, start_server_process, stop_processes, wait_healthy
 
 ORGS = ("insurer", "hospital", "helper")
 STUDY_ID = "lasso-bench"
@@ -102,7 +103,9 @@ def value_width() -> int:
     return value_bytes(layout)
 
 
-def party_blocks(data: StudyData, rng: np.random.Generator) -> tuple[dict[str, list[ShareBlock]], np.ndarray, np.ndarray]:
+def party_blocks(
+    data: StudyData, rng: np.random.Generator
+) -> tuple[dict[str, list[ShareBlock]], np.ndarray, np.ndarray]:
     """Deal the joined table; org → its share blocks (as its resharing store would hold
     them), and the plaintext (X, y) in the dealt order for the reference."""
     joined = joined_table(data)
@@ -195,10 +198,28 @@ def launch_parties(shares: Mapping[str, list[ShareBlock]], repeat: int) -> Launc
                 shares_path = write_shares(config.state_dir / SHARES_FILE, shares[org])
                 log_path = config.state_dir / "logs" / "lasso.log"
                 log_path.parent.mkdir(parents=True, exist_ok=True)
-                env = {**os.environ, **SINGLE_THREAD_ENV, **placements.get(org, OrgPlacement()).env, "RISKMESH_CONFIG": str(path)}
-                command = [sys.executable, "-m", "services.bench.lasso_bench", "party", "--config", str(path), "--shares", str(shares_path), "--repeat", str(repeat)]
+                env = {
+                    **os.environ,
+                    **SINGLE_THREAD_ENV,
+                    **placements.get(org, OrgPlacement()).env,
+                    "RISKMESH_CONFIG": str(path),
+                }
+                command = [
+                    sys.executable,
+                    "-m",
+                    "services.bench.lasso_bench",
+                    "party",
+                    "--config",
+                    str(path),
+                    "--shares",
+                    str(shares_path),
+                    "--repeat",
+                    str(repeat),
+                ]
                 process = start_server_process(command, env, log_path)
-                parties.processes.append(ServerProcess(org, "lasso", process, log_path, f"{config.bind_host}:{config.health_port('lasso')}"))
+                parties.processes.append(
+                    ServerProcess(org, "lasso", process, log_path, f"{config.bind_host}:{config.health_port('lasso')}")
+                )
             for proc in parties.processes:
                 _wait_party(proc, timeout)
         except BaseException:
@@ -213,13 +234,18 @@ def _wait_party(proc: ServerProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.process.poll() is not None:
-            raise BenchError(f"the lasso party of {proc.org} exited with {proc.process.returncode}: {proc.log_path.read_text(errors='replace')[-1500:]}")
+            raise BenchError(
+                f"the lasso party of {proc.org} exited with {proc.process.returncode}: "
+                f"{proc.log_path.read_text(errors='replace')[-1500:]}"
+            )
         try:
             wait_healthy(proc.health_address, timeout=1.0)
             return
         except TimeoutError:
             if time.monotonic() > deadline:
-                raise BenchError(f"the lasso party of {proc.org} is not healthy within {timeout:.0f} s (log: {proc.log_path})") from None
+                raise BenchError(
+                    f"the lasso party of {proc.org} is not healthy within {timeout:.0f} s (log: {proc.log_path})"
+                ) from None
 
 
 # The driver.
@@ -244,7 +270,9 @@ async def _run_party(config: OrgConfig, run_id: str, spec: common_pb2.StudySpec)
                 result = reply.result
             elif reply.progress.phase != common_pb2.PHASE_UNSPECIFIED:
                 name = common_pb2.Phase.Name(reply.progress.phase).removeprefix("PHASE_").lower()
-                starts.setdefault(name, reply.progress.at.ToNanoseconds() / 1e9 if reply.progress.HasField("at") else time.time())
+                starts.setdefault(
+                    name, reply.progress.at.ToNanoseconds() / 1e9 if reply.progress.HasField("at") else time.time()
+                )
     return PartyOutcome(result, time.time(), starts)
 
 
@@ -260,7 +288,9 @@ def split_phases(request_at: float, done_at: float, starts: Mapping[str, float])
     return out
 
 
-async def _run_all(configs: Mapping[str, OrgConfig], run_id: str, spec: common_pb2.StudySpec) -> tuple[float, dict[str, PartyOutcome], float]:
+async def _run_all(
+    configs: Mapping[str, OrgConfig], run_id: str, spec: common_pb2.StudySpec
+) -> tuple[float, dict[str, PartyOutcome], float]:
     request_at = time.time()
     started = time.perf_counter()
     tasks = {org: asyncio.ensure_future(_run_party(configs[org], run_id, spec)) for org in ORGS}
@@ -270,11 +300,27 @@ async def _run_all(configs: Mapping[str, OrgConfig], run_id: str, spec: common_p
     return elapsed, outcomes, request_at
 
 
-def bench_lasso(records: int, features: int = 10, alpha: float | None = None, latency_ms: float = 0.0, repeat: int = 1,
-                workdir: Path | None = None, design: str = "synthetic") -> dict[str, Any]:
+def bench_lasso(
+    records: int,
+    features: int = 10,
+    alpha: float | None = None,
+    latency_ms: float = 0.0,
+    repeat: int = 1,
+    workdir: Path | None = None,
+    design: str = "synthetic",
+) -> dict[str, Any]:
     """The secure Lasso on `records` dealt joined rows of `design`; medians over `repeat` runs."""
-    if records < 2 or features < 2 or repeat < 1 or (alpha is not None and alpha <= 0) or latency_ms < 0 or design not in DESIGNS:
-        raise ValueError(f"records >= 2, features >= 2, repeat >= 1, alpha > 0, latency >= 0 and a design in {DESIGNS} are required")
+    if (
+        records < 2
+        or features < 2
+        or repeat < 1
+        or (alpha is not None and alpha <= 0)
+        or latency_ms < 0
+        or design not in DESIGNS
+    ):
+        raise ValueError(
+            f"records >= 2, features >= 2, repeat >= 1, alpha > 0, latency >= 0 and a design in {DESIGNS} are required"
+        )
     data = design_data(design, records, features)
     blocks, x, y = party_blocks(data, np.random.default_rng(20240611))
     alpha = alpha if alpha is not None else default_alpha(design, x, y)
@@ -284,7 +330,9 @@ def bench_lasso(records: int, features: int = 10, alpha: float | None = None, la
     load_before = os.getloadavg()[0]
     runs: list[dict[str, Any]] = []
     with work_directory(workdir, "riskmesh-bench-lasso-") as root:
-        mesh = BenchMesh(root / "mesh", latency_ms=latency_ms, servers=("lasso",), launch=launch_parties(blocks, repeat))
+        mesh = BenchMesh(
+            root / "mesh", latency_ms=latency_ms, servers=("lasso",), launch=launch_parties(blocks, repeat)
+        )
         with mesh:
             assert mesh.sampler is not None and mesh.mesh is not None
             configs = {org: load_config(path, env={}) for org, path in mesh.config_paths.items()}
@@ -294,19 +342,43 @@ def bench_lasso(records: int, features: int = 10, alpha: float | None = None, la
                 mesh.sampler.reset()
                 elapsed, outcomes, request_at = asyncio.run(_run_all(configs, run_id, spec))
                 peaks = mesh.sampler.peaks()
-                runs.append(_figures(records, features, alpha, elapsed, outcomes, request_at, reference,
-                                     TrafficCounter.delta(mesh.counter.snapshot(), before), peaks.largest_process_mb(), x, y))
+                runs.append(
+                    _figures(
+                        records,
+                        features,
+                        alpha,
+                        elapsed,
+                        outcomes,
+                        request_at,
+                        reference,
+                        TrafficCounter.delta(mesh.counter.snapshot(), before),
+                        peaks.largest_process_mb(),
+                        x,
+                        y,
+                    )
+                )
                 runs[-1]["cpu_s_by_org"] = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
         # The parties have stopped and flushed their spans.
         for run_id, figures in zip(run_ids(repeat), runs, strict=True):
             figures.update(mpc_traffic([root], run_id))
     summary = median_summary(runs)
-    summary.update({"phase": "lasso", "design": design, "latency_ms": latency_ms, "repeat": repeat, "lasso_s_runs": [r["lasso_s"] for r in runs],
-                    "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
+    summary.update(
+        {
+            "phase": "lasso",
+            "design": design,
+            "latency_ms": latency_ms,
+            "repeat": repeat,
+            "lasso_s_runs": [r["lasso_s"] for r in runs],
+            "load_1m_before": round(load_before, 2),
+            "load_1m_after": round(os.getloadavg()[0], 2),
+        }
+    )
     return summary
 
 
-def accuracy(secure: Mapping[str, float], reference: Mapping[str, float], x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, float]:
+def accuracy(
+    secure: Mapping[str, float], reference: Mapping[str, float], x: np.ndarray, y: np.ndarray, alpha: float
+) -> dict[str, float]:
     """Relative objective gap against the reference and the largest prediction difference relative to the
     target's range, on the plaintext join (x, y) whose columns follow the reference's feature order."""
     names = [n for n in reference if n != "(intercept)"]
@@ -317,12 +389,25 @@ def accuracy(secure: Mapping[str, float], reference: Mapping[str, float], x: np.
         return float(0.5 * np.mean((y - x @ coef - intercept) ** 2) + alpha * np.abs(coef).sum())
 
     best = objective(w_ref, b_ref)
-    return {"objective_gap": (objective(w, b) - best) / best,
-            "max_pred_diff": float(np.max(np.abs(x @ (w - w_ref) + (b - b_ref))) / np.ptp(y))}
+    return {
+        "objective_gap": (objective(w, b) - best) / best,
+        "max_pred_diff": float(np.max(np.abs(x @ (w - w_ref) + (b - b_ref))) / np.ptp(y)),
+    }
 
 
-def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes: Mapping[str, PartyOutcome], request_at: float,
-             reference: Mapping[str, float], sent: Mapping[str, int], peak_rss_mb: float, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def _figures(
+    records: int,
+    features: int,
+    alpha: float,
+    elapsed: float,
+    outcomes: Mapping[str, PartyOutcome],
+    request_at: float,
+    reference: Mapping[str, float],
+    sent: Mapping[str, int],
+    peak_rss_mb: float,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> dict[str, Any]:
     results = [outcomes[o].result for o in ("insurer", "hospital")]
     if any(r is None or not r.coefficients for r in results):
         raise BenchError("a data owner received no coefficients")
@@ -351,7 +436,9 @@ def _figures(records: int, features: int, alpha: float, elapsed: float, outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.lasso_bench", description="(internal) one lasso party of the lasso benchmark")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.bench.lasso_bench", description="(internal) one lasso party of the lasso benchmark"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     party = sub.add_parser("party", help="serve this org's lasso with dealt shares until SIGTERM")
     party.add_argument("--config", type=Path, required=True)

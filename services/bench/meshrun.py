@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import psutil
@@ -81,7 +81,9 @@ class _CountingReader:
 class CountingRelay(DelayRelay):
     """A DelayRelay in front of `peer_org`'s server, used only by `caller_org`."""
 
-    def __init__(self, listen: Address, target: Address, delay_s: float, caller_org: str, peer_org: str, counter: TrafficCounter) -> None:
+    def __init__(
+        self, listen: Address, target: Address, delay_s: float, caller_org: str, peer_org: str, counter: TrafficCounter
+    ) -> None:
         super().__init__(listen, target, delay_s)
         self.caller_org = caller_org
         self.peer_org = peer_org
@@ -193,7 +195,7 @@ class MemorySampler:
         self._members: list[tuple[str, str, psutil.Process]] = []  # (org, name, handle)
         self._samples = 0
 
-    def start(self) -> "MemorySampler":
+    def start(self) -> MemorySampler:
         self.rescan()
         self._thread.start()
         return self
@@ -297,7 +299,9 @@ class BenchMesh:
     environment; by default LocalMesh (benchmarks with their own server entry points,
     like the lasso bench, pass their own and name the `servers` they run)."""
 
-    def __init__(self, root: Path, latency_ms: float = 0.0, servers: tuple[str, ...] | None = None, launch: Launch | None = None) -> None:
+    def __init__(
+        self, root: Path, latency_ms: float = 0.0, servers: tuple[str, ...] | None = None, launch: Launch | None = None
+    ) -> None:
         if latency_ms < 0:
             raise ValueError("latency must be >= 0 ms")
         self.root = Path(root)
@@ -325,7 +329,9 @@ class BenchMesh:
                     if server not in CROSS_ORG_SERVERS or (self.servers is not None and server not in self.servers):
                         continue
                     target = parse_address(peer_config.self_endpoint.address(server))
-                    relay = CountingRelay(Address(host="127.0.0.1"), target, self.latency_ms / 1000.0, caller, peer, self.counter)
+                    relay = CountingRelay(
+                        Address(host="127.0.0.1"), target, self.latency_ms / 1000.0, caller, peer, self.counter
+                    )
                     env[caller][relay_env_var(peer, server)] = self.relays.add(relay)
         return env
 
@@ -335,7 +341,7 @@ class BenchMesh:
             self.config_paths = local_mesh_for(self.root)
         return self.config_paths
 
-    def start(self, timeout: float = 120.0) -> "BenchMesh":
+    def start(self, timeout: float = 120.0) -> BenchMesh:
         """Relays, then the org processes; returns once every server is healthy."""
         if self.mesh is not None or self.relays is not None:
             raise RuntimeError("this BenchMesh is already started")
@@ -369,7 +375,7 @@ class BenchMesh:
             self.relays.stop()
             self.relays = None
 
-    def __enter__(self) -> "BenchMesh":
+    def __enter__(self) -> BenchMesh:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

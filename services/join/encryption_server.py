@@ -68,7 +68,14 @@ class PreparedRun:
 
 
 class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
-    def __init__(self, config: OrgConfig, channels: Channels, executor: ProcessPoolExecutor | None, workers: int, prepared_ttl_s: float = PREPARED_TTL_S) -> None:
+    def __init__(
+        self,
+        config: OrgConfig,
+        channels: Channels,
+        executor: ProcessPoolExecutor | None,
+        workers: int,
+        prepared_ttl_s: float = PREPARED_TTL_S,
+    ) -> None:
         self.config = config
         self.channels = channels
         self.executor = executor
@@ -79,7 +86,9 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
     def _expire(self, run_id: str, prepared: PreparedRun) -> None:
         if self.prepared.get(run_id) is prepared:
             del self.prepared[run_id]  # the plaintext table and the X25519 key go with it
-            log.warning("run %s: prepared %.0f s ago and never started; dropped its table and key", run_id, self.prepared_ttl_s)
+            log.warning(
+                "run %s: prepared %.0f s ago and never started; dropped its table and key", run_id, self.prepared_ttl_s
+            )
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
@@ -99,23 +108,44 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
             asyncio.get_running_loop().call_later(self.prepared_ttl_s, self._expire, request.run_id, prepared)
             log.info("run %s: %d rows validated", request.run_id, len(table.ids))
             return join_pb2.PrepareEncryptionResponse(
-                x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids), input_commitment=commitment)
+                x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids), input_commitment=commitment
+            )
 
     async def RunEncryption(self, request, context) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
         prepared = self.prepared.pop(request.run_id, None)
         if prepared is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran, or expired)")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"hashing/encryption: run {request.run_id} was not prepared here (or already ran, or expired)",
+            )
         org, run_id = self.config.org, request.run_id
         async with join_errors(context, "hashing/encryption"):
-            tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
+            tag_key = keys.derive_tag_key(
+                prepared.agreement_key,
+                request.peer_x25519_public_key,
+                keys.tag_key_info(prepared.spec.study_id, run_id),
+            )
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
-            check_key_size(peer_key.bits, prepared.spec.paillier_bits, self.config.min_paillier_bits)  # before encrypting anything
+            check_key_size(
+                peer_key.bits, prepared.spec.paillier_bits, self.config.min_paillier_bits
+            )  # before encrypting anything
             helper = self.config.helper_org
             if helper is None:
                 raise SpecError("no helper organisation is configured")
-            upload = PieceUpload(run_id, org, prepared.table, tag_key, peer_key, prepare_layout(prepared.table, peer_key), self.executor, self.workers)
+            upload = PieceUpload(
+                run_id,
+                org,
+                prepared.table,
+                tag_key,
+                peer_key,
+                prepare_layout(prepared.table, peer_key),
+                self.executor,
+                self.workers,
+            )
             stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
-            yield upload.progress(common_pb2.PHASE_SETUP, 0, 1, "randomness pool (offline), built piece by piece while sending")
+            yield upload.progress(
+                common_pb2.PHASE_SETUP, 0, 1, "randomness pool (offline), built piece by piece while sending"
+            )
             call = asyncio.ensure_future(stub.UploadRows(upload.requests(), timeout=UPLOAD_DEADLINE_S))
             async for event in upload.events_until(call):
                 yield event
@@ -124,9 +154,17 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
             try:
                 reply = call.result()
             except grpc.aio.AioRpcError as exc:
-                code = exc.code() if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT) else grpc.StatusCode.UNAVAILABLE
-                await context.abort(code, f"hashing/encryption: the helper did not accept the rows: {exc.code().name}: {exc.details()}")
-            yield upload.progress(common_pb2.PHASE_HASHING_ENCRYPTION, reply.rows, upload.rows, "rows accepted by the helper")
+                code = (
+                    exc.code()
+                    if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+                    else grpc.StatusCode.UNAVAILABLE
+                )
+                await context.abort(
+                    code, f"hashing/encryption: the helper did not accept the rows: {exc.code().name}: {exc.details()}"
+                )
+            yield upload.progress(
+                common_pb2.PHASE_HASHING_ENCRYPTION, reply.rows, upload.rows, "rows accepted by the helper"
+            )
 
 
 @dataclass
@@ -156,31 +194,52 @@ class PieceUpload:
     async def _pieces(self) -> AsyncIterator[tuple[Sequence[int], tuple[list[bytes], list[list[int]]]]]:
         per_row, key = self.layout.ciphertexts_per_row, self.peer_key
         # One window size for every piece: each worker builds its table once per run.
-        window = choose_window_bits(-(-self.rows * per_row // self.workers), key.exponent_bits, int(key.n2).bit_length())
+        window = choose_window_bits(
+            -(-self.rows * per_row // self.workers), key.exponent_bits, int(key.n2).bit_length()
+        )
         order = random_permutation(self.rows)  # hide the file's row order from the helper
         for number, piece in enumerate(chunked(order, PIECE_ROWS)):
-            pool = await asyncio.to_thread(generate_pool, key, len(piece) * per_row, window_bits=window, executor=self.executor, parts=self.workers)
+            pool = await asyncio.to_thread(
+                generate_pool, key, len(piece) * per_row, window_bits=window, executor=self.executor, parts=self.workers
+            )
             if number == 0:
-                self.events.put_nowait(self.progress(common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready"))
+                self.events.put_nowait(
+                    self.progress(common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready")
+                )
             yield piece, await asyncio.to_thread(encrypt_piece, self.table, self.tag_key, key, self.layout, piece, pool)
 
     async def requests(self) -> AsyncIterator[join_pb2.UploadRowsRequest]:
         columns = tuple(c.name for c in self.table.columns)
-        yield join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(
-            run_id=self.run_id, rows=self.rows, layout=codec.layout_to_proto(self.layout), columns=columns, key=codec.public_key_to_proto(self.peer_key)))
+        yield join_pb2.UploadRowsRequest(
+            header=join_pb2.UploadHeader(
+                run_id=self.run_id,
+                rows=self.rows,
+                layout=codec.layout_to_proto(self.layout),
+                columns=columns,
+                key=codec.public_key_to_proto(self.peer_key),
+            )
+        )
         seq = sent = 0
         try:
             async for piece, (tags, ciphertexts) in self._pieces():
                 for rows in chunked(range(len(piece))):
                     encoded = [self.peer_key.encode_ciphertext(c) for i in rows for c in ciphertexts[i]]
-                    yield join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(seq=seq, tags=[tags[i] for i in rows], ciphertexts=encoded))
+                    yield join_pb2.UploadRowsRequest(
+                        chunk=join_pb2.RowChunk(seq=seq, tags=[tags[i] for i in rows], ciphertexts=encoded)
+                    )
                     seq += 1
                 sent += len(piece)
-                self.events.put_nowait(self.progress(common_pb2.PHASE_HASHING_ENCRYPTION, sent, self.rows, "encrypting and sending to the helper"))
+                self.events.put_nowait(
+                    self.progress(
+                        common_pb2.PHASE_HASHING_ENCRYPTION, sent, self.rows, "encrypting and sending to the helper"
+                    )
+                )
         except Exception as exc:  # kept for RunEncryption; the helper sees a stream that ends early
             self.failure = exc
 
-    async def events_until(self, call: asyncio.Future[join_pb2.UploadRowsResponse]) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
+    async def events_until(
+        self, call: asyncio.Future[join_pb2.UploadRowsResponse]
+    ) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
         """The progress events, as they come, until `call` is done (cancelled if we go away)."""
         try:
             while not call.done() or not self.events.empty():
@@ -219,7 +278,11 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
         log.info("%d of %d pool workers ready", ready, workers)
         mesh.on_stop(lambda: stop_executor(executor))
     servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers)
-    mesh.add_service(join_pb2_grpc.add_EncryptionServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["EncryptionService"])
+    mesh.add_service(
+        join_pb2_grpc.add_EncryptionServiceServicer_to_server,
+        servicer,
+        join_pb2.DESCRIPTOR.services_by_name["EncryptionService"],
+    )
     return mesh
 
 

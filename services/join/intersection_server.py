@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import grpc
 import numpy as np
@@ -76,7 +75,10 @@ class SpooledUpload:
     def ciphertexts(self, positions: Sequence[int]) -> list[list[int]]:
         """The rows at `positions` as ints (checked to lie in (0, N²) when they arrived)."""
         width, per_row = self.key.ciphertext_bytes, self.layout.ciphertexts_per_row
-        return [[int.from_bytes(row[k * width : (k + 1) * width], "big") for k in range(per_row)] for row in self.spool.read(positions)]
+        return [
+            [int.from_bytes(row[k * width : (k + 1) * width], "big") for k in range(per_row)]
+            for row in self.spool.read(positions)
+        ]
 
     def close(self) -> None:
         self.spool.close()
@@ -160,13 +162,22 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
         run = self.runs.get(header.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: run {header.run_id} is not open at the helper")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"intersection: run {header.run_id} is not open at the helper"
+            )
         if caller is None or caller.org not in [o.org for o in run.spec.owners]:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows"
+            )
         if caller.org in run.uploads or run.task is not None:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run"
+            )
         if header.rows > self.config.max_upload_rows:  # the helper's memory bound (config max_upload_rows)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {self.config.max_upload_rows} rows")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"intersection: an upload may hold at most {self.config.max_upload_rows} rows",
+            )
         try:
             layout = codec.layout_from_proto(header.layout)
             key = codec.public_key_from_proto(header.key)
@@ -185,18 +196,43 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
         if caller.org in run.uploads or run.task is not None:  # a second upload raced this one
             upload.close()
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run"
+            )
         run.uploads[caller.org] = upload
         log.info("run %s: upload from %s complete (%d rows)", header.run_id, caller.org, upload.rows)
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(header.run_id, self.config.org, common_pb2.PHASE_INTERSECTION, len(run.uploads), 2, f"upload from {caller.org} received")))
+        run.emit(
+            join_pb2.AwaitIntersectionResponse(
+                progress=progress(
+                    header.run_id,
+                    self.config.org,
+                    common_pb2.PHASE_INTERSECTION,
+                    len(run.uploads),
+                    2,
+                    f"upload from {caller.org} received",
+                )
+            )
+        )
         if len(run.uploads) == 2 and run.task is None:
             run.task = asyncio.create_task(self._match_and_deliver(header.run_id, run))
         return join_pb2.UploadRowsResponse(rows=upload.rows)
 
-    async def _spool(self, stream: AsyncIterator[join_pb2.UploadRowsRequest], header: join_pb2.UploadHeader, layout: SlotLayout, key: PublicKey) -> SpooledUpload:
+    async def _spool(
+        self,
+        stream: AsyncIterator[join_pb2.UploadRowsRequest],
+        header: join_pb2.UploadHeader,
+        layout: SlotLayout,
+        key: PublicKey,
+    ) -> SpooledUpload:
         """The rows after the header: tags kept in memory, ciphertexts checked and spooled."""
         per_row = layout.ciphertexts_per_row
-        upload = SpooledUpload(b"", RowSpool(self.config.state_dir / "spool", per_row * key.ciphertext_bytes), tuple(header.columns), layout, key)
+        upload = SpooledUpload(
+            b"",
+            RowSpool(self.config.state_dir / "spool", per_row * key.ciphertext_bytes),
+            tuple(header.columns),
+            layout,
+            key,
+        )
         tags = bytearray()
         try:
             rows: ChunkedRows[None] = ChunkedRows(header.rows)
@@ -223,11 +259,15 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             upload_a.close()
             upload_b.close()
 
-    async def _deliver_uploads(self, run_id: str, run: IntersectionRun, upload_a: SpooledUpload, upload_b: SpooledUpload) -> None:
+    async def _deliver_uploads(
+        self, run_id: str, run: IntersectionRun, upload_a: SpooledUpload, upload_b: SpooledUpload
+    ) -> None:
         org = self.config.org
         owner_a, owner_b = [o.org for o in run.spec.owners]
         try:
-            positions_a, positions_b = await asyncio.to_thread(match_uploads, upload_a, upload_b, run.spec.min_intersection or 1)
+            positions_a, positions_b = await asyncio.to_thread(
+                match_uploads, upload_a, upload_b, run.spec.min_intersection or 1
+            )
         except JoinError as exc:
             run.fail(status_for(exc), f"intersection: {exc}")
             return
@@ -236,7 +276,14 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             run.fail(grpc.StatusCode.INTERNAL, f"intersection: internal error ({type(exc).__name__})")
             return
         joined = len(positions_a)
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "matched; masking and delivering"), joined=joined))
+        run.emit(
+            join_pb2.AwaitIntersectionResponse(
+                progress=progress(
+                    run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "matched; masking and delivering"
+                ),
+                joined=joined,
+            )
+        )
         streams = [MaskedStream(owner_b, upload_a, positions_a), MaskedStream(owner_a, upload_b, positions_b)]
         # The helper's own shares stream to its resharing server alongside the deliveries, but
         # their last chunk (which completes them there) is sent only once both owners hold
@@ -262,7 +309,20 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             run.fail(*self._failure(run_id, exc, "storing the helper's shares failed"))
             return
         run.done = True
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "masked rows delivered", common_pb2.RUN_STATE_RUNNING), joined=joined))
+        run.emit(
+            join_pb2.AwaitIntersectionResponse(
+                progress=progress(
+                    run_id,
+                    org,
+                    common_pb2.PHASE_INTERSECTION,
+                    joined,
+                    joined,
+                    "masked rows delivered",
+                    common_pb2.RUN_STATE_RUNNING,
+                ),
+                joined=joined,
+            )
+        )
 
     @staticmethod
     def _failure(run_id: str, exc: BaseException, what: str) -> tuple[grpc.StatusCode, str]:
@@ -294,8 +354,15 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         width = upload.key.ciphertext_bytes  # the rows are under the receiver's key
 
         async def requests() -> AsyncIterator[join_pb2.DeliverMaskedRowsRequest]:
-            yield join_pb2.DeliverMaskedRowsRequest(header=join_pb2.MaskedRowsHeader(
-                run_id=run_id, joined=joined, layout=codec.layout_to_proto(upload.layout), columns=upload.columns, key_id=upload.key.key_id))
+            yield join_pb2.DeliverMaskedRowsRequest(
+                header=join_pb2.MaskedRowsHeader(
+                    run_id=run_id,
+                    joined=joined,
+                    layout=codec.layout_to_proto(upload.layout),
+                    columns=upload.columns,
+                    key_id=upload.key.key_id,
+                )
+            )
             seq = 0
             while (rows := await stream.to_receiver.get()) is not None:
                 flat = [c.to_bytes(width, "big") for row in rows for c in row]
@@ -310,15 +377,24 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         width = value_bytes(layout)
 
         async def requests() -> AsyncIterator[join_pb2.StoreHelperSharesRequest]:
-            yield join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(
-                run_id=run_id, rows=joined, columns=stream.upload.columns, value_bytes=width, layout=codec.layout_to_proto(layout)))
+            yield join_pb2.StoreHelperSharesRequest(
+                header=join_pb2.SharesHeader(
+                    run_id=run_id,
+                    rows=joined,
+                    columns=stream.upload.columns,
+                    value_bytes=width,
+                    layout=codec.layout_to_proto(layout),
+                )
+            )
             seq = 0
             held = await stream.to_helper.get()
             while held is not None:
                 following = await stream.to_helper.get()
                 if following is None:
                     await delivered.wait()  # the last chunk completes the shares at resharing
-                yield join_pb2.StoreHelperSharesRequest(chunk=join_pb2.SharesChunk(seq=seq, rows=len(held), values=encode_shares(held, width)))
+                yield join_pb2.StoreHelperSharesRequest(
+                    chunk=join_pb2.SharesChunk(seq=seq, rows=len(held), values=encode_shares(held, width))
+                )
                 seq += 1
                 held = following
 
@@ -328,7 +404,9 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
     async def AwaitIntersection(self, request, context) -> AsyncIterator[join_pb2.AwaitIntersectionResponse]:
         run = self.runs.get(request.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"intersection: run {request.run_id} is not open at the helper")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"intersection: run {request.run_id} is not open at the helper"
+            )
         sent = 0
         try:
             while True:
@@ -349,7 +427,11 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
     mesh = MeshServer(config, "intersection", INTERSECTION_RULES, port=port, health_port=health_port)
     servicer = IntersectionServicer(config, Channels(config, mesh.credentials))
-    mesh.add_service(join_pb2_grpc.add_IntersectionServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["IntersectionService"])
+    mesh.add_service(
+        join_pb2_grpc.add_IntersectionServiceServicer_to_server,
+        servicer,
+        join_pb2.DESCRIPTOR.services_by_name["IntersectionService"],
+    )
     return mesh
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any
 
 import grpc
 
@@ -120,9 +121,14 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only data owners hold Paillier keys")
         bits = request.bits or DEFAULT_MODULUS_BITS
         if bits not in ALLOWED_BITS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits"
+            )
         if bits < self.config.min_paillier_bits:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits",
+            )
         run = self._run(request.run_id)
         if run.key is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {request.run_id} already has a key")
@@ -143,15 +149,21 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         log.info("run %s: %d masked rows decrypted into shares", header.run_id, header.joined)
         return join_pb2.DeliverMaskedRowsResponse(rows=header.joined)
 
-    async def _accept_delivery(self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest]) -> tuple[ResharingRun, join_pb2.MaskedRowsHeader, SlotLayout]:
+    async def _accept_delivery(
+        self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest]
+    ) -> tuple[ResharingRun, join_pb2.MaskedRowsHeader, SlotLayout]:
         header = await _read_header(stream)
         run = self.runs.get(header.run_id)
         if run is None or run.key is None:
             raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: run {header.run_id} has no key here")
         if run.receiving:
-            raise StreamRefused(grpc.StatusCode.ALREADY_EXISTS, f"resharing: masked rows of run {header.run_id} are already arriving")
+            raise StreamRefused(
+                grpc.StatusCode.ALREADY_EXISTS, f"resharing: masked rows of run {header.run_id} are already arriving"
+            )
         if header.key_id != run.key.public.key_id:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the masked rows are encrypted under another key")
+            raise StreamRefused(
+                grpc.StatusCode.INVALID_ARGUMENT, "resharing: the masked rows are encrypted under another key"
+            )
         try:
             layout = codec.layout_from_proto(header.layout)
             layout.check_columns(len(header.columns))
@@ -161,7 +173,13 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         run.rows_total = header.joined
         return run, header, layout
 
-    async def _decrypt_chunks(self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest], run: ResharingRun, header: join_pb2.MaskedRowsHeader, layout: SlotLayout) -> list[bytes]:
+    async def _decrypt_chunks(
+        self,
+        stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest],
+        run: ResharingRun,
+        header: join_pb2.MaskedRowsHeader,
+        layout: SlotLayout,
+    ) -> list[bytes]:
         key = run.key
         assert key is not None  # checked in _accept_delivery
         per_row, width = layout.ciphertexts_per_row, value_bytes(layout)
@@ -184,14 +202,20 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         rows.finish()
         return chunks
 
-    async def _receive(self, run: ResharingRun, context: grpc.aio.ServicerContext, body: Awaitable[list[list[int]]]) -> list[list[int]]:
+    async def _receive(
+        self, run: ResharingRun, context: grpc.aio.ServicerContext, body: Awaitable[list[list[int]]]
+    ) -> list[list[int]]:
         """Run an accepted stream's body; any way it fails, fail the run (never keep partial rows)."""
         run.receiving += 1
         try:
             return await body
         except EndedEarly:
             # A lost connection may end the stream like a half-close before the call is marked cancelled.
-            code, message = (grpc.StatusCode.UNAVAILABLE, BROKE_OFF) if context.cancelled() else (grpc.StatusCode.INVALID_ARGUMENT, ENDED_EARLY)
+            code, message = (
+                (grpc.StatusCode.UNAVAILABLE, BROKE_OFF)
+                if context.cancelled()
+                else (grpc.StatusCode.INVALID_ARGUMENT, ENDED_EARLY)
+            )
             run.fail(code, message)
             await context.abort(code, message)
         except JoinError as exc:  # a chunk out of place, or one that does not decode
@@ -223,9 +247,13 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         run.notify()
         return join_pb2.StoreHelperSharesResponse(rows=header.rows)
 
-    async def _accept_helper_shares(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest]) -> tuple[ResharingRun, join_pb2.SharesHeader, SlotLayout]:
+    async def _accept_helper_shares(
+        self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest]
+    ) -> tuple[ResharingRun, join_pb2.SharesHeader, SlotLayout]:
         if self.config.role != "helper":
-            raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only the helper stores its own masks as shares")
+            raise StreamRefused(
+                grpc.StatusCode.FAILED_PRECONDITION, "resharing: only the helper stores its own masks as shares"
+            )
         header = await _read_header(stream)
         try:
             layout = codec.layout_from_proto(header.layout)
@@ -236,10 +264,14 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         if run.error is not None:
             raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: run {header.run_id} has failed here")
         if len(run.blocks) + run.receiving >= run.expected_blocks:
-            raise StreamRefused(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {header.run_id} already holds all its shares")
+            raise StreamRefused(
+                grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {header.run_id} already holds all its shares"
+            )
         return run, header, layout
 
-    async def _share_chunks(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest], header: join_pb2.SharesHeader) -> list[bytes]:
+    async def _share_chunks(
+        self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest], header: join_pb2.SharesHeader
+    ) -> list[bytes]:
         rows: ChunkedRows[None] = ChunkedRows(header.rows)
         chunks: list[bytes] = []
         async for item in stream:
@@ -259,23 +291,47 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
                 await context.abort(*run.error)
             if run.complete:
                 joined = run.blocks[0].rows
-                yield join_pb2.AwaitSharesResponse(progress=progress(request.run_id, org, phase, joined, joined, "shares stored"), joined=joined)
+                yield join_pb2.AwaitSharesResponse(
+                    progress=progress(request.run_id, org, phase, joined, joined, "shares stored"), joined=joined
+                )
                 return
             if run.rows_done != reported:
                 reported = run.rows_done
-                yield join_pb2.AwaitSharesResponse(progress=progress(request.run_id, org, phase, run.rows_done, run.rows_total, "decrypting masked rows" if run.rows_total else "waiting for the helper"))
+                yield join_pb2.AwaitSharesResponse(
+                    progress=progress(
+                        request.run_id,
+                        org,
+                        phase,
+                        run.rows_done,
+                        run.rows_total,
+                        "decrypting masked rows" if run.rows_total else "waiting for the helper",
+                    )
+                )
             await changed.wait()
 
     async def GetShares(self, request, context) -> AsyncIterator[join_pb2.GetSharesResponse]:
         run = self.runs.get(request.run_id)
         if run is None or not run.complete:
             failed = run is not None and run.error is not None
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: the shares of run {request.run_id} are {'not kept: the run failed' if failed else 'not complete'} here")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"resharing: the shares of run {request.run_id} are "
+                f"{'not kept: the run failed' if failed else 'not complete'} here",
+            )
         for block in run.blocks:
-            yield join_pb2.GetSharesResponse(header=join_pb2.SharesHeader(
-                run_id=request.run_id, rows=block.rows, columns=block.columns, value_bytes=block.width, layout=codec.layout_to_proto(block.layout)))
+            yield join_pb2.GetSharesResponse(
+                header=join_pb2.SharesHeader(
+                    run_id=request.run_id,
+                    rows=block.rows,
+                    columns=block.columns,
+                    value_bytes=block.width,
+                    layout=codec.layout_to_proto(block.layout),
+                )
+            )
             for seq, chunk in enumerate(block.chunks):
-                yield join_pb2.GetSharesResponse(chunk=join_pb2.SharesChunk(seq=seq, rows=block.chunk_rows(chunk), values=chunk))
+                yield join_pb2.GetSharesResponse(
+                    chunk=join_pb2.SharesChunk(seq=seq, rows=block.chunk_rows(chunk), values=chunk)
+                )
 
     async def DropRun(self, request, context):
         run = self.runs.pop(request.run_id, None)
@@ -287,7 +343,11 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
     mesh = MeshServer(config, "resharing", RESHARING_RULES, port=port, health_port=health_port)
     servicer = ResharingServicer(config, threads=default_workers())
-    mesh.add_service(join_pb2_grpc.add_ResharingServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["ResharingService"])
+    mesh.add_service(
+        join_pb2_grpc.add_ResharingServiceServicer_to_server,
+        servicer,
+        join_pb2.DESCRIPTOR.services_by_name["ResharingService"],
+    )
     return mesh
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -50,7 +51,11 @@ class MeshServer:
         self.credentials = MeshCredentials.for_config(config, name)
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), AuthorizationInterceptor(config, self.credentials.resolver, rules, on_refusal), RequestDecodingInterceptor()],
+            interceptors=[
+                aio_server_interceptor(),
+                AuthorizationInterceptor(config, self.credentials.resolver, rules, on_refusal),
+                RequestDecodingInterceptor(),
+            ],
             options=SERVER_OPTIONS,
         )
         self.service_names: list[str] = []
@@ -67,8 +72,11 @@ class MeshServer:
         if self.health_port == 0:
             raise OSError(f"could not bind the health port of {name} at {health_address}")
 
-    def add_service(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, descriptor: ServiceDescriptor) -> None:
-        """Register a servicer, e.g. add_service(add_XServicer_to_server, XServicer(...), pb2.DESCRIPTOR.services_by_name["X"])."""
+    def add_service(
+        self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, descriptor: ServiceDescriptor
+    ) -> None:
+        """Register a servicer, e.g.
+        add_service(add_XServicer_to_server, XServicer(...), pb2.DESCRIPTOR.services_by_name["X"])."""
         add_to_server(servicer, self.server)
         self.service_names.append(descriptor.full_name)
 
@@ -80,7 +88,14 @@ class MeshServer:
     async def start(self, serving: bool = True) -> None:
         """Start both ports; `serving=False` keeps health NOT_SERVING until the caller is ready."""
         if self.config.reflection:
-            reflection.enable_server_reflection([*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server)
+            reflection.enable_server_reflection(
+                [
+                    *self.service_names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self.server,
+            )
         await self.set_serving(False)
         await self.server.start()
         await self.health_server.start()

@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -161,12 +162,13 @@ def read_metrics(paths: Sequence[Path]) -> list[dict[str, Any]]:
             for scope in resource_metrics["scope_metrics"]:
                 for metric in scope["metrics"]:
                     for point in metric["data"]["data_points"]:
-                        points.append({
-                            "org": resource.get("riskmesh.org"),
-                            "server": resource.get("riskmesh.server"),
-                            "name": metric["name"],
-                            "attributes": point.get("attributes") or {},
-                            **{k: point[k] for k in ("value", "count", "sum") if k in point},
-                        })
+                        points.append(
+                            {
+                                "org": resource.get("riskmesh.org"),
+                                "server": resource.get("riskmesh.server"),
+                                "name": metric["name"],
+                                "attributes": point.get("attributes") or {},
+                                **{k: point[k] for k in ("value", "count", "sum") if k in point},
+                            }
+                        )
     return points
-

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+
 from riskmesh.v1 import common_pb2
 from services.mesh.identity import ORG_NAME
 
@@ -83,7 +84,9 @@ def validate(spec: common_pb2.StudySpec) -> None:
             "so that no fold is empty"
         )
     if spec.paillier_bits not in (0, *PAILLIER_BITS):
-        raise SpecError(f"paillier_bits must be one of {PAILLIER_BITS} (0 means {DEFAULT_PAILLIER_BITS}), got {spec.paillier_bits}")
+        raise SpecError(
+            f"paillier_bits must be one of {PAILLIER_BITS} (0 means {DEFAULT_PAILLIER_BITS}), got {spec.paillier_bits}"
+        )
     if spec.reveal.standardized_coefficients and not spec.model.standardize:
         raise SpecError("reveal.standardized_coefficients needs model.standardize")
     _validate_run_policy(spec.run_policy)
@@ -91,7 +94,9 @@ def validate(spec: common_pb2.StudySpec) -> None:
 
 def _validate_run_policy(policy: common_pb2.RunPolicy) -> None:
     if policy.max_runs > MAX_RUNS:
-        raise SpecError(f"run_policy.max_runs must be at most {MAX_RUNS} (0 means {DEFAULT_MAX_RUNS}), got {policy.max_runs}")
+        raise SpecError(
+            f"run_policy.max_runs must be at most {MAX_RUNS} (0 means {DEFAULT_MAX_RUNS}), got {policy.max_runs}"
+        )
     if policy.min_interval_seconds > MAX_INTERVAL_SECONDS:
         raise SpecError(f"run_policy.min_interval_seconds must be at most {MAX_INTERVAL_SECONDS} (a year)")
     if policy.run_approval not in (common_pb2.RUN_APPROVAL_UNSPECIFIED, *RUN_APPROVALS):
@@ -133,7 +138,10 @@ def _validate_owners(spec: common_pb2.StudySpec) -> None:
             if column.name in id_columns:
                 raise SpecError(f"{where}.features[{j}]: {column.name!r} is an ID column and cannot be a feature")
             if column.name in features:
-                raise SpecError(f"{where}.features[{j}]: feature name {column.name!r} is used twice; names must be unique across both owners")
+                raise SpecError(
+                    f"{where}.features[{j}]: feature name {column.name!r} is used twice; "
+                    "names must be unique across both owners"
+                )
             features.add(column.name)
         if _has_target(owner):
             _validate_column(owner.target, f"{where}.target")
@@ -182,21 +190,37 @@ def _validate_model(spec: common_pb2.StudySpec) -> None:
             raise SpecError(f"model.alphas[{i}] must be a finite number > 0, got {alpha}")
     if len(set(model.alphas)) != len(model.alphas):
         raise SpecError("model.alphas must not repeat a value")
+    _validate_folds(model)
+    _validate_l1_ratio(model)
+    if model.iterations > MAX_ITERATIONS:
+        raise SpecError(
+            f"model.iterations must be at most {MAX_ITERATIONS} (0 = the server default), got {model.iterations}"
+        )
+
+
+def _validate_folds(model: common_pb2.ModelSpec) -> None:
     if model.cv_folds > MAX_CV_FOLDS:
-        raise SpecError(f"model.cv_folds must be 0 or 1 (no cross-validation) or 2..{MAX_CV_FOLDS}, got {model.cv_folds}")
+        raise SpecError(
+            f"model.cv_folds must be 0 or 1 (no cross-validation) or 2..{MAX_CV_FOLDS}, got {model.cv_folds}"
+        )
     if model.cv_folds > 1 and len(model.alphas) < 2:
         raise SpecError("cross-validation (cv_folds > 1) needs a grid of at least two alphas")
     if model.cv_folds <= 1 and len(model.alphas) > 1:
-        raise SpecError("several alphas need cv_folds >= 2 to choose among them; give one alpha or enable cross-validation")
+        raise SpecError(
+            "several alphas need cv_folds >= 2 to choose among them; give one alpha or enable cross-validation"
+        )
+
+
+def _validate_l1_ratio(model: common_pb2.ModelSpec) -> None:
     if model.kind == common_pb2.MODEL_KIND_ELASTIC_NET:
         if not (math.isfinite(model.l1_ratio) and 0 < model.l1_ratio <= 1):
             raise SpecError(f"model.l1_ratio must be in (0, 1] for elastic net, got {model.l1_ratio}")
     else:
         implied = IMPLIED_L1_RATIO[model.kind]
         if model.l1_ratio not in (0.0, implied):
-            raise SpecError(f"model.l1_ratio applies to elastic net only (this model implies {implied}); leave it unset")
-    if model.iterations > MAX_ITERATIONS:
-        raise SpecError(f"model.iterations must be at most {MAX_ITERATIONS} (0 = the server default), got {model.iterations}")
+            raise SpecError(
+                f"model.l1_ratio applies to elastic net only (this model implies {implied}); leave it unset"
+            )
 
 
 def _has_target(owner: common_pb2.OwnerColumns) -> bool:

@@ -307,7 +307,12 @@ def local_mesh_for(
 ) -> dict[str, Path]:
     """Configs for the default three orgs under root, on ports this process reserves (tests, bench, demo)."""
     return write_local_mesh(
-        root, orgs, reserve_ports=True, policies=policies, min_paillier_bits=min_paillier_bits, max_upload_rows=max_upload_rows
+        root,
+        orgs,
+        reserve_ports=True,
+        policies=policies,
+        min_paillier_bits=min_paillier_bits,
+        max_upload_rows=max_upload_rows,
     )
 
 

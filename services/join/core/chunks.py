@@ -11,7 +11,8 @@ what an error becomes (a status code, a ShareError). Messages name counts only.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Generic, Iterable, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Generic, TypeVar
 
 from services.join.core.errors import WireFormatError
 
@@ -52,7 +53,9 @@ class ChunkedRows(Generic[R]):
             raise WireFormatError("chunks must follow the header in sequence")
         seq = message.chunk.seq
         if seq != self._next_seq:
-            raise WireFormatError(f"chunks must follow the header in sequence (chunk {seq} out of order, {self._next_seq} expected)")
+            raise WireFormatError(
+                f"chunks must follow the header in sequence (chunk {seq} out of order, {self._next_seq} expected)"
+            )
         self._next_seq += 1
         return message.chunk
 

@@ -60,6 +60,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _NON_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 _MISSING = frozenset({"", "na", "n/a", "null", "none"})
 _DELIMITERS = (",", ";", "\t")
+DEFAULT_FIXED_POINT = FixedPointFormat()  # f = 32, ℓ = 64 (frozen: safe as a default argument)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def read_owner_csv(
     postal_code_column: str,
     features: Sequence[ColumnSpec],
     target: ColumnSpec | None = None,
-    fixed_point: FixedPointFormat = FixedPointFormat(),
+    fixed_point: FixedPointFormat = DEFAULT_FIXED_POINT,
 ) -> OwnerTable:
     """Read, normalise and validate an owner's CSV (see the module docstring for the rules)."""
     columns = (*features, *((target,) if target is not None else ()))
@@ -139,11 +140,13 @@ def parse_owner_csv(
     birth_date_column: str,
     postal_code_column: str,
     columns: Sequence[ColumnSpec],
-    fixed_point: FixedPointFormat = FixedPointFormat(),
+    fixed_point: FixedPointFormat = DEFAULT_FIXED_POINT,
 ) -> OwnerTable:
     """The parsing and validation behind ``read_owner_csv``, on the file's text."""
     _check_spec(birth_date_column, postal_code_column, columns, fixed_point)
-    return _parse_stream(io.StringIO(text.removeprefix("\ufeff"), newline=""), birth_date_column, postal_code_column, columns)
+    return _parse_stream(
+        io.StringIO(text.removeprefix("\ufeff"), newline=""), birth_date_column, postal_code_column, columns
+    )
 
 
 def _first_text_line(lines: Iterable[str]) -> str | None:
@@ -155,7 +158,9 @@ def _first_text_line(lines: Iterable[str]) -> str | None:
     return None
 
 
-def _parse_stream(stream: TextIO, birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec]) -> OwnerTable:
+def _parse_stream(
+    stream: TextIO, birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec]
+) -> OwnerTable:
     """Parse from the start of a seekable text stream (newline="" as the csv module wants)."""
     first = _first_text_line(stream)
     if first is None:
@@ -178,13 +183,8 @@ class _Reader(Protocol):
     def __iter__(self) -> Iterator[list[str]]: ...
 
 
-def _read_rows(
-    reader: _Reader,
-    delimiter: str,
-    birth_date_column: str,
-    postal_code_column: str,
-    columns: Sequence[ColumnSpec],
-) -> OwnerTable:
+def _read_header(reader: _Reader, wanted: Sequence[str]) -> list[str]:
+    """The first non-blank line's fields, which must name each `wanted` column exactly once."""
     header: list[str] | None = None
     for fields in reader:
         if any(f.strip() for f in fields):
@@ -192,13 +192,23 @@ def _read_rows(
             break
     if header is None:
         raise EmptyFileError("source CSV file has no header")
-    wanted = [birth_date_column, postal_code_column, *(c.name for c in columns)]
     missing = [name for name in wanted if name not in header]
     if missing:
         raise MissingColumnError(missing)
     ambiguous = [name for name in wanted if header.count(name) > 1]
     if ambiguous:
         raise MissingColumnError(ambiguous, "appear more than once in the CSV header")
+    return header
+
+
+def _read_rows(
+    reader: _Reader,
+    delimiter: str,
+    birth_date_column: str,
+    postal_code_column: str,
+    columns: Sequence[ColumnSpec],
+) -> OwnerTable:
+    header = _read_header(reader, [birth_date_column, postal_code_column, *(c.name for c in columns)])
     date_at, postal_at = header.index(birth_date_column), header.index(postal_code_column)
     value_at = [header.index(c.name) for c in columns]
     decimal_comma = delimiter == ";"
@@ -211,9 +221,7 @@ def _read_rows(
         if not any(f.strip() for f in fields):
             continue  # blank line
         if len(fields) != len(header):
-            raise MalformedRowError(
-                f"row has {len(fields)} fields, the header has {len(header)}", row=line
-            )
+            raise MalformedRowError(f"row has {len(fields)} fields, the header has {len(header)}", row=line)
         for at, name in ((date_at, birth_date_column), (postal_at, postal_code_column)):
             if fields[at].strip().lower() in _MISSING:
                 raise MissingValueError("ID value is missing", row=line, column=name)
@@ -226,7 +234,7 @@ def _read_rows(
                 postal_code_column=postal_code_column,
             )
         )
-        for at, spec in zip(value_at, columns):
+        for at, spec in zip(value_at, columns, strict=True):
             value = parse_number(fields[at], row=line, column=spec.name, decimal_comma=decimal_comma)
             if not spec.min <= value <= spec.max:
                 raise OutOfRangeError("value outside the declared range", row=line, column=spec.name)

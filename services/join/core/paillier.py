@@ -375,12 +375,10 @@ def _decrypt_chunk_crt(cs: Sequence[int], key: PrivateKey) -> list[int]:
     bases = [mpz(c) for c in cs]
     ups = gmpy2.powmod_base_list(bases, at_p.exponent, at_p.p2)
     uqs = gmpy2.powmod_base_list(bases, at_q.exponent, at_q.p2)
-    return [key._combine(at_p.residue(up), at_q.residue(uq)) for up, uq in zip(ups, uqs)]
+    return [key._combine(at_p.residue(up), at_q.residue(uq)) for up, uq in zip(ups, uqs, strict=True)]
 
 
-def decrypt_many(
-    key: PrivateKey, ciphertexts: Sequence[int], *, below_p: bool = False, threads: int = 1
-) -> list[int]:
+def decrypt_many(key: PrivateKey, ciphertexts: Sequence[int], *, below_p: bool = False, threads: int = 1) -> list[int]:
     """Decrypt in order; ``below_p`` selects the p-only path; ``threads`` > 1 uses more cores."""
     at_p = key._at_p
 
@@ -443,7 +441,9 @@ def _random_exponent(bits: int) -> int:
             return a
 
 
-def choose_window_bits(count: int, exponent_bits: int, modulus_bits: int, max_table_bytes: int = MAX_TABLE_BYTES) -> int:
+def choose_window_bits(
+    count: int, exponent_bits: int, modulus_bits: int, max_table_bytes: int = MAX_TABLE_BYTES
+) -> int:
     """Window size w minimising build + use multiplications, ⌈t/w⌉·(2^w − 1) + count·(⌈t/w⌉ − 1),
     within ``max_table_bytes`` of table (w = 10 for thousands of elements at 2048-bit N, 9 at 3072)."""
     entry_bytes = (modulus_bits + 7) // 8

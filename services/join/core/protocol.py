@@ -99,11 +99,18 @@ def prepare_layout(table: OwnerTable, peer_key: PublicKey, layout: SlotLayout | 
 
 
 def encrypt_piece(
-    table: OwnerTable, tag_key: TagKey, peer_key: PublicKey, layout: SlotLayout, rows: Sequence[int], pool: RandomnessPool
+    table: OwnerTable,
+    tag_key: TagKey,
+    peer_key: PublicKey,
+    layout: SlotLayout,
+    rows: Sequence[int],
+    pool: RandomnessPool,
 ) -> tuple[list[bytes], list[list[int]]]:
     """Step 1 for the table rows ``rows``, in that order: their tags and ciphertexts."""
     index = np.asarray(rows, dtype=np.int64)
-    encoded = fixedpoint.encode(table.values[index], table.columns, layout.fixed_point, [table.row_numbers[i] for i in rows])
+    encoded = fixedpoint.encode(
+        table.values[index], table.columns, layout.fixed_point, [table.row_numbers[i] for i in rows]
+    )
     row_tags = tags(tag_key, (table.ids[i] for i in rows))
     return row_tags, encrypt_rows(peer_key, pack_rows(layout, encoded), pool)
 
@@ -149,14 +156,14 @@ def check_compatible(upload_a: UploadShape, upload_b: UploadShape) -> None:
         raise SpecError("the two owners name the same column")
     fmt_a, fmt_b = upload_a.layout, upload_b.layout
     if (fmt_a.fractional_bits, fmt_a.value_bits, fmt_a.sigma_bits) != (
-        fmt_b.fractional_bits, fmt_b.value_bits, fmt_b.sigma_bits
+        fmt_b.fractional_bits,
+        fmt_b.value_bits,
+        fmt_b.sigma_bits,
     ):
         raise SpecError("the two uploads use different fixed-point or masking parameters")
 
 
-def helper_match_and_mask(
-    upload_a: EncryptedUpload, upload_b: EncryptedUpload, min_intersection: int
-) -> HelperResult:
+def helper_match_and_mask(upload_a: EncryptedUpload, upload_b: EncryptedUpload, min_intersection: int) -> HelperResult:
     """Step 2 at H: match, enforce the minimum, permute, mask, split into deliveries and H's shares."""
     check_upload(upload_a)
     check_upload(upload_b)

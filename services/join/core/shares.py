@@ -95,7 +95,7 @@ def assemble(columns: Sequence[str], blocks: Sequence[ShareMatrix], n_rows: int)
                 raise SpecError(f"column {name!r} is unknown or held twice")
             filled.add(name)
             target = position[name]
-            for row, src in zip(values, block.values):
+            for row, src in zip(values, block.values, strict=True):
                 row[target] = src[k]
     return ShareMatrix(tuple(columns), values)
 
@@ -107,7 +107,9 @@ def reconstruct(matrices: Sequence[ShareMatrix]) -> ShareMatrix:
     first = matrices[0]
     if any(m.columns != first.columns or m.n_rows != first.n_rows for m in matrices):
         raise SpecError("share matrices differ in columns or rows")
-    values = [[sum(cells) for cells in zip(*rows)] for rows in zip(*(m.values for m in matrices))]
+    values = [
+        [sum(cells) for cells in zip(*rows, strict=True)] for rows in zip(*(m.values for m in matrices), strict=True)
+    ]
     return ShareMatrix(first.columns, values)
 
 

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from services.lasso.core import wire
 from services.lasso.worker.frames import Close, Dial, Frame, PeerClosed, PeerLost, PeerUp, Recv, Send, Traffic
@@ -90,7 +91,18 @@ class TrafficCounts:
 class Exchanger:
     """MPyC's view of one peer (what `asyncoro.MessageExchanger` offers), over frames."""
 
-    __slots__ = ("runtime", "peer_pid", "nbytes_sent", "_sink", "_loop", "_buffers", "_error", "_ahead_bytes", "_ahead_messages", "_counts")
+    __slots__ = (
+        "runtime",
+        "peer_pid",
+        "nbytes_sent",
+        "_sink",
+        "_loop",
+        "_buffers",
+        "_error",
+        "_ahead_bytes",
+        "_ahead_messages",
+        "_counts",
+    )
 
     def __init__(self, runtime: Any, peer_pid: int, sink: FrameSink, counts: TrafficCounts | None = None) -> None:
         self.runtime = runtime
@@ -145,7 +157,10 @@ class Exchanger:
         self._ahead_messages += 1
         self._ahead_bytes += len(payload)
         if self._ahead_messages > MAX_AHEAD_MESSAGES or self._ahead_bytes > MAX_AHEAD_BYTES:
-            raise PeerLostError(self.peer_pid, f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB ahead of the computation")
+            raise PeerLostError(
+                self.peer_pid,
+                f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB ahead of the computation",
+            )
         self._buffers[pc] = payload
 
     def close_connection(self) -> None:
@@ -215,7 +230,13 @@ class MeshTransport:
                 messages, size = self._early_sizes.get(frame.peer, (0, 0))
                 messages, size = messages + 1, size + len(frame.payload)
                 if messages > MAX_AHEAD_MESSAGES or size > MAX_AHEAD_BYTES:
-                    self.fail(PeerLostError(frame.peer, f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB before the computation started"))
+                    self.fail(
+                        PeerLostError(
+                            frame.peer,
+                            f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB "
+                            "before the computation started",
+                        )
+                    )
                     return
                 self._early_sizes[frame.peer] = (messages, size)
             self._early.append(frame)

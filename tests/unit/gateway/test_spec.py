@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -191,17 +191,32 @@ BAD: dict[str, tuple[Mutation, str]] = {
     "grid without cv": (_alphas(0.1, 1.0), "cv_folds >= 2"),
     "cv with one alpha": (_set("model.cv_folds", 5), "at least two alphas"),
     "11 folds": (_both(_set("model.cv_folds", 11), _alphas(0.1, 1.0)), "2..10"),
-    "folds above min_intersection": (_both(_set("model.cv_folds", 5), _alphas(0.1, 1.0), _set("min_intersection", 4)), "no fold is empty"),
+    "folds above min_intersection": (
+        _both(_set("model.cv_folds", 5), _alphas(0.1, 1.0), _set("min_intersection", 4)),
+        "no fold is empty",
+    ),
     "elastic net without l1_ratio": (_set("model.kind", common_pb2.MODEL_KIND_ELASTIC_NET), "l1_ratio"),
-    "elastic net l1_ratio > 1": (_both(_set("model.kind", common_pb2.MODEL_KIND_ELASTIC_NET), _set("model.l1_ratio", 1.5)), "l1_ratio"),
-    "elastic net negative l1_ratio": (_both(_set("model.kind", common_pb2.MODEL_KIND_ELASTIC_NET), _set("model.l1_ratio", -0.5)), "l1_ratio"),
+    "elastic net l1_ratio > 1": (
+        _both(_set("model.kind", common_pb2.MODEL_KIND_ELASTIC_NET), _set("model.l1_ratio", 1.5)),
+        "l1_ratio",
+    ),
+    "elastic net negative l1_ratio": (
+        _both(_set("model.kind", common_pb2.MODEL_KIND_ELASTIC_NET), _set("model.l1_ratio", -0.5)),
+        "l1_ratio",
+    ),
     "lasso with l1_ratio 0.5": (_set("model.l1_ratio", 0.5), "elastic net only"),
-    "ridge with l1_ratio 1": (_both(_set("model.kind", common_pb2.MODEL_KIND_RIDGE), _set("model.l1_ratio", 1.0)), "elastic net only"),
+    "ridge with l1_ratio 1": (
+        _both(_set("model.kind", common_pb2.MODEL_KIND_RIDGE), _set("model.l1_ratio", 1.0)),
+        "elastic net only",
+    ),
     "too many iterations": (_set("model.iterations", 10**6), "iterations"),
     "min_intersection 0": (_set("min_intersection", 0), "min_intersection"),
     "paillier 1024": (_set("paillier_bits", 1024), "paillier_bits"),
     "paillier 4096": (_set("paillier_bits", 4096), "paillier_bits"),
-    "standardised reveal without standardize": (_set("reveal.standardized_coefficients", True), "needs model.standardize"),
+    "standardised reveal without standardize": (
+        _set("reveal.standardized_coefficients", True),
+        "needs model.standardize",
+    ),
     "too many runs": (_set("run_policy.max_runs", 1001), "max_runs"),
     "interval over a year": (_set("run_policy.min_interval_seconds", 400 * 86400), "min_interval_seconds"),
     "unknown run approval": (_set("run_policy.run_approval", 7), "run_approval"),
@@ -325,7 +340,9 @@ def specs(draw: st.DrawFn) -> common_pb2.StudySpec:
     spec.title = draw(st.text(max_size=40).filter(str.isprintable))
     lo, hi = sorted(draw(st.lists(bounds, min_size=2, max_size=2, unique=True)))
     spec.owners[1].features[2].min, spec.owners[1].features[2].max = lo, hi
-    spec.owners[1].features[2].name = draw(names.filter(lambda n: n not in {"gp_visits", "prescriptions", "exercise_hours", "smoker"}))
+    spec.owners[1].features[2].name = draw(
+        names.filter(lambda n: n not in {"gp_visits", "prescriptions", "exercise_hours", "smoker"})
+    )
     alphas = draw(st.lists(st.floats(min_value=1e-6, max_value=1e3), min_size=1, max_size=5, unique=True))
     _alphas(*alphas)(spec)
     spec.model.cv_folds = draw(st.integers(2, 10)) if len(alphas) > 1 else 0

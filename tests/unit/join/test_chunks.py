@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -37,12 +38,15 @@ def test_rows_of_chunks_in_sequence_add_up_to_the_header() -> None:
     assert assemble(0, []) == []
 
 
-@pytest.mark.parametrize("messages,fragment", [
-    ([chunk(1, 2)], "chunk 1 out of order, 0 expected"),
-    ([chunk(0, 2), chunk(0, 2)], "in sequence"),
-    ([header(4)], "in sequence"),
-    ([chunk(0, 5)], "more rows than the header announced"),
-])
+@pytest.mark.parametrize(
+    "messages,fragment",
+    [
+        ([chunk(1, 2)], "chunk 1 out of order, 0 expected"),
+        ([chunk(0, 2), chunk(0, 2)], "in sequence"),
+        ([header(4)], "in sequence"),
+        ([chunk(0, 5)], "more rows than the header announced"),
+    ],
+)
 def test_chunks_out_of_place_or_too_many_rows_are_refused(messages: list[Any], fragment: str) -> None:
     with pytest.raises(WireFormatError, match=fragment):
         assemble(4, messages)

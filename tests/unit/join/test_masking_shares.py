@@ -41,8 +41,10 @@ def test_match_tags() -> None:
     assert match_tags(tags_a, []) == []
 
 
-@given(a=st.lists(st.binary(min_size=32, max_size=32), unique=True, max_size=40),
-       b=st.lists(st.binary(min_size=32, max_size=32), unique=True, max_size=40))
+@given(
+    a=st.lists(st.binary(min_size=32, max_size=32), unique=True, max_size=40),
+    b=st.lists(st.binary(min_size=32, max_size=32), unique=True, max_size=40),
+)
 def test_tag_arrays_match_like_a_dict(a: list[bytes], b: list[bytes]) -> None:
     # Tags that differ only in trailing zero bytes must not compare equal (raw-byte dtype).
     a = a + [b"\x07" * 31 + b"\x00"]
@@ -104,7 +106,11 @@ def test_mask_and_reshare_reconstruct(key_b: PrivateKey) -> None:
     cts = encrypt_rows(key_b.public, pack_rows(LAYOUT, plain), generate_pool(key_b.public, 80))
     perm = random_permutation(len(cts))
     masked = mask_rows(key_b.public, LAYOUT, permute(cts, perm), len(columns))
-    assert all(m != c for mrow, crow in zip(masked.ciphertexts, permute(cts, perm)) for m, c in zip(mrow, crow))
+    assert all(
+        m != c
+        for mrow, crow in zip(masked.ciphertexts, permute(cts, perm), strict=True)
+        for m, c in zip(mrow, crow, strict=True)
+    )
     owner = owner_shares(key_b, LAYOUT, masked.ciphertexts, columns, threads=2)
     helper = ShareMatrix(columns, masked.helper_shares)
     total = reconstruct([owner, helper])

@@ -64,7 +64,9 @@ def test_keygen_shape(key_a: PrivateKey) -> None:
         # h_s lies in the subgroup of order 2·a modulo prime² (what decryption relies on) ...
         assert pow(pk.h_s, 2 * a, prime * prime) == 1
     # ... and is not of small order: its order modulo N² is a multiple of a_p·a_q.
-    assert pow(pk.h_s, 2, pk.n2) != 1 and pow(pk.h_s, 2 * key_a.a_p, pk.n2) != 1 and pow(pk.h_s, 2 * key_a.a_q, pk.n2) != 1
+    assert (
+        pow(pk.h_s, 2, pk.n2) != 1 and pow(pk.h_s, 2 * key_a.a_p, pk.n2) != 1 and pow(pk.h_s, 2 * key_a.a_q, pk.n2) != 1
+    )
 
 
 def test_decryption_exponent_is_short(key_a: PrivateKey) -> None:

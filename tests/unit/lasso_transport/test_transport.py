@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from services.lasso.worker.frames import Close, Dial, PeerClosed, PeerLost, PeerUp, Recv, Send
 from services.lasso.worker import transport as transport_module
+from services.lasso.worker.frames import Close, Dial, PeerClosed, PeerLost, PeerUp, Recv, Send
 from services.lasso.worker.transport import Exchanger, MeshTransport, PeerLostError, TrafficCounts
 from tests.unit.lasso_transport.fake_runtime import FakeRuntime, RecordingSink
 
