@@ -67,7 +67,7 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
-test: venv clients-ts $(CHROMIUM) container-tools
+test: lint clients-ts $(CHROMIUM) container-tools
 	$(BIN)/python -m pytest -q tests
 
 # Containers (podman + runc, from Debian when missing): the runtime image, then every server

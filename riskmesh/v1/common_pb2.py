@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18riskmesh/v1/common.proto\x12\x0briskmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x05Party\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x1f\n\x04role\x18\x02 \x01(\x0e\x32\x11.riskmesh.v1.Role\"4\n\nColumnSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01\"\xa6\x01\n\x0cOwnerColumns\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x19\n\x11\x62irth_date_column\x18\x02 \x01(\t\x12\x1a\n\x12postal_code_column\x18\x03 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x17.riskmesh.v1.ColumnSpec\x12\'\n\x06target\x18\x05 \x01(\x0b\x32\x17.riskmesh.v1.ColumnSpec\"\xd6\x01\n\tModelSpec\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.riskmesh.v1.ModelKind\x12\x0e\n\x06\x61lphas\x18\x02 \x03(\x01\x12\x10\n\x08l1_ratio\x18\x03 \x01(\x01\x12\x10\n\x08\x63v_folds\x18\x04 \x01(\r\x12\x13\n\x0bstandardize\x18\x05 \x01(\x08\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x1e\n\x16\x62\x61lanced_class_weights\x18\x07 \x01(\x08\x12&\n\x08svm_loss\x18\x08 \x01(\x0e\x32\x14.riskmesh.v1.SvmLoss\"}\n\nRevealSpec\x12\x14\n\x0cjoined_count\x18\x01 \x01(\x08\x12\x10\n\x08\x63v_curve\x18\x02 \x01(\x08\x12!\n\x19standardized_coefficients\x18\x03 \x01(\x08\x12$\n\x07metrics\x18\x04 \x03(\x0e\x32\x13.riskmesh.v1.Metric\"\xa9\x02\n\tStudySpec\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12#\n\x07parties\x18\x03 \x03(\x0b\x32\x12.riskmesh.v1.Party\x12)\n\x06owners\x18\x04 \x03(\x0b\x32\x19.riskmesh.v1.OwnerColumns\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.riskmesh.v1.ModelSpec\x12\x18\n\x10min_intersection\x18\x06 \x01(\r\x12\'\n\x06reveal\x18\x07 \x01(\x0b\x32\x17.riskmesh.v1.RevealSpec\x12\x15\n\rpaillier_bits\x18\x08 \x01(\r\x12*\n\nrun_policy\x18\x10 \x01(\x0b\x32\x16.riskmesh.v1.RunPolicy\"k\n\tRunPolicy\x12\x10\n\x08max_runs\x18\x01 \x01(\r\x12\x1c\n\x14min_interval_seconds\x18\x02 \x01(\r\x12.\n\x0crun_approval\x18\x03 \x01(\x0e\x32\x18.riskmesh.v1.RunApproval\".\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\xc6\x01\n\x08Progress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x05phase\x18\x02 \x01(\x0e\x32\x12.riskmesh.v1.Phase\x12\x0b\n\x03org\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x04\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.riskmesh.v1.RunState\x12\x0f\n\x07message\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x08RunError\x12!\n\x05phase\x18\x01 \x01(\x0e\x32\x12.riskmesh.v1.Phase\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t*B\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_DATA_OWNER\x10\x01\x12\x0f\n\x0bROLE_HELPER\x10\x02*\xc3\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPHASE_SETUP\x10\x01\x12\x1c\n\x18PHASE_HASHING_ENCRYPTION\x10\x02\x12\x16\n\x12PHASE_INTERSECTION\x10\x03\x12\x13\n\x0fPHASE_RESHARING\x10\x04\x12\x0f\n\x0bPHASE_INPUT\x10\x05\x12\x0e\n\nPHASE_GRAM\x10\x06\x12\x14\n\x10PHASE_ITERATIONS\x10\x07\x12\x10\n\x0cPHASE_REVEAL\x10\x08*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*x\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14STUDY_STATE_PROPOSED\x10\x01\x12\x18\n\x14STUDY_STATE_APPROVED\x10\x02\x12\x19\n\x15STUDY_STATE_WITHDRAWN\x10\x03*\xb4\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MODEL_KIND_LASSO\x10\x01\x12\x1a\n\x16MODEL_KIND_ELASTIC_NET\x10\x02\x12\x14\n\x10MODEL_KIND_RIDGE\x10\x03\x12\x17\n\x13MODEL_KIND_LOGISTIC\x10\x04\x12\x16\n\x12MODEL_KIND_POISSON\x10\x05\x12\x12\n\x0eMODEL_KIND_SVM\x10\x06*S\n\x07SvmLoss\x12\x18\n\x14SVM_LOSS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSVM_LOSS_HINGE\x10\x01\x12\x1a\n\x16SVM_LOSS_SQUARED_HINGE\x10\x02*\xb9\x01\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\r\n\tMETRIC_R2\x10\x01\x12\x16\n\x12METRIC_ADJUSTED_R2\x10\x02\x12\x0e\n\nMETRIC_MSE\x10\x03\x12\x13\n\x0fMETRIC_DEVIANCE\x10\x04\x12\x13\n\x0fMETRIC_ACCURACY\x10\x05\x12\x14\n\x10METRIC_PRECISION\x10\x06\x12\x11\n\rMETRIC_RECALL\x10\x07\x12\r\n\tMETRIC_F1\x10\x08*i\n\x0bRunApproval\x12\x1c\n\x18RUN_APPROVAL_UNSPECIFIED\x10\x00\x12 \n\x1cRUN_APPROVAL_ON_INPUT_CHANGE\x10\x01\x12\x1a\n\x16RUN_APPROVAL_EVERY_RUN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18riskmesh/v1/common.proto\x12\x0briskmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x05Party\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x1f\n\x04role\x18\x02 \x01(\x0e\x32\x11.riskmesh.v1.Role\"4\n\nColumnSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01\"\xa6\x01\n\x0cOwnerColumns\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x19\n\x11\x62irth_date_column\x18\x02 \x01(\t\x12\x1a\n\x12postal_code_column\x18\x03 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x17.riskmesh.v1.ColumnSpec\x12\'\n\x06target\x18\x05 \x01(\x0b\x32\x17.riskmesh.v1.ColumnSpec\"\xd6\x01\n\tModelSpec\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.riskmesh.v1.ModelKind\x12\x0e\n\x06\x61lphas\x18\x02 \x03(\x01\x12\x10\n\x08l1_ratio\x18\x03 \x01(\x01\x12\x10\n\x08\x63v_folds\x18\x04 \x01(\r\x12\x13\n\x0bstandardize\x18\x05 \x01(\x08\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x1e\n\x16\x62\x61lanced_class_weights\x18\x07 \x01(\x08\x12&\n\x08svm_loss\x18\x08 \x01(\x0e\x32\x14.riskmesh.v1.SvmLoss\"}\n\nRevealSpec\x12\x14\n\x0cjoined_count\x18\x01 \x01(\x08\x12\x10\n\x08\x63v_curve\x18\x02 \x01(\x08\x12!\n\x19standardized_coefficients\x18\x03 \x01(\x08\x12$\n\x07metrics\x18\x04 \x03(\x0e\x32\x13.riskmesh.v1.Metric\"\xa9\x02\n\tStudySpec\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12#\n\x07parties\x18\x03 \x03(\x0b\x32\x12.riskmesh.v1.Party\x12)\n\x06owners\x18\x04 \x03(\x0b\x32\x19.riskmesh.v1.OwnerColumns\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.riskmesh.v1.ModelSpec\x12\x18\n\x10min_intersection\x18\x06 \x01(\r\x12\'\n\x06reveal\x18\x07 \x01(\x0b\x32\x17.riskmesh.v1.RevealSpec\x12\x15\n\rpaillier_bits\x18\x08 \x01(\r\x12*\n\nrun_policy\x18\x10 \x01(\x0b\x32\x16.riskmesh.v1.RunPolicy\"k\n\tRunPolicy\x12\x10\n\x08max_runs\x18\x01 \x01(\r\x12\x1c\n\x14min_interval_seconds\x18\x02 \x01(\r\x12.\n\x0crun_approval\x18\x03 \x01(\x0e\x32\x18.riskmesh.v1.RunApproval\";\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0b\n\x03h_s\x18\x03 \x01(\x0c\"\xc6\x01\n\x08Progress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x05phase\x18\x02 \x01(\x0e\x32\x12.riskmesh.v1.Phase\x12\x0b\n\x03org\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x04\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.riskmesh.v1.RunState\x12\x0f\n\x07message\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x08RunError\x12!\n\x05phase\x18\x01 \x01(\x0e\x32\x12.riskmesh.v1.Phase\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t*B\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_DATA_OWNER\x10\x01\x12\x0f\n\x0bROLE_HELPER\x10\x02*\xc3\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPHASE_SETUP\x10\x01\x12\x1c\n\x18PHASE_HASHING_ENCRYPTION\x10\x02\x12\x16\n\x12PHASE_INTERSECTION\x10\x03\x12\x13\n\x0fPHASE_RESHARING\x10\x04\x12\x0f\n\x0bPHASE_INPUT\x10\x05\x12\x0e\n\nPHASE_GRAM\x10\x06\x12\x14\n\x10PHASE_ITERATIONS\x10\x07\x12\x10\n\x0cPHASE_REVEAL\x10\x08*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*x\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14STUDY_STATE_PROPOSED\x10\x01\x12\x18\n\x14STUDY_STATE_APPROVED\x10\x02\x12\x19\n\x15STUDY_STATE_WITHDRAWN\x10\x03*\xb4\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10MODEL_KIND_LASSO\x10\x01\x12\x1a\n\x16MODEL_KIND_ELASTIC_NET\x10\x02\x12\x14\n\x10MODEL_KIND_RIDGE\x10\x03\x12\x17\n\x13MODEL_KIND_LOGISTIC\x10\x04\x12\x16\n\x12MODEL_KIND_POISSON\x10\x05\x12\x12\n\x0eMODEL_KIND_SVM\x10\x06*S\n\x07SvmLoss\x12\x18\n\x14SVM_LOSS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSVM_LOSS_HINGE\x10\x01\x12\x1a\n\x16SVM_LOSS_SQUARED_HINGE\x10\x02*\xb9\x01\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\r\n\tMETRIC_R2\x10\x01\x12\x16\n\x12METRIC_ADJUSTED_R2\x10\x02\x12\x0e\n\nMETRIC_MSE\x10\x03\x12\x13\n\x0fMETRIC_DEVIANCE\x10\x04\x12\x13\n\x0fMETRIC_ACCURACY\x10\x05\x12\x14\n\x10METRIC_PRECISION\x10\x06\x12\x11\n\rMETRIC_RECALL\x10\x07\x12\r\n\tMETRIC_F1\x10\x08*i\n\x0bRunApproval\x12\x1c\n\x18RUN_APPROVAL_UNSPECIFIED\x10\x00\x12 \n\x1cRUN_APPROVAL_ON_INPUT_CHANGE\x10\x01\x12\x1a\n\x16RUN_APPROVAL_EVERY_RUN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'riskmesh.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1430
-  _globals['_ROLE']._serialized_end=1496
-  _globals['_PHASE']._serialized_start=1499
-  _globals['_PHASE']._serialized_end=1694
-  _globals['_RUNSTATE']._serialized_start=1697
-  _globals['_RUNSTATE']._serialized_end=1852
-  _globals['_STUDYSTATE']._serialized_start=1854
-  _globals['_STUDYSTATE']._serialized_end=1974
-  _globals['_MODELKIND']._serialized_start=1977
-  _globals['_MODELKIND']._serialized_end=2157
-  _globals['_SVMLOSS']._serialized_start=2159
-  _globals['_SVMLOSS']._serialized_end=2242
-  _globals['_METRIC']._serialized_start=2245
-  _globals['_METRIC']._serialized_end=2430
-  _globals['_RUNAPPROVAL']._serialized_start=2432
-  _globals['_RUNAPPROVAL']._serialized_end=2537
+  _globals['_ROLE']._serialized_start=1443
+  _globals['_ROLE']._serialized_end=1509
+  _globals['_PHASE']._serialized_start=1512
+  _globals['_PHASE']._serialized_end=1707
+  _globals['_RUNSTATE']._serialized_start=1710
+  _globals['_RUNSTATE']._serialized_end=1865
+  _globals['_STUDYSTATE']._serialized_start=1867
+  _globals['_STUDYSTATE']._serialized_end=1987
+  _globals['_MODELKIND']._serialized_start=1990
+  _globals['_MODELKIND']._serialized_end=2170
+  _globals['_SVMLOSS']._serialized_start=2172
+  _globals['_SVMLOSS']._serialized_end=2255
+  _globals['_METRIC']._serialized_start=2258
+  _globals['_METRIC']._serialized_end=2443
+  _globals['_RUNAPPROVAL']._serialized_start=2445
+  _globals['_RUNAPPROVAL']._serialized_end=2550
   _globals['_PARTY']._serialized_start=74
   _globals['_PARTY']._serialized_end=127
   _globals['_COLUMNSPEC']._serialized_start=129
@@ -63,9 +63,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNPOLICY']._serialized_start=996
   _globals['_RUNPOLICY']._serialized_end=1103
   _globals['_PAILLIERPUBLICKEY']._serialized_start=1105
-  _globals['_PAILLIERPUBLICKEY']._serialized_end=1151
-  _globals['_PROGRESS']._serialized_start=1154
-  _globals['_PROGRESS']._serialized_end=1352
-  _globals['_RUNERROR']._serialized_start=1354
-  _globals['_RUNERROR']._serialized_end=1428
+  _globals['_PAILLIERPUBLICKEY']._serialized_end=1164
+  _globals['_PROGRESS']._serialized_start=1167
+  _globals['_PROGRESS']._serialized_end=1365
+  _globals['_RUNERROR']._serialized_start=1367
+  _globals['_RUNERROR']._serialized_end=1441
 # @@protoc_insertion_point(module_scope)

@@ -532,7 +532,7 @@ class StudySpec(_message.Message):
     min_intersection: _builtins.int
     """The run aborts when fewer patients are in the intersection."""
     paillier_bits: _builtins.int
-    """Paillier modulus size in bits (2048 default, 3072 allowed)."""
+    """Paillier modulus size in bits (3072 default, 2048 allowed)."""
     @_builtins.property
     def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___Party]:
         """The three parties; the order of the two data owners fixes MPC party ids."""
@@ -606,25 +606,29 @@ Global___RunPolicy: _TypeAlias = RunPolicy  # noqa: Y015
 
 @_typing.final
 class PaillierPublicKey(_message.Message):
-    """A Paillier public key (g = n + 1), sent once per run."""
+    """A Paillier public key (g = n + 1, randomness h_s^r from a small subgroup), sent once per run."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     N_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    H_S_FIELD_NUMBER: _builtins.int
     n: _builtins.bytes
     """The modulus n, big-endian unsigned."""
     key_id: _builtins.str
-    """Identifier of the key (hex digest of n), for logs and audit."""
+    """Identifier of the key (hex digest of n and h_s), for logs and audit."""
+    h_s: _builtins.bytes
+    """The randomness base h_s, big-endian unsigned, exactly as wide as a ciphertext."""
     def __init__(
         self,
         *,
         n: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        h_s: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "n", b"n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["h_s", b"h_s", "key_id", b"key_id", "n", b"n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

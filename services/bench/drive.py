@@ -11,22 +11,23 @@ from __future__ import annotations
 import asyncio
 import csv
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
-from services.testkit.synthetic import StudyData
 from services.join.core import fixedpoint
 from services.join.core.columns import ColumnSpec
 from services.join.core.fixedpoint import FixedPointFormat
 from services.join.core.shares import ShareMatrix, assemble, decode_shares, reconstruct
 from services.mesh.config import OrgConfig, load_config
 from services.mesh.tls import MeshCredentials
+from services.study.spec import DEFAULT_PAILLIER_BITS
+from services.testkit.synthetic import StudyData
 
-DEADLINE_S = 1800.0
+DEADLINE_S = 4 * 3600.0  # per call; a million rows per owner take ~30 min on two shared cores
 
 
 @dataclass
@@ -36,7 +37,7 @@ class JoinTimings:
     run_id: str
     joined: int
     setup_s: float  # key pairs (CreateKey), CSV validation (PrepareEncryption), OpenIntersection
-    offline_s: float  # randomness pools, until both owners report them ready
+    offline_s: float  # randomness, until both owners report their first piece's ready
     join_s: float  # tag, encrypt, upload, match and mask, until the helper reports "matched"
     reshare_s: float  # masked rows delivered and decrypted, until every org's shares are stored
     total_s: float  # from the first request until the shares are stored at all three orgs
@@ -62,19 +63,38 @@ class Harness:
             await channel.close()
 
 
-async def start_join(harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str) -> dict[str, join_pb2.RunEncryptionRequest]:
+async def start_join(
+    harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str
+) -> dict[str, join_pb2.RunEncryptionRequest]:
     """Setup as the gateways do it: each owner's key pair and CSV check, the helper's run.
     Returns each owner's RunEncryptionRequest (carrying the other owner's public keys)."""
     owners = [o.org for o in spec.owners]
     helper = helper_of(spec)
     resharing = {o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub) for o in owners}
     encryption = {o: harness.stub(o, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub) for o in owners}
-    keys = await asyncio.gather(*(resharing[o].CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=spec.paillier_bits or 2048), timeout=DEADLINE_S) for o in owners))
-    prepared = await asyncio.gather(*(encryption[o].PrepareEncryption(join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=sources[o]), timeout=DEADLINE_S) for o in owners))
+    keys = await asyncio.gather(
+        *(
+            resharing[o].CreateKey(
+                join_pb2.CreateKeyRequest(run_id=run_id, bits=spec.paillier_bits or DEFAULT_PAILLIER_BITS),
+                timeout=DEADLINE_S,
+            )
+            for o in owners
+        )
+    )
+    prepared = await asyncio.gather(
+        *(
+            encryption[o].PrepareEncryption(
+                join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=sources[o]), timeout=DEADLINE_S
+            )
+            for o in owners
+        )
+    )
     intersection = harness.stub(helper, "intersection", "gateway", join_pb2_grpc.IntersectionServiceStub)
     await intersection.OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=spec), timeout=DEADLINE_S)
     return {
-        owners[i]: join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=prepared[1 - i].x25519_public_key, peer_paillier_key=keys[1 - i].key)
+        owners[i]: join_pb2.RunEncryptionRequest(
+            run_id=run_id, peer_x25519_public_key=prepared[1 - i].x25519_public_key, peer_paillier_key=keys[1 - i].key
+        )
         for i in range(2)
     }
 
@@ -83,7 +103,9 @@ def helper_of(spec: common_pb2.StudySpec) -> str:
     return next(p.org for p in spec.parties if p.role == common_pb2.ROLE_HELPER)
 
 
-async def run_join(harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str) -> JoinTimings:
+async def run_join(
+    harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str
+) -> JoinTimings:
     """The join's RPCs in the order the gateways make them; returns when every org stores its shares."""
     owners = [o.org for o in spec.owners]
     helper = helper_of(spec)
@@ -104,7 +126,9 @@ async def run_join(harness: Harness, spec: common_pb2.StudySpec, sources: Mappin
     async def await_intersection() -> None:
         nonlocal joined, matched
         intersection = harness.stub(helper, "intersection", "gateway", join_pb2_grpc.IntersectionServiceStub)
-        async for reply in intersection.AwaitIntersection(join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=DEADLINE_S):
+        async for reply in intersection.AwaitIntersection(
+            join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=DEADLINE_S
+        ):
             if reply.joined and not matched:
                 matched = time.perf_counter()  # "matched and masked": the deliveries start
             joined = reply.joined or joined
@@ -114,15 +138,21 @@ async def run_join(harness: Harness, spec: common_pb2.StudySpec, sources: Mappin
         async for _ in resharing.AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=DEADLINE_S):
             pass
 
-    await asyncio.gather(*(encrypt(o) for o in owners), await_intersection(), *(await_shares(o) for o in [*owners, helper]))
+    await asyncio.gather(
+        *(encrypt(o) for o in owners), await_intersection(), *(await_shares(o) for o in [*owners, helper])
+    )
     done = time.perf_counter()
     offline = max(offline_done) if len(offline_done) == len(owners) else setup_done
-    return JoinTimings(run_id, joined, setup_done - started, offline - setup_done, matched - offline, done - matched, done - started)
+    return JoinTimings(
+        run_id, joined, setup_done - started, offline - setup_done, matched - offline, done - matched, done - started
+    )
 
 
 async def collect_shares(harness: Harness, spec: common_pb2.StudySpec, run_id: str) -> dict[str, ShareMatrix]:
     """Each org's shares over all study columns (harness only: uses every org's lasso identity)."""
-    columns = [c.name for o in spec.owners for c in o.features] + [o.target.name for o in spec.owners if o.HasField("target") and o.target.name]
+    columns = [c.name for o in spec.owners for c in o.features] + [
+        o.target.name for o in spec.owners if o.HasField("target") and o.target.name
+    ]
     out = {}
     for org in harness.configs:
         stub = harness.stub(org, "resharing", "lasso", join_pb2_grpc.ResharingServiceStub)
@@ -165,7 +195,7 @@ def plaintext_join(data: StudyData, sources: Mapping[str, Path]) -> tuple[tuple[
             rows = list(csv.DictReader(f))
         if len(rows) != len(table.canonical):
             raise ValueError(f"{org}'s file does not hold the generated rows")
-        per_owner[org] = {cid: [float(row[n]) for n in names] for cid, row in zip(table.canonical, rows)}
+        per_owner[org] = {cid: [float(row[n]) for n in names] for cid, row in zip(table.canonical, rows, strict=True)}
         columns += [ColumnSpec(c.name, c.min, c.max) for c in table.columns]
     target = data.insurer.target
     if target is None:
@@ -177,7 +207,9 @@ def plaintext_join(data: StudyData, sources: Mapping[str, Path]) -> tuple[tuple[
         for cid, values in per_owner["insurer"].items()
         if cid in per_owner["hospital"]
     ]
-    encoded = fixedpoint.encode(np.array(joined, dtype=np.float64).reshape(len(joined), len(columns)), columns, FixedPointFormat())
+    encoded = fixedpoint.encode(
+        np.array(joined, dtype=np.float64).reshape(len(joined), len(columns)), columns, FixedPointFormat()
+    )
     return tuple(c.name for c in columns), [tuple(int(v) for v in row) for row in encoded.tolist()]
 
 

@@ -23,6 +23,12 @@ tracing.py), cut at these points, so that they add up to the spans' wall time:
     lasso_s       → the last MPC span (input, gram, iterations, reveal) ends at any org
     lasso_phases_s  the same cut per MPC phase (each phase until its last party's end)
 
+`cpu_s_by_org` is the CPU time (user + system) each org's processes used during the run —
+its servers, their pool workers and the run's MPC worker (services/bench/meshrun.py).
+`mpc_rounds` / `mpc_messages` count the MPC's rounds and messages per phase, from the lasso
+servers' `mpc traffic` spans (services/bench/mpc_traffic.py). `paillier_bits` is the key size
+the study used.
+
 `bytes_sent` is what all three organisations sent to each other (TLS bytes through the
 relays, per org in `bytes_sent_by_org`); `peak_rss_mb` is the largest resident set of
 one process (a server or an MPC worker), `peak_rss_mb_by_org` the peak of the sum over
@@ -36,19 +42,21 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, lasso_pb2
-from services.bench.meshrun import BenchMesh, TrafficCounter
+from services.bench.meshrun import BenchMesh, TrafficCounter, cpu_delta, cpu_seconds_by_org
+from services.bench.mpc_traffic import mpc_traffic
+from services.mesh.config import load_config
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, make_study_data, reference_join
 from services.tools.traces import SpanRow, load_trace
-from services.mesh.config import load_config
 
 OVERLAP = 0.5
 CSV_DECIMALS = 6
@@ -88,7 +96,11 @@ def phase_times(rows: Sequence[SpanRow]) -> dict[str, Any]:
     reshare_end = last_end(("resharing",))
     lasso_end = last_end(LASSO_PHASES)
     if join_end is None or reshare_end is None or lasso_end is None:
-        missing = [n for n, v in (("hashing_encryption", join_end), ("resharing", reshare_end), ("MPC", lasso_end)) if v is None]
+        missing = [
+            n
+            for n, v in (("hashing_encryption", join_end), ("resharing", reshare_end), ("MPC", lasso_end))
+            if v is None
+        ]
         raise BenchError(f"the run's spans lack the {', '.join(missing)} phase(s)")
     breakdown: dict[str, float] = {}
     previous = reshare_end
@@ -146,7 +158,9 @@ def median_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             out[key] = all(values)
         elif isinstance(first, (int, float)):
             out[key] = round(_median(values), 3) if key.endswith("_s") else _median(values)
-        elif isinstance(first, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in first.values()):
+        elif isinstance(first, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in first.values()
+        ):
             out[key] = {k: _median([r[key][k] for r in runs if k in r.get(key, {})]) for k in first}
         else:
             out[key] = first
@@ -163,6 +177,7 @@ def _median(values: Sequence[int | float]) -> int | float:
 
 @dataclass
 class RunFigures:
+    run_id: str
     trace_id: str
     total_s: float
     result: lasso_pb2.ModelResult
@@ -170,12 +185,14 @@ class RunFigures:
     bytes_by_org: dict[str, int]
     peak_rss_mb: float
     peak_rss_mb_by_org: dict[str, float]
+    cpu_s_by_org: dict[str, float]
     done_at: float  # perf_counter when the result was in hand
 
 
 def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
-    assert mesh.sampler is not None
+    assert mesh.sampler is not None and mesh.mesh is not None
     before = mesh.counter.snapshot()
+    cpu_before = cpu_seconds_by_org(mesh.mesh.processes)
     mesh.sampler.reset()
     started = time.perf_counter()
     run = insurer.start_run(STUDY_ID)
@@ -183,17 +200,39 @@ def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
     for event in insurer.watch(run.run_id):
         final = event.run
     if final.state != common_pb2.RUN_STATE_SUCCEEDED:
-        reason = f"{common_pb2.Phase.Name(final.error.phase)} at {final.error.org}: {final.error.reason}" if final.HasField("error") else "no reason given"
+        reason = (
+            f"{common_pb2.Phase.Name(final.error.phase)} at {final.error.org}: {final.error.reason}"
+            if final.HasField("error")
+            else "no reason given"
+        )
         raise BenchError(f"run {final.run_id} ended {common_pb2.RunState.Name(final.state)}: {reason}")
     _, result = insurer.result(run.run_id)
     done_at = time.perf_counter()
     total = done_at - started
     peaks = mesh.sampler.peaks()
-    return RunFigures(final.trace_id, total, result, int(result.joined or final.joined), TrafficCounter.delta(mesh.counter.snapshot(), before),
-                      peaks.largest_process_mb(), peaks.org_mb(), done_at)
+    cpu = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
+    return RunFigures(
+        final.run_id,
+        final.trace_id,
+        total,
+        result,
+        int(result.joined or final.joined),
+        TrafficCounter.delta(mesh.counter.snapshot(), before),
+        peaks.largest_process_mb(),
+        peaks.org_mb(),
+        cpu,
+        done_at,
+    )
 
 
-def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: float = 0.0, repeat: int = 1, workdir: Path | None = None) -> dict[str, Any]:
+def bench_all(
+    records: int,
+    features: int = 10,
+    alpha: float = 0.1,
+    latency_ms: float = 0.0,
+    repeat: int = 1,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
     """Run the study `repeat` times on one mesh; the medians, and every run's total."""
     if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
         raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
@@ -203,10 +242,16 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
     with work_directory(workdir, "riskmesh-bench-all-") as root:
         mesh = BenchMesh(root / "mesh", latency_ms=latency_ms)
         configs = {org: load_config(path, env={}) for org, path in mesh.prepare().items()}
-        sources = {t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
+        sources = {
+            t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv")
+            for t in (data.insurer, data.hospital)
+        }
         runs: list[RunFigures] = []
         with mesh:
-            clients = {org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir) for org, c in configs.items()}
+            clients = {
+                org: GatewayClient.from_pki(c.self_endpoint.address("gateway"), org, c.pki_dir)
+                for org, c in configs.items()
+            }
             try:
                 spec = spec_for(data, STUDY_ID, alphas=[alpha])
                 study = clients["insurer"].propose(spec, str(sources["insurer"]))
@@ -218,26 +263,39 @@ def bench_all(records: int, features: int = 10, alpha: float = 0.1, latency_ms: 
                 for client in clients.values():
                     client.close()
         # The mesh has stopped: every server flushed its spans.
-        per_run = [_figures(r, reference, root, records, features) for r in runs]
+        per_run = [_figures(r, reference, root, records, features, spec.paillier_bits) for r in runs]
         startup_s = round(mesh.startup_s, 3)
         # As the TNO comparison times its side: from starting the processes to the first
         # run's coefficients in hand (study proposal and approvals included).
         process_start_to_result_s = round(runs[0].done_at - mesh.started_at, 3)
     summary = median_summary(per_run)
-    summary.update({"phase": "all", "alpha": alpha, "latency_ms": latency_ms, "repeat": repeat, "startup_s": startup_s,
-                    "process_start_to_result_s": process_start_to_result_s,
-                    "total_s_runs": [r["total_s"] for r in per_run], "load_1m_before": round(load_before, 2),
-                    "load_1m_after": round(os.getloadavg()[0], 2), "phase_times_from": "exported phase spans"})
+    summary.update(
+        {
+            "phase": "all",
+            "alpha": alpha,
+            "latency_ms": latency_ms,
+            "repeat": repeat,
+            "startup_s": startup_s,
+            "process_start_to_result_s": process_start_to_result_s,
+            "total_s_runs": [r["total_s"] for r in per_run],
+            "load_1m_before": round(load_before, 2),
+            "load_1m_after": round(os.getloadavg()[0], 2),
+            "phase_times_from": "exported phase spans",
+        }
+    )
     return summary
 
 
-def _figures(run: RunFigures, reference: Mapping[str, float], root: Path, records: int, features: int) -> dict[str, Any]:
+def _figures(
+    run: RunFigures, reference: Mapping[str, float], root: Path, records: int, features: int, paillier_bits: int
+) -> dict[str, Any]:
     times = phase_times(load_trace([root], run.trace_id))
     secure = revealed(run.result)
     nonzero = sum(1 for c in run.result.coefficients if c.value != 0.0)
     return {
         "records": records,
         "features": features,
+        "paillier_bits": paillier_bits,
         "joined": run.joined,
         "join_s": times["join_s"],
         "reshare_s": times["reshare_s"],
@@ -246,12 +304,14 @@ def _figures(run: RunFigures, reference: Mapping[str, float], root: Path, record
         "spans_wall_s": times["spans_wall_s"],
         "lasso_phases_s": times["lasso_phases_s"],
         "iterations": int(run.result.iterations),
+        **mpc_traffic([root], run.run_id),
         "nonzero": nonzero,
         **coefficient_errors(secure, reference),
         "bytes_sent": sum(run.bytes_by_org.values()),
         "bytes_sent_by_org": run.bytes_by_org,
         "peak_rss_mb": run.peak_rss_mb,
         "peak_rss_mb_by_org": run.peak_rss_mb_by_org,
+        "cpu_s_by_org": run.cpu_s_by_org,
         "trace_id": run.trace_id,
         "coefficients": secure,
     }

@@ -11,8 +11,10 @@ compares their sum with the plaintext inner join and stops the servers. The last
 printed is one JSON object.
 
 Times (seconds, wall clock, as the driving harness sees them; they add up to `total_s`):
-`setup_s` key pairs + CSV validation + opening the helper's run; `offline_s` the owners'
-randomness pools; `join_s` tag, encrypt, upload, match and mask; `reshare_s` masked rows
+`setup_s` key pairs + CSV validation + opening the helper's run; `offline_s` until both
+owners have the randomness of their first piece (the rest is built while earlier pieces
+upload, services/join/encryption_server.py); `join_s` the remaining pool pieces, tag,
+encrypt, upload, match and mask; `reshare_s` masked rows
 delivered and decrypted until every org stores its shares. `total_s` runs from the first
 request until the shares are stored at all three orgs, offline work included (server
 start-up is not: servers are long-lived).
@@ -31,6 +33,14 @@ process's (driving calls and relays), `other_cpu_s` what everything else on the 
 used meanwhile and `idle_cpu_s` the core-seconds nobody used (both from /proc/stat).
 With `cores` cores the run cannot take less than server_cpu_s / cores; other_cpu_s says
 how much of the machine others took, idle_cpu_s how much the join left unused.
+`cpu_s_by_org` splits server_cpu_s by organisation.
+
+Memory: `peak_rss_mb_by_org` is the peak of the summed resident set of each org's join
+servers and their pool workers, `peak_rss_mb` the largest single process and
+`peak_rss_mb_by_process` each server's (`<org>/<server>`) and the largest of its
+descendants' (`…/child`: the pool workers and their fork server) — sampled every 0.1 s by
+services/bench/meshrun.py's MemorySampler. RSS counts pages shared between a fork server
+and its workers once per process, so the sums overstate what the org holds. `paillier_bits` is the key size.
 """
 
 from __future__ import annotations
@@ -41,18 +51,21 @@ import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import psutil
 
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
+from services.bench.meshrun import MemorySampler, cpu_delta, cpu_seconds_by_org
+from services.join.core.parallel import default_workers
+from services.mesh.config import MAX_UPLOAD_ROWS, load_config
+from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data
-from services.join.core.parallel import default_workers
 from services.tools.launcher import LocalMesh, local_mesh_for
-from services.mesh.config import load_config
 
 JOIN_SERVERS = ("encryption", "intersection", "resharing")
 READ_BYTES = 1 << 16
@@ -85,7 +98,9 @@ class CountingRelay:
             except OSError:
                 client_writer.transport.abort()
                 return
-            await asyncio.gather(self._pump(client_reader, target_writer, True), self._pump(target_reader, client_writer, False))
+            await asyncio.gather(
+                self._pump(client_reader, target_writer, True), self._pump(target_reader, client_writer, False)
+            )
             for writer in (client_writer, target_writer):
                 writer.transport.abort()
         finally:
@@ -116,20 +131,6 @@ class CountingRelay:
             await self._server.wait_closed()
 
 
-def _cpu_by_process(pids: Iterable[int]) -> dict[int, float]:
-    """User + system CPU seconds of each process and all its descendants (e.g. pool workers)."""
-    out: dict[int, float] = {}
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for process in [root, *root.children(recursive=True)]:
-                times = process.cpu_times()
-                out[process.pid] = times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return out
-
-
 def _machine_busy_s() -> float:
     times = psutil.cpu_times()
     return sum(times) - _machine_idle_s(times)
@@ -155,17 +156,32 @@ def _directory(workdir: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def bench_join(records: int, features: int = 10, overlap: float = 0.5, bits: int = 2048, workdir: Path | None = None) -> dict:
+def bench_join(
+    records: int,
+    features: int = 10,
+    overlap: float = 0.5,
+    bits: int = DEFAULT_PAILLIER_BITS,
+    workdir: Path | None = None,
+) -> dict:
     """Run one join over three local orgs' processes and return its figures (see the module docstring)."""
     if records < 1 or not 0.0 <= overlap <= 1.0:
         raise ValueError("records must be positive and overlap in [0, 1]")
     with _directory(workdir) as root:
-        configs = local_mesh_for(root / "mesh", min_paillier_bits=min(bits, 2048))  # --bits 1024: a quick, test-only mesh
+        # --bits 1024: a quick, test-only mesh; a helper cap above `records` (its ciphertexts spool to disk).
+        configs = local_mesh_for(
+            root / "mesh", min_paillier_bits=min(bits, 2048), max_upload_rows=max(records, MAX_UPLOAD_ROWS)
+        )
         data = make_study_data(records, overlap=overlap, features=features)
         spec = spec_for(data, "join-bench")
         spec.paillier_bits = bits
         sources = {t.org: t.write_csv(root / "data" / f"{t.org}.csv") for t in (data.insurer, data.hospital)}
-        result: dict[str, Any] = {"records": records, "features": features, "overlap": overlap, "bits": bits, "cores": default_workers()}
+        result: dict[str, Any] = {
+            "records": records,
+            "features": features,
+            "overlap": overlap,
+            "paillier_bits": bits,
+            "cores": default_workers(),
+        }
         result.update(asyncio.run(_run(configs, spec, {o: str(p) for o, p in sources.items()})))
         # The oracle, only here: the plaintext inner join of the generated files.
         columns, expected = plaintext_join(data, sources)
@@ -186,19 +202,32 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
     try:
         await asyncio.to_thread(mesh.start, 120.0)
         harness = Harness(configs)
-        pids = [p.process.pid for p in mesh.processes]
+        sampler = MemorySampler(mesh).start()
         try:
-            cpu_before, busy_before, idle_before, own_before = _cpu_by_process(pids), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
+            cpu_before, busy_before, idle_before, own_before = (
+                cpu_seconds_by_org(mesh.processes),
+                _machine_busy_s(),
+                _machine_idle_s(),
+                _own_cpu_s(),
+            )
             timings = await run_join(harness, spec, sources, "bench-1")
-            cpu_after, busy_after, idle_after, own_after = _cpu_by_process(pids), _machine_busy_s(), _machine_idle_s(), _own_cpu_s()
+            cpu_after, busy_after, idle_after, own_after = (
+                cpu_seconds_by_org(mesh.processes),
+                _machine_busy_s(),
+                _machine_idle_s(),
+                _own_cpu_s(),
+            )
+            peaks = sampler.peaks()
             shares = await collect_shares(harness, spec, "bench-1")
         finally:
+            sampler.stop()
             await harness.close()
     finally:
         await asyncio.to_thread(mesh.stop)
         for relay in (to_helper, *to_owner.values()):
             await relay.close()
-    server_cpu = sum(cpu_after.values()) - sum(cpu_before.get(pid, 0.0) for pid in cpu_after)
+    cpu_by_org = cpu_delta(cpu_after, cpu_before)
+    server_cpu = sum(cpu_by_org.values())
     return {
         "joined": timings.joined,
         "setup_s": round(timings.setup_s, 3),
@@ -209,6 +238,10 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
         "bytes_to_helper": to_helper.sent_to_target,
         "bytes_to_owners": sum(r.sent_to_target for r in to_owner.values()),
         "server_cpu_s": round(server_cpu, 2),
+        "cpu_s_by_org": cpu_by_org,
+        "peak_rss_mb": peaks.largest_process_mb(),
+        "peak_rss_mb_by_org": peaks.org_mb(),
+        "peak_rss_mb_by_process": peaks.process_mb(),
         "harness_cpu_s": round(own_after - own_before, 2),
         "other_cpu_s": round(max(0.0, busy_after - busy_before - server_cpu - (own_after - own_before)), 2),
         "idle_cpu_s": round(idle_after - idle_before, 2),
@@ -217,12 +250,25 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.join_bench", description="benchmark the secure inner join over three local orgs' processes (mTLS)")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.bench.join_bench",
+        description="benchmark the secure inner join over three local orgs' processes (mTLS)",
+    )
     parser.add_argument("--records", type=int, required=True, help="rows per data owner")
     parser.add_argument("--features", type=int, default=10, help="features, split over the owners (default 10: 5 each)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="share of each owner's rows in the join (default 0.5)")
-    parser.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072), help="Paillier modulus bits (default 2048)")
-    parser.add_argument("--workdir", type=Path, help="keep PKI, configs, data and server logs here (default: a temporary directory)")
+    parser.add_argument(
+        "--overlap", type=float, default=0.5, help="share of each owner's rows in the join (default 0.5)"
+    )
+    parser.add_argument(
+        "--bits",
+        type=int,
+        default=DEFAULT_PAILLIER_BITS,
+        choices=(1024, 2048, 3072),
+        help=f"Paillier modulus bits (default {DEFAULT_PAILLIER_BITS})",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep PKI, configs, data and server logs here (default: a temporary directory)"
+    )
     args = parser.parse_args(argv)
     result = bench_join(args.records, args.features, args.overlap, args.bits, args.workdir)
     print(json.dumps(result), flush=True)

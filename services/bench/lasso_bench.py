@@ -32,6 +32,10 @@ solver's certificate held, at that checkpoint). With `--model logistic|svm|poiss
 `rel_coef_diff`, with the exact optimum of the same objective; `converged` is then false
 (a fixed number of Newton steps has no certificate) and the objective and prediction
 figures are left out.
+`mpc_rounds` / `mpc_messages` per phase come from the lasso servers' `mpc traffic` spans
+(services/bench/mpc_traffic.py), `cpu_s_by_org` from the party processes and their MPC
+workers (services/bench/meshrun.py). No Paillier here: the dealer stands in for the join,
+so the record has no `paillier_bits`.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ import numpy as np
 
 from riskmesh.v1 import common_pb2, join_pb2, lasso_pb2, lasso_pb2_grpc
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, revealed, work_directory
-from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter
+from services.bench.meshrun import BenchMesh, Launch, Processes, TrafficCounter, cpu_delta, cpu_seconds_by_org
+from services.bench.mpc_traffic import mpc_traffic
 from services.join.core.packing import SlotLayout
 from services.join.core.shares import value_bytes
 from services.lasso.core.blocks import ShareBlock, decode_blocks, encode_block
@@ -234,8 +239,10 @@ def _wait_party(proc: ServerProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.process.poll() is not None:
-            log_tail = proc.log_path.read_text(errors="replace")[-1500:]
-            raise BenchError(f"the lasso party of {proc.org} exited with {proc.process.returncode}: {log_tail}")
+            raise BenchError(
+                f"the lasso party of {proc.org} exited with {proc.process.returncode}: "
+                f"{proc.log_path.read_text(errors='replace')[-1500:]}"
+            )
         try:
             wait_healthy(proc.health_address, timeout=1.0)
             return
@@ -358,10 +365,11 @@ def bench_lasso(
             root / "mesh", latency_ms=latency_ms, servers=("lasso",), launch=launch_parties(blocks, repeat)
         )
         with mesh:
-            assert mesh.sampler is not None
+            assert mesh.sampler is not None and mesh.mesh is not None
             configs = {org: load_config(path, env={}) for org, path in mesh.config_paths.items()}
             for run_id in run_ids(repeat):
                 before = mesh.counter.snapshot()
+                cpu_before = cpu_seconds_by_org(mesh.mesh.processes)
                 mesh.sampler.reset()
                 elapsed, outcomes, request_at = asyncio.run(_run_all(configs, run_id, spec))
                 peaks = mesh.sampler.peaks()
@@ -380,6 +388,10 @@ def bench_lasso(
                         y,
                     )
                 )
+                runs[-1]["cpu_s_by_org"] = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
+        # The parties have stopped and flushed their spans.
+        for run_id, figures in zip(run_ids(repeat), runs, strict=True):
+            figures.update(mpc_traffic([root], run_id))
     summary = median_summary(runs)
     summary.update(
         {

@@ -12,6 +12,11 @@ connections inside one org (gateway → own encryption, lasso → own resharing,
 lasso server → its MPC worker) are not counted. With `latency_ms > 0` each relay also
 holds every chunk back by that one-way delay (the kernel here has no `netem`).
 
+CPU. `cpu_seconds_by_org` reads the user + system CPU time of every server process, of
+its live descendants and of its descendants that ended (the kernel adds a reaped child's
+time to its parent's `children_*` figures: a run's MPC worker, once its lasso server has
+waited for it). The difference of two readings is what each org used in between.
+
 Memory. A thread samples, every `SAMPLE_S`, the resident set size of every server
 process and of their descendants (the lasso servers' per-run MPC workers, the join
 servers' pool workers; the family tree is refreshed every second), and keeps the peak
@@ -23,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import psutil
 
@@ -75,7 +81,9 @@ class _CountingReader:
 class CountingRelay(DelayRelay):
     """A DelayRelay in front of `peer_org`'s server, used only by `caller_org`."""
 
-    def __init__(self, listen: Address, target: Address, delay_s: float, caller_org: str, peer_org: str, counter: TrafficCounter) -> None:
+    def __init__(
+        self, listen: Address, target: Address, delay_s: float, caller_org: str, peer_org: str, counter: TrafficCounter
+    ) -> None:
         super().__init__(listen, target, delay_s)
         self.caller_org = caller_org
         self.peer_org = peer_org
@@ -143,6 +151,10 @@ class MemoryPeaks:
     def org_mb(self) -> dict[str, float]:
         return {org: round(v / MIB, 1) for org, v in sorted(self.by_org.items())}
 
+    def process_mb(self) -> dict[str, float]:
+        """Peak per process name (a server's descendants share the name `<org>/<server>/child`)."""
+        return {name: round(v / MIB, 1) for name, v in sorted(self.by_process.items())}
+
 
 class Processes(Protocol):
     """Started server processes (a LocalMesh, or a benchmark's own party processes)."""
@@ -183,7 +195,7 @@ class MemorySampler:
         self._members: list[tuple[str, str, psutil.Process]] = []  # (org, name, handle)
         self._samples = 0
 
-    def start(self) -> "MemorySampler":
+    def start(self) -> MemorySampler:
         self.rescan()
         self._thread.start()
         return self
@@ -246,6 +258,35 @@ class MemorySampler:
             self.sample()
 
 
+def _tree_cpu_s(root: psutil.Process) -> float:
+    """CPU seconds of `root` and its descendants, live or ended (and reaped)."""
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue  # ended just now: its time moves to its parent once reaped
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def cpu_seconds_by_org(processes: Iterable[ServerProcess]) -> dict[str, float]:
+    """org → CPU seconds used so far by its server processes and their descendants."""
+    out: dict[str, float] = {}
+    for server in processes:
+        try:
+            seconds = _tree_cpu_s(psutil.Process(server.process.pid))
+        except psutil.Error:
+            continue
+        out[server.org] = out.get(server.org, 0.0) + seconds
+    return out
+
+
+def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Per org, CPU seconds between two `cpu_seconds_by_org` readings (rounded to 10 ms)."""
+    return {org: round(max(0.0, seconds - before.get(org, 0.0)), 2) for org, seconds in sorted(after.items())}
+
+
 def relay_env_var(org: str, server: str) -> str:
     return f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper()}"
 
@@ -258,7 +299,9 @@ class BenchMesh:
     environment; by default LocalMesh (benchmarks with their own server entry points,
     like the lasso bench, pass their own and name the `servers` they run)."""
 
-    def __init__(self, root: Path, latency_ms: float = 0.0, servers: tuple[str, ...] | None = None, launch: Launch | None = None) -> None:
+    def __init__(
+        self, root: Path, latency_ms: float = 0.0, servers: tuple[str, ...] | None = None, launch: Launch | None = None
+    ) -> None:
         if latency_ms < 0:
             raise ValueError("latency must be >= 0 ms")
         self.root = Path(root)
@@ -286,7 +329,9 @@ class BenchMesh:
                     if server not in CROSS_ORG_SERVERS or (self.servers is not None and server not in self.servers):
                         continue
                     target = parse_address(peer_config.self_endpoint.address(server))
-                    relay = CountingRelay(Address(host="127.0.0.1"), target, self.latency_ms / 1000.0, caller, peer, self.counter)
+                    relay = CountingRelay(
+                        Address(host="127.0.0.1"), target, self.latency_ms / 1000.0, caller, peer, self.counter
+                    )
                     env[caller][relay_env_var(peer, server)] = self.relays.add(relay)
         return env
 
@@ -296,7 +341,7 @@ class BenchMesh:
             self.config_paths = local_mesh_for(self.root)
         return self.config_paths
 
-    def start(self, timeout: float = 120.0) -> "BenchMesh":
+    def start(self, timeout: float = 120.0) -> BenchMesh:
         """Relays, then the org processes; returns once every server is healthy."""
         if self.mesh is not None or self.relays is not None:
             raise RuntimeError("this BenchMesh is already started")
@@ -330,7 +375,7 @@ class BenchMesh:
             self.relays.stop()
             self.relays = None
 
-    def __enter__(self) -> "BenchMesh":
+    def __enter__(self) -> BenchMesh:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -14,8 +14,9 @@ and the category the other organisations are told (`errors.failure_category`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 import grpc
 from opentelemetry import trace
@@ -25,6 +26,7 @@ from services.gateway.errors import PhaseFailure, failure_category
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.progress import progress
+from services.study.spec import DEFAULT_PAILLIER_BITS
 
 tracer = trace.get_tracer("riskmesh.gateway")
 
@@ -105,7 +107,9 @@ class RunPipeline:
         async with self.phase(common_pb2.PHASE_SETUP, "resharing") as where:
             await self._progress(common_pb2.PHASE_SETUP, message="generating this run's Paillier key pair")
             resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
-            key_request = join_pb2.CreateKeyRequest(run_id=self.run_id, bits=self.spec.paillier_bits or 2048)
+            key_request = join_pb2.CreateKeyRequest(
+                run_id=self.run_id, bits=self.spec.paillier_bits or DEFAULT_PAILLIER_BITS
+            )
             key = (await resharing.CreateKey(key_request, timeout=SETUP_DEADLINE_S)).key
             where.server = "encryption"
             encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)

@@ -32,16 +32,13 @@ def layout_from_proto(message: join_pb2.SlotLayout) -> SlotLayout:
 
 
 def public_key_to_proto(key: PublicKey) -> common_pb2.PaillierPublicKey:
-    return common_pb2.PaillierPublicKey(n=key.to_bytes(), key_id=key.key_id)
+    return common_pb2.PaillierPublicKey(n=key.to_bytes(), h_s=key.h_s_bytes(), key_id=key.key_id)
 
 
 def public_key_from_proto(message: common_pb2.PaillierPublicKey) -> PublicKey:
-    if not message.n:
+    if not message.n or not message.h_s:
         raise WireFormatError("the Paillier public key is missing")
-    key = PublicKey.from_bytes(message.n)
-    if message.key_id and message.key_id != key.key_id:
-        raise WireFormatError("the Paillier key id does not match its modulus")
-    return key
+    return PublicKey.from_bytes(message.n, message.h_s, message.key_id or None)
 
 
 def column_from_proto(message: common_pb2.ColumnSpec) -> ColumnSpec:

@@ -2,10 +2,16 @@
 
 PrepareEncryption reads and validates the owner's local CSV (it never leaves the org),
 commits to it (HMAC under the owner's per-study secret, core/commitment.py) and makes an
-ephemeral X25519 key; RunEncryption derives the tag key with the other
-owner's X25519 key (HKDF info = study id + run id), tags, encodes, packs, builds the
-randomness pool under the other owner's Paillier key (offline part), encrypts, shuffles
-and streams (tag, ciphertexts) to the helper in chunks.
+ephemeral X25519 key; RunEncryption checks the other owner's Paillier key size, derives
+the tag key with the other owner's X25519 key (HKDF info = study id + run id), shuffles the
+rows once, and then, piece by piece of that order (PIECE_ROWS rows), builds the piece's
+one-time randomness under the other owner's Paillier key on the worker processes, tags,
+encodes, packs and encrypts it, and streams its (tag, ciphertexts) rows to the helper in
+chunks. So the server holds one piece of pool and ciphertexts at a time, whatever the
+table's size, and the next piece is computed while the previous one is on the wire.
+Progress: SETUP when RunEncryption starts and when the first piece's randomness is ready
+(0 and 1 of 1), HASHING_ENCRYPTION per piece sent (rows of all), then when the helper
+accepted the rows.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from typing import AsyncIterator
+from dataclasses import dataclass, field
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -28,10 +34,11 @@ from services.join.core import keys
 from services.join.core.commitment import input_commitment
 from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
+from services.join.core.masking import random_permutation
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import RandomnessPool, check_key_size, generate_pool
-from services.join.core.parallel import default_workers, process_executor, split_sizes
-from services.join.core.protocol import owner_encrypt
+from services.join.core.paillier import PublicKey, check_key_size, choose_window_bits, generate_pool
+from services.join.core.parallel import default_workers, process_executor, stop_executor
+from services.join.core.protocol import encrypt_piece, prepare_layout
 from services.join.rules import ENCRYPTION_RULES
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
@@ -43,9 +50,9 @@ from services.study.spec import owner_columns
 log = logging.getLogger("riskmesh.encryption")
 
 UPLOAD_DEADLINE_S = 1800.0
-# Pool elements per progress step. Every piece costs each worker a window table (~0.2 s at
-# 2048 bits), so pieces are large: 50,000 elements are ~6 s of work over 2 workers.
-POOL_PIECE = 50_000
+# Rows per piece: its pool elements and ciphertexts are in memory at once (~8 MB at 3072
+# bits); the workers keep their window table from piece to piece (paillier.pool_chunk).
+PIECE_ROWS = 10_000
 WARM_UP_S = 60.0
 # A prepared run (the owner's validated table and its X25519 key) whose RunEncryption does not
 # come is dropped after this long. The gateway sends it right after every party's setup, which
@@ -61,7 +68,14 @@ class PreparedRun:
 
 
 class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
-    def __init__(self, config: OrgConfig, channels: Channels, executor: ProcessPoolExecutor | None, workers: int, prepared_ttl_s: float = PREPARED_TTL_S) -> None:
+    def __init__(
+        self,
+        config: OrgConfig,
+        channels: Channels,
+        executor: ProcessPoolExecutor | None,
+        workers: int,
+        prepared_ttl_s: float = PREPARED_TTL_S,
+    ) -> None:
         self.config = config
         self.channels = channels
         self.executor = executor
@@ -72,7 +86,9 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
     def _expire(self, run_id: str, prepared: PreparedRun) -> None:
         if self.prepared.get(run_id) is prepared:
             del self.prepared[run_id]  # the plaintext table and the X25519 key go with it
-            log.warning("run %s: prepared %.0f s ago and never started; dropped its table and key", run_id, self.prepared_ttl_s)
+            log.warning(
+                "run %s: prepared %.0f s ago and never started; dropped its table and key", run_id, self.prepared_ttl_s
+            )
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
@@ -92,47 +108,149 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
             asyncio.get_running_loop().call_later(self.prepared_ttl_s, self._expire, request.run_id, prepared)
             log.info("run %s: %d rows validated", request.run_id, len(table.ids))
             return join_pb2.PrepareEncryptionResponse(
-                x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids), input_commitment=commitment)
+                x25519_public_key=keys.public_key_bytes(agreement), rows=len(table.ids), input_commitment=commitment
+            )
 
     async def RunEncryption(self, request, context) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
         prepared = self.prepared.pop(request.run_id, None)
         if prepared is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"hashing/encryption: run {request.run_id} was not prepared here (or already ran, or expired)")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"hashing/encryption: run {request.run_id} was not prepared here (or already ran, or expired)",
+            )
         org, run_id = self.config.org, request.run_id
         async with join_errors(context, "hashing/encryption"):
-            tag_key = keys.derive_tag_key(prepared.agreement_key, request.peer_x25519_public_key, keys.tag_key_info(prepared.spec.study_id, run_id))
+            tag_key = keys.derive_tag_key(
+                prepared.agreement_key,
+                request.peer_x25519_public_key,
+                keys.tag_key_info(prepared.spec.study_id, run_id),
+            )
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
-            check_key_size(peer_key.bits, prepared.spec.paillier_bits, self.config.min_paillier_bits)  # before encrypting anything
-            layout = SlotLayout.for_columns(len(prepared.table.columns), peer_key.bits)
-            count = len(prepared.table.ids) * layout.ciphertexts_per_row
-            pool = RandomnessPool(peer_key.key_id, [])
-            for piece in split_sizes(count, -(-count // POOL_PIECE)):
-                yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, len(pool), count, "randomness pool (offline)"))
-                part = await asyncio.to_thread(generate_pool, peer_key, piece, executor=self.executor, parts=self.workers)
-                pool = RandomnessPool(peer_key.key_id, pool.take(len(pool)) + part.take(len(part)))
-            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_SETUP, count, count, "randomness pool ready"))
-            upload = await asyncio.to_thread(owner_encrypt, prepared.table, tag_key, peer_key, pool, layout)
-            total = len(upload.tags)
-            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, 0, total, "encrypted; sending to the helper"))
-
-            def requests():
-                yield join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(
-                    run_id=run_id, rows=total, layout=codec.layout_to_proto(layout), columns=upload.columns, key=codec.public_key_to_proto(peer_key)))
-                for seq, rows in enumerate(chunked(range(total))):
-                    chunk = join_pb2.RowChunk(seq=seq, tags=[upload.tags[i] for i in rows],
-                                              ciphertexts=[peer_key.encode_ciphertext(c) for i in rows for c in upload.ciphertexts[i]])
-                    yield join_pb2.UploadRowsRequest(chunk=chunk)
-
+            check_key_size(
+                peer_key.bits, prepared.spec.paillier_bits, self.config.min_paillier_bits
+            )  # before encrypting anything
             helper = self.config.helper_org
             if helper is None:
                 raise SpecError("no helper organisation is configured")
+            upload = PieceUpload(
+                run_id,
+                org,
+                prepared.table,
+                tag_key,
+                peer_key,
+                prepare_layout(prepared.table, peer_key),
+                self.executor,
+                self.workers,
+            )
             stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
+            yield upload.progress(
+                common_pb2.PHASE_SETUP, 0, 1, "randomness pool (offline), built piece by piece while sending"
+            )
+            call = asyncio.ensure_future(stub.UploadRows(upload.requests(), timeout=UPLOAD_DEADLINE_S))
+            async for event in upload.events_until(call):
+                yield event
+            if upload.failure is not None:
+                raise upload.failure
             try:
-                reply = await stub.UploadRows(requests(), timeout=UPLOAD_DEADLINE_S)
+                reply = call.result()
             except grpc.aio.AioRpcError as exc:
-                code = exc.code() if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT) else grpc.StatusCode.UNAVAILABLE
-                await context.abort(code, f"hashing/encryption: the helper did not accept the rows: {exc.code().name}: {exc.details()}")
-            yield join_pb2.RunEncryptionResponse(progress=progress(run_id, org, common_pb2.PHASE_HASHING_ENCRYPTION, reply.rows, total, "rows accepted by the helper"))
+                code = (
+                    exc.code()
+                    if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+                    else grpc.StatusCode.UNAVAILABLE
+                )
+                await context.abort(
+                    code, f"hashing/encryption: the helper did not accept the rows: {exc.code().name}: {exc.details()}"
+                )
+            yield upload.progress(
+                common_pb2.PHASE_HASHING_ENCRYPTION, reply.rows, upload.rows, "rows accepted by the helper"
+            )
+
+
+@dataclass
+class PieceUpload:
+    """One run's upload to the helper (module docstring): the rows in one shuffled order,
+    piece by piece — the piece's randomness on the worker processes, then its tags and
+    ciphertexts — as the UploadRows request stream, with the progress it makes on the way."""
+
+    run_id: str
+    org: str
+    table: OwnerTable
+    tag_key: keys.TagKey
+    peer_key: PublicKey
+    layout: SlotLayout
+    executor: ProcessPoolExecutor | None
+    workers: int
+    events: asyncio.Queue[join_pb2.RunEncryptionResponse] = field(default_factory=asyncio.Queue)
+    failure: Exception | None = None  # what ended the stream early (the helper sees it short)
+
+    @property
+    def rows(self) -> int:
+        return len(self.table.ids)
+
+    def progress(self, phase: int, done: int, total: int, message: str) -> join_pb2.RunEncryptionResponse:
+        return join_pb2.RunEncryptionResponse(progress=progress(self.run_id, self.org, phase, done, total, message))
+
+    async def _pieces(self) -> AsyncIterator[tuple[Sequence[int], tuple[list[bytes], list[list[int]]]]]:
+        per_row, key = self.layout.ciphertexts_per_row, self.peer_key
+        # One window size for every piece: each worker builds its table once per run.
+        window = choose_window_bits(
+            -(-self.rows * per_row // self.workers), key.exponent_bits, int(key.n2).bit_length()
+        )
+        order = random_permutation(self.rows)  # hide the file's row order from the helper
+        for number, piece in enumerate(chunked(order, PIECE_ROWS)):
+            pool = await asyncio.to_thread(
+                generate_pool, key, len(piece) * per_row, window_bits=window, executor=self.executor, parts=self.workers
+            )
+            if number == 0:
+                self.events.put_nowait(
+                    self.progress(common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready")
+                )
+            yield piece, await asyncio.to_thread(encrypt_piece, self.table, self.tag_key, key, self.layout, piece, pool)
+
+    async def requests(self) -> AsyncIterator[join_pb2.UploadRowsRequest]:
+        columns = tuple(c.name for c in self.table.columns)
+        yield join_pb2.UploadRowsRequest(
+            header=join_pb2.UploadHeader(
+                run_id=self.run_id,
+                rows=self.rows,
+                layout=codec.layout_to_proto(self.layout),
+                columns=columns,
+                key=codec.public_key_to_proto(self.peer_key),
+            )
+        )
+        seq = sent = 0
+        try:
+            async for piece, (tags, ciphertexts) in self._pieces():
+                for rows in chunked(range(len(piece))):
+                    encoded = [self.peer_key.encode_ciphertext(c) for i in rows for c in ciphertexts[i]]
+                    yield join_pb2.UploadRowsRequest(
+                        chunk=join_pb2.RowChunk(seq=seq, tags=[tags[i] for i in rows], ciphertexts=encoded)
+                    )
+                    seq += 1
+                sent += len(piece)
+                self.events.put_nowait(
+                    self.progress(
+                        common_pb2.PHASE_HASHING_ENCRYPTION, sent, self.rows, "encrypting and sending to the helper"
+                    )
+                )
+        except Exception as exc:  # kept for RunEncryption; the helper sees a stream that ends early
+            self.failure = exc
+
+    async def events_until(
+        self, call: asyncio.Future[join_pb2.UploadRowsResponse]
+    ) -> AsyncIterator[join_pb2.RunEncryptionResponse]:
+        """The progress events, as they come, until `call` is done (cancelled if we go away)."""
+        try:
+            while not call.done() or not self.events.empty():
+                waiting = asyncio.ensure_future(self.events.get())
+                await asyncio.wait([waiting, call], return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    yield waiting.result()
+                else:
+                    waiting.cancel()
+        finally:
+            call.cancel()  # a no-op once it is done
 
 
 def _worker_pid(delay_s: float) -> int:
@@ -158,8 +276,13 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
     if executor is not None:
         ready = await asyncio.to_thread(warm_up, executor, workers)
         log.info("%d of %d pool workers ready", ready, workers)
+        mesh.on_stop(lambda: stop_executor(executor))
     servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers)
-    mesh.add_service(join_pb2_grpc.add_EncryptionServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["EncryptionService"])
+    mesh.add_service(
+        join_pb2_grpc.add_EncryptionServiceServicer_to_server,
+        servicer,
+        join_pb2.DESCRIPTOR.services_by_name["EncryptionService"],
+    )
     return mesh
 
 

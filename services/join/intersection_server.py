@@ -10,29 +10,38 @@ rows to A's — so the owners decrypt the first chunks while later ones are mask
 own shares (−r) stream to its own resharing server alongside and are completed there
 only once both deliveries are. The helper sees tags, ciphertexts and counts only: no ID,
 no tag key, no plaintext value. Every status it returns names its phase ("intersection: ...").
+
+Memory stays bounded by the tags: an upload's ciphertexts go to a spool file (unnamed,
+in the state directory; services/join/spool.py) as they arrive, its tags into one byte
+array; matching works on the tag arrays (services/join/core/matching.py), and masking
+reads the matched ciphertexts back chunk by chunk in π order. The masked chunks wait in
+small bounded queues, so the helper runs only a few chunks ahead of the slower of the
+receiving owner's decryption and its own resharing server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import grpc
+import numpy as np
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
 from services.join.common import chunked, status_for
 from services.join.core.chunks import ChunkedRows, read_header
 from services.join.core.errors import JoinError, KeySizeError, SpecError, WireFormatError
-from services.join.core.masking import mask_rows, permute, random_permutation
-from services.join.core.paillier import check_key_size
-from services.join.core.matching import check_minimum, match_tags
-from services.join.core.paillier import PublicKey
-from services.join.core.protocol import EncryptedUpload, check_upload
+from services.join.core.masking import MaskedRows, mask_rows, random_permutation
+from services.join.core.matching import check_minimum, match_tag_arrays, tag_array
+from services.join.core.packing import SlotLayout
+from services.join.core.paillier import PublicKey, check_key_size
+from services.join.core.protocol import check_compatible
 from services.join.core.shares import encode_shares, value_bytes
 from services.join.rules import INTERSECTION_RULES
+from services.join.spool import RowSpool
 from services.mesh.authz import current_caller
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
@@ -45,12 +54,40 @@ from services.study.spec import owner_columns
 log = logging.getLogger("riskmesh.intersection")
 
 DELIVERY_DEADLINE_S = 1800.0
+QUEUED_CHUNKS = 4  # masked chunks waiting per queue: bounds what runs ahead of the receivers
+
+
+@dataclass
+class SpooledUpload:
+    """One owner's upload at the helper: its tags (32 bytes each, concatenated, in upload
+    order) in memory, its ciphertexts in a spool file, one row per upload position."""
+
+    tags: bytes
+    spool: RowSpool
+    columns: tuple[str, ...]
+    layout: SlotLayout
+    key: PublicKey
+
+    @property
+    def rows(self) -> int:
+        return self.spool.rows
+
+    def ciphertexts(self, positions: Sequence[int]) -> list[list[int]]:
+        """The rows at `positions` as ints (checked to lie in (0, N²) when they arrived)."""
+        width, per_row = self.key.ciphertext_bytes, self.layout.ciphertexts_per_row
+        return [
+            [int.from_bytes(row[k * width : (k + 1) * width], "big") for k in range(per_row)]
+            for row in self.spool.read(positions)
+        ]
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 @dataclass
 class IntersectionRun:
     spec: common_pb2.StudySpec
-    uploads: dict[str, EncryptedUpload] = field(default_factory=dict)
+    uploads: dict[str, SpooledUpload] = field(default_factory=dict)
     events: list[join_pb2.AwaitIntersectionResponse] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     error: tuple[grpc.StatusCode, str] | None = None
@@ -67,29 +104,27 @@ class IntersectionRun:
         self.changed.set()
 
 
-def match_uploads(upload_a: EncryptedUpload, upload_b: EncryptedUpload, minimum: int) -> list[tuple[int, int]]:
-    """protocol.helper_match_and_mask up to the masking: its checks, the matching, the
-    minimum and π. Returns the matched (A position, B position) pairs in π order."""
-    check_upload(upload_a)
-    check_upload(upload_b)
-    if upload_a.key == upload_b.key:
-        raise SpecError("both owners encrypted under the same key; each must use the other's")
-    if set(upload_a.columns) & set(upload_b.columns):
-        raise SpecError("the two owners name the same column")
-    a, b = upload_a.layout, upload_b.layout
-    if (a.fractional_bits, a.value_bits, a.sigma_bits) != (b.fractional_bits, b.value_bits, b.sigma_bits):
-        raise SpecError("the two uploads use different fixed-point or masking parameters")
-    pairs = match_tags(upload_a.tags, upload_b.tags)
-    check_minimum(len(pairs), minimum)
-    return permute(pairs, random_permutation(len(pairs)))
+def match_uploads(upload_a: SpooledUpload, upload_b: SpooledUpload, minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    """protocol.helper_match_and_mask up to the masking, on spooled uploads: its checks, the
+    matching, the minimum and π. Returns the matched A and B upload positions in π order."""
+    for upload in (upload_a, upload_b):
+        upload.layout.check_columns(len(upload.columns))
+        upload.layout.check_modulus(upload.key.bits)
+    check_compatible(upload_a, upload_b)
+    index_a, index_b = match_tag_arrays(tag_array(upload_a.tags, "A"), tag_array(upload_b.tags, "B"))
+    check_minimum(len(index_a), minimum)
+    order = np.asarray(random_permutation(len(index_a)), dtype=np.int64)
+    return index_a[order], index_b[order]
 
 
-def upload_rows(chunk: join_pb2.RowChunk, key: PublicKey, per_row: int) -> list[tuple[bytes, list[int]]]:
-    """An upload chunk's (tag, ciphertexts) rows."""
+def upload_chunk(chunk: join_pb2.RowChunk, key: PublicKey, per_row: int) -> tuple[bytes, bytes]:
+    """An upload chunk's tags and ciphertexts, each concatenated, after checking every
+    tag's length and every ciphertext's width and range."""
     if len(chunk.ciphertexts) != len(chunk.tags) * per_row or any(len(t) != 32 for t in chunk.tags):
         raise WireFormatError("a chunk's tags and ciphertexts do not match its layout")
-    values = [key.decode_ciphertext(c) for c in chunk.ciphertexts]
-    return [(tag, values[k * per_row : (k + 1) * per_row]) for k, tag in enumerate(chunk.tags)]
+    for c in chunk.ciphertexts:
+        key.decode_ciphertext(c)
+    return b"".join(chunk.tags), b"".join(chunk.ciphertexts)
 
 
 @dataclass
@@ -98,10 +133,10 @@ class MaskedStream:
     ciphertexts to the other owner (`receiver`), the negated masks to the helper's resharing."""
 
     receiver: str
-    upload: EncryptedUpload
-    positions: list[int]  # upload rows in π order
-    to_receiver: asyncio.Queue[list[list[int]] | None] = field(default_factory=asyncio.Queue)
-    to_helper: asyncio.Queue[list[list[int]] | None] = field(default_factory=asyncio.Queue)
+    upload: SpooledUpload
+    positions: np.ndarray  # upload rows in π order
+    to_receiver: asyncio.Queue[list[list[int]] | None] = field(default_factory=lambda: asyncio.Queue(QUEUED_CHUNKS))
+    to_helper: asyncio.Queue[list[list[int]] | None] = field(default_factory=lambda: asyncio.Queue(QUEUED_CHUNKS))
 
 
 class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
@@ -127,13 +162,22 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
         run = self.runs.get(header.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: run {header.run_id} is not open at the helper")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"intersection: run {header.run_id} is not open at the helper"
+            )
         if caller is None or caller.org not in [o.org for o in run.spec.owners]:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows")
-        if caller.org in run.uploads:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "intersection: only the study's data owners upload rows"
+            )
+        if caller.org in run.uploads or run.task is not None:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run"
+            )
         if header.rows > self.config.max_upload_rows:  # the helper's memory bound (config max_upload_rows)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: an upload may hold at most {self.config.max_upload_rows} rows")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"intersection: an upload may hold at most {self.config.max_upload_rows} rows",
+            )
         try:
             layout = codec.layout_from_proto(header.layout)
             key = codec.public_key_from_proto(header.key)
@@ -142,29 +186,88 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             layout.check_modulus(key.bits)
             if tuple(header.columns) != codec.column_names(owner_columns(run.spec, caller.org)):
                 raise SpecError(f"the upload's columns are not the study's columns of {caller.org} in slot order")
-            rows: ChunkedRows[tuple[bytes, list[int]]] = ChunkedRows(header.rows)
-            async for item in request_iterator:
-                rows.add(upload_rows(rows.chunk(item), key, layout.ciphertexts_per_row))
-            uploaded = rows.finish()
         except KeySizeError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"intersection: {exc}")
         except (JoinError, StudySpecError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
-        tags = [tag for tag, _ in uploaded]
-        run.uploads[caller.org] = EncryptedUpload(tags, [row for _, row in uploaded], tuple(header.columns), layout, key)
-        log.info("run %s: upload from %s complete (%d rows)", header.run_id, caller.org, len(tags))
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(header.run_id, self.config.org, common_pb2.PHASE_INTERSECTION, len(run.uploads), 2, f"upload from {caller.org} received")))
+        try:
+            upload = await self._spool(request_iterator, header, layout, key)
+        except JoinError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"intersection: {exc}")
+        if caller.org in run.uploads or run.task is not None:  # a second upload raced this one
+            upload.close()
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"intersection: {caller.org} has already uploaded rows for this run"
+            )
+        run.uploads[caller.org] = upload
+        log.info("run %s: upload from %s complete (%d rows)", header.run_id, caller.org, upload.rows)
+        run.emit(
+            join_pb2.AwaitIntersectionResponse(
+                progress=progress(
+                    header.run_id,
+                    self.config.org,
+                    common_pb2.PHASE_INTERSECTION,
+                    len(run.uploads),
+                    2,
+                    f"upload from {caller.org} received",
+                )
+            )
+        )
         if len(run.uploads) == 2 and run.task is None:
             run.task = asyncio.create_task(self._match_and_deliver(header.run_id, run))
-        return join_pb2.UploadRowsResponse(rows=len(tags))
+        return join_pb2.UploadRowsResponse(rows=upload.rows)
+
+    async def _spool(
+        self,
+        stream: AsyncIterator[join_pb2.UploadRowsRequest],
+        header: join_pb2.UploadHeader,
+        layout: SlotLayout,
+        key: PublicKey,
+    ) -> SpooledUpload:
+        """The rows after the header: tags kept in memory, ciphertexts checked and spooled."""
+        per_row = layout.ciphertexts_per_row
+        upload = SpooledUpload(
+            b"",
+            RowSpool(self.config.state_dir / "spool", per_row * key.ciphertext_bytes),
+            tuple(header.columns),
+            layout,
+            key,
+        )
+        tags = bytearray()
+        try:
+            rows: ChunkedRows[None] = ChunkedRows(header.rows)
+            async for item in stream:
+                chunk = rows.chunk(item)
+                chunk_tags, ciphertexts = upload_chunk(chunk, key, per_row)
+                rows.count(len(chunk.tags))
+                tags += chunk_tags
+                upload.spool.append(ciphertexts)
+            rows.finish()
+        except BaseException:
+            upload.close()
+            raise
+        upload.tags = bytes(tags)
+        return upload
 
     async def _match_and_deliver(self, run_id: str, run: IntersectionRun) -> None:
-        org = self.config.org
         owner_a, owner_b = [o.org for o in run.spec.owners]
         upload_a, upload_b = run.uploads[owner_a], run.uploads[owner_b]
         run.uploads.clear()  # held here until delivered
         try:
-            pairs = await asyncio.to_thread(match_uploads, upload_a, upload_b, run.spec.min_intersection or 1)
+            await self._deliver_uploads(run_id, run, upload_a, upload_b)
+        finally:
+            upload_a.close()
+            upload_b.close()
+
+    async def _deliver_uploads(
+        self, run_id: str, run: IntersectionRun, upload_a: SpooledUpload, upload_b: SpooledUpload
+    ) -> None:
+        org = self.config.org
+        owner_a, owner_b = [o.org for o in run.spec.owners]
+        try:
+            positions_a, positions_b = await asyncio.to_thread(
+                match_uploads, upload_a, upload_b, run.spec.min_intersection or 1
+            )
         except JoinError as exc:
             run.fail(status_for(exc), f"intersection: {exc}")
             return
@@ -172,9 +275,16 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             log.error("run %s: matching failed unexpectedly (%s)", run_id, type(exc).__name__)
             run.fail(grpc.StatusCode.INTERNAL, f"intersection: internal error ({type(exc).__name__})")
             return
-        joined = len(pairs)
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "matched; masking and delivering"), joined=joined))
-        streams = [MaskedStream(owner_b, upload_a, [i for i, _ in pairs]), MaskedStream(owner_a, upload_b, [j for _, j in pairs])]
+        joined = len(positions_a)
+        run.emit(
+            join_pb2.AwaitIntersectionResponse(
+                progress=progress(
+                    run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "matched; masking and delivering"
+                ),
+                joined=joined,
+            )
+        )
+        streams = [MaskedStream(owner_b, upload_a, positions_a), MaskedStream(owner_a, upload_b, positions_b)]
         # The helper's own shares stream to its resharing server alongside the deliveries, but
         # their last chunk (which completes them there) is sent only once both owners hold
         # their shares; if a delivery fails, the stores are cancelled and the helper's
@@ -199,7 +309,20 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
             run.fail(*self._failure(run_id, exc, "storing the helper's shares failed"))
             return
         run.done = True
-        run.emit(join_pb2.AwaitIntersectionResponse(progress=progress(run_id, org, common_pb2.PHASE_INTERSECTION, joined, joined, "masked rows delivered", common_pb2.RUN_STATE_RUNNING), joined=joined))
+        run.emit(
+            join_pb2.AwaitIntersectionResponse(
+                progress=progress(
+                    run_id,
+                    org,
+                    common_pb2.PHASE_INTERSECTION,
+                    joined,
+                    joined,
+                    "masked rows delivered",
+                    common_pb2.RUN_STATE_RUNNING,
+                ),
+                joined=joined,
+            )
+        )
 
     @staticmethod
     def _failure(run_id: str, exc: BaseException, what: str) -> tuple[grpc.StatusCode, str]:
@@ -215,21 +338,31 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
     async def _mask(stream: MaskedStream) -> None:
         """Mask the stream's rows chunk by chunk (fresh masks per value), feeding both queues."""
         upload = stream.upload
+
+        def masked_chunk(positions: Sequence[int]) -> MaskedRows:
+            return mask_rows(upload.key, upload.layout, upload.ciphertexts(positions), len(upload.columns))
+
         for part in chunked(stream.positions):
-            rows = [upload.ciphertexts[i] for i in part]
-            masked = await asyncio.to_thread(mask_rows, upload.key, upload.layout, rows, len(upload.columns))
-            stream.to_helper.put_nowait(masked.helper_shares)
-            stream.to_receiver.put_nowait(masked.ciphertexts)
-        stream.to_helper.put_nowait(None)
-        stream.to_receiver.put_nowait(None)
+            masked = await asyncio.to_thread(masked_chunk, part.tolist())
+            await stream.to_helper.put(masked.helper_shares)
+            await stream.to_receiver.put(masked.ciphertexts)
+        await stream.to_helper.put(None)
+        await stream.to_receiver.put(None)
 
     async def _deliver(self, run_id: str, joined: int, stream: MaskedStream) -> None:
         upload = stream.upload
         width = upload.key.ciphertext_bytes  # the rows are under the receiver's key
 
         async def requests() -> AsyncIterator[join_pb2.DeliverMaskedRowsRequest]:
-            yield join_pb2.DeliverMaskedRowsRequest(header=join_pb2.MaskedRowsHeader(
-                run_id=run_id, joined=joined, layout=codec.layout_to_proto(upload.layout), columns=upload.columns, key_id=upload.key.key_id))
+            yield join_pb2.DeliverMaskedRowsRequest(
+                header=join_pb2.MaskedRowsHeader(
+                    run_id=run_id,
+                    joined=joined,
+                    layout=codec.layout_to_proto(upload.layout),
+                    columns=upload.columns,
+                    key_id=upload.key.key_id,
+                )
+            )
             seq = 0
             while (rows := await stream.to_receiver.get()) is not None:
                 flat = [c.to_bytes(width, "big") for row in rows for c in row]
@@ -244,15 +377,24 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
         width = value_bytes(layout)
 
         async def requests() -> AsyncIterator[join_pb2.StoreHelperSharesRequest]:
-            yield join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(
-                run_id=run_id, rows=joined, columns=stream.upload.columns, value_bytes=width, layout=codec.layout_to_proto(layout)))
+            yield join_pb2.StoreHelperSharesRequest(
+                header=join_pb2.SharesHeader(
+                    run_id=run_id,
+                    rows=joined,
+                    columns=stream.upload.columns,
+                    value_bytes=width,
+                    layout=codec.layout_to_proto(layout),
+                )
+            )
             seq = 0
             held = await stream.to_helper.get()
             while held is not None:
                 following = await stream.to_helper.get()
                 if following is None:
                     await delivered.wait()  # the last chunk completes the shares at resharing
-                yield join_pb2.StoreHelperSharesRequest(chunk=join_pb2.SharesChunk(seq=seq, rows=len(held), values=encode_shares(held, width)))
+                yield join_pb2.StoreHelperSharesRequest(
+                    chunk=join_pb2.SharesChunk(seq=seq, rows=len(held), values=encode_shares(held, width))
+                )
                 seq += 1
                 held = following
 
@@ -262,7 +404,9 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
     async def AwaitIntersection(self, request, context) -> AsyncIterator[join_pb2.AwaitIntersectionResponse]:
         run = self.runs.get(request.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"intersection: run {request.run_id} is not open at the helper")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"intersection: run {request.run_id} is not open at the helper"
+            )
         sent = 0
         try:
             while True:
@@ -283,7 +427,11 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
     mesh = MeshServer(config, "intersection", INTERSECTION_RULES, port=port, health_port=health_port)
     servicer = IntersectionServicer(config, Channels(config, mesh.credentials))
-    mesh.add_service(join_pb2_grpc.add_IntersectionServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["IntersectionService"])
+    mesh.add_service(
+        join_pb2_grpc.add_IntersectionServiceServicer_to_server,
+        servicer,
+        join_pb2.DESCRIPTOR.services_by_name["IntersectionService"],
+    )
     return mesh
 
 

@@ -12,26 +12,30 @@ sender went away) or turns out malformed fails the run at this org: the partial 
 every block and the key are dropped, and AwaitShares ends with the status and a reason
 that names the resharing phase. DropRun fails a run that is still incomplete, so no
 waiter hangs on a run that will never complete.
+
+Memory: shares are kept as their wire encoding (`shares.encode_shares`, 14 bytes a value),
+chunk by chunk as they arrive, and GetShares serves those chunks as they are — never as
+lists of Python ints (~5× the bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any
 
 import grpc
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.join import codec
-from services.join.common import chunked
 from services.join.core.chunks import ChunkedRows, EndedEarly, read_header
 from services.join.core.errors import JoinError, SpecError
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import PrivateKey, generate_keypair
+from services.join.core.paillier import DEFAULT_MODULUS_BITS, PrivateKey, generate_keypair
 from services.join.core.parallel import default_workers
-from services.join.core.shares import ShareMatrix, decode_shares, encode_shares, owner_shares, value_bytes
+from services.join.core.shares import check_share_bytes, encode_shares, owner_shares, value_bytes
 from services.join.rules import RESHARING_RULES
 from services.mesh.config import OrgConfig
 from services.mesh.decoding import MalformedRequest
@@ -49,10 +53,17 @@ ENDED_EARLY = "resharing: the stream from the helper ended before every announce
 
 @dataclass
 class Block:
-    """A complete block of shares: some columns, all joined rows, in the helper's order."""
+    """A complete block of shares: some columns, all joined rows, in the helper's order,
+    as encoded chunks (`width` bytes per value, row-major, as `shares.encode_shares`)."""
 
-    shares: ShareMatrix
+    columns: tuple[str, ...]
+    rows: int
     layout: SlotLayout
+    width: int
+    chunks: list[bytes]
+
+    def chunk_rows(self, chunk: bytes) -> int:
+        return len(chunk) // (len(self.columns) * self.width)
 
 
 @dataclass
@@ -108,11 +119,16 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
     async def CreateKey(self, request, context):
         if self.config.role != "data_owner":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only data owners hold Paillier keys")
-        bits = request.bits or 2048
+        bits = request.bits or DEFAULT_MODULUS_BITS
         if bits not in ALLOWED_BITS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits"
+            )
         if bits < self.config.min_paillier_bits:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits",
+            )
         run = self._run(request.run_id)
         if run.key is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {request.run_id} already has a key")
@@ -124,24 +140,30 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             run, header, layout = await self._accept_delivery(request_iterator)
         except StreamRefused as refused:
             await context.abort(refused.code, refused.message)
-        values = await self._receive(run, context, self._decrypt_chunks(request_iterator, run, header, layout))
+        chunks = await self._receive(run, context, self._decrypt_chunks(request_iterator, run, header, layout))
         if run.error is not None:  # failed or dropped while the rows arrived
             await context.abort(*run.error)
-        run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
+        run.blocks.append(Block(tuple(header.columns), header.joined, layout, value_bytes(layout), chunks))
         run.key = None  # the run's private key is not needed any more
         run.notify()
-        log.info("run %s: %d masked rows decrypted into shares", header.run_id, len(values))
-        return join_pb2.DeliverMaskedRowsResponse(rows=len(values))
+        log.info("run %s: %d masked rows decrypted into shares", header.run_id, header.joined)
+        return join_pb2.DeliverMaskedRowsResponse(rows=header.joined)
 
-    async def _accept_delivery(self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest]) -> tuple[ResharingRun, join_pb2.MaskedRowsHeader, SlotLayout]:
+    async def _accept_delivery(
+        self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest]
+    ) -> tuple[ResharingRun, join_pb2.MaskedRowsHeader, SlotLayout]:
         header = await _read_header(stream)
         run = self.runs.get(header.run_id)
         if run is None or run.key is None:
             raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: run {header.run_id} has no key here")
         if run.receiving:
-            raise StreamRefused(grpc.StatusCode.ALREADY_EXISTS, f"resharing: masked rows of run {header.run_id} are already arriving")
+            raise StreamRefused(
+                grpc.StatusCode.ALREADY_EXISTS, f"resharing: masked rows of run {header.run_id} are already arriving"
+            )
         if header.key_id != run.key.public.key_id:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "resharing: the masked rows are encrypted under another key")
+            raise StreamRefused(
+                grpc.StatusCode.INVALID_ARGUMENT, "resharing: the masked rows are encrypted under another key"
+            )
         try:
             layout = codec.layout_from_proto(header.layout)
             layout.check_columns(len(header.columns))
@@ -151,31 +173,49 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         run.rows_total = header.joined
         return run, header, layout
 
-    async def _decrypt_chunks(self, stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest], run: ResharingRun, header: join_pb2.MaskedRowsHeader, layout: SlotLayout) -> list[list[int]]:
+    async def _decrypt_chunks(
+        self,
+        stream: AsyncIterator[join_pb2.DeliverMaskedRowsRequest],
+        run: ResharingRun,
+        header: join_pb2.MaskedRowsHeader,
+        layout: SlotLayout,
+    ) -> list[bytes]:
         key = run.key
         assert key is not None  # checked in _accept_delivery
-        per_row = layout.ciphertexts_per_row
-        rows: ChunkedRows[list[int]] = ChunkedRows(header.joined)
+        per_row, width = layout.ciphertexts_per_row, value_bytes(layout)
+        rows: ChunkedRows[None] = ChunkedRows(header.joined)
+        chunks: list[bytes] = []
+
+        def decrypt(masked: list[list[int]]) -> bytes:
+            return encode_shares(owner_shares(key, layout, masked, header.columns, threads=self.threads).values, width)
+
         async for item in stream:
             cts = [key.public.decode_ciphertext(c) for c in rows.chunk(item).ciphertexts]
             if len(cts) % per_row:
                 raise SpecError("a chunk holds a partial row")
             masked = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
+            rows.count(len(masked))
             # Decrypt while the next chunk streams in (gmpy2 releases the GIL).
-            block = await asyncio.to_thread(owner_shares, key, layout, masked, header.columns, threads=self.threads)
-            rows.add(block.values)
-            run.rows_done = len(rows.rows)
+            chunks.append(await asyncio.to_thread(decrypt, masked))
+            run.rows_done = rows.received
             run.notify()
-        return rows.finish()
+        rows.finish()
+        return chunks
 
-    async def _receive(self, run: ResharingRun, context: grpc.aio.ServicerContext, body: Awaitable[list[list[int]]]) -> list[list[int]]:
+    async def _receive(
+        self, run: ResharingRun, context: grpc.aio.ServicerContext, body: Awaitable[list[list[int]]]
+    ) -> list[list[int]]:
         """Run an accepted stream's body; any way it fails, fail the run (never keep partial rows)."""
         run.receiving += 1
         try:
             return await body
         except EndedEarly:
             # A lost connection may end the stream like a half-close before the call is marked cancelled.
-            code, message = (grpc.StatusCode.UNAVAILABLE, BROKE_OFF) if context.cancelled() else (grpc.StatusCode.INVALID_ARGUMENT, ENDED_EARLY)
+            code, message = (
+                (grpc.StatusCode.UNAVAILABLE, BROKE_OFF)
+                if context.cancelled()
+                else (grpc.StatusCode.INVALID_ARGUMENT, ENDED_EARLY)
+            )
             run.fail(code, message)
             await context.abort(code, message)
         except JoinError as exc:  # a chunk out of place, or one that does not decode
@@ -199,17 +239,21 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             run, header, layout = await self._accept_helper_shares(request_iterator)
         except StreamRefused as refused:
             await context.abort(refused.code, refused.message)
-        values = await self._receive(run, context, self._share_chunks(request_iterator, header))
+        chunks = await self._receive(run, context, self._share_chunks(request_iterator, header))
         if run.error is not None:  # failed or dropped while the rows arrived
             await context.abort(*run.error)
         run.rows_total = run.rows_done = header.rows
-        run.blocks.append(Block(ShareMatrix(tuple(header.columns), values), layout))
+        run.blocks.append(Block(tuple(header.columns), header.rows, layout, header.value_bytes, chunks))
         run.notify()
-        return join_pb2.StoreHelperSharesResponse(rows=len(values))
+        return join_pb2.StoreHelperSharesResponse(rows=header.rows)
 
-    async def _accept_helper_shares(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest]) -> tuple[ResharingRun, join_pb2.SharesHeader, SlotLayout]:
+    async def _accept_helper_shares(
+        self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest]
+    ) -> tuple[ResharingRun, join_pb2.SharesHeader, SlotLayout]:
         if self.config.role != "helper":
-            raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only the helper stores its own masks as shares")
+            raise StreamRefused(
+                grpc.StatusCode.FAILED_PRECONDITION, "resharing: only the helper stores its own masks as shares"
+            )
         header = await _read_header(stream)
         try:
             layout = codec.layout_from_proto(header.layout)
@@ -220,14 +264,22 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         if run.error is not None:
             raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: run {header.run_id} has failed here")
         if len(run.blocks) + run.receiving >= run.expected_blocks:
-            raise StreamRefused(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {header.run_id} already holds all its shares")
+            raise StreamRefused(
+                grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {header.run_id} already holds all its shares"
+            )
         return run, header, layout
 
-    async def _share_chunks(self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest], header: join_pb2.SharesHeader) -> list[list[int]]:
-        rows: ChunkedRows[list[int]] = ChunkedRows(header.rows)
+    async def _share_chunks(
+        self, stream: AsyncIterator[join_pb2.StoreHelperSharesRequest], header: join_pb2.SharesHeader
+    ) -> list[bytes]:
+        rows: ChunkedRows[None] = ChunkedRows(header.rows)
+        chunks: list[bytes] = []
         async for item in stream:
-            rows.add(decode_shares(rows.chunk(item).values, len(header.columns), header.value_bytes))
-        return rows.finish()
+            chunk = rows.chunk(item)
+            rows.count(check_share_bytes(chunk.values, len(header.columns), header.value_bytes))
+            chunks.append(chunk.values)
+        rows.finish()
+        return chunks
 
     async def AwaitShares(self, request, context) -> AsyncIterator[join_pb2.AwaitSharesResponse]:
         run = self._run(request.run_id)
@@ -238,25 +290,48 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
             if run.error is not None:
                 await context.abort(*run.error)
             if run.complete:
-                joined = run.blocks[0].shares.n_rows
-                yield join_pb2.AwaitSharesResponse(progress=progress(request.run_id, org, phase, joined, joined, "shares stored"), joined=joined)
+                joined = run.blocks[0].rows
+                yield join_pb2.AwaitSharesResponse(
+                    progress=progress(request.run_id, org, phase, joined, joined, "shares stored"), joined=joined
+                )
                 return
             if run.rows_done != reported:
                 reported = run.rows_done
-                yield join_pb2.AwaitSharesResponse(progress=progress(request.run_id, org, phase, run.rows_done, run.rows_total, "decrypting masked rows" if run.rows_total else "waiting for the helper"))
+                yield join_pb2.AwaitSharesResponse(
+                    progress=progress(
+                        request.run_id,
+                        org,
+                        phase,
+                        run.rows_done,
+                        run.rows_total,
+                        "decrypting masked rows" if run.rows_total else "waiting for the helper",
+                    )
+                )
             await changed.wait()
 
     async def GetShares(self, request, context) -> AsyncIterator[join_pb2.GetSharesResponse]:
         run = self.runs.get(request.run_id)
         if run is None or not run.complete:
             failed = run is not None and run.error is not None
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"resharing: the shares of run {request.run_id} are {'not kept: the run failed' if failed else 'not complete'} here")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"resharing: the shares of run {request.run_id} are "
+                f"{'not kept: the run failed' if failed else 'not complete'} here",
+            )
         for block in run.blocks:
-            width = value_bytes(block.layout)
-            yield join_pb2.GetSharesResponse(header=join_pb2.SharesHeader(
-                run_id=request.run_id, rows=block.shares.n_rows, columns=block.shares.columns, value_bytes=width, layout=codec.layout_to_proto(block.layout)))
-            for seq, rows in enumerate(chunked(block.shares.values, 5000)):
-                yield join_pb2.GetSharesResponse(chunk=join_pb2.SharesChunk(seq=seq, rows=len(rows), values=encode_shares(rows, width)))
+            yield join_pb2.GetSharesResponse(
+                header=join_pb2.SharesHeader(
+                    run_id=request.run_id,
+                    rows=block.rows,
+                    columns=block.columns,
+                    value_bytes=block.width,
+                    layout=codec.layout_to_proto(block.layout),
+                )
+            )
+            for seq, chunk in enumerate(block.chunks):
+                yield join_pb2.GetSharesResponse(
+                    chunk=join_pb2.SharesChunk(seq=seq, rows=block.chunk_rows(chunk), values=chunk)
+                )
 
     async def DropRun(self, request, context):
         run = self.runs.pop(request.run_id, None)
@@ -268,7 +343,11 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
     mesh = MeshServer(config, "resharing", RESHARING_RULES, port=port, health_port=health_port)
     servicer = ResharingServicer(config, threads=default_workers())
-    mesh.add_service(join_pb2_grpc.add_ResharingServiceServicer_to_server, servicer, join_pb2.DESCRIPTOR.services_by_name["ResharingService"])
+    mesh.add_service(
+        join_pb2_grpc.add_ResharingServiceServicer_to_server,
+        servicer,
+        join_pb2.DESCRIPTOR.services_by_name["ResharingService"],
+    )
     return mesh
 
 

@@ -7,7 +7,8 @@
 The `Run` relays frames: the worker's `Send(peer, pc, payload)` goes into that peer's
 stream outbox, a peer's message becomes `Recv` for the worker; `Dial` from the worker
 (with its PRSS keys) opens a stream to a party above; an accepted stream becomes
-`PeerUp` with the dialer's keys. The worker's `Report`s become Progress events and its
+`PeerUp` with the dialer's keys. The worker's `Report`s become Progress events, its
+`Traffic` counts (rounds, messages, bytes per phase) are kept in `traffic`, and its
 `Result` ends the run.
 
 The run fails exactly once, for the first of: a peer stream ending other than by
@@ -24,17 +25,34 @@ import asyncio
 import contextvars
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 from opentelemetry import propagate
 
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.lasso.core import wire
-from services.lasso.exchange import Outbox, accept, dial
-from services.lasso.worker.frames import Close, Dial, Failed, Frame, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
 from services.lasso.core.blocks import ShareBlock, encode_block
+from services.lasso.exchange import Outbox, accept, dial
+from services.lasso.worker.frames import (
+    Close,
+    Dial,
+    Failed,
+    Frame,
+    Input,
+    InputEnd,
+    PeerClosed,
+    PeerLost,
+    PeerUp,
+    Recv,
+    Report,
+    Result,
+    Send,
+    Start,
+    Traffic,
+)
 from services.lasso.worker.handle import WorkerFactory, WorkerHandle
 from services.mesh.progress import progress
 from services.mesh.status import StatusError
@@ -53,7 +71,13 @@ WORKER_EXIT_GRACE_S = 2.0
 # What peers may send before this party's worker exists (their first rounds; legitimately a few MB).
 MAX_EARLY_BYTES = 128 * 1024 * 1024
 # Statuses with which a peer refuses a stream (rather than being lost).
-REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
+REFUSALS = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
 
 
 class RunFailure(StatusError):
@@ -76,7 +100,16 @@ def phase_name(phase: int) -> str:
 class Run:
     """The server side of one party's run (see the module docstring)."""
 
-    def __init__(self, run_id: str, org: str, orgs: Sequence[str], program: str, spawn: WorkerFactory, channel_for: ChannelFor, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        org: str,
+        orgs: Sequence[str],
+        program: str,
+        spawn: WorkerFactory,
+        channel_for: ChannelFor,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
         self.run_id = run_id
         self.org = org
         self.orgs = tuple(orgs)
@@ -95,6 +128,7 @@ class Run:
         self._up: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._result: lasso_pb2.ModelResult | None = None
+        self.traffic: dict[int, Traffic] = {}  # phase → what this party sent in it (counts only)
         self._link_closed = asyncio.Event()
         self._last_progress = float("-inf")
         self._context = contextvars.copy_context()  # the RunLasso call's (trace) context, for the stream tasks
@@ -110,16 +144,23 @@ class Run:
 
     # Lifecycle ----------------------------------------------------------------
 
-    async def execute(self, request: lasso_pb2.RunLassoRequest, blocks: Sequence[ShareBlock]) -> AsyncIterator[RunEvent]:
+    async def execute(
+        self, request: lasso_pb2.RunLassoRequest, blocks: Sequence[ShareBlock]
+    ) -> AsyncIterator[RunEvent]:
         """Start the worker with the run and its shares; yield events until the end."""
         if self.failure is not None:  # a peer ended the run while this party fetched its shares
             yield self.failure
             return
         label = f"{self.org}/{self.run_id}"
         try:
-            self._worker = await self._spawn(self.pid, self.program, label, self._on_worker_frame, self._on_worker_closed)
+            self._worker = await self._spawn(
+                self.pid, self.program, label, self._on_worker_frame, self._on_worker_closed
+            )
         except OSError as exc:
-            self.fail(grpc.StatusCode.INTERNAL, f"the MPC worker of {self.party(self.pid)} could not start ({type(exc).__name__})")
+            self.fail(
+                grpc.StatusCode.INTERNAL,
+                f"the MPC worker of {self.party(self.pid)} could not start ({type(exc).__name__})",
+            )
             yield self.events.get_nowait()
             return
         self._worker.send(Start(request.SerializeToString()))
@@ -171,7 +212,11 @@ class Run:
         await asyncio.sleep(self._connect_timeout)
         missing = [pid for pid in range(len(self.orgs)) if pid != self.pid and pid not in self._up]
         if missing:
-            self.fail(grpc.StatusCode.UNAVAILABLE, f"{self.party(missing[0])} did not connect within {self._connect_timeout:.0f} s during {phase_name(self.phase)}")
+            self.fail(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.party(missing[0])} did not connect within {self._connect_timeout:.0f} s "
+                f"during {phase_name(self.phase)}",
+            )
 
     async def _watch_worker(self, worker: WorkerHandle) -> None:
         """After the link closed (so every frame the worker sent was read), its exit ends the run."""
@@ -182,12 +227,19 @@ class Run:
             worker.kill()
             code = None
         if not self.finished:
-            self.fail(grpc.StatusCode.ABORTED, f"the MPC worker of {self.party(self.pid)} exited (code {code}) during {phase_name(self.phase)}")
+            self.fail(
+                grpc.StatusCode.ABORTED,
+                f"the MPC worker of {self.party(self.pid)} exited (code {code}) during {phase_name(self.phase)}",
+            )
 
     async def _watch_heartbeat(self, worker: WorkerHandle) -> None:
         await worker.wait_silent(WORKER_SILENCE_S)
         if not self.finished:
-            self.fail(grpc.StatusCode.ABORTED, f"the MPC worker of {self.party(self.pid)} stopped responding (no heartbeat for {WORKER_SILENCE_S:.0f} s) during {phase_name(self.phase)}")
+            self.fail(
+                grpc.StatusCode.ABORTED,
+                f"the MPC worker of {self.party(self.pid)} stopped responding "
+                f"(no heartbeat for {WORKER_SILENCE_S:.0f} s) during {phase_name(self.phase)}",
+            )
 
     # Frames from the worker ---------------------------------------------------
 
@@ -195,11 +247,15 @@ class Run:
         if isinstance(frame, Send):
             outbox = self._outboxes.get(frame.peer)
             if outbox is None:
-                self.fail(grpc.StatusCode.INTERNAL, f"the MPC worker sent to {self.party(frame.peer)} before it connected")
+                self.fail(
+                    grpc.StatusCode.INTERNAL, f"the MPC worker sent to {self.party(frame.peer)} before it connected"
+                )
                 return
             outbox.put(frame.pc, frame.payload)
         elif isinstance(frame, Report):
             self._report(frame)
+        elif isinstance(frame, Traffic):
+            self.traffic[frame.phase] = frame
         elif isinstance(frame, Dial):
             self._dial(frame.peer, frame.prss_keys)
         elif isinstance(frame, Close):
@@ -209,7 +265,10 @@ class Run:
         elif isinstance(frame, Result):
             self._finish(lasso_pb2.ModelResult.FromString(frame.result))
         elif isinstance(frame, Failed):
-            self.fail(grpc.StatusCode.ABORTED, f"{self.party(self.pid)} stopped during {phase_name(self.phase)}: {frame.reason}")
+            self.fail(
+                grpc.StatusCode.ABORTED,
+                f"{self.party(self.pid)} stopped during {phase_name(self.phase)}: {frame.reason}",
+            )
 
     def _on_worker_closed(self, exc: Exception | None) -> None:
         self._link_closed.set()
@@ -248,9 +307,17 @@ class Run:
         self._outboxes[peer] = outbox
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # the Exchange joins the run's trace at the acceptor
-        self._spawn_task(dial(self, peer, prss_keys, self._channel_for(self.orgs[peer]), outbox, tuple(carrier.items())))
+        self._spawn_task(
+            dial(self, peer, prss_keys, self._channel_for(self.orgs[peer]), outbox, tuple(carrier.items()))
+        )
 
-    def accept(self, peer: int, prss_keys: bytes, requests: AsyncIterator[lasso_pb2.ExchangeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
+    def accept(
+        self,
+        peer: int,
+        prss_keys: bytes,
+        requests: AsyncIterator[lasso_pb2.ExchangeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[lasso_pb2.ExchangeResponse]:
         """An Exchange from party `peer` (< this party), its hello already checked."""
         outbox = Outbox()
         self._outboxes[peer] = outbox
@@ -270,12 +337,19 @@ class Run:
         try:
             wire.check(payload)
         except wire.WireError as exc:
-            self.fail(grpc.StatusCode.ABORTED, f"{self.party(peer)} sent a malformed MPC message during {phase_name(self.phase)}: {exc}")
+            self.fail(
+                grpc.StatusCode.ABORTED,
+                f"{self.party(peer)} sent a malformed MPC message during {phase_name(self.phase)}: {exc}",
+            )
             return
         if self._worker is None:
             self._early_bytes += len(payload)
             if self._early_bytes > MAX_EARLY_BYTES:
-                self.fail(grpc.StatusCode.ABORTED, f"{self.party(peer)} sent more than {MAX_EARLY_BYTES >> 20} MiB before this party's worker started, during {phase_name(self.phase)}")
+                self.fail(
+                    grpc.StatusCode.ABORTED,
+                    f"{self.party(peer)} sent more than {MAX_EARLY_BYTES >> 20} MiB before this party's worker "
+                    f"started, during {phase_name(self.phase)}",
+                )
                 return
         self._send_to_worker(Recv(peer, pc, payload))
 
@@ -292,13 +366,21 @@ class Run:
 
     def peer_ended(self, peer: int, reason: str) -> None:
         """The peer's run failed first; its reason names the root cause."""
-        self.fail(grpc.StatusCode.ABORTED, f"{self.party(peer)} ended the run during {phase_name(self.phase)}: {reason or 'no reason given'}")
+        self.fail(
+            grpc.StatusCode.ABORTED,
+            f"{self.party(peer)} ended the run during {phase_name(self.phase)}: {reason or 'no reason given'}",
+        )
 
     def peer_lost(self, peer: int, code: grpc.StatusCode, details: str) -> None:
         if code in REFUSALS:
-            self.fail(code, f"{self.party(peer)} refused the stream during {phase_name(self.phase)} ({code.name}: {details})")
+            self.fail(
+                code, f"{self.party(peer)} refused the stream during {phase_name(self.phase)} ({code.name}: {details})"
+            )
         else:
-            self.fail(grpc.StatusCode.UNAVAILABLE, f"{self.party(peer)} was lost during {phase_name(self.phase)} ({code.name})")
+            self.fail(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.party(peer)} was lost during {phase_name(self.phase)} ({code.name})",
+            )
 
 
 class RunRegistry:
@@ -312,9 +394,13 @@ class RunRegistry:
 
     def add(self, run: Run) -> None:
         if run.run_id in self._runs or run.run_id in self._ended:
-            raise RunFailure(grpc.StatusCode.ALREADY_EXISTS, f"run {run.run_id!r} already ran or is running at this party")
+            raise RunFailure(
+                grpc.StatusCode.ALREADY_EXISTS, f"run {run.run_id!r} already ran or is running at this party"
+            )
         if len(self._runs) >= self.max_runs:
-            raise RunFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this party already runs {len(self._runs)} MPC runs (the limit)")
+            raise RunFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"this party already runs {len(self._runs)} MPC runs (the limit)"
+            )
         self._runs[run.run_id] = run
         self._changed.set()
         self._changed = asyncio.Event()

@@ -48,10 +48,10 @@ ROLES = ("data_owner", "helper")
 # Smallest Paillier key accepted by default; a config may lower it to 1024 for a test mesh only.
 MIN_PAILLIER_BITS = 2048
 LOWEST_PAILLIER_BITS = 1024
-# Rows one owner may upload to the helper for a study. The helper holds both uploads in memory
-# until they are matched: ≈1.3 KB per row at 2048 bits (two 4096-bit ciphertexts and a tag),
-# so two uploads of 500,000 rows take ≈1.3 GB, inside the intersection pod's 2 GiB limit.
-# Raise it together with that limit.
+# Rows one owner may upload to the helper for a study. The helper holds both uploads' tags in
+# memory (32 bytes a row) until they are matched and spools their ciphertexts to its state
+# directory (services/join/spool.py): ≈0.8 KB of disk a row at 3072 bits (one 6144-bit
+# ciphertext for up to 14 values). Raise it together with the intersection pod's state volume.
 MAX_UPLOAD_ROWS = 500_000
 ROLE_SERVERS = {
     "data_owner": ("gateway", "encryption", "resharing", "lasso"),

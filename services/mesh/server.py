@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -50,10 +51,15 @@ class MeshServer:
         self.credentials = MeshCredentials.for_config(config, name)
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), AuthorizationInterceptor(config, self.credentials.resolver, rules, on_refusal), RequestDecodingInterceptor()],
+            interceptors=[
+                aio_server_interceptor(),
+                AuthorizationInterceptor(config, self.credentials.resolver, rules, on_refusal),
+                RequestDecodingInterceptor(),
+            ],
             options=SERVER_OPTIONS,
         )
         self.service_names: list[str] = []
+        self._on_stop: list[Callable[[], None]] = []
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{config.bind_host}:{config.port(name) if port is None else port}"
         self.port = self.server.add_secure_port(address, self.credentials.server_credentials())
@@ -66,8 +72,11 @@ class MeshServer:
         if self.health_port == 0:
             raise OSError(f"could not bind the health port of {name} at {health_address}")
 
-    def add_service(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, descriptor: ServiceDescriptor) -> None:
-        """Register a servicer, e.g. add_service(add_XServicer_to_server, XServicer(...), pb2.DESCRIPTOR.services_by_name["X"])."""
+    def add_service(
+        self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, descriptor: ServiceDescriptor
+    ) -> None:
+        """Register a servicer, e.g.
+        add_service(add_XServicer_to_server, XServicer(...), pb2.DESCRIPTOR.services_by_name["X"])."""
         add_to_server(servicer, self.server)
         self.service_names.append(descriptor.full_name)
 
@@ -79,7 +88,14 @@ class MeshServer:
     async def start(self, serving: bool = True) -> None:
         """Start both ports; `serving=False` keeps health NOT_SERVING until the caller is ready."""
         if self.config.reflection:
-            reflection.enable_server_reflection([*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server)
+            reflection.enable_server_reflection(
+                [
+                    *self.service_names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self.server,
+            )
         await self.set_serving(False)
         await self.server.start()
         await self.health_server.start()
@@ -87,10 +103,16 @@ class MeshServer:
             await self.set_serving(True)
         log.info("%s of %s serving mTLS on %d, health on %d", self.name, self.config.org, self.port, self.health_port)
 
+    def on_stop(self, release: Callable[[], None]) -> None:
+        """Call `release` once the ports are closed (e.g. to stop worker processes)."""
+        self._on_stop.append(release)
+
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.health_server.stop(0)
+        for release in self._on_stop:
+            release()
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM/SIGINT, then drain in-flight RPCs for a few seconds."""

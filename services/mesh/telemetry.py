@@ -9,6 +9,7 @@ Span attributes riskmesh sets itself (never patient data, tags, values or shares
     riskmesh.study.id, riskmesh.run.id
     riskmesh.phase                   the run phase (Phase enum name without prefix)
     riskmesh.rows                    row counts only
+    riskmesh.mpc.{rounds,messages,bytes}.<phase>   MPC traffic counts of one party (span `mpc traffic`)
 
 Metrics for operators go the same way (OTLP to the same endpoint, otherwise JSON lines in
 `<state_dir>/metrics/`), with the same resource attributes:
@@ -28,8 +29,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -160,12 +162,13 @@ def read_metrics(paths: Sequence[Path]) -> list[dict[str, Any]]:
             for scope in resource_metrics["scope_metrics"]:
                 for metric in scope["metrics"]:
                     for point in metric["data"]["data_points"]:
-                        points.append({
-                            "org": resource.get("riskmesh.org"),
-                            "server": resource.get("riskmesh.server"),
-                            "name": metric["name"],
-                            "attributes": point.get("attributes") or {},
-                            **{k: point[k] for k in ("value", "count", "sum") if k in point},
-                        })
+                        points.append(
+                            {
+                                "org": resource.get("riskmesh.org"),
+                                "server": resource.get("riskmesh.server"),
+                                "name": metric["name"],
+                                "attributes": point.get("attributes") or {},
+                                **{k: point[k] for k in ("value", "count", "sum") if k in point},
+                            }
+                        )
     return points
-

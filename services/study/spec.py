@@ -31,7 +31,7 @@ from riskmesh.v1 import common_pb2
 from services.mesh.identity import ORG_NAME
 
 STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
-DEFAULT_PAILLIER_BITS = 2048
+DEFAULT_PAILLIER_BITS = 3072  # 128-bit security (NIST SP 800-57); 2048 (112-bit) may be chosen, nothing below
 PAILLIER_BITS = (2048, 3072)
 SUGGESTED_MIN_INTERSECTION = 10
 MAX_CV_FOLDS = 10
@@ -223,6 +223,15 @@ def _validate_alphas(model: common_pb2.ModelSpec) -> None:
             raise SpecError(f"model.alphas[{i}] must be a finite number > 0, got {alpha}")
     if len(set(model.alphas)) != len(model.alphas):
         raise SpecError("model.alphas must not repeat a value")
+    _validate_folds(model)
+    _validate_l1_ratio(model)
+    if model.iterations > MAX_ITERATIONS:
+        raise SpecError(
+            f"model.iterations must be at most {MAX_ITERATIONS} (0 = the server default), got {model.iterations}"
+        )
+
+
+def _validate_folds(model: common_pb2.ModelSpec) -> None:
     if model.cv_folds > MAX_CV_FOLDS:
         raise SpecError(
             f"model.cv_folds must be 0 or 1 (no cross-validation) or 2..{MAX_CV_FOLDS}, got {model.cv_folds}"
@@ -319,7 +328,7 @@ def _zero(x: float) -> float:
 def normalise(spec: common_pb2.StudySpec) -> common_pb2.StudySpec:
     """A copy of `spec` with defaults filled in and equivalent spellings made equal.
 
-    - paillier_bits 0 → 2048; cv_folds 1 → 0 (both mean "no cross-validation");
+    - paillier_bits 0 → 3072; cv_folds 1 → 0 (both mean "no cross-validation");
     - lasso / ridge / SVM get the l1_ratio they imply (1 / 0 / 0), as the proto comment states;
     - an SVM without a loss gets the squared hinge (its documented default);
     - model.iterations stays 0 when unset (0 = the lasso server's default);

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from riskmesh.v1 import common_pb2
 from services.study.policy import DisclosurePolicy
+from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.synthetic import StudyData
 
 
@@ -25,6 +26,7 @@ def spec_for(
     metrics: Sequence[int] = (),
     balanced_class_weights: bool = False,
     svm_loss: int = common_pb2.SVM_LOSS_UNSPECIFIED,
+    paillier_bits: int = DEFAULT_PAILLIER_BITS,
 ) -> common_pb2.StudySpec:
     """A spec over the data's columns; `min_intersection` defaults to the default local floor,
     max(100, 10·(d + 1)), so that organisations with the default policy approve it."""
@@ -63,6 +65,6 @@ def spec_for(
             standardized_coefficients=reveal_standardized,
             metrics=list(metrics),
         ),
-        paillier_bits=2048,
+        paillier_bits=paillier_bits,
         run_policy=run_policy,
     )

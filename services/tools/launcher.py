@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.mesh.config import (
+    MAX_UPLOAD_ROWS,
     MIN_PAILLIER_BITS,
     ROLE_SERVERS,
     OrgConfig,
@@ -90,11 +91,13 @@ def write_local_mesh(
     reserve_ports: bool = False,
     policies: Mapping[str, Mapping[str, object]] | None = None,
     min_paillier_bits: int = MIN_PAILLIER_BITS,
+    max_upload_rows: int = MAX_UPLOAD_ROWS,
 ) -> dict[str, Path]:
     """PKI + one config file per org under root; returns org → config path. Servers listen
     on DEFAULT_BASE_PORTS, or with `reserve_ports` on ports this process reserves. `policies`:
     an org's `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins.
-    `min_paillier_bits` below 2048 only for test meshes that use fast 1024-bit keys."""
+    `min_paillier_bits` below 2048 only for test meshes that use fast 1024-bit keys;
+    `max_upload_rows` above the default for benchmarks of large joins."""
     root = Path(root).resolve()
     pki_dir = Path(pki_dir or root / "pki").resolve()
     init_pki(pki_dir, orgs)
@@ -129,6 +132,7 @@ def write_local_mesh(
             policy=policy,
             ca_sha256=pins[org],
             min_paillier_bits=min_paillier_bits,
+            max_upload_rows=max_upload_rows,
             reflection=True,
         )
         path = root / org / "riskmesh.toml"
@@ -299,9 +303,17 @@ def local_mesh_for(
     orgs: tuple[str, ...] = DEFAULT_ORGS,
     policies: Mapping[str, Mapping[str, object]] | None = None,
     min_paillier_bits: int = MIN_PAILLIER_BITS,
+    max_upload_rows: int = MAX_UPLOAD_ROWS,
 ) -> dict[str, Path]:
     """Configs for the default three orgs under root, on ports this process reserves (tests, bench, demo)."""
-    return write_local_mesh(root, orgs, reserve_ports=True, policies=policies, min_paillier_bits=min_paillier_bits)
+    return write_local_mesh(
+        root,
+        orgs,
+        reserve_ports=True,
+        policies=policies,
+        min_paillier_bits=min_paillier_bits,
+        max_upload_rows=max_upload_rows,
+    )
 
 
 class Interrupted(KeyboardInterrupt):

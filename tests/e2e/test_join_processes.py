@@ -20,15 +20,23 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
-from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows, start_join
+from services.bench.drive import (
+    Harness,
+    collect_shares,
+    plaintext_join,
+    reconstruct_table,
+    run_join,
+    same_rows,
+    start_join,
+)
 from services.mesh.config import load_config
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, make_study_data
@@ -118,7 +126,9 @@ def join_and_check(orgs: Orgs, study: Study, run_id: str) -> int:
         harness = Harness(orgs.configs)
         try:
             timings = await run_join(harness, study.spec, study.paths, run_id)
-            assert abs(timings.total_s - (timings.setup_s + timings.offline_s + timings.join_s + timings.reshare_s)) < 1e-6
+            assert (
+                abs(timings.total_s - (timings.setup_s + timings.offline_s + timings.join_s + timings.reshare_s)) < 1e-6
+            )
             assert min(timings.offline_s, timings.join_s, timings.reshare_s) > 0
             return timings.joined, reconstruct_table(await collect_shares(harness, study.spec, run_id))
         finally:
@@ -150,7 +160,9 @@ async def _refused_shares(harness: Harness, run_id: str) -> None:
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_no_shares(orgs: Orgs, tmp_path: Path) -> None:
+def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_no_shares(
+    orgs: Orgs, tmp_path: Path
+) -> None:
     """The helper's intersection is stopped once both owners' pools are ready, so both uploads
     are under way (over channels a first run opened) when it is SIGKILLed."""
     warm = make_study(tmp_path / "warm", 40, 1024, study_id="warm")
@@ -164,7 +176,12 @@ def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_
         harness = Harness(orgs.configs)
         try:
             requests = await start_join(harness, study.spec, study.paths, run_id)
-            waiting = {o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub).AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=60) for o in ("insurer", "hospital")}
+            waiting = {
+                o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub).AwaitShares(
+                    join_pb2.AwaitSharesRequest(run_id=run_id), timeout=60
+                )
+                for o in ("insurer", "hospital")
+            }
             for call in waiting.values():
                 await call.read()  # "waiting for the helper"
             sending: set[str] = set()
@@ -174,9 +191,9 @@ def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_
                 stub = harness.stub(org, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub)
                 try:
                     async for reply in stub.RunEncryption(requests[org], timeout=60):
-                        if reply.progress.message == "randomness pool ready":
+                        if reply.progress.message == "randomness pool: first piece ready":
                             os.kill(pid, signal.SIGSTOP)  # idempotent: whichever owner is first
-                        if reply.progress.message.startswith("encrypted; sending"):
+                        if reply.progress.message.startswith("encrypting and sending"):
                             sending.add(org)
                             if len(sending) == 2:
                                 await both_uploads_arrived(port)
@@ -187,7 +204,9 @@ def test_helper_killed_during_upload_fails_encryption_with_its_phase_and_leaves_
             await asyncio.gather(encrypt("insurer"), encrypt("hospital"))
             await _refused_shares(harness, run_id)
             for org, call in waiting.items():
-                await harness.stub(org, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub).DropRun(join_pb2.DropRunRequest(run_id=run_id), timeout=10)
+                await harness.stub(org, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub).DropRun(
+                    join_pb2.DropRunRequest(run_id=run_id), timeout=10
+                )
                 with pytest.raises(grpc.aio.AioRpcError) as dropped:
                     while (reply := await call.read()) is not grpc.aio.EOF:
                         assert reply.progress.state != common_pb2.RUN_STATE_SUCCEEDED
@@ -228,7 +247,10 @@ def test_helper_killed_during_delivery_fails_resharing_and_serves_no_partial_sha
                 stub = harness.stub(org, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub)
                 try:
                     async for reply in stub.AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=120):
-                        assert reply.progress.state != common_pb2.RUN_STATE_SUCCEEDED and reply.progress.message != "shares stored"
+                        assert (
+                            reply.progress.state != common_pb2.RUN_STATE_SUCCEEDED
+                            and reply.progress.message != "shares stored"
+                        )
                         if 0 < reply.progress.done < reply.progress.total and not partial.is_set():
                             partial.set()
                             os.kill(pid, signal.SIGKILL)
@@ -238,7 +260,9 @@ def test_helper_killed_during_delivery_fails_resharing_and_serves_no_partial_sha
             async def helper_progress() -> grpc.aio.AioRpcError | None:
                 stub = harness.stub("helper", "intersection", "gateway", join_pb2_grpc.IntersectionServiceStub)
                 try:
-                    async for _ in stub.AwaitIntersection(join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=120):
+                    async for _ in stub.AwaitIntersection(
+                        join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=120
+                    ):
                         pass
                 except grpc.aio.AioRpcError as exc:
                     return exc
@@ -249,7 +273,9 @@ def test_helper_killed_during_delivery_fails_resharing_and_serves_no_partial_sha
                 async for _ in stub.RunEncryption(requests[org], timeout=120):
                     pass
 
-            results = await asyncio.gather(encrypt("insurer"), encrypt("hospital"), *(await_shares(o) for o in ORGS), helper_progress())
+            results = await asyncio.gather(
+                encrypt("insurer"), encrypt("hospital"), *(await_shares(o) for o in ORGS), helper_progress()
+            )
             await _refused_shares(harness, run_id)
             return errors, results[-1]
         finally:
@@ -265,7 +291,10 @@ def test_helper_killed_during_delivery_fails_resharing_and_serves_no_partial_sha
         # like a half-close first, which resharing reports as a short stream.
         assert (error.code(), error.details()) in (
             (grpc.StatusCode.UNAVAILABLE, "resharing: the stream from the helper broke off before every row arrived"),
-            (grpc.StatusCode.INVALID_ARGUMENT, "resharing: the stream from the helper ended before every announced row arrived"),
+            (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "resharing: the stream from the helper ended before every announced row arrived",
+            ),
         ), (org, error)
     assert helper_error is not None and helper_error.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -277,8 +306,16 @@ def test_join_bench_runs_its_own_mesh_and_reports_measured_figures(tmp_path: Pat
     result = bench_join(300, features=10, bits=1024, workdir=tmp_path)
     assert result["records"] == 300 and result["joined"] == 150 and result["shares_match_plaintext"] is True
     phases = result["setup_s"] + result["offline_s"] + result["join_s"] + result["reshare_s"]
-    assert abs(result["total_s"] - phases) < 0.01 and min(result["offline_s"], result["join_s"], result["reshare_s"]) > 0  # each rounded to ms
+    assert (
+        abs(result["total_s"] - phases) < 0.01 and min(result["offline_s"], result["join_s"], result["reshare_s"]) > 0
+    )  # each rounded to ms
     # Measured on the wire: at least every owner's tags and ciphertexts (2 × 256 bytes per row at 1024 bits).
     assert result["bytes_to_helper"] > 2 * 300 * (32 + 2 * 256)
     assert result["bytes_to_owners"] > 2 * 150 * 2 * 256
-    assert result["server_cpu_s"] > 0
+    assert result["server_cpu_s"] > 0 and result["paillier_bits"] == 1024
+    by_org = result["cpu_s_by_org"]
+    assert set(by_org) == {"insurer", "hospital", "helper"} and all(v > 0 for v in by_org.values())
+    assert abs(sum(by_org.values()) - result["server_cpu_s"]) < 0.05
+    assert set(result["peak_rss_mb_by_org"]) == set(by_org) and 0 < result["peak_rss_mb"] <= max(
+        result["peak_rss_mb_by_org"].values()
+    )

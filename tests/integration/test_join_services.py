@@ -20,9 +20,10 @@ import contextlib
 import csv
 import io
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from unittest import mock
 
 import grpc
@@ -31,18 +32,18 @@ import pytest
 
 from riskmesh.v1 import common_pb2, join_pb2, join_pb2_grpc
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
-from services.testkit.studies import spec_for
-from services.testkit.synthetic import OwnerTable, StudyData, make_study_data
 from services.join import codec, encryption_server, intersection_server, resharing_server
 from services.join.core import keys
 from services.join.core.fixedpoint import FixedPointFormat
 from services.join.core.packing import SlotLayout, unpack_row
 from services.join.core.paillier import PrivateKey, PublicKey, generate_keypair, generate_pool
-from services.mesh.config import load_config
-from services.tools.launcher import local_mesh_for
+from services.mesh.config import OrgConfig, load_config
 from services.mesh.server import MeshServer
 from services.mesh.tls import MeshCredentials
 from services.study.spec import owner_columns
+from services.testkit.studies import spec_for
+from services.testkit.synthetic import OwnerTable, StudyData, make_study_data
+from services.tools.launcher import local_mesh_for
 from tests.conftest import LoopThread
 
 BITS = 1024  # resharing accepts 1024-bit keys for tests; 2048 runs in tests/e2e
@@ -50,7 +51,11 @@ RECORDS = 200  # rows per owner; half of each owner's rows join
 ENC = "/riskmesh.v1.EncryptionService/"
 INT = "/riskmesh.v1.IntersectionService/"
 RES = "/riskmesh.v1.ResharingService/"
-SERVERS = {"insurer": ("encryption", "resharing"), "hospital": ("encryption", "resharing"), "helper": ("intersection", "resharing")}
+SERVERS = {
+    "insurer": ("encryption", "resharing"),
+    "hospital": ("encryption", "resharing"),
+    "helper": ("intersection", "resharing"),
+}
 BUILDERS: dict[str, Callable[..., Any]] = {
     "encryption": encryption_server.build_server,
     "intersection": intersection_server.build_server,
@@ -116,7 +121,11 @@ class JoinMesh:
         return stub_class(self.channels[key])
 
     def gateway(self, org: str, server: str) -> Any:
-        stub_class = {"encryption": join_pb2_grpc.EncryptionServiceStub, "intersection": join_pb2_grpc.IntersectionServiceStub, "resharing": join_pb2_grpc.ResharingServiceStub}[server]
+        stub_class = {
+            "encryption": join_pb2_grpc.EncryptionServiceStub,
+            "intersection": join_pb2_grpc.IntersectionServiceStub,
+            "resharing": join_pb2_grpc.ResharingServiceStub,
+        }[server]
         return self.stub((org, "gateway"), (org, server), stub_class)
 
     def private_key(self, key_id: str) -> PrivateKey:
@@ -148,7 +157,9 @@ def join_mesh(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory)
             for name in names:
                 recorder = mesh.recorders[(org, name)] = RecordingInterceptor()
 
-                async def start(name: str = name, recorder: RecordingInterceptor = recorder) -> MeshServer:
+                async def start(
+                    name: str = name, recorder: RecordingInterceptor = recorder, config: OrgConfig = config
+                ) -> MeshServer:
                     with recording_into(recorder):
                         server = await BUILDERS[name](config)
                     await server.start()
@@ -184,7 +195,7 @@ def make_study(root: Path, records: int, overlap: float = 0.5, study_id: str = "
 def id_strings(table: OwnerTable) -> set[str]:
     """Every form of every ID of an owner: as written, canonical, and its two parts."""
     out: set[str] = set()
-    for (birth, postal), canonical in zip(table.ids, table.canonical):
+    for (birth, postal), canonical in zip(table.ids, table.canonical, strict=True):
         iso, code = canonical.split("|")
         out |= {birth, postal, canonical, iso, code}
     return out
@@ -208,7 +219,12 @@ def value_encodings(table: OwnerTable) -> set[bytes]:
     for v in table.values.ravel():
         for x in {float(v), float(f"{v:.6f}")}:
             encoded = int(np.rint(x * fmt.scale)) + fmt.offset
-            out |= {struct.pack(">d", x), struct.pack("<d", x), encoded.to_bytes(8, "big"), encoded.to_bytes(8, "little")}
+            out |= {
+                struct.pack(">d", x),
+                struct.pack("<d", x),
+                encoded.to_bytes(8, "big"),
+                encoded.to_bytes(8, "little"),
+            }
     return out
 
 
@@ -233,7 +249,15 @@ def occurrences(blob: bytes, needles: set[bytes]) -> set[bytes]:
 
 def assert_clean_message(message: str, data: StudyData, extra: tuple[str, ...] = ()) -> None:
     """An error message names phases, rows and columns, never an ID or a value."""
-    leaked = [s for s in id_strings(data.insurer) | id_strings(data.hospital) | value_strings(data.insurer) | value_strings(data.hospital) | set(extra) if s in message]
+    leaked = [
+        s
+        for s in id_strings(data.insurer)
+        | id_strings(data.hospital)
+        | value_strings(data.insurer)
+        | value_strings(data.hospital)
+        | set(extra)
+        if s in message
+    ]
     assert not leaked, f"patient data in an error message: {message!r}"
 
 
@@ -278,7 +302,9 @@ def test_shares_of_the_in_process_run_reconstruct_the_plaintext_join(recorded_ru
 
 
 def test_helper_receives_no_id_no_tag_key_and_no_plaintext_value(recorded_run: RecordedRun) -> None:
-    assert len(recorded_run.tag_keys) == 2 and recorded_run.tag_keys[0] == recorded_run.tag_keys[1]  # both owners derived it
+    assert (
+        len(recorded_run.tag_keys) == 2 and recorded_run.tag_keys[0] == recorded_run.tag_keys[1]
+    )  # both owners derived it
     needles = forbidden(recorded_run.study.data, recorded_run.tag_keys)
     at_helper = recorded_run.received[("helper", "intersection")] + recorded_run.received[("helper", "resharing")]
     methods = {m for m, _ in at_helper}
@@ -293,10 +319,19 @@ def test_the_wire_scan_finds_planted_patient_data(recorded_run: RecordedRun) -> 
     """The scan above is not vacuous: an ID, a value's fixed-point encoding or the tag key
     planted in a real recorded upload chunk is found."""
     data = recorded_run.study.data
-    chunk = next(join_pb2.UploadRowsRequest.FromString(d) for m, d in recorded_run.received[("helper", "intersection")] if m == INT + "UploadRows" and join_pb2.UploadRowsRequest.FromString(d).HasField("chunk"))
+    chunk = next(
+        join_pb2.UploadRowsRequest.FromString(d)
+        for m, d in recorded_run.received[("helper", "intersection")]
+        if m == INT + "UploadRows" and join_pb2.UploadRowsRequest.FromString(d).HasField("chunk")
+    )
     needles = forbidden(data, recorded_run.tag_keys)
     encoding = (int(np.rint(float(f"{data.hospital.values[3, 2]:.6f}") * 2.0**32)) + (1 << 63)).to_bytes(8, "little")
-    for planted in (data.insurer.canonical[5].encode(), data.hospital.ids[7][0].encode(), encoding, recorded_run.tag_keys[0].secret):
+    for planted in (
+        data.insurer.canonical[5].encode(),
+        data.hospital.ids[7][0].encode(),
+        encoding,
+        recorded_run.tag_keys[0].secret,
+    ):
         tampered = join_pb2.UploadRowsRequest()
         tampered.CopyFrom(chunk)
         ciphertext = bytearray(tampered.chunk.ciphertexts[10])
@@ -306,7 +341,11 @@ def test_the_wire_scan_finds_planted_patient_data(recorded_run: RecordedRun) -> 
 
 
 def test_helper_sees_tags_and_fresh_randomised_ciphertexts_only(recorded_run: RecordedRun) -> None:
-    uploads = [join_pb2.UploadRowsRequest.FromString(d) for m, d in recorded_run.received[("helper", "intersection")] if m == INT + "UploadRows"]
+    uploads = [
+        join_pb2.UploadRowsRequest.FromString(d)
+        for m, d in recorded_run.received[("helper", "intersection")]
+        if m == INT + "UploadRows"
+    ]
     headers = [r.header for r in uploads if r.HasField("header")]
     chunks = [r.chunk for r in uploads if r.HasField("chunk")]
     assert len(headers) == 2 and all(h.rows == RECORDS for h in headers)
@@ -315,23 +354,31 @@ def test_helper_sees_tags_and_fresh_randomised_ciphertexts_only(recorded_run: Re
     ciphertexts = [c for chunk in chunks for c in chunk.ciphertexts]
     assert len(set(ciphertexts)) == len(ciphertexts)  # no ciphertext twice
     # Enc(m) = (1 + mN)·ρ, so c mod N = ρ mod N: 1 only if no fresh randomness was applied.
-    moduli = [PublicKey.from_bytes(h.key.n).n for h in headers]
+    moduli = [codec.public_key_from_proto(h.key).n for h in headers]
     assert all(int.from_bytes(c, "big") % n != 1 for c in ciphertexts for n in moduli)
 
 
 def _deliveries(recorded: RecordedRun, org: str) -> tuple[join_pb2.MaskedRowsHeader, list[bytes]]:
-    requests = [join_pb2.DeliverMaskedRowsRequest.FromString(d) for m, d in recorded.received[(org, "resharing")] if m == RES + "DeliverMaskedRows"]
+    requests = [
+        join_pb2.DeliverMaskedRowsRequest.FromString(d)
+        for m, d in recorded.received[(org, "resharing")]
+        if m == RES + "DeliverMaskedRows"
+    ]
     headers = [r.header for r in requests if r.HasField("header")]
     assert len(headers) == 1
     return headers[0], [c for r in requests if r.HasField("chunk") for c in r.chunk.ciphertexts]
 
 
 @pytest.mark.parametrize("owner,other", [("insurer", "hospital"), ("hospital", "insurer")])
-def test_each_owner_receives_only_masked_values_and_the_count(recorded_run: RecordedRun, join_mesh: JoinMesh, owner: str, other: str) -> None:
+def test_each_owner_receives_only_masked_values_and_the_count(
+    recorded_run: RecordedRun, join_mesh: JoinMesh, owner: str, other: str
+) -> None:
     data = recorded_run.study.data
     header, ciphertexts = _deliveries(recorded_run, owner)
     other_table = data.insurer if other == "insurer" else data.hospital
-    other_columns = tuple(c.name for c in other_table.columns) + ((other_table.target.name,) if other_table.target else ())
+    other_columns = tuple(c.name for c in other_table.columns) + (
+        (other_table.target.name,) if other_table.target else ()
+    )
     assert header.joined == recorded_run.joined and tuple(header.columns) == other_columns
 
     # Nothing of either owner's patients appears in any byte this owner's resharing received.
@@ -354,8 +401,8 @@ def test_each_owner_receives_only_masked_values_and_the_count(recorded_run: Reco
     table = reconstruct_table(recorded_run.shares)
     truth = [[row[table.columns.index(c)] for c in other_columns] for row in table.values]
     plaintext_values = {v for row in truth for v in row}
-    for got, true in zip(decrypted, truth):
-        for masked, x in zip(got, true):
+    for got, true in zip(decrypted, truth, strict=True):
+        for masked, x in zip(got, true, strict=True):
             assert masked != x and masked not in plaintext_values
             assert 0 <= masked - x < 1 << layout.mask_bits  # the helper's mask r, drawn from [0, 2^(ℓ+σ))
 
@@ -420,14 +467,33 @@ BAD_FILES: dict[str, tuple[Callable[[list[list[str]]], list[list[str]]] | str, t
     "missing ID column": (_drop_column("postal_code"), ("'postal_code'", "not found"), ()),
     "missing attribute column": (_drop_column("x3"), ("'x3'", "not found"), ()),
     "non-numeric value": (_set_cell("x2", 5, "12.5kg"), ("row 5", "'x2'", "not a number"), ("12.5kg",)),
-    "out-of-range value": (_set_cell("x1", 7, "987.654321"), ("row 7", "'x1'", "outside the declared range"), ("987.654321",)),
-    "out-of-range target": (_set_cell("hospitalisation_days", 3, "-4321.25"), ("row 3", "'hospitalisation_days'", "outside"), ("-4321.25",)),
+    "out-of-range value": (
+        _set_cell("x1", 7, "987.654321"),
+        ("row 7", "'x1'", "outside the declared range"),
+        ("987.654321",),
+    ),
+    "out-of-range target": (
+        _set_cell("hospitalisation_days", 3, "-4321.25"),
+        ("row 3", "'hospitalisation_days'", "outside"),
+        ("-4321.25",),
+    ),
     "not finite": (_set_cell("x4", 4, "inf"), ("row 4", "'x4'", "infinite"), ()),
     "missing value": (_set_cell("x5", 6, ""), ("row 6", "'x5'", "missing"), ()),
     "NA value": (_set_cell("x5", 9, "NA"), ("row 9", "'x5'", "missing"), ()),
     "missing ID value": (_set_cell("birth_date", 8, ""), ("row 8", "'birth_date'", "missing"), ()),
-    "invalid birth date": (_set_cell("birth_date", 10, "31-02-1971"), ("row 10", "'birth_date'", "calendar date"), ("31-02-1971", "1971")),
-    "invalid postal code": (_set_cell("postal_code", 11, "12-34 XZ"), ("row 11", "'postal_code'",), ("12-34 XZ", "12-34XZ")),
+    "invalid birth date": (
+        _set_cell("birth_date", 10, "31-02-1971"),
+        ("row 10", "'birth_date'", "calendar date"),
+        ("31-02-1971", "1971"),
+    ),
+    "invalid postal code": (
+        _set_cell("postal_code", 11, "12-34 XZ"),
+        (
+            "row 11",
+            "'postal_code'",
+        ),
+        ("12-34 XZ", "12-34XZ"),
+    ),
     "duplicate IDs": (_copy_id(3, 12), ("duplicate IDs", "rows 3, 12"), ()),
     "empty file": ("", ("empty",), ()),
     "header only": ("birth_date,postal_code,x1,x2,x3,x4,x5,hospitalisation_days\n", ("no data rows",), ()),
@@ -436,7 +502,9 @@ BAD_FILES: dict[str, tuple[Callable[[list[list[str]]], list[list[str]]] | str, t
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_bad_insurer_file_is_refused_clearly_and_a_fixed_file_then_runs(join_mesh: JoinMesh, small_study: Study, tmp_path: Path, case: str) -> None:
+def test_bad_insurer_file_is_refused_clearly_and_a_fixed_file_then_runs(
+    join_mesh: JoinMesh, small_study: Study, tmp_path: Path, case: str
+) -> None:
     edit, fragments, tokens = BAD_FILES[case]
     bad = tmp_path / "insurer.csv"
     if isinstance(edit, str):
@@ -446,7 +514,9 @@ def test_bad_insurer_file_is_refused_clearly_and_a_fixed_file_then_runs(join_mes
     encryption = join_mesh.gateway("insurer", "encryption")
     run_id = f"bad-{case.replace(' ', '-')}"
     with pytest.raises(grpc.RpcError) as err:
-        encryption.PrepareEncryption(join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=small_study.spec, source_path=str(bad)), timeout=30)
+        encryption.PrepareEncryption(
+            join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=small_study.spec, source_path=str(bad)), timeout=30
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     message = err.value.details()
     assert message.startswith("hashing/encryption: ")
@@ -454,11 +524,18 @@ def test_bad_insurer_file_is_refused_clearly_and_a_fixed_file_then_runs(join_mes
         assert fragment in message, message
     assert_clean_message(message, small_study.data, tokens)
     # Nothing is lost: the same run, given the valid file, is prepared normally.
-    reply = encryption.PrepareEncryption(join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=small_study.spec, source_path=str(small_study.sources["insurer"])), timeout=30)
+    reply = encryption.PrepareEncryption(
+        join_pb2.PrepareEncryptionRequest(
+            run_id=run_id, spec=small_study.spec, source_path=str(small_study.sources["insurer"])
+        ),
+        timeout=30,
+    )
     assert reply.rows == 40 and len(reply.x25519_public_key) == 32
 
 
-def test_missing_file_and_unknown_columns_are_refused_clearly(join_mesh: JoinMesh, small_study: Study, tmp_path: Path) -> None:
+def test_missing_file_and_unknown_columns_are_refused_clearly(
+    join_mesh: JoinMesh, small_study: Study, tmp_path: Path
+) -> None:
     encryption = join_mesh.gateway("insurer", "encryption")
     cases: list[tuple[common_pb2.StudySpec, str, str]] = []
     unknown = common_pb2.StudySpec()
@@ -472,7 +549,9 @@ def test_missing_file_and_unknown_columns_are_refused_clearly(join_mesh: JoinMes
     cases.append((small_study.spec, str(tmp_path / "absent.csv"), "not found"))
     for spec, source, fragment in cases:
         with pytest.raises(grpc.RpcError) as err:
-            encryption.PrepareEncryption(join_pb2.PrepareEncryptionRequest(run_id="bad-spec", spec=spec, source_path=source), timeout=30)
+            encryption.PrepareEncryption(
+                join_pb2.PrepareEncryptionRequest(run_id="bad-spec", spec=spec, source_path=source), timeout=30
+            )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith("hashing/encryption: ") and fragment in err.value.details()
         assert_clean_message(err.value.details(), small_study.data)
@@ -483,27 +562,49 @@ def test_missing_file_and_unknown_columns_are_refused_clearly(join_mesh: JoinMes
 
 def _start_run(mesh: JoinMesh, study: Study, run_id: str) -> None:
     """Keys, files, the helper's run, then both owners' encryption (each returns once the helper has its rows)."""
-    keys_ = {o: mesh.gateway(o, "resharing").CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=30).key for o in ("insurer", "hospital")}
-    prepared = {o: mesh.gateway(o, "encryption").PrepareEncryption(join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=study.spec, source_path=str(study.sources[o])), timeout=30) for o in ("insurer", "hospital")}
-    mesh.gateway("helper", "intersection").OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=study.spec), timeout=30)
+    keys_ = {
+        o: mesh.gateway(o, "resharing").CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=30).key
+        for o in ("insurer", "hospital")
+    }
+    prepared = {
+        o: mesh.gateway(o, "encryption").PrepareEncryption(
+            join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=study.spec, source_path=str(study.sources[o])),
+            timeout=30,
+        )
+        for o in ("insurer", "hospital")
+    }
+    mesh.gateway("helper", "intersection").OpenIntersection(
+        join_pb2.OpenIntersectionRequest(run_id=run_id, spec=study.spec), timeout=30
+    )
     for org, peer in (("insurer", "hospital"), ("hospital", "insurer")):
-        request = join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=prepared[peer].x25519_public_key, peer_paillier_key=keys_[peer])
+        request = join_pb2.RunEncryptionRequest(
+            run_id=run_id, peer_x25519_public_key=prepared[peer].x25519_public_key, peer_paillier_key=keys_[peer]
+        )
         replies = list(mesh.gateway(org, "encryption").RunEncryption(request, timeout=60))
         assert replies[-1].progress.done == replies[-1].progress.total == len(study.data.insurer.ids)
 
 
 @pytest.mark.parametrize("overlap,joined", [(0.0, 0), (0.1, 4)])
-def test_empty_or_too_small_intersection_stops_at_the_helper_and_no_shares_exist(join_mesh: JoinMesh, tmp_path: Path, overlap: float, joined: int) -> None:
+def test_empty_or_too_small_intersection_stops_at_the_helper_and_no_shares_exist(
+    join_mesh: JoinMesh, tmp_path: Path, overlap: float, joined: int
+) -> None:
     study = make_study(tmp_path, 40, overlap=overlap, study_id=f"small-{joined}")
     assert study.spec.min_intersection == 10
     run_id = f"too-small-{joined}"
-    waiting = {o: join_mesh.gateway(o, "resharing").AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=60) for o in ("insurer", "hospital", "helper")}
+    waiting = {
+        o: join_mesh.gateway(o, "resharing").AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=60)
+        for o in ("insurer", "hospital", "helper")
+    }
     for stream in waiting.values():
         first = next(stream)  # the waiter is registered at each org
         assert first.progress.state == common_pb2.RUN_STATE_RUNNING and first.joined == 0
     _start_run(join_mesh, study, run_id)
     with pytest.raises(grpc.RpcError) as err:
-        list(join_mesh.gateway("helper", "intersection").AwaitIntersection(join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=60))
+        list(
+            join_mesh.gateway("helper", "intersection").AwaitIntersection(
+                join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=60
+            )
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     message = err.value.details()
     # The exact text: it names the phase and the study's minimum, deliberately not the actual size.
@@ -511,7 +612,11 @@ def test_empty_or_too_small_intersection_stops_at_the_helper_and_no_shares_exist
     assert_clean_message(message, study.data)
     for org in ("insurer", "hospital", "helper"):
         with pytest.raises(grpc.RpcError) as refused:
-            list(join_mesh.stub((org, "lasso"), (org, "resharing"), join_pb2_grpc.ResharingServiceStub).GetShares(join_pb2.GetSharesRequest(run_id=run_id), timeout=10))
+            list(
+                join_mesh.stub((org, "lasso"), (org, "resharing"), join_pb2_grpc.ResharingServiceStub).GetShares(
+                    join_pb2.GetSharesRequest(run_id=run_id), timeout=10
+                )
+            )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         # The gateway drops the failed run; whoever still waits for its shares is told, not left hanging.
         join_mesh.gateway(org, "resharing").DropRun(join_pb2.DropRunRequest(run_id=run_id), timeout=10)
@@ -530,29 +635,52 @@ def _upload_rows(key: PublicKey, layout: SlotLayout, rows: int) -> tuple[list[by
     return tags, [key.encode_ciphertext(key.encrypt(i, pool.pop())) for i in range(rows * layout.ciphertexts_per_row)]
 
 
-def test_malformed_uploads_are_refused_and_the_run_still_accepts_a_proper_one(join_mesh: JoinMesh, small_study: Study) -> None:
+def test_malformed_uploads_are_refused_and_the_run_still_accepts_a_proper_one(
+    join_mesh: JoinMesh, small_study: Study
+) -> None:
     run_id = "malformed-upload"
-    join_mesh.gateway("helper", "intersection").OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=small_study.spec), timeout=10)
-    upload = join_mesh.stub(("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub).UploadRows
+    join_mesh.gateway("helper", "intersection").OpenIntersection(
+        join_pb2.OpenIntersectionRequest(run_id=run_id, spec=small_study.spec), timeout=10
+    )
+    upload = join_mesh.stub(
+        ("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub
+    ).UploadRows
     key = generate_keypair(BITS).public
     columns = ("x1", "x2", "x3", "x4", "x5", "hospitalisation_days")
     layout = SlotLayout.for_columns(len(columns), BITS)
     tags, cts = _upload_rows(key, layout, 3)
-    proto_layout = join_pb2.SlotLayout(**{f.name: getattr(layout, f.name) for f in join_pb2.SlotLayout.DESCRIPTOR.fields})
+    proto_layout = join_pb2.SlotLayout(
+        **{f.name: getattr(layout, f.name) for f in join_pb2.SlotLayout.DESCRIPTOR.fields}
+    )
 
     def header(cols: tuple[str, ...] = columns, rows: int = 3) -> join_pb2.UploadRowsRequest:
-        return join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=rows, layout=proto_layout, columns=cols, key=common_pb2.PaillierPublicKey(n=key.to_bytes(), key_id=key.key_id)))
+        return join_pb2.UploadRowsRequest(
+            header=join_pb2.UploadHeader(
+                run_id=run_id, rows=rows, layout=proto_layout, columns=cols, key=codec.public_key_to_proto(key)
+            )
+        )
 
     def chunk(seq: int, n: int) -> join_pb2.UploadRowsRequest:
-        return join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(seq=seq, tags=tags[:n], ciphertexts=cts[: n * layout.ciphertexts_per_row]))
+        return join_pb2.UploadRowsRequest(
+            chunk=join_pb2.RowChunk(seq=seq, tags=tags[:n], ciphertexts=cts[: n * layout.ciphertexts_per_row])
+        )
 
     bad = {
         "no header first": ([chunk(0, 3)], "header"),
-        "columns not the study's": ([header(("x1", "x2", "x3", "x4", "hospitalisation_days", "x5")), chunk(0, 3)], "study's columns"),
+        "columns not the study's": (
+            [header(("x1", "x2", "x3", "x4", "hospitalisation_days", "x5")), chunk(0, 3)],
+            "study's columns",
+        ),
         "unknown column": ([header(("x1", "x2", "x3", "x4", "x5", "secret_col")), chunk(0, 3)], "study's columns"),
         "fewer rows than announced": ([header(rows=4), chunk(0, 3)], "ended after"),
         "chunk out of sequence": ([header(), chunk(1, 3)], "in sequence"),
-        "ciphertext of a wrong width": ([header(), join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(seq=0, tags=tags, ciphertexts=[c[1:] for c in cts]))], "wrong length"),
+        "ciphertext of a wrong width": (
+            [
+                header(),
+                join_pb2.UploadRowsRequest(chunk=join_pb2.RowChunk(seq=0, tags=tags, ciphertexts=[c[1:] for c in cts])),
+            ],
+            "wrong length",
+        ),
     }
     for case, (messages, fragment) in bad.items():
         with pytest.raises(grpc.RpcError) as err:
@@ -600,14 +728,27 @@ ALLOWED: list[tuple[tuple[str, str], tuple[str, str], str]] = [
 
 
 def _call(mesh: JoinMesh, caller: tuple[str, str], target: tuple[str, str], method: str) -> grpc.RpcError:
-    stub_class = {"resharing": join_pb2_grpc.ResharingServiceStub, "intersection": join_pb2_grpc.IntersectionServiceStub, "encryption": join_pb2_grpc.EncryptionServiceStub}[target[1]]
+    stub_class = {
+        "resharing": join_pb2_grpc.ResharingServiceStub,
+        "intersection": join_pb2_grpc.IntersectionServiceStub,
+        "encryption": join_pb2_grpc.EncryptionServiceStub,
+    }[target[1]]
     stub = mesh.stub(caller, target, stub_class)
     requests: dict[str, Callable[[], Any]] = {
         "GetShares": lambda: list(stub.GetShares(_GET, timeout=10)),
-        "UploadRows": lambda: stub.UploadRows(iter([join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id="no-such-run"))]), timeout=10),
-        "DeliverMaskedRows": lambda: stub.DeliverMaskedRows(iter([join_pb2.DeliverMaskedRowsRequest(header=join_pb2.MaskedRowsHeader(run_id="no-such-run"))]), timeout=10),
-        "StoreHelperShares": lambda: stub.StoreHelperShares(iter([join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(run_id="no-such-run"))]), timeout=10),
-        "RunEncryption": lambda: list(stub.RunEncryption(join_pb2.RunEncryptionRequest(run_id="no-such-run"), timeout=10)),
+        "UploadRows": lambda: stub.UploadRows(
+            iter([join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id="no-such-run"))]), timeout=10
+        ),
+        "DeliverMaskedRows": lambda: stub.DeliverMaskedRows(
+            iter([join_pb2.DeliverMaskedRowsRequest(header=join_pb2.MaskedRowsHeader(run_id="no-such-run"))]),
+            timeout=10,
+        ),
+        "StoreHelperShares": lambda: stub.StoreHelperShares(
+            iter([join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(run_id="no-such-run"))]), timeout=10
+        ),
+        "RunEncryption": lambda: list(
+            stub.RunEncryption(join_pb2.RunEncryptionRequest(run_id="no-such-run"), timeout=10)
+        ),
         "CreateKey": lambda: stub.CreateKey(join_pb2.CreateKeyRequest(run_id="no-such-run", bits=BITS), timeout=10),
     }
     with pytest.raises(grpc.RpcError) as err:
@@ -615,15 +756,23 @@ def _call(mesh: JoinMesh, caller: tuple[str, str], target: tuple[str, str], meth
     return err.value
 
 
-@pytest.mark.parametrize("caller,target,method", REFUSALS, ids=[f"{c[0]}.{c[1]}->{t[0]}.{t[1]}.{m}" for c, t, m in REFUSALS])
-def test_identity_not_allowed_is_refused(join_mesh: JoinMesh, caller: tuple[str, str], target: tuple[str, str], method: str) -> None:
+@pytest.mark.parametrize(
+    "caller,target,method", REFUSALS, ids=[f"{c[0]}.{c[1]}->{t[0]}.{t[1]}.{m}" for c, t, m in REFUSALS]
+)
+def test_identity_not_allowed_is_refused(
+    join_mesh: JoinMesh, caller: tuple[str, str], target: tuple[str, str], method: str
+) -> None:
     error = _call(join_mesh, caller, target, method)
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"spiffe://{caller[0]}/{caller[1]}" in error.details()
 
 
-@pytest.mark.parametrize("caller,target,method", ALLOWED, ids=[f"{c[0]}.{c[1]}->{t[0]}.{t[1]}.{m}" for c, t, m in ALLOWED])
-def test_allowed_identity_passes_authorisation(join_mesh: JoinMesh, caller: tuple[str, str], target: tuple[str, str], method: str) -> None:
+@pytest.mark.parametrize(
+    "caller,target,method", ALLOWED, ids=[f"{c[0]}.{c[1]}->{t[0]}.{t[1]}.{m}" for c, t, m in ALLOWED]
+)
+def test_allowed_identity_passes_authorisation(
+    join_mesh: JoinMesh, caller: tuple[str, str], target: tuple[str, str], method: str
+) -> None:
     """The counterpart of the refusals: the right identity gets past the check (and meets the run's own checks)."""
     error = _call(join_mesh, caller, target, method)
     assert error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT), error.details()
@@ -634,23 +783,39 @@ def test_allowed_identity_passes_authorisation(join_mesh: JoinMesh, caller: tupl
 
 def test_a_short_delivery_fails_the_run_and_no_partial_shares_are_served(join_mesh: JoinMesh) -> None:
     run_id = "short-delivery"
-    key = PublicKey.from_bytes(join_mesh.gateway("insurer", "resharing").CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=30).key.n)
-    waiting = join_mesh.gateway("insurer", "resharing").AwaitShares(join_pb2.AwaitSharesRequest(run_id=run_id), timeout=30)
+    key = codec.public_key_from_proto(
+        join_mesh.gateway("insurer", "resharing")
+        .CreateKey(join_pb2.CreateKeyRequest(run_id=run_id, bits=BITS), timeout=30)
+        .key
+    )
+    waiting = join_mesh.gateway("insurer", "resharing").AwaitShares(
+        join_pb2.AwaitSharesRequest(run_id=run_id), timeout=30
+    )
     assert next(waiting).progress.message == "waiting for the helper"
-    deliver = join_mesh.stub(("helper", "intersection"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub).DeliverMaskedRows
+    deliver = join_mesh.stub(
+        ("helper", "intersection"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub
+    ).DeliverMaskedRows
     columns = ("x6", "x7", "x8", "x9", "x10")
     layout = SlotLayout.for_columns(len(columns), BITS)
     _, cts = _upload_rows(key, layout, 2)
-    proto_layout = join_pb2.SlotLayout(**{f.name: getattr(layout, f.name) for f in join_pb2.SlotLayout.DESCRIPTOR.fields})
+    proto_layout = join_pb2.SlotLayout(
+        **{f.name: getattr(layout, f.name) for f in join_pb2.SlotLayout.DESCRIPTOR.fields}
+    )
 
     def header(key_id: str) -> join_pb2.DeliverMaskedRowsRequest:
-        return join_pb2.DeliverMaskedRowsRequest(header=join_pb2.MaskedRowsHeader(run_id=run_id, joined=3, layout=proto_layout, columns=columns, key_id=key_id))
+        return join_pb2.DeliverMaskedRowsRequest(
+            header=join_pb2.MaskedRowsHeader(
+                run_id=run_id, joined=3, layout=proto_layout, columns=columns, key_id=key_id
+            )
+        )
 
     chunk = join_pb2.DeliverMaskedRowsRequest(chunk=join_pb2.MaskedRowsChunk(seq=0, ciphertexts=cts))
     # A header for another key is refused before anything is accepted: the run is untouched.
     with pytest.raises(grpc.RpcError) as wrong_key:
         deliver(iter([header("0" * 32), chunk]), timeout=10)
-    assert wrong_key.value.code() == grpc.StatusCode.INVALID_ARGUMENT and wrong_key.value.details().startswith("resharing: ")
+    assert wrong_key.value.code() == grpc.StatusCode.INVALID_ARGUMENT and wrong_key.value.details().startswith(
+        "resharing: "
+    )
     # Two of three announced rows, then the stream ends: the run fails here.
     with pytest.raises(grpc.RpcError) as short:
         deliver(iter([header(key.key_id), chunk]), timeout=10)
@@ -660,7 +825,11 @@ def test_a_short_delivery_fails_the_run_and_no_partial_shares_are_served(join_me
         list(waiting)
     assert (ended.value.code(), ended.value.details()) == (short.value.code(), short.value.details())
     with pytest.raises(grpc.RpcError) as get:
-        list(join_mesh.stub(("insurer", "lasso"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub).GetShares(join_pb2.GetSharesRequest(run_id=run_id), timeout=10))
+        list(
+            join_mesh.stub(
+                ("insurer", "lasso"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub
+            ).GetShares(join_pb2.GetSharesRequest(run_id=run_id), timeout=10)
+        )
     assert get.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "failed" in get.value.details()
     # The key went with the failed run: a second delivery finds nothing to decrypt with.
     with pytest.raises(grpc.RpcError) as again:
@@ -673,14 +842,18 @@ def test_only_the_helper_stores_its_own_masks(join_mesh: JoinMesh) -> None:
     owner's resharing never takes shares that way."""
     stub = join_mesh.stub(("insurer", "intersection"), ("insurer", "resharing"), join_pb2_grpc.ResharingServiceStub)
     with pytest.raises(grpc.RpcError) as err:
-        stub.StoreHelperShares(iter([join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(run_id="x"))]), timeout=10)
+        stub.StoreHelperShares(
+            iter([join_pb2.StoreHelperSharesRequest(header=join_pb2.SharesHeader(run_id="x"))]), timeout=10
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and err.value.details().startswith("resharing: ")
 
 
 # --- Paillier key sizes ---------------------------------------------------------------------
 
 
-def test_paillier_key_size_other_than_the_studys_is_refused_before_anything_is_encrypted(join_mesh: JoinMesh, small_study: Study) -> None:
+def test_paillier_key_size_other_than_the_studys_is_refused_before_anything_is_encrypted(
+    join_mesh: JoinMesh, small_study: Study
+) -> None:
     """Encryption and intersection servers refuse a key of another size than the study's (FAILED_PRECONDITION)."""
     spec = common_pb2.StudySpec()
     spec.CopyFrom(small_study.spec)
@@ -688,10 +861,16 @@ def test_paillier_key_size_other_than_the_studys_is_refused_before_anything_is_e
     run_id = "key-size"
     key = generate_keypair(BITS).public
     peer = join_mesh.gateway("hospital", "encryption").PrepareEncryption(
-        join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["hospital"])), timeout=30)
+        join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["hospital"])),
+        timeout=30,
+    )
     join_mesh.gateway("insurer", "encryption").PrepareEncryption(
-        join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["insurer"])), timeout=30)
-    request = join_pb2.RunEncryptionRequest(run_id=run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=common_pb2.PaillierPublicKey(n=key.to_bytes(), key_id=key.key_id))
+        join_pb2.PrepareEncryptionRequest(run_id=run_id, spec=spec, source_path=str(small_study.sources["insurer"])),
+        timeout=30,
+    )
+    request = join_pb2.RunEncryptionRequest(
+        run_id=run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=codec.public_key_to_proto(key)
+    )
     replies: list[join_pb2.RunEncryptionResponse] = []
     with pytest.raises(grpc.RpcError) as err:
         for reply in join_mesh.gateway("insurer", "encryption").RunEncryption(request, timeout=30):
@@ -700,12 +879,24 @@ def test_paillier_key_size_other_than_the_studys_is_refused_before_anything_is_e
     assert err.value.details() == "hashing/encryption: the Paillier key has 1024 bits; the study's keys have 2048"
     assert replies == []  # not even the randomness pool was started
     # The helper refuses an upload under such a key at its header.
-    join_mesh.gateway("helper", "intersection").OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=spec), timeout=10)
+    join_mesh.gateway("helper", "intersection").OpenIntersection(
+        join_pb2.OpenIntersectionRequest(run_id=run_id, spec=spec), timeout=10
+    )
     columns = codec.column_names(owner_columns(spec, "insurer"))
     layout = SlotLayout.for_columns(len(columns), BITS)
-    header = join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=1, layout=codec.layout_to_proto(layout), columns=columns, key=codec.public_key_to_proto(key)))
+    header = join_pb2.UploadRowsRequest(
+        header=join_pb2.UploadHeader(
+            run_id=run_id,
+            rows=1,
+            layout=codec.layout_to_proto(layout),
+            columns=columns,
+            key=codec.public_key_to_proto(key),
+        )
+    )
     with pytest.raises(grpc.RpcError) as err:
-        join_mesh.stub(("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub).UploadRows(iter([header]), timeout=10)
+        join_mesh.stub(
+            ("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub
+        ).UploadRows(iter([header]), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.value.details() == "intersection: the Paillier key has 1024 bits; the study's keys have 2048"
 
@@ -717,9 +908,13 @@ def test_paillier_key_below_2048_bits_is_refused_by_a_deployed_config(loop_threa
     server = loop_thread.run(_started(resharing_server.build_server(config)))
     try:
         address = config.self_endpoint.address("resharing")
-        with MeshCredentials(config.pki_dir, "insurer", "gateway").sync_channel("insurer", "resharing", address) as channel:
+        with MeshCredentials(config.pki_dir, "insurer", "gateway").sync_channel(
+            "insurer", "resharing", address
+        ) as channel:
             with pytest.raises(grpc.RpcError) as err:
-                join_pb2_grpc.ResharingServiceStub(channel).CreateKey(join_pb2.CreateKeyRequest(run_id="small-key", bits=1024), timeout=10)
+                join_pb2_grpc.ResharingServiceStub(channel).CreateKey(
+                    join_pb2.CreateKeyRequest(run_id="small-key", bits=1024), timeout=10
+                )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert err.value.details() == "resharing: this server creates no Paillier key below 2048 bits"
     finally:
@@ -737,12 +932,24 @@ def test_the_helper_refuses_an_upload_above_its_configured_row_cap(join_mesh: Jo
     cap = load_config(join_mesh.configs["helper"], env={}).max_upload_rows
     assert cap == 500_000  # the default (services/mesh/config.py explains the memory bound)
     run_id = "row-cap"
-    join_mesh.gateway("helper", "intersection").OpenIntersection(join_pb2.OpenIntersectionRequest(run_id=run_id, spec=small_study.spec), timeout=10)
+    join_mesh.gateway("helper", "intersection").OpenIntersection(
+        join_pb2.OpenIntersectionRequest(run_id=run_id, spec=small_study.spec), timeout=10
+    )
     key = generate_keypair(BITS).public
     columns = codec.column_names(owner_columns(small_study.spec, "insurer"))
     layout = SlotLayout.for_columns(len(columns), BITS)
-    header = join_pb2.UploadRowsRequest(header=join_pb2.UploadHeader(run_id=run_id, rows=cap + 1, layout=codec.layout_to_proto(layout), columns=columns, key=codec.public_key_to_proto(key)))
+    header = join_pb2.UploadRowsRequest(
+        header=join_pb2.UploadHeader(
+            run_id=run_id,
+            rows=cap + 1,
+            layout=codec.layout_to_proto(layout),
+            columns=columns,
+            key=codec.public_key_to_proto(key),
+        )
+    )
     with pytest.raises(grpc.RpcError) as err:
-        join_mesh.stub(("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub).UploadRows(iter([header]), timeout=10)
+        join_mesh.stub(
+            ("insurer", "encryption"), ("helper", "intersection"), join_pb2_grpc.IntersectionServiceStub
+        ).UploadRows(iter([header]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == f"intersection: an upload may hold at most {cap} rows"

@@ -8,7 +8,7 @@ Modules (one job each):
 - ``columns``     — a numeric column with its declared range.
 - ``fixedpoint``  — x' = round(x·2^f) + 2^(ℓ−1) encoding with range checks.
 - ``packing``     — the slot layout and packing of a row's values into Paillier plaintexts.
-- ``paillier``    — Paillier (g = N+1) with a DJN short-exponent randomness pool.
+- ``paillier``    — Paillier (g = N+1), randomness from a small subgroup, fast decryption (ADR 0007).
 - ``parallel``    — chunking and a fork-safe process executor for CPU-bound work.
 - ``matching``    — the helper's tag matching and minimum-intersection check.
 - ``masking``     — the helper's per-slot masks and random permutation.

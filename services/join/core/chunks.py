@@ -11,7 +11,8 @@ what an error becomes (a status code, a ShareError). Messages name counts only.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Generic, Iterable, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Generic, TypeVar
 
 from services.join.core.errors import WireFormatError
 
@@ -36,12 +37,14 @@ class ChunkedRows(Generic[R]):
     """The rows announced by one header, from the chunks that follow it.
 
     For each message: `chunk(message)` checks it is the next chunk and returns it, the
-    caller decodes it and hands its rows to `add`; `finish()` at the end of the block.
+    caller decodes it and hands its rows to `add` — or, when it keeps them elsewhere (a
+    spool file, encoded bytes), their number to `count`; `finish()` at the end of the block.
     """
 
     def __init__(self, announced: int) -> None:
         self.announced = announced
         self.rows: list[R] = []
+        self.received = 0
         self._next_seq = 0
 
     def chunk(self, message: Any) -> Any:
@@ -50,17 +53,25 @@ class ChunkedRows(Generic[R]):
             raise WireFormatError("chunks must follow the header in sequence")
         seq = message.chunk.seq
         if seq != self._next_seq:
-            raise WireFormatError(f"chunks must follow the header in sequence (chunk {seq} out of order, {self._next_seq} expected)")
+            raise WireFormatError(
+                f"chunks must follow the header in sequence (chunk {seq} out of order, {self._next_seq} expected)"
+            )
         self._next_seq += 1
         return message.chunk
 
     def add(self, rows: Iterable[R]) -> None:
+        before = len(self.rows)
         self.rows.extend(rows)
-        if len(self.rows) > self.announced:
+        self.count(len(self.rows) - before)
+
+    def count(self, n: int) -> None:
+        """`n` more rows arrived (kept by the caller)."""
+        self.received += n
+        if self.received > self.announced:
             raise WireFormatError("more rows than the header announced")
 
     def finish(self) -> list[R]:
-        """Every announced row (EndedEarly if some are missing)."""
-        if len(self.rows) != self.announced:
-            raise EndedEarly(f"the stream ended after {len(self.rows)} rows, its header says {self.announced}")
+        """Every announced row that was `add`ed (EndedEarly if some are missing)."""
+        if self.received != self.announced:
+            raise EndedEarly(f"the stream ended after {self.received} rows, its header says {self.announced}")
         return self.rows

@@ -17,18 +17,25 @@ features then the target, and each row's line number in the file.
 Errors are ``DataError`` subclasses naming the row (line number; the header
 is row 1) and the column, never the cell's value. Reading stops at the first
 bad cell, except for duplicate IDs, which are reported all together.
+
+Memory: the file is read as a stream, the values go into one flat array of
+doubles and duplicates are found by sorting, so a table of a million rows
+costs about its IDs and values (~160 MB), not the text, a list per row and a
+dictionary of IDs (~1 GB).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import numpy as np
 
@@ -53,6 +60,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _NON_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 _MISSING = frozenset({"", "na", "n/a", "null", "none"})
 _DELIMITERS = (",", ";", "\t")
+DEFAULT_FIXED_POINT = FixedPointFormat()  # f = 32, ℓ = 64 (frozen: safe as a default argument)
 
 
 @dataclass(frozen=True)
@@ -108,14 +116,14 @@ def read_owner_csv(
     postal_code_column: str,
     features: Sequence[ColumnSpec],
     target: ColumnSpec | None = None,
-    fixed_point: FixedPointFormat = FixedPointFormat(),
+    fixed_point: FixedPointFormat = DEFAULT_FIXED_POINT,
 ) -> OwnerTable:
     """Read, normalise and validate an owner's CSV (see the module docstring for the rules)."""
     columns = (*features, *((target,) if target is not None else ()))
     _check_spec(birth_date_column, postal_code_column, columns, fixed_point)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            text = f.read()
+            return _parse_stream(f, birth_date_column, postal_code_column, columns)
     except FileNotFoundError:
         raise MissingFileError("source CSV file not found") from None
     except IsADirectoryError:
@@ -124,13 +132,6 @@ def read_owner_csv(
         raise SourceFileError("source CSV file is not readable (permission denied)") from None
     except UnicodeDecodeError:
         raise SourceFileError("source CSV file is not valid UTF-8 text") from None
-    return parse_owner_csv(
-        text,
-        birth_date_column=birth_date_column,
-        postal_code_column=postal_code_column,
-        columns=columns,
-        fixed_point=fixed_point,
-    )
 
 
 def parse_owner_csv(
@@ -139,15 +140,34 @@ def parse_owner_csv(
     birth_date_column: str,
     postal_code_column: str,
     columns: Sequence[ColumnSpec],
-    fixed_point: FixedPointFormat = FixedPointFormat(),
+    fixed_point: FixedPointFormat = DEFAULT_FIXED_POINT,
 ) -> OwnerTable:
     """The parsing and validation behind ``read_owner_csv``, on the file's text."""
     _check_spec(birth_date_column, postal_code_column, columns, fixed_point)
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
+    return _parse_stream(
+        io.StringIO(text.removeprefix("\ufeff"), newline=""), birth_date_column, postal_code_column, columns
+    )
+
+
+def _first_text_line(lines: Iterable[str]) -> str | None:
+    """The first line with something but whitespace on it, as ``str.lstrip().splitlines()[0]`` sees it."""
+    for line in lines:
+        stripped = line.lstrip()
+        if stripped:
+            return stripped.splitlines()[0]
+    return None
+
+
+def _parse_stream(
+    stream: TextIO, birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec]
+) -> OwnerTable:
+    """Parse from the start of a seekable text stream (newline="" as the csv module wants)."""
+    first = _first_text_line(stream)
+    if first is None:
         raise EmptyFileError("source CSV file is empty")
-    delimiter = _detect_delimiter(text.lstrip().splitlines()[0])
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    stream.seek(0)
+    delimiter = _detect_delimiter(first)
+    reader = csv.reader(stream, delimiter=delimiter, strict=True)
     try:
         return _read_rows(reader, delimiter, birth_date_column, postal_code_column, columns)
     except csv.Error:
@@ -163,13 +183,8 @@ class _Reader(Protocol):
     def __iter__(self) -> Iterator[list[str]]: ...
 
 
-def _read_rows(
-    reader: _Reader,
-    delimiter: str,
-    birth_date_column: str,
-    postal_code_column: str,
-    columns: Sequence[ColumnSpec],
-) -> OwnerTable:
+def _read_header(reader: _Reader, wanted: Sequence[str]) -> list[str]:
+    """The first non-blank line's fields, which must name each `wanted` column exactly once."""
     header: list[str] | None = None
     for fields in reader:
         if any(f.strip() for f in fields):
@@ -177,28 +192,36 @@ def _read_rows(
             break
     if header is None:
         raise EmptyFileError("source CSV file has no header")
-    wanted = [birth_date_column, postal_code_column, *(c.name for c in columns)]
     missing = [name for name in wanted if name not in header]
     if missing:
         raise MissingColumnError(missing)
     ambiguous = [name for name in wanted if header.count(name) > 1]
     if ambiguous:
         raise MissingColumnError(ambiguous, "appear more than once in the CSV header")
+    return header
+
+
+def _read_rows(
+    reader: _Reader,
+    delimiter: str,
+    birth_date_column: str,
+    postal_code_column: str,
+    columns: Sequence[ColumnSpec],
+) -> OwnerTable:
+    header = _read_header(reader, [birth_date_column, postal_code_column, *(c.name for c in columns)])
     date_at, postal_at = header.index(birth_date_column), header.index(postal_code_column)
     value_at = [header.index(c.name) for c in columns]
     decimal_comma = delimiter == ";"
 
     ids: list[str] = []
-    rows: list[list[float]] = []
+    values = array("d")  # row-major, len(columns) per row
     row_numbers: list[int] = []
     for fields in reader:
         line = reader.line_num
         if not any(f.strip() for f in fields):
             continue  # blank line
         if len(fields) != len(header):
-            raise MalformedRowError(
-                f"row has {len(fields)} fields, the header has {len(header)}", row=line
-            )
+            raise MalformedRowError(f"row has {len(fields)} fields, the header has {len(header)}", row=line)
         for at, name in ((date_at, birth_date_column), (postal_at, postal_code_column)):
             if fields[at].strip().lower() in _MISSING:
                 raise MissingValueError("ID value is missing", row=line, column=name)
@@ -211,25 +234,26 @@ def _read_rows(
                 postal_code_column=postal_code_column,
             )
         )
-        values = []
-        for at, spec in zip(value_at, columns):
+        for at, spec in zip(value_at, columns, strict=True):
             value = parse_number(fields[at], row=line, column=spec.name, decimal_comma=decimal_comma)
             if not spec.min <= value <= spec.max:
                 raise OutOfRangeError("value outside the declared range", row=line, column=spec.name)
             values.append(value)
-        rows.append(values)
         row_numbers.append(line)
     if not ids:
         raise EmptyFileError("source CSV file has a header but no data rows")
     _check_duplicates(ids, row_numbers)
-    matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))
+    matrix = np.frombuffer(values, dtype=np.float64).reshape(len(ids), len(columns))  # no copy
     return OwnerTable(ids, matrix, tuple(columns), row_numbers)
 
 
 def _check_duplicates(ids: Sequence[str], row_numbers: Sequence[int]) -> None:
-    seen: dict[str, list[int]] = {}
-    for cid, line in zip(ids, row_numbers):
-        seen.setdefault(cid, []).append(line)
-    groups = [lines for lines in seen.values() if len(lines) > 1]
+    """Every group of rows with one ID, by sorting (rows of a group stay in file order)."""
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    groups = []
+    for _, run in itertools.groupby(order, key=ids.__getitem__):
+        members = list(run)
+        if len(members) > 1:
+            groups.append([row_numbers[i] for i in members])
     if groups:
         raise DuplicateIdError(sorted(groups))

@@ -1,45 +1,60 @@
-"""Paillier encryption with g = N + 1, a DJN short-exponent randomness pool, fast decryption.
+"""Paillier with g = N + 1, randomness from a small secret-order subgroup, fast decryption.
 
-Scheme (Paillier 1999, with g = N + 1). N = p·q with p, q primes of exactly
-bits(N)/2 bits each (the top two bits of each are set, so N has exactly the
-requested size and ``packing`` may assume bits(p) = bits(N)/2).
+Scheme: Ma, Han, Lei, "Optimized Paillier's Cryptosystem with Fast Encryption and
+Decryption", ACSAC 2021, pp. 106–118 — an instance of Paillier's own fast-decryption
+"scheme 3" (Paillier, EUROCRYPT 1999, §6: g of order α·N, decryption exponent α
+instead of λ) combined with the short exponents of Damgård–Jurik–Nielsen (IJIS 2010, §4).
+docs/adr/0007-paillier-fast-decryption.md records the choice.
 
-    Enc(m; ρ) = (1 + m·N) · ρ  mod N²,      ρ an N-th residue (ρ = r^N)
+Keys. N = p·q with p < q primes of exactly bits(N)/2 bits each (the top two bits
+set, so N has exactly the requested size and ``packing`` may assume
+bits(p) = bits(N)/2), and each of a special form
 
-since g^m = (1+N)^m = 1 + m·N mod N². Adding a public k to a ciphertext is
-c·(1 + k·N) mod N². Both are a single modular multiplication once ρ is known.
+    p = 2·a_p·b_p + 1,   q = 2·a_q·b_q + 1,   a_p, a_q, b_p, b_q prime,
 
-Randomness (Damgård, Jurik, Nielsen, "A generalization of Paillier's
-public-key system with applications to electronic voting", IJIS 2010, §4).
-Instead of ρ = r^N with a full-size r (a 2048-bit exponent), the encrypting
-party picks x ∈ Z*_N, sets h = −x² mod N and the base h_s = h^N mod N², and
-uses ρ = h_s^a mod N² with a uniform a of 448 bits. The security of the
-resulting encryption relies on the DCR assumption plus the assumption that
-h^a for a short random a is indistinguishable from a random element of ⟨h⟩
-(the short-exponent assumption of DJN 2010). Generic attacks on a t-bit
-exponent cost about 2^(t/2), and the small prime factors of ord(h) (which
-divides λ(N)) let an attacker learn a modulo those primes (van Oorschot–
-Wiener); with random primes p, q, t = 448 = 4 × 112 bits (2048-bit N aims at
-112-bit security) keeps a wide margin.
+with a_p, a_q of 2κ bits (κ = the security level of the modulus size, 128 at
+3072 bits) and b_p, b_q filling the rest. Let α = a_p·a_q, β = b_p·b_q. The key
+owner draws y ∈ Z*_N and publishes
 
-Fixed-base table. With w-bit windows, a = Σ_k a_k·2^(k·w) and the table holds
-T[k][j] = h_s^(j·2^(k·w)), so h_s^a = Π_k T[k][a_k] costs ⌈448/w⌉ − 1
-multiplications instead of ~500 for a modular exponentiation.
+    h_s = (−y^(2β) mod N)^N mod N²,
+
+an N-th residue whose order divides 2α: a small subgroup (≈ 4κ + 1 bits) of the
+N-th residues, whose order stays secret (α reveals p and q). The public key is
+(N, h_s); the private key is (p, q, a_p, a_q).
+
+Encryption. Enc(m; r) = (1 + m·N) · h_s^r mod N²,   r uniform of 4κ bits.
+Since g^m = (1+N)^m = 1 + m·N mod N², adding a public k to a ciphertext is still
+c·(1 + k·N) mod N² (the helper's mask), and the randomness ρ = h_s^r is a
+precomputed one-time pool element, so encryption is one multiplication.
+
+Decryption. Modulo p², h_s has order dividing 2·a_p, so c^(2·a_p) kills the
+randomness and leaves (1+N)^(2·a_p·m) = 1 + 2·a_p·m·N mod p²:
+
+    m mod p = L_p(c^(2·a_p) mod p²) · (2·a_p·q)^(−1) mod p,   L_p(u) = (u − 1)/p,
+
+likewise mod q, and m by CRT. The exponent has 2κ + 1 bits (257 at 3072) instead of
+the bits(N)/2 of p − 1 (1,536): about six times less work. When the plaintext is
+known to be below p (``packing`` guarantees it) m = m mod p: half again.
+``decrypt_many`` batches with ``gmpy2.powmod_base_list``, which releases the GIL, so
+threads use several cores.
+
+Security. IND-CPA rests on DCR and on the short-exponent subgroup assumption of Ma
+et al. (h_s^r for a 4κ-bit r is indistinguishable from a random element of ⟨h_s⟩).
+The sizes follow the generic attacks they discuss: a collision search for the
+order of h_s modulo the unknown p (Pollard rho with gcds against N) costs
+≈ √a_p = 2^κ, hence 2κ-bit a_p, a_q; a 4κ-bit exponent keeps the generic 2^(t/2)
+attacks on r at 2κ. κ follows NIST SP 800-57 Part 1 (Table 2): 112 at 2048 bits,
+128 at 3072.
 
 Offline / online. ``generate_pool`` precomputes the ρ values (offline phase,
-optionally over several processes). Each ρ is popped exactly once: reusing ρ
-for two ciphertexts c1, c2 would let the helper compute c1/c2 = Enc(m1 − m2; 1),
-i.e. (1 + (m1 − m2)·N), and read m1 − m2.
+optionally over several processes) with a fixed-base window table: h_s^r costs
+⌈4κ/w⌉ − 1 multiplications. Each ρ is popped exactly once: reusing ρ for two
+ciphertexts c1, c2 would let the helper compute c1/c2 = Enc(m1 − m2; 0), i.e.
+1 + (m1 − m2)·N, and read m1 − m2.
 
-Decryption. m_p = L_p(c^(p−1) mod p²) · h_p mod p with L_p(u) = (u − 1)/p and
-h_p = L_p(g^(p−1) mod p²)^(−1) mod p (likewise for q), and m by CRT. When the
-plaintext is known to be below p (``packing`` guarantees it) m = m_p: half
-the work. ``decrypt_many`` batches with ``gmpy2.powmod_base_list``, which
-releases the GIL, so threads use several cores.
-
-Serialisation. A public key is N big-endian (minimal length) with
-key_id = hex(SHA-256(N bytes))[:32]. A ciphertext is big-endian, fixed width
-⌈bits(N²)/8⌉ bytes.
+Serialisation. A public key is N big-endian (minimal length) and h_s big-endian in
+the fixed ciphertext width ⌈bits(N²)/8⌉; key_id = hex(SHA-256(len(N bytes) as two
+bytes ‖ N bytes ‖ h_s bytes))[:32]. A ciphertext is big-endian, fixed width.
 """
 
 from __future__ import annotations
@@ -49,22 +64,27 @@ import secrets
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property, lru_cache
 
 import gmpy2
+import numpy as np
 
 from services.join.core.errors import KeySizeError, PoolExhaustedError, SpecError, WireFormatError
 from services.join.core.parallel import chunks, split_sizes
 
-DEFAULT_MODULUS_BITS = 2048
+DEFAULT_MODULUS_BITS = 3072
 #: Smallest key the servers accept (the study rules allow 2048 or 3072). Only a test
 #: mesh's config lowers it (`min_paillier_bits`), to MIN_MODULUS_BITS at most.
 MIN_KEY_BITS = 2048
-MIN_MODULUS_BITS = 1024
+MIN_MODULUS_BITS = 1024  # below the study minimum (2048): tests and quick benchmarks only
 MAX_MODULUS_BITS = 8192
-DEFAULT_EXPONENT_BITS = 448
+# NIST SP 800-57 Part 1 Rev. 5, Table 2: factoring modulus bits → security strength κ.
+SECURITY_LEVELS = ((1024, 80), (2048, 112), (3072, 128), (7680, 192))
 MAX_TABLE_BYTES = 32 << 20  # per process; bounds the window size
 KEY_ID_HEX_CHARS = 32
+# Key generation sieves candidates for a_p by the odd primes below SIEVE_LIMIT, SIEVE_WINDOW at a time.
+SIEVE_LIMIT = 1 << 15
+SIEVE_WINDOW = 1 << 16
 
 mpz = gmpy2.mpz
 
@@ -78,24 +98,53 @@ def check_key_size(bits: int, study_bits: int, minimum: int = MIN_KEY_BITS) -> N
         raise KeySizeError(f"the Paillier key has {bits} bits; this server accepts no key below {minimum}")
 
 
+def security_bits(modulus_bits: int) -> int:
+    """κ of a modulus size: the level of the largest listed size it reaches."""
+    return max(kappa for bits, kappa in SECURITY_LEVELS if bits <= max(modulus_bits, SECURITY_LEVELS[0][0]))
+
+
+def subgroup_prime_bits(modulus_bits: int) -> int:
+    """Bits of a_p and a_q: 2κ (256 at 3072 bits)."""
+    return 2 * security_bits(modulus_bits)
+
+
+def exponent_bits(modulus_bits: int) -> int:
+    """Bits of the encryption exponent r: 4κ (512 at 3072 bits, 448 at 2048)."""
+    return 4 * security_bits(modulus_bits)
+
+
+def _check_modulus(n: int) -> None:
+    if not MIN_MODULUS_BITS <= n.bit_length() <= MAX_MODULUS_BITS or n % 2 == 0:
+        raise WireFormatError(f"a Paillier modulus must be odd with {MIN_MODULUS_BITS}–{MAX_MODULUS_BITS} bits")
+
+
 @dataclass(frozen=True)
 class PublicKey:
-    """A Paillier public key with g = N + 1."""
+    """A Paillier public key: the modulus N (g = N + 1) and the randomness base h_s."""
 
     n: int
+    h_s: int = field(repr=False)
 
     def __post_init__(self) -> None:
-        n = int(self.n)
-        if not MIN_MODULUS_BITS <= n.bit_length() <= MAX_MODULUS_BITS or n % 2 == 0:
-            raise WireFormatError(
-                f"a Paillier modulus must be odd with {MIN_MODULUS_BITS}–{MAX_MODULUS_BITS} bits"
-            )
+        n, h_s = int(self.n), int(self.h_s)
+        _check_modulus(n)
+        # h_s must be a unit of Z*_{N²} of order above 2 (never 1 or −1: ρ would be
+        # trivial); its order is the key owner's to guarantee and cannot be checked here.
+        n2 = n * n
+        if not 1 < h_s < n2 - 1 or gmpy2.gcd(h_s, n) != 1 or h_s * h_s % n2 == 1:
+            raise WireFormatError("the Paillier randomness base is not a valid unit modulo N²")
         object.__setattr__(self, "n", n)
+        object.__setattr__(self, "h_s", h_s)
 
     @property
     def bits(self) -> int:
         """Size of N in bits."""
         return self.n.bit_length()
+
+    @property
+    def exponent_bits(self) -> int:
+        """Bits of the encryption exponent r for this key size."""
+        return exponent_bits(self.bits)
 
     @cached_property
     def _n(self) -> gmpy2.mpz:
@@ -108,28 +157,40 @@ class PublicKey:
 
     @cached_property
     def key_id(self) -> str:
-        """Hex prefix of SHA-256 over N's big-endian bytes."""
-        return hashlib.sha256(self.to_bytes()).hexdigest()[:KEY_ID_HEX_CHARS]
+        """Hex prefix of SHA-256 over N (length-prefixed) and h_s."""
+        n_bytes = self.to_bytes()
+        digest = hashlib.sha256(len(n_bytes).to_bytes(2, "big") + n_bytes + self.h_s_bytes())
+        return digest.hexdigest()[:KEY_ID_HEX_CHARS]
 
     @property
     def ciphertext_bytes(self) -> int:
-        """Fixed width of a serialised ciphertext."""
+        """Fixed width of a serialised ciphertext (and of h_s)."""
         return (int(self.n2).bit_length() + 7) // 8
 
     def to_bytes(self) -> bytes:
         """N big-endian, minimal length (``PaillierPublicKey.n``)."""
         return self.n.to_bytes((self.bits + 7) // 8, "big")
 
+    def h_s_bytes(self) -> bytes:
+        """h_s big-endian, ``ciphertext_bytes`` wide (``PaillierPublicKey.h_s``)."""
+        return self.h_s.to_bytes(self.ciphertext_bytes, "big")
+
     @classmethod
-    def from_bytes(cls, data: bytes, key_id: str | None = None) -> PublicKey:
-        """Parse ``PaillierPublicKey.n``; if ``key_id`` is given it must match."""
-        key = cls(int.from_bytes(data, "big"))
+    def from_bytes(cls, n_data: bytes, h_s_data: bytes, key_id: str | None = None) -> PublicKey:
+        """Parse ``PaillierPublicKey.n`` and ``.h_s``; if ``key_id`` is given it must match."""
+        if len(n_data) > MAX_MODULUS_BITS // 8 + 1:  # before any arithmetic on it
+            raise WireFormatError("the Paillier modulus is too long")
+        n = int.from_bytes(n_data, "big")
+        _check_modulus(n)
+        if len(h_s_data) != ((n * n).bit_length() + 7) // 8:
+            raise WireFormatError("the Paillier randomness base has the wrong length for the modulus")
+        key = cls(n, int.from_bytes(h_s_data, "big"))
         if key_id is not None and key_id != key.key_id:
-            raise WireFormatError("the Paillier key id does not match the modulus")
+            raise WireFormatError("the Paillier key id does not match the key")
         return key
 
     def encrypt(self, m: int, rho: int) -> int:
-        """(1 + m·N)·ρ mod N² for 0 ≤ m < N and a fresh N-th residue ρ (one mulmod)."""
+        """(1 + m·N)·ρ mod N² for 0 ≤ m < N and a fresh pool element ρ (one mulmod)."""
         if not 0 <= m < self.n:
             raise SpecError("a plaintext must lie in [0, N)")
         return int((1 + mpz(m) * self._n) * mpz(rho) % self.n2)
@@ -157,47 +218,80 @@ def _l(u: gmpy2.mpz, p: gmpy2.mpz) -> gmpy2.mpz:
 
 
 @dataclass(frozen=True)
+class _Decryption:
+    """Per prime: modulus p², exponent 2·a_p, and the factor (2·a_p·q)^(−1) mod p."""
+
+    p: gmpy2.mpz
+    p2: gmpy2.mpz
+    exponent: gmpy2.mpz
+    factor: gmpy2.mpz
+
+    @classmethod
+    def of(cls, p: int, a: int, other: int) -> _Decryption:
+        p_, exponent = mpz(p), 2 * mpz(a)
+        return cls(p_, p_ * p_, exponent, gmpy2.invert(exponent * other % p_, p_))
+
+    def residue(self, u: gmpy2.mpz) -> gmpy2.mpz:
+        """m mod p from u = c^(2·a_p) mod p²."""
+        return _l(u, self.p) * self.factor % self.p
+
+
+@dataclass(frozen=True)
 class PrivateKey:
-    """The factors p < q of N with the precomputed constants of CRT decryption."""
+    """The factors p < q of N and the subgroup primes a_p | p − 1, a_q | q − 1."""
 
     public: PublicKey
     p: int = field(repr=False)
     q: int = field(repr=False)
+    a_p: int = field(repr=False)
+    a_q: int = field(repr=False)
 
     def __post_init__(self) -> None:
-        p, q = sorted((int(self.p), int(self.q)))
+        (p, a_p), (q, a_q) = sorted(((int(self.p), int(self.a_p)), (int(self.q), int(self.a_q))))
         if p * q != self.public.n or p == q:
             raise SpecError("p·q does not match the public modulus")
+        if a_p < 3 or a_q < 3 or (p - 1) % (2 * a_p) or (q - 1) % (2 * a_q):
+            raise SpecError("a_p and a_q must be odd divisors of (p − 1)/2 and (q − 1)/2")
+        h_s = mpz(self.public.h_s)
+        if gmpy2.powmod(h_s, 2 * a_p, p * p) != 1 or gmpy2.powmod(h_s, 2 * a_q, q * q) != 1:
+            raise SpecError("the public randomness base is not in the subgroup these factors define")
         object.__setattr__(self, "p", p)
         object.__setattr__(self, "q", q)
+        object.__setattr__(self, "a_p", a_p)
+        object.__setattr__(self, "a_q", a_q)
 
     @cached_property
-    def _crt(self) -> tuple[gmpy2.mpz, gmpy2.mpz, gmpy2.mpz, gmpy2.mpz, gmpy2.mpz, gmpy2.mpz, gmpy2.mpz]:
-        p, q = mpz(self.p), mpz(self.q)
-        p2, q2 = p * p, q * q
-        g = self.public._n + 1
-        hp = gmpy2.invert(_l(gmpy2.powmod(g, p - 1, p2), p), p)
-        hq = gmpy2.invert(_l(gmpy2.powmod(g, q - 1, q2), q), q)
-        p_inv_q = gmpy2.invert(p, q)
-        return p, q, p2, q2, hp, hq, p_inv_q
+    def _at_p(self) -> _Decryption:
+        return _Decryption.of(self.p, self.a_p, self.q)
+
+    @cached_property
+    def _at_q(self) -> _Decryption:
+        return _Decryption.of(self.q, self.a_q, self.p)
+
+    @cached_property
+    def _p_inv_q(self) -> gmpy2.mpz:
+        return gmpy2.invert(mpz(self.p), mpz(self.q))
 
     @property
     def fast_plaintext_bits(self) -> int:
         """Plaintexts below 2^fast_plaintext_bits are below p: p-only decryption applies."""
         return self.p.bit_length() - 1
 
+    def _combine(self, mp: gmpy2.mpz, mq: gmpy2.mpz) -> int:
+        return int(mp + self._at_p.p * ((mq - mp) * self._p_inv_q % self._at_q.p))
+
     def decrypt(self, c: int) -> int:
         """Full decryption by CRT: m ∈ [0, N)."""
-        p, q, p2, q2, hp, hq, p_inv_q = self._crt
+        at_p, at_q = self._at_p, self._at_q
         c = mpz(c)
-        mp = _l(gmpy2.powmod(c, p - 1, p2), p) * hp % p
-        mq = _l(gmpy2.powmod(c, q - 1, q2), q) * hq % q
-        return int(mp + p * ((mq - mp) * p_inv_q % q))
+        mp = at_p.residue(gmpy2.powmod(c, at_p.exponent, at_p.p2))
+        mq = at_q.residue(gmpy2.powmod(c, at_q.exponent, at_q.p2))
+        return self._combine(mp, mq)
 
     def decrypt_below_p(self, c: int) -> int:
         """Decryption with p only: correct when the plaintext is below p (else m mod p)."""
-        p, _, p2, _, hp, _, _ = self._crt
-        return int(_l(gmpy2.powmod(mpz(c), p - 1, p2), p) * hp % p)
+        at_p = self._at_p
+        return int(at_p.residue(gmpy2.powmod(mpz(c), at_p.exponent, at_p.p2)))
 
 
 def _random_prime(bits: int) -> gmpy2.mpz:
@@ -209,43 +303,87 @@ def _random_prime(bits: int) -> gmpy2.mpz:
             return p
 
 
+@cache
+def _small_odd_primes() -> tuple[int, ...]:
+    """The odd primes below the sieve limit (Eratosthenes)."""
+    flags = np.ones(SIEVE_LIMIT, dtype=bool)
+    flags[:2] = False
+    for i in range(2, int(SIEVE_LIMIT**0.5) + 1):
+        if flags[i]:
+            flags[i * i :: i] = False
+    return tuple(int(s) for s in np.flatnonzero(flags) if s > 2)
+
+
+def _sieved_offsets(a0: int, two_b: int) -> np.ndarray:
+    """Offsets j < SIEVE_WINDOW such that neither a = a0 + 2j nor 2·a·b + 1 has an odd
+    prime factor below SIEVE_LIMIT (a0 odd and far larger than the limit)."""
+    keep = np.ones(SIEVE_WINDOW, dtype=bool)
+    for s in _small_odd_primes():
+        half = (s + 1) // 2  # 2^(−1) mod s
+        keep[(-a0) * half % s :: s] = False  # s | a
+        tb = two_b % s
+        if tb:  # s | 2ab + 1  ⇔  a ≡ −(2b)^(−1) mod s
+            keep[(-pow(tb, -1, s) - a0) * half % s :: s] = False
+    return np.flatnonzero(keep)
+
+
+def _structured_prime(bits: int, small_bits: int) -> tuple[gmpy2.mpz, gmpy2.mpz, gmpy2.mpz]:
+    """(p, a, b): p = 2·a·b + 1 prime in [3·2^(bits−2), 2^bits), a and b prime, a of about
+    ``small_bits`` bits (at least that many). b is fixed first; a is searched, sieved, over
+    the range that keeps p in its interval, so every candidate has the right size."""
+    b = _random_prime(bits - small_bits - 1)
+    lo = -(-((3 << (bits - 2)) - 1) // (2 * b))
+    hi = ((1 << bits) - 2) // (2 * b)
+    while True:
+        a0 = int(lo + secrets.randbelow(int(hi - lo) - 2 * SIEVE_WINDOW)) | 1
+        for j in _sieved_offsets(a0, int(2 * b)):
+            a = mpz(a0 + 2 * int(j))
+            if gmpy2.is_prime(a):
+                p = 2 * a * b + 1
+                if gmpy2.is_prime(p):
+                    return p, a, b
+
+
 def generate_keypair(modulus_bits: int = DEFAULT_MODULUS_BITS) -> PrivateKey:
     """A fresh key pair (the public key is ``.public``); both primes have modulus_bits/2 bits."""
     if modulus_bits % 2 or not MIN_MODULUS_BITS <= modulus_bits <= MAX_MODULUS_BITS:
         raise SpecError(f"modulus bits must be even, {MIN_MODULUS_BITS}–{MAX_MODULUS_BITS}")
-    half = modulus_bits // 2
+    half, small = modulus_bits // 2, subgroup_prime_bits(modulus_bits)
     while True:
-        p, q = _random_prime(half), _random_prime(half)
+        p, a_p, b_p = _structured_prime(half, small)
+        q, a_q, b_q = _structured_prime(half, small)
         n = p * q
-        if p != q and n.bit_length() == modulus_bits and gmpy2.gcd(n, (p - 1) * (q - 1)) == 1:
-            return PrivateKey(PublicKey(int(n)), int(p), int(q))
+        if p != q and a_p != a_q and n.bit_length() == modulus_bits and gmpy2.gcd(n, (p - 1) * (q - 1)) == 1:
+            break
+    n2 = n * n
+    while True:
+        y = mpz(secrets.randbelow(int(n) - 2) + 2)
+        if gmpy2.gcd(y, n) != 1:
+            continue
+        h = -gmpy2.powmod(y, 2 * b_p * b_q, n) % n  # order divides 2·a_p·a_q modulo N
+        h_s = gmpy2.powmod(h, n, n2)  # an N-th residue of the same order
+        if h_s * h_s % n2 != 1:
+            return PrivateKey(PublicKey(int(n), int(h_s)), int(p), int(q), int(a_p), int(a_q))
 
 
-def _decrypt_chunk_p(cs: Sequence[int], p: gmpy2.mpz, p2: gmpy2.mpz, hp: gmpy2.mpz) -> list[int]:
-    return [int(_l(u, p) * hp % p) for u in gmpy2.powmod_base_list([mpz(c) for c in cs], p - 1, p2)]
+def _decrypt_chunk_p(cs: Sequence[int], at_p: _Decryption) -> list[int]:
+    return [int(at_p.residue(u)) for u in gmpy2.powmod_base_list([mpz(c) for c in cs], at_p.exponent, at_p.p2)]
 
 
 def _decrypt_chunk_crt(cs: Sequence[int], key: PrivateKey) -> list[int]:
-    p, q, p2, q2, hp, hq, p_inv_q = key._crt
+    at_p, at_q = key._at_p, key._at_q
     bases = [mpz(c) for c in cs]
-    ups = gmpy2.powmod_base_list(bases, p - 1, p2)
-    uqs = gmpy2.powmod_base_list(bases, q - 1, q2)
-    out = []
-    for up, uq in zip(ups, uqs):
-        mp = _l(up, p) * hp % p
-        mq = _l(uq, q) * hq % q
-        out.append(int(mp + p * ((mq - mp) * p_inv_q % q)))
-    return out
+    ups = gmpy2.powmod_base_list(bases, at_p.exponent, at_p.p2)
+    uqs = gmpy2.powmod_base_list(bases, at_q.exponent, at_q.p2)
+    return [key._combine(at_p.residue(up), at_q.residue(uq)) for up, uq in zip(ups, uqs, strict=True)]
 
 
-def decrypt_many(
-    key: PrivateKey, ciphertexts: Sequence[int], *, below_p: bool = False, threads: int = 1
-) -> list[int]:
+def decrypt_many(key: PrivateKey, ciphertexts: Sequence[int], *, below_p: bool = False, threads: int = 1) -> list[int]:
     """Decrypt in order; ``below_p`` selects the p-only path; ``threads`` > 1 uses more cores."""
-    p, _, p2, _, hp, _, _ = key._crt
+    at_p = key._at_p
 
     def work(cs: Sequence[int]) -> list[int]:
-        return _decrypt_chunk_p(cs, p, p2, hp) if below_p else _decrypt_chunk_crt(cs, key)
+        return _decrypt_chunk_p(cs, at_p) if below_p else _decrypt_chunk_crt(cs, key)
 
     if threads <= 1 or len(ciphertexts) < 2:
         return work(ciphertexts)
@@ -296,38 +434,18 @@ class FixedBaseTable:
         return result
 
 
-@dataclass(frozen=True)
-class ShortExponentBase:
-    """The encrypting party's public DJN base h_s = h^N mod N², h = −x² mod N."""
-
-    key_id: str
-    n2: int = field(repr=False)
-    h_s: int = field(repr=False)
-    exponent_bits: int = DEFAULT_EXPONENT_BITS
-
-    @classmethod
-    def new(cls, public_key: PublicKey, exponent_bits: int = DEFAULT_EXPONENT_BITS) -> ShortExponentBase:
-        """Draw x ∈ Z*_N uniformly and return h_s = (−x²)^N mod N²."""
-        n = mpz(public_key.n)
-        while True:
-            x = mpz(secrets.randbelow(public_key.n - 2) + 2)
-            if gmpy2.gcd(x, n) == 1:
-                break
-        h = (-x * x) % n
-        h_s = gmpy2.powmod(h, n, public_key.n2)
-        return cls(public_key.key_id, int(public_key.n2), int(h_s), exponent_bits)
-
-
 def _random_exponent(bits: int) -> int:
     while True:
         a = secrets.randbits(bits)
-        if a:  # a = 0 gives ρ = 1, which would expose m; probability 2^-bits
+        if a:  # r = 0 gives ρ = 1, which would expose m; probability 2^-bits
             return a
 
 
-def choose_window_bits(count: int, exponent_bits: int, modulus_bits: int, max_table_bytes: int = MAX_TABLE_BYTES) -> int:
+def choose_window_bits(
+    count: int, exponent_bits: int, modulus_bits: int, max_table_bytes: int = MAX_TABLE_BYTES
+) -> int:
     """Window size w minimising build + use multiplications, ⌈t/w⌉·(2^w − 1) + count·(⌈t/w⌉ − 1),
-    within ``max_table_bytes`` of table (w = 10 for thousands of elements at 2048-bit N)."""
+    within ``max_table_bytes`` of table (w = 10 for thousands of elements at 2048-bit N, 9 at 3072)."""
     entry_bytes = (modulus_bits + 7) // 8
     best_w, best_cost = 1, None
     for w in range(1, 17):
@@ -341,18 +459,25 @@ def choose_window_bits(count: int, exponent_bits: int, modulus_bits: int, max_ta
     return best_w
 
 
+@lru_cache(maxsize=1)
+def _table(n2: int, h_s: int, exponent_bits: int, window_bits: int) -> FixedBaseTable:
+    """The last table built in this process: a run's pieces reuse it (the table holds only
+    public powers of h_s; the exponents are drawn afresh for every element)."""
+    return FixedBaseTable(h_s, n2, exponent_bits, window_bits)
+
+
 def pool_chunk(n2: int, h_s: int, exponent_bits: int, window_bits: int | None, count: int) -> list[int]:
-    """``count`` fresh ρ = h_s^a mod N²; a top-level function of plain ints, for worker processes."""
+    """``count`` fresh ρ = h_s^r mod N²; a top-level function of plain ints, for worker processes."""
     if count <= 0:
         return []
     if window_bits is None:
         window_bits = choose_window_bits(count, exponent_bits, int(n2).bit_length())
-    table = FixedBaseTable(h_s, n2, exponent_bits, window_bits)
+    table = _table(int(n2), int(h_s), exponent_bits, window_bits)
     return [int(table.power(_random_exponent(exponent_bits))) for _ in range(count)]
 
 
 class RandomnessPool:
-    """Precomputed N-th residues for one public key; each is handed out once, then forgotten."""
+    """Precomputed elements ρ = h_s^r for one public key; each is handed out once, then forgotten."""
 
     def __init__(self, key_id: str, elements: Iterable[int]) -> None:
         self.key_id = key_id
@@ -385,26 +510,22 @@ def generate_pool(
     public_key: PublicKey,
     count: int,
     *,
-    exponent_bits: int = DEFAULT_EXPONENT_BITS,
     window_bits: int | None = None,
     executor: Executor | None = None,
     parts: int = 1,
 ) -> RandomnessPool:
-    """Offline phase: ``count`` elements ρ for ``public_key``.
+    """Offline phase: ``count`` elements ρ = h_s^r for ``public_key``, r of ``public_key.exponent_bits``.
 
     With an ``executor`` (e.g. ``parallel.process_executor(2)``) the work is
     split into ``parts`` pieces; each worker builds its own window table
     (cheaper than shipping it) and draws its own exponents. ``window_bits``
     None chooses the window from the piece size (``choose_window_bits``).
     """
-    base = ShortExponentBase.new(public_key, exponent_bits)
+    n2, h_s, bits = int(public_key.n2), public_key.h_s, public_key.exponent_bits
     if executor is None or parts <= 1 or count < 2:
-        return RandomnessPool(base.key_id, pool_chunk(base.n2, base.h_s, exponent_bits, window_bits, count))
-    futures = [
-        executor.submit(pool_chunk, base.n2, base.h_s, exponent_bits, window_bits, size)
-        for size in split_sizes(count, parts)
-    ]
-    return RandomnessPool(base.key_id, (rho for f in futures for rho in f.result()))
+        return RandomnessPool(public_key.key_id, pool_chunk(n2, h_s, bits, window_bits, count))
+    futures = [executor.submit(pool_chunk, n2, h_s, bits, window_bits, size) for size in split_sizes(count, parts)]
+    return RandomnessPool(public_key.key_id, (rho for f in futures for rho in f.result()))
 
 
 def encrypt_rows(public_key: PublicKey, packed_rows: Sequence[Sequence[int]], pool: RandomnessPool) -> list[list[int]]:

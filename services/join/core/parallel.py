@@ -51,6 +51,15 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def stop_executor(executor: ProcessPoolExecutor) -> None:
+    """Drop queued work and end the workers now: a stopping server must not leave them
+    computing a long piece, orphaned (``shutdown`` alone waits for running tasks)."""
+    processes = list(getattr(executor, "_processes", {}).values())  # no public handle before 3.14
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+
+
 def process_executor(workers: int) -> ProcessPoolExecutor:
     """A process pool safe to create from a gRPC server process (forkserver start method)."""
     context = multiprocessing.get_context("forkserver")

@@ -6,7 +6,9 @@ key K), helper H (no key, no data). Semi-honest, non-colluding.
 1. ``owner_encrypt`` (at A, likewise at B): tags HMAC(K, id); values encoded
    x' = round(x·2^f) + 2^(ℓ−1), packed, encrypted under the **other** owner's
    key with fresh pool randomness; rows shuffled (so H does not see the
-   file's order). → ``EncryptedUpload`` streamed to H.
+   file's order). → ``EncryptedUpload`` streamed to H. The encryption server
+   does the same piece by piece (``encrypt_piece`` over consecutive slices of
+   one shuffled order), so it never holds the whole upload.
 2. ``helper_match_and_mask`` (at H): match tags; stop below the study's
    minimum (``IntersectionTooSmallError``); draw π; for each matched pair, in
    π order, mask A's ciphertexts (under B's key) and B's ciphertexts (under
@@ -26,7 +28,11 @@ hold, or values masked with 2^−σ statistical distance).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from services.join.core import fixedpoint
 from services.join.core.csvinput import OwnerTable
@@ -83,6 +89,32 @@ def pool_size(table: OwnerTable, peer_key: PublicKey) -> int:
     return len(table.ids) * layout.ciphertexts_per_row
 
 
+def prepare_layout(table: OwnerTable, peer_key: PublicKey, layout: SlotLayout | None = None) -> SlotLayout:
+    """The layout of ``table``'s rows under ``peer_key`` (checked against both)."""
+    if layout is None:
+        layout = SlotLayout.for_columns(len(table.columns), peer_key.bits)
+    layout.check_columns(len(table.columns))
+    layout.check_modulus(peer_key.bits)
+    return layout
+
+
+def encrypt_piece(
+    table: OwnerTable,
+    tag_key: TagKey,
+    peer_key: PublicKey,
+    layout: SlotLayout,
+    rows: Sequence[int],
+    pool: RandomnessPool,
+) -> tuple[list[bytes], list[list[int]]]:
+    """Step 1 for the table rows ``rows``, in that order: their tags and ciphertexts."""
+    index = np.asarray(rows, dtype=np.int64)
+    encoded = fixedpoint.encode(
+        table.values[index], table.columns, layout.fixed_point, [table.row_numbers[i] for i in rows]
+    )
+    row_tags = tags(tag_key, (table.ids[i] for i in rows))
+    return row_tags, encrypt_rows(peer_key, pack_rows(layout, encoded), pool)
+
+
 def owner_encrypt(
     table: OwnerTable,
     tag_key: TagKey,
@@ -91,16 +123,21 @@ def owner_encrypt(
     layout: SlotLayout | None = None,
 ) -> EncryptedUpload:
     """Step 1 at one owner: tag, encode, pack, encrypt under ``peer_key``, shuffle."""
-    columns = tuple(c.name for c in table.columns)
-    if layout is None:
-        layout = SlotLayout.for_columns(len(columns), peer_key.bits)
-    layout.check_columns(len(columns))
-    layout.check_modulus(peer_key.bits)
-    encoded = fixedpoint.encode(table.values, table.columns, layout.fixed_point, table.row_numbers)
+    layout = prepare_layout(table, peer_key, layout)
     order = random_permutation(len(table.ids))  # hide the file's row order from H
-    row_tags = tags(tag_key, (table.ids[i] for i in order))
-    ciphertexts = encrypt_rows(peer_key, pack_rows(layout, encoded[order]), pool)
-    return EncryptedUpload(row_tags, ciphertexts, columns, layout, peer_key)
+    row_tags, ciphertexts = encrypt_piece(table, tag_key, peer_key, layout, order, pool)
+    return EncryptedUpload(row_tags, ciphertexts, tuple(c.name for c in table.columns), layout, peer_key)
+
+
+class UploadShape(Protocol):
+    """What H checks of an upload besides its rows (an EncryptedUpload, or a spooled one)."""
+
+    @property
+    def columns(self) -> tuple[str, ...]: ...
+    @property
+    def layout(self) -> SlotLayout: ...
+    @property
+    def key(self) -> PublicKey: ...
 
 
 def check_upload(upload: EncryptedUpload) -> None:
@@ -111,21 +148,26 @@ def check_upload(upload: EncryptedUpload) -> None:
         raise WireFormatError("an upload has different numbers of tags and rows")
 
 
-def helper_match_and_mask(
-    upload_a: EncryptedUpload, upload_b: EncryptedUpload, min_intersection: int
-) -> HelperResult:
-    """Step 2 at H: match, enforce the minimum, permute, mask, split into deliveries and H's shares."""
-    check_upload(upload_a)
-    check_upload(upload_b)
+def check_compatible(upload_a: UploadShape, upload_b: UploadShape) -> None:
+    """H's checks across the two uploads: other keys, disjoint columns, one fixed-point format."""
     if upload_a.key == upload_b.key:
         raise SpecError("both owners encrypted under the same key; each must use the other's")
     if set(upload_a.columns) & set(upload_b.columns):
         raise SpecError("the two owners name the same column")
     fmt_a, fmt_b = upload_a.layout, upload_b.layout
     if (fmt_a.fractional_bits, fmt_a.value_bits, fmt_a.sigma_bits) != (
-        fmt_b.fractional_bits, fmt_b.value_bits, fmt_b.sigma_bits
+        fmt_b.fractional_bits,
+        fmt_b.value_bits,
+        fmt_b.sigma_bits,
     ):
         raise SpecError("the two uploads use different fixed-point or masking parameters")
+
+
+def helper_match_and_mask(upload_a: EncryptedUpload, upload_b: EncryptedUpload, min_intersection: int) -> HelperResult:
+    """Step 2 at H: match, enforce the minimum, permute, mask, split into deliveries and H's shares."""
+    check_upload(upload_a)
+    check_upload(upload_b)
+    check_compatible(upload_a, upload_b)
     pairs = match_tags(upload_a.tags, upload_b.tags)
     check_minimum(len(pairs), min_intersection)
     pairs = permute(pairs, random_permutation(len(pairs)))

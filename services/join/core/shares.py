@@ -95,7 +95,7 @@ def assemble(columns: Sequence[str], blocks: Sequence[ShareMatrix], n_rows: int)
                 raise SpecError(f"column {name!r} is unknown or held twice")
             filled.add(name)
             target = position[name]
-            for row, src in zip(values, block.values):
+            for row, src in zip(values, block.values, strict=True):
                 row[target] = src[k]
     return ShareMatrix(tuple(columns), values)
 
@@ -107,7 +107,9 @@ def reconstruct(matrices: Sequence[ShareMatrix]) -> ShareMatrix:
     first = matrices[0]
     if any(m.columns != first.columns or m.n_rows != first.n_rows for m in matrices):
         raise SpecError("share matrices differ in columns or rows")
-    values = [[sum(cells) for cells in zip(*rows)] for rows in zip(*(m.values for m in matrices))]
+    values = [
+        [sum(cells) for cells in zip(*rows, strict=True)] for rows in zip(*(m.values for m in matrices), strict=True)
+    ]
     return ShareMatrix(first.columns, values)
 
 
@@ -119,11 +121,18 @@ def encode_shares(values: Sequence[Sequence[int]], width: int) -> bytes:
         raise SpecError("a share does not fit the value width") from None
 
 
-def decode_shares(data: bytes, n_columns: int, width: int) -> list[list[int]]:
-    """Inverse of ``encode_shares``; the length must be a whole number of rows."""
+def check_share_bytes(data: bytes, n_columns: int, width: int) -> int:
+    """The number of rows in ``encode_shares`` bytes; WireFormatError unless whole rows."""
     row_bytes = n_columns * width
     if n_columns < 1 or width < 1 or len(data) % row_bytes:
         raise WireFormatError("share bytes are not a whole number of rows")
+    return len(data) // row_bytes
+
+
+def decode_shares(data: bytes, n_columns: int, width: int) -> list[list[int]]:
+    """Inverse of ``encode_shares``; the length must be a whole number of rows."""
+    check_share_bytes(data, n_columns, width)
+    row_bytes = n_columns * width
     view = memoryview(data)
     return [
         [int.from_bytes(view[r + k : r + k + width], "little", signed=True) for k in range(0, row_bytes, width)]

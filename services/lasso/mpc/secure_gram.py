@@ -71,8 +71,9 @@ async def scale_down(ops: FieldOps, x: ObjectArray, divisor: npt.NDArray[np.floa
     cut = max(top - 48, 0)
     shifts = np.array([1 << (top - e) for e in exps], dtype=object)
     lowered = await ops.trunc((flat_x * shifts) % ops.p, cut, top + 2, degree2t=True)
-    factors = np.array([round(2.0 ** (88 - top + e + cut) / v) for e, v in zip(exps, flat_div, strict=False)],
-                       dtype=object)
+    factors = np.array(
+        [round(2.0 ** (88 - top + e + cut) / v) for e, v in zip(exps, flat_div, strict=False)], dtype=object
+    )
     scaled = await ops.trunc(lowered * factors, 48, 92, degree2t=True)
     return scaled.reshape(x.shape)
 

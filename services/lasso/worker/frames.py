@@ -14,8 +14,10 @@ request, share chunks, the result) travel as their own serialisation.
     Send(peer, pc, payload)              Input(GetSharesResponse bytes) …, InputEnd
     Close(peer)                          PeerUp(peer, prss_keys)
     Report(phase, done, total)           Recv(peer, pc, payload)
-    Result(ModelResult bytes)            PeerClosed(peer)
-    Failed(reason)                       PeerLost(peer, reason)
+    Traffic(phase, rounds, messages,     PeerClosed(peer)
+            bytes)                       PeerLost(peer, reason)
+    Result(ModelResult bytes)
+    Failed(reason)
 
 `pc` is MPyC's program counter, a signed 64-bit hash (sfixed64 on the wire).
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Union
 
 
 class FrameError(ValueError):
@@ -96,6 +97,16 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
+class Traffic:
+    """What this party sent during one phase (counts only): sent at the end of the run."""
+
+    phase: int
+    rounds: int
+    messages: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     result: bytes  # a serialised ModelResult
 
@@ -105,13 +116,48 @@ class Failed:
     reason: str
 
 
-Frame = Union[Start, Input, InputEnd, Dial, PeerUp, Send, Recv, Close, PeerClosed, PeerLost, Report, Result, Failed]
+Frame = (
+    Start
+    | Input
+    | InputEnd
+    | Dial
+    | PeerUp
+    | Send
+    | Recv
+    | Close
+    | PeerClosed
+    | PeerLost
+    | Report
+    | Traffic
+    | Result
+    | Failed
+)
 
-_KINDS: dict[type, int] = {Start: 1, Input: 2, InputEnd: 3, Dial: 4, PeerUp: 5, Send: 6, Recv: 7, Close: 8, PeerClosed: 9, PeerLost: 10, Report: 11, Result: 12, Failed: 13}
+_KINDS: dict[type, int] = {
+    Start: 1,
+    Input: 2,
+    InputEnd: 3,
+    Dial: 4,
+    PeerUp: 5,
+    Send: 6,
+    Recv: 7,
+    Close: 8,
+    PeerClosed: 9,
+    PeerLost: 10,
+    Report: 11,
+    Result: 12,
+    Failed: 13,
+    Traffic: 14,
+}
 _HEAD = struct.Struct("<IB")
 _PEER = struct.Struct("<H")
 _MESSAGE = struct.Struct("<Hq")
 _REPORT = struct.Struct("<BQQ")
+_TRAFFIC = struct.Struct("<BQQQ")
+_COUNTS: dict[int, tuple[type[Report] | type[Traffic], struct.Struct]] = {
+    11: (Report, _REPORT),
+    14: (Traffic, _TRAFFIC),
+}
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 
@@ -128,6 +174,8 @@ def encode(frame: Frame) -> bytes:
         body = _PEER.pack(frame.peer) + frame.reason.encode()
     elif isinstance(frame, Report):
         body = _REPORT.pack(frame.phase, frame.done, frame.total)
+    elif isinstance(frame, Traffic):
+        body = _TRAFFIC.pack(frame.phase, frame.rounds, frame.messages, frame.bytes)
     elif isinstance(frame, Start):
         body = frame.request
     elif isinstance(frame, Input):
@@ -141,25 +189,30 @@ def encode(frame: Frame) -> bytes:
     return _HEAD.pack(len(body) + 1, kind) + body
 
 
+def _decode_peer_frame(kind: int, body: memoryview) -> Frame:
+    """Dial, PeerUp, Close, PeerClosed, PeerLost: a peer number, then keys or a reason."""
+    (peer,) = _PEER.unpack_from(body)
+    rest = bytes(body[_PEER.size :])
+    if kind in (4, 5):
+        return Dial(peer, rest) if kind == 4 else PeerUp(peer, rest)
+    if kind == 8:
+        return Close(peer)
+    if kind == 9:
+        return PeerClosed(peer)
+    return PeerLost(peer, rest.decode())
+
+
 def _decode_body(kind: int, body: memoryview) -> Frame:
     try:
         if kind in (6, 7):
             peer, pc = _MESSAGE.unpack_from(body)
             payload = bytes(body[_MESSAGE.size :])
             return Send(peer, pc, payload) if kind == 6 else Recv(peer, pc, payload)
-        if kind in (4, 5):
-            (peer,) = _PEER.unpack_from(body)
-            keys = bytes(body[_PEER.size :])
-            return Dial(peer, keys) if kind == 4 else PeerUp(peer, keys)
-        if kind in (8, 9, 10):
-            (peer,) = _PEER.unpack_from(body)
-            if kind == 8:
-                return Close(peer)
-            if kind == 9:
-                return PeerClosed(peer)
-            return PeerLost(peer, bytes(body[_PEER.size :]).decode())
-        if kind == 11:
-            return Report(*_REPORT.unpack_from(body))
+        if kind in (4, 5, 8, 9, 10):
+            return _decode_peer_frame(kind, body)
+        if kind in _COUNTS:  # Report, Traffic: fixed-width numbers only
+            frame_type, layout = _COUNTS[kind]
+            return frame_type(*layout.unpack_from(body))
         if kind == 1:
             return Start(bytes(body))
         if kind == 2:

@@ -35,21 +35,22 @@ import traceback
 from typing import Any
 
 from riskmesh.v1 import join_pb2, lasso_pb2
-from services.lasso.worker.frames import Failed, Frame, Input, InputEnd, Report, Result, Start
-from services.lasso.core.wire import WireError
-from services.lasso.worker.link import open_link
-from services.lasso.mpc.runtime import create_runtime
-from services.lasso.core.parties import PARTIES, party_orgs
-from services.lasso.worker.program import Program, ProgramError, RunContext, load_program
 from services.lasso.core.blocks import ShareError, decode_blocks
 from services.lasso.core.params import SpecError as RegressionSpecError
-from services.lasso.worker.transport import FrameSink, MeshTransport, PeerLostError
+from services.lasso.core.parties import PARTIES, party_orgs
+from services.lasso.core.wire import WireError
+from services.lasso.mpc.runtime import create_runtime
+from services.lasso.worker.frames import Failed, Frame, Input, InputEnd, Report, Result, Start
 from services.lasso.worker.handle import HEARTBEAT_S
+from services.lasso.worker.link import open_link
+from services.lasso.worker.program import Program, ProgramError, RunContext, load_program
+from services.lasso.worker.transport import FrameSink, MeshTransport, PeerLostError
 
 log = logging.getLogger("riskmesh.lasso.worker")
 
 # How often the loop is resumed after MPyC stopped it, to let the session report and end.
 RESUMES = 5
+
 
 class WorkerError(Exception):
     """The run cannot go on at this party (reason without data)."""
@@ -91,7 +92,12 @@ class WorkerSession:
         exc = context.get("exception")
         if exc is None or isinstance(exc, PeerLostError):
             return  # e.g. receives failed after a peer was lost and never awaited
-        log.error("MPC computation failed at party %d: %s\n%s", self.mpc.pid, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+        log.error(
+            "MPC computation failed at party %d: %s\n%s",
+            self.mpc.pid,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
         if not self.crashed.done():
             self.crashed.set_result(exc)
 
@@ -112,6 +118,7 @@ class WorkerSession:
             self._inputs_done.set_exception(WorkerError("the lasso server closed the link before the run started"))
 
     def report(self, phase: int, done: int, total: int) -> None:
+        self.transport.counts.phase = phase
         self.sink.send(Report(phase, done, total))
 
     async def run(self) -> lasso_pb2.ModelResult:
@@ -121,12 +128,23 @@ class WorkerSession:
             raise WorkerError("no run request before the inputs")
         request = lasso_pb2.RunLassoRequest.FromString(self._start)
         orgs = party_orgs(request.spec)
-        context = RunContext(request.run_id, request.spec, self.mpc.pid, orgs, decode_blocks(request.run_id, self._inputs), self.report, request.min_joined)
+        context = RunContext(
+            request.run_id,
+            request.spec,
+            self.mpc.pid,
+            orgs,
+            decode_blocks(request.run_id, self._inputs),
+            self.report,
+            request.min_joined,
+        )
         self._inputs = []
         self.transport.install()
         await self.mpc.start()
         result = await self._unless_failed(self.program(self.mpc, context))
+        self.transport.counts.phase = 0  # MPyC's shutdown (a barrier) counts as no phase
         await self._unless_failed(self.mpc.shutdown())
+        for traffic in self.transport.counts.frames():
+            self.sink.send(traffic)
         return result
 
     async def _unless_failed(self, work: Any) -> Any:
@@ -170,7 +188,12 @@ async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
     try:
         result = await session.run()
     except Exception as exc:
-        log.error("run failed at party %d: %s\n%s", mpc.pid, failure_reason(exc), "".join(traceback.format_tb(exc.__traceback__)))
+        log.error(
+            "run failed at party %d: %s\n%s",
+            mpc.pid,
+            failure_reason(exc),
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
         link.send(Failed(failure_reason(exc)))
         code = 1
     else:
@@ -199,14 +222,22 @@ def start_heartbeat(fd: int, interval: float = HEARTBEAT_S) -> threading.Thread:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="riskmesh-lasso-worker", description="one MPC party of one run (started by the lasso server)")
+    parser = argparse.ArgumentParser(
+        prog="riskmesh-lasso-worker", description="one MPC party of one run (started by the lasso server)"
+    )
     parser.add_argument("--fd", type=int, required=True, help="inherited socket to the lasso server")
-    parser.add_argument("--heartbeat-fd", type=int, required=True, help="inherited pipe for heartbeats to the lasso server")
+    parser.add_argument(
+        "--heartbeat-fd", type=int, required=True, help="inherited pipe for heartbeats to the lasso server"
+    )
     parser.add_argument("--pid", type=int, required=True, help="MPC party id")
     parser.add_argument("--program", default="lasso", help="MPC program to run")
     parser.add_argument("--label", default="", help="org and run, for log lines")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s lasso-worker {args.label} %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s lasso-worker {args.label} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     start_heartbeat(args.heartbeat_fd)
     mpc = load_runtime(args.pid)
     program = load_program(args.program)

@@ -19,6 +19,11 @@ A peer cannot make this party hold unbounded data: messages that arrive before M
 for them are buffered up to MAX_AHEAD_MESSAGES and MAX_AHEAD_BYTES per peer, and a second
 message for a round already buffered is refused; either fails the run naming the peer.
 
+Counting (`TrafficCounts`): per phase, the messages and payload bytes this party sent and
+its rounds — a round is a burst of sends after this party consumed a peer's message (a
+send that depends on nothing new joins the current round). Over a network with one-way
+delay d a phase takes at least about rounds × d; the counts say nothing about values.
+
 Failures never hang: when a peer is lost every pending receive fails with `PeerLostError`,
 later receives fail at once, and `MeshTransport.failure` completes so the worker can
 end the run (MPyC itself does not always unwind from a failed future: a failure inside
@@ -32,10 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from services.lasso.core import wire
-from services.lasso.worker.frames import Close, Dial, Frame, PeerClosed, PeerLost, PeerUp, Recv, Send
+from services.lasso.worker.frames import Close, Dial, Frame, PeerClosed, PeerLost, PeerUp, Recv, Send, Traffic
 
 # MPyC counts 12 header bytes (pc + length) per message in nbytes_sent; kept for its statistics.
 MESSAGE_OVERHEAD = 12
@@ -59,16 +65,51 @@ class FrameSink(Protocol):
     def send(self, frame: Frame) -> None: ...
 
 
+class TrafficCounts:
+    """Rounds, messages and payload bytes this party sent, per phase (module docstring)."""
+
+    def __init__(self) -> None:
+        self.phase = 0  # the Phase enum value of what runs now (0 before the first report)
+        self.by_phase: dict[int, list[int]] = {}  # phase → [rounds, messages, bytes]
+        self._consumed = True  # a peer's message was consumed since the last send
+
+    def sent(self, nbytes: int) -> None:
+        counts = self.by_phase.setdefault(self.phase, [0, 0, 0])
+        if self._consumed:
+            counts[0] += 1
+            self._consumed = False
+        counts[1] += 1
+        counts[2] += nbytes
+
+    def consumed(self) -> None:
+        self._consumed = True
+
+    def frames(self) -> list[Traffic]:
+        return [Traffic(phase, *counts) for phase, counts in sorted(self.by_phase.items())]
+
+
 class Exchanger:
     """MPyC's view of one peer (what `asyncoro.MessageExchanger` offers), over frames."""
 
-    __slots__ = ("runtime", "peer_pid", "nbytes_sent", "_sink", "_loop", "_buffers", "_error", "_ahead_bytes", "_ahead_messages")
+    __slots__ = (
+        "runtime",
+        "peer_pid",
+        "nbytes_sent",
+        "_sink",
+        "_loop",
+        "_buffers",
+        "_error",
+        "_ahead_bytes",
+        "_ahead_messages",
+        "_counts",
+    )
 
-    def __init__(self, runtime: Any, peer_pid: int, sink: FrameSink) -> None:
+    def __init__(self, runtime: Any, peer_pid: int, sink: FrameSink, counts: TrafficCounts | None = None) -> None:
         self.runtime = runtime
         self.peer_pid = peer_pid
         self.nbytes_sent = 0
         self._sink = sink
+        self._counts = counts if counts is not None else TrafficCounts()
         self._loop: asyncio.AbstractEventLoop = runtime._loop
         self._buffers: dict[int, bytes | asyncio.Future[bytes]] = {}
         self._error: PeerLostError | None = None
@@ -79,11 +120,13 @@ class Exchanger:
         """Send payload labelled with pc (synchronous, as MPyC expects; the link queues it)."""
         self._sink.send(Send(self.peer_pid, pc, bytes(payload)))
         self.nbytes_sent += MESSAGE_OVERHEAD + len(payload)
+        self._counts.sent(len(payload))
 
     def receive(self, pc: int) -> bytes | asyncio.Future[bytes]:
         """The payload labelled pc if it arrived, else a Future for it (failed if the peer is gone)."""
         payload = self._buffers.pop(pc, None)
         if payload is not None:
+            self._counts.consumed()
             if isinstance(payload, bytes):
                 self._ahead_messages -= 1
                 self._ahead_bytes -= len(payload)
@@ -107,13 +150,17 @@ class Exchanger:
             del self._buffers[pc]
             if not waiting.done():
                 waiting.set_result(payload)
+                self._counts.consumed()
             return
         if waiting is not None:
             raise PeerLostError(self.peer_pid, "sent two messages for one round")
         self._ahead_messages += 1
         self._ahead_bytes += len(payload)
         if self._ahead_messages > MAX_AHEAD_MESSAGES or self._ahead_bytes > MAX_AHEAD_BYTES:
-            raise PeerLostError(self.peer_pid, f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB ahead of the computation")
+            raise PeerLostError(
+                self.peer_pid,
+                f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB ahead of the computation",
+            )
         self._buffers[pc] = payload
 
     def close_connection(self) -> None:
@@ -143,6 +190,7 @@ class MeshTransport:
         self._sink = sink
         self._on_peer_up = on_peer_up
         self.exchangers: dict[int, Exchanger] = {}
+        self.counts = TrafficCounts()
         self.failure: asyncio.Future[PeerLostError] = runtime._loop.create_future()
         self._started = False
         self._early: list[Frame] = []  # peers may connect (and send) before MPyC starts
@@ -182,7 +230,13 @@ class MeshTransport:
                 messages, size = self._early_sizes.get(frame.peer, (0, 0))
                 messages, size = messages + 1, size + len(frame.payload)
                 if messages > MAX_AHEAD_MESSAGES or size > MAX_AHEAD_BYTES:
-                    self.fail(PeerLostError(frame.peer, f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB before the computation started"))
+                    self.fail(
+                        PeerLostError(
+                            frame.peer,
+                            f"sent more than {MAX_AHEAD_MESSAGES} messages or {MAX_AHEAD_BYTES >> 20} MiB "
+                            "before the computation started",
+                        )
+                    )
                     return
                 self._early_sizes[frame.peer] = (messages, size)
             self._early.append(frame)
@@ -211,7 +265,7 @@ class MeshTransport:
                 self.fail(PeerLostError(frame.peer, "sent PRSS keys of the wrong size"))
                 return
             rt._prss_keys_from_peer(frame.peer, frame.prss_keys)
-        exchanger = Exchanger(rt, frame.peer, self._sink)
+        exchanger = Exchanger(rt, frame.peer, self._sink, self.counts)
         self.exchangers[frame.peer] = exchanger
         rt.set_protocol(frame.peer, exchanger)
         if self._on_peer_up is not None:

@@ -10,11 +10,12 @@ import pytest
 
 from services.bench.full_bench import BenchError, coefficient_errors, median_summary, phase_times
 from services.bench.lasso_bench import party_blocks, read_shares, split_phases, write_shares
-from services.bench.meshrun import TrafficCounter
+from services.bench.meshrun import TrafficCounter, cpu_delta
+from services.bench.mpc_traffic import mpc_traffic
 from services.bench.tno_compare import tno_coefficients
+from services.testkit.dealer import decode
 from services.testkit.synthetic import make_study_data
 from services.tools.traces import SpanRow
-from services.testkit.dealer import decode
 
 
 def _span(org: str, phase: str, start: float, end: float) -> SpanRow:
@@ -23,13 +24,23 @@ def _span(org: str, phase: str, start: float, end: float) -> SpanRow:
 
 def test_phase_times_cut_at_the_last_party() -> None:
     rows = [
-        _span("insurer", "setup", 100.0, 100.5), _span("hospital", "setup", 100.1, 100.6), _span("helper", "setup", 100.0, 100.2),
-        _span("insurer", "hashing_encryption", 100.5, 103.0), _span("hospital", "hashing_encryption", 100.6, 104.0),
+        _span("insurer", "setup", 100.0, 100.5),
+        _span("hospital", "setup", 100.1, 100.6),
+        _span("helper", "setup", 100.0, 100.2),
+        _span("insurer", "hashing_encryption", 100.5, 103.0),
+        _span("hospital", "hashing_encryption", 100.6, 104.0),
         _span("helper", "intersection", 100.2, 106.0),
-        _span("insurer", "resharing", 103.0, 105.5), _span("hospital", "resharing", 104.0, 106.0), _span("helper", "resharing", 106.0, 106.1),
-        _span("insurer", "input", 105.5, 107.0), _span("hospital", "input", 106.0, 107.1), _span("helper", "input", 106.1, 107.2),
-        _span("insurer", "gram", 107.0, 107.5), _span("insurer", "iterations", 107.5, 109.0), _span("insurer", "reveal", 109.0, 109.1),
-        _span("hospital", "reveal", 109.0, 109.3), SpanRow("insurer", "gateway", "/riskmesh.v1.X/Y", "", 99.0, 120.0, False),
+        _span("insurer", "resharing", 103.0, 105.5),
+        _span("hospital", "resharing", 104.0, 106.0),
+        _span("helper", "resharing", 106.0, 106.1),
+        _span("insurer", "input", 105.5, 107.0),
+        _span("hospital", "input", 106.0, 107.1),
+        _span("helper", "input", 106.1, 107.2),
+        _span("insurer", "gram", 107.0, 107.5),
+        _span("insurer", "iterations", 107.5, 109.0),
+        _span("insurer", "reveal", 109.0, 109.1),
+        _span("hospital", "reveal", 109.0, 109.3),
+        SpanRow("insurer", "gateway", "/riskmesh.v1.X/Y", "", 99.0, 120.0, False),
     ]
     times = phase_times(rows)
     assert times["join_s"] == pytest.approx(4.0)
@@ -59,12 +70,26 @@ def test_coefficient_errors() -> None:
 
 def test_median_summary_keeps_small_values_unrounded() -> None:
     runs = [
-        {"total_s": 1.23456, "rel_coef_diff": 3e-9, "bytes": 10, "ok": True, "trace_id": "a", "by_org": {"x": 1, "y": 4}},
+        {
+            "total_s": 1.23456,
+            "rel_coef_diff": 3e-9,
+            "bytes": 10,
+            "ok": True,
+            "trace_id": "a",
+            "by_org": {"x": 1, "y": 4},
+        },
         {"total_s": 2.0, "rel_coef_diff": 1e-9, "bytes": 30, "ok": False, "trace_id": "b", "by_org": {"x": 3, "y": 2}},
         {"total_s": 3.0, "rel_coef_diff": 2e-9, "bytes": 20, "ok": True, "trace_id": "c", "by_org": {"x": 2, "y": 3}},
     ]
     summary = median_summary(runs)
-    assert summary == {"total_s": 2.0, "rel_coef_diff": 2e-9, "bytes": 20, "ok": False, "trace_id": "a", "by_org": {"x": 2, "y": 3}}
+    assert summary == {
+        "total_s": 2.0,
+        "rel_coef_diff": 2e-9,
+        "bytes": 20,
+        "ok": False,
+        "trace_id": "a",
+        "by_org": {"x": 2, "y": 3},
+    }
     assert median_summary(runs[:1])["total_s"] == 1.235
 
 
@@ -77,16 +102,60 @@ def test_traffic_delta() -> None:
     assert TrafficCounter.delta(counter.snapshot(), before) == {"insurer": 5, "helper": 7}
 
 
+def test_cpu_delta() -> None:
+    assert cpu_delta({"helper": 3.0, "insurer": 10.456}, {"insurer": 4.0}) == {"helper": 3.0, "insurer": 6.46}
+
+
+def test_mpc_traffic_from_the_lasso_servers_spans(tmp_path: Path) -> None:
+    import json
+
+    def span(org: str, run_id: str, counts: dict[str, int], name: str = "mpc traffic") -> str:
+        attributes = {"riskmesh.run.id": run_id, **{f"riskmesh.mpc.{k}": v for k, v in counts.items()}}
+        return json.dumps({"name": name, "attributes": attributes, "resource": {"attributes": {"riskmesh.org": org}}})
+
+    lines = {
+        "insurer": [
+            span(
+                "insurer",
+                "r1",
+                {"rounds.gram": 10, "messages.gram": 20, "rounds.other": 2, "messages.other": 2, "bytes.gram": 99},
+            ),
+            span("insurer", "r2", {"rounds.gram": 99, "messages.gram": 99}),
+        ],
+        "hospital": [
+            span("hospital", "r1", {"rounds.gram": 12, "messages.gram": 24, "rounds.other": 1, "messages.other": 1}),
+            span("hospital", "r1", {"rounds.gram": 50}, name="phase gram"),
+        ],
+    }
+    for org, spans in lines.items():
+        path = tmp_path / org / "spans" / f"{org}-lasso.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("\n".join(spans) + "\n")
+    assert mpc_traffic([tmp_path], "r1") == {
+        "mpc_rounds": {"gram": 12, "other": 2, "total": 14},
+        "mpc_messages": {"gram": 44, "other": 3, "total": 47},
+    }
+    assert mpc_traffic([tmp_path], "r3") == {"mpc_rounds": {}, "mpc_messages": {}}
+
+
 def test_dealt_blocks_are_the_join_layout_and_sum_to_the_table(tmp_path: Path) -> None:
     data = make_study_data(40, overlap=1.0, features=4)
     blocks, x, y = party_blocks(data, np.random.default_rng(1))
     assert [b.columns for b in blocks["insurer"]] == [("x3", "x4")]
     assert [b.columns for b in blocks["hospital"]] == [("x1", "x2", "hospitalisation_days")]
     assert [b.columns for b in blocks["helper"]] == [("x1", "x2", "hospitalisation_days"), ("x3", "x4")]
-    assert all(b.rows == 40 and b.value_bytes == 14 and (b.fractional_bits, b.value_bits, b.sigma_bits) == (32, 64, 40) for bs in blocks.values() for b in bs)
+    assert all(
+        b.rows == 40 and b.value_bytes == 14 and (b.fractional_bits, b.value_bits, b.sigma_bits) == (32, 64, 40)
+        for bs in blocks.values()
+        for b in bs
+    )
     # Column by column, the three parties' shares add up to the fixed-point encoding of (X, y).
-    insurer_cols = np.array(blocks["hospital"][0].values, dtype=object) + np.array(blocks["helper"][0].values, dtype=object)
-    hospital_cols = np.array(blocks["insurer"][0].values, dtype=object) + np.array(blocks["helper"][1].values, dtype=object)
+    insurer_cols = np.array(blocks["hospital"][0].values, dtype=object) + np.array(
+        blocks["helper"][0].values, dtype=object
+    )
+    hospital_cols = np.array(blocks["insurer"][0].values, dtype=object) + np.array(
+        blocks["helper"][1].values, dtype=object
+    )
     assert np.allclose(decode(insurer_cols), np.column_stack([x[:, :2], y]), atol=2**-31)
     assert np.allclose(decode(hospital_cols), x[:, 2:], atol=2**-31)
     # The shares file holds exactly the blocks.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -37,12 +38,15 @@ def test_rows_of_chunks_in_sequence_add_up_to_the_header() -> None:
     assert assemble(0, []) == []
 
 
-@pytest.mark.parametrize("messages,fragment", [
-    ([chunk(1, 2)], "chunk 1 out of order, 0 expected"),
-    ([chunk(0, 2), chunk(0, 2)], "in sequence"),
-    ([header(4)], "in sequence"),
-    ([chunk(0, 5)], "more rows than the header announced"),
-])
+@pytest.mark.parametrize(
+    "messages,fragment",
+    [
+        ([chunk(1, 2)], "chunk 1 out of order, 0 expected"),
+        ([chunk(0, 2), chunk(0, 2)], "in sequence"),
+        ([header(4)], "in sequence"),
+        ([chunk(0, 5)], "more rows than the header announced"),
+    ],
+)
 def test_chunks_out_of_place_or_too_many_rows_are_refused(messages: list[Any], fragment: str) -> None:
     with pytest.raises(WireFormatError, match=fragment):
         assemble(4, messages)
@@ -59,3 +63,17 @@ def test_the_header_comes_first() -> None:
         asyncio.run(read_header(stream([chunk(0, 3)])))
     with pytest.raises(WireFormatError, match="empty"):
         asyncio.run(read_header(stream([])))
+
+
+def test_counted_rows_are_checked_but_not_kept() -> None:
+    rows: ChunkedRows[None] = ChunkedRows(5)
+    rows.count(len(range(rows.chunk(chunk(0, 3)).rows)))
+    rows.count(2)
+    assert rows.finish() == [] and rows.received == 5
+    over: ChunkedRows[None] = ChunkedRows(2)
+    with pytest.raises(WireFormatError):
+        over.count(3)
+    short: ChunkedRows[None] = ChunkedRows(2)
+    short.count(1)
+    with pytest.raises(EndedEarly):
+        short.finish()

@@ -13,7 +13,7 @@ from services.join.core.errors import (
     WireFormatError,
 )
 from services.join.core.masking import draw_masks, mask_rows, permute, random_permutation
-from services.join.core.matching import check_minimum, match_tags
+from services.join.core.matching import check_minimum, match_tag_arrays, match_tags, tag_array
 from services.join.core.packing import SlotLayout, pack_rows
 from services.join.core.paillier import PrivateKey, encrypt_rows, generate_pool
 from services.join.core.shares import (
@@ -39,6 +39,28 @@ def test_match_tags() -> None:
     tags_b = [_tag(i) for i in (3, 4, 5)]
     assert match_tags(tags_a, tags_b) == [(0, 2), (3, 0)]
     assert match_tags(tags_a, []) == []
+
+
+@given(
+    a=st.lists(st.binary(min_size=32, max_size=32), unique=True, max_size=40),
+    b=st.lists(st.binary(min_size=32, max_size=32), unique=True, max_size=40),
+)
+def test_tag_arrays_match_like_a_dict(a: list[bytes], b: list[bytes]) -> None:
+    # Tags that differ only in trailing zero bytes must not compare equal (raw-byte dtype).
+    a = a + [b"\x07" * 31 + b"\x00"]
+    b = b + [b"\x07" * 31 + b"\x01"]
+    index_b = {t: j for j, t in enumerate(b)}
+    expected = [(i, index_b[t]) for i, t in enumerate(a) if t in index_b]
+    ia, ib = match_tag_arrays(tag_array(b"".join(a), "A"), tag_array(b"".join(b), "B"))
+    assert list(zip(ia.tolist(), ib.tolist(), strict=True)) == expected == match_tags(a, b)
+
+
+def test_tag_array_checks() -> None:
+    with pytest.raises(WireFormatError):
+        tag_array(b"x" * 33, "A")
+    with pytest.raises(DuplicateTagError):
+        tag_array(_tag(3) + _tag(4) + _tag(3), "B")
+    assert len(tag_array(b"", "A")) == 0
 
 
 def test_match_rejects_duplicates_and_bad_tags() -> None:
@@ -84,7 +106,11 @@ def test_mask_and_reshare_reconstruct(key_b: PrivateKey) -> None:
     cts = encrypt_rows(key_b.public, pack_rows(LAYOUT, plain), generate_pool(key_b.public, 80))
     perm = random_permutation(len(cts))
     masked = mask_rows(key_b.public, LAYOUT, permute(cts, perm), len(columns))
-    assert all(m != c for mrow, crow in zip(masked.ciphertexts, permute(cts, perm)) for m, c in zip(mrow, crow))
+    assert all(
+        m != c
+        for mrow, crow in zip(masked.ciphertexts, permute(cts, perm), strict=True)
+        for m, c in zip(mrow, crow, strict=True)
+    )
     owner = owner_shares(key_b, LAYOUT, masked.ciphertexts, columns, threads=2)
     helper = ShareMatrix(columns, masked.helper_shares)
     total = reconstruct([owner, helper])

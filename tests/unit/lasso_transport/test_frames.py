@@ -22,6 +22,7 @@ from services.lasso.worker.frames import (
     Result,
     Send,
     Start,
+    Traffic,
     encode,
 )
 
@@ -37,6 +38,7 @@ ALL_KINDS = [
     PeerClosed(1),
     PeerLost(2, "MPC party 2 (helper) was lost during PHASE_GRAM (UNAVAILABLE)"),
     Report(7, 40, 100),
+    Traffic(9, 12, 345, 2**40 + 3),
     Result(b"\x1a\x02ok"),
     Failed("the MPC computation raised ValueError"),
 ]

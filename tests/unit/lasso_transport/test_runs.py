@@ -9,11 +9,25 @@ import grpc
 import pytest
 
 from riskmesh.v1 import common_pb2, lasso_pb2
-from services.lasso.exchange import Abort, Outbox, accept
-from services.lasso.worker.frames import Close, Failed, Input, InputEnd, PeerClosed, PeerLost, PeerUp, Recv, Report, Result, Send, Start
 from services.lasso import runs as runs_module
 from services.lasso.core import wire
+from services.lasso.exchange import Abort, Outbox, accept
 from services.lasso.runs import Finished, Run, RunFailure, RunRegistry
+from services.lasso.worker.frames import (
+    Close,
+    Failed,
+    Input,
+    InputEnd,
+    PeerClosed,
+    PeerLost,
+    PeerUp,
+    Recv,
+    Report,
+    Result,
+    Send,
+    Start,
+    Traffic,
+)
 from tests.unit.lasso_transport.test_shares import block
 
 ORGS = ("insurer", "hospital", "helper")
@@ -91,9 +105,36 @@ def test_reports_become_progress_and_the_result_ends_the_run():
         h.worker.on_frame(Report(common_pb2.PHASE_GRAM, 1, 3))
         h.worker.on_frame(Result(lasso_pb2.ModelResult(joined=5).SerializeToString()))
         await asyncio.wait_for(task, 1)
-        assert isinstance(h.events[0], common_pb2.Progress) and h.events[0].phase == common_pb2.PHASE_GRAM and h.events[0].total == 3
+        assert (
+            isinstance(h.events[0], common_pb2.Progress)
+            and h.events[0].phase == common_pb2.PHASE_GRAM
+            and h.events[0].total == 3
+        )
         assert isinstance(h.events[-1], Finished) and h.events[-1].result.joined == 5
         assert h.run.phase == common_pb2.PHASE_GRAM
+
+    asyncio.run(main())
+
+
+def test_traffic_counts_are_kept_and_become_span_attributes():
+    from services.lasso.servicer import traffic_attributes
+
+    async def main():
+        h = Harness()
+        task = await h.started()
+        h.worker.on_frame(Traffic(common_pb2.PHASE_GRAM, 4, 8, 800))
+        h.worker.on_frame(Traffic(0, 2, 2, 10))
+        h.worker.on_frame(Result(lasso_pb2.ModelResult().SerializeToString()))
+        await asyncio.wait_for(task, 1)
+        assert traffic_attributes(h.run) == {
+            "riskmesh.run.id": "run-1",
+            "riskmesh.mpc.rounds.other": 2,
+            "riskmesh.mpc.messages.other": 2,
+            "riskmesh.mpc.bytes.other": 10,
+            "riskmesh.mpc.rounds.gram": 4,
+            "riskmesh.mpc.messages.gram": 8,
+            "riskmesh.mpc.bytes.gram": 800,
+        }
 
     asyncio.run(main())
 
@@ -108,7 +149,11 @@ def test_progress_within_a_phase_is_thinned_but_starts_and_ends_pass():
         h.worker.on_frame(Result(lasso_pb2.ModelResult().SerializeToString()))
         await asyncio.wait_for(task, 1)
         passed = [(e.phase, e.done) for e in h.events if isinstance(e, common_pb2.Progress)]
-        assert passed == [(common_pb2.PHASE_ITERATIONS, 0), (common_pb2.PHASE_ITERATIONS, 100), (common_pb2.PHASE_REVEAL, 0)]
+        assert passed == [
+            (common_pb2.PHASE_ITERATIONS, 0),
+            (common_pb2.PHASE_ITERATIONS, 100),
+            (common_pb2.PHASE_REVEAL, 0),
+        ]
 
     asyncio.run(main())
 
@@ -265,11 +310,21 @@ def test_a_request_stream_that_ends_without_mpc_end_is_a_lost_peer():
 def test_a_dialers_abort_reason_becomes_this_runs_failure():
     async def main():
         h = Harness(org="helper")
-        stream = accept(h.run, 0, bytes(16), requests_of(end="MPC party 1 (hospital) was lost during PHASE_GRAM (UNAVAILABLE)"), FakeContext(), Outbox())
+        stream = accept(
+            h.run,
+            0,
+            bytes(16),
+            requests_of(end="MPC party 1 (hospital) was lost during PHASE_GRAM (UNAVAILABLE)"),
+            FakeContext(),
+            Outbox(),
+        )
         consumer = asyncio.ensure_future(stream.__anext__())
         await asyncio.sleep(0.01)
         assert h.run.failure is not None and h.run.failure.code == grpc.StatusCode.ABORTED
-        assert h.run.failure.message == "MPC party 0 (insurer) ended the run during PHASE_INPUT: MPC party 1 (hospital) was lost during PHASE_GRAM (UNAVAILABLE)"
+        assert (
+            h.run.failure.message == "MPC party 0 (insurer) ended the run during PHASE_INPUT: "
+            "MPC party 1 (hospital) was lost during PHASE_GRAM (UNAVAILABLE)"
+        )
         consumer.cancel()
 
     asyncio.run(main())
@@ -338,7 +393,10 @@ def test_a_malformed_peer_message_fails_the_run_naming_the_peer_and_phase():
         await asyncio.wait_for(task, 1)
         failure = h.events[-1]
         assert isinstance(failure, RunFailure) and failure.code == grpc.StatusCode.ABORTED
-        assert failure.message == "MPC party 0 (insurer) sent a malformed MPC message during PHASE_INPUT: unknown message kind 128"
+        assert (
+            failure.message
+            == "MPC party 0 (insurer) sent a malformed MPC message during PHASE_INPUT: unknown message kind 128"
+        )
         assert [f for f in h.worker.frames if isinstance(f, Recv)] == [Recv(0, 5, wire.encode_ints([1, 2], 8))]
 
     asyncio.run(main())

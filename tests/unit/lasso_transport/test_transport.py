@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from services.lasso.worker.frames import Close, Dial, PeerClosed, PeerLost, PeerUp, Recv, Send
 from services.lasso.worker import transport as transport_module
-from services.lasso.worker.transport import Exchanger, MeshTransport, PeerLostError
+from services.lasso.worker.frames import Close, Dial, PeerClosed, PeerLost, PeerUp, Recv, Send
+from services.lasso.worker.transport import Exchanger, MeshTransport, PeerLostError, TrafficCounts
 from tests.unit.lasso_transport.fake_runtime import FakeRuntime, RecordingSink
 
 
@@ -181,6 +181,31 @@ def test_prss_keys_of_the_wrong_size_fail_the_run():
     run(main())
 
 
+def test_traffic_counts_rounds_as_bursts_of_sends_after_a_consumed_message():
+    async def main():
+        counts = TrafficCounts()
+        rt = FakeRuntime(0, asyncio.get_running_loop())
+        to_1, to_2 = Exchanger(rt, 1, RecordingSink(), counts), Exchanger(rt, 2, RecordingSink(), counts)
+        counts.phase = 5
+        to_1.send(1, b"ab")
+        to_2.send(1, b"cd")  # same round: nothing consumed in between
+        to_1.deliver(1, b"x")  # arrived, not yet consumed
+        to_1.send(2, b"e")
+        assert counts.by_phase[5] == [1, 3, 5]
+        assert to_1.receive(1) == b"x"  # consumed: the next send starts round 2
+        to_2.send(3, b"f")
+        pending = to_2.receive(4)
+        to_2.deliver(4, b"y")  # resolves a waiting receive: consumed
+        assert await pending == b"y"
+        counts.phase = 6
+        to_1.send(4, b"gh")
+        to_2.send(4, b"ij")
+        assert counts.by_phase == {5: [2, 4, 6], 6: [1, 2, 4]}
+        assert [(t.phase, t.rounds, t.messages, t.bytes) for t in counts.frames()] == [(5, 2, 4, 6), (6, 1, 2, 4)]
+
+    run(main())
+
+
 def test_a_second_message_for_a_buffered_round_fails_the_run_naming_the_peer():
     async def main():
         rt, transport, _ = await started_transport(0)
@@ -188,6 +213,23 @@ def test_a_second_message_for_a_buffered_round_fails_the_run_naming_the_peer():
         transport.on_frame(Recv(1, 9, b"second"))
         assert transport.failure.done()
         assert str(transport.failure.result()) == "MPC party 1: sent two messages for one round"
+
+    run(main())
+
+
+def test_the_transport_shares_one_count_over_its_peers():
+    async def main():
+        rt = FakeRuntime(1, asyncio.get_running_loop())
+        transport = MeshTransport(rt, RecordingSink())
+        transport.install()
+        started = asyncio.ensure_future(rt.start())
+        await asyncio.sleep(0)
+        transport.on_frame(PeerUp(2, b""))
+        transport.on_frame(PeerUp(0, bytes([9] * 16)))
+        await asyncio.wait_for(started, 1)
+        rt.parties[0].protocol.send(1, b"a")
+        rt.parties[2].protocol.send(1, b"b")
+        assert transport.counts.by_phase == {0: [1, 2, 2]}
 
     run(main())
 
