@@ -12,8 +12,6 @@ from services.doctor.checks import PeerProbe
 from services.mesh.identity import Identity
 from services.tools.pki import make_ca, make_leaf
 
-NOW = dt.datetime.now(dt.UTC)
-
 
 def public_der(key) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -24,52 +22,56 @@ def leaf(ca, ca_key, org="insurer", service="gateway", **validity):
 
 
 def test_a_good_certificate_passes_every_check():
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)  # the checks run after the certificates exist
     ca, ca_key = make_ca("insurer")
     cert, key = leaf(ca, ca_key)
-    findings = checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, NOW)
+    findings = checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, now)
     assert findings and all(f.ok for f in findings), findings
 
 
 def test_expired_soon_expiring_and_not_yet_valid_certificates_fail_with_a_fix():
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)  # the checks run after the certificates exist
     ca, ca_key = make_ca("insurer")
     for validity, words in [
-        ({"not_before": NOW - dt.timedelta(days=100), "not_after": NOW - dt.timedelta(days=1)}, "expired"),
-        ({"not_after": NOW + dt.timedelta(days=10)}, "expires in"),
-        ({"not_before": NOW + dt.timedelta(days=1), "not_after": NOW + dt.timedelta(days=90)}, "not valid before"),
+        ({"not_before": now - dt.timedelta(days=100), "not_after": now - dt.timedelta(days=1)}, "expired"),
+        ({"not_after": now + dt.timedelta(days=10)}, "expires in"),
+        ({"not_before": now + dt.timedelta(days=1), "not_after": now + dt.timedelta(days=90)}, "not valid before"),
     ]:
         cert, key = leaf(ca, ca_key, **validity)
-        (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, NOW))
+        (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, now))
         assert words in bad.detail and "issue a new certificate" in bad.fix, bad
 
 
 def test_wrong_issuer_wrong_identity_and_mismatched_key_fail():
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)  # the checks run after the certificates exist
     ca, ca_key = make_ca("insurer")
     other_ca, other_key = make_ca("insurer")  # calls itself insurer, is not the CA in trust.pem
     cert, key = leaf(other_ca, other_key)
-    (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, NOW))
+    (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, now))
     assert bad.subject.endswith("chain") and "not issued by the CA of insurer" in bad.detail
     cert, key = leaf(ca, ca_key, service="lasso")
-    (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, NOW))
+    (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(key), ca, now))
     assert "spiffe://insurer/lasso" in bad.detail
     _, stray_key = leaf(ca, ca_key)
     cert, _ = leaf(ca, ca_key)
-    (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(stray_key), ca, NOW))
+    (bad,) = checks.failed(checks.check_certificate("insurer", "gateway", cert, public_der(stray_key), ca, now))
     assert "is not the key of this certificate" in bad.detail
 
 
 def test_trust_bundle_needs_one_valid_ca_per_org_and_no_stranger():
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)  # the checks run after the certificates exist
     cas = {org: make_ca(org)[0] for org in ("insurer", "hospital", "helper")}
-    assert all(f.ok for f in checks.check_trust_bundle("insurer", ["hospital", "helper"], list(cas.values()), NOW))
+    assert all(f.ok for f in checks.check_trust_bundle("insurer", ["hospital", "helper"], list(cas.values()), now))
     missing = checks.failed(
-        checks.check_trust_bundle("insurer", ["hospital", "helper"], [cas["insurer"], cas["helper"]], NOW)
+        checks.check_trust_bundle("insurer", ["hospital", "helper"], [cas["insurer"], cas["helper"]], now)
     )
     assert [f.subject for f in missing] == ["trust.pem: CA of hospital"] and "ca.pem" in missing[0].fix
     twice = checks.failed(
-        checks.check_trust_bundle("insurer", ["hospital", "helper"], [*cas.values(), make_ca("hospital")[0]], NOW)
+        checks.check_trust_bundle("insurer", ["hospital", "helper"], [*cas.values(), make_ca("hospital")[0]], now)
     )
     assert "2 CA certificates claim O=hospital" in twice[0].detail
     stranger = checks.failed(
-        checks.check_trust_bundle("insurer", ["hospital", "helper"], [*cas.values(), make_ca("mallory")[0]], NOW)
+        checks.check_trust_bundle("insurer", ["hospital", "helper"], [*cas.values(), make_ca("mallory")[0]], now)
     )
     assert "mallory" in stranger[0].detail
 
