@@ -225,18 +225,24 @@ def test_pool_over_processes(key_a: PrivateKey) -> None:
 
 
 def test_stop_executor_ends_busy_workers_at_once() -> None:
+    import concurrent.futures
     import time
 
     executor = process_executor(1)
     busy = executor.submit(time.sleep, 60)
-    time.sleep(0.5)  # the worker has started and is sleeping
+    deadline = time.monotonic() + 30  # a loaded machine may take a while to start the worker
+    while not (busy.running() and executor._processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
     processes = list(executor._processes.values())
+    assert processes and busy.running()
     started = time.monotonic()
     stop_executor(executor)
     for process in processes:
         process.join(10)
         assert not process.is_alive()
-    assert time.monotonic() - started < 10 and (busy.cancelled() or busy.done())
+    # The pool's management thread marks the future once it sees its worker gone.
+    concurrent.futures.wait([busy], timeout=10)
+    assert time.monotonic() - started < 20 and (busy.cancelled() or busy.done())
 
 
 def test_split_helpers() -> None:
