@@ -28,7 +28,6 @@ bits, sized from m so that no sum wraps); the signs of η are compared in a 61-b
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,9 +38,10 @@ import numpy.typing as npt
 
 from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
 from services.lasso.core.limbs import cross_product
-from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec, SpecError, check_table_shape
+from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.secure_compare import compare_field_bits, trunc_convert
 from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid, sign_bits
+from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_qp import (
@@ -136,14 +136,6 @@ def _fields(mpc: Any, plan: GlmPlan) -> Fields:
     small = FieldOps(mpc, mpc.SecInt(compare_field_bits(kappa, compare_bits()) - kappa - 2))
     fine = FieldOps(mpc, mpc.SecInt(compare_field_bits(kappa, compare_bits(MARGIN_FRAC)) - kappa - 2))
     return Fields(big, work, small, fine)
-
-
-async def _check_agreement(mpc: Any, spec: RegressionSpec, rows: int, columns: int) -> None:
-    """Every party runs the same public parameters on a table of the same shape (one round)."""
-    digest = hashlib.sha256(repr((spec, rows, columns)).encode()).digest()
-    digests = await mpc.transfer(digest)
-    if any(other != digest for other in digests):
-        raise SpecError("the parties disagree on the regression parameters or the joined table's shape")
 
 
 # ---- rows ------------------------------------------------------------------------------------------
@@ -367,20 +359,14 @@ async def secure_fit_glm(
     mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec, on_progress: ProgressCallback | None = None
 ) -> RegressionResult | None:
     """This party's side of a secure GLM fit; parties 0 and 1 get the result, 2 gets None."""
-    table = np.asarray(shares, dtype=object)
-    if table.ndim != 2:
-        raise ValueError("shares must be a matrix")
-    n_rows, columns = table.shape
-    check_table_shape(n_rows, columns, spec)
-    await _check_agreement(mpc, spec, n_rows, columns)
+    table = await agreed_table(mpc, shares, spec)
+    n_rows = table.shape[0]
     plan = make_glm_plan(spec, n_rows)
     fields = _fields(mpc, plan)
     big = fields.big
     progress = _Progress(on_progress)
     parties = len(mpc.parties)
-    zero = [frozenset[int]() for _ in range(parties)]
-    if spec.column_owners and parties == 3:
-        zero = [frozenset(j for j, o in enumerate(spec.column_owners) if o == i) for i in range(parties)]
+    zero = zero_columns(spec, parties)
 
     progress.report("input", 0, n_rows)
     raw = await share_rows(big, table, zero, lambda done: progress.report("input", done, n_rows))

@@ -23,6 +23,7 @@ of are not sent; receivers count them as zero.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from services.lasso.core.limbs import (
     limb_count,
     normalise,
 )
+from services.lasso.core.params import RegressionSpec, SpecError, check_table_shape
 from services.lasso.mpc.secure_ops import FieldOps, random_below
 
 ObjectArray = npt.NDArray[np.object_]
@@ -49,6 +51,33 @@ ObjectArray = npt.NDArray[np.object_]
 CHUNK_ROWS = 2048
 #: Chunks sent ahead of the one being absorbed.
 LOOKAHEAD_CHUNKS = 4
+
+
+async def agreed_table(mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec) -> ObjectArray:
+    """This party's share matrix, once it has the spec's shape and every party runs the same
+    public parameters on a table of the same shape (one round).
+
+    A mismatch would otherwise desynchronise the parties' messages and hang or produce
+    garbage; the digest of public values reveals nothing.
+    """
+    table = np.asarray(shares, dtype=object)
+    if table.ndim != 2:
+        raise ValueError("shares must be a matrix")
+    rows, columns = table.shape
+    check_table_shape(rows, columns, spec)
+    digest = hashlib.sha256(repr((spec, rows, columns)).encode()).digest()
+    digests = await mpc.transfer(digest)
+    if any(other != digest for other in digests):
+        raise SpecError("the parties disagree on the regression parameters or the joined table's shape")
+    return table
+
+
+def zero_columns(spec: RegressionSpec, parties: int) -> list[frozenset[int]]:
+    """Per party id, the columns it publicly holds only zeros of (the other owner's columns;
+    none when the spec names no owners or the parties are not the three of a study)."""
+    if not spec.column_owners or parties != 3:
+        return [frozenset[int]() for _ in range(parties)]
+    return [frozenset(j for j, o in enumerate(spec.column_owners) if o == i) for i in range(parties)]
 
 
 @dataclass(frozen=True)

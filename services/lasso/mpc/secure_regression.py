@@ -57,7 +57,6 @@ Schulz 1933 / Pan & Schreiber 1991 (Newton–Schulz inversion).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -66,7 +65,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.params import RegressionResult, RegressionSpec, SpecError, check_table_shape
+from services.lasso.core.params import RegressionResult, RegressionSpec
 from services.lasso.core.plan import (
     ADMM_RHO,
     CERTIFICATE_TOLERANCE,
@@ -76,7 +75,7 @@ from services.lasso.core.plan import (
     make_plan,
 )
 from services.lasso.mpc.secure_gram import FRAC_IN, FRAC_TABLE, Moments, gram_bits, moments
-from services.lasso.mpc.secure_input import share_and_multiply
+from services.lasso.mpc.secure_input import agreed_table, share_and_multiply, zero_columns
 from services.lasso.mpc.secure_metrics import decode_linear_metrics, linear_metrics
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_solver import (
@@ -210,18 +209,6 @@ async def _argmin_onehot(ops: FieldOps, values: ObjectArray, bits: int) -> Objec
     return onehot
 
 
-async def _check_agreement(mpc: Any, spec: RegressionSpec, rows: int, columns: int) -> None:
-    """Every party runs the same public parameters on a table of the same shape (one round).
-
-    A mismatch would otherwise desynchronise the parties' messages and hang or
-    produce garbage; the digest of public values reveals nothing.
-    """
-    digest = hashlib.sha256(repr((spec, rows, columns)).encode()).digest()
-    digests = await mpc.transfer(digest)
-    if any(other != digest for other in digests):
-        raise SpecError("the parties disagree on the regression parameters or the joined table's shape")
-
-
 def _stage_steps(plan: SolverPlan) -> int:
     """Progress units of one batch run to the plan's maximum (a certified run stops earlier)."""
     admm = plan.ns_k_iterations + plan.admm_iterations if plan.has_l1 else 0
@@ -237,21 +224,15 @@ async def secure_fit(
     ``spec``); ``shares`` is this party's m × c integer share matrix, columns as
     ``spec.ranges``. ``on_progress(phase, done, total)`` receives counts only.
     """
-    table = np.asarray(shares, dtype=object)
-    if table.ndim != 2:
-        raise ValueError("shares must be a matrix")
-    rows, columns = table.shape
-    check_table_shape(rows, columns, spec)
-    await _check_agreement(mpc, spec, rows, columns)
+    table = await agreed_table(mpc, shares, spec)
+    rows = table.shape[0]
     plan = make_plan(spec, rows)
     fields = _fields(mpc, plan)
     inp = fields.inp
     progress = _Progress(on_progress)
     progress.total = _stage_steps(plan) * (2 if spec.cross_validate else 1)
     parties = len(mpc.parties)
-    zero = [frozenset[int]() for _ in range(parties)]
-    if spec.column_owners and parties == 3:
-        zero = [frozenset(j for j, o in enumerate(spec.column_owners) if o == i) for i in range(parties)]
+    zero = zero_columns(spec, parties)
 
     progress.report("input", 0, rows)
     folds = list(plan.folds) or [(0, rows)]
