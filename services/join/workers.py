@@ -37,7 +37,7 @@ from riskmesh.v1 import crypto_worker_pb2, crypto_worker_pb2_grpc
 from services.join import codec
 from services.join.core.errors import WireFormatError
 from services.join.core.paillier import PrivateKey, PublicKey, RandomnessPool
-from services.join.core.parallel import split_sizes
+from services.join.core.parallel import chunks, split_sizes
 from services.join.core.workwire import pack_numbers, plaintext_bytes, private_key_parts, unpack_numbers
 from services.mesh.config import CRYPTO_WORKER, OrgConfig
 from services.mesh.status import StatusError
@@ -47,6 +47,7 @@ log = logging.getLogger("riskmesh.workers")
 
 POOL_CHUNK = 1000  # pool elements per request (~1–2 s of one core at 3072 bits)
 DECRYPT_CHUNK = 500  # ciphertexts per request (~0.5 s at 3072 bits, p-only)
+MIN_CHUNK = 50  # below this a request costs more in messages than it saves: small work is not split further
 IN_FLIGHT_PER_WORKER = 2  # one computing, one waiting: the worker never idles on the network
 CALL_TIMEOUT_S = 300.0
 DOWN_S = 5.0
@@ -120,6 +121,10 @@ class CryptoWorkers:
         """How many chunks compute at once (one per worker)."""
         return max(1, sum(t.slots for t in self.targets) // IN_FLIGHT_PER_WORKER)
 
+    def _parts(self, count: int, largest: int) -> int:
+        """Chunks for `count` items: none above `largest`, and at least one per worker unless tiny."""
+        return max(-(-count // largest), min(self.parallelism, count // MIN_CHUNK), 1)
+
     async def _acquire(self, tried: set[str]) -> Target:
         async with self._free:
             while True:
@@ -191,8 +196,7 @@ class CryptoWorkers:
                 raise WireFormatError("a crypto worker returned the wrong pool elements")
             return elements
 
-        sizes = split_sizes(count, -(-count // POOL_CHUNK)) if count else []
-        parts = await _gather(chunk(size) for size in sizes)
+        parts = await _gather(chunk(size) for size in split_sizes(count, self._parts(count, POOL_CHUNK)) if size)
         return RandomnessPool(key.key_id, (e for part in parts for e in part))
 
     async def decrypt(self, key: PrivateKey, ciphertexts: Sequence[int], *, below_p: bool) -> list[int]:
@@ -214,8 +218,8 @@ class CryptoWorkers:
                 raise WireFormatError("a crypto worker returned the wrong number of plaintexts")
             return plain
 
-        parts = [ciphertexts[k : k + DECRYPT_CHUNK] for k in range(0, len(ciphertexts), DECRYPT_CHUNK)]
-        results = await _gather(chunk(part) for part in parts)
+        parts = chunks(ciphertexts, self._parts(len(ciphertexts), DECRYPT_CHUNK))
+        results = await _gather(chunk(part) for part in parts if part)
         return [m for part in results for m in part]
 
 
