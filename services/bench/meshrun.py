@@ -288,7 +288,7 @@ def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, fl
 
 
 def relay_env_var(org: str, server: str) -> str:
-    return f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper()}"
+    return f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper().replace('-', '_')}"
 
 
 class BenchMesh:

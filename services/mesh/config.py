@@ -33,7 +33,8 @@ Read once per process (`load_config`) and passed to whatever needs it.
     min_intersection = 100         # or policy_file = "policy.toml" (the same keys, at top level)
 
 Environment overrides: RISKMESH_CONFIG (the file), RISKMESH_PKI_DIR, RISKMESH_STATE_DIR,
-RISKMESH_BIND_HOST, and RISKMESH_ADDR_<ORG>_<SERVER> (e.g. RISKMESH_ADDR_HOSPITAL_GATEWAY).
+RISKMESH_BIND_HOST, and RISKMESH_ADDR_<ORG>_<SERVER> (e.g. RISKMESH_ADDR_HOSPITAL_GATEWAY,
+RISKMESH_ADDR_INSURER_CRYPTO_WORKER: hyphens become underscores).
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def _role(value: object, where: str) -> str:
 def _addresses(org: str, table: Mapping[str, object], env: Mapping[str, str]) -> dict[str, str]:
     out = {str(k): str(v) for k, v in dict(table).items()}
     for server in SERVER_OFFSETS:
-        key = f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper()}"
+        key = f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper().replace('-', '_')}"
         if env.get(key):
             out[server] = env[key]
     for server in out:
