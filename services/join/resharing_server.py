@@ -263,6 +263,9 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         except MalformedRequest as exc:  # a message of the stream did not parse (the sender gets INVALID_ARGUMENT)
             run.fail(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
             raise
+        except StatusError as exc:  # e.g. no crypto worker answered (services/join/workers.py)
+            run.fail(exc.code, f"resharing: {exc.message}")
+            await context.abort(exc.code, f"resharing: {exc.message}")
         except Exception as exc:
             log.error("a stream failed unexpectedly (%s)", type(exc).__name__)  # the type only: no data
             run.fail(grpc.StatusCode.INTERNAL, f"resharing: internal error ({type(exc).__name__})")

@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -55,7 +55,16 @@ MAX_ATTEMPTS = 3
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 BALANCED = [("grpc.lb_policy_name", "round_robin")]
 
-R = TypeVar("R")
+
+class Reply(Protocol):
+    """What every work reply carries besides its result: who did it and at what cost."""
+
+    worker: str
+    cpu_seconds: float
+
+
+R = TypeVar("R", bound=Reply)
+T = TypeVar("T")
 
 
 class CryptoWorkersUnavailable(StatusError):
@@ -133,9 +142,11 @@ class CryptoWorkers:
                 )
                 if not fresh:
                     raise CryptoWorkersUnavailable("crypto workers: every worker failed this chunk")
+                # A worker that failed lately gets chunks only when every other one has failed too.
+                fresh = [t for t in fresh if not t.down] or fresh
                 open_ = [t for t in fresh if t.in_flight < t.slots]
                 if open_:
-                    target = min(open_, key=lambda t: (t.down, t.in_flight / t.slots, t.sent))
+                    target = min(open_, key=lambda t: (t.in_flight / t.slots, t.sent))
                     target.in_flight += 1
                     target.sent += 1
                     return target
@@ -174,10 +185,10 @@ class CryptoWorkers:
                 continue
             finally:
                 await self._release(target)
-            share = self.shares.setdefault(reply.worker, WorkerShare())  # type: ignore[attr-defined]
+            share = self.shares.setdefault(reply.worker, WorkerShare())
             share.chunks += 1
             share.items += items
-            share.cpu_s += reply.cpu_seconds  # type: ignore[attr-defined]
+            share.cpu_s += reply.cpu_seconds
             return reply
         raise CryptoWorkersUnavailable(
             f"crypto workers: no worker answered a chunk after {MAX_ATTEMPTS} tries (last: {last})"
@@ -223,7 +234,7 @@ class CryptoWorkers:
         return [m for part in results for m in part]
 
 
-async def _gather(coroutines) -> list:  # type: ignore[no-untyped-def]
+async def _gather(coroutines: Iterable[Awaitable[T]]) -> list[T]:
     """All results in order; on the first failure the others are cancelled."""
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:
