@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every riskmesh server. Each Kubernetes Deployment picks its server with
 # `command: ["riskmesh-<server>"]` (gateway, encryption, intersection, resharing, lasso,
-# and the web console riskmesh-console: the console scripts of pyproject.toml). No keys, certificates or data are baked in:
+# crypto-worker, and the web console riskmesh-console: the console scripts of pyproject.toml). No keys, certificates or data are baked in:
 # certificates arrive as Secrets, the config as a ConfigMap, state on volumes.
 #
 #   make image        (podman; see services/tools/containers.py)
@@ -70,7 +70,7 @@ USER 10001:10001
 WORKDIR /var/lib/riskmesh
 # mTLS ports (base 7100 + offset) and plaintext grpc.health.v1 ports (base + 10 + offset);
 # the web console's HTTP and probe ports.
-EXPOSE 7100-7104 7110-7114 8080 8090
+EXPOSE 7100-7105 7110-7115 8080 8090
 # No default server: a Deployment sets `command: ["riskmesh-gateway"]` (or another
 # server); run without one, the image prints the CLI's help.
 CMD ["riskmesh", "--help"]

@@ -2,6 +2,7 @@
 behind `make bench`, and the side-by-side run of the public TNO packages.
 
     riskmesh bench --phase {join,lasso,all} --records N --features D [--latency-ms L] [--repeat R] [--alpha A]
+    riskmesh bench --phase {join,all} ... --crypto-workers N   (N crypto-worker processes per data owner)
     riskmesh bench --phase lasso --records N --features D --design collinear
     riskmesh bench --phase lasso --model {lasso,logistic,svm,poisson} ...
     riskmesh bench --sweep full|quick [--out DIR]
@@ -89,6 +90,7 @@ class BenchArgs:
     alpha: float | None
     design: str = "synthetic"
     model: str = "lasso"
+    crypto_workers: int = 0
 
 
 def validate(args: BenchArgs) -> list[str]:
@@ -107,6 +109,10 @@ def validate(args: BenchArgs) -> list[str]:
     if args.alpha is not None and not args.alpha > 0:
         problems.append(f"--alpha must be > 0, got {args.alpha}")
     problems += _lasso_phase_problems(args)
+    if not 0 <= args.crypto_workers <= 8:
+        problems.append(f"--crypto-workers must be from 0 to 8, got {args.crypto_workers}")
+    elif args.crypto_workers and args.phase == "lasso":
+        problems.append("--crypto-workers is for --phase join and --phase all (the Lasso does no Paillier work)")
     if args.phase == "join" and args.latency_ms > 0:
         problems.append(
             "--latency-ms is not available for --phase join: the join benchmark (services/bench/join_bench.py) "
@@ -143,7 +149,12 @@ def run_phase(args: BenchArgs, workdir: Path | None) -> dict[str, Any]:
         from services.bench.join_bench import bench_join
 
         runs = [
-            bench_join(args.records, args.features, workdir=workdir / f"run-{k + 1}" if workdir else None)
+            bench_join(
+                args.records,
+                args.features,
+                workdir=workdir / f"run-{k + 1}" if workdir else None,
+                crypto_workers=args.crypto_workers,
+            )
             for k in range(args.repeat)
         ]
         summary = median_summary(runs)
@@ -164,6 +175,7 @@ def run_phase(args: BenchArgs, workdir: Path | None) -> dict[str, Any]:
         args.latency_ms,
         args.repeat,
         workdir,
+        crypto_workers=args.crypto_workers,
     )
 
 
@@ -222,6 +234,9 @@ def bench(
     compare_tno: bool = typer.Option(
         False, "--compare-tno", help="run the public TNO packages on the same data, side by side"
     ),
+    crypto_workers: int = typer.Option(
+        0, "--crypto-workers", help="join/all: crypto-worker processes per data owner (0: the servers' own pools)"
+    ),
 ) -> None:
     """Benchmark the pipeline; the last line printed is one JSON object."""
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every started server is stopped.
@@ -242,7 +257,15 @@ def bench(
             )
         )
     args = BenchArgs(
-        phase, records if records is not None else DEFAULT_RECORDS, features, latency_ms, repeat, alpha, design, model
+        phase,
+        records if records is not None else DEFAULT_RECORDS,
+        features,
+        latency_ms,
+        repeat,
+        alpha,
+        design,
+        model,
+        crypto_workers,
     )
     problems = validate(args)
     if problems:

@@ -53,6 +53,7 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, lasso_pb2
 from services.bench.meshrun import BenchMesh, TrafficCounter, cpu_delta, cpu_seconds_by_org
 from services.bench.mpc_traffic import mpc_traffic
+from services.bench.workerstats import WorkerReading, worker_figures
 from services.mesh.config import load_config
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, make_study_data, reference_join
@@ -186,13 +187,17 @@ class RunFigures:
     peak_rss_mb: float
     peak_rss_mb_by_org: dict[str, float]
     cpu_s_by_org: dict[str, float]
-    done_at: float  # perf_counter when the result was in hand
+    done_at: float
+    workers: dict[
+        str, Any
+    ]  # services/bench/workerstats.py: what each crypto worker did  # perf_counter when the result was in hand
 
 
 def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
     assert mesh.sampler is not None and mesh.mesh is not None
     before = mesh.counter.snapshot()
     cpu_before = cpu_seconds_by_org(mesh.mesh.processes)
+    workers_before = WorkerReading.take(mesh.mesh.processes, mesh.config_paths)
     mesh.sampler.reset()
     started = time.perf_counter()
     run = insurer.start_run(STUDY_ID)
@@ -211,6 +216,9 @@ def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
     total = done_at - started
     peaks = mesh.sampler.peaks()
     cpu = cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_before)
+    workers = worker_figures(
+        workers_before, WorkerReading.take(mesh.mesh.processes, mesh.config_paths), mesh.crypto_workers
+    )
     return RunFigures(
         final.run_id,
         final.trace_id,
@@ -222,6 +230,7 @@ def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
         peaks.org_mb(),
         cpu,
         done_at,
+        workers,
     )
 
 
@@ -232,15 +241,17 @@ def bench_all(
     latency_ms: float = 0.0,
     repeat: int = 1,
     workdir: Path | None = None,
+    crypto_workers: int = 0,
 ) -> dict[str, Any]:
-    """Run the study `repeat` times on one mesh; the medians, and every run's total."""
+    """Run the study `repeat` times on one mesh; the medians, and every run's total.
+    `crypto_workers`: crypto-worker processes per data owner (0: the servers' own pools)."""
     if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
         raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
     data = make_study_data(records, overlap=OVERLAP, features=features)
     reference = sklearn_reference(data, alpha)
     load_before = os.getloadavg()[0]
     with work_directory(workdir, "riskmesh-bench-all-") as root:
-        mesh = BenchMesh(root / "mesh", latency_ms=latency_ms)
+        mesh = BenchMesh(root / "mesh", latency_ms=latency_ms, crypto_workers=crypto_workers)
         configs = {org: load_config(path, env={}) for org, path in mesh.prepare().items()}
         sources = {
             t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv")
@@ -312,6 +323,7 @@ def _figures(
         "peak_rss_mb": run.peak_rss_mb,
         "peak_rss_mb_by_org": run.peak_rss_mb_by_org,
         "cpu_s_by_org": run.cpu_s_by_org,
+        **run.workers,
         "trace_id": run.trace_id,
         "coefficients": secure,
     }

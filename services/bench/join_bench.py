@@ -33,7 +33,10 @@ process's (driving calls and relays), `other_cpu_s` what everything else on the 
 used meanwhile and `idle_cpu_s` the core-seconds nobody used (both from /proc/stat).
 With `cores` cores the run cannot take less than server_cpu_s / cores; other_cpu_s says
 how much of the machine others took, idle_cpu_s how much the join left unused.
-`cpu_s_by_org` splits server_cpu_s by organisation.
+`cpu_s_by_org` splits server_cpu_s by organisation (crypto workers included). With
+`crypto_workers` N > 0 each owner runs N crypto-worker processes that make its pool and decrypt
+its deliveries; `cpu_s_by_worker`, `worker_items`, `worker_requests`, `worker_share_of_items`
+and `worker_share_of_cpu` say what each did (services/bench/workerstats.py).
 
 Memory: `peak_rss_mb_by_org` is the peak of the summed resident set of each org's join
 servers and their pool workers, `peak_rss_mb` the largest single process and
@@ -60,14 +63,15 @@ import psutil
 
 from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
 from services.bench.meshrun import MemorySampler, cpu_delta, cpu_seconds_by_org
+from services.bench.workerstats import WorkerReading, worker_figures
 from services.join.core.parallel import default_workers
-from services.mesh.config import MAX_UPLOAD_ROWS, load_config
+from services.mesh.config import CRYPTO_WORKER, MAX_UPLOAD_ROWS, load_config
 from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data
 from services.tools.launcher import LocalMesh, local_mesh_for
 
-JOIN_SERVERS = ("encryption", "intersection", "resharing")
+JOIN_SERVERS = ("encryption", "intersection", "resharing", CRYPTO_WORKER)
 READ_BYTES = 1 << 16
 
 
@@ -162,6 +166,7 @@ def bench_join(
     overlap: float = 0.5,
     bits: int = DEFAULT_PAILLIER_BITS,
     workdir: Path | None = None,
+    crypto_workers: int = 0,
 ) -> dict:
     """Run one join over three local orgs' processes and return its figures (see the module docstring)."""
     if records < 1 or not 0.0 <= overlap <= 1.0:
@@ -169,7 +174,10 @@ def bench_join(
     with _directory(workdir) as root:
         # --bits 1024: a quick, test-only mesh; a helper cap above `records` (its ciphertexts spool to disk).
         configs = local_mesh_for(
-            root / "mesh", min_paillier_bits=min(bits, 2048), max_upload_rows=max(records, MAX_UPLOAD_ROWS)
+            root / "mesh",
+            min_paillier_bits=min(bits, 2048),
+            max_upload_rows=max(records, MAX_UPLOAD_ROWS),
+            crypto_workers=crypto_workers,
         )
         data = make_study_data(records, overlap=overlap, features=features)
         spec = spec_for(data, "join-bench")
@@ -182,7 +190,7 @@ def bench_join(
             "paillier_bits": bits,
             "cores": default_workers(),
         }
-        result.update(asyncio.run(_run(configs, spec, {o: str(p) for o, p in sources.items()})))
+        result.update(asyncio.run(_run(configs, spec, {o: str(p) for o, p in sources.items()}, crypto_workers)))
         # The oracle, only here: the plaintext inner join of the generated files.
         columns, expected = plaintext_join(data, sources)
         table = result.pop("_table")
@@ -190,7 +198,7 @@ def bench_join(
         return result
 
 
-async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> dict[str, Any]:
+async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str], crypto_workers: int = 0) -> dict[str, Any]:
     helper, owners = "helper", ("insurer", "hospital")
     endpoints = {org: load_config(path, env={}) for org, path in configs.items()}
     to_helper = CountingRelay(endpoints[helper].bind_host, endpoints[helper].port("intersection"))
@@ -210,6 +218,7 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
                 _machine_idle_s(),
                 _own_cpu_s(),
             )
+            workers_before = await asyncio.to_thread(WorkerReading.take, mesh.processes, configs)
             timings = await run_join(harness, spec, sources, "bench-1")
             cpu_after, busy_after, idle_after, own_after = (
                 cpu_seconds_by_org(mesh.processes),
@@ -218,6 +227,7 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
                 _own_cpu_s(),
             )
             peaks = sampler.peaks()
+            workers_after = await asyncio.to_thread(WorkerReading.take, mesh.processes, configs)
             shares = await collect_shares(harness, spec, "bench-1")
         finally:
             sampler.stop()
@@ -239,6 +249,7 @@ async def _run(configs: dict[str, Path], spec: Any, sources: dict[str, str]) -> 
         "bytes_to_owners": sum(r.sent_to_target for r in to_owner.values()),
         "server_cpu_s": round(server_cpu, 2),
         "cpu_s_by_org": cpu_by_org,
+        **worker_figures(workers_before, workers_after, crypto_workers),
         "peak_rss_mb": peaks.largest_process_mb(),
         "peak_rss_mb_by_org": peaks.org_mb(),
         "peak_rss_mb_by_process": peaks.process_mb(),
@@ -269,8 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, help="keep PKI, configs, data and server logs here (default: a temporary directory)"
     )
+    parser.add_argument(
+        "--crypto-workers",
+        type=int,
+        default=0,
+        help="crypto-worker processes per owner (default 0: the servers' pools)",
+    )
     args = parser.parse_args(argv)
-    result = bench_join(args.records, args.features, args.overlap, args.bits, args.workdir)
+    result = bench_join(args.records, args.features, args.overlap, args.bits, args.workdir, args.crypto_workers)
     print(json.dumps(result), flush=True)
     return 0 if result["shares_match_plaintext"] else 1
 

@@ -288,7 +288,7 @@ def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, fl
 
 
 def relay_env_var(org: str, server: str) -> str:
-    return f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper()}"
+    return f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper().replace('-', '_')}"
 
 
 class BenchMesh:
@@ -300,12 +300,18 @@ class BenchMesh:
     like the lasso bench, pass their own and name the `servers` they run)."""
 
     def __init__(
-        self, root: Path, latency_ms: float = 0.0, servers: tuple[str, ...] | None = None, launch: Launch | None = None
+        self,
+        root: Path,
+        latency_ms: float = 0.0,
+        servers: tuple[str, ...] | None = None,
+        launch: Launch | None = None,
+        crypto_workers: int = 0,
     ) -> None:
         if latency_ms < 0:
             raise ValueError("latency must be >= 0 ms")
         self.root = Path(root)
         self.latency_ms = latency_ms
+        self.crypto_workers = crypto_workers  # local crypto-worker processes per data owner
         self.servers = servers
         self.launch = launch or launch_local_mesh(servers)
         self.config_paths: dict[str, Path] = {}
@@ -338,7 +344,7 @@ class BenchMesh:
     def prepare(self) -> dict[str, Path]:
         """PKI and one config per org on ports reserved by this process (before any process starts)."""
         if not self.config_paths:
-            self.config_paths = local_mesh_for(self.root)
+            self.config_paths = local_mesh_for(self.root, crypto_workers=self.crypto_workers)
         return self.config_paths
 
     def start(self, timeout: float = 120.0) -> BenchMesh:

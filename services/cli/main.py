@@ -37,7 +37,8 @@ def pki_init(
     dirs = init_pki(out, tuple(org), tuple(dns), force=force)
     for d in dirs:
         console.print(
-            f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client, console; keys 0600)"
+            f"[green]✓[/] {d}  (CA, gateway, encryption, intersection, resharing, lasso, client, console,"
+            " crypto-worker; keys 0600)"
         )
     _print_fingerprints(out, tuple(org))
 
@@ -84,6 +85,13 @@ def up(
         help="ports reserved while this runs instead of 7100/7200/7300 (the configs under --home name them)",
     ),
     consoles: bool = typer.Option(True, help="also start each organisation's web console (services/console)"),
+    crypto_workers: int = typer.Option(
+        2,
+        "--crypto-workers",
+        min=0,
+        max=4,
+        help="crypto-worker processes per data owner for its encryption and resharing servers (0: their own pools)",
+    ),
 ) -> None:
     """Start organisations on localhost (each server its own process) until Ctrl-C or SIGTERM."""
     from services.tools.consoles import start_consoles
@@ -91,7 +99,7 @@ def up(
 
     with stop_on_signals():  # `kill <pid>` stops every server as Ctrl-C does, also when SIGINT came in ignored
         try:
-            configs = write_local_mesh(home, reserve_ports=free_ports)
+            configs = write_local_mesh(home, reserve_ports=free_ports, crypto_workers=crypto_workers)
             unknown = set(org) - set(configs)
             if unknown:
                 raise typer.BadParameter(f"unknown organisation(s): {', '.join(sorted(unknown))}")

@@ -5,7 +5,9 @@ commits to it (HMAC under the owner's per-study secret, core/commitment.py) and 
 ephemeral X25519 key; RunEncryption checks the other owner's Paillier key size, derives
 the tag key with the other owner's X25519 key (HKDF info = study id + run id), shuffles the
 rows once, and then, piece by piece of that order (PIECE_ROWS rows), builds the piece's
-one-time randomness under the other owner's Paillier key on the worker processes, tags,
+one-time randomness under the other owner's Paillier key — on the organisation's crypto
+workers when it has them (services/join/workers.py), else on this server's own process
+pool — tags,
 encodes, packs and encrypts it, and streams its (tag, ciphertexts) rows to the helper in
 chunks. So the server holds one piece of pool and ciphertexts at a time, whatever the
 table's size, and the next piece is computed while the previous one is on the wire.
@@ -40,6 +42,7 @@ from services.join.core.paillier import PublicKey, check_key_size, choose_window
 from services.join.core.parallel import default_workers, process_executor, stop_executor
 from services.join.core.protocol import encrypt_piece, prepare_layout
 from services.join.rules import ENCRYPTION_RULES
+from services.join.workers import CryptoWorkers
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
@@ -75,11 +78,13 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
         executor: ProcessPoolExecutor | None,
         workers: int,
         prepared_ttl_s: float = PREPARED_TTL_S,
+        crypto: CryptoWorkers | None = None,
     ) -> None:
         self.config = config
         self.channels = channels
         self.executor = executor
         self.workers = workers
+        self.crypto = crypto  # the org's crypto workers, if it has them (then no executor)
         self.prepared: dict[str, PreparedRun] = {}
         self.prepared_ttl_s = prepared_ttl_s
 
@@ -140,7 +145,8 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 peer_key,
                 prepare_layout(prepared.table, peer_key),
                 self.executor,
-                self.workers,
+                self.crypto.parallelism if self.crypto else self.workers,
+                self.crypto,
             )
             stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
             yield upload.progress(
@@ -181,6 +187,7 @@ class PieceUpload:
     layout: SlotLayout
     executor: ProcessPoolExecutor | None
     workers: int
+    crypto: CryptoWorkers | None
     events: asyncio.Queue[join_pb2.RunEncryptionResponse] = field(default_factory=asyncio.Queue)
     failure: Exception | None = None  # what ended the stream early (the helper sees it short)
 
@@ -199,9 +206,13 @@ class PieceUpload:
         )
         order = random_permutation(self.rows)  # hide the file's row order from the helper
         for number, piece in enumerate(chunked(order, PIECE_ROWS)):
-            pool = await asyncio.to_thread(
-                generate_pool, key, len(piece) * per_row, window_bits=window, executor=self.executor, parts=self.workers
-            )
+            count = len(piece) * per_row
+            if self.crypto is not None:
+                pool = await self.crypto.make_pool(key, count, window)
+            else:
+                pool = await asyncio.to_thread(
+                    generate_pool, key, count, window_bits=window, executor=self.executor, parts=self.workers
+                )
             if number == 0:
                 self.events.put_nowait(
                     self.progress(common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready")
@@ -271,13 +282,14 @@ def warm_up(executor: ProcessPoolExecutor, workers: int, timeout_s: float = WARM
 
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
     mesh = MeshServer(config, "encryption", ENCRYPTION_RULES, port=port, health_port=health_port)
+    crypto = CryptoWorkers.for_config(config, mesh.credentials)
     workers = default_workers()
-    executor = process_executor(workers) if workers > 1 else None
+    executor = process_executor(workers) if workers > 1 and crypto is None else None
     if executor is not None:
         ready = await asyncio.to_thread(warm_up, executor, workers)
         log.info("%d of %d pool workers ready", ready, workers)
         mesh.on_stop(lambda: stop_executor(executor))
-    servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers)
+    servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers, crypto=crypto)
     mesh.add_service(
         join_pb2_grpc.add_EncryptionServiceServicer_to_server,
         servicer,

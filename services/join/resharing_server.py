@@ -13,6 +13,9 @@ every block and the key are dropped, and AwaitShares ends with the status and a 
 that names the resharing phase. DropRun fails a run that is still incomplete, so no
 waiter hangs on a run that will never complete.
 
+Decryption runs on the organisation's crypto workers when it has them (services/join/workers.py;
+up to one chunk per worker in flight, in order), else on this server's threads.
+
 Memory: shares are kept as their wire encoding (`shares.encode_shares`, 14 bytes a value),
 chunk by chunk as they arrive, and GetShares serves those chunks as they are — never as
 lists of Python ints (~5× the bytes).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +39,17 @@ from services.join.core.errors import JoinError, SpecError
 from services.join.core.packing import SlotLayout
 from services.join.core.paillier import DEFAULT_MODULUS_BITS, PrivateKey, generate_keypair
 from services.join.core.parallel import default_workers
-from services.join.core.shares import check_share_bytes, encode_shares, owner_shares, value_bytes
+from services.join.core.shares import (
+    check_share_bytes,
+    decrypts_below_p,
+    encode_shares,
+    flatten_masked,
+    owner_shares,
+    shares_from_plaintexts,
+    value_bytes,
+)
 from services.join.rules import RESHARING_RULES
+from services.join.workers import CryptoWorkers
 from services.mesh.config import OrgConfig
 from services.mesh.decoding import MalformedRequest
 from services.mesh.process import run_server_process
@@ -106,9 +119,10 @@ async def _read_header(stream: AsyncIterator[Any]) -> Any:
 
 
 class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
-    def __init__(self, config: OrgConfig, threads: int) -> None:
+    def __init__(self, config: OrgConfig, threads: int, crypto: CryptoWorkers | None = None) -> None:
         self.config = config
         self.threads = threads
+        self.crypto = crypto  # the org's crypto workers, if it has them
         self.runs: dict[str, ResharingRun] = {}
 
     def _run(self, run_id: str) -> ResharingRun:
@@ -185,21 +199,43 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         per_row, width = layout.ciphertexts_per_row, value_bytes(layout)
         rows: ChunkedRows[None] = ChunkedRows(header.joined)
         chunks: list[bytes] = []
+        crypto = self.crypto
 
         def decrypt(masked: list[list[int]]) -> bytes:
             return encode_shares(owner_shares(key, layout, masked, header.columns, threads=self.threads).values, width)
 
-        async for item in stream:
-            cts = [key.public.decode_ciphertext(c) for c in rows.chunk(item).ciphertexts]
-            if len(cts) % per_row:
-                raise SpecError("a chunk holds a partial row")
-            masked = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
-            rows.count(len(masked))
-            # Decrypt while the next chunk streams in (gmpy2 releases the GIL).
-            chunks.append(await asyncio.to_thread(decrypt, masked))
-            run.rows_done = rows.received
-            run.notify()
-        rows.finish()
+        async def decrypt_on_workers(masked: list[list[int]]) -> bytes:
+            assert crypto is not None
+            plain = await crypto.decrypt(key, flatten_masked(layout, masked), below_p=decrypts_below_p(key, layout))
+            return encode_shares(shares_from_plaintexts(layout, plain, header.columns).values, width)
+
+        # Chunks decrypting at once, in order: one at a time here (gmpy2 releases the GIL, so the
+        # next chunk streams in meanwhile), one per worker with crypto workers.
+        ahead = crypto.parallelism if crypto is not None else 0
+        pending: deque[tuple[asyncio.Future[bytes], int]] = deque()
+
+        async def settle(keep: int) -> None:
+            while len(pending) > keep:
+                task, received = pending.popleft()
+                chunks.append(await task)
+                run.rows_done = received
+                run.notify()
+
+        try:
+            async for item in stream:
+                cts = [key.public.decode_ciphertext(c) for c in rows.chunk(item).ciphertexts]
+                if len(cts) % per_row:
+                    raise SpecError("a chunk holds a partial row")
+                masked = [cts[k : k + per_row] for k in range(0, len(cts), per_row)]
+                rows.count(len(masked))
+                work = decrypt_on_workers(masked) if crypto is not None else asyncio.to_thread(decrypt, masked)
+                pending.append((asyncio.ensure_future(work), rows.received))
+                await settle(ahead)
+            rows.finish()
+            await settle(0)
+        finally:
+            for task, _ in pending:  # a failure: nothing decrypts on for a failed run
+                task.cancel()
         return chunks
 
     async def _receive(
@@ -227,6 +263,9 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
         except MalformedRequest as exc:  # a message of the stream did not parse (the sender gets INVALID_ARGUMENT)
             run.fail(grpc.StatusCode.INVALID_ARGUMENT, f"resharing: {exc}")
             raise
+        except StatusError as exc:  # e.g. no crypto worker answered (services/join/workers.py)
+            run.fail(exc.code, f"resharing: {exc.message}")
+            await context.abort(exc.code, f"resharing: {exc.message}")
         except Exception as exc:
             log.error("a stream failed unexpectedly (%s)", type(exc).__name__)  # the type only: no data
             run.fail(grpc.StatusCode.INTERNAL, f"resharing: internal error ({type(exc).__name__})")
@@ -342,7 +381,9 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
 
 async def build_server(config: OrgConfig, port: int | None = None, health_port: int | None = None) -> MeshServer:
     mesh = MeshServer(config, "resharing", RESHARING_RULES, port=port, health_port=health_port)
-    servicer = ResharingServicer(config, threads=default_workers())
+    servicer = ResharingServicer(
+        config, threads=default_workers(), crypto=CryptoWorkers.for_config(config, mesh.credentials)
+    )
     mesh.add_service(
         join_pb2_grpc.add_ResharingServiceServicer_to_server,
         servicer,

@@ -18,6 +18,8 @@ Read once per process (`load_config`) and passed to whatever needs it.
     min_paillier_bits = 2048       # smallest Paillier key the join servers accept (test meshes: 1024)
     reflection = false             # gRPC server reflection (on in local development only)
     max_upload_rows = 500000       # helper: most rows one owner may upload for a study (memory bound)
+    crypto_workers = 2             # data owners: crypto-worker slots for the encryption and resharing
+                                   # servers (0 = their own in-process pool; docs/adr/0011-crypto-workers.md)
 
     [peers.hospital]
     role = "data_owner"
@@ -31,7 +33,8 @@ Read once per process (`load_config`) and passed to whatever needs it.
     min_intersection = 100         # or policy_file = "policy.toml" (the same keys, at top level)
 
 Environment overrides: RISKMESH_CONFIG (the file), RISKMESH_PKI_DIR, RISKMESH_STATE_DIR,
-RISKMESH_BIND_HOST, and RISKMESH_ADDR_<ORG>_<SERVER> (e.g. RISKMESH_ADDR_HOSPITAL_GATEWAY).
+RISKMESH_BIND_HOST, and RISKMESH_ADDR_<ORG>_<SERVER> (e.g. RISKMESH_ADDR_HOSPITAL_GATEWAY,
+RISKMESH_ADDR_INSURER_CRYPTO_WORKER: hyphens become underscores).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVER_OFFSETS = {"gateway": 0, "encryption": 1, "intersection": 2, "resharing": 3, "lasso": 4}
+SERVER_OFFSETS = {"gateway": 0, "encryption": 1, "intersection": 2, "resharing": 3, "lasso": 4, "crypto-worker": 5}
 HEALTH_OFFSET = 10
 ROLES = ("data_owner", "helper")
 # Smallest Paillier key accepted by default; a config may lower it to 1024 for a test mesh only.
@@ -57,6 +60,16 @@ ROLE_SERVERS = {
     "data_owner": ("gateway", "encryption", "resharing", "lasso"),
     "helper": ("gateway", "intersection", "resharing", "lasso"),
 }
+# Crypto workers (docs/adr/0011-crypto-workers.md): a data owner's encryption and resharing
+# servers hand Paillier chunks to `crypto_workers` of them. Not in ROLE_SERVERS: an org runs
+# 0..N of them (local processes, or a Deployment's replicas), none of them reachable from
+# another organisation. Local worker i listens on base + 5 + 20·i (health + 10), so at most
+# MAX_LOCAL_WORKERS on the fixed base ports; reserved ports (`[ports] crypto-worker-<i>`) have no limit.
+CRYPTO_WORKER = "crypto-worker"
+ROLE_WORKERS = {"data_owner": (CRYPTO_WORKER,), "helper": ()}
+WORKER_PORT_STRIDE = 20
+MAX_LOCAL_WORKERS = 4
+MAX_CRYPTO_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -114,6 +127,7 @@ class OrgConfig:
     min_paillier_bits: int = MIN_PAILLIER_BITS
     reflection: bool = False  # serve gRPC reflection (local development)
     max_upload_rows: int = MAX_UPLOAD_ROWS  # the helper's intersection server: rows per owner upload
+    crypto_workers: int = 0  # data owners: crypto-worker slots (0 = the servers' own in-process pool)
 
     @property
     def ca_pins(self) -> dict[str, str]:
@@ -126,9 +140,37 @@ class OrgConfig:
     def servers(self) -> tuple[str, ...]:
         return ROLE_SERVERS[self.role]
 
+    def runs(self, server: str) -> bool:
+        """This org's role runs `server` (one of its servers, or its crypto workers)."""
+        return server in ROLE_SERVERS[self.role] or server in ROLE_WORKERS[self.role]
+
+    def worker_ports(self, index: int) -> ServerPorts:
+        """The ports of local crypto worker `index` (reserved ones, else base + 5 + 20·index)."""
+        name = f"{CRYPTO_WORKER}-{index}"
+        if name in self.ports:
+            return self.ports[name]
+        if index == 0 and CRYPTO_WORKER in self.ports:
+            return self.ports[CRYPTO_WORKER]
+        if index >= MAX_LOCAL_WORKERS:
+            raise ConfigError(
+                f"crypto worker {index}: give it ports ([ports] {name}); base ports fit {MAX_LOCAL_WORKERS}"
+            )
+        mtls = self.base_port + SERVER_OFFSETS[CRYPTO_WORKER] + WORKER_PORT_STRIDE * index
+        return ServerPorts(mtls, mtls + HEALTH_OFFSET)
+
+    def crypto_worker_targets(self) -> list[str]:
+        """Where the servers reach their crypto workers: one balanced address when `[addresses]`
+        names `crypto-worker` (Kubernetes: the headless Service, `dns:///…`), else one address
+        per local worker; [] when the org has none."""
+        if self.crypto_workers == 0:
+            return []
+        if CRYPTO_WORKER in self.addresses:
+            return [self.addresses[CRYPTO_WORKER]]
+        return [f"{self.bind_host}:{self.worker_ports(i).mtls}" for i in range(self.crypto_workers)]
+
     @property
     def self_endpoint(self) -> OrgEndpoint:
-        own = {server: f"{self.bind_host}:{ports.mtls}" for server, ports in self.ports.items()}
+        own = {s: f"{self.bind_host}:{p.mtls}" for s, p in self.ports.items() if s in SERVER_OFFSETS}
         return OrgEndpoint(self.org, self.role, self.bind_host, self.base_port, {**own, **self.addresses})
 
     def endpoint(self, org: str) -> OrgEndpoint:
@@ -183,7 +225,7 @@ def _role(value: object, where: str) -> str:
 def _addresses(org: str, table: Mapping[str, object], env: Mapping[str, str]) -> dict[str, str]:
     out = {str(k): str(v) for k, v in dict(table).items()}
     for server in SERVER_OFFSETS:
-        key = f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper()}"
+        key = f"RISKMESH_ADDR_{org.upper().replace('-', '_')}_{server.upper().replace('-', '_')}"
         if env.get(key):
             out[server] = env[key]
     for server in out:
@@ -202,7 +244,7 @@ def _ports(table: Mapping[str, object]) -> dict[str, ServerPorts]:
     out = {}
     for server, raw in dict(table).items():
         where = f"ports.{server}"
-        if server not in SERVER_OFFSETS:
+        if server not in SERVER_OFFSETS and not _is_worker_name(server):
             raise ConfigError(f"ports: unknown server {server!r}")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a table with mtls and health")
@@ -210,6 +252,12 @@ def _ports(table: Mapping[str, object]) -> dict[str, ServerPorts]:
             _port(_require(raw, "mtls", where), where), _port(_require(raw, "health", where), where)
         )
     return out
+
+
+def _is_worker_name(name: str) -> bool:
+    """`crypto-worker-<i>`: the ports of local crypto worker i."""
+    prefix = f"{CRYPTO_WORKER}-"
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 
 def _policy(data: Mapping[str, object], base: Path) -> dict[str, object]:
@@ -229,6 +277,12 @@ def _policy(data: Mapping[str, object], base: Path) -> dict[str, object]:
     if not isinstance(table, dict):
         raise ConfigError("config: policy must be a table")
     return dict(table)
+
+
+def _count(value: object, key: str, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise ConfigError(f"config: {key} must be an integer from 0 to {maximum}, got {value!r}")
+    return value
 
 
 def _flag(value: object, key: str) -> bool:
@@ -274,7 +328,10 @@ def parse_config(data: Mapping[str, object], env: Mapping[str, str], base: Path)
         min_paillier_bits=int(data.get("min_paillier_bits", MIN_PAILLIER_BITS)),  # type: ignore[call-overload]
         reflection=_flag(data.get("reflection", False), "reflection"),
         max_upload_rows=int(data.get("max_upload_rows", MAX_UPLOAD_ROWS)),  # type: ignore[call-overload]
+        crypto_workers=_count(data.get("crypto_workers", 0), "crypto_workers", MAX_CRYPTO_WORKERS),
     )
+    if config.crypto_workers and role != "data_owner":
+        raise ConfigError("config: crypto_workers is for data owners (the helper does no Paillier work)")
     if config.max_upload_rows < 1:
         raise ConfigError("config: max_upload_rows must be positive")
     if config.min_paillier_bits < LOWEST_PAILLIER_BITS:
@@ -315,6 +372,8 @@ def render_config(config: OrgConfig) -> str:
         lines.append("reflection = true")
     if config.max_upload_rows != MAX_UPLOAD_ROWS:
         lines.append(f"max_upload_rows = {config.max_upload_rows}")
+    if config.crypto_workers:
+        lines.append(f"crypto_workers = {config.crypto_workers}")
     if config.min_paillier_bits != MIN_PAILLIER_BITS:
         lines.append(f"min_paillier_bits = {config.min_paillier_bits}  # a test mesh: fast keys")
     if config.addresses:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-# The servers of docs/design.md, `client` (the identity of an org's own systems and operators)
-# and `console` (the org's web console, services/console, a client of its own gateway).
-SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client", "console")
+# The servers of docs/design.md, `client` (the identity of an org's own systems and operators),
+# `console` (the org's web console, services/console, a client of its own gateway) and
+# `crypto-worker` (a data owner's crypto workers, services/join/crypto_worker_server.py).
+SERVICES = ("gateway", "encryption", "intersection", "resharing", "lasso", "client", "console", "crypto-worker")
 ORG_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 
@@ -37,7 +38,7 @@ class Identity:
 
 def parse_spiffe(uri: str) -> Identity | None:
     """Identity from `spiffe://<org>/<service>`; None for anything else."""
-    match = re.fullmatch(r"spiffe://([a-z][a-z0-9-]{0,30})/([a-z]+)", uri)
+    match = re.fullmatch(r"spiffe://([a-z][a-z0-9-]{0,30})/([a-z]+(?:-[a-z]+)*)", uri)
     if not match or match.group(2) not in SERVICES:
         return None
     return Identity(match.group(1), match.group(2))

@@ -38,7 +38,7 @@ def run_server_process(
     except ConfigError as exc:
         print(f"riskmesh-{name}: {exc}", file=sys.stderr)
         return 2
-    if name not in config.servers:
+    if not config.runs(name):
         print(f"riskmesh-{name}: a {config.role} organisation does not run the {name} server", file=sys.stderr)
         return 2
     provider = setup_tracing(config.org, name, config.state_dir)

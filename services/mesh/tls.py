@@ -245,9 +245,11 @@ class MeshCredentials:
         service: str,
         address: str,
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        extra_options: Sequence[tuple[str, int | str]] = (),
     ) -> grpc.aio.Channel:
-        """An asyncio mTLS channel to <peer_org>'s <service> at `address`."""
-        options = CHANNEL_OPTIONS + [("grpc.ssl_target_name_override", server_name(peer_org, service))]
+        """An asyncio mTLS channel to <peer_org>'s <service> at `address` (`extra_options`: e.g. a
+        load-balancing policy over the addresses a `dns:///` name resolves to)."""
+        options = CHANNEL_OPTIONS + [("grpc.ssl_target_name_override", server_name(peer_org, service)), *extra_options]
         return grpc.aio.secure_channel(
             address, self.channel_credentials(peer_org), options=options, interceptors=interceptors
         )

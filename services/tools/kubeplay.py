@@ -85,7 +85,7 @@ def address_overrides(config_toml: str, prefix: str = "") -> dict[str, str]:
     for endpoint in [config.self_endpoint, *config.peers.values()]:
         for server, address in endpoint.addresses.items():
             port = address.rsplit(":", 1)[1]
-            env[f"RISKMESH_ADDR_{endpoint.org.upper().replace('-', '_')}_{server.upper()}"] = (
+            env[f"RISKMESH_ADDR_{endpoint.org.upper().replace('-', '_')}_{server.upper().replace('-', '_')}"] = (
                 f"{server_pod(endpoint.org, server, prefix)}:{port}"
             )
     return env

@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.mesh.config import (
+    CRYPTO_WORKER,
     MAX_UPLOAD_ROWS,
     MIN_PAILLIER_BITS,
     ROLE_SERVERS,
@@ -92,17 +93,24 @@ def write_local_mesh(
     policies: Mapping[str, Mapping[str, object]] | None = None,
     min_paillier_bits: int = MIN_PAILLIER_BITS,
     max_upload_rows: int = MAX_UPLOAD_ROWS,
+    crypto_workers: int = 0,
 ) -> dict[str, Path]:
     """PKI + one config file per org under root; returns org → config path. Servers listen
     on DEFAULT_BASE_PORTS, or with `reserve_ports` on ports this process reserves. `policies`:
     an org's `[policy]` table (its disclosure floors), e.g. lower floors for tests on small joins.
     `min_paillier_bits` below 2048 only for test meshes that use fast 1024-bit keys;
-    `max_upload_rows` above the default for benchmarks of large joins."""
+    `max_upload_rows` above the default for benchmarks of large joins. `crypto_workers`: local
+    crypto-worker processes per data owner (0: the servers' own process pools)."""
     root = Path(root).resolve()
     pki_dir = Path(pki_dir or root / "pki").resolve()
     init_pki(pki_dir, orgs)
     pins = ca_fingerprints(pki_dir, orgs)  # each config pins every org's CA
     ports = {org: reserve_server_ports(ROLE_SERVERS[DEFAULT_ROLES[org]], host) if reserve_ports else {} for org in orgs}
+    workers = {org: crypto_workers if DEFAULT_ROLES[org] == "data_owner" else 0 for org in orgs}
+    for org in orgs:
+        if reserve_ports:
+            names = tuple(f"{CRYPTO_WORKER}-{i}" for i in range(workers[org]))
+            ports[org].update(reserve_server_ports(names, host))
     base = {org: 0 if reserve_ports else DEFAULT_BASE_PORTS[org] for org in orgs}
     paths = {}
     for org in orgs:
@@ -112,7 +120,7 @@ def write_local_mesh(
                 DEFAULT_ROLES[o],
                 host,
                 base[o],
-                {s: f"{host}:{p.mtls}" for s, p in ports[o].items()},
+                {s: f"{host}:{p.mtls}" for s, p in ports[o].items() if s in ROLE_SERVERS[DEFAULT_ROLES[o]]},
                 ca_sha256=pins[o],
             )
             for o in orgs
@@ -134,6 +142,7 @@ def write_local_mesh(
             min_paillier_bits=min_paillier_bits,
             max_upload_rows=max_upload_rows,
             reflection=True,
+            crypto_workers=workers[org],
         )
         path = root / org / "riskmesh.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,10 +171,11 @@ def wait_healthy(address: str, timeout: float) -> None:
 @dataclass
 class ServerProcess:
     org: str
-    server: str
+    server: str  # a server of the role, or `crypto-worker-<i>`
     process: subprocess.Popen
     log_path: Path
     health_address: str
+    worker_index: int | None = None  # local crypto worker i
 
 
 def start_server_process(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
@@ -242,6 +252,9 @@ class LocalMesh:
                 if self.only_servers is not None and server not in self.only_servers:
                     continue
                 self.processes.append(self._spawn(org, server, path, config, log_dir))
+            if self.only_servers is None or CRYPTO_WORKER in self.only_servers:
+                for index in range(config.crypto_workers):
+                    self.processes.append(self._spawn(org, CRYPTO_WORKER, path, config, log_dir, index))
         try:
             for proc in self.processes:
                 self._wait(proc, timeout)
@@ -250,14 +263,22 @@ class LocalMesh:
             raise
         return self
 
-    def _spawn(self, org: str, server: str, path: Path, config: OrgConfig, log_dir: Path) -> ServerProcess:
+    def _spawn(
+        self, org: str, server: str, path: Path, config: OrgConfig, log_dir: Path, index: int | None = None
+    ) -> ServerProcess:
         placement = self.placements.get(org, OrgPlacement())
         env = {**os.environ, **SINGLE_THREAD_ENV, **self.extra_env, **placement.env, "RISKMESH_CONFIG": str(path)}
         command = [*placement.command_prefix, sys.executable, "-m", server_module(server), "--config", str(path)]
-        log_path = log_dir / f"{server}.log"
+        name = server
+        if index is not None:  # local crypto worker `index`: its own ports (config.worker_ports)
+            env["RISKMESH_CRYPTO_WORKER_INDEX"] = str(index)
+            name = f"{server}-{index}"
+            health = f"{config.bind_host}:{config.worker_ports(index).health}"
+        else:
+            health = placement.health_addresses.get(server, f"{config.bind_host}:{config.health_port(server)}")
+        log_path = log_dir / f"{name}.log"
         process = start_server_process(command, env, log_path)
-        health = placement.health_addresses.get(server, f"{config.bind_host}:{config.health_port(server)}")
-        return ServerProcess(org, server, process, log_path, health)
+        return ServerProcess(org, name, process, log_path, health, index)
 
     def _wait(self, proc: ServerProcess, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -279,7 +300,8 @@ class LocalMesh:
         stop_processes([proc], timeout)
         path = self.config_paths[proc.org]
         config = load_config(path, env={})
-        fresh = self._spawn(proc.org, proc.server, path, config, proc.log_path.parent)
+        server = CRYPTO_WORKER if proc.worker_index is not None else proc.server
+        fresh = self._spawn(proc.org, server, path, config, proc.log_path.parent, proc.worker_index)
         self.processes[self.processes.index(proc)] = fresh
         self._wait(fresh, timeout)
         return fresh
@@ -304,6 +326,7 @@ def local_mesh_for(
     policies: Mapping[str, Mapping[str, object]] | None = None,
     min_paillier_bits: int = MIN_PAILLIER_BITS,
     max_upload_rows: int = MAX_UPLOAD_ROWS,
+    crypto_workers: int = 0,
 ) -> dict[str, Path]:
     """Configs for the default three orgs under root, on ports this process reserves (tests, bench, demo)."""
     return write_local_mesh(
@@ -313,6 +336,7 @@ def local_mesh_for(
         policies=policies,
         min_paillier_bits=min_paillier_bits,
         max_upload_rows=max_upload_rows,
+        crypto_workers=crypto_workers,
     )
 
 

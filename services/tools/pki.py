@@ -130,6 +130,9 @@ def init_pki(
         paths = OrgPaths(out / org)
         if paths.ca_cert().exists() and paths.ca_key().exists() and not force:
             cas[org] = x509.load_pem_x509_certificate(paths.ca_cert().read_bytes())
+            for service in SERVICES:  # a service added since the PKI was made (e.g. crypto-worker)
+                if not paths.cert(service).exists():
+                    issue_with_existing_ca(out, org, service, paths.root)
             continue
         ca_cert, ca_key = make_ca(org)
         paths.root.mkdir(parents=True, exist_ok=True)

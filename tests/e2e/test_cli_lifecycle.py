@@ -44,13 +44,14 @@ class Background:
             assert time.monotonic() < deadline, f"no {marker!r} within {READY_S:.0f} s:\n{self.output()}"
             time.sleep(0.2)
 
-    def stop(self, signum: int) -> int:
+    def stop(self, signum: int, crypto_workers: int = 0) -> int:
         """Send `signum`; assert that the command and every process it started end within
-        the bound; its exit status."""
+        the bound; its exit status. `crypto_workers`: worker processes per data owner it started."""
         tree = psutil.Process(self.child.pid).children(recursive=True)
         servers = [p for p in tree if "--config" in p.cmdline() and "services.console" not in p.cmdline()]
-        assert len(servers) == 12, [p.cmdline() for p in servers]  # (`up` starts the consoles too; they are in `tree`)
-        if default_workers() > 1:  # each encryption server has its pool (a forkserver and workers) by now
+        # 12 servers and 2 × crypto_workers workers (`up` starts the consoles too; they are in `tree`)
+        assert len(servers) == 12 + 2 * crypto_workers, [p.cmdline() for p in servers]
+        if default_workers() > 1 and not crypto_workers:  # each encryption server has its pool by now
             assert any("forkserver" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
         self.groups |= {os.getpgid(p.pid) for p in tree}
         signalled = time.monotonic()
@@ -108,7 +109,7 @@ def in_background(args: list[str], log: Path) -> Iterator[Background]:
 def test_up_stops_every_process_it_started(tmp_path: Path, signum: int) -> None:
     with in_background(["up", "--free-ports", "--home", str(tmp_path / "home")], tmp_path / "up.log") as up:
         up.wait_for("Running.")
-        assert up.stop(signum) == 0, up.output()
+        assert up.stop(signum, crypto_workers=2) == 0, up.output()  # `riskmesh up` starts 2 per owner by default
 
 
 def test_demo_stops_every_process_it_started(tmp_path: Path) -> None:

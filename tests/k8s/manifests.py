@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from services.mesh.config import HEALTH_OFFSET, ROLE_SERVERS, SERVER_OFFSETS
+from services.mesh.config import CRYPTO_WORKER, HEALTH_OFFSET, ROLE_SERVERS, ROLE_WORKERS, SERVER_OFFSETS
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -50,6 +50,9 @@ IN_ORG_PATHS = [
     ("lasso", "resharing"),
     ("intersection", "resharing"),
     ("console", "gateway"),
+    # A data owner's crypto workers serve its encryption and resharing servers only, and dial nothing.
+    ("encryption", CRYPTO_WORKER),
+    ("resharing", CRYPTO_WORKER),
 ]
 # The only cross-org paths (docs/design.md, Security): caller server -> callee server.
 CROSS_ORG_PATHS = [
@@ -63,8 +66,8 @@ OTLP_NAMESPACE, OTLP_PORT = "observability", 4317  # where each org's collector 
 
 
 def deployed(role: str) -> tuple[str, ...]:
-    """The Deployments of an org with this role: its servers and the console."""
-    return (*ROLE_SERVERS[role], CONSOLE)
+    """The Deployments of an org with this role: its servers, its crypto workers and the console."""
+    return (*ROLE_SERVERS[role], *ROLE_WORKERS[role], CONSOLE)
 
 
 def mtls_port(server: str) -> int:
@@ -222,7 +225,8 @@ def model(docs: list[dict[str, Any]]) -> PolicyModel:
 def expected_model(org: str) -> PolicyModel:
     """The edges docs/design.md allows for `org`, with the example peer ranges."""
     servers = {o: set(ROLE_SERVERS[role]) for o, role in OVERLAYS.items()}
-    here = servers[org] | {"client", CONSOLE}
+    workers = set(ROLE_WORKERS[OVERLAYS[org]])
+    here = servers[org] | workers | {"client", CONSOLE}
     m = PolicyModel(set(), set(), set(here), set(here))
     for src, dst in IN_ORG_PATHS:
         if src in here and dst in here:
@@ -236,7 +240,7 @@ def expected_model(org: str) -> PolicyModel:
                 m.ingress.add((("cidr", EXAMPLE_RANGES[other]), ("pod", dst), mtls_port(dst), "TCP"))
             if src in servers[org] and dst in servers[other]:  # us -> other
                 m.egress.add((("pod", src), ("cidr", EXAMPLE_RANGES[other]), mtls_port(dst), "TCP"))
-    for server in servers[org]:  # kubelet probes, from the node
+    for server in servers[org] | workers:  # kubelet probes, from the node
         m.ingress.add((("any",), ("pod", server), health_port(server), "TCP"))
     m.ingress.add((("any",), ("pod", CONSOLE), CONSOLE_HEALTH_PORT, "TCP"))
     # People reach the console through the org's ingress controller (SSO) only.
@@ -244,7 +248,7 @@ def expected_model(org: str) -> PolicyModel:
     for pod in here:  # name resolution
         for proto in ("UDP", "TCP"):
             m.egress.add((("pod", pod), ("ns", "kube-system"), 53, proto))
-    for server in servers[org]:  # traces and metrics to the org's own OpenTelemetry Collector
+    for server in servers[org]:  # traces and metrics to the org's own OpenTelemetry Collector (not the workers)
         m.egress.add((("pod", server), ("ns", OTLP_NAMESPACE), OTLP_PORT, "TCP"))
     return m
 

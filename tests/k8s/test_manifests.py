@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.mesh.config import ROLE_SERVERS, parse_config
+from services.mesh.config import CRYPTO_WORKER, ROLE_SERVERS, parse_config
 from services.mesh.pki_layout import TrustError
 from services.mesh.tls import MeshCredentials
 from services.tools.pki import ca_fingerprints, export_k8s, init_pki
@@ -98,7 +98,8 @@ def test_one_deployment_per_server_of_the_role(org, role):
     assert sorted(component(d) for d in deployments) == sorted(deployed(role))
     for dep in deployments:
         assert dep["metadata"]["name"] == f"riskmesh-{component(dep)}"
-        assert dep["spec"]["replicas"] == 1
+        if component(dep) != CRYPTO_WORKER:  # scaled by the overlay (test_crypto_workers_*)
+            assert dep["spec"]["replicas"] == 1
         assert dep["metadata"]["namespace"] == namespace_of(org)
 
 
@@ -304,7 +305,7 @@ def test_config_map_is_the_orgs_config_and_agrees_with_the_manifests(org, role):
         config = parse_config(tomllib.loads(text), env, Path("/"))
         assert (config.org, config.role, config.base_port) == (org, role, BASE_PORT)
         assert config.bind_host == "0.0.0.0"
-        assert component(dep) in (*config.servers, CONSOLE)
+        assert component(dep) == CONSOLE or config.runs(component(dep))
         # The config file is where the Deployment says, from this ConfigMap.
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         mount = next(m for m in container["volumeMounts"] if env["RISKMESH_CONFIG"].startswith(m["mountPath"] + "/"))
@@ -396,3 +397,38 @@ def test_no_secret_or_key_material_in_the_manifests():
                 assert all(doc.get("kind") != "Secret" for doc in yaml.safe_load_all(text) if isinstance(doc, dict)), (
                     path
                 )
+
+
+# --- crypto workers (docs/adr/0011-crypto-workers.md) -------------------------------------------
+
+
+@pytest.mark.parametrize("org", [o for o, role in OVERLAYS.items() if role == "data_owner"])
+def test_crypto_workers_scale_by_the_overlay_and_the_servers_reach_every_replica(org):
+    docs = render(f"overlays/{org}")
+    _, text = overlay_config(org, docs)
+    config = parse_config(tomllib.loads(text), {}, Path("/"))
+    deployment = by_name(docs, "Deployment")[f"riskmesh-{CRYPTO_WORKER}"]
+    # The servers keep as many chunks computing as there are replicas.
+    assert config.crypto_workers == deployment["spec"]["replicas"] >= 1
+    # One balanced target: the headless Service's name, every ready replica's address.
+    assert config.crypto_worker_targets() == [f"dns:///riskmesh-{CRYPTO_WORKER}:{mtls_port(CRYPTO_WORKER)}"]
+    service = by_name(docs, "Service")[f"riskmesh-{CRYPTO_WORKER}"]["spec"]
+    assert service["clusterIP"] == "None" and service["selector"]["app.kubernetes.io/component"] == CRYPTO_WORKER
+    assert {p["name"]: p["port"] for p in service["ports"]} == {
+        "mtls": mtls_port(CRYPTO_WORKER),
+        "health": health_port(CRYPTO_WORKER),
+    }
+    # Its own identity (certificate spiffe://<org>/crypto-worker), no public Service, no telemetry egress.
+    pod = deployment["spec"]["template"]
+    (secret,) = [v["secret"] for v in pod["spec"]["volumes"] if "secret" in v]
+    assert secret["secretName"] == f"riskmesh-{CRYPTO_WORKER}-tls"
+    assert "riskmesh.io/telemetry" not in pod["metadata"]["labels"]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env_of(containers(deployment)[0])
+    assert f"riskmesh-{CRYPTO_WORKER}-public" not in by_name(docs, "Service")
+
+
+def test_the_helper_runs_no_crypto_workers():
+    docs = render("overlays/helper")
+    assert f"riskmesh-{CRYPTO_WORKER}" not in by_name(docs, "Deployment")
+    _, text = overlay_config("helper", docs)
+    assert parse_config(tomllib.loads(text), {}, Path("/")).crypto_workers == 0

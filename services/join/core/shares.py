@@ -68,14 +68,32 @@ def owner_shares(
 ) -> ShareMatrix:
     """Decrypt masked rows (p-only when the layout allows) and unpack x' + r per column."""
     layout.check_columns(len(columns))
-    per_row = layout.ciphertexts_per_row
+    flat = flatten_masked(layout, ciphertexts)
+    plain = decrypt_many(key, flat, below_p=decrypts_below_p(key, layout), threads=threads)
+    return shares_from_plaintexts(layout, plain, columns)
+
+
+def flatten_masked(layout: SlotLayout, ciphertexts: Sequence[Sequence[int]]) -> list[int]:
+    """The rows' ciphertexts in one list, each row checked to hold ``ciphertexts_per_row``."""
     flat: list[int] = []
     for row in ciphertexts:
-        if len(row) != per_row:
+        if len(row) != layout.ciphertexts_per_row:
             raise WireFormatError("a row has the wrong number of ciphertexts for its layout")
         flat.extend(row)
-    below_p = layout.plaintext_bits <= key.fast_plaintext_bits
-    plain = decrypt_many(key, flat, below_p=below_p, threads=threads)
+    return flat
+
+
+def decrypts_below_p(key: PrivateKey, layout: SlotLayout) -> bool:
+    """Every plaintext of ``layout`` is below p: the p-only decryption applies."""
+    return layout.plaintext_bits <= key.fast_plaintext_bits
+
+
+def shares_from_plaintexts(layout: SlotLayout, plain: Sequence[int], columns: Sequence[str]) -> ShareMatrix:
+    """Unpack decrypted rows (``ciphertexts_per_row`` plaintexts each, in order) into x' + r per column."""
+    layout.check_columns(len(columns))
+    per_row = layout.ciphertexts_per_row
+    if len(plain) % per_row:
+        raise WireFormatError("the plaintexts are not a whole number of rows")
     values = [unpack_row(layout, plain[k : k + per_row], len(columns)) for k in range(0, len(plain), per_row)]
     return ShareMatrix(tuple(columns), values)
 

@@ -159,3 +159,24 @@ def test_policy_comes_from_the_table_or_a_policy_file_and_survives_rendering(tmp
 def test_bad_policy_config_is_refused(tmp_path, broken, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({**BASE, **broken}, {}, tmp_path)
+
+
+def test_crypto_workers_round_trip_with_their_reserved_ports(tmp_path):
+    data = {
+        **BASE,
+        "role": "data_owner",
+        "crypto_workers": 3,
+        "ports": {f"crypto-worker-{i}": {"mtls": 41000 + 2 * i, "health": 41001 + 2 * i} for i in range(3)},
+    }
+    config = parse_config(data, {}, tmp_path)
+    path = tmp_path / "riskmesh.toml"
+    path.write_text(render_config(config))
+    assert load_config(path, env={}) == config
+    assert config.crypto_worker_targets() == ["127.0.0.1:41000", "127.0.0.1:41002", "127.0.0.1:41004"]
+    assert config.worker_ports(2).health == 41005
+    # Worker ports are not server addresses: the org's endpoint lists servers only.
+    assert not any(name.startswith("crypto-worker-") for name in config.self_endpoint.addresses)
+    with pytest.raises(ConfigError, match="unknown server"):
+        parse_config({**BASE, "ports": {"crypto-worker-x": {"mtls": 1, "health": 2}}}, {}, tmp_path)
+    with pytest.raises(ConfigError, match="give it ports"):
+        parse_config({**BASE, "role": "data_owner", "crypto_workers": 6}, {}, tmp_path).crypto_worker_targets()

@@ -11,7 +11,7 @@ def test_pki_layout_identities_and_key_permissions(tmp_path):
     init_pki(tmp_path)
     for org in ("insurer", "hospital", "helper"):
         paths = OrgPaths(tmp_path / org)
-        for service in ("gateway", "encryption", "intersection", "resharing", "lasso", "client"):
+        for service in ("gateway", "encryption", "intersection", "resharing", "lasso", "client", "crypto-worker"):
             cert = x509.load_pem_x509_certificate(paths.cert(service).read_bytes())
             assert identity_of_certificate(cert) == Identity(org, service)
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -31,6 +31,19 @@ def test_init_keeps_existing_material_unless_forced(tmp_path):
     assert OrgPaths(tmp_path / "insurer").ca_cert().read_bytes() != before
 
 
+def test_init_issues_a_service_added_since_with_the_existing_ca(tmp_path):
+    init_pki(tmp_path)
+    paths = OrgPaths(tmp_path / "insurer")
+    ca = paths.ca_cert().read_bytes()
+    paths.cert("crypto-worker").unlink()  # a PKI made before the crypto workers existed
+    paths.key("crypto-worker").unlink()
+    init_pki(tmp_path)
+    assert paths.ca_cert().read_bytes() == ca
+    cert = x509.load_pem_x509_certificate(paths.cert("crypto-worker").read_bytes())
+    assert identity_of_certificate(cert) == Identity("insurer", "crypto-worker")
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+
+
 def test_resolver_binds_identity_to_its_orgs_ca(tmp_path):
     init_pki(tmp_path)
     resolver = IdentityResolver(load_org_cas(OrgPaths(tmp_path / "insurer").trust().read_bytes()))
@@ -48,3 +61,6 @@ def test_parse_spiffe_accepts_only_known_services():
     assert parse_spiffe("spiffe://insurer/root") is None
     assert parse_spiffe("https://insurer/gateway") is None
     assert parse_spiffe("spiffe://Insurer/gateway") is None
+    assert parse_spiffe("spiffe://insurer/crypto-worker") == Identity("insurer", "crypto-worker")
+    for odd in ("crypto-", "-worker", "crypto--worker", "crypto-workers"):
+        assert parse_spiffe(f"spiffe://insurer/{odd}") is None

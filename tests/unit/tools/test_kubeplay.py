@@ -193,3 +193,16 @@ def test_ca_pin_placeholders_are_filled_with_the_fingerprints_given():
     assert fill_pins(text, {}) == text  # nothing given: left for the servers to refuse
     with pytest.raises(TranslationError, match="helper"):
         fill_pins(text, {"insurer": "AA:BB"})
+
+
+@pytest.mark.parametrize("org", ["insurer", "hospital"])
+def test_the_crypto_workers_pod_is_what_the_servers_dial_under_podman(bundles, org):
+    """podman has no headless Service: the balanced address becomes the worker pod's DNS name."""
+    bundle = bundles[org]
+    assert server_pod(org, "crypto-worker") in bundle.pods
+    encryption = next(d for d in bundle.documents if d["metadata"]["name"] == server_pod(org, "encryption"))
+    env = {e["name"]: e["value"] for e in encryption["spec"]["containers"][0]["env"]}
+    assert env[f"RISKMESH_ADDR_{org.upper()}_CRYPTO_WORKER"] == f"{server_pod(org, 'crypto-worker')}:7105"
+    (configmap,) = [d for d in bundle.documents if d["kind"] == "ConfigMap"]
+    config = parse_config(tomllib.loads(configmap["data"]["riskmesh.toml"]), env, Path("/"))
+    assert config.crypto_worker_targets() == [f"{server_pod(org, 'crypto-worker')}:7105"]
