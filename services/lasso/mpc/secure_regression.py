@@ -88,6 +88,7 @@ from services.lasso.mpc.secure_solver import (
     Fields,
     Params,
     bounds,
+    clamp_threshold,
     fit_batch,
     l1_max,
 )
@@ -150,7 +151,13 @@ def _public_params(ops: FieldOps, plans: Sequence[AlphaPlan], standardize: bool)
     offdiag = ops.fixed([1 / ap.diag_scale for ap in plans], FRAC_IN) if scaled else None
     w_scale = ops.fixed([1 / math.sqrt(ap.diag_scale) for ap in plans], FRAC_IN) if scaled else None
     start = np.array([ap.newton_start for ap in plans], dtype=np.float64)
-    return Params(gamma, l1, offdiag, w_scale, start)
+    limits = None
+    if not standardize:
+        limits = ops.fixed(
+            [[clamp_threshold(v, g) for v, g in zip(ap.l1_public, ap.diag_shift, strict=True)] for ap in plans],
+            FRAC_IN,
+        )
+    return Params(gamma, l1, offdiag, w_scale, start, limits)
 
 
 def _chosen_params(ops: FieldOps, plans: Sequence[AlphaPlan], onehot: ObjectArray, standardize: bool) -> Params:
@@ -164,7 +171,8 @@ def _chosen_params(ops: FieldOps, plans: Sequence[AlphaPlan], onehot: ObjectArra
     offdiag = None if table.offdiag is None else pick(table.offdiag)
     w_scale = None if table.w_scale is None else pick(table.w_scale)
     start = table.start.min(axis=0, keepdims=True)  # ≤ every alpha's start: still below 1/√G_jj
-    return Params(pick(table.gamma), pick(table.l1), offdiag, w_scale, start)
+    clamp = None if table.clamp is None else pick(table.clamp)
+    return Params(pick(table.gamma), pick(table.l1), offdiag, w_scale, start, clamp)
 
 
 async def _validation_mse(ops: FieldOps, w_hat: ObjectArray, train: Moments, valid: Moments) -> ObjectArray:

@@ -38,8 +38,9 @@ ADMM itself: |ADMM values| < 2^(ADMM_BITS−1) = 256 in the normalised units,
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -92,6 +93,17 @@ E_BITS = 17
 RHS_BITS = 4
 #: Error bound (in units of 2^−FRAC_U) of the computed gradient: two truncations of [−1, 2) ulp each.
 GRADIENT_ERROR_ULPS = 4
+#: Newton's start for e = 1/√g comes from one batched comparison of g with the public bands
+#: g·s² < 2^(−k/2·2) ... (``_banded_start``): at least this many half-octaves below the public start s.
+START_BANDS = 22
+#: Fractional bits of the band comparisons (their error is below 2^−25 in g).
+FRAC_BAND = 26
+#: Newton steps from the banded start: w₀ = g·y₀² ∈ [1/4, 1.2), so 1 − w ≤ 3/4 falls below 2^−40
+#: after 6 steps (1 − w ← (3(1 − w)² + (1 − w)³)/4); one more for the rounding.
+START_NEWTON = 7
+#: The clamp of λ_j = l1_j·e_j to ρ·KAPPA_CLAMP is decided on g: λ_j > ρ·KAPPA_CLAMP ⟺ g < (l1_j/(ρ·KAPPA_CLAMP))².
+#: The threshold is lowered by this (above the comparison's error), so a λ_j below the clamp is never raised.
+CLAMP_MARGIN = 2.0**-24
 
 
 def _dyadic(value: Fraction) -> tuple[int, int]:
@@ -190,7 +202,8 @@ class Params:
     l1: ObjectArray  # (B, d): λ_j, or λ_j/e_j when ``l1_times_e``
     offdiag: ObjectArray | None  # (B,): factor 1/a on H's off-diagonal (standardised EN/ridge)
     w_scale: ObjectArray | None  # (B,): ŵ = w_scale·e∘u (standardised EN/ridge)
-    start: npt.NDArray[np.float64]  # (B, d): public Newton start
+    start: npt.NDArray[np.float64]  # (B, d): public Newton start s ≤ 1/√G_jj
+    clamp: ObjectArray | None = None  # (B, d): ``clamp_threshold`` of l1 (``l1_times_e`` only)
 
 
 @dataclass(frozen=True)
@@ -199,16 +212,27 @@ class Fields:
     work: FieldOps
 
 
+def clamp_threshold(l1_public: float, diag_shift: float) -> float:
+    """The g below which λ = l1·e = l1/√g exceeds ρ·KAPPA_CLAMP, lowered by CLAMP_MARGIN and capped
+    at 2(1 + γ) > g (a public constant per alpha; cross-validation combines them one-hot)."""
+    return min((l1_public / (ADMM_RHO * KAPPA_CLAMP)) ** 2, 2 * (1 + diag_shift)) - CLAMP_MARGIN
+
+
 def l1_max(plan: SolverPlan) -> float:
     """Public bound (≥ 1) on the L1 coefficients of every alpha."""
     return max([1.0, *(abs(v) for ap in plan.alphas for v in ap.l1_public)])
 
 
-async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray[np.float64]) -> ObjectArray:
-    """e ≈ 1/√g (frac 40) by y ← (3y − g·y·y²)/2 from public y₀ ≤ 1/√g; two rounds per step."""
-    y = ops.fixed(start, FRAC_IN)
+async def _together(*calls: Awaitable[ObjectArray]) -> list[ObjectArray]:
+    """Run one-round operations in the same round (each draws its PRSS randomness before its one
+    opening, so their order is fixed by the call order, as in a sequential program)."""
+    return list(await asyncio.gather(*calls))
+
+
+async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, y: ObjectArray, iterations: int) -> ObjectArray:
+    """e ≈ 1/√g (frac 40) by y ← (3y − g·y·y²)/2 from shares y₀ ≤ 1/√g (up to 20%); two rounds per step."""
     n = g.size
-    for _ in range(NEWTON_ITERATIONS):
+    for _ in range(iterations):
         both = await ops.mul(
             np.concatenate([g.ravel(), y.ravel()]),
             np.concatenate([y.ravel(), y.ravel()]),
@@ -219,6 +243,74 @@ async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray
         numerator = 3 * y * (1 << FRAC_IN) - gy * yy
         y = await ops.trunc(numerator % ops.p, FRAC_IN + 1, 2 * FRAC_IN + E_BITS + 3, degree2t=True)
     return y
+
+
+def _band_count(start: npt.NDArray[np.float64]) -> int:
+    """Half-octave bands of g·s² (even): START_BANDS, more when the start s is below 1."""
+    extra = max(0, math.ceil(math.log2(float(np.max(1 / start**2)))))
+    return 2 * math.ceil((START_BANDS + extra) / 2)
+
+
+def _band_bits(start: npt.NDArray[np.float64]) -> int:
+    """Bits of x = v·2^(2·FRAC_BAND) in the band comparison: |v| + κ ≤ 3/s² (g and thresholds ≤ 2/s²)."""
+    return 2 * FRAC_BAND + math.ceil(math.log2(3 * float(np.max(1 / start**2)))) + 1
+
+
+def _start_bits_needed(batch: int, d: int, start: npt.NDArray[np.float64], clamp: bool) -> int:
+    """Random bits of ``_banded_start``."""
+    size = batch * d * (_band_count(start) // 2 + (1 if clamp else 0))
+    return _needed(size, FRAC_BAND, _band_bits(start))
+
+
+async def _banded_start(
+    ops: FieldOps, g: ObjectArray, params: Params, clamp: bool, supply: _BitSupply
+) -> tuple[ObjectArray, ObjectArray | None]:
+    """Newton's start y₀ ≤ 1/√g within a factor √2·(1 + 2^−22·…), and the clamp bits [λ_j > ρ·KAPPA_CLAMP].
+
+    One fused threshold compares every g_jj with the public bands T_k = 2^(−k/2)/s² (k = 1 … K,
+    two per comparison pair: below = [g < T_lo], above = [g > T_hi]) and, for the clamp, with
+    ``params.clamp``. Its error is below 2^−25 in g, less than half the gap between two
+    bands from k ≤ 22 on, so the bits met form a prefix 1 … K′ up to the band where g lies;
+    y₀ = s·√2^K′ (a telescoping sum of the bits, local): w₀ = g·y₀² ∈ [1/4, 1.2) whenever
+    g·s² ≥ 2^−(K+1), which the documented σ_j/h_j ≳ 2^−11 gives.
+    """
+    p = ops.p
+    start = params.start
+    batch, d = g.shape
+    count = _band_count(start)
+    inv = 1 / start**2
+    levels = [inv * 2.0**-k for k in range(1, count + 1)]  # decreasing thresholds on g
+    up = 1 << (2 * FRAC_BAND - FRAC_IN)
+    xs, kappas = [], []
+    for hi, lo in zip(levels[0::2], levels[1::2], strict=True):
+        xs.append(((g - ops.fixed((hi + lo) / 2, FRAC_IN)) * up) % p)
+        kappas.append(ops.fixed((hi - lo) / 2, FRAC_BAND))
+    if clamp:
+        assert params.clamp is not None, "the clamp needs its thresholds"
+        xs.append(((g - params.clamp) * up) % p)
+        kappas.append(np.zeros(g.shape, dtype=object))
+    _, _, _, above, below = await _threshold(
+        ops,
+        np.concatenate([x.ravel() for x in xs]),
+        np.concatenate([k.ravel() for k in kappas]),
+        FRAC_BAND,
+        _band_bits(start),
+        supply,
+    )
+    pairs = count // 2
+    above = above[: pairs * g.size].reshape(pairs, *g.shape)
+    below_all = below
+    below = below[: pairs * g.size].reshape(pairs, *g.shape)
+    scale = float(1 << FRAC_IN)
+    steps = [np.floor(start * 2.0 ** (k / 2) * scale) for k in range(count + 1)]
+    y = np.vectorize(int, otypes=[object])(steps[0])
+    for i in range(pairs):
+        k_hi, k_lo = 2 * i + 1, 2 * i + 2
+        inc_hi = np.vectorize(int, otypes=[object])(steps[k_hi] - steps[k_hi - 1])
+        inc_lo = np.vectorize(int, otypes=[object])(steps[k_lo] - steps[k_lo - 1])
+        y = y + (1 - above[i]) * inc_hi + below[i] * inc_lo  # [g < T_hi] = 1 − [g > T_hi]
+    clamp_bits = below_all[pairs * g.size :].reshape(g.shape) if clamp else None
+    return y % p, clamp_bits
 
 
 async def _newton_schulz(
@@ -277,9 +369,11 @@ async def _prepare(
     cxx, cxy = cov[:, :d, :d], cov[:, :d, d]
     diag = np.einsum("bii->bi", cxx)
     g = (diag + params.gamma) % ops.p
-    e = await _newton_inverse_sqrt(ops, g, params.start)
+    batch = g.shape[0]
+    supply = _BitSupply(await ops.random_bits(_start_bits_needed(batch, d, params.start, l1_times_e)))
+    y0, clamp = await _banded_start(ops, g, params, l1_times_e, supply)
+    e = await _newton_inverse_sqrt(ops, g, y0, START_NEWTON)
     step(NEWTON_ITERATIONS)
-    batch = e.shape[0]
     left = [np.broadcast_to(e[:, :, None], (batch, d, d)).ravel(), e.ravel()]
     right = [np.broadcast_to(e[:, None, :], (batch, d, d)).ravel(), cxy.ravel()]
     if l1_times_e:
@@ -292,7 +386,14 @@ async def _prepare(
     lam = prods[batch * d * (d + 1) :].reshape(batch, d) if l1_times_e else params.l1
     gmat = cxx.copy()
     gmat[:, np.arange(d), np.arange(d)] = g
-    h = await ops.mul(outer, gmat, FRAC_IN, 2 * FRAC_IN + 3)
+    if clamp is None:
+        h = await ops.mul(outer, gmat, FRAC_IN, 2 * FRAC_IN + 3)
+    else:  # λ = l1∘e, or ρ·KAPPA_CLAMP where the bands said it is larger (exact product, same round as H)
+        limit = ops.fixed(np.full(lam.shape, ADMM_RHO * KAPPA_CLAMP), FRAC_IN)
+        h, cut = await _together(
+            ops.mul(outer, gmat, FRAC_IN, 2 * FRAC_IN + 3), ops.mul_exact(clamp, (limit - lam) % ops.p)
+        )
+        lam = (lam + cut) % ops.p
     if params.offdiag is not None and params.w_scale is not None:  # standardised EN/ridge: e = e₀/√a
         factor = np.broadcast_to(params.offdiag[:, None, None], h.shape).copy()
         factor[:, np.arange(d), np.arange(d)] = 1 << FRAC_IN
@@ -303,11 +404,6 @@ async def _prepare(
             2 * FRAC_IN + 3,
         )
         h, q = scaled[: h.size].reshape(h.shape), scaled[h.size :].reshape(q.shape)
-    if l1_times_e:
-        limit = ADMM_RHO * KAPPA_CLAMP
-        excess = (lam - ops.fixed(limit, FRAC_IN)) % ops.p
-        below = await ops.less_than_zero(excess, FRAC_IN + E_BITS + math.ceil(math.log2(l1_max)) + 3)
-        lam = (ops.fixed(limit, FRAC_IN) + await ops.mul_exact(below, excess)) % ops.p
     return e, h, q, lam
 
 
