@@ -60,7 +60,12 @@ from services.lasso.core.plan import (
 )
 from services.lasso.mpc.secure_gram import FRAC_IN
 from services.lasso.mpc.secure_ops import FieldOps
-from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_bits_needed, threshold_field_bits
+from services.lasso.mpc.secure_threshold import (
+    MAX_BITS_PER_BATCH,
+    FusedThreshold,
+    threshold_bits_needed,
+    threshold_field_bits,
+)
 
 ObjectArray = npt.NDArray[np.object_]
 StepCallback = Callable[[int], None]
@@ -321,22 +326,34 @@ async def _newton_schulz(
     frac: int,
     x_bits: int,
     step: StepCallback,
-) -> ObjectArray:
-    """X ≈ M⁻¹ (batched (B, d, d), frac ``frac``) by X ← X(2I − MX) from X₀ = I/trace_bound.
+    *,
+    unreduced: bool = False,
+) -> tuple[ObjectArray, ObjectArray]:
+    """(X ≈ M⁻¹, M) (batched (B, d, d), frac ``frac``) by X ← X(2I − MX) from X₀ = I/trace_bound.
 
     X₀ commutes with M, so every X_k is a polynomial in M: MX_k has eigenvalues
-    in [0, 1] and X_k ≤ 2^k/trace_bound (``x_bits`` bounds it).
+    in [0, 1] and X_k ≤ 2^k/trace_bound (``x_bits`` bounds it). The first step,
+    X₁ = 2c·I − c²·M with c = 1/trace_bound, is one truncation; when M is given as an
+    unreduced local product (degree 2t, ``unreduced``) its degree reduction shares that round.
     """
     d = m.shape[-1]
     one = 1 << frac
     eye = np.zeros((d, d), dtype=object)
     eye[np.diag_indices(d)] = one
-    x = np.broadcast_to(ops.fixed(np.eye(d) / trace_bound, frac), m.shape).copy()
-    for _ in range(iterations):
+    c = 1 / trace_bound
+    scaled = (m * ops.fixed(c * c, frac)) % ops.p  # c²·M at frac 2·frac
+    first = ops.trunc(scaled, frac, 2 * frac + 3, degree2t=unreduced)
+    if unreduced:
+        m, cm = await _together(ops.reduce(m), first)
+    else:
+        cm = await first
+    x = (np.broadcast_to(ops.fixed(2 * c * np.eye(d), frac), m.shape) - cm) % ops.p
+    step(1)
+    for _ in range(iterations - 1):
         mx = await ops.matmul(m, x, frac, 2 * frac + math.ceil(math.log2(d)) + 3)
         x = await ops.matmul(x, (2 * eye - mx) % ops.p, frac, 2 * frac + x_bits + math.ceil(math.log2(d)) + 3)
         step(1)
-    return x
+    return x, m
 
 
 @dataclass(frozen=True)
@@ -465,29 +482,45 @@ class _Admm:
         diagonal = (np.arange(d), np.arange(d))
         shifted[:, diagonal[0], diagonal[1]] = (shifted[:, diagonal[0], diagonal[1]] + ops.fixed(ADMM_RHO, FRAC_W)) % p
         k_bits = _log2(1 / ADMM_RHO) + 1  # ‖K‖ ≤ 1/ρ
-        k = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, k_bits, step)
+        k, _ = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, k_bits, step)
         (num_a, shift_a), (num_c, shift_c) = _RHO_RELAX, _RELAX
-        a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + _log2(abs(num_a)) + k_bits + 2)  # rρ·K
         kq = np.einsum("bij,bj->bi", k, q)
-        c1 = await ops.trunc(
-            (num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2, degree2t=True
-        )  # r·Kq′
+        a1, c1 = await _together(
+            ops.trunc((num_a * k) % p, shift_a, FRAC_W + _log2(abs(num_a)) + k_bits + 2),  # rρ·K
+            ops.trunc(
+                (num_c * kq) % p,
+                FRAC_W + shift_c,
+                2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2,
+                degree2t=True,
+            ),  # r·Kq′
+        )
         return cls(ops, a1, c1, kappa)
 
-    async def run(self, steps: int, step: StepCallback) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
-        """``steps`` iterations: z, |z| and the threshold bits of the last one."""
+    def premade_bits(self, steps: int) -> int:
+        """Random bits for the first steps of a segment of ``steps``, made ahead in another round."""
+        per_step = threshold_bits_needed(self.kappa.size, FRAC_W, ADMM_X_BITS)
+        return per_step * min(steps, max(1, MAX_BITS_PER_BATCH // per_step))
+
+    async def run(
+        self, steps: int, step: StepCallback, premade: ObjectArray | None = None
+    ) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+        """``steps`` iterations: z, |z| and the threshold bits of the last one (``premade``: the
+        random bits of the first steps, from ``premade_bits``)."""
         p = self.ops.p
         num_z, shift_z = _ONE_MINUS_RELAX
-        threshold = FusedThreshold(self.ops, self.kappa, FRAC_W, ADMM_X_BITS, steps)
+        per_step = threshold_bits_needed(self.kappa.size, FRAC_W, ADMM_X_BITS)
+        ready = 0 if premade is None else premade.size // per_step
+        threshold = FusedThreshold(self.ops, self.kappa, FRAC_W, ADMM_X_BITS, steps - ready)
         z, w = self.z, self.w
         out: tuple[ObjectArray, ...] = ()
-        for _ in range(steps):
+        for i in range(steps):
             local = (
                 np.einsum("bij,bj->bi", self.a1, (z - w) % p)
                 + num_z * z * (1 << (FRAC_W - shift_z))
                 + (self.c1 + w) * (1 << FRAC_W)
             )
-            v, z, z_abs, above, below = await threshold.step(local % p)
+            supplied = premade[i * per_step : (i + 1) * per_step] if premade is not None and i < ready else None
+            v, z, z_abs, above, below = await threshold.step(local % p, supplied)
             w = (v - z) % p
             out = (z, z_abs, above, below)
             step(1)
@@ -522,21 +555,21 @@ async def _polish(
     batch = q.shape[0]
     if bits is None:
         a = np.ones(q.shape, dtype=object)
-        m, rhs = h, q
+        x, m = await _newton_schulz(ops, h, plan.ns_polish_iterations, float(d), f, b.x_bits, step)
+        rhs = q
     else:
+        # a∘(q − λ∘s) = a∘q − λ∘s: the bits above and below are never both 1, so a∘s = s.
         above, below = bits
         a, s = (above + below) % p, (above - below) % p
         pair = await ops.mul_exact(
-            np.concatenate([np.broadcast_to(a[:, :, None], (batch, d, d)).ravel(), lam.ravel()]),
-            np.concatenate([np.broadcast_to(a[:, None, :], (batch, d, d)).ravel(), s.ravel()]),
+            np.concatenate([np.broadcast_to(a[:, :, None], (batch, d, d)).ravel(), a.ravel(), lam.ravel()]),
+            np.concatenate([np.broadcast_to(a[:, None, :], (batch, d, d)).ravel(), q.ravel(), s.ravel()]),
         )
-        aa, ls = _split(pair, (batch, d, d), (batch, d))
-        masked = await ops.mul_exact(
-            np.concatenate([aa.ravel(), a.ravel()]), np.concatenate([h.ravel(), ((q - ls) % p).ravel()])
-        )
-        m, rhs = _split(masked, (batch, d, d), (batch, d))
+        aa, aq, ls = _split(pair, (batch, d, d), (batch, d), (batch, d))
+        rhs = (aq - ls) % p
+        m = aa * h  # degree 2t, reduced in the Newton–Schulz iteration's first round
         m[:, np.arange(d), np.arange(d)] = (m[:, np.arange(d), np.arange(d)] + (1 - a) * (1 << f)) % p
-    x = await _newton_schulz(ops, m, plan.ns_polish_iterations, float(d), f, b.x_bits, step)
+        x, m = await _newton_schulz(ops, m % p, plan.ns_polish_iterations, float(d), f, b.x_bits, step, unreduced=True)
     first = np.einsum("bij,bj->bi", x, rhs) % p  # u₀·2^80, degree 2t
     bound_40 = ops.fixed(np.full(q.shape, 2.0 ** (ADMM_BITS - 1)), f)
     v, excess, _, _, _ = await _threshold(ops, first, bound_40, f, b.first(), supply)
@@ -790,6 +823,23 @@ async def _check(
     return _Outcome(False, *chosen, restart)
 
 
+async def _trunc_convert(src: FieldOps, dst: FieldOps, x: ObjectArray, frac: int, bits: int) -> ObjectArray:
+    """Shares in ``dst``'s field of ≈ x/2^frac for signed |x| < 2^(bits−1) (degree t in ``src``): a
+    truncation whose high mask r_hi is shared in both fields (as ``FieldOps.convert``'s), one opening."""
+    src._check_bits(bits)
+    dst._check_bits(bits - frac)
+    n = x.size
+    uci = src.mpc._prss_uci()
+    hi_bound = 1 << (src.kappa + bits - frac)
+    r_hi_src = src._prss(n, hi_bound, uci)
+    r_hi_dst = dst._prss(n, hi_bound, uci)
+    r_lo = src._prss(n, 1 << frac)
+    c = await src._open((x.ravel() + (1 << (bits - 1)) + r_lo + (r_hi_src << frac)) % src.p, src.t)
+    assert c is not None
+    bias = (src.subsets - 1) // 2 + (1 << (bits - 1 - frac))
+    return (((c >> frac) - r_hi_dst - bias) % dst.p).reshape(x.shape)
+
+
 async def fit_batch(
     fields: Fields,
     cov: ObjectArray,
@@ -804,39 +854,55 @@ async def fit_batch(
     e, h, q, lam = await _prepare(fields, cov, params, plan, l1_times_e, l1_max(plan), step)
     batch, d = q.shape
     cyy = cov[:, d, d]
-    dual, clip = await _dual_bounds(inp, lam, plan)
-    levels = dual.shape[0]
+    levels = len(DUAL_SLACKS) if plan.has_l1 else 1
+    check_bits = _check_bits(plan, batch, levels)
     if not plan.has_l1:  # ridge: the refined solve with every feature active, then the certificate
-        supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+        (dual, clip), made = await asyncio.gather(_dual_bounds(inp, lam, plan), inp.random_bits(check_bits))
+        supply = _BitSupply(made)
         u, u_abs = await _polish(inp, h, q, lam, None, plan, supply, step)
         outcome = await _check(inp, h, q, lam, cyy, u, u_abs, None, dual, None, plan, supply)
         done = 0
     else:
-        low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 10)
-        h32, q32, lam32 = _split(low, h.shape, q.shape, lam.shape)
-        num_k, shift_k = _INV_RHO  # κ = λ/ρ
+        # One round: the dual bounds, H, q′ and κ = λ/ρ truncated to frac 32 straight into F_w, and
+        # the random bits of the first ADMM segment.
+        num_k, shift_k = _INV_RHO
         assert shift_k == 0, "1/ρ must be an integer"
-        moved = await inp.convert(
-            np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p, work, FRAC_W + 11
+        first = plan.checkpoints[0]
+        segment_bits = threshold_bits_needed(batch * d, FRAC_W, ADMM_X_BITS) * min(
+            first, max(1, MAX_BITS_PER_BATCH // threshold_bits_needed(batch * d, FRAC_W, ADMM_X_BITS))
+        )
+        (dual, clip), moved, premade = await asyncio.gather(
+            _dual_bounds(inp, lam, plan),
+            _trunc_convert(
+                inp, work, np.concatenate([h.ravel(), q.ravel(), (num_k * lam).ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 11
+            ),
+            work.random_bits(segment_bits),
         )
         h_w, q_w, kappa_w = _split(moved, h.shape, q.shape, lam.shape)
         admm = await _Admm.create(work, h_w, q_w, kappa_w, plan, step)
         done = 0
         for mark in plan.checkpoints:
-            z, z_abs, above, below = await admm.run(mark - done, step)
+            z, z_abs, above, below = await admm.run(mark - done, step, premade)
             done = mark
-            back = await work.convert(
-                np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]), inp, FRAC_W + ADMM_BITS + 1
+            back, made = await _together(
+                work.convert(
+                    np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]), inp, FRAC_W + ADMM_BITS + 1
+                ),
+                inp.random_bits(check_bits),
             )
             z, z_abs, above, below, w = _split(back, *[z.shape] * 5)
-            supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+            supply = _BitSupply(made)
             polished, polished_abs = await _polish(inp, h, q, lam, (above, below), plan, supply, step)
             outcome = await _check(inp, h, q, lam, cyy, polished, polished_abs, (z, z_abs, w), dual, clip, plan, supply)
             if outcome.certified or mark == plan.checkpoints[-1]:
                 break
             assert outcome.restart is not None
             z_next, w_next = outcome.restart
-            moved = await inp.convert(np.concatenate([z_next.ravel(), w_next.ravel()]), work, FRAC_W + 2 * ADMM_BITS)
+            following = plan.checkpoints[plan.checkpoints.index(mark) + 1] - mark
+            moved, premade = await _together(
+                inp.convert(np.concatenate([z_next.ravel(), w_next.ravel()]), work, FRAC_W + 2 * ADMM_BITS),
+                work.random_bits(admm.premade_bits(following)),
+            )
             admm.restart(*_split(moved, z_next.shape, w_next.shape))
     u = outcome.u
     if params.w_scale is not None:
