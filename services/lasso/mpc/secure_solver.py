@@ -318,6 +318,26 @@ async def _banded_start(
     return y % p, clamp_bits
 
 
+def ns_steps(doublings: int) -> list[int]:
+    """How ``_newton_schulz`` groups its doublings into self-correcting steps.
+
+    A step of j doublings costs j + 1 rounds (the first step j), against 2j for plain
+    Newton–Schulz; inside a step the rounding errors of the squarings double while R is
+    close to 1, so the first step is capped at 16 doublings, later ones take 4 and the
+    last two leave R small ([16, 4, 2] for 22 doublings, [7, 4, 2] for 13).
+    """
+    if doublings <= 3:
+        return [doublings]
+    if doublings <= 8:
+        return [doublings - 2, 2]
+    steps = [min(doublings - 6, 16)]
+    rest = doublings - steps[0]
+    while rest > 6:
+        steps.append(4)
+        rest -= 4
+    return [*steps, rest - 2, 2] if rest > 2 else [*steps, rest]
+
+
 async def _newton_schulz(
     ops: FieldOps,
     m: ObjectArray,
@@ -329,30 +349,53 @@ async def _newton_schulz(
     *,
     unreduced: bool = False,
 ) -> tuple[ObjectArray, ObjectArray]:
-    """(X ≈ M⁻¹, M) (batched (B, d, d), frac ``frac``) by X ← X(2I − MX) from X₀ = I/trace_bound.
+    """(X ≈ M⁻¹, M) (batched (B, d, d), frac ``frac``): ``iterations`` Newton–Schulz doublings
+    X ← X(2I − MX) from X₀ = c·I, c = 1/trace_bound, in the product form.
 
-    X₀ commutes with M, so every X_k is a polynomial in M: MX_k has eigenvalues
-    in [0, 1] and X_k ≤ 2^k/trace_bound (``x_bits`` bounds it). The first step,
-    X₁ = 2c·I − c²·M with c = 1/trace_bound, is one truncation; when M is given as an
-    unreduced local product (degree 2t, ``unreduced``) its degree reduction shares that round.
+    With R = I − MX, M⁻¹ = X(I + R)(I + R²)(I + R⁴)…, so a step of j doublings computes
+    X(I + R^(2^i)) and R^(2^(i+1)) side by side, one round each, and the next step
+    recomputes R = I − MX exactly from its X (self-correcting, as Newton–Schulz); the
+    steps are ``ns_steps``. In exact arithmetic the result is the k-th Newton–Schulz
+    iterate: a polynomial in M with MX_k's eigenvalues in [0, 1] and X_k ≤ 2^k/trace_bound
+    (``x_bits`` bounds it). The first round makes X₁ = 2c·I − c²·M and R₀ = I − c·M; when M
+    is given as an unreduced local product (degree 2t, ``unreduced``) its degree reduction
+    shares that round.
     """
-    d = m.shape[-1]
-    one = 1 << frac
+    p, d = ops.p, m.shape[-1]
+    log_d = math.ceil(math.log2(d))
     eye = np.zeros((d, d), dtype=object)
-    eye[np.diag_indices(d)] = one
+    eye[np.diag_indices(d)] = 1 << frac
     c = 1 / trace_bound
-    scaled = (m * ops.fixed(c * c, frac)) % ops.p  # c²·M at frac 2·frac
+    scaled = np.concatenate([(m * ops.fixed(c, frac)).ravel(), (m * ops.fixed(c * c, frac)).ravel()]) % p
     first = ops.trunc(scaled, frac, 2 * frac + 3, degree2t=unreduced)
     if unreduced:
-        m, cm = await _together(ops.reduce(m), first)
+        m, both = await _together(ops.reduce(m), first)
     else:
-        cm = await first
-    x = (np.broadcast_to(ops.fixed(2 * c * np.eye(d), frac), m.shape) - cm) % ops.p
+        both = await first
+    cm, c2m = _split(both, m.shape, m.shape)
+    r = (eye - cm) % p  # R₀ = I − cM (its eigenvalues are in [0, 1))
+    x = (np.broadcast_to(ops.fixed(2 * c * np.eye(d), frac), m.shape) - c2m) % p  # X₁ = c(I + R₀)
     step(1)
-    for _ in range(iterations - 1):
-        mx = await ops.matmul(m, x, frac, 2 * frac + math.ceil(math.log2(d)) + 3)
-        x = await ops.matmul(x, (2 * eye - mx) % ops.p, frac, 2 * frac + x_bits + math.ceil(math.log2(d)) + 3)
-        step(1)
+    square_bits = 2 * frac + log_d + 3
+    product_bits = 2 * frac + x_bits + log_d + 3
+    for index, doublings in enumerate(ns_steps(iterations)):
+        done = 1 if index == 0 else 0
+        if index > 0:
+            r = (eye - await ops.matmul(m, x, frac, square_bits)) % p
+        elif doublings > 1:
+            r = await ops.matmul(r, r, frac, square_bits)  # R₀², for X₁'s next doubling
+        while done < doublings:
+            last = done == doublings - 1
+            update = np.matmul(x, (eye + r) % p)
+            if last:
+                x = await ops.trunc(update % p, frac, product_bits, degree2t=True)
+            else:
+                both = await ops.trunc(
+                    np.concatenate([update.ravel(), np.matmul(r, r).ravel()]) % p, frac, product_bits, degree2t=True
+                )
+                x, r = _split(both, m.shape, m.shape)
+            done += 1
+            step(1)
     return x, m
 
 
