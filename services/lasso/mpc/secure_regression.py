@@ -86,7 +86,6 @@ from services.lasso.mpc.secure_solver import (
     KAPPA_CLAMP,
     W_HAT_BITS,
     Fields,
-    Fit,
     Params,
     bounds,
     clamp_threshold,
@@ -161,13 +160,19 @@ def _public_params(ops: FieldOps, plans: Sequence[AlphaPlan], standardize: bool)
     return Params(gamma, l1, offdiag, w_scale, start, limits)
 
 
-async def _select(ops: FieldOps, onehot: ObjectArray, fit: Fit) -> Fit:
-    """The fit of the secretly chosen alpha among ``fit``'s (one per alpha): Σ_a onehot_a·(ŵ_a, u_a, e_a),
-    summed locally as degree-2t sharings and reduced in one round."""
-    weights = onehot[:, None]
-    picked = (np.concatenate([(weights * x).sum(axis=0) for x in (fit.w_hat, fit.u, fit.e)]) % ops.p)[None]
-    w_hat, u, e = np.split(await ops.reduce(picked), 3, axis=1)
-    return Fit(w_hat, u, e, fit.iterations, fit.certified)
+def _chosen_params(ops: FieldOps, plans: Sequence[AlphaPlan], onehot: ObjectArray, standardize: bool) -> Params:
+    """Constants of the secretly chosen alpha: Σ_a onehot_a·constant_a (local, exact)."""
+    table = _public_params(ops, plans, standardize)
+
+    def pick(values: ObjectArray) -> ObjectArray:
+        weights = onehot.reshape((-1,) + (1,) * (values.ndim - 1))
+        return (weights * values).sum(axis=0, keepdims=True) % ops.p
+
+    offdiag = None if table.offdiag is None else pick(table.offdiag)
+    w_scale = None if table.w_scale is None else pick(table.w_scale)
+    start = table.start.min(axis=0, keepdims=True)  # ≤ every alpha's start: still below 1/√G_jj
+    clamp = None if table.clamp is None else pick(table.clamp)
+    return Params(pick(table.gamma), pick(table.l1), offdiag, w_scale, start, clamp)
 
 
 async def _validation_mse(ops: FieldOps, w_hat: ObjectArray, train: Moments, valid: Moments) -> ObjectArray:
@@ -235,7 +240,7 @@ async def secure_fit(
     fields = _fields(mpc, plan)
     inp = fields.inp
     progress = _Progress(on_progress)
-    progress.total = _stage_steps(plan)
+    progress.total = _stage_steps(plan) * (2 if spec.cross_validate else 1)
     parties = len(mpc.parties)
     zero = zero_columns(spec, parties)
 
@@ -249,26 +254,24 @@ async def secure_fit(
     progress.report("iterations", 0, progress.total)
     onehot: ObjectArray | None = None
     curve: ObjectArray | None = None
-    if spec.cross_validate:  # one batch: every fold × alpha, and every alpha on the whole join
+    certified = True
+    if spec.cross_validate:
         folds_n, alphas_n = len(plan.folds), len(plan.alphas)
-        cv_n = folds_n * alphas_n
         train_idx = [1 + 2 * k for k in range(folds_n) for _ in range(alphas_n)]
         valid_idx = [2 + 2 * k for k in range(folds_n) for _ in range(alphas_n)]
-        params = _public_params(inp, list(plan.alphas) * (folds_n + 1), spec.standardize)
-        batch = await fit_batch(
-            fields, mom.cov[train_idx + [0] * alphas_n], params, plan, not spec.standardize, progress.step
-        )
+        params = _public_params(inp, list(plan.alphas) * folds_n, spec.standardize)
+        fit = await fit_batch(fields, mom.cov[train_idx], params, plan, not spec.standardize, progress.step)
+        certified = fit.certified  # every fold × alpha fit the curve uses
         train = Moments(mom.cov[train_idx], mom.mean[train_idx])
         valid = Moments(mom.cov[valid_idx], mom.mean[valid_idx])
-        mse = await _validation_mse(inp, batch.w_hat[:cv_n], train, valid)
+        mse = await _validation_mse(inp, fit.w_hat, train, valid)
         curve = mse.reshape(folds_n, alphas_n).sum(axis=0) % inp.p
         onehot = await _argmin_onehot(inp, curve, FRAC_IN + 2 * W_HAT_BITS + 20)
-        full = Fit(batch.w_hat[cv_n:], batch.u[cv_n:], batch.e[cv_n:], batch.iterations, batch.certified)
-        fit = await _select(inp, onehot, full)
+        final = _chosen_params(inp, plan.alphas, onehot, spec.standardize)
     else:
-        params = _public_params(inp, plan.alphas, spec.standardize)
-        fit = await fit_batch(fields, mom.cov[:1], params, plan, not spec.standardize, progress.step)
-    certified = fit.certified  # with CV: every fold × alpha fit the curve uses, and every full fit
+        final = _public_params(inp, plan.alphas, spec.standardize)
+    fit = await fit_batch(fields, mom.cov[:1], final, plan, not spec.standardize, progress.step)
+    certified = certified and fit.certified
     progress.report("iterations", progress.total, progress.total)
 
     progress.report("reveal", 0, 1)
