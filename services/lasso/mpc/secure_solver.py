@@ -6,12 +6,13 @@ per-problem constants ``Params`` (public per alpha, or one-hot combinations
 of them when cross-validation chose the alpha secretly). Steps (see ``plan``
 for the maths):
 
-1. Newton for e = 1/√G_jj from a public start (two rounds per step), then
-   H = diag(e)·G·diag(e) (unit diagonal), q′ = e∘Ĉ_xy and λ (clamped so that
-   κ = λ/ρ ≤ ``KAPPA_CLAMP``), in F_in at 40 fractional bits.
+1. Newton for e = 1/√G_jj (two rounds per step) from a start within √2 that one
+   batched comparison with public bands finds (``_banded_start``, which also decides
+   the clamp of λ so that κ = λ/ρ ≤ ``KAPPA_CLAMP``), then H = diag(e)·G·diag(e)
+   (unit diagonal), q′ = e∘Ĉ_xy and λ, in F_in at 40 fractional bits.
 2. ADMM in the 128-bit field F_w at 32 fractional bits: K = (H + ρI)⁻¹ by
-   Newton–Schulz, then per iteration one local matrix-vector product and one
-   ``FusedThreshold`` step (7 rounds: truncation and both comparisons of every
+   Newton–Schulz in product form (``_newton_schulz``), then per iteration one
+   local matrix-vector product and one ``FusedThreshold`` step (7 rounds: truncation and both comparisons of every
    coordinate of every problem in one batch).
 3. At every checkpoint of ``plan.checkpoints``, in F_in:
    * polish: Newton–Schulz on the support and signs of z (frac 40), one step of
@@ -33,7 +34,9 @@ inputs (``Bounds``), not for typical values: a wrong support can make the
 polished solve huge, so it is clipped before the refinement uses it. The
 remaining assumptions (documented in services/lasso/REGRESSION.md) are those of
 ADMM itself: |ADMM values| < 2^(ADMM_BITS−1) = 256 in the normalised units,
-|ŵ| < 2^10, σ_j/h_j ≳ 2^−11 (Newton converges within ``NEWTON_ITERATIONS``).
+|ŵ| < 2^10, σ_j/h_j ≳ 2^−11 (the band comparison then starts Newton at g·y₀² ≥ 1/4).
+Steps that do not depend on each other share a round (``_together``), see
+docs/adr/0011-lasso-mpc-rounds.md.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ RHS_BITS = 4
 #: Error bound (in units of 2^−FRAC_U) of the computed gradient: two truncations of [−1, 2) ulp each.
 GRADIENT_ERROR_ULPS = 4
 #: Newton's start for e = 1/√g comes from one batched comparison of g with the public bands
-#: g·s² < 2^(−k/2·2) ... (``_banded_start``): at least this many half-octaves below the public start s.
+#: g·s² < 2^−k, k = 1 … START_BANDS (``_banded_start``; more bands when the public start s < 1).
 START_BANDS = 22
 #: Fractional bits of the band comparisons (their error is below 2^−25 in g).
 FRAC_BAND = 26
@@ -235,7 +238,8 @@ async def _together(*calls: Awaitable[ObjectArray]) -> list[ObjectArray]:
 
 
 async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, y: ObjectArray, iterations: int) -> ObjectArray:
-    """e ≈ 1/√g (frac 40) by y ← (3y − g·y·y²)/2 from shares y₀ ≤ 1/√g (up to 20%); two rounds per step."""
+    """e ≈ 1/√g (frac 40) by y ← (3y − g·y·y²)/2 from shares y₀ with g·y₀² < 3 (``_banded_start``:
+    [1/4, 1.2)); two rounds per step."""
     n = g.size
     for _ in range(iterations):
         both = await ops.mul(
