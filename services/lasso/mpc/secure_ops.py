@@ -211,6 +211,7 @@ class FieldOps:
                 mpc._send_message(peer, payload)
         if pid not in receivers:
             return None
+        await asyncio.sleep(0)  # openings started together send before any of them receives (one round)
         senders = [(pid - threshold + j) % m for j in range(threshold)]
         received = await mpc.gather([mpc._receive_message(peer) for peer in senders])
         vector = self._vector(tuple(peer + 1 for peer in senders) + (pid + 1,))
@@ -275,6 +276,7 @@ class FieldOps:
                     own = share
                 else:
                     mpc._send_message(j, wire.encode_ints(share, self.width))
+        await asyncio.sleep(0)  # as in _output_shares
         received = await mpc.gather([mpc._receive_message(i) for i in senders if i != pid])
         parts = iter(received)
         vector = self._vector(tuple(i + 1 for i in senders))

@@ -88,6 +88,7 @@ from services.lasso.mpc.secure_solver import (
     Fields,
     Params,
     bounds,
+    clamp_threshold,
     fit_batch,
     l1_max,
 )
@@ -150,7 +151,13 @@ def _public_params(ops: FieldOps, plans: Sequence[AlphaPlan], standardize: bool)
     offdiag = ops.fixed([1 / ap.diag_scale for ap in plans], FRAC_IN) if scaled else None
     w_scale = ops.fixed([1 / math.sqrt(ap.diag_scale) for ap in plans], FRAC_IN) if scaled else None
     start = np.array([ap.newton_start for ap in plans], dtype=np.float64)
-    return Params(gamma, l1, offdiag, w_scale, start)
+    limits = None
+    if not standardize:
+        limits = ops.fixed(
+            [[clamp_threshold(v, g) for v, g in zip(ap.l1_public, ap.diag_shift, strict=True)] for ap in plans],
+            FRAC_IN,
+        )
+    return Params(gamma, l1, offdiag, w_scale, start, limits)
 
 
 def _chosen_params(ops: FieldOps, plans: Sequence[AlphaPlan], onehot: ObjectArray, standardize: bool) -> Params:
@@ -164,7 +171,8 @@ def _chosen_params(ops: FieldOps, plans: Sequence[AlphaPlan], onehot: ObjectArra
     offdiag = None if table.offdiag is None else pick(table.offdiag)
     w_scale = None if table.w_scale is None else pick(table.w_scale)
     start = table.start.min(axis=0, keepdims=True)  # ≤ every alpha's start: still below 1/√G_jj
-    return Params(pick(table.gamma), pick(table.l1), offdiag, w_scale, start)
+    clamp = None if table.clamp is None else pick(table.clamp)
+    return Params(pick(table.gamma), pick(table.l1), offdiag, w_scale, start, clamp)
 
 
 async def _validation_mse(ops: FieldOps, w_hat: ObjectArray, train: Moments, valid: Moments) -> ObjectArray:
@@ -191,22 +199,24 @@ async def _validation_mse(ops: FieldOps, w_hat: ObjectArray, train: Moments, val
 
 
 async def _argmin_onehot(ops: FieldOps, values: ObjectArray, bits: int) -> ObjectArray:
-    """One-hot shares of the first index of the minimum (sequential scan, strict <)."""
-    count = len(values)
-    best = values[0]
-    onehot = np.zeros(count, dtype=object)
-    onehot[0] = 1
-    for a in range(1, count):
-        less = await ops.less_than_zero(np.array([(values[a] - best) % ops.p], dtype=object), bits)
-        unit = np.zeros(count, dtype=object)
-        unit[a] = 1
-        moves = await ops.mul_exact(
-            np.full(count + 1, less[0], dtype=object),
-            np.concatenate([[(values[a] - best) % ops.p], (unit - onehot) % ops.p]),
-        )
-        best = (best + moves[0]) % ops.p
-        onehot = (onehot + moves[1:]) % ops.p
-    return onehot
+    """One-hot shares of the first index of the minimum: every pair compared in one batched
+    comparison, then onehot_a = Π_{b≠a} [a beats b] (a < b beats b iff v_a ≤ v_b) by a product
+    tree, ⌈log₂(count − 1)⌉ rounds (instead of one comparison and one product per alpha in turn)."""
+    count, p = len(values), ops.p
+    if count == 1:
+        return np.ones(1, dtype=object)
+    pairs = [(a, b) for a in range(count) for b in range(a + 1, count)]
+    later_less = await ops.less_than_zero(np.array([(values[b] - values[a]) % p for a, b in pairs], dtype=object), bits)
+    beats: list[list[Any]] = [[] for _ in range(count)]
+    for (a, b), bit in zip(pairs, later_less, strict=True):
+        beats[a].append((1 - bit) % p)  # v_a ≤ v_b
+        beats[b].append(bit)  # v_b < v_a
+    factors = np.array(beats, dtype=object)  # (count, count − 1)
+    while factors.shape[1] > 1:
+        half = factors.shape[1] // 2
+        products = await ops.mul_exact(factors[:, :half].ravel(), factors[:, half : 2 * half].ravel())
+        factors = np.concatenate([products.reshape(count, half), factors[:, 2 * half :]], axis=1)
+    return factors[:, 0] % p
 
 
 def _stage_steps(plan: SolverPlan) -> int:

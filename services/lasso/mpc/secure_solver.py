@@ -6,12 +6,13 @@ per-problem constants ``Params`` (public per alpha, or one-hot combinations
 of them when cross-validation chose the alpha secretly). Steps (see ``plan``
 for the maths):
 
-1. Newton for e = 1/√G_jj from a public start (two rounds per step), then
-   H = diag(e)·G·diag(e) (unit diagonal), q′ = e∘Ĉ_xy and λ (clamped so that
-   κ = λ/ρ ≤ ``KAPPA_CLAMP``), in F_in at 40 fractional bits.
+1. Newton for e = 1/√G_jj (two rounds per step) from a start within √2 that one
+   batched comparison with public bands finds (``_banded_start``, which also decides
+   the clamp of λ so that κ = λ/ρ ≤ ``KAPPA_CLAMP``), then H = diag(e)·G·diag(e)
+   (unit diagonal), q′ = e∘Ĉ_xy and λ, in F_in at 40 fractional bits.
 2. ADMM in the 128-bit field F_w at 32 fractional bits: K = (H + ρI)⁻¹ by
-   Newton–Schulz, then per iteration one local matrix-vector product and one
-   ``FusedThreshold`` step (7 rounds: truncation and both comparisons of every
+   Newton–Schulz in product form (``_newton_schulz``), then per iteration one
+   local matrix-vector product and one ``FusedThreshold`` step (7 rounds: truncation and both comparisons of every
    coordinate of every problem in one batch).
 3. At every checkpoint of ``plan.checkpoints``, in F_in:
    * polish: Newton–Schulz on the support and signs of z (frac 40), one step of
@@ -33,13 +34,16 @@ inputs (``Bounds``), not for typical values: a wrong support can make the
 polished solve huge, so it is clipped before the refinement uses it. The
 remaining assumptions (documented in services/lasso/REGRESSION.md) are those of
 ADMM itself: |ADMM values| < 2^(ADMM_BITS−1) = 256 in the normalised units,
-|ŵ| < 2^10, σ_j/h_j ≳ 2^−11 (Newton converges within ``NEWTON_ITERATIONS``).
+|ŵ| < 2^10, σ_j/h_j ≳ 2^−11 (the band comparison then starts Newton at g·y₀² ≥ 1/4).
+Steps that do not depend on each other share a round (``_together``), see
+docs/adr/0012-lasso-mpc-rounds.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -59,7 +63,12 @@ from services.lasso.core.plan import (
 )
 from services.lasso.mpc.secure_gram import FRAC_IN
 from services.lasso.mpc.secure_ops import FieldOps
-from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_bits_needed, threshold_field_bits
+from services.lasso.mpc.secure_threshold import (
+    MAX_BITS_PER_BATCH,
+    FusedThreshold,
+    threshold_bits_needed,
+    threshold_field_bits,
+)
 
 ObjectArray = npt.NDArray[np.object_]
 StepCallback = Callable[[int], None]
@@ -92,6 +101,17 @@ E_BITS = 17
 RHS_BITS = 4
 #: Error bound (in units of 2^−FRAC_U) of the computed gradient: two truncations of [−1, 2) ulp each.
 GRADIENT_ERROR_ULPS = 4
+#: Newton's start for e = 1/√g comes from one batched comparison of g with the public bands
+#: g·s² < 2^−k, k = 1 … START_BANDS (``_banded_start``; more bands when the public start s < 1).
+START_BANDS = 22
+#: Fractional bits of the band comparisons (their error is below 2^−25 in g).
+FRAC_BAND = 26
+#: Newton steps from the banded start: w₀ = g·y₀² ∈ [1/4, 1.2), so 1 − w ≤ 3/4 falls below 2^−40
+#: after 6 steps (1 − w ← (3(1 − w)² + (1 − w)³)/4); one more for the rounding.
+START_NEWTON = 7
+#: The clamp of λ_j = l1_j·e_j to ρ·KAPPA_CLAMP is decided on g: λ_j > ρ·KAPPA_CLAMP ⟺ g < (l1_j/(ρ·KAPPA_CLAMP))².
+#: The threshold is lowered by this (above the comparison's error), so a λ_j below the clamp is never raised.
+CLAMP_MARGIN = 2.0**-24
 
 
 def _dyadic(value: Fraction) -> tuple[int, int]:
@@ -190,7 +210,8 @@ class Params:
     l1: ObjectArray  # (B, d): λ_j, or λ_j/e_j when ``l1_times_e``
     offdiag: ObjectArray | None  # (B,): factor 1/a on H's off-diagonal (standardised EN/ridge)
     w_scale: ObjectArray | None  # (B,): ŵ = w_scale·e∘u (standardised EN/ridge)
-    start: npt.NDArray[np.float64]  # (B, d): public Newton start
+    start: npt.NDArray[np.float64]  # (B, d): public Newton start s ≤ 1/√G_jj
+    clamp: ObjectArray | None = None  # (B, d): ``clamp_threshold`` of l1 (``l1_times_e`` only)
 
 
 @dataclass(frozen=True)
@@ -199,16 +220,28 @@ class Fields:
     work: FieldOps
 
 
+def clamp_threshold(l1_public: float, diag_shift: float) -> float:
+    """The g below which λ = l1·e = l1/√g exceeds ρ·KAPPA_CLAMP, lowered by CLAMP_MARGIN and capped
+    at 2(1 + γ) > g (a public constant per alpha; cross-validation combines them one-hot)."""
+    return min((l1_public / (ADMM_RHO * KAPPA_CLAMP)) ** 2, 2 * (1 + diag_shift)) - CLAMP_MARGIN
+
+
 def l1_max(plan: SolverPlan) -> float:
     """Public bound (≥ 1) on the L1 coefficients of every alpha."""
     return max([1.0, *(abs(v) for ap in plan.alphas for v in ap.l1_public)])
 
 
-async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray[np.float64]) -> ObjectArray:
-    """e ≈ 1/√g (frac 40) by y ← (3y − g·y·y²)/2 from public y₀ ≤ 1/√g; two rounds per step."""
-    y = ops.fixed(start, FRAC_IN)
+async def _together(*calls: Awaitable[ObjectArray]) -> list[ObjectArray]:
+    """Run one-round operations in the same round (each draws its PRSS randomness before its one
+    opening, so their order is fixed by the call order, as in a sequential program)."""
+    return list(await asyncio.gather(*calls))
+
+
+async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, y: ObjectArray, iterations: int) -> ObjectArray:
+    """e ≈ 1/√g (frac 40) by y ← (3y − g·y·y²)/2 from shares y₀ with g·y₀² < 3 (``_banded_start``:
+    [1/4, 1.2)); two rounds per step."""
     n = g.size
-    for _ in range(NEWTON_ITERATIONS):
+    for _ in range(iterations):
         both = await ops.mul(
             np.concatenate([g.ravel(), y.ravel()]),
             np.concatenate([y.ravel(), y.ravel()]),
@@ -221,6 +254,94 @@ async def _newton_inverse_sqrt(ops: FieldOps, g: ObjectArray, start: npt.NDArray
     return y
 
 
+def _band_count(start: npt.NDArray[np.float64]) -> int:
+    """Half-octave bands of g·s² (even): START_BANDS, more when the start s is below 1."""
+    extra = max(0, math.ceil(math.log2(float(np.max(1 / start**2)))))
+    return 2 * math.ceil((START_BANDS + extra) / 2)
+
+
+def _band_bits(start: npt.NDArray[np.float64]) -> int:
+    """Bits of x = v·2^(2·FRAC_BAND) in the band comparison: |v| + κ ≤ 3/s² (g and thresholds ≤ 2/s²)."""
+    return 2 * FRAC_BAND + math.ceil(math.log2(3 * float(np.max(1 / start**2)))) + 1
+
+
+def _start_bits_needed(batch: int, d: int, start: npt.NDArray[np.float64], clamp: bool) -> int:
+    """Random bits of ``_banded_start``."""
+    size = batch * d * (_band_count(start) // 2 + (1 if clamp else 0))
+    return _needed(size, FRAC_BAND, _band_bits(start))
+
+
+async def _banded_start(
+    ops: FieldOps, g: ObjectArray, params: Params, clamp: bool, supply: _BitSupply
+) -> tuple[ObjectArray, ObjectArray | None]:
+    """Newton's start y₀ ≤ 1/√g within a factor √2·(1 + 2^−22·…), and the clamp bits [λ_j > ρ·KAPPA_CLAMP].
+
+    One fused threshold compares every g_jj with the public bands T_k = 2^(−k/2)/s² (k = 1 … K,
+    two per comparison pair: below = [g < T_lo], above = [g > T_hi]) and, for the clamp, with
+    ``params.clamp``. Its error is below 2^−25 in g, less than half the gap between two
+    bands from k ≤ 22 on, so the bits met form a prefix 1 … K′ up to the band where g lies;
+    y₀ = s·√2^K′ (a telescoping sum of the bits, local): w₀ = g·y₀² ∈ [1/4, 1.2) whenever
+    g·s² ≥ 2^−(K+1), which the documented σ_j/h_j ≳ 2^−11 gives.
+    """
+    p = ops.p
+    start = params.start
+    batch, d = g.shape
+    count = _band_count(start)
+    inv = 1 / start**2
+    levels = [inv * 2.0**-k for k in range(1, count + 1)]  # decreasing thresholds on g
+    up = 1 << (2 * FRAC_BAND - FRAC_IN)
+    xs, kappas = [], []
+    for hi, lo in zip(levels[0::2], levels[1::2], strict=True):
+        xs.append(((g - ops.fixed((hi + lo) / 2, FRAC_IN)) * up) % p)
+        kappas.append(ops.fixed((hi - lo) / 2, FRAC_BAND))
+    if clamp:
+        assert params.clamp is not None, "the clamp needs its thresholds"
+        xs.append(((g - params.clamp) * up) % p)
+        kappas.append(np.zeros(g.shape, dtype=object))
+    _, _, _, above, below = await _threshold(
+        ops,
+        np.concatenate([x.ravel() for x in xs]),
+        np.concatenate([k.ravel() for k in kappas]),
+        FRAC_BAND,
+        _band_bits(start),
+        supply,
+    )
+    pairs = count // 2
+    above = above[: pairs * g.size].reshape(pairs, *g.shape)
+    below_all = below
+    below = below[: pairs * g.size].reshape(pairs, *g.shape)
+    scale = float(1 << FRAC_IN)
+    steps = [np.floor(start * 2.0 ** (k / 2) * scale) for k in range(count + 1)]
+    y = np.vectorize(int, otypes=[object])(steps[0])
+    for i in range(pairs):
+        k_hi, k_lo = 2 * i + 1, 2 * i + 2
+        inc_hi = np.vectorize(int, otypes=[object])(steps[k_hi] - steps[k_hi - 1])
+        inc_lo = np.vectorize(int, otypes=[object])(steps[k_lo] - steps[k_lo - 1])
+        y = y + (1 - above[i]) * inc_hi + below[i] * inc_lo  # [g < T_hi] = 1 − [g > T_hi]
+    clamp_bits = below_all[pairs * g.size :].reshape(g.shape) if clamp else None
+    return y % p, clamp_bits
+
+
+def ns_steps(doublings: int) -> list[int]:
+    """How ``_newton_schulz`` groups its doublings into self-correcting steps.
+
+    A step of j doublings costs j + 1 rounds (the first step j), against 2j for plain
+    Newton–Schulz; inside a step the rounding errors of the squarings double while R is
+    close to 1, so the first step is capped at 16 doublings, later ones take 4 and the
+    last two leave R small ([16, 4, 2] for 22 doublings, [7, 4, 2] for 13).
+    """
+    if doublings <= 3:
+        return [doublings]
+    if doublings <= 8:
+        return [doublings - 2, 2]
+    steps = [min(doublings - 6, 16)]
+    rest = doublings - steps[0]
+    while rest > 6:
+        steps.append(4)
+        rest -= 4
+    return [*steps, rest - 2, 2] if rest > 2 else [*steps, rest]
+
+
 async def _newton_schulz(
     ops: FieldOps,
     m: ObjectArray,
@@ -229,22 +350,57 @@ async def _newton_schulz(
     frac: int,
     x_bits: int,
     step: StepCallback,
-) -> ObjectArray:
-    """X ≈ M⁻¹ (batched (B, d, d), frac ``frac``) by X ← X(2I − MX) from X₀ = I/trace_bound.
+    *,
+    unreduced: bool = False,
+) -> tuple[ObjectArray, ObjectArray]:
+    """(X ≈ M⁻¹, M) (batched (B, d, d), frac ``frac``): ``iterations`` Newton–Schulz doublings
+    X ← X(2I − MX) from X₀ = c·I, c = 1/trace_bound, in the product form.
 
-    X₀ commutes with M, so every X_k is a polynomial in M: MX_k has eigenvalues
-    in [0, 1] and X_k ≤ 2^k/trace_bound (``x_bits`` bounds it).
+    With R = I − MX, M⁻¹ = X(I + R)(I + R²)(I + R⁴)…, so a step of j doublings computes
+    X(I + R^(2^i)) and R^(2^(i+1)) side by side, one round each, and the next step
+    recomputes R = I − MX exactly from its X (self-correcting, as Newton–Schulz); the
+    steps are ``ns_steps``. In exact arithmetic the result is the k-th Newton–Schulz
+    iterate: a polynomial in M with MX_k's eigenvalues in [0, 1] and X_k ≤ 2^k/trace_bound
+    (``x_bits`` bounds it). The first round makes X₁ = 2c·I − c²·M and R₀ = I − c·M; when M
+    is given as an unreduced local product (degree 2t, ``unreduced``) its degree reduction
+    shares that round.
     """
-    d = m.shape[-1]
-    one = 1 << frac
+    p, d = ops.p, m.shape[-1]
+    log_d = math.ceil(math.log2(d))
     eye = np.zeros((d, d), dtype=object)
-    eye[np.diag_indices(d)] = one
-    x = np.broadcast_to(ops.fixed(np.eye(d) / trace_bound, frac), m.shape).copy()
-    for _ in range(iterations):
-        mx = await ops.matmul(m, x, frac, 2 * frac + math.ceil(math.log2(d)) + 3)
-        x = await ops.matmul(x, (2 * eye - mx) % ops.p, frac, 2 * frac + x_bits + math.ceil(math.log2(d)) + 3)
-        step(1)
-    return x
+    eye[np.diag_indices(d)] = 1 << frac
+    c = 1 / trace_bound
+    scaled = np.concatenate([(m * ops.fixed(c, frac)).ravel(), (m * ops.fixed(c * c, frac)).ravel()]) % p
+    first = ops.trunc(scaled, frac, 2 * frac + 3, degree2t=unreduced)
+    if unreduced:
+        m, both = await _together(ops.reduce(m), first)
+    else:
+        both = await first
+    cm, c2m = _split(both, m.shape, m.shape)
+    r = (eye - cm) % p  # R₀ = I − cM (its eigenvalues are in [0, 1))
+    x = (np.broadcast_to(ops.fixed(2 * c * np.eye(d), frac), m.shape) - c2m) % p  # X₁ = c(I + R₀)
+    step(1)
+    square_bits = 2 * frac + log_d + 3
+    product_bits = 2 * frac + x_bits + log_d + 3
+    for index, doublings in enumerate(ns_steps(iterations)):
+        done = 1 if index == 0 else 0
+        if index > 0:
+            r = (eye - await ops.matmul(m, x, frac, square_bits)) % p
+        elif doublings > 1:
+            r = await ops.matmul(r, r, frac, square_bits)  # R₀², for X₁'s next doubling
+        while done < doublings:
+            last = done == doublings - 1
+            update = np.matmul(x, (eye + r) % p)
+            if last:
+                x = await ops.trunc(update % p, frac, product_bits, degree2t=True)
+            else:
+                both = await ops.trunc(
+                    np.concatenate([update.ravel(), np.matmul(r, r).ravel()]) % p, frac, product_bits, degree2t=True
+                )
+                x, r = _split(both, m.shape, m.shape)
+            done += 1
+            step(1)
+    return x, m
 
 
 @dataclass(frozen=True)
@@ -277,9 +433,11 @@ async def _prepare(
     cxx, cxy = cov[:, :d, :d], cov[:, :d, d]
     diag = np.einsum("bii->bi", cxx)
     g = (diag + params.gamma) % ops.p
-    e = await _newton_inverse_sqrt(ops, g, params.start)
+    batch = g.shape[0]
+    supply = _BitSupply(await ops.random_bits(_start_bits_needed(batch, d, params.start, l1_times_e)))
+    y0, clamp = await _banded_start(ops, g, params, l1_times_e, supply)
+    e = await _newton_inverse_sqrt(ops, g, y0, START_NEWTON)
     step(NEWTON_ITERATIONS)
-    batch = e.shape[0]
     left = [np.broadcast_to(e[:, :, None], (batch, d, d)).ravel(), e.ravel()]
     right = [np.broadcast_to(e[:, None, :], (batch, d, d)).ravel(), cxy.ravel()]
     if l1_times_e:
@@ -292,7 +450,14 @@ async def _prepare(
     lam = prods[batch * d * (d + 1) :].reshape(batch, d) if l1_times_e else params.l1
     gmat = cxx.copy()
     gmat[:, np.arange(d), np.arange(d)] = g
-    h = await ops.mul(outer, gmat, FRAC_IN, 2 * FRAC_IN + 3)
+    if clamp is None:
+        h = await ops.mul(outer, gmat, FRAC_IN, 2 * FRAC_IN + 3)
+    else:  # λ = l1∘e, or ρ·KAPPA_CLAMP where the bands said it is larger (exact product, same round as H)
+        limit = ops.fixed(np.full(lam.shape, ADMM_RHO * KAPPA_CLAMP), FRAC_IN)
+        h, cut = await _together(
+            ops.mul(outer, gmat, FRAC_IN, 2 * FRAC_IN + 3), ops.mul_exact(clamp, (limit - lam) % ops.p)
+        )
+        lam = (lam + cut) % ops.p
     if params.offdiag is not None and params.w_scale is not None:  # standardised EN/ridge: e = e₀/√a
         factor = np.broadcast_to(params.offdiag[:, None, None], h.shape).copy()
         factor[:, np.arange(d), np.arange(d)] = 1 << FRAC_IN
@@ -303,11 +468,6 @@ async def _prepare(
             2 * FRAC_IN + 3,
         )
         h, q = scaled[: h.size].reshape(h.shape), scaled[h.size :].reshape(q.shape)
-    if l1_times_e:
-        limit = ADMM_RHO * KAPPA_CLAMP
-        excess = (lam - ops.fixed(limit, FRAC_IN)) % ops.p
-        below = await ops.less_than_zero(excess, FRAC_IN + E_BITS + math.ceil(math.log2(l1_max)) + 3)
-        lam = (ops.fixed(limit, FRAC_IN) + await ops.mul_exact(below, excess)) % ops.p
     return e, h, q, lam
 
 
@@ -369,29 +529,45 @@ class _Admm:
         diagonal = (np.arange(d), np.arange(d))
         shifted[:, diagonal[0], diagonal[1]] = (shifted[:, diagonal[0], diagonal[1]] + ops.fixed(ADMM_RHO, FRAC_W)) % p
         k_bits = _log2(1 / ADMM_RHO) + 1  # ‖K‖ ≤ 1/ρ
-        k = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, k_bits, step)
+        k, _ = await _newton_schulz(ops, shifted, plan.ns_k_iterations, d + ADMM_RHO, FRAC_W, k_bits, step)
         (num_a, shift_a), (num_c, shift_c) = _RHO_RELAX, _RELAX
-        a1 = await ops.trunc((num_a * k) % p, shift_a, FRAC_W + _log2(abs(num_a)) + k_bits + 2)  # rρ·K
         kq = np.einsum("bij,bj->bi", k, q)
-        c1 = await ops.trunc(
-            (num_c * kq) % p, FRAC_W + shift_c, 2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2, degree2t=True
-        )  # r·Kq′
+        a1, c1 = await _together(
+            ops.trunc((num_a * k) % p, shift_a, FRAC_W + _log2(abs(num_a)) + k_bits + 2),  # rρ·K
+            ops.trunc(
+                (num_c * kq) % p,
+                FRAC_W + shift_c,
+                2 * FRAC_W + _log2(abs(num_c)) + k_bits + _log2(d) + 2,
+                degree2t=True,
+            ),  # r·Kq′
+        )
         return cls(ops, a1, c1, kappa)
 
-    async def run(self, steps: int, step: StepCallback) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
-        """``steps`` iterations: z, |z| and the threshold bits of the last one."""
+    def premade_bits(self, steps: int) -> int:
+        """Random bits for the first steps of a segment of ``steps``, made ahead in another round."""
+        per_step = threshold_bits_needed(self.kappa.size, FRAC_W, ADMM_X_BITS)
+        return per_step * min(steps, max(1, MAX_BITS_PER_BATCH // per_step))
+
+    async def run(
+        self, steps: int, step: StepCallback, premade: ObjectArray | None = None
+    ) -> tuple[ObjectArray, ObjectArray, ObjectArray, ObjectArray]:
+        """``steps`` iterations: z, |z| and the threshold bits of the last one (``premade``: the
+        random bits of the first steps, from ``premade_bits``)."""
         p = self.ops.p
         num_z, shift_z = _ONE_MINUS_RELAX
-        threshold = FusedThreshold(self.ops, self.kappa, FRAC_W, ADMM_X_BITS, steps)
+        per_step = threshold_bits_needed(self.kappa.size, FRAC_W, ADMM_X_BITS)
+        ready = 0 if premade is None else premade.size // per_step
+        threshold = FusedThreshold(self.ops, self.kappa, FRAC_W, ADMM_X_BITS, steps - ready)
         z, w = self.z, self.w
         out: tuple[ObjectArray, ...] = ()
-        for _ in range(steps):
+        for i in range(steps):
             local = (
                 np.einsum("bij,bj->bi", self.a1, (z - w) % p)
                 + num_z * z * (1 << (FRAC_W - shift_z))
                 + (self.c1 + w) * (1 << FRAC_W)
             )
-            v, z, z_abs, above, below = await threshold.step(local % p)
+            supplied = premade[i * per_step : (i + 1) * per_step] if premade is not None and i < ready else None
+            v, z, z_abs, above, below = await threshold.step(local % p, supplied)
             w = (v - z) % p
             out = (z, z_abs, above, below)
             step(1)
@@ -426,21 +602,21 @@ async def _polish(
     batch = q.shape[0]
     if bits is None:
         a = np.ones(q.shape, dtype=object)
-        m, rhs = h, q
+        x, m = await _newton_schulz(ops, h, plan.ns_polish_iterations, float(d), f, b.x_bits, step)
+        rhs = q
     else:
+        # a∘(q − λ∘s) = a∘q − λ∘s: the bits above and below are never both 1, so a∘s = s.
         above, below = bits
         a, s = (above + below) % p, (above - below) % p
         pair = await ops.mul_exact(
-            np.concatenate([np.broadcast_to(a[:, :, None], (batch, d, d)).ravel(), lam.ravel()]),
-            np.concatenate([np.broadcast_to(a[:, None, :], (batch, d, d)).ravel(), s.ravel()]),
+            np.concatenate([np.broadcast_to(a[:, :, None], (batch, d, d)).ravel(), a.ravel(), lam.ravel()]),
+            np.concatenate([np.broadcast_to(a[:, None, :], (batch, d, d)).ravel(), q.ravel(), s.ravel()]),
         )
-        aa, ls = _split(pair, (batch, d, d), (batch, d))
-        masked = await ops.mul_exact(
-            np.concatenate([aa.ravel(), a.ravel()]), np.concatenate([h.ravel(), ((q - ls) % p).ravel()])
-        )
-        m, rhs = _split(masked, (batch, d, d), (batch, d))
+        aa, aq, ls = _split(pair, (batch, d, d), (batch, d), (batch, d))
+        rhs = (aq - ls) % p
+        m = aa * h  # degree 2t, reduced in the Newton–Schulz iteration's first round
         m[:, np.arange(d), np.arange(d)] = (m[:, np.arange(d), np.arange(d)] + (1 - a) * (1 << f)) % p
-    x = await _newton_schulz(ops, m, plan.ns_polish_iterations, float(d), f, b.x_bits, step)
+        x, m = await _newton_schulz(ops, m % p, plan.ns_polish_iterations, float(d), f, b.x_bits, step, unreduced=True)
     first = np.einsum("bij,bj->bi", x, rhs) % p  # u₀·2^80, degree 2t
     bound_40 = ops.fixed(np.full(q.shape, 2.0 ** (ADMM_BITS - 1)), f)
     v, excess, _, _, _ = await _threshold(ops, first, bound_40, f, b.first(), supply)
@@ -694,6 +870,23 @@ async def _check(
     return _Outcome(False, *chosen, restart)
 
 
+async def _trunc_convert(src: FieldOps, dst: FieldOps, x: ObjectArray, frac: int, bits: int) -> ObjectArray:
+    """Shares in ``dst``'s field of ≈ x/2^frac for signed |x| < 2^(bits−1) (degree t in ``src``): a
+    truncation whose high mask r_hi is shared in both fields (as ``FieldOps.convert``'s), one opening."""
+    src._check_bits(bits)
+    dst._check_bits(bits - frac)
+    n = x.size
+    uci = src.mpc._prss_uci()
+    hi_bound = 1 << (src.kappa + bits - frac)
+    r_hi_src = src._prss(n, hi_bound, uci)
+    r_hi_dst = dst._prss(n, hi_bound, uci)
+    r_lo = src._prss(n, 1 << frac)
+    c = await src._open((x.ravel() + (1 << (bits - 1)) + r_lo + (r_hi_src << frac)) % src.p, src.t)
+    assert c is not None
+    bias = (src.subsets - 1) // 2 + (1 << (bits - 1 - frac))
+    return (((c >> frac) - r_hi_dst - bias) % dst.p).reshape(x.shape)
+
+
 async def fit_batch(
     fields: Fields,
     cov: ObjectArray,
@@ -708,39 +901,55 @@ async def fit_batch(
     e, h, q, lam = await _prepare(fields, cov, params, plan, l1_times_e, l1_max(plan), step)
     batch, d = q.shape
     cyy = cov[:, d, d]
-    dual, clip = await _dual_bounds(inp, lam, plan)
-    levels = dual.shape[0]
+    levels = len(DUAL_SLACKS) if plan.has_l1 else 1
+    check_bits = _check_bits(plan, batch, levels)
     if not plan.has_l1:  # ridge: the refined solve with every feature active, then the certificate
-        supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+        (dual, clip), made = await asyncio.gather(_dual_bounds(inp, lam, plan), inp.random_bits(check_bits))
+        supply = _BitSupply(made)
         u, u_abs = await _polish(inp, h, q, lam, None, plan, supply, step)
         outcome = await _check(inp, h, q, lam, cyy, u, u_abs, None, dual, None, plan, supply)
         done = 0
     else:
-        low = await inp.trunc(np.concatenate([h.ravel(), q.ravel(), lam.ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 10)
-        h32, q32, lam32 = _split(low, h.shape, q.shape, lam.shape)
-        num_k, shift_k = _INV_RHO  # κ = λ/ρ
+        # One round: the dual bounds, H, q′ and κ = λ/ρ truncated to frac 32 straight into F_w, and
+        # the random bits of the first ADMM segment.
+        num_k, shift_k = _INV_RHO
         assert shift_k == 0, "1/ρ must be an integer"
-        moved = await inp.convert(
-            np.concatenate([h32.ravel(), q32.ravel(), (num_k * lam32).ravel()]) % inp.p, work, FRAC_W + 11
+        first = plan.checkpoints[0]
+        segment_bits = threshold_bits_needed(batch * d, FRAC_W, ADMM_X_BITS) * min(
+            first, max(1, MAX_BITS_PER_BATCH // threshold_bits_needed(batch * d, FRAC_W, ADMM_X_BITS))
+        )
+        (dual, clip), moved, premade = await asyncio.gather(
+            _dual_bounds(inp, lam, plan),
+            _trunc_convert(
+                inp, work, np.concatenate([h.ravel(), q.ravel(), (num_k * lam).ravel()]), FRAC_IN - FRAC_W, FRAC_IN + 11
+            ),
+            work.random_bits(segment_bits),
         )
         h_w, q_w, kappa_w = _split(moved, h.shape, q.shape, lam.shape)
         admm = await _Admm.create(work, h_w, q_w, kappa_w, plan, step)
         done = 0
         for mark in plan.checkpoints:
-            z, z_abs, above, below = await admm.run(mark - done, step)
+            z, z_abs, above, below = await admm.run(mark - done, step, premade)
             done = mark
-            back = await work.convert(
-                np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]), inp, FRAC_W + ADMM_BITS + 1
+            back, made = await _together(
+                work.convert(
+                    np.concatenate([x.ravel() for x in (z, z_abs, above, below, admm.w)]), inp, FRAC_W + ADMM_BITS + 1
+                ),
+                inp.random_bits(check_bits),
             )
             z, z_abs, above, below, w = _split(back, *[z.shape] * 5)
-            supply = _BitSupply(await inp.random_bits(_check_bits(plan, batch, levels)))
+            supply = _BitSupply(made)
             polished, polished_abs = await _polish(inp, h, q, lam, (above, below), plan, supply, step)
             outcome = await _check(inp, h, q, lam, cyy, polished, polished_abs, (z, z_abs, w), dual, clip, plan, supply)
             if outcome.certified or mark == plan.checkpoints[-1]:
                 break
             assert outcome.restart is not None
             z_next, w_next = outcome.restart
-            moved = await inp.convert(np.concatenate([z_next.ravel(), w_next.ravel()]), work, FRAC_W + 2 * ADMM_BITS)
+            following = plan.checkpoints[plan.checkpoints.index(mark) + 1] - mark
+            moved, premade = await _together(
+                inp.convert(np.concatenate([z_next.ravel(), w_next.ravel()]), work, FRAC_W + 2 * ADMM_BITS),
+                work.random_bits(admm.premade_bits(following)),
+            )
             admm.restart(*_split(moved, z_next.shape, w_next.shape))
     u = outcome.u
     if params.w_scale is not None:
