@@ -328,29 +328,34 @@ def _metric_bits(plan: PoissonPlan) -> int:
 
 
 async def poisson_metrics(
-    ops: FieldOps, s2: ObjectArray, kappa: Any, rows: Rows, metrics: tuple[str, ...], plan: PoissonPlan
+    ops: FieldOps, s2: ObjectArray, kappa: Any, b0: Any, rows: Rows, metrics: tuple[str, ...], plan: PoissonPlan
 ) -> ObjectArray:
     """The listed metrics at FRAC, in order, of the expected counts μ = κ₀·e^s (in-sample):
-    MSE = (1/m)·Σ(y − μ)², R² = 1 − MSE/Var(y), adjusted R² = 1 − (1 − R²)·(m − 1)/(m − d − 1)."""
+    MSE = (1/m)·Σ(y − μ)², R² = 1 − MSE/Var(y), adjusted R² = 1 − (1 − R²)·(m − 1)/(m − d − 1),
+    and the mean deviance (2/m)·Σ(y·log(y/μ) − y + μ) (``_deviance``)."""
     if not metrics:
         return np.zeros(0, dtype=object)
-    unknown = set(metrics) - {"mse", "r2", "adjusted_r2"}
+    unknown = set(metrics) - {"mse", "r2", "adjusted_r2", "deviance"}
     if unknown:
         raise ValueError(f"metrics not available for the Poisson fit: {sorted(unknown)}")
     p, one, m, d = ops.p, 1 << FRAC, plan.glm.n_rows, plan.glm.d
     lm, cb, rbits = _log_rows(plan.glm), _count_bits(plan), _residual_bits(plan)
     mu_f, _ = await exp_ratio(ops, s2, plan)
     mu = await ops.mul(mu_f, np.full(mu_f.shape, kappa, dtype=object), FRAC, 2 * FRAC + rbits + 2)
+    values: dict[str, Any] = {}
+    if "deviance" in metrics:
+        values["deviance"] = await _deviance(ops, s2, mu, b0, rows, plan)
+    if not {"mse", "r2", "adjusted_r2"} & set(metrics):
+        return np.array([values[name] for name in metrics], dtype=object)
     residual = (rows.y - mu) % p
     squares = np.array([np.dot(residual, residual), np.dot(rows.y, rows.y)], dtype=object) % p
     totals = await ops.trunc(squares, FRAC, 2 * FRAC + 2 * rbits + lm + 2, degree2t=True)
     mse, second_moment = await _mean_scale(ops, totals, m, FRAC + 2 * rbits + lm + 2)
-    values: dict[str, Any] = {"mse": mse}
+    values["mse"] = mse
     if {"r2", "adjusted_r2"} & set(metrics):
         y_max2 = max(plan.y_max, 1.0) ** 2
-        square_mean = await ops.mul(
-            np.array([rows.y_mean], dtype=object), np.array([rows.y_mean], dtype=object), FRAC, 2 * FRAC + 2 * cb + 4
-        )
+        y_mean = np.array([rows.y_mean], dtype=object)
+        square_mean = await ops.mul(y_mean, y_mean, FRAC, 2 * FRAC + 2 * cb + 4)
         variance = (second_moment - square_mean[0]) % p
         bound = _spread_bound(plan)
         both = await ops.mul(
@@ -365,6 +370,37 @@ async def poisson_metrics(
         adjusted = await ops.mul(ratio, ops.fixed([factor], FRAC), FRAC, 2 * FRAC + 2 * rbits + bound.bit_length() + 8)
         values["r2"], values["adjusted_r2"] = (one - ratio[0]) % p, (one - adjusted[0]) % p
     return np.array([values[name] for name in metrics], dtype=object)
+
+
+def log_steps(y_max: float) -> int:
+    """Newton steps ℓ ← ℓ − 1 + y·e^(−ℓ) from ℓ₀ = log y_max to log y (1 ≤ y ≤ y_max) within 1e-15:
+    about one unit a step while far above, then quadratic (checked for y_max up to 2^20)."""
+    return math.ceil(math.log(max(y_max, 1.0))) + 6
+
+
+async def _deviance(ops: FieldOps, s2: ObjectArray, mu: ObjectArray, b0: Any, rows: Rows, plan: PoissonPlan) -> Any:
+    """(2/m)·[Σ y·log y − b₀·Σ y − Σ y·s + Σ μ − Σ y] at FRAC (η = b₀ + s; y·log y = 0 for y = 0).
+
+    log y per row by Newton on e^ℓ = y′, y′ = y + [y = 0] ∈ [1, y_max] (one comparison per row),
+    from ℓ₀ = log y_max: the iterates decrease to log y′ ≥ 0, so every e^(−ℓ) is in (0, 1] and
+    is the fit's exponential (Taylor at ℓ/2^8, then 8 squarings; relative error ≈ 1e-10).
+    """
+    p, one, m = ops.p, 1 << FRAC, plan.glm.n_rows
+    lm, cb, rbits = _log_rows(plan.glm), _count_bits(plan), _residual_bits(plan)
+    zero = await ops.less_than_zero((rows.y - (one >> 1)) % p, FRAC + cb + 2)
+    y_one = (rows.y + zero * one) % p
+    ell = np.full(rows.y.shape, ops.fixed(math.log(max(plan.y_max, 1.0)), FRAC), dtype=object)
+    log_bits = FRAC + max(1, math.ceil(math.log2(math.log(max(plan.y_max, 2.0)) + 1))) + 2
+    for _ in range(log_steps(plan.y_max)):
+        t = await ops.trunc(ell, EXP_SQUARINGS, log_bits)
+        ratio = await ops.mul(y_one, await _exp_neg(ops, t, FRAC), FRAC, 2 * FRAC + cb + 3)
+        ell = (ell - one + ratio) % p
+    s = await ops.trunc(s2, FRAC, 2 * FRAC + S_BITS + 1, degree2t=True)
+    y_sum = rows.y.sum() % p
+    total = (np.dot(rows.y, ell) - b0 * y_sum - np.dot(rows.y, s) + (mu.sum() - y_sum) * one) % p  # 2·FRAC, degree 2t
+    bits = 2 * FRAC + lm + rbits + S_BITS + 4
+    scaled = await ops.trunc(np.array([2 * total % p], dtype=object), FRAC, bits, degree2t=True)
+    return (await _mean_scale(ops, scaled, m, bits - FRAC))[0]
 
 
 # ---- the fit ---------------------------------------------------------------------------------------
@@ -404,7 +440,7 @@ async def secure_fit_poisson(
 
     progress.report("reveal", 0, 1)
     s2 = np.matmul(scaling.xe, u) % p
-    metric_values = await poisson_metrics(big, s2, kappa, rows, spec.metrics, plan)
+    metric_values = await poisson_metrics(big, s2, kappa, b0, rows, spec.metrics, plan)
     opened = await _reveal(big, scaling, rows, u, b0, glm.d, metric_values)
     progress.report("reveal", 1, 1)
     if opened is None:
