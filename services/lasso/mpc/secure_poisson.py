@@ -432,16 +432,20 @@ async def secure_fit_poisson(
     scaling, model = await _first_step(big, rows, inverse_kappa, plan)
     u = await _solve_model(fields, model, np.zeros(glm.d + 1, dtype=object), glm, 0)
     progress.report("iterations", 1, outer)
+    z, factor = u, scaling.e  # u = factor/e ∘ z; the reveal uses z, whose zeros are exact
     for k in range(1, outer):
         model, delta, warm = await _next_model(big, rows, scaling, u, plan)
         z = await _solve_model(fields, model, warm, glm, k)
-        u = await big.mul(delta, z, FRAC, 2 * FRAC + E_BITS + 12)
+        u = await big.mul(delta, z, FRAC, 2 * FRAC + E_BITS + 12)  # rounded: a zero may become ±2^−40
+        factor = delta
         progress.report("iterations", k + 1, outer)
+    if outer > 1:
+        factor = await big.mul(scaling.e, factor, FRAC, 2 * FRAC + 2 * E_BITS + 2)  # e∘δ
 
     progress.report("reveal", 0, 1)
     s2 = np.matmul(scaling.xe, u) % p
     metric_values = await poisson_metrics(big, s2, kappa, b0, rows, spec.metrics, plan)
-    opened = await _reveal(big, scaling, rows, u, b0, glm.d, metric_values)
+    opened = await _reveal(big, factor, rows, z, u[glm.d], b0, metric_values)
     progress.report("reveal", 1, 1)
     if opened is None:
         return None
@@ -459,13 +463,14 @@ async def secure_fit_poisson(
 
 
 async def _reveal(
-    ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, b0: Any, d: int, metric_values: ObjectArray
+    ops: FieldOps, factor: ObjectArray, rows: Rows, z: ObjectArray, u_b: Any, b0: Any, metric_values: ObjectArray
 ) -> ObjectArray | None:
-    """Open [e∘u (frac 2F), b̂ = b₀ + u_b − ŵᵀμ̂ (frac 2F), metrics (frac F → 2F)] to the owners."""
-    p, one = ops.p, 1 << FRAC
-    exact_w = (scaling.e[:d] * u[:d]) % p  # degree 2t, frac 2F
+    """Open [ŵ = (e∘δ)∘z unrounded (frac 2F: a zero of z stays exactly 0), b̂ = b₀ + u_b − ŵᵀμ̂ (frac 2F),
+    metrics (frac F → 2F)] to the owners."""
+    p, one, d = ops.p, 1 << FRAC, rows.mean.size
+    exact_w = (factor[:d] * z[:d]) % p  # degree 2t, frac 2F
     w_hat = await ops.trunc(exact_w, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
-    b_hat = ((b0 + u[d]) * one - np.dot(w_hat, rows.mean)) % p
+    b_hat = ((b0 + u_b) * one - np.dot(w_hat, rows.mean)) % p
     return await ops.output_product(np.concatenate([exact_w, [b_hat], metric_values * one]) % p, OWNERS)
 
 
