@@ -12,6 +12,10 @@ scikit-learn's answer where it solves the same objective:
                (scikit-learn ≥ 1.8: l1_ratio selects the penalty; saga for ρ > 0, lbfgs for ρ = 0)
     SVM:       none: LinearSVC(C, loss="squared_hinge") also penalises the intercept (intercept_scaling);
                ``fit_svm_lbfgs`` (SciPy's L-BFGS-B on the same objective) is the independent check.
+    Poisson:   PoissonRegressor(alpha = α) for ρ = 0 (it minimises (1/2m)·deviance + α/2·‖w‖², which is
+               (1/m)·Σ(e^η − yη) + α/2·‖w‖² up to a constant); L1 and elastic net: ``fit_poisson_exact``.
+
+The Poisson fit has its own plan (``poisson_plan``): ``fit_poisson_plain`` is its twin.
 """
 
 from __future__ import annotations
