@@ -212,7 +212,8 @@ async def _sums(
         weighted = (x << W_FRAC) % p
         residual = np.full(m, 1 << FRAC, dtype=object)
     else:
-        weighted = await ops.mul_exact(x, mu_w[:, None])
+        # The intercept column is the public 1: its product needs no degree reduction.
+        weighted = np.concatenate([await ops.mul_exact(x[:, :-1], mu_w[:, None]), (mu_w[:, None] << FRAC) % p], axis=1)
         residual = mu_f
     sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << W_FRAC) % p], axis=1), ops.bits)
     both = np.concatenate([sums[:, :d1].reshape(-1), sums[:, d1]]) % p
