@@ -42,7 +42,6 @@ from services.lasso.mpc.secure_glm import (
     NORMALISE_SHIFT,
     OWNERS,
     W_FRAC,
-    X_BITS,
     Fields,
     ProgressCallback,
     _log_rows,
@@ -50,12 +49,17 @@ from services.lasso.mpc.secure_glm import (
     _model,
     _Progress,
     _solve_model,
-    glm_field_bits,
-    sum_bits,
 )
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_ops import FieldOps
-from services.lasso.mpc.secure_qp import E_BITS, Model, admm_field_bits, clamp_thresholds, newton_inverse_sqrt
+from services.lasso.mpc.secure_qp import (
+    E_BITS,
+    Model,
+    admm_field_bits,
+    clamp_thresholds,
+    newton_inverse_sqrt,
+    qp_field_bits,
+)
 from services.lasso.mpc.secure_rows import share_rows
 
 __all__ = ["exp_ratio", "secure_fit_poisson"]
@@ -82,20 +86,42 @@ def exp_frac(plan: PoissonPlan) -> int:
     return FRAC + plan.exp_extra_bits
 
 
-def poisson_field_bits(plan: PoissonPlan, kappa: int) -> int:
-    """F_g for the Poisson fit: the logistic fit's, widened for counts, μ̃ ≤ 4m and e^(−u) at ``exp_frac``."""
-    lm, cb, rb = _log_rows(plan.glm), _count_bits(plan), _ratio_bits(plan)
+def _sum_bits(plan: PoissonPlan) -> int:
+    """|Σ_i μ̃_i·x̃e_ij·x̃e_ik| and |Σ_i μ̃_i·x̃e_ij| ≤ 4m·m at frac 2F + W_FRAC: μ̃ ≤ 4m and Σ_i x̃e_ij² ≤ m
+    (e_j ≤ 1/√Var(x̃_j); the intercept column is 1), with a bit of margin for μ̃'s rounding."""
+    return 2 * FRAC + W_FRAC + _log_rows(plan.glm) + _ratio_bits(plan) + 1
+
+
+def _link_bits(plan: PoissonPlan) -> int:
+    """The exponential (``exp_ratio``): Taylor and squarings at ``exp_frac``, the product by e^S, u = S − s."""
     fe = exp_frac(plan)
+    return max(2 * fe + LINK_BITS + 2, fe + FRAC + _ratio_bits(plan) + 3, 2 * FRAC + S_BITS + 2)
+
+
+def poisson_field_bits(plan: PoissonPlan, kappa: int) -> int:
+    """F_g of the fit: the widest value any step opens (each call's bound), plus κ + 3."""
+    glm = plan.glm
+    lm, cb, rb = _log_rows(glm), _count_bits(plan), _ratio_bits(plan)
+    l1 = math.ceil(math.log2(max(max(glm.l1), max(glm.ridge)) + 2))
     widest = max(
-        2 * fe + LINK_BITS + 2,  # Taylor and squarings
-        fe + FRAC + rb + 3,  # e^S·e^(−u)
-        2 * FRAC + S_BITS + 2,  # u = S − s at 2·FRAC
-        sum_bits(lm) + rb + 1,  # Σ μ̃·x̃e·x̃e
+        FRAC + NORMALISE_SHIFT + 2,  # x̂
+        _link_bits(plan),
+        _sum_bits(plan),
         2 * FRAC + lm + cb + 4,  # X̃ᵀy
-        FRAC + lm + cb + 4 + FRAC + lm,  # ȳ, (1/κ₀)·c_y
-        2 * FRAC + lm + cb + E_BITS + 4,  # e∘c_y/κ₀
+        FRAC + lm + cb + 4 + FRAC + lm,  # ȳ and c_y by 1/m
+        FRAC + lm + rb + 2 + FRAC + lm,  # the sums by 1/m
+        2 * FRAC + 2 * lm + cb + 8 + l1,  # γ/κ₀, λ/κ₀, c_y/κ₀
+        2 * FRAC + 2 * E_BITS + lm + cb + 8,  # the first model in Jacobi units
+        2 * FRAC + 2 * E_BITS + rb + 12,  # the re-scaled models
+        FRAC + E_BITS + lm + l1 + 3,  # the thresholds' clamp
+        2 * FRAC + E_BITS + 12,  # u = δ∘z, the reveal
     )
-    return max(widest + kappa + 3, glm_field_bits(plan.glm, kappa), _metric_bits(plan) + kappa + 3)
+    return max(widest + kappa + 3, qp_field_bits(kappa, FRAC, glm.d + 1, glm.ns_solve_iterations))
+
+
+def metric_field_bits(plan: PoissonPlan, kappa: int) -> int:
+    """The metrics' field: residual squares and the R² ratio are wider than anything in the fit."""
+    return max(_metric_bits(plan), _link_bits(plan)) + kappa + 3
 
 
 def _fields(mpc: Any, plan: PoissonPlan) -> Fields:
@@ -217,8 +243,8 @@ async def _sums(
         residual = mu_f
     sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << W_FRAC) % p], axis=1), ops.bits)
     both = np.concatenate([sums[:, :d1].reshape(-1), sums[:, d1]]) % p
-    totals = await ops.trunc(both, FRAC + W_FRAC, sum_bits(lm) + rb + 1, degree2t=True)
-    scaled = await _mean_scale(ops, totals, m, FRAC + lm + X_BITS + rb + 2)
+    totals = await ops.trunc(both, FRAC + W_FRAC, _sum_bits(plan), degree2t=True)
+    scaled = await _mean_scale(ops, totals, m, FRAC + lm + rb + 2)
     return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
 
@@ -444,9 +470,8 @@ async def secure_fit_poisson(
         factor = await big.mul(scaling.e, factor, FRAC, 2 * FRAC + 2 * E_BITS + 2)  # e∘δ
 
     progress.report("reveal", 0, 1)
-    s2 = np.matmul(scaling.xe, u) % p
-    metric_values = await poisson_metrics(big, s2, kappa, b0, rows, spec.metrics, plan)
-    opened = await _reveal(big, factor, rows, z, u[glm.d], b0, metric_values)
+    opened_metrics = await _metrics(mpc, big, np.matmul(scaling.xe, u) % p, kappa, b0, rows, spec.metrics, plan)
+    opened = await _reveal(big, factor, rows, z, u[glm.d], b0)
     progress.report("reveal", 1, 1)
     if opened is None:
         return None
@@ -459,20 +484,53 @@ async def secure_fit_poisson(
         alpha=glm.alpha,
         joined=n_rows,
         iterations=outer,
-        metrics=tuple((name, float(v)) for name, v in zip(spec.metrics, floats[d + 1 :], strict=True)),
+        metrics=tuple((name, float(v)) for name, v in zip(spec.metrics, opened_metrics, strict=True)),
     )
 
 
+async def _metrics(
+    mpc: Any,
+    big: FieldOps,
+    s2: ObjectArray,
+    kappa: Any,
+    b0: Any,
+    rows: Rows,
+    metrics: tuple[str, ...],
+    plan: PoissonPlan,
+) -> list[float]:
+    """The listed metrics, opened to the owners (others get []): s, y, ȳ, κ₀ and b₀ move to a wider
+    field (one conversion) where ``poisson_metrics`` runs, so the fit's field stays narrow."""
+    if not metrics:
+        return []
+    kappa_bits = mpc.options.sec_param
+    bits = metric_field_bits(plan, kappa_bits)
+    wide = FieldOps(mpc, mpc.SecFxp(bits - FRAC - kappa_bits - 2, FRAC))
+    s = await big.trunc(s2, FRAC, 2 * FRAC + S_BITS + 1, degree2t=True)
+    m = s.size
+    moved = await big.convert(
+        np.concatenate([s, rows.y, [rows.y_mean, kappa, b0]]) % big.p,
+        wide,
+        FRAC + max(S_BITS, _count_bits(plan)) + 4,
+    )
+    empty = np.zeros(0, dtype=object)
+    wide_rows = Rows(empty, moved[m : 2 * m], empty, moved[2 * m], empty)
+    values = await poisson_metrics(
+        wide, (moved[:m] << FRAC) % wide.p, moved[2 * m + 1], moved[2 * m + 2], wide_rows, metrics, plan
+    )
+    opened = await wide.output(values, OWNERS)
+    return [] if opened is None else [float(v) for v in wide.to_float(opened, FRAC)]
+
+
 async def _reveal(
-    ops: FieldOps, factor: ObjectArray, rows: Rows, z: ObjectArray, u_b: Any, b0: Any, metric_values: ObjectArray
+    ops: FieldOps, factor: ObjectArray, rows: Rows, z: ObjectArray, u_b: Any, b0: Any
 ) -> ObjectArray | None:
-    """Open [ŵ = (e∘δ)∘z unrounded (frac 2F: a zero of z stays exactly 0), b̂ = b₀ + u_b − ŵᵀμ̂ (frac 2F),
-    metrics (frac F → 2F)] to the owners."""
+    """Open [ŵ = (e∘δ)∘z unrounded (frac 2F: a zero of z stays exactly 0), b̂ = b₀ + u_b − ŵᵀμ̂ (frac 2F)]
+    to the owners."""
     p, one, d = ops.p, 1 << FRAC, rows.mean.size
     exact_w = (factor[:d] * z[:d]) % p  # degree 2t, frac 2F
     w_hat = await ops.trunc(exact_w, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
     b_hat = ((b0 + u_b) * one - np.dot(w_hat, rows.mean)) % p
-    return await ops.output_product(np.concatenate([exact_w, [b_hat], metric_values * one]) % p, OWNERS)
+    return await ops.output_product(np.concatenate([exact_w, [b_hat]]) % p, OWNERS)
 
 
 async def run_party(
