@@ -17,7 +17,12 @@ iterations  Iteration 0 at v = 0 (μ̃ = 1, no exponential): the Hessian X̃ᵀX
             μ̃ = e^s (``exp_ratio``), g_u = X̃eᵀμ̃/m − e∘c_y/κ₀ and H_u = X̃eᵀdiag(μ̃)X̃e/m,
             the model re-scaled to unit diagonal (δ = 1/√diag by Newton), its solve
             (ADMM warm-started / polishing / Newton–Schulz), and u = δ∘z.
-reveal      ŵ = e∘u and b̂ = b₀ + u_b − ŵᵀμ̂ (unrounded), and the metrics, to the owners only.
+reveal      ŵ = (e∘δ)∘z unrounded (z the last model's solution: its zeros are exact) and
+            b̂ = b₀ + u_b − ŵᵀμ̂, to the owners only; the metrics the spec lists in a wider field
+            of their own (one conversion), opened to the owners only.
+
+Fields: F_g (the rows, link, models; 40 fractional bits) is sized from each step's bound
+(``poisson_field_bits``: 187 bits at m = 10,000, κ = 40); ADMM runs in the logistic fit's F_w.
 """
 
 from __future__ import annotations
