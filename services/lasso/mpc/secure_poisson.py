@@ -415,7 +415,8 @@ async def _deviance(ops: FieldOps, s2: ObjectArray, mu: ObjectArray, b0: Any, ro
 
     log y per row by Newton on e^ℓ = y′, y′ = y + [y = 0] ∈ [1, y_max] (one comparison per row),
     from ℓ₀ = log y_max: the iterates decrease to log y′ ≥ 0, so every e^(−ℓ) is in (0, 1] and
-    is the fit's exponential (Taylor at ℓ/2^8, then 8 squarings; relative error ≈ 1e-10).
+    is the fit's exponential (Taylor at ℓ/2^8, then 8 squarings; relative error ≈ 1e-10). Counts are
+    whole numbers; a non-integer y in (0, ½) would count as y·log(y + 1), and every bound still holds.
     """
     p, one, m = ops.p, 1 << FRAC, plan.glm.n_rows
     lm, cb, rbits = _log_rows(plan.glm), _count_bits(plan), _residual_bits(plan)
