@@ -28,6 +28,7 @@ Fields: F_g (the rows, link, models; 40 fractional bits) is sized from each step
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -142,11 +143,15 @@ def _fields(mpc: Any, plan: PoissonPlan) -> Fields:
 # ---- rows and start -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class Rows:
     """x̃ (m × (d+1)), y (m, counts at FRAC), μ̂ (d,), ȳ and c_y = X̃ᵀy/m ((d+1,), at FRAC)."""
 
-    def __init__(self, x: ObjectArray, y: ObjectArray, mean: ObjectArray, y_mean: Any, cy: ObjectArray) -> None:
-        self.x, self.y, self.mean, self.y_mean, self.cy = x, y, mean, y_mean, cy
+    x: ObjectArray
+    y: ObjectArray
+    mean: ObjectArray
+    y_mean: Any
+    cy: ObjectArray
 
 
 async def _rows(ops: FieldOps, raw: ObjectArray, spec: RegressionSpec, plan: PoissonPlan) -> Rows:
@@ -253,11 +258,15 @@ async def _sums(
     return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
 
+@dataclass(frozen=True)
 class Scaling:
     """The fixed Jacobi scaling e (e_b = 1), X̃e, γ̃∘e², λ̃∘e unclamped, and e∘c_y/κ₀."""
 
-    def __init__(self, e: ObjectArray, xe: ObjectArray, ridge: ObjectArray, lam: ObjectArray, cy: ObjectArray) -> None:
-        self.e, self.xe, self.ridge, self.lam, self.cy = e, xe, ridge, lam, cy
+    e: ObjectArray
+    xe: ObjectArray
+    ridge: ObjectArray
+    lam: ObjectArray
+    cy: ObjectArray
 
 
 async def _first_step(ops: FieldOps, rows: Rows, inverse_kappa: Any, plan: PoissonPlan) -> tuple[Scaling, Model]:
