@@ -31,7 +31,9 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, default=10_000, help="joined rows m")
     parser.add_argument("--features", type=int, default=10, help="features d (>= 2)")
     parser.add_argument("--alpha", type=float, action="append", help="alpha (repeat for a CV grid)")
-    parser.add_argument("--kind", choices=["lasso", "elastic_net", "ridge", "logistic", "svm"], default="lasso")
+    parser.add_argument(
+        "--kind", choices=["lasso", "elastic_net", "ridge", "logistic", "svm", "poisson"], default="lasso"
+    )
     parser.add_argument(
         "--l1-ratio", type=float, default=0.5, help="elastic-net mixing (logistic: the L1 share, 0 = L2)"
     )
@@ -61,7 +63,9 @@ def _spec(args: argparse.Namespace, study: Any) -> Any:
         alphas=alphas,
         ranges=study.ranges,
         target=study.target,
-        l1_ratio={"elastic_net": args.l1_ratio, "logistic": args.l1_ratio, "svm": 0.0}.get(args.kind, 1.0),
+        l1_ratio={"elastic_net": args.l1_ratio, "logistic": args.l1_ratio, "poisson": args.l1_ratio, "svm": 0.0}.get(
+            args.kind, 1.0
+        ),
         cv_folds=args.cv_folds,
         standardize=args.standardize,
         iterations=args.iterations,
@@ -75,12 +79,14 @@ def _party(args: argparse.Namespace) -> None:
     """One party process: prints one JSON line with its timings and result."""
     import numpy as np
 
-    from services.lasso.mpc import secure_glm, secure_regression
+    from services.lasso.mpc import secure_glm, secure_poisson, secure_regression
     from services.lasso.mpc.runtime import create_runtime
     from services.testkit.dealer import deal
 
     study = _study(args)
     run_party = secure_glm.run_party if args.kind in ("logistic", "svm") else secure_regression.run_party
+    if args.kind == "poisson":
+        run_party = secure_poisson.run_party
     shares = deal(study.table, study.owners, np.random.default_rng(args.seed)).shares[args.party]
     spec = _spec(args, study)
     ports = [int(p) for p in args.ports.split(",")]
@@ -115,15 +121,17 @@ def _party(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> Any:
-    """The joined table: synthetic (with a 0/1 outcome for the classifiers), or the collinear
-    family with its alphas made absolute."""
+    """The joined table: synthetic (with a 0/1 outcome for the classifiers, a count for Poisson),
+    or the collinear family with its alphas made absolute."""
     from services.testkit.outcomes import study_with_outcome
     from services.testkit.synthetic import JoinedTable, make_joined_table
 
     if args.design == "synthetic":
         table = make_joined_table(args.records, args.features, seed=args.seed)
+        if args.kind == "poisson":
+            return study_with_outcome(table, "count", seed=args.seed)
         return study_with_outcome(table, "binary", seed=args.seed) if args.kind in ("logistic", "svm") else table
-    if args.kind in ("logistic", "svm"):
+    if args.kind in ("logistic", "svm", "poisson"):
         raise SystemExit("--design collinear is for the linear models only")
     import numpy as np
 

@@ -55,8 +55,10 @@ RUN_APPROVALS = (common_pb2.RUN_APPROVAL_ON_INPUT_CHANGE, common_pb2.RUN_APPROVA
 LINEAR_KINDS = (common_pb2.MODEL_KIND_LASSO, common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE)
 CLASSIFIER_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM)
 MODEL_KINDS = (*LINEAR_KINDS, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
-# The GLM kinds services/lasso/mpc/secure_glm.py fits today.
-IMPLEMENTED_GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM)
+# The GLM kinds services/lasso/mpc/secure_glm.py (logistic, SVM) and secure_poisson.py fit today.
+IMPLEMENTED_GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
+# Largest declared count (the secure Poisson fit's field sizes grow with log2 of it).
+MAX_COUNT = 1 << 20
 # l1_ratio a kind implies (elastic net, logistic and Poisson carry their own); `normalise` writes it
 # so the digest is canonical.
 IMPLIED_L1_RATIO = {common_pb2.MODEL_KIND_LASSO: 1.0, common_pb2.MODEL_KIND_RIDGE: 0.0, common_pb2.MODEL_KIND_SVM: 0.0}
@@ -295,8 +297,21 @@ def _validate_glm_target(spec: common_pb2.StudySpec, kind: str) -> None:
             f"{kind} needs a binary target declared with min 0 and max 1, "
             f"got [{target.min}, {target.max}] for {target.name!r}"
         )
-    if spec.model.kind == common_pb2.MODEL_KIND_POISSON and target.min < 0:
+    if spec.model.kind == common_pb2.MODEL_KIND_POISSON:
+        _validate_count_target(target, kind)
+
+
+def _validate_count_target(target: common_pb2.ColumnSpec, kind: str) -> None:
+    """A count: whole numbers min ≥ 0 and max ≥ 1 (and ≤ MAX_COUNT) declared."""
+    if target.min < 0:
         raise SpecError(f"{kind} needs a count target declared with min >= 0, got min {target.min} for {target.name!r}")
+    if not (float(target.min).is_integer() and float(target.max).is_integer()):
+        raise SpecError(
+            f"{kind} needs a count target with whole-number bounds, "
+            f"got [{target.min}, {target.max}] for {target.name!r}"
+        )
+    if not 1 <= target.max <= MAX_COUNT:
+        raise SpecError(f"{kind} needs a count target declared with 1 <= max <= {MAX_COUNT}, got max {target.max}")
 
 
 def _validate_metrics(spec: common_pb2.StudySpec) -> None:

@@ -12,6 +12,10 @@ scikit-learn's answer where it solves the same objective:
                (scikit-learn ≥ 1.8: l1_ratio selects the penalty; saga for ρ > 0, lbfgs for ρ = 0)
     SVM:       none: LinearSVC(C, loss="squared_hinge") also penalises the intercept (intercept_scaling);
                ``fit_svm_lbfgs`` (SciPy's L-BFGS-B on the same objective) is the independent check.
+    Poisson:   PoissonRegressor(alpha = α) for ρ = 0 (it minimises (1/2m)·deviance + α/2·‖w‖², which is
+               (1/m)·Σ(e^η − yη) + α/2·‖w‖² up to a constant); L1 and elastic net: ``fit_poisson_exact``.
+
+The Poisson fit has its own plan (``poisson_plan``): ``fit_poisson_plain`` is its twin.
 """
 
 from __future__ import annotations
@@ -23,12 +27,22 @@ import numpy.typing as npt
 
 from services.lasso.core.glm_plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
 from services.lasso.core.params import ModelKind, RegressionSpec
+from services.lasso.core.poisson_plan import START_STEP, PoissonPlan, make_poisson_plan
 from services.testkit.plain_reference import newton_inverse_sqrt, newton_schulz, split_table
 
 Matrix = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float64]
 
-__all__ = ["GlmFit", "fit_glm_exact", "fit_glm_plain", "fit_glm_sklearn", "split_table"]
+__all__ = [
+    "GlmFit",
+    "fit_glm_exact",
+    "fit_glm_plain",
+    "fit_glm_sklearn",
+    "fit_poisson_exact",
+    "fit_poisson_plain",
+    "fit_poisson_sklearn",
+    "split_table",
+]
 
 
 @dataclass(frozen=True)
@@ -108,32 +122,38 @@ def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
         hu = e[:, None] * big_g * e[None, :]
         qu = e * (h @ v - g)
         lu = lam * e
-        if not plan.has_l1:
-            v = e * (newton_schulz(hu, plan.ns_solve_iterations, float(d1)) @ qu)
-            continue
-        kmat = newton_schulz(hu + ADMM_RHO * np.eye(d1), plan.ns_k_iterations, d1 + ADMM_RHO)
-        kappa = lu / ADMM_RHO
-        z = v / e
-        w = (qu - hu @ z) / ADMM_RHO
-        for _ in range(plan.admm[k]):
-            x = ADMM_RELAX * (kmat @ (qu + ADMM_RHO * (z - w))) + (1 - ADMM_RELAX) * z + w
-            z = x - np.clip(x, -kappa, kappa)
-            w = x - z
-        u = z
-        if plan.polish[k]:
-            active = (z != 0).astype(float)
-            active[-1] = 1.0
-            sign = np.sign(z)
-            mmat = np.outer(active, active) * hu + np.diag(1 - active)
-            polished = active * (newton_schulz(mmat, plan.ns_solve_iterations, float(d1)) @ (active * (qu - lu * sign)))
-            if _objective(hu, qu, lu, polished) < _objective(hu, qu, lu, z):
-                u = polished
-        v = e * u
+        v = e * solve_model_plain(plan, hu, qu, lu, v / e, k)
     return v
+
+
+def solve_model_plain(plan: GlmPlan, hu: Matrix, qu: Vector, lu: Vector, z: Vector, k: int) -> Vector:
+    """Outer iteration k's model ½uᵀHu − qᵀu + Σλ|u| solved as the secure fit does (``secure_qp``), from z."""
+    d1 = len(qu)
+    if not plan.has_l1:
+        return newton_schulz(hu, plan.ns_solve_iterations, float(d1)) @ qu
+    kmat = newton_schulz(hu + ADMM_RHO * np.eye(d1), plan.ns_k_iterations, d1 + ADMM_RHO)
+    kappa = lu / ADMM_RHO
+    w = (qu - hu @ z) / ADMM_RHO
+    for _ in range(plan.admm[k]):
+        x = ADMM_RELAX * (kmat @ (qu + ADMM_RHO * (z - w))) + (1 - ADMM_RELAX) * z + w
+        z = x - np.clip(x, -kappa, kappa)
+        w = x - z
+    u = z
+    if plan.polish[k]:
+        active = (z != 0).astype(float)
+        active[-1] = 1.0
+        sign = np.sign(z)
+        mmat = np.outer(active, active) * hu + np.diag(1 - active)
+        polished = active * (newton_schulz(mmat, plan.ns_solve_iterations, float(d1)) @ (active * (qu - lu * sign)))
+        if _objective(hu, qu, lu, polished) < _objective(hu, qu, lu, z):
+            u = polished
+    return u
 
 
 def fit_glm_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     """The secure algorithm in float64."""
+    if spec.kind is ModelKind.POISSON:
+        return fit_poisson_plain(x, y, spec)
     plan = make_glm_plan(spec, len(y))
     rows = glm_rows(x, y, plan)
     return _original(plan, rows, solve_plain(plan, rows))
@@ -172,6 +192,8 @@ def solve_exact(plan: GlmPlan, rows: Rows, tolerance: float = 1e-15, max_outer: 
 
 def fit_glm_exact(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     """The exact optimum of the spec's objective (reference for the accuracy bounds)."""
+    if spec.kind is ModelKind.POISSON:
+        return fit_poisson_exact(x, y, spec)
     plan = make_glm_plan(spec, len(y))
     rows = glm_rows(x, y, plan)
     return _original(plan, rows, solve_exact(plan, rows))
@@ -221,3 +243,107 @@ def fit_svm_lbfgs(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
         options={"ftol": 1e-16, "gtol": 1e-12, "maxiter": 100_000},
     )
     return _original(plan, rows, found.x)
+
+
+# ---- Poisson (log link) ------------------------------------------------------------------------------
+
+
+def poisson_start(plan: PoissonPlan, y: Vector) -> float:
+    """b₀: the midpoint of the grid cell of log ȳ (``poisson_plan``), as the secure comparisons give it."""
+    above = np.mean(y) >= np.exp(np.asarray(plan.thresholds))
+    return plan.thresholds[0] + START_STEP / 2 + START_STEP * float(np.sum(above[1:]))
+
+
+def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, float]:
+    """(v = (ŵ, β), b₀, max s over the iterates) after the plan's outer iterations: the secure fit in float64."""
+    glm = plan.glm
+    m, d1 = rows.x.shape
+    b0 = poisson_start(plan, rows.y)
+    inverse_kappa = np.exp(-b0)
+    y_tilde = rows.y * inverse_kappa
+    lam, gam = np.asarray(glm.l1) * inverse_kappa, np.asarray(glm.ridge) * inverse_kappa
+    v = np.zeros(d1)
+    e = np.ones(d1)
+    s_max = 0.0
+    for k in range(glm.outer_iterations):
+        s = rows.x @ v
+        s_max = max(s_max, float(np.max(s)))
+        mu = np.exp(s)
+        g = rows.x.T @ (mu - y_tilde) / m
+        h = (rows.x.T * mu) @ rows.x / m
+        if k == 0:
+            e[:-1] = newton_inverse_sqrt(np.diag(h)[:-1] + gam[:-1], np.asarray(plan.first_start), plan.first_newton)
+        hu = e[:, None] * (h + np.diag(gam)) * e[None, :]
+        qu = e * (h @ v - g)
+        lu = lam * e
+        delta = np.ones(d1)
+        if k > 0:
+            delta = newton_inverse_sqrt(np.diag(hu), np.full(d1, plan.rescale_start), plan.rescale_newton)
+        scaled = solve_model_plain(glm, delta[:, None] * hu * delta[None, :], delta * qu, delta * lu, v / e / delta, k)
+        v = e * delta * scaled
+    return v, b0, s_max
+
+
+def fit_poisson_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
+    """The secure Poisson algorithm in float64."""
+    plan = make_poisson_plan(spec, len(y))
+    rows = glm_rows(x, y, plan.glm)
+    v, b0, _ = solve_poisson_plain(plan, rows)
+    v[-1] += b0
+    return _original(plan.glm, rows, v)
+
+
+def poisson_objective(plan: GlmPlan, rows: Rows, v: Vector) -> float:
+    """(1/m)·Σ (e^η − y·η) + Σ_j λ_j|ŵ_j| + ½γ_j ŵ_j² in the normalised coordinates."""
+    eta = rows.x @ v
+    lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
+    return float(np.mean(np.exp(eta) - rows.y * eta) + lam @ np.abs(v) + 0.5 * gam @ (v * v))
+
+
+def solve_poisson_exact(plan: GlmPlan, rows: Rows, tolerance: float = 1e-13, max_outer: int = 500) -> Vector:
+    """The exact optimum: proximal Newton from (0, log ȳ), each model by cyclic coordinate descent,
+    with backtracking on the objective (Newton from far away can overshoot for the log link)."""
+    m, d1 = rows.x.shape
+    lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
+    v = np.zeros(d1)
+    v[-1] = np.log(max(float(np.mean(rows.y)), 1e-300))
+    for _ in range(max_outer):
+        mu = np.exp(rows.x @ v)
+        g = rows.x.T @ (mu - rows.y) / m
+        h = (rows.x.T * mu) @ rows.x / m
+        new = v.copy()
+        for _ in range(10_000):
+            before = new.copy()
+            for j in range(d1):
+                diag = h[j, j] + gam[j]
+                rest = g[j] + h[j] @ (new - v) + gam[j] * new[j] - diag * new[j]
+                new[j] = np.sign(-rest) * max(abs(rest) - lam[j], 0.0) / diag
+            if np.max(np.abs(new - before)) <= tolerance * 1e-2:
+                break
+        step, start = 1.0, poisson_objective(plan, rows, v)
+        while step > 1e-10 and poisson_objective(plan, rows, v + step * (new - v)) > start + 1e-15:
+            step /= 2
+        moved = step * (new - v)
+        v = v + moved
+        if np.max(np.abs(moved)) <= tolerance:
+            break
+    return v
+
+
+def fit_poisson_exact(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
+    """The exact optimum of the Poisson objective (reference for the accuracy bound)."""
+    plan = make_poisson_plan(spec, len(y)).glm
+    rows = glm_rows(x, y, plan)
+    return _original(plan, rows, solve_poisson_exact(plan, rows))
+
+
+def fit_poisson_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
+    """scikit-learn's PoissonRegressor(alpha = α) minimises (1/2m)·deviance + α/2·‖w‖², which is
+    (1/m)·Σ(e^η − yη) + α/2·‖w‖² up to a constant: the same objective for ρ = 0 (L2 only)."""
+    from sklearn.linear_model import PoissonRegressor  # noqa: PLC0415  (heavy import, tests only)
+
+    if spec.kind is not ModelKind.POISSON or spec.rho != 0:
+        raise ValueError("PoissonRegressor solves the L2-penalised Poisson objective only (l1_ratio 0)")
+    model = PoissonRegressor(alpha=spec.alphas[0], tol=1e-12, max_iter=100_000, solver="newton-cholesky")
+    model.fit(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    return GlmFit(np.asarray(model.coef_, dtype=np.float64), float(model.intercept_))

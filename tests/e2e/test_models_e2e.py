@@ -1,13 +1,16 @@
 """Studies of the GLM model kinds across three organisations as real processes over mTLS:
 propose, approve, run (join + secure fit), the result at both owners against the exact
-optimum of the same objective and scikit-learn, the revealed metrics, and Predict."""
+optimum of the same objective and scikit-learn, the revealed metrics, and Predict.
+(The Poisson study uses the same mesh with a count outcome in another insurer CSV.)"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import mean_poisson_deviance
 
 from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2
@@ -130,3 +133,52 @@ def test_svm_study_matches_the_exact_optimum_and_predicts_classes(binary_mesh):
     classes, kind = clients["insurer"].predict_with_kind(final.run_id, records)
     assert kind == common_pb2.MODEL_KIND_SVM
     assert classes == [float(v) for v in (x[:8] @ secure + insurer.intercept > 0)]
+
+
+REGRESSION = [common_pb2.METRIC_DEVIANCE, common_pb2.METRIC_MSE, common_pb2.METRIC_R2, common_pb2.METRIC_ADJUSTED_R2]
+
+
+def test_poisson_study_matches_the_exact_optimum_and_predicts_expected_counts(binary_mesh):
+    clients, _, sources = binary_mesh
+    data = data_with_outcome(make_study_data(300, overlap=0.5), "count", seed=5)
+    counts_csv = data.insurer.write_csv(Path(sources["insurer"]).with_name("insurer_counts.csv"))
+    sources = {**sources, "insurer": str(counts_csv)}
+    spec, final = run_study(
+        clients,
+        data,
+        sources,
+        "e2e-poisson",
+        alphas=[0.1],
+        kind=common_pb2.MODEL_KIND_POISSON,
+        l1_ratio=1.0,
+        metrics=REGRESSION,
+    )
+    names, x, y = reference_join(data)
+    exact = fit_glm_exact(x, y, regression_spec(spec))
+    _, insurer = clients["insurer"].result(final.run_id)
+    _, hospital = clients["hospital"].result(final.run_id)
+    secure = np.array([c.value for c in insurer.coefficients])
+    assert insurer.kind == common_pb2.MODEL_KIND_POISSON and [c.feature for c in insurer.coefficients] == names
+    assert np.max(np.abs(secure - exact.coefficients)) <= 1e-4 * float(np.max(np.abs(exact.coefficients)))
+    assert abs(insurer.intercept - exact.intercept) <= 1e-4 * max(1.0, abs(exact.intercept))
+    assert list(secure == 0) == list(exact.coefficients == 0), (secure, exact.coefficients)
+    assert 0 < int(np.sum(secure == 0)) < len(names)
+    assert list(hospital.coefficients) == list(insurer.coefficients) and list(hospital.metrics) == list(insurer.metrics)
+
+    mu = np.exp(x @ exact.coefficients + exact.intercept)
+    mse = float(np.mean((y - mu) ** 2))
+    r2 = 1 - mse / float(np.var(y))
+    expected = {
+        common_pb2.METRIC_DEVIANCE: mean_poisson_deviance(y, mu),
+        common_pb2.METRIC_MSE: mse,
+        common_pb2.METRIC_R2: r2,
+        common_pb2.METRIC_ADJUSTED_R2: 1 - (1 - r2) * (len(y) - 1) / (len(y) - len(names) - 1),
+    }
+    assert [m.metric for m in insurer.metrics] == REGRESSION
+    for metric in insurer.metrics:
+        assert metric.value == pytest.approx(expected[metric.metric], abs=1e-6)
+
+    records = [dict(zip(names, row, strict=True)) for row in x[:5].tolist()]
+    counts, kind = clients["hospital"].predict_with_kind(final.run_id, records)
+    assert kind == common_pb2.MODEL_KIND_POISSON
+    assert counts == pytest.approx([math.exp(v) for v in x[:5] @ secure + insurer.intercept], rel=1e-12)

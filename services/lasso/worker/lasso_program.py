@@ -1,5 +1,6 @@
 """The production MPC program: the study's model by services.lasso.mpc.secure_regression
-(lasso, elastic net, ridge) or services.lasso.mpc.secure_glm (logistic, Poisson, SVM).
+(lasso, elastic net, ridge), services.lasso.mpc.secure_glm (logistic, SVM) or
+services.lasso.mpc.secure_poisson (Poisson).
 
 Glue only, between the wire (StudySpec, share blocks, ModelResult) and the regression
 core (RegressionSpec, an m × c integer share matrix, RegressionResult):
@@ -29,6 +30,7 @@ from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.inputs import assemble, column_owners, study_columns
 from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.secure_glm import secure_fit_glm
+from services.lasso.mpc.secure_poisson import secure_fit_poisson
 from services.lasso.mpc.secure_regression import FRAC_TABLE, secure_fit
 from services.lasso.worker.program import ProgramError, RunContext
 from services.study.spec import feature_names, target_name
@@ -134,7 +136,10 @@ async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
     def progress(phase: str, done: int, total: int) -> None:
         context.report(PHASES.get(phase, common_pb2.PHASE_UNSPECIFIED), done, total)
 
-    fit = secure_fit_glm if regression.kind.is_glm else secure_fit
+    if regression.kind is ModelKind.POISSON:
+        fit = secure_fit_poisson
+    else:
+        fit = secure_fit_glm if regression.kind.is_glm else secure_fit
     try:
         result = await fit(mpc, matrix, regression, progress)
     except NotImplementedError as exc:

@@ -91,3 +91,43 @@ def test_balanced_weights_are_for_logistic_only_and_metrics_once() -> None:
     twice.reveal.metrics.append(common_pb2.METRIC_R2)
     with pytest.raises(SpecError, match="listed twice"):
         validate(twice)
+
+
+def poisson_spec(low: float = 0, high: float = 120, **model: object) -> common_pb2.StudySpec:
+    spec = make_spec()
+    spec.owners[0].target.CopyFrom(common_pb2.ColumnSpec(name="hospital_days", min=low, max=high))
+    model.setdefault("alphas", [0.01])
+    spec.model.CopyFrom(common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_POISSON, **model))
+    return spec
+
+
+def test_a_poisson_study_with_its_deviance_is_valid() -> None:
+    spec = poisson_spec(l1_ratio=0.5)
+    spec.reveal.metrics.extend([common_pb2.METRIC_DEVIANCE, common_pb2.METRIC_R2])
+    validate(spec)
+    assert spec_digest(spec) != spec_digest(poisson_spec(l1_ratio=0.5))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (poisson_spec(low=-1), "count target declared with min >= 0"),
+        (poisson_spec(high=120.5), "whole-number bounds"),
+        (poisson_spec(low=0.5), "whole-number bounds"),
+        (poisson_spec(high=0), "min \\(0.0\\) must be smaller than max"),
+        (poisson_spec(high=2**21), "1 <= max <= 1048576"),
+        (poisson_spec(l1_ratio=-0.1), "l1_ratio must be in \\[0, 1\\]"),
+        (poisson_spec(cv_folds=5, alphas=[0.01, 0.1]), "cross-validation"),
+        (poisson_spec(balanced_class_weights=True), "balanced_class_weights applies to MODEL_KIND_LOGISTIC only"),
+    ],
+)
+def test_invalid_poisson_specs_are_refused(spec: common_pb2.StudySpec, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        validate(spec)
+
+
+def test_poisson_refuses_classification_metrics() -> None:
+    spec = poisson_spec()
+    spec.reveal.metrics.append(common_pb2.METRIC_ACCURACY)
+    with pytest.raises(SpecError, match="METRIC_ACCURACY does not apply to MODEL_KIND_POISSON"):
+        validate(spec)
