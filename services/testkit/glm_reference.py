@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.glm_plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
+from services.lasso.core.glm_plan import (
+    ADMM_RELAX,
+    ADMM_RHO,
+    NEWTON_ITERATIONS,
+    STEP_TOLERANCE,
+    GlmPlan,
+    make_glm_plan,
+)
 from services.lasso.core.params import ModelKind, RegressionSpec
 from services.testkit.plain_reference import newton_inverse_sqrt, newton_schulz, split_table
 
@@ -89,7 +96,7 @@ def _objective(h: Matrix, q: Vector, lam: Vector, u: Vector) -> float:
 
 
 def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
-    """v = (ŵ, b̃) after the plan's outer iterations (float64 mirror of the secure fit)."""
+    """v = (ŵ, b̃) after the plan's outer iterations or its stopping rule (float64 mirror of the secure fit)."""
     m, d1 = rows.x.shape
     lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
     v = np.zeros(d1)
@@ -109,7 +116,10 @@ def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
         qu = e * (h @ v - g)
         lu = lam * e
         if not plan.has_l1:
-            v = e * (newton_schulz(hu, plan.ns_solve_iterations, float(d1)) @ qu)
+            new = e * (newton_schulz(hu, plan.ns_solve_iterations, float(d1)) @ qu)
+            v, stop = new, _small_step(plan, k, new / e, v / e)
+            if stop:
+                break
             continue
         kmat = newton_schulz(hu + ADMM_RHO * np.eye(d1), plan.ns_k_iterations, d1 + ADMM_RHO)
         kappa = lu / ADMM_RHO
@@ -128,8 +138,15 @@ def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
             polished = active * (newton_schulz(mmat, plan.ns_solve_iterations, float(d1)) @ (active * (qu - lu * sign)))
             if _objective(hu, qu, lu, polished) < _objective(hu, qu, lu, z):
                 u = polished
-        v = e * u
+        v, stop = e * u, _small_step(plan, k, u, v / e)
+        if stop:
+            break
     return v
+
+
+def _small_step(plan: GlmPlan, k: int, u: Vector, before: Vector) -> bool:
+    """The stopping rule after outer iteration k: max |u − u_before| ≤ STEP_TOLERANCE (Jacobi units)."""
+    return plan.checks[k] and float(np.max(np.abs(u - before))) <= STEP_TOLERANCE
 
 
 def fit_glm_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:

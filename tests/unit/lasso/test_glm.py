@@ -46,8 +46,9 @@ def test_plain_twin_reaches_the_exact_optimum(alpha: float, rho: float, balanced
     spec = _spec(alpha, rho, balanced_class_weights=balanced)
     x, y = split_table(STUDY.table, spec)
     plain, exact = fit_glm_plain(x, y, spec), fit_glm_exact(x, y, spec)
-    assert _relative(plain.coefficients, exact.coefficients) <= 1e-9
-    assert abs(plain.intercept - exact.intercept) <= 1e-9 * max(1.0, abs(exact.intercept))
+    # The stopping rule ends the fit when the Newton step is ≤ 1e-3: the error is then ~step² (goal 1e-4).
+    assert _relative(plain.coefficients, exact.coefficients) <= 1e-6
+    assert abs(plain.intercept - exact.intercept) <= 1e-6 * max(1.0, abs(exact.intercept))
     assert list(plain.coefficients == 0) == list(exact.coefficients == 0)
 
 
@@ -64,7 +65,7 @@ def test_the_objective_is_scikit_learns_with_c_one_over_m_alpha(alpha: float, rh
 def test_one_party_matches_the_exact_optimum(mpc: Any, alpha: float, rho: float, balanced: bool) -> None:
     spec = _spec(alpha, rho, balanced_class_weights=balanced, metrics=METRICS)
     result = mpc.run(secure_fit_glm(mpc, encode(STUDY.table), spec))
-    assert result is not None and result.joined == ROWS and result.iterations == DEFAULT_OUTER_ITERATIONS
+    assert result is not None and result.joined == ROWS and 4 <= result.iterations <= DEFAULT_OUTER_ITERATIONS
     x, y = split_table(STUDY.table, spec)
     exact = fit_glm_exact(x, y, spec)
     assert _relative(result.coefficients, exact.coefficients) <= 1e-6
