@@ -16,6 +16,7 @@ scikit-learn's answer where it solves the same objective:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,7 @@ class GlmFit:
 
     coefficients: Vector
     intercept: float
+    iterations: int = 0  # outer iterations used (the plaintext twin only)
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,18 @@ def _objective(h: Matrix, q: Vector, lam: Vector, u: Vector) -> float:
 
 def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
     """v = (ŵ, b̃) after the plan's outer iterations or its stopping rule (float64 mirror of the secure fit)."""
+    return solve_plain_counted(plan, rows)[0]
+
+
+def solve_plain_counted(plan: GlmPlan, rows: Rows) -> tuple[Vector, int]:
+    """``solve_plain`` and the number of outer iterations it used."""
     m, d1 = rows.x.shape
     lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
     v = np.zeros(d1)
     e = np.zeros(d1)
+    used = 0
     for k in range(plan.outer_iterations):
+        used = k + 1
         r, s = _link(plan, rows, v, k == 0)
         g = rows.x.T @ r / m
         h = (rows.x.T * s) @ rows.x / m
@@ -141,7 +150,7 @@ def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
         v, stop = e * u, _small_step(plan, k, u, v / e)
         if stop:
             break
-    return v
+    return v, used
 
 
 def _small_step(plan: GlmPlan, k: int, u: Vector, before: Vector) -> bool:
@@ -153,7 +162,8 @@ def fit_glm_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     """The secure algorithm in float64."""
     plan = make_glm_plan(spec, len(y))
     rows = glm_rows(x, y, plan)
-    return _original(plan, rows, solve_plain(plan, rows))
+    v, used = solve_plain_counted(plan, rows)
+    return dataclasses.replace(_original(plan, rows, v), iterations=used)
 
 
 def _original(plan: GlmPlan, rows: Rows, v: Vector) -> GlmFit:
