@@ -78,7 +78,7 @@ _NS_LOG_TOLERANCE = 40 * math.log(2)
 ETA_BITS = 10
 #: e^(−u) = (e^(−u/2^EXP_SQUARINGS))^(2^EXP_SQUARINGS), the inner exponential by its Taylor polynomial.
 EXP_SQUARINGS = 8
-EXP_DEGREE = 6
+EXP_DEGREE = 6  # 4 … 8 (secure_functions.exp_neg)
 #: Fractional bits of η in the sign comparison: a wrong sign only for |η| < 2^−SIGN_FRAC.
 SIGN_FRAC = 4
 #: Newton steps for 1/(1 + v), v ∈ (0, e^(1/16)], from the linear minimax start.
