@@ -280,7 +280,8 @@ def poisson_start(plan: PoissonPlan, y: Vector) -> float:
 
 
 def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, float]:
-    """(v = (ŵ, β), b₀, max s over the iterates) after the plan's outer iterations: the secure fit in float64."""
+    """(v = (ŵ, β), b₀, max s over the iterates, outer iterations used) after the plan's outer iterations or
+    its stopping rule: the secure fit in float64."""
     glm = plan.glm
     m, d1 = rows.x.shape
     b0 = poisson_start(plan, rows.y)
@@ -289,7 +290,7 @@ def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, f
     lam, gam = np.asarray(glm.l1) * inverse_kappa, np.asarray(glm.ridge) * inverse_kappa
     v = np.zeros(d1)
     e = np.ones(d1)
-    s_max = 0.0
+    s_max, used = 0.0, 0
     for k in range(glm.outer_iterations):
         s = rows.x @ v
         s_max = max(s_max, float(np.max(s)))
@@ -305,17 +306,20 @@ def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, f
         if k > 0:
             delta = newton_inverse_sqrt(np.diag(hu), np.full(d1, plan.rescale_start), plan.rescale_newton)
         scaled = solve_model_plain(glm, delta[:, None] * hu * delta[None, :], delta * qu, delta * lu, v / e / delta, k)
-        v = e * delta * scaled
-    return v, b0, s_max
+        v, before = e * delta * scaled, v
+        used = k + 1
+        if _small_step(glm, k, v / e, before / e):
+            break
+    return v, b0, s_max, used
 
 
 def fit_poisson_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     """The secure Poisson algorithm in float64."""
     plan = make_poisson_plan(spec, len(y))
     rows = glm_rows(x, y, plan.glm)
-    v, b0, _ = solve_poisson_plain(plan, rows)
+    v, b0, _, used = solve_poisson_plain(plan, rows)
     v[-1] += b0
-    return _original(plan.glm, rows, v)
+    return dataclasses.replace(_original(plan.glm, rows, v), iterations=used)
 
 
 def poisson_objective(plan: GlmPlan, rows: Rows, v: Vector) -> float:
