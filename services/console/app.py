@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from riskmesh.v1 import common_pb2, gateway_pb2
-from services.console import charts
+from services.console import charts, quality
 from services.console.board import STEPS, Board, phase_label, run_state_label
 from services.console.gateway import ConsoleGateway, GatewayError
 from services.console.security import CSRF_FIELD, AuthSettings, ConsoleSecurity, Sessions
@@ -394,6 +394,8 @@ class Console:
             study=study,
             owners=owners,
             standardized=any(c.standardized_value for c in result.coefficients),
+            model_kind=quality.model_kind_label(result, study.spec),
+            metrics=quality.metric_rows(result),
             bars=charts.bar_chart(items),
             cv=charts.cv_chart(cv_alphas, result.alpha) if cv_alphas else None,
             waterfall=charts.waterfall(timeline, step_labels, [org for org, _ in board.parties]) if timeline else None,

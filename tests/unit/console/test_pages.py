@@ -70,3 +70,81 @@ def test_failed_run_board_names_phase_org_and_reason_without_actions_for_the_hel
     )
     assert 'data-status="failed"' in html and "Failed in Intersection at helper." in html and "too few patients" in html
     assert "Cancel the run" not in html and "/result" not in html
+
+
+def _render_result(result: lasso_pb2.ModelResult, spec: c.StudySpec) -> str:
+    from services.console import quality
+
+    return (
+        console()
+        .templates.get_template("result.html")
+        .render(
+            run=gateway_pb2.Run(run_id="s-1", study_id="s", state=c.RUN_STATE_SUCCEEDED),
+            result=result,
+            study=gateway_pb2.Study(spec=spec),
+            owners=column_owners(spec),
+            standardized=False,
+            model_kind=quality.model_kind_label(result, spec),
+            metrics=quality.metric_rows(result),
+            bars=charts.bar_chart([(co.feature, co.value) for co in result.coefficients]),
+            cv=None,
+            waterfall=None,
+            step_labels=[label for _, label in STEPS],
+            csrf_token="x",
+            path="/runs/s-1/result",
+        )
+    )
+
+
+def test_result_page_shows_the_model_kind_and_the_revealed_classification_metrics():
+    classification = (c.METRIC_ACCURACY, c.METRIC_PRECISION, c.METRIC_RECALL, c.METRIC_F1)
+    spec = spec_for(make_study_data(20), "s", alphas=[0.01], kind=c.MODEL_KIND_LOGISTIC, metrics=classification)
+    values = (0.8125, 0.75, 0.6, 2 / 3)
+    result = lasso_pb2.ModelResult(
+        coefficients=[lasso_pb2.Coefficient(feature="age", value=0.5)],
+        kind=c.MODEL_KIND_LOGISTIC,
+        metrics=[
+            lasso_pb2.MetricValue(metric=m, value=v, cv_value=v - 0.05)
+            for m, v in zip(classification, values, strict=True)
+        ],
+    )
+    html = _render_result(result, spec)
+    assert 'id="model-kind">Logistic regression (yes/no outcome)<' in html
+    for key, label, value in (
+        ("accuracy", "Accuracy", "0.8125"),
+        ("precision", "Precision", "0.7500"),
+        ("recall", "Recall", "0.6000"),
+        ("f1", "F1", "0.6667"),
+    ):
+        assert f'data-metric="{key}"' in html and f">{label}</th>" in html and f">{value}</td>" in html
+    assert "Mean over the validation folds" in html and ">0.7625</td>" in html  # accuracy's K-fold estimate
+    assert "no-quality" not in html
+
+
+def test_result_page_shows_regression_metrics_and_says_when_none_were_revealed():
+    regression = (c.METRIC_R2, c.METRIC_ADJUSTED_R2, c.METRIC_MSE)
+    spec = spec_for(make_study_data(20), "s", alphas=[0.1], metrics=regression)
+    result = lasso_pb2.ModelResult(
+        coefficients=[lasso_pb2.Coefficient(feature="age", value=0.5)],
+        metrics=[
+            lasso_pb2.MetricValue(metric=m, value=v) for m, v in zip(regression, (0.42, 0.4, 1234.5), strict=True)
+        ],
+    )
+    html = _render_result(result, spec)  # an older result without `kind`: the study's kind is shown
+    assert 'id="model-kind">Lasso (linear regression, L1 penalty)<' in html
+    assert ">R²</th>" in html and ">0.4200</td>" in html and ">Adjusted R²</th>" in html and ">1234.5</td>" in html
+    assert "Mean over the validation folds" not in html
+    bare = _render_result(lasso_pb2.ModelResult(coefficients=result.coefficients), spec_for(make_study_data(20), "s"))
+    assert 'id="no-quality"' in bare and 'id="quality"' not in bare
+
+
+def test_poisson_deviance_is_labelled():
+    from services.console import quality
+
+    result = lasso_pb2.ModelResult(
+        kind=c.MODEL_KIND_POISSON, metrics=[lasso_pb2.MetricValue(metric=c.METRIC_DEVIANCE, value=0.9)]
+    )
+    assert quality.model_kind_label(result, c.StudySpec()).startswith("Poisson regression")
+    assert [(r.key, r.label, r.value, r.cv_value) for r in quality.metric_rows(result)] == [
+        ("deviance", "Mean Poisson deviance", 0.9, None)
+    ]
