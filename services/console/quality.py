@@ -60,3 +60,22 @@ def metric_rows(result: lasso_pb2.ModelResult) -> list[MetricRow]:
         cv_value = metric.cv_value if metric.HasField("cv_value") else None
         rows.append(MetricRow(key, label, meaning, metric.value, cv_value))
     return rows
+
+
+# What the cross-validation curve plots: the criterion the alpha is chosen by (CvPoint.mean_validation_loss).
+CV_CRITERIA = {
+    common_pb2.MODEL_KIND_LOGISTIC: "log-loss",
+    common_pb2.MODEL_KIND_SVM: "SVM loss",
+    common_pb2.MODEL_KIND_POISSON: "Poisson deviance",
+}
+
+
+def cv_criterion(result: lasso_pb2.ModelResult, spec: common_pb2.StudySpec) -> str:
+    """The name of the validation loss on the curve: squared error for the linear models."""
+    return CV_CRITERIA.get(result.kind or spec.model.kind, "squared error")
+
+
+def cv_points(result: lasso_pb2.ModelResult) -> list[tuple[float, float]]:
+    """(alpha, mean validation loss) per alpha of the grid; results from before
+    `mean_validation_loss` existed carry the linear models' squared error only."""
+    return [(p.alpha, p.mean_validation_loss or p.mean_squared_error) for p in result.cv_curve]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from riskmesh.v1 import common_pb2 as c
 from riskmesh.v1 import gateway_pb2, lasso_pb2
-from services.console import charts
+from services.console import charts, quality
 from services.console.app import Console
 from services.console.board import STEPS, Board
 from services.console.security import AuthSettings
@@ -49,6 +49,8 @@ def test_result_page_with_cv_curve_and_standardised_coefficients():
             standardized=True,
             bars=charts.bar_chart([("age", 0.5), ("bmi", -0.25)]),
             cv=charts.cv_chart([(0.01, 3.0), (0.1, 2.0), (1.0, 2.5)], 0.1),
+            cv_points=quality.cv_points(result),
+            cv_criterion=quality.cv_criterion(result, spec),
             waterfall=None,
             step_labels=[label for _, label in STEPS],
             csrf_token="x",
@@ -56,6 +58,7 @@ def test_result_page_with_cv_curve_and_standardised_coefficients():
         )
     )
     assert "Standardised" in html and "1.500000" in html and "cv-chosen" in html and "0.1 (chosen)" in html
+    assert "Mean validation squared error" in html and ">2.000000</td>" in html
     assert 'data-feature="age"' in html and "insurer" in html
 
 
@@ -73,8 +76,6 @@ def test_failed_run_board_names_phase_org_and_reason_without_actions_for_the_hel
 
 
 def _render_result(result: lasso_pb2.ModelResult, spec: c.StudySpec) -> str:
-    from services.console import quality
-
     return (
         console()
         .templates.get_template("result.html")
@@ -139,8 +140,6 @@ def test_result_page_shows_regression_metrics_and_says_when_none_were_revealed()
 
 
 def test_poisson_deviance_is_labelled():
-    from services.console import quality
-
     result = lasso_pb2.ModelResult(
         kind=c.MODEL_KIND_POISSON, metrics=[lasso_pb2.MetricValue(metric=c.METRIC_DEVIANCE, value=0.9)]
     )
@@ -148,3 +147,19 @@ def test_poisson_deviance_is_labelled():
     assert [(r.key, r.label, r.value, r.cv_value) for r in quality.metric_rows(result)] == [
         ("deviance", "Mean Poisson deviance", 0.9, None)
     ]
+
+
+def test_cv_curve_of_a_glm_plots_its_validation_loss():
+    spec = spec_for(make_study_data(20), "s", alphas=[0.01, 0.1], cv_folds=3, kind=c.MODEL_KIND_LOGISTIC)
+    result = lasso_pb2.ModelResult(
+        kind=c.MODEL_KIND_LOGISTIC,
+        alpha=0.01,
+        cv_curve=[lasso_pb2.CvPoint(alpha=a, mean_validation_loss=v) for a, v in ((0.01, 0.52), (0.1, 0.61))],
+    )
+    assert quality.cv_criterion(result, spec) == "log-loss"
+    assert quality.cv_points(result) == [(0.01, 0.52), (0.1, 0.61)]
+    # A result from before mean_validation_loss: the linear models' squared error.
+    old = lasso_pb2.ModelResult(cv_curve=[lasso_pb2.CvPoint(alpha=0.1, mean_squared_error=2.0)])
+    assert quality.cv_points(old) == [(0.1, 2.0)] and quality.cv_criterion(old, spec_for(make_study_data(20), "s")) == (
+        "squared error"
+    )
