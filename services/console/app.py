@@ -395,6 +395,7 @@ class Console:
             owners=owners,
             standardized=any(c.standardized_value for c in result.coefficients),
             model_kind=quality.model_kind_label(result, study.spec),
+            iterations_label=quality.iterations_label(result, study.spec),
             metrics=quality.metric_rows(result),
             cv_points=cv_alphas,
             cv_criterion=quality.cv_criterion(result, study.spec),

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from riskmesh.v1 import common_pb2, lasso_pb2
 
 KIND_LABELS = {
-    common_pb2.MODEL_KIND_LASSO: "Lasso (linear regression, L1 penalty)",
-    common_pb2.MODEL_KIND_ELASTIC_NET: "Elastic net (linear regression, L1 + L2 penalty)",
-    common_pb2.MODEL_KIND_RIDGE: "Ridge (linear regression, L2 penalty)",
-    common_pb2.MODEL_KIND_LOGISTIC: "Logistic regression (yes/no outcome)",
-    common_pb2.MODEL_KIND_SVM: "Linear SVM (yes/no outcome)",
-    common_pb2.MODEL_KIND_POISSON: "Poisson regression (count outcome, log link)",
+    common_pb2.MODEL_KIND_LASSO: "Lasso",
+    common_pb2.MODEL_KIND_ELASTIC_NET: "Elastic net",
+    common_pb2.MODEL_KIND_RIDGE: "Ridge",
+    common_pb2.MODEL_KIND_LOGISTIC: "Logistic regression",
+    common_pb2.MODEL_KIND_SVM: "Linear SVM",
+    common_pb2.MODEL_KIND_POISSON: "Poisson regression",
 }
+# The GLMs take a fixed number of Newton steps; the linear models stop at a certified checkpoint.
+GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM, common_pb2.MODEL_KIND_POISSON)
 
 # metric → (short id for the page, label, what it means)
 METRICS = {
@@ -48,6 +50,10 @@ def model_kind_label(result: lasso_pb2.ModelResult, spec: common_pb2.StudySpec) 
     """The fitted model's kind: the result's, or the study's when the result does not say."""
     kind = result.kind or spec.model.kind
     return KIND_LABELS.get(kind, common_pb2.ModelKind.Name(kind).removeprefix("MODEL_KIND_").lower())
+
+
+def iterations_label(result: lasso_pb2.ModelResult, spec: common_pb2.StudySpec) -> str:
+    return "Newton steps" if (result.kind or spec.model.kind) in GLM_KINDS else "Solver iterations"
 
 
 def metric_rows(result: lasso_pb2.ModelResult) -> list[MetricRow]:

@@ -86,6 +86,7 @@ def _render_result(result: lasso_pb2.ModelResult, spec: c.StudySpec) -> str:
             owners=column_owners(spec),
             standardized=False,
             model_kind=quality.model_kind_label(result, spec),
+            iterations_label=quality.iterations_label(result, spec),
             metrics=quality.metric_rows(result),
             bars=charts.bar_chart([(co.feature, co.value) for co in result.coefficients]),
             cv=None,
@@ -110,7 +111,7 @@ def test_result_page_shows_the_model_kind_and_the_revealed_classification_metric
         ],
     )
     html = _render_result(result, spec)
-    assert 'id="model-kind">Logistic regression (yes/no outcome)<' in html
+    assert 'id="model-kind">Logistic regression<' in html and ">Newton steps<" in html
     for key, label, value in (
         ("accuracy", "Accuracy", "0.8125"),
         ("precision", "Precision", "0.7500"),
@@ -132,7 +133,7 @@ def test_result_page_shows_regression_metrics_and_says_when_none_were_revealed()
         ],
     )
     html = _render_result(result, spec)  # an older result without `kind`: the study's kind is shown
-    assert 'id="model-kind">Lasso (linear regression, L1 penalty)<' in html
+    assert 'id="model-kind">Lasso<' in html and ">Solver iterations<" in html
     assert ">R²</th>" in html and ">0.4200</td>" in html and ">Adjusted R²</th>" in html and ">1234.5</td>" in html
     assert "Mean over the validation folds" not in html
     bare = _render_result(lasso_pb2.ModelResult(coefficients=result.coefficients), spec_for(make_study_data(20), "s"))
