@@ -13,8 +13,10 @@ services/bench/lasso_bench.py; x = joined rows), one run each: the collinear cur
 certificate and objective gap) and the logistic curve (`--model logistic`, L1, a yes/no
 outcome, 10 features, against the exact optimum of the same objective). Every point
 starts its own three organisations. Estimated duration on this 2-core machine when it
-is quiet, from the figures measured so far (`FULL_ESTIMATE_MIN`): ~20 minutes — records
-~8, features ~5.5, latency ~2, collinear ~1, logistic ~3. Budget: 30 minutes; once the
+is quiet (`FULL_ESTIMATE_MIN`): ~20 minutes — records ~9, features ~4.5, latency ~2,
+collinear ~1, logistic ~2 — from the quiet figures in the last session's note (10k × 10
+whole study 18.3 s per run, ~10 s per point to start the organisations and set up the
+study; the model-alone points' lasso_s plus ~7 s). Budget: 30 minutes; once the
 sweep has used `CUT_AFTER_S` of it, the remaining points run once (the CSV's `repeat`
 column and the README say so). A point whose run fails is retried once on fresh
 organisations; the first failure stays in the CSV's `error` column and its directory
