@@ -562,8 +562,8 @@ def collinear_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "same plaintext join; prediction difference: relative to the target's range.",
         "",
         "| joined rows | features | lasso s | iterations | certified | objective gap | max prediction diff "
-        "| MB sent | load before |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| MB sent | load before → after |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in points:
         if str(r["ok"]) != "True":
@@ -573,9 +573,9 @@ def collinear_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"| {int(r['records']):,} | {r['features']} | {_fmt(r['lasso_s'])} | {r['iterations']} "
             f"| {r['converged']} | {_fmt(r['objective_gap'])} | {_fmt(r['max_pred_diff'])} "
             f"| {_fmt(float(r['bytes_sent']) / 1e6, 1)} "
-            f"| {_fmt(r['load_1m_before'])} |"
+            f"| {_load(r)} |"
         )
-    return lines
+    return [*lines, ""]
 
 
 def tno_section(tno: Mapping[str, Any] | None) -> list[str]:
