@@ -5,8 +5,8 @@ behind `make bench`, and the side-by-side run of the public TNO packages.
     riskmesh bench --phase {join,all} ... --crypto-workers N   (N crypto-worker processes per data owner)
     riskmesh bench --phase lasso --records N --features D --design collinear
     riskmesh bench --phase lasso --model {lasso,logistic,svm,poisson} ...
-    riskmesh bench --sweep full|quick [--out DIR]
-    riskmesh bench --compare-tno [--records N]
+    riskmesh bench --sweep full|quick|large [--out DIR]
+    riskmesh bench --compare-tno [--model lasso|logistic] [--records N]
 
 A phase run prints one JSON object as its last line. Exit status: 0 done and checked;
 1 the run failed (the JSON says why, with no figures) or a check failed (`ok` false
@@ -38,13 +38,14 @@ from typing import Any
 import typer
 
 PHASES = ("join", "lasso", "all")
-SWEEPS = ("full", "quick")
+SWEEPS = ("full", "quick", "large")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_BUILT = 3
 DEFAULT_RECORDS = 10_000
 DEFAULT_ALPHA = 0.1
 TNO_DEFAULT_RECORDS = 5_000
+TNO_DEFAULT_ALPHAS = {"lasso": DEFAULT_ALPHA, "logistic": 0.01}  # as `--phase lasso --model logistic`
 ACCURACY = 1e-5  # max |w − w_sklearn| / max |w_sklearn| (issue: the accuracy target)
 OBJECTIVE_GAP = 1e-8  # relative objective gap against scikit-learn run to convergence (issue 19)
 PREDICTION_GAP = 1e-6  # max prediction difference relative to the target's range (issue 19)
@@ -217,19 +218,23 @@ def bench(
     alpha: float | None = typer.Option(
         None,
         help="regularisation strength [default 0.1; collinear design: 1e-4 × alpha_max; "
-        "0.01 logistic and SVM, 0.003 Poisson]",
+        "0.01 logistic and SVM, 0.003 Poisson; --compare-tno: 0.1, 0.01 logistic]",
     ),
     design: str = typer.Option(
         "synthetic",
         help="lasso phase: synthetic | collinear (ill-conditioned, badly scaled; services/testkit/collinear.py)",
     ),
     model: str = typer.Option(
-        "lasso", help="lasso | logistic | svm | poisson (--phase lasso; the GLMs fit an outcome drawn from the target)"
+        "lasso",
+        help="lasso | logistic | svm | poisson (--phase lasso; the GLMs fit an outcome drawn from the target); "
+        "--compare-tno: lasso | logistic",
     ),
     workdir: Path | None = typer.Option(
         None, help="keep PKI, configs, data, logs and spans here (default: a temporary directory)"
     ),
-    sweep: str | None = typer.Option(None, help="full | quick: the benchmark sweep (make bench / make bench-quick)"),
+    sweep: str | None = typer.Option(
+        None, help="full | quick | large: the benchmark sweep (make bench / make bench-quick / make bench-large)"
+    ),
     out: Path = typer.Option(Path("bench"), help="with --sweep: where results.csv, figure4.png and README.md go"),
     compare_tno: bool = typer.Option(
         False, "--compare-tno", help="run the public TNO packages on the same data, side by side"
@@ -247,13 +252,24 @@ def bench(
             raise typer.Exit(EXIT_USAGE)
         from services.bench.sweep import run_sweep
 
-        raise typer.Exit(run_sweep(quick=sweep == "quick", out=out))
+        raise typer.Exit(run_sweep(sweep, out))
     if compare_tno:
+        from services.bench.tno_compare import MODELS as TNO_MODELS
         from services.bench.tno_compare import compare_tno as run_compare
 
+        if model not in TNO_MODELS:
+            emit(
+                {
+                    "ok": False,
+                    "mode": "compare-tno",
+                    "error": f"--compare-tno --model must be one of {', '.join(TNO_MODELS)}",
+                }
+            )
+            raise typer.Exit(EXIT_USAGE)
+        default_alpha = TNO_DEFAULT_ALPHAS[model]
         raise typer.Exit(
             run_compare(
-                records or TNO_DEFAULT_RECORDS, features, alpha if alpha is not None else DEFAULT_ALPHA, workdir
+                records or TNO_DEFAULT_RECORDS, features, alpha if alpha is not None else default_alpha, workdir, model
             )
         )
     args = BenchArgs(

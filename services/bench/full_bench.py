@@ -142,6 +142,33 @@ def sklearn_reference(data: StudyData, alpha: float) -> dict[str, float]:
     return lasso_reference(names, np.round(x, CSV_DECIMALS), np.round(y, CSV_DECIMALS), alpha)
 
 
+def logistic_reference(data: StudyData, spec: common_pb2.StudySpec) -> dict[str, float]:
+    """scikit-learn's LogisticRegression(C = 1/(m·α), l1_ratio = ρ) — the spec's objective
+    (1/m)·Σ(log(1 + e^η) − y·η) + α·||w||₁ for ρ = 1 — on the plaintext join as the owners'
+    files hold it (services/testkit/glm_reference.fit_glm_sklearn)."""
+    from services.lasso.worker.lasso_program import regression_spec
+    from services.testkit.glm_reference import fit_glm_sklearn
+
+    names, x, y = reference_join(data)
+    fit = fit_glm_sklearn(np.round(x, CSV_DECIMALS), np.round(y, CSV_DECIMALS), regression_spec(spec))
+    return {**dict(zip(names, (float(w) for w in fit.coefficients), strict=True)), "(intercept)": fit.intercept}
+
+
+def study_setup(model: str, data: StudyData, alpha: float) -> tuple[StudyData, common_pb2.StudySpec, dict[str, float]]:
+    """The data, spec and scikit-learn reference of a whole-study benchmark: `lasso` (the
+    generated continuous target) or `logistic` (L1; a yes/no outcome drawn from that target,
+    services/testkit/outcomes.py)."""
+    if model == "lasso":
+        return data, spec_for(data, STUDY_ID, alphas=[alpha]), sklearn_reference(data, alpha)
+    if model == "logistic":
+        from services.testkit.outcomes import data_with_outcome
+
+        binary = data_with_outcome(data, "binary")
+        spec = spec_for(binary, STUDY_ID, alphas=[alpha], kind=common_pb2.MODEL_KIND_LOGISTIC, l1_ratio=1.0)
+        return binary, spec, logistic_reference(binary, spec)
+    raise ValueError(f"the whole-study benchmark fits lasso or logistic, not {model!r}")
+
+
 def revealed(result: lasso_pb2.ModelResult) -> dict[str, float]:
     return {**{c.feature: float(c.value) for c in result.coefficients}, "(intercept)": float(result.intercept)}
 
@@ -242,13 +269,14 @@ def bench_all(
     repeat: int = 1,
     workdir: Path | None = None,
     crypto_workers: int = 0,
+    model: str = "lasso",
 ) -> dict[str, Any]:
     """Run the study `repeat` times on one mesh; the medians, and every run's total.
-    `crypto_workers`: crypto-worker processes per data owner (0: the servers' own pools)."""
+    `crypto_workers`: crypto-worker processes per data owner (0: the servers' own pools); `model` lasso or
+    logistic (study_setup)."""
     if records < 2 or features < 2 or repeat < 1 or alpha <= 0 or latency_ms < 0:
         raise ValueError("records >= 2, features >= 2, repeat >= 1, alpha > 0 and latency >= 0 are required")
-    data = make_study_data(records, overlap=OVERLAP, features=features)
-    reference = sklearn_reference(data, alpha)
+    data, spec, reference = study_setup(model, make_study_data(records, overlap=OVERLAP, features=features), alpha)
     load_before = os.getloadavg()[0]
     with work_directory(workdir, "riskmesh-bench-all-") as root:
         mesh = BenchMesh(root / "mesh", latency_ms=latency_ms, crypto_workers=crypto_workers)
@@ -264,7 +292,6 @@ def bench_all(
                 for org, c in configs.items()
             }
             try:
-                spec = spec_for(data, STUDY_ID, alphas=[alpha])
                 study = clients["insurer"].propose(spec, str(sources["insurer"]))
                 clients["hospital"].approve(STUDY_ID, study.spec_digest, str(sources["hospital"]))
                 clients["helper"].approve(STUDY_ID, study.spec_digest)
@@ -283,6 +310,7 @@ def bench_all(
     summary.update(
         {
             "phase": "all",
+            "model": model,
             "alpha": alpha,
             "latency_ms": latency_ms,
             "repeat": repeat,

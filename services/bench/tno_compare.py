@@ -12,7 +12,21 @@ MPyC 0.10 over MPyC's TCP — the way the packages' READMEs run them.
 Data: `make_study_data(records, overlap=0.5, features)`, each owner's file as the
 riskmesh benchmark writes it (values with 6 decimals); the TNO owners get the same
 values with the generator's normalised IDs (birth date | postal code). Both sides fit
-Lasso(alpha); both are compared with scikit-learn on the same plaintext join.
+the same model on the same plaintext join, and both are compared with scikit-learn on it:
+
+- `--model lasso`: Lasso(alpha) (TNO: `Lasso`, gradient descent); scikit-learn's `Lasso(alpha)`.
+- `--model logistic`: L1 logistic regression of a yes/no outcome drawn from the generated
+  target (services/testkit/outcomes.py), objective (1/m)·Σ(log(1 + e^η) − y·η) + α·||w||₁
+  with the intercept unpenalised — riskmesh's MODEL_KIND_LOGISTIC with l1_ratio 1, TNO's
+  `Logistic(SolverTypes.GD, ExponentiationTypes.APPROX, PenaltyTypes.L1, alpha=α)` (its
+  objective (1/2m)·Σ(−(1+y)log h − (1−y)log(1−h)) on ±1 labels is the same mean log-loss;
+  its L1 prox skips the intercept), scikit-learn's `LogisticRegression(C = 1/(m·α),
+  l1_ratio = 1)` (services/testkit/glm_reference.py). Beside the coefficient errors, each
+  side's `objective_gap`: its objective on the plaintext join relative to scikit-learn's,
+  (f − f*)/f*. TNO's approximated exponentiation (SecureML's piecewise-linear sigmoid) is
+  not the logistic function: its gradient descent minimises a different loss. The exact
+  one (`secure_pow`) did not finish 1,000 rows in 20 minutes on this machine (2.7 GB per
+  party), so it is not offered.
 
 Timing, the same way on both sides: from starting the parties' processes (riskmesh:
 the 15 server processes; TNO: the 3 party processes) until the data owners hold the
@@ -34,17 +48,19 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.bench.full_bench import (
     CSV_DECIMALS,
     OVERLAP,
     BenchError,
     bench_all,
     coefficient_errors,
-    sklearn_reference,
+    study_setup,
     work_directory,
 )
 from services.mesh.process import SINGLE_THREAD_ENV
-from services.testkit.synthetic import OwnerTable, make_study_data
+from services.testkit.synthetic import OwnerTable, StudyData, make_study_data, reference_join
 
 TNO_PINS = (
     "tno.mpc.mpyc.secure-learning==1.1.1",
@@ -75,6 +91,11 @@ TNO_MAX_ITERATIONS = 100  # the package's default
 TNO_PAILLIER_BITS = 2048
 TNO_PRECISION = 8  # decimal digits of TNO's fixed point (package README)
 TIMEOUT_S = 4 * 3600.0
+MODELS = ("lasso", "logistic")
+TNO_SOLVERS = {
+    "lasso": "Lasso(SolverTypes.GD)",
+    "logistic": "Logistic(SolverTypes.GD, ExponentiationTypes.APPROX, PenaltyTypes.L1)",
+}
 
 
 class TnoUnavailable(RuntimeError):
@@ -157,8 +178,42 @@ def tno_coefficients(columns: Sequence[str], target: str, values: Sequence[float
     return {"(intercept)": float(values[0]), **{name: float(w) for name, w in zip(features, values[1:], strict=False)}}
 
 
-def run_tno(python: Path, records: int, features: int, alpha: float, root: Path) -> dict[str, Any]:
-    data = make_study_data(records, overlap=OVERLAP, features=features)
+def logistic_objective(
+    x: np.ndarray, y: np.ndarray, coefficients: Mapping[str, float], names: Sequence[str], alpha: float
+) -> float:
+    """(1/m)·Σ(log(1 + e^η) − y·η) + α·||w||₁ with η = Xw + b (the intercept unpenalised)."""
+    w = np.array([coefficients[n] for n in names], dtype=np.float64)
+    eta = x @ w + float(coefficients["(intercept)"])
+    return float(np.mean(np.logaddexp(0.0, eta) - y * eta) + alpha * np.abs(w).sum())
+
+
+def lasso_objective(
+    x: np.ndarray, y: np.ndarray, coefficients: Mapping[str, float], names: Sequence[str], alpha: float
+) -> float:
+    """(1/2m)·||y − Xw − b||² + α·||w||₁ (scikit-learn's Lasso)."""
+    w = np.array([coefficients[n] for n in names], dtype=np.float64)
+    residual = y - x @ w - float(coefficients["(intercept)"])
+    return float(0.5 * np.mean(residual**2) + alpha * np.abs(w).sum())
+
+
+OBJECTIVES = {"lasso": lasso_objective, "logistic": logistic_objective}
+
+
+def objective_gap(
+    model: str, data: StudyData, alpha: float, coefficients: Mapping[str, float], reference: Mapping[str, float]
+) -> float:
+    """(f(w) − f(w_ref)) / f(w_ref): the model's objective on the plaintext join (as the owners'
+    files hold it) relative to scikit-learn's optimum."""
+    names, x, y = reference_join(data)
+    x, y = np.round(x, CSV_DECIMALS), np.round(y, CSV_DECIMALS)
+    objective = OBJECTIVES[model]
+    best = objective(x, y, reference, names, alpha)
+    return (objective(x, y, coefficients, names, alpha) - best) / best
+
+
+def run_tno(
+    python: Path, data: StudyData, reference: Mapping[str, float], alpha: float, root: Path, model: str = "lasso"
+) -> dict[str, Any]:
     if data.insurer.target is None:
         raise BenchError("the generated insurer table has no target")
     inputs = {
@@ -177,6 +232,7 @@ def run_tno(python: Path, records: int, features: int, alpha: float, root: Path)
         "tolerance": TNO_TOLERANCE,
         "max_iterations": TNO_MAX_ITERATIONS,
         "target_index": len(data.insurer.columns),
+        "model": model,
     }
     config_path = root / "tno-config.json"
     config_path.write_text(json.dumps(config))
@@ -210,7 +266,6 @@ def run_tno(python: Path, records: int, features: int, alpha: float, root: Path)
     owners = [outputs["alice"], outputs["bob"]]
     revealed_at = max(o["revealed"] for o in owners)
     join_done = max(o["join_done"] for o in owners)
-    reference = sklearn_reference(data, alpha)
     coefficients = tno_coefficients(
         outputs["alice"]["columns"], data.insurer.target.name, outputs["alice"]["coefficients"]
     )
@@ -220,19 +275,27 @@ def run_tno(python: Path, records: int, features: int, alpha: float, root: Path)
         "join_s": round(join_done - started, 3),
         "lasso_s": round(revealed_at - join_done, 3),
         **coefficient_errors(coefficients, reference),
+        "objective_gap": objective_gap(model, data, alpha, coefficients, reference),
         "coefficients": coefficients,
-        "solver": f"Lasso(SolverTypes.GD), tolerance {TNO_TOLERANCE}, at most {TNO_MAX_ITERATIONS} iterations",
+        "solver": f"{TNO_SOLVERS[model]}, tolerance {TNO_TOLERANCE}, at most {TNO_MAX_ITERATIONS} iterations",
     }
 
 
-def compare(records: int, features: int, alpha: float, workdir: Path | None, venv: Path = VENV) -> dict[str, Any]:
+def compare(
+    records: int, features: int, alpha: float, workdir: Path | None, venv: Path = VENV, model: str = "lasso"
+) -> dict[str, Any]:
+    if model not in MODELS:
+        raise BenchError(f"--compare-tno compares {' or '.join(MODELS)}, not {model!r}")
     result: dict[str, Any] = {
+        "model": model,
         "records": records,
         "features": features,
         "alpha": alpha,
         "load_1m_before": round(os.getloadavg()[0], 2),
     }
-    ours = bench_all(records, features, alpha, workdir=workdir / "riskmesh" if workdir else None)
+    # The same generated data as bench_all's (the generators are seeded).
+    data, _, reference = study_setup(model, make_study_data(records, overlap=OVERLAP, features=features), alpha)
+    ours = bench_all(records, features, alpha, workdir=workdir / "riskmesh" if workdir else None, model=model)
     result["riskmesh"] = {
         "joined": ours["joined"],
         "total_s": ours["process_start_to_result_s"],
@@ -243,55 +306,62 @@ def compare(records: int, features: int, alpha: float, workdir: Path | None, ven
         "max_abs_coef_diff": ours["max_abs_coef_diff"],
         "rel_coef_diff": ours["rel_coef_diff"],
         "intercept_abs_diff": ours.get("intercept_abs_diff"),
+        "objective_gap": objective_gap(model, data, alpha, ours["coefficients"], reference),
+        "load_1m_after": round(os.getloadavg()[0], 2),
     }
     venv = venv.resolve()
     try:
         python = ensure_venv(venv, venv.parent / "tno-install.log")
         check_imports(python)
         with work_directory(workdir / "tno" if workdir else None, "riskmesh-tno-") as root:
-            result["tno"] = run_tno(python, records, features, alpha, root)
+            result["tno"] = run_tno(python, data, reference, alpha, root, model)
     except TnoUnavailable as exc:
         result["tno"] = {"ran": False, "why": str(exc)}
         result["load_1m_after"] = round(os.getloadavg()[0], 2)
         return result
     result["tno_over_riskmesh"] = round(result["tno"]["total_s"] / result["riskmesh"]["total_s"], 1)
     result["load_1m_after"] = round(os.getloadavg()[0], 2)
+    result["reference"] = reference
     return result
 
 
 def print_table(result: Mapping[str, Any]) -> None:
     tno, ours = result.get("tno", {}), result["riskmesh"]
     print(
-        f"{result['records']} rows per owner × {result['features']} features, alpha {result['alpha']}: "
-        "process start → coefficients revealed"
+        f"{result.get('model', 'lasso')}: {result['records']} rows per owner × {result['features']} features, "
+        f"alpha {result['alpha']}: process start → coefficients revealed; errors against scikit-learn"
     )
-    print(f"{'':10} {'total s':>9} {'join s':>8} {'lasso s':>8} {'max|Δw|':>10} {'rel Δw':>10}")
+    print(f"{'':10} {'total s':>9} {'join s':>8} {'model s':>8} {'max|Δw|':>10} {'rel Δw':>10} {'obj gap':>10}")
     print(
         f"{'riskmesh':10} {ours['total_s']:9.2f} {ours['join_s'] + ours['reshare_s']:8.2f} {ours['lasso_s']:8.2f} "
-        f"{ours['max_abs_coef_diff']:10.2e} {ours['rel_coef_diff']:10.2e}"
+        f"{ours['max_abs_coef_diff']:10.2e} {ours['rel_coef_diff']:10.2e} {ours.get('objective_gap', 0.0):10.2e}"
     )
     if "total_s" in tno:
         print(
             f"{'TNO':10} {tno['total_s']:9.2f} {tno['join_s']:8.2f} {tno['lasso_s']:8.2f} "
-            f"{tno['max_abs_coef_diff']:10.2e} {tno['rel_coef_diff']:10.2e}"
+            f"{tno['max_abs_coef_diff']:10.2e} {tno['rel_coef_diff']:10.2e} {tno.get('objective_gap', 0.0):10.2e}"
         )
         print(f"TNO / riskmesh = {result['tno_over_riskmesh']}×")
     else:
         print(f"TNO did not run: {tno.get('why')}")
 
 
-def compare_tno(records: int, features: int, alpha: float, workdir: Path | None) -> int:
+def result_path(model: str) -> Path:
+    """Where a comparison is saved for the sweep's README (one file per model)."""
+    return RESULT_PATH if model == "lasso" else RESULT_PATH.with_name(f"tno-compare-{model}.json")
+
+
+def compare_tno(records: int, features: int, alpha: float, workdir: Path | None, model: str = "lasso") -> int:
     """The CLI entry: run both, print the table, save and print the JSON line."""
     try:
-        result = compare(records, features, alpha, workdir)
+        result = compare(records, features, alpha, workdir, model=model)
     except BenchError as exc:
-        print(json.dumps({"ok": False, "mode": "compare-tno", "error": str(exc)}), flush=True)
+        print(json.dumps({"ok": False, "mode": "compare-tno", "model": model, "error": str(exc)}), flush=True)
         return 1
     print_table(result)
-    RESULT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULT_PATH.write_text(
-        json.dumps({**result, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=2) + "\n"
-    )
+    path = result_path(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=2) + "\n")
     ran = "total_s" in result.get("tno", {})
     print(json.dumps({"ok": ran, "mode": "compare-tno", **result}), flush=True)
     return 0 if ran else 1

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from riskmesh.v1 import common_pb2, gateway_pb2
-from services.console import charts
+from services.console import charts, quality
 from services.console.board import STEPS, Board, phase_label, run_state_label
 from services.console.gateway import ConsoleGateway, GatewayError
 from services.console.security import CSRF_FIELD, AuthSettings, ConsoleSecurity, Sessions
@@ -383,7 +383,7 @@ class Console:
             return self.refusal(request, exc, f"show the result of {run_id}")
         owners = column_owners(study.spec)
         items = [(c.feature, c.value) for c in result.coefficients]
-        cv_alphas = [(p.alpha, p.mean_squared_error) for p in result.cv_curve]
+        cv_alphas = quality.cv_points(result)
         step_labels = [label for _, label in STEPS]
         timeline = board.timeline()
         return self.page(
@@ -394,6 +394,11 @@ class Console:
             study=study,
             owners=owners,
             standardized=any(c.standardized_value for c in result.coefficients),
+            model_kind=quality.model_kind_label(result, study.spec),
+            iterations_label=quality.iterations_label(result, study.spec),
+            metrics=quality.metric_rows(result),
+            cv_points=cv_alphas,
+            cv_criterion=quality.cv_criterion(result, study.spec),
             bars=charts.bar_chart(items),
             cv=charts.cv_chart(cv_alphas, result.alpha) if cv_alphas else None,
             waterfall=charts.waterfall(timeline, step_labels, [org for org, _ in board.parties]) if timeline else None,

@@ -104,3 +104,19 @@ def test_model_choice_is_checked() -> None:
     assert validate(_args(phase="lasso", model="logistic")) == []
     assert any("--model must be one of" in p for p in validate(_args(phase="lasso", model="probit")))
     assert any("for --phase lasso only" in p for p in validate(_args(phase="all", model="logistic")))
+
+
+def test_compare_tno_takes_lasso_or_logistic_only() -> None:
+    result = CliRunner().invoke(app, ["bench", "--compare-tno", "--model", "svm", "--records", "1000"])
+    assert result.exit_code == cli.EXIT_USAGE
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["ok"] is False and last["mode"] == "compare-tno" and "lasso, logistic" in last["error"]
+
+
+def test_compare_tno_passes_the_model_and_its_default_alpha(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.bench import tno_compare
+
+    seen: list[tuple] = []
+    monkeypatch.setattr(tno_compare, "compare_tno", lambda *args: seen.append(args) or 0)
+    result = CliRunner().invoke(app, ["bench", "--compare-tno", "--model", "logistic", "--records", "1000"])
+    assert result.exit_code == 0 and seen == [(1000, 10, 0.01, None, "logistic")]

@@ -9,10 +9,13 @@ import pytest
 
 from services.bench.sweep import (
     CSV_COLUMNS,
+    LATENCY_MS,
     Point,
     csv_row,
     exponents,
+    figure,
     fit_exponent,
+    large_rows,
     plan,
     read_csv,
     readme,
@@ -65,7 +68,7 @@ def test_fit_exponent_flat_and_refusals() -> None:
 
 
 def test_full_plan_matches_the_issue() -> None:
-    points = plan(quick=False)
+    points = plan("full")
     records = [p for p in points if p.sweep == "records"]
     assert [p.records for p in records] == [1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000]
     assert {p.features for p in records} == {10}
@@ -74,8 +77,8 @@ def test_full_plan_matches_the_issue() -> None:
     assert [(p.records, p.features, p.repeat) for p in features] == [(10_000, 5, 3), (10_000, 20, 3), (10_000, 50, 3)]
 
 
-def test_full_plan_ends_with_the_collinear_curve() -> None:
-    collinear = [p for p in plan(quick=False) if p.sweep == "collinear"]
+def test_full_plan_has_the_collinear_curve() -> None:
+    collinear = [p for p in plan("full") if p.sweep == "collinear"]
     assert [(p.records, p.features, p.repeat) for p in collinear] == [
         (1_000, 30, 1),
         (2_500, 30, 1),
@@ -127,7 +130,7 @@ def test_collinear_rows_carry_the_certificate_and_stay_out_of_the_fits(tmp_path:
 
 
 def test_quick_plan_is_small() -> None:
-    points = plan(quick=True)
+    points = plan("quick")
     assert all(p.repeat == 1 and p.records <= 5_000 for p in points)
 
 
@@ -198,3 +201,132 @@ def test_tno_section_reports_why_tno_did_not_run() -> None:
         "tno": {"ran": False, "why": "pip failed"},
     }
     assert any("TNO did not run: pip failed" in line for line in tno_section(saved))
+
+
+def _info() -> dict:
+    return {
+        "nproc": 2,
+        "cpu": "x",
+        "ram_gib": 8,
+        "kernel": "k",
+        "python": "3.11",
+        "commit": "c0ffee1",
+        "load_start": 0.1,
+        "load_end": 0.2,
+        "elapsed_min": 1,
+        "started": "now",
+        "repeats_note": "n",
+    }
+
+
+def _logistic_record(records: int) -> dict:
+    """What `bench_lasso(..., model="logistic")` returns (no objective gap: a GLM's check is its coefficients)."""
+    return {
+        "records": records,
+        "lasso_s": records / 100,
+        "iterations": 8,
+        "nonzero": 3,
+        "max_abs_coef_diff": 1e-9,
+        "rel_coef_diff": 2e-10,
+        "peak_rss_mb": 120.0,
+        "load_1m_before": 1.5,
+        "load_1m_after": 1.7,
+        "converged": False,
+        "mpc_bytes_sent": 9_000_000,
+        "lasso_s_runs": [records / 100],
+    }
+
+
+def _study_rows(tmp_path: Path) -> list[dict]:
+    rows = [csv_row(Point("records", n, 10, 1), _record(0.002 * n, n)) for n in (1_000, 2_500, 10_000)]
+    rows += [
+        csv_row(Point("latency", n, 10, 1, LATENCY_MS), {**_record(0.004 * n, n), "load_1m_after": 2.5})
+        for n in (1_000, 2_500)
+    ]
+    rows += [csv_row(Point("logistic", n, 10, 1), _logistic_record(n)) for n in (1_000, 2_500)]
+    return read_csv(write_csv(tmp_path / "r.csv", rows))
+
+
+def test_full_plan_adds_the_20ms_curve_and_the_logistic_curve() -> None:
+    points = plan("full")
+    latency = [p for p in points if p.sweep == "latency"]
+    assert [(p.records, p.features, p.latency_ms) for p in latency] == [
+        (n, 10, 20.0) for n in (1_000, 2_500, 5_000, 10_000)
+    ]
+    assert all(p.latency_ms == 0 for p in points if p.sweep != "latency")
+    logistic = [p for p in points if p.sweep == "logistic"]
+    assert [(p.records, p.features, p.repeat) for p in logistic] == [(n, 10, 1) for n in (1_000, 2_500, 5_000, 10_000)]
+    # The 1M point is not in `make bench`: it has its own target.
+    assert max(p.records for p in points) == 100_000
+
+
+def test_large_plan_is_one_million_rows_per_owner() -> None:
+    assert plan("large") == [Point("large", 1_000_000, 10, 1)]
+    with pytest.raises(ValueError, match="sweep must be one of"):
+        plan("huge")
+
+
+def test_quick_plan_has_every_curve() -> None:
+    assert {p.sweep for p in plan("quick")} == {"records", "features", "latency", "collinear", "logistic"}
+    assert len([p for p in plan("quick") if p.sweep == "latency"]) >= 2  # a curve, not a point
+
+
+def test_rows_carry_latency_load_after_and_no_gap_for_the_glm(tmp_path: Path) -> None:
+    saved = _study_rows(tmp_path)
+    delayed = [r for r in saved if r["sweep"] == "latency"]
+    assert [r["latency_ms"] for r in delayed] == ["20.0", "20.0"] and delayed[0]["load_1m_after"] == "2.5"
+    logistic = [r for r in saved if r["sweep"] == "logistic"][0]
+    assert logistic["objective_gap"] == "" and logistic["converged"] == "False" and logistic["total_s"] == ""
+    assert logistic["bytes_sent"] == "9000000" and logistic["load_1m_after"] == "1.7"
+    # Only the loopback records sweep is fitted.
+    assert set(exponents(saved)) == {"records"}
+
+
+def test_readme_sets_20ms_beside_loopback_and_shows_the_logistic_curve(tmp_path: Path) -> None:
+    text = readme(_study_rows(tmp_path), _info(), "riskmesh bench --sweep full --out bench", None)
+    assert "commit c0ffee1" in text
+    assert "| latency | 2,500 | 10 | 20 | 1 | 1,250 |" in text  # in the main table, with its latency
+    assert "## 20 ms one way between organisations" in text
+    assert "| 2,500 | 5.00 | 10.00 | 1.25 | 2.50 | 0.10 |" in text  # loopback beside 20 ms
+    assert "## Logistic regression: the secure model alone" in text
+    assert "| 2,500 | 10 | 25.00 | 8 | 3 | 2.0e-10 | 9.0 | 120 | 1.50 → 1.70 |" in text
+    assert "load before → after" in text and "join = run start" in text  # loads and phase definitions
+
+
+def test_large_point_is_read_from_its_own_directory_and_reported(tmp_path: Path) -> None:
+    assert large_rows(tmp_path) == []
+    big = csv_row(Point("large", 1_000_000, 10, 1), _record(2000.0, 1_000_000))
+    write_csv(tmp_path / "large" / "results.csv", [big])
+    rows = _study_rows(tmp_path) + large_rows(tmp_path)
+    text = readme(rows, _info(), "riskmesh bench --sweep full --out bench", None)
+    assert "| large | 1,000,000 | 10 | 0 | 1 | 500,000 |" in text
+    assert "## 1,000,000 rows per owner" in text and "At 1,000,000 records per owner" in text
+
+
+def _tno(model: str) -> dict:
+    side = {"join_s": 3.0, "reshare_s": 1.0, "lasso_s": 10.0, "max_abs_coef_diff": 1e-9, "rel_coef_diff": 2e-10}
+    return {
+        "model": model,
+        "records": 1000,
+        "features": 10,
+        "alpha": 0.01,
+        "load_1m_before": 2.0,
+        "load_1m_after": 3.0,
+        "measured_at": "today",
+        "riskmesh": {**side, "total_s": 20.0, "objective_gap": 1e-12},
+        "tno": {**side, "total_s": 600.0, "objective_gap": 0.55, "solver": "Logistic(GD)"},
+        "tno_over_riskmesh": 30.0,
+    }
+
+
+def test_tno_logistic_section_has_the_objective_gap(tmp_path: Path) -> None:
+    lines = tno_section(_tno("logistic"))
+    assert lines[0].startswith("`riskmesh bench --compare-tno --model logistic --records 1000`")
+    assert any("| TNO packages | 600.00 |" in line and line.endswith("| 0.55 |") for line in lines)
+    text = readme(_study_rows(tmp_path), _info(), "cmd", None, _tno("logistic"))
+    assert "### Logistic regression" in text and "TNO / riskmesh: **30.0×** (Logistic(GD))." in text
+
+
+def test_figure_is_written_with_every_curve(tmp_path: Path) -> None:
+    path = figure(_study_rows(tmp_path), tmp_path / "fig" / "figure4.png", _tno("lasso"), _tno("logistic"))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
