@@ -6,7 +6,11 @@ Measures, on synthetic data (no files, no network): key generation, one pool
 element (window table build + per-element products; single process and over
 worker processes), per-row owner work (tag, encode, pack, encrypt), helper
 masking, owner decryption (CRT, p-only, p-only over threads) and share
-encoding. Then estimates a join of ``rows`` rows per owner with ``overlap``
+encoding. Two lines are for comparison only (not what the join does): one modular product
+modulo N² (a pool element is ⌈t/w⌉ − 1 of them), and a pool element as the *key owner* could
+make it, by CRT modulo p² and q² with r reduced modulo the subgroup's order (exactly uniform
+in ⟨h_s⟩) — the cost of the option in services/join/core/README.md, "Performance notes".
+Then estimates a join of ``rows`` rows per owner with ``overlap``
 of them shared: total CPU seconds per phase, and the wall time if the work
 spread perfectly over ``cores`` cores. Samples are small on purpose (the
 machine is shared). Single-process operations are timed in CPU seconds of this
@@ -32,6 +36,7 @@ from services.join.core.packing import SlotLayout, pack_rows
 from services.join.core.paillier import (
     DEFAULT_MODULUS_BITS,
     FixedBaseTable,
+    PrivateKey,
     choose_window_bits,
     decrypt_many,
     encrypt_rows,
@@ -56,6 +61,38 @@ def _wall(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+class KeyOwnerPool:
+    """For comparison only: ρ = h_s^r as the key owner could make it, knowing p, q, a_p and a_q.
+
+    Modulo p², h_s has order dividing 2·a_p (2κ + 1 bits), so h_s^r mod p² = h_s^(r mod 2a_p);
+    likewise modulo q². Drawing r_p < 2a_p and r_q < 2a_q uniformly with r_p ≡ r_q (mod 2) (the
+    condition for a common r modulo lcm(2a_p, 2a_q) = 2α) gives ρ = h_s^r for r uniform modulo
+    2α: a 257-bit fixed-base exponentiation modulo each 3,072-bit p², q², then CRT."""
+
+    def __init__(self, key: PrivateKey, window_bits: int) -> None:
+        self.p2, self.q2 = key.p * key.p, key.q * key.q
+        self.orders = 2 * key.a_p, 2 * key.a_q
+        h_s = key.public.h_s
+        self.tables = [
+            FixedBaseTable(h_s % m, m, order.bit_length(), window_bits)
+            for m, order in zip((self.p2, self.q2), self.orders, strict=True)
+        ]
+        self.p2_inv = pow(self.p2, -1, self.q2)
+
+    def exponents(self) -> tuple[int, int]:
+        """r mod 2·a_p and r mod 2·a_q of an r uniform modulo 2α (hence of equal parity)."""
+        r_p = secrets.randbelow(self.orders[0])
+        return r_p, secrets.randbelow(self.orders[1] // 2) * 2 + r_p % 2
+
+    def element_for(self, r_p: int, r_q: int) -> int:
+        """h_s^r mod N² for the r with these residues modulo 2·a_p and 2·a_q."""
+        a, b = (int(t.power(r)) for t, r in zip(self.tables, (r_p, r_q), strict=True))
+        return a + self.p2 * ((b - a) * self.p2_inv % self.q2)
+
+    def element(self) -> int:
+        return self.element_for(*self.exponents())
 
 
 def _line(name: str, seconds: float, unit: str = "") -> None:
@@ -89,6 +126,12 @@ def run(bits: int, rows: int, columns: int, overlap: float, samples: int, cores:
     t_elem = t / samples
     _line(f"pool: window table build (w = {window})", t_table)
     _line(f"pool: one element h_s^r, r of {exponent} bits", t_elem)
+    a, b = table.power(exps[0]), table.power(exps[1])
+    _, t_product = _timed(lambda: [a * b % table.modulus for _ in range(samples)])
+    _line(f"pool: one product modulo N² ({int(pk.n2).bit_length()} bits)", t_product / samples)
+    owner_pool = KeyOwnerPool(key, window)
+    _, t_owner = _timed(lambda: [owner_pool.element() for _ in range(samples)])
+    _line("pool: one element by the key owner (CRT; comparison)", t_owner / samples)
     par_count = min(rows, 2000)
     with process_executor(cores) as executor:
         _, t_start = _wall(lambda: list(executor.map(abs, range(cores))))

@@ -16,6 +16,7 @@ from services.join.core.masking import mask_rows
 from services.join.core.packing import SlotLayout, pack_rows, unpack_rows
 from services.join.core.paillier import (
     MAX_MODULUS_BITS,
+    MAX_TABLE_BYTES,
     FixedBaseTable,
     PrivateKey,
     PublicKey,
@@ -210,11 +211,20 @@ def test_fixed_base_table(key_a: PrivateKey, window: int) -> None:
         table.power(2**64)
 
 
+def _table_bytes(window: int, exponent: int, modulus_bits: int) -> int:
+    return -(-exponent // window) * ((1 << window) - 1) * ((modulus_bits + 7) // 8)
+
+
 def test_window_choice() -> None:
     small, large = choose_window_bits(10, 448, 4096), choose_window_bits(10_000, 448, 4096)
-    assert small < large == 10  # 11 would exceed the 32 MiB table cap
+    assert small < large == 10
     assert choose_window_bits(10_000, 448, 4096, max_table_bytes=8 << 20) == 8
-    assert choose_window_bits(10_000, 512, 6144) == 9  # 3072-bit keys
+    # 3072-bit keys. 5,000 elements per worker (10k rows, two workers): w = 10 would save 0.3 %
+    # of the products for 19 MB more table, so w = 9 stays.
+    assert choose_window_bits(5_000, 512, 6144) == 9
+    # A million rows: w = 10 (41 MB) needs 9 % fewer products than w = 9; w = 11 (74 MB) is over the cap.
+    big = choose_window_bits(500_000, 512, 6144)
+    assert big == 10 and _table_bytes(big, 512, 6144) <= MAX_TABLE_BYTES < _table_bytes(big + 1, 512, 6144)
 
 
 def test_pool_over_processes(key_a: PrivateKey) -> None:
