@@ -392,22 +392,30 @@ class OfflineStatus(_message.Message):
     READY_FIELD_NUMBER: _builtins.int
     PREPARED_S_FIELD_NUMBER: _builtins.int
     POOL_ELEMENTS_FIELD_NUMBER: _builtins.int
+    LAST_RUN_ID_FIELD_NUMBER: _builtins.int
+    LAST_RUN_PREPARED_FIELD_NUMBER: _builtins.int
     ready: _builtins.bool
     """This owner's next-run key pair is prepared and its pool for the other owner's announced key is made."""
     prepared_s: _builtins.float
     """Seconds the last preparation took here (key pair, then pool), wall clock."""
     pool_elements: _builtins.int
     """Pool elements made for the other owner's announced key."""
+    last_run_id: _builtins.str
+    """The last run of the study this organisation took part in (empty before the first)."""
+    last_run_prepared: _builtins.bool
+    """Whether that run used both owners' prepared keys (each checked against its announcement)."""
     def __init__(
         self,
         *,
         ready: _builtins.bool = ...,
         prepared_s: _builtins.float = ...,
         pool_elements: _builtins.int = ...,
+        last_run_id: _builtins.str = ...,
+        last_run_prepared: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool_elements", b"pool_elements", "prepared_s", b"prepared_s", "ready", b"ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_run_id", b"last_run_id", "last_run_prepared", b"last_run_prepared", "pool_elements", b"pool_elements", "prepared_s", b"prepared_s", "ready", b"ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

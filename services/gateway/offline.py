@@ -75,6 +75,7 @@ class OfflineMaterial:
         self.own: dict[str, OwnKey] = {}
         self.peer: dict[str, PeerKey] = {}
         self.timing: dict[str, Timing] = {}
+        self.last_run: dict[str, tuple[str, bool]] = {}  # study id -> (run id, both keys were prepared)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -180,6 +181,10 @@ class OfflineMaterial:
             )
         return self._fresh(announced.received_at)
 
+    def note_run(self, study_id: str, run_id: str, own_prepared: bool, peer_prepared: bool) -> None:
+        self.last_run[study_id] = (run_id, own_prepared and peer_prepared)
+        log.info("run %s: prepared keys used: own %s, other owner's %s", run_id, own_prepared, peer_prepared)
+
     # Status --------------------------------------------------------------------------------
 
     def _note_done(self, study_id: str) -> None:
@@ -197,4 +202,6 @@ class OfflineMaterial:
             ready=self.ready(study_id),
             prepared_s=round(timing.prepared_s, 3) if timing else 0.0,
             pool_elements=peer.pool_elements if peer else 0,
+            last_run_id=self.last_run.get(study_id, ("", False))[0],
+            last_run_prepared=self.last_run.get(study_id, ("", False))[1],
         )

@@ -149,9 +149,10 @@ class RunOrchestrator:
         )
         reply = await self.peers.start_run(other, with_keys)
         try:
-            self.offline.check_peer(study_id, reply.prepared_key_id, reply.paillier_key)
+            peer_prepared = self.offline.check_peer(study_id, reply.prepared_key_id, reply.paillier_key)
         except RequestError as exc:
             raise PhaseFailure(common_pb2.PHASE_SETUP, other, exc.message, exc.message) from None
+        self.offline.note_run(study_id, run_id, bool(mine.prepared_key_id), peer_prepared)
         self._admit_other_input(study, run_id, other, reply.input)
         return await pipeline.run_owner(OwnerKeys(reply.x25519_public_key, reply.paillier_key))
 
@@ -196,8 +197,10 @@ class RunOrchestrator:
             if check.approver == self.config.org:
                 self.governance.note_waiting(study, check)
             self.governance.refuse(caller, "run.refused", study.study_id, "", check.refusal(study.study_id))
-        if access.is_owner(study.spec, self.config.org):
-            self.offline.check_peer(study.study_id, request.prepared_key_id, request.paillier_key)
+        owner_here = access.is_owner(study.spec, self.config.org)
+        peer_prepared = owner_here and self.offline.check_peer(
+            study.study_id, request.prepared_key_id, request.paillier_key
+        )
         details = {"spec_digest": request.spec_digest, "org": caller.org}
         entries = [self._started(caller, study, request.run_id, details),
                    self.governance.input_entry(study.study_id, request.run_id, check.record)]  # fmt: skip
@@ -212,6 +215,7 @@ class RunOrchestrator:
         if mine is None:
             self.runs.launch(request.run_id, parties, pipeline, pipeline.run_helper)
         else:
+            self.offline.note_run(study.study_id, request.run_id, bool(mine.prepared_key_id), peer_prepared)
             peer = OwnerKeys(request.x25519_public_key, request.paillier_key)
             study_id = study.study_id
             self.runs.launch(
