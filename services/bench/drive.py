@@ -27,8 +27,8 @@ from services.mesh.tls import MeshCredentials
 from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.synthetic import StudyData
 
-DEADLINE_S = 4 * 3600.0
-OFFLINE_POOL_MESSAGE = "randomness pool: made offline"  # RunEncryption's first progress (encryption_server.py)  # per call; a million rows per owner take ~30 min on two shared cores
+DEADLINE_S = 4 * 3600.0  # per call; a million rows per owner take ~30 min on two shared cores
+OFFLINE_POOL_MESSAGE = "randomness pool: made offline"  # RunEncryption's first progress (encryption_server.py)
 
 
 @dataclass

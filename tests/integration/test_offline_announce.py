@@ -63,7 +63,9 @@ def refusal(call) -> grpc.StatusCode:
 
 def test_the_other_owners_gateway_announces_its_next_run_key(mesh):
     configs, _, digest = mesh
-    assert announce(configs, ("hospital", "gateway"), digest, fake_key("a" * 32)) == gateway_pb2.PeerAnnounceKeyResponse()
+    assert (
+        announce(configs, ("hospital", "gateway"), digest, fake_key("a" * 32)) == gateway_pb2.PeerAnnounceKeyResponse()
+    )
 
 
 @pytest.mark.parametrize(

@@ -188,4 +188,3 @@ def test_an_offline_pool_is_handed_to_one_run_only(join_mesh: JoinMesh):
         return first is made, second is None, mismatched is None and other.cancelled()
 
     assert join_mesh.loop.run(scenario()) == (True, True, True)
-
