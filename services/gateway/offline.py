@@ -58,6 +58,7 @@ class PeerKey:
     received_at: float
     pool_elements: int = 0
     pool_ready: bool = False
+    making: bool = True  # the pool is being made (false once made, or failed)
 
 
 @dataclass
@@ -141,7 +142,14 @@ class OfflineMaterial:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"the announced key must be a {spec_bits}-bit Paillier key with an id"
             )
+        earlier = self.peer.get(request.study_id)
+        if earlier is not None and earlier.making:
+            # Bounds the work the other owner can cause here: one pool at a time per study.
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION, "the pool for the previously announced key is still being made"
+            )
         peer = self.peer[request.study_id] = PeerKey(request.paillier_key.key_id, time.monotonic())
+        peer.making = bool(study.source_path)
         if study.source_path:
             self._background(self._make_pool(study.study_id, study.spec, study.source_path, request.paillier_key, peer))
 
@@ -160,6 +168,8 @@ class OfflineMaterial:
         except grpc.aio.AioRpcError as exc:  # the next run makes its pool in-run
             log.warning("study %s: pool for the other owner's next key not made (%s)", study_id, exc.code().name)
             return
+        finally:
+            peer.making = False
         peer.pool_elements, peer.pool_ready = made.elements, True
         self._note_done(study_id)
 

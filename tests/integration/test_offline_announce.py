@@ -14,9 +14,11 @@ from riskmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.errors import RequestError
 from services.gateway.offline import OFFLINE_TTL_S, OfflineMaterial, PeerKey
 from services.gateway.server import build_server
+from services.gateway.store import Store
 from services.mesh.config import load_config
+from services.mesh.identity import parse_spiffe
 from services.mesh.tls import MeshCredentials
-from services.study.spec import DEFAULT_PAILLIER_BITS
+from services.study.spec import DEFAULT_PAILLIER_BITS, spec_digest
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import make_study_data
 from tests.conftest import start_in_process, stop_in_process
@@ -117,3 +119,25 @@ def test_a_runs_prepared_key_id_must_be_the_announced_key(mesh_configs):
     assert check("e" * 32, "") is False  # a run without a prepared key: nothing to check
     offline.peer[STUDY] = PeerKey("d" * 32, time.monotonic() - OFFLINE_TTL_S - 1)
     assert offline.check_peer(STUDY, "d" * 32, fake_key("d" * 32)) is False  # too old to count as prepared
+
+
+def test_one_pool_at_a_time_per_study_for_the_other_owners_announcements(mesh_configs, tmp_path):
+    """The other owner cannot make this owner compute pools back to back: while the pool for its
+    last announcement is being made, a new announcement is refused."""
+    config = load_config(mesh_configs["insurer"], env={})
+    spec = spec_for(make_study_data(40), STUDY)
+    with Store(tmp_path / "gateway.sqlite3") as store:
+        study = store.put_study(spec, spec_digest(spec), proposed_by="insurer")  # no source_path: no pool made
+        offline = OfflineMaterial(config, None, store, None)  # type: ignore[arg-type]
+        hospital = parse_spiffe("spiffe://hospital/gateway")
+        assert hospital is not None
+        request = gateway_pb2.PeerAnnounceKeyRequest(
+            study_id=STUDY, spec_digest=study.digest, paillier_key=fake_key("a" * 32)
+        )
+        offline.accept_announcement(request, hospital)
+        offline.peer[STUDY].making = True  # as while its pool is being made
+        with pytest.raises(RequestError) as err:
+            offline.accept_announcement(request, hospital)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        offline.peer[STUDY].making = False
+        offline.accept_announcement(request, hospital)
