@@ -78,11 +78,13 @@ class OfflineMaterial:
         self.timing: dict[str, Timing] = {}
         self.last_run: dict[str, tuple[str, bool]] = {}  # study id -> (run id, both keys were prepared)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._preparing: dict[str, asyncio.Task[None]] = {}  # this owner's key being made, by study
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _fresh(self, since: float) -> bool:
         return time.monotonic() - since <= OFFLINE_TTL_S
@@ -98,8 +100,11 @@ class OfflineMaterial:
         if not access.is_owner(study.spec, self.config.org):
             return
         self.own.pop(study_id, None)  # the key made before, if any, is replaced
+        earlier = self._preparing.pop(study_id, None)
+        if earlier is not None:
+            earlier.cancel()  # so that an older key is never recorded after the newer one
         self.timing[study_id] = Timing(time.perf_counter())
-        self._background(self._prepare(study_id))
+        self._preparing[study_id] = self._background(self._prepare(study_id))
 
     async def _prepare(self, study_id: str) -> None:
         study = self.store.get_study(study_id)
