@@ -188,3 +188,15 @@ def test_an_offline_pool_is_handed_to_one_run_only(join_mesh: JoinMesh):
         return first is made, second is None, mismatched is None and other.cancelled()
 
     assert join_mesh.loop.run(scenario()) == (True, True, True)
+
+
+def test_a_pool_smaller_than_the_input_is_topped_up_in_run(
+    join_mesh: JoinMesh, study: Study, monkeypatch: pytest.MonkeyPatch
+):
+    """A grown input (here: a pool capped below the input's size) uses the offline elements first
+    and makes the rest in-run; the shares are still the plaintext join's."""
+    monkeypatch.setattr(encryption_server, "MAX_PREPARED_ELEMENTS", 7)
+    prepared = _prepare(join_mesh, study)
+    assert all(prepared[f"{o}/pool"].elements == 7 for o in ("insurer", "hospital"))
+    timings, correct = _run(join_mesh, study, "offline-topped-up", prepared)
+    assert correct and timings.offline_pools == 2
