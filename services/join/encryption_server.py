@@ -243,13 +243,12 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 self._take_pool(prepared.spec.study_id, peer_key.key_id),
             )
             stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
+            offline = await upload.take_offline_pool()
             yield upload.progress(
                 common_pb2.PHASE_SETUP,
                 0,
                 1,
-                "randomness pool: made offline"
-                if upload.offline
-                else "randomness pool: built piece by piece while sending",
+                "randomness pool: made offline" if offline else "randomness pool: built piece by piece while sending",
             )
             call = asyncio.ensure_future(stub.UploadRows(upload.requests(), timeout=UPLOAD_DEADLINE_S))
             async for event in upload.events_until(call):
@@ -288,6 +287,7 @@ class PieceUpload:
     workers: int
     crypto: CryptoWorkers | None
     offline: asyncio.Task[RandomnessPool] | None = None  # the pool made before the run, for this peer key
+    ready: RandomnessPool | None = None  # its elements, once `take_offline_pool` awaited it
     events: asyncio.Queue[join_pb2.RunEncryptionResponse] = field(default_factory=asyncio.Queue)
     failure: Exception | None = None  # what ended the stream early (the helper sees it short)
 
@@ -298,17 +298,17 @@ class PieceUpload:
     def progress(self, phase: int, done: int, total: int, message: str) -> join_pb2.RunEncryptionResponse:
         return join_pb2.RunEncryptionResponse(progress=progress(self.run_id, self.org, phase, done, total, message))
 
-    async def _offline_pool(self) -> RandomnessPool:
-        """The offline pool (awaited if still being made), or an empty one when there is none."""
-        empty = RandomnessPool(self.peer_key.key_id, ())
-        if self.offline is None:
-            return empty
-        try:
-            pool = await self.offline
-        except Exception as exc:  # noqa: BLE001 - a failed offline pool only means making it in-run
-            log.warning("run %s: the offline pool failed (%s); making it in-run", self.run_id, type(exc).__name__)
-            return empty
-        return pool if pool.key_id == self.peer_key.key_id else empty
+    async def take_offline_pool(self) -> int:
+        """Await the offline pool if it is still being made (none, or a failed one: empty); its size."""
+        self.ready = RandomnessPool(self.peer_key.key_id, ())
+        if self.offline is not None:
+            try:
+                pool = await self.offline
+                if pool.key_id == self.peer_key.key_id:
+                    self.ready = pool
+            except Exception as exc:  # noqa: BLE001 - a failed offline pool only means making it in-run
+                log.warning("run %s: the offline pool failed (%s); making it in-run", self.run_id, type(exc).__name__)
+        return len(self.ready)
 
     async def _piece_pool(self, offline: RandomnessPool, count: int, window: int) -> RandomnessPool:
         """`count` elements for one piece: the offline pool's first, the rest made now."""
@@ -320,7 +320,7 @@ class PieceUpload:
 
     async def _pieces(self) -> AsyncIterator[tuple[Sequence[int], tuple[list[bytes], list[list[int]]]]]:
         per_row, key = self.layout.ciphertexts_per_row, self.peer_key
-        offline = await self._offline_pool()
+        offline = self.ready if self.ready is not None else RandomnessPool(key.key_id, ())
         if self.offline is not None:
             log.info("run %s: %d offline pool elements for %d needed", self.run_id, len(offline), self.rows * per_row)
         window = pool_window(max(1, self.rows * per_row - len(offline)), self.workers, key)
