@@ -18,7 +18,8 @@ accepted the rows.
 Offline pools (docs/adr/0012-offline-keys-and-pools.md). PreparePool makes, before the run,
 the randomness pool for the key the other owner announced for the study's next run: as many
 elements as this owner's CSV needs now (at most MAX_PREPARED_ELEMENTS), through the same
-dispatch as a run's pieces (`make_pool`), kept in memory only, one per study. RunEncryption
+dispatch as a run's pieces (`make_pool`, OFFLINE_PIECE elements at a time, so that a pool no
+run will use stops early when it is dropped), kept in memory only, one per study. RunEncryption
 takes the study's pool when it was made for the peer key the run uses (waiting for it if it
 is still being made) and forgets it: each element is used once, by this run; the pieces
 take their elements from it first and make the rest (a grown input) in-run. A pool for
@@ -79,6 +80,9 @@ PREPARED_TTL_S = 600.0
 # The offline pool's size bound: 100,000 elements are 77 MB at 3072 bits (a larger input makes
 # the rest in-run), and its age bound (as the prepared key pair's: resharing_server.py).
 MAX_PREPARED_ELEMENTS = 100_000
+# The offline pool is made this many elements at a time, so that a pool no run will use (its key
+# was superseded, or a run came first with a fresh key) stops after the current piece.
+OFFLINE_PIECE = 2_000
 PREPARED_POOL_TTL_S = 12 * 3600.0
 
 
@@ -110,6 +114,22 @@ async def make_pool(
     if crypto is not None:
         return await crypto.make_pool(key, count, window)
     return await asyncio.to_thread(generate_pool, key, count, window_bits=window, executor=executor, parts=workers)
+
+
+async def make_offline_pool(
+    crypto: CryptoWorkers | None,
+    executor: ProcessPoolExecutor | None,
+    workers: int,
+    key: PublicKey,
+    count: int,
+    window: int | None,
+) -> RandomnessPool:
+    """`make_pool` piece by piece (OFFLINE_PIECE elements): cancelling it stops after the current piece."""
+    elements: list[int] = []
+    while len(elements) < count:
+        piece = await make_pool(crypto, executor, workers, key, min(OFFLINE_PIECE, count - len(elements)), window)
+        elements += piece.take(len(piece))
+    return RandomnessPool(key.key_id, elements)
 
 
 def pool_window(count: int, parts: int, key: PublicKey) -> int:
@@ -159,7 +179,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
             count = min(len(table.ids) * prepare_layout(table, peer_key).ciphertexts_per_row, MAX_PREPARED_ELEMENTS)
             del table  # only its size was needed
             study_id = request.spec.study_id
-            work = make_pool(
+            work = make_offline_pool(
                 self.crypto, self.executor, self.workers, peer_key, count, pool_window(count, self.parts, peer_key)
             )
             entry = PreparedPool(peer_key.key_id, time.monotonic(), asyncio.ensure_future(work))
