@@ -86,6 +86,10 @@ class GatewayClient:
     def get_study(self, study_id: str) -> gateway_pb2.Study:
         return self._stub.GetStudy(gateway_pb2.GetStudyRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).study
 
+    def offline_status(self, study_id: str) -> gateway_pb2.OfflineStatus:
+        """This organisation's material for the study's next run, made before the run (data owners)."""
+        return self._stub.GetStudy(gateway_pb2.GetStudyRequest(study_id=study_id), timeout=DEFAULT_TIMEOUT_S).offline
+
     def list_studies(self) -> list[gateway_pb2.Study]:
         return list(self._stub.ListStudies(gateway_pb2.ListStudiesRequest(), timeout=DEFAULT_TIMEOUT_S).studies)
 

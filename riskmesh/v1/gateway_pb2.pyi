@@ -360,22 +360,66 @@ class GetStudyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STUDY_FIELD_NUMBER: _builtins.int
+    OFFLINE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def study(self) -> Global___Study:
         """The study."""
+
+    @_builtins.property
+    def offline(self) -> Global___OfflineStatus:
+        """Offline material for the next run at this organisation (data owners)."""
 
     def __init__(
         self,
         *,
         study: Global___Study | None = ...,
+        offline: Global___OfflineStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["study", b"study"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offline", b"offline", "study", b"study"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["study", b"study"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offline", b"offline", "study", b"study"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStudyResponse: _TypeAlias = GetStudyResponse  # noqa: Y015
+
+@_typing.final
+class OfflineStatus(_message.Message):
+    """A data owner's material for a study's next run, made before the run (offline)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READY_FIELD_NUMBER: _builtins.int
+    PREPARED_S_FIELD_NUMBER: _builtins.int
+    POOL_ELEMENTS_FIELD_NUMBER: _builtins.int
+    LAST_RUN_ID_FIELD_NUMBER: _builtins.int
+    LAST_RUN_PREPARED_FIELD_NUMBER: _builtins.int
+    ready: _builtins.bool
+    """This owner's next-run key pair is prepared and its pool for the other owner's announced key is made."""
+    prepared_s: _builtins.float
+    """Seconds the last preparation took here (key pair, then pool), wall clock."""
+    pool_elements: _builtins.int
+    """Pool elements made for the other owner's announced key."""
+    last_run_id: _builtins.str
+    """The last run of the study this organisation took part in (empty before the first)."""
+    last_run_prepared: _builtins.bool
+    """Whether that run used both owners' prepared keys (each checked against its announcement)."""
+    def __init__(
+        self,
+        *,
+        ready: _builtins.bool = ...,
+        prepared_s: _builtins.float = ...,
+        pool_elements: _builtins.int = ...,
+        last_run_id: _builtins.str = ...,
+        last_run_prepared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_run_id", b"last_run_id", "last_run_prepared", b"last_run_prepared", "pool_elements", b"pool_elements", "prepared_s", b"prepared_s", "ready", b"ready"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineStatus: _TypeAlias = OfflineStatus  # noqa: Y015
 
 @_typing.final
 class ListStudiesRequest(_message.Message):
@@ -1101,6 +1145,7 @@ class PeerStartRunRequest(_message.Message):
     X25519_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     PAILLIER_KEY_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    PREPARED_KEY_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run."""
     study_id: _builtins.str
@@ -1109,6 +1154,8 @@ class PeerStartRunRequest(_message.Message):
     """Digest the run uses (must be approved here too)."""
     x25519_public_key: _builtins.bytes
     """The starting owner's X25519 public key (empty for the helper)."""
+    prepared_key_id: _builtins.str
+    """Set when paillier_key is the key the starting owner announced for this run (PeerAnnounceKey)."""
     @_builtins.property
     def paillier_key(self) -> _common_pb2.PaillierPublicKey:
         """The starting owner's Paillier public key (unset for the helper)."""
@@ -1126,10 +1173,11 @@ class PeerStartRunRequest(_message.Message):
         x25519_public_key: _builtins.bytes = ...,
         paillier_key: _common_pb2.PaillierPublicKey | None = ...,
         input: Global___InputCommitment | None = ...,
+        prepared_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key", "run_id", b"run_id", "spec_digest", b"spec_digest", "study_id", b"study_id", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key", "prepared_key_id", b"prepared_key_id", "run_id", b"run_id", "spec_digest", b"spec_digest", "study_id", b"study_id", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1144,8 +1192,11 @@ class PeerStartRunResponse(_message.Message):
     X25519_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     PAILLIER_KEY_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    PREPARED_KEY_ID_FIELD_NUMBER: _builtins.int
     x25519_public_key: _builtins.bytes
     """This owner's X25519 public key (empty from the helper)."""
+    prepared_key_id: _builtins.str
+    """Set when paillier_key is the key this owner announced for this run (PeerAnnounceKey)."""
     @_builtins.property
     def paillier_key(self) -> _common_pb2.PaillierPublicKey:
         """This owner's Paillier public key (unset from the helper)."""
@@ -1160,14 +1211,64 @@ class PeerStartRunResponse(_message.Message):
         x25519_public_key: _builtins.bytes = ...,
         paillier_key: _common_pb2.PaillierPublicKey | None = ...,
         input: Global___InputCommitment | None = ...,
+        prepared_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "paillier_key", b"paillier_key", "prepared_key_id", b"prepared_key_id", "x25519_public_key", b"x25519_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerStartRunResponse: _TypeAlias = PeerStartRunResponse  # noqa: Y015
+
+@_typing.final
+class PeerAnnounceKeyRequest(_message.Message):
+    """Request of PeerAnnounceKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    SPEC_DIGEST_FIELD_NUMBER: _builtins.int
+    PAILLIER_KEY_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    """The study."""
+    spec_digest: _builtins.str
+    """Digest the key is for (must be the study's current digest here)."""
+    @_builtins.property
+    def paillier_key(self) -> _common_pb2.PaillierPublicKey:
+        """The announcing owner's Paillier public key for the study's next run."""
+
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        spec_digest: _builtins.str = ...,
+        paillier_key: _common_pb2.PaillierPublicKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paillier_key", b"paillier_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paillier_key", b"paillier_key", "spec_digest", b"spec_digest", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerAnnounceKeyRequest: _TypeAlias = PeerAnnounceKeyRequest  # noqa: Y015
+
+@_typing.final
+class PeerAnnounceKeyResponse(_message.Message):
+    """Response of PeerAnnounceKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerAnnounceKeyResponse: _TypeAlias = PeerAnnounceKeyResponse  # noqa: Y015
 
 @_typing.final
 class PeerProgressRequest(_message.Message):

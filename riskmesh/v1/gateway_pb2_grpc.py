@@ -146,6 +146,11 @@ class GatewayServiceStub:
                 request_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalRequest.SerializeToString,
                 response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalResponse.FromString,
                 _registered_method=True)
+        self.PeerAnnounceKey = channel.unary_unary(
+                '/riskmesh.v1.GatewayService/PeerAnnounceKey',
+                request_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerAnnounceKeyRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerAnnounceKeyResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -307,6 +312,13 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PeerAnnounceKey(self, request, context):
+        """A data owner announces the Paillier public key it prepared for the study's next run (offline).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -419,6 +431,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.PeerRequestRunApproval,
                     request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalRequest.FromString,
                     response_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalResponse.SerializeToString,
+            ),
+            'PeerAnnounceKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerAnnounceKey,
+                    request_deserializer=riskmesh_dot_v1_dot_gateway__pb2.PeerAnnounceKeyRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_gateway__pb2.PeerAnnounceKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1017,6 +1034,33 @@ class GatewayService:
             '/riskmesh.v1.GatewayService/PeerRequestRunApproval',
             riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalRequest.SerializeToString,
             riskmesh_dot_v1_dot_gateway__pb2.PeerRequestRunApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerAnnounceKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.GatewayService/PeerAnnounceKey',
+            riskmesh_dot_v1_dot_gateway__pb2.PeerAnnounceKeyRequest.SerializeToString,
+            riskmesh_dot_v1_dot_gateway__pb2.PeerAnnounceKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,8 @@ class GatewayServiceStub:
     """A data owner shares its approval of the other owner's run (or changed input)."""
     PeerRequestRunApproval: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerRequestRunApprovalRequest, _gateway_pb2.PeerRequestRunApprovalResponse]
     """A data owner asks the other owner to approve a run of its (changed) input."""
+    PeerAnnounceKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PeerAnnounceKeyRequest, _gateway_pb2.PeerAnnounceKeyResponse]
+    """A data owner announces the Paillier public key it prepared for the study's next run (offline)."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -131,6 +133,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """A data owner shares its approval of the other owner's run (or changed input)."""
     PeerRequestRunApproval: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerRequestRunApprovalRequest, _gateway_pb2.PeerRequestRunApprovalResponse]  # type: ignore[assignment]
     """A data owner asks the other owner to approve a run of its (changed) input."""
+    PeerAnnounceKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PeerAnnounceKeyRequest, _gateway_pb2.PeerAnnounceKeyResponse]  # type: ignore[assignment]
+    """A data owner announces the Paillier public key it prepared for the study's next run (offline)."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Study lifecycle at one organisation. Client RPCs come from the org's own systems
@@ -312,5 +316,13 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.PeerRequestRunApprovalResponse, _abc.Awaitable[_gateway_pb2.PeerRequestRunApprovalResponse]]:
         """A data owner asks the other owner to approve a run of its (changed) input."""
+
+    @_abc_1.abstractmethod
+    def PeerAnnounceKey(
+        self,
+        request: _gateway_pb2.PeerAnnounceKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PeerAnnounceKeyResponse, _abc.Awaitable[_gateway_pb2.PeerAnnounceKeyResponse]]:
+        """A data owner announces the Paillier public key it prepared for the study's next run (offline)."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

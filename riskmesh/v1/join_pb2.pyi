@@ -160,6 +160,62 @@ class RunEncryptionRequest(_message.Message):
 Global___RunEncryptionRequest: _TypeAlias = RunEncryptionRequest  # noqa: Y015
 
 @_typing.final
+class PreparePoolRequest(_message.Message):
+    """Request of PreparePool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    SOURCE_PATH_FIELD_NUMBER: _builtins.int
+    PEER_PAILLIER_KEY_FIELD_NUMBER: _builtins.int
+    source_path: _builtins.str
+    """Path of this owner's CSV file (its row count sizes the pool); it never leaves the organisation."""
+    @_builtins.property
+    def spec(self) -> _common_pb2.StudySpec:
+        """The approved study."""
+
+    @_builtins.property
+    def peer_paillier_key(self) -> _common_pb2.PaillierPublicKey:
+        """The other owner's announced Paillier public key for the study's next run."""
+
+    def __init__(
+        self,
+        *,
+        spec: _common_pb2.StudySpec | None = ...,
+        source_path: _builtins.str = ...,
+        peer_paillier_key: _common_pb2.PaillierPublicKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer_paillier_key", b"peer_paillier_key", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer_paillier_key", b"peer_paillier_key", "source_path", b"source_path", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreparePoolRequest: _TypeAlias = PreparePoolRequest  # noqa: Y015
+
+@_typing.final
+class PreparePoolResponse(_message.Message):
+    """Response of PreparePool, when the pool is made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ELEMENTS_FIELD_NUMBER: _builtins.int
+    elements: _builtins.int
+    """Pool elements made (a run needing more makes the rest itself)."""
+    def __init__(
+        self,
+        *,
+        elements: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elements", b"elements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreparePoolResponse: _TypeAlias = PreparePoolResponse  # noqa: Y015
+
+@_typing.final
 class RunEncryptionResponse(_message.Message):
     """Progress of RunEncryption; the last message has done == total."""
 
@@ -418,23 +474,83 @@ class CreateKeyRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     BITS_FIELD_NUMBER: _builtins.int
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    PREPARED_KEY_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run."""
     bits: _builtins.int
     """Modulus size in bits."""
+    study_id: _builtins.str
+    """The study (with prepared_key_id)."""
+    prepared_key_id: _builtins.str
+    """Use this study's prepared key pair (PrepareKey) with this key id, once; refused when
+    there is none with that id (used, expired, lost on a restart). Empty: a fresh key pair.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         bits: _builtins.int = ...,
+        study_id: _builtins.str = ...,
+        prepared_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "prepared_key_id", b"prepared_key_id", "run_id", b"run_id", "study_id", b"study_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateKeyRequest: _TypeAlias = CreateKeyRequest  # noqa: Y015
+
+@_typing.final
+class PrepareKeyRequest(_message.Message):
+    """Request of PrepareKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_ID_FIELD_NUMBER: _builtins.int
+    BITS_FIELD_NUMBER: _builtins.int
+    study_id: _builtins.str
+    """The study whose next run will use the key pair."""
+    bits: _builtins.int
+    """Modulus size in bits."""
+    def __init__(
+        self,
+        *,
+        study_id: _builtins.str = ...,
+        bits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "study_id", b"study_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareKeyRequest: _TypeAlias = PrepareKeyRequest  # noqa: Y015
+
+@_typing.final
+class PrepareKeyResponse(_message.Message):
+    """Response of PrepareKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> _common_pb2.PaillierPublicKey:
+        """The prepared public key (it replaces any earlier prepared key of the study)."""
+
+    def __init__(
+        self,
+        *,
+        key: _common_pb2.PaillierPublicKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareKeyResponse: _TypeAlias = PrepareKeyResponse  # noqa: Y015
 
 @_typing.final
 class CreateKeyResponse(_message.Message):

@@ -45,6 +45,11 @@ class EncryptionServiceStub:
                 request_serializer=riskmesh_dot_v1_dot_join__pb2.RunEncryptionRequest.SerializeToString,
                 response_deserializer=riskmesh_dot_v1_dot_join__pb2.RunEncryptionResponse.FromString,
                 _registered_method=True)
+        self.PreparePool = channel.unary_unary(
+                '/riskmesh.v1.EncryptionService/PreparePool',
+                request_serializer=riskmesh_dot_v1_dot_join__pb2.PreparePoolRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_join__pb2.PreparePoolResponse.FromString,
+                _registered_method=True)
 
 
 class EncryptionServiceServicer:
@@ -65,6 +70,13 @@ class EncryptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreparePool(self, request, context):
+        """Offline: make the randomness pool for the other owner's announced next-run key (own gateway).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncryptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +89,11 @@ def add_EncryptionServiceServicer_to_server(servicer, server):
                     servicer.RunEncryption,
                     request_deserializer=riskmesh_dot_v1_dot_join__pb2.RunEncryptionRequest.FromString,
                     response_serializer=riskmesh_dot_v1_dot_join__pb2.RunEncryptionResponse.SerializeToString,
+            ),
+            'PreparePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreparePool,
+                    request_deserializer=riskmesh_dot_v1_dot_join__pb2.PreparePoolRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_join__pb2.PreparePoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class EncryptionService:
             '/riskmesh.v1.EncryptionService/RunEncryption',
             riskmesh_dot_v1_dot_join__pb2.RunEncryptionRequest.SerializeToString,
             riskmesh_dot_v1_dot_join__pb2.RunEncryptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreparePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.EncryptionService/PreparePool',
+            riskmesh_dot_v1_dot_join__pb2.PreparePoolRequest.SerializeToString,
+            riskmesh_dot_v1_dot_join__pb2.PreparePoolResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -324,6 +368,11 @@ class ResharingServiceStub:
                 request_serializer=riskmesh_dot_v1_dot_join__pb2.CreateKeyRequest.SerializeToString,
                 response_deserializer=riskmesh_dot_v1_dot_join__pb2.CreateKeyResponse.FromString,
                 _registered_method=True)
+        self.PrepareKey = channel.unary_unary(
+                '/riskmesh.v1.ResharingService/PrepareKey',
+                request_serializer=riskmesh_dot_v1_dot_join__pb2.PrepareKeyRequest.SerializeToString,
+                response_deserializer=riskmesh_dot_v1_dot_join__pb2.PrepareKeyResponse.FromString,
+                _registered_method=True)
         self.DeliverMaskedRows = channel.stream_unary(
                 '/riskmesh.v1.ResharingService/DeliverMaskedRows',
                 request_serializer=riskmesh_dot_v1_dot_join__pb2.DeliverMaskedRowsRequest.SerializeToString,
@@ -357,6 +406,13 @@ class ResharingServiceServicer:
 
     def CreateKey(self, request, context):
         """Generate this owner's Paillier key pair for a run (owners only, own gateway).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareKey(self, request, context):
+        """Offline: make a study's next-run key pair ahead of the run (owners only, own gateway).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -404,6 +460,11 @@ def add_ResharingServiceServicer_to_server(servicer, server):
                     servicer.CreateKey,
                     request_deserializer=riskmesh_dot_v1_dot_join__pb2.CreateKeyRequest.FromString,
                     response_serializer=riskmesh_dot_v1_dot_join__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'PrepareKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareKey,
+                    request_deserializer=riskmesh_dot_v1_dot_join__pb2.PrepareKeyRequest.FromString,
+                    response_serializer=riskmesh_dot_v1_dot_join__pb2.PrepareKeyResponse.SerializeToString,
             ),
             'DeliverMaskedRows': grpc.stream_unary_rpc_method_handler(
                     servicer.DeliverMaskedRows,
@@ -459,6 +520,33 @@ class ResharingService:
             '/riskmesh.v1.ResharingService/CreateKey',
             riskmesh_dot_v1_dot_join__pb2.CreateKeyRequest.SerializeToString,
             riskmesh_dot_v1_dot_join__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskmesh.v1.ResharingService/PrepareKey',
+            riskmesh_dot_v1_dot_join__pb2.PrepareKeyRequest.SerializeToString,
+            riskmesh_dot_v1_dot_join__pb2.PrepareKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

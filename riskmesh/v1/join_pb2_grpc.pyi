@@ -37,6 +37,8 @@ class EncryptionServiceStub:
     """Read and validate the owner's local CSV for a run; returns this owner's X25519 public key."""
     RunEncryption: _grpc.UnaryStreamMultiCallable[_join_pb2.RunEncryptionRequest, _join_pb2.RunEncryptionResponse]
     """Derive the tag key, hash, encode, pack, encrypt under the peer's key, shuffle and stream to the helper."""
+    PreparePool: _grpc.UnaryUnaryMultiCallable[_join_pb2.PreparePoolRequest, _join_pb2.PreparePoolResponse]
+    """Offline: make the randomness pool for the other owner's announced next-run key (own gateway)."""
 
 @_typing.type_check_only
 class EncryptionServiceAsyncStub(EncryptionServiceStub):
@@ -47,6 +49,8 @@ class EncryptionServiceAsyncStub(EncryptionServiceStub):
     """Read and validate the owner's local CSV for a run; returns this owner's X25519 public key."""
     RunEncryption: _aio.UnaryStreamMultiCallable[_join_pb2.RunEncryptionRequest, _join_pb2.RunEncryptionResponse]  # type: ignore[assignment]
     """Derive the tag key, hash, encode, pack, encrypt under the peer's key, shuffle and stream to the helper."""
+    PreparePool: _aio.UnaryUnaryMultiCallable[_join_pb2.PreparePoolRequest, _join_pb2.PreparePoolResponse]  # type: ignore[assignment]
+    """Offline: make the randomness pool for the other owner's announced next-run key (own gateway)."""
 
 class EncryptionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Hashing/encryption step, at each data owner. Called only by the same org's gateway."""
@@ -66,6 +70,14 @@ class EncryptionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_join_pb2.RunEncryptionResponse], _abc.AsyncIterator[_join_pb2.RunEncryptionResponse]]:
         """Derive the tag key, hash, encode, pack, encrypt under the peer's key, shuffle and stream to the helper."""
+
+    @_abc_1.abstractmethod
+    def PreparePool(
+        self,
+        request: _join_pb2.PreparePoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_join_pb2.PreparePoolResponse, _abc.Awaitable[_join_pb2.PreparePoolResponse]]:
+        """Offline: make the randomness pool for the other owner's announced next-run key (own gateway)."""
 
 def add_EncryptionServiceServicer_to_server(servicer: EncryptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -133,6 +145,8 @@ class ResharingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ResharingServiceAsyncStub: ...
     CreateKey: _grpc.UnaryUnaryMultiCallable[_join_pb2.CreateKeyRequest, _join_pb2.CreateKeyResponse]
     """Generate this owner's Paillier key pair for a run (owners only, own gateway)."""
+    PrepareKey: _grpc.UnaryUnaryMultiCallable[_join_pb2.PrepareKeyRequest, _join_pb2.PrepareKeyResponse]
+    """Offline: make a study's next-run key pair ahead of the run (owners only, own gateway)."""
     DeliverMaskedRows: _grpc.StreamUnaryMultiCallable[_join_pb2.DeliverMaskedRowsRequest, _join_pb2.DeliverMaskedRowsResponse]
     """Masked ciphertexts from the helper's intersection server: header, then chunks."""
     StoreHelperShares: _grpc.StreamUnaryMultiCallable[_join_pb2.StoreHelperSharesRequest, _join_pb2.StoreHelperSharesResponse]
@@ -151,6 +165,8 @@ class ResharingServiceAsyncStub(ResharingServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateKey: _aio.UnaryUnaryMultiCallable[_join_pb2.CreateKeyRequest, _join_pb2.CreateKeyResponse]  # type: ignore[assignment]
     """Generate this owner's Paillier key pair for a run (owners only, own gateway)."""
+    PrepareKey: _aio.UnaryUnaryMultiCallable[_join_pb2.PrepareKeyRequest, _join_pb2.PrepareKeyResponse]  # type: ignore[assignment]
+    """Offline: make a study's next-run key pair ahead of the run (owners only, own gateway)."""
     DeliverMaskedRows: _aio.StreamUnaryMultiCallable[_join_pb2.DeliverMaskedRowsRequest, _join_pb2.DeliverMaskedRowsResponse]  # type: ignore[assignment]
     """Masked ciphertexts from the helper's intersection server: header, then chunks."""
     StoreHelperShares: _aio.StreamUnaryMultiCallable[_join_pb2.StoreHelperSharesRequest, _join_pb2.StoreHelperSharesResponse]  # type: ignore[assignment]
@@ -172,6 +188,14 @@ class ResharingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_join_pb2.CreateKeyResponse, _abc.Awaitable[_join_pb2.CreateKeyResponse]]:
         """Generate this owner's Paillier key pair for a run (owners only, own gateway)."""
+
+    @_abc_1.abstractmethod
+    def PrepareKey(
+        self,
+        request: _join_pb2.PrepareKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_join_pb2.PrepareKeyResponse, _abc.Awaitable[_join_pb2.PrepareKeyResponse]]:
+        """Offline: make a study's next-run key pair ahead of the run (owners only, own gateway)."""
 
     @_abc_1.abstractmethod
     def DeliverMaskedRows(

@@ -28,6 +28,7 @@ from services.study.spec import DEFAULT_PAILLIER_BITS
 from services.testkit.synthetic import StudyData
 
 DEADLINE_S = 4 * 3600.0  # per call; a million rows per owner take ~30 min on two shared cores
+OFFLINE_POOL_MESSAGE = "randomness pool: made offline"  # RunEncryption's first progress (encryption_server.py)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class JoinTimings:
     join_s: float  # tag, encrypt, upload, match and mask, until the helper reports "matched"
     reshare_s: float  # masked rows delivered and decrypted, until every org's shares are stored
     total_s: float  # from the first request until the shares are stored at all three orgs
+    offline_pools: int = 0  # owners whose RunEncryption used a pool made before the run (PreparePool)
 
 
 class Harness:
@@ -63,19 +65,57 @@ class Harness:
             await channel.close()
 
 
+async def prepare_offline(
+    harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str]
+) -> dict[str, join_pb2.PreparePoolResponse | str]:
+    """Before a run, as the gateways do it (services/gateway/offline.py): each owner's next-run
+    key pair (PrepareKey), then each owner's pool for the other owner's key (PreparePool).
+    Returns each owner's prepared key id (by org) and its pool reply (by "<org>/pool")."""
+    owners = [o.org for o in spec.owners]
+    bits = spec.paillier_bits or DEFAULT_PAILLIER_BITS
+    resharing = {o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub) for o in owners}
+    encryption = {o: harness.stub(o, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub) for o in owners}
+    keys = await asyncio.gather(
+        *(resharing[o].PrepareKey(join_pb2.PrepareKeyRequest(study_id=spec.study_id, bits=bits)) for o in owners)
+    )
+    pools = await asyncio.gather(
+        *(
+            encryption[o].PreparePool(
+                join_pb2.PreparePoolRequest(spec=spec, source_path=sources[o], peer_paillier_key=keys[1 - i].key),
+                timeout=DEADLINE_S,
+            )
+            for i, o in enumerate(owners)
+        )
+    )
+    prepared: dict[str, join_pb2.PreparePoolResponse | str] = {o: keys[i].key.key_id for i, o in enumerate(owners)}
+    prepared.update({f"{o}/pool": pools[i] for i, o in enumerate(owners)})
+    return prepared
+
+
 async def start_join(
-    harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str
+    harness: Harness,
+    spec: common_pb2.StudySpec,
+    sources: Mapping[str, str],
+    run_id: str,
+    prepared: Mapping[str, object] | None = None,
 ) -> dict[str, join_pb2.RunEncryptionRequest]:
-    """Setup as the gateways do it: each owner's key pair and CSV check, the helper's run.
+    """Setup as the gateways do it: each owner's key pair (the one prepared offline when
+    `prepared` names it: `prepare_offline`) and CSV check, the helper's run.
     Returns each owner's RunEncryptionRequest (carrying the other owner's public keys)."""
     owners = [o.org for o in spec.owners]
     helper = helper_of(spec)
     resharing = {o: harness.stub(o, "resharing", "gateway", join_pb2_grpc.ResharingServiceStub) for o in owners}
     encryption = {o: harness.stub(o, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub) for o in owners}
+    key_ids = {o: str((prepared or {}).get(o, "")) for o in owners}
     keys = await asyncio.gather(
         *(
             resharing[o].CreateKey(
-                join_pb2.CreateKeyRequest(run_id=run_id, bits=spec.paillier_bits or DEFAULT_PAILLIER_BITS),
+                join_pb2.CreateKeyRequest(
+                    run_id=run_id,
+                    bits=spec.paillier_bits or DEFAULT_PAILLIER_BITS,
+                    study_id=spec.study_id,
+                    prepared_key_id=key_ids[o],
+                ),
                 timeout=DEADLINE_S,
             )
             for o in owners
@@ -104,19 +144,27 @@ def helper_of(spec: common_pb2.StudySpec) -> str:
 
 
 async def run_join(
-    harness: Harness, spec: common_pb2.StudySpec, sources: Mapping[str, str], run_id: str
+    harness: Harness,
+    spec: common_pb2.StudySpec,
+    sources: Mapping[str, str],
+    run_id: str,
+    prepared: Mapping[str, object] | None = None,
 ) -> JoinTimings:
-    """The join's RPCs in the order the gateways make them; returns when every org stores its shares."""
+    """The join's RPCs in the order the gateways make them; returns when every org stores its shares.
+    `prepared`: what `prepare_offline` made before the run (its keys are then used)."""
     owners = [o.org for o in spec.owners]
     helper = helper_of(spec)
     started = time.perf_counter()
-    requests = await start_join(harness, spec, sources, run_id)
+    requests = await start_join(harness, spec, sources, run_id, prepared)
     setup_done = time.perf_counter()
     offline_done: list[float] = []
+    offline_pools = 0
 
     async def encrypt(org: str) -> None:
         stub = harness.stub(org, "encryption", "gateway", join_pb2_grpc.EncryptionServiceStub)
+        nonlocal offline_pools
         async for reply in stub.RunEncryption(requests[org], timeout=DEADLINE_S):
+            offline_pools += reply.progress.message == OFFLINE_POOL_MESSAGE
             if reply.progress.phase == common_pb2.PHASE_SETUP and reply.progress.done == reply.progress.total:
                 offline_done.append(time.perf_counter())
 
@@ -144,7 +192,14 @@ async def run_join(
     done = time.perf_counter()
     offline = max(offline_done) if len(offline_done) == len(owners) else setup_done
     return JoinTimings(
-        run_id, joined, setup_done - started, offline - setup_done, matched - offline, done - matched, done - started
+        run_id,
+        joined,
+        setup_done - started,
+        offline - setup_done,
+        matched - offline,
+        done - matched,
+        done - started,
+        offline_pools,
     )
 
 

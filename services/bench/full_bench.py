@@ -10,14 +10,21 @@ coefficients are compared with scikit-learn's `Lasso(alpha)` on the plaintext jo
 which only this harness (it generated both files) can compute.
 
 Times. `total_s` is the client's wall clock from StartRun to the result in hand (server
-start-up excluded: servers are long-lived; key generation and randomness pools, which
-every run makes afresh, included). The phase times come from the run's exported phase
+start-up excluded: servers are long-lived). Before each run the harness waits until both
+owners hold the material they make ahead of a run (docs/adr/0013-offline-keys-and-pools.md:
+the run's key pair, the randomness pool for the other owner's key — made after the approvals
+and again after each run) and reports that time apart: `prepared_s` is the wall clock of
+that wait (from the approvals, or from the previous run's result), `prepared_cpu_s_by_org`
+the CPU each org used meanwhile, `prepared_s_by_owner` the time each owner's gateway took to
+prepare, and `used_prepared_keys` whether the run used both owners' prepared keys (else it
+made them, and the pools, in-run: then they are inside `total_s`). The phase times come from the run's exported phase
 spans (one per org and phase, JSON lines in each org's state directory; services/cli/
 tracing.py), cut at these points, so that they add up to the spans' wall time:
 
     t0            the earliest phase span of the run (the first gateway starts setup)
-    join_s        t0 → the last owner's `hashing_encryption` span ends (key pairs,
-                  CSV checks, randomness pools, tag, encrypt, upload to the helper)
+    join_s        t0 → the last owner's `hashing_encryption` span ends (CSV checks,
+                  tag, encrypt, upload to the helper; key pairs and randomness pools
+                  only when not prepared before the run)
     reshare_s     → the last `resharing` span ends (the helper's match and mask,
                   delivery, decryption: every org stores its shares)
     lasso_s       → the last MPC span (input, gram, iterations, reveal) ends at any org
@@ -65,6 +72,7 @@ STUDY_ID = "bench"
 JOIN_PHASES = ("setup", "hashing_encryption")
 RESHARE_PHASES = ("intersection", "resharing")
 LASSO_PHASES = ("input", "gram", "iterations", "reveal")
+PREPARED_WAIT_S = 600.0
 
 
 class BenchError(RuntimeError):
@@ -218,10 +226,38 @@ class RunFigures:
     workers: dict[
         str, Any
     ]  # services/bench/workerstats.py: what each crypto worker did  # perf_counter when the result was in hand
+    prepared: dict[str, Any]  # what the owners made before the run and whether the run used it (`wait_prepared`)
 
 
-def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
+def wait_prepared(mesh: BenchMesh, owners: Mapping[str, GatewayClient], since: float, cpu_since: dict) -> dict:
+    """Wait (at most PREPARED_WAIT_S) until every owner has the next run's key and pool ready;
+    the wall time from `since`, the CPU each org used from `cpu_since`, each owner's own figure."""
+    assert mesh.mesh is not None
+    deadline = time.monotonic() + PREPARED_WAIT_S
+    while True:
+        status = {org: client.offline_status(STUDY_ID) for org, client in owners.items()}
+        if all(s.ready for s in status.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return {
+        "prepared_ready": all(s.ready for s in status.values()),
+        "prepared_s": round(time.perf_counter() - since, 3),
+        "prepared_s_by_owner": {org: s.prepared_s for org, s in status.items()},
+        "prepared_cpu_s_by_org": cpu_delta(cpu_seconds_by_org(mesh.mesh.processes), cpu_since),
+    }
+
+
+def _used_prepared(owners: Mapping[str, GatewayClient], run_id: str) -> bool:
+    """Whether the run used both owners' prepared keys, as each owner's gateway recorded it."""
+    status = [client.offline_status(STUDY_ID) for client in owners.values()]
+    return all(s.last_run_id == run_id and s.last_run_prepared for s in status)
+
+
+def _run_once(
+    mesh: BenchMesh, insurer: GatewayClient, owners: Mapping[str, GatewayClient], since: float, cpu_since: dict
+) -> RunFigures:
     assert mesh.sampler is not None and mesh.mesh is not None
+    prepared = wait_prepared(mesh, owners, since, cpu_since)
     before = mesh.counter.snapshot()
     cpu_before = cpu_seconds_by_org(mesh.mesh.processes)
     workers_before = WorkerReading.take(mesh.mesh.processes, mesh.config_paths)
@@ -258,6 +294,7 @@ def _run_once(mesh: BenchMesh, insurer: GatewayClient) -> RunFigures:
         cpu,
         done_at,
         workers,
+        {**prepared, "used_prepared_keys": _used_prepared(owners, final.run_id)},
     )
 
 
@@ -294,9 +331,12 @@ def bench_all(
             try:
                 study = clients["insurer"].propose(spec, str(sources["insurer"]))
                 clients["hospital"].approve(STUDY_ID, study.spec_digest, str(sources["hospital"]))
+                since, cpu_since = time.perf_counter(), cpu_seconds_by_org(mesh.mesh.processes)
                 clients["helper"].approve(STUDY_ID, study.spec_digest)
+                owners = {org: clients[org] for org in ("insurer", "hospital")}
                 for _ in range(repeat):
-                    runs.append(_run_once(mesh, clients["insurer"]))
+                    runs.append(_run_once(mesh, clients["insurer"], owners, since, cpu_since))
+                    since, cpu_since = runs[-1].done_at, cpu_seconds_by_org(mesh.mesh.processes)
             finally:
                 for client in clients.values():
                     client.close()
@@ -351,6 +391,7 @@ def _figures(
         "peak_rss_mb": run.peak_rss_mb,
         "peak_rss_mb_by_org": run.peak_rss_mb_by_org,
         "cpu_s_by_org": run.cpu_s_by_org,
+        **run.prepared,
         **run.workers,
         "trace_id": run.trace_id,
         "coefficients": secure,

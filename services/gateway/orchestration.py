@@ -3,26 +3,29 @@
 The data owner whose client asks starts the run, once its disclosure floors and the
 study's run policy allow it (`governance`):
 
-    1. its own setup (`RunPipeline.prepare_owner`: Paillier key pair, CSV read and
-       committed to, X25519 key); a run whose input needs the other owner's approval
-       stops here and asks for it;
+    1. its own setup (`RunPipeline.prepare_owner`: Paillier key pair — the one prepared
+       offline when there is one (`offline`) —, CSV read and committed to, X25519 key); a
+       run whose input needs the other owner's approval stops here and asks for it;
     2. PeerStartRun at the helper (with this owner's input commitment), which admits the
        run by its own floors and counts and opens the intersection before any owner uploads;
-    3. PeerStartRun at the other owner with this owner's public keys and commitment; that
-       owner admits the run the same way, does its own setup and answers with its public
-       keys and commitment, which this owner checks in turn;
+    3. PeerStartRun at the other owner with this owner's public keys and commitment (and
+       the prepared key's id, which that owner checks against the key announced to it);
+       that owner admits the run the same way, does its own setup and answers with its
+       public keys and commitment, which this owner checks in turn;
     4. its own part of the run (`RunPipeline.run_owner`) with the other owner's keys.
 
 Each party then drives its own part in the background (`RunCoordinator`), reporting
 progress to the others with PeerProgress; the first party to fail names the phase, org
 and reason, and every party ends the run FAILED with that error. A data owner may cancel
-a run at every party.
+a run at every party. When a data owner's part of a run ends, it prepares the next run's
+key pair and pools (`offline.OfflineMaterial`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -33,6 +36,7 @@ from services.gateway.audit import AuditEntry, AuditLog
 from services.gateway.codec import input_to_proto, run_error
 from services.gateway.errors import PhaseFailure, RequestError
 from services.gateway.governance import INTERVAL_SLACK_S, Governance, InputCheck, is_commitment
+from services.gateway.offline import OfflineMaterial
 from services.gateway.peer_gateways import PeerGateways
 from services.gateway.pipeline import OwnerKeys, OwnerSetup, RunPipeline
 from services.gateway.runs import RunCoordinator, shared_error, shared_progress
@@ -62,6 +66,7 @@ class RunOrchestrator:
         peers: PeerGateways,
         runs: RunCoordinator,
         governance: Governance,
+        offline: OfflineMaterial,
     ) -> None:
         self.config = config
         self.channels = channels
@@ -70,6 +75,7 @@ class RunOrchestrator:
         self.peers = peers
         self.runs = runs
         self.governance = governance
+        self.offline = offline
 
     def _pipeline(self, spec: common_pb2.StudySpec, run_id: str) -> RunPipeline:
         floor = self.governance.joined_floor(spec)
@@ -98,13 +104,29 @@ class RunOrchestrator:
         )
         pipeline = self._pipeline(study.spec, run_id)
         parties = [p.org for p in study.spec.parties]
-        self.runs.launch(run_id, parties, pipeline, lambda: self._drive_as_starter(pipeline, study))
+        self.runs.launch(
+            run_id,
+            parties,
+            pipeline,
+            lambda: self._then_prepare(study.study_id, self._drive_as_starter(pipeline, study)),
+        )
         return self.store.get_run(run_id)
+
+    async def _then_prepare(
+        self, study_id: str, part: Coroutine[Any, Any, lasso_pb2.ModelResult]
+    ) -> lasso_pb2.ModelResult:
+        """This owner's part of a run; when it ends (either way), the next run's keys and pools are made."""
+        try:
+            return await part
+        finally:
+            self.offline.prepare_soon(study_id)
 
     async def _drive_as_starter(self, pipeline: RunPipeline, study: StudyRecord) -> lasso_pb2.ModelResult:
         spec = study.spec
         run_id, study_id = pipeline.run_id, spec.study_id
-        mine = await pipeline.prepare_owner(study.source_path or "", self.store.study_secret(study_id))
+        mine = await pipeline.prepare_owner(
+            study.source_path or "", self.store.study_secret(study_id), self.offline.take_own(study_id)
+        )
         own = self.governance.check_input(study, run_id, self.config.org, mine.commitment, starter=True)
         if not own.admitted:
             await self._ask_approval(study, own)
@@ -123,8 +145,14 @@ class RunOrchestrator:
             x25519_public_key=mine.keys.x25519_public_key,
             paillier_key=mine.keys.paillier_key,
             input=commitment,
+            prepared_key_id=mine.prepared_key_id,
         )
         reply = await self.peers.start_run(other, with_keys)
+        try:
+            peer_prepared = self.offline.check_peer(study_id, reply.prepared_key_id, reply.paillier_key)
+        except RequestError as exc:
+            raise PhaseFailure(common_pb2.PHASE_SETUP, other, exc.message, exc.message) from None
+        self.offline.note_run(study_id, run_id, bool(mine.prepared_key_id), peer_prepared)
         self._admit_other_input(study, run_id, other, reply.input)
         return await pipeline.run_owner(OwnerKeys(reply.x25519_public_key, reply.paillier_key))
 
@@ -169,6 +197,10 @@ class RunOrchestrator:
             if check.approver == self.config.org:
                 self.governance.note_waiting(study, check)
             self.governance.refuse(caller, "run.refused", study.study_id, "", check.refusal(study.study_id))
+        owner_here = access.is_owner(study.spec, self.config.org)
+        peer_prepared = owner_here and self.offline.check_peer(
+            study.study_id, request.prepared_key_id, request.paillier_key
+        )
         details = {"spec_digest": request.spec_digest, "org": caller.org}
         entries = [self._started(caller, study, request.run_id, details),
                    self.governance.input_entry(study.study_id, request.run_id, check.record)]  # fmt: skip
@@ -183,8 +215,12 @@ class RunOrchestrator:
         if mine is None:
             self.runs.launch(request.run_id, parties, pipeline, pipeline.run_helper)
         else:
+            self.offline.note_run(study.study_id, request.run_id, bool(mine.prepared_key_id), peer_prepared)
             peer = OwnerKeys(request.x25519_public_key, request.paillier_key)
-            self.runs.launch(request.run_id, parties, pipeline, lambda: pipeline.run_owner(peer))
+            study_id = study.study_id
+            self.runs.launch(
+                request.run_id, parties, pipeline, lambda: self._then_prepare(study_id, pipeline.run_owner(peer))
+            )
         return mine
 
     def _admit_starter(self, study: StudyRecord, caller: Identity) -> None:
@@ -203,11 +239,14 @@ class RunOrchestrator:
             if not access.is_owner(study.spec, self.config.org):
                 await pipeline.open_helper()
                 return None
-            mine = await pipeline.prepare_owner(study.source_path or "", self.store.study_secret(study.study_id))
+            mine = await pipeline.prepare_owner(
+                study.source_path or "", self.store.study_secret(study.study_id), self.offline.take_own(study.study_id)
+            )
             own = self.governance.check_input(study, pipeline.run_id, self.config.org, mine.commitment, starter=False)
             if not own.admitted:
                 await self._ask_approval(study, own)
         except PhaseFailure as failure:
+            self.offline.prepare_soon(study.study_id)  # this run took the prepared key, if there was one
             await self.runs.fail(pipeline.run_id, run_error(failure), tell_peers=True, category=failure.category)
             await pipeline.drop()
             shared = shared_error(run_error(failure), failure.category)
@@ -218,7 +257,7 @@ class RunOrchestrator:
             state=common_pb2.RUN_STATE_RUNNING, message="input committed",
         )  # fmt: skip
         await self.runs.report(note, commitment=input_to_proto(own.record))
-        return OwnerSetup(mine.keys, mine.commitment)
+        return OwnerSetup(mine.keys, mine.commitment, mine.prepared_key_id)
 
     # Following and cancelling -------------------------------------------------------------
 

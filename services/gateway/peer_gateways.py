@@ -92,6 +92,11 @@ class PeerGateways:
             reason = f"could not start the run there: {exc.code().name}: {exc.details()}"
             raise PhaseFailure(common_pb2.PHASE_SETUP, org, reason, clean_text(reason)) from None
 
+    async def announce_key(self, org: str, request: gateway_pb2.PeerAnnounceKeyRequest) -> None:
+        """Announce this owner's next-run public key to the other owner (raises the peer's error)."""
+        await self.ready(org)
+        await self.stub(org).PeerAnnounceKey(request, timeout=PEER_DEADLINE_S)
+
     async def cancel_run(self, orgs: list[str], run_id: str, reason: str) -> None:
         """Best effort: a peer that does not hear of it ends the run when its own part fails."""
         request = gateway_pb2.PeerCancelRunRequest(run_id=run_id, reason=reason)

@@ -59,6 +59,7 @@ class OwnerSetup:
 
     keys: OwnerKeys
     commitment: str
+    prepared_key_id: str = ""  # set when the Paillier key is the one prepared (and announced) offline
 
 
 class RunPipeline:
@@ -101,16 +102,13 @@ class RunPipeline:
 
     # Data owners -----------------------------------------------------------
 
-    async def prepare_owner(self, source_path: str, commitment_key: bytes) -> OwnerSetup:
-        """Setup: a fresh Paillier key pair (kept by resharing) and the CSV read, committed to
-        under `commitment_key` (this org's per-study secret) + X25519 key (encryption)."""
+    async def prepare_owner(self, source_path: str, commitment_key: bytes, prepared_key_id: str = "") -> OwnerSetup:
+        """Setup: this run's Paillier key pair (kept by resharing: the one prepared offline with
+        `prepared_key_id` if resharing still holds it, else a fresh one) and the CSV read,
+        committed to under `commitment_key` (this org's per-study secret) + X25519 key (encryption)."""
         async with self.phase(common_pb2.PHASE_SETUP, "resharing") as where:
-            await self._progress(common_pb2.PHASE_SETUP, message="generating this run's Paillier key pair")
             resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
-            key_request = join_pb2.CreateKeyRequest(
-                run_id=self.run_id, bits=self.spec.paillier_bits or DEFAULT_PAILLIER_BITS
-            )
-            key = (await resharing.CreateKey(key_request, timeout=SETUP_DEADLINE_S)).key
+            key, prepared_key_id = await self._run_key(resharing, prepared_key_id)
             where.server = "encryption"
             encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)
             request = join_pb2.PrepareEncryptionRequest(
@@ -118,7 +116,26 @@ class RunPipeline:
             )
             prepared = await encryption.PrepareEncryption(request, timeout=SETUP_DEADLINE_S)
             await self._progress(common_pb2.PHASE_SETUP, done=1, total=1, message="keys ready, local data validated")
-        return OwnerSetup(OwnerKeys(prepared.x25519_public_key, key), prepared.input_commitment)
+        return OwnerSetup(OwnerKeys(prepared.x25519_public_key, key), prepared.input_commitment, prepared_key_id)
+
+    async def _run_key(
+        self, resharing: join_pb2_grpc.ResharingServiceStub, prepared_key_id: str
+    ) -> tuple[common_pb2.PaillierPublicKey, str]:
+        """This run's public key and its prepared key id ("" when it was made now)."""
+        request = join_pb2.CreateKeyRequest(
+            run_id=self.run_id, bits=self.spec.paillier_bits or DEFAULT_PAILLIER_BITS, study_id=self.spec.study_id
+        )
+        if prepared_key_id:
+            request.prepared_key_id = prepared_key_id
+            try:
+                return (await resharing.CreateKey(request, timeout=SETUP_DEADLINE_S)).key, prepared_key_id
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                # Used, expired or lost on a restart: make one now, as without offline keys.
+                request.prepared_key_id = ""
+        await self._progress(common_pb2.PHASE_SETUP, message="generating this run's Paillier key pair")
+        return (await resharing.CreateKey(request, timeout=SETUP_DEADLINE_S)).key, ""
 
     async def run_owner(self, peer: OwnerKeys) -> lasso_pb2.ModelResult:
         async with self.phase(common_pb2.PHASE_HASHING_ENCRYPTION, "encryption"):

@@ -14,7 +14,7 @@ _CLIENT_METHODS = (
 )  # fmt: skip
 _PEER_METHODS = (
     "PeerPropose", "PeerApprove", "PeerStartRun", "PeerProgress", "PeerCancelRun", "PeerApproveRun",
-    "PeerRequestRunApproval",
+    "PeerRequestRunApproval", "PeerAnnounceKey",
 )  # fmt: skip
 
 GATEWAY_RULES = {

@@ -26,6 +26,7 @@ from services.gateway import access, codec
 from services.gateway.audit import AuditLog
 from services.gateway.errors import RequestError, mapped_errors
 from services.gateway.governance import Governance, is_commitment
+from services.gateway.offline import OfflineMaterial
 from services.gateway.orchestration import RunOrchestrator
 from services.gateway.peer_gateways import PeerGateways
 from services.gateway.results import Results
@@ -54,8 +55,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.peers = PeerGateways(config, channels)
         self.runs = RunCoordinator(config, channels, store, audit)
         self.governance = Governance(config, store, audit, self.peers)
-        self.studies = StudyLifecycle(config, store, audit, self.peers, self.governance)
-        self.orchestrator = RunOrchestrator(config, channels, store, audit, self.peers, self.runs, self.governance)
+        self.offline = OfflineMaterial(config, channels, store, self.peers)
+        self.studies = StudyLifecycle(config, store, audit, self.peers, self.governance, self.offline)
+        self.orchestrator = RunOrchestrator(
+            config, channels, store, audit, self.peers, self.runs, self.governance, self.offline
+        )
         self.results = Results(config.org, store, audit)
 
     def _errors(self, context: Context) -> contextlib.AbstractAsyncContextManager[None]:
@@ -149,7 +153,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def GetStudy(self, request: gateway_pb2.GetStudyRequest, context: Context) -> gateway_pb2.GetStudyResponse:
         async with self._errors(context):
-            return gateway_pb2.GetStudyResponse(study=self._study(self.store.get_study(request.study_id)))
+            study = self.store.get_study(request.study_id)
+            return gateway_pb2.GetStudyResponse(study=self._study(study), offline=self.offline.status(study.study_id))
 
     async def ListStudies(
         self, request: gateway_pb2.ListStudiesRequest, context: Context
@@ -174,7 +179,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 x25519_public_key=mine.keys.x25519_public_key,
                 paillier_key=mine.keys.paillier_key,
                 input=gateway_pb2.InputCommitment(org=self.config.org, commitment=mine.commitment),
+                prepared_key_id=mine.prepared_key_id,
             )
+
+    async def PeerAnnounceKey(
+        self, request: gateway_pb2.PeerAnnounceKeyRequest, context: Context
+    ) -> gateway_pb2.PeerAnnounceKeyResponse:
+        async with self._errors(context):
+            self.offline.accept_announcement(request, self._caller())
+            return gateway_pb2.PeerAnnounceKeyResponse()
 
     async def PeerProgress(
         self, request: gateway_pb2.PeerProgressRequest, context: Context

@@ -20,6 +20,7 @@ from services.gateway import access
 from services.gateway.audit import AuditLog
 from services.gateway.errors import RequestError
 from services.gateway.governance import Governance
+from services.gateway.offline import OfflineMaterial
 from services.gateway.peer_gateways import PEER_DEADLINE_S, PeerGateways
 from services.gateway.store import Store, StudyRecord
 from services.mesh.config import OrgConfig
@@ -29,13 +30,20 @@ from services.study import spec as specs
 
 class StudyLifecycle:
     def __init__(
-        self, config: OrgConfig, store: Store, audit: AuditLog, peers: PeerGateways, governance: Governance
+        self,
+        config: OrgConfig,
+        store: Store,
+        audit: AuditLog,
+        peers: PeerGateways,
+        governance: Governance,
+        offline: OfflineMaterial,
     ) -> None:
         self.config = config
         self.store = store
         self.audit = audit
         self.peers = peers
         self.governance = governance
+        self.offline = offline  # an approved study's first run's keys and pools, made now
 
     async def propose(self, spec: common_pb2.StudySpec, source_path: str | None, caller: Identity) -> StudyRecord:
         """This organisation (a data owner) proposes `spec`, naming its local data file."""
@@ -83,6 +91,7 @@ class StudyLifecycle:
         study = self.store.approve(study.study_id, self.config.org, study.digest)
         details = {"spec_digest": study.digest}
         self.audit.append(str(caller), "study.approved", study_id=study.study_id, details=details)
+        self.offline.prepare_soon(study.study_id)
         return study
 
     def _keep_source_path(self, study: StudyRecord, source_path: str) -> None:
@@ -102,3 +111,4 @@ class StudyLifecycle:
         self.store.approve(study.study_id, caller.org, digest)
         details = {"spec_digest": digest, "org": caller.org}
         self.audit.append(str(caller), "study.approved", study_id=study.study_id, details=details)
+        self.offline.prepare_soon(study.study_id)

@@ -14,6 +14,16 @@ table's size, and the next piece is computed while the previous one is on the wi
 Progress: SETUP when RunEncryption starts and when the first piece's randomness is ready
 (0 and 1 of 1), HASHING_ENCRYPTION per piece sent (rows of all), then when the helper
 accepted the rows.
+
+Offline pools (docs/adr/0013-offline-keys-and-pools.md). PreparePool makes, before the run,
+the randomness pool for the key the other owner announced for the study's next run: as many
+elements as this owner's CSV needs now (at most MAX_PREPARED_ELEMENTS), through the same
+dispatch as a run's pieces (`make_pool`, OFFLINE_PIECE elements at a time, so that a pool no
+run will use stops early when it is dropped), kept in memory only, one per study. RunEncryption
+takes the study's pool when it was made for the peer key the run uses (waiting for it if it
+is still being made) and forgets it: each element is used once, by this run; the pieces
+take their elements from it first and make the rest (a grown input) in-run. A pool for
+another key, older than PREPARED_POOL_TTL_S, or lost with a restart is not used.
 """
 
 from __future__ import annotations
@@ -38,7 +48,13 @@ from services.join.core.csvinput import OwnerTable, read_owner_csv
 from services.join.core.errors import SpecError
 from services.join.core.masking import random_permutation
 from services.join.core.packing import SlotLayout
-from services.join.core.paillier import PublicKey, check_key_size, choose_window_bits, generate_pool
+from services.join.core.paillier import (
+    PublicKey,
+    RandomnessPool,
+    check_key_size,
+    choose_window_bits,
+    generate_pool,
+)
 from services.join.core.parallel import default_workers, process_executor, stop_executor
 from services.join.core.protocol import encrypt_piece, prepare_layout
 from services.join.rules import ENCRYPTION_RULES
@@ -61,6 +77,13 @@ WARM_UP_S = 60.0
 # come is dropped after this long. The gateway sends it right after every party's setup, which
 # has a 120 s deadline (gateway/pipeline.py).
 PREPARED_TTL_S = 600.0
+# The offline pool's size bound: 100,000 elements are 77 MB at 3072 bits (a larger input makes
+# the rest in-run), and its age bound (as the prepared key pair's: resharing_server.py).
+MAX_PREPARED_ELEMENTS = 100_000
+# The offline pool is made this many elements at a time, so that a pool no run will use (its key
+# was superseded, or a run came first with a fresh key) stops after the current piece.
+OFFLINE_PIECE = 2_000
+PREPARED_POOL_TTL_S = 12 * 3600.0
 
 
 @dataclass
@@ -68,6 +91,50 @@ class PreparedRun:
     spec: common_pb2.StudySpec
     table: OwnerTable
     agreement_key: X25519PrivateKey
+
+
+@dataclass
+class PreparedPool:
+    """A study's offline pool for the other owner's announced key, made (or being made) by `task`."""
+
+    key_id: str
+    made_at: float  # time.monotonic() when it was asked for
+    task: asyncio.Task[RandomnessPool]
+
+
+async def make_pool(
+    crypto: CryptoWorkers | None,
+    executor: ProcessPoolExecutor | None,
+    workers: int,
+    key: PublicKey,
+    count: int,
+    window: int | None,
+) -> RandomnessPool:
+    """`count` fresh pool elements for `key`: on the org's crypto workers, else this server's processes."""
+    if crypto is not None:
+        return await crypto.make_pool(key, count, window)
+    return await asyncio.to_thread(generate_pool, key, count, window_bits=window, executor=executor, parts=workers)
+
+
+async def make_offline_pool(
+    crypto: CryptoWorkers | None,
+    executor: ProcessPoolExecutor | None,
+    workers: int,
+    key: PublicKey,
+    count: int,
+    window: int | None,
+) -> RandomnessPool:
+    """`make_pool` piece by piece (OFFLINE_PIECE elements): cancelling it stops after the current piece."""
+    elements: list[int] = []
+    while len(elements) < count:
+        piece = await make_pool(crypto, executor, workers, key, min(OFFLINE_PIECE, count - len(elements)), window)
+        elements += piece.take(len(piece))
+    return RandomnessPool(key.key_id, elements)
+
+
+def pool_window(count: int, parts: int, key: PublicKey) -> int:
+    """One window size for all of a pool's pieces: each worker builds its table once."""
+    return choose_window_bits(-(-count // parts), key.exponent_bits, int(key.n2).bit_length())
 
 
 class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
@@ -79,6 +146,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
         workers: int,
         prepared_ttl_s: float = PREPARED_TTL_S,
         crypto: CryptoWorkers | None = None,
+        prepared_pool_ttl_s: float = PREPARED_POOL_TTL_S,
     ) -> None:
         self.config = config
         self.channels = channels
@@ -87,6 +155,51 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
         self.crypto = crypto  # the org's crypto workers, if it has them (then no executor)
         self.prepared: dict[str, PreparedRun] = {}
         self.prepared_ttl_s = prepared_ttl_s
+        self.pools: dict[str, PreparedPool] = {}  # offline pools by study id; memory only
+        self.prepared_pool_ttl_s = prepared_pool_ttl_s
+
+    @property
+    def parts(self) -> int:
+        return self.crypto.parallelism if self.crypto else self.workers
+
+    async def PreparePool(self, request, context):
+        async with join_errors(context, "offline randomness pool"):
+            owner = owner_columns(request.spec, self.config.org)
+            target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
+            table = await asyncio.to_thread(
+                read_owner_csv,
+                request.source_path,
+                birth_date_column=owner.birth_date_column,
+                postal_code_column=owner.postal_code_column,
+                features=[codec.column_from_proto(c) for c in owner.features],
+                target=target,
+            )
+            peer_key = codec.public_key_from_proto(request.peer_paillier_key)
+            check_key_size(peer_key.bits, request.spec.paillier_bits, self.config.min_paillier_bits)
+            count = min(len(table.ids) * prepare_layout(table, peer_key).ciphertexts_per_row, MAX_PREPARED_ELEMENTS)
+            del table  # only its size was needed
+            study_id = request.spec.study_id
+            work = make_offline_pool(
+                self.crypto, self.executor, self.workers, peer_key, count, pool_window(count, self.parts, peer_key)
+            )
+            entry = PreparedPool(peer_key.key_id, time.monotonic(), asyncio.ensure_future(work))
+            older = self.pools.get(study_id)
+            if older is not None:
+                older.task.cancel()  # superseded: its key will not be used
+            self.pools[study_id] = entry
+            pool = await asyncio.shield(entry.task)
+            log.info("study %s: offline pool of %d elements ready", study_id, len(pool))
+            return join_pb2.PreparePoolResponse(elements=len(pool))
+
+    def _take_pool(self, study_id: str, key_id: str) -> asyncio.Task[RandomnessPool] | None:
+        """The study's offline pool if it is for `key_id` and fresh; forgotten here either way."""
+        entry = self.pools.pop(study_id, None)
+        if entry is None:
+            return None
+        if entry.key_id != key_id or time.monotonic() - entry.made_at > self.prepared_pool_ttl_s:
+            entry.task.cancel()
+            return None
+        return entry.task
 
     def _expire(self, run_id: str, prepared: PreparedRun) -> None:
         if self.prepared.get(run_id) is prepared:
@@ -145,12 +258,17 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 peer_key,
                 prepare_layout(prepared.table, peer_key),
                 self.executor,
-                self.crypto.parallelism if self.crypto else self.workers,
+                self.parts,
                 self.crypto,
+                self._take_pool(prepared.spec.study_id, peer_key.key_id),
             )
             stub = join_pb2_grpc.IntersectionServiceStub(self.channels.get(helper, "intersection"))
+            offline = await upload.take_offline_pool()
             yield upload.progress(
-                common_pb2.PHASE_SETUP, 0, 1, "randomness pool (offline), built piece by piece while sending"
+                common_pb2.PHASE_SETUP,
+                0,
+                1,
+                "randomness pool: made offline" if offline else "randomness pool: built piece by piece while sending",
             )
             call = asyncio.ensure_future(stub.UploadRows(upload.requests(), timeout=UPLOAD_DEADLINE_S))
             async for event in upload.events_until(call):
@@ -188,6 +306,8 @@ class PieceUpload:
     executor: ProcessPoolExecutor | None
     workers: int
     crypto: CryptoWorkers | None
+    offline: asyncio.Task[RandomnessPool] | None = None  # the pool made before the run, for this peer key
+    ready: RandomnessPool | None = None  # its elements, once `take_offline_pool` awaited it
     events: asyncio.Queue[join_pb2.RunEncryptionResponse] = field(default_factory=asyncio.Queue)
     failure: Exception | None = None  # what ended the stream early (the helper sees it short)
 
@@ -198,21 +318,35 @@ class PieceUpload:
     def progress(self, phase: int, done: int, total: int, message: str) -> join_pb2.RunEncryptionResponse:
         return join_pb2.RunEncryptionResponse(progress=progress(self.run_id, self.org, phase, done, total, message))
 
+    async def take_offline_pool(self) -> int:
+        """Await the offline pool if it is still being made (none, or a failed one: empty); its size."""
+        self.ready = RandomnessPool(self.peer_key.key_id, ())
+        if self.offline is not None:
+            try:
+                pool = await self.offline
+                if pool.key_id == self.peer_key.key_id:
+                    self.ready = pool
+            except Exception as exc:  # noqa: BLE001 - a failed offline pool only means making it in-run
+                log.warning("run %s: the offline pool failed (%s); making it in-run", self.run_id, type(exc).__name__)
+        return len(self.ready)
+
+    async def _piece_pool(self, offline: RandomnessPool, count: int, window: int) -> RandomnessPool:
+        """`count` elements for one piece: the offline pool's first, the rest made now."""
+        ready = offline.take(min(count, len(offline)))
+        if len(ready) == count:
+            return RandomnessPool(self.peer_key.key_id, ready)
+        made = await make_pool(self.crypto, self.executor, self.workers, self.peer_key, count - len(ready), window)
+        return RandomnessPool(self.peer_key.key_id, ready + made.take(len(made)))
+
     async def _pieces(self) -> AsyncIterator[tuple[Sequence[int], tuple[list[bytes], list[list[int]]]]]:
         per_row, key = self.layout.ciphertexts_per_row, self.peer_key
-        # One window size for every piece: each worker builds its table once per run.
-        window = choose_window_bits(
-            -(-self.rows * per_row // self.workers), key.exponent_bits, int(key.n2).bit_length()
-        )
+        offline = self.ready if self.ready is not None else RandomnessPool(key.key_id, ())
+        if self.offline is not None:
+            log.info("run %s: %d offline pool elements for %d needed", self.run_id, len(offline), self.rows * per_row)
+        window = pool_window(max(1, self.rows * per_row - len(offline)), self.workers, key)
         order = random_permutation(self.rows)  # hide the file's row order from the helper
         for number, piece in enumerate(chunked(order, PIECE_ROWS)):
-            count = len(piece) * per_row
-            if self.crypto is not None:
-                pool = await self.crypto.make_pool(key, count, window)
-            else:
-                pool = await asyncio.to_thread(
-                    generate_pool, key, count, window_bits=window, executor=self.executor, parts=self.workers
-                )
+            pool = await self._piece_pool(offline, len(piece) * per_row, window)
             if number == 0:
                 self.events.put_nowait(
                     self.progress(common_pb2.PHASE_SETUP, 1, 1, "randomness pool: first piece ready")

@@ -13,6 +13,12 @@ every block and the key are dropped, and AwaitShares ends with the status and a 
 that names the resharing phase. DropRun fails a run that is still incomplete, so no
 waiter hangs on a run that will never complete.
 
+Offline keys (docs/adr/0013-offline-keys-and-pools.md). PrepareKey makes a study's next-run
+key pair ahead of the run and keeps it in memory only (one per study; a newer one replaces
+it). CreateKey with that key's id hands it to exactly one run and forgets it here; an unknown
+or mismatched id, a key older than PREPARED_KEY_TTL_S, or one lost with a restart is refused
+(FAILED_PRECONDITION), and the gateway then asks for a fresh key pair as before.
+
 Decryption runs on the organisation's crypto workers when it has them (services/join/workers.py;
 up to one chunk per worker in flight, in order), else on this server's threads.
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -62,6 +69,17 @@ log = logging.getLogger("riskmesh.resharing")
 ALLOWED_BITS = (1024, 2048, 3072)  # 1024 only where the config lowers min_paillier_bits (test meshes)
 BROKE_OFF = "resharing: the stream from the helper broke off before every row arrived"
 ENDED_EARLY = "resharing: the stream from the helper ended before every announced row arrived"
+# A prepared key pair not used by a run within this long is not used at all (the gateway's
+# prepared material expires at the same age: services/gateway/offline.py).
+PREPARED_KEY_TTL_S = 12 * 3600.0
+
+
+@dataclass
+class PreparedKey:
+    """A study's next-run key pair, made ahead of the run (PrepareKey)."""
+
+    key: PrivateKey
+    made_at: float  # time.monotonic()
 
 
 @dataclass
@@ -119,21 +137,30 @@ async def _read_header(stream: AsyncIterator[Any]) -> Any:
 
 
 class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
-    def __init__(self, config: OrgConfig, threads: int, crypto: CryptoWorkers | None = None) -> None:
+    def __init__(
+        self,
+        config: OrgConfig,
+        threads: int,
+        crypto: CryptoWorkers | None = None,
+        prepared_key_ttl_s: float = PREPARED_KEY_TTL_S,
+    ) -> None:
         self.config = config
         self.threads = threads
         self.crypto = crypto  # the org's crypto workers, if it has them
         self.runs: dict[str, ResharingRun] = {}
+        self.prepared_keys: dict[str, PreparedKey] = {}  # by study id; memory only (a restart forgets them)
+        self.prepared_key_ttl_s = prepared_key_ttl_s
 
     def _run(self, run_id: str) -> ResharingRun:
         # The helper holds two blocks (−r for each owner's columns); an owner holds one.
         expected = 2 if self.config.role == "helper" else 1
         return self.runs.setdefault(run_id, ResharingRun(expected_blocks=expected))
 
-    async def CreateKey(self, request, context):
+    async def _check_key_request(self, bits: int, context: grpc.aio.ServicerContext) -> int:
+        """The requested modulus size (the default when 0), or the request is refused."""
         if self.config.role != "data_owner":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "resharing: only data owners hold Paillier keys")
-        bits = request.bits or DEFAULT_MODULUS_BITS
+        bits = bits or DEFAULT_MODULUS_BITS
         if bits not in ALLOWED_BITS:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"resharing: the Paillier modulus must be one of {ALLOWED_BITS} bits"
@@ -143,11 +170,44 @@ class ResharingServicer(join_pb2_grpc.ResharingServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"resharing: this server creates no Paillier key below {self.config.min_paillier_bits} bits",
             )
+        return bits
+
+    async def CreateKey(self, request, context):
+        bits = await self._check_key_request(request.bits, context)
         run = self._run(request.run_id)
         if run.key is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"resharing: run {request.run_id} already has a key")
-        run.key = await asyncio.to_thread(generate_keypair, bits)
+        if request.prepared_key_id:
+            run.key = self._take_prepared(request.study_id, request.prepared_key_id, bits)
+            if run.key is None:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"resharing: no prepared key {request.prepared_key_id} for study {request.study_id} here "
+                    "(used, expired, replaced or lost on a restart)",
+                )
+            log.info("run %s: uses the key pair prepared for study %s", request.run_id, request.study_id)
+        else:
+            run.key = await asyncio.to_thread(generate_keypair, bits)
         return join_pb2.CreateKeyResponse(key=codec.public_key_to_proto(run.key.public))
+
+    def _take_prepared(self, study_id: str, key_id: str, bits: int) -> PrivateKey | None:
+        """The study's prepared key pair if it has this id and size and is fresh; it is forgotten
+        here either way once a run asked for it (a key serves one run at most)."""
+        prepared = self.prepared_keys.get(study_id)
+        if prepared is None or prepared.key.public.key_id != key_id:
+            return None  # an unknown id leaves the study's real prepared key for its run
+        del self.prepared_keys[study_id]
+        fresh = time.monotonic() - prepared.made_at <= self.prepared_key_ttl_s
+        return prepared.key if fresh and prepared.key.public.bits == bits else None
+
+    async def PrepareKey(self, request, context):
+        bits = await self._check_key_request(request.bits, context)
+        if not request.study_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "resharing: a prepared key needs a study id")
+        key = await asyncio.to_thread(generate_keypair, bits)
+        self.prepared_keys[request.study_id] = PreparedKey(key, time.monotonic())  # replaces an older one
+        log.info("study %s: next run's key pair prepared", request.study_id)
+        return join_pb2.PrepareKeyResponse(key=codec.public_key_to_proto(key.public))
 
     async def DeliverMaskedRows(self, request_iterator, context):
         try:

@@ -13,6 +13,7 @@ _OWN_GATEWAY = (Allow("self", "gateway"),)
 ENCRYPTION_RULES = {
     _ENC + "PrepareEncryption": _OWN_GATEWAY,
     _ENC + "RunEncryption": _OWN_GATEWAY,
+    _ENC + "PreparePool": _OWN_GATEWAY,
 }
 
 INTERSECTION_RULES = {
@@ -23,6 +24,7 @@ INTERSECTION_RULES = {
 
 RESHARING_RULES = {
     _RES + "CreateKey": _OWN_GATEWAY,
+    _RES + "PrepareKey": _OWN_GATEWAY,
     _RES + "DeliverMaskedRows": (Allow("helper", "intersection"),),
     # The helper's own shares come from its own intersection server only.
     _RES + "StoreHelperShares": (Allow("self", "intersection"),),

@@ -313,6 +313,9 @@ def test_join_bench_runs_its_own_mesh_and_reports_measured_figures(tmp_path: Pat
     assert result["bytes_to_helper"] > 2 * 300 * (32 + 2 * 256)
     assert result["bytes_to_owners"] > 2 * 150 * 2 * 256
     assert result["server_cpu_s"] > 0 and result["paillier_bits"] == 1024
+    # Keys and pools were made before the timed run, and the run used them.
+    assert result["used_prepared_keys"] is True and result["prepared_s"] > 0
+    assert all(n > 0 for n in result["prepared_pool_elements"].values())
     by_org = result["cpu_s_by_org"]
     assert set(by_org) == {"insurer", "hospital", "helper"} and all(v > 0 for v in by_org.values())
     assert abs(sum(by_org.values()) - result["server_cpu_s"]) < 0.05

@@ -197,3 +197,42 @@ def test_gateway_killed_mid_run_ends_failed_everywhere_and_restarts_clean(study_
     # A rerun of the same study succeeds.
     again = run_to_end(clients["insurer"], "e2e-restart")
     assert again.state == common_pb2.RUN_STATE_SUCCEEDED, again
+
+
+def wait_offline_ready(clients, study_id: str, timeout: float = 120.0) -> dict[str, gateway_pb2.OfflineStatus]:
+    """Both owners' material for the study's next run (key pair, pool for the other's key)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = {org: clients[org].offline_status(study_id) for org in ("insurer", "hospital")}
+        if all(s.ready for s in status.values()) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def test_runs_use_keys_and_pools_made_before_them_and_fall_back_after_a_restart(study_mesh):
+    """docs/adr/0013: after approval each owner prepares the next run's key pair and its pool for
+    the other owner's announced key; a run uses them once; the next run's are made after it; a
+    restarted resharing server has lost its prepared key, and the run makes one in-run instead."""
+    root, configs, mesh, clients, data, sources = study_mesh
+    approve_all(clients, data, sources, "e2e-offline", alphas=[ALPHA])
+    status = wait_offline_ready(clients, "e2e-offline")
+    assert all(s.ready and s.pool_elements > 0 and s.prepared_s > 0 for s in status.values()), status
+    first = run_to_end(clients["insurer"], "e2e-offline")
+    assert first.state == common_pb2.RUN_STATE_SUCCEEDED, first
+    for org in ("insurer", "hospital"):
+        used = clients[org].offline_status("e2e-offline")
+        assert used.last_run_id == first.run_id and used.last_run_prepared, (org, used)
+    # The next run's material is made after the run; then the hospital's resharing server restarts.
+    assert all(s.ready for s in wait_offline_ready(clients, "e2e-offline").values())
+    mesh.restart(mesh.find("hospital", "resharing"))
+    second = run_to_end(clients["insurer"], "e2e-offline")
+    assert second.state == common_pb2.RUN_STATE_SUCCEEDED, second
+    for org in ("insurer", "hospital"):
+        used = clients[org].offline_status("e2e-offline")
+        assert used.last_run_id == second.run_id and not used.last_run_prepared, (org, used)
+    _, first_result = clients["insurer"].result(first.run_id)
+    _, second_result = clients["insurer"].result(second.run_id)
+    assert [c.feature for c in first_result.coefficients] == [c.feature for c in second_result.coefficients]
+    assert np.allclose(
+        [c.value for c in first_result.coefficients], [c.value for c in second_result.coefficients], atol=1e-6
+    )

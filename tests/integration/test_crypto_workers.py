@@ -19,7 +19,15 @@ import grpc
 import pytest
 
 from riskmesh.v1 import crypto_worker_pb2, crypto_worker_pb2_grpc
-from services.bench.drive import Harness, collect_shares, plaintext_join, reconstruct_table, run_join, same_rows
+from services.bench.drive import (
+    Harness,
+    collect_shares,
+    plaintext_join,
+    prepare_offline,
+    reconstruct_table,
+    run_join,
+    same_rows,
+)
 from services.join import codec, crypto_worker_server, encryption_server, intersection_server, resharing_server
 from services.join.core.paillier import generate_keypair, generate_pool
 from services.join.core.workwire import MAX_CHUNK_ITEMS, pack_numbers, private_key_parts, unpack_numbers
@@ -275,3 +283,36 @@ def test_local_worker_ports_and_k8s_balanced_target() -> None:
         parse_config({**base, "role": "helper"}, {}, Path("/"))
     with pytest.raises(ConfigError, match="crypto_workers"):
         parse_config({**base, "crypto_workers": -1}, {}, Path("/"))
+
+
+def test_the_offline_pool_is_made_on_the_workers_and_used_by_the_run(mesh: WorkerMesh, tmp_path: Path) -> None:
+    """docs/adr/0013: PreparePool goes through the same dispatch as a run's pieces (the workers),
+    and the run then makes no pool element itself."""
+    data = make_study_data(RECORDS, overlap=0.5, features=10, seed=12)
+    spec = spec_for(data, "workers-offline", min_intersection=10)
+    spec.paillier_bits = BITS
+    sources = {t.org: str(t.write_csv(tmp_path / f"{t.org}.csv")) for t in (data.insurer, data.hospital)}
+    harness = Harness(mesh.configs)
+    owners = ("insurer", "hospital")
+
+    def pool_elements() -> dict[str, int]:
+        return {o: sum(stats(mesh, o, i).pool_elements for i in range(WORKERS)) for o in owners}
+
+    async def prepare() -> dict:
+        return await prepare_offline(harness, spec, sources)
+
+    async def run(prepared: dict) -> tuple[Any, dict[str, Any]]:
+        try:
+            timings = await run_join(harness, spec, sources, "workers-offline-1", prepared)
+            return timings, await collect_shares(harness, spec, "workers-offline-1")
+        finally:
+            await harness.close()
+
+    before = pool_elements()
+    prepared = mesh.loop.run(prepare(), timeout=180)
+    made = pool_elements()
+    assert all(made[o] - before[o] == prepared[f"{o}/pool"].elements > 0 for o in owners)
+    timings, shares = mesh.loop.run(run(prepared), timeout=180)
+    columns, expected = plaintext_join(data, {o: Path(p) for o, p in sources.items()})
+    assert timings.offline_pools == 2 and same_rows(reconstruct_table(shares), columns, expected)
+    assert pool_elements() == made  # the run used the offline pools and made no element

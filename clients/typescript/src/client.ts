@@ -23,6 +23,7 @@ import {
   type CheckPeersResponse,
   type GetInfoResponse,
   type ListAuditResponse,
+  type OfflineStatus,
   type Run,
   type Study,
   type VerifyAuditResponse,
@@ -147,6 +148,11 @@ export class GatewayClient {
   /** A study with this organisation's run governance, its disclosure floors checked against the spec, and who learns what. */
   async getStudy(studyId: string): Promise<Study> {
     return required((await this.unary(this.stub.getStudy, { studyId })).study, "GetStudy.study");
+  }
+
+  /** This organisation's material for the study's next run, made before the run (data owners; ADR 0013). */
+  async offlineStatus(studyId: string): Promise<OfflineStatus> {
+    return required((await this.unary(this.stub.getStudy, { studyId })).offline, "GetStudy.offline");
   }
 
   async listStudies(): Promise<Study[]> {
