@@ -57,7 +57,7 @@ from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_regression import _argmin_onehot
 from services.lasso.mpc.secure_rows import share_rows
 
-__all__ = ["LOG_STEPS", "secure_fit_glm_cv"]
+__all__ = ["LOG_STEPS", "run_party", "secure_fit_glm_cv"]
 
 ObjectArray = npt.NDArray[np.object_]
 ProgressCallback = Callable[[str, int, int], None]
@@ -256,3 +256,19 @@ def _result(values: npt.NDArray[np.float64], plans: list[GlmPlan], spec: Regress
         cv_curve=curve,
         metrics=metrics,
     )
+
+
+async def run_party(
+    mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec, on_progress: ProgressCallback | None = None
+) -> RegressionResult | None:
+    """Start the runtime, fit with cross-validation, shut down (as ``secure_glm.run_party``)."""
+    await mpc.start()
+    try:
+        result = await secure_fit_glm_cv(mpc, shares, spec, on_progress)
+    except BaseException:
+        for peer in mpc.parties:
+            if peer.pid != mpc.pid and peer.protocol is not None:
+                peer.protocol.close_connection()
+        raise
+    await mpc.shutdown()
+    return result

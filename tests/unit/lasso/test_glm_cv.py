@@ -15,8 +15,9 @@ import pytest
 
 from riskmesh.v1 import common_pb2
 from services.lasso.core.params import ModelKind, RegressionSpec, SpecError, fold_bounds
+from services.bench.local_run import run_local
 from services.lasso.mpc.secure_glm_cv import secure_fit_glm_cv
-from services.testkit.dealer import encode
+from services.testkit.dealer import deal, encode
 from services.testkit.glm_reference import fit_glm_exact, split_table
 from services.testkit.outcomes import study_with_outcome
 from services.testkit.synthetic import make_joined_table
@@ -36,9 +37,9 @@ def _loss(kind: ModelKind, eta: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, eta) - y * eta))
 
 
-def plain_cv(spec: RegressionSpec) -> tuple[float, list[float], dict[str, float]]:
+def plain_cv(spec: RegressionSpec, table: np.ndarray = STUDY.table) -> tuple[float, list[float], dict[str, float]]:
     """(chosen alpha, mean validation loss per alpha, the metrics' fold means at the chosen alpha)."""
-    x, y = split_table(STUDY.table, spec)
+    x, y = split_table(table, spec)
     folds = fold_bounds(len(y), spec.cv_folds)
     curve = np.zeros(len(spec.alphas))
     scores: dict[tuple[int, str], float] = {}
@@ -92,3 +93,26 @@ def test_glm_cv_specs_are_checked() -> None:
     with pytest.raises(SpecError):
         RegressionSpec(ModelKind.SVM, (0.01,), STUDY.ranges, STUDY.target, l1_ratio=0.0, cv_folds=0, standardize=True)
     assert common_pb2.MODEL_KIND_LOGISTIC  # the wire kinds the study spec accepts with CV: see test_spec_glm_cv
+
+
+def test_three_parties_agree_and_choose_the_plaintext_alpha() -> None:
+    rows, seed = 400, 7
+    args = ["--records", str(rows), "--features", "3", "--seed", str(seed), "--kind", "logistic", "--l1-ratio", "1"]
+    args += ["--cv-folds", "3", "--alpha", "0.002", "--alpha", "0.02", "--alpha", "0.2", "--metric", "accuracy"]
+    reports = run_local(args)
+    assert "result" not in reports[2]
+    assert reports[0]["result"] == reports[1]["result"]
+    study = study_with_outcome(make_joined_table(rows, 3, seed=seed), "binary", seed=seed)
+    table = deal(study.table, study.owners, np.random.default_rng(seed)).table
+    spec = RegressionSpec(
+        ModelKind.LOGISTIC, (0.002, 0.02, 0.2), study.ranges, study.target, l1_ratio=1.0, cv_folds=3,
+        metrics=("accuracy",),
+    )
+    alpha, curve, metrics = plain_cv(spec, table)
+    result = reports[0]["result"]
+    assert result["alpha"] == alpha
+    assert [v for _, v in result["cv_curve"]] == pytest.approx(curve, rel=1e-6, abs=1e-8)
+    assert result["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-8)
+    x, y = split_table(table, spec)
+    exact = fit_glm_exact(x, y, replace(spec, alphas=(alpha,), cv_folds=0, metrics=()))
+    assert _relative(result["coefficients"], exact.coefficients) <= 1e-4
