@@ -15,13 +15,13 @@ keeps its own matrix. Party processes use single-threaded BLAS.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from services.mesh.process import SINGLE_THREAD_ENV

@@ -38,7 +38,6 @@ from services.lasso.core.glm_plan import EXP_SQUARINGS, GlmPlan, make_glm_plan
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec, fold_bounds
 from services.lasso.mpc.secure_functions import exp_neg, sign_bits
 from services.lasso.mpc.secure_glm import (
-    E_BITS,
     FRAC,
     MARGIN_FRAC,
     Fields,
@@ -54,6 +53,7 @@ from services.lasso.mpc.secure_glm import (
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics
 from services.lasso.mpc.secure_ops import FieldOps
+from services.lasso.mpc.secure_qp import E_BITS
 from services.lasso.mpc.secure_regression import _argmin_onehot
 from services.lasso.mpc.secure_rows import share_rows
 
@@ -236,7 +236,9 @@ async def _fold_metrics(
     return await _mean_scale(ops, totals, len(folds), FRAC + math.ceil(math.log2(len(folds))) + 4)
 
 
-def _result(values: npt.NDArray[np.float64], plans: list[GlmPlan], spec: RegressionSpec, folds: int) -> RegressionResult:
+def _result(
+    values: npt.NDArray[np.float64], plans: list[GlmPlan], spec: RegressionSpec, folds: int
+) -> RegressionResult:
     """Decode, on an owner, [ŵ, b̂, alpha index, (curve), metrics] (all at frac 2F)."""
     d = plans[0].d
     chosen = plans[int(round(values[d + 1]))]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from riskmesh.v1 import common_pb2
-from services.lasso.core.params import ModelKind, RegressionSpec, SpecError, fold_bounds
 from services.bench.local_run import run_local
+from services.lasso.core.params import ModelKind, RegressionSpec, SpecError, fold_bounds
 from services.lasso.mpc.secure_glm_cv import secure_fit_glm_cv
 from services.testkit.dealer import deal, encode
 from services.testkit.glm_reference import fit_glm_exact, split_table
@@ -51,7 +51,8 @@ def plain_cv(spec: RegressionSpec, table: np.ndarray = STUDY.table) -> tuple[flo
             curve[a] += _loss(spec.kind, eta, y[start:stop]) / len(folds)
             predicted = (eta >= 0).astype(float)
             tp = float(predicted @ y[start:stop])
-            fold = {"accuracy": float(np.mean(predicted == y[start:stop])), "f1": 2 * tp / (predicted.sum() + y[start:stop].sum())}
+            held = y[start:stop]
+            fold = {"accuracy": float(np.mean(predicted == held)), "f1": 2 * tp / (predicted.sum() + held.sum())}
             for name in spec.metrics:
                 scores[(a, name)] = scores.get((a, name), 0.0) + fold[name] / len(folds)
     best = int(np.argmin(curve))
@@ -105,7 +106,12 @@ def test_three_parties_agree_and_choose_the_plaintext_alpha() -> None:
     study = study_with_outcome(make_joined_table(rows, 3, seed=seed), "binary", seed=seed)
     table = deal(study.table, study.owners, np.random.default_rng(seed)).table
     spec = RegressionSpec(
-        ModelKind.LOGISTIC, (0.002, 0.02, 0.2), study.ranges, study.target, l1_ratio=1.0, cv_folds=3,
+        ModelKind.LOGISTIC,
+        (0.002, 0.02, 0.2),
+        study.ranges,
+        study.target,
+        l1_ratio=1.0,
+        cv_folds=3,
         metrics=("accuracy",),
     )
     alpha, curve, metrics = plain_cv(spec, table)
