@@ -117,6 +117,7 @@ def _party(args: argparse.Namespace) -> None:
             "cv_curve": [list(p) for p in result.cv_curve],
             "standardized": list(result.standardized_coefficients or []),
             "metrics": dict(result.metrics),
+            "cv_metrics": dict(result.cv_metrics),
             "iterations": result.iterations,
             "converged": result.converged,
         }

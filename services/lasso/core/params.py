@@ -200,7 +200,10 @@ class RegressionResult:
     ``certified_gap`` bounds the relative objective gap (P − P*)/P* (up to the
     factor 1/(1 − gap)); ``None`` when not certified. The GLM fits have no
     certificate (a fixed number of Newton steps): ``converged`` stays False.
-    ``metrics`` holds (metric name, value) in the study's order.
+    ``metrics`` holds (metric name, value) in the study's order, on the whole join;
+    ``cv_metrics`` (cross-validated GLM fits) the same metrics' K-fold estimates at the
+    chosen alpha (the mean over the folds of each held-out fold's value). For the GLMs the
+    ``cv_curve`` values are the mean validation loss (log-loss, squared hinge), not an MSE.
     """
 
     coefficients: tuple[float, ...]
@@ -213,6 +216,7 @@ class RegressionResult:
     converged: bool = False
     certified_gap: float | None = None
     metrics: tuple[tuple[str, float], ...] = field(default=())
+    cv_metrics: tuple[tuple[str, float], ...] = field(default=())
 
 
 def check_table_shape(n_rows: int, n_columns: int, spec: RegressionSpec) -> None:

@@ -17,8 +17,9 @@ choice      curve_a = Σ_k loss_{k,a}; the first minimum by ``secure_regression.
             (one-hot shares, never opened); the refits on the whole join are combined as
             Σ_a onehot_a·(e_a∘u_a) — exact products, so L1 zeros stay exact.
 reveal      To parties 0 and 1 only: ŵ, b̂, the chosen alpha's index, the CV curve (mean validation
-            loss per alpha) when the study reveals it, and the requested metrics as their K-fold
-            estimates at the chosen alpha (the mean over folds of each fold's held-out metric).
+            loss per alpha) when the study reveals it, and the requested metrics: on the whole join
+            for the chosen refit (as without CV) and their K-fold estimates at the chosen alpha (the
+            mean over the folds of each held-out fold's metric; ``MetricValue.cv_value``).
 
 Cost: (K + 1)·A fits instead of the lasso's one batched CV fit and one refit (the GLM's
 penalties enter its first step as public constants; a secret-penalty refit is future work).
@@ -200,7 +201,11 @@ async def secure_fit_glm_cv(
     opened = [exact[:d], [b_hat, index * one * one]]
     if spec.reveal_cv_curve:
         opened.append(curve * one)
-    opened.append(estimates * one)
+    eta2 = (np.matmul(x_hat, w_hat) + b_hat) % p  # the chosen model on the whole join, frac 2F, degree 2t
+    in_sample = await classification_metrics(
+        big, n_rows, eta2, everything.labels, everything.positives, spec.metrics, FRAC
+    )
+    opened += [in_sample * one, estimates * one]
     values = await big.output_product(np.concatenate(opened) % p, OWNERS)
     report("reveal", 1, 1)
     if values is None:
@@ -239,7 +244,7 @@ async def _fold_metrics(
 def _result(
     values: npt.NDArray[np.float64], plans: list[GlmPlan], spec: RegressionSpec, folds: int
 ) -> RegressionResult:
-    """Decode, on an owner, [ŵ, b̂, alpha index, (curve), metrics] (all at frac 2F)."""
+    """Decode, on an owner, [ŵ, b̂, alpha index, (curve), metrics, their K-fold estimates] (all at frac 2F)."""
     d = plans[0].d
     chosen = plans[int(round(values[d + 1]))]
     w, b = chosen.to_original([float(v) for v in values[:d]], float(values[d]))
@@ -248,7 +253,9 @@ def _result(
     if spec.reveal_cv_curve:
         curve = tuple((a, float(v) / folds) for a, v in zip(spec.alphas, rest[: len(spec.alphas)], strict=True))
         rest = rest[len(spec.alphas) :]
-    metrics = tuple((name, float(v)) for name, v in zip(spec.metrics, rest, strict=True))
+    count = len(spec.metrics)
+    metrics = tuple((name, float(v)) for name, v in zip(spec.metrics, rest[:count], strict=True))
+    estimates = tuple((name, float(v)) for name, v in zip(spec.metrics, rest[count:], strict=True))
     return RegressionResult(
         coefficients=tuple(w),
         intercept=b,
@@ -257,6 +264,7 @@ def _result(
         iterations=chosen.outer_iterations,
         cv_curve=curve,
         metrics=metrics,
+        cv_metrics=estimates,
     )
 
 

@@ -104,8 +104,18 @@ def model_result(result: RegressionResult, spec: common_pb2.StudySpec) -> lasso_
         lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s)
         for name, w, s in zip(feature_names(spec), result.coefficients, standardized, strict=True)
     ]
-    curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse, mean_validation_loss=mse) for a, mse in result.cv_curve]
-    metrics = [lasso_pb2.MetricValue(metric=METRIC_VALUES[name], value=value) for name, value in result.metrics]
+    linear = not KINDS.get(
+        spec.model.kind, ModelKind.LASSO
+    ).is_glm  # the GLMs' curve is their own loss, not a squared error
+    curve = [
+        lasso_pb2.CvPoint(alpha=a, mean_squared_error=loss if linear else 0.0, mean_validation_loss=loss)
+        for a, loss in result.cv_curve
+    ]
+    estimates = dict(result.cv_metrics)
+    metrics = [
+        lasso_pb2.MetricValue(metric=METRIC_VALUES[name], value=value, cv_value=estimates.get(name))
+        for name, value in result.metrics
+    ]
     return lasso_pb2.ModelResult(
         coefficients=coefficients,
         intercept=result.intercept,

@@ -80,9 +80,17 @@ def test_one_party_cv_matches_the_plaintext_cv(mpc: Any, spec: RegressionSpec) -
     assert _relative(result.coefficients, exact.coefficients) <= 1e-4
     assert abs(result.intercept - exact.intercept) <= 1e-4 * max(1.0, abs(exact.intercept))
     assert list(np.asarray(result.coefficients) == 0) == list(exact.coefficients == 0)
+    assert [name for name, _ in result.cv_metrics] == list(spec.metrics)
+    for name, value in result.cv_metrics:
+        assert value == pytest.approx(metrics[name], abs=1e-8)
+    predicted = (x @ exact.coefficients + exact.intercept >= 0).astype(float)
+    in_sample = {
+        "accuracy": float(np.mean(predicted == y)),
+        "f1": 2 * float(predicted @ y) / (predicted.sum() + y.sum()),
+    }
     assert [name for name, _ in result.metrics] == list(spec.metrics)
     for name, value in result.metrics:
-        assert value == pytest.approx(metrics[name], abs=1e-8)
+        assert value == pytest.approx(in_sample[name], abs=1e-8)
 
 
 def test_glm_cv_specs_are_checked() -> None:
@@ -118,7 +126,7 @@ def test_three_parties_agree_and_choose_the_plaintext_alpha() -> None:
     result = reports[0]["result"]
     assert result["alpha"] == alpha
     assert [v for _, v in result["cv_curve"]] == pytest.approx(curve, rel=1e-6, abs=1e-8)
-    assert result["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-8)
+    assert result["cv_metrics"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-8)
     x, y = split_table(table, spec)
     exact = fit_glm_exact(x, y, replace(spec, alphas=(alpha,), cv_folds=0, metrics=()))
     assert _relative(result["coefficients"], exact.coefficients) <= 1e-4
