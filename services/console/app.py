@@ -383,7 +383,7 @@ class Console:
             return self.refusal(request, exc, f"show the result of {run_id}")
         owners = column_owners(study.spec)
         items = [(c.feature, c.value) for c in result.coefficients]
-        cv_alphas = [(p.alpha, p.mean_squared_error) for p in result.cv_curve]
+        cv_alphas = [(p.alpha, p.mean_validation_loss or p.mean_squared_error) for p in result.cv_curve]
         step_labels = [label for _, label in STEPS]
         timeline = board.timeline()
         return self.page(
