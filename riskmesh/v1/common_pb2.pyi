@@ -439,8 +439,9 @@ class ModelSpec(_message.Message):
     """Number of solver iterations (0 = the server default). Lasso family (lasso, ridge, elastic
     net): the maximum number of ADMM iterations (default 115); the solver stops at the first
     public checkpoint (10, 25, 40, ...) where its convergence certificate holds, and all parties
-    learn which one. Logistic, Poisson and squared-hinge SVM: the fixed, public number of outer
-    Newton steps (default 8).
+    learn which one. Logistic, Poisson and squared-hinge SVM: the maximum number of outer
+    Newton steps (default 8); from the fourth the fit stops once a step is small, and all
+    parties learn how many it used.
     """
     balanced_class_weights: _builtins.bool
     """Logistic only: weight each class by m/(2·m_class) (scikit-learn class_weight="balanced");

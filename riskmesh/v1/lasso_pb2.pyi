@@ -173,7 +173,7 @@ class ModelResult(_message.Message):
     iterations: _builtins.int
     """Solver iterations the final fit used. Lasso family: the public checkpoint at which its
     convergence certificate held, or the study's maximum when it never did. Logistic, Poisson
-    and SVM: the fixed number of Newton steps.
+    and SVM: the Newton steps used (stopped once a step was small, or the maximum).
     """
     target: _builtins.str
     """Name of the target column."""

@@ -103,7 +103,7 @@ def print_study(study: gateway_pb2.Study) -> None:
         console.print(told)
 
 
-#: Fitted by a fixed number of Newton steps, without a convergence certificate.
+#: Fitted by Newton steps (stopped once a step is small, or at the maximum), without a convergence certificate.
 GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
 
 
@@ -119,7 +119,7 @@ def describe_model(model: common_pb2.ModelSpec) -> str:
     """One line: the kind, its penalty and options, the alpha (grid) and folds."""
     text = f"{kind_name(model.kind)} alpha={list(model.alphas)} folds={model.cv_folds} standardize={model.standardize}"
     if model.kind in GLM_KINDS:
-        text += f" newton steps={model.iterations or 'server default'}"
+        text += f" max newton steps={model.iterations or 'server default'}"
     else:
         text += f" max iterations={model.iterations or 'server default'}"
     if model.kind in (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON):
@@ -376,8 +376,8 @@ def print_certificate(result: lasso_pb2.ModelResult) -> None:
     """Whether the solver certified the fit (a data owner must not use an uncertified model unknowingly)."""
     if result.kind in GLM_KINDS:
         console.print(
-            f"{kind_name(result.kind)}: {result.iterations} Newton steps (a fixed count; no convergence "
-            "certificate for this model)"
+            f"{kind_name(result.kind)}: {result.iterations} Newton steps (stopped once a step was below 1e-3, or at "
+            "the maximum; no convergence certificate for this model)"
         )
         return
     if result.converged:

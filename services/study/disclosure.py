@@ -15,7 +15,8 @@ LEAKAGE_NOTICE = (
     "All three organisations, the helper included, learn how many solver iterations the fits needed "
     "(the public checkpoint at which the convergence certificate held — 10, 25, 40, … up to the study's "
     "maximum — for the cross-validation batch and for the final fit): one bit per checkpoint, a hint of how "
-    "well-conditioned the joined data are."
+    "well-conditioned the joined data are. For logistic regression and the SVM they learn the number of Newton "
+    "steps used (the fit stops once a step is small: one bit per step from the fourth)."
 )
 
 

@@ -169,8 +169,8 @@ def disclosures(spec: common_pb2.StudySpec) -> dict[str, list[str]]:
     if spec.reveal.metrics:
         metrics = ", ".join(common_pb2.Metric.Name(m).removeprefix("METRIC_").lower() for m in spec.reveal.metrics)
         model.append(f"the model's quality on the join: {metrics}")
-    if spec.model.kind in GLM_KINDS:  # a fixed, public number of Newton steps: nothing data-dependent
-        iterations = "the number of Newton steps (fixed by the spec)"
+    if spec.model.kind in GLM_KINDS:  # the fit stops once a Newton step is small (one bit per step from the 4th)
+        iterations = "how many Newton steps the fit used (it stops once a step is small; at most the spec's maximum)"
     else:
         iterations = "how many solver iterations the fits used (the checkpoint where the convergence certificate held)"
     model += [

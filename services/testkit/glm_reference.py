@@ -20,12 +20,20 @@ The Poisson fit has its own plan (``poisson_plan``): ``fit_poisson_plain`` is it
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.glm_plan import ADMM_RELAX, ADMM_RHO, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
+from services.lasso.core.glm_plan import (
+    ADMM_RELAX,
+    ADMM_RHO,
+    NEWTON_ITERATIONS,
+    STEP_TOLERANCE,
+    GlmPlan,
+    make_glm_plan,
+)
 from services.lasso.core.params import ModelKind, RegressionSpec
 from services.lasso.core.poisson_plan import START_STEP, PoissonPlan, make_poisson_plan
 from services.testkit.plain_reference import newton_inverse_sqrt, newton_schulz, split_table
@@ -51,6 +59,7 @@ class GlmFit:
 
     coefficients: Vector
     intercept: float
+    iterations: int = 0  # outer iterations used (the plaintext twin only)
 
 
 @dataclass(frozen=True)
@@ -103,12 +112,19 @@ def _objective(h: Matrix, q: Vector, lam: Vector, u: Vector) -> float:
 
 
 def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
-    """v = (ŵ, b̃) after the plan's outer iterations (float64 mirror of the secure fit)."""
+    """v = (ŵ, b̃) after the plan's outer iterations or its stopping rule (float64 mirror of the secure fit)."""
+    return solve_plain_counted(plan, rows)[0]
+
+
+def solve_plain_counted(plan: GlmPlan, rows: Rows) -> tuple[Vector, int]:
+    """``solve_plain`` and the number of outer iterations it used."""
     m, d1 = rows.x.shape
     lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
     v = np.zeros(d1)
     e = np.zeros(d1)
+    used = 0
     for k in range(plan.outer_iterations):
+        used = k + 1
         r, s = _link(plan, rows, v, k == 0)
         g = rows.x.T @ r / m
         h = (rows.x.T * s) @ rows.x / m
@@ -122,8 +138,16 @@ def solve_plain(plan: GlmPlan, rows: Rows) -> Vector:
         hu = e[:, None] * big_g * e[None, :]
         qu = e * (h @ v - g)
         lu = lam * e
-        v = e * solve_model_plain(plan, hu, qu, lu, v / e, k)
-    return v
+        u = solve_model_plain(plan, hu, qu, lu, v / e, k)
+        v, stop = e * u, _small_step(plan, k, u, v / e)
+        if stop:
+            break
+    return v, used
+
+
+def _small_step(plan: GlmPlan, k: int, u: Vector, before: Vector) -> bool:
+    """The stopping rule after outer iteration k: max |u − u_before| ≤ STEP_TOLERANCE (Jacobi units)."""
+    return plan.checks[k] and float(np.max(np.abs(u - before))) <= STEP_TOLERANCE
 
 
 def solve_model_plain(plan: GlmPlan, hu: Matrix, qu: Vector, lu: Vector, z: Vector, k: int) -> Vector:
@@ -156,7 +180,8 @@ def fit_glm_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
         return fit_poisson_plain(x, y, spec)
     plan = make_glm_plan(spec, len(y))
     rows = glm_rows(x, y, plan)
-    return _original(plan, rows, solve_plain(plan, rows))
+    v, used = solve_plain_counted(plan, rows)
+    return dataclasses.replace(_original(plan, rows, v), iterations=used)
 
 
 def _original(plan: GlmPlan, rows: Rows, v: Vector) -> GlmFit:
@@ -255,7 +280,8 @@ def poisson_start(plan: PoissonPlan, y: Vector) -> float:
 
 
 def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, float]:
-    """(v = (ŵ, β), b₀, max s over the iterates) after the plan's outer iterations: the secure fit in float64."""
+    """(v = (ŵ, β), b₀, max s over the iterates, outer iterations used) after the plan's outer iterations or
+    its stopping rule: the secure fit in float64."""
     glm = plan.glm
     m, d1 = rows.x.shape
     b0 = poisson_start(plan, rows.y)
@@ -264,7 +290,7 @@ def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, f
     lam, gam = np.asarray(glm.l1) * inverse_kappa, np.asarray(glm.ridge) * inverse_kappa
     v = np.zeros(d1)
     e = np.ones(d1)
-    s_max = 0.0
+    s_max, used = 0.0, 0
     for k in range(glm.outer_iterations):
         s = rows.x @ v
         s_max = max(s_max, float(np.max(s)))
@@ -280,17 +306,20 @@ def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, f
         if k > 0:
             delta = newton_inverse_sqrt(np.diag(hu), np.full(d1, plan.rescale_start), plan.rescale_newton)
         scaled = solve_model_plain(glm, delta[:, None] * hu * delta[None, :], delta * qu, delta * lu, v / e / delta, k)
-        v = e * delta * scaled
-    return v, b0, s_max
+        v, before = e * delta * scaled, v
+        used = k + 1
+        if _small_step(glm, k, v / e, before / e):
+            break
+    return v, b0, s_max, used
 
 
 def fit_poisson_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     """The secure Poisson algorithm in float64."""
     plan = make_poisson_plan(spec, len(y))
     rows = glm_rows(x, y, plan.glm)
-    v, b0, _ = solve_poisson_plain(plan, rows)
+    v, b0, _, used = solve_poisson_plain(plan, rows)
     v[-1] += b0
-    return _original(plan.glm, rows, v)
+    return dataclasses.replace(_original(plan.glm, rows, v), iterations=used)
 
 
 def poisson_objective(plan: GlmPlan, rows: Rows, v: Vector) -> float:

@@ -103,8 +103,8 @@ class RegressionSpec:
     feature (in the same order as in the matrix). ``iterations``: for the lasso
     family the maximum number of solver iterations (0 picks ``DEFAULT_ITERATIONS``,
     see ``plan``), the solver stopping at the first public checkpoint where its
-    certificate holds; for the GLMs the fixed number of Newton steps (0 picks
-    the GLM default, see ``glm_plan``). ``cv_folds`` ≥ 2 runs K-fold
+    certificate holds; for the GLMs the maximum number of Newton steps (0 picks
+    the GLM default, see ``glm_plan``; the fit stops once a step is small). ``cv_folds`` ≥ 2 runs K-fold
     cross-validation over ``alphas`` and refits with the best one; otherwise
     exactly one alpha must be given. ``column_owners`` (optional, public, from
     the study) names the owner (MPC party 0 or 1) of each column: the join
@@ -199,7 +199,7 @@ class RegressionResult:
     depends on (with cross-validation, every fold × alpha fit too), and then
     ``certified_gap`` bounds the relative objective gap (P − P*)/P* (up to the
     factor 1/(1 − gap)); ``None`` when not certified. The GLM fits have no
-    certificate (a fixed number of Newton steps): ``converged`` stays False.
+    certificate (Newton steps until one is small): ``converged`` stays False.
     ``metrics`` holds (metric name, value) in the study's order, on the whole join;
     ``cv_metrics`` (cross-validated GLM fits) the same metrics' K-fold estimates at the
     chosen alpha (the mean over the folds of each held-out fold's value). For the GLMs the

@@ -43,6 +43,7 @@ from services.lasso.core.glm_plan import (
     DEFAULT_OUTER_ITERATIONS,
     EIGENVALUE_FLOOR,
     POLISH_LAST,
+    STOP_CHECK_FROM,
     GlmPlan,
     ns_iterations,
 )
@@ -108,7 +109,8 @@ def make_poisson_plan(spec: RegressionSpec, n_rows: int) -> PoissonPlan:
     outer = spec.iterations or DEFAULT_OUTER_ITERATIONS
     has_l1 = rho > 0
     admm = tuple((ADMM_FIRST if k == 0 else ADMM_LATER) if has_l1 else 0 for k in range(outer))
-    polish = tuple(k >= outer - POLISH_LAST for k in range(outer))
+    checks = tuple(STOP_CHECK_FROM <= k + 1 < outer for k in range(outer))  # the logistic fit's stopping rule
+    polish = tuple(k >= outer - POLISH_LAST or checks[k] for k in range(outer))
     d1 = len(features) + 1
     glm = GlmPlan(
         ModelKind.POISSON,
@@ -125,6 +127,7 @@ def make_poisson_plan(spec: RegressionSpec, n_rows: int) -> PoissonPlan:
         ns_iterations(float(d1), EIGENVALUE_FLOOR),
         False,
         1.0,
+        checks=checks,
     )
     y_max = spec.ranges[spec.target].max
     low = math.log(1 / n_rows)

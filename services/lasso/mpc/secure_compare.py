@@ -120,3 +120,16 @@ async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int) -> ObjectArra
     bit = (c_low - (flat + (1 << l) + r) + high * (1 << (l - 1))) * pow(1 << l, -1, p) % p
     below: ObjectArray = bit.reshape(shape)
     return below
+
+
+async def all_zero(ops: FieldOps, counts: ObjectArray) -> bool:
+    """Whether Σ counts = 0 for degree-t shares of non-negative counts (sum < p), opening one bit.
+
+    Opens ρ·Σ counts for a PRSS-random ρ (degree 2t, re-randomised by a PRSS zero sharing): zero
+    exactly when the sum is, otherwise uniform (as the lasso's certificate checks).
+    """
+    total = np.array([counts.sum() % ops.p], dtype=object)
+    product = (total * ops._prss(1, ops.p) + ops._prss_zero(1)) % ops.p
+    opened = await ops._open(product, 2 * ops.t)
+    assert opened is not None
+    return int(opened[0]) == 0

@@ -9,7 +9,8 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
 1. b = [η < 0] by ``secure_compare`` on η rounded to 2^−SIGN_FRAC in a small field
    (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate).
 2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/16)].
-3. e^(−u) = E_K, E_0 = Σ_{k ≤ 6} (−t)^k/k! with t = u/2^K (K = 8: |t| ≤ 2), E_{j+1} = E_j².
+3. e^(−u) = E_K, E_0 = Σ_{k ≤ 6} (−t)^k/k! with t = u/2^K (K = 8: |t| ≤ 2), E_{j+1} = E_j²
+   (E_0 in three rounds: t², then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest, one rounding).
    Error: the Taylor remainder is ≤ t^7/7! relative (7·10^−13 for u ≤ 16, 1·10^−10 for
    u ≤ 32) and each squaring doubles a relative error, so e^(−u) has relative error
    ≤ 2^K·(t^7/7! + 2^−F·3) ≈ 2·10^−10 for u ≤ 16; for u > 16 the value is < e^−16 and its
@@ -73,41 +74,42 @@ async def sign_bits(
 
 
 async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int) -> ObjectArray:
-    """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 2] (frac ``frac``): Taylor, then K squarings."""
-    one = 1 << frac
+    """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 2] (frac ``frac``): Taylor, then K squarings.
+
+    The Taylor polynomial (degree 4 … 8) in three rounds: t², then t³ and t⁴, then one product
+    t⁴·(c₅t + … ) added to c₀ + … + c₄t⁴ and truncated by 2·frac together (one rounding).
+    """
+    one, p, n = 1 << frac, ops.p, t.size
     bits = 2 * frac + LINK_BITS + 2
-    powers = {1: t}
     square = await ops.mul(t, t, frac, bits)
-    powers[2] = square
-    if EXP_DEGREE >= 3:
-        third_fourth = await ops.mul(np.concatenate([t, square]), np.concatenate([square, square]), frac, bits)
-        powers[3], powers[4] = third_fourth[: t.size], third_fourth[t.size :]
-    if EXP_DEGREE >= 5:
-        fifth_sixth = await ops.mul(
-            np.concatenate([square, powers[3]]), np.concatenate([powers[3], powers[3]]), frac, bits
-        )
-        powers[5], powers[6] = fifth_sixth[: t.size], fifth_sixth[t.size :]
-    total = np.full(t.shape, one * one, dtype=object)
-    for k in range(1, EXP_DEGREE + 1):
-        coefficient = round(one * (-1) ** k / math.factorial(k))
-        total = total + coefficient * powers[k]
-    value = await ops.trunc(total % ops.p, frac, bits)
+    third_fourth = await ops.mul(np.concatenate([t, square]), np.concatenate([square, square]), frac, bits)
+    powers = [one, t, square, third_fourth[:n], third_fourth[n:]]
+    coefficients = [round(one * (-1) ** k / math.factorial(k)) for k in range(EXP_DEGREE + 1)]
+    low = sum(coefficients[k] * powers[k] for k in range(min(EXP_DEGREE, 4) + 1))  # frac 2·frac
+    high = sum((coefficients[k] * powers[k - 4] for k in range(5, EXP_DEGREE + 1)), np.zeros(t.shape, dtype=object))
+    total = (low * one + powers[4] * high) % p  # frac 3·frac, degree 2t
+    value = await ops.trunc(total, 2 * frac, 3 * frac + LINK_BITS + 2, degree2t=True)
     for _ in range(EXP_SQUARINGS):
         value = await ops.mul(value, value, frac, bits)
     return value
 
 
 async def reciprocal_one_plus(ops: FieldOps, v: ObjectArray, frac: int, high: float) -> ObjectArray:
-    """1/(1 + v) (frac ``frac``) for v ∈ [0, high − 1]: Newton from the minimax linear start."""
+    """1/(1 + v) (frac ``frac``) for v ∈ [0, high − 1]: Newton from the minimax linear start.
+
+    The start x₀ = c₁ − c₂D stays at frac 2·frac (a linear function of the shares); the first
+    step's two products truncate it away (no separate rounding round).
+    """
     one = 1 << frac
     c1, c2 = reciprocal_start(1.0, high)
     d = (v + one) % ops.p
     x = (round(c1 * one) * one - round(c2 * one) * d) % ops.p  # frac 2·frac
-    x = await ops.trunc(x, frac, 2 * frac + 4)
+    x_frac = 2 * frac
     bits = 2 * frac + 4
     for _ in range(RECIPROCAL_STEPS):
-        dx = await ops.mul(d, x, frac, bits)
-        x = await ops.mul(x, (2 * one - dx) % ops.p, frac, bits)
+        dx = await ops.mul(d, x, x_frac, bits + x_frac - frac)
+        x = await ops.mul(x, (2 * one - dx) % ops.p, x_frac, bits + x_frac - frac)
+        x_frac = frac
     return x
 
 

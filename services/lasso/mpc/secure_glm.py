@@ -18,9 +18,12 @@ iterations  Outer iteration 0 at v = 0 (p = ½, s = ¼, no link function): gradi
             η = X̃e·u (one local product), σ(η) and σ(1 − σ) (``secure_functions``), the
             gradient and Hessian in u (local products, one truncation of every
             weighted row), the model, and its warm-started solve (``secure_qp``).
+            From the fourth iteration on, the stopping rule (``_small_step``) opens one
+            bit: whether the Newton step was below ``glm_plan.STEP_TOLERANCE``.
 reveal      ŵ = e∘u (opened unrounded: exact zeros) and b̂ = b̃ − ŵᵀμ̂, and the metrics,
             to parties 0 and 1 only; the public map to the original scale is applied in
-            the clear. Every other opening is of a masked value.
+            the clear. Every other opening is of a masked value, except the stopping
+            bits (to all three parties: the number of outer iterations used).
 
 Fields: the rows, link functions and models share one prime field F_g (40 fractional
 bits, sized from m so that no sum wraps); the signs of η are compared in a 61-bit field.
@@ -36,10 +39,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, GlmPlan, make_glm_plan
+from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, STEP_TOLERANCE, GlmPlan, make_glm_plan
 from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
-from services.lasso.mpc.secure_compare import compare_field_bits, trunc_convert
+from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, trunc_convert
 from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid, sign_bits
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
@@ -380,10 +383,15 @@ async def secure_fit_glm(
     u = np.zeros(plan.d + 1, dtype=object)
     u = await _solve_model(fields, model, u, plan, 0)
     progress.report("iterations", 1, outer)
+    used = 1
     for k in range(1, outer):
         model = await _next_model(fields, rows, scaling, u, plan)
-        u = await _solve_model(fields, model, u, plan, k)
-        progress.report("iterations", k + 1, outer)
+        new = await _solve_model(fields, model, u, plan, k)
+        stop = plan.checks[k] and await _small_step(big, new, u)
+        u, used = new, k + 1
+        progress.report("iterations", outer if stop else used, outer)
+        if stop:
+            break
 
     progress.report("reveal", 0, 1)
     metric_values = await classification_metrics(
@@ -393,7 +401,19 @@ async def secure_fit_glm(
     progress.report("reveal", 1, 1)
     if opened is None:
         return None
-    return _result(big, opened, plan, spec)
+    return _result(big, opened, plan, spec, used)
+
+
+async def _small_step(ops: FieldOps, u: ObjectArray, before: ObjectArray) -> bool:
+    """The stopping rule (``glm_plan.STEP_TOLERANCE``): max_j |u_j − before_j| ≤ τ, one opened bit.
+
+    [τ − δ_j < 0] + [τ + δ_j < 0] is 1 exactly when |δ_j| > τ; the sum of these bits is
+    opened only as zero or a uniform value (``all_zero``). |δ| < 2^ADMM_BITS (|u| < 2^(ADMM_BITS − 1)).
+    """
+    tau = ops.fixed(STEP_TOLERANCE, FRAC)
+    delta = (u - before) % ops.p
+    bits = await ops.less_than_zero(np.concatenate([tau - delta, tau + delta]) % ops.p, FRAC + ADMM_BITS + 3)
+    return await all_zero(ops, bits)
 
 
 async def _reveal(
@@ -409,7 +429,7 @@ async def _reveal(
     return await ops.output_product(np.concatenate([exact_w, [b_hat], metric_values * one]) % p, OWNERS)
 
 
-def _result(ops: FieldOps, values: ObjectArray, plan: GlmPlan, spec: RegressionSpec) -> RegressionResult:
+def _result(ops: FieldOps, values: ObjectArray, plan: GlmPlan, spec: RegressionSpec, used: int) -> RegressionResult:
     """Decode, on an owner, the opened [ŵ, b̂, metrics] (all at frac 2F) and map to the original scale."""
     d = plan.d
     floats = ops.to_float(values, 2 * FRAC)
@@ -420,7 +440,7 @@ def _result(ops: FieldOps, values: ObjectArray, plan: GlmPlan, spec: RegressionS
         intercept=b,
         alpha=plan.alpha,
         joined=plan.n_rows,
-        iterations=plan.outer_iterations,
+        iterations=used,
         metrics=metrics,
     )
 

@@ -54,6 +54,7 @@ from services.lasso.mpc.secure_glm import (
     _mean_scale,
     _model,
     _Progress,
+    _small_step,
     _solve_model,
 )
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
@@ -475,12 +476,16 @@ async def secure_fit_poisson(
     u = await _solve_model(fields, model, np.zeros(glm.d + 1, dtype=object), glm, 0)
     progress.report("iterations", 1, outer)
     z, factor = u, scaling.e  # u = factor/e ∘ z; the reveal uses z, whose zeros are exact
+    used = 1
     for k in range(1, outer):
         model, delta, warm = await _next_model(big, rows, scaling, u, plan)
         z = await _solve_model(fields, model, warm, glm, k)
-        u = await big.mul(delta, z, FRAC, 2 * FRAC + E_BITS + 12)  # rounded: a zero may become ±2^−40
-        factor = delta
-        progress.report("iterations", k + 1, outer)
+        new = await big.mul(delta, z, FRAC, 2 * FRAC + E_BITS + 12)  # rounded: a zero may become ±2^−40
+        stop = glm.checks[k] and await _small_step(big, new, u)  # the logistic fit's rule, in u's units
+        u, factor, used = new, delta, k + 1
+        progress.report("iterations", outer if stop else used, outer)
+        if stop:
+            break
     if outer > 1:
         factor = await big.mul(scaling.e, factor, FRAC, 2 * FRAC + 2 * E_BITS + 2)  # e∘δ
 
@@ -498,7 +503,7 @@ async def secure_fit_poisson(
         intercept=b,
         alpha=glm.alpha,
         joined=n_rows,
-        iterations=outer,
+        iterations=used,
         metrics=tuple((name, float(v)) for name, v in zip(spec.metrics, opened_metrics, strict=True)),
     )
 

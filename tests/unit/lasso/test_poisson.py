@@ -76,11 +76,12 @@ def test_plain_twin_reaches_the_exact_optimum(
     spec = _spec(study, alpha, rho)
     x, y = split_table(study.table, spec)
     plain, exact = fit_poisson_plain(x, y, spec), fit_poisson_exact(x, y, spec)
-    assert _relative(plain.coefficients, exact.coefficients) <= 1e-9
-    assert abs(plain.intercept - exact.intercept) <= 1e-9 * max(1.0, abs(exact.intercept))
+    # The stopping rule ends at a Newton step ≤ 1e-3, which leaves about step² (goal 1e-4).
+    assert _relative(plain.coefficients, exact.coefficients) <= 1e-6
+    assert abs(plain.intercept - exact.intercept) <= 1e-6 * max(1.0, abs(exact.intercept))
     assert list(plain.coefficients == 0) == list(exact.coefficients == 0)
     plan = make_poisson_plan(spec, rows)
-    _, b0, s_max = solve_poisson_plain(plan, glm_rows(x, y, plan.glm))
+    _, b0, s_max, _ = solve_poisson_plain(plan, glm_rows(x, y, plan.glm))
     assert abs(b0 - math.log(np.mean(y))) <= START_STEP / 2
     assert s_max < plan.s_high  # the exponential's assumed range held at every iterate
 
@@ -98,12 +99,13 @@ def test_the_l2_objective_is_poisson_regressors_with_the_same_alpha(alpha: float
 def test_one_party_matches_the_exact_optimum(mpc: Any, alpha: float, rho: float) -> None:
     spec = _spec(STUDY, alpha, rho, metrics=METRICS)
     result = mpc.run(secure_fit_poisson(mpc, encode(STUDY.table), spec))
-    assert result is not None and result.joined == ROWS and result.iterations == DEFAULT_OUTER_ITERATIONS
-    assert not result.converged
+    assert result is not None and result.joined == ROWS and not result.converged
     x, y = split_table(STUDY.table, spec)
-    exact = fit_poisson_exact(x, y, spec)
-    assert _relative(result.coefficients, exact.coefficients) <= 1e-8
-    assert abs(result.intercept - exact.intercept) <= 1e-8 * max(1.0, abs(exact.intercept))
+    twin, exact = fit_poisson_plain(x, y, spec), fit_poisson_exact(x, y, spec)
+    assert result.iterations == twin.iterations <= DEFAULT_OUTER_ITERATIONS  # the stopping rule, as the twin's
+    assert _relative(result.coefficients, twin.coefficients) <= 1e-8
+    assert _relative(result.coefficients, exact.coefficients) <= 1e-6  # a step ≤ 1e-3 leaves ~step²
+    assert abs(result.intercept - exact.intercept) <= 1e-6 * max(1.0, abs(exact.intercept))
     assert list(np.asarray(result.coefficients) == 0) == list(exact.coefficients == 0)
     mu = np.exp(x @ exact.coefficients + exact.intercept)
     mse = float(np.mean((y - mu) ** 2))
