@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from services.mesh.process import SINGLE_THREAD_ENV
@@ -79,12 +80,14 @@ def _party(args: argparse.Namespace) -> None:
     """One party process: prints one JSON line with its timings and result."""
     import numpy as np
 
-    from services.lasso.mpc import secure_glm, secure_poisson, secure_regression
+    from services.lasso.mpc import secure_glm, secure_glm_cv, secure_poisson, secure_regression
     from services.lasso.mpc.runtime import create_runtime
     from services.testkit.dealer import deal
 
     study = _study(args)
     run_party = secure_glm.run_party if args.kind in ("logistic", "svm") else secure_regression.run_party
+    if args.kind in ("logistic", "svm") and args.cv_folds > 1:
+        run_party = secure_glm_cv.run_party
     if args.kind == "poisson":
         run_party = secure_poisson.run_party
     shares = deal(study.table, study.owners, np.random.default_rng(args.seed)).shares[args.party]
@@ -114,6 +117,7 @@ def _party(args: argparse.Namespace) -> None:
             "cv_curve": [list(p) for p in result.cv_curve],
             "standardized": list(result.standardized_coefficients or []),
             "metrics": dict(result.metrics),
+            "cv_metrics": dict(result.cv_metrics),
             "iterations": result.iterations,
             "converged": result.converged,
         }
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     x, y = split_table(table, spec)
     secure = owner["result"]
     if spec.kind.is_glm:
-        exact = fit_glm_exact(x, y, spec)
+        exact = fit_glm_exact(x, y, replace(spec, alphas=(secure["alpha"],), cv_folds=0, metrics=()))
         ws, w = np.asarray(secure["coefficients"]), exact.coefficients
         diff, scale = float(np.max(np.abs(ws - w))), float(np.max(np.abs(w)))
         print(

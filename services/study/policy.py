@@ -165,10 +165,16 @@ def disclosures(spec: common_pb2.StudySpec) -> dict[str, list[str]]:
     if spec.model.cv_folds > 1:
         model.append("the alpha cross-validation chose")
         if spec.reveal.cv_curve:
-            model.append("the cross-validation curve (mean validation error per alpha)")
+            model.append(
+                "the cross-validation curve (mean validation loss per alpha: squared error, log-loss or squared hinge)"
+            )
     if spec.reveal.metrics:
         metrics = ", ".join(common_pb2.Metric.Name(m).removeprefix("METRIC_").lower() for m in spec.reveal.metrics)
-        model.append(f"the model's quality on the join: {metrics}")
+        estimates = spec.model.cv_folds > 1 and spec.model.kind in GLM_KINDS  # secure_glm_cv reveals both
+        model.append(
+            f"the model's quality on the join: {metrics}"
+            + (", and each one's K-fold estimate at the chosen alpha" if estimates else "")
+        )
     if spec.model.kind in GLM_KINDS:  # the fit stops once a Newton step is small (one bit per step from the 4th)
         iterations = "how many Newton steps the fit used (it stops once a step is small; at most the spec's maximum)"
     else:

@@ -6,6 +6,7 @@ optimum of the same objective and scikit-learn, the revealed metrics, and Predic
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,39 @@ def test_poisson_study_matches_the_exact_optimum_and_predicts_expected_counts(bi
     counts, kind = clients["hospital"].predict_with_kind(final.run_id, records)
     assert kind == common_pb2.MODEL_KIND_POISSON
     assert counts == pytest.approx([math.exp(v) for v in x[:5] @ secure + insurer.intercept], rel=1e-12)
+
+
+def test_cross_validated_logistic_study_chooses_its_alpha_and_reveals_k_fold_metrics(binary_mesh):
+    clients, data, sources = binary_mesh
+    alphas = [0.002, 0.02, 0.5]
+    spec, final = run_study(
+        clients,
+        data,
+        sources,
+        "e2e-logistic-cv",
+        alphas=alphas,
+        cv_folds=3,
+        kind=common_pb2.MODEL_KIND_LOGISTIC,
+        l1_ratio=1.0,
+        metrics=[common_pb2.METRIC_ACCURACY],
+    )
+    _, insurer = clients["insurer"].result(final.run_id)
+    _, hospital = clients["hospital"].result(final.run_id)
+    assert list(hospital.coefficients) == list(insurer.coefficients) and list(hospital.cv_curve) == list(
+        insurer.cv_curve
+    )
+    # The folds follow the join's secret row order, so the plaintext CV cannot be replayed here
+    # (tests/unit/lasso/test_glm_cv.py does, on known folds): the curve's minimum is the chosen alpha
+    # and the coefficients are the exact optimum at it.
+    curve = {p.alpha: p.mean_validation_loss for p in insurer.cv_curve}
+    assert sorted(curve) == alphas and insurer.alpha == min(curve, key=lambda a: curve[a])
+    assert all(0 < v < math.log(2) + 0.1 for v in curve.values())  # a log-loss near or below chance
+    names, x, y = reference_join(data)
+    chosen = regression_spec(spec)
+    exact = fit_glm_exact(x, y, replace(chosen, alphas=(insurer.alpha,), cv_folds=0, metrics=()))
+    secure = np.array([c.value for c in insurer.coefficients])
+    assert np.max(np.abs(secure - exact.coefficients)) <= 1e-4 * float(np.max(np.abs(exact.coefficients)))
+    (accuracy,) = insurer.metrics
+    predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
+    assert accuracy.value == pytest.approx(float(np.mean(predicted == y)), abs=1e-6)
+    assert accuracy.HasField("cv_value") and 0.4 < accuracy.cv_value <= 1.0

@@ -157,8 +157,10 @@ class RegressionSpec:
             raise SpecError("l1_ratio must be in [0, 1]")
         if self.balanced_class_weights and self.kind is not ModelKind.LOGISTIC:
             raise SpecError("balanced class weights apply to logistic regression only")
-        if self.kind.is_glm and (self.standardize or self.cross_validate):
-            raise SpecError("standardisation and cross-validation are not supported for this model yet")
+        if self.kind.is_glm and self.standardize:
+            raise SpecError("standardisation is not supported for this model yet")
+        if self.kind is ModelKind.POISSON and self.cross_validate:
+            raise SpecError("cross-validation is not supported for the Poisson model yet")
         if not set(self.metrics) <= set(METRICS_BY_KIND[self.kind]) or len(set(self.metrics)) != len(self.metrics):
             raise SpecError("the metrics must be distinct and fit the model kind")
 
@@ -198,7 +200,10 @@ class RegressionResult:
     ``certified_gap`` bounds the relative objective gap (P − P*)/P* (up to the
     factor 1/(1 − gap)); ``None`` when not certified. The GLM fits have no
     certificate (Newton steps until one is small): ``converged`` stays False.
-    ``metrics`` holds (metric name, value) in the study's order.
+    ``metrics`` holds (metric name, value) in the study's order, on the whole join;
+    ``cv_metrics`` (cross-validated GLM fits) the same metrics' K-fold estimates at the
+    chosen alpha (the mean over the folds of each held-out fold's value). For the GLMs the
+    ``cv_curve`` values are the mean validation loss (log-loss, squared hinge), not an MSE.
     """
 
     coefficients: tuple[float, ...]
@@ -211,6 +216,7 @@ class RegressionResult:
     converged: bool = False
     certified_gap: float | None = None
     metrics: tuple[tuple[str, float], ...] = field(default=())
+    cv_metrics: tuple[tuple[str, float], ...] = field(default=())
 
 
 def check_table_shape(n_rows: int, n_columns: int, spec: RegressionSpec) -> None:

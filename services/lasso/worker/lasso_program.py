@@ -1,5 +1,5 @@
 """The production MPC program: the study's model by services.lasso.mpc.secure_regression
-(lasso, elastic net, ridge), services.lasso.mpc.secure_glm (logistic, SVM) or
+(lasso, elastic net, ridge), services.lasso.mpc.secure_glm (logistic, SVM; with K-fold CV secure_glm_cv) or
 services.lasso.mpc.secure_poisson (Poisson).
 
 Glue only, between the wire (StudySpec, share blocks, ModelResult) and the regression
@@ -30,6 +30,7 @@ from services.lasso.core.blocks import ShareBlock
 from services.lasso.core.inputs import assemble, column_owners, study_columns
 from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.secure_glm import secure_fit_glm
+from services.lasso.mpc.secure_glm_cv import secure_fit_glm_cv
 from services.lasso.mpc.secure_poisson import secure_fit_poisson
 from services.lasso.mpc.secure_regression import FRAC_TABLE, secure_fit
 from services.lasso.worker.program import ProgramError, RunContext
@@ -103,8 +104,18 @@ def model_result(result: RegressionResult, spec: common_pb2.StudySpec) -> lasso_
         lasso_pb2.Coefficient(feature=name, value=w, standardized_value=s)
         for name, w, s in zip(feature_names(spec), result.coefficients, standardized, strict=True)
     ]
-    curve = [lasso_pb2.CvPoint(alpha=a, mean_squared_error=mse, mean_validation_loss=mse) for a, mse in result.cv_curve]
-    metrics = [lasso_pb2.MetricValue(metric=METRIC_VALUES[name], value=value) for name, value in result.metrics]
+    linear = not KINDS.get(
+        spec.model.kind, ModelKind.LASSO
+    ).is_glm  # the GLMs' curve is their own loss, not a squared error
+    curve = [
+        lasso_pb2.CvPoint(alpha=a, mean_squared_error=loss if linear else 0.0, mean_validation_loss=loss)
+        for a, loss in result.cv_curve
+    ]
+    estimates = dict(result.cv_metrics)
+    metrics = [
+        lasso_pb2.MetricValue(metric=METRIC_VALUES[name], value=value, cv_value=estimates.get(name))
+        for name, value in result.metrics
+    ]
     return lasso_pb2.ModelResult(
         coefficients=coefficients,
         intercept=result.intercept,
@@ -138,6 +149,8 @@ async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
 
     if regression.kind is ModelKind.POISSON:
         fit = secure_fit_poisson
+    elif regression.kind.is_glm and regression.cross_validate:
+        fit = secure_fit_glm_cv
     else:
         fit = secure_fit_glm if regression.kind.is_glm else secure_fit
     try:

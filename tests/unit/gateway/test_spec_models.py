@@ -75,6 +75,41 @@ def test_invalid_model_specs_are_refused(spec: common_pb2.StudySpec, message: st
         validate(spec)
 
 
+@pytest.mark.parametrize("kind", [common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM])
+def test_a_classifier_may_choose_its_alpha_by_cross_validation(kind: int) -> None:
+    spec = logistic_spec(cv_folds=5)
+    spec.model.kind = kind
+    spec.model.alphas[:] = [0.001, 0.01, 0.1]
+    spec.reveal.cv_curve = True
+    spec.reveal.metrics.append(common_pb2.METRIC_ACCURACY)
+    validate(spec)
+    assert spec_digest(spec) != spec_digest(logistic_spec())
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"cv_folds": 11, "alphas": [0.01, 0.1]}, "cv_folds must be 0 or 1"),
+        ({"cv_folds": 3, "alphas": [0.01]}, "at least two alphas"),
+        ({"cv_folds": 0, "alphas": [0.01, 0.1]}, "cv_folds >= 2"),
+    ],
+)
+def test_bad_folds_for_a_classifier_are_refused(model: dict[str, object], message: str) -> None:
+    spec = logistic_spec()
+    spec.model.cv_folds = int(model["cv_folds"])  # type: ignore[call-overload]
+    spec.model.alphas[:] = model["alphas"]  # type: ignore[index]
+    with pytest.raises(SpecError, match=message):
+        validate(spec)
+
+
+def test_classifier_folds_need_a_large_enough_minimum_join() -> None:
+    spec = logistic_spec(cv_folds=5)
+    spec.model.alphas[:] = [0.01, 0.1]
+    spec.min_intersection = 4
+    with pytest.raises(SpecError, match="at least cv_folds"):
+        validate(spec)
+
+
 def test_logistic_needs_a_declared_binary_target() -> None:
     spec = logistic_spec()
     spec.owners[0].target.max = 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from riskmesh.v1 import common_pb2
@@ -65,6 +67,29 @@ def test_model_result_names_coefficients_in_feature_order():
     assert (out.intercept, out.joined, out.alpha, out.iterations, out.target) == (-1.0, 50, 0.1, 40, "hospital_days")
     assert [(p.alpha, p.mean_squared_error) for p in out.cv_curve] == [(0.1, 2.5)]
     assert not out.converged and out.certified_gap == 0.0  # a result without a certificate says so
+
+
+def test_a_cross_validated_glm_result_carries_its_loss_curve_and_k_fold_metrics():
+    spec = make_spec()
+    spec.model.kind = common_pb2.MODEL_KIND_LOGISTIC
+    result = RegressionResult(
+        coefficients=(1.0, 2.0, 3.0, 4.0, 5.0),
+        intercept=0.0,
+        alpha=0.1,
+        joined=50,
+        iterations=8,
+        cv_curve=((0.01, 0.52), (0.1, 0.48)),
+        metrics=(("accuracy", 0.8), ("f1", 0.7)),
+        cv_metrics=(("accuracy", 0.75), ("f1", 0.65)),
+    )
+    out = model_result(result, spec)
+    assert [(p.alpha, p.mean_validation_loss, p.mean_squared_error) for p in out.cv_curve] == [
+        (0.01, 0.52, 0.0),
+        (0.1, 0.48, 0.0),
+    ]  # a log-loss, not a squared error
+    assert [(m.value, m.cv_value) for m in out.metrics] == [(0.8, 0.75), (0.7, 0.65)]
+    plain = model_result(replace(result, cv_curve=(), cv_metrics=()), spec)
+    assert not plain.metrics[0].HasField("cv_value")
 
 
 def test_standardised_coefficients_are_revealed_only_when_the_study_names_them():
