@@ -108,6 +108,7 @@ bench-quick: venv
 # ~30 min under load); `make bench` then includes it in bench/README.md and figure4.png.
 bench-large: venv
 	$(BIN)/riskmesh bench --sweep large --out bench/large
+	if [ -f bench/sweep-info.json ]; then $(BIN)/riskmesh bench --sweep render --out bench; fi
 
 # Faults, fuzzed bad input, refusals, leak scan and load against three orgs' processes
 # (tests/reliability); prints the summary table and, last, the one-line reliability figure.

@@ -6,6 +6,7 @@ behind `make bench`, and the side-by-side run of the public TNO packages.
     riskmesh bench --phase lasso --records N --features D --design collinear
     riskmesh bench --phase lasso --model {lasso,logistic,svm,poisson} ...
     riskmesh bench --sweep full|quick|large [--out DIR]
+    riskmesh bench --sweep render [--out DIR]   (DIR's README and figure again from its saved results)
     riskmesh bench --compare-tno [--model lasso|logistic] [--records N]
 
 A phase run prints one JSON object as its last line. Exit status: 0 done and checked;
@@ -38,7 +39,7 @@ from typing import Any
 import typer
 
 PHASES = ("join", "lasso", "all")
-SWEEPS = ("full", "quick", "large")
+SWEEPS = ("full", "quick", "large", "render")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_BUILT = 3
@@ -233,7 +234,9 @@ def bench(
         None, help="keep PKI, configs, data, logs and spans here (default: a temporary directory)"
     ),
     sweep: str | None = typer.Option(
-        None, help="full | quick | large: the benchmark sweep (make bench / make bench-quick / make bench-large)"
+        None,
+        help="full | quick | large: the benchmark sweep (make bench / make bench-quick / make bench-large); "
+        "render: rewrite --out's README and figure from its saved results",
     ),
     out: Path = typer.Option(Path("bench"), help="with --sweep: where results.csv, figure4.png and README.md go"),
     compare_tno: bool = typer.Option(
@@ -250,9 +253,9 @@ def bench(
         if sweep not in SWEEPS:
             emit({"ok": False, "error": f"--sweep must be one of {', '.join(SWEEPS)}, got {sweep!r}"})
             raise typer.Exit(EXIT_USAGE)
-        from services.bench.sweep import run_sweep
+        from services.bench.sweep import render, run_sweep
 
-        raise typer.Exit(run_sweep(sweep, out))
+        raise typer.Exit(render(out) if sweep == "render" else run_sweep(sweep, out))
     if compare_tno:
         from services.bench.tno_compare import MODELS as TNO_MODELS
         from services.bench.tno_compare import compare_tno as run_compare

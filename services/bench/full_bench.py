@@ -61,7 +61,7 @@ from riskmesh.v1 import common_pb2, lasso_pb2
 from services.bench.meshrun import BenchMesh, TrafficCounter, cpu_delta, cpu_seconds_by_org
 from services.bench.mpc_traffic import mpc_traffic
 from services.bench.workerstats import WorkerReading, worker_figures
-from services.mesh.config import load_config
+from services.mesh.config import MAX_UPLOAD_ROWS, load_config
 from services.testkit.studies import spec_for
 from services.testkit.synthetic import StudyData, make_study_data, reference_join
 from services.tools.traces import SpanRow, load_trace
@@ -316,7 +316,12 @@ def bench_all(
     data, spec, reference = study_setup(model, make_study_data(records, overlap=OVERLAP, features=features), alpha)
     load_before = os.getloadavg()[0]
     with work_directory(workdir, "riskmesh-bench-all-") as root:
-        mesh = BenchMesh(root / "mesh", latency_ms=latency_ms, crypto_workers=crypto_workers)
+        mesh = BenchMesh(
+            root / "mesh",
+            latency_ms=latency_ms,
+            crypto_workers=crypto_workers,
+            max_upload_rows=max(records, MAX_UPLOAD_ROWS),  # a 1M-row owner uploads above the default cap
+        )
         configs = {org: load_config(path, env={}) for org, path in mesh.prepare().items()}
         sources = {
             t.org: t.write_csv(configs[t.org].state_dir / "data" / f"{t.org}.csv")

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import psutil
 
-from services.mesh.config import ROLE_SERVERS, load_config
+from services.mesh.config import MAX_UPLOAD_ROWS, ROLE_SERVERS, load_config
 from services.tools.launcher import LocalMesh, OrgPlacement, ServerProcess, local_mesh_for
 from services.tools.relay import Address, DelayRelay, parse_address
 
@@ -306,12 +306,14 @@ class BenchMesh:
         servers: tuple[str, ...] | None = None,
         launch: Launch | None = None,
         crypto_workers: int = 0,
+        max_upload_rows: int = MAX_UPLOAD_ROWS,
     ) -> None:
         if latency_ms < 0:
             raise ValueError("latency must be >= 0 ms")
         self.root = Path(root)
         self.latency_ms = latency_ms
         self.crypto_workers = crypto_workers  # local crypto-worker processes per data owner
+        self.max_upload_rows = max_upload_rows  # the helper's cap on one owner's upload (above it for large runs)
         self.servers = servers
         self.launch = launch or launch_local_mesh(servers)
         self.config_paths: dict[str, Path] = {}
@@ -344,7 +346,9 @@ class BenchMesh:
     def prepare(self) -> dict[str, Path]:
         """PKI and one config per org on ports reserved by this process (before any process starts)."""
         if not self.config_paths:
-            self.config_paths = local_mesh_for(self.root, crypto_workers=self.crypto_workers)
+            self.config_paths = local_mesh_for(
+                self.root, crypto_workers=self.crypto_workers, max_upload_rows=self.max_upload_rows
+            )
         return self.config_paths
 
     def start(self, timeout: float = 120.0) -> BenchMesh:

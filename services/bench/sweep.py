@@ -59,6 +59,7 @@ from services.bench.lasso_bench import bench_lasso
 from services.bench.tno_compare import result_path as tno_result_path
 
 SWEEPS = ("full", "quick", "large")
+INFO_FILE = "sweep-info.json"  # the machine, loads and times of the last sweep written to a directory
 BUDGET_S = 30 * 60.0
 FULL_ESTIMATE_MIN = 20
 WORK_DIR = Path(".riskmesh/bench/sweep-work")
@@ -347,8 +348,11 @@ def figure(
                 color=colour,
                 label=label,
             )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if any(len(line.get_xdata()) for line in ax.get_lines()):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:  # every point failed (the CSV's error column says why): an empty figure that says so
+        ax.text(0.5, 0.5, "no point of this sweep succeeded", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("records per data owner (half of them in the join), 10 features")
     ax.set_ylabel("seconds (loopback: median of 3 up to 10,000 records; other curves: one run)")
     ax.set_title("riskmesh: time against the number of records (cf. the seed's Figure 4)")
@@ -694,11 +698,9 @@ def run_sweep(sweep: str, out: Path) -> int:
         "repeats_note": repeats_note(sweep, cut),
     }
     csv_path = write_csv(out / "results.csv", rows)
+    (out / INFO_FILE).write_text(json.dumps({**info, "command": command, "sweep": sweep}, indent=1) + "\n")
     saved = read_csv(csv_path)
-    report = saved + large_rows(out) if sweep == "full" else saved
-    tno, tno_logistic = load_tno("lasso"), load_tno("logistic")
-    figure(report, out / "figure4.png", tno, tno_logistic)
-    (out / "README.md").write_text(readme(report, info, command, tno, tno_logistic))
+    write_report(out, saved, info, command, sweep)
     print(
         json.dumps(
             {
@@ -715,6 +717,28 @@ def run_sweep(sweep: str, out: Path) -> int:
         flush=True,
     )
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def write_report(out: Path, saved: list[dict[str, str]], info: Mapping[str, Any], command: str, sweep: str) -> None:
+    """figure4.png and README.md from a sweep's saved rows (the full sweep adds `<out>/large/` and TNO's runs)."""
+    report = saved + large_rows(out) if sweep == "full" else saved
+    tno, tno_logistic = load_tno("lasso"), load_tno("logistic")
+    figure(report, out / "figure4.png", tno, tno_logistic)
+    (out / "README.md").write_text(readme(report, info, command, tno, tno_logistic))
+
+
+def render(out: Path) -> int:
+    """`riskmesh bench --sweep render --out DIR`: rewrite DIR's figure and README from its saved results.csv
+    and sweep info (e.g. after `make bench-large` or `--compare-tno` measured a point the sweep did not)."""
+    csv_path, info_path = out / "results.csv", out / INFO_FILE
+    if not csv_path.exists() or not info_path.exists():
+        print(json.dumps({"ok": False, "error": f"{out} holds no sweep to render (results.csv and {INFO_FILE})"}))
+        return 1
+    info = json.loads(info_path.read_text())
+    saved = read_csv(csv_path)
+    write_report(out, saved, info, str(info["command"]), str(info["sweep"]))
+    print(json.dumps({"ok": True, "rendered": str(out), "points": len(saved), "large": len(large_rows(out))}))
+    return 0
 
 
 def repeats_note(sweep: str, cut: bool) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
+import services.bench.sweep as sweep_module
 from services.bench.sweep import (
     CSV_COLUMNS,
     LATENCY_MS,
@@ -19,6 +21,7 @@ from services.bench.sweep import (
     plan,
     read_csv,
     readme,
+    render,
     tno_section,
     write_csv,
 )
@@ -330,3 +333,28 @@ def test_tno_logistic_section_has_the_objective_gap(tmp_path: Path) -> None:
 def test_figure_is_written_with_every_curve(tmp_path: Path) -> None:
     path = figure(_study_rows(tmp_path), tmp_path / "fig" / "figure4.png", _tno("lasso"), _tno("logistic"))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_figure_of_a_sweep_whose_every_point_failed_is_still_written(tmp_path: Path) -> None:
+    # make bench-large's one point failing must leave its CSV and an honest figure, not a matplotlib error.
+    failed = csv_row(Point("large", 1_000_000, 10, 1), None, "BenchError: run failed")
+    path = figure([{k: str(v) for k, v in failed.items()}], tmp_path / "figure4.png", None)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_rewrites_the_readme_with_a_large_point_measured_after_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep_module, "load_tno", lambda model="lasso": None)
+    out = tmp_path / "bench"
+    assert render(out) == 1  # nothing to render yet
+    write_csv(out / "results.csv", _study_rows(tmp_path))
+    (out / "sweep-info.json").write_text(
+        json.dumps({**_info(), "command": "riskmesh bench --sweep full", "sweep": "full"})
+    )
+    assert render(out) == 0
+    assert "1,000,000" not in (out / "README.md").read_text()
+    large = csv_row(Point("large", 1_000_000, 10, 1), _record(900.0, 1_000_000))
+    write_csv(out / "large" / "results.csv", [large])
+    assert render(out) == 0
+    assert "1,000,000" in (out / "README.md").read_text() and (out / "figure4.png").stat().st_size > 10_000
