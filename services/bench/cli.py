@@ -23,7 +23,7 @@ services/testkit/collinear.py; there the coefficients are compared only through 
 objective and the predictions (collinear optima need not be well separated).
 `--model logistic|svm|poisson` (lasso phase, synthetic design) fits a GLM; its check is
 the coefficients against the exact optimum of the same objective (1e-4 relative for
-logistic and Poisson, 1e-3 for the SVM; a fixed Newton count has no certificate).
+logistic and Poisson, 1e-3 for the SVM; the GLMs have no convergence certificate).
 """
 
 from __future__ import annotations
