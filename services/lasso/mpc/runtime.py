@@ -25,9 +25,9 @@ code is unchanged; only those names are rebound, in the process that builds the 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType, SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from services.lasso.core import wire
 
@@ -85,3 +85,24 @@ def install_wire_format(runtime_module: ModuleType, finfields_module: ModuleType
     element = finfields_module.FiniteFieldElement
     element.to_bytes = classmethod(_field_to_bytes)
     element.from_bytes = classmethod(_field_from_bytes)
+
+
+Result = TypeVar("Result")
+
+
+async def run_fit(mpc: Any, fit: Callable[[], Awaitable[Result]]) -> Result:
+    """Start the runtime (``mpc.start``, which a transport may replace), await ``fit()``, shut down.
+
+    On failure the peer connections are closed instead of the shutdown barrier, which would wait
+    for peers that may never come: every party's ``run_party`` is this.
+    """
+    await mpc.start()
+    try:
+        result = await fit()
+    except BaseException:
+        for peer in mpc.parties:
+            if peer.pid != mpc.pid and peer.protocol is not None:
+                peer.protocol.close_connection()
+        raise
+    await mpc.shutdown()
+    return result

@@ -42,6 +42,7 @@ import numpy.typing as npt
 from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, STEP_TOLERANCE, GlmPlan, make_glm_plan
 from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
+from services.lasso.mpc.runtime import run_fit
 from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, trunc_convert
 from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid, sign_bits
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
@@ -132,8 +133,12 @@ class Fields:
 
 
 def _fields(mpc: Any, plan: GlmPlan) -> Fields:
+    return fields_with_big(mpc, glm_field_bits(plan, mpc.options.sec_param))
+
+
+def fields_with_big(mpc: Any, bits: int) -> Fields:
+    """The fit's four fields: F_g of ``bits`` (the plan's), ADMM's F_w, and the two comparison fields."""
     kappa = mpc.options.sec_param
-    bits = glm_field_bits(plan, kappa)
     big = FieldOps(mpc, mpc.SecFxp(bits - FRAC - kappa - 2, FRAC))
     work = FieldOps(mpc, mpc.SecFxp(admm_field_bits(kappa, FRAC_W) - FRAC_W - kappa - 2, FRAC_W))
     small = FieldOps(mpc, mpc.SecInt(compare_field_bits(kappa, compare_bits()) - kappa - 2))
@@ -449,13 +454,4 @@ async def run_party(
     mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec, on_progress: ProgressCallback | None = None
 ) -> RegressionResult | None:
     """Start the runtime, fit, shut down (as ``secure_regression.run_party``)."""
-    await mpc.start()
-    try:
-        result = await secure_fit_glm(mpc, shares, spec, on_progress)
-    except BaseException:
-        for peer in mpc.parties:
-            if peer.pid != mpc.pid and peer.protocol is not None:
-                peer.protocol.close_connection()
-        raise
-    await mpc.shutdown()
-    return result
+    return await run_fit(mpc, lambda: secure_fit_glm(mpc, shares, spec, on_progress))

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from services.lasso.core.glm_plan import EXP_SQUARINGS, GlmPlan, make_glm_plan
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec, fold_bounds
+from services.lasso.mpc.runtime import run_fit
 from services.lasso.mpc.secure_functions import exp_neg, sign_bits
 from services.lasso.mpc.secure_glm import (
     FRAC,
@@ -272,13 +273,4 @@ async def run_party(
     mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec, on_progress: ProgressCallback | None = None
 ) -> RegressionResult | None:
     """Start the runtime, fit with cross-validation, shut down (as ``secure_glm.run_party``)."""
-    await mpc.start()
-    try:
-        result = await secure_fit_glm_cv(mpc, shares, spec, on_progress)
-    except BaseException:
-        for peer in mpc.parties:
-            if peer.pid != mpc.pid and peer.protocol is not None:
-                peer.protocol.close_connection()
-        raise
-    await mpc.shutdown()
-    return result
+    return await run_fit(mpc, lambda: secure_fit_glm_cv(mpc, shares, spec, on_progress))

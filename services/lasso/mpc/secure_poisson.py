@@ -37,14 +37,12 @@ import numpy.typing as npt
 from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import RegressionResult, RegressionSpec
 from services.lasso.core.poisson_plan import EXP_DEGREE, EXP_SQUARINGS, START_STEP, PoissonPlan, make_poisson_plan
-from services.lasso.mpc.secure_compare import compare_field_bits
-from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit
+from services.lasso.mpc.runtime import run_fit
+from services.lasso.mpc.secure_functions import reciprocal_unit
 from services.lasso.mpc.secure_glm import (
     ENCODING_OFFSET,
     FRAC,
     FRAC_TABLE,
-    FRAC_W,
-    MARGIN_FRAC,
     NORMALISE_SHIFT,
     OWNERS,
     W_FRAC,
@@ -56,13 +54,13 @@ from services.lasso.mpc.secure_glm import (
     _Progress,
     _small_step,
     _solve_model,
+    fields_with_big,
 )
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_qp import (
     E_BITS,
     Model,
-    admm_field_bits,
     clamp_thresholds,
     newton_inverse_sqrt,
     qp_field_bits,
@@ -132,13 +130,7 @@ def metric_field_bits(plan: PoissonPlan, kappa: int) -> int:
 
 
 def _fields(mpc: Any, plan: PoissonPlan) -> Fields:
-    kappa = mpc.options.sec_param
-    bits = poisson_field_bits(plan, kappa)
-    big = FieldOps(mpc, mpc.SecFxp(bits - FRAC - kappa - 2, FRAC))
-    work = FieldOps(mpc, mpc.SecFxp(admm_field_bits(kappa, FRAC_W) - FRAC_W - kappa - 2, FRAC_W))
-    small = FieldOps(mpc, mpc.SecInt(compare_field_bits(kappa, compare_bits()) - kappa - 2))
-    fine = FieldOps(mpc, mpc.SecInt(compare_field_bits(kappa, compare_bits(MARGIN_FRAC)) - kappa - 2))
-    return Fields(big, work, small, fine)
+    return fields_with_big(mpc, poisson_field_bits(plan, mpc.options.sec_param))
 
 
 # ---- rows and start -------------------------------------------------------------------------------
@@ -557,13 +549,4 @@ async def run_party(
     mpc: Any, shares: npt.ArrayLike, spec: RegressionSpec, on_progress: ProgressCallback | None = None
 ) -> RegressionResult | None:
     """Start the runtime, fit, shut down (as ``secure_glm.run_party``)."""
-    await mpc.start()
-    try:
-        result = await secure_fit_poisson(mpc, shares, spec, on_progress)
-    except BaseException:
-        for peer in mpc.parties:
-            if peer.pid != mpc.pid and peer.protocol is not None:
-                peer.protocol.close_connection()
-        raise
-    await mpc.shutdown()
-    return result
+    return await run_fit(mpc, lambda: secure_fit_poisson(mpc, shares, spec, on_progress))

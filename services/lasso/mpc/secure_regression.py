@@ -74,6 +74,7 @@ from services.lasso.core.plan import (
     SolverPlan,
     make_plan,
 )
+from services.lasso.mpc.runtime import run_fit
 from services.lasso.mpc.secure_gram import FRAC_IN, FRAC_TABLE, Moments, gram_bits, moments
 from services.lasso.mpc.secure_input import agreed_table, share_and_multiply, zero_columns
 from services.lasso.mpc.secure_metrics import decode_linear_metrics, linear_metrics
@@ -343,13 +344,4 @@ async def run_party(
 
     Call as ``mpc.run(run_party(mpc, shares, spec))`` in a process that owns the runtime.
     """
-    await mpc.start()
-    try:
-        result = await secure_fit(mpc, shares, spec, on_progress)
-    except BaseException:
-        for peer in mpc.parties:
-            if peer.pid != mpc.pid and peer.protocol is not None:
-                peer.protocol.close_connection()
-        raise
-    await mpc.shutdown()
-    return result
+    return await run_fit(mpc, lambda: secure_fit(mpc, shares, spec, on_progress))
