@@ -162,18 +162,22 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
     def parts(self) -> int:
         return self.crypto.parallelism if self.crypto else self.workers
 
+    async def _read_table(self, spec, source_path: str) -> OwnerTable:
+        """This org's columns of the study, read from its CSV (off the event loop)."""
+        owner = owner_columns(spec, self.config.org)
+        target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
+        return await asyncio.to_thread(
+            read_owner_csv,
+            source_path,
+            birth_date_column=owner.birth_date_column,
+            postal_code_column=owner.postal_code_column,
+            features=[codec.column_from_proto(c) for c in owner.features],
+            target=target,
+        )
+
     async def PreparePool(self, request, context):
         async with join_errors(context, "offline randomness pool"):
-            owner = owner_columns(request.spec, self.config.org)
-            target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
-            table = await asyncio.to_thread(
-                read_owner_csv,
-                request.source_path,
-                birth_date_column=owner.birth_date_column,
-                postal_code_column=owner.postal_code_column,
-                features=[codec.column_from_proto(c) for c in owner.features],
-                target=target,
-            )
+            table = await self._read_table(request.spec, request.source_path)
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
             check_key_size(peer_key.bits, request.spec.paillier_bits, self.config.min_paillier_bits)
             count = min(len(table.ids) * prepare_layout(table, peer_key).ciphertexts_per_row, MAX_PREPARED_ELEMENTS)
@@ -210,16 +214,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
-            owner = owner_columns(request.spec, self.config.org)
-            target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
-            table = await asyncio.to_thread(
-                read_owner_csv,
-                request.source_path,
-                birth_date_column=owner.birth_date_column,
-                postal_code_column=owner.postal_code_column,
-                features=[codec.column_from_proto(c) for c in owner.features],
-                target=target,
-            )
+            table = await self._read_table(request.spec, request.source_path)
             agreement = keys.new_agreement_key()
             commitment = input_commitment(table, request.commitment_key) if request.commitment_key else ""
             prepared = self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)

@@ -137,6 +137,14 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
         raise NotImplementedError(
             f"the {spec.kind.value} model{'' if spec.squared_hinge else ' with the hinge loss'} is not implemented yet"
         )
+    # s at v = 0, the same for every row: logistic σ(0)(1 − σ(0)) = ¼; squared hinge 2 (every row active).
+    hessian_start = 2.0 if spec.kind is ModelKind.SVM else 0.25
+    return newton_plan(spec, n_rows, hessian_start, spec.balanced_class_weights)
+
+
+def newton_plan(spec: RegressionSpec, n_rows: int, hessian_start: float, balanced: bool) -> GlmPlan:
+    """The outer-iteration plan every GLM shares (penalties, ADMM, polishing, the stopping rule), for the
+    model's Hessian weight ``hessian_start`` at v = 0; ``make_poisson_plan`` uses it too."""
     features = spec.feature_columns
     mids = tuple(spec.ranges[j].mid for j in features)
     halves = tuple(spec.ranges[j].half for j in features)
@@ -152,8 +160,6 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
     # Jacobi-scaled Hessians have diagonal ≤ 1 (s ≤ s₀ for every row): λ_max ≤ d + 1.
     ns_k = ns_iterations(d1 + ADMM_RHO, ADMM_RHO)
     ns_solve = ns_iterations(float(d1), EIGENVALUE_FLOOR)
-    # s at v = 0, the same for every row: logistic σ(0)(1 − σ(0)) = ¼; squared hinge 2 (every row active).
-    hessian_start = 2.0 if spec.kind is ModelKind.SVM else 0.25
     return GlmPlan(
         spec.kind,
         n_rows,
@@ -167,7 +173,7 @@ def make_glm_plan(spec: RegressionSpec, n_rows: int) -> GlmPlan:
         polish,
         ns_k,
         ns_solve,
-        spec.balanced_class_weights,
+        balanced,
         hessian_start,
         checks=checks,
     )

@@ -36,17 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from services.lasso.core.glm_plan import (
-    ADMM_FIRST,
-    ADMM_LATER,
-    ADMM_RHO,
-    DEFAULT_OUTER_ITERATIONS,
-    EIGENVALUE_FLOOR,
-    POLISH_LAST,
-    STOP_CHECK_FROM,
-    GlmPlan,
-    ns_iterations,
-)
+from services.lasso.core.glm_plan import GlmPlan, newton_plan
 from services.lasso.core.params import ModelKind, RegressionSpec
 
 #: Step of the start's logarithm grid (|b₀ − log ȳ| ≤ START_STEP/2).
@@ -100,35 +90,7 @@ def make_poisson_plan(spec: RegressionSpec, n_rows: int) -> PoissonPlan:
     """The public plan of a Poisson fit of ``spec`` (one alpha) on ``n_rows`` joined rows."""
     if spec.kind is not ModelKind.POISSON:
         raise ValueError("not a Poisson model")
-    features = spec.feature_columns
-    mids = tuple(spec.ranges[j].mid for j in features)
-    halves = tuple(spec.ranges[j].half for j in features)
-    alpha, rho = spec.alphas[0], spec.rho
-    l1 = tuple(alpha * rho / h for h in halves) + (0.0,)
-    ridge = tuple(alpha * (1 - rho) / h**2 for h in halves) + (0.0,)
-    outer = spec.iterations or DEFAULT_OUTER_ITERATIONS
-    has_l1 = rho > 0
-    admm = tuple((ADMM_FIRST if k == 0 else ADMM_LATER) if has_l1 else 0 for k in range(outer))
-    checks = tuple(STOP_CHECK_FROM <= k + 1 < outer for k in range(outer))  # the logistic fit's stopping rule
-    polish = tuple(k >= outer - POLISH_LAST or checks[k] for k in range(outer))
-    d1 = len(features) + 1
-    glm = GlmPlan(
-        ModelKind.POISSON,
-        n_rows,
-        len(features),
-        alpha,
-        mids,
-        halves,
-        l1,
-        ridge,
-        admm,
-        polish,
-        ns_iterations(d1 + ADMM_RHO, ADMM_RHO),
-        ns_iterations(float(d1), EIGENVALUE_FLOOR),
-        False,
-        1.0,
-        checks=checks,
-    )
+    glm = newton_plan(spec, n_rows, 1.0, False)  # μ̃ = 1 at v = 0 (the fit is offset by b₀)
     y_max = spec.ranges[spec.target].max
     low = math.log(1 / n_rows)
     count = math.ceil((math.log(max(y_max, 1.0)) - low) / START_STEP) + 1
@@ -136,7 +98,7 @@ def make_poisson_plan(spec: RegressionSpec, n_rows: int) -> PoissonPlan:
     s_high = math.log(4 * n_rows)
     inverse_kappa = math.exp(-(thresholds[0] + START_STEP / 2))
     # G¹_jj = Var(x̃_j) + γ_j/κ₀ ≤ 4 + γ_j·(1/κ₀ bound), and ≥ DIAGONAL_FLOOR.
-    bounds = [4 + g * inverse_kappa for g in ridge[:-1]]
+    bounds = [4 + g * inverse_kappa for g in glm.ridge[:-1]]
     first_newton = max(newton_steps(b / DIAGONAL_FLOOR) for b in bounds) if bounds else 0
     rescale_bound = math.exp(s_high) + 1
     return PoissonPlan(
