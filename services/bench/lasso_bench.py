@@ -30,7 +30,7 @@ relative to max |w|; `converged` and `iterations` are what the result reports (t
 solver's certificate held, at that checkpoint). With `--model logistic|svm|poisson`
 (synthetic design only) an outcome drawn from the target is fitted and compared, through
 `rel_coef_diff`, with the exact optimum of the same objective; `converged` is then false
-(a fixed number of Newton steps has no certificate) and the objective and prediction
+(the Newton steps stop once a step is small, without a certificate) and the objective and prediction
 figures are left out.
 `mpc_rounds` / `mpc_messages` per phase come from the lasso servers' `mpc traffic` spans
 (services/bench/mpc_traffic.py), `cpu_s_by_org` from the party processes and their MPC

@@ -532,10 +532,10 @@ def logistic_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "",
         "`riskmesh bench --phase lasso --model logistic --records N --features 10`: L1 logistic regression "
         "(alpha 0.01) of a yes/no outcome drawn from the generated target (services/testkit/outcomes.py); N joined "
-        "rows dealt as the join leaves them, the three lasso servers only; a fixed number of Newton steps (no "
-        "certificate). Coefficient error: max |w − w*| / max |w*| against the exact optimum of the same objective "
-        "on the plaintext join (services/testkit/glm_reference.fit_glm_exact; scikit-learn's LogisticRegression"
-        "(C = 1/(m·α), l1_ratio = 1) solves the same objective).",
+        "rows dealt as the join leaves them, the three lasso servers only; Newton steps until a step is at most "
+        "1e-3 (no certificate). Coefficient error: max |w − w*| / max |w*| against the exact optimum of the same "
+        "objective on the plaintext join (services/testkit/glm_reference.fit_glm_exact; scikit-learn's "
+        "LogisticRegression(C = 1/(m·α), l1_ratio = 1) solves the same objective).",
         "",
         "| joined rows | features | model s | Newton steps | non-zero | rel coef diff | MB sent | largest RSS MB "
         "| load before → after |",

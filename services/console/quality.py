@@ -19,7 +19,8 @@ KIND_LABELS = {
     common_pb2.MODEL_KIND_SVM: "Linear SVM",
     common_pb2.MODEL_KIND_POISSON: "Poisson regression",
 }
-# The GLMs take a fixed number of Newton steps; the linear models stop at a certified checkpoint.
+# The GLMs count Newton steps (they stop once a step is small, uncertified); the linear models stop at a
+# certified checkpoint.
 GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM, common_pb2.MODEL_KIND_POISSON)
 
 # metric → (short id for the page, label, what it means)
