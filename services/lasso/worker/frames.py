@@ -6,7 +6,8 @@ the mTLS port and every Exchange stream. The server relays MPyC's messages betwe
 worker and the peers' streams over one Unix socket pair, in these frames.
 
 A frame is `u32 length | u8 kind | body` (little-endian). Bodies are fixed-width fields
-plus one trailing byte string; nothing is pickled, and protobuf messages (the run
+plus at most one trailing byte string, per kind in one table (`_LAYOUTS`, read by
+both `encode` and the decoder); nothing is pickled, and protobuf messages (the run
 request, share chunks, the result) travel as their own serialisation.
 
     worker → server                      server → worker
@@ -25,7 +26,7 @@ request, share chunks, the result) travel as their own serialisation.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 class FrameError(ValueError):
@@ -133,99 +134,73 @@ Frame = (
     | Failed
 )
 
-_KINDS: dict[type, int] = {
-    Start: 1,
-    Input: 2,
-    InputEnd: 3,
-    Dial: 4,
-    PeerUp: 5,
-    Send: 6,
-    Recv: 7,
-    Close: 8,
-    PeerClosed: 9,
-    PeerLost: 10,
-    Report: 11,
-    Result: 12,
-    Failed: 13,
-    Traffic: 14,
-}
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How one kind of frame lays out its body: fixed-width fields, then at most one trailing
+    byte string (the dataclass's last field; `text` when it is a str, sent as UTF-8)."""
+
+    kind: int
+    frame_type: type
+    fixed: struct.Struct
+    fixed_names: tuple[str, ...]
+    tail: str | None = None
+    text: bool = False
+
+
+def _layout(kind: int, frame_type: type, fixed: str = "<", tail: bool = False, text: bool = False) -> _Layout:
+    names = tuple(f.name for f in fields(frame_type))
+    fixed_names = names[:-1] if tail else names
+    return _Layout(kind, frame_type, struct.Struct(fixed), fixed_names, names[-1] if tail else None, text)
+
+
+_PEER = "<H"
+_MESSAGE = "<Hq"  # peer, pc
+_LAYOUTS = [
+    _layout(1, Start, tail=True),
+    _layout(2, Input, tail=True),
+    _layout(3, InputEnd),
+    _layout(4, Dial, _PEER, tail=True),
+    _layout(5, PeerUp, _PEER, tail=True),
+    _layout(6, Send, _MESSAGE, tail=True),
+    _layout(7, Recv, _MESSAGE, tail=True),
+    _layout(8, Close, _PEER),
+    _layout(9, PeerClosed, _PEER),
+    _layout(10, PeerLost, _PEER, tail=True, text=True),
+    _layout(11, Report, "<BQQ"),
+    _layout(12, Result, tail=True),
+    _layout(13, Failed, tail=True, text=True),
+    _layout(14, Traffic, "<BQQQ"),
+]
+_BY_TYPE = {layout.frame_type: layout for layout in _LAYOUTS}
+_BY_KIND = {layout.kind: layout for layout in _LAYOUTS}
 _HEAD = struct.Struct("<IB")
-_PEER = struct.Struct("<H")
-_MESSAGE = struct.Struct("<Hq")
-_REPORT = struct.Struct("<BQQ")
-_TRAFFIC = struct.Struct("<BQQQ")
-_COUNTS: dict[int, tuple[type[Report] | type[Traffic], struct.Struct]] = {
-    11: (Report, _REPORT),
-    14: (Traffic, _TRAFFIC),
-}
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 
 def encode(frame: Frame) -> bytes:
     """The bytes of one frame."""
-    kind = _KINDS[type(frame)]
-    if isinstance(frame, (Send, Recv)):
-        body = _MESSAGE.pack(frame.peer, frame.pc) + frame.payload
-    elif isinstance(frame, (Dial, PeerUp)):
-        body = _PEER.pack(frame.peer) + frame.prss_keys
-    elif isinstance(frame, (Close, PeerClosed)):
-        body = _PEER.pack(frame.peer)
-    elif isinstance(frame, PeerLost):
-        body = _PEER.pack(frame.peer) + frame.reason.encode()
-    elif isinstance(frame, Report):
-        body = _REPORT.pack(frame.phase, frame.done, frame.total)
-    elif isinstance(frame, Traffic):
-        body = _TRAFFIC.pack(frame.phase, frame.rounds, frame.messages, frame.bytes)
-    elif isinstance(frame, Start):
-        body = frame.request
-    elif isinstance(frame, Input):
-        body = frame.chunk
-    elif isinstance(frame, Result):
-        body = frame.result
-    elif isinstance(frame, Failed):
-        body = frame.reason.encode()
-    else:
-        body = b""
-    return _HEAD.pack(len(body) + 1, kind) + body
-
-
-def _decode_peer_frame(kind: int, body: memoryview) -> Frame:
-    """Dial, PeerUp, Close, PeerClosed, PeerLost: a peer number, then keys or a reason."""
-    (peer,) = _PEER.unpack_from(body)
-    rest = bytes(body[_PEER.size :])
-    if kind in (4, 5):
-        return Dial(peer, rest) if kind == 4 else PeerUp(peer, rest)
-    if kind == 8:
-        return Close(peer)
-    if kind == 9:
-        return PeerClosed(peer)
-    return PeerLost(peer, rest.decode())
+    layout = _BY_TYPE[type(frame)]
+    body = layout.fixed.pack(*[getattr(frame, name) for name in layout.fixed_names])
+    if layout.tail is not None:
+        tail = getattr(frame, layout.tail)
+        body += tail.encode() if layout.text else tail
+    return _HEAD.pack(len(body) + 1, layout.kind) + body
 
 
 def _decode_body(kind: int, body: memoryview) -> Frame:
+    layout = _BY_KIND.get(kind)
+    if layout is None:
+        raise FrameError(f"unknown frame kind {kind}")
     try:
-        if kind in (6, 7):
-            peer, pc = _MESSAGE.unpack_from(body)
-            payload = bytes(body[_MESSAGE.size :])
-            return Send(peer, pc, payload) if kind == 6 else Recv(peer, pc, payload)
-        if kind in (4, 5, 8, 9, 10):
-            return _decode_peer_frame(kind, body)
-        if kind in _COUNTS:  # Report, Traffic: fixed-width numbers only
-            frame_type, layout = _COUNTS[kind]
-            return frame_type(*layout.unpack_from(body))
-        if kind == 1:
-            return Start(bytes(body))
-        if kind == 2:
-            return Input(bytes(body))
-        if kind == 3:
-            return InputEnd()
-        if kind == 12:
-            return Result(bytes(body))
-        if kind == 13:
-            return Failed(bytes(body).decode())
+        values: list[object] = list(layout.fixed.unpack_from(body))  # short body: struct.error
+        if layout.tail is not None:
+            tail = bytes(body[layout.fixed.size :])
+            values.append(tail.decode() if layout.text else tail)
     except (struct.error, UnicodeDecodeError):
         raise FrameError(f"malformed frame of kind {kind}") from None
-    raise FrameError(f"unknown frame kind {kind}")
+    frame: Frame = layout.frame_type(*values)
+    return frame
 
 
 class FrameDecoder:

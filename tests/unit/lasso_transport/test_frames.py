@@ -73,3 +73,24 @@ def test_absurd_length_is_refused():
 def test_truncated_body_of_fixed_fields_is_refused():
     with pytest.raises(FrameError):
         FrameDecoder().feed(struct.pack("<IB", 2, 6) + b"\x01")
+
+
+def test_layout_on_the_wire():
+    """`u32 length | u8 kind | fixed little-endian fields | trailing bytes`, as the module docstring says."""
+    assert encode(Send(1, -2, b"ab")) == struct.pack("<IBHq", 13, 6, 1, -2) + b"ab"
+    assert encode(PeerLost(2, "é")) == struct.pack("<IBH", 5, 10, 2) + "é".encode()
+    assert encode(Report(3, 4, 5)) == struct.pack("<IBBQQ", 18, 11, 3, 4, 5)
+    assert encode(InputEnd()) == struct.pack("<IB", 1, 3)
+
+
+@pytest.mark.parametrize("kind", [4, 5, 8, 9, 10, 11, 14])
+def test_truncated_fixed_fields_of_every_kind_are_refused(kind):
+    with pytest.raises(FrameError):
+        FrameDecoder().feed(struct.pack("<IB", 2, kind) + b"\x01")
+
+
+@pytest.mark.parametrize("kind", [10, 13])
+def test_text_that_is_not_utf8_is_refused(kind):
+    body = b"\x01\x00\xff\xfe" if kind == 10 else b"\xff\xfe"
+    with pytest.raises(FrameError):
+        FrameDecoder().feed(struct.pack("<IB", len(body) + 1, kind) + body)
