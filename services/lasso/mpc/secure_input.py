@@ -116,45 +116,49 @@ def shamir_split(values: ObjectArray, p: int, t: int, parties: int) -> list[Obje
     return shares
 
 
-async def share_and_multiply(
+def share_limbs(p: int) -> int:
+    """Limbs of a received share sum (a sum of at most three shares mod p, < 3p)."""
+    return limb_count(p.bit_length() + 2)
+
+
+async def share_chunks(
     ops: FieldOps,
     table: ObjectArray,
     folds: Sequence[tuple[int, int]],
     zero_columns: Sequence[frozenset[int]],
+    absorb: Callable[[int, int, int, npt.NDArray[np.int64]], None],
     on_rows: Callable[[int], None] | None = None,
-) -> list[FoldSums]:
-    """Shamir-share this party's integer share matrix and return its per-fold local moments.
+) -> None:
+    """Shamir-share this party's integer share matrix, chunk by chunk, and hand each chunk of
+    this party's degree-t shares [X′] to ``absorb(fold, start, stop, limbs)`` (limbs: normalised,
+    (stop − start) × c × ``share_limbs(p)``).
 
     Every party calls this with its own ``table`` (m × c Python ints) and the
     same public ``folds`` and ``zero_columns`` (per party id, the columns it is
-    known to hold zeros of).
+    known to hold zeros of). Chunks never cross a fold.
     """
     mpc, p = ops.mpc, ops.p
     parties, pid = ops.parties, mpc.pid
-    rows, c = table.shape
+    c = table.shape[1]
     mine = sorted(zero_columns[pid])
     if mine and np.any(np.asarray(table, dtype=object)[:, mine] != 0):
         raise ValueError("this party's shares are not zero in the columns it is declared not to hold")
-    limbs = limb_count(p.bit_length() + 2)  # a sum of `parties` shares < 3p
+    limbs = share_limbs(p)
     sent = [[j for j in range(c) if j not in zero_columns[i]] for i in range(parties)]
-    acc_gram = [np.zeros((c, limbs, c, limbs), dtype=np.int64) for _ in folds]
-    acc_sums = [np.zeros((c, limbs), dtype=np.int64) for _ in folds]
     senders = [i for i in range(parties) if i != pid]
     pending: deque[tuple[int, int, int, bytes, list[Any]]] = deque()
     done = 0
 
-    async def absorb(k: int, start: int, stop: int, own: bytes, received: list[Any]) -> None:
+    async def receive(k: int, start: int, stop: int, own: bytes, received: list[Any]) -> None:
         nonlocal done
         inbox = await mpc.gather(received[pid]) if parties > 1 else []
         for j in senders:
             await mpc.gather(received[j])
         part = np.zeros((stop - start, c, limbs), dtype=np.int64)
-        for i, data in [(pid, own), *zip(senders, inbox, strict=False)]:
+        for i, data in [(pid, own), *zip(senders, inbox, strict=True)]:
             if sent[i]:
                 part[:, sent[i], :] += bytes_to_limbs(data, limbs).reshape(stop - start, len(sent[i]), limbs)
-        normalise(part)
-        acc_gram[k] += gram_limbs(part)
-        acc_sums[k] += column_sums_limbs(part)
+        absorb(k, start, stop, normalise(part))
         done += stop - start
         if on_rows is not None:
             on_rows(done)
@@ -168,10 +172,30 @@ async def share_and_multiply(
             received.append(mpc.transfer(payloads[j] if pid != j else None, sender_receivers=routes))
         pending.append((k, start, stop, payloads[pid], received))
         if len(pending) > LOOKAHEAD_CHUNKS:  # keep a few chunks in flight: no lockstep per chunk
-            await absorb(*pending.popleft())
+            await receive(*pending.popleft())
     while pending:
-        await absorb(*pending.popleft())
+        await receive(*pending.popleft())
+
+
+async def share_and_multiply(
+    ops: FieldOps,
+    table: ObjectArray,
+    folds: Sequence[tuple[int, int]],
+    zero_columns: Sequence[frozenset[int]],
+    on_rows: Callable[[int], None] | None = None,
+) -> list[FoldSums]:
+    """Shamir-share this party's integer share matrix and return its per-fold local moments
+    (arguments as ``share_chunks``)."""
+    c, limbs = table.shape[1], share_limbs(ops.p)
+    acc_gram = [np.zeros((c, limbs, c, limbs), dtype=np.int64) for _ in folds]
+    acc_sums = [np.zeros((c, limbs), dtype=np.int64) for _ in folds]
+
+    def multiply(k: int, start: int, stop: int, part: npt.NDArray[np.int64]) -> None:
+        acc_gram[k] += gram_limbs(part)
+        acc_sums[k] += column_sums_limbs(part)
+
+    await share_chunks(ops, table, folds, zero_columns, multiply, on_rows)
     return [
-        FoldSums(combine_gram(g) % p, combine_sums(s) % p, stop - start)
+        FoldSums(combine_gram(g) % ops.p, combine_sums(s) % ops.p, stop - start)
         for g, s, (start, stop) in zip(acc_gram, acc_sums, folds, strict=False)
     ]
