@@ -17,7 +17,8 @@ accepted the rows.
 
 Offline pools (docs/adr/0013-offline-keys-and-pools.md). PreparePool makes, before the run,
 the randomness pool for the key the other owner announced for the study's next run: as many
-elements as this owner's CSV needs now (at most MAX_PREPARED_ELEMENTS), through the same
+elements as this owner's CSV needs now (its rows counted from a stream, no value parsed:
+`csvinput.count_owner_rows`; at most MAX_PREPARED_ELEMENTS), through the same
 dispatch as a run's pieces (`make_pool`, OFFLINE_PIECE elements at a time, so that a pool no
 run will use stops early when it is dropped), kept in memory only, one per study. RunEncryption
 takes the study's pool when it was made for the peer key the run uses (waiting for it if it
@@ -32,9 +33,10 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -44,7 +46,7 @@ from services.join import codec
 from services.join.common import chunked, join_errors
 from services.join.core import keys
 from services.join.core.commitment import input_commitment
-from services.join.core.csvinput import OwnerTable, read_owner_csv
+from services.join.core.csvinput import OwnerTable, count_owner_rows, read_owner_csv
 from services.join.core.errors import SpecError
 from services.join.core.masking import random_permutation
 from services.join.core.packing import SlotLayout
@@ -67,6 +69,7 @@ from services.mesh.server import MeshServer
 from services.study.spec import owner_columns
 
 log = logging.getLogger("riskmesh.encryption")
+T = TypeVar("T")
 
 UPLOAD_DEADLINE_S = 1800.0
 # Rows per piece: its pool elements and ciphertexts are in memory at once (~8 MB at 3072
@@ -162,12 +165,12 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
     def parts(self) -> int:
         return self.crypto.parallelism if self.crypto else self.workers
 
-    async def _read_table(self, spec, source_path: str) -> OwnerTable:
-        """This org's columns of the study, read from its CSV (off the event loop)."""
+    async def _read_csv(self, read: Callable[..., T], spec, source_path: str) -> T:
+        """`read` (read_owner_csv, count_owner_rows) on this org's columns of the study, off the event loop."""
         owner = owner_columns(spec, self.config.org)
         target = codec.column_from_proto(owner.target) if owner.HasField("target") and owner.target.name else None
         return await asyncio.to_thread(
-            read_owner_csv,
+            read,
             source_path,
             birth_date_column=owner.birth_date_column,
             postal_code_column=owner.postal_code_column,
@@ -177,11 +180,12 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
 
     async def PreparePool(self, request, context):
         async with join_errors(context, "offline randomness pool"):
-            table = await self._read_table(request.spec, request.source_path)
+            # Only the size is needed: rows counted from a stream, values left to PrepareEncryption.
+            rows = await self._read_csv(count_owner_rows, request.spec, request.source_path)
             peer_key = codec.public_key_from_proto(request.peer_paillier_key)
             check_key_size(peer_key.bits, request.spec.paillier_bits, self.config.min_paillier_bits)
-            count = min(len(table.ids) * prepare_layout(table, peer_key).ciphertexts_per_row, MAX_PREPARED_ELEMENTS)
-            del table  # only its size was needed
+            columns = len(codec.column_names(owner_columns(request.spec, self.config.org)))
+            count = min(rows * prepare_layout(columns, peer_key).ciphertexts_per_row, MAX_PREPARED_ELEMENTS)
             study_id = request.spec.study_id
             work = make_offline_pool(
                 self.crypto, self.executor, self.workers, peer_key, count, pool_window(count, self.parts, peer_key)
@@ -214,7 +218,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
 
     async def PrepareEncryption(self, request, context):
         async with join_errors(context, "hashing/encryption"):
-            table = await self._read_table(request.spec, request.source_path)
+            table = await self._read_csv(read_owner_csv, request.spec, request.source_path)
             agreement = keys.new_agreement_key()
             commitment = input_commitment(table, request.commitment_key) if request.commitment_key else ""
             prepared = self.prepared[request.run_id] = PreparedRun(request.spec, table, agreement)
@@ -251,7 +255,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 prepared.table,
                 tag_key,
                 peer_key,
-                prepare_layout(prepared.table, peer_key),
+                prepare_layout(len(prepared.table.columns), peer_key),
                 self.executor,
                 self.parts,
                 self.crypto,

@@ -18,6 +18,9 @@ Errors are ``DataError`` subclasses naming the row (line number; the header
 is row 1) and the column, never the cell's value. Reading stops at the first
 bad cell, except for duplicate IDs, which are reported all together.
 
+``count_owner_rows`` counts the data rows with the same structural checks (encoding,
+quoting, header, fields per row) and none of the values', for sizing work before a run.
+
 Memory: the file is read as a stream, the values go into one flat array of
 doubles and duplicates are found by sorting, so a table of a million rows
 costs about its IDs and values (~160 MB), not the text, a list per row and a
@@ -33,9 +36,9 @@ import math
 import os
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, TypeVar
 
 import numpy as np
 
@@ -60,6 +63,8 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _NON_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 _MISSING = frozenset({"", "na", "n/a", "null", "none"})
 _DELIMITERS = (",", ";", "\t")
+T = TypeVar("T")
+_NO_DATA_ROWS = "source CSV file has a header but no data rows"
 DEFAULT_FIXED_POINT = FixedPointFormat()  # f = 32, ℓ = 64 (frozen: safe as a default argument)
 
 
@@ -109,6 +114,19 @@ def _check_spec(
     fmt.check_columns(columns)
 
 
+def _checked_columns(
+    birth_date_column: str,
+    postal_code_column: str,
+    features: Sequence[ColumnSpec],
+    target: ColumnSpec | None,
+    fmt: FixedPointFormat,
+) -> tuple[ColumnSpec, ...]:
+    """The value columns, features then the target, once the spec's rules hold."""
+    columns = (*features, *((target,) if target is not None else ()))
+    _check_spec(birth_date_column, postal_code_column, columns, fmt)
+    return columns
+
+
 def read_owner_csv(
     path: str | os.PathLike[str],
     *,
@@ -119,11 +137,32 @@ def read_owner_csv(
     fixed_point: FixedPointFormat = DEFAULT_FIXED_POINT,
 ) -> OwnerTable:
     """Read, normalise and validate an owner's CSV (see the module docstring for the rules)."""
-    columns = (*features, *((target,) if target is not None else ()))
-    _check_spec(birth_date_column, postal_code_column, columns, fixed_point)
+    columns = _checked_columns(birth_date_column, postal_code_column, features, target, fixed_point)
+    return _with_source(path, lambda f: _parse_stream(f, birth_date_column, postal_code_column, columns))
+
+
+def count_owner_rows(
+    path: str | os.PathLike[str],
+    *,
+    birth_date_column: str,
+    postal_code_column: str,
+    features: Sequence[ColumnSpec],
+    target: ColumnSpec | None = None,
+    fixed_point: FixedPointFormat = DEFAULT_FIXED_POINT,
+) -> int:
+    """How many data rows ``read_owner_csv`` reads from the file, streamed: the same checks of the
+    file's structure (encoding, quoting, header, fields per row), none of its values (IDs, numbers,
+    ranges, duplicates; ``read_owner_csv`` checks those before every run), and no table in memory."""
+    columns = _checked_columns(birth_date_column, postal_code_column, features, target, fixed_point)
+    wanted = [birth_date_column, postal_code_column, *(c.name for c in columns)]
+    return _with_source(path, lambda f: _with_reader(f, lambda reader, _: _count_rows(reader, wanted)))
+
+
+def _with_source(path: str | os.PathLike[str], read: Callable[[TextIO], T]) -> T:
+    """``read`` on the opened file; the ways a path fails to be a readable UTF-8 file as SourceFileErrors."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            return _parse_stream(f, birth_date_column, postal_code_column, columns)
+            return read(f)
     except FileNotFoundError:
         raise MissingFileError("source CSV file not found") from None
     except IsADirectoryError:
@@ -162,6 +201,14 @@ def _parse_stream(
     stream: TextIO, birth_date_column: str, postal_code_column: str, columns: Sequence[ColumnSpec]
 ) -> OwnerTable:
     """Parse from the start of a seekable text stream (newline="" as the csv module wants)."""
+    return _with_reader(
+        stream, lambda reader, delimiter: _read_rows(reader, delimiter, birth_date_column, postal_code_column, columns)
+    )
+
+
+def _with_reader(stream: TextIO, read: Callable[[_Reader, str], T]) -> T:
+    """``read(reader, delimiter)`` with a strict ``csv.reader`` from the start of a seekable text stream
+    (newline="" as the csv module wants), the delimiter detected from the first line."""
     first = _first_text_line(stream)
     if first is None:
         raise EmptyFileError("source CSV file is empty")
@@ -169,7 +216,7 @@ def _parse_stream(
     delimiter = _detect_delimiter(first)
     reader = csv.reader(stream, delimiter=delimiter, strict=True)
     try:
-        return _read_rows(reader, delimiter, birth_date_column, postal_code_column, columns)
+        return read(reader, delimiter)
     except csv.Error:
         raise MalformedRowError("the CSV quoting is malformed", row=reader.line_num) from None
 
@@ -216,12 +263,7 @@ def _read_rows(
     ids: list[str] = []
     values = array("d")  # row-major, len(columns) per row
     row_numbers: list[int] = []
-    for fields in reader:
-        line = reader.line_num
-        if not any(f.strip() for f in fields):
-            continue  # blank line
-        if len(fields) != len(header):
-            raise MalformedRowError(f"row has {len(fields)} fields, the header has {len(header)}", row=line)
+    for line, fields in _data_rows(reader, len(header)):
         for at, name in ((date_at, birth_date_column), (postal_at, postal_code_column)):
             if fields[at].strip().lower() in _MISSING:
                 raise MissingValueError("ID value is missing", row=line, column=name)
@@ -241,10 +283,29 @@ def _read_rows(
             values.append(value)
         row_numbers.append(line)
     if not ids:
-        raise EmptyFileError("source CSV file has a header but no data rows")
+        raise EmptyFileError(_NO_DATA_ROWS)
     _check_duplicates(ids, row_numbers)
     matrix = np.frombuffer(values, dtype=np.float64).reshape(len(ids), len(columns))  # no copy
     return OwnerTable(ids, matrix, tuple(columns), row_numbers)
+
+
+def _data_rows(reader: _Reader, width: int) -> Iterator[tuple[int, list[str]]]:
+    """The records after the header but blank ones, each with its line number; every one must have
+    the header's ``width`` fields."""
+    for fields in reader:
+        if not any(f.strip() for f in fields):
+            continue  # blank line
+        if len(fields) != width:
+            raise MalformedRowError(f"row has {len(fields)} fields, the header has {width}", row=reader.line_num)
+        yield reader.line_num, fields
+
+
+def _count_rows(reader: _Reader, wanted: Sequence[str]) -> int:
+    header = _read_header(reader, wanted)
+    rows = sum(1 for _ in _data_rows(reader, len(header)))
+    if not rows:
+        raise EmptyFileError(_NO_DATA_ROWS)
+    return rows
 
 
 def _check_duplicates(ids: Sequence[str], row_numbers: Sequence[int]) -> None:

@@ -89,11 +89,11 @@ def pool_size(table: OwnerTable, peer_key: PublicKey) -> int:
     return len(table.ids) * layout.ciphertexts_per_row
 
 
-def prepare_layout(table: OwnerTable, peer_key: PublicKey, layout: SlotLayout | None = None) -> SlotLayout:
-    """The layout of ``table``'s rows under ``peer_key`` (checked against both)."""
+def prepare_layout(columns: int, peer_key: PublicKey, layout: SlotLayout | None = None) -> SlotLayout:
+    """The layout of rows of ``columns`` values under ``peer_key`` (checked against both)."""
     if layout is None:
-        layout = SlotLayout.for_columns(len(table.columns), peer_key.bits)
-    layout.check_columns(len(table.columns))
+        layout = SlotLayout.for_columns(columns, peer_key.bits)
+    layout.check_columns(columns)
     layout.check_modulus(peer_key.bits)
     return layout
 
@@ -123,7 +123,7 @@ def owner_encrypt(
     layout: SlotLayout | None = None,
 ) -> EncryptedUpload:
     """Step 1 at one owner: tag, encode, pack, encrypt under ``peer_key``, shuffle."""
-    layout = prepare_layout(table, peer_key, layout)
+    layout = prepare_layout(len(table.columns), peer_key, layout)
     order = random_permutation(len(table.ids))  # hide the file's row order from H
     row_tags, ciphertexts = encrypt_piece(table, tag_key, peer_key, layout, order, pool)
     return EncryptedUpload(row_tags, ciphertexts, tuple(c.name for c in table.columns), layout, peer_key)

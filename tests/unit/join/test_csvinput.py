@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.join.core.columns import ColumnSpec
-from services.join.core.csvinput import OwnerTable, read_owner_csv
+from services.join.core.csvinput import OwnerTable, count_owner_rows, read_owner_csv
 from services.join.core.errors import (
     DataError,
     DuplicateIdError,
@@ -194,3 +194,62 @@ def test_spec_errors(tmp_path: Path) -> None:
 def test_values_are_float64(tmp_path: Path) -> None:
     table = _read(tmp_path, f"{HEADER}\n1970-01-31,1234AB,3,22,1,\n")
     assert table.values.dtype == np.float64
+
+
+def _count(tmp_path: Path, text: str) -> int:
+    path = tmp_path / "owner.csv"
+    path.write_bytes(text.encode())
+    return count_owner_rows(
+        path, birth_date_column="dob", postal_code_column="postcode", features=FEATURES, target=TARGET
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{HEADER}\n1970-01-31,1234 ab,3,22.5,100,x\n\n31/12/1980,5678CD,0,30,-5.5e2,\n",
+        f"{HEADER}\n1970-01-31,1234AB,3,22,1,\n\n\n   \n,,,,,\n",  # trailing blank lines and an empty record
+        f"{HEADER}\n1970-01-31,1234AB,3,22,1,\n1970-02-01,1234AB,3,22,1,no newline at the end",
+        f'{HEADER}\n1970-01-31,1234AB,3,22,1,"a note\n\non three lines"\n1970-02-01,1234AB,3,22,1,"a, b"\n',
+        "\ufeffdob;postcode;days;bmi;cost\r\n19700131;1234AB;3;22,5;1e3\r\n\r\n19700201;1234AB;3;22,5;1e3\r\n",
+        f"\n\n{HEADER}\r\n1970-01-31,1234AB,3,22,1,\r\n",  # blank lines before the header
+    ],
+)
+def test_row_count_is_the_number_of_rows_read(tmp_path: Path, text: str) -> None:
+    assert _count(tmp_path, text) == len(_read(tmp_path, text).ids)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("", EmptyFileError),
+        (f"{HEADER}\n\n", EmptyFileError),
+        ("dob,days,bmi,cost\n1970-01-31,3,22,1\n", MissingColumnError),
+        (f"{HEADER}\n1970-01-31,1234AB,3,22,1\n", MalformedRowError),
+        (f'{HEADER}\n1970-01-31,1234AB,3,22,1,"unterminated\n', MalformedRowError),
+    ],
+)
+def test_row_count_refuses_what_the_reader_refuses_of_the_files_structure(
+    tmp_path: Path, text: str, kind: type[DataError]
+) -> None:
+    with pytest.raises(kind):
+        _read(tmp_path, text)
+    with pytest.raises(kind):
+        _count(tmp_path, text)
+
+
+def test_row_count_reads_no_values(tmp_path: Path) -> None:
+    """Values are the reader's to check (before every run): a bad one does not stop the count."""
+    text = f"{HEADER}\n1970-01-31,1234AB,999,22,1,\n1970-01-31,1234AB,x,22,1,\n,1234AB,3,22,1,\n"
+    assert _count(tmp_path, text) == 3
+
+
+def test_row_count_of_a_missing_file_or_one_not_utf8(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError):
+        count_owner_rows(
+            tmp_path / "nope.csv", birth_date_column="dob", postal_code_column="postcode", features=FEATURES
+        )
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(f"{HEADER}\n1970-01-31,1234AB,3,22,1,café\n".encode("latin-1"))
+    with pytest.raises(SourceFileError):
+        count_owner_rows(path, birth_date_column="dob", postal_code_column="postcode", features=FEATURES)
