@@ -573,7 +573,7 @@ def collinear_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for r in points:
         if str(r["ok"]) != "True":
-            lines.append(f"| {int(r['records']):,} | {r['features']} | failed: {r['error']} ||||||")
+            lines.append(f"| {int(r['records']):,} | {r['features']} | failed: {r['error']} |||||||")
             continue
         lines.append(
             f"| {int(r['records']):,} | {r['features']} | {_fmt(r['lasso_s'])} | {r['iterations']} "
