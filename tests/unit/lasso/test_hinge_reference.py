@@ -13,10 +13,12 @@ from services.testkit.hinge_reference import (
     fit_hinge_exact,
     fit_hinge_linear_svc,
     fit_hinge_smoothed,
+    fit_hinge_softplus,
     hinge_objective,
     hinge_plan,
     solve_hinge_exact,
     solve_hinge_smoothed,
+    solve_hinge_softplus,
 )
 from services.testkit.outcomes import study_with_outcome
 from services.testkit.synthetic import make_joined_table
@@ -104,3 +106,17 @@ def test_hinge_plan_is_for_the_hinge_svm_only() -> None:
     squared = RegressionSpec(ModelKind.SVM, (0.01,), STUDY.ranges, STUDY.target, l1_ratio=0.0)
     with pytest.raises(ValueError, match="hinge"):
         hinge_plan(squared, ROWS)
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.01, 0.1])
+def test_softplus_schedule_is_within_the_accuracy_goal(alpha: float) -> None:
+    """11 plain Newton steps on the softplus-smoothed hinge (no line search): ≤ 1e-3 relative (measured)."""
+    spec = _spec(alpha)
+    x, y = split_table(STUDY.table, spec)
+    exact, softplus = fit_hinge_exact(x, y, spec), fit_hinge_softplus(x, y, spec)
+    assert _relative(softplus.coefficients, exact.coefficients) <= 1e-3
+    rows, ridge = _problem(alpha)
+    gap = hinge_objective(rows, ridge, solve_hinge_softplus(rows, ridge)) - hinge_objective(
+        rows, ridge, solve_hinge_exact(rows, ridge)
+    )
+    assert 0 <= gap <= 2.0**-12 * np.log(2)  # δ·log 2 at the last δ
