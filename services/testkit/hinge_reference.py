@@ -45,6 +45,7 @@ from services.lasso.core.params import ModelKind, RegressionSpec
 from services.testkit.glm_reference import GlmFit, Rows, glm_rows
 
 Vector = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
 
 __all__ = [
     "HingeCertificateError",
@@ -177,9 +178,9 @@ def solve_hinge_softplus(rows: Rows, ridge: Vector, deltas: tuple[float, ...] = 
 
 def solve_hinge_exact(rows: Rows, ridge: Vector) -> Vector:
     """The exact optimum: the partition from a smoothed fit to δ = 1e-10, then the KKT system, checked."""
-    v = solve_hinge_smoothed(rows, ridge, EXACT_DELTAS).v
+    smoothed = solve_hinge_smoothed(rows, ridge, EXACT_DELTAS).v
     m, d1 = rows.x.shape
-    t = rows.y * (rows.x @ v)
+    t = rows.y * (rows.x @ smoothed)
     margin = np.abs(1 - t) <= MARGIN_TOLERANCE
     below = t < 1 - MARGIN_TOLERANCE
     signed = rows.x * rows.y[:, None]
@@ -190,12 +191,12 @@ def solve_hinge_exact(rows: Rows, ridge: Vector) -> Vector:
     system[d1:, :d1] = signed[margin]
     rhs = np.concatenate([signed[below].sum(axis=0) / m, np.ones(k)])
     solution = np.linalg.lstsq(system, rhs, rcond=None)[0]
-    v, beta = solution[:d1], solution[d1:]
-    _check_certificate(rows, ridge, v, beta, margin, below)
+    v: Vector = solution[:d1]
+    _check_certificate(rows, ridge, v, solution[d1:], margin, below)
     return v
 
 
-def _check_certificate(rows: Rows, ridge: Vector, v: Vector, beta: Vector, margin: Vector, below: Vector) -> None:
+def _check_certificate(rows: Rows, ridge: Vector, v: Vector, beta: Vector, margin: Mask, below: Mask) -> None:
     """Raise unless (v, β) satisfies the hinge KKT conditions for the partition (L = below, S = margin)."""
     m = rows.x.shape[0]
     t = rows.y * (rows.x @ v)

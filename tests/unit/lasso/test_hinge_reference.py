@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.lasso.core.params import ModelKind, RegressionSpec
-from services.testkit.glm_reference import glm_rows, split_table
+from services.testkit.glm_reference import Rows, glm_rows, split_table
 from services.testkit.hinge_reference import (
     HingeCertificateError,
     fit_hinge_exact,
@@ -35,7 +35,7 @@ def _relative(w: np.ndarray, reference: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(w) - reference)) / np.max(np.abs(reference)))
 
 
-def _problem(alpha: float) -> tuple[object, np.ndarray]:
+def _problem(alpha: float) -> tuple[Rows, np.ndarray]:
     spec = _spec(alpha)
     x, y = split_table(STUDY.table, spec)
     plan = hinge_plan(spec, len(y))
@@ -68,7 +68,7 @@ def test_a_point_off_the_optimum_fails_the_certificate(monkeypatch: pytest.Monke
 
     real = reference.solve_hinge_smoothed
 
-    def early(rows_: object, ridge_: np.ndarray, deltas: tuple[float, ...]) -> reference.SmoothedPath:
+    def early(rows_: Rows, ridge_: np.ndarray, deltas: tuple[float, ...]) -> reference.SmoothedPath:
         return real(rows_, ridge_, deltas[:2])  # stopped at δ = 0.1: the wrong rows on the margin
 
     monkeypatch.setattr(reference, "solve_hinge_smoothed", early)
