@@ -149,9 +149,8 @@ async def secure_fit_poisson_cv(
 
     # The chosen refit: Σ_a onehot_a·[factor_a, u_b,a] (one exact product), ŵ = Σ_a (onehot_a·factor_a)∘z_a.
     chosen = await wide.convert(onehot, big, 2)
-    picked = await big.mul_exact(
-        np.repeat(chosen, d + 2), np.concatenate([np.concatenate([fit.factor, [fit.u[d]]]) for fit in full])
-    ).reshape(len(alphas), d + 2)
+    parts = np.concatenate([np.concatenate([fit.factor, [fit.u[d]]]) for fit in full])
+    picked = (await big.mul_exact(np.repeat(chosen, d + 2), parts)).reshape(len(alphas), d + 2)
     exact = (picked[:, :d] * np.array([fit.z[:d] for fit in full], dtype=object)).sum(axis=0) % p  # frac 2F
     u_b = picked[:, d + 1].sum() % p
     w_hat = await big.trunc(exact, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)

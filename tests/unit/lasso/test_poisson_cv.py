@@ -45,6 +45,10 @@ def _metrics(y: np.ndarray, mu: np.ndarray, d: int) -> dict[str, float]:
     }
 
 
+def _single(spec: RegressionSpec, alpha: float) -> RegressionSpec:
+    return replace(spec, alphas=(alpha,), cv_folds=0, metrics=())
+
+
 def plain_cv(
     spec: RegressionSpec, table: np.ndarray = STUDY.table
 ) -> tuple[float, list[float], dict[str, float], float]:
@@ -54,14 +58,13 @@ def plain_cv(
     folds = fold_bounds(len(y), spec.cv_folds)
     curve = np.zeros(len(spec.alphas))
     scores: dict[tuple[int, str], float] = {}
-    s_high = validation_plan(make_poisson_plan(replace(spec, alphas=spec.alphas[:1], cv_folds=0), len(y))).s_high
+    s_high = validation_plan(make_poisson_plan(_single(spec, spec.alphas[0]), len(y))).s_high
     worst = -np.inf
     for start, stop in folds:
         train = np.r_[0:start, stop : len(y)]
-        fold = replace(spec, cv_folds=0, metrics=())
-        b0 = poisson_start(make_poisson_plan(replace(fold, alphas=spec.alphas[:1]), train.size), y[train])
+        b0 = poisson_start(make_poisson_plan(_single(spec, spec.alphas[0]), train.size), y[train])
         for a, alpha in enumerate(spec.alphas):
-            fit = fit_poisson_exact(x[train], y[train], replace(fold, alphas=(alpha,)))
+            fit = fit_poisson_exact(x[train], y[train], _single(spec, alpha))
             eta = x[start:stop] @ fit.coefficients + fit.intercept
             worst = max(worst, float(np.max(eta - b0)) - s_high)
             values = _metrics(y[start:stop], np.exp(eta), x.shape[1])
@@ -90,7 +93,7 @@ def test_one_party_cv_matches_the_plaintext_cv(mpc: Any, spec: RegressionSpec) -
     assert [a for a, _ in result.cv_curve] == list(spec.alphas)
     assert [v for _, v in result.cv_curve] == pytest.approx(curve, rel=1e-6, abs=1e-8)
     x, y = split_table(STUDY.table, spec)
-    exact = fit_poisson_exact(x, y, replace(spec, alphas=(alpha,), cv_folds=0, metrics=()))
+    exact = fit_poisson_exact(x, y, _single(spec, alpha))
     assert _relative(result.coefficients, exact.coefficients) <= 1e-4
     assert abs(result.intercept - exact.intercept) <= 1e-4 * max(1.0, abs(exact.intercept))
     assert list(np.asarray(result.coefficients) == 0) == list(exact.coefficients == 0)
@@ -136,5 +139,5 @@ def test_three_parties_agree_and_choose_the_plaintext_alpha() -> None:
     assert [v for _, v in result["cv_curve"]] == pytest.approx(curve, rel=1e-6, abs=1e-8)
     assert result["cv_metrics"]["deviance"] == pytest.approx(metrics["deviance"], rel=1e-6, abs=1e-8)
     x, y = split_table(table, spec)
-    exact = fit_poisson_exact(x, y, replace(spec, alphas=(alpha,), cv_folds=0, metrics=()))
+    exact = fit_poisson_exact(x, y, _single(spec, alpha))
     assert _relative(result["coefficients"], exact.coefficients) <= 1e-4
