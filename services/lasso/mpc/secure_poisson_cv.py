@@ -41,12 +41,11 @@ import numpy.typing as npt
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec, fold_bounds
 from services.lasso.core.poisson_plan import PoissonPlan, make_poisson_plan
 from services.lasso.mpc.runtime import run_fit
-from services.lasso.mpc.secure_glm import FRAC, _log_rows, fields_with_big
+from services.lasso.mpc.secure_glm import FRAC, OWNERS, _log_rows, fields_with_big
 from services.lasso.mpc.secure_glm_cv import fold_spec
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_poisson import (
-    OWNERS,
     S_BITS,
     PoissonFit,
     _count_bits,
@@ -123,9 +122,9 @@ async def secure_fit_poisson_cv(
             fits.append(await fit_steps(fields, rows, inverse, plan, False, _no_step))
             done += 1
             report("iterations", done, total)
-        w_hat = await _coefficients(big, fits)
+        fold_w = await _coefficients(big, fits)
         centred = (x_hat[start:stop] - rows.mean) % p
-        held_out += [(np.matmul(centred, w) + fit.u[d] * (1 << FRAC)) % p for w, fit in zip(w_hat, fits, strict=True)]
+        held_out += [(np.matmul(centred, w) + fit.u[d] * (1 << FRAC)) % p for w, fit in zip(fold_w, fits, strict=True)]
     full: list[PoissonFit] = []
     for plan in plans:
         full.append(await fit_steps(fields, everything, inverse_all, plan, False, _no_step))
@@ -175,7 +174,7 @@ async def secure_fit_poisson_cv(
             )
         )[0]
     index = (onehot * np.arange(len(alphas), dtype=object)).sum() % wide.p
-    opened = [[index << FRAC], in_sample, estimates]
+    opened = [np.array([index << FRAC], dtype=object), in_sample, estimates]
     if spec.reveal_cv_curve:
         opened.insert(1, curve)
     quality = await wide.output(np.concatenate(opened) % wide.p, OWNERS)
