@@ -23,6 +23,10 @@ reveal      ŵ = (e∘δ)∘z unrounded (z the last model's solution: its zeros 
 
 Fields: F_g (the rows, link, models; 40 fractional bits) is sized from each step's bound
 (``poisson_field_bits``: 187 bits at m = 10,000, κ = 40); ADMM runs in the logistic fit's F_w.
+
+Cross-validation (``secure_poisson_cv``) reuses the pieces: the rows (``normalised_rows`` once,
+``centred_rows`` per training set), ``fit_steps`` without the stopping rule, and ``group_metrics``
+(the metrics of consecutive groups of rows, each with its own start) for the held-out folds.
 """
 
 from __future__ import annotations
