@@ -225,7 +225,7 @@ def test_cross_validated_poisson_study_chooses_its_alpha_and_reveals_k_fold_metr
     clients, _, sources = binary_mesh
     data = data_with_outcome(make_study_data(300, overlap=0.5), "count", seed=5)
     counts_csv = data.insurer.write_csv(Path(sources["insurer"]).with_name("insurer_counts_cv.csv"))
-    alphas = [0.003, 0.03, 0.3]  # the local policy asks a relative penalty >= 1e-6
+    alphas = [0.005, 0.05, 0.5]  # the local policy asks a relative penalty >= 1e-6
     spec, final = run_study(
         clients,
         data,
