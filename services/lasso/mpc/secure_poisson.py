@@ -72,7 +72,17 @@ from services.lasso.mpc.secure_qp import (
 )
 from services.lasso.mpc.secure_rows import share_rows
 
-__all__ = ["exp_ratio", "secure_fit_poisson"]
+__all__ = [
+    "PoissonFit",
+    "centred_rows",
+    "exp_ratio",
+    "fit_steps",
+    "group_metrics",
+    "log_counts",
+    "metric_ops",
+    "normalised_rows",
+    "secure_fit_poisson",
+]
 
 ObjectArray = npt.NDArray[np.object_]
 StepCallback = Callable[[int, bool], None]
