@@ -80,7 +80,7 @@ def _party(args: argparse.Namespace) -> None:
     """One party process: prints one JSON line with its timings and result."""
     import numpy as np
 
-    from services.lasso.mpc import secure_glm, secure_glm_cv, secure_poisson, secure_regression
+    from services.lasso.mpc import secure_glm, secure_glm_cv, secure_poisson, secure_poisson_cv, secure_regression
     from services.lasso.mpc.runtime import create_runtime
     from services.testkit.dealer import deal
 
@@ -89,7 +89,7 @@ def _party(args: argparse.Namespace) -> None:
     if args.kind in ("logistic", "svm") and args.cv_folds > 1:
         run_party = secure_glm_cv.run_party
     if args.kind == "poisson":
-        run_party = secure_poisson.run_party
+        run_party = secure_poisson_cv.run_party if args.cv_folds > 1 else secure_poisson.run_party
     shares = deal(study.table, study.owners, np.random.default_rng(args.seed)).shares[args.party]
     spec = _spec(args, study)
     ports = [int(p) for p in args.ports.split(",")]

@@ -329,7 +329,7 @@ def print_result(result: lasso_pb2.ModelResult, reference: dict[str, float] | No
     if result.cv_curve:
         cv = Table(title="cross-validation")
         cv.add_column("alpha", justify="right")
-        cv.add_column("mean validation loss", justify="right")  # MSE, log-loss or squared hinge, as the model
+        cv.add_column("mean validation loss", justify="right")  # MSE, log-loss, squared hinge or Poisson deviance
         for point in result.cv_curve:
             cv.add_row(f"{point.alpha:g}", f"{point.mean_validation_loss or point.mean_squared_error:.6f}")
         console.print(cv)

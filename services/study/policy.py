@@ -166,11 +166,12 @@ def disclosures(spec: common_pb2.StudySpec) -> dict[str, list[str]]:
         model.append("the alpha cross-validation chose")
         if spec.reveal.cv_curve:
             model.append(
-                "the cross-validation curve (mean validation loss per alpha: squared error, log-loss or squared hinge)"
+                "the cross-validation curve (mean validation loss per alpha: squared error, log-loss, "
+                "squared hinge or Poisson deviance, as the model)"
             )
     if spec.reveal.metrics:
         metrics = ", ".join(common_pb2.Metric.Name(m).removeprefix("METRIC_").lower() for m in spec.reveal.metrics)
-        estimates = spec.model.cv_folds > 1 and spec.model.kind in GLM_KINDS  # secure_glm_cv reveals both
+        estimates = spec.model.cv_folds > 1 and spec.model.kind in GLM_KINDS  # the GLM CVs reveal both
         model.append(
             f"the model's quality on the join: {metrics}"
             + (", and each one's K-fold estimate at the chosen alpha" if estimates else "")

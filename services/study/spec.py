@@ -284,8 +284,6 @@ def _validate_glm(spec: common_pb2.StudySpec) -> None:
         raise SpecError(
             f"model.standardize is not supported for {kind} yet (the coefficients are fitted on the declared ranges)"
         )
-    if model.cv_folds > 1 and model.kind == common_pb2.MODEL_KIND_POISSON:
-        raise SpecError(f"cross-validation (cv_folds > 1) is not supported for {kind} yet; give one alpha")
     _validate_glm_target(spec, kind)
 
 

@@ -219,3 +219,41 @@ def test_cross_validated_logistic_study_chooses_its_alpha_and_reveals_k_fold_met
     predicted = (x @ exact.coefficients + exact.intercept > 0).astype(float)
     assert accuracy.value == pytest.approx(float(np.mean(predicted == y)), abs=1e-6)
     assert accuracy.HasField("cv_value") and 0.4 < accuracy.cv_value <= 1.0
+
+
+def test_cross_validated_poisson_study_chooses_its_alpha_and_reveals_k_fold_metrics(binary_mesh):
+    clients, _, sources = binary_mesh
+    data = data_with_outcome(make_study_data(300, overlap=0.5), "count", seed=5)
+    counts_csv = data.insurer.write_csv(Path(sources["insurer"]).with_name("insurer_counts_cv.csv"))
+    alphas = [0.005, 0.05, 0.5]  # the local policy asks a relative penalty >= 1e-6
+    spec, final = run_study(
+        clients,
+        data,
+        {**sources, "insurer": str(counts_csv)},
+        "e2e-poisson-cv",
+        alphas=alphas,
+        cv_folds=3,
+        kind=common_pb2.MODEL_KIND_POISSON,
+        l1_ratio=1.0,
+        metrics=[common_pb2.METRIC_DEVIANCE],
+    )
+    _, insurer = clients["insurer"].result(final.run_id)
+    _, hospital = clients["hospital"].result(final.run_id)
+    assert list(hospital.coefficients) == list(insurer.coefficients) and list(hospital.cv_curve) == list(
+        insurer.cv_curve
+    )
+    # As for logistic CV, the folds follow the secret row order (tests/unit/lasso/test_poisson_cv.py replays
+    # them on known folds): the curve's minimum is the chosen alpha, the coefficients the exact optimum at it.
+    curve = {p.alpha: p.mean_validation_loss for p in insurer.cv_curve}
+    assert sorted(curve) == alphas and insurer.alpha == min(curve, key=lambda a: curve[a])
+    names, x, y = reference_join(data)
+    null_deviance = float(mean_poisson_deviance(y, np.full(len(y), np.mean(y))))
+    assert all(0 < v < 2 * null_deviance for v in curve.values())  # held-out deviances of the right size
+    exact = fit_glm_exact(x, y, replace(regression_spec(spec), alphas=(insurer.alpha,), cv_folds=0, metrics=()))
+    secure = np.array([c.value for c in insurer.coefficients])
+    assert insurer.kind == common_pb2.MODEL_KIND_POISSON
+    assert np.max(np.abs(secure - exact.coefficients)) <= 1e-4 * float(np.max(np.abs(exact.coefficients)))
+    (deviance,) = insurer.metrics
+    mu = np.exp(x @ exact.coefficients + exact.intercept)
+    assert deviance.value == pytest.approx(float(mean_poisson_deviance(y, mu)), abs=1e-6)
+    assert deviance.HasField("cv_value") and deviance.cv_value == pytest.approx(curve[insurer.alpha], rel=1e-9)

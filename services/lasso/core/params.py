@@ -159,8 +159,6 @@ class RegressionSpec:
             raise SpecError("balanced class weights apply to logistic regression only")
         if self.kind.is_glm and self.standardize:
             raise SpecError("standardisation is not supported for this model yet")
-        if self.kind is ModelKind.POISSON and self.cross_validate:
-            raise SpecError("cross-validation is not supported for the Poisson model yet")
         if not set(self.metrics) <= set(METRICS_BY_KIND[self.kind]) or len(set(self.metrics)) != len(self.metrics):
             raise SpecError("the metrics must be distinct and fit the model kind")
 

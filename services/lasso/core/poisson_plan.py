@@ -28,7 +28,8 @@ the mean count, which is secret, and Newton from v = 0 (μ = 1) overshoots by ab
    S_HIGH = log(4m) (public). At the optimum Σ μ_i = Σ y_i (the intercept's gradient is
    0), so μ_i/κ₀ ≤ m·ȳ/κ₀ ≤ m·e^(Δ/2) < 4m: s ≤ S_HIGH holds at the optimum; that every
    iterate keeps s ≤ S_HIGH and s > S_HIGH − 512 is assumed (measured, REGRESSION.md), as the
-   logistic fit assumes |η| < 512.
+   logistic fit assumes |η| < 512. The optimum's bound says nothing of rows the fit did not see:
+   cross-validation evaluates held-out rows with S_HIGH + 10·log 2 (``secure_poisson_cv``), assumed.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from services.lasso.mpc.secure_qp import E_BITS
 from services.lasso.mpc.secure_regression import _argmin_onehot
 from services.lasso.mpc.secure_rows import share_rows
 
-__all__ = ["LOG_STEPS", "run_party", "secure_fit_glm_cv"]
+__all__ = ["LOG_STEPS", "fold_spec", "run_party", "secure_fit_glm_cv"]
 
 ObjectArray = npt.NDArray[np.object_]
 ProgressCallback = Callable[[str, int, int], None]
@@ -123,7 +123,8 @@ async def _losses(fields: Fields, eta2: ObjectArray, y: ObjectArray, kind: Model
     return (half + log_term - y_eta) % p
 
 
-def _fold_spec(spec: RegressionSpec, alpha: float) -> RegressionSpec:
+def fold_spec(spec: RegressionSpec, alpha: float) -> RegressionSpec:
+    """The spec of one fit inside a cross-validation: that alpha, no CV, no metrics."""
     return replace(spec, alphas=(alpha,), cv_folds=0, metrics=())
 
 
@@ -137,7 +138,7 @@ async def secure_fit_glm_cv(
     table = await agreed_table(mpc, shares, spec)
     n_rows = table.shape[0]
     alphas = spec.alphas
-    plans = [make_glm_plan(_fold_spec(spec, a), n_rows) for a in alphas]
+    plans = [make_glm_plan(fold_spec(spec, a), n_rows) for a in alphas]
     fields = _fields(mpc, plans[0])  # F_g depends on m and d only: large enough for every fold's fit
     big = fields.big
     p, d = big.p, plans[0].d
@@ -157,7 +158,7 @@ async def secure_fit_glm_cv(
     for start, stop in folds:
         train = np.r_[0:start, stop:n_rows]
         for alpha in alphas:
-            plan = make_glm_plan(_fold_spec(spec, alpha), train.size)
+            plan = make_glm_plan(fold_spec(spec, alpha), train.size)
             rows = await _rows(big, raw[train], spec, plan)
             e, u = await _fit_u(fields, rows, plan)
             models.append(await _normalised(big, e, u, rows.mean))

@@ -23,11 +23,16 @@ reveal      ŵ = (e∘δ)∘z unrounded (z the last model's solution: its zeros 
 
 Fields: F_g (the rows, link, models; 40 fractional bits) is sized from each step's bound
 (``poisson_field_bits``: 187 bits at m = 10,000, κ = 40); ADMM runs in the logistic fit's F_w.
+
+Cross-validation (``secure_poisson_cv``) reuses the pieces: the rows (``normalised_rows`` once,
+``centred_rows`` per training set), ``fit_steps`` without the stopping rule, and ``group_metrics``
+(the metrics of consecutive groups of rows, each with its own start) for the held-out folds.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +72,20 @@ from services.lasso.mpc.secure_qp import (
 )
 from services.lasso.mpc.secure_rows import share_rows
 
-__all__ = ["exp_ratio", "secure_fit_poisson"]
+__all__ = [
+    "PoissonFit",
+    "centred_rows",
+    "exp_ratio",
+    "fit_steps",
+    "group_metrics",
+    "log_counts",
+    "metric_ops",
+    "normalised_rows",
+    "secure_fit_poisson",
+]
 
 ObjectArray = npt.NDArray[np.object_]
+StepCallback = Callable[[int, bool], None]
 
 #: e^(−u) and its Taylor powers stay below 2^LINK_BITS (t ≤ 2).
 LINK_BITS = 8
@@ -147,15 +163,24 @@ class Rows:
     cy: ObjectArray
 
 
-async def _rows(ops: FieldOps, raw: ObjectArray, spec: RegressionSpec, plan: PoissonPlan) -> Rows:
+async def normalised_rows(
+    ops: FieldOps, raw: ObjectArray, spec: RegressionSpec, plan: PoissonPlan
+) -> tuple[ObjectArray, ObjectArray]:
+    """(x̂ at FRAC, the counts y exact at FRAC) of every row: one truncation of every feature entry."""
     glm = plan.glm
-    p, m, d = ops.p, glm.n_rows, glm.d
-    lm, cb = _log_rows(glm), _count_bits(plan)
     features = raw[:, list(spec.feature_columns)]
     offsets = np.array([ENCODING_OFFSET + round(mid * 2.0**FRAC_TABLE) for mid in glm.mids], dtype=object)
     factors = np.array([round(2.0 ** (FRAC + NORMALISE_SHIFT - FRAC_TABLE) / h) for h in glm.halves], dtype=object)
-    x_hat = await ops.trunc(((features - offsets) * factors) % p, NORMALISE_SHIFT, FRAC + NORMALISE_SHIFT + 2)
-    y = ((raw[:, spec.target] - ENCODING_OFFSET) << (FRAC - FRAC_TABLE)) % p  # exact
+    x_hat = await ops.trunc(((features - offsets) * factors) % ops.p, NORMALISE_SHIFT, FRAC + NORMALISE_SHIFT + 2)
+    y = ((raw[:, spec.target] - ENCODING_OFFSET) << (FRAC - FRAC_TABLE)) % ops.p  # exact
+    return x_hat, y
+
+
+async def centred_rows(ops: FieldOps, x_hat: ObjectArray, y: ObjectArray, plan: PoissonPlan) -> Rows:
+    """The fit's rows from x̂ and y (``plan.glm.n_rows`` of them): μ̂, ȳ, x̃ = [x̂ − μ̂, 1] and c_y."""
+    glm = plan.glm
+    p, m, d = ops.p, glm.n_rows, glm.d
+    lm, cb = _log_rows(glm), _count_bits(plan)
     x_sums = x_hat.sum(axis=0) % p
     means = await _mean_scale(
         ops, np.concatenate([x_sums, [y.sum() % p]]) % p, m, FRAC + lm + cb + 2
@@ -361,49 +386,98 @@ def _metric_bits(plan: PoissonPlan) -> int:
     return max(2 * FRAC + 2 * rbits + lm + 2, 2 * FRAC + 2 * rbits + _spread_bound(plan).bit_length() + 8)
 
 
-async def poisson_metrics(
-    ops: FieldOps, s2: ObjectArray, kappa: Any, b0: Any, rows: Rows, metrics: tuple[str, ...], plan: PoissonPlan
+async def log_counts(ops: FieldOps, y: ObjectArray, plan: PoissonPlan) -> ObjectArray:
+    """log y′ per row at FRAC, y′ = y + [y = 0] ∈ [1, y_max] (one comparison per row), so y·log y′ = y·log y.
+
+    Newton on e^ℓ = y′ from ℓ₀ = log y_max: the iterates decrease to log y′ ≥ 0, so every e^(−ℓ)
+    is in (0, 1] and is the fit's exponential (Taylor at ℓ/2^8, then 8 squarings; relative error
+    ≈ 1e-10). Counts are whole numbers; a non-integer y in (0, ½) would count as y·log(y + 1), and
+    every bound still holds.
+    """
+    p, one = ops.p, 1 << FRAC
+    cb = _count_bits(plan)
+    zero = await ops.less_than_zero((y - (one >> 1)) % p, FRAC + cb + 2)
+    y_one = (y + zero * one) % p
+    ell = np.full(y.shape, ops.fixed(math.log(max(plan.y_max, 1.0)), FRAC), dtype=object)
+    log_bits = FRAC + max(1, math.ceil(math.log2(math.log(max(plan.y_max, 2.0)) + 1))) + 2
+    for _ in range(log_steps(plan.y_max)):
+        t = await ops.trunc(ell, EXP_SQUARINGS, log_bits)
+        ratio = await ops.mul(y_one, await _exp_neg(ops, t, FRAC), FRAC, 2 * FRAC + cb + 3)
+        ell = (ell - one + ratio) % p
+    return ell
+
+
+async def _group_mean(ops: FieldOps, sums: ObjectArray, sizes: list[int], bits: int) -> ObjectArray:
+    """sums_i/n_i at FRAC for sums at FRAC (|sums| < 2^(bits−1)), n_i public: one truncation
+    (``secure_glm._mean_scale`` with one count per entry)."""
+    shift = FRAC + max(1, math.ceil(math.log2(max(sizes) + 1)) + 1)
+    factors = np.array([round(2.0**shift / n) for n in sizes], dtype=object)
+    return await ops.trunc((sums * factors) % ops.p, shift, bits + shift - math.floor(math.log2(min(sizes))) + 2)
+
+
+async def group_metrics(
+    ops: FieldOps,
+    s: ObjectArray,
+    y: ObjectArray,
+    ell: ObjectArray,
+    b0: ObjectArray,
+    kappa: ObjectArray,
+    sizes: list[int],
+    metrics: tuple[str, ...],
+    plan: PoissonPlan,
 ) -> ObjectArray:
-    """The listed metrics at FRAC, in order, of the expected counts μ = κ₀·e^s (in-sample):
-    MSE = (1/m)·Σ(y − μ)², R² = 1 − MSE/Var(y), adjusted R² = 1 − (1 − R²)·(m − 1)/(m − d − 1),
-    and the mean deviance (2/m)·Σ(y·log(y/μ) − y + μ) (``_deviance``)."""
+    """The listed metrics at FRAC, shape (groups, metrics), of consecutive groups of rows (``sizes``),
+    group g predicting μ = κ₀_g·e^s with its own start b₀_g (η = b₀_g + s); s, y, ℓ = log y′ at FRAC:
+    MSE = (1/n)·Σ(y − μ)², R² = 1 − MSE/Var(y), adjusted R² = 1 − (1 − R²)·(n − 1)/(n − d − 1),
+    and the mean deviance (2/n)·Σ(y·log y − y·η + μ − y) (y·log y = 0 at y = 0: ``log_counts``).
+    The bounds are ``plan``'s (its m ≥ every group's n); the in-sample metrics are one group."""
+    groups = len(sizes)
     if not metrics:
-        return np.zeros(0, dtype=object)
+        return np.zeros((groups, 0), dtype=object)
     unknown = set(metrics) - {"mse", "r2", "adjusted_r2", "deviance"}
     if unknown:
         raise ValueError(f"metrics not available for the Poisson fit: {sorted(unknown)}")
-    p, one, m, d = ops.p, 1 << FRAC, plan.glm.n_rows, plan.glm.d
+    p, one, d = ops.p, 1 << FRAC, plan.glm.d
     lm, cb, rbits = _log_rows(plan.glm), _count_bits(plan), _residual_bits(plan)
-    mu_f, _ = await exp_ratio(ops, s2, plan)
-    mu = await ops.mul(mu_f, np.full(mu_f.shape, kappa, dtype=object), FRAC, 2 * FRAC + rbits + 2)
+    starts = np.cumsum([0, *sizes[:-1]])
+    row_group = np.repeat(np.arange(groups), sizes)
+
+    def by_group(values: ObjectArray) -> ObjectArray:
+        return np.add.reduceat(values, starts) % p
+
+    mu_f, _ = await exp_ratio(ops, (s << FRAC) % p, plan)
+    mu = await ops.mul(mu_f, kappa[row_group], FRAC, 2 * FRAC + rbits + 2)
+    y_sum = by_group(y)
     values: dict[str, Any] = {}
     if "deviance" in metrics:
-        values["deviance"] = await _deviance(ops, s2, mu, b0, rows, plan)
-    if not {"mse", "r2", "adjusted_r2"} & set(metrics):
-        return np.array([values[name] for name in metrics], dtype=object)
-    residual = (rows.y - mu) % p
-    squares = np.array([np.dot(residual, residual), np.dot(rows.y, rows.y)], dtype=object) % p
-    totals = await ops.trunc(squares, FRAC, 2 * FRAC + 2 * rbits + lm + 2, degree2t=True)
-    mse, second_moment = await _mean_scale(ops, totals, m, FRAC + 2 * rbits + lm + 2)
-    values["mse"] = mse
+        # 2·[Σ y·ℓ − b₀·Σ y − Σ y·s + Σ μ − Σ y] at 2·FRAC, degree 2t
+        total = (by_group(y * ell) - b0 * y_sum - by_group(y * s) + (by_group(mu) - y_sum) * one) * 2 % p
+        bits = 2 * FRAC + lm + rbits + S_BITS + 4
+        scaled = await ops.trunc(total, FRAC, bits, degree2t=True)
+        values["deviance"] = await _group_mean(ops, scaled, sizes, bits - FRAC)
+    if {"mse", "r2", "adjusted_r2"} & set(metrics):
+        residual = (y - mu) % p
+        squares = np.concatenate([by_group(residual * residual), by_group(y * y)]) % p
+        totals = await ops.trunc(squares, FRAC, 2 * FRAC + 2 * rbits + lm + 2, degree2t=True)
+        means = await _group_mean(ops, np.concatenate([totals, y_sum]), sizes * 3, FRAC + 2 * rbits + lm + 2)
+        values["mse"], second_moment, y_mean = means[:groups], means[groups : 2 * groups], means[2 * groups :]
     if {"r2", "adjusted_r2"} & set(metrics):
         y_max2 = max(plan.y_max, 1.0) ** 2
-        y_mean = np.array([rows.y_mean], dtype=object)
         square_mean = await ops.mul(y_mean, y_mean, FRAC, 2 * FRAC + 2 * cb + 4)
-        variance = (second_moment - square_mean[0]) % p
-        bound = _spread_bound(plan)
+        variance = (second_moment - square_mean) % p
         both = await ops.mul(
-            np.array([variance, mse], dtype=object),
-            ops.fixed([1 / y_max2, 1 / y_max2], FRAC),
+            np.concatenate([variance, values["mse"]]),
+            ops.fixed([1 / y_max2] * (2 * groups), FRAC),
             FRAC,
             2 * FRAC + 2 * rbits + 2,
         )
-        inverse = await reciprocal_unit(ops, both[:1], bound, FRAC)  # y_max²/Var(y) ≤ bound
-        ratio = await ops.mul(both[1:], inverse, FRAC, 2 * FRAC + bound.bit_length() + 2 * rbits + 4)
-        factor = (m - 1) / max(m - d - 1, 1)
-        adjusted = await ops.mul(ratio, ops.fixed([factor], FRAC), FRAC, 2 * FRAC + 2 * rbits + bound.bit_length() + 8)
-        values["r2"], values["adjusted_r2"] = (one - ratio[0]) % p, (one - adjusted[0]) % p
-    return np.array([values[name] for name in metrics], dtype=object)
+        bound = _spread_bound(plan)
+        inverse = await reciprocal_unit(ops, both[:groups], bound, FRAC)  # y_max²/Var(y) ≤ bound
+        ratio = await ops.mul(both[groups:], inverse, FRAC, 2 * FRAC + bound.bit_length() + 2 * rbits + 4)
+        factors = [(n - 1) / max(n - d - 1, 1) for n in sizes]
+        adjusted = await ops.mul(ratio, ops.fixed(factors, FRAC), FRAC, 2 * FRAC + 2 * rbits + bound.bit_length() + 8)
+        values["r2"], values["adjusted_r2"] = (one - ratio) % p, (one - adjusted) % p
+    return np.array([values[name] for name in metrics], dtype=object).T.copy()
 
 
 def log_steps(y_max: float) -> int:
@@ -412,33 +486,51 @@ def log_steps(y_max: float) -> int:
     return math.ceil(math.log(max(y_max, 1.0))) + 6
 
 
-async def _deviance(ops: FieldOps, s2: ObjectArray, mu: ObjectArray, b0: Any, rows: Rows, plan: PoissonPlan) -> Any:
-    """(2/m)·[Σ y·log y − b₀·Σ y − Σ y·s + Σ μ − Σ y] at FRAC (η = b₀ + s; y·log y = 0 for y = 0).
-
-    log y per row by Newton on e^ℓ = y′, y′ = y + [y = 0] ∈ [1, y_max] (one comparison per row),
-    from ℓ₀ = log y_max: the iterates decrease to log y′ ≥ 0, so every e^(−ℓ) is in (0, 1] and
-    is the fit's exponential (Taylor at ℓ/2^8, then 8 squarings; relative error ≈ 1e-10). Counts are
-    whole numbers; a non-integer y in (0, ½) would count as y·log(y + 1), and every bound still holds.
-    """
-    p, one, m = ops.p, 1 << FRAC, plan.glm.n_rows
-    lm, cb, rbits = _log_rows(plan.glm), _count_bits(plan), _residual_bits(plan)
-    zero = await ops.less_than_zero((rows.y - (one >> 1)) % p, FRAC + cb + 2)
-    y_one = (rows.y + zero * one) % p
-    ell = np.full(rows.y.shape, ops.fixed(math.log(max(plan.y_max, 1.0)), FRAC), dtype=object)
-    log_bits = FRAC + max(1, math.ceil(math.log2(math.log(max(plan.y_max, 2.0)) + 1))) + 2
-    for _ in range(log_steps(plan.y_max)):
-        t = await ops.trunc(ell, EXP_SQUARINGS, log_bits)
-        ratio = await ops.mul(y_one, await _exp_neg(ops, t, FRAC), FRAC, 2 * FRAC + cb + 3)
-        ell = (ell - one + ratio) % p
-    s = await ops.trunc(s2, FRAC, 2 * FRAC + S_BITS + 1, degree2t=True)
-    y_sum = rows.y.sum() % p
-    total = (np.dot(rows.y, ell) - b0 * y_sum - np.dot(rows.y, s) + (mu.sum() - y_sum) * one) % p  # 2·FRAC, degree 2t
-    bits = 2 * FRAC + lm + rbits + S_BITS + 4
-    scaled = await ops.trunc(np.array([2 * total % p], dtype=object), FRAC, bits, degree2t=True)
-    return (await _mean_scale(ops, scaled, m, bits - FRAC))[0]
+def metric_ops(mpc: Any, plan: PoissonPlan) -> FieldOps:
+    """The metrics' wider field (``metric_field_bits``)."""
+    kappa = mpc.options.sec_param
+    return FieldOps(mpc, mpc.SecFxp(metric_field_bits(plan, kappa) - FRAC - kappa - 2, FRAC))
 
 
 # ---- the fit ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoissonFit:
+    """One fit's shares: ŵ = factor∘z (z the last model's solution: its zeros are exact), u in the
+    Jacobi units (s = X̃e·u, u_b the intercept's offset from b₀), X̃e, and the outer iterations used."""
+
+    factor: ObjectArray
+    z: ObjectArray
+    u: ObjectArray
+    xe: ObjectArray
+    used: int
+
+
+async def fit_steps(
+    fields: Fields, rows: Rows, inverse_kappa: Any, plan: PoissonPlan, stopping: bool, on_step: StepCallback
+) -> PoissonFit:
+    """The outer iterations of one fit from the start 1/κ₀; with ``stopping``, the stopping rule
+    (``secure_glm._small_step``, one opened bit per check), otherwise every planned iteration.
+    ``on_step(used, stopped)`` after each."""
+    big, glm = fields.big, plan.glm
+    scaling, model = await _first_step(big, rows, inverse_kappa, plan)
+    u = await _solve_model(fields, model, np.zeros(glm.d + 1, dtype=object), glm, 0)
+    on_step(1, False)
+    z, factor = u, scaling.e  # u = factor/e ∘ z; the reveal uses z, whose zeros are exact
+    used = 1
+    for k in range(1, glm.outer_iterations):
+        model, delta, warm = await _next_model(big, rows, scaling, u, plan)
+        z = await _solve_model(fields, model, warm, glm, k)
+        new = await big.mul(delta, z, FRAC, 2 * FRAC + E_BITS + 12)  # rounded: a zero may become ±2^−40
+        stop = stopping and glm.checks[k] and await _small_step(big, new, u)  # the logistic fit's rule, in u's units
+        u, factor, used = new, delta, k + 1
+        on_step(used, stop)
+        if stop:
+            break
+    if glm.outer_iterations > 1:
+        factor = await big.mul(scaling.e, factor, FRAC, 2 * FRAC + 2 * E_BITS + 2)  # e∘δ
+    return PoissonFit(factor, z, u, scaling.xe, used)
 
 
 async def secure_fit_poisson(
@@ -458,32 +550,24 @@ async def secure_fit_poisson(
     progress.report("input", 0, n_rows)
     raw = await share_rows(big, table, zero, lambda done: progress.report("input", done, n_rows))
     progress.report("gram", 0, 1)
-    rows = await _rows(big, raw, spec, plan)
+    rows = await centred_rows(big, *await normalised_rows(big, raw, spec, plan), plan)
     b0, kappa, inverse_kappa = await _start(big, rows.y_mean, plan)
     progress.report("gram", 1, 1)
 
     outer = glm.outer_iterations
     progress.report("iterations", 0, outer)
-    scaling, model = await _first_step(big, rows, inverse_kappa, plan)
-    u = await _solve_model(fields, model, np.zeros(glm.d + 1, dtype=object), glm, 0)
-    progress.report("iterations", 1, outer)
-    z, factor = u, scaling.e  # u = factor/e ∘ z; the reveal uses z, whose zeros are exact
-    used = 1
-    for k in range(1, outer):
-        model, delta, warm = await _next_model(big, rows, scaling, u, plan)
-        z = await _solve_model(fields, model, warm, glm, k)
-        new = await big.mul(delta, z, FRAC, 2 * FRAC + E_BITS + 12)  # rounded: a zero may become ±2^−40
-        stop = glm.checks[k] and await _small_step(big, new, u)  # the logistic fit's rule, in u's units
-        u, factor, used = new, delta, k + 1
-        progress.report("iterations", outer if stop else used, outer)
-        if stop:
-            break
-    if outer > 1:
-        factor = await big.mul(scaling.e, factor, FRAC, 2 * FRAC + 2 * E_BITS + 2)  # e∘δ
+    fit = await fit_steps(
+        fields,
+        rows,
+        inverse_kappa,
+        plan,
+        True,
+        lambda used, stop: progress.report("iterations", outer if stop else used, outer),
+    )
 
     progress.report("reveal", 0, 1)
-    opened_metrics = await _metrics(mpc, big, np.matmul(scaling.xe, u) % p, kappa, b0, rows, spec.metrics, plan)
-    opened = await _reveal(big, factor, rows, z, u[glm.d], b0)
+    opened_metrics = await _metrics(mpc, big, np.matmul(fit.xe, fit.u) % p, kappa, b0, rows, spec.metrics, plan)
+    opened = await _reveal(big, fit.factor, rows, fit.z, fit.u[glm.d], b0)
     progress.report("reveal", 1, 1)
     if opened is None:
         return None
@@ -495,7 +579,7 @@ async def secure_fit_poisson(
         intercept=b,
         alpha=glm.alpha,
         joined=n_rows,
-        iterations=used,
+        iterations=fit.used,
         metrics=tuple((name, float(v)) for name, v in zip(spec.metrics, opened_metrics, strict=True)),
     )
 
@@ -510,26 +594,22 @@ async def _metrics(
     metrics: tuple[str, ...],
     plan: PoissonPlan,
 ) -> list[float]:
-    """The listed metrics, opened to the owners (others get []): s, y, ȳ, κ₀ and b₀ move to a wider
-    field (one conversion) where ``poisson_metrics`` runs, so the fit's field stays narrow."""
+    """The listed metrics, opened to the owners (others get []): s, y, κ₀ and b₀ move to a wider
+    field (one conversion) where ``group_metrics`` runs, so the fit's field stays narrow."""
     if not metrics:
         return []
-    kappa_bits = mpc.options.sec_param
-    bits = metric_field_bits(plan, kappa_bits)
-    wide = FieldOps(mpc, mpc.SecFxp(bits - FRAC - kappa_bits - 2, FRAC))
+    wide = metric_ops(mpc, plan)
     s = await big.trunc(s2, FRAC, 2 * FRAC + S_BITS + 1, degree2t=True)
     m = s.size
     moved = await big.convert(
-        np.concatenate([s, rows.y, [rows.y_mean, kappa, b0]]) % big.p,
-        wide,
-        FRAC + max(S_BITS, _count_bits(plan)) + 4,
+        np.concatenate([s, rows.y, [kappa, b0]]) % big.p, wide, FRAC + max(S_BITS, _count_bits(plan)) + 4
     )
-    empty = np.zeros(0, dtype=object)
-    wide_rows = Rows(empty, moved[m : 2 * m], empty, moved[2 * m], empty)
-    values = await poisson_metrics(
-        wide, (moved[:m] << FRAC) % wide.p, moved[2 * m + 1], moved[2 * m + 2], wide_rows, metrics, plan
+    y = moved[m : 2 * m]
+    ell = await log_counts(wide, y, plan) if "deviance" in metrics else np.zeros(m, dtype=object)
+    values = await group_metrics(
+        wide, moved[:m], y, ell, moved[2 * m + 1 :], moved[2 * m : 2 * m + 1], [m], metrics, plan
     )
-    opened = await wide.output(values, OWNERS)
+    opened = await wide.output(values[0], OWNERS)
     return [] if opened is None else [float(v) for v in wide.to_float(opened, FRAC)]
 
 

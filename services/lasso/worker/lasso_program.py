@@ -1,6 +1,6 @@
 """The production MPC program: the study's model by services.lasso.mpc.secure_regression
 (lasso, elastic net, ridge), services.lasso.mpc.secure_glm (logistic, SVM; with K-fold CV secure_glm_cv) or
-services.lasso.mpc.secure_poisson (Poisson).
+services.lasso.mpc.secure_poisson (Poisson; with K-fold CV secure_poisson_cv).
 
 Glue only, between the wire (StudySpec, share blocks, ModelResult) and the regression
 core (RegressionSpec, an m × c integer share matrix, RegressionResult):
@@ -32,6 +32,7 @@ from services.lasso.core.params import ColumnRange, ModelKind, RegressionResult,
 from services.lasso.mpc.secure_glm import secure_fit_glm
 from services.lasso.mpc.secure_glm_cv import secure_fit_glm_cv
 from services.lasso.mpc.secure_poisson import secure_fit_poisson
+from services.lasso.mpc.secure_poisson_cv import secure_fit_poisson_cv
 from services.lasso.mpc.secure_regression import FRAC_TABLE, secure_fit
 from services.lasso.worker.program import ProgramError, RunContext
 from services.study.spec import feature_names, target_name
@@ -148,7 +149,7 @@ async def run(mpc: Any, context: RunContext) -> lasso_pb2.ModelResult:
         context.report(PHASES.get(phase, common_pb2.PHASE_UNSPECIFIED), done, total)
 
     if regression.kind is ModelKind.POISSON:
-        fit = secure_fit_poisson
+        fit = secure_fit_poisson_cv if regression.cross_validate else secure_fit_poisson
     elif regression.kind.is_glm and regression.cross_validate:
         fit = secure_fit_glm_cv
     else:

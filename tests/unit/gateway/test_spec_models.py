@@ -143,6 +143,13 @@ def test_a_poisson_study_with_its_deviance_is_valid() -> None:
     assert spec_digest(spec) != spec_digest(poisson_spec(l1_ratio=0.5))
 
 
+def test_a_cross_validated_poisson_study_is_valid() -> None:
+    spec = poisson_spec(l1_ratio=1.0, cv_folds=5, alphas=[0.001, 0.01, 0.1])
+    spec.reveal.cv_curve = True
+    spec.reveal.metrics.append(common_pb2.METRIC_DEVIANCE)
+    validate(spec)
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [
@@ -152,7 +159,7 @@ def test_a_poisson_study_with_its_deviance_is_valid() -> None:
         (poisson_spec(high=0), "min \\(0.0\\) must be smaller than max"),
         (poisson_spec(high=2**21), "1 <= max <= 1048576"),
         (poisson_spec(l1_ratio=-0.1), "l1_ratio must be in \\[0, 1\\]"),
-        (poisson_spec(cv_folds=5, alphas=[0.01, 0.1]), "cross-validation"),
+        (poisson_spec(cv_folds=5), "cross-validation \\(cv_folds > 1\\) needs a grid"),
         (poisson_spec(balanced_class_weights=True), "balanced_class_weights applies to MODEL_KIND_LOGISTIC only"),
     ],
 )
