@@ -15,6 +15,7 @@ from riskmesh.client import GatewayClient
 from riskmesh.v1 import common_pb2, gateway_pb2, lasso_pb2
 from services.cli.client import gateway_client
 from services.study.disclosure import LEAKAGE_NOTICE
+from services.study.spec import GLM_KINDS
 
 study_app = typer.Typer(
     help="Propose, approve, run and inspect studies at your organisation's gateway.", no_args_is_help=True
@@ -102,9 +103,6 @@ def print_study(study: gateway_pb2.Study) -> None:
             told.add_row(disclosure.org, "\n".join(f"• {item}" for item in disclosure.items))
         console.print(told)
 
-
-#: Fitted by Newton steps (stopped once a step is small, or at the maximum), without a convergence certificate.
-GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
 
 
 def kind_name(kind: int) -> str:

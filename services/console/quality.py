@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from riskmesh.v1 import common_pb2, lasso_pb2
+from services.study.spec import GLM_KINDS
 
 KIND_LABELS = {
     common_pb2.MODEL_KIND_LASSO: "Lasso",
@@ -19,10 +20,6 @@ KIND_LABELS = {
     common_pb2.MODEL_KIND_SVM: "Linear SVM",
     common_pb2.MODEL_KIND_POISSON: "Poisson regression",
 }
-# The GLMs count Newton steps (they stop once a step is small, uncertified); the linear models stop at a
-# certified checkpoint.
-GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM, common_pb2.MODEL_KIND_POISSON)
-
 # metric → (short id for the page, label, what it means)
 METRICS = {
     common_pb2.METRIC_R2: ("r2", "R²", "share of the target's variance the model explains (1 is perfect)"),
@@ -54,6 +51,8 @@ def model_kind_label(result: lasso_pb2.ModelResult, spec: common_pb2.StudySpec) 
 
 
 def iterations_label(result: lasso_pb2.ModelResult, spec: common_pb2.StudySpec) -> str:
+    """The GLMs count Newton steps (stopped once a step is small, uncertified); the linear models count
+    solver iterations to a certified checkpoint."""
     return "Newton steps" if (result.kind or spec.model.kind) in GLM_KINDS else "Solver iterations"
 
 

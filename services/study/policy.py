@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from riskmesh.v1 import common_pb2
 from services.mesh.config import OrgConfig
-from services.study.spec import feature_names, helper_org, owner_columns, owner_orgs, target_owner
+from services.study.spec import GLM_KINDS, feature_names, helper_org, owner_columns, owner_orgs, target_owner
 
 DEFAULT_MIN_INTERSECTION = 100
 DEFAULT_ROWS_PER_PARAMETER = 10
@@ -47,7 +47,6 @@ DEFAULT_MIN_RELATIVE_PENALTY = 1e-6
 DEFAULT_MAX_RUNS = 20
 KIND_NAMES = {common_pb2.ModelKind.Value(n): n.removeprefix("MODEL_KIND_").lower() for n in common_pb2.ModelKind.keys()}
 KIND_NAMES.pop(common_pb2.MODEL_KIND_UNSPECIFIED)
-GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
 # Outputs a spec may ask for beyond the coefficients and intercept on the original scale.
 OPTIONAL_REVEALS = ("joined_count", "cv_curve", "standardized_coefficients", "metrics")
 DEFAULT_REVEALS = ("joined_count", "cv_curve", "metrics")

@@ -55,8 +55,9 @@ RUN_APPROVALS = (common_pb2.RUN_APPROVAL_ON_INPUT_CHANGE, common_pb2.RUN_APPROVA
 LINEAR_KINDS = (common_pb2.MODEL_KIND_LASSO, common_pb2.MODEL_KIND_ELASTIC_NET, common_pb2.MODEL_KIND_RIDGE)
 CLASSIFIER_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_SVM)
 MODEL_KINDS = (*LINEAR_KINDS, common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
-# The GLM kinds services/lasso/mpc/secure_glm.py (logistic, SVM) and secure_poisson.py fit today.
-IMPLEMENTED_GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
+# The generalised linear models: fitted by Newton steps (services/lasso/mpc/secure_glm.py: logistic, SVM;
+# secure_poisson.py), with metrics and Predict per kind.
+GLM_KINDS = (common_pb2.MODEL_KIND_LOGISTIC, common_pb2.MODEL_KIND_POISSON, common_pb2.MODEL_KIND_SVM)
 # Largest declared count (the secure Poisson fit's field sizes grow with log2 of it).
 MAX_COUNT = 1 << 20
 # l1_ratio a kind implies (elastic net, logistic and Poisson carry their own); `normalise` writes it
@@ -276,7 +277,7 @@ def _validate_glm(spec: common_pb2.StudySpec) -> None:
     """What the GLM fit (services/lasso/mpc/secure_glm.py) supports today, and its target."""
     model = spec.model
     kind = common_pb2.ModelKind.Name(model.kind)
-    if model.kind not in IMPLEMENTED_GLM_KINDS:
+    if model.kind not in GLM_KINDS:
         raise SpecError(f"model.kind {kind} is not implemented yet")
     if model.svm_loss == common_pb2.SVM_LOSS_HINGE:
         raise SpecError("the SVM's hinge loss is not implemented yet; use SVM_LOSS_SQUARED_HINGE")
