@@ -5,6 +5,7 @@ behind `make bench`, and the side-by-side run of the public TNO packages.
     riskmesh bench --phase {join,all} ... --crypto-workers N   (N crypto-worker processes per data owner)
     riskmesh bench --phase lasso --records N --features D --design collinear
     riskmesh bench --phase lasso --model {lasso,logistic,svm,poisson} ...
+    riskmesh bench --phase all --model {lasso,logistic} ...
     riskmesh bench --sweep full|quick|large [--out DIR]
     riskmesh bench --sweep render [--out DIR]   (DIR's README and figure again from its saved results)
     riskmesh bench --compare-tno [--model lasso|logistic] [--records N]
@@ -24,6 +25,9 @@ objective and the predictions (collinear optima need not be well separated).
 `--model logistic|svm|poisson` (lasso phase, synthetic design) fits a GLM; its check is
 the coefficients against the exact optimum of the same objective (1e-4 relative for
 logistic and Poisson, 1e-3 for the SVM; the GLMs have no convergence certificate).
+`--phase all --model logistic` runs the whole study of `--compare-tno --model logistic`
+(services/bench/full_bench.py, the same call with the same data) without the TNO side:
+its `process_start_to_result_s` is riskmesh's `total_s` in that comparison.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ EXIT_NOT_BUILT = 3
 DEFAULT_RECORDS = 10_000
 DEFAULT_ALPHA = 0.1
 TNO_DEFAULT_RECORDS = 5_000
-TNO_DEFAULT_ALPHAS = {"lasso": DEFAULT_ALPHA, "logistic": 0.01}  # as `--phase lasso --model logistic`
+# --compare-tno and --phase all, per model (logistic: as `--phase lasso --model logistic`)
+TNO_DEFAULT_ALPHAS = {"lasso": DEFAULT_ALPHA, "logistic": 0.01}
 ACCURACY = 1e-5  # max |w − w_sklearn| / max |w_sklearn| (issue: the accuracy target)
 OBJECTIVE_GAP = 1e-8  # relative objective gap against scikit-learn run to convergence (issue 19)
 PREDICTION_GAP = 1e-6  # max prediction difference relative to the target's range (issue 19)
@@ -78,6 +83,7 @@ def missing_parts(phase: str) -> list[str]:
 
 
 MODELS = ("lasso", "logistic", "svm", "poisson")
+ALL_PHASE_MODELS = ("lasso", "logistic")  # the whole study's (full_bench.study_setup)
 # max |w − w_ref| / max |w_ref| per model (issue 15: 1e-4 for logistic and Poisson, 1e-3 for the SVM).
 MODEL_ACCURACY = {"lasso": 1e-5, "logistic": 1e-4, "poisson": 1e-4, "svm": 1e-3}
 
@@ -132,8 +138,10 @@ def _lasso_phase_problems(args: BenchArgs) -> list[str]:
         problems.append(f"--design {args.design} is available for --phase lasso only")
     if args.model not in MODELS:
         problems.append(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
-    elif args.model != "lasso" and args.phase != "lasso":
-        problems.append(f"--model {args.model} is available for --phase lasso only")
+    elif args.phase == "all" and args.model not in ALL_PHASE_MODELS:
+        problems.append(f"--phase all fits {' or '.join(ALL_PHASE_MODELS)}, not {args.model}")
+    elif args.model != "lasso" and args.phase not in ("lasso", "all"):
+        problems.append(f"--model {args.model} is available for --phase lasso and all only")
     elif args.model != "lasso" and args.design != "synthetic":
         problems.append(f"--model {args.model} runs on the synthetic design only")
     return problems
@@ -173,11 +181,12 @@ def run_phase(args: BenchArgs, workdir: Path | None) -> dict[str, Any]:
     return bench_all(
         args.records,
         args.features,
-        args.alpha if args.alpha is not None else DEFAULT_ALPHA,
+        args.alpha if args.alpha is not None else TNO_DEFAULT_ALPHAS.get(args.model, DEFAULT_ALPHA),
         args.latency_ms,
         args.repeat,
         workdir,
         crypto_workers=args.crypto_workers,
+        model=args.model,
     )
 
 
@@ -228,7 +237,7 @@ def bench(
     model: str = typer.Option(
         "lasso",
         help="lasso | logistic | svm | poisson (--phase lasso; the GLMs fit an outcome drawn from the target); "
-        "--compare-tno: lasso | logistic",
+        "--phase all and --compare-tno: lasso | logistic",
     ),
     workdir: Path | None = typer.Option(
         None, help="keep PKI, configs, data, logs and spans here (default: a temporary directory)"

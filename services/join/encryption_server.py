@@ -76,6 +76,9 @@ UPLOAD_DEADLINE_S = 1800.0
 # bits); the workers keep their window table from piece to piece (paillier.pool_chunk).
 PIECE_ROWS = 10_000
 WARM_UP_S = 60.0
+# This module, by its importable name (`__name__` is "__main__" under `python -m`): the pool's
+# fork server preloads it, so its workers do not each import it again (core/parallel.py).
+SERVER_MODULE = "services.join.encryption_server"
 # A prepared run (the owner's validated table and its X25519 key) whose RunEncryption does not
 # come is dropped after this long. The gateway sends it right after every party's setup, which
 # has a 120 s deadline (gateway/pipeline.py).
@@ -417,7 +420,7 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
     mesh = MeshServer(config, "encryption", ENCRYPTION_RULES, port=port, health_port=health_port)
     crypto = CryptoWorkers.for_config(config, mesh.credentials)
     workers = default_workers()
-    executor = process_executor(workers) if workers > 1 and crypto is None else None
+    executor = process_executor(workers, preload=(SERVER_MODULE,)) if workers > 1 and crypto is None else None
     if executor is not None:
         ready = await asyncio.to_thread(warm_up, executor, workers)
         log.info("%d of %d pool workers ready", ready, workers)

@@ -7,7 +7,8 @@ connection, and forwards the bytes both ways, holding every chunk back until
 `arrival + delay`. Each direction has a FIFO queue and one writer task, so order is
 kept and chunks are in flight concurrently: throughput is not limited by the delay
 (a sender that reads a chunk and sleeps before reading the next would be). A round
-trip through the relay thus costs at least `2 × delay` more than a direct one.
+trip through the relay thus costs at least `2 × delay` more than a direct one. Without
+a delay each direction is a plain read-then-write loop (less CPU per chunk).
 
 End of stream travels like data (after the delay, as a half-close), so closing either
 side closes the other; a reset or error on either side closes both at once. Opening
@@ -114,7 +115,21 @@ async def _write_due(writer: asyncio.StreamWriter, queue: asyncio.Queue[tuple[fl
         await writer.drain()
 
 
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Without a delay: each chunk written as soon as it is read; half-close at end of stream.
+    (No queue and second task to hand each chunk to: a benchmark's relays share the cores
+    with the parties whose messages they carry.)"""
+    while data := await reader.read(CHUNK_BYTES):
+        writer.write(data)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+
+
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+    if delay_s == 0:
+        await _copy(reader, writer)
+        return
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
     async with asyncio.TaskGroup() as tasks:  # a failure on one side cancels the other
         tasks.create_task(_read_delayed(reader, queue, delay_s))

@@ -11,8 +11,10 @@ forked (its threads and polling state do not survive ``fork``), and
 ``forkserver`` forks from a clean helper process instead, with the Paillier
 module preloaded so workers start fast. As with ``spawn``, each worker
 imports the caller's ``__main__`` module, which must therefore be guarded by
-``if __name__ == "__main__"`` (console scripts are). Only plain ints cross
-the process boundary.
+``if __name__ == "__main__"`` (console scripts are); a server names its own
+module in ``preload`` so that the fork server imports it (and what it imports)
+once, and each worker, forked from it, finds it imported instead of importing
+it again (~0.4 s of CPU per worker). Only plain ints cross the process boundary.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ def stop_executor(executor: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-def process_executor(workers: int) -> ProcessPoolExecutor:
-    """A process pool safe to create from a gRPC server process (forkserver start method)."""
+def process_executor(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
+    """A process pool safe to create from a gRPC server process (forkserver start method);
+    `preload`: more modules for the fork server to import once (the caller's own: module docstring)."""
     context = multiprocessing.get_context("forkserver")
     # Takes effect when the fork server first starts; harmless afterwards.
-    context.set_forkserver_preload(["services.join.core.paillier"])
+    context.set_forkserver_preload(["services.join.core.paillier", *preload])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)

@@ -8,8 +8,8 @@ it dies with its link if the server dies, and the server sees its exit asynchron
 
 A frozen worker (stopped, or its interpreter stuck) keeps its link open, and the peers'
 keepalive only watches the servers: so a thread in the worker writes one heartbeat byte
-per HEARTBEAT_S to a pipe, and `wait_silent` returns when none came for a while. A
-thread, not the event loop, because MPyC's local work may hold the loop for seconds.
+per HEARTBEAT_S to a pipe (services.lasso.worker.heartbeat), and `wait_silent` returns
+when none came for a while.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Protocol
 from services.lasso.worker.frames import Frame
 from services.lasso.worker.link import FrameLink, OnClose, OnFrame, open_link
 from services.mesh.process import SINGLE_THREAD_ENV
-
-HEARTBEAT_S = 1.0
 
 
 class WorkerHandle(Protocol):

@@ -26,11 +26,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import sys
-import threading
-import time
 import traceback
 from typing import Any
 
@@ -41,7 +38,7 @@ from services.lasso.core.parties import PARTIES, party_orgs
 from services.lasso.core.wire import WireError
 from services.lasso.mpc.runtime import create_runtime
 from services.lasso.worker.frames import Failed, Frame, Input, InputEnd, Report, Result, Start
-from services.lasso.worker.handle import HEARTBEAT_S
+from services.lasso.worker.heartbeat import start_heartbeat
 from services.lasso.worker.link import open_link
 from services.lasso.worker.program import Program, ProgramError, RunContext, load_program
 from services.lasso.worker.transport import FrameSink, MeshTransport, PeerLostError
@@ -203,22 +200,6 @@ async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(closed), 5)
     return code
-
-
-def start_heartbeat(fd: int, interval: float = HEARTBEAT_S) -> threading.Thread:
-    """A daemon thread writing one byte per `interval` to the server (see services.lasso.worker.handle)."""
-
-    def beat() -> None:
-        try:
-            while True:
-                os.write(fd, b".")
-                time.sleep(interval)
-        except OSError:
-            return  # the server is gone; the link's end stops the run
-
-    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
-    thread.start()
-    return thread
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,7 +103,9 @@ def test_phase_ok_checks_accuracy_and_agreement() -> None:
 def test_model_choice_is_checked() -> None:
     assert validate(_args(phase="lasso", model="logistic")) == []
     assert any("--model must be one of" in p for p in validate(_args(phase="lasso", model="probit")))
-    assert any("for --phase lasso only" in p for p in validate(_args(phase="all", model="logistic")))
+    assert validate(_args(phase="all", model="logistic")) == []
+    assert any("--phase all fits lasso or logistic" in p for p in validate(_args(phase="all", model="svm")))
+    assert any("for --phase lasso and all only" in p for p in validate(_args(phase="join", model="logistic")))
 
 
 def test_compare_tno_takes_lasso_or_logistic_only() -> None:
@@ -120,3 +122,21 @@ def test_compare_tno_passes_the_model_and_its_default_alpha(monkeypatch: pytest.
     monkeypatch.setattr(tno_compare, "compare_tno", lambda *args: seen.append(args) or 0)
     result = CliRunner().invoke(app, ["bench", "--compare-tno", "--model", "logistic", "--records", "1000"])
     assert result.exit_code == 0 and seen == [(1000, 10, 0.01, None, "logistic")]
+
+
+def test_phase_all_logistic_runs_the_compare_tno_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--phase all --model logistic` is riskmesh's side of `--compare-tno --model logistic`: bench_all,
+    with the same default alpha."""
+    from services.bench import full_bench
+
+    seen: list[tuple] = []
+
+    def fake_bench_all(*args, **kwargs):
+        seen.append((args, kwargs))
+        return {"rel_coef_diff": 1e-9, "model": "logistic"}
+
+    monkeypatch.setattr(full_bench, "bench_all", fake_bench_all)
+    result = CliRunner().invoke(app, ["bench", "--phase", "all", "--model", "logistic", "--records", "1000"])
+    assert result.exit_code == 0, result.stdout
+    ((args, kwargs),) = seen
+    assert args[:3] == (1000, 10, 0.01) and kwargs["model"] == "logistic"

@@ -46,3 +46,8 @@ def test_a_dropped_pool_stops_after_the_current_piece(monkeypatch: pytest.Monkey
 
     asyncio.run(scenario())
     assert calls == 1  # 50 pieces asked for; only the first began
+
+
+def test_the_pool_preloads_the_servers_own_module() -> None:
+    """The fork server preloads SERVER_MODULE so that pool workers find it imported: it must name this module."""
+    assert encryption_server.SERVER_MODULE == encryption_server.__name__
