@@ -25,13 +25,14 @@ included); the GLM gradient averages it over the rows.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
 import numpy.typing as npt
 
 from services.lasso.core.glm_plan import ETA_BITS, EXP_DEGREE, EXP_SQUARINGS, RECIPROCAL_STEPS, SIGN_FRAC
-from services.lasso.mpc.secure_compare import less_than_zero, trunc_convert
+from services.lasso.mpc.secure_compare import comparison_bits, less_than_zero, trunc_convert
 from services.lasso.mpc.secure_ops import FieldOps
 
 ObjectArray = npt.NDArray[np.object_]
@@ -60,28 +61,34 @@ async def sign_bits(
 ) -> tuple[ObjectArray, ObjectArray]:
     """(η truncated to ``frac`` in ``big``, b = [η < 0] in ``big``) from η·2^frac (or a degree-2t η·2^(2·frac)).
 
-    η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution, moved to the small field (one
-    truncating conversion), compared there (``compare_bits(resolution)`` bits), and the bit
+    η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution and moved to the small field (one
+    truncating conversion, in the same round as the truncation of a degree-2t η and as the
+    comparison's random bits), compared there (``compare_bits(resolution)`` bits), and the bit
     is moved back; a wrong bit only for |η| < 2^−resolution.
     """
     shift = 2 * frac if degree2t else frac
-    bits = ETA_BITS + shift + 1
+    l = compare_bits(resolution)  # noqa: E741  (ℓ, as in secure_compare)
+    moved = trunc_convert(big, small, eta, shift - resolution, ETA_BITS + shift + 1, degree2t=degree2t)
+    random = small.random_bits(comparison_bits(eta.size, l))
     if degree2t:
-        eta = await big.trunc(eta, frac, bits, degree2t=True)
-    coarse = await trunc_convert(big, small, eta, frac - resolution, ETA_BITS + frac + 1)
-    below = await less_than_zero(small, coarse, compare_bits(resolution))
+        eta, coarse, bits = await asyncio.gather(big.trunc(eta, frac, ETA_BITS + shift + 1, degree2t=True), moved, random)
+    else:
+        coarse, bits = await asyncio.gather(moved, random)
+    below = await less_than_zero(small, coarse, l, bits)
     return eta, await small.convert(below, big, 2)
 
 
-async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int) -> ObjectArray:
+async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int, square: ObjectArray | None = None) -> ObjectArray:
     """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 2] (frac ``frac``): Taylor, then K squarings.
 
     The Taylor polynomial (degree 4 … 8) in three rounds: t², then t³ and t⁴, then one product
     t⁴·(c₅t + … ) added to c₀ + … + c₄t⁴ and truncated by 2·frac together (one rounding).
+    ``square``: t² (frac ``frac``) if the caller made it alongside t (``sigmoid``), saving the first.
     """
     one, p, n = 1 << frac, ops.p, t.size
     bits = 2 * frac + LINK_BITS + 2
-    square = await ops.mul(t, t, frac, bits)
+    if square is None:
+        square = await ops.mul(t, t, frac, bits)
     third_fourth = await ops.mul(np.concatenate([t, square]), np.concatenate([square, square]), frac, bits)
     powers = [one, t, square, third_fourth[:n], third_fourth[n:]]
     coefficients = [round(one * (-1) ** k / math.factorial(k)) for k in range(EXP_DEGREE + 1)]
@@ -121,8 +128,13 @@ async def sigmoid(
     p = big.p
     eta, below = await sign_bits(big, small, eta2, frac, degree2t=True)
     flip = (1 - 2 * below) % p  # ±1: u = flip·η ≥ −2^−SIGN_FRAC
-    t = await big.mul(flip, eta, EXP_SQUARINGS, frac + ETA_BITS + 2)  # u/2^K at frac
-    v = await exp_neg(big, t, frac)
+    # t = u/2^K and t² = η²/2^2K (flip² = 1) in one round, both truncated by frac + 2K.
+    k = EXP_SQUARINGS
+    both = await big.mul(
+        np.concatenate([flip << (frac + k), eta]), np.concatenate([eta, eta]), frac + 2 * k, 2 * frac + 2 * ETA_BITS + 2
+    )
+    n = eta.size
+    v = await exp_neg(big, both[:n], frac, square=both[n:])
     sig_u = await reciprocal_one_plus(big, v, frac, 1 + math.exp(2.0**-SIGN_FRAC))
     one = 1 << frac
     cut = 2 * frac - (
@@ -134,7 +146,6 @@ async def sigmoid(
         cut,
         frac + cut + 3,
     )
-    n = eta.size
     prob = (below * one + both[:n]) % p
     return prob, both[n:], below
 
