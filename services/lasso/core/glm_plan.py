@@ -85,9 +85,11 @@ ETA_BITS = 10
 #: e^(−u) = (e^(−u/2^EXP_SQUARINGS))^(2^EXP_SQUARINGS), the inner exponential by its Taylor polynomial.
 EXP_SQUARINGS = 8
 EXP_DEGREE = 6  # 4 … 8 (secure_functions.exp_neg)
-#: Fractional bits of η in the sign comparison: a wrong sign only for |η| < 2^−SIGN_FRAC.
-SIGN_FRAC = 4
-#: Newton steps for 1/(1 + v), v ∈ (0, e^(1/16)], from the linear minimax start.
+#: Fractional bits of η in the sign comparison: a wrong sign only for |η| < 2^−SIGN_FRAC. At 3 the
+#: comparison has ℓ = 14 bits, so its product tree of ℓ + 2 leaves is one level (one round) shorter
+#: than at 4, with one random bit fewer per row; the reciprocal's start error grows from 0.064 to 0.070.
+SIGN_FRAC = 3
+#: Newton steps for 1/(1 + v), v ∈ (0, e^(1/8)], from the linear minimax start.
 RECIPROCAL_STEPS = 3
 
 

@@ -7,16 +7,18 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
 σ(η) for |η| < 2^(ETA_BITS − 1) (``glm_plan``):
 
 1. b = [η < 0] by ``secure_compare`` on η rounded to 2^−SIGN_FRAC in a small field
-   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate).
-2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/16)].
+   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate); η's truncation,
+   its move to the small field and the comparison's random bits share one round.
+2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/8)] (SIGN_FRAC = 3).
 3. e^(−u) = E_K, E_0 = Σ_{k ≤ 6} (−t)^k/k! with t = u/2^K (K = 8: |t| ≤ 2), E_{j+1} = E_j²
-   (E_0 in three rounds: t², then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest, one rounding).
+   (t and t² = η²/2^2K in one round from η, then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest,
+   one rounding).
    Error: the Taylor remainder is ≤ t^7/7! relative (7·10^−13 for u ≤ 16, 1·10^−10 for
    u ≤ 32) and each squaring doubles a relative error, so e^(−u) has relative error
    ≤ 2^K·(t^7/7! + 2^−F·3) ≈ 2·10^−10 for u ≤ 16; for u > 16 the value is < e^−16 and its
    absolute error below 10^−14 (the polynomial stays in (0, 1] for t ≤ 2).
 4. σ(u) = 1/(1 + v) by Newton x ← x(2 − Dx) from the linear minimax start on
-   D ∈ [1, 1 + e^(1/16)] (relative error 0.064, squared each step: 2.9·10^−10 after 3 steps).
+   D ∈ [1, 1 + e^(1/8)] (relative error 0.070, squared each step: 5.8·10^−10 after 3 steps).
 5. σ(η) = b + (1 − 2b)·σ(u), and σ(η)(1 − σ(η)) = σ(u)(1 − σ(u)).
 
 Absolute error of σ(η): below ≈ 10^−9 (fixed-point rounding of 2^−40 per product
