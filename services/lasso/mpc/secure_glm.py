@@ -13,11 +13,12 @@ gram        Public normalisation x̂ = (x − mid)/h (one truncation of every en
             secret feature means μ̂ and the centred rows x̃ = [x̂ − μ̂, 1]; balanced class
             weights c_i = m/(2·m_{y_i}) by a secure reciprocal of the class share.
 iterations  Outer iteration 0 at v = 0 (p = ½, s = ¼, no link function): gradient and
-            Hessian from the rows, the fixed Jacobi scaling e = 1/√G¹_jj (Newton), the
-            scaled rows X̃e = X̃·diag(e), and the first model. Every later iteration:
-            η = X̃e·u (one local product), σ(η) and σ(1 − σ) (``secure_functions``), the
-            gradient and Hessian in u (local products, one truncation of every
-            weighted row), the model, and its warm-started solve (``secure_qp``).
+            Hessian from the rows, the fixed Jacobi scaling e = 1/√G¹_jj (Newton) and
+            e·eᵀ, and the first model. Every later iteration: v = e∘u (one truncation of
+            d + 1 values) and η = X̃·v (one local product; the m × d rows are never
+            scaled), σ(η) and σ(1 − σ) (``secure_functions``), the gradient and Hessian
+            (local products, one degree reduction of every weighted row), scaled to u's
+            units on the sums, the model, and its warm-started solve (``secure_qp``).
             From the fourth iteration on, the stopping rule (``_small_step``) opens one
             bit: whether the Newton step was below ``glm_plan.STEP_TOLERANCE``.
 reveal      ŵ = e∘u (opened unrounded: exact zeros) and b̂ = b̃ − ŵᵀμ̂, and the metrics,
@@ -116,7 +117,8 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     eta = 2 * f + X_BITS + 9 + math.ceil(math.log2(d1)) + 2  # |x̃e_j·u_j| < 2^(X_BITS + 8)
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
-    widest = max(normalise, scaled_sums, eta, reveal, reciprocal)
+    jacobi = 2 * f + 2 * E_BITS + lm + 3  # _in_jacobi_units
+    widest = max(normalise, scaled_sums, eta, reveal, reciprocal, jacobi)
     return max(
         widest + kappa + 3, qp_field_bits(kappa, f, d1, plan.ns_solve_iterations), metric_field_bits(kappa, f, lm)
     )
@@ -203,10 +205,14 @@ async def _class_weights(ops: FieldOps, y: ObjectArray, share_pos: ObjectArray, 
 
 @dataclass(frozen=True)
 class Scaling:
-    """The fixed Jacobi scaling: e (d+1, FRAC; e_b public), X̃e, and the constant parts of every model."""
+    """The fixed Jacobi scaling: e (d+1, FRAC; e_b public), e·eᵀ, and the constant parts of every model.
+
+    The rows are never scaled (m·d products): η = X̃·(e∘u) and H_u = (e·eᵀ)∘H, g_u = e∘g are
+    scaled on the (d+1)² sums instead (``_in_jacobi_units``).
+    """
 
     e: ObjectArray
-    xe: ObjectArray
+    outer: ObjectArray  # e·eᵀ ((d+1) × (d+1), FRAC)
     ridge: ObjectArray  # γ∘e² (d+1,), 0 for the intercept
     lam: ObjectArray  # clamped λ∘e (d+1,), 0 for the intercept
 
@@ -273,10 +279,26 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     lam_u = second[k + d + 1 : k + 2 * (d + 1)]
     ridge_u = second[k + 2 * (d + 1) :]
     lam_u = await clamp_thresholds(ops, lam_u, FRAC, FRAC + E_BITS + math.ceil(math.log2(max(plan.l1) + 2)) + 3)
-    xe_features = await ops.mul(rows.x[:, :d], e_features[None, :], FRAC, 2 * FRAC + E_BITS + 3)
-    xe = np.concatenate([xe_features, np.full((plan.n_rows, 1), e[d], dtype=object)], axis=1)
     model = _model(ops, h_u, (-g_u) % p, ridge_u, lam_u)
-    return Scaling(e, xe, ridge_u, lam_u), model
+    return Scaling(e, outer, ridge_u, lam_u), model
+
+
+async def _coefficients(ops: FieldOps, scaling: Scaling, u: ObjectArray) -> ObjectArray:
+    """v = e∘u (FRAC): the model in the normalised coordinates, for η = X̃·v. One round (d + 1 values)."""
+    return await ops.trunc((scaling.e * u) % ops.p, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
+
+
+async def _in_jacobi_units(
+    ops: FieldOps, scaling: Scaling, gradient: ObjectArray, hessian: ObjectArray, plan: GlmPlan
+) -> tuple[ObjectArray, ObjectArray]:
+    """(g_u, H_u) = (e∘g, (e·eᵀ)∘H) at FRAC: one truncation of the (d+1)² + d + 1 products.
+
+    Bound: |g_j|, |H_jk| < 2^(lm + 1) (|x̃| ≤ 2, weights ≤ m/2) and e_j < 2^(E_BITS − 1).
+    """
+    d1 = gradient.size
+    both = np.concatenate([(scaling.outer * hessian).reshape(-1), scaling.e * gradient]) % ops.p
+    scaled = await ops.trunc(both, FRAC, 2 * FRAC + 2 * E_BITS + _log_rows(plan) + 3, degree2t=True)
+    return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
 
 def _model(ops: FieldOps, h_u: ObjectArray, q: ObjectArray, ridge_u: ObjectArray, lam_u: ObjectArray) -> Model:
@@ -299,13 +321,13 @@ async def _svm_link(fields: Fields, rows: Rows, eta2: ObjectArray) -> tuple[Obje
 
 
 async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
-    """The quadratic model at u: the link at η = X̃e·u, then g_u, H_u and q = H_u·u − g_u."""
+    """The quadratic model at u: the link at η = X̃·(e∘u), then g_u, H_u and q = H_u·u − g_u."""
     ops = fields.big
     p = ops.p
-    eta2 = np.matmul(scaling.xe, u) % p  # degree 2t, frac 2·FRAC
+    eta2 = np.matmul(rows.x, await _coefficients(ops, scaling, u)) % p  # degree 2t, frac 2·FRAC
     if plan.kind is ModelKind.SVM:
         residual, weight = await _svm_link(fields, rows, eta2)
-        gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
+        gradient, hessian = await _in_jacobi_units(ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan)
         hu = await ops.trunc(
             (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
             FRAC,
@@ -324,7 +346,7 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
             2 * FRAC + _log_rows(plan) + 2,
         )
         residual, weight = both[:n], both[n:]
-    gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
+    gradient, hessian = await _in_jacobi_units(ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan)
     hu = await ops.trunc(
         (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
         FRAC,
@@ -399,10 +421,11 @@ async def secure_fit_glm(
             break
 
     progress.report("reveal", 0, 1)
+    v = await _coefficients(big, scaling, u)
     metric_values = await classification_metrics(
-        big, rows.x.shape[0], np.matmul(scaling.xe, u) % big.p, rows.labels, rows.positives, spec.metrics, FRAC
+        big, rows.x.shape[0], np.matmul(rows.x, v) % big.p, rows.labels, rows.positives, spec.metrics, FRAC
     )
-    opened = await _reveal(big, scaling, rows, u, plan, metric_values)
+    opened = await _reveal(big, scaling, rows, u, v, plan, metric_values)
     progress.report("reveal", 1, 1)
     if opened is None:
         return None
@@ -422,13 +445,13 @@ async def _small_step(ops: FieldOps, u: ObjectArray, before: ObjectArray) -> boo
 
 
 async def _reveal(
-    ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, plan: GlmPlan, metric_values: ObjectArray
+    ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, v: ObjectArray, plan: GlmPlan, metric_values: ObjectArray
 ) -> ObjectArray | None:
-    """Open [e∘u (frac 2F), b̂ (frac 2F), metrics (frac F)] to the owners."""
+    """Open [e∘u (frac 2F), b̂ (frac 2F), metrics (frac F)] to the owners (v = e∘u rounded, ``_coefficients``)."""
     p, d = ops.p, plan.d
     one = 1 << FRAC
     exact_w = (scaling.e[:d] * u[:d]) % p  # degree 2t, frac 2F
-    w_hat = await ops.trunc(exact_w, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
+    w_hat = v[:d]
     b_tilde = (scaling.e[d] * u[d]) % p  # e_b public: degree t, frac 2F
     b_hat = (b_tilde - np.dot(w_hat, rows.mean)) % p
     return await ops.output_product(np.concatenate([exact_w, [b_hat], metric_values * one]) % p, OWNERS)
