@@ -73,7 +73,10 @@ FRAC = 40  # fractional bits of every value in F_g
 #: Fractional bits of the Hessian weights w: the Hessian only sets the speed of convergence (the
 #: gradient, at FRAC, sets the fixed point), and w·x̃e·x̃e summed at 2·FRAC + W_FRAC keeps F_g under 192 bits.
 W_FRAC = 20
-FRAC_W = 32  # fractional bits in F_w (ADMM), as the lasso's
+#: Fractional bits in F_w (ADMM); the lasso's is 32. ADMM only finds the support and the next iterate
+#: (the polished steps, in F_g at FRAC, set the accuracy), and at 20 the soft threshold compares
+#: 30-bit values (ℓ + 2 ≤ 32 leaves), so an ADMM iteration takes 6 rounds instead of 7.
+FRAC_W = 20
 #: The SVM decides which rows are active (1 − ỹη > 0) on the margin rounded to 2^−MARGIN_FRAC: a
 #: row within 2^−12 of the margin may count either way, changing its gradient term by less than
 #: 2·2^−12·|x̃| (the accuracy goal of the SVM is 1e-3 relative; measured ~1e-11 on the test data).
