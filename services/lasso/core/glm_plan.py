@@ -83,8 +83,11 @@ _NS_LOG_TOLERANCE = 40 * math.log(2)
 #: |η| < 2^(ETA_BITS − 1) at every iterate (assumed, documented).
 ETA_BITS = 10
 #: e^(−u) = (e^(−u/2^EXP_SQUARINGS))^(2^EXP_SQUARINGS), the inner exponential by its Taylor polynomial.
-EXP_SQUARINGS = 8
-EXP_DEGREE = 6  # 4 … 8 (secure_functions.exp_neg)
+#: 7 with degree 8: the polynomial stays in (0.08, 1] for t = u/128 ∈ [0, 4] (|η| < 512) and is ≤ e^−0.18
+#: for t ≥ 0.18, so E₀^128 ≤ 10^−10 where it no longer follows e^(−t); degree 8 costs no product more
+#: than 6 (t⁴ times one linear combination of t … t⁴), and one squaring fewer is one truncation of m values.
+EXP_SQUARINGS = 7
+EXP_DEGREE = 8  # 4 … 8 (secure_functions.exp_neg)
 #: Fractional bits of η in the sign comparison: a wrong sign only for |η| < 2^−SIGN_FRAC. At 3 the
 #: comparison has ℓ = 14 bits, so its product tree of ℓ + 2 leaves is one level (one round) shorter
 #: than at 4, with one random bit fewer per row; the reciprocal's start error grows from 0.064 to 0.070.

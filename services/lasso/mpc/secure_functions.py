@@ -10,13 +10,14 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
    (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate); η's truncation,
    its move to the small field and the comparison's random bits share one round.
 2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/8)] (SIGN_FRAC = 3).
-3. e^(−u) = E_K, E_0 = Σ_{k ≤ 6} (−t)^k/k! with t = u/2^K (K = 8: |t| ≤ 2), E_{j+1} = E_j²
+3. e^(−u) = E_K, E_0 = Σ_{k ≤ 8} (−t)^k/k! with t = u/2^K (K = 7: −2^−10 ≤ t < 4), E_{j+1} = E_j²
    (t and t² = η²/2^2K in one round from η, then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest,
    one rounding).
-   Error: the Taylor remainder is ≤ t^7/7! relative (7·10^−13 for u ≤ 16, 1·10^−10 for
-   u ≤ 32) and each squaring doubles a relative error, so e^(−u) has relative error
-   ≤ 2^K·(t^7/7! + 2^−F·3) ≈ 2·10^−10 for u ≤ 16; for u > 16 the value is < e^−16 and its
-   absolute error below 10^−14 (the polynomial stays in (0, 1] for t ≤ 2).
+   Error: the Taylor remainder is ≤ t^9/9! relative (2·10^−14 for u ≤ 16, 6·10^−13 for
+   u ≤ 23) and each squaring doubles a relative error, so e^(−u) has relative error
+   ≤ 2^K·(t^9/9! + 2^−F·3) ≈ 4·10^−10 for u ≤ 23; for larger u both e^(−u) and the
+   computed value are below 10^−10 (the polynomial stays in (0.08, 1] for t ∈ [0, 4] and
+   below e^−0.18 for t ≥ 0.18).
 4. σ(u) = 1/(1 + v) by Newton x ← x(2 − Dx) from the linear minimax start on
    D ∈ [1, 1 + e^(1/8)] (relative error 0.070, squared each step: 5.8·10^−10 after 3 steps).
 5. σ(η) = b + (1 − 2b)·σ(u), and σ(η)(1 − σ(η)) = σ(u)(1 − σ(u)).
@@ -39,8 +40,9 @@ from services.lasso.mpc.secure_ops import FieldOps
 
 ObjectArray = npt.NDArray[np.object_]
 
-#: |e^(−u)| and every Taylor power stay below 2^LINK_BITS (t ≤ 2: t^6 ≤ 64).
-LINK_BITS = 8
+#: |e^(−u)|, every Taylor power and the unrounded polynomial stay below 2^(LINK_BITS − 1) (t ≤ 4: t⁴ ≤ 256,
+#: |t⁴·(c₅t + … + c₈t⁴)| < 4,900).
+LINK_BITS = 14
 
 
 def compare_bits(resolution: int = SIGN_FRAC) -> int:
@@ -81,7 +83,7 @@ async def sign_bits(
 
 
 async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int, square: ObjectArray | None = None) -> ObjectArray:
-    """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 2] (frac ``frac``): Taylor, then K squarings.
+    """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 4) (frac ``frac``): Taylor, then K squarings.
 
     The Taylor polynomial (degree 4 … 8) in three rounds: t², then t³ and t⁴, then one product
     t⁴·(c₅t + … ) added to c₀ + … + c₄t⁴ and truncated by 2·frac together (one rounding).

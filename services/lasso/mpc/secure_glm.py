@@ -45,7 +45,7 @@ from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.runtime import run_fit
 from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, trunc_convert
-from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid, sign_bits
+from services.lasso.mpc.secure_functions import LINK_BITS, compare_bits, reciprocal_unit, sigmoid, sign_bits
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
 from services.lasso.mpc.secure_ops import FieldOps
@@ -121,7 +121,8 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
     jacobi = 2 * f + 2 * E_BITS + lm + 3  # _in_jacobi_units
-    widest = max(normalise, scaled_sums, eta, reveal, reciprocal, jacobi)
+    link = 3 * f + LINK_BITS + 2  # the exponential's Taylor polynomial, rounded once from frac 3F
+    widest = max(normalise, scaled_sums, eta, reveal, reciprocal, jacobi, link)
     return max(
         widest + kappa + 3, qp_field_bits(kappa, f, d1, plan.ns_solve_iterations), metric_field_bits(kappa, f, lm)
     )
@@ -226,7 +227,8 @@ async def _sums(
     """(g, H) = (X̃ᵀr/m, X̃ᵀdiag(w)X̃/m) at FRAC; ``weight`` None means w = ¼ (public).
 
     w∘X̃ is reshared without truncation (frac 2F: a degree reduction costs a third of a
-    truncation), the local products X̃ᵀ(w∘X̃) and X̃ᵀr are exact limb products
+    truncation), except its last column: X̃'s intercept column is the public 2^F, so w·2^F is
+    already of degree t. The local products X̃ᵀ(w∘X̃) and X̃ᵀr are exact limb products
     (``limbs.cross_product``) at frac 3F and 2F, and two truncations of the (d+1)² + d + 1
     sums give frac F and the division by m.
     """
@@ -237,7 +239,8 @@ async def _sums(
         k = round(math.log2(plan.hessian_start))
         weighted, down = (x << (W_FRAC + max(k, 0))) % p, max(-k, 0)
     else:  # w at W_FRAC
-        weighted = await ops.mul_exact(x, weight[:, None])
+        features = await ops.mul_exact(x[:, :-1], weight[:, None])
+        weighted = np.concatenate([features, (weight[:, None] << FRAC) % p], axis=1)
     sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << W_FRAC) % p], axis=1), ops.bits)
     hessian, gradient = sums[:, :d1], sums[:, d1]  # frac 2F + W_FRAC, degree 2t
     lm = _log_rows(plan)
