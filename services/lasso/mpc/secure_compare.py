@@ -16,8 +16,9 @@ open c = a + 2^ℓ + r + 2^ℓ·R; with c_i the bits of c mod 2^ℓ,
     g = [Π e_i = 0] (opened, after multiplying by a random ρ: g alone is uniform, s masks it),
     [a < 0] = ((c mod 2^ℓ) − (a + 2^ℓ + r) + ((1 − 2g)s + 3)·2^(ℓ−1)) / 2^ℓ.
 
-Rounds: random bits (1, or shared with an earlier round: ``random``), open c (1), ⌈log₂(ℓ + 2)⌉ − 1 degree reductions of the product
-tree, open the root (1). Requirements: |a| < 2^(ℓ−1), a field of ≥ ℓ + κ + 6 bits, p ≡ 3 (mod 4).
+Rounds: random bits (1, or shared with an earlier round: ``random``), open c (1), ⌈log₂(ℓ + 2)⌉ − 1
+degree reductions of the product tree, open the root (1). Requirements: |a| < 2^(ℓ−1), a field of
+≥ ℓ + κ + 6 bits, p ≡ 3 (mod 4).
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ async def sign_bits(
     moved = trunc_convert(big, small, eta, shift - resolution, ETA_BITS + shift + 1, degree2t=degree2t)
     random = small.random_bits(comparison_bits(eta.size, l))
     if degree2t:
-        eta, coarse, bits = await asyncio.gather(big.trunc(eta, frac, ETA_BITS + shift + 1, degree2t=True), moved, random)
+        eta, coarse, bits = await asyncio.gather(
+            big.trunc(eta, frac, ETA_BITS + shift + 1, degree2t=True), moved, random
+        )
     else:
         coarse, bits = await asyncio.gather(moved, random)
     below = await less_than_zero(small, coarse, l, bits)

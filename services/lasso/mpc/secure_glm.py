@@ -71,7 +71,7 @@ ProgressCallback = Callable[[str, int, int], None]
 
 FRAC = 40  # fractional bits of every value in F_g
 #: Fractional bits of the Hessian weights w: the Hessian only sets the speed of convergence (the
-#: gradient, at FRAC, sets the fixed point), and w·x̃e·x̃e summed at 2·FRAC + W_FRAC keeps F_g under 192 bits.
+#: gradient, at FRAC, sets the fixed point), and w·x̃·x̃ summed at 2·FRAC + W_FRAC keeps F_g under 192 bits.
 W_FRAC = 20
 #: Fractional bits in F_w (ADMM); the lasso's is 32. ADMM only finds the support and the next iterate
 #: (the polished steps, in F_g at FRAC, set the accuracy), and at 20 the soft threshold compares
@@ -87,7 +87,8 @@ FRAC_TABLE = 32  # the join's encoding: x′ = round(x·2^32) + 2^63
 ENCODING_OFFSET = 1 << 63
 #: x̂·2^FRAC = (x′ − offset)·C_j / 2^NORMALISE_SHIFT with C_j = round(2^(FRAC + SHIFT − 32)/h_j).
 NORMALISE_SHIFT = 64
-#: |x̃e| < 2^(X_BITS − 1): centred rows in Jacobi units (x̃ ∈ [−2, 2], e < 2^(E_BITS − 1)... see field bits).
+#: |x̃·e| < 2^(X_BITS − 1) (x̃ ∈ [−2, 2], e < 2^(E_BITS − 1)): sizes the row sums and η in F_g. The rows are no
+#: longer scaled (|x̃| ≤ 2), so this over-states them by a few bits of F_g, kept as a margin.
 X_BITS = E_BITS + 2
 OWNERS = [0, 1]
 
@@ -333,7 +334,9 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
     eta2 = np.matmul(rows.x, await _coefficients(ops, scaling, u)) % p  # degree 2t, frac 2·FRAC
     if plan.kind is ModelKind.SVM:
         residual, weight = await _svm_link(fields, rows, eta2)
-        gradient, hessian = await _in_jacobi_units(ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan)
+        gradient, hessian = await _in_jacobi_units(
+            ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan
+        )
         hu = await ops.trunc(
             (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
             FRAC,
@@ -451,7 +454,13 @@ async def _small_step(ops: FieldOps, u: ObjectArray, before: ObjectArray) -> boo
 
 
 async def _reveal(
-    ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, v: ObjectArray, plan: GlmPlan, metric_values: ObjectArray
+    ops: FieldOps,
+    scaling: Scaling,
+    rows: Rows,
+    u: ObjectArray,
+    v: ObjectArray,
+    plan: GlmPlan,
+    metric_values: ObjectArray,
 ) -> ObjectArray | None:
     """Open [e∘u (frac 2F), b̂ (frac 2F), metrics (frac F)] to the owners (v = e∘u rounded, ``_coefficients``)."""
     p, d = ops.p, plan.d
