@@ -74,6 +74,13 @@ ADMM_RHO = 0.25
 ADMM_RELAX = 1.75
 #: Newton iterations for e = 1/√G¹_jj (as the lasso: enough from σ_j/h_j ≥ 2^−11).
 NEWTON_ITERATIONS = 26
+#: The secure fit (logistic, SVM) starts that Newton from bands instead: one batched comparison of G¹_jj
+#: with the public G_j·2^−k, k = 1 … E_BANDS (G_j = 4s₀ + γ_j, the start's bound), puts G¹_jj·y₀² in
+#: [1/2, 1), from which E_NEWTON_FROM_BANDS steps reach 2^−80 (the error ε = 1 − G·y² goes to
+#: (3ε² + ε³)/4: 0.5, 0.22, 0.039, 1.1e-3, 9e-7, 7e-13, 3e-25). G¹_jj/G_j ≥ 2^−26 follows from
+#: σ_j/h_j ≥ 2^−11 (γ_j ≤ 1). 26 steps from the public start (52 rounds) become one comparison and 6.
+E_BANDS = 26
+E_NEWTON_FROM_BANDS = 6
 #: Smallest eigenvalue of the Jacobi-scaled model Hessian the Newton–Schulz solves are sized for.
 EIGENVALUE_FLOOR = 1e-5
 #: Relative accuracy Newton–Schulz is run to: (1 − λ_min/λ_max)^(2^k) ≤ 2^−40.

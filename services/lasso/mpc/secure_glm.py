@@ -40,11 +40,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, STEP_TOLERANCE, GlmPlan, make_glm_plan
+from services.lasso.core.glm_plan import (
+    E_BANDS,
+    E_NEWTON_FROM_BANDS,
+    ETA_BITS,
+    STEP_TOLERANCE,
+    GlmPlan,
+    make_glm_plan,
+)
 from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.runtime import run_fit
-from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, trunc_convert
+from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, less_than_zero, trunc_convert
 from services.lasso.mpc.secure_functions import LINK_BITS, compare_bits, reciprocal_unit, sigmoid, sign_bits
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
@@ -57,7 +64,7 @@ from services.lasso.mpc.secure_qp import (
     admm,
     admm_field_bits,
     clamp_thresholds,
-    newton_inverse_sqrt,
+    newton_inverse_sqrt_from,
     polish_and_select,
     qp_field_bits,
     solve,
@@ -270,7 +277,7 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     gradient, hessian = await _sums(ops, rows.x, residual, weight, plan)
     ridge = ops.fixed(plan.ridge, FRAC)
     diagonal = (np.diag(hessian)[:d] + ridge[:d]) % p
-    e_features = await newton_inverse_sqrt(ops, diagonal, plan.newton_start, FRAC, NEWTON_ITERATIONS)
+    e_features = await _inverse_sqrt(ops, diagonal, plan)
     e = np.concatenate([e_features, ops.fixed([1 / math.sqrt(plan.hessian_start)], FRAC)])
     outer = await ops.trunc(np.outer(e, e) % p, FRAC, 2 * FRAC + 2 * E_BITS + 2, degree2t=True)
     lam_public = ops.fixed(plan.l1, FRAC)
@@ -306,6 +313,26 @@ async def _in_jacobi_units(
     both = np.concatenate([(scaling.outer * hessian).reshape(-1), scaling.e * gradient]) % ops.p
     scaled = await ops.trunc(both, FRAC, 2 * FRAC + 2 * E_BITS + _log_rows(plan) + 3, degree2t=True)
     return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
+
+
+async def _inverse_sqrt(ops: FieldOps, g: ObjectArray, plan: GlmPlan) -> ObjectArray:
+    """e = 1/√g (FRAC) for the first Hessian's diagonal g (d values): Newton y ← y(3 − g·y²)/2 from a
+    banded start (``glm_plan.E_BANDS``), two rounds a step.
+
+    b_k = [g < G_j·2^−k] (k = 1 … E_BANDS, G_j = 1/start_j², one batched comparison) are a prefix of
+    ones, and y₀ = start_j·2^(K′/2) for K′ ones is a local sum of public multiples of the bits;
+    g·y₀² ∈ [1/2, 1), so Newton converges from below (y ≤ 1/√g, as the Jacobi bounds need).
+    """
+    p = ops.p
+    start = np.asarray(plan.newton_start)
+    bands = np.array([[2.0**-k / s**2 for s in start] for k in range(1, E_BANDS + 1)])  # (K, d)
+    bound = math.ceil(math.log2(float(np.max(bands)) + 2)) + FRAC + 2
+    below = await less_than_zero(ops, (g[None, :] - ops.fixed(bands, FRAC)) % p, bound)
+    steps = ops.fixed(
+        [[s * (2.0 ** (k / 2) - 2.0 ** ((k - 1) / 2)) for s in start] for k in range(1, E_BANDS + 1)], FRAC
+    )
+    y = (ops.fixed(start, FRAC) + (below * steps).sum(axis=0)) % p
+    return await newton_inverse_sqrt_from(ops, g, y, FRAC, E_NEWTON_FROM_BANDS)
 
 
 def _model(ops: FieldOps, h_u: ObjectArray, q: ObjectArray, ridge_u: ObjectArray, lam_u: ObjectArray) -> Model:

@@ -88,7 +88,15 @@ async def newton_inverse_sqrt(
     ops: FieldOps, g: ObjectArray, start: npt.ArrayLike, frac: int, iterations: int
 ) -> ObjectArray:
     """e ≈ 1/√g (frac ``frac``) by y ← (3y − g·y·y²)/2 from a public start y₀ ≤ 1/√g (two rounds a step)."""
-    y = ops.fixed(np.asarray(start, dtype=np.float64), frac)
+    return await newton_inverse_sqrt_from(
+        ops, g, ops.fixed(np.asarray(start, dtype=np.float64), frac), frac, iterations
+    )
+
+
+async def newton_inverse_sqrt_from(
+    ops: FieldOps, g: ObjectArray, y: ObjectArray, frac: int, iterations: int
+) -> ObjectArray:
+    """As ``newton_inverse_sqrt`` from a start y₀ ≤ 1/√g given as shares (frac ``frac``)."""
     n = g.size
     for _ in range(iterations):
         both = await ops.mul(np.concatenate([g, y]), np.concatenate([y, y]), frac, 2 * frac + 2 * E_BITS)
