@@ -16,8 +16,9 @@ open c = a + 2^ℓ + r + 2^ℓ·R; with c_i the bits of c mod 2^ℓ,
     g = [Π e_i = 0] (opened, after multiplying by a random ρ: g alone is uniform, s masks it),
     [a < 0] = ((c mod 2^ℓ) − (a + 2^ℓ + r) + ((1 − 2g)s + 3)·2^(ℓ−1)) / 2^ℓ.
 
-Rounds: random bits (1), open c (1), ⌈log₂(ℓ + 2)⌉ − 1 degree reductions of the product
-tree, open the root (1). Requirements: |a| < 2^(ℓ−1), a field of ≥ ℓ + κ + 6 bits, p ≡ 3 (mod 4).
+Rounds: random bits (1, or shared with an earlier round: ``random``), open c (1), ⌈log₂(ℓ + 2)⌉ − 1
+degree reductions of the product tree, open the root (1). Requirements: |a| < 2^(ℓ−1), a field of
+≥ ℓ + κ + 6 bits, p ≡ 3 (mod 4).
 """
 
 from __future__ import annotations
@@ -89,15 +90,26 @@ def _leaf_factors(c_low: ObjectArray, r_bits: ObjectArray, s: ObjectArray, l: in
     return result
 
 
-async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int) -> ObjectArray:
-    """Degree-t 0/1 sharings of [a < 0] for signed |a| < 2^(bits−1) (degree t), elementwise."""
+def comparison_bits(n: int, bits: int) -> int:
+    """How many random bits ``less_than_zero`` uses for n ``bits``-bit values (ℓ + 1 per value)."""
+    return n * (bits + 1)
+
+
+async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int, random: ObjectArray | None = None) -> ObjectArray:
+    """Degree-t 0/1 sharings of [a < 0] for signed |a| < 2^(bits−1) (degree t), elementwise.
+
+    ``random``: the ``comparison_bits`` random bits, if made beforehand (in an earlier round that
+    had to happen anyway); by default they are made here, in a round of their own.
+    """
     if ops.bits < compare_field_bits(ops.kappa, bits):
         raise OverflowError(f"a {ops.bits}-bit field is too small to compare {bits}-bit values")
     p, l = ops.p, bits  # noqa: E741  (ℓ, as in the docstring)
     shape = a.shape
     flat = a.reshape(-1) % p
     n = flat.size
-    random = (await ops.random_bits(n * (l + 1))).reshape(n, l + 1)
+    if random is None:
+        random = await ops.random_bits(comparison_bits(n, l))
+    random = random.reshape(n, l + 1)
     r_bits, s = random[:, :l], (2 * random[:, l] - 1) % p
     weights = np.array([1 << (l - 1 - i) for i in range(l)], dtype=object)
     r = (r_bits * weights).sum(axis=1)

@@ -7,16 +7,19 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
 σ(η) for |η| < 2^(ETA_BITS − 1) (``glm_plan``):
 
 1. b = [η < 0] by ``secure_compare`` on η rounded to 2^−SIGN_FRAC in a small field
-   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate).
-2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/16)].
-3. e^(−u) = E_K, E_0 = Σ_{k ≤ 6} (−t)^k/k! with t = u/2^K (K = 8: |t| ≤ 2), E_{j+1} = E_j²
-   (E_0 in three rounds: t², then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest, one rounding).
-   Error: the Taylor remainder is ≤ t^7/7! relative (7·10^−13 for u ≤ 16, 1·10^−10 for
-   u ≤ 32) and each squaring doubles a relative error, so e^(−u) has relative error
-   ≤ 2^K·(t^7/7! + 2^−F·3) ≈ 2·10^−10 for u ≤ 16; for u > 16 the value is < e^−16 and its
-   absolute error below 10^−14 (the polynomial stays in (0, 1] for t ≤ 2).
+   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate); η's truncation,
+   its move to the small field and the comparison's random bits share one round.
+2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/8)] (SIGN_FRAC = 3).
+3. e^(−u) = E_K, E_0 = Σ_{k ≤ 8} (−t)^k/k! with t = u/2^K (K = 7: −2^−10 ≤ t < 4), E_{j+1} = E_j²
+   (t and t² = η²/2^2K in one round from η, then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest,
+   one rounding).
+   Error: the Taylor remainder is ≤ t^9/9! relative (2·10^−14 for u ≤ 16, 6·10^−13 for
+   u ≤ 23) and each squaring doubles a relative error, so e^(−u) has relative error
+   ≤ 2^K·(t^9/9! + 2^−F·3) ≈ 4·10^−10 for u ≤ 23; for larger u both e^(−u) and the
+   computed value are below 10^−10 (the polynomial stays in (0.08, 1] for t ∈ [0, 4] and
+   below e^−0.18 for t ≥ 0.18).
 4. σ(u) = 1/(1 + v) by Newton x ← x(2 − Dx) from the linear minimax start on
-   D ∈ [1, 1 + e^(1/16)] (relative error 0.064, squared each step: 2.9·10^−10 after 3 steps).
+   D ∈ [1, 1 + e^(1/8)] (relative error 0.070, squared each step: 5.8·10^−10 after 3 steps).
 5. σ(η) = b + (1 − 2b)·σ(u), and σ(η)(1 − σ(η)) = σ(u)(1 − σ(u)).
 
 Absolute error of σ(η): below ≈ 10^−9 (fixed-point rounding of 2^−40 per product
@@ -25,19 +28,21 @@ included); the GLM gradient averages it over the rows.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
 import numpy.typing as npt
 
 from services.lasso.core.glm_plan import ETA_BITS, EXP_DEGREE, EXP_SQUARINGS, RECIPROCAL_STEPS, SIGN_FRAC
-from services.lasso.mpc.secure_compare import less_than_zero, trunc_convert
+from services.lasso.mpc.secure_compare import comparison_bits, less_than_zero, trunc_convert
 from services.lasso.mpc.secure_ops import FieldOps
 
 ObjectArray = npt.NDArray[np.object_]
 
-#: |e^(−u)| and every Taylor power stay below 2^LINK_BITS (t ≤ 2: t^6 ≤ 64).
-LINK_BITS = 8
+#: |e^(−u)|, every Taylor power and the unrounded polynomial stay below 2^(LINK_BITS − 1) (t ≤ 4: t⁴ ≤ 256,
+#: |t⁴·(c₅t + … + c₈t⁴)| < 4,900).
+LINK_BITS = 14
 
 
 def compare_bits(resolution: int = SIGN_FRAC) -> int:
@@ -60,28 +65,36 @@ async def sign_bits(
 ) -> tuple[ObjectArray, ObjectArray]:
     """(η truncated to ``frac`` in ``big``, b = [η < 0] in ``big``) from η·2^frac (or a degree-2t η·2^(2·frac)).
 
-    η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution, moved to the small field (one
-    truncating conversion), compared there (``compare_bits(resolution)`` bits), and the bit
+    η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution and moved to the small field (one
+    truncating conversion, in the same round as the truncation of a degree-2t η and as the
+    comparison's random bits), compared there (``compare_bits(resolution)`` bits), and the bit
     is moved back; a wrong bit only for |η| < 2^−resolution.
     """
     shift = 2 * frac if degree2t else frac
-    bits = ETA_BITS + shift + 1
+    l = compare_bits(resolution)  # noqa: E741  (ℓ, as in secure_compare)
+    moved = trunc_convert(big, small, eta, shift - resolution, ETA_BITS + shift + 1, degree2t=degree2t)
+    random = small.random_bits(comparison_bits(eta.size, l))
     if degree2t:
-        eta = await big.trunc(eta, frac, bits, degree2t=True)
-    coarse = await trunc_convert(big, small, eta, frac - resolution, ETA_BITS + frac + 1)
-    below = await less_than_zero(small, coarse, compare_bits(resolution))
+        eta, coarse, bits = await asyncio.gather(
+            big.trunc(eta, frac, ETA_BITS + shift + 1, degree2t=True), moved, random
+        )
+    else:
+        coarse, bits = await asyncio.gather(moved, random)
+    below = await less_than_zero(small, coarse, l, bits)
     return eta, await small.convert(below, big, 2)
 
 
-async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int) -> ObjectArray:
-    """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 2] (frac ``frac``): Taylor, then K squarings.
+async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int, square: ObjectArray | None = None) -> ObjectArray:
+    """e^(−t·2^K) (frac ``frac``) for t = u/2^K ∈ [−2^−9, 4) (frac ``frac``): Taylor, then K squarings.
 
     The Taylor polynomial (degree 4 … 8) in three rounds: t², then t³ and t⁴, then one product
     t⁴·(c₅t + … ) added to c₀ + … + c₄t⁴ and truncated by 2·frac together (one rounding).
+    ``square``: t² (frac ``frac``) if the caller made it alongside t (``sigmoid``), saving the first.
     """
     one, p, n = 1 << frac, ops.p, t.size
     bits = 2 * frac + LINK_BITS + 2
-    square = await ops.mul(t, t, frac, bits)
+    if square is None:
+        square = await ops.mul(t, t, frac, bits)
     third_fourth = await ops.mul(np.concatenate([t, square]), np.concatenate([square, square]), frac, bits)
     powers = [one, t, square, third_fourth[:n], third_fourth[n:]]
     coefficients = [round(one * (-1) ** k / math.factorial(k)) for k in range(EXP_DEGREE + 1)]
@@ -121,8 +134,13 @@ async def sigmoid(
     p = big.p
     eta, below = await sign_bits(big, small, eta2, frac, degree2t=True)
     flip = (1 - 2 * below) % p  # ±1: u = flip·η ≥ −2^−SIGN_FRAC
-    t = await big.mul(flip, eta, EXP_SQUARINGS, frac + ETA_BITS + 2)  # u/2^K at frac
-    v = await exp_neg(big, t, frac)
+    # t = u/2^K and t² = η²/2^2K (flip² = 1) in one round, both truncated by frac + 2K.
+    k = EXP_SQUARINGS
+    both = await big.mul(
+        np.concatenate([flip << (frac + k), eta]), np.concatenate([eta, eta]), frac + 2 * k, 2 * frac + 2 * ETA_BITS + 2
+    )
+    n = eta.size
+    v = await exp_neg(big, both[:n], frac, square=both[n:])
     sig_u = await reciprocal_one_plus(big, v, frac, 1 + math.exp(2.0**-SIGN_FRAC))
     one = 1 << frac
     cut = 2 * frac - (
@@ -134,7 +152,6 @@ async def sigmoid(
         cut,
         frac + cut + 3,
     )
-    n = eta.size
     prob = (below * one + both[:n]) % p
     return prob, both[n:], below
 

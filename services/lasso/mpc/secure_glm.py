@@ -13,11 +13,12 @@ gram        Public normalisation x̂ = (x − mid)/h (one truncation of every en
             secret feature means μ̂ and the centred rows x̃ = [x̂ − μ̂, 1]; balanced class
             weights c_i = m/(2·m_{y_i}) by a secure reciprocal of the class share.
 iterations  Outer iteration 0 at v = 0 (p = ½, s = ¼, no link function): gradient and
-            Hessian from the rows, the fixed Jacobi scaling e = 1/√G¹_jj (Newton), the
-            scaled rows X̃e = X̃·diag(e), and the first model. Every later iteration:
-            η = X̃e·u (one local product), σ(η) and σ(1 − σ) (``secure_functions``), the
-            gradient and Hessian in u (local products, one truncation of every
-            weighted row), the model, and its warm-started solve (``secure_qp``).
+            Hessian from the rows, the fixed Jacobi scaling e = 1/√G¹_jj (Newton) and
+            e·eᵀ, and the first model. Every later iteration: v = e∘u (one truncation of
+            d + 1 values) and η = X̃·v (one local product; the m × d rows are never
+            scaled), σ(η) and σ(1 − σ) (``secure_functions``), the gradient and Hessian
+            (local products, one degree reduction of every weighted row), scaled to u's
+            units on the sums, the model, and its warm-started solve (``secure_qp``).
             From the fourth iteration on, the stopping rule (``_small_step``) opens one
             bit: whether the Newton step was below ``glm_plan.STEP_TOLERANCE``.
 reveal      ŵ = e∘u (opened unrounded: exact zeros) and b̂ = b̃ − ŵᵀμ̂, and the metrics,
@@ -39,12 +40,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.lasso.core.glm_plan import ETA_BITS, NEWTON_ITERATIONS, STEP_TOLERANCE, GlmPlan, make_glm_plan
+from services.lasso.core.glm_plan import (
+    E_BANDS,
+    E_NEWTON_FROM_BANDS,
+    ETA_BITS,
+    STEP_TOLERANCE,
+    GlmPlan,
+    make_glm_plan,
+)
 from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.runtime import run_fit
-from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, trunc_convert
-from services.lasso.mpc.secure_functions import compare_bits, reciprocal_unit, sigmoid, sign_bits
+from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, less_than_zero, trunc_convert
+from services.lasso.mpc.secure_functions import LINK_BITS, compare_bits, reciprocal_unit, sigmoid, sign_bits
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
 from services.lasso.mpc.secure_ops import FieldOps
@@ -56,7 +64,7 @@ from services.lasso.mpc.secure_qp import (
     admm,
     admm_field_bits,
     clamp_thresholds,
-    newton_inverse_sqrt,
+    newton_inverse_sqrt_from,
     polish_and_select,
     qp_field_bits,
     solve,
@@ -70,9 +78,12 @@ ProgressCallback = Callable[[str, int, int], None]
 
 FRAC = 40  # fractional bits of every value in F_g
 #: Fractional bits of the Hessian weights w: the Hessian only sets the speed of convergence (the
-#: gradient, at FRAC, sets the fixed point), and w·x̃e·x̃e summed at 2·FRAC + W_FRAC keeps F_g under 192 bits.
+#: gradient, at FRAC, sets the fixed point), and w·x̃·x̃ summed at 2·FRAC + W_FRAC keeps F_g under 192 bits.
 W_FRAC = 20
-FRAC_W = 32  # fractional bits in F_w (ADMM), as the lasso's
+#: Fractional bits in F_w (ADMM); the lasso's is 32. ADMM only finds the support and the next iterate
+#: (the polished steps, in F_g at FRAC, set the accuracy), and at 20 the soft threshold compares
+#: 30-bit values (ℓ + 2 ≤ 32 leaves), so an ADMM iteration takes 6 rounds instead of 7.
+FRAC_W = 20
 #: The SVM decides which rows are active (1 − ỹη > 0) on the margin rounded to 2^−MARGIN_FRAC: a
 #: row within 2^−12 of the margin may count either way, changing its gradient term by less than
 #: 2·2^−12·|x̃| (the accuracy goal of the SVM is 1e-3 relative; measured ~1e-11 on the test data).
@@ -83,7 +94,8 @@ FRAC_TABLE = 32  # the join's encoding: x′ = round(x·2^32) + 2^63
 ENCODING_OFFSET = 1 << 63
 #: x̂·2^FRAC = (x′ − offset)·C_j / 2^NORMALISE_SHIFT with C_j = round(2^(FRAC + SHIFT − 32)/h_j).
 NORMALISE_SHIFT = 64
-#: |x̃e| < 2^(X_BITS − 1): centred rows in Jacobi units (x̃ ∈ [−2, 2], e < 2^(E_BITS − 1)... see field bits).
+#: |x̃·e| < 2^(X_BITS − 1) (x̃ ∈ [−2, 2], e < 2^(E_BITS − 1)): sizes the row sums and η in F_g. The rows are no
+#: longer scaled (|x̃| ≤ 2), so this over-states them by a few bits of F_g, kept as a margin.
 X_BITS = E_BITS + 2
 OWNERS = [0, 1]
 
@@ -116,7 +128,9 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     eta = 2 * f + X_BITS + 9 + math.ceil(math.log2(d1)) + 2  # |x̃e_j·u_j| < 2^(X_BITS + 8)
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
-    widest = max(normalise, scaled_sums, eta, reveal, reciprocal)
+    jacobi = 2 * f + 2 * E_BITS + lm + 3  # _in_jacobi_units
+    link = 3 * f + LINK_BITS + 2  # the exponential's Taylor polynomial, rounded once from frac 3F
+    widest = max(normalise, scaled_sums, eta, reveal, reciprocal, jacobi, link)
     return max(
         widest + kappa + 3, qp_field_bits(kappa, f, d1, plan.ns_solve_iterations), metric_field_bits(kappa, f, lm)
     )
@@ -203,10 +217,14 @@ async def _class_weights(ops: FieldOps, y: ObjectArray, share_pos: ObjectArray, 
 
 @dataclass(frozen=True)
 class Scaling:
-    """The fixed Jacobi scaling: e (d+1, FRAC; e_b public), X̃e, and the constant parts of every model."""
+    """The fixed Jacobi scaling: e (d+1, FRAC; e_b public), e·eᵀ, and the constant parts of every model.
+
+    The rows are never scaled (m·d products): η = X̃·(e∘u) and H_u = (e·eᵀ)∘H, g_u = e∘g are
+    scaled on the (d+1)² sums instead (``_in_jacobi_units``).
+    """
 
     e: ObjectArray
-    xe: ObjectArray
+    outer: ObjectArray  # e·eᵀ ((d+1) × (d+1), FRAC)
     ridge: ObjectArray  # γ∘e² (d+1,), 0 for the intercept
     lam: ObjectArray  # clamped λ∘e (d+1,), 0 for the intercept
 
@@ -217,7 +235,8 @@ async def _sums(
     """(g, H) = (X̃ᵀr/m, X̃ᵀdiag(w)X̃/m) at FRAC; ``weight`` None means w = ¼ (public).
 
     w∘X̃ is reshared without truncation (frac 2F: a degree reduction costs a third of a
-    truncation), the local products X̃ᵀ(w∘X̃) and X̃ᵀr are exact limb products
+    truncation), except its last column: X̃'s intercept column is the public 2^F, so w·2^F is
+    already of degree t. The local products X̃ᵀ(w∘X̃) and X̃ᵀr are exact limb products
     (``limbs.cross_product``) at frac 3F and 2F, and two truncations of the (d+1)² + d + 1
     sums give frac F and the division by m.
     """
@@ -228,7 +247,8 @@ async def _sums(
         k = round(math.log2(plan.hessian_start))
         weighted, down = (x << (W_FRAC + max(k, 0))) % p, max(-k, 0)
     else:  # w at W_FRAC
-        weighted = await ops.mul_exact(x, weight[:, None])
+        features = await ops.mul_exact(x[:, :-1], weight[:, None])
+        weighted = np.concatenate([features, (weight[:, None] << FRAC) % p], axis=1)
     sums = cross_product(x, np.concatenate([weighted, (residual[:, None] << W_FRAC) % p], axis=1), ops.bits)
     hessian, gradient = sums[:, :d1], sums[:, d1]  # frac 2F + W_FRAC, degree 2t
     lm = _log_rows(plan)
@@ -257,7 +277,7 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     gradient, hessian = await _sums(ops, rows.x, residual, weight, plan)
     ridge = ops.fixed(plan.ridge, FRAC)
     diagonal = (np.diag(hessian)[:d] + ridge[:d]) % p
-    e_features = await newton_inverse_sqrt(ops, diagonal, plan.newton_start, FRAC, NEWTON_ITERATIONS)
+    e_features = await _inverse_sqrt(ops, diagonal, plan)
     e = np.concatenate([e_features, ops.fixed([1 / math.sqrt(plan.hessian_start)], FRAC)])
     outer = await ops.trunc(np.outer(e, e) % p, FRAC, 2 * FRAC + 2 * E_BITS + 2, degree2t=True)
     lam_public = ops.fixed(plan.l1, FRAC)
@@ -273,10 +293,46 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     lam_u = second[k + d + 1 : k + 2 * (d + 1)]
     ridge_u = second[k + 2 * (d + 1) :]
     lam_u = await clamp_thresholds(ops, lam_u, FRAC, FRAC + E_BITS + math.ceil(math.log2(max(plan.l1) + 2)) + 3)
-    xe_features = await ops.mul(rows.x[:, :d], e_features[None, :], FRAC, 2 * FRAC + E_BITS + 3)
-    xe = np.concatenate([xe_features, np.full((plan.n_rows, 1), e[d], dtype=object)], axis=1)
     model = _model(ops, h_u, (-g_u) % p, ridge_u, lam_u)
-    return Scaling(e, xe, ridge_u, lam_u), model
+    return Scaling(e, outer, ridge_u, lam_u), model
+
+
+async def _coefficients(ops: FieldOps, scaling: Scaling, u: ObjectArray) -> ObjectArray:
+    """v = e∘u (FRAC): the model in the normalised coordinates, for η = X̃·v. One round (d + 1 values)."""
+    return await ops.trunc((scaling.e * u) % ops.p, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
+
+
+async def _in_jacobi_units(
+    ops: FieldOps, scaling: Scaling, gradient: ObjectArray, hessian: ObjectArray, plan: GlmPlan
+) -> tuple[ObjectArray, ObjectArray]:
+    """(g_u, H_u) = (e∘g, (e·eᵀ)∘H) at FRAC: one truncation of the (d+1)² + d + 1 products.
+
+    Bound: |g_j|, |H_jk| < 2^(lm + 1) (|x̃| ≤ 2, weights ≤ m/2) and e_j < 2^(E_BITS − 1).
+    """
+    d1 = gradient.size
+    both = np.concatenate([(scaling.outer * hessian).reshape(-1), scaling.e * gradient]) % ops.p
+    scaled = await ops.trunc(both, FRAC, 2 * FRAC + 2 * E_BITS + _log_rows(plan) + 3, degree2t=True)
+    return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
+
+
+async def _inverse_sqrt(ops: FieldOps, g: ObjectArray, plan: GlmPlan) -> ObjectArray:
+    """e = 1/√g (FRAC) for the first Hessian's diagonal g (d values): Newton y ← y(3 − g·y²)/2 from a
+    banded start (``glm_plan.E_BANDS``), two rounds a step.
+
+    b_k = [g < G_j·2^−k] (k = 1 … E_BANDS, G_j = 1/start_j², one batched comparison) are a prefix of
+    ones, and y₀ = start_j·2^(K′/2) for K′ ones is a local sum of public multiples of the bits;
+    g·y₀² ∈ [1/2, 1), so Newton converges from below (y ≤ 1/√g, as the Jacobi bounds need).
+    """
+    p = ops.p
+    start = np.asarray(plan.newton_start)
+    bands = np.array([[2.0**-k / s**2 for s in start] for k in range(1, E_BANDS + 1)])  # (K, d)
+    bound = math.ceil(math.log2(float(np.max(bands)) + 2)) + FRAC + 2
+    below = await less_than_zero(ops, (g[None, :] - ops.fixed(bands, FRAC)) % p, bound)
+    steps = ops.fixed(
+        [[s * (2.0 ** (k / 2) - 2.0 ** ((k - 1) / 2)) for s in start] for k in range(1, E_BANDS + 1)], FRAC
+    )
+    y = (ops.fixed(start, FRAC) + (below * steps).sum(axis=0)) % p
+    return await newton_inverse_sqrt_from(ops, g, y, FRAC, E_NEWTON_FROM_BANDS)
 
 
 def _model(ops: FieldOps, h_u: ObjectArray, q: ObjectArray, ridge_u: ObjectArray, lam_u: ObjectArray) -> Model:
@@ -299,13 +355,15 @@ async def _svm_link(fields: Fields, rows: Rows, eta2: ObjectArray) -> tuple[Obje
 
 
 async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
-    """The quadratic model at u: the link at η = X̃e·u, then g_u, H_u and q = H_u·u − g_u."""
+    """The quadratic model at u: the link at η = X̃·(e∘u), then g_u, H_u and q = H_u·u − g_u."""
     ops = fields.big
     p = ops.p
-    eta2 = np.matmul(scaling.xe, u) % p  # degree 2t, frac 2·FRAC
+    eta2 = np.matmul(rows.x, await _coefficients(ops, scaling, u)) % p  # degree 2t, frac 2·FRAC
     if plan.kind is ModelKind.SVM:
         residual, weight = await _svm_link(fields, rows, eta2)
-        gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
+        gradient, hessian = await _in_jacobi_units(
+            ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan
+        )
         hu = await ops.trunc(
             (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
             FRAC,
@@ -324,7 +382,7 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
             2 * FRAC + _log_rows(plan) + 2,
         )
         residual, weight = both[:n], both[n:]
-    gradient, hessian = await _sums(ops, scaling.xe, residual, weight, plan)
+    gradient, hessian = await _in_jacobi_units(ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan)
     hu = await ops.trunc(
         (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
         FRAC,
@@ -399,10 +457,11 @@ async def secure_fit_glm(
             break
 
     progress.report("reveal", 0, 1)
+    v = await _coefficients(big, scaling, u)
     metric_values = await classification_metrics(
-        big, rows.x.shape[0], np.matmul(scaling.xe, u) % big.p, rows.labels, rows.positives, spec.metrics, FRAC
+        big, rows.x.shape[0], np.matmul(rows.x, v) % big.p, rows.labels, rows.positives, spec.metrics, FRAC
     )
-    opened = await _reveal(big, scaling, rows, u, plan, metric_values)
+    opened = await _reveal(big, scaling, rows, u, v, plan, metric_values)
     progress.report("reveal", 1, 1)
     if opened is None:
         return None
@@ -422,13 +481,19 @@ async def _small_step(ops: FieldOps, u: ObjectArray, before: ObjectArray) -> boo
 
 
 async def _reveal(
-    ops: FieldOps, scaling: Scaling, rows: Rows, u: ObjectArray, plan: GlmPlan, metric_values: ObjectArray
+    ops: FieldOps,
+    scaling: Scaling,
+    rows: Rows,
+    u: ObjectArray,
+    v: ObjectArray,
+    plan: GlmPlan,
+    metric_values: ObjectArray,
 ) -> ObjectArray | None:
-    """Open [e∘u (frac 2F), b̂ (frac 2F), metrics (frac F)] to the owners."""
+    """Open [e∘u (frac 2F), b̂ (frac 2F), metrics (frac F)] to the owners (v = e∘u rounded, ``_coefficients``)."""
     p, d = ops.p, plan.d
     one = 1 << FRAC
     exact_w = (scaling.e[:d] * u[:d]) % p  # degree 2t, frac 2F
-    w_hat = await ops.trunc(exact_w, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
+    w_hat = v[:d]
     b_tilde = (scaling.e[d] * u[d]) % p  # e_b public: degree t, frac 2F
     b_hat = (b_tilde - np.dot(w_hat, rows.mean)) % p
     return await ops.output_product(np.concatenate([exact_w, [b_hat], metric_values * one]) % p, OWNERS)
