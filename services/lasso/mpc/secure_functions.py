@@ -7,8 +7,10 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
 σ(η) for |η| < 2^(ETA_BITS − 1) (``glm_plan``):
 
 1. b = [η < 0] by ``secure_compare`` on η rounded to 2^−SIGN_FRAC in a small field
-   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate); η's truncation,
-   its move to the small field and the comparison's random bits share one round.
+   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate); η's truncation
+   and its move to the small field share one round. The comparison's random bits come from the
+   pairwise PRSS keys (``FieldOps.pair_bits``: two rounds, started a round earlier by the caller,
+   no square roots), or by default from ``FieldOps.random_bits`` in the conversion's round.
 2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/8)] (SIGN_FRAC = 3).
 3. e^(−u) = E_K, E_0 = Σ_{k ≤ 8} (−t)^k/k! with t = u/2^K (K = 7: −2^−10 ≤ t < 4), E_{j+1} = E_j²
    (t and t² = η²/2^2K in one round from η, then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest,
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -60,20 +63,36 @@ def reciprocal_start(low: float, high: float) -> tuple[float, float]:
     return c2 * (low + high), c2
 
 
+def start_sign_random(small: FieldOps, n: int, resolution: int = SIGN_FRAC) -> Any:
+    """The random bits of ``sign_bits`` for n values, started now (``FieldOps.pair_bits``: two rounds, no
+    opening and no square roots). Started at least one round before ``sign_bits``, they add no round."""
+    return small.pair_bits(comparison_bits(n, compare_bits(resolution)))
+
+
 async def sign_bits(
-    big: FieldOps, small: FieldOps, eta: ObjectArray, frac: int, *, degree2t: bool = False, resolution: int = SIGN_FRAC
+    big: FieldOps,
+    small: FieldOps,
+    eta: ObjectArray,
+    frac: int,
+    *,
+    degree2t: bool = False,
+    resolution: int = SIGN_FRAC,
+    random: Any = None,
 ) -> tuple[ObjectArray, ObjectArray]:
     """(η truncated to ``frac`` in ``big``, b = [η < 0] in ``big``) from η·2^frac (or a degree-2t η·2^(2·frac)).
 
     η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution and moved to the small field (one
     truncating conversion, in the same round as the truncation of a degree-2t η and as the
     comparison's random bits), compared there (``compare_bits(resolution)`` bits), and the bit
-    is moved back; a wrong bit only for |η| < 2^−resolution.
+    is moved back; a wrong bit only for |η| < 2^−resolution. ``random``: the bits from
+    ``start_sign_random`` (started a round earlier); by default ``FieldOps.random_bits`` (one round,
+    shared with the conversion, but a square root per bit).
     """
     shift = 2 * frac if degree2t else frac
     l = compare_bits(resolution)  # noqa: E741  (ℓ, as in secure_compare)
     moved = trunc_convert(big, small, eta, shift - resolution, ETA_BITS + shift + 1, degree2t=degree2t)
-    random = small.random_bits(comparison_bits(eta.size, l))
+    if random is None:
+        random = small.random_bits(comparison_bits(eta.size, l))
     if degree2t:
         eta, coarse, bits = await asyncio.gather(
             big.trunc(eta, frac, ETA_BITS + shift + 1, degree2t=True), moved, random
@@ -127,12 +146,17 @@ async def reciprocal_one_plus(ops: FieldOps, v: ObjectArray, frac: int, high: fl
 
 
 async def sigmoid(
-    big: FieldOps, small: FieldOps, eta2: ObjectArray, frac: int, weight_frac: int | None = None
+    big: FieldOps,
+    small: FieldOps,
+    eta2: ObjectArray,
+    frac: int,
+    weight_frac: int | None = None,
+    random: Any = None,
 ) -> tuple[ObjectArray, ObjectArray, ObjectArray]:
     """(σ(η) at ``frac``, σ(η)(1 − σ(η)) at ``weight_frac`` (default ``frac``), [η < 0]) for a
-    degree-2t η·2^(2·frac) (the local product X̃·v)."""
+    degree-2t η·2^(2·frac) (the local product X̃·v); ``random`` as ``sign_bits``'s."""
     p = big.p
-    eta, below = await sign_bits(big, small, eta2, frac, degree2t=True)
+    eta, below = await sign_bits(big, small, eta2, frac, degree2t=True, random=random)
     flip = (1 - 2 * below) % p  # ±1: u = flip·η ≥ −2^−SIGN_FRAC
     # t = u/2^K and t² = η²/2^2K (flip² = 1) in one round, both truncated by frac + 2K.
     k = EXP_SQUARINGS

@@ -52,7 +52,14 @@ from services.lasso.core.limbs import cross_product
 from services.lasso.core.params import ModelKind, RegressionResult, RegressionSpec
 from services.lasso.mpc.runtime import run_fit
 from services.lasso.mpc.secure_compare import all_zero, compare_field_bits, less_than_zero, trunc_convert
-from services.lasso.mpc.secure_functions import LINK_BITS, compare_bits, reciprocal_unit, sigmoid, sign_bits
+from services.lasso.mpc.secure_functions import (
+    LINK_BITS,
+    compare_bits,
+    reciprocal_unit,
+    sigmoid,
+    sign_bits,
+    start_sign_random,
+)
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics, metric_field_bits
 from services.lasso.mpc.secure_ops import FieldOps
@@ -346,9 +353,10 @@ async def _svm_link(fields: Fields, rows: Rows, eta2: ObjectArray) -> tuple[Obje
     """Squared hinge at η: a = [1 − ỹη > 0], r = 2a(η − ỹ) (= −2ỹ·a·(1 − ỹη) as ỹ² = 1), w = 2a."""
     big = fields.big
     p, one = big.p, 1 << FRAC
+    random = start_sign_random(fields.fine, eta2.size, MARGIN_FRAC)
     eta = await big.trunc(eta2, FRAC, 2 * FRAC + ETA_BITS + 1, degree2t=True)
     margin = (one - await big.mul(rows.y, eta, FRAC, 2 * FRAC + ETA_BITS + 2)) % p
-    _, below = await sign_bits(big, fields.fine, margin, FRAC, resolution=MARGIN_FRAC)
+    _, below = await sign_bits(big, fields.fine, margin, FRAC, resolution=MARGIN_FRAC, random=random)
     active = (1 - below) % p
     residual = await big.mul_exact(active, (2 * (eta - rows.y)) % p)
     return residual, (2 * active << W_FRAC) % p
@@ -358,6 +366,8 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
     """The quadratic model at u: the link at η = X̃·(e∘u), then g_u, H_u and q = H_u·u − g_u."""
     ops = fields.big
     p = ops.p
+    # The sign comparison's random bits take two rounds: the first overlaps v = e∘u's truncation.
+    random = None if plan.kind is ModelKind.SVM else start_sign_random(fields.small, rows.x.shape[0])
     eta2 = np.matmul(rows.x, await _coefficients(ops, scaling, u)) % p  # degree 2t, frac 2·FRAC
     if plan.kind is ModelKind.SVM:
         residual, weight = await _svm_link(fields, rows, eta2)
@@ -371,7 +381,7 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
             degree2t=True,
         )
         return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
-    prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC, W_FRAC)
+    prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC, W_FRAC, random)
     residual = (prob - rows.y) % p
     if rows.weights is not None:
         n = residual.size

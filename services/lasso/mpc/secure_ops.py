@@ -24,6 +24,10 @@ communication round per call:
   (the same PRSS mask is shared in both fields; as MPyC's ``convert``).
 * ``less_than_zero`` — MPyC's ``np_sgn(..., LT=True)`` (bitwise comparison with
   statistical masking, Toft's variant).
+* ``random_bits`` — MPyC's square-root method (one round, one opening and one
+  modular square root per bit); ``pair_bits`` — for three parties, the XOR of the
+  three pairwise PRSS bits (two rounds, three field elements sent per bit, no
+  square root: ~2.3× less CPU; used by the GLMs' sign comparisons).
 
 Every bound is checked against the field size: for an ℓ-bit value the opened
 c < 2^(ℓ+κ+2) must stay below p.
@@ -100,6 +104,7 @@ class FieldOps:
         # MPyC coroutines: each call gets its own program counter (message labels).
         self._output = asyncoro.mpc_coro(self._output_task)
         self._reshare = asyncoro.mpc_coro(self._reshare_task)
+        self._pair_bits = asyncoro.mpc_coro(self._pair_bits_task)
         self._recombination: dict[tuple[int, ...], list[int]] = {}
 
     # ---- helpers -------------------------------------------------------------------------
@@ -344,6 +349,63 @@ class FieldOps:
         roots = gmpy2.powmod_base_list([int(v) for v in squares], (3 * p - 5) >> 2, p)
         signs = r * np.array([int(v) for v in roots], dtype=object) % p
         return (signs + 1) * ((p + 1) >> 1) % p
+
+    def pair_bits(self, n: int) -> Any:
+        """Degree-t sharings of n uniform random bits in two rounds without an opening (three parties,
+        t = 1; otherwise ``random_bits``). Returns an awaitable that is already running, so the caller
+        can start it a round before it needs the bits.
+
+        Each pair of parties {i, j} shares a PRSS key, hence pseudorandom bits b_ij; the bit is
+        r = b₀₁ ⊕ b₀₂ ⊕ b₁₂, and any single party misses one of the three. Party 0 deals
+        s = (−1)^(b₀₁ ⊕ b₀₂) as g(x) = s + γx with party 1's share g(x₁) pseudorandom from k₀₁ (so only
+        party 2's share is sent, round 1). Parties 1 and 2 know σ = (−1)^b₁₂ and form h = σ·g + ζx
+        (ζ from k₁₂: a fresh line through (0, sσ) = (0, (−1)^r)); party 0's share h(x₀) = σ·(λ₁g(x₁) +
+        λ₂g(x₂)) + ζx₀ reaches it as two messages masked by ±m (m from k₁₂), so each alone, and their
+        sum (masked by ζx₀), is uniform to it (round 2). Then r = (1 − h)/2. Semi-honest security
+        against one party, as PRSS; no square roots (``random_bits`` opens r² and takes one per bit).
+        """
+        if self.parties != 3 or self.t != 1:
+            return asyncio.ensure_future(self.random_bits(n))
+        ucis = [self.mpc._prss_uci() for _ in range(4)]  # bits, g(x₁), ζ, m: the same on every party
+        return self._pair_bits(n, ucis)
+
+    async def _pair_bits_task(self, n, ucis):  # type: ignore[no-untyped-def]
+        await self.mpc.returnType(asyncio.Future)
+        return await self._pair_bits_shares(n, ucis)
+
+    async def _pair_bits_shares(self, n: int, ucis: list[bytes]) -> ObjectArray:
+        mpc, p, pid = self.mpc, self.p, self.mpc.pid
+        keys = mpc._prss_keys
+        wide = self.bits + 64
+        u_bits, u_g, u_zeta, u_m = ucis
+        inverse_two = (p + 1) >> 1
+        x0, x1, x2 = 1, 2, 3  # evaluation points of parties 0, 1, 2; g(x₀) = 2g(x₁) − g(x₂)
+        if pid == 0:
+            a = prf_words(keys[(0, 1)], u_bits, n, 1) ^ prf_words(keys[(0, 2)], u_bits, n, 1)
+            s = 1 - 2 * a  # ±1
+            g1 = prf_words(keys[(0, 1)], u_g, n, wide) % p
+            slope = (g1 - s) * pow(x1, -1, p) % p
+            mpc._send_message(2, wire.encode_ints((s + slope * x2) % p, self.width))
+            await asyncio.sleep(0)
+            u1, u2 = await mpc.gather([mpc._receive_message(1), mpc._receive_message(2)])
+            h = (self._decode(1, u1, n) + self._decode(2, u2, n)) % p
+        else:
+            sigma = 1 - 2 * prf_words(keys[(1, 2)], u_bits, n, 1)  # ±1
+            zeta = prf_words(keys[(1, 2)], u_zeta, n, wide) % p
+            m = prf_words(keys[(1, 2)], u_m, n, wide) % p
+            if pid == 1:
+                g = prf_words(keys[(0, 1)], u_g, n, wide) % p
+                message = (2 * sigma * g + m) % p  # λ₁ = 2
+                x = x1
+            else:
+                (dealt,) = await mpc.gather([mpc._receive_message(0)])  # bytes, or a future if not yet here
+                g = self._decode(0, dealt, n)
+                message = (zeta * x0 - sigma * g - m) % p  # λ₂ = −1
+                x = x2
+            mpc._send_message(0, wire.encode_ints(message, self.width))
+            h = (sigma * g + zeta * x) % p
+        bits: ObjectArray = (1 - h) * inverse_two % p
+        return bits
 
     async def less_than_zero(self, x: ObjectArray, bits: int) -> ObjectArray:
         """0/1 sharings of [x < 0] for signed |x| < 2^(bits−1) (MPyC's secure comparison)."""
