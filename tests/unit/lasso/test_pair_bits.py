@@ -1,4 +1,5 @@
-"""``FieldOps.pair_bits`` (random bits from the pairwise PRSS keys) with three real party processes."""
+"""``FieldOps.pair_bits`` (random bits from the pairwise PRSS keys) and the three-party PRSS zero sharing,
+with three real party processes."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ async def main():
     bits = await ops.pair_bits(4000)
     from_two = await ops._open(bits, 1)  # t + 1 shares
     from_three = await ops._open(bits, 2)  # all three: equal only if the shares lie on one line
+    squares = await ops.output_product(bits * bits, [0, 1, 2])  # degree 2, re-randomised by _prss_zero
     await mpc.shutdown()
-    return [int(v) for v in from_two], bool(np.array_equal(from_two, from_three))
+    same = np.array_equal(from_two, from_three) and np.array_equal(squares, from_two)
+    return [int(v) for v in from_two], bool(same)
 
 print(json.dumps(mpc.run(main())))
 """
@@ -41,6 +44,6 @@ def test_pair_bits_are_consistent_uniform_bits() -> None:
     results = [json.loads(proc.communicate(timeout=120)[0].strip().splitlines()[-1]) for proc in procs]
     bits = results[0][0]
     assert all(r[0] == bits for r in results)  # every party opens the same bits
-    assert all(r[1] for r in results)  # degree-1 sharings
+    assert all(r[1] for r in results)  # degree-1 sharings; b² opened from a degree-2 product is b
     assert set(bits) == {0, 1}
     assert 0.45 < sum(bits) / len(bits) < 0.55  # 4,000 uniform bits: 6 standard deviations
