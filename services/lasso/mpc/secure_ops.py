@@ -227,7 +227,7 @@ class FieldOps:
 
     def _f_s(self, subset: tuple[int, ...]) -> int:
         """f_S(i): the degree-t polynomial with f_S(0) = 1 and f_S(j) = 0 outside S, at this party."""
-        return int(self._thresha._f_S_i(self.field, self.parties, self.mpc.pid, subset))
+        return self._least(int(self._thresha._f_S_i(self.field, self.parties, self.mpc.pid, subset)))
 
     def _field_array(self, values: ObjectArray) -> Any:
         """Wrap reduced values as an MPyC field array without its constructor's copy and checks."""
@@ -247,8 +247,15 @@ class FieldOps:
     def _vector(self, xs: tuple[int, ...]) -> list[int]:
         """Lagrange coefficients for reconstructing f(0) from f at the points ``xs``."""
         if xs not in self._recombination:
-            self._recombination[xs] = self._thresha._recombination_vector(self.field, xs, 0)
+            vector = self._thresha._recombination_vector(self.field, xs, 0)
+            self._recombination[xs] = [self._least(int(v)) for v in vector]
         return self._recombination[xs]
+
+    def _least(self, v: int) -> int:
+        """v mod p as its representative of least absolute value: the Lagrange coefficients of few parties
+        are small integers (3, −3, 1 for three points), and a product by one is cheaper than by p − 3."""
+        v %= self.p
+        return v - self.p if v > self.p >> 1 else v
 
     async def _output_task(self, values, threshold, receivers):  # type: ignore[no-untyped-def]
         # No annotations: MPyC's mpc_coro takes the first await as the placeholder's type.
