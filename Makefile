@@ -88,6 +88,7 @@ MYPY_STRICT := services/join/core services/lasso/core services/lasso/mpc service
 lint: venv
 	$(BIN)/lint-imports
 	$(BIN)/ruff check services riskmesh tests clients/python
+	$(BIN)/ruff format --check services riskmesh tests clients/python
 	$(BIN)/mypy $(MYPY_STRICT)
 	$(BIN)/buf lint
 	$(BIN)/python -m services.tools.protogen --check

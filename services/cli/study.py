@@ -104,7 +104,6 @@ def print_study(study: gateway_pb2.Study) -> None:
         console.print(told)
 
 
-
 def kind_name(kind: int) -> str:
     return common_pb2.ModelKind.Name(kind).removeprefix("MODEL_KIND_").lower()
 
