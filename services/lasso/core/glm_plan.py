@@ -95,11 +95,12 @@ ETA_BITS = 10
 #: than 6 (t⁴ times one linear combination of t … t⁴), and one squaring fewer is one truncation of m values.
 EXP_SQUARINGS = 7
 EXP_DEGREE = 8  # 4 … 8 (secure_functions.exp_neg)
-#: Fractional bits of η in the sign comparison: a wrong sign only for |η| < 2^−SIGN_FRAC. At 3 the
+#: Fractional bits of η in the sign comparison: a wrong sign only for |η| < 2^(1−SIGN_FRAC) (the three-party
+#: truncation is off by −1 … +2 units). At 3 the
 #: comparison has ℓ = 14 bits, so its product tree of ℓ + 2 leaves is one level (one round) shorter
-#: than at 4, with one random bit fewer per row; the reciprocal's start error grows from 0.064 to 0.070.
+#: than at 4, with one random bit fewer per row; the reciprocal's start error grows from 0.070 to 0.083.
 SIGN_FRAC = 3
-#: Newton steps for 1/(1 + v), v ∈ (0, e^(1/8)], from the linear minimax start.
+#: Newton steps for 1/(1 + v), v ∈ (0, e^(1/4)), from the linear minimax start (relative error 2.2e-9).
 RECIPROCAL_STEPS = 3
 
 

@@ -7,11 +7,12 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
 σ(η) for |η| < 2^(ETA_BITS − 1) (``glm_plan``):
 
 1. b = [η < 0] by ``secure_compare`` on η rounded to 2^−SIGN_FRAC in a small field
-   (a wrong b only for |η| < 2^−SIGN_FRAC, which the next steps tolerate); η's truncation
+   (a wrong b only for |η| < 2^(1−SIGN_FRAC): the three-party truncation is off by −1 … +2 grid
+   units, ``secure_compare.trunc_convert``; the next steps tolerate it); η's truncation
    and its move to the small field share one round. The comparison's random bits come from the
    pairwise PRSS keys (``FieldOps.pair_bits``: two rounds, started a round earlier by the caller,
    no square roots), or by default from ``FieldOps.random_bits`` in the conversion's round.
-2. u = (1 − 2b)·η ≥ −2^−SIGN_FRAC, so v = e^(−u) ∈ (0, e^(1/8)] (SIGN_FRAC = 3).
+2. u = (1 − 2b)·η > −2^(1−SIGN_FRAC), so v = e^(−u) ∈ (0, e^(1/4)) (SIGN_FRAC = 3).
 3. e^(−u) = E_K, E_0 = Σ_{k ≤ 8} (−t)^k/k! with t = u/2^K (K = 7: −2^−10 ≤ t < 4), E_{j+1} = E_j²
    (t and t² = η²/2^2K in one round from η, then t³ and t⁴, then t⁴·(c₅t + c₆t²) plus the rest,
    one rounding).
@@ -21,10 +22,10 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
    computed value are below 10^−10 (the polynomial stays in (0.08, 1] for t ∈ [0, 4] and
    below e^−0.18 for t ≥ 0.18).
 4. σ(u) = 1/(1 + v) by Newton x ← x(2 − Dx) from the linear minimax start on
-   D ∈ [1, 1 + e^(1/8)] (relative error 0.070, squared each step: 5.8·10^−10 after 3 steps).
+   D ∈ [1, 1 + e^(1/4)] (relative error 0.083, squared each step: 2.2·10^−9 after 3 steps).
 5. σ(η) = b + (1 − 2b)·σ(u), and σ(η)(1 − σ(η)) = σ(u)(1 − σ(u)).
 
-Absolute error of σ(η): below ≈ 10^−9 (fixed-point rounding of 2^−40 per product
+Absolute error of σ(η): below ≈ 2.3·10^−9 (fixed-point rounding of 2^−40 per product
 included); the GLM gradient averages it over the rows.
 """
 
@@ -84,9 +85,9 @@ async def sign_bits(
     η (|η| < 2^(ETA_BITS−1)) is rounded to 2^−resolution and moved to the small field (one
     truncating conversion, in the same round as the truncation of a degree-2t η and as the
     comparison's random bits), compared there (``compare_bits(resolution)`` bits), and the bit
-    is moved back; a wrong bit only for |η| < 2^−resolution. ``random``: the bits from
-    ``start_sign_random`` (started a round earlier); by default ``FieldOps.random_bits`` (one round,
-    shared with the conversion, but a square root per bit).
+    is moved back; a wrong bit only for |η| < 2^(1−resolution) (the truncation's −1 … +2 units).
+    ``random``: the bits from ``start_sign_random`` (started a round earlier); by default
+    ``FieldOps.random_bits`` (one round, shared with the conversion, but a square root per bit).
     """
     shift = 2 * frac if degree2t else frac
     l = compare_bits(resolution)  # noqa: E741  (ℓ, as in secure_compare)
@@ -157,7 +158,7 @@ async def sigmoid(
     degree-2t η·2^(2·frac) (the local product X̃·v); ``random`` as ``sign_bits``'s."""
     p = big.p
     eta, below = await sign_bits(big, small, eta2, frac, degree2t=True, random=random)
-    flip = (1 - 2 * below) % p  # ±1: u = flip·η ≥ −2^−SIGN_FRAC
+    flip = (1 - 2 * below) % p  # ±1: u = flip·η > −2^(1−SIGN_FRAC)
     # t = u/2^K and t² = η²/2^2K (flip² = 1) in one round, both truncated by frac + 2K.
     k = EXP_SQUARINGS
     both = await big.mul(
@@ -165,7 +166,7 @@ async def sigmoid(
     )
     n = eta.size
     v = await exp_neg(big, both[:n], frac, square=both[n:])
-    sig_u = await reciprocal_one_plus(big, v, frac, 1 + math.exp(2.0**-SIGN_FRAC))
+    sig_u = await reciprocal_one_plus(big, v, frac, 1 + math.exp(2.0 ** (1 - SIGN_FRAC)))
     one = 1 << frac
     cut = 2 * frac - (
         frac if weight_frac is None else weight_frac

@@ -92,8 +92,9 @@ W_FRAC = 20
 #: 30-bit values (ℓ + 2 ≤ 32 leaves), so an ADMM iteration takes 6 rounds instead of 7.
 FRAC_W = 20
 #: The SVM decides which rows are active (1 − ỹη > 0) on the margin rounded to 2^−MARGIN_FRAC: a
-#: row within 2^−12 of the margin may count either way, changing its gradient term by less than
-#: 2·2^−12·|x̃| (the accuracy goal of the SVM is 1e-3 relative; measured ~1e-11 on the test data).
+#: row within 2^−11 of the margin may count either way (the three-party truncation is off by −1 … +2
+#: units), changing its gradient term by less than 2·2^−11·|x̃| (the accuracy goal of the SVM is 1e-3
+#: relative; measured ~1e-11 on the test data).
 MARGIN_FRAC = 12
 #: |model entries| < 2^(MODEL_BITS − 1) when moved to F_w (|q| ≤ (d+1)·2^8 + 2, |λ| ≤ 16, |u| < 2^8).
 MODEL_BITS = 26

@@ -65,8 +65,8 @@ ObjectArray = npt.NDArray[np.object_]
 ProgressCallback = Callable[[str, int, int], None]
 
 OWNERS = [0, 1]
-#: Newton steps for log(1 + v), v ∈ (0, e^(1/8)] (the sign is taken on a 2^-3 grid): from ℓ₀ = v the error
-#: (≤ 0.38) squares and halves each step, below 2^-40 after five.
+#: Newton steps for log(1 + v), v ∈ (0, e^(1/4)) (the sign is taken on a 2^-3 grid, wrong for |η| < 2^-2): from
+#: ℓ₀ = v the error (≤ 0.46) squares and halves each step, below 2^-40 after five.
 LOG_STEPS = 6
 #: |mean validation loss| < 2^LOSS_BITS (|η| < 2^9: log-loss ≤ 2^9 + 1; squared hinge ≤ (2^9 + 1)²).
 LOSS_BITS = 20
@@ -91,7 +91,7 @@ async def _normalised(ops: FieldOps, e: ObjectArray, u: ObjectArray, mean: Objec
 
 
 async def _log_one_plus(ops: FieldOps, v: ObjectArray) -> ObjectArray:
-    """log(1 + v) at FRAC for v at FRAC in (0, e^(1/8)]: Newton ℓ ← ℓ − 1 + (1 + v)·e^(−ℓ) from ℓ₀ = v."""
+    """log(1 + v) at FRAC for v at FRAC in (0, e^(1/4)): Newton ℓ ← ℓ − 1 + (1 + v)·e^(−ℓ) from ℓ₀ = v."""
     p, one = ops.p, 1 << FRAC
     z = (v + one) % p
     ell = v
