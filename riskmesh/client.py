@@ -99,6 +99,16 @@ class GatewayClient:
     def watch(self, run_id: str, timeout: float | None = None) -> Iterator[gateway_pb2.WatchRunResponse]:
         yield from self._stub.WatchRun(gateway_pb2.WatchRunRequest(run_id=run_id), timeout=timeout)
 
+    def wait(self, run_id: str, timeout: float | None = None) -> gateway_pb2.Run:
+        """The run as this gateway last reports it, once it has ended (or `timeout` passed). Each organisation's
+        gateway ends a run on its own, so another party's "succeeded" does not yet mean this gateway's."""
+        last = None
+        for event in self.watch(run_id, timeout=timeout):
+            last = event.run
+        if last is None:
+            raise RuntimeError(f"run {run_id}: the gateway sent no state")
+        return last
+
     def result(self, run_id: str) -> tuple[gateway_pb2.Run, lasso_pb2.ModelResult]:
         """The run and its revealed model; warns (`UncertifiedModelWarning`) when the lasso-family solver did not
         certify it (the GLMs take a fixed number of Newton steps and have no certificate)."""

@@ -82,6 +82,8 @@ def test_logistic_study_matches_the_exact_optimum_and_reveals_metrics(binary_mes
     exact = fit_glm_exact(x, y, regression_spec(spec))
     sklearn = fit_glm_sklearn(x, y, regression_spec(spec))
     _, insurer = clients["insurer"].result(final.run_id)
+    # each gateway ends the run on its own: the hospital's may end just after the insurer's
+    assert clients["hospital"].wait(final.run_id, timeout=60).state == common_pb2.RUN_STATE_SUCCEEDED
     _, hospital = clients["hospital"].result(final.run_id)
     secure = np.array([c.value for c in insurer.coefficients])
     scale = float(np.max(np.abs(exact.coefficients)))
@@ -157,6 +159,8 @@ def test_poisson_study_matches_the_exact_optimum_and_predicts_expected_counts(bi
     names, x, y = reference_join(data)
     exact = fit_glm_exact(x, y, regression_spec(spec))
     _, insurer = clients["insurer"].result(final.run_id)
+    # each gateway ends the run on its own: the hospital's may end just after the insurer's
+    assert clients["hospital"].wait(final.run_id, timeout=60).state == common_pb2.RUN_STATE_SUCCEEDED
     _, hospital = clients["hospital"].result(final.run_id)
     secure = np.array([c.value for c in insurer.coefficients])
     assert insurer.kind == common_pb2.MODEL_KIND_POISSON and [c.feature for c in insurer.coefficients] == names
@@ -200,6 +204,8 @@ def test_cross_validated_logistic_study_chooses_its_alpha_and_reveals_k_fold_met
         metrics=[common_pb2.METRIC_ACCURACY],
     )
     _, insurer = clients["insurer"].result(final.run_id)
+    # each gateway ends the run on its own: the hospital's may end just after the insurer's
+    assert clients["hospital"].wait(final.run_id, timeout=60).state == common_pb2.RUN_STATE_SUCCEEDED
     _, hospital = clients["hospital"].result(final.run_id)
     assert list(hospital.coefficients) == list(insurer.coefficients) and list(hospital.cv_curve) == list(
         insurer.cv_curve
@@ -240,6 +246,8 @@ def test_cross_validated_poisson_study_chooses_its_alpha_and_reveals_k_fold_metr
         metrics=[common_pb2.METRIC_DEVIANCE],
     )
     _, insurer = clients["insurer"].result(final.run_id)
+    # each gateway ends the run on its own: the hospital's may end just after the insurer's
+    assert clients["hospital"].wait(final.run_id, timeout=60).state == common_pb2.RUN_STATE_SUCCEEDED
     _, hospital = clients["hospital"].result(final.run_id)
     assert list(hospital.coefficients) == list(insurer.coefficients) and list(hospital.cv_curve) == list(
         insurer.cv_curve
