@@ -59,7 +59,7 @@ from services.lasso.mpc.secure_qp import E_BITS
 from services.lasso.mpc.secure_regression import _argmin_onehot
 from services.lasso.mpc.secure_rows import share_rows
 
-__all__ = ["LOG_STEPS", "fold_spec", "run_party", "secure_fit_glm_cv"]
+__all__ = ["LOG_STEPS", "cv_result", "fold_spec", "run_party", "secure_fit_glm_cv"]
 
 ObjectArray = npt.NDArray[np.object_]
 ProgressCallback = Callable[[str, int, int], None]
@@ -250,15 +250,26 @@ def _result(
     """Decode, on an owner, [ŵ, b̂, alpha index, (curve), metrics, their K-fold estimates] (all at frac 2F)."""
     d = plans[0].d
     chosen = plans[int(round(values[d + 1]))]
-    w, b = chosen.to_original([float(v) for v in values[:d]], float(values[d]))
-    rest = values[d + 2 :]
+    return cv_result(chosen, values[: d + 1], values[d + 2 :], spec, folds, estimates_per_fold=1)
+
+
+def cv_result(
+    chosen: GlmPlan,
+    model: npt.NDArray[np.float64],
+    rest: npt.NDArray[np.float64],
+    spec: RegressionSpec,
+    folds: int,
+    estimates_per_fold: int,
+) -> RegressionResult:
+    """A GLM CV's result from the chosen alpha's plan, [ŵ, b̂] and the opened tail [(curve summed over the
+    folds), metrics, K-fold metric estimates (summed over the folds when ``estimates_per_fold`` is ``folds``)]."""
+    d = len(model) - 1
+    w, b = chosen.to_original([float(v) for v in model[:d]], float(model[d]))
     curve: tuple[tuple[float, float], ...] = ()
     if spec.reveal_cv_curve:
         curve = tuple((a, float(v) / folds) for a, v in zip(spec.alphas, rest[: len(spec.alphas)], strict=True))
         rest = rest[len(spec.alphas) :]
     count = len(spec.metrics)
-    metrics = tuple((name, float(v)) for name, v in zip(spec.metrics, rest[:count], strict=True))
-    estimates = tuple((name, float(v)) for name, v in zip(spec.metrics, rest[count:], strict=True))
     return RegressionResult(
         coefficients=tuple(w),
         intercept=b,
@@ -266,8 +277,10 @@ def _result(
         joined=chosen.n_rows,
         iterations=chosen.outer_iterations,
         cv_curve=curve,
-        metrics=metrics,
-        cv_metrics=estimates,
+        metrics=tuple((name, float(v)) for name, v in zip(spec.metrics, rest[:count], strict=True)),
+        cv_metrics=tuple(
+            (name, float(v) / estimates_per_fold) for name, v in zip(spec.metrics, rest[count:], strict=True)
+        ),
     )
 
 

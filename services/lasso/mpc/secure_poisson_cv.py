@@ -42,7 +42,7 @@ from services.lasso.core.params import ModelKind, RegressionResult, RegressionSp
 from services.lasso.core.poisson_plan import PoissonPlan, make_poisson_plan
 from services.lasso.mpc.runtime import run_fit
 from services.lasso.mpc.secure_glm import FRAC, OWNERS, _log_rows, fields_with_big
-from services.lasso.mpc.secure_glm_cv import fold_spec
+from services.lasso.mpc.secure_glm_cv import cv_result, fold_spec
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_poisson import (
@@ -243,25 +243,8 @@ def _result(
 ) -> RegressionResult:
     """Decode, on an owner, [ŵ, b̂] (frac 2F) and [alpha index, (curve), metrics, K × their K-fold estimates]
     (frac F)."""
-    d = plans[0].glm.d
     chosen = plans[int(round(quality[0]))].glm
-    w, b = chosen.to_original([float(v) for v in model[:d]], float(model[d]))
-    rest = quality[1:]
-    curve: tuple[tuple[float, float], ...] = ()
-    if spec.reveal_cv_curve:
-        curve = tuple((a, float(v) / folds) for a, v in zip(spec.alphas, rest[: len(spec.alphas)], strict=True))
-        rest = rest[len(spec.alphas) :]
-    count = len(spec.metrics)
-    return RegressionResult(
-        coefficients=tuple(w),
-        intercept=b,
-        alpha=chosen.alpha,
-        joined=chosen.n_rows,
-        iterations=chosen.outer_iterations,
-        cv_curve=curve,
-        metrics=tuple((name, float(v)) for name, v in zip(spec.metrics, rest[:count], strict=True)),
-        cv_metrics=tuple((name, float(v) / folds) for name, v in zip(spec.metrics, rest[count:], strict=True)),
-    )
+    return cv_result(chosen, model[: plans[0].glm.d + 1], quality[1:], spec, folds, estimates_per_fold=folds)
 
 
 async def run_party(
