@@ -46,6 +46,10 @@ __all__ = [
     "fit_glm_exact",
     "fit_glm_plain",
     "fit_glm_sklearn",
+    "glm_rows",
+    "original_scale",
+    "solve_exact",
+    "solve_plain_counted",
     "fit_poisson_exact",
     "fit_poisson_plain",
     "fit_poisson_sklearn",
@@ -181,10 +185,11 @@ def fit_glm_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     plan = make_glm_plan(spec, len(y))
     rows = glm_rows(x, y, plan)
     v, used = solve_plain_counted(plan, rows)
-    return dataclasses.replace(_original(plan, rows, v), iterations=used)
+    return dataclasses.replace(original_scale(plan, rows, v), iterations=used)
 
 
-def _original(plan: GlmPlan, rows: Rows, v: Vector) -> GlmFit:
+def original_scale(plan: GlmPlan, rows: Rows, v: Vector) -> GlmFit:
+    """v = (ŵ, b̃) in the fit's coordinates → coefficients and intercept on the original scale."""
     w_hat = v[:-1]
     w, b = plan.to_original(list(w_hat), float(v[-1] - w_hat @ rows.mean))
     return GlmFit(np.asarray(w), b)
@@ -221,7 +226,7 @@ def fit_glm_exact(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
         return fit_poisson_exact(x, y, spec)
     plan = make_glm_plan(spec, len(y))
     rows = glm_rows(x, y, plan)
-    return _original(plan, rows, solve_exact(plan, rows))
+    return original_scale(plan, rows, solve_exact(plan, rows))
 
 
 def fit_glm_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
@@ -267,7 +272,7 @@ def fit_svm_lbfgs(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
         method="L-BFGS-B",
         options={"ftol": 1e-16, "gtol": 1e-12, "maxiter": 100_000},
     )
-    return _original(plan, rows, found.x)
+    return original_scale(plan, rows, found.x)
 
 
 # ---- Poisson (log link) ------------------------------------------------------------------------------
@@ -319,7 +324,7 @@ def fit_poisson_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     rows = glm_rows(x, y, plan.glm)
     v, b0, _, used = solve_poisson_plain(plan, rows)
     v[-1] += b0
-    return dataclasses.replace(_original(plan.glm, rows, v), iterations=used)
+    return dataclasses.replace(original_scale(plan.glm, rows, v), iterations=used)
 
 
 def poisson_objective(plan: GlmPlan, rows: Rows, v: Vector) -> float:
@@ -363,7 +368,7 @@ def fit_poisson_exact(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:
     """The exact optimum of the Poisson objective (reference for the accuracy bound)."""
     plan = make_poisson_plan(spec, len(y)).glm
     rows = glm_rows(x, y, plan)
-    return _original(plan, rows, solve_poisson_exact(plan, rows))
+    return original_scale(plan, rows, solve_poisson_exact(plan, rows))
 
 
 def fit_poisson_sklearn(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:

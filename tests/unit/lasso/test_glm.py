@@ -13,14 +13,31 @@ import numpy as np
 import pytest
 
 from services.bench.local_run import run_local
-from services.lasso.core.glm_plan import DEFAULT_OUTER_ITERATIONS, SIGN_FRAC, make_glm_plan
+from services.lasso.core.glm_plan import (
+    ADMM_FIRST,
+    ADMM_LATER,
+    DEFAULT_OUTER_ITERATIONS,
+    SIGN_FRAC,
+    make_glm_plan,
+    newton_plan,
+)
 from services.lasso.core.params import ModelKind, RegressionSpec, SpecError
 from services.lasso.mpc.secure_compare import less_than_zero
 from services.lasso.mpc.secure_functions import reciprocal_one_plus, reciprocal_unit, sigmoid
 from services.lasso.mpc.secure_glm import FRAC, _fields, secure_fit_glm
 from services.lasso.mpc.secure_ops import FieldOps
 from services.testkit.dealer import deal, encode
-from services.testkit.glm_reference import fit_glm_exact, fit_glm_plain, fit_glm_sklearn, split_table
+from services.testkit.glm_cases import TWIN_CASES, TwinCase, case_data
+from services.testkit.glm_reference import (
+    fit_glm_exact,
+    fit_glm_plain,
+    fit_glm_sklearn,
+    glm_rows,
+    original_scale,
+    solve_exact,
+    solve_plain_counted,
+    split_table,
+)
 from services.testkit.glm_reference import sigmoid as plain_sigmoid
 from services.testkit.outcomes import binary_outcome, study_with_outcome
 from services.testkit.synthetic import make_joined_table
@@ -50,6 +67,21 @@ def test_plain_twin_reaches_the_exact_optimum(alpha: float, rho: float, balanced
     assert _relative(plain.coefficients, exact.coefficients) <= 1e-6
     assert abs(plain.intercept - exact.intercept) <= 1e-6 * max(1.0, abs(exact.intercept))
     assert list(plain.coefficients == 0) == list(exact.coefficients == 0)
+
+
+@pytest.mark.parametrize("case", TWIN_CASES, ids=lambda c: f"{c.rows}x{c.features}-{c.share}-{c.balanced}-{c.alpha}")
+def test_logistic_iteration_counts_stop_as_the_reference_plan_on_the_twin_cases(case: TwinCase) -> None:
+    """The plan's ADMM iterations (``LOGISTIC_ADMM_*``) stop at the same outer iteration as 30/10, with the
+    exact zero pattern and within 1e-5 relative of the exact optimum (goal 1e-4)."""
+    spec, x, y = case_data(case)
+    plan = make_glm_plan(spec, len(y))
+    reference = newton_plan(spec, len(y), 0.25, case.balanced, admm_counts=(ADMM_FIRST, ADMM_LATER))
+    rows = glm_rows(x, y, plan)
+    v, used = solve_plain_counted(plan, rows)
+    assert used == solve_plain_counted(reference, rows)[1]
+    fit, exact = original_scale(plan, rows, v), original_scale(plan, rows, solve_exact(plan, rows))
+    assert _relative(fit.coefficients, exact.coefficients) <= 1e-5
+    assert list(fit.coefficients == 0) == list(exact.coefficients == 0)
 
 
 @pytest.mark.parametrize("alpha,rho,balanced", [(0.05, 1.0, False), (0.01, 0.0, True)])
