@@ -16,6 +16,9 @@ open c = a + 2^ℓ + r + 2^ℓ·R; with c_i the bits of c mod 2^ℓ,
     g = [Π e_i = 0] (opened, after multiplying by a random ρ: g alone is uniform, s masks it),
     [a < 0] = ((c mod 2^ℓ) − (a + 2^ℓ + r) + ((1 − 2g)s + 3)·2^(ℓ−1)) / 2^ℓ.
 
+Since c − 2^ℓ·R = a + 2^ℓ + r, the last line needs only degree-t shares (R, s), so a may be an
+unreduced local product (degree 2t: c is then opened with threshold 2t).
+
 Rounds: random bits (1, or shared with an earlier round: ``random``), open c (1), ⌈log₂(ℓ + 2)⌉ − 1
 degree reductions of the product tree, open the root (1). Requirements: |a| < 2^(ℓ−1), a field of
 ≥ ℓ + κ + 6 bits, p ≡ 3 (mod 4).
@@ -95,8 +98,12 @@ def comparison_bits(n: int, bits: int) -> int:
     return n * (bits + 1)
 
 
-async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int, random: ObjectArray | None = None) -> ObjectArray:
-    """Degree-t 0/1 sharings of [a < 0] for signed |a| < 2^(bits−1) (degree t), elementwise.
+async def less_than_zero(
+    ops: FieldOps, a: ObjectArray, bits: int, random: ObjectArray | None = None, *, degree2t: bool = False
+) -> ObjectArray:
+    """Degree-t 0/1 sharings of [a < 0] for signed |a| < 2^(bits−1) (degree t, or 2t with ``degree2t``:
+    an unreduced local product, opened in c with a PRSS zero sharing; a itself is not used again, so
+    no degree reduction is needed), elementwise.
 
     ``random``: the ``comparison_bits`` random bits, if made beforehand (in an earlier round that
     had to happen anyway); by default they are made here, in a round of their own.
@@ -114,7 +121,10 @@ async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int, random: Objec
     weights = np.array([1 << (l - 1 - i) for i in range(l)], dtype=object)
     r = (r_bits * weights).sum(axis=1)
     mask = ops._prss(n, 1 << (ops.kappa + 2))  # 2^ℓ·mask hides a + 2^ℓ + r < 2^(ℓ+2)
-    c = await ops._open((flat + (1 << l) + r + (mask << l)) % p, ops.t)
+    masked = flat + (1 << l) + r + (mask << l)
+    if degree2t:
+        masked = masked + ops._prss_zero(n)
+    c = await ops._open(masked % p, 2 * ops.t if degree2t else ops.t)
     assert c is not None
     c_low = c % (1 << l)
     factors = _leaf_factors(c_low, r_bits, s, l, p)  # (n, l + 1)
@@ -129,7 +139,8 @@ async def less_than_zero(ops: FieldOps, a: ObjectArray, bits: int, random: Objec
     assert opened is not None
     g = (opened == 0).astype(np.int64).astype(object)
     high = ((1 - 2 * g) * s + 3) % p
-    bit = (c_low - (flat + (1 << l) + r) + high * (1 << (l - 1))) * pow(1 << l, -1, p) % p
+    # a + 2^ℓ + r = c − 2^ℓ·mask: the bit from degree-t shares only, whatever a's degree.
+    bit = (c_low - c + (mask << l) + high * (1 << (l - 1))) * pow(1 << l, -1, p) % p
     below: ObjectArray = bit.reshape(shape)
     return below
 

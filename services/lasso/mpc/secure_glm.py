@@ -405,9 +405,35 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
 
 async def _solve_model(fields: Fields, model: Model, u: ObjectArray, plan: GlmPlan, k: int) -> ObjectArray:
     """The next iterate: ADMM in F_w (warm-started at u), then polishing and selection in F_g."""
-    big, work = fields.big, fields.work
+    big = fields.big
     if not plan.has_l1:
         return await solve(big, model, plan.ns_solve_iterations, FRAC)
+    state = await _admm_state(fields, model, u, plan, k)
+    if plan.polish[k]:
+        return (await polish_and_select(big, model, state, plan.ns_solve_iterations, FRAC))[0]
+    return state.z
+
+
+async def _solve_and_check(
+    fields: Fields, model: Model, u: ObjectArray, plan: GlmPlan, k: int
+) -> tuple[ObjectArray, bool]:
+    """``_solve_model`` and the stopping rule after iteration k (``_small_step``). With an L1 part the
+    rule's comparisons run inside the selection (``polish_and_select``), alongside its own."""
+    big = fields.big
+    if not (plan.checks[k] and plan.polish[k] and plan.has_l1):
+        new = await _solve_model(fields, model, u, plan, k)
+        return new, plan.checks[k] and await _small_step(big, new, u)
+    state = await _admm_state(fields, model, u, plan, k)
+    new, violations = await polish_and_select(
+        big, model, state, plan.ns_solve_iterations, FRAC, before=u, tolerance=STEP_TOLERANCE
+    )
+    assert violations is not None
+    return new, await all_zero(big, violations)
+
+
+async def _admm_state(fields: Fields, model: Model, u: ObjectArray, plan: GlmPlan, k: int) -> AdmmState:
+    """ADMM on the model in F_w, warm-started at u; its last iterate back in F_g."""
+    big, work = fields.big, fields.work
     d1 = u.size
     moved = await trunc_convert(
         big,
@@ -423,10 +449,7 @@ async def _solve_model(fields: Fields, model: Model, u: ObjectArray, plan: GlmPl
     )
     z, z_abs, above, below = (back[i * d1 : (i + 1) * d1] for i in range(4))
     shift = 1 << (FRAC - FRAC_W)
-    state = AdmmState((z * shift) % big.p, (z_abs * shift) % big.p, above, below)
-    if plan.polish[k]:
-        return await polish_and_select(big, model, state, plan.ns_solve_iterations, FRAC)
-    return state.z
+    return AdmmState((z * shift) % big.p, (z_abs * shift) % big.p, above, below)
 
 
 # ---- the fit ---------------------------------------------------------------------------------------
@@ -460,8 +483,7 @@ async def secure_fit_glm(
     used = 1
     for k in range(1, outer):
         model = await _next_model(fields, rows, scaling, u, plan)
-        new = await _solve_model(fields, model, u, plan, k)
-        stop = plan.checks[k] and await _small_step(big, new, u)
+        new, stop = await _solve_and_check(fields, model, u, plan, k)
         u, used = new, k + 1
         progress.report("iterations", outer if stop else used, outer)
         if stop:
@@ -487,7 +509,7 @@ async def _small_step(ops: FieldOps, u: ObjectArray, before: ObjectArray) -> boo
     """
     tau = ops.fixed(STEP_TOLERANCE, FRAC)
     delta = (u - before) % ops.p
-    bits = await ops.less_than_zero(np.concatenate([tau - delta, tau + delta]) % ops.p, FRAC + ADMM_BITS + 3)
+    bits = await less_than_zero(ops, np.concatenate([tau - delta, tau + delta]) % ops.p, FRAC + ADMM_BITS + 3)
     return await all_zero(ops, bits)
 
 

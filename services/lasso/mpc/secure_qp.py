@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.lasso.core.glm_plan import ADMM_RELAX, ADMM_RHO
+from services.lasso.mpc.secure_compare import compare_field_bits, comparison_bits, less_than_zero
 from services.lasso.mpc.secure_ops import FieldOps
 from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_field_bits
 
@@ -51,10 +52,9 @@ def admm_field_bits(kappa: int, frac: int) -> int:
 def qp_field_bits(kappa: int, frac: int, d1: int, solve_iterations: int) -> int:
     """Prime size the other steps of this module need at ``frac`` fractional bits."""
     log_d = math.ceil(math.log2(d1 + 1))
-    select = 2 * frac + 2 * ADMM_BITS + log_d + 12
     solve = 2 * frac + solve_iterations + 1 + log_d + 12
     newton = 2 * frac + 2 * E_BITS + 2
-    return max(select, solve, newton) + kappa + 3
+    return max(max(solve, newton) + kappa + 3, compare_field_bits(kappa, max(_select_bits(frac, solve_iterations, d1))))
 
 
 @dataclass(frozen=True)
@@ -189,10 +189,34 @@ async def admm(
     return state
 
 
-async def polish_and_select(ops: FieldOps, model: Model, state: AdmmState, iterations: int, frac: int) -> ObjectArray:
-    """The polished point on the support and signs of z if it lowers F, else z (intercept always active)."""
+def _select_bits(frac: int, iterations: int, d1: int) -> tuple[int, int]:
+    """ℓ of ``_select``'s comparisons: the polished point's clip and sign; the objective difference
+    (and the step check's differences, |δ| < 2^ADMM_BITS, compared with it in one batch)."""
+    log_d = math.ceil(math.log2(4 * d1))
+    return frac + iterations + 12, 2 * frac + 2 * ADMM_BITS + log_d + 12
+
+
+async def polish_and_select(
+    ops: FieldOps,
+    model: Model,
+    state: AdmmState,
+    iterations: int,
+    frac: int,
+    before: ObjectArray | None = None,
+    tolerance: float = 0.0,
+) -> tuple[ObjectArray, ObjectArray | None]:
+    """The polished point on the support and signs of z if it lowers F, else z (intercept always active);
+    with ``before``, also the number of j with |chosen_j − before_j| > ``tolerance`` (degree t, for a
+    stopping rule's ``secure_compare.all_zero``).
+
+    The random bits of every comparison (``FieldOps.pair_bits``) are made while Newton–Schulz runs.
+    """
     p, d1 = ops.p, model.q.size
     one = 1 << frac
+    clip_bits, objective_bits = _select_bits(frac, iterations, d1)
+    checked = 1 + (0 if before is None else 4 * d1)  # the objective difference, then τ ∓ δ for z and w
+    split = comparison_bits(3 * d1, clip_bits)
+    random = ops.pair_bits(split + comparison_bits(checked, objective_bits))
     active = (state.above + state.below) % p
     active[-1] = 1
     sign = (state.above - state.below) % p
@@ -211,16 +235,33 @@ async def polish_and_select(ops: FieldOps, model: Model, state: AdmmState, itera
     x = await newton_schulz(ops, m, iterations, float(d1), frac, x_bits)
     solved = await ops.matmul(x, rhs, frac, 2 * frac + x_bits + 12)
     polished = await ops.mul_exact(active, solved)
-    return await _select(ops, model, state, polished, frac, frac + iterations + 12)
+    bits = await random
+    step = None if before is None else (before, ops.fixed(tolerance, frac))
+    return await _select(ops, model, state, polished, frac, iterations, (bits[:split], bits[split:]), step)
 
 
 async def _select(
-    ops: FieldOps, model: Model, state: AdmmState, polished: ObjectArray, frac: int, polish_bits: int
-) -> ObjectArray:
-    """As the lasso's selection: clip the polished point to ±2^(ADMM_BITS−1), keep it if 2(F(w) − F(z)) < 0."""
+    ops: FieldOps,
+    model: Model,
+    state: AdmmState,
+    polished: ObjectArray,
+    frac: int,
+    iterations: int,
+    random: tuple[ObjectArray, ObjectArray],
+    step: tuple[ObjectArray, ObjectArray] | None,
+) -> tuple[ObjectArray, ObjectArray | None]:
+    """As the lasso's selection: clip the polished point to ±2^(ADMM_BITS−1), keep it if 2(F(w) − F(z)) < 0.
+
+    ``step`` = (before, τ): the stopping rule's [τ − δ_j < 0] + [τ + δ_j < 0] (1 exactly when |δ_j| > τ) for
+    both candidates, in the objective's comparison (one batch, opened at threshold 2t: a degree-t sharing
+    is also one of degree 2t); the chosen candidate's count is selected with the point, in one round.
+    """
     p, d1 = ops.p, model.q.size
+    clip_bits, objective_bits = _select_bits(frac, iterations, d1)
     bound = ops.fixed(2.0 ** (ADMM_BITS - 1), frac)
-    bits = await ops.less_than_zero(np.concatenate([(bound - polished), (polished + bound), polished]) % p, polish_bits)
+    bits = await less_than_zero(
+        ops, np.concatenate([(bound - polished), (polished + bound), polished]) % p, clip_bits, random[0]
+    )
     g_hi, g_lo, neg = bits[:d1], bits[d1 : 2 * d1], bits[2 * d1 :]
     prods = await ops.mul_exact(np.concatenate([g_hi, g_lo, neg]), np.concatenate([polished] * 3))
     hw, lw, nw = prods[:d1], prods[d1 : 2 * d1], prods[2 * d1 :]
@@ -232,11 +273,22 @@ async def _select(
     hb = await ops.matmul(np.stack([z, delta]), model.h.T, frac, 2 * frac + ADMM_BITS + log_d)
     grad = (hb[0] - model.q) % p
     twice = (2 * delta * grad + delta * hb[1] + 2 * model.lam * ((clipped_abs - state.z_abs) % p)).sum() % p
-    twice = await ops.reduce(np.array([twice], dtype=object))
-    better = await ops.less_than_zero(twice, 2 * frac + 2 * ADMM_BITS + log_d + 12)
-    choice = await ops.mul_exact(np.broadcast_to(better, delta.shape).copy(), delta)
-    chosen: ObjectArray = (z + choice) % p
-    return chosen
+    values = [np.array([twice], dtype=object)]
+    if step is not None:
+        before, tau = step
+        steps = (np.stack([z, clipped]) - before) % p
+        values.append(np.concatenate([tau - steps, tau + steps], axis=1).reshape(-1))
+    bits = await less_than_zero(ops, np.concatenate(values) % p, objective_bits, random[1], degree2t=True)
+    better = bits[:1]
+    if step is None:
+        choice = await ops.mul_exact(np.broadcast_to(better, delta.shape).copy(), delta)
+        return (z + choice) % p, None
+    counts = bits[1:].reshape(2, 2 * d1).sum(axis=1) % p  # violations of z, of the clipped polished point
+    both = await ops.mul_exact(
+        np.broadcast_to(better, (d1 + 1,)).copy(), np.concatenate([delta, [(counts[1] - counts[0]) % p]])
+    )
+    chosen: ObjectArray = (z + both[:d1]) % p
+    return chosen, (counts[0] + both[d1:]) % p
 
 
 async def solve(ops: FieldOps, model: Model, iterations: int, frac: int) -> ObjectArray:
