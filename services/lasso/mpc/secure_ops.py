@@ -39,6 +39,7 @@ import asyncio
 import hashlib
 import math
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gmpy2
@@ -105,6 +106,7 @@ class FieldOps:
         self._output = asyncoro.mpc_coro(self._output_task)
         self._reshare = asyncoro.mpc_coro(self._reshare_task)
         self._pair_bits = asyncoro.mpc_coro(self._pair_bits_task)
+        self._start = asyncoro.mpc_coro(self._start_task)
         self._recombination: dict[tuple[int, ...], list[int]] = {}
         self._pair_zero: dict[tuple[int, ...], int] = {}  # filled on first use (the PRSS keys exist after start)
 
@@ -265,6 +267,18 @@ class FieldOps:
     async def _reshare_task(self, values):  # type: ignore[no-untyped-def]
         await self.mpc.returnType(asyncio.Future)
         return await self._reshare_shares(values)
+
+    def start(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``function(*args)`` concurrently with the caller as an MPyC coroutine; returns an awaitable.
+
+        Its own program counter labels its messages the same on every party however its rounds
+        interleave with the caller's (a plain asyncio task would take whichever label is current).
+        """
+        return self._start(function, args)
+
+    async def _start_task(self, function, args):  # type: ignore[no-untyped-def]
+        await self.mpc.returnType(asyncio.Future)
+        return await function(*args)
 
     async def _output_shares(self, values: ObjectArray, threshold: int, receivers: list[int]) -> ObjectArray | None:
         """MPyC's ``output`` for one array of reduced values, without field-array objects.

@@ -31,7 +31,12 @@ import numpy.typing as npt
 from services.lasso.core.glm_plan import ADMM_RELAX, ADMM_RHO
 from services.lasso.mpc.secure_compare import compare_field_bits, comparison_bits, less_than_zero
 from services.lasso.mpc.secure_ops import FieldOps
-from services.lasso.mpc.secure_threshold import FusedThreshold, threshold_field_bits
+from services.lasso.mpc.secure_threshold import (
+    MAX_BITS_PER_BATCH,
+    FusedThreshold,
+    threshold_bits_needed,
+    threshold_field_bits,
+)
 
 ObjectArray = npt.NDArray[np.object_]
 
@@ -110,10 +115,17 @@ NS_COUPLED_RUN = 16
 
 
 async def newton_schulz(
-    ops: FieldOps, m: ObjectArray, iterations: int, trace_bound: float, frac: int, x_bits: int
+    ops: FieldOps,
+    m: ObjectArray,
+    iterations: int,
+    trace_bound: float,
+    frac: int,
+    x_bits: int,
+    scale: tuple[int, int] = (1, 0),
 ) -> ObjectArray:
     """X ≈ M⁻¹ after ``iterations`` Newton–Schulz steps X ← X(2I − MX) from X₀ = I/trace_bound
-    (M symmetric positive definite, λ_max ≤ trace_bound).
+    (M symmetric positive definite, λ_max ≤ trace_bound); ``scale`` = (a, s): a·X/2^s instead, from the
+    last step's truncation.
 
     The steps are taken in the coupled form X ← X(I + R), R ← R² with R = I − MX (equal in
     exact arithmetic: I − MX(I + R) = R²), whose two products share one round, instead of two
@@ -139,7 +151,10 @@ async def newton_schulz(
             x, residual = both[:d], both[d:]
         remaining -= run
     mx = await ops.matmul(m, x, frac, square_bits)
-    return await ops.matmul(x, (2 * eye - mx) % p, frac, product_bits)
+    factor, shift = scale
+    return await ops.trunc(
+        (factor * np.matmul(x, (2 * eye - mx) % p)) % p, frac + shift, product_bits + factor.bit_length(), degree2t=True
+    )
 
 
 async def clamp_thresholds(ops: FieldOps, lam: ObjectArray, frac: int, bits: int) -> ObjectArray:
@@ -154,36 +169,33 @@ async def clamp_thresholds(ops: FieldOps, lam: ObjectArray, frac: int, bits: int
 async def admm(
     ops: FieldOps, model: Model, z0: ObjectArray, iterations: int, frac: int, k_iterations: int
 ) -> AdmmState:
-    """``iterations`` over-relaxed ADMM steps from z₀ (see the module docstring)."""
+    """``iterations`` over-relaxed ADMM steps from z₀ (see the module docstring).
+
+    While Newton–Schulz makes rρ·K (its last truncation scales it), Hz₀ is truncated and the soft
+    threshold's random bits are made (``FieldOps.pair_bits``); r·Kq enters each step's local product as
+    rρ·K·(q/ρ), so the steps follow Newton–Schulz directly.
+    """
     p, d1 = ops.p, model.q.size
     one = 1 << frac
     log_d = math.ceil(math.log2(d1 + 1))
+    x_bits = 2 * frac + ADMM_BITS + 1
+    per_step = threshold_bits_needed(d1, frac, x_bits)
+    random = ops.pair_bits(iterations * per_step) if iterations * per_step <= MAX_BITS_PER_BATCH else None
+    hz0 = ops.start(ops.matmul, model.h, z0, frac, 2 * frac + ADMM_BITS + log_d + 6)
     shifted = model.h.copy()
     shifted[np.diag_indices(d1)] = (shifted[np.diag_indices(d1)] + ops.fixed(ADMM_RHO, frac)) % p
-    k = await newton_schulz(ops, shifted, k_iterations, d1 + ADMM_RHO, frac, 3)
-    (num_a, shift_a), (num_r, shift_r) = _dyadic(ADMM_RELAX * ADMM_RHO), _dyadic(ADMM_RELAX)
+    a1 = await newton_schulz(ops, shifted, k_iterations, d1 + ADMM_RHO, frac, 3, _dyadic(ADMM_RELAX * ADMM_RHO))
     num_z, shift_z = _dyadic(1 - ADMM_RELAX)
     inv_rho = int(1 / ADMM_RHO)
-    # One truncation by frac + shift_r gives rρ·K, r·Kq and Hz₀ at frac (each scaled to match).
-    cut = frac + shift_r
-    first = await ops.trunc(
-        np.concatenate(
-            [(num_a * k * (1 << (cut - shift_a))).reshape(-1), num_r * (k @ model.q), (model.h @ z0) * (1 << shift_r)]
-        )
-        % p,
-        cut,
-        2 * frac + ADMM_BITS + log_d + 6,
-        degree2t=True,
-    )
-    a1 = first[: d1 * d1].reshape(d1, d1)  # rρ·K
-    c1 = first[d1 * d1 : d1 * d1 + d1]  # r·Kq
-    w = (inv_rho * (model.q - first[d1 * d1 + d1 :])) % p  # (q − Hz₀)/ρ
+    q_rho = (inv_rho * model.q) % p
+    w = (q_rho - inv_rho * await hz0) % p  # (q − Hz₀)/ρ
     z = z0 % p
-    threshold = FusedThreshold(ops, (inv_rho * model.lam) % p, frac, 2 * frac + ADMM_BITS + 1, iterations)
+    threshold = FusedThreshold(ops, (inv_rho * model.lam) % p, frac, x_bits, iterations)
+    bits = None if random is None else (await random).reshape(iterations, per_step)
     state = AdmmState(z, z, z, z)
-    for _ in range(iterations):
-        local = a1 @ ((z - w) % p) + num_z * z * (one >> shift_z) + (c1 + w) * one
-        v, z, z_abs, above, below = await threshold.step(local % p)
+    for i in range(iterations):
+        local = a1 @ ((z - w + q_rho) % p) + num_z * z * (one >> shift_z) + w * one  # rρK(z − w) + rKq + …
+        v, z, z_abs, above, below = await threshold.step(local % p, None if bits is None else bits[i])
         w = (v - z) % p
         state = AdmmState(z, z_abs, above, below)
     return state
