@@ -18,9 +18,13 @@ iterations  Outer iteration 0 at v = 0 (p = ½, s = ¼, no link function): gradi
             d + 1 values) and η = X̃·v (one local product; the m × d rows are never
             scaled), σ(η) and σ(1 − σ) (``secure_functions``), the gradient and Hessian
             (local products, one degree reduction of every weighted row), scaled to u's
-            units on the sums, the model, and its warm-started solve (``secure_qp``).
-            From the fourth iteration on, the stopping rule (``_small_step``) opens one
-            bit: whether the Newton step was below ``glm_plan.STEP_TOLERANCE``.
+            units on the sums, the model, and its warm-started solve (``secure_qp``). The
+            model's H goes to ADMM's field straight from the unrounded scaled sums, and its
+            q and λ (iteration 0: the clamp of λ) are made while ADMM's Newton–Schulz runs
+            (``MovingModel``). From the fourth iteration on, the stopping rule
+            (``_small_step``; with an L1 part its comparisons run inside the selection,
+            ``secure_qp.polish_and_select``) opens one bit: whether the Newton step was
+            below ``glm_plan.STEP_TOLERANCE``.
 reveal      ŵ = e∘u (opened unrounded: exact zeros) and b̂ = b̃ − ŵᵀμ̂, and the metrics,
             to parties 0 and 1 only; the public map to the original scale is applied in
             the clear. Every other opening is of a masked value, except the stopping
@@ -136,7 +140,7 @@ def glm_field_bits(plan: GlmPlan, kappa: int) -> int:
     eta = 2 * f + X_BITS + 9 + math.ceil(math.log2(d1)) + 2  # |x̃e_j·u_j| < 2^(X_BITS + 8)
     reveal = 2 * f + E_BITS + 10
     reciprocal = 2 * f + lm + 4  # class weights: 1/a ≤ m at frac f
-    jacobi = 2 * f + 2 * E_BITS + lm + 3  # _in_jacobi_units
+    jacobi = 2 * f + 2 * E_BITS + lm + 3  # _next_rest
     link = 3 * f + LINK_BITS + 2  # the exponential's Taylor polynomial, rounded once from frac 3F
     widest = max(normalise, scaled_sums, eta, reveal, reciprocal, jacobi, link)
     return max(
@@ -228,7 +232,7 @@ class Scaling:
     """The fixed Jacobi scaling: e (d+1, FRAC; e_b public), e·eᵀ, and the constant parts of every model.
 
     The rows are never scaled (m·d products): η = X̃·(e∘u) and H_u = (e·eᵀ)∘H, g_u = e∘g are
-    scaled on the (d+1)² sums instead (``_in_jacobi_units``).
+    scaled on the (d+1)² sums instead (``_next_moving``).
     """
 
     e: ObjectArray
@@ -266,8 +270,44 @@ async def _sums(
     return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
 
-async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling, Model]:
+@dataclass(frozen=True)
+class Moved:
+    """A model made: in F_g, its q and λ in F_w, and (outer iteration 0) the fixed scaling."""
+
+    model: Model
+    q_w: ObjectArray
+    lam_w: ObjectArray
+    scaling: Scaling | None = None
+
+
+@dataclass(frozen=True)
+class MovingModel:
+    """A model under way: H and the warm start in F_w (FRAC_W) at once, for ADMM's Newton–Schulz, and the
+    rest (``rest``: an awaitable of ``Moved``, run by ``FieldOps.start``) while Newton–Schulz runs."""
+
+    h_w: ObjectArray
+    u_w: ObjectArray
+    rest: Any
+
+
+def _to_work(fields: Fields, x: ObjectArray) -> Any:
+    """x (frac 2·FRAC, degree 2t, |x| < 2^(MODEL_BITS−1)) moved to F_w at FRAC_W: one round (a coroutine)."""
+    return trunc_convert(
+        fields.big, fields.work, x % fields.big.p, 2 * FRAC - FRAC_W, 2 * FRAC + MODEL_BITS, degree2t=True
+    )
+
+
+async def _first_step(fields: Fields, rows: Rows, plan: GlmPlan) -> tuple[Scaling, Model]:
     """Outer iteration 0 at v = 0: g, H, the Jacobi scaling and the first model."""
+    moved = await (await _first_moving(fields, rows, plan)).rest
+    assert moved.scaling is not None
+    return moved.scaling, moved.model
+
+
+async def _first_moving(fields: Fields, rows: Rows, plan: GlmPlan) -> MovingModel:
+    """Outer iteration 0 at v = 0: g, H, the Jacobi scaling; H_u + Γ_u and q = −g_u go to F_w from their
+    unrounded products, and λ∘e is clamped while ADMM's Newton–Schulz runs (``_first_rest``)."""
+    ops = fields.big
     p, d = ops.p, plan.d
     one = 1 << FRAC
     if plan.kind is ModelKind.SVM:  # every row active with margin 1: r = 2(0 − ỹ), w = 2
@@ -289,38 +329,41 @@ async def _first_step(ops: FieldOps, rows: Rows, plan: GlmPlan) -> tuple[Scaling
     e = np.concatenate([e_features, ops.fixed([1 / math.sqrt(plan.hessian_start)], FRAC)])
     outer = await ops.trunc(np.outer(e, e) % p, FRAC, 2 * FRAC + 2 * E_BITS + 2, degree2t=True)
     lam_public = ops.fixed(plan.l1, FRAC)
-    second = await ops.mul(
-        np.concatenate([outer.reshape(-1), e, e, np.diag(outer)]),
-        np.concatenate([hessian.reshape(-1), gradient, lam_public, ridge]),
-        FRAC,
-        2 * FRAC + 2 * E_BITS + 4,
-    )
-    k = (d + 1) ** 2
-    h_u = second[:k].reshape(d + 1, d + 1)
-    g_u = second[k : k + d + 1]
-    lam_u = second[k + d + 1 : k + 2 * (d + 1)]
-    ridge_u = second[k + 2 * (d + 1) :]
+    d1 = d + 1
+    # (e·eᵀ)∘H, e∘g, e∘λ and diag(e·eᵀ)∘γ, unrounded (frac 2·FRAC, degree 2t).
+    second = (
+        np.concatenate([outer.reshape(-1), e, e, np.diag(outer)])
+        * np.concatenate([hessian.reshape(-1), gradient, lam_public, ridge])
+    ) % p
+    k = d1 * d1
+    h_ridge = second[:k].reshape(d1, d1).copy()
+    h_ridge[np.diag_indices(d1)] += second[k + 2 * d1 :]
+    moved = await _to_work(fields, np.concatenate([h_ridge.reshape(-1), -second[k : k + d1]]))
+    rest = ops.start(_first_rest, fields, e, outer, second, moved[k:], plan)
+    return MovingModel(moved[:k].reshape(d1, d1), np.zeros(d1, dtype=object), rest)
+
+
+async def _first_rest(
+    fields: Fields, e: ObjectArray, outer: ObjectArray, second: ObjectArray, q_w: ObjectArray, plan: GlmPlan
+) -> Moved:
+    """The first model in F_g (one truncation), λ∘e clamped (``clamp_thresholds``) and moved to F_w."""
+    ops = fields.big
+    p, d1 = ops.p, plan.d + 1
+    second = await ops.trunc(second, FRAC, 2 * FRAC + 2 * E_BITS + 4, degree2t=True)
+    k = d1 * d1
+    h_u = second[:k].reshape(d1, d1)
+    g_u = second[k : k + d1]
+    lam_u = second[k + d1 : k + 2 * d1]
+    ridge_u = second[k + 2 * d1 :]
     lam_u = await clamp_thresholds(ops, lam_u, FRAC, FRAC + E_BITS + math.ceil(math.log2(max(plan.l1) + 2)) + 3)
+    lam_w = await trunc_convert(ops, fields.work, lam_u, FRAC - FRAC_W, FRAC + MODEL_BITS)
     model = _model(ops, h_u, (-g_u) % p, ridge_u, lam_u)
-    return Scaling(e, outer, ridge_u, lam_u), model
+    return Moved(model, q_w, lam_w, Scaling(e, outer, ridge_u, lam_u))
 
 
 async def _coefficients(ops: FieldOps, scaling: Scaling, u: ObjectArray) -> ObjectArray:
     """v = e∘u (FRAC): the model in the normalised coordinates, for η = X̃·v. One round (d + 1 values)."""
     return await ops.trunc((scaling.e * u) % ops.p, FRAC, 2 * FRAC + E_BITS + 10, degree2t=True)
-
-
-async def _in_jacobi_units(
-    ops: FieldOps, scaling: Scaling, gradient: ObjectArray, hessian: ObjectArray, plan: GlmPlan
-) -> tuple[ObjectArray, ObjectArray]:
-    """(g_u, H_u) = (e∘g, (e·eᵀ)∘H) at FRAC: one truncation of the (d+1)² + d + 1 products.
-
-    Bound: |g_j|, |H_jk| < 2^(lm + 1) (|x̃| ≤ 2, weights ≤ m/2) and e_j < 2^(E_BITS − 1).
-    """
-    d1 = gradient.size
-    both = np.concatenate([(scaling.outer * hessian).reshape(-1), scaling.e * gradient]) % ops.p
-    scaled = await ops.trunc(both, FRAC, 2 * FRAC + 2 * E_BITS + _log_rows(plan) + 3, degree2t=True)
-    return scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
 
 
 async def _inverse_sqrt(ops: FieldOps, g: ObjectArray, plan: GlmPlan) -> ObjectArray:
@@ -364,7 +407,15 @@ async def _svm_link(fields: Fields, rows: Rows, eta2: ObjectArray) -> tuple[Obje
 
 
 async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
-    """The quadratic model at u: the link at η = X̃·(e∘u), then g_u, H_u and q = H_u·u − g_u."""
+    """The quadratic model at u (``_next_moving``), in F_g."""
+    moved: Moved = await (await _next_moving(fields, rows, scaling, u, plan)).rest
+    return moved.model
+
+
+async def _next_moving(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> MovingModel:
+    """The quadratic model at u: the link at η = X̃·(e∘u), the sums g and H, then (e·eᵀ)∘H + Γ_u, u and λ
+    to F_w in one round from the unrounded products; g_u, H_u and q = H_u·u − g_u follow in F_g while
+    ADMM's Newton–Schulz runs (``_next_rest``)."""
     ops = fields.big
     p = ops.p
     # The sign comparison's random bits take two rounds: the first overlaps v = e∘u's truncation.
@@ -372,35 +423,48 @@ async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArr
     eta2 = np.matmul(rows.x, await _coefficients(ops, scaling, u)) % p  # degree 2t, frac 2·FRAC
     if plan.kind is ModelKind.SVM:
         residual, weight = await _svm_link(fields, rows, eta2)
-        gradient, hessian = await _in_jacobi_units(
-            ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan
-        )
-        hu = await ops.trunc(
-            (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
-            FRAC,
-            2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3,
-            degree2t=True,
-        )
-        return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
-    prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC, W_FRAC, random)
-    residual = (prob - rows.y) % p
-    if rows.weights is not None:
-        n = residual.size
-        both = await ops.mul(
-            np.concatenate([rows.weights, rows.weights]),
-            np.concatenate([residual, weight]),
-            FRAC,
-            2 * FRAC + _log_rows(plan) + 2,
-        )
-        residual, weight = both[:n], both[n:]
-    gradient, hessian = await _in_jacobi_units(ops, scaling, *await _sums(ops, rows.x, residual, weight, plan), plan)
-    hu = await ops.trunc(
+    else:
+        prob, weight, _ = await sigmoid(ops, fields.small, eta2, FRAC, W_FRAC, random)
+        residual = (prob - rows.y) % p
+        if rows.weights is not None:
+            n = residual.size
+            both = await ops.mul(
+                np.concatenate([rows.weights, rows.weights]),
+                np.concatenate([residual, weight]),
+                FRAC,
+                2 * FRAC + _log_rows(plan) + 2,
+            )
+            residual, weight = both[:n], both[n:]
+    gradient, hessian = await _sums(ops, rows.x, residual, weight, plan)
+    d1, one = u.size, 1 << FRAC
+    products = np.concatenate([(scaling.outer * hessian).reshape(-1), scaling.e * gradient]) % p  # frac 2F
+    h_ridge = products[: d1 * d1].reshape(d1, d1).copy()
+    h_ridge[np.diag_indices(d1)] += scaling.ridge * one
+    moved = await _to_work(fields, np.concatenate([h_ridge.reshape(-1), u * one, scaling.lam * one]))
+    k = d1 * d1
+    rest = ops.start(_next_rest, fields, scaling, products, u, moved[k + d1 :], plan)
+    return MovingModel(moved[:k].reshape(d1, d1), moved[k : k + d1], rest)
+
+
+async def _next_rest(
+    fields: Fields, scaling: Scaling, products: ObjectArray, u: ObjectArray, lam_w: ObjectArray, plan: GlmPlan
+) -> Moved:
+    """(g_u, H_u) = (e∘g, (e·eᵀ)∘H) in F_g (one truncation of the products), q = H_u·u − g_u, and q to F_w.
+
+    Bound: |g_j|, |H_jk| < 2^(lm + 1) (|x̃| ≤ 2, weights ≤ m/2) and e_j < 2^(E_BITS − 1).
+    """
+    ops = fields.big
+    p, d1 = ops.p, u.size
+    scaled = await ops.trunc(products, FRAC, 2 * FRAC + 2 * E_BITS + _log_rows(plan) + 3, degree2t=True)
+    gradient, hessian = scaled[d1 * d1 :], scaled[: d1 * d1].reshape(d1, d1)
+    q = await ops.trunc(
         (np.matmul(hessian, u) - gradient * (1 << FRAC)) % p,
         FRAC,
         2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3,
         degree2t=True,
     )
-    return _model(ops, hessian, hu, scaling.ridge, scaling.lam)
+    q_w = await trunc_convert(ops, fields.work, q, FRAC - FRAC_W, FRAC + MODEL_BITS)
+    return Moved(_model(ops, hessian, q, scaling.ridge, scaling.lam), q_w, lam_w)
 
 
 async def _solve_model(fields: Fields, model: Model, u: ObjectArray, plan: GlmPlan, k: int) -> ObjectArray:
@@ -415,20 +479,34 @@ async def _solve_model(fields: Fields, model: Model, u: ObjectArray, plan: GlmPl
 
 
 async def _solve_and_check(
-    fields: Fields, model: Model, u: ObjectArray, plan: GlmPlan, k: int
+    fields: Fields, moving: MovingModel, u: ObjectArray, plan: GlmPlan, k: int
 ) -> tuple[ObjectArray, bool]:
-    """``_solve_model`` and the stopping rule after iteration k (``_small_step``). With an L1 part the
-    rule's comparisons run inside the selection (``polish_and_select``), alongside its own."""
+    """The next iterate from a model under way (``_solve_model``'s steps) and the stopping rule after
+    iteration k (``_small_step``). With an L1 part the rule's comparisons run inside the selection
+    (``polish_and_select``), alongside its own."""
     big = fields.big
-    if not (plan.checks[k] and plan.polish[k] and plan.has_l1):
-        new = await _solve_model(fields, model, u, plan, k)
+    if not plan.has_l1:
+        moved: Moved = await moving.rest
+        new = await solve(big, moved.model, plan.ns_solve_iterations, FRAC)
         return new, plan.checks[k] and await _small_step(big, new, u)
-    state = await _admm_state(fields, model, u, plan, k)
+    state = await _admm_back(fields, moving.h_w, moving.u_w, _work_parts(moving.rest), plan, k)
+    moved = await moving.rest
+    if not plan.polish[k]:
+        return state.z, plan.checks[k] and await _small_step(big, state.z, u)
+    before = u if plan.checks[k] else None
     new, violations = await polish_and_select(
-        big, model, state, plan.ns_solve_iterations, FRAC, before=u, tolerance=STEP_TOLERANCE
+        big, moved.model, state, plan.ns_solve_iterations, FRAC, before=before, tolerance=STEP_TOLERANCE
     )
-    assert violations is not None
-    return new, await all_zero(big, violations)
+    return new, violations is not None and await all_zero(big, violations)
+
+
+async def _work_parts(rest: Any) -> tuple[ObjectArray, ObjectArray]:
+    moved: Moved = await rest
+    return moved.q_w, moved.lam_w
+
+
+async def _ready(*values: ObjectArray) -> tuple[ObjectArray, ...]:
+    return values
 
 
 async def _admm_state(fields: Fields, model: Model, u: ObjectArray, plan: GlmPlan, k: int) -> AdmmState:
@@ -443,7 +521,16 @@ async def _admm_state(fields: Fields, model: Model, u: ObjectArray, plan: GlmPla
         FRAC + MODEL_BITS,
     )
     h_w, q_w, lam_w, u_w = moved[: d1 * d1].reshape(d1, d1), moved[d1 * d1 : -2 * d1], moved[-2 * d1 : -d1], moved[-d1:]
-    state = await admm(work, Model(h_w, q_w, lam_w), u_w, plan.admm[k], FRAC_W, plan.ns_k_iterations)
+    return await _admm_back(fields, h_w, u_w, _ready(q_w, lam_w), plan, k)
+
+
+async def _admm_back(
+    fields: Fields, h_w: ObjectArray, u_w: ObjectArray, later: Any, plan: GlmPlan, k: int
+) -> AdmmState:
+    """ADMM in F_w (``secure_qp.admm``; ``later``: an awaitable of q and λ in F_w), its last iterate to F_g."""
+    big, work = fields.big, fields.work
+    d1 = u_w.size
+    state = await admm(work, h_w, u_w, later, plan.admm[k], FRAC_W, plan.ns_k_iterations)
     back = await work.convert(
         np.concatenate([state.z, state.z_abs, state.above, state.below]), big, FRAC_W + ADMM_BITS + 1
     )
@@ -476,14 +563,14 @@ async def secure_fit_glm(
 
     outer = plan.outer_iterations
     progress.report("iterations", 0, outer)
-    scaling, model = await _first_step(big, rows, plan)
-    u = np.zeros(plan.d + 1, dtype=object)
-    u = await _solve_model(fields, model, u, plan, 0)
+    moving = await _first_moving(fields, rows, plan)
+    u, _ = await _solve_and_check(fields, moving, np.zeros(plan.d + 1, dtype=object), plan, 0)
+    scaling = (await moving.rest).scaling
     progress.report("iterations", 1, outer)
     used = 1
     for k in range(1, outer):
-        model = await _next_model(fields, rows, scaling, u, plan)
-        new, stop = await _solve_and_check(fields, model, u, plan, k)
+        moving = await _next_moving(fields, rows, scaling, u, plan)
+        new, stop = await _solve_and_check(fields, moving, u, plan, k)
         u, used = new, k + 1
         progress.report("iterations", outer if stop else used, outer)
         if stop:

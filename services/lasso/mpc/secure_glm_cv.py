@@ -74,7 +74,7 @@ LOSS_BITS = 20
 
 async def _fit_u(fields: Fields, rows: Rows, plan: GlmPlan) -> tuple[ObjectArray, ObjectArray]:
     """(e, u) of one GLM fit: the outer iterations of ``secure_glm.secure_fit_glm``."""
-    scaling, model = await _first_step(fields.big, rows, plan)
+    scaling, model = await _first_step(fields, rows, plan)
     u = await _solve_model(fields, model, np.zeros(plan.d + 1, dtype=object), plan, 0)
     for k in range(1, plan.outer_iterations):
         model = await _next_model(fields, rows, scaling, u, plan)

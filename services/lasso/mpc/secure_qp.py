@@ -9,10 +9,15 @@ lasso's (``secure_solver``, ADR 0002), for one problem and warm-started:
 
 * ``admm``: over-relaxed ADMM (ρ = 1/4, r = 7/4) from z₀ = the previous outer iterate and
   the dual that makes it a fixed point of the old model, w₀ = (q − Hz₀)/ρ; K = (H + ρI)⁻¹ by
-  Newton–Schulz; one local matrix-vector product and one ``FusedThreshold`` step (7
-  rounds) per iteration.
+  Newton–Schulz; one local matrix-vector product and one ``FusedThreshold`` step (6
+  rounds at 20 fractional bits) per iteration. Hz₀ and the threshold's random bits are made
+  while Newton–Schulz runs, and its last truncation gives rρ·K: the steps follow at once.
 * ``polish_and_select``: Newton–Schulz on the support and signs of z, then a secure
-  comparison of F keeps the better point.
+  comparison of F keeps the better point. The comparisons are ``secure_compare``'s, their
+  random bits made during Newton–Schulz (``FieldOps.pair_bits``); F's difference is compared
+  unreduced, in one batch with a stopping rule's step comparisons for both candidates (the
+  chosen one's count is selected with the point): 19 rounds after the solve, and one more
+  for the rule's opened bit.
 * ``solve``: Newton–Schulz on H alone (no L1 part: one Newton step).
 
 Bounds (documented in services/lasso/REGRESSION.md): |ADMM values| < 2^(ADMM_BITS − 1),
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -167,30 +173,33 @@ async def clamp_thresholds(ops: FieldOps, lam: ObjectArray, frac: int, bits: int
 
 
 async def admm(
-    ops: FieldOps, model: Model, z0: ObjectArray, iterations: int, frac: int, k_iterations: int
+    ops: FieldOps, h: ObjectArray, z0: ObjectArray, later: Any, iterations: int, frac: int, k_iterations: int
 ) -> AdmmState:
-    """``iterations`` over-relaxed ADMM steps from z₀ (see the module docstring).
+    """``iterations`` over-relaxed ADMM steps from z₀ on the model (H, q, λ) (see the module docstring);
+    ``later`` is an awaitable of (q, λ), which are first needed after Newton–Schulz (the caller may
+    still be making them, ``FieldOps.start``).
 
     While Newton–Schulz makes rρ·K (its last truncation scales it), Hz₀ is truncated and the soft
     threshold's random bits are made (``FieldOps.pair_bits``); r·Kq enters each step's local product as
     rρ·K·(q/ρ), so the steps follow Newton–Schulz directly.
     """
-    p, d1 = ops.p, model.q.size
+    p, d1 = ops.p, z0.size
     one = 1 << frac
     log_d = math.ceil(math.log2(d1 + 1))
     x_bits = 2 * frac + ADMM_BITS + 1
     per_step = threshold_bits_needed(d1, frac, x_bits)
     random = ops.pair_bits(iterations * per_step) if iterations * per_step <= MAX_BITS_PER_BATCH else None
-    hz0 = ops.start(ops.matmul, model.h, z0, frac, 2 * frac + ADMM_BITS + log_d + 6)
-    shifted = model.h.copy()
+    hz0 = ops.start(ops.matmul, h, z0, frac, 2 * frac + ADMM_BITS + log_d + 6)
+    shifted = h.copy()
     shifted[np.diag_indices(d1)] = (shifted[np.diag_indices(d1)] + ops.fixed(ADMM_RHO, frac)) % p
     a1 = await newton_schulz(ops, shifted, k_iterations, d1 + ADMM_RHO, frac, 3, _dyadic(ADMM_RELAX * ADMM_RHO))
     num_z, shift_z = _dyadic(1 - ADMM_RELAX)
     inv_rho = int(1 / ADMM_RHO)
-    q_rho = (inv_rho * model.q) % p
+    q, lam = await later
+    q_rho = (inv_rho * q) % p
     w = (q_rho - inv_rho * await hz0) % p  # (q − Hz₀)/ρ
     z = z0 % p
-    threshold = FusedThreshold(ops, (inv_rho * model.lam) % p, frac, x_bits, iterations)
+    threshold = FusedThreshold(ops, (inv_rho * lam) % p, frac, x_bits, iterations)
     bits = None if random is None else (await random).reshape(iterations, per_step)
     state = AdmmState(z, z, z, z)
     for i in range(iterations):
