@@ -22,7 +22,8 @@ branch). Only ``sign_bits`` compares; exponentials and reciprocals use products 
    computed value are below 10^−10 (the polynomial stays in (0.08, 1] for t ∈ [0, 4] and
    below e^−0.18 for t ≥ 0.18).
 4. σ(u) = 1/(1 + v) by Newton x ← x(2 − Dx) from the linear minimax start on
-   D ∈ [1, 1 + e^(1/4)] (relative error 0.083, squared each step: 2.2·10^−9 after 3 steps).
+   D ∈ [1, 1 + e^(1/4)] (relative error 0.083, squared each step: 2.2·10^−9 after 3 steps), in
+   the coupled form x ← x(1 + ε), ε ← ε² (one round a step, after one for x₀ and ε₀).
 5. σ(η) = b + (1 − 2b)·σ(u), and σ(η)(1 − σ(η)) = σ(u)(1 − σ(u)).
 
 Absolute error of σ(η): below ≈ 2.3·10^−9 (fixed-point rounding of 2^−40 per product
@@ -128,21 +129,26 @@ async def exp_neg(ops: FieldOps, t: ObjectArray, frac: int, square: ObjectArray 
 
 
 async def reciprocal_one_plus(ops: FieldOps, v: ObjectArray, frac: int, high: float) -> ObjectArray:
-    """1/(1 + v) (frac ``frac``) for v ∈ [0, high − 1]: Newton from the minimax linear start.
+    """1/(1 + v) (frac ``frac``) for v ∈ [0, high − 1]: Newton from the minimax linear start, in the
+    coupled form x ← x(1 + ε), ε ← ε² (ε = 1 − Dx; exact: 1 − Dx(1 + ε) = ε²), both products in one round.
 
-    The start x₀ = c₁ − c₂D stays at frac 2·frac (a linear function of the shares); the first
-    step's two products truncate it away (no separate rounding round).
+    The first round rounds x₀ = c₁ − c₂D and makes ε₀ = 1 − c₁D + c₂D² from the unrounded D² (one
+    truncation of both, from frac 3·frac). Rounding: with ε̃ the computed ε, δ = ε̃ − ε grows by
+    (1 + ε) a step plus new roundings of 2^−frac·(1 + D), so after the steps 1 − Dx is ε₀^(2^k) plus
+    ~10^−11 (frac 40). Rounds: 1 + RECIPROCAL_STEPS (was 2 a step).
     """
-    one = 1 << frac
-    c1, c2 = reciprocal_start(1.0, high)
-    d = (v + one) % ops.p
-    x = (round(c1 * one) * one - round(c2 * one) * d) % ops.p  # frac 2·frac
-    x_frac = 2 * frac
-    bits = 2 * frac + 4
-    for _ in range(RECIPROCAL_STEPS):
-        dx = await ops.mul(d, x, x_frac, bits + x_frac - frac)
-        x = await ops.mul(x, (2 * one - dx) % ops.p, x_frac, bits + x_frac - frac)
-        x_frac = frac
+    one, p = 1 << frac, ops.p
+    c1, c2 = (round(c * one) for c in reciprocal_start(1.0, high))
+    d = (v + one) % p
+    start = np.concatenate([(c1 * one - c2 * d) * one, one * one * one - c1 * d * one + c2 * d * d]) % p  # frac 3F
+    both = await ops.trunc(start, 2 * frac, 3 * frac + 4, degree2t=True)
+    n = d.size
+    x, eps = both[:n], both[n:]
+    for step in range(RECIPROCAL_STEPS):
+        if step == RECIPROCAL_STEPS - 1:
+            return await ops.mul(x, (one + eps) % p, frac, 2 * frac + 4)
+        both = await ops.mul(np.concatenate([x, eps]), np.concatenate([(one + eps) % p, eps]), frac, 2 * frac + 4)
+        x, eps = both[:n], both[n:]
     return x
 
 
