@@ -167,7 +167,7 @@ async def clamp_thresholds(ops: FieldOps, lam: ObjectArray, frac: int, bits: int
     """min(λ, ρ·KAPPA_CLAMP) elementwise (λ ≥ 0, |λ| < 2^(bits−1) at ``frac``)."""
     limit = ops.fixed(ADMM_RHO * KAPPA_CLAMP, frac)
     excess = (lam - limit) % ops.p
-    below = await ops.less_than_zero(excess, bits)
+    below = await less_than_zero(ops, excess, bits)
     clamped: ObjectArray = (limit + await ops.mul_exact(below, excess)) % ops.p
     return clamped
 
