@@ -2,7 +2,8 @@
 
 ``fit_glm_plain`` runs the algorithm of ``services/lasso/mpc/secure_glm.py`` — the same
 public plan (``glm_plan``), centring, fixed Jacobi scaling, Newton and Newton–Schulz
-iteration counts, warm-started ADMM, polishing and selection — in float64 with the exact
+iteration counts, warm-started ADMM, polishing (on the previous outer iteration's ADMM
+support) and selection — in float64 with the exact
 link function, so the secure result can be compared with it step by step.
 ``fit_glm_exact`` is the exact optimum of the same objective (proximal Newton with
 coordinate descent, run until nothing changes at 1e-15), and ``fit_glm_sklearn`` is
@@ -126,6 +127,7 @@ def solve_plain_counted(plan: GlmPlan, rows: Rows) -> tuple[Vector, int]:
     lam, gam = np.asarray(plan.l1), np.asarray(plan.ridge)
     v = np.zeros(d1)
     e = np.zeros(d1)
+    support = np.zeros(d1)  # none before the first ADMM: the intercept only
     used = 0
     for k in range(plan.outer_iterations):
         used = k + 1
@@ -142,7 +144,12 @@ def solve_plain_counted(plan: GlmPlan, rows: Rows) -> tuple[Vector, int]:
         hu = e[:, None] * big_g * e[None, :]
         qu = e * (h @ v - g)
         lu = lam * e
-        u = solve_model_plain(plan, hu, qu, lu, v / e, k)
+        if plan.has_l1:  # polishing on the previous outer iteration's ADMM iterate's support (secure_glm)
+            z = admm_plain(plan, hu, qu, lu, v / e, k)
+            u = polish_plain(plan, hu, qu, lu, z, support) if plan.polish[k] else z
+            support = z
+        else:
+            u = solve_model_plain(plan, hu, qu, lu, v / e, k)
         v, stop = e * u, _small_step(plan, k, u, v / e)
         if stop:
             break
@@ -155,10 +162,18 @@ def _small_step(plan: GlmPlan, k: int, u: Vector, before: Vector) -> bool:
 
 
 def solve_model_plain(plan: GlmPlan, hu: Matrix, qu: Vector, lu: Vector, z: Vector, k: int) -> Vector:
-    """Outer iteration k's model ½uᵀHu − qᵀu + Σλ|u| solved as the secure fit does (``secure_qp``), from z."""
+    """Outer iteration k's model ½uᵀHu − qᵀu + Σλ|u| solved as the secure Poisson fit does (``secure_qp``),
+    from z: ADMM, then (where the plan says) polishing on the ADMM iterate's own support."""
     d1 = len(qu)
     if not plan.has_l1:
         return newton_schulz(hu, plan.ns_solve_iterations, float(d1)) @ qu
+    z = admm_plain(plan, hu, qu, lu, z, k)
+    return polish_plain(plan, hu, qu, lu, z, z) if plan.polish[k] else z
+
+
+def admm_plain(plan: GlmPlan, hu: Matrix, qu: Vector, lu: Vector, z: Vector, k: int) -> Vector:
+    """``secure_qp.admm``: the plan's ADMM iterations on the model, warm-started at z."""
+    d1 = len(qu)
     kmat = newton_schulz(hu + ADMM_RHO * np.eye(d1), plan.ns_k_iterations, d1 + ADMM_RHO)
     kappa = lu / ADMM_RHO
     w = (qu - hu @ z) / ADMM_RHO
@@ -166,16 +181,19 @@ def solve_model_plain(plan: GlmPlan, hu: Matrix, qu: Vector, lu: Vector, z: Vect
         x = ADMM_RELAX * (kmat @ (qu + ADMM_RHO * (z - w))) + (1 - ADMM_RELAX) * z + w
         z = x - np.clip(x, -kappa, kappa)
         w = x - z
-    u = z
-    if plan.polish[k]:
-        active = (z != 0).astype(float)
-        active[-1] = 1.0
-        sign = np.sign(z)
-        mmat = np.outer(active, active) * hu + np.diag(1 - active)
-        polished = active * (newton_schulz(mmat, plan.ns_solve_iterations, float(d1)) @ (active * (qu - lu * sign)))
-        if _objective(hu, qu, lu, polished) < _objective(hu, qu, lu, z):
-            u = polished
-    return u
+    return z
+
+
+def polish_plain(plan: GlmPlan, hu: Matrix, qu: Vector, lu: Vector, z: Vector, support: Vector) -> Vector:
+    """``secure_qp.polish`` and ``select``: the model solved on the support and signs of ``support`` (intercept
+    always active), kept if it lowers the model's objective, else z."""
+    d1 = len(qu)
+    active = (support != 0).astype(float)
+    active[-1] = 1.0
+    sign = np.sign(support)
+    mmat = np.outer(active, active) * hu + np.diag(1 - active)
+    polished = active * (newton_schulz(mmat, plan.ns_solve_iterations, float(d1)) @ (active * (qu - lu * sign)))
+    return polished if _objective(hu, qu, lu, polished) < _objective(hu, qu, lu, z) else z
 
 
 def fit_glm_plain(x: Matrix, y: Vector, spec: RegressionSpec) -> GlmFit:

@@ -21,10 +21,11 @@ iterations  Outer iteration 0 at v = 0 (p = ½, s = ¼, no link function): gradi
             units on the sums, the model, and its warm-started solve (``secure_qp``). The
             model's H goes to ADMM's field straight from the unrounded scaled sums, and its
             q and λ (iteration 0: the clamp of λ) are made while ADMM's Newton–Schulz runs
-            (``MovingModel``). From the fourth iteration on, the stopping rule
-            (``_small_step``; with an L1 part its comparisons run inside the selection,
-            ``secure_qp.polish_and_select``) opens one bit: whether the Newton step was
-            below ``glm_plan.STEP_TOLERANCE``.
+            (``MovingModel``); where the plan polishes, the polishing on the previous
+            iteration's ADMM support runs beside ADMM too (``_solve_and_check``). From the
+            fourth iteration on, the stopping rule (``_small_step``; with an L1 part its
+            comparisons run inside the selection, ``secure_qp.select``) opens one bit:
+            whether the Newton step was below ``glm_plan.STEP_TOLERANCE``.
 reveal      ŵ = e∘u (opened unrounded: exact zeros) and b̂ = b̃ − ŵᵀμ̂, and the metrics,
             to parties 0 and 1 only; the public map to the original scale is applied in
             the clear. Every other opening is of a masked value, except the stopping
@@ -72,12 +73,15 @@ from services.lasso.mpc.secure_qp import (
     E_BITS,
     AdmmState,
     Model,
+    Polished,
     admm,
     admm_field_bits,
     clamp_thresholds,
     newton_inverse_sqrt_from,
+    polish,
     polish_and_select,
     qp_field_bits,
+    select,
     solve,
 )
 from services.lasso.mpc.secure_rows import share_rows
@@ -297,13 +301,6 @@ def _to_work(fields: Fields, x: ObjectArray) -> Any:
     )
 
 
-async def _first_step(fields: Fields, rows: Rows, plan: GlmPlan) -> tuple[Scaling, Model]:
-    """Outer iteration 0 at v = 0: g, H, the Jacobi scaling and the first model."""
-    moved = await (await _first_moving(fields, rows, plan)).rest
-    assert moved.scaling is not None
-    return moved.scaling, moved.model
-
-
 async def _first_moving(fields: Fields, rows: Rows, plan: GlmPlan) -> MovingModel:
     """Outer iteration 0 at v = 0: g, H, the Jacobi scaling; H_u + Γ_u and q = −g_u go to F_w from their
     unrounded products, and λ∘e is clamped while ADMM's Newton–Schulz runs (``_first_rest``)."""
@@ -406,12 +403,6 @@ async def _svm_link(fields: Fields, rows: Rows, eta2: ObjectArray) -> tuple[Obje
     return residual, (2 * active << W_FRAC) % p
 
 
-async def _next_model(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> Model:
-    """The quadratic model at u (``_next_moving``), in F_g."""
-    moved: Moved = await (await _next_moving(fields, rows, scaling, u, plan)).rest
-    return moved.model
-
-
 async def _next_moving(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectArray, plan: GlmPlan) -> MovingModel:
     """The quadratic model at u: the link at η = X̃·(e∘u), the sums g and H, then (e·eᵀ)∘H + Γ_u, u and λ
     to F_w in one round from the unrounded products; g_u, H_u and q = H_u·u − g_u follow in F_g while
@@ -479,25 +470,65 @@ async def _solve_model(fields: Fields, model: Model, u: ObjectArray, plan: GlmPl
 
 
 async def _solve_and_check(
-    fields: Fields, moving: MovingModel, u: ObjectArray, plan: GlmPlan, k: int
-) -> tuple[ObjectArray, bool]:
-    """The next iterate from a model under way (``_solve_model``'s steps) and the stopping rule after
-    iteration k (``_small_step``). With an L1 part the rule's comparisons run inside the selection
-    (``polish_and_select``), alongside its own."""
+    fields: Fields,
+    moving: MovingModel,
+    u: ObjectArray,
+    support: AdmmState,
+    plan: GlmPlan,
+    k: int,
+    stopping: bool = True,
+) -> tuple[ObjectArray, bool, AdmmState]:
+    """The next iterate from a model under way, whether the stopping rule stops after iteration k
+    (``_small_step``; only with ``stopping``), and this iteration's ADMM iterate.
+
+    With an L1 part: ADMM warm-started at u; where the plan polishes, the polishing is on the support
+    and signs of the previous outer iteration's ADMM iterate (``support``; none at k = 0: the intercept
+    only), so it runs beside ADMM (``secure_qp.polish``), and ``secure_qp.select`` keeps the better point
+    with the stopping rule's comparisons in its batch.
+    """
     big = fields.big
+    check = stopping and plan.checks[k]
     if not plan.has_l1:
         moved: Moved = await moving.rest
         new = await solve(big, moved.model, plan.ns_solve_iterations, FRAC)
-        return new, plan.checks[k] and await _small_step(big, new, u)
+        return new, check and await _small_step(big, new, u), support
+    polishing = big.start(_polish_moving, fields, moving.rest, support, plan, check) if plan.polish[k] else None
     state = await _admm_back(fields, moving.h_w, moving.u_w, _work_parts(moving.rest), plan, k)
+    if polishing is None:
+        return state.z, check and await _small_step(big, state.z, u), state
     moved = await moving.rest
-    if not plan.polish[k]:
-        return state.z, plan.checks[k] and await _small_step(big, state.z, u)
-    before = u if plan.checks[k] else None
-    new, violations = await polish_and_select(
-        big, moved.model, state, plan.ns_solve_iterations, FRAC, before=before, tolerance=STEP_TOLERANCE
+    new, violations = await select(
+        big, moved.model, state, await polishing, FRAC, plan.ns_solve_iterations, u if check else None, STEP_TOLERANCE
     )
-    return new, violations is not None and await all_zero(big, violations)
+    return new, violations is not None and await all_zero(big, violations), state
+
+
+async def _polish_moving(fields: Fields, rest: Any, support: AdmmState, plan: GlmPlan, checked: bool) -> Polished:
+    moved: Moved = await rest
+    return await polish(fields.big, moved.model, support, plan.ns_solve_iterations, FRAC, checked)
+
+
+async def fit_iterations(
+    fields: Fields, rows: Rows, plan: GlmPlan, stopping: bool, on_step: Callable[[int, bool], None]
+) -> tuple[Scaling, ObjectArray, int]:
+    """The outer iterations of one fit: (the scaling, the last iterate u, the iterations used); with
+    ``stopping``, the stopping rule; ``on_step(used, stopped)`` after each."""
+    zeros = np.zeros(plan.d + 1, dtype=object)
+    support = AdmmState(zeros, zeros, zeros, zeros)
+    moving = await _first_moving(fields, rows, plan)
+    u, _, support = await _solve_and_check(fields, moving, zeros, support, plan, 0, stopping)
+    moved: Moved = await moving.rest
+    assert moved.scaling is not None
+    scaling, used = moved.scaling, 1
+    on_step(used, False)
+    for k in range(1, plan.outer_iterations):
+        moving = await _next_moving(fields, rows, scaling, u, plan)
+        u, stop, support = await _solve_and_check(fields, moving, u, support, plan, k, stopping)
+        used = k + 1
+        on_step(used, stop)
+        if stop:
+            break
+    return scaling, u, used
 
 
 async def _work_parts(rest: Any) -> tuple[ObjectArray, ObjectArray]:
@@ -563,18 +594,9 @@ async def secure_fit_glm(
 
     outer = plan.outer_iterations
     progress.report("iterations", 0, outer)
-    moving = await _first_moving(fields, rows, plan)
-    u, _ = await _solve_and_check(fields, moving, np.zeros(plan.d + 1, dtype=object), plan, 0)
-    scaling = (await moving.rest).scaling
-    progress.report("iterations", 1, outer)
-    used = 1
-    for k in range(1, outer):
-        moving = await _next_moving(fields, rows, scaling, u, plan)
-        new, stop = await _solve_and_check(fields, moving, u, plan, k)
-        u, used = new, k + 1
-        progress.report("iterations", outer if stop else used, outer)
-        if stop:
-            break
+    scaling, u, used = await fit_iterations(
+        fields, rows, plan, True, lambda used, stop: progress.report("iterations", outer if stop else used, outer)
+    )
 
     progress.report("reveal", 0, 1)
     v = await _coefficients(big, scaling, u)

@@ -45,12 +45,10 @@ from services.lasso.mpc.secure_glm import (
     Fields,
     Rows,
     _fields,
-    _first_step,
     _log_rows,
     _mean_scale,
-    _next_model,
     _rows,
-    _solve_model,
+    fit_iterations,
 )
 from services.lasso.mpc.secure_input import agreed_table, zero_columns
 from services.lasso.mpc.secure_metrics import classification_metrics
@@ -73,12 +71,8 @@ LOSS_BITS = 20
 
 
 async def _fit_u(fields: Fields, rows: Rows, plan: GlmPlan) -> tuple[ObjectArray, ObjectArray]:
-    """(e, u) of one GLM fit: the outer iterations of ``secure_glm.secure_fit_glm``."""
-    scaling, model = await _first_step(fields, rows, plan)
-    u = await _solve_model(fields, model, np.zeros(plan.d + 1, dtype=object), plan, 0)
-    for k in range(1, plan.outer_iterations):
-        model = await _next_model(fields, rows, scaling, u, plan)
-        u = await _solve_model(fields, model, u, plan, k)
+    """(e, u) of one GLM fit: the outer iterations of ``secure_glm.secure_fit_glm``, without the stopping rule."""
+    scaling, u, _ = await fit_iterations(fields, rows, plan, False, lambda used, stop: None)
     return scaling.e, u
 
 

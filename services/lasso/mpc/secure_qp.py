@@ -12,12 +12,13 @@ lasso's (``secure_solver``, ADR 0002), for one problem and warm-started:
   Newton–Schulz; one local matrix-vector product and one ``FusedThreshold`` step (6
   rounds at 20 fractional bits) per iteration. Hz₀ and the threshold's random bits are made
   while Newton–Schulz runs, and its last truncation gives rρ·K: the steps follow at once.
-* ``polish_and_select``: Newton–Schulz on the support and signs of z, then a secure
-  comparison of F keeps the better point. The comparisons are ``secure_compare``'s, their
-  random bits made during Newton–Schulz (``FieldOps.pair_bits``); F's difference is compared
-  unreduced, in one batch with a stopping rule's step comparisons for both candidates (the
-  chosen one's count is selected with the point): 19 rounds after the solve, and one more
-  for the rule's opened bit.
+* ``polish`` then ``select`` (``polish_and_select``: both on z): Newton–Schulz on a support
+  and signs (``secure_glm``: the previous outer iteration's ADMM iterate, so that ``polish``
+  runs beside ADMM), the solution clipped, then a secure comparison of F keeps the better of
+  it and the ADMM point. The comparisons are ``secure_compare``'s, their random bits made
+  during Newton–Schulz (``FieldOps.pair_bits``); F's difference is compared unreduced, in one
+  batch with a stopping rule's step comparisons for both candidates (the chosen one's count is
+  selected with the point): ``select`` takes 10 rounds, and the rule's opened bit one more.
 * ``solve``: Newton–Schulz on H alone (no L1 part: one Newton step).
 
 Bounds (documented in services/lasso/REGRESSION.md): |ADMM values| < 2^(ADMM_BITS − 1),
@@ -217,6 +218,20 @@ def _select_bits(frac: int, iterations: int, d1: int) -> tuple[int, int]:
     return frac + iterations + 12, 2 * frac + 2 * ADMM_BITS + log_d + 12
 
 
+@dataclass(frozen=True)
+class Polished:
+    """A polished point clipped to ±2^(ADMM_BITS−1), its |·|, and the random bits of the selection's comparison."""
+
+    clipped: ObjectArray
+    clipped_abs: ObjectArray
+    random: ObjectArray
+
+
+def select_random_bits(d1: int, frac: int, iterations: int, checked: bool) -> int:
+    """Random bits ``select`` uses: the objective difference, and with ``checked`` τ ∓ δ for both candidates."""
+    return comparison_bits(1 + (4 * d1 if checked else 0), _select_bits(frac, iterations, d1)[1])
+
+
 async def polish_and_select(
     ops: FieldOps,
     model: Model,
@@ -226,21 +241,29 @@ async def polish_and_select(
     before: ObjectArray | None = None,
     tolerance: float = 0.0,
 ) -> tuple[ObjectArray, ObjectArray | None]:
-    """The polished point on the support and signs of z if it lowers F, else z (intercept always active);
-    with ``before``, also the number of j with |chosen_j − before_j| > ``tolerance`` (degree t, for a
-    stopping rule's ``secure_compare.all_zero``).
+    """The polished point on the support and signs of z if it lowers F, else z (``polish``, then ``select``)."""
+    polished = await polish(ops, model, state, iterations, frac, before is not None)
+    return await select(ops, model, state, polished, frac, iterations, before, tolerance)
 
-    The random bits of every comparison (``FieldOps.pair_bits``) are made while Newton–Schulz runs.
+
+async def polish(
+    ops: FieldOps, model: Model, support: AdmmState, iterations: int, frac: int, checked: bool
+) -> Polished:
+    """Newton–Schulz on the support and signs of ``support``'s iterate (intercept always active), the
+    solution clipped to ±2^(ADMM_BITS−1) (one comparison). Needs no other ADMM iterate, so a caller may
+    run it beside ADMM (``secure_glm``: on the previous outer iteration's support).
+
+    The random bits of the clip's and of ``select``'s comparisons (``FieldOps.pair_bits``) are made
+    while Newton–Schulz runs.
     """
     p, d1 = ops.p, model.q.size
     one = 1 << frac
-    clip_bits, objective_bits = _select_bits(frac, iterations, d1)
-    checked = 1 + (0 if before is None else 4 * d1)  # the objective difference, then τ ∓ δ for z and w
+    clip_bits, _ = _select_bits(frac, iterations, d1)
     split = comparison_bits(3 * d1, clip_bits)
-    random = ops.pair_bits(split + comparison_bits(checked, objective_bits))
-    active = (state.above + state.below) % p
+    random = ops.pair_bits(split + select_random_bits(d1, frac, iterations, checked))
+    active = (support.above + support.below) % p
     active[-1] = 1
-    sign = (state.above - state.below) % p
+    sign = (support.above - support.below) % p
     pair = await ops.mul_exact(
         np.concatenate([np.outer(active, active).reshape(-1), model.lam]),
         np.concatenate([np.ones(d1 * d1, dtype=object), sign]),
@@ -257,51 +280,53 @@ async def polish_and_select(
     solved = await ops.matmul(x, rhs, frac, 2 * frac + x_bits + 12)
     polished = await ops.mul_exact(active, solved)
     bits = await random
-    step = None if before is None else (before, ops.fixed(tolerance, frac))
-    return await _select(ops, model, state, polished, frac, iterations, (bits[:split], bits[split:]), step)
-
-
-async def _select(
-    ops: FieldOps,
-    model: Model,
-    state: AdmmState,
-    polished: ObjectArray,
-    frac: int,
-    iterations: int,
-    random: tuple[ObjectArray, ObjectArray],
-    step: tuple[ObjectArray, ObjectArray] | None,
-) -> tuple[ObjectArray, ObjectArray | None]:
-    """As the lasso's selection: clip the polished point to ±2^(ADMM_BITS−1), keep it if 2(F(w) − F(z)) < 0.
-
-    ``step`` = (before, τ): the stopping rule's [τ − δ_j < 0] + [τ + δ_j < 0] (1 exactly when |δ_j| > τ) for
-    both candidates, in the objective's comparison (one batch, opened at threshold 2t: a degree-t sharing
-    is also one of degree 2t); the chosen candidate's count is selected with the point, in one round.
-    """
-    p, d1 = ops.p, model.q.size
-    clip_bits, objective_bits = _select_bits(frac, iterations, d1)
     bound = ops.fixed(2.0 ** (ADMM_BITS - 1), frac)
-    bits = await less_than_zero(
-        ops, np.concatenate([(bound - polished), (polished + bound), polished]) % p, clip_bits, random[0]
+    signs = await less_than_zero(
+        ops, np.concatenate([(bound - polished), (polished + bound), polished]) % p, clip_bits, bits[:split]
     )
-    g_hi, g_lo, neg = bits[:d1], bits[d1 : 2 * d1], bits[2 * d1 :]
+    g_hi, g_lo, neg = signs[:d1], signs[d1 : 2 * d1], signs[2 * d1 :]
     prods = await ops.mul_exact(np.concatenate([g_hi, g_lo, neg]), np.concatenate([polished] * 3))
     hw, lw, nw = prods[:d1], prods[d1 : 2 * d1], prods[2 * d1 :]
     clipped = (polished + (g_hi - g_lo) * bound - hw - lw) % p
     clipped_abs = (polished - 2 * nw + (g_hi + g_lo) * bound - hw + lw) % p
+    return Polished(clipped, clipped_abs, bits[split:])
+
+
+async def select(
+    ops: FieldOps,
+    model: Model,
+    state: AdmmState,
+    polished: Polished,
+    frac: int,
+    iterations: int,
+    before: ObjectArray | None = None,
+    tolerance: float = 0.0,
+) -> tuple[ObjectArray, ObjectArray | None]:
+    """As the lasso's selection: the polished point w if 2(F(w) − F(z)) < 0, else the ADMM iterate z; with
+    ``before``, also the number of j with |chosen_j − before_j| > ``tolerance`` (degree t, for a stopping
+    rule's ``secure_compare.all_zero``).
+
+    F's difference is compared unreduced (degree 2t), in one batch with the rule's [τ − δ_j < 0] +
+    [τ + δ_j < 0] (1 exactly when |δ_j| > τ) for both candidates (opened at threshold 2t: a degree-t
+    sharing is also one of degree 2t); the chosen candidate's count is selected with the point, in one
+    round. ``polished.random`` must hold ``select_random_bits(…, checked=before is not None)`` bits.
+    """
+    p, d1 = ops.p, model.q.size
+    _, objective_bits = _select_bits(frac, iterations, d1)
     z = state.z
-    delta = (clipped - z) % p
+    delta = (polished.clipped - z) % p
     log_d = math.ceil(math.log2(4 * d1))
     hb = await ops.matmul(np.stack([z, delta]), model.h.T, frac, 2 * frac + ADMM_BITS + log_d)
     grad = (hb[0] - model.q) % p
-    twice = (2 * delta * grad + delta * hb[1] + 2 * model.lam * ((clipped_abs - state.z_abs) % p)).sum() % p
+    twice = (2 * delta * grad + delta * hb[1] + 2 * model.lam * ((polished.clipped_abs - state.z_abs) % p)).sum() % p
     values = [np.array([twice], dtype=object)]
-    if step is not None:
-        before, tau = step
-        steps = (np.stack([z, clipped]) - before) % p
+    if before is not None:
+        tau = ops.fixed(tolerance, frac)
+        steps = (np.stack([z, polished.clipped]) - before) % p
         values.append(np.concatenate([tau - steps, tau + steps], axis=1).reshape(-1))
-    bits = await less_than_zero(ops, np.concatenate(values) % p, objective_bits, random[1], degree2t=True)
+    bits = await less_than_zero(ops, np.concatenate(values) % p, objective_bits, polished.random, degree2t=True)
     better = bits[:1]
-    if step is None:
+    if before is None:
         choice = await ops.mul_exact(np.broadcast_to(better, delta.shape).copy(), delta)
         return (z + choice) % p, None
     counts = bits[1:].reshape(2, 2 * d1).sum(axis=1) % p  # violations of z, of the clipped polished point
