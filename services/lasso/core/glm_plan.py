@@ -82,11 +82,12 @@ ADMM_RELAX = 1.75
 NEWTON_ITERATIONS = 26
 #: The secure fit (logistic, SVM) starts that Newton from bands instead: one batched comparison of G¹_jj
 #: with the public G_j·2^−k, k = 1 … E_BANDS (G_j = 4s₀ + γ_j, the start's bound), puts G¹_jj·y₀² in
-#: [1/2, 1), from which E_NEWTON_FROM_BANDS steps reach 2^−80 (the error ε = 1 − G·y² goes to
-#: (3ε² + ε³)/4: 0.5, 0.22, 0.039, 1.1e-3, 9e-7, 7e-13, 3e-25). G¹_jj/G_j ≥ 2^−26 follows from
-#: σ_j/h_j ≥ 2^−11 (γ_j ≤ 1). 26 steps from the public start (52 rounds) become one comparison and 6.
+#: [1/2, 1), from which E_NEWTON_FROM_BANDS steps reach the rounding of FRAC = 40 bits (the error
+#: ε = 1 − G·y² goes to (3ε² + ε³)/4: 0.5, 0.22, 0.039, 1.1e-3, 9e-7, 7e-13 < 2^−40; a sixth step, 3e-25,
+#: would only round again). G¹_jj/G_j ≥ 2^−26 follows from σ_j/h_j ≥ 2^−11 (γ_j ≤ 1). 26 steps from the
+#: public start (52 rounds) become one comparison and 5 (was 6 until the fourth session of 2026-12-06).
 E_BANDS = 26
-E_NEWTON_FROM_BANDS = 6
+E_NEWTON_FROM_BANDS = 5
 #: Smallest eigenvalue of the Jacobi-scaled model Hessian the Newton–Schulz solves are sized for.
 EIGENVALUE_FLOOR = 1e-5
 #: Relative accuracy Newton–Schulz is run to: (1 − λ_min/λ_max)^(2^k) ≤ 2^−40.
