@@ -276,7 +276,7 @@ async def _sums(
 
 @dataclass(frozen=True)
 class Moved:
-    """A model made: in F_g, its q and λ in F_w, and (outer iteration 0) the fixed scaling."""
+    """A model made: in F_g, its q and λ in F_w (empty without an L1 part), and (outer iteration 0) the scaling."""
 
     model: Model
     q_w: ObjectArray
@@ -287,7 +287,8 @@ class Moved:
 @dataclass(frozen=True)
 class MovingModel:
     """A model under way: H and the warm start in F_w (FRAC_W) at once, for ADMM's Newton–Schulz, and the
-    rest (``rest``: an awaitable of ``Moved``, run by ``FieldOps.start``) while Newton–Schulz runs."""
+    rest (``rest``: an awaitable of ``Moved``, run by ``FieldOps.start``) while Newton–Schulz runs. Without
+    an L1 part (no ADMM) nothing is moved to F_w (empty arrays)."""
 
     h_w: ObjectArray
     u_w: ObjectArray
@@ -335,6 +336,9 @@ async def _first_moving(fields: Fields, rows: Rows, plan: GlmPlan) -> MovingMode
     k = d1 * d1
     h_ridge = second[:k].reshape(d1, d1).copy()
     h_ridge[np.diag_indices(d1)] += second[k + 2 * d1 :]
+    if not plan.has_l1:  # no ADMM: nothing to move (plain Newton in F_g)
+        empty = np.zeros(0, dtype=object)
+        return MovingModel(empty, empty, ops.start(_first_rest, fields, e, outer, second, empty, plan))
     moved = await _to_work(fields, np.concatenate([h_ridge.reshape(-1), -second[k : k + d1]]))
     rest = ops.start(_first_rest, fields, e, outer, second, moved[k:], plan)
     return MovingModel(moved[:k].reshape(d1, d1), np.zeros(d1, dtype=object), rest)
@@ -353,7 +357,7 @@ async def _first_rest(
     lam_u = second[k + d1 : k + 2 * d1]
     ridge_u = second[k + 2 * d1 :]
     lam_u = await clamp_thresholds(ops, lam_u, FRAC, FRAC + E_BITS + math.ceil(math.log2(max(plan.l1) + 2)) + 3)
-    lam_w = await trunc_convert(ops, fields.work, lam_u, FRAC - FRAC_W, FRAC + MODEL_BITS)
+    lam_w = await trunc_convert(ops, fields.work, lam_u, FRAC - FRAC_W, FRAC + MODEL_BITS) if plan.has_l1 else q_w
     model = _model(ops, h_u, (-g_u) % p, ridge_u, lam_u)
     return Moved(model, q_w, lam_w, Scaling(e, outer, ridge_u, lam_u))
 
@@ -431,6 +435,9 @@ async def _next_moving(fields: Fields, rows: Rows, scaling: Scaling, u: ObjectAr
     products = np.concatenate([(scaling.outer * hessian).reshape(-1), scaling.e * gradient]) % p  # frac 2F
     h_ridge = products[: d1 * d1].reshape(d1, d1).copy()
     h_ridge[np.diag_indices(d1)] += scaling.ridge * one
+    if not plan.has_l1:  # no ADMM: nothing to move (plain Newton in F_g)
+        empty = np.zeros(0, dtype=object)
+        return MovingModel(empty, empty, ops.start(_next_rest, fields, scaling, products, u, empty, plan))
     moved = await _to_work(fields, np.concatenate([h_ridge.reshape(-1), u * one, scaling.lam * one]))
     k = d1 * d1
     rest = ops.start(_next_rest, fields, scaling, products, u, moved[k + d1 :], plan)
@@ -454,7 +461,7 @@ async def _next_rest(
         2 * FRAC + 9 + math.ceil(math.log2(u.size)) + 3,
         degree2t=True,
     )
-    q_w = await trunc_convert(ops, fields.work, q, FRAC - FRAC_W, FRAC + MODEL_BITS)
+    q_w = await trunc_convert(ops, fields.work, q, FRAC - FRAC_W, FRAC + MODEL_BITS) if plan.has_l1 else lam_w
     return Moved(_model(ops, hessian, q, scaling.ridge, scaling.lam), q_w, lam_w)
 
 
