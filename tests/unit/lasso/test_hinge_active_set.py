@@ -114,6 +114,15 @@ def test_the_squared_hinge_optimum_is_not_certified() -> None:
             warm_steps=1, softplus=tuple(2.0**-k for k in range(2, 8)), passes=6, window=2**-7, rho=1e6, proximal=1.0
         ),
         ActiveSetSchedule(warm_steps=4, passes=5, window=1.0, rho=1e4, quantum=2.0**-40),
+        ActiveSetSchedule(
+            warm_steps=1,
+            softplus=tuple(2.0**-k for k in range(2, 8)),
+            passes=4,
+            window=2**-7,
+            proximal=1.0,
+            relaxation=0.5,
+            freeze=2**-6,
+        ),
     ],
 )
 @pytest.mark.parametrize("alpha", [1e-3, 0.01, 1.0])
