@@ -18,6 +18,7 @@ from services.testkit.hinge_active_set import (
     solve_hinge_active_set,
 )
 from services.testkit.hinge_reference import hinge_plan, solve_hinge_exact
+from services.testkit.hinge_study import HARDER, PROBLEMS, measure, problem
 from services.testkit.outcomes import study_with_outcome
 from services.testkit.synthetic import make_joined_table
 
@@ -155,3 +156,14 @@ def test_fixed_point_model_truncates_to_the_grid() -> None:
     exact = active_set._FixedPoint(None, SEED)
     assert np.array_equal(exact.value(x), x)
     assert dataclasses.replace(EXACT_PASS, quantum=quantum).row_passes == 2
+
+
+def test_the_study_measures_schedules_and_its_harder_problems_have_certified_optima() -> None:
+    """hinge_study (ADR 0014's table): the collinear and scaled variants still have a certified exact optimum."""
+    for spec in HARDER[:2]:
+        p = problem(*spec)
+        assert p.relative_error(p.exact) == 0.0
+    measured = measure(ActiveSetSchedule(warm_steps=4, passes=2), PROBLEMS[:1] + HARDER[:2])
+    assert measured.runs == 3 and measured.row_passes == 7
+    assert measured.certified_beyond_goal == 0
+    assert measured.median_error <= measured.worst_error
