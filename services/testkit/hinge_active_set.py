@@ -11,7 +11,7 @@ so that a secure version never opens the row partition nor gathers rows:
   0 beyond, the recovered value on it; ½ before the first pass): L = {s > 1}, R = {s < 0}, S otherwise
   (two comparisons per row), and sums g = (1/m)·Σ_L a_i, M = Σ_S a_i·a_iᵀ, c = Σ_S a_i;
 * the equality-constrained QP of the partition, min ½vᵀΓv − gᵀv s.t. t_i = 1 on S, is solved by the
-  method of multipliers on those aggregates: (Γ + ρ'M + εe_be_bᵀ)·v_k = g + ρ'c + z_k + ε·b_prev·e_b,
+  method of multipliers on those aggregates: (Γ + ρ'M + εe_be_bᵀ)·v_k = g + ρ'c + z_k + ε·b_pass·e_b,
   z_{k+1} = z_k + ρ'(c − M·v_k) (ρ' = ρ/m; the ε-term only fixes b when S is empty). The S rows'
   multipliers are then β_i = m·ρ'·Σ_k (1 − a_iᵀv_k) = m·ρ'·(K − a_iᵀ·Σ_k v_k): one dot product per
   row with one aggregate, so stationarity Γv = (1/m)·Σ_i β_i·a_i holds by construction;
@@ -19,8 +19,8 @@ so that a secure version never opens the row partition nor gathers rows:
   ε_i = max(0, 1 − t_i) − β_i·(1 − t_i) ≥ 0 and the residual r = Γv − (1/m)·Σ β_i·a_i bound the
   distance to the optimum: for every v', f(v') ≥ f(v) + rᵀ(v' − v) + ½‖ŵ' − ŵ‖²_Γ − ε, so at v*
   ‖ŵ − ŵ*‖_Γ ≤ 2‖Γ^(−½)r_ŵ‖ + √(2ε) once r_b = 0, and α·‖w − w*‖² = ‖ŵ − ŵ*‖²_Γ on the original
-  scale. r_b = −(1/m)·Σβ_i·ỹ_i is absorbed by moving the S rows' β (room permitting), which costs
-  |r_b|·max_S |1 − t_i| in ε and |r_b|·max_S |a_i| in r.
+  scale. r_b = −(1/m)·Σβ_i·ỹ_i is absorbed by moving the β of the rows with 0 < β < 1 (room permitting), which costs
+  |r_b|·max |1 − t_i| in ε and |r_b|·max |a_i| in r over those rows.
 
 Evaluated variants (``ActiveSetSchedule``): the warm start (squared-hinge steps, then optional softplus
 steps), τ, ρ, K, a proximal term π/2·‖v − v_pass‖²_H in the warm start's last Hessian, a relaxation
