@@ -15,6 +15,10 @@ then does what `launcher.start_server_process` gives a subprocess:
 
 and runs its server's console-script ``main`` with ``--config``.
 
+As with any multiprocessing start method but fork, each child is prepared with the launcher's
+``__main__`` (imported once, in the fork server): a script that launches servers must guard its
+top level with ``if __name__ == "__main__":`` (the riskmesh CLI and pytest do).
+
 `ForkedServer` answers the part of `subprocess.Popen` the launcher and its callers use
 (pid, poll, wait, returncode, send_signal, terminate, kill). Only this launcher talks to
 its own fork server (multiprocessing pickles the request over a socket in a private

@@ -312,7 +312,8 @@ class LocalMesh:
         deadline = time.monotonic() + timeout
         while True:
             if proc.process.poll() is not None:
-                tail = proc.log_path.read_text(errors="replace")[-2000:]
+                # a child that failed before opening its log has none (e.g. an unguarded __main__)
+                tail = proc.log_path.read_text(errors="replace")[-2000:] if proc.log_path.exists() else "(no log)"
                 raise RuntimeError(f"{proc.server} of {proc.org} exited with {proc.process.returncode}:\n{tail}")
             try:
                 wait_healthy(proc.health_address, timeout=1.0)
