@@ -2,8 +2,8 @@
 
 Production wiring: input shares from this org's ResharingService.GetShares (as the
 lasso identity, over mTLS), MPC traffic on Exchange streams to the other lasso servers,
-one MPC worker process per run. Tests and benchmarks inject another share source or
-program through the keyword arguments.
+one MPC worker process per run, started ahead of it (services.lasso.worker.handle). Tests
+and benchmarks inject another share source or program through the keyword arguments.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ async def build_server(
         servicer,
         lasso_pb2.DESCRIPTOR.services_by_name["LassoService"],
     )
+    servicer.start_workers()
+    mesh.on_stop(servicer.stop_workers)
     return mesh
 
 
