@@ -100,15 +100,20 @@ class Parties:
     def spares(self, timeout: float = 10) -> dict[str, set[int]]:
         """Each server's workers once it has exactly one: the spare its next run takes."""
         deadline = time.monotonic() + timeout
-        while not all(len(pids) == 1 for pids in (found := self.worker_pids()).values()):
+        while True:
+            found = self.worker_pids()
+            if all(len(pids) == 1 for pids in found.values()):
+                return found
             assert time.monotonic() < deadline, found
             time.sleep(0.05)
-        return found
 
     def assert_ran_workers_gone(self, ran: dict[str, set[int]], timeout: float = 5) -> None:
         """The workers that ran are gone: each server keeps at most one worker, a new spare."""
         deadline = time.monotonic() + timeout
-        while any(len(now) > 1 or now & ran[org] for org, now in (found := self.worker_pids()).items()):
+        while True:
+            found = self.worker_pids()
+            if all(len(now) <= 1 and not now & ran[org] for org, now in found.items()):
+                return
             assert time.monotonic() < deadline, (ran, found)
             time.sleep(0.1)
 
