@@ -25,8 +25,8 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from services.lasso.worker.frames import Frame
 from services.lasso.worker.link import FrameLink, OnClose, OnFrame, open_link
@@ -128,6 +128,13 @@ class SubprocessWorker:
         self._close_heartbeat()
         return code
 
+    async def wait_silent(self, limit: float) -> None:
+        while True:
+            silent = self._loop.time() - self.last_heartbeat
+            if silent >= limit:
+                return
+            await asyncio.sleep(limit - silent)
+
     def discard(self) -> None:
         """Kill it and close the link (a spare no run takes); asyncio's child watcher reaps it."""
         self.kill()
@@ -180,7 +187,7 @@ class SpareWorker:
     `prepare` when it starts and after each run, and `close` when it stops.
     """
 
-    def __init__(self, program: str, spawn: Callable[[str], Awaitable[SubprocessWorker]] = spawn_worker) -> None:
+    def __init__(self, program: str, spawn: Callable[[str], Coroutine[Any, Any, SubprocessWorker]] = spawn_worker) -> None:
         self.program = program
         self._spawn = spawn
         self._spare: asyncio.Task[SubprocessWorker] | None = None
