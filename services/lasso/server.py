@@ -8,12 +8,15 @@ and benchmarks inject another share source or program through the keyword argume
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 
 from riskmesh.v1 import lasso_pb2, lasso_pb2_grpc
 from services.lasso.rules import LASSO_RULES
 from services.lasso.servicer import LassoServicer
 from services.lasso.shares import GrpcShareSource, ShareSource
+from services.lasso.worker.handle import ForkedWorker, fork_worker
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
@@ -49,6 +52,7 @@ async def build_server(
     *,
     shares: ShareSource | None = None,
     program: str = "lasso",
+    forked: ForkedWorker | None = None,
 ) -> MeshServer:
     mesh = MeshServer(config, "lasso", LASSO_RULES, port=port, health_port=health_port)
     if shares is None:
@@ -59,13 +63,16 @@ async def build_server(
         servicer,
         lasso_pb2.DESCRIPTOR.services_by_name["LassoService"],
     )
-    servicer.start_workers()
+    servicer.start_workers(forked)
     mesh.on_stop(servicer.stop_workers)
     return mesh
 
 
 def main() -> int:
-    return run_server_process("lasso", build_server)
+    # The first run's MPC worker is forked now, while this process runs no gRPC and no threads
+    # yet: it shares the modules imported here instead of importing them again (handle.fork_worker).
+    forked = fork_worker("lasso")
+    return run_server_process("lasso", functools.partial(build_server, forked=forked))
 
 
 if __name__ == "__main__":

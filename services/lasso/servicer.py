@@ -27,7 +27,7 @@ from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
 from services.lasso.core.parties import HELPER_PID, PartyError, party_orgs
 from services.lasso.runs import CONNECT_TIMEOUT_S, ChannelFor, Finished, Run, RunFailure, RunRegistry, phase_name
 from services.lasso.shares import ShareSource, ShareSourceError
-from services.lasso.worker.handle import SpareWorker, WorkerFactory
+from services.lasso.worker.handle import ForkedWorker, SpareWorker, WorkerFactory
 from services.mesh.authz import current_caller
 from services.mesh.progress import progress
 from services.mesh.status import mapped_errors
@@ -91,10 +91,11 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
         self.connect_timeout = connect_timeout
         self.runs = RunRegistry(max_runs)
 
-    def start_workers(self) -> None:
-        """Start the spare worker for the next run (on the server's event loop, once it serves)."""
+    def start_workers(self, forked: ForkedWorker | None = None) -> None:
+        """Start the spare worker for the next run (on the server's event loop); `forked`: one
+        the server forked before it started serving (handle.fork_worker), used instead."""
         if self.spare is not None:
-            self.spare.prepare()
+            self.spare.prepare(forked)
 
     def stop_workers(self) -> None:
         """Kill the spare worker (the server stops; runs kill their own workers)."""

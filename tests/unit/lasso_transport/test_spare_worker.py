@@ -129,3 +129,39 @@ def test_a_spare_whose_link_ends_before_any_run_exits_quietly():
         process.kill()
         process.wait()
         os.close(beat_read)
+
+
+FORKED = """
+import asyncio, os
+from services.lasso.worker.handle import SpareWorker, fork_worker
+
+forked = fork_worker("lasso")  # before any event loop or thread, as the lasso server's main does
+
+
+async def main():
+    spares = SpareWorker("lasso")
+    spares.prepare(forked)
+    spare = await spares._spare
+    assert spare.process.pid == forked.pid and spare.usable
+    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{forked.pid}/fd"))
+    beat = spare.last_heartbeat
+    await asyncio.sleep(1.5)
+    assert spare.last_heartbeat > beat, "no heartbeat from the forked spare"
+    spares.close()
+    print(await spare.wait(), len(fds))
+    try:
+        os.waitpid(forked.pid, os.WNOHANG)
+    except ChildProcessError:
+        print("reaped")
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_spare_forked_before_the_loop_is_adopted_beats_and_is_killed_and_reaped():
+    done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    code, fds, reaped = done.stdout.split()
+    # 0-2, the link, the heartbeat pipe, and what the interpreter opens itself (its heartbeat thread, ...)
+    assert code == "-9" and reaped == "reaped" and int(fds) <= 8, done.stdout
