@@ -17,6 +17,8 @@ from services.lasso.rules import LASSO_RULES
 from services.lasso.servicer import LassoServicer
 from services.lasso.shares import GrpcShareSource, ShareSource
 from services.lasso.worker.handle import ForkedWorker, fork_worker
+from services.lasso.worker.lasso_program import run as _production_program  # noqa: F401  (see below)
+from services.lasso.worker.main import main as _worker_main  # noqa: F401  (see below)
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
@@ -71,6 +73,9 @@ async def build_server(
 def main() -> int:
     # The first run's MPC worker is forked now, while this process runs no gRPC and no threads
     # yet: it shares the modules imported here instead of importing them again (handle.fork_worker).
+    # That is why this module imports the worker's main and the production program, which the
+    # server itself never calls (a launcher's fork server that preloads this module, ADR 0016,
+    # then imports them once for every lasso server it forks).
     forked = fork_worker("lasso")
     return run_server_process("lasso", functools.partial(build_server, forked=forked))
 
