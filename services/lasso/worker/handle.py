@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import setproctitle
+
 from services.lasso.worker.frames import Frame
 from services.lasso.worker.link import FrameLink, OnClose, OnFrame, open_link
 from services.mesh.process import SINGLE_THREAD_ENV
@@ -223,11 +225,7 @@ def fork_worker(program: str) -> ForkedWorker:
 
 
 def _retitle(args: list[str]) -> None:
-    """Show the worker's own command line in ps, not the server's (when setproctitle is there)."""
-    try:
-        import setproctitle  # noqa: PLC0415
-    except ImportError:
-        return
+    """Show the worker's own command line in ps, not the server's."""
     setproctitle.setproctitle(" ".join([sys.executable, *args]))
 
 
