@@ -252,7 +252,7 @@ def party_main(args: argparse.Namespace) -> int:
 
     mpc = load_runtime(pid)
 
-    async def spawn(pid: int, program: str, label: str, on_frame: OnFrame, on_close: OnClose) -> InlineWorker:
+    async def spawn(program: str, on_frame: OnFrame, on_close: OnClose) -> InlineWorker:
         return InlineWorker(mpc, program, on_frame)
 
     async def serve_inline() -> None:

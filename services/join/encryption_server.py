@@ -406,6 +406,21 @@ def _worker_pid(delay_s: float) -> int:
     return os.getpid()
 
 
+_warming: set[asyncio.Task[int]] = set()  # the event loop keeps only weak references to tasks
+
+
+def _log_warm_up(workers: int) -> Callable[[asyncio.Task[int]], None]:
+    def done(task: asyncio.Task[int]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:  # the server stopped while warming (pool shut down)
+            log.info("pool warm-up ended early: %s", type(task.exception()).__name__)
+        else:
+            log.info("%d of %d pool workers ready", task.result(), workers)
+
+    return done
+
+
 def warm_up(executor: ProcessPoolExecutor, workers: int, timeout_s: float = WARM_UP_S) -> int:
     """Start every pool worker now rather than in the first run: a worker's first start
     imports this server's modules (~1 s of CPU each). Returns the workers seen ready."""
@@ -422,9 +437,15 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
     workers = default_workers()
     executor = process_executor(workers, preload=(SERVER_MODULE,)) if workers > 1 and crypto is None else None
     if executor is not None:
-        ready = await asyncio.to_thread(warm_up, executor, workers)
-        log.info("%d of %d pool workers ready", ready, workers)
         mesh.on_stop(lambda: stop_executor(executor))
+        # Warmed while the server already serves: the pool's fork server imports this module
+        # (~0.4 CPU-s) at the same time as the mesh's other servers start, instead of before
+        # this one answers its health checks. A pool request that comes first waits for the
+        # workers, as it would for cold ones.
+        warming = asyncio.create_task(asyncio.to_thread(warm_up, executor, workers))
+        warming.add_done_callback(_log_warm_up(workers))
+        _warming.add(warming)
+        warming.add_done_callback(_warming.discard)
     servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers, crypto=crypto)
     mesh.add_service(
         join_pb2_grpc.add_EncryptionServiceServicer_to_server,

@@ -151,11 +151,8 @@ class Run:
         if self.failure is not None:  # a peer ended the run while this party fetched its shares
             yield self.failure
             return
-        label = f"{self.org}/{self.run_id}"
         try:
-            self._worker = await self._spawn(
-                self.pid, self.program, label, self._on_worker_frame, self._on_worker_closed
-            )
+            self._worker = await self._spawn(self.program, self._on_worker_frame, self._on_worker_closed)
         except OSError as exc:
             self.fail(
                 grpc.StatusCode.INTERNAL,
@@ -163,7 +160,7 @@ class Run:
             )
             yield self.events.get_nowait()
             return
-        self._worker.send(Start(request.SerializeToString()))
+        self._worker.send(Start(self.pid, request.SerializeToString()))
         for block in blocks:
             for message in encode_block(self.run_id, block):
                 self._worker.send(Input(message.SerializeToString()))

@@ -2,11 +2,13 @@
 
 Production wiring: input shares from this org's ResharingService.GetShares (as the
 lasso identity, over mTLS), MPC traffic on Exchange streams to the other lasso servers,
-one MPC worker process per run. Tests and benchmarks inject another share source or
-program through the keyword arguments.
+one MPC worker process per run, started ahead of it (services.lasso.worker.handle). Tests
+and benchmarks inject another share source or program through the keyword arguments.
 """
 
 from __future__ import annotations
+
+import functools
 
 import grpc
 
@@ -14,6 +16,9 @@ from riskmesh.v1 import lasso_pb2, lasso_pb2_grpc
 from services.lasso.rules import LASSO_RULES
 from services.lasso.servicer import LassoServicer
 from services.lasso.shares import GrpcShareSource, ShareSource
+from services.lasso.worker.handle import ForkedWorker, fork_worker
+from services.lasso.worker.lasso_program import run as _production_program  # noqa: F401  (see below)
+from services.lasso.worker.main import main as _worker_main  # noqa: F401  (see below)
 from services.mesh.config import OrgConfig
 from services.mesh.peers import Channels
 from services.mesh.process import run_server_process
@@ -49,6 +54,7 @@ async def build_server(
     *,
     shares: ShareSource | None = None,
     program: str = "lasso",
+    forked: ForkedWorker | None = None,
 ) -> MeshServer:
     mesh = MeshServer(config, "lasso", LASSO_RULES, port=port, health_port=health_port)
     if shares is None:
@@ -59,11 +65,19 @@ async def build_server(
         servicer,
         lasso_pb2.DESCRIPTOR.services_by_name["LassoService"],
     )
+    servicer.start_workers(forked)
+    mesh.on_stop(servicer.stop_workers)
     return mesh
 
 
 def main() -> int:
-    return run_server_process("lasso", build_server)
+    # The first run's MPC worker is forked now, while this process runs no gRPC and no threads
+    # yet: it shares the modules imported here instead of importing them again (handle.fork_worker).
+    # That is why this module imports the worker's main and the production program, which the
+    # server itself never calls (a launcher's fork server that preloads this module, ADR 0016,
+    # then imports them once for every lasso server it forks).
+    forked = fork_worker("lasso")
+    return run_server_process("lasso", functools.partial(build_server, forked=forked))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from riskmesh.v1 import common_pb2, lasso_pb2, lasso_pb2_grpc
 from services.lasso.core.parties import HELPER_PID, PartyError, party_orgs
 from services.lasso.runs import CONNECT_TIMEOUT_S, ChannelFor, Finished, Run, RunFailure, RunRegistry, phase_name
 from services.lasso.shares import ShareSource, ShareSourceError
-from services.lasso.worker.handle import WorkerFactory, spawn_worker
+from services.lasso.worker.handle import ForkedWorker, SpareWorker, WorkerFactory
 from services.mesh.authz import current_caller
 from services.mesh.progress import progress
 from services.mesh.status import mapped_errors
@@ -73,7 +73,7 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
         channel_for: ChannelFor,
         *,
         program: str = "lasso",
-        spawn: WorkerFactory = spawn_worker,
+        spawn: WorkerFactory | None = None,
         max_runs: int = MAX_RUNS,
         connect_timeout: float = CONNECT_TIMEOUT_S,
     ) -> None:
@@ -81,9 +81,26 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
         self.shares = shares
         self.channel_for = channel_for
         self.program = program
+        # Production: each run takes a worker started ahead of it (handle.SpareWorker); tests
+        # and benchmarks may inject their own factory instead.
+        self.spare: SpareWorker | None = None
+        if spawn is None:
+            self.spare = SpareWorker(program)
+            spawn = self.spare.take
         self.spawn = spawn
         self.connect_timeout = connect_timeout
         self.runs = RunRegistry(max_runs)
+
+    def start_workers(self, forked: ForkedWorker | None = None) -> None:
+        """Start the spare worker for the next run (on the server's event loop); `forked`: one
+        the server forked before it started serving (handle.fork_worker), used instead."""
+        if self.spare is not None:
+            self.spare.prepare(forked)
+
+    def stop_workers(self) -> None:
+        """Kill the spare worker (the server stops; runs kill their own workers)."""
+        if self.spare is not None:
+            self.spare.close()
 
     async def RunLasso(
         self, request: lasso_pb2.RunLassoRequest, context: grpc.aio.ServicerContext
@@ -124,6 +141,7 @@ class LassoServicer(lasso_pb2_grpc.LassoServiceServicer):
         finally:
             run.close()
             self.runs.remove(run)
+            self.start_workers()  # the next run's, now that this one no longer needs the CPU
 
     def _progress(self, run_id: str, phase: int, message: str) -> lasso_pb2.RunLassoResponse:
         return lasso_pb2.RunLassoResponse(progress=progress(run_id, self.org, phase, message=message))

@@ -302,7 +302,7 @@ def poisson_start(plan: PoissonPlan, y: Vector) -> float:
     return plan.thresholds[0] + START_STEP / 2 + START_STEP * float(np.sum(above[1:]))
 
 
-def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, float]:
+def solve_poisson_plain(plan: PoissonPlan, rows: Rows) -> tuple[Vector, float, float, int]:
     """(v = (ŵ, β), b₀, max s over the iterates, outer iterations used) after the plan's outer iterations or
     its stopping rule: the secure fit in float64."""
     glm = plan.glm

@@ -2,7 +2,8 @@
 
 `write_local_mesh` writes a config per org (localhost, one dev PKI; the fixed base ports
 7100/7200/7300, or ports reserved by this process); `LocalMesh` starts every server of
-each org as its own process in its own process group, waits until each answers SERVING
+each org as its own process in its own process group (forked from one process that has
+imported the server modules: forked_servers.py), waits until each answers SERVING
 on its plaintext health port, and stops them with SIGTERM (then whatever is left of
 their process groups). `stop_on_signals` makes SIGTERM stop a launcher as Ctrl-C does.
 """
@@ -37,6 +38,7 @@ from services.mesh.config import (
     render_config,
 )
 from services.mesh.process import SINGLE_THREAD_ENV
+from services.tools.forked_servers import ForkedServer, start_forked_server
 from services.tools.pki import DEFAULT_ORGS, ca_fingerprints, init_pki
 
 
@@ -183,7 +185,7 @@ def wait_healthy(address: str, timeout: float) -> None:
 class ServerProcess:
     org: str
     server: str  # a server of the role, or `crypto-worker-<i>`
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedServer
     log_path: Path
     health_address: str
     worker_index: int | None = None  # local crypto worker i
@@ -200,9 +202,9 @@ def start_server_process(command: list[str], env: Mapping[str, str], log_path: P
         )
 
 
-def kill_process_group(process: subprocess.Popen) -> None:
+def kill_process_group(process: subprocess.Popen | ForkedServer) -> None:
     """SIGKILL what is left of the process group led by `process` (it must have been
-    started by `start_server_process`, and have ended: its group then holds only its
+    started by `start_server_process` or forked, and have ended: its group then holds only its
     descendants; the group id stays reserved while any of them lives)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -279,7 +281,7 @@ class LocalMesh:
     ) -> ServerProcess:
         placement = self.placements.get(org, OrgPlacement())
         env = {**os.environ, **SINGLE_THREAD_ENV, **self.extra_env, **placement.env, "RISKMESH_CONFIG": str(path)}
-        command = [*placement.command_prefix, sys.executable, "-m", server_module(server), "--config", str(path)]
+        module = server_module(server)
         name = server
         if index is not None:  # local crypto worker `index`: its own ports (config.worker_ports)
             env["RISKMESH_CRYPTO_WORKER_INDEX"] = str(index)
@@ -288,14 +290,30 @@ class LocalMesh:
         else:
             health = placement.health_addresses.get(server, f"{config.bind_host}:{config.health_port(server)}")
         log_path = log_dir / f"{name}.log"
-        process = start_server_process(command, env, log_path)
+        process: subprocess.Popen | ForkedServer
+        if placement.command_prefix:  # e.g. `ip netns exec`: a fork would stay in this namespace
+            command = [*placement.command_prefix, sys.executable, "-m", module, "--config", str(path)]
+            process = start_server_process(command, env, log_path)
+        else:
+            process = start_forked_server(module, ["--config", str(path)], env, log_path, self._server_modules())
         return ServerProcess(org, name, process, log_path, health, index)
+
+    def _server_modules(self) -> tuple[str, ...]:
+        """Every server module this mesh may start, for the fork server to import once."""
+        servers: set[str] = set()
+        for path in self.config_paths.values():
+            config = load_config(path, env={})
+            servers.update(ROLE_SERVERS[config.role])
+            if config.crypto_workers:
+                servers.add(CRYPTO_WORKER)
+        return tuple(sorted(server_module(s) for s in servers))
 
     def _wait(self, proc: ServerProcess, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if proc.process.poll() is not None:
-                tail = proc.log_path.read_text(errors="replace")[-2000:]
+                # a child that failed before opening its log has none (e.g. an unguarded __main__)
+                tail = proc.log_path.read_text(errors="replace")[-2000:] if proc.log_path.exists() else "(no log)"
                 raise RuntimeError(f"{proc.server} of {proc.org} exited with {proc.process.returncode}:\n{tail}")
             try:
                 wait_healthy(proc.health_address, timeout=1.0)

@@ -48,11 +48,16 @@ class Background:
         """Send `signum`; assert that the command and every process it started end within
         the bound; its exit status. `crypto_workers`: worker processes per data owner it started."""
         tree = psutil.Process(self.child.pid).children(recursive=True)
-        servers = [p for p in tree if "--config" in p.cmdline() and "services.console" not in p.cmdline()]
+        # The servers are forked from the launcher's fork server and named as their command
+        # line (one string: services/tools/forked_servers.py).
+        commands = {p.pid: " ".join(p.cmdline()) for p in tree}
+        servers = [p for p in tree if " --config " in commands[p.pid] and "services.console" not in commands[p.pid]]
         # 12 servers and 2 × crypto_workers workers (`up` starts the consoles too; they are in `tree`)
-        assert len(servers) == 12 + 2 * crypto_workers, [p.cmdline() for p in servers]
+        assert len(servers) == 12 + 2 * crypto_workers, [commands[p.pid] for p in servers]
         if default_workers() > 1 and not crypto_workers:  # each encryption server has its pool by now
-            assert any("forkserver" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
+            encryption = {p.pid for p in servers if "encryption_server" in commands[p.pid]}
+            pools = [p for p in tree if p.ppid() in encryption and "forkserver" in commands[p.pid]]
+            assert pools, list(commands.values())
         self.groups |= {os.getpgid(p.pid) for p in tree}
         signalled = time.monotonic()
         self.child.send_signal(signum)

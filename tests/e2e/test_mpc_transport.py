@@ -94,6 +94,29 @@ class Parties:
         except psutil.NoSuchProcess:
             return []
 
+    def worker_pids(self) -> dict[str, set[int]]:
+        return {org: {p.pid for p in self.workers(org)} for org in self.processes}
+
+    def spares(self, timeout: float = 10) -> dict[str, set[int]]:
+        """Each server's workers once it has exactly one: the spare its next run takes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.worker_pids()
+            if all(len(pids) == 1 for pids in found.values()):
+                return found
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+
+    def assert_ran_workers_gone(self, ran: dict[str, set[int]], timeout: float = 5) -> None:
+        """The workers that ran are gone: each server keeps at most one worker, a new spare."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.worker_pids()
+            if all(len(now) <= 1 and not now & ran[org] for org, now in found.items()):
+                return
+            assert time.monotonic() < deadline, (ran, found)
+            time.sleep(0.1)
+
 
 def start_parties(root: Path, shares: dict[str, dict[str, list[ShareBlock]]], program: str) -> Parties:
     paths = local_mesh_for(root)
@@ -199,6 +222,7 @@ def check_parties(tmp_path_factory: pytest.TempPathFactory, dealt) -> Iterator[P
 
 def test_secure_sums_over_grpc_mtls_equal_plaintext(check_parties: Parties, dealt) -> None:
     spec, _, table = dealt
+    spares = check_parties.spares()  # started with the servers, ahead of any run
     outcomes, threads = run_everywhere(check_parties, lasso_pb2.RunLassoRequest(run_id="check-1", spec=spec))
     for thread in threads:
         thread.join(60)
@@ -214,11 +238,8 @@ def test_secure_sums_over_grpc_mtls_equal_plaintext(check_parties: Parties, deal
         assert result.joined == len(table)
         assert {common_pb2.PHASE_INPUT, common_pb2.PHASE_GRAM, common_pb2.PHASE_REVEAL} <= set(outcomes[owner].phases)
     assert outcomes["helper"].result == lasso_pb2.ModelResult()
-    # Every worker process is gone once the run is over.
-    deadline = time.monotonic() + 5
-    while any(check_parties.workers(org) for org in ORGS) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(check_parties.workers(org) for org in ORGS)
+    # The run took the spares; its worker processes are gone once it is over (a new spare waits).
+    check_parties.assert_ran_workers_gone(spares)
 
 
 def test_a_run_id_runs_once(check_parties: Parties, dealt) -> None:
@@ -341,13 +362,12 @@ def test_a_killed_party_ends_the_run_at_the_others_quickly(rounds_parties: Parti
     outcomes, threads = start_long_run(rounds_parties)
     victims = rounds_parties.workers("helper")
     assert victims, "the helper's MPC worker should be running"
+    running = rounds_parties.workers("insurer") + rounds_parties.workers("hospital")  # the run's: spares come after it
     killed_at = time.monotonic()
     os.kill(rounds_parties.processes["helper"].pid, signal.SIGKILL)
     assert_failed_quickly(outcomes, threads, ("insurer", "hospital"), killed_at, "MPC party 2 (helper)")
     # No worker outlives its run: the survivors killed theirs, the orphan saw its link close.
-    _, alive = psutil.wait_procs(
-        victims + rounds_parties.workers("insurer") + rounds_parties.workers("hospital"), timeout=10
-    )
+    _, alive = psutil.wait_procs(victims + running, timeout=10)
     assert not alive
 
 

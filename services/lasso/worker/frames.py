@@ -11,7 +11,7 @@ both `encode` and the decoder); nothing is pickled, and protobuf messages (the r
 request, share chunks, the result) travel as their own serialisation.
 
     worker → server                      server → worker
-    Dial(peer, prss_keys)                Start(RunLassoRequest bytes)
+    Dial(peer, prss_keys)                Start(pid, RunLassoRequest bytes)
     Send(peer, pc, payload)              Input(GetSharesResponse bytes) …, InputEnd
     Close(peer)                          PeerUp(peer, prss_keys)
     Report(phase, done, total)           Recv(peer, pc, payload)
@@ -35,6 +35,7 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Start:
+    pid: int  # this party's MPC id in the run (the worker builds MPyC's runtime for it)
     request: bytes  # a serialised RunLassoRequest
 
 
@@ -157,7 +158,7 @@ def _layout(kind: int, frame_type: type, fixed: str = "<", tail: bool = False, t
 _PEER = "<H"
 _MESSAGE = "<Hq"  # peer, pc
 _LAYOUTS = [
-    _layout(1, Start, tail=True),
+    _layout(1, Start, _PEER, tail=True),
     _layout(2, Input, tail=True),
     _layout(3, InputEnd),
     _layout(4, Dial, _PEER, tail=True),

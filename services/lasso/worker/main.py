@@ -7,7 +7,13 @@ process gives every run a clean runtime built from an explicit argument list, ke
 failing or CPU-heavy computation away from the server's event loop (health, other runs),
 and is the unit the server kills when a run fails.
 
-    python -m services.lasso.worker.main --fd N --heartbeat-fd H --pid P --program lasso
+    python -m services.lasso.worker.main --fd N --heartbeat-fd H --program lasso
+
+The server starts the worker before its run (a spare, services.lasso.worker.handle;
+docs/adr/0017-spare-mpc-worker.md): it imports its modules and the program, then blocks
+on the link until the run's first frame, Start(party id, run request), arrives — or exits
+quietly when the link ends first (the server stopped or discarded it). Only then does it
+build MPyC's runtime for that party id: nothing of a run exists in the process before.
 
 The worker inherits one end of a Unix socket pair (fd N) from the server and speaks the
 frames of services.lasso.worker.frames on it: it receives the run (Start, Input…, InputEnd),
@@ -31,13 +37,15 @@ import sys
 import traceback
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from riskmesh.v1 import join_pb2, lasso_pb2
 from services.lasso.core.blocks import ShareError, decode_blocks
 from services.lasso.core.params import SpecError as RegressionSpecError
-from services.lasso.core.parties import PARTIES, party_orgs
+from services.lasso.core.parties import PARTIES, PartyError, party_orgs
 from services.lasso.core.wire import WireError
 from services.lasso.mpc.runtime import create_runtime
-from services.lasso.worker.frames import Failed, Frame, Input, InputEnd, Report, Result, Start
+from services.lasso.worker.frames import Failed, Frame, FrameDecoder, FrameError, Input, InputEnd, Report, Result, Start
 from services.lasso.worker.heartbeat import start_heartbeat
 from services.lasso.worker.link import open_link
 from services.lasso.worker.program import Program, ProgramError, RunContext, load_program
@@ -45,6 +53,7 @@ from services.lasso.worker.transport import FrameSink, MeshTransport, PeerLostEr
 
 log = logging.getLogger("riskmesh.lasso.worker")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s lasso-worker {label} %(name)s: %(message)s"
 # How often the loop is resumed after MPyC stopped it, to let the session report and end.
 RESUMES = 5
 
@@ -100,6 +109,8 @@ class WorkerSession:
 
     def on_frame(self, frame: Frame) -> None:
         if isinstance(frame, Start):
+            if self._start is not None and not self._inputs_done.done():
+                self._inputs_done.set_exception(WorkerError("the lasso server sent a second run to one worker"))
             self._start = frame.request
         elif isinstance(frame, Input):
             self._inputs.append(join_pb2.GetSharesResponse.FromString(frame.chunk))
@@ -163,8 +174,8 @@ def failure_reason(exc: BaseException) -> str:
     return f"the MPC computation raised {type(exc).__name__}"
 
 
-async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
-    """Run one session over the socket; 0 when the result was sent."""
+async def serve(mpc: Any, sock: socket.socket, program: Program, start: Start) -> int:
+    """Run one session over the socket, `start` already read from it; 0 when the result was sent."""
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
     session: WorkerSession | None = None
@@ -181,6 +192,7 @@ async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
 
     link = await open_link(sock, on_frame, on_close)
     session = WorkerSession(mpc, link, program)
+    session.on_frame(start)
     loop.set_exception_handler(session.on_loop_exception)
     try:
         result = await session.run()
@@ -202,6 +214,48 @@ async def serve(mpc: Any, sock: socket.socket, program: Program) -> int:
     return code
 
 
+HEAD_BYTES = 5  # a frame's u32 length and u8 kind (services.lasso.worker.frames)
+
+
+def read_start(sock: socket.socket) -> Start | None:
+    """Block until the run's first frame (exactly that frame is read: the rest stays for the
+    link); None when the link ends first. Any other first frame is a FrameError."""
+    decoder = FrameDecoder()
+    head = _read_exactly(sock, HEAD_BYTES)
+    if head is None:
+        return None
+    decoder.feed(head)  # checks the length
+    length = int.from_bytes(head[:4], "little")
+    body = _read_exactly(sock, length - 1)
+    if body is None:
+        return None
+    (frame,) = decoder.feed(body)
+    if not isinstance(frame, Start):
+        raise FrameError(f"the first frame on the link is a {type(frame).__name__}, not Start")
+    return frame
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def run_label(start: Start) -> str:
+    """org/run for log lines, as the server names the run ("run" if the request does not say:
+    the session then fails it with a reason)."""
+    try:
+        request = lasso_pb2.RunLassoRequest.FromString(start.request)
+        label = f"{party_orgs(request.spec)[start.pid]}/{request.run_id}"
+    except (DecodeError, PartyError, IndexError):
+        return "run"
+    return label.replace("%", "%%")  # it goes into a logging format
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="riskmesh-lasso-worker", description="one MPC party of one run (started by the lasso server)"
@@ -210,21 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--heartbeat-fd", type=int, required=True, help="inherited pipe for heartbeats to the lasso server"
     )
-    parser.add_argument("--pid", type=int, required=True, help="MPC party id")
     parser.add_argument("--program", default="lasso", help="MPC program to run")
-    parser.add_argument("--label", default="", help="org and run, for log lines")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s lasso-worker {args.label} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT.format(label="spare")))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     start_heartbeat(args.heartbeat_fd)
-    mpc = load_runtime(args.pid)
-    program = load_program(args.program)
+    program = load_program(args.program)  # programs never build MPyC's runtime on import (program.py)
     sock = socket.socket(fileno=args.fd)
+    start = read_start(sock)
+    if start is None:
+        return 0  # no run came: the server stopped or discarded this spare
+    handler.setFormatter(logging.Formatter(LOG_FORMAT.format(label=run_label(start))))
+    mpc = load_runtime(start.pid)
     loop = mpc._loop
-    task = loop.create_task(serve(mpc, sock, program))
+    task = loop.create_task(serve(mpc, sock, program, start))
     for _ in range(RESUMES):
         try:
             return loop.run_until_complete(task)
@@ -233,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             # exception (on_loop_exception), so resuming lets it report the failure and end.
             if task.done():
                 raise
-    log.error("MPC computation at party %d did not end after a failure", args.pid)
+    log.error("MPC computation at party %d did not end after a failure", start.pid)
     return 3
 
 

@@ -5,8 +5,10 @@ between MPyC's `start` (all peers connected over the mesh) and `shutdown`. It re
 progress with `context.report(phase, done, total)` (counts only) and returns the
 result this party may see; the server blanks the helper's result regardless.
 
-Programs are named here and imported by the worker only after MPyC's runtime exists,
-because their modules may `from mpyc.runtime import mpc` at import time.
+Programs are named here and imported by the worker before its run is known (a spare
+worker waits with its program loaded: services.lasso.worker.handle), so a program's
+modules must not import `mpyc.runtime` at import time: they get the runtime as `mpc`,
+built once the party id is known (the worker refuses to build a second one).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ Program = Callable[[Any, RunContext], Awaitable[lasso_pb2.ModelResult]]
 
 
 def load_program(name: str, env: Mapping[str, str] | None = None) -> Program:
-    """Import a named program (call only once MPyC's runtime is built in this process)."""
+    """Import a named program (its modules never import `mpyc.runtime`: see the module docstring)."""
     known = {**PROGRAMS, **extra_programs(os.environ if env is None else env)}
     if name not in known:
         raise ValueError(f"unknown MPC program {name!r}; known: {sorted(known)}")

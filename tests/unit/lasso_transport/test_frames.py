@@ -27,7 +27,7 @@ from services.lasso.worker.frames import (
 )
 
 ALL_KINDS = [
-    Start(b"\x0a\x03run"),
+    Start(1, b"\x0a\x03run"),
     Input(b"\x00" * 40),
     InputEnd(),
     Dial(2, b"k" * 32),

@@ -66,7 +66,7 @@ class Harness:
         self.run = Run("run-1", org, ORGS, "transport-check", self.spawn, self.no_channel, connect_timeout)
         self.events: list[Any] = []
 
-    async def spawn(self, pid, program, label, on_frame, on_close):  # type: ignore[no-untyped-def]
+    async def spawn(self, program, on_frame, on_close):  # type: ignore[no-untyped-def]
         self.worker = FakeWorker(on_frame, on_close)
         return self.worker
 
@@ -93,6 +93,7 @@ def test_worker_gets_the_run_then_its_inputs_then_early_peer_frames():
         task = await h.started()
         kinds = [type(f) for f in h.worker.frames]
         assert kinds[0] is Start and kinds[-2:] == [InputEnd, PeerUp] and Input in kinds
+        assert h.worker.frames[0].pid == 1  # the hospital is party 1: the worker learns it here
         task.cancel()
 
     asyncio.run(main())

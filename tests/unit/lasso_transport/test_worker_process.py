@@ -32,8 +32,6 @@ def test_a_failing_mpyc_coroutine_is_reported_by_type_only():
             str(theirs.fileno()),
             "--heartbeat-fd",
             str(beat_write),
-            "--pid",
-            "0",
             "--program",
             "crash",
         ],
@@ -45,7 +43,7 @@ def test_a_failing_mpyc_coroutine_is_reported_by_type_only():
     theirs.close()
     os.close(beat_write)
     try:
-        ours.sendall(encode(Start(lasso_pb2.RunLassoRequest(run_id="r", spec=bench_spec(1)).SerializeToString())))
+        ours.sendall(encode(Start(0, lasso_pb2.RunLassoRequest(run_id="r", spec=bench_spec(1)).SerializeToString())))
         for message in encode_block("r", DUMMY_BLOCK):
             ours.sendall(encode(Input(message.SerializeToString())))
         ours.sendall(encode(InputEnd()))
