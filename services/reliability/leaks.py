@@ -15,7 +15,8 @@ Needles (built from data the test wrote itself, so it knows every ID and value):
 
 Decimal forms shorter than 7 characters are left out: they occur by chance in any text
 (timestamps, counts). A decimal form counts only as a whole number (no digit or '.'
-before it, no digit after it: "1.847332" inside "01.847332" is another number), and
+before it, no digit after it: "1.847332" inside "01.847332" is another number, and so is
+"0.030095" inside a metric's duration 0.030095037 s), and
 clock times (hh:mm:ss.ffffff, hh:mm:ss,fff in logs, spans and audit rows) are blanked
 before the search, since their seconds look like six-decimal values. The data the suite
 uses has distinctive values (six decimals, continuous), and postal codes with letters
@@ -135,16 +136,18 @@ def value_bytes(x: float) -> set[bytes]:
     return {struct.pack("<d", x), struct.pack(">d", x), encoded.to_bytes(8, "little"), encoded.to_bytes(8, "big")}
 
 
+def value_text_needles(cells: Iterable[str]) -> list[Needle]:
+    """Needles of attribute values' decimal forms only (found only as whole numbers)."""
+    texts = {t for cell in cells for t in value_texts(cell)}
+    return [Needle("value", t.encode(), whole_number=True) for t in sorted(texts)]
+
+
 def value_needles(cells: Iterable[str]) -> list[Needle]:
-    """Needles of attribute values, from the cells exactly as the CSV holds them."""
-    texts: set[str] = set()
-    binary: set[bytes] = set()
-    for cell in cells:
-        texts |= value_texts(cell)
-        binary |= value_bytes(float(cell))
-    return [Needle("value", t.encode(), whole_number=True) for t in sorted(texts)] + [
-        Needle("value", b) for b in sorted(binary)
-    ]
+    """Needles of attribute values, from the cells exactly as the CSV holds them: decimal
+    forms (`value_text_needles`) and binary encodings."""
+    cells = list(cells)
+    binary = {b for cell in cells for b in value_bytes(float(cell))}
+    return value_text_needles(cells) + [Needle("value", b) for b in sorted(binary)]
 
 
 def _windows(arr: np.ndarray, width: int) -> np.ndarray:

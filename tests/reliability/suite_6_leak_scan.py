@@ -8,10 +8,11 @@ instrumented encryption servers wrote the keys outside the state directories) wi
 the dataset of K's study, every attribute value (as written, as float repr; for the
 leak study's data also as IEEE doubles and fixed-point encodings), and the keys.
 
-At rest: every file under every org's state directory — logs, exported spans, the
-gateway's SQLite store and audit log (with their WAL files) — byte for byte, plus the
-audit rows decoded. Before the scan, a canary (one attribute value of the leak study)
-is planted in one log line; the same scan must find it there, and nothing else.
+At rest: every file under every org's state directory — logs, exported spans and
+metrics, the gateway's SQLite store and audit log (with their WAL files) — byte for byte,
+plus the audit rows decoded. Before the scan, a canary (one attribute value of the leak
+study) is planted in one log line; the same scan must find it there, and nothing else.
+Every decimal form counts only as a whole number (leaks.py), for every dataset alike.
 Messages: every error message the suite received and every run's failure reason.
 Wire: every request message the helper's servers received during the leak study — no
 ID, no tag key and no plaintext value (tags and ciphertexts cross by design).
@@ -29,23 +30,18 @@ from riskmesh.v1 import gateway_pb2
 from services.gateway.audit import audit_path
 from services.reliability.leaks import (
     Finding,
-    Needle,
     Scanner,
     id_needles,
     tag_key_needles,
     tag_needles,
     value_needles,
-    value_texts,
+    value_text_needles,
 )
 from services.reliability.ledger import Ledger
 from tests.reliability.harness import ORGS, KnownData, Mesh
 from tests.reliability.instrument import read_wire
 
 pytestmark = pytest.mark.e2e
-
-
-def _value_text_needles(data: KnownData) -> list[Needle]:
-    return [Needle("value", t.encode()) for t in sorted({t for cell in data.cells for t in value_texts(cell)})]
 
 
 def _dataset_of(study_id: str, known: KnownData, datasets: list[KnownData]) -> KnownData:
@@ -80,7 +76,7 @@ def at_rest(known: KnownData, datasets: list[KnownData], tag_keys: list[tuple[by
         + tag_key_needles([k for k, _ in tag_keys])
     )
     for data in datasets[1:]:
-        needles += _value_text_needles(data)
+        needles += value_text_needles(data.cells)
     for key, study in tag_keys:
         needles += tag_needles(_dataset_of(study, known, datasets).canonical_ids, [key])
     return Scanner(needles)

@@ -19,6 +19,7 @@ from services.reliability.leaks import (
     tag_key_needles,
     tag_needles,
     value_needles,
+    value_text_needles,
     value_texts,
 )
 
@@ -93,3 +94,13 @@ def test_a_value_inside_a_longer_number_or_a_clock_time_is_not_a_finding() -> No
     assert scanner.scan_bytes(noise, "spans") == []
     for leak in (b'{"x":21.982426}', b"value -1.847332 here", b"1.847332"):
         assert scanner.scan_bytes(leak, "leak"), leak
+
+
+def test_decimal_needles_of_every_dataset_are_whole_numbers_and_metric_durations_are_not_values() -> None:
+    """A metrics file's histogram (durations in seconds) holds numbers that begin with a
+    value's digits; they are other numbers. The value itself, as a number there, is found."""
+    assert all(n.whole_number for n in value_text_needles(["0.030095", "-1.847332"]))
+    scanner = Scanner(value_text_needles(["0.030095", "-1.847332"]))
+    metrics = b'{"count": 1, "sum": 0.030095037, "min": 0.030095037, "max": 1.8473321, "bounds": [0.0, 5.0]}'
+    assert scanner.scan_bytes(metrics, "metrics") == []
+    assert scanner.scan_bytes(b'{"sum": 0.030095, "max": -1.847332}', "leak") != []
