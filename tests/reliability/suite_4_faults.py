@@ -5,7 +5,8 @@ The matrix: every phase the issue names × every organisation, and over the phas
 org loses each kind of server it runs (join server, lasso, gateway):
 
     phase (trigger)                        insurer        hospital       helper
-    hashing_encryption (pool started)      encryption     encryption     intersection
+    hashing_encryption (keys ready /       encryption     encryption     intersection
+      the insurer's upload starts)
     intersection (first upload received)   resharing      gateway        intersection
     resharing (insurer awaits its shares)  gateway        resharing      resharing
     input (the org fetches its shares)     lasso          gateway        lasso
@@ -17,6 +18,10 @@ needs after that moment (an encryption server until its upload is accepted, the
 intersection until its deliveries, a resharing server until its lasso fetched the
 shares, a lasso server or gateway until the end); the phase in which the failure is
 reported is therefore the trigger's phase or a later one, and is printed per fault.
+With the randomness pool made before the run (ADR 0013), an owner's hashing/encryption
+is its upload alone (20-80 ms here), shorter than a trigger takes to reach the suite:
+its encryption server is killed at the owner's "keys ready" instead (end of its setup),
+from when it holds the run's prepared table and keys until its upload is accepted.
 
 Every fault must end the run FAILED, with a phase and a reason, at every org still
 alive within FAIL_BOUND_S; leave no shares that anyone would serve and no result; leave
@@ -93,8 +98,12 @@ class Fault:
         return f"{'freeze' if self.freeze else 'kill'} {self.org}/{self.server} during {self.phase}"
 
 
-def _pool(org: str) -> Trigger:
-    return Trigger(org, P.PHASE_SETUP, "randomness pool (offline)")  # sent at the start of RunEncryption
+def _keys_ready(org: str) -> Trigger:
+    return Trigger(org, P.PHASE_SETUP, "keys ready")  # the gateway's, after PrepareEncryption (module docstring)
+
+
+def _upload_starts(org: str) -> Trigger:
+    return Trigger(org, P.PHASE_SETUP, "randomness pool: ")  # RunEncryption's first event, before its upload
 
 
 UPLOAD_RECEIVED = Trigger("helper", P.PHASE_INTERSECTION, "upload from")
@@ -110,9 +119,9 @@ def _iterating(org: str) -> Trigger:
 
 
 KILLS = [
-    Fault("hashing_encryption", "insurer", "encryption", _pool("insurer")),
-    Fault("hashing_encryption", "hospital", "encryption", _pool("hospital")),
-    Fault("hashing_encryption", "helper", "intersection", _pool("insurer")),
+    Fault("hashing_encryption", "insurer", "encryption", _keys_ready("insurer")),
+    Fault("hashing_encryption", "hospital", "encryption", _keys_ready("hospital")),
+    Fault("hashing_encryption", "helper", "intersection", _upload_starts("insurer")),
     Fault("intersection", "insurer", "resharing", UPLOAD_RECEIVED),
     Fault("intersection", "hospital", "gateway", UPLOAD_RECEIVED),
     Fault("intersection", "helper", "intersection", UPLOAD_RECEIVED),
