@@ -171,13 +171,14 @@ def _unchanged(before: OrgState, after: OrgState, new_runs: set[str]) -> None:
 
 def _starts_clean(mesh: Mesh, fault: Fault, run_id: str) -> None:
     """The restarted server knows nothing of the run it was killed in (resharing: see
-    `shares_refused`; a gateway ends it FAILED; a lasso server keeps nothing between runs)."""
+    `shares_refused`; a gateway ends it FAILED; a lasso server keeps nothing between runs).
+    The suite's channel may still be in its reconnect backoff: the calls wait for it."""
     caller = mesh.channel((fault.org, "gateway"), (fault.org, fault.server))
     if fault.server == "intersection":
         with pytest.raises(grpc.RpcError) as err:
             list(
                 join_pb2_grpc.IntersectionServiceStub(caller).AwaitIntersection(
-                    join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=10
+                    join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=10, wait_for_ready=True
                 )
             )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
@@ -185,7 +186,7 @@ def _starts_clean(mesh: Mesh, fault: Fault, run_id: str) -> None:
         with pytest.raises(grpc.RpcError) as err:
             list(
                 join_pb2_grpc.EncryptionServiceStub(caller).RunEncryption(
-                    join_pb2.RunEncryptionRequest(run_id=run_id), timeout=10
+                    join_pb2.RunEncryptionRequest(run_id=run_id), timeout=10, wait_for_ready=True
                 )
             )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
