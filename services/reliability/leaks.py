@@ -145,9 +145,9 @@ def value_text_needles(cells: Iterable[str]) -> list[Needle]:
 def value_needles(cells: Iterable[str]) -> list[Needle]:
     """Needles of attribute values, from the cells exactly as the CSV holds them: decimal
     forms (`value_text_needles`) and binary encodings."""
-    cells = list(cells)
-    binary = {b for cell in cells for b in value_bytes(float(cell))}
-    return value_text_needles(cells) + [Needle("value", b) for b in sorted(binary)]
+    written = list(cells)
+    binary = {b for cell in written for b in value_bytes(float(cell))}
+    return value_text_needles(written) + [Needle("value", b) for b in sorted(binary)]
 
 
 def _windows(arr: np.ndarray, width: int) -> np.ndarray:
