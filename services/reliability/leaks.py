@@ -18,9 +18,12 @@ Decimal forms shorter than 7 characters are left out: they occur by chance in an
 before it, no digit after it: "1.847332" inside "01.847332" is another number, and so is
 "0.030095" inside a metric's duration 0.030095037 s), and
 clock times (hh:mm:ss.ffffff, hh:mm:ss,fff in logs, spans and audit rows) are blanked
-before the search, since their seconds look like six-decimal values. The data the suite
-uses has distinctive values (six decimals, continuous), and postal codes with letters
-outside A–F, so that no hex digest can contain one by chance.
+before the search, since their seconds look like six-decimal values. A postal code
+written with its space counts only as a whole word (no letter or digit touching it):
+"4011 ro" inside "…-c05c74d14011 root" is a run id and a logger's name, and a count
+before a unit ("1234 ms") would be one too. The data the suite uses has distinctive
+values (six decimals, continuous), and postal codes with letters outside A–F, so that
+no hex digest can contain one by chance.
 
 Search: for each needle length class, every window of the blob is packed into a
 uint64 (its first min(len, 8) bytes) with numpy and looked up in the needles' prefixes
@@ -57,6 +60,7 @@ class Needle:
     kind: str  # "id", "tag", "value" or "tag key"
     data: bytes
     whole_number: bool = False  # a decimal form: found only where it is not part of a longer number
+    whole_word: bool = False  # a spaced postal code: found only where no letter or digit touches it
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,6 @@ class PatientId:
 def id_forms(patient: PatientId) -> set[str]:
     iso, code = patient.canonical.split("|")
     year, month, day = iso.split("-")
-    spaced = f"{code[:4]} {code[4:]}"
     return {
         patient.birth_date,
         patient.postal_code,
@@ -89,18 +92,25 @@ def id_forms(patient: PatientId) -> set[str]:
         iso,
         code,
         code.lower(),
-        spaced,
-        spaced.lower(),
+        *spaced_postal_forms(patient),
         f"{day}-{month}-{year}",
         f"{day}/{month}/{year}",
     }
 
 
+def spaced_postal_forms(patient: PatientId) -> set[str]:
+    code = patient.canonical.split("|")[1]
+    spaced = f"{code[:4]} {code[4:]}"
+    return {spaced, spaced.lower()}
+
+
 def id_needles(patients: Iterable[PatientId]) -> list[Needle]:
     forms: set[str] = set()
+    spaced: set[str] = set()
     for patient in patients:
         forms |= id_forms(patient)
-    return [Needle("id", f.encode()) for f in sorted(forms)]
+        spaced |= spaced_postal_forms(patient)
+    return [Needle("id", f.encode(), whole_word=f in spaced) for f in sorted(forms)]
 
 
 def tag_needles(canonical_ids: Iterable[str], tag_keys: Iterable[bytes]) -> list[Needle]:
@@ -166,6 +176,19 @@ def _whole(blob: bytes, at: int, length: int) -> bool:
     return (before is None or (before not in DIGITS and before != ord("."))) and (after is None or after not in DIGITS)
 
 
+def _word(blob: bytes, at: int, length: int) -> bool:
+    """blob[at:at+length] is not part of a longer word: no ASCII letter or digit right before or after it."""
+    before = blob[at - 1 : at] if at > 0 else b""
+    after = blob[at + length : at + length + 1]
+    return not before.isalnum() and not after.isalnum()
+
+
+def _stands_alone(blob: bytes, at: int, needle: Needle) -> bool:
+    if needle.whole_number and not _whole(blob, at, len(needle.data)):
+        return False
+    return not needle.whole_word or _word(blob, at, len(needle.data))
+
+
 class Scanner:
     """Finds every occurrence of any needle (see the module docstring)."""
 
@@ -197,9 +220,7 @@ class Scanner:
                 for i in hits.tolist():
                     key = int.from_bytes(piece[i : i + width], "little")
                     for needle in self._by_width[width][key]:
-                        if piece[i : i + len(needle.data)] == needle.data and (
-                            not needle.whole_number or _whole(blob, start + i, len(needle.data))
-                        ):
+                        if piece[i : i + len(needle.data)] == needle.data and _stands_alone(blob, start + i, needle):
                             found[(start + i, needle.data)] = Finding(where, start + i, needle)
         return sorted(found.values(), key=lambda f: (f.offset, f.needle.data))
 

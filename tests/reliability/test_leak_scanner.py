@@ -104,3 +104,12 @@ def test_decimal_needles_of_every_dataset_are_whole_numbers_and_metric_durations
     metrics = b'{"count": 1, "sum": 0.030095037, "min": 0.030095037, "max": 1.8473321, "bounds": [0.0, 5.0]}'
     assert scanner.scan_bytes(metrics, "metrics") == []
     assert scanner.scan_bytes(b'{"sum": 0.030095, "max": -1.847332}', "leak") != []
+
+
+def test_a_spaced_postal_code_counts_only_as_a_whole_word() -> None:
+    """"4011 ro" is a postal code's spaced form, and also the end of a run id before a logger's name."""
+    patient = PatientId("1975-03-02", "4011 RO", "1975-03-02|4011RO")
+    scanner = Scanner(id_needles([patient]))
+    assert scanner.scan_bytes(b"INFO lasso-worker helper/load-3-c05c74d14011 root: Stop MPyC", "log") == []
+    for leak in (b"postal code 4011 ro,", b"(4011 RO)", b"4011 RO", b"4011RO inside x4011ROy"):
+        assert scanner.scan_bytes(leak, "leak"), leak
