@@ -19,11 +19,13 @@ before it, no digit after it: "1.847332" inside "01.847332" is another number, a
 "0.030095" inside a metric's duration 0.030095037 s), and
 clock times (hh:mm:ss.ffffff, hh:mm:ss,fff in logs, spans and audit rows) are blanked
 before the search, since their seconds look like six-decimal values. A postal code
-written with its space counts only as a whole word (no letter or digit touching it):
-"4011 ro" inside "…-c05c74d14011 root" is a run id and a logger's name, and a count
-before a unit ("1234 ms") would be one too. The data the suite uses has distinctive
-values (six decimals, continuous), and postal codes with letters outside A–F, so that
-no hex digest can contain one by chance.
+alone counts only as a whole word (no ASCII letter or digit touching it): "4011 ro" in
+"…-c05c74d14011 root" is a run id and a logger's name, "6864in" in a SQLite record a
+digest and the next column's "insurer", and "1234 ms" would be a count and a unit.
+(SQLite records abut their columns: the suite scans each table's cells decoded too.)
+Birth dates, the canonical form and every other needle are searched as they are. The
+data the suite uses has distinctive values (six decimals, continuous), and postal codes
+with letters outside A–F, so that no hex digest can contain one by chance.
 
 Search: for each needle length class, every window of the blob is packed into a
 uint64 (its first min(len, 8) bytes) with numpy and looked up in the needles' prefixes
@@ -60,7 +62,7 @@ class Needle:
     kind: str  # "id", "tag", "value" or "tag key"
     data: bytes
     whole_number: bool = False  # a decimal form: found only where it is not part of a longer number
-    whole_word: bool = False  # a spaced postal code: found only where no letter or digit touches it
+    whole_word: bool = False  # a postal code: found only where no letter or digit touches it
 
 
 @dataclass(frozen=True)
@@ -83,34 +85,32 @@ class PatientId:
 
 
 def id_forms(patient: PatientId) -> set[str]:
-    iso, code = patient.canonical.split("|")
+    iso = patient.canonical.split("|")[0]
     year, month, day = iso.split("-")
     return {
         patient.birth_date,
-        patient.postal_code,
         patient.canonical,
         iso,
-        code,
-        code.lower(),
-        *spaced_postal_forms(patient),
+        *postal_forms(patient),
         f"{day}-{month}-{year}",
         f"{day}/{month}/{year}",
     }
 
 
-def spaced_postal_forms(patient: PatientId) -> set[str]:
+def postal_forms(patient: PatientId) -> set[str]:
+    """The postal code alone, as written and canonical, in both cases, with and without the space."""
     code = patient.canonical.split("|")[1]
     spaced = f"{code[:4]} {code[4:]}"
-    return {spaced, spaced.lower()}
+    return {patient.postal_code, code, code.lower(), spaced, spaced.lower()}
 
 
 def id_needles(patients: Iterable[PatientId]) -> list[Needle]:
     forms: set[str] = set()
-    spaced: set[str] = set()
+    postal: set[str] = set()
     for patient in patients:
         forms |= id_forms(patient)
-        spaced |= spaced_postal_forms(patient)
-    return [Needle("id", f.encode(), whole_word=f in spaced) for f in sorted(forms)]
+        postal |= postal_forms(patient)
+    return [Needle("id", f.encode(), whole_word=f in postal) for f in sorted(forms)]
 
 
 def tag_needles(canonical_ids: Iterable[str], tag_keys: Iterable[bytes]) -> list[Needle]:

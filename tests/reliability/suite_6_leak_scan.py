@@ -86,6 +86,17 @@ def _state_files(mesh: Mesh) -> list[Path]:
     return sorted(p for org in ORGS for p in mesh.orgs[org].state_dir.rglob("*") if p.is_file())
 
 
+def _table_cells(db: sqlite3.Connection) -> list[tuple[str, bytes]]:
+    """Each table's cells, one per line (text as UTF-8, blobs as they are, numbers as text)."""
+    tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    out = []
+    for table in tables:
+        cells = [cell for row in db.execute(f'SELECT * FROM "{table}"') for cell in row if cell is not None]
+        encoded = [c if isinstance(c, bytes) else str(c).encode("utf-8", "surrogateescape") for c in cells]
+        out.append((table, b"\n".join(encoded)))
+    return out
+
+
 def _record_findings(ledger: Ledger, group: str, findings: list[Finding]) -> None:
     for finding in findings:
         ledger.record(
@@ -120,7 +131,8 @@ def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_can
         f"found {len(in_canary)} time(s) by the scan of {len(files)} files",
     )
     leaks = [f for f in findings if f not in in_canary]
-    # Audit rows decoded (the file scan already read their bytes).
+    # Audit rows decoded (the file scan already read their bytes), and every table's cells one
+    # by one: a record's columns abut in the file, where a postal code must stand alone (leaks.py).
     for org in ORGS:
         with sqlite3.connect(f"file:{audit_path(mesh.orgs[org].state_dir)}?mode=ro", uri=True) as db:
             rows = [
@@ -129,7 +141,8 @@ def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_can
                     "SELECT seq, actor, action, study_id, run_id, details FROM audit"
                 )
             ]
-        leaks += at_rest.scan_texts(rows)
+            leaks += at_rest.scan_texts(rows)
+            leaks += [f for table, cells in _table_cells(db) for f in at_rest.scan_bytes(cells, f"{org} table {table}")]
     _record_findings(ledger, "logs, spans, SQLite and audit rows", leaks)
     assert in_canary, "the scanner did not find the canary planted in a log"
     assert not leaks, [f.describe() for f in leaks[:20]]

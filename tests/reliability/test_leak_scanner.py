@@ -106,10 +106,20 @@ def test_decimal_needles_of_every_dataset_are_whole_numbers_and_metric_durations
     assert scanner.scan_bytes(b'{"sum": 0.030095, "max": -1.847332}', "leak") != []
 
 
-def test_a_spaced_postal_code_counts_only_as_a_whole_word() -> None:
-    """"4011 ro" is a postal code's spaced form, and also the end of a run id before a logger's name."""
+def test_a_postal_code_alone_counts_only_as_a_whole_word() -> None:
+    """ "4011 ro" is a postal code's spaced form, and also the end of a run id before a logger's
+    name; "4011ro" a digest's end before an org's name in a SQLite record. The ID's other forms
+    are found anywhere."""
     patient = PatientId("1975-03-02", "4011 RO", "1975-03-02|4011RO")
     scanner = Scanner(id_needles([patient]))
-    assert scanner.scan_bytes(b"INFO lasso-worker helper/load-3-c05c74d14011 root: Stop MPyC", "log") == []
-    for leak in (b"postal code 4011 ro,", b"(4011 RO)", b"4011 RO", b"4011RO inside x4011ROy"):
+    for chance in (b"INFO lasso-worker helper/load-3-c05c74d14011 root: Stop MPyC", b"\x07c67a64011roinsurer\x00"):
+        assert scanner.scan_bytes(chance, "chance") == [], chance
+    for leak in (
+        b"postal code 4011 ro,",
+        b"(4011 RO)",
+        b"4011RO",
+        b'"4011ro"',
+        b"x1975-03-02|4011ROy",
+        b"x1975-03-02y",
+    ):
         assert scanner.scan_bytes(leak, "leak"), leak
