@@ -112,6 +112,7 @@ class OfflineMaterial:
         resharing = join_pb2_grpc.ResharingServiceStub(self.channels.get(self.config.org, "resharing"))
         bits = spec.paillier_bits or specs.DEFAULT_PAILLIER_BITS
         try:
+            await self.channels.ready(self.config.org, "resharing")  # just restarted: past its reconnect backoff
             made = await resharing.PrepareKey(
                 join_pb2.PrepareKeyRequest(study_id=study_id, bits=bits), timeout=KEY_DEADLINE_S
             )
@@ -169,6 +170,7 @@ class OfflineMaterial:
         encryption = join_pb2_grpc.EncryptionServiceStub(self.channels.get(self.config.org, "encryption"))
         request = join_pb2.PreparePoolRequest(spec=spec, source_path=source_path, peer_paillier_key=key)
         try:
+            await self.channels.ready(self.config.org, "encryption")  # just restarted: past its reconnect backoff
             made = await encryption.PreparePool(request, timeout=POOL_DEADLINE_S)
         except grpc.aio.AioRpcError as exc:  # the next run makes its pool in-run
             log.warning("study %s: pool for the other owner's next key not made (%s)", study_id, exc.code().name)

@@ -43,14 +43,9 @@ class PeerGateways:
         return [p.org for p in spec.parties if p.org != self.config.org]
 
     async def ready(self, org: str, timeout: float = PEER_DEADLINE_S) -> bool:
-        """Wait, boundedly, until the channel to `org`'s gateway connects. A peer gateway that
-        was down (e.g. restarted) is still behind the channel's reconnect backoff for a moment
-        after it is back; without this wait the first call would fail with a stale refusal."""
-        try:
-            await asyncio.wait_for(self.channels.get(org, "gateway").channel_ready(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        """Wait, boundedly, until the channel to `org`'s gateway connects (`Channels.ready`: a peer
+        gateway that was restarted is behind the channel's reconnect backoff for a moment)."""
+        return await self.channels.ready(org, "gateway", timeout)
 
     async def call_all(self, orgs: list[str], call: PeerCall, what: str) -> None:
         """Call every peer at once; the first refusal or outage (in `orgs` order) raises."""

@@ -83,6 +83,13 @@ class RunPipeline:
     def _stub(self, server: str, stub_class: Callable[[grpc.aio.Channel], Stub]) -> Stub:
         return stub_class(self.channels.get(self.config.org, server))
 
+    async def _ready_stub(self, server: str, stub_class: Callable[[grpc.aio.Channel], Stub]) -> Stub:
+        """A stub of this org's `server` for a step's first call, once its channel connected: a
+        server that just restarted is behind the reconnect backoff for a moment (`Channels.ready`);
+        one still down after that fails the call itself."""
+        await self.channels.ready(self.config.org, server)
+        return self._stub(server, stub_class)
+
     @contextlib.asynccontextmanager
     async def phase(self, phase: common_pb2.Phase.ValueType, server: str) -> AsyncIterator[CalledServer]:
         """A span for the phase; gRPC errors become PhaseFailure(phase, this org, reason
@@ -107,10 +114,10 @@ class RunPipeline:
         `prepared_key_id` if resharing still holds it, else a fresh one) and the CSV read,
         committed to under `commitment_key` (this org's per-study secret) + X25519 key (encryption)."""
         async with self.phase(common_pb2.PHASE_SETUP, "resharing") as where:
-            resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
+            resharing = await self._ready_stub("resharing", join_pb2_grpc.ResharingServiceStub)
             key, prepared_key_id = await self._run_key(resharing, prepared_key_id)
             where.server = "encryption"
-            encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)
+            encryption = await self._ready_stub("encryption", join_pb2_grpc.EncryptionServiceStub)
             request = join_pb2.PrepareEncryptionRequest(
                 run_id=self.run_id, spec=self.spec, source_path=source_path, commitment_key=commitment_key
             )
@@ -139,7 +146,7 @@ class RunPipeline:
 
     async def run_owner(self, peer: OwnerKeys) -> lasso_pb2.ModelResult:
         async with self.phase(common_pb2.PHASE_HASHING_ENCRYPTION, "encryption"):
-            encryption = self._stub("encryption", join_pb2_grpc.EncryptionServiceStub)
+            encryption = await self._ready_stub("encryption", join_pb2_grpc.EncryptionServiceStub)
             request = join_pb2.RunEncryptionRequest(
                 run_id=self.run_id, peer_x25519_public_key=peer.x25519_public_key, peer_paillier_key=peer.paillier_key
             )
@@ -152,14 +159,14 @@ class RunPipeline:
 
     async def open_helper(self) -> None:
         async with self.phase(common_pb2.PHASE_SETUP, "intersection"):
-            intersection = self._stub("intersection", join_pb2_grpc.IntersectionServiceStub)
+            intersection = await self._ready_stub("intersection", join_pb2_grpc.IntersectionServiceStub)
             await intersection.OpenIntersection(
                 join_pb2.OpenIntersectionRequest(run_id=self.run_id, spec=self.spec), timeout=SETUP_DEADLINE_S
             )
 
     async def run_helper(self) -> lasso_pb2.ModelResult:
         async with self.phase(common_pb2.PHASE_INTERSECTION, "intersection"):
-            intersection = self._stub("intersection", join_pb2_grpc.IntersectionServiceStub)
+            intersection = await self._ready_stub("intersection", join_pb2_grpc.IntersectionServiceStub)
             async for reply in intersection.AwaitIntersection(
                 join_pb2.AwaitIntersectionRequest(run_id=self.run_id), timeout=PHASE_DEADLINE_S
             ):
@@ -172,7 +179,7 @@ class RunPipeline:
 
     async def _await_shares(self) -> None:
         async with self.phase(common_pb2.PHASE_RESHARING, "resharing"):
-            resharing = self._stub("resharing", join_pb2_grpc.ResharingServiceStub)
+            resharing = await self._ready_stub("resharing", join_pb2_grpc.ResharingServiceStub)
             async for reply in resharing.AwaitShares(
                 join_pb2.AwaitSharesRequest(run_id=self.run_id), timeout=PHASE_DEADLINE_S
             ):
@@ -181,7 +188,7 @@ class RunPipeline:
 
     async def _run_lasso(self) -> lasso_pb2.ModelResult:
         """The MPC phases: one span per phase the lasso server reports (input, Gram, iterations, reveal)."""
-        lasso = self._stub("lasso", lasso_pb2_grpc.LassoServiceStub)
+        lasso = await self._ready_stub("lasso", lasso_pb2_grpc.LassoServiceStub)
         result = lasso_pb2.ModelResult()
         current = common_pb2.PHASE_INPUT
         span = self._start_span(current)

@@ -272,6 +272,7 @@ class EncryptionServicer(join_pb2_grpc.EncryptionServiceServicer):
                 1,
                 "randomness pool: made offline" if offline else "randomness pool: built piece by piece while sending",
             )
+            await self.channels.ready(helper, "intersection")  # restarted: past its reconnect backoff
             call = asyncio.ensure_future(stub.UploadRows(upload.requests(), timeout=UPLOAD_DEADLINE_S))
             async for event in upload.events_until(call):
                 yield event

@@ -369,6 +369,7 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
                 yield join_pb2.DeliverMaskedRowsRequest(chunk=join_pb2.MaskedRowsChunk(seq=seq, ciphertexts=flat))
                 seq += 1
 
+        await self.channels.ready(stream.receiver, "resharing")  # restarted: past its reconnect backoff
         stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(stream.receiver, "resharing"))
         await stub.DeliverMaskedRows(requests(), timeout=DELIVERY_DEADLINE_S)
 
@@ -398,6 +399,7 @@ class IntersectionServicer(join_pb2_grpc.IntersectionServiceServicer):
                 seq += 1
                 held = following
 
+        await self.channels.ready(self.config.org, "resharing")
         stub = join_pb2_grpc.ResharingServiceStub(self.channels.get(self.config.org, "resharing"))
         await stub.StoreHelperShares(requests(), timeout=DELIVERY_DEADLINE_S)
 

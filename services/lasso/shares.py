@@ -15,6 +15,7 @@ import grpc
 
 from riskmesh.v1 import join_pb2, join_pb2_grpc
 from services.lasso.core.blocks import BlockDecoder, ShareBlock, ShareError
+from services.mesh.peers import await_ready
 from services.mesh.status import StatusError
 
 
@@ -32,11 +33,13 @@ class GrpcShareSource:
     """Production source: the same org's ResharingService.GetShares over mTLS."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout: float = 300.0) -> None:
+        self._channel = channel
         self._stub = join_pb2_grpc.ResharingServiceStub(channel)
         self._timeout = timeout
 
     async def fetch(self, run_id: str) -> list[ShareBlock]:
         decoder = BlockDecoder(run_id)
+        await await_ready(self._channel)  # a resharing server just restarted: past the reconnect backoff
         try:
             async for message in self._stub.GetShares(join_pb2.GetSharesRequest(run_id=run_id), timeout=self._timeout):
                 decoder.feed(message)

@@ -15,11 +15,17 @@ Needles (built from data the test wrote itself, so it knows every ID and value):
 
 Decimal forms shorter than 7 characters are left out: they occur by chance in any text
 (timestamps, counts). A decimal form counts only as a whole number (no digit or '.'
-before it, no digit after it: "1.847332" inside "01.847332" is another number), and
+before it, no digit after it: "1.847332" inside "01.847332" is another number, and so is
+"0.030095" inside a metric's duration 0.030095037 s), and
 clock times (hh:mm:ss.ffffff, hh:mm:ss,fff in logs, spans and audit rows) are blanked
-before the search, since their seconds look like six-decimal values. The data the suite
-uses has distinctive values (six decimals, continuous), and postal codes with letters
-outside A–F, so that no hex digest can contain one by chance.
+before the search, since their seconds look like six-decimal values. A postal code
+alone counts only as a whole word (no ASCII letter or digit touching it): "4011 ro" in
+"…-c05c74d14011 root" is a run id and a logger's name, "6864in" in a SQLite record a
+digest and the next column's "insurer", and "1234 ms" would be a count and a unit.
+(SQLite records abut their columns: the suite scans each table's cells decoded too.)
+Birth dates, the canonical form and every other needle are searched as they are. The
+data the suite uses has distinctive values (six decimals, continuous), and postal codes
+with letters outside A–F, so that no hex digest can contain one by chance.
 
 Search: for each needle length class, every window of the blob is packed into a
 uint64 (its first min(len, 8) bytes) with numpy and looked up in the needles' prefixes
@@ -56,6 +62,7 @@ class Needle:
     kind: str  # "id", "tag", "value" or "tag key"
     data: bytes
     whole_number: bool = False  # a decimal form: found only where it is not part of a longer number
+    whole_word: bool = False  # a postal code: found only where no letter or digit touches it
 
 
 @dataclass(frozen=True)
@@ -78,28 +85,32 @@ class PatientId:
 
 
 def id_forms(patient: PatientId) -> set[str]:
-    iso, code = patient.canonical.split("|")
+    iso = patient.canonical.split("|")[0]
     year, month, day = iso.split("-")
-    spaced = f"{code[:4]} {code[4:]}"
     return {
         patient.birth_date,
-        patient.postal_code,
         patient.canonical,
         iso,
-        code,
-        code.lower(),
-        spaced,
-        spaced.lower(),
+        *postal_forms(patient),
         f"{day}-{month}-{year}",
         f"{day}/{month}/{year}",
     }
 
 
+def postal_forms(patient: PatientId) -> set[str]:
+    """The postal code alone, as written and canonical, in both cases, with and without the space."""
+    code = patient.canonical.split("|")[1]
+    spaced = f"{code[:4]} {code[4:]}"
+    return {patient.postal_code, code, code.lower(), spaced, spaced.lower()}
+
+
 def id_needles(patients: Iterable[PatientId]) -> list[Needle]:
     forms: set[str] = set()
+    postal: set[str] = set()
     for patient in patients:
         forms |= id_forms(patient)
-    return [Needle("id", f.encode()) for f in sorted(forms)]
+        postal |= postal_forms(patient)
+    return [Needle("id", f.encode(), whole_word=f in postal) for f in sorted(forms)]
 
 
 def tag_needles(canonical_ids: Iterable[str], tag_keys: Iterable[bytes]) -> list[Needle]:
@@ -135,16 +146,18 @@ def value_bytes(x: float) -> set[bytes]:
     return {struct.pack("<d", x), struct.pack(">d", x), encoded.to_bytes(8, "little"), encoded.to_bytes(8, "big")}
 
 
+def value_text_needles(cells: Iterable[str]) -> list[Needle]:
+    """Needles of attribute values' decimal forms only (found only as whole numbers)."""
+    texts = {t for cell in cells for t in value_texts(cell)}
+    return [Needle("value", t.encode(), whole_number=True) for t in sorted(texts)]
+
+
 def value_needles(cells: Iterable[str]) -> list[Needle]:
-    """Needles of attribute values, from the cells exactly as the CSV holds them."""
-    texts: set[str] = set()
-    binary: set[bytes] = set()
-    for cell in cells:
-        texts |= value_texts(cell)
-        binary |= value_bytes(float(cell))
-    return [Needle("value", t.encode(), whole_number=True) for t in sorted(texts)] + [
-        Needle("value", b) for b in sorted(binary)
-    ]
+    """Needles of attribute values, from the cells exactly as the CSV holds them: decimal
+    forms (`value_text_needles`) and binary encodings."""
+    written = list(cells)
+    binary = {b for cell in written for b in value_bytes(float(cell))}
+    return value_text_needles(written) + [Needle("value", b) for b in sorted(binary)]
 
 
 def _windows(arr: np.ndarray, width: int) -> np.ndarray:
@@ -161,6 +174,19 @@ def _whole(blob: bytes, at: int, length: int) -> bool:
     before = blob[at - 1] if at > 0 else None
     after = blob[at + length] if at + length < len(blob) else None
     return (before is None or (before not in DIGITS and before != ord("."))) and (after is None or after not in DIGITS)
+
+
+def _word(blob: bytes, at: int, length: int) -> bool:
+    """blob[at:at+length] is not part of a longer word: no ASCII letter or digit right before or after it."""
+    before = blob[at - 1 : at] if at > 0 else b""
+    after = blob[at + length : at + length + 1]
+    return not before.isalnum() and not after.isalnum()
+
+
+def _stands_alone(blob: bytes, at: int, needle: Needle) -> bool:
+    if needle.whole_number and not _whole(blob, at, len(needle.data)):
+        return False
+    return not needle.whole_word or _word(blob, at, len(needle.data))
 
 
 class Scanner:
@@ -194,9 +220,7 @@ class Scanner:
                 for i in hits.tolist():
                     key = int.from_bytes(piece[i : i + width], "little")
                     for needle in self._by_width[width][key]:
-                        if piece[i : i + len(needle.data)] == needle.data and (
-                            not needle.whole_number or _whole(blob, start + i, len(needle.data))
-                        ):
+                        if piece[i : i + len(needle.data)] == needle.data and _stands_alone(blob, start + i, needle):
                             found[(start + i, needle.data)] = Finding(where, start + i, needle)
         return sorted(found.values(), key=lambda f: (f.offset, f.needle.data))
 

@@ -15,10 +15,11 @@ import pytest
 from cryptography import x509
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from riskmesh.v1 import join_pb2, join_pb2_grpc
 from services.gateway.pipeline import PHASE_DEADLINE_S
 from services.join import resharing_server
 from services.mesh.config import OrgConfig, load_config
-from services.mesh.peers import Channels
+from services.mesh.peers import READY_WAIT_S, Channels
 from services.mesh.pki_layout import OrgPaths
 from services.mesh.server import MeshServer
 from services.mesh.tls import RELOAD_CHECK_S, SERVER_OPTIONS, MeshCredentials
@@ -100,6 +101,39 @@ def test_channels_are_remade_with_the_rotated_client_certificate(tmp_path: Path)
 
     asyncio.run(rotate())
     assert credentials.cert_pem == OrgPaths(config.pki_dir / "insurer").cert("gateway").read_bytes()
+
+
+def test_a_server_back_from_a_restart_is_waited_for_past_the_reconnect_backoff(
+    loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    """A gateway's channel to its own resharing server while that server is down: calls fail
+    and the channel backs off (up to 2 s); a bounded wait gives up while it stays down, and
+    once it is back, `Channels.ready` returns as soon as the channel connects, then calls work."""
+    config = load_config(local_mesh_for(tmp_path)["insurer"], env={})
+    drop = join_pb2.DropRunRequest(run_id="no-such-run")
+
+    async def scenario() -> float:
+        channels = Channels(config, MeshCredentials.for_config(config, "gateway"))
+        stub = join_pb2_grpc.ResharingServiceStub(channels.get("insurer", "resharing"))
+        for _ in range(6):  # down: each call fails, and the backoff grows
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.DropRun(drop, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.3)
+        assert not await channels.ready("insurer", "resharing", within=0.2)
+        server = await resharing_server.build_server(config)
+        await server.start()
+        try:
+            started = time.monotonic()
+            assert await channels.ready("insurer", "resharing")
+            waited = time.monotonic() - started
+            await stub.DropRun(drop, timeout=5)
+        finally:
+            await server.stop(0)
+            await channels.close()
+        return waited
+
+    assert loop_thread.run(scenario()) < READY_WAIT_S
 
 
 def test_connections_are_recycled_and_rpcs_in_flight_may_finish() -> None:

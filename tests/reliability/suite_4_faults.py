@@ -5,7 +5,8 @@ The matrix: every phase the issue names × every organisation, and over the phas
 org loses each kind of server it runs (join server, lasso, gateway):
 
     phase (trigger)                        insurer        hospital       helper
-    hashing_encryption (pool started)      encryption     encryption     intersection
+    hashing_encryption (the org's keys     encryption     encryption     intersection
+      ready; the insurer's upload starts)
     intersection (first upload received)   resharing      gateway        intersection
     resharing (insurer awaits its shares)  gateway        resharing      resharing
     input (the org fetches its shares)     lasso          gateway        lasso
@@ -17,6 +18,12 @@ needs after that moment (an encryption server until its upload is accepted, the
 intersection until its deliveries, a resharing server until its lasso fetched the
 shares, a lasso server or gateway until the end); the phase in which the failure is
 reported is therefore the trigger's phase or a later one, and is printed per fault.
+With the randomness pool made before the run (ADR 0013), an owner's hashing/encryption
+is its upload alone (15-80 ms here), too short to hit from a trigger: its encryption
+server is killed at the owner's "keys ready" instead (the end of its setup: from then the
+server holds the run's prepared table and keys, and the run needs it until its upload is
+accepted), with that owner starting the run, so that the helper's and the other owner's
+setup still lie between the trigger and its upload. A gateway killed is never the starter's.
 
 Every fault must end the run FAILED, with a phase and a reason, at every org still
 alive within FAIL_BOUND_S; leave no shares that anyone would serve and no result; leave
@@ -87,14 +94,19 @@ class Fault:
     server: str
     trigger: Trigger
     freeze: bool = False
+    starter: str = "insurer"  # the owner that starts the run (and whose gateway the suite watches)
 
     @property
     def name(self) -> str:
         return f"{'freeze' if self.freeze else 'kill'} {self.org}/{self.server} during {self.phase}"
 
 
-def _pool(org: str) -> Trigger:
-    return Trigger(org, P.PHASE_SETUP, "randomness pool (offline)")  # sent at the start of RunEncryption
+def _keys_ready(org: str) -> Trigger:
+    return Trigger(org, P.PHASE_SETUP, "keys ready")  # the gateway's, after PrepareEncryption (module docstring)
+
+
+def _upload_starts(org: str) -> Trigger:
+    return Trigger(org, P.PHASE_SETUP, "randomness pool: ")  # RunEncryption's first event, before its upload
 
 
 UPLOAD_RECEIVED = Trigger("helper", P.PHASE_INTERSECTION, "upload from")
@@ -110,19 +122,19 @@ def _iterating(org: str) -> Trigger:
 
 
 KILLS = [
-    Fault("hashing_encryption", "insurer", "encryption", _pool("insurer")),
-    Fault("hashing_encryption", "hospital", "encryption", _pool("hospital")),
-    Fault("hashing_encryption", "helper", "intersection", _pool("insurer")),
+    Fault("hashing_encryption", "insurer", "encryption", _keys_ready("insurer")),
+    Fault("hashing_encryption", "hospital", "encryption", _keys_ready("hospital"), starter="hospital"),
+    Fault("hashing_encryption", "helper", "intersection", _upload_starts("insurer")),
     Fault("intersection", "insurer", "resharing", UPLOAD_RECEIVED),
     Fault("intersection", "hospital", "gateway", UPLOAD_RECEIVED),
     Fault("intersection", "helper", "intersection", UPLOAD_RECEIVED),
-    Fault("resharing", "insurer", "gateway", INSURER_RESHARES),
+    Fault("resharing", "insurer", "gateway", INSURER_RESHARES, starter="hospital"),
     Fault("resharing", "hospital", "resharing", INSURER_RESHARES),
     Fault("resharing", "helper", "resharing", INSURER_RESHARES),
     Fault("input", "insurer", "lasso", _fetching("insurer")),
     Fault("input", "hospital", "gateway", _fetching("hospital")),
     Fault("input", "helper", "lasso", _fetching("helper")),
-    Fault("iterations", "insurer", "gateway", _iterating("insurer")),
+    Fault("iterations", "insurer", "gateway", _iterating("insurer"), starter="hospital"),
     Fault("iterations", "hospital", "lasso", _iterating("hospital")),
     Fault("iterations", "helper", "gateway", _iterating("helper")),
 ]
@@ -133,6 +145,7 @@ FREEZES = [
     ),  # keepalive on the helper gateway's stream
     Fault("iterations", "helper", "lasso", _iterating("helper"), freeze=True),  # keepalive on the MPC streams
 ]
+assert not [f.name for f in KILLS + FREEZES if (f.org, f.server) == (f.starter, "gateway")], "the watched gateway"
 
 
 @dataclass
@@ -162,13 +175,14 @@ def _unchanged(before: OrgState, after: OrgState, new_runs: set[str]) -> None:
 
 def _starts_clean(mesh: Mesh, fault: Fault, run_id: str) -> None:
     """The restarted server knows nothing of the run it was killed in (resharing: see
-    `shares_refused`; a gateway ends it FAILED; a lasso server keeps nothing between runs)."""
+    `shares_refused`; a gateway ends it FAILED; a lasso server keeps nothing between runs).
+    The suite's channel may still be in its reconnect backoff: the calls wait for it."""
     caller = mesh.channel((fault.org, "gateway"), (fault.org, fault.server))
     if fault.server == "intersection":
         with pytest.raises(grpc.RpcError) as err:
             list(
                 join_pb2_grpc.IntersectionServiceStub(caller).AwaitIntersection(
-                    join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=10
+                    join_pb2.AwaitIntersectionRequest(run_id=run_id), timeout=10, wait_for_ready=True
                 )
             )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
@@ -176,7 +190,7 @@ def _starts_clean(mesh: Mesh, fault: Fault, run_id: str) -> None:
         with pytest.raises(grpc.RpcError) as err:
             list(
                 join_pb2_grpc.EncryptionServiceStub(caller).RunEncryption(
-                    join_pb2.RunEncryptionRequest(run_id=run_id), timeout=10
+                    join_pb2.RunEncryptionRequest(run_id=run_id), timeout=10, wait_for_ready=True
                 )
             )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
@@ -185,9 +199,8 @@ def _starts_clean(mesh: Mesh, fault: Fault, run_id: str) -> None:
 def _inject(mesh: Mesh, known: KnownData, baseline: Baseline, fault: Fault) -> str:
     """Inject the fault and check everything the module docstring lists; returns the detail line."""
     before = mesh.states()
-    starter = "hospital" if (fault.org, fault.server) == ("insurer", "gateway") else "insurer"
-    run_id = mesh.start_run(FAULT_STUDY, by=starter)
-    seen, phases = mesh.watch_until(run_id, starter, fault.trigger.matches, TRIGGER_S)
+    run_id = mesh.start_run(FAULT_STUDY, by=fault.starter)
+    seen, phases = mesh.watch_until(run_id, fault.starter, fault.trigger.matches, TRIGGER_S)
     gateway_hit = fault.server == "gateway"
     alive = [o for o in ORGS if not (o == fault.org and gateway_hit)]
     hit = time.monotonic()

@@ -8,10 +8,11 @@ instrumented encryption servers wrote the keys outside the state directories) wi
 the dataset of K's study, every attribute value (as written, as float repr; for the
 leak study's data also as IEEE doubles and fixed-point encodings), and the keys.
 
-At rest: every file under every org's state directory — logs, exported spans, the
-gateway's SQLite store and audit log (with their WAL files) — byte for byte, plus the
-audit rows decoded. Before the scan, a canary (one attribute value of the leak study)
-is planted in one log line; the same scan must find it there, and nothing else.
+At rest: every file under every org's state directory — logs, exported spans and
+metrics, the gateway's SQLite store and audit log (with their WAL files) — byte for byte,
+plus the audit rows decoded. Before the scan, a canary (one attribute value of the leak
+study) is planted in one log line; the same scan must find it there, and nothing else.
+Every decimal form counts only as a whole number (leaks.py), for every dataset alike.
 Messages: every error message the suite received and every run's failure reason.
 Wire: every request message the helper's servers received during the leak study — no
 ID, no tag key and no plaintext value (tags and ciphertexts cross by design).
@@ -29,23 +30,18 @@ from riskmesh.v1 import gateway_pb2
 from services.gateway.audit import audit_path
 from services.reliability.leaks import (
     Finding,
-    Needle,
     Scanner,
     id_needles,
     tag_key_needles,
     tag_needles,
     value_needles,
-    value_texts,
+    value_text_needles,
 )
 from services.reliability.ledger import Ledger
 from tests.reliability.harness import ORGS, KnownData, Mesh
 from tests.reliability.instrument import read_wire
 
 pytestmark = pytest.mark.e2e
-
-
-def _value_text_needles(data: KnownData) -> list[Needle]:
-    return [Needle("value", t.encode()) for t in sorted({t for cell in data.cells for t in value_texts(cell)})]
 
 
 def _dataset_of(study_id: str, known: KnownData, datasets: list[KnownData]) -> KnownData:
@@ -80,7 +76,7 @@ def at_rest(known: KnownData, datasets: list[KnownData], tag_keys: list[tuple[by
         + tag_key_needles([k for k, _ in tag_keys])
     )
     for data in datasets[1:]:
-        needles += _value_text_needles(data)
+        needles += value_text_needles(data.cells)
     for key, study in tag_keys:
         needles += tag_needles(_dataset_of(study, known, datasets).canonical_ids, [key])
     return Scanner(needles)
@@ -88,6 +84,17 @@ def at_rest(known: KnownData, datasets: list[KnownData], tag_keys: list[tuple[by
 
 def _state_files(mesh: Mesh) -> list[Path]:
     return sorted(p for org in ORGS for p in mesh.orgs[org].state_dir.rglob("*") if p.is_file())
+
+
+def _table_cells(db: sqlite3.Connection) -> list[tuple[str, bytes]]:
+    """Each table's cells, one per line (text as UTF-8, blobs as they are, numbers as text)."""
+    tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    out = []
+    for table in tables:
+        cells = [cell for row in db.execute(f'SELECT * FROM "{table}"') for cell in row if cell is not None]
+        encoded = [c if isinstance(c, bytes) else str(c).encode("utf-8", "surrogateescape") for c in cells]
+        out.append((table, b"\n".join(encoded)))
+    return out
 
 
 def _record_findings(ledger: Ledger, group: str, findings: list[Finding]) -> None:
@@ -124,7 +131,8 @@ def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_can
         f"found {len(in_canary)} time(s) by the scan of {len(files)} files",
     )
     leaks = [f for f in findings if f not in in_canary]
-    # Audit rows decoded (the file scan already read their bytes).
+    # Audit rows decoded (the file scan already read their bytes), and every table's cells one
+    # by one: a record's columns abut in the file, where a postal code must stand alone (leaks.py).
     for org in ORGS:
         with sqlite3.connect(f"file:{audit_path(mesh.orgs[org].state_dir)}?mode=ro", uri=True) as db:
             rows = [
@@ -133,7 +141,8 @@ def test_logs_spans_audit_rows_and_sqlite_files_hold_no_patient_data_but_the_can
                     "SELECT seq, actor, action, study_id, run_id, details FROM audit"
                 )
             ]
-        leaks += at_rest.scan_texts(rows)
+            leaks += at_rest.scan_texts(rows)
+            leaks += [f for table, cells in _table_cells(db) for f in at_rest.scan_bytes(cells, f"{org} table {table}")]
     _record_findings(ledger, "logs, spans, SQLite and audit rows", leaks)
     assert in_canary, "the scanner did not find the canary planted in a log"
     assert not leaks, [f.describe() for f in leaks[:20]]

@@ -19,6 +19,7 @@ from services.reliability.leaks import (
     tag_key_needles,
     tag_needles,
     value_needles,
+    value_text_needles,
     value_texts,
 )
 
@@ -92,4 +93,33 @@ def test_a_value_inside_a_longer_number_or_a_clock_time_is_not_a_finding() -> No
     noise = b'"start_time":"2026-11-25T15:23:21.982426Z" 01.847332 11.8473321 asctime 15:23:01,847 '
     assert scanner.scan_bytes(noise, "spans") == []
     for leak in (b'{"x":21.982426}', b"value -1.847332 here", b"1.847332"):
+        assert scanner.scan_bytes(leak, "leak"), leak
+
+
+def test_decimal_needles_of_every_dataset_are_whole_numbers_and_metric_durations_are_not_values() -> None:
+    """A metrics file's histogram (durations in seconds) holds numbers that begin with a
+    value's digits; they are other numbers. The value itself, as a number there, is found."""
+    assert all(n.whole_number for n in value_text_needles(["0.030095", "-1.847332"]))
+    scanner = Scanner(value_text_needles(["0.030095", "-1.847332"]))
+    metrics = b'{"count": 1, "sum": 0.030095037, "min": 0.030095037, "max": 1.8473321, "bounds": [0.0, 5.0]}'
+    assert scanner.scan_bytes(metrics, "metrics") == []
+    assert scanner.scan_bytes(b'{"sum": 0.030095, "max": -1.847332}', "leak") != []
+
+
+def test_a_postal_code_alone_counts_only_as_a_whole_word() -> None:
+    """ "4011 ro" is a postal code's spaced form, and also the end of a run id before a logger's
+    name; "4011ro" a digest's end before an org's name in a SQLite record. The ID's other forms
+    are found anywhere."""
+    patient = PatientId("1975-03-02", "4011 RO", "1975-03-02|4011RO")
+    scanner = Scanner(id_needles([patient]))
+    for chance in (b"INFO lasso-worker helper/load-3-c05c74d14011 root: Stop MPyC", b"\x07c67a64011roinsurer\x00"):
+        assert scanner.scan_bytes(chance, "chance") == [], chance
+    for leak in (
+        b"postal code 4011 ro,",
+        b"(4011 RO)",
+        b"4011RO",
+        b'"4011ro"',
+        b"x1975-03-02|4011ROy",
+        b"x1975-03-02y",
+    ):
         assert scanner.scan_bytes(leak, "leak"), leak
