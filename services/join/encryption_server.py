@@ -407,19 +407,16 @@ def _worker_pid(delay_s: float) -> int:
     return os.getpid()
 
 
-_warming: set[asyncio.Task[int]] = set()  # the event loop keeps only weak references to tasks
+_warming: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
 
 
-def _log_warm_up(workers: int) -> Callable[[asyncio.Task[int]], None]:
-    def done(task: asyncio.Task[int]) -> None:
-        if task.cancelled():
-            return
-        if task.exception() is not None:  # the server stopped while warming (pool shut down)
-            log.info("pool warm-up ended early: %s", type(task.exception()).__name__)
-        else:
-            log.info("%d of %d pool workers ready", task.result(), workers)
-
-    return done
+async def _warm_up_in_background(executor: ProcessPoolExecutor, workers: int) -> None:
+    try:
+        ready = await asyncio.to_thread(warm_up, executor, workers)
+    except Exception as exc:  # the server stopped while warming (pool shut down)
+        log.info("pool warm-up ended early: %s", type(exc).__name__)
+    else:
+        log.info("%d of %d pool workers ready", ready, workers)
 
 
 def warm_up(executor: ProcessPoolExecutor, workers: int, timeout_s: float = WARM_UP_S) -> int:
@@ -443,8 +440,7 @@ async def build_server(config: OrgConfig, port: int | None = None, health_port: 
         # (~0.4 CPU-s) at the same time as the mesh's other servers start, instead of before
         # this one answers its health checks. A pool request that comes first waits for the
         # workers, as it would for cold ones.
-        warming = asyncio.create_task(asyncio.to_thread(warm_up, executor, workers))
-        warming.add_done_callback(_log_warm_up(workers))
+        warming = asyncio.create_task(_warm_up_in_background(executor, workers))
         _warming.add(warming)
         warming.add_done_callback(_warming.discard)
     servicer = EncryptionServicer(config, Channels(config, mesh.credentials), executor, workers, crypto=crypto)

@@ -10,6 +10,7 @@ their process groups). `stop_on_signals` makes SIGTERM stop a launcher as Ctrl-C
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -295,9 +296,10 @@ class LocalMesh:
             command = [*placement.command_prefix, sys.executable, "-m", module, "--config", str(path)]
             process = start_server_process(command, env, log_path)
         else:
-            process = start_forked_server(module, ["--config", str(path)], env, log_path, self._server_modules())
+            process = start_forked_server(module, ["--config", str(path)], env, log_path, self._server_modules)
         return ServerProcess(org, name, process, log_path, health, index)
 
+    @functools.cached_property
     def _server_modules(self) -> tuple[str, ...]:
         """Every server module this mesh may start, for the fork server to import once."""
         servers: set[str] = set()
